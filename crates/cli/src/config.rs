@@ -1,0 +1,303 @@
+//! Configuration: defaults, then the TOML file, then environment variables, then flags.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable holding the master key itself (base64 of 32 bytes).
+pub const MASTER_KEY_ENV: &str = "SERVERSYNC_MASTER_KEY";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the SQLite database and the master key file live unless configured otherwise.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub secrets: SecretsConfig,
+    pub log: LogConfig,
+    pub engine: EngineSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (default: `<data_dir>/serversync.db`) or `postgres://…`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Master key file (default: `<data_dir>/master.key`), used when SERVERSYNC_MASTER_KEY is unset.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `serversync_engine=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    pub tick_ms: u64,
+    pub lease_ttl_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            secrets: SecretsConfig::default(),
+            log: LogConfig::default(),
+            engine: EngineSection::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            tick_ms: 5000,
+            lease_ttl_seconds: 30,
+        }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads `path` (if given, it must exist; otherwise `serversync.toml` in the working
+    /// directory is used when present), then applies `env` and `flags`.
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Config> {
+        let mut cfg = match path {
+            Some(p) => Self::from_file(p)?,
+            None if Path::new("serversync.toml").exists() => {
+                Self::from_file(Path::new("serversync.toml"))?
+            }
+            None => Config::default(),
+        };
+        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = set("SERVERSYNC_DATA_DIR") {
+            cfg.data_dir = v.into();
+        }
+        if let Some(v) = set("SERVERSYNC_LISTEN") {
+            cfg.server.listen = v;
+        }
+        if let Some(v) = set("SERVERSYNC_DATABASE_URL").or_else(|| set("DATABASE_URL")) {
+            cfg.database.url = Some(v);
+        }
+        if let Some(v) = set("SERVERSYNC_MASTER_KEY_FILE") {
+            cfg.secrets.key_file = Some(v.into());
+        }
+        if let Some(v) = set("SERVERSYNC_LOG") {
+            cfg.log.level = v;
+        }
+        if let Some(v) = set("SERVERSYNC_LOG_FORMAT") {
+            cfg.log.format = match v.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => bail!("SERVERSYNC_LOG_FORMAT={other} is not valid: use text or json"),
+            };
+        }
+        if let Some(v) = &flags.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &flags.listen {
+            cfg.server.listen = v.clone();
+        }
+        if let Some(v) = &flags.database_url {
+            cfg.database.url = Some(v.clone());
+        }
+        if let Some(v) = flags.log_format {
+            cfg.log.format = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" at line {line}, column {col}")
+                })
+                .unwrap_or_default();
+            let msg = e.message().replace('\n', " ");
+            anyhow::anyhow!(
+                "config file {}{at}: {msg}; fix the file (see README.md, Configuration)",
+                path.display()
+            )
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.listen_addr()?;
+        if self.engine.tick_ms == 0 {
+            bail!("engine.tick_ms must be at least 1");
+        }
+        if self.engine.lease_ttl_seconds < 2 {
+            bail!("engine.lease_ttl_seconds must be at least 2");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        self.server.listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "server.listen = {:?} is not an address: use IP:PORT such as 127.0.0.1:8080",
+                self.server.listen
+            )
+        })
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("serversync.db").display())
+        })
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    pub fn engine(&self) -> serversync_engine::EngineConfig {
+        serversync_engine::EngineConfig {
+            tick: Duration::from_millis(self.engine.tick_ms),
+            lease_ttl: Duration::from_secs(self.engine.lease_ttl_seconds),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "data_dir = \"/srv/ss\"\n[server]\nlisten = \"127.0.0.1:9000\"\n[log]\nformat = \"json\"\n").unwrap();
+        let c = Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.database_url(), "sqlite:///srv/ss/serversync.db");
+        assert_eq!(c.key_file(), PathBuf::from("/srv/ss/master.key"));
+        let c = Config::load(
+            Some(&f),
+            &env(&[
+                ("SERVERSYNC_LISTEN", "127.0.0.1:9001"),
+                ("DATABASE_URL", "postgres://x/y"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9001");
+        assert_eq!(c.database_url(), "postgres://x/y");
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9002".into()),
+            ..Default::default()
+        };
+        let c = Config::load(
+            Some(&f),
+            &env(&[("SERVERSYNC_LISTEN", "127.0.0.1:9001")]),
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn bad_files_give_one_line_naming_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        for (content, expect) in [
+            ("[server]\nlisten = \n", "line 2"),
+            ("[server]\nlisen = \"x\"\n", "unknown field `lisen`"),
+            ("[server]\nlisten = \"nope\"\n", "is not an address"),
+            ("[log]\nformat = \"xml\"\n", "line 2"),
+        ] {
+            std::fs::write(&f, content).unwrap();
+            let err = format!(
+                "{:#}",
+                Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap_err()
+            );
+            assert!(err.contains(expect), "{content:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let err = Config::load(
+            Some(&dir.path().join("missing.toml")),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("cannot read config file"));
+    }
+}

@@ -1,0 +1,119 @@
+//! `serversync serve` and `serversync migrate`.
+
+use crate::config::{Config, MASTER_KEY_ENV};
+use anyhow::{Context, Result, anyhow};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use serversync_engine::Engine;
+use serversync_store::{Store, StoreError, redact_url};
+use serversync_vault::MasterKey;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Loads the master key and opens (migrating) the store, finishing a key rotation that was
+/// interrupted after its database commit.
+pub async fn open_store(cfg: &Config) -> Result<Store> {
+    let url = cfg.database_url();
+    let key_file = cfg.key_file();
+    let env_key = std::env::var(MASTER_KEY_ENV).ok();
+    let key = MasterKey::load(MASTER_KEY_ENV, env_key.as_deref(), &key_file)?;
+    let from_file = env_key.as_deref().is_none_or(|v| v.trim().is_empty());
+    match Store::open(&url, key).await {
+        Ok(s) => Ok(s),
+        Err(e @ StoreError::WrongMasterKey { .. }) if from_file => {
+            if let Some(store) = crate::keys::finish_interrupted_rotation(&url, &key_file).await? {
+                return Ok(store);
+            }
+            Err(e.into())
+        }
+        Err(e @ StoreError::Unreachable { .. }) => Err(anyhow!(
+            "{e}; check database.url / SERVERSYNC_DATABASE_URL and that the database server is running"
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn migrate(cfg: Config) -> Result<()> {
+    let store = open_store(&cfg).await?;
+    println!(
+        "database {} is up to date; master key {} matches",
+        redact_url(&cfg.database_url()),
+        store.master_key().id()
+    );
+    store.close().await;
+    Ok(())
+}
+
+pub async fn run(cfg: Config) -> Result<()> {
+    let addr = cfg.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "another process uses this port: stop it, or choose another address with --listen / SERVERSYNC_LISTEN / server.listen"
+        } else {
+            "choose another address with --listen / SERVERSYNC_LISTEN / server.listen"
+        };
+        anyhow!("cannot listen on {addr}: {e}; {hint}")
+    })?;
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let store = open_store(&cfg).await?;
+    tracing::info!(
+        database = %redact_url(&cfg.database_url()),
+        backend = ?store.backend(),
+        key_id = store.master_key().id(),
+        key_source = %store.master_key().source(),
+        "store ready"
+    );
+
+    let shutdown = CancellationToken::new();
+    let engine = Engine::new(store.clone(), cfg.engine());
+    let engine_task = tokio::spawn(engine.run(shutdown.clone()));
+
+    let app = serversync_api::router(serversync_api::AppState {
+        store: store.clone(),
+        metrics,
+    });
+    let local = listener.local_addr()?;
+    tracing::info!("listening on http://{local}");
+    let signal = shutdown_signal();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            signal.await;
+            tracing::info!("shutdown requested; finishing requests");
+        })
+        .await;
+
+    shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(30), engine_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("engine did not stop within 30 s");
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    served.context("HTTP server failed")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

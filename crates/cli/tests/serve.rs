@@ -1,0 +1,388 @@
+//! The real `serversync` binary: start-up, health endpoints, shutdown, bad input, key rotation.
+
+use serversync_model::Secret;
+use serversync_store::Store;
+use serversync_vault::{KeySource, MasterKey};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_serversync");
+
+/// A `serversync` command with a clean environment for its settings.
+fn cmd(data_dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    for v in [
+        "SERVERSYNC_CONFIG",
+        "SERVERSYNC_DATABASE_URL",
+        "DATABASE_URL",
+        "SERVERSYNC_MASTER_KEY",
+        "SERVERSYNC_LISTEN",
+        "SERVERSYNC_MASTER_KEY_FILE",
+    ] {
+        c.env_remove(v);
+    }
+    c.arg("--data-dir").arg(data_dir).current_dir(data_dir);
+    c
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `serve` on a free port and waits (bounded) for its "listening" line.
+    fn start(mut c: Command) -> Server {
+        let mut child = c
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("serve prints its address within 30 s");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().to_owned();
+                return Server {
+                    child,
+                    addr,
+                    log: rx,
+                };
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Sends SIGTERM and returns the exit status and the rest of the log.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let rest: Vec<String> = self.log.try_iter().collect();
+        (status, rest.join("\n"))
+    }
+}
+
+/// Runs a command that must fail at start-up and returns its stderr.
+fn fails(mut c: Command) -> String {
+    let out = c.stdout(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "no panic: {stderr}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("serversync: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line: {stderr}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn serve_on_sqlite_answers_health_readiness_and_metrics_then_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(cmd(dir.path()));
+    let (status, body) = server.get("/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"database\":\"ok\""), "{body}");
+    let (status, body) = server.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("# TYPE serversync_http_requests_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("route=\"/readyz\""), "{body}");
+
+    // First start created the SQLite file and a private master key file.
+    assert!(dir.path().join("serversync.db").exists());
+    let key = dir.path().join("master.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{log}");
+    assert!(
+        log.contains("engine stopped") && log.contains("stopped"),
+        "{log}"
+    );
+}
+
+#[test]
+fn serve_on_postgres() {
+    let env = serversync_testkit::TestEnv::from_env();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(env.pg_database()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cmd(dir.path());
+    c.env("SERVERSYNC_DATABASE_URL", db.url())
+        .env("SERVERSYNC_LOG_FORMAT", "json");
+    let server = Server::start(c);
+    let (status, body) = server.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !dir.path().join("serversync.db").exists(),
+        "no SQLite file when PostgreSQL is configured"
+    );
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.lines().all(|l| l.trim_start().starts_with('{')),
+        "JSON logs: {log}"
+    );
+}
+
+#[test]
+fn bad_configuration_stops_startup_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[server]\nlisten = 8080\n").unwrap();
+    let mut c = cmd(dir.path());
+    c.args(["--config", cfg.to_str().unwrap(), "serve"]);
+    let line = fails(c);
+    assert!(line.contains("bad.toml at line 2"), "{line}");
+
+    let mut c = cmd(dir.path());
+    c.args([
+        "--database-url",
+        "postgres://serversync:hunter2@127.0.0.1:1/none",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let line = fails(c);
+    assert!(line.contains("cannot reach the database"), "{line}");
+    assert!(!line.contains("hunter2"), "password redacted: {line}");
+    assert!(
+        line.contains("SERVERSYNC_DATABASE_URL"),
+        "names the fix: {line}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = cmd(dir.path());
+    c.args([
+        "serve",
+        "--listen",
+        &taken.local_addr().unwrap().to_string(),
+    ]);
+    let line = fails(c);
+    assert!(
+        line.contains("cannot listen on") && line.contains("another process uses this port"),
+        "{line}"
+    );
+
+    let mut c = cmd(dir.path());
+    c.env("SERVERSYNC_MASTER_KEY", "too-short").arg("migrate");
+    let line = fails(c);
+    assert!(
+        line.contains("SERVERSYNC_MASTER_KEY") && line.contains("base64"),
+        "{line}"
+    );
+}
+
+fn sealed_secret(dir: &Path, key_file: &Path, value: &str) -> serversync_model::SecretId {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let key = MasterKey::load("unused", None, key_file).unwrap();
+        let store = Store::open(
+            &format!("sqlite://{}", dir.join("serversync.db").display()),
+            key,
+        )
+        .await
+        .unwrap();
+        let id = store.put_secret(None, &Secret::new(value)).await.unwrap();
+        store.close().await;
+        id
+    })
+}
+
+fn read_secret(dir: &Path, key_b64: &str, id: serversync_model::SecretId) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let key = MasterKey::from_base64(key_b64, KeySource::Direct).unwrap();
+        let store = Store::open(
+            &format!("sqlite://{}", dir.join("serversync.db").display()),
+            key,
+        )
+        .await
+        .unwrap();
+        let v = store.get_secret(id).await.unwrap().expose().to_owned();
+        store.close().await;
+        v
+    })
+}
+
+#[test]
+fn a_wrong_master_key_is_refused_and_never_overwrites_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("master.key");
+    let id = sealed_secret(dir.path(), &key_file, "mailbox-password");
+    let original = std::fs::read_to_string(&key_file).unwrap();
+
+    let mut c = cmd(dir.path());
+    c.env(
+        "SERVERSYNC_MASTER_KEY",
+        MasterKey::generate().unwrap().to_base64(),
+    )
+    .args(["serve", "--listen", "127.0.0.1:0"]);
+    let line = fails(c);
+    assert!(
+        line.contains("is not the key this database's secrets were encrypted with"),
+        "{line}"
+    );
+
+    std::fs::write(&key_file, MasterKey::generate().unwrap().to_base64()).unwrap();
+    let mut c = cmd(dir.path());
+    c.arg("migrate");
+    let line = fails(c);
+    assert!(
+        line.contains("key file"),
+        "names where the key came from: {line}"
+    );
+
+    assert_eq!(read_secret(dir.path(), &original, id), "mailbox-password");
+}
+
+#[test]
+fn keys_rotate_reencrypts_and_swaps_the_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("master.key");
+    let id = sealed_secret(dir.path(), &key_file, "rotate-me");
+    let old = std::fs::read_to_string(&key_file).unwrap();
+
+    let out = cmd(dir.path()).args(["keys", "rotate"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("re-encrypted 1 secrets"), "{stdout}");
+    let new = std::fs::read_to_string(&key_file).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("master.key.previous")).unwrap(),
+        old
+    );
+    assert_eq!(read_secret(dir.path(), &new, id), "rotate-me");
+    assert!(
+        cmd(dir.path())
+            .arg("migrate")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn an_interrupted_rotation_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("master.key");
+    let id = sealed_secret(dir.path(), &key_file, "survive");
+    // Simulate a crash after the database commit, before the key files were swapped.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let new_b64 = rt.block_on(async {
+        let key = MasterKey::load("unused", None, &key_file).unwrap();
+        let store = Store::open(
+            &format!("sqlite://{}", dir.path().join("serversync.db").display()),
+            key,
+        )
+        .await
+        .unwrap();
+        let new_key = MasterKey::generate().unwrap();
+        new_key
+            .write_new_file(&dir.path().join("master.key.new"))
+            .unwrap();
+        let b64 = new_key.to_base64();
+        let (store, _) = store.rotate_master_key(new_key).await.unwrap();
+        store.close().await;
+        b64
+    });
+    let out = cmd(dir.path()).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), new_b64);
+    assert!(!dir.path().join("master.key.new").exists());
+    assert_eq!(read_secret(dir.path(), &new_b64, id), "survive");
+}
+
+#[test]
+fn every_subcommand_explains_itself() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["keys", "--help"],
+        &["keys", "rotate", "--help"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: serversync"), "{args:?}: {text}");
+    }
+    let text = String::from_utf8_lossy(&Command::new(BIN).arg("--help").output().unwrap().stdout)
+        .into_owned();
+    for sub in ["serve", "migrate", "keys"] {
+        assert!(text.contains(sub), "{text}");
+    }
+}

@@ -1,0 +1,31 @@
+//! Alerts: on a mailbox's alert wall, for its owner and for the profile owner.
+
+use crate::{AlertId, FailureStep, MailboxId, OrgId, ProfileId, Timestamp, UserId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Information,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: AlertId,
+    pub org_id: OrgId,
+    pub severity: Severity,
+    /// Stable machine code (`auth_failed`, `mailbox_not_approved`, `tls_failed`…).
+    pub code: String,
+    /// What happened and what to do about it.
+    pub message: String,
+    pub mailbox_id: Option<MailboxId>,
+    pub profile_id: Option<ProfileId>,
+    /// The step that failed, for connection failures.
+    pub step: Option<FailureStep>,
+    /// Users who are shown the alert (mailbox owner, profile owner).
+    pub recipients: Vec<UserId>,
+    pub created_at: Timestamp,
+    pub dismissed_at: Option<Timestamp>,
+}

@@ -1,0 +1,206 @@
+//! CRM records: accounts, contacts, leads, activities (email, appointment, task) and queue items.
+
+use crate::{
+    AccountId, ActivityId, AttachmentId, ContactId, LeadId, MailboxId, OrgId, QueueId, QueueItemId,
+    Timestamp, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+/// A reference to any record that can be a party or a "regarding" record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "id", rename_all = "snake_case")]
+pub enum RecordRef {
+    User(UserId),
+    Queue(QueueId),
+    Contact(ContactId),
+    Account(AccountId),
+    Lead(LeadId),
+    Activity(ActivityId),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub emails: Vec<String>,
+    pub owner_id: UserId,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    pub id: ContactId,
+    pub org_id: OrgId,
+    pub full_name: String,
+    pub emails: Vec<String>,
+    pub account_id: Option<AccountId>,
+    pub owner_id: UserId,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lead {
+    pub id: LeadId,
+    pub org_id: OrgId,
+    pub full_name: String,
+    pub company: Option<String>,
+    pub emails: Vec<String>,
+    pub owner_id: UserId,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Incoming,
+    Outgoing,
+}
+
+/// Email activity status (REFERENCE.md part A "Outgoing email").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailStatus {
+    Draft,
+    Completed,
+    Sent,
+    Received,
+    Canceled,
+    PendingSend,
+    Sending,
+    Failed,
+    /// Left in "sending" by a worker that died, and the outcome could not be found out: a person
+    /// decides; serversync never sends it again by itself.
+    OutcomeUnknown,
+}
+
+impl EmailStatus {
+    /// Whether the activity is still open (failed stays open, as in the reference).
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            EmailStatus::Draft
+                | EmailStatus::PendingSend
+                | EmailStatus::Sending
+                | EmailStatus::Failed
+                | EmailStatus::OutcomeUnknown
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartyRole {
+    From,
+    To,
+    Cc,
+    Bcc,
+}
+
+/// One participant of an activity: an address, resolved to a record when possible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityParty {
+    pub role: PartyRole,
+    pub address: String,
+    pub display_name: Option<String>,
+    /// `None`: unresolved (kept as the plain address).
+    pub resolved: Option<RecordRef>,
+}
+
+/// An attachment, stored once by content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: AttachmentId,
+    pub file_name: String,
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// Set when the bytes were dropped (for example over the size limit); the reason is kept.
+    pub dropped_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailActivity {
+    pub id: ActivityId,
+    pub org_id: OrgId,
+    pub subject: String,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    pub direction: Direction,
+    pub status: EmailStatus,
+    pub owner_id: UserId,
+    pub parties: Vec<ActivityParty>,
+    pub attachments: Vec<Attachment>,
+    pub regarding: Option<RecordRef>,
+    pub tracking_token: Option<String>,
+    /// Message-ID without angle brackets.
+    pub message_id: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    /// Conversation (thread) the activity belongs to.
+    pub conversation_id: Option<String>,
+    /// Mailboxes through which the message was seen (one activity, many links).
+    pub mailbox_ids: Vec<MailboxId>,
+    pub sent_at: Option<Timestamp>,
+    pub received_at: Option<Timestamp>,
+    pub send_after: Option<Timestamp>,
+    pub delivery_attempts: u32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivityState {
+    Open,
+    Completed,
+    Canceled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Appointment {
+    pub id: ActivityId,
+    pub org_id: OrgId,
+    pub subject: String,
+    pub location: Option<String>,
+    pub description: Option<String>,
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+    pub all_day: bool,
+    pub organizer: Option<ActivityParty>,
+    pub attendees: Vec<ActivityParty>,
+    pub owner_id: UserId,
+    pub regarding: Option<RecordRef>,
+    pub state: ActivityState,
+    /// iCalendar UID, shared with the mail system.
+    pub ical_uid: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: ActivityId,
+    pub org_id: OrgId,
+    pub subject: String,
+    pub description: Option<String>,
+    pub due_at: Option<Timestamp>,
+    pub percent_complete: u8,
+    pub owner_id: UserId,
+    pub regarding: Option<RecordRef>,
+    pub state: ActivityState,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// An activity placed in a queue for someone to work on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueItem {
+    pub id: QueueItemId,
+    pub org_id: OrgId,
+    pub queue_id: QueueId,
+    pub activity_id: ActivityId,
+    pub worker_id: Option<UserId>,
+    pub entered_at: Timestamp,
+}

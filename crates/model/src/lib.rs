@@ -1,0 +1,27 @@
+//! The serversync domain model.
+//!
+//! Everything a CRM organization configures and everything synchronization produces, with the
+//! reference defaults, ranges and rules (SPEC.md, REFERENCE.md part A). This crate is pure: it
+//! performs no I/O, knows no SQL, no HTTP and no wire protocol, and has no async code. Other
+//! crates store, transmit and act on these types; the rules about what is valid live here.
+
+pub mod alert;
+pub mod audit;
+pub mod crm;
+pub mod error;
+pub mod ids;
+pub mod job;
+pub mod mailbox;
+pub mod org;
+pub mod profile;
+pub mod secret;
+pub mod settings;
+pub mod sync;
+pub mod validate;
+
+pub use error::{ErrorKind, FailureStep, ValidationError, ValidationErrors};
+pub use ids::*;
+pub use secret::Secret;
+
+/// Point in time, always UTC.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -1,0 +1,267 @@
+//! Mailboxes: one per user and per queue, with delivery methods, approval, the three status
+//! fields and sync telemetry (REFERENCE.md part A "Mailbox").
+
+use crate::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod, TrackingFilter};
+use crate::{
+    ErrorKind, FailureStep, MailboxId, OrgId, ProfileId, QueueId, SecretId, Timestamp, UserId,
+    ValidationErrors, validate,
+};
+use serde::{Deserialize, Serialize};
+
+/// Whom a mailbox belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "id", rename_all = "snake_case")]
+pub enum MailboxRegarding {
+    User(UserId),
+    Queue(QueueId),
+}
+
+/// Email address approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    #[default]
+    Empty,
+    PendingApproval,
+    Approved,
+    Rejected,
+}
+
+/// Result of the last test or synchronization of one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    #[default]
+    NotRun,
+    Success,
+    Failure,
+}
+
+/// One direction's status field with when it was last written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DirectionStatus {
+    pub status: RunStatus,
+    pub at: Option<Timestamp>,
+    /// Enabled for processing (after a successful test and enable).
+    pub enabled: bool,
+}
+
+/// The last error seen on a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    pub kind: ErrorKind,
+    pub step: Option<FailureStep>,
+    pub code: String,
+    pub message: String,
+    pub count: u32,
+    pub at: Timestamp,
+}
+
+/// Synchronization telemetry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Telemetry {
+    pub last_sync_start: Option<Timestamp>,
+    pub last_successful_sync: Option<Timestamp>,
+    pub last_error: Option<LastError>,
+    pub items_processed: u64,
+    pub items_failed: u64,
+    pub transient_failure_count: u32,
+    pub postponed_until: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mailbox {
+    pub id: MailboxId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub regarding: MailboxRegarding,
+    /// The user who owns the mailbox (for a queue mailbox: the queue's owner).
+    pub owner_id: UserId,
+    /// Kept in step with the user's or queue's address.
+    pub email: String,
+    pub profile_id: Option<ProfileId>,
+    pub incoming_method: IncomingMethod,
+    pub outgoing_method: OutgoingMethod,
+    pub act_method: ActMethod,
+    pub approval: ApprovalStatus,
+    /// Mailbox credentials when the profile uses credentials specified by user or queue.
+    pub username: Option<String>,
+    pub password: Option<SecretId>,
+    pub allow_credentials_for_processing: bool,
+    pub is_forward_mailbox: bool,
+    /// Delete email from the server after processing (forward and queue mailboxes only).
+    pub delete_after_processing: bool,
+    /// Overrides the profile's date; the later of the two wins.
+    pub process_email_from: Option<Timestamp>,
+    pub tracking: TrackingFilter,
+    /// Sync items with Exchange from this organization only, even if Exchange was set to sync
+    /// with a different organization.
+    pub sync_with_this_org_only: bool,
+    pub incoming: DirectionStatus,
+    pub outgoing: DirectionStatus,
+    pub act: DirectionStatus,
+    pub test_completed_on: Option<Timestamp>,
+    pub telemetry: Telemetry,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Mailbox {
+    /// A new mailbox taking the organization's default profile and delivery methods.
+    pub fn new_with_defaults(
+        org_id: OrgId,
+        regarding: MailboxRegarding,
+        owner_id: UserId,
+        name: &str,
+        email: &str,
+        settings: &EmailSettings,
+        now: Timestamp,
+    ) -> Self {
+        let tracking = match regarding {
+            MailboxRegarding::User(_) => settings.default_user_tracking,
+            MailboxRegarding::Queue(_) => settings.default_queue_tracking,
+        };
+        let act_method = match regarding {
+            // Appointments, contacts and tasks are for user mailboxes only.
+            MailboxRegarding::Queue(_) => ActMethod::None,
+            MailboxRegarding::User(_) => settings.default_act,
+        };
+        Self {
+            id: MailboxId::new(),
+            org_id,
+            name: name.to_owned(),
+            regarding,
+            owner_id,
+            email: email.to_owned(),
+            profile_id: settings.default_profile_id,
+            incoming_method: settings.default_incoming,
+            outgoing_method: settings.default_outgoing,
+            act_method,
+            approval: ApprovalStatus::Empty,
+            username: None,
+            password: None,
+            allow_credentials_for_processing: false,
+            is_forward_mailbox: false,
+            delete_after_processing: false,
+            process_email_from: None,
+            tracking,
+            sync_with_this_org_only: false,
+            incoming: DirectionStatus::default(),
+            outgoing: DirectionStatus::default(),
+            act: DirectionStatus::default(),
+            test_completed_on: None,
+            telemetry: Telemetry::default(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    pub fn is_queue(&self) -> bool {
+        matches!(self.regarding, MailboxRegarding::Queue(_))
+    }
+
+    /// Whether approval is still needed before any mail is processed.
+    pub fn needs_approval(&self, settings: &EmailSettings) -> bool {
+        let required = if self.is_queue() {
+            settings.require_approved_queues
+        } else {
+            settings.require_approved_users
+        };
+        required && self.approval != ApprovalStatus::Approved
+    }
+
+    /// The overall mailbox status: failure if any configured direction failed, success if all
+    /// configured directions succeeded, not run otherwise.
+    pub fn overall_status(&self) -> RunStatus {
+        let configured = [
+            (self.incoming_method != IncomingMethod::None, &self.incoming),
+            (self.outgoing_method != OutgoingMethod::None, &self.outgoing),
+            (self.act_method == ActMethod::ServerSideSync, &self.act),
+        ];
+        let mut all_ok = true;
+        for (on, d) in configured.iter().filter(|(on, _)| *on) {
+            let _ = on;
+            match d.status {
+                RunStatus::Failure => return RunStatus::Failure,
+                RunStatus::NotRun => all_ok = false,
+                RunStatus::Success => {}
+            }
+        }
+        if all_ok && configured.iter().any(|(on, _)| *on) {
+            RunStatus::Success
+        } else {
+            RunStatus::NotRun
+        }
+    }
+
+    /// The later of the profile's and the mailbox's "process email from" dates.
+    pub fn effective_process_from(&self, profile_from: Option<Timestamp>) -> Option<Timestamp> {
+        self.process_email_from.max(profile_from)
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = ValidationErrors::default();
+        if !validate::is_email_address(&self.email) {
+            e.push(
+                "invalid_email",
+                "email",
+                "enter an email address such as name@example.com",
+            );
+        }
+        if self.delete_after_processing && !(self.is_forward_mailbox || self.is_queue()) {
+            e.push(
+                "delete_not_allowed",
+                "delete_after_processing",
+                "only forward mailboxes and queue mailboxes may delete email after processing",
+            );
+        }
+        if self.is_queue() && self.act_method == ActMethod::ServerSideSync {
+            e.push(
+                "act_not_for_queues",
+                "act_method",
+                "appointments, contacts and tasks synchronize for user mailboxes only: set \
+                 act_method to none",
+            );
+        }
+        e.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_mailboxes_take_the_defaults_and_status_follows_directions() {
+        let org = OrgId::new();
+        let mut s = EmailSettings::new(org);
+        s.default_profile_id = Some(ProfileId::new());
+        s.default_act = ActMethod::None;
+        let now = chrono::Utc::now();
+        let mut m = Mailbox::new_with_defaults(
+            org,
+            MailboxRegarding::User(UserId::new()),
+            UserId::new(),
+            "Ann",
+            "ann@example.com",
+            &s,
+            now,
+        );
+        assert_eq!(m.profile_id, s.default_profile_id);
+        assert!(m.needs_approval(&s));
+        assert_eq!(m.overall_status(), RunStatus::NotRun);
+        m.incoming.status = RunStatus::Success;
+        assert_eq!(m.overall_status(), RunStatus::NotRun);
+        m.outgoing.status = RunStatus::Success;
+        assert_eq!(m.overall_status(), RunStatus::Success);
+        m.outgoing.status = RunStatus::Failure;
+        assert_eq!(m.overall_status(), RunStatus::Failure);
+        m.approval = ApprovalStatus::Approved;
+        assert!(!m.needs_approval(&s));
+        let later = now + chrono::Duration::days(1);
+        m.process_email_from = Some(now);
+        assert_eq!(m.effective_process_from(Some(later)), Some(later));
+        assert_eq!(m.effective_process_from(None), Some(now));
+    }
+}

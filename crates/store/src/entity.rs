@@ -1,0 +1,479 @@
+//! Entities: a JSON document per row plus the columns queries need.
+//!
+//! SQL here is assembled from table and column names that are constants of this crate (never
+//! from input); every value is a bound parameter. That is what `AssertSqlSafe` asserts.
+
+use crate::{Store, StoreError, audit::NewAuditEntry, dispatch, from_ms, now_ms};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serversync_model::alert::Alert;
+use serversync_model::crm::{Account, Appointment, Contact, EmailActivity, Lead, QueueItem, Task};
+use serversync_model::job::Job;
+use serversync_model::mailbox::{Mailbox, MailboxRegarding};
+use serversync_model::org::{Organization, Queue, Role, User};
+use serversync_model::profile::EmailServerProfile;
+use serversync_model::settings::EmailSettings;
+use serversync_model::{OrgId, Timestamp};
+use sqlx::Row;
+
+/// A value for an indexed column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Col {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(bool),
+}
+
+impl Col {
+    pub fn text(s: impl ToString) -> Col {
+        Col::Text(Some(s.to_string()))
+    }
+    pub fn opt_text<T: ToString>(s: Option<T>) -> Col {
+        Col::Text(s.map(|s| s.to_string()))
+    }
+}
+
+/// Serializes an enum to its serde name (`"pending_approval"`) for an indexed column.
+fn name_of<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Something stored as a row of its own table.
+pub trait Entity: Serialize + DeserializeOwned + Send + Sync {
+    const TABLE: &'static str;
+    /// Human name for messages and the audit log.
+    const NAME: &'static str;
+    fn id(&self) -> String;
+    fn org_id(&self) -> Option<OrgId>;
+    /// Indexed columns and their values (names are fixed by code, never by input).
+    fn columns(&self) -> Vec<(&'static str, Col)> {
+        Vec::new()
+    }
+}
+
+/// An entity as stored, with its optimistic-concurrency version and timestamps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored<E> {
+    pub value: E,
+    pub version: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One page of a list, with the cursor for the next page.
+#[derive(Debug, Clone)]
+pub struct Page<E> {
+    pub items: Vec<Stored<E>>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+macro_rules! bind_col {
+    ($q:expr, $col:expr) => {
+        match $col {
+            Col::Text(v) => $q.bind(v.clone()),
+            Col::Int(v) => $q.bind(*v),
+            Col::Bool(v) => $q.bind(*v),
+        }
+    };
+}
+
+fn decode<E: Entity>(
+    row_id: String,
+    doc: &str,
+    version: i64,
+    c: i64,
+    u: i64,
+) -> Result<Stored<E>, StoreError> {
+    let value = serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
+        entity: E::NAME,
+        id: row_id,
+        cause: e.to_string(),
+    })?;
+    Ok(Stored {
+        value,
+        version,
+        created_at: from_ms(c),
+        updated_at: from_ms(u),
+    })
+}
+
+fn to_doc<E: Entity>(e: &E) -> Result<String, StoreError> {
+    serde_json::to_string(e).map_err(|err| StoreError::Corrupt {
+        entity: E::NAME,
+        id: e.id(),
+        cause: err.to_string(),
+    })
+}
+
+/// Turns a unique-constraint violation into a readable conflict.
+fn conflict<E: Entity>(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
+            entity: E::NAME,
+            detail: d.message().to_owned(),
+        },
+        _ => StoreError::Database(err),
+    }
+}
+
+impl Store {
+    /// Inserts a new entity.
+    pub async fn insert<E: Entity>(&self, e: &E) -> Result<Stored<E>, StoreError> {
+        self.insert_audited(e, None).await
+    }
+
+    /// Inserts a new entity and, in the same transaction, an audit entry.
+    pub async fn insert_audited<E: Entity>(
+        &self,
+        e: &E,
+        audit: Option<NewAuditEntry>,
+    ) -> Result<Stored<E>, StoreError> {
+        let cols = e.columns();
+        let mut names = vec!["id", "org_id", "doc", "version", "created_at", "updated_at"];
+        names.extend(cols.iter().map(|(n, _)| *n));
+        let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            E::TABLE,
+            names.join(", "),
+            params.join(", ")
+        );
+        let doc = to_doc(e)?;
+        let now = now_ms();
+        dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(e.id())
+                .bind(e.org_id().map(|o| o.to_string()))
+                .bind(&doc)
+                .bind(1_i64)
+                .bind(now)
+                .bind(now);
+            for (_, c) in &cols {
+                q = bind_col!(q, c);
+            }
+            q.execute(&mut *tx).await.map_err(conflict::<E>)?;
+            if let Some(a) = audit {
+                crate::audit::append_in!(tx, a);
+            }
+            tx.commit().await?;
+        });
+        Ok(Stored {
+            value: serde_json::from_str(&doc).map_err(|err| StoreError::Corrupt {
+                entity: E::NAME,
+                id: e.id(),
+                cause: err.to_string(),
+            })?,
+            version: 1,
+            created_at: from_ms(now),
+            updated_at: from_ms(now),
+        })
+    }
+
+    pub async fn get<E: Entity>(&self, id: &str) -> Result<Option<Stored<E>>, StoreError> {
+        let sql = format!(
+            "SELECT id, doc, version, created_at, updated_at FROM {} WHERE id = $1",
+            E::TABLE
+        );
+        dispatch!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?;
+            row.map(|r| decode::<E>(r.try_get("id")?, r.try_get::<&str, _>("doc")?, r.try_get("version")?, r.try_get("created_at")?, r.try_get("updated_at")?)).transpose()
+        })
+    }
+
+    /// Like [`Store::get`], but a missing entity is an error.
+    pub async fn fetch<E: Entity>(&self, id: &str) -> Result<Stored<E>, StoreError> {
+        self.get(id).await?.ok_or_else(|| StoreError::NotFound {
+            entity: E::NAME,
+            id: id.to_owned(),
+        })
+    }
+
+    /// Replaces an entity. With `expected_version`, fails if someone else changed it meanwhile.
+    pub async fn update<E: Entity>(
+        &self,
+        e: &E,
+        expected_version: Option<i64>,
+    ) -> Result<Stored<E>, StoreError> {
+        self.update_audited(e, expected_version, None).await
+    }
+
+    pub async fn update_audited<E: Entity>(
+        &self,
+        e: &E,
+        expected_version: Option<i64>,
+        audit: Option<NewAuditEntry>,
+    ) -> Result<Stored<E>, StoreError> {
+        let cols = e.columns();
+        let mut sets = vec![
+            "doc = $1".to_owned(),
+            "version = version + 1".to_owned(),
+            "updated_at = $2".to_owned(),
+        ];
+        for (i, (n, _)) in cols.iter().enumerate() {
+            sets.push(format!("{n} = ${}", i + 3));
+        }
+        let id_param = cols.len() + 3;
+        let mut sql = format!(
+            "UPDATE {} SET {} WHERE id = ${id_param}",
+            E::TABLE,
+            sets.join(", ")
+        );
+        if expected_version.is_some() {
+            sql.push_str(&format!(" AND version = ${}", id_param + 1));
+        }
+        sql.push_str(" RETURNING version, created_at");
+        let doc = to_doc(e)?;
+        let now = now_ms();
+        let row: Option<(i64, i64)> = dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&doc).bind(now);
+            for (_, c) in &cols {
+                q = bind_col!(q, c);
+            }
+            q = q.bind(e.id());
+            if let Some(v) = expected_version {
+                q = q.bind(v);
+            }
+            let row = q.fetch_optional(&mut *tx).await.map_err(conflict::<E>)?;
+            let row = match row {
+                Some(r) => Some((r.try_get::<i64, _>("version")?, r.try_get::<i64, _>("created_at")?)),
+                None => None,
+            };
+            if row.is_some() {
+                if let Some(a) = audit {
+                    crate::audit::append_in!(tx, a);
+                }
+                tx.commit().await?;
+            }
+            row
+        });
+        match row {
+            Some((version, created)) => Ok(Stored {
+                value: serde_json::from_str(&doc).map_err(|err| StoreError::Corrupt {
+                    entity: E::NAME,
+                    id: e.id(),
+                    cause: err.to_string(),
+                })?,
+                version,
+                created_at: from_ms(created),
+                updated_at: from_ms(now),
+            }),
+            None => match expected_version {
+                Some(v) if self.get::<E>(&e.id()).await?.is_some() => {
+                    Err(StoreError::VersionMismatch {
+                        entity: E::NAME,
+                        id: e.id(),
+                        expected: v,
+                    })
+                }
+                _ => Err(StoreError::NotFound {
+                    entity: E::NAME,
+                    id: e.id(),
+                }),
+            },
+        }
+    }
+
+    /// Deletes an entity; `false` if it did not exist.
+    pub async fn delete<E: Entity>(
+        &self,
+        id: &str,
+        audit: Option<NewAuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let sql = format!("DELETE FROM {} WHERE id = $1", E::TABLE);
+        dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                if let Some(a) = audit {
+                    crate::audit::append_in!(tx, a);
+                }
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Lists entities of an organization (or all, for organizations themselves) in id order —
+    /// ids are time-ordered — matching every `(column, value)` filter, `limit` at a time after
+    /// the cursor `after`.
+    pub async fn list<E: Entity>(
+        &self,
+        org: Option<OrgId>,
+        filters: &[(&'static str, Col)],
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<E>, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let mut conds = Vec::new();
+        let mut n = 0;
+        let mut next_param = || {
+            n += 1;
+            format!("${n}")
+        };
+        if org.is_some() {
+            conds.push(format!("org_id = {}", next_param()));
+        }
+        for (name, c) in filters {
+            match c {
+                Col::Text(None) | Col::Int(None) => conds.push(format!("{name} IS NULL")),
+                _ => conds.push(format!("{name} = {}", next_param())),
+            }
+        }
+        if after.is_some() {
+            conds.push(format!("id > {}", next_param()));
+        }
+        let mut sql = format!(
+            "SELECT id, doc, version, created_at, updated_at FROM {}",
+            E::TABLE
+        );
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
+        let mut items: Vec<Stored<E>> = dispatch!(&self.db, pool => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            if let Some(o) = org {
+                q = q.bind(o.to_string());
+            }
+            for (_, c) in filters {
+                if !matches!(c, Col::Text(None) | Col::Int(None)) {
+                    q = bind_col!(q, c);
+                }
+            }
+            if let Some(a) = after {
+                q = q.bind(a.to_owned());
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| decode::<E>(r.try_get("id")?, r.try_get::<&str, _>("doc")?, r.try_get("version")?, r.try_get("created_at")?, r.try_get("updated_at")?))
+                .collect::<Result<Vec<_>, StoreError>>()?
+        });
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|s| s.value.id())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    /// Every entity matching the filters (for small sets such as roles).
+    pub async fn list_all<E: Entity>(
+        &self,
+        org: Option<OrgId>,
+        filters: &[(&'static str, Col)],
+    ) -> Result<Vec<Stored<E>>, StoreError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list::<E>(org, filters, after.as_deref(), 1000).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+// ---- the model's entities -------------------------------------------------------------------
+
+macro_rules! entity {
+    ($t:ty, $table:literal, $name:literal, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
+        impl Entity for $t {
+            const TABLE: &'static str = $table;
+            const NAME: &'static str = $name;
+            fn id(&self) -> String {
+                self.id.to_string()
+            }
+            #[allow(unused_variables)]
+            fn org_id(&self) -> Option<OrgId> {
+                let $s = self;
+                $org
+            }
+            #[allow(unused_variables)]
+            fn columns(&self) -> Vec<(&'static str, Col)> {
+                let $s = self;
+                vec![$(($col, $val)),*]
+            }
+        }
+    };
+}
+
+entity!(Organization, "organizations", "organization", |s| None, ["name" => Col::text(&s.name)]);
+entity!(User, "users", "user", |s| Some(s.org_id), ["email" => Col::text(s.email.to_lowercase())]);
+entity!(Queue, "queues", "queue", |s| Some(s.org_id), ["email" => Col::text(s.email.to_lowercase())]);
+entity!(Role, "roles", "role", |s| Some(s.org_id), ["name" => Col::text(&s.name)]);
+entity!(EmailServerProfile, "profiles", "email server profile", |s| Some(s.org_id), [
+    "name" => Col::text(&s.name),
+    "server_type" => Col::text(name_of(&s.server_type)),
+    "is_default" => Col::Bool(s.is_default),
+]);
+entity!(Mailbox, "mailboxes", "mailbox", |s| Some(s.org_id), [
+    "email" => Col::text(s.email.to_lowercase()),
+    "owner_id" => Col::text(s.owner_id),
+    "regarding_id" => Col::text(match s.regarding { MailboxRegarding::User(u) => u.to_string(), MailboxRegarding::Queue(q) => q.to_string() }),
+    "profile_id" => Col::opt_text(s.profile_id),
+    "approval" => Col::text(name_of(&s.approval)),
+    "overall_status" => Col::text(name_of(&s.overall_status())),
+]);
+entity!(Account, "accounts", "account", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
+entity!(Contact, "contacts", "contact", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
+entity!(Lead, "leads", "lead", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
+entity!(EmailActivity, "activities", "email activity", |s| Some(s.org_id), [
+    "kind" => Col::text("email"),
+    "status" => Col::text(name_of(&s.status)),
+    "owner_id" => Col::text(s.owner_id),
+    "message_id" => Col::opt_text(s.message_id.as_ref()),
+    "regarding_id" => Col::opt_text(s.regarding.map(|r| name_of(&r))),
+    "conversation_id" => Col::opt_text(s.conversation_id.as_ref()),
+]);
+entity!(Appointment, "activities", "appointment", |s| Some(s.org_id), [
+    "kind" => Col::text("appointment"),
+    "status" => Col::text(name_of(&s.state)),
+    "owner_id" => Col::text(s.owner_id),
+    "message_id" => Col::Text(None),
+    "regarding_id" => Col::opt_text(s.regarding.map(|r| name_of(&r))),
+    "conversation_id" => Col::Text(None),
+]);
+entity!(Task, "activities", "task", |s| Some(s.org_id), [
+    "kind" => Col::text("task"),
+    "status" => Col::text(name_of(&s.state)),
+    "owner_id" => Col::text(s.owner_id),
+    "message_id" => Col::Text(None),
+    "regarding_id" => Col::opt_text(s.regarding.map(|r| name_of(&r))),
+    "conversation_id" => Col::Text(None),
+]);
+entity!(QueueItem, "queue_items", "queue item", |s| Some(s.org_id), [
+    "queue_id" => Col::text(s.queue_id),
+    "activity_id" => Col::text(s.activity_id),
+]);
+entity!(Alert, "alerts", "alert", |s| Some(s.org_id), [
+    "severity" => Col::text(name_of(&s.severity)),
+    "mailbox_id" => Col::opt_text(s.mailbox_id),
+    "profile_id" => Col::opt_text(s.profile_id),
+]);
+entity!(Job, "jobs", "job", |s| Some(s.org_id), [
+    "kind" => Col::text(name_of(&s.kind)),
+    "status" => Col::text(name_of(&s.status)),
+]);
+
+/// Organization email settings: one row per organization, keyed by the organization id.
+impl Entity for EmailSettings {
+    const TABLE: &'static str = "email_settings";
+    const NAME: &'static str = "email settings";
+    fn id(&self) -> String {
+        self.org_id.to_string()
+    }
+    fn org_id(&self) -> Option<OrgId> {
+        Some(self.org_id)
+    }
+}

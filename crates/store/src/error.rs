@@ -1,0 +1,71 @@
+use serversync_model::ErrorKind;
+use serversync_vault::VaultError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL {url} is not valid: {cause}")]
+    BadUrl { url: String, cause: String },
+    #[error("cannot reach the database at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error(
+        "the master key ({current}, from {source_name}) is not the key this database's secrets \
+         were encrypted with (key id {expected}); nothing was changed. Supply the original key \
+         (SERVERSYNC_MASTER_KEY or the key file), or restore the key file from backup"
+    )]
+    WrongMasterKey {
+        current: String,
+        expected: String,
+        source_name: String,
+    },
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    #[error("{entity} conflicts with an existing one: {detail}")]
+    Conflict {
+        entity: &'static str,
+        detail: String,
+    },
+    #[error("{entity} {id} was changed by someone else (expected version {expected})")]
+    VersionMismatch {
+        entity: &'static str,
+        id: String,
+        expected: i64,
+    },
+    #[error("lease on {resource} is no longer held by this worker (epoch {epoch})")]
+    LeaseLost { resource: String, epoch: i64 },
+    #[error("stored {entity} {id} cannot be read: {cause}")]
+    Corrupt {
+        entity: &'static str,
+        id: String,
+        cause: String,
+    },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// How the retry policy should treat this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Unreachable { .. } => ErrorKind::Transient,
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => ErrorKind::Transient,
+                _ => ErrorKind::Bug,
+            },
+            StoreError::BadUrl { .. } | StoreError::WrongMasterKey { .. } => ErrorKind::Config,
+            StoreError::NotFound { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::VersionMismatch { .. }
+            | StoreError::LeaseLost { .. } => ErrorKind::Permanent,
+            StoreError::Migration(_) | StoreError::Corrupt { .. } | StoreError::Vault(_) => {
+                ErrorKind::Bug
+            }
+        }
+    }
+}

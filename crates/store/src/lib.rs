@@ -1,0 +1,199 @@
+//! The store: the only place that speaks SQL.
+//!
+//! One API over two backends, chosen by the database URL: embedded **SQLite** (a file created on
+//! first start; the default) and **PostgreSQL** (`postgres://…`, for several workers). The
+//! backends are a closed enum, so every operation is a visible `match` (see [`dispatch!`]);
+//! the SQL is shared wherever both dialects accept it and split only where they do not.
+//!
+//! Entities are stored as a JSON document plus the columns that queries filter on ([`Entity`]).
+//! Secrets are sealed with the master key before they reach a table ([`secrets`]). Work
+//! ownership uses leases with fencing epochs ([`lease`]).
+
+mod audit;
+mod entity;
+mod error;
+mod lease;
+mod secrets;
+mod sync_state;
+
+pub use audit::NewAuditEntry;
+pub use entity::{Col, Entity, Page, Stored};
+pub use error::StoreError;
+pub use lease::LeaseGuard;
+
+use serversync_vault::MasterKey;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool; the body is compiled once per backend.
+macro_rules! dispatch {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Db::Sqlite($pool) => $body,
+            $crate::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Db,
+    pub(crate) key: Arc<MasterKey>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// Removes the password from a database URL so it can be shown.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:********@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path`, `sqlite:path`, a plain file path, or
+    /// `postgres://…`), applies pending migrations and checks that `key` is the master key this
+    /// database's secrets were sealed with. A first start seals a check value with `key`.
+    pub async fn open(url: &str, key: MasterKey) -> Result<Store, StoreError> {
+        let store = Self::connect(url, key).await?;
+        store.migrate().await?;
+        store.check_master_key().await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating or checking the key.
+    pub async fn connect(url: &str, key: MasterKey) -> Result<Store, StoreError> {
+        let shown = redact_url(url);
+        let unreachable = |e: sqlx::Error| StoreError::Unreachable {
+            url: shown.clone(),
+            cause: e.to_string(),
+        };
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
+                url: shown.clone(),
+                cause: e.to_string(),
+            })?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await
+                .map_err(unreachable)?;
+            Db::Postgres(pool)
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            if path.contains("://") {
+                return Err(StoreError::BadUrl {
+                    url: shown,
+                    cause: "use postgres://… for PostgreSQL or sqlite://PATH for SQLite".into(),
+                });
+            }
+            if let Some(dir) = std::path::Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Unreachable {
+                    url: shown.clone(),
+                    cause: format!("cannot create directory {}: {e}", dir.display()),
+                })?;
+            }
+            let opts = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(opts)
+                .await
+                .map_err(unreachable)?;
+            Db::Sqlite(pool)
+        };
+        Ok(Store {
+            db,
+            key: Arc::new(key),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let r = match &self.db {
+            Db::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await,
+            Db::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await,
+        };
+        r.map_err(|e| StoreError::Migration(e.to_string()))
+    }
+
+    /// Readiness: the database answers a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(&self.db, pool => {
+            sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(StoreError::from)
+        })
+    }
+
+    pub async fn close(&self) {
+        dispatch!(&self.db, pool => pool.close().await)
+    }
+
+    /// The master key this store seals with.
+    pub fn master_key(&self) -> &MasterKey {
+        &self.key
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> serversync_model::Timestamp {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

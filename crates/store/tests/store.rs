@@ -1,0 +1,473 @@
+//! Store behaviour, each test run once on SQLite and once on PostgreSQL.
+
+use serversync_model::alert::{Alert, Severity};
+use serversync_model::audit::Actor;
+use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
+use serversync_model::org::{BuiltinRole, Organization, User};
+use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType, TlsMode};
+use serversync_model::settings::EmailSettings;
+use serversync_model::sync::FolderCursor;
+use serversync_model::{AlertId, OrgId, Secret};
+use serversync_store::{Backend, Col, NewAuditEntry, Store, StoreError};
+use serversync_testkit::{PgDatabase, TestEnv};
+use serversync_vault::MasterKey;
+use std::time::Duration;
+
+/// Keeps the database of one test alive.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+impl Db {
+    async fn new(backend: Backend) -> Db {
+        match backend {
+            Backend::Sqlite => Db::Sqlite(tempfile::tempdir().unwrap()),
+            Backend::Postgres => Db::Postgres(TestEnv::from_env().pg_database().await.unwrap()),
+        }
+    }
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("serversync.db").display()),
+            Db::Postgres(db) => db.url().to_owned(),
+        }
+    }
+    fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Db::Sqlite(dir) => Some(dir.path().join("serversync.db")),
+            Db::Postgres(_) => None,
+        }
+    }
+}
+
+fn key(b64: &str) -> MasterKey {
+    MasterKey::from_base64(b64, serversync_vault::KeySource::Direct).unwrap()
+}
+
+macro_rules! both {
+    ($name:ident, |$store:ident, $db:ident, $key:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            async fn run(backend: Backend) {
+                let $db = Db::new(backend).await;
+                let $key = MasterKey::generate().unwrap().to_base64();
+                #[allow(unused_mut)]
+                let mut $store = Store::open(&$db.url(), key(&$key)).await.unwrap();
+                assert_eq!($store.backend(), backend);
+                $body
+            }
+            #[tokio::test]
+            async fn sqlite() {
+                run(Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                run(Backend::Postgres).await
+            }
+        }
+    };
+}
+
+fn now() -> serversync_model::Timestamp {
+    chrono::Utc::now()
+}
+
+async fn org_and_admin(store: &Store) -> (Organization, User) {
+    let org = Organization::new("contoso", "Contoso", now());
+    store.insert(&org).await.unwrap();
+    let role = BuiltinRole::SystemAdministrator.role(org.id);
+    store.insert(&role).await.unwrap();
+    let mut admin = User::new(org.id, "Ada Admin", "ada@example.test", now());
+    admin.role_ids.insert(role.id);
+    store.insert(&admin).await.unwrap();
+    (org, admin)
+}
+
+fn imap_profile(org: OrgId, owner: &User) -> EmailServerProfile {
+    let mut p = EmailServerProfile::new(org, "Test IMAP", ServerType::ImapSmtp, owner.id, now());
+    p.incoming = Some(Endpoint {
+        location: "127.0.0.1".into(),
+        port: 993,
+        tls: TlsMode::Implicit,
+    });
+    p.outgoing = Some(Endpoint {
+        location: "127.0.0.1".into(),
+        port: 587,
+        tls: TlsMode::StartTls,
+    });
+    p
+}
+
+both!(
+    entities_round_trip_with_versions_and_conflicts,
+    |store, db, k| {
+        let (org, admin) = org_and_admin(&store).await;
+        let got = store.fetch::<User>(&admin.id.to_string()).await.unwrap();
+        assert_eq!(got.value, admin);
+        assert_eq!(got.version, 1);
+
+        // Unique email per organization.
+        let dup = User::new(org.id, "Other", "ADA@example.test", now());
+        assert!(matches!(
+            store.insert(&dup).await,
+            Err(StoreError::Conflict { .. })
+        ));
+
+        // Optimistic concurrency.
+        let mut changed = admin.clone();
+        changed.full_name = "Ada Lovelace".into();
+        let v2 = store.update(&changed, Some(1)).await.unwrap();
+        assert_eq!(v2.version, 2);
+        changed.full_name = "Stale".into();
+        assert!(matches!(
+            store.update(&changed, Some(1)).await,
+            Err(StoreError::VersionMismatch { .. })
+        ));
+        assert_eq!(
+            store
+                .fetch::<User>(&admin.id.to_string())
+                .await
+                .unwrap()
+                .value
+                .full_name,
+            "Ada Lovelace"
+        );
+
+        // Settings: one per organization.
+        let mut settings = EmailSettings::new(org.id);
+        let profile = imap_profile(org.id, &admin);
+        store.insert(&profile).await.unwrap();
+        settings.default_profile_id = Some(profile.id);
+        store.insert(&settings).await.unwrap();
+        let s = store
+            .fetch::<EmailSettings>(&org.id.to_string())
+            .await
+            .unwrap();
+        assert_eq!(s.value.default_profile_id, Some(profile.id));
+        assert!(s.value.require_approved_users);
+
+        // Only one default profile per organization.
+        let mut p1 = imap_profile(org.id, &admin);
+        p1.name = "A".into();
+        p1.is_default = true;
+        store.insert(&p1).await.unwrap();
+        let mut p2 = imap_profile(org.id, &admin);
+        p2.name = "B".into();
+        p2.is_default = true;
+        assert!(matches!(
+            store.insert(&p2).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        let _ = (db, k);
+    }
+);
+
+both!(lists_filter_and_paginate, |store, db, k| {
+    let (org, admin) = org_and_admin(&store).await;
+    let settings = EmailSettings::new(org.id);
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let u = User::new(
+            org.id,
+            &format!("User {i}"),
+            &format!("u{i}@example.test"),
+            now(),
+        );
+        store.insert(&u).await.unwrap();
+        let mut m = Mailbox::new_with_defaults(
+            org.id,
+            MailboxRegarding::User(u.id),
+            u.id,
+            &u.full_name,
+            &u.email,
+            &settings,
+            now(),
+        );
+        if i % 2 == 0 {
+            m.approval = ApprovalStatus::Approved;
+        }
+        store.insert(&m).await.unwrap();
+        ids.push(m.id);
+    }
+    // Another organization's data never shows.
+    let other = Organization::new("fabrikam", "Fabrikam", now());
+    store.insert(&other).await.unwrap();
+    let ou = User::new(other.id, "Out", "out@example.test", now());
+    store.insert(&ou).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list::<Mailbox>(Some(org.id), &[], after.as_deref(), 3)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|s| s.value.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every mailbox once, in creation order");
+    let approved = store
+        .list_all::<Mailbox>(Some(org.id), &[("approval", Col::text("approved"))])
+        .await
+        .unwrap();
+    assert_eq!(approved.len(), 4);
+    assert_eq!(
+        store
+            .list_all::<User>(Some(org.id), &[])
+            .await
+            .unwrap()
+            .len(),
+        8
+    );
+    assert!(
+        store
+            .list_all::<User>(Some(other.id), &[])
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.value.org_id == other.id)
+    );
+    let _ = (admin, db, k);
+});
+
+both!(
+    changes_are_audited_in_the_same_transaction_without_secrets,
+    |store, db, k| {
+        let (org, admin) = org_and_admin(&store).await;
+        let mut p = imap_profile(org.id, &admin);
+        p.username = Some("svc@example.test".into());
+        p.password = Some(
+            store
+                .put_secret(Some(org.id), &Secret::new("Pr0file-Passw0rd!"))
+                .await
+                .unwrap(),
+        );
+        let actor = Actor::User(admin.id);
+        store
+            .insert_audited(&p, Some(NewAuditEntry::create(actor.clone(), &p)))
+            .await
+            .unwrap();
+        let mut after = p.clone();
+        after.advanced.max_concurrent_connections = 20;
+        store
+            .update_audited(
+                &after,
+                Some(1),
+                Some(NewAuditEntry::update(actor.clone(), &p, &after)),
+            )
+            .await
+            .unwrap();
+        store
+            .delete::<EmailServerProfile>(
+                &p.id.to_string(),
+                Some(NewAuditEntry::delete(actor.clone(), &after)),
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .get::<EmailServerProfile>(&p.id.to_string())
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let log = store.list_audit(Some(org.id), 0, 100).await.unwrap();
+        let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["create", "update", "delete"]);
+        assert!(
+            log.iter()
+                .all(|e| e.actor == actor && e.entity == "email server profile")
+        );
+        assert_eq!(
+            log[1].before.as_ref().unwrap()["advanced"]["max_concurrent_connections"],
+            10
+        );
+        assert_eq!(
+            log[1].after.as_ref().unwrap()["advanced"]["max_concurrent_connections"],
+            20
+        );
+        let text = serde_json::to_string(&log).unwrap();
+        assert!(!text.contains("Pr0file-Passw0rd!"));
+        // A failed update (stale version) leaves no audit entry behind.
+        let a = Alert {
+            id: AlertId::new(),
+            org_id: org.id,
+            severity: Severity::Error,
+            code: "x".into(),
+            message: "m".into(),
+            mailbox_id: None,
+            profile_id: None,
+            step: None,
+            recipients: vec![],
+            created_at: now(),
+            dismissed_at: None,
+        };
+        store.insert(&a).await.unwrap();
+        assert!(
+            store
+                .update_audited(&a, Some(7), Some(NewAuditEntry::update(actor, &a, &a)))
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            store.list_audit(Some(org.id), 0, 100).await.unwrap().len(),
+            3
+        );
+        let _ = (db, k);
+    }
+);
+
+both!(secrets_are_encrypted_at_rest, |store, db, k| {
+    const PLAIN: &str = "S3cret-Test-Passw0rd-7f3a";
+    let id = store.put_secret(None, &Secret::new(PLAIN)).await.unwrap();
+    assert_eq!(store.get_secret(id).await.unwrap().expose(), PLAIN);
+    store
+        .replace_secret(id, &Secret::new(format!("{PLAIN}-2")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_secret(id).await.unwrap().expose(),
+        format!("{PLAIN}-2")
+    );
+
+    let haystack: Vec<u8> = match db.sqlite_file() {
+        Some(file) => {
+            store.close().await; // checkpoint the WAL into the file
+            let mut bytes = std::fs::read(&file).unwrap();
+            for ext in ["-wal", "-shm"] {
+                if let Ok(b) = std::fs::read(format!("{}{ext}", file.display())) {
+                    bytes.extend(b);
+                }
+            }
+            bytes
+        }
+        None => {
+            let out = std::process::Command::new("pg_dump")
+                .arg("--dbname")
+                .arg(db.url())
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "pg_dump: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("secrets"),
+                "the dump covers the secrets table"
+            );
+            out.stdout
+        }
+    };
+    assert!(haystack.len() > 1000);
+    assert!(
+        !haystack.windows(PLAIN.len()).any(|w| w == PLAIN.as_bytes()),
+        "plaintext password found at rest"
+    );
+    let _ = k;
+});
+
+both!(
+    a_wrong_master_key_is_refused_and_loses_nothing,
+    |store, db, k| {
+        let id = store
+            .put_secret(None, &Secret::new("keep-me"))
+            .await
+            .unwrap();
+        store.close().await;
+        let wrong = MasterKey::generate().unwrap();
+        let err = Store::open(&db.url(), wrong).await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongMasterKey { .. }), "{err}");
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
+        let again = Store::open(&db.url(), key(&k)).await.unwrap();
+        assert_eq!(again.get_secret(id).await.unwrap().expose(), "keep-me");
+    }
+);
+
+both!(key_rotation_reencrypts_every_secret, |store, db, k| {
+    let a = store.put_secret(None, &Secret::new("alpha")).await.unwrap();
+    let b = store.put_secret(None, &Secret::new("beta")).await.unwrap();
+    let old_id = store.master_key().id().to_owned();
+    let new_key = MasterKey::generate().unwrap();
+    let new_b64 = new_key.to_base64();
+    let (rotated, n) = store.rotate_master_key(new_key).await.unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(rotated.get_secret(a).await.unwrap().expose(), "alpha");
+    assert_ne!(rotated.stored_key_id().await.unwrap().unwrap(), old_id);
+    rotated.close().await;
+    assert!(matches!(
+        Store::open(&db.url(), key(&k)).await,
+        Err(StoreError::WrongMasterKey { .. })
+    ));
+    let reopened = Store::open(&db.url(), key(&new_b64)).await.unwrap();
+    assert_eq!(reopened.get_secret(b).await.unwrap().expose(), "beta");
+});
+
+both!(leases_fence_stale_owners, |store, db, k| {
+    let mailbox = serversync_model::MailboxId::new();
+    let res = format!("mailbox:{mailbox}");
+    let ttl = Duration::from_millis(400);
+    let a = store
+        .acquire_lease(&res, "worker-a", ttl)
+        .await
+        .unwrap()
+        .expect("free lease");
+    assert!(
+        store
+            .acquire_lease(&res, "worker-b", ttl)
+            .await
+            .unwrap()
+            .is_none(),
+        "held by a"
+    );
+    store.renew_lease(&a, ttl).await.unwrap();
+    let cursor = FolderCursor {
+        uid_validity: Some(7),
+        last_uid: Some(42),
+        ..Default::default()
+    };
+    store
+        .put_cursor(&a, mailbox, "INBOX", &cursor)
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(500)).await; // a stops heartbeating
+    let b = store
+        .acquire_lease(&res, "worker-b", ttl)
+        .await
+        .unwrap()
+        .expect("expired lease taken over");
+    assert_eq!(b.epoch, a.epoch + 1);
+    assert!(matches!(
+        store.renew_lease(&a, ttl).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    let stale = FolderCursor {
+        last_uid: Some(99),
+        ..cursor.clone()
+    };
+    assert!(matches!(
+        store.put_cursor(&a, mailbox, "INBOX", &stale).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        store.get_cursor(mailbox, "INBOX").await.unwrap(),
+        Some(cursor.clone())
+    );
+
+    // A clean release hands over at once.
+    store.release_lease(&b).await.unwrap();
+    let c = store
+        .acquire_lease(&res, "worker-c", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("released");
+    assert_eq!(c.epoch, b.epoch + 1);
+    assert_eq!(store.release_all_leases("worker-c").await.unwrap(), 1);
+    let _ = (db, k);
+});
