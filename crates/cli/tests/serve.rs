@@ -38,14 +38,15 @@ struct Server {
 impl Server {
     /// Starts `serve` on a free port and waits (bounded) for its "listening" line.
     fn start(mut c: Command) -> Server {
-        let mut child = c
+        let child = c
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
+        let mut server = Server { child, addr: String::new(), log: rx };
+        let stderr = server.child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
@@ -53,16 +54,13 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let line = rx
+            let line = server
+                .log
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("serve prints its address within 30 s");
             if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap().to_owned();
-                return Server {
-                    child,
-                    addr,
-                    log: rx,
-                };
+                server.addr = rest.split_whitespace().next().unwrap().to_owned();
+                return server;
             }
         }
     }
@@ -88,24 +86,28 @@ impl Server {
 
     /// Sends SIGTERM and returns the exit status and the rest of the log.
     fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 break st;
             }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not stop within 20 s of SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "serve did not stop within 20 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         };
         let rest: Vec<String> = self.log.try_iter().collect();
         (status, rest.join("\n"))
+    }
+}
+
+impl Drop for Server {
+    /// A failed test never leaves a server behind.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -697,7 +697,8 @@ mod tests {
 
     #[test]
     fn each_unsupported_configuration_has_its_own_code() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut EmailServerProfile)>)> = vec![
+        type Change = Box<dyn Fn(&mut EmailServerProfile)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "unsupported_protocol_mix",
                 Box::new(|p| p.outgoing_protocol = OutgoingProtocol::Ews),

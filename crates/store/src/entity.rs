@@ -290,10 +290,10 @@ impl Store {
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).execute(&mut *tx).await?.rows_affected();
-            if n > 0 {
-                if let Some(a) = audit {
-                    crate::audit::append_in!(tx, a);
-                }
+            if n > 0
+                && let Some(a) = audit
+            {
+                crate::audit::append_in!(tx, a);
             }
             tx.commit().await?;
             Ok(n > 0)
