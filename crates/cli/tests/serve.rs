@@ -45,7 +45,11 @@ impl Server {
             .spawn()
             .unwrap();
         let (tx, rx) = mpsc::channel();
-        let mut server = Server { child, addr: String::new(), log: rx };
+        let mut server = Server {
+            child,
+            addr: String::new(),
+            log: rx,
+        };
         let stderr = server.child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -59,7 +63,10 @@ impl Server {
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("serve prints its address within 30 s");
             if let Some(rest) = line.split("listening on http://").nth(1) {
-                server.addr = rest.split_whitespace().next().unwrap().to_owned();
+                server.addr = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
                 return server;
             }
         }
@@ -93,7 +100,10 @@ impl Server {
             if let Some(st) = self.child.try_wait().unwrap() {
                 break st;
             }
-            assert!(Instant::now() < deadline, "serve did not stop within 20 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop within 20 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let rest: Vec<String> = self.log.try_iter().collect();

@@ -1,8 +1,10 @@
 //! Alerts: on a mailbox's alert wall, for its owner and for the profile owner.
 
-use crate::{AlertId, FailureStep, MailboxId, OrgId, ProfileId, Timestamp, UserId};
+use crate::{AlertId, FailureStep, MailboxId, OrgId, ProfileId, UserId};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -11,6 +13,7 @@ pub enum Severity {
     Error,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub id: AlertId,
@@ -26,6 +29,6 @@ pub struct Alert {
     pub step: Option<FailureStep>,
     /// Users who are shown the alert (mailbox owner, profile owner).
     pub recipients: Vec<UserId>,
-    pub created_at: Timestamp,
-    pub dismissed_at: Option<Timestamp>,
+    pub created_at: DateTime<Utc>,
+    pub dismissed_at: Option<DateTime<Utc>>,
 }

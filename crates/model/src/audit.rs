@@ -1,10 +1,12 @@
 //! The audit log: who changed what, when, with the state before and after (secrets excluded,
 //! because secret fields serialize redacted).
 
-use crate::{OrgId, Timestamp, UserId};
+use crate::{OrgId, UserId};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Who made a change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "id", rename_all = "snake_case")]
 pub enum Actor {
@@ -13,12 +15,13 @@ pub enum Actor {
     System(String),
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Position in the log (assigned by the store).
     pub seq: i64,
     pub org_id: Option<OrgId>,
-    pub at: Timestamp,
+    pub at: DateTime<Utc>,
     pub actor: Actor,
     /// `create`, `update`, `delete`, `approve`, `test_and_enable`, `rotate_keys`…
     pub action: String,

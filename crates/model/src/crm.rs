@@ -2,11 +2,13 @@
 
 use crate::{
     AccountId, ActivityId, AttachmentId, ContactId, LeadId, MailboxId, OrgId, QueueId, QueueItemId,
-    Timestamp, UserId,
+    UserId,
 };
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A reference to any record that can be a party or a "regarding" record.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", content = "id", rename_all = "snake_case")]
 pub enum RecordRef {
@@ -18,6 +20,7 @@ pub enum RecordRef {
     Activity(ActivityId),
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     pub id: AccountId,
@@ -25,9 +28,10 @@ pub struct Account {
     pub name: String,
     pub emails: Vec<String>,
     pub owner_id: UserId,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Contact {
     pub id: ContactId,
@@ -36,9 +40,10 @@ pub struct Contact {
     pub emails: Vec<String>,
     pub account_id: Option<AccountId>,
     pub owner_id: UserId,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lead {
     pub id: LeadId,
@@ -47,9 +52,10 @@ pub struct Lead {
     pub company: Option<String>,
     pub emails: Vec<String>,
     pub owner_id: UserId,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
@@ -58,6 +64,7 @@ pub enum Direction {
 }
 
 /// Email activity status (REFERENCE.md part A "Outgoing email").
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EmailStatus {
@@ -88,6 +95,7 @@ impl EmailStatus {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PartyRole {
@@ -98,6 +106,7 @@ pub enum PartyRole {
 }
 
 /// One participant of an activity: an address, resolved to a record when possible.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivityParty {
     pub role: PartyRole,
@@ -108,6 +117,7 @@ pub struct ActivityParty {
 }
 
 /// An attachment, stored once by content hash.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub id: AttachmentId,
@@ -120,6 +130,7 @@ pub struct Attachment {
     pub dropped_reason: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmailActivity {
     pub id: ActivityId,
@@ -142,14 +153,15 @@ pub struct EmailActivity {
     pub conversation_id: Option<String>,
     /// Mailboxes through which the message was seen (one activity, many links).
     pub mailbox_ids: Vec<MailboxId>,
-    pub sent_at: Option<Timestamp>,
-    pub received_at: Option<Timestamp>,
-    pub send_after: Option<Timestamp>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub received_at: Option<DateTime<Utc>>,
+    pub send_after: Option<DateTime<Utc>>,
     pub delivery_attempts: u32,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActivityState {
@@ -158,6 +170,7 @@ pub enum ActivityState {
     Canceled,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Appointment {
     pub id: ActivityId,
@@ -165,8 +178,8 @@ pub struct Appointment {
     pub subject: String,
     pub location: Option<String>,
     pub description: Option<String>,
-    pub starts_at: Timestamp,
-    pub ends_at: Timestamp,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
     pub all_day: bool,
     pub organizer: Option<ActivityParty>,
     pub attendees: Vec<ActivityParty>,
@@ -175,26 +188,28 @@ pub struct Appointment {
     pub state: ActivityState,
     /// iCalendar UID, shared with the mail system.
     pub ical_uid: Option<String>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: ActivityId,
     pub org_id: OrgId,
     pub subject: String,
     pub description: Option<String>,
-    pub due_at: Option<Timestamp>,
+    pub due_at: Option<DateTime<Utc>>,
     pub percent_complete: u8,
     pub owner_id: UserId,
     pub regarding: Option<RecordRef>,
     pub state: ActivityState,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// An activity placed in a queue for someone to work on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueItem {
     pub id: QueueItemId,
@@ -202,5 +217,5 @@ pub struct QueueItem {
     pub queue_id: QueueId,
     pub activity_id: ActivityId,
     pub worker_id: Option<UserId>,
-    pub entered_at: Timestamp,
+    pub entered_at: DateTime<Utc>,
 }

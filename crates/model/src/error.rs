@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// How a failure should be treated. Every crate's error type maps onto one of these.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -33,6 +34,7 @@ impl ErrorKind {
 }
 
 /// The step of talking to a mail server that failed, in the order they happen.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureStep {
@@ -64,6 +66,7 @@ impl fmt::Display for FailureStep {
 }
 
 /// One invalid field: a stable machine code, the field's path, and a message that names the fix.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValidationError {
     pub code: String,
@@ -88,6 +91,7 @@ impl fmt::Display for ValidationError {
 }
 
 /// All problems found in one object; validation reports every one, not just the first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValidationErrors(pub Vec<ValidationError>);
 

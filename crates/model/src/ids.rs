@@ -48,6 +48,14 @@ macro_rules! typed_id {
                 Self(u)
             }
         }
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::openapi::uuid_schema()
+            }
+        }
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     )*};
 }
 
@@ -82,4 +90,6 @@ typed_id! {
     JobId;
     /// A stored, encrypted secret.
     SecretId;
+    /// An API token.
+    TokenId;
 }

@@ -1,8 +1,10 @@
 //! Asynchronous jobs (test and enable, apply default settings…): progress and per-item results.
 
-use crate::{JobId, MailboxId, OrgId, Timestamp, UserId};
+use crate::{JobId, MailboxId, OrgId, UserId};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
@@ -11,6 +13,7 @@ pub enum JobKind {
     KeyRotation,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -23,6 +26,7 @@ pub enum JobStatus {
     Canceled,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobItemResult {
     pub mailbox_id: MailboxId,
@@ -30,6 +34,7 @@ pub struct JobItemResult {
     pub message: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
@@ -41,7 +46,7 @@ pub struct Job {
     pub total: u32,
     pub done: u32,
     pub results: Vec<JobItemResult>,
-    pub created_at: Timestamp,
-    pub started_at: Option<Timestamp>,
-    pub finished_at: Option<Timestamp>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
 }

@@ -7,6 +7,7 @@
 
 pub mod alert;
 pub mod audit;
+pub mod auth;
 pub mod crm;
 pub mod error;
 pub mod ids;
@@ -18,6 +19,9 @@ pub mod secret;
 pub mod settings;
 pub mod sync;
 pub mod validate;
+
+#[cfg(feature = "openapi")]
+mod openapi;
 
 pub use error::{ErrorKind, FailureStep, ValidationError, ValidationErrors};
 pub use ids::*;

@@ -6,9 +6,11 @@ use crate::{
     ErrorKind, FailureStep, MailboxId, OrgId, ProfileId, QueueId, SecretId, Timestamp, UserId,
     ValidationErrors, validate,
 };
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Whom a mailbox belongs to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", content = "id", rename_all = "snake_case")]
 pub enum MailboxRegarding {
@@ -17,6 +19,7 @@ pub enum MailboxRegarding {
 }
 
 /// Email address approval.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalStatus {
@@ -28,6 +31,7 @@ pub enum ApprovalStatus {
 }
 
 /// Result of the last test or synchronization of one direction.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -38,15 +42,17 @@ pub enum RunStatus {
 }
 
 /// One direction's status field with when it was last written.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DirectionStatus {
     pub status: RunStatus,
-    pub at: Option<Timestamp>,
+    pub at: Option<DateTime<Utc>>,
     /// Enabled for processing (after a successful test and enable).
     pub enabled: bool,
 }
 
 /// The last error seen on a mailbox.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastError {
     pub kind: ErrorKind,
@@ -54,22 +60,24 @@ pub struct LastError {
     pub code: String,
     pub message: String,
     pub count: u32,
-    pub at: Timestamp,
+    pub at: DateTime<Utc>,
 }
 
 /// Synchronization telemetry.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Telemetry {
-    pub last_sync_start: Option<Timestamp>,
-    pub last_successful_sync: Option<Timestamp>,
+    pub last_sync_start: Option<DateTime<Utc>>,
+    pub last_successful_sync: Option<DateTime<Utc>>,
     pub last_error: Option<LastError>,
     pub items_processed: u64,
     pub items_failed: u64,
     pub transient_failure_count: u32,
-    pub postponed_until: Option<Timestamp>,
+    pub postponed_until: Option<DateTime<Utc>>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mailbox {
     pub id: MailboxId,
@@ -93,7 +101,7 @@ pub struct Mailbox {
     /// Delete email from the server after processing (forward and queue mailboxes only).
     pub delete_after_processing: bool,
     /// Overrides the profile's date; the later of the two wins.
-    pub process_email_from: Option<Timestamp>,
+    pub process_email_from: Option<DateTime<Utc>>,
     pub tracking: TrackingFilter,
     /// Sync items with Exchange from this organization only, even if Exchange was set to sync
     /// with a different organization.
@@ -101,10 +109,10 @@ pub struct Mailbox {
     pub incoming: DirectionStatus,
     pub outgoing: DirectionStatus,
     pub act: DirectionStatus,
-    pub test_completed_on: Option<Timestamp>,
+    pub test_completed_on: Option<DateTime<Utc>>,
     pub telemetry: Telemetry,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 impl Mailbox {

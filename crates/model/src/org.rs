@@ -1,11 +1,13 @@
 //! Organizations, users, queues, security roles and privileges.
 
 use crate::{OrgId, QueueId, RoleId, Timestamp, UserId, ValidationErrors, validate};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 /// An organization: one CRM environment. An installation holds several; everything else
 /// belongs to exactly one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Organization {
     pub id: OrgId,
@@ -16,7 +18,7 @@ pub struct Organization {
     pub sync_stamp: String,
     /// FIPS 140-2 mode: refuse servers and algorithms that are not compliant.
     pub fips_mode: bool,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 impl Organization {
@@ -53,6 +55,7 @@ impl Organization {
 }
 
 /// Something a security role allows.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Privilege {
@@ -71,6 +74,7 @@ pub enum Privilege {
 }
 
 /// A security role: a named set of privileges.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Role {
     pub id: RoleId,
@@ -81,6 +85,7 @@ pub struct Role {
 }
 
 /// The roles every organization has from the start.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuiltinRole {
@@ -137,6 +142,7 @@ impl BuiltinRole {
 }
 
 /// A CRM user. Each has one mailbox.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub id: UserId,
@@ -151,7 +157,11 @@ pub struct User {
     /// Consent to let users holding "send as another user" send email on this user's behalf.
     pub allow_send_as: bool,
     pub disabled: bool,
-    pub created_at: Timestamp,
+    /// May create and manage organizations of the installation (the bootstrapped first
+    /// administrator is one).
+    #[serde(default)]
+    pub installation_admin: bool,
+    pub created_at: DateTime<Utc>,
 }
 
 impl User {
@@ -165,6 +175,7 @@ impl User {
             tenant_exchange_admin: false,
             allow_send_as: false,
             disabled: false,
+            installation_admin: false,
             created_at: now,
         }
     }
@@ -196,6 +207,7 @@ pub fn effective_privileges<'a>(
 }
 
 /// A queue: a shared mailbox (support@) whose mail becomes queue items.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Queue {
     pub id: QueueId,
@@ -205,7 +217,7 @@ pub struct Queue {
     pub owner_id: UserId,
     /// Users and teams with read access to the queue may send from it.
     pub member_ids: BTreeSet<UserId>,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 impl Queue {

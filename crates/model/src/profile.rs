@@ -3,9 +3,11 @@
 
 use crate::validate::{self, check_range, check_required};
 use crate::{OrgId, ProfileId, SecretId, Timestamp, UserId, ValidationErrors};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The kind of mail system a profile talks to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerType {
@@ -45,6 +47,7 @@ impl ServerType {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncomingProtocol {
@@ -54,6 +57,7 @@ pub enum IncomingProtocol {
     Pop3,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutgoingProtocol {
@@ -63,6 +67,7 @@ pub enum OutgoingProtocol {
 }
 
 /// How serversync authenticates to the mail system.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthenticationType {
@@ -95,6 +100,7 @@ impl AuthenticationType {
 }
 
 /// HTTP authentication protocol towards Exchange Server.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthProtocol {
@@ -107,6 +113,7 @@ pub enum AuthProtocol {
 }
 
 /// Which Microsoft identity cloud issues tokens.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OAuthAuthority {
@@ -119,6 +126,7 @@ pub enum OAuthAuthority {
 }
 
 /// Transport security of one connection.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
@@ -131,6 +139,7 @@ pub enum TlsMode {
 }
 
 /// Where one direction's server is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// Host name (IMAP, POP3, SMTP) or URL (EWS).
@@ -140,6 +149,7 @@ pub struct Endpoint {
 }
 
 /// Exchange Server versions, including the ones we must refuse.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExchangeVersion {
@@ -162,6 +172,7 @@ impl ExchangeVersion {
 }
 
 /// OAuth 2.0 client-credentials settings (server-to-server, Gmail OAuth, hybrid modern auth).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OAuthSettings {
     /// Directory (tenant) id; not used by Gmail.
@@ -175,6 +186,7 @@ pub struct OAuthSettings {
 }
 
 /// CalDAV/CardDAV extension: appointments, contacts and tasks for non-Exchange providers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DavSettings {
     pub caldav_url: String,
@@ -182,12 +194,13 @@ pub struct DavSettings {
 }
 
 /// "Advanced" settings of a profile (REFERENCE.md part A, with its defaults).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdvancedSettings {
     /// Process only email received on or after this time. A mailbox may set its own; the later
     /// of the two wins.
-    pub process_email_from: Option<Timestamp>,
+    pub process_email_from: Option<DateTime<Utc>>,
     /// Minimum time between two polls of a mailbox, in minutes (0–1440). 0: no minimum; IMAP
     /// IDLE and push notifications deliver as soon as mail arrives.
     pub min_polling_interval_minutes: u32,
@@ -223,6 +236,7 @@ impl Default for AdvancedSettings {
 }
 
 /// An email server profile.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmailServerProfile {
     pub id: ProfileId,
@@ -261,11 +275,12 @@ pub struct EmailServerProfile {
     /// The preset the profile was created from, if any (decides FIPS compliance).
     pub preset: Option<Preset>,
     pub advanced: AdvancedSettings,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Ready-made profiles for well-known providers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {

@@ -38,6 +38,15 @@ impl fmt::Display for Secret {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Secret {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::secret_schema()
+    }
+}
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Secret {}
+
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(REDACTED)

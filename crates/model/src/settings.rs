@@ -5,6 +5,7 @@ use crate::{OrgId, ProfileId, ValidationErrors};
 use serde::{Deserialize, Serialize};
 
 /// How incoming email reaches the CRM.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncomingMethod {
@@ -16,6 +17,7 @@ pub enum IncomingMethod {
 }
 
 /// How CRM email is sent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutgoingMethod {
@@ -25,6 +27,7 @@ pub enum OutgoingMethod {
 }
 
 /// How appointments, contacts and tasks are synchronized.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActMethod {
@@ -35,6 +38,7 @@ pub enum ActMethod {
 }
 
 /// Which incoming email of a user or queue becomes an email activity.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrackingFilter {
@@ -46,6 +50,7 @@ pub enum TrackingFilter {
 }
 
 /// Record type created for an unresolved sender when automatic record creation is on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AutoCreateRecord {
@@ -54,6 +59,7 @@ pub enum AutoCreateRecord {
 }
 
 /// Tracking-token format: `prefix` + user digits + counter digits, e.g. `CRM:0010001`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TrackingTokenSettings {
@@ -80,6 +86,7 @@ impl Default for TrackingTokenSettings {
 }
 
 /// Retry policy for transient failures (the reference: 10 attempts, 5 minutes apart).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RetryPolicy {
@@ -96,6 +103,7 @@ impl Default for RetryPolicy {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EmailSettings {
