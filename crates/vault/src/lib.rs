@@ -237,6 +237,27 @@ impl MasterKey {
     }
 }
 
+/// A new random bearer token: `ss_` followed by 32 random bytes in URL-safe base64.
+pub fn new_token() -> Result<String, VaultError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| VaultError::Random)?;
+    Ok(format!(
+        "ss_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// SHA-256 of `data`, lowercase hex (how tokens are stored: high-entropy tokens need no salt).
+pub fn sha256_hex(data: &[u8]) -> String {
+    digest(&SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

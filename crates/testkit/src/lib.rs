@@ -1,0 +1,34 @@
+//! Real-server test environment for serversync.
+//!
+//! `scripts/test.sh` runs `testenv up --dir DIR` (Dovecot, Postfix, PostgreSQL, Radicale on
+//! 127.0.0.1 high ports, all state under DIR), exports `SERVERSYNC_TESTENV=DIR/env.json`, runs
+//! the tests, and `testenv down --dir DIR` afterwards. Tests read the connection details with
+//! [`TestEnv::from_env`]:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let env = serversync_testkit::TestEnv::from_env();
+//! let imaps = (env.host.as_str(), env.imaps_port());
+//! let db = env.pg_database().await?; // fresh database, dropped with `db`
+//! # let _ = (imaps, db.url()); Ok(()) }
+//! ```
+//!
+//! A test that needs a server of its own (to restart it mid-sync, say) starts a private one,
+//! e.g. [`Dovecot::start`] in a temporary directory under /tmp; it is stopped when dropped.
+
+pub mod accounts;
+pub mod dovecot;
+pub mod env;
+pub mod postfix;
+pub mod postgres;
+pub mod radicale;
+pub mod tls;
+pub mod util;
+
+pub use accounts::{Accounts, DOMAIN, QUEUE_MAILBOXES, TEST_PASSWORD, USERS};
+pub use dovecot::{Dovecot, DovecotInfo, DovecotOptions};
+pub use env::{ENV_VAR, PgDatabase, TestEnv, down, up};
+pub use postfix::{Postfix, PostfixInfo};
+pub use postgres::{PgInfo, Postgres};
+pub use radicale::{Radicale, RadicaleInfo};
+pub use tls::{TLS_SERVER_NAME, TlsFiles};

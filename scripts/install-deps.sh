@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs what the real-server test environment needs (Debian 12, as root), only what is
+# missing: Dovecot (IMAP, POP3, LMTP), Postfix, Radicale, OpenSSL, PostgreSQL (only when no
+# server binaries are found and no server is reachable), and cargo-nextest.
+# Idempotent: on a machine that has everything it changes nothing and needs no network.
+set -euo pipefail
+
+log() { echo "install-deps: $*" >&2; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    fi
+fi
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+have_pg_binaries() {
+    command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && return 0
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && return 0
+    done
+    return 1
+}
+
+tcp_open() { # host port
+    (exec 3<>"/dev/tcp/$1/$2") >/dev/null 2>&1
+}
+
+pg_reachable() {
+    local url
+    for url in "${SERVERSYNC_TEST_PG_URL:-}" "${DATABASE_URL:-}"; do
+        case "$url" in
+            postgres://* | postgresql://*)
+                if command -v psql >/dev/null 2>&1 &&
+                    psql "$url" -XAtqc 'select 1' >/dev/null 2>&1; then
+                    return 0
+                fi
+                ;;
+        esac
+    done
+    tcp_open 127.0.0.1 5432
+}
+
+missing=()
+for pkg in dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix radicale openssl postgresql-client; do
+    installed "$pkg" || missing+=("$pkg")
+done
+if ! have_pg_binaries && ! pg_reachable; then
+    missing+=(postgresql postgresql-contrib)
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then
+        log "missing packages (${missing[*]}) and not root: install them as root"
+        exit 1
+    fi
+    log "installing: ${missing[*]}"
+    # Keep Debian's maintainer scripts from starting the system daemons (no systemd here,
+    # and they would take ports 25/143/993/5432): the test environment starts its own.
+    printf '#!/bin/sh\n# written by serversync scripts/install-deps.sh: do not start daemons\nexit 101\n' |
+        "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+    # Postfix: no system configuration (the tests give it its own config directory).
+    printf '%s\n' \
+        'postfix postfix/main_mailer_type select No configuration' \
+        'postfix postfix/mailname string localhost' |
+        "${SUDO[@]}" debconf-set-selections
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}"
+else
+    log "system packages present"
+fi
+
+# Users and groups the launchers rely on (created by the packages above).
+for user in mail postfix dovecot dovenull; do
+    id -u "$user" >/dev/null 2>&1 || { log "system user $user is missing"; exit 1; }
+done
+getent group postdrop >/dev/null || { log "group postdrop is missing"; exit 1; }
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
