@@ -1,6 +1,12 @@
-//! The HTTP surface of serversync: `/healthz`, `/readyz`, `/metrics` (and, to come, the REST
-//! API under `/api/v1`). Handlers translate between HTTP and the store/engine; no business rule
-//! lives here.
+//! The HTTP surface of serversync: `/healthz`, `/readyz`, `/metrics`, and the REST API under
+//! `/api/v1` with its OpenAPI document at `/api/v1/openapi.json`. Handlers translate between
+//! HTTP and the engine's administration service; no business rule lives here.
+
+mod auth;
+mod extract;
+mod json;
+pub mod problem;
+pub mod v1;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
@@ -16,10 +22,22 @@ use std::time::Instant;
 pub struct AppState {
     pub store: Store,
     pub metrics: PrometheusHandle,
+    pub admin: serversync_engine::Admin,
 }
 
 pub fn router(state: AppState) -> Router {
+    let (api, openapi) = v1::router().split_for_parts();
+    let openapi = std::sync::Arc::new(openapi);
     Router::new()
+        .merge(api)
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { problem::Problem::not_found("route") })
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -104,9 +122,11 @@ mod tests {
             .unwrap();
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
+        let admin = serversync_engine::Admin::new(store.clone(), Default::default());
         let app = router(AppState {
             store: store.clone(),
             metrics: handle,
+            admin,
         });
         metrics::with_local_recorder(&recorder, || {
             metrics::counter!("serversync_engine_ticks_total").increment(1);

@@ -19,6 +19,15 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub log: LogConfig,
     pub engine: EngineSection,
+    pub tls: TlsSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM files of certificate authorities trusted for mail servers, besides the system's
+    /// (for servers with a private CA). Certificate checks are always on.
+    pub extra_ca_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -72,6 +81,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             log: LogConfig::default(),
             engine: EngineSection::default(),
+            tls: TlsSection::default(),
         }
     }
 }
@@ -138,6 +148,9 @@ impl Config {
         }
         if let Some(v) = set("SERVERSYNC_MASTER_KEY_FILE") {
             cfg.secrets.key_file = Some(v.into());
+        }
+        if let Some(v) = set("SERVERSYNC_TLS_EXTRA_CA_FILES") {
+            cfg.tls.extra_ca_files = std::env::split_paths(&v).collect();
         }
         if let Some(v) = set("SERVERSYNC_LOG") {
             cfg.log.level = v;
@@ -219,11 +232,14 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 
-    pub fn engine(&self) -> serversync_engine::EngineConfig {
-        serversync_engine::EngineConfig {
+    pub fn engine(&self) -> Result<serversync_engine::EngineConfig> {
+        let trust = serversync_connectors::TlsTrust::with_extra_ca_files(&self.tls.extra_ca_files)
+            .map_err(|e| anyhow::anyhow!("tls.extra_ca_files: {e}"))?;
+        Ok(serversync_engine::EngineConfig {
             tick: Duration::from_millis(self.engine.tick_ms),
             lease_ttl: Duration::from_secs(self.engine.lease_ttl_seconds),
-        }
+            ..serversync_engine::EngineConfig::new(std::sync::Arc::new(trust))
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! `serversync`: the one binary. `serve` runs the HTTP server and the engine; the other
 //! subcommands administer a database directly (`migrate`, `keys rotate`).
 
+mod admin;
 mod config;
 mod keys;
 mod serve;
@@ -55,6 +56,10 @@ enum Command {
     },
     /// Apply pending database migrations and check the master key, then exit.
     Migrate,
+    /// Administer serversync: profiles, email settings, mailboxes, approval, test and enable,
+    /// alerts, jobs, audit log. Talks to a running server's API (URL and token from flags, env
+    /// or config); `admin token create` works on the database directly.
+    Admin(admin::AdminArgs),
     /// Manage the master key that encrypts stored credentials.
     Keys {
         #[command(subcommand)]
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Serve { .. } => serve::run(cfg).await,
                 Command::Migrate => serve::migrate(cfg).await,
+                Command::Admin(args) => admin::run(cfg, args).await,
                 Command::Keys {
                     command: KeysCommand::Rotate { out },
                 } => keys::rotate(cfg, out).await,

@@ -66,12 +66,26 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
 
     let shutdown = CancellationToken::new();
-    let engine = Engine::new(store.clone(), cfg.engine());
+    let engine = Engine::new(store.clone(), cfg.engine()?);
+    let admin = engine.admin();
+    if let Some((user, token)) = admin
+        .bootstrap()
+        .await
+        .context("creating the first administrator")?
+    {
+        // Printed once: only a hash of the token is stored.
+        tracing::warn!(
+            user = %user.email,
+            "first start: created organization \"default\" and administrator {}; API token (shown only now): {token}",
+            user.email
+        );
+    }
     let engine_task = tokio::spawn(engine.run(shutdown.clone()));
 
     let app = serversync_api::router(serversync_api::AppState {
         store: store.clone(),
         metrics,
+        admin,
     });
     let local = listener.local_addr()?;
     tracing::info!("listening on http://{local}");

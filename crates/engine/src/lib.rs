@@ -1,29 +1,46 @@
 //! The synchronization engine.
 //!
 //! One [`Engine`] runs per `serversync serve` process. It has a worker identity under which it
-//! takes leases on mailboxes in the store, so several processes on one PostgreSQL share the
-//! work and a dead worker's mailboxes are taken over when its leases run out. The pipelines
-//! (incoming, outgoing, appointments/contacts/tasks) plug into the main loop; the engine talks
-//! to mail servers only through connector traits and knows nothing of HTTP.
+//! takes leases in the store — on mailboxes and on jobs — so several processes on one
+//! PostgreSQL share the work and a dead worker's work is taken over when its leases run out.
+//! Administration ([`admin`]) and the retry policy ([`policy`]) live here too; the pipelines
+//! (incoming, outgoing, appointments/contacts/tasks) plug into the main loop. The engine talks
+//! to mail servers only through `serversync-connectors` and knows nothing of HTTP.
 
+pub mod admin;
+mod jobs;
+pub mod policy;
+pub mod test_enable;
+
+use serversync_connectors::TlsTrust;
 use serversync_store::Store;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Engine settings (from the `[engine]` section of the configuration).
+pub use admin::{Admin, AdminError};
+
+/// Engine settings (from the `[engine]` and `[tls]` sections of the configuration).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// How often the main loop looks for work.
     pub tick: Duration,
-    /// How long a lease on a mailbox lasts without renewal.
+    /// How long a lease on a mailbox or job lasts without renewal.
     pub lease_ttl: Duration,
+    /// Certificate authorities trusted for connections to mail servers.
+    pub tls_trust: Arc<TlsTrust>,
+    /// Mailboxes tested at once by one test-and-enable job.
+    pub test_concurrency: usize,
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
+impl EngineConfig {
+    pub fn new(tls_trust: Arc<TlsTrust>) -> Self {
         Self {
             tick: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(30),
+            tls_trust,
+            test_concurrency: 4,
         }
     }
 }
@@ -41,6 +58,7 @@ pub struct Engine {
     config: EngineConfig,
     worker_id: String,
     state: tokio::sync::watch::Sender<EngineState>,
+    wake: Arc<Notify>,
 }
 
 impl Engine {
@@ -56,7 +74,13 @@ impl Engine {
             config,
             worker_id,
             state: tokio::sync::watch::channel(EngineState::Starting).0,
+            wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// The administration service, wired to wake this engine when it queues a job.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.store.clone(), self.wake.clone())
     }
 
     /// The identity this process holds leases under.
@@ -69,22 +93,42 @@ impl Engine {
         self.state.subscribe()
     }
 
-    /// Runs until `shutdown` is cancelled, then releases every lease this worker holds so other
-    /// workers can take its mailboxes over at once.
+    /// Runs until `shutdown` is cancelled, then stops its jobs and releases every lease this
+    /// worker holds so other workers can take the work over at once.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(worker = %self.worker_id, tick_ms = self.config.tick.as_millis() as u64, "engine started");
         self.state.send_replace(EngineState::Running);
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut running = tokio::task::JoinSet::new();
+        let ctx = jobs::JobContext {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            worker_id: self.worker_id.clone(),
+        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => {
-                    metrics::counter!("serversync_engine_ticks_total").increment(1);
-                    // Pipelines are scheduled here (incoming, outgoing, ACT) as they are built.
+                _ = ticker.tick() => {}
+                _ = self.wake.notified() => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "job task failed");
+                    }
+                    continue;
                 }
             }
+            metrics::counter!("serversync_engine_ticks_total").increment(1);
+            match jobs::claim(&ctx).await {
+                Ok(claimed) => {
+                    for (job, lease) in claimed {
+                        running.spawn(jobs::run(ctx.clone(), job, lease));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for jobs failed"),
+            }
         }
+        running.shutdown().await;
         match self.store.release_all_leases(&self.worker_id).await {
             Ok(n) => tracing::info!(worker = %self.worker_id, released = n, "engine stopped"),
             Err(e) => {
@@ -107,11 +151,12 @@ mod tests {
         let store = Store::open(&url, MasterKey::generate().unwrap())
             .await
             .unwrap();
+        let trust = Arc::new(TlsTrust::builder().without_system_roots().build().unwrap());
         let engine = Engine::new(
             store.clone(),
             EngineConfig {
                 tick: Duration::from_millis(10),
-                ..Default::default()
+                ..EngineConfig::new(trust)
             },
         );
         let worker = engine.worker_id().to_owned();

@@ -7,6 +7,7 @@ use crate::{Store, StoreError, audit::NewAuditEntry, dispatch, from_ms, now_ms};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serversync_model::alert::Alert;
+use serversync_model::auth::ApiToken;
 use serversync_model::crm::{Account, Appointment, Contact, EmailActivity, Lead, QueueItem, Task};
 use serversync_model::job::Job;
 use serversync_model::mailbox::{Mailbox, MailboxRegarding};
@@ -464,6 +465,11 @@ entity!(Alert, "alerts", "alert", |s| Some(s.org_id), [
 entity!(Job, "jobs", "job", |s| Some(s.org_id), [
     "kind" => Col::text(name_of(&s.kind)),
     "status" => Col::text(name_of(&s.status)),
+]);
+
+entity!(ApiToken, "api_tokens", "API token", |s| Some(s.org_id), [
+    "user_id" => Col::text(s.user_id),
+    "token_hash" => Col::text(&s.token_hash),
 ]);
 
 /// Organization email settings: one row per organization, keyed by the organization id.

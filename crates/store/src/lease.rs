@@ -1,7 +1,7 @@
 //! Leases: one owner per resource at a time, with a fencing epoch.
 //!
 //! The same SQL runs on SQLite and PostgreSQL: an upsert that only takes the row over when the
-//! previous lease has run out (or is already ours), returning the new epoch. Each acquisition
+//! previous lease has run out, returning the new epoch. Each acquisition
 //! increments the epoch, so writes made under an older lease can be refused.
 
 use crate::{Store, StoreError, dispatch, from_ms, now_ms};
@@ -18,8 +18,8 @@ pub struct LeaseGuard {
 }
 
 impl Store {
-    /// Takes `resource` for `owner` for `ttl` if it is free or expired. `None` if another owner
-    /// holds it.
+    /// Takes `resource` for `owner` for `ttl` if it is free or expired. `None` while anyone —
+    /// including `owner` itself — holds it: a worker never claims the same work twice.
     pub async fn acquire_lease(
         &self,
         resource: &str,
@@ -33,7 +33,7 @@ impl Store {
                 "INSERT INTO leases (resource, owner, epoch, lease_until) VALUES ($1, $2, 1, $3) \
                  ON CONFLICT (resource) DO UPDATE SET owner = excluded.owner, epoch = leases.epoch + 1, \
                  lease_until = excluded.lease_until \
-                 WHERE leases.lease_until <= $4 OR leases.owner = excluded.owner \
+                 WHERE leases.lease_until <= $4 \
                  RETURNING epoch",
             )
             .bind(resource)

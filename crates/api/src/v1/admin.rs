@@ -1,0 +1,110 @@
+//! Alerts, jobs and the audit log.
+
+use super::{ListPage, org, page};
+use crate::AppState;
+use crate::auth::Auth;
+use crate::extract::{P, Paging, Q, id};
+use crate::problem::{ApiResult, Problem};
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use serversync_model::MailboxId;
+use serversync_model::alert::Alert;
+use serversync_model::audit::AuditEntry;
+use serversync_model::job::Job;
+use utoipa::IntoParams;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AlertQuery {
+    pub mailbox_id: Option<MailboxId>,
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/alerts", tag = "alerts", params(("org" = String, Path), AlertQuery), responses((status = 200, body = ListPage)))]
+pub async fn list_alerts(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    Q(q): Q<AlertQuery>,
+) -> ApiResult<Json<ListPage>> {
+    let org = org(&s, &c, &o).await?;
+    let limit = Paging {
+        after: None,
+        limit: q.limit,
+    }
+    .limit()?;
+    Ok(Json(page(
+        s.admin
+            .list_alerts(&c, org.id, q.mailbox_id, q.after.as_deref(), limit)
+            .await?,
+        &[],
+    )))
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/alerts/{id}/dismiss", tag = "alerts", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = Alert), (status = 404, body = Problem)))]
+pub async fn dismiss_alert(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, aid)): P<(String, String)>,
+) -> ApiResult<Json<Alert>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(
+        s.admin.dismiss_alert(&c, org.id, id("id", &aid)?).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/jobs", tag = "jobs", params(("org" = String, Path), Paging), responses((status = 200, body = ListPage)))]
+pub async fn list_jobs(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    Q(p): Q<Paging>,
+) -> ApiResult<Json<ListPage>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(page(
+        s.admin
+            .list_jobs(&c, org.id, p.after.as_deref(), p.limit()?)
+            .await?,
+        &[],
+    )))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/jobs/{id}", tag = "jobs", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = Job), (status = 404, body = Problem)))]
+pub async fn get_job(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, jid)): P<(String, String)>,
+) -> ApiResult<Json<Job>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(s.admin.job(&c, org.id, id("id", &jid)?).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Entries after this sequence number.
+    pub after: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/audit", tag = "audit", params(("org" = String, Path), AuditQuery), responses((status = 200, body = [AuditEntry]), (status = 403, body = Problem)))]
+pub async fn audit(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    Q(q): Q<AuditQuery>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    let org = org(&s, &c, &o).await?;
+    let limit = Paging {
+        after: None,
+        limit: q.limit,
+    }
+    .limit()?;
+    Ok(Json(
+        s.admin
+            .audit(&c, org.id, q.after.unwrap_or(0), limit)
+            .await?,
+    ))
+}

@@ -1,0 +1,106 @@
+//! The REST API under `/api/v1`. Every route is registered through `utoipa-axum`, so the
+//! OpenAPI document at `/api/v1/openapi.json` covers exactly the routes that exist.
+
+mod admin;
+mod mailboxes;
+mod orgs;
+mod profiles;
+mod records;
+
+use crate::AppState;
+use crate::problem::Problem;
+use serde::Serialize;
+use serde_json::Value;
+use serversync_model::auth::Caller;
+use serversync_model::org::Organization;
+use serversync_store::{Page, Stored};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "serversync API", description = "Administration of server-side synchronization: organizations, users, queues, email server profiles, email settings, mailboxes, test and enable, alerts, jobs, audit log and CRM records. Errors are RFC 9457 problem+json documents with a stable `code` and the offending `field`."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(Problem, ListPage))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("API token from `serversync admin token create`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// A page of a list: `items`, and `next` to pass as `after` for the following page.
+#[derive(Serialize, ToSchema)]
+pub struct ListPage {
+    pub items: Vec<Value>,
+    pub next: Option<String>,
+}
+
+pub(crate) fn page<T: Serialize>(p: Page<T>, secrets: &[&[&str]]) -> ListPage {
+    ListPage {
+        items: p
+            .items
+            .iter()
+            .map(|s| crate::json::document(&s.value, s.version, secrets))
+            .collect(),
+        next: p.next,
+    }
+}
+
+pub(crate) fn doc<T: Serialize>(s: &Stored<T>, secrets: &[&[&str]]) -> Value {
+    crate::json::document(&s.value, s.version, secrets)
+}
+
+pub(crate) async fn org(state: &AppState, c: &Caller, key: &str) -> Result<Organization, Problem> {
+    Ok(state.admin.org_for(c, key).await?)
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(orgs::list_orgs, orgs::create_org))
+        .routes(routes!(orgs::get_org))
+        .routes(routes!(orgs::list_users, orgs::create_user))
+        .routes(routes!(orgs::get_user))
+        .routes(routes!(orgs::create_token))
+        .routes(routes!(orgs::list_queues, orgs::create_queue))
+        .routes(routes!(orgs::list_roles))
+        .routes(routes!(profiles::list_profiles, profiles::create_profile))
+        .routes(routes!(
+            profiles::get_profile,
+            profiles::update_profile,
+            profiles::delete_profile
+        ))
+        .routes(routes!(profiles::make_default))
+        .routes(routes!(profiles::test_enable_profile))
+        .routes(routes!(profiles::get_settings, profiles::update_settings))
+        .routes(routes!(mailboxes::list_mailboxes))
+        .routes(routes!(mailboxes::get_mailbox, mailboxes::update_mailbox))
+        .routes(routes!(mailboxes::apply_defaults))
+        .routes(routes!(mailboxes::approve))
+        .routes(routes!(mailboxes::reject))
+        .routes(routes!(mailboxes::test_enable))
+        .routes(routes!(admin::list_alerts))
+        .routes(routes!(admin::dismiss_alert))
+        .routes(routes!(admin::list_jobs))
+        .routes(routes!(admin::get_job))
+        .routes(routes!(admin::audit))
+        .routes(routes!(records::list_accounts, records::create_account))
+        .routes(routes!(records::list_contacts, records::create_contact))
+        .routes(routes!(records::list_leads, records::create_lead))
+}

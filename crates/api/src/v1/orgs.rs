@@ -1,0 +1,242 @@
+//! Organizations, users, tokens, queues, roles.
+
+use super::{ListPage, org, page};
+use crate::AppState;
+use crate::auth::Auth;
+use crate::extract::{P, Paging, Q, id};
+use crate::json::Body;
+use crate::problem::{ApiResult, Problem};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use serversync_engine::admin::NewUser;
+use serversync_model::org::{BuiltinRole, Organization, Privilege, Role};
+use serversync_model::{Secret, UserId};
+use utoipa::ToSchema;
+
+pub(crate) const MAILBOX_SECRETS: &[&[&str]] = &[&["password"]];
+
+#[utoipa::path(get, path = "/api/v1/orgs", tag = "organizations", responses((status = 200, body = [Organization]), (status = 401, body = Problem)))]
+pub async fn list_orgs(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+) -> ApiResult<Json<Vec<Organization>>> {
+    Ok(Json(s.admin.list_orgs(&c).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrg {
+    /// 1-64 lowercase letters, digits and dashes.
+    pub name: String,
+    pub display_name: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs", tag = "organizations", request_body = NewOrg, responses((status = 201, body = Organization), (status = 403, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_org(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Organization>)> {
+    let n: NewOrg = body.parse()?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.admin.create_org(&c, &n.name, &n.display_name).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}", tag = "organizations", params(("org" = String, Path, description = "Organization id or name")), responses((status = 200, body = Organization), (status = 404, body = Problem)))]
+pub async fn get_org(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+) -> ApiResult<Json<Organization>> {
+    Ok(Json(org(&s, &c, &o).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/users", tag = "users", params(("org" = String, Path), Paging), responses((status = 200, body = ListPage)))]
+pub async fn list_users(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    Q(p): Q<Paging>,
+) -> ApiResult<Json<ListPage>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(page(
+        s.admin
+            .list_users(&c, org.id, p.after.as_deref(), p.limit()?)
+            .await?,
+        &[],
+    )))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserRequest {
+    pub full_name: String,
+    pub email: String,
+    /// Built-in roles: system_administrator, mailbox_approver, basic_user (default basic_user).
+    #[serde(default)]
+    pub roles: Vec<BuiltinRole>,
+    /// Global or Exchange administrator of the Microsoft 365 tenant.
+    #[serde(default)]
+    pub tenant_exchange_admin: bool,
+    /// Mailbox password, for profiles whose credentials are specified by the user or queue.
+    #[schema(value_type = Option<String>, format = Password, write_only)]
+    pub mailbox_password: Option<Secret>,
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/users", tag = "users", params(("org" = String, Path)), request_body = NewUserRequest,
+    responses((status = 201, description = "The user and its new mailbox: { user, mailbox }"), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_user(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let org = org(&s, &c, &o).await?;
+    let r: NewUserRequest = body.parse()?;
+    let roles = if r.roles.is_empty() {
+        vec![BuiltinRole::BasicUser]
+    } else {
+        r.roles
+    };
+    let (user, mailbox) = s
+        .admin
+        .create_user(
+            &c,
+            org.id,
+            NewUser {
+                full_name: r.full_name,
+                email: r.email,
+                roles,
+                tenant_exchange_admin: r.tenant_exchange_admin,
+                password: r.mailbox_password,
+            },
+        )
+        .await?;
+    let m = crate::json::document(&mailbox, 1, MAILBOX_SECRETS);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "user": crate::json::document(&user, 1, &[]), "mailbox": m })),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/users/{id}", tag = "users", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, description = "The user"), (status = 404, body = Problem)))]
+pub async fn get_user(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, uid)): P<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let org = org(&s, &c, &o).await?;
+    let uid: UserId = id("id", &uid)?;
+    if uid != c.user.id && !c.has(Privilege::ManageUsers) && !c.has(Privilege::ReadMailboxes) {
+        return Err(Problem::not_found(&format!("user {uid}")));
+    }
+    let u = s.admin.user(org.id, uid).await?;
+    Ok(Json(crate::json::document(&u, 1, &[])))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/users/{id}/tokens", tag = "users", params(("org" = String, Path), ("id" = String, Path)), request_body = NewToken,
+    responses((status = 201, description = "{ token, id, prefix }: the token is shown only in this response"), (status = 403, body = Problem)))]
+pub async fn create_token(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, uid)): P<(String, String)>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let org = org(&s, &c, &o).await?;
+    let uid: UserId = id("id", &uid)?;
+    if uid != c.user.id {
+        c.require(Privilege::ManageUsers)
+            .map_err(serversync_engine::AdminError::from)?;
+    }
+    let n: NewToken = body.parse()?;
+    let user = s.admin.user(org.id, uid).await?;
+    let (token, t) = s
+        .admin
+        .create_token(
+            &user,
+            &n.name,
+            serversync_model::audit::Actor::User(c.user.id),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "id": t.id, "prefix": t.prefix, "user_id": t.user_id })),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/queues", tag = "queues", params(("org" = String, Path), Paging), responses((status = 200, body = ListPage)))]
+pub async fn list_queues(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    Q(p): Q<Paging>,
+) -> ApiResult<Json<ListPage>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(page(
+        s.admin
+            .list_queues(org.id, p.after.as_deref(), p.limit()?)
+            .await?,
+        &[],
+    )))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewQueue {
+    pub name: String,
+    pub email: String,
+    /// Owner of the queue (and of its mailbox); default: the caller.
+    pub owner_id: Option<UserId>,
+    #[schema(value_type = Option<String>, format = Password, write_only)]
+    pub mailbox_password: Option<Secret>,
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/queues", tag = "queues", params(("org" = String, Path)), request_body = NewQueue,
+    responses((status = 201, description = "The queue and its new mailbox: { queue, mailbox }"), (status = 403, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_queue(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let org = org(&s, &c, &o).await?;
+    let n: NewQueue = body.parse()?;
+    let (q, m) = s
+        .admin
+        .create_queue(
+            &c,
+            org.id,
+            &n.name,
+            &n.email,
+            n.owner_id,
+            n.mailbox_password,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "queue": crate::json::document(&q, 1, &[]), "mailbox": crate::json::document(&m, 1, MAILBOX_SECRETS) }),
+        ),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/roles", tag = "users", params(("org" = String, Path)), responses((status = 200, body = [Role])))]
+pub async fn list_roles(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+) -> ApiResult<Json<Vec<Role>>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(s.admin.roles(org.id).await?))
+}

@@ -1,0 +1,640 @@
+//! The administration flows of SPEC.md §3 through the REST API, against the real Dovecot and
+//! Postfix of the test environment, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{Instance, Trust, both, imap_profile, pop3_profile};
+use serde_json::{Value, json};
+use serversync_store::Backend;
+use serversync_testkit::TestEnv;
+
+const ORG: &str = "/api/v1/orgs/default";
+
+fn mailbox_of<'a>(list: &'a Value, email: &str) -> &'a Value {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == email)
+        .unwrap_or_else(|| panic!("mailbox {email} in {list}"))
+}
+
+/// Profile → default → users and a queue → approve → test and enable: everything succeeds.
+async fn happy_path(backend: Backend, profile: Value) {
+    let env = TestEnv::from_env();
+    let pw = env.password.clone();
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let p = s
+        .ok("POST", &format!("{ORG}/profiles"), Some(profile))
+        .await;
+    assert_eq!(
+        p["advanced"]["max_concurrent_connections"], 10,
+        "reference default"
+    );
+    let pid = p["id"].as_str().unwrap().to_owned();
+    s.ok("POST", &format!("{ORG}/profiles/{pid}/default"), None)
+        .await;
+    let settings = s.ok("GET", &format!("{ORG}/email-settings"), None).await;
+    assert_eq!(settings["default_profile_id"], pid.as_str());
+
+    s.user("Alice", "alice@example.test", &pw).await;
+    s.user("Bob", "bob@example.test", &pw).await;
+    s.ok(
+        "POST",
+        &format!("{ORG}/queues"),
+        Some(json!({"name": "Support", "email": "support@example.test", "mailbox_password": pw})),
+    )
+    .await;
+    let list = s
+        .ok("GET", &format!("{ORG}/mailboxes?profile_id={pid}"), None)
+        .await;
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        3,
+        "new mailboxes take the default profile: {list}"
+    );
+    let ids: Vec<Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    for m in list["items"].as_array().unwrap() {
+        assert_eq!(m["approval"], "empty");
+        assert_eq!(m["password"], "********", "write-only: {m}");
+    }
+
+    let pending = s
+        .ok("GET", &format!("{ORG}/mailboxes?approval=empty"), None)
+        .await;
+    assert!(pending["items"].as_array().unwrap().len() >= 3);
+    s.ok(
+        "POST",
+        &format!("{ORG}/mailboxes/approve"),
+        Some(json!({"mailbox_ids": ids})),
+    )
+    .await;
+    let (status, job) = s
+        .call(
+            "POST",
+            &format!("{ORG}/mailboxes/test-enable"),
+            Some(json!({"mailbox_ids": ids})),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let job = s.wait_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["done"], 3);
+
+    let list = s.ok("GET", &format!("{ORG}/mailboxes"), None).await;
+    for email in [
+        "alice@example.test",
+        "bob@example.test",
+        "support@example.test",
+    ] {
+        let m = mailbox_of(&list, email);
+        assert_eq!(m["incoming"]["status"], "success", "{m}");
+        assert_eq!(m["outgoing"]["status"], "success", "{m}");
+        assert_eq!(m["incoming"]["enabled"], true, "{m}");
+        assert_eq!(m["outgoing"]["enabled"], true, "{m}");
+        assert!(m["test_completed_on"].is_string());
+        let alerts = s
+            .ok(
+                "GET",
+                &format!("{ORG}/alerts?mailbox_id={}", m["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        let a = &alerts["items"][0];
+        assert_eq!(a["severity"], "information", "{alerts}");
+        assert_eq!(a["code"], "test_enable_succeeded");
+        assert_eq!(a["recipients"][0], m["owner_id"]);
+    }
+    let success = s
+        .ok("GET", &format!("{ORG}/mailboxes?status=success"), None)
+        .await;
+    assert_eq!(success["items"].as_array().unwrap().len(), 3);
+    assert!(
+        !common::logs().contains(&pw) || pw.len() < 4,
+        "password in logs"
+    );
+}
+
+both!(imap_smtp_profile_test_and_enable_succeeds, |backend| {
+    happy_path(backend, imap_profile("Test IMAP")).await
+});
+both!(pop3_smtp_profile_test_and_enable_succeeds, |backend| {
+    happy_path(backend, pop3_profile("Test POP3")).await
+});
+
+/// Creates one mailbox for `email`, with the given profile body and password, approves it and
+/// runs test and enable. Returns the job, the mailbox and the profile.
+async fn failing(
+    s: &Instance,
+    profile: Value,
+    email: &str,
+    password: &str,
+    approve: bool,
+) -> (Value, Value, Value) {
+    let p = s
+        .ok("POST", &format!("{ORG}/profiles"), Some(profile))
+        .await;
+    let pid = p["id"].as_str().unwrap();
+    s.ok("POST", &format!("{ORG}/profiles/{pid}/default"), None)
+        .await;
+    let created = s.user("Carol", email, password).await;
+    let mid = created["mailbox"]["id"].clone();
+    if approve {
+        s.ok(
+            "POST",
+            &format!("{ORG}/mailboxes/approve"),
+            Some(json!({"mailbox_ids": [mid]})),
+        )
+        .await;
+    }
+    let (_, job) = s
+        .call(
+            "POST",
+            &format!("{ORG}/mailboxes/test-enable"),
+            Some(json!({"mailbox_ids": [mid]})),
+        )
+        .await;
+    let job = s.wait_job(job["id"].as_str().unwrap()).await;
+    let m = s
+        .ok(
+            "GET",
+            &format!("{ORG}/mailboxes/{}", mid.as_str().unwrap()),
+            None,
+        )
+        .await;
+    (job, m, p)
+}
+
+fn error_alert(alerts: &Value) -> &Value {
+    alerts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["severity"] == "error")
+        .unwrap_or_else(|| panic!("an error alert in {alerts}"))
+}
+
+both!(failures_name_the_step_and_alert_both_owners, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    // The profile owner is another administrator than the mailbox owner.
+    let owner = s.ok("POST", &format!("{ORG}/users"), Some(json!({"full_name": "Olga Owner", "email": "olga@example.org", "roles": ["system_administrator"]}))).await;
+    let owner_id = owner["user"]["id"].clone();
+    let mut profile = imap_profile("Wrong password");
+    profile["owner_id"] = owner_id.clone();
+    let (job, m, _) = failing(&s, profile, "carol@example.test", "not-the-password", true).await;
+    assert_eq!(job["status"], "completed_with_failures", "{job}");
+    assert!(
+        job["results"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("authentication"),
+        "{job}"
+    );
+    assert_eq!(m["incoming"]["status"], "failure", "{m}");
+    assert_eq!(m["incoming"]["enabled"], false);
+    assert_eq!(
+        m["telemetry"]["last_error"]["step"], "authentication",
+        "{m}"
+    );
+    let alerts = s
+        .ok(
+            "GET",
+            &format!("{ORG}/alerts?mailbox_id={}", m["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let a = error_alert(&alerts);
+    assert_eq!(a["step"], "authentication");
+    assert_eq!(a["code"], "authentication_failed");
+    let recipients = a["recipients"].as_array().unwrap();
+    assert!(
+        recipients.contains(&m["owner_id"]) && recipients.contains(&owner_id),
+        "mailbox owner and profile owner: {a}"
+    );
+    assert!(
+        !serde_json::to_string(&alerts)
+            .unwrap()
+            .contains("not-the-password")
+    );
+    assert!(
+        !common::logs().contains("not-the-password"),
+        "password in logs"
+    );
+});
+
+both!(a_closed_port_fails_at_tcp_connect, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut profile = imap_profile("Closed port");
+    profile["incoming"]["port"] = json!(closed);
+    let env = TestEnv::from_env();
+    let (job, m, _) = failing(&s, profile, "carol@example.test", &env.password, true).await;
+    assert_eq!(job["status"], "completed_with_failures");
+    assert_eq!(m["telemetry"]["last_error"]["step"], "tcp_connect", "{m}");
+    let alerts = s
+        .ok(
+            "GET",
+            &format!("{ORG}/alerts?mailbox_id={}", m["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(error_alert(&alerts)["step"], "tcp_connect");
+});
+
+both!(an_untrusted_certificate_fails_at_tls, |backend| {
+    let s = Instance::start(backend, Trust::SystemOnly).await;
+    let env = TestEnv::from_env();
+    let (_, m, _) = failing(
+        &s,
+        imap_profile("Untrusted"),
+        "carol@example.test",
+        &env.password,
+        true,
+    )
+    .await;
+    assert_eq!(m["telemetry"]["last_error"]["step"], "tls", "{m}");
+    let alerts = s
+        .ok(
+            "GET",
+            &format!("{ORG}/alerts?mailbox_id={}", m["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let a = error_alert(&alerts);
+    assert_eq!(a["code"], "tls_failed");
+    assert!(
+        a["message"].as_str().unwrap().contains("certificate"),
+        "{a}"
+    );
+});
+
+both!(an_unapproved_mailbox_gets_the_approval_alert, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let env = TestEnv::from_env();
+    let (job, m, _) = failing(
+        &s,
+        imap_profile("Unapproved"),
+        "carol@example.test",
+        &env.password,
+        false,
+    )
+    .await;
+    assert_eq!(job["status"], "completed_with_failures");
+    assert_eq!(m["incoming"]["status"], "failure");
+    assert_eq!(m["incoming"]["enabled"], false);
+    let alerts = s
+        .ok(
+            "GET",
+            &format!("{ORG}/alerts?mailbox_id={}", m["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let a = error_alert(&alerts);
+    assert_eq!(a["code"], "mailbox_not_approved");
+    assert!(
+        a["message"].as_str().unwrap().contains("must be approved"),
+        "{a}"
+    );
+});
+
+both!(
+    approval_needs_the_privilege_and_basic_users_see_only_their_own,
+    |backend| {
+        let s = Instance::start(backend, Trust::TestCa).await;
+        let env = TestEnv::from_env();
+        let p = s
+            .ok("POST", &format!("{ORG}/profiles"), Some(imap_profile("P")))
+            .await;
+        s.ok(
+            "POST",
+            &format!("{ORG}/profiles/{}/default", p["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        let basic = s.user("Basic Bea", "bea@example.test", &env.password).await;
+        let other = s
+            .user("Other Otto", "otto@example.test", &env.password)
+            .await;
+        let bea = basic["user"]["id"].as_str().unwrap().to_owned();
+        let t = s
+            .ok(
+                "POST",
+                &format!("{ORG}/users/{bea}/tokens"),
+                Some(json!({"name": "cli"})),
+            )
+            .await;
+        let token = t["token"].as_str().unwrap();
+
+        let (status, problem) = s
+            .call_as(
+                token,
+                "POST",
+                &format!("{ORG}/mailboxes/approve"),
+                Some(json!({"mailbox_ids": [other["mailbox"]["id"]]})),
+            )
+            .await;
+        assert_eq!(status, 403, "{problem}");
+        assert_eq!(problem["code"], "missing_privilege");
+        let (status, _) = s
+            .call_as(
+                token,
+                "POST",
+                &format!("{ORG}/profiles"),
+                Some(imap_profile("Mine")),
+            )
+            .await;
+        assert_eq!(status, 403);
+        let (_, mine) = s
+            .call_as(token, "GET", &format!("{ORG}/mailboxes"), None)
+            .await;
+        let emails: Vec<&str> = mine["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["email"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            emails,
+            ["bea@example.test"],
+            "a basic user sees only its own mailbox"
+        );
+        let (status, _) = s
+            .call_as(
+                token,
+                "GET",
+                &format!(
+                    "{ORG}/mailboxes/{}",
+                    other["mailbox"]["id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404);
+        let (status, _) = s
+            .call_as("ss_not-a-token", "GET", &format!("{ORG}/mailboxes"), None)
+            .await;
+        assert_eq!(status, 401);
+
+        // A delegated mailbox approver may approve; for Exchange Online it must also be a tenant admin.
+        let approver = s.ok("POST", &format!("{ORG}/users"), Some(json!({"full_name": "Ann Approver", "email": "ann@example.test", "roles": ["mailbox_approver"]}))).await;
+        let at = s
+            .ok(
+                "POST",
+                &format!(
+                    "{ORG}/users/{}/tokens",
+                    approver["user"]["id"].as_str().unwrap()
+                ),
+                Some(json!({"name": "x"})),
+            )
+            .await;
+        let (status, v) = s
+            .call_as(
+                at["token"].as_str().unwrap(),
+                "POST",
+                &format!("{ORG}/mailboxes/approve"),
+                Some(json!({"mailbox_ids": [other["mailbox"]["id"]]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let eo = s.ok("POST", &format!("{ORG}/profiles"), Some(json!({"name": "EXO", "server_type": "exchange_online", "oauth": {"tenant_id": "t", "client_id": "c"}}))).await;
+        s.ok(
+            "PATCH",
+            &format!(
+                "{ORG}/mailboxes/{}",
+                other["mailbox"]["id"].as_str().unwrap()
+            ),
+            Some(json!({"profile_id": eo["id"]})),
+        )
+        .await;
+        let (status, v) = s
+            .call_as(
+                at["token"].as_str().unwrap(),
+                "POST",
+                &format!("{ORG}/mailboxes/approve"),
+                Some(json!({"mailbox_ids": [other["mailbox"]["id"]]})),
+            )
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (403, Some("tenant_admin_required")),
+            "{v}"
+        );
+    }
+);
+
+both!(
+    every_unsupported_configuration_is_refused_with_its_own_code,
+    |backend| {
+        let s = Instance::start(backend, Trust::TestCa).await;
+        let cases: Vec<(&str, Value)> = vec![
+            (
+                "unsupported_protocol_mix",
+                json!({"name": "mix", "server_type": "pop3_smtp", "outgoing_protocol": "ews", "incoming": {"location": "h", "port": 995, "tls": "implicit"}, "outgoing": {"location": "h", "port": 587, "tls": "start_tls"}}),
+            ),
+            (
+                "unsupported_protocol_mix",
+                json!({"name": "mix2", "server_type": "exchange_server", "outgoing_protocol": "smtp", "username": "svc"}),
+            ),
+            (
+                "exchange_online_requires_server_to_server",
+                json!({"name": "eo1", "server_type": "exchange_online", "authentication": "credentials_specified_in_profile", "username": "u", "oauth": {"tenant_id": "t", "client_id": "c"}}),
+            ),
+            (
+                "exchange_online_requires_autodiscover",
+                json!({"name": "eo2", "server_type": "exchange_online", "auto_discover": false, "oauth": {"tenant_id": "t", "client_id": "c"}, "incoming": {"location": "https://x/EWS/Exchange.asmx", "port": 443, "tls": "implicit"}, "outgoing": {"location": "https://x/EWS/Exchange.asmx", "port": 443, "tls": "implicit"}}),
+            ),
+            (
+                "unsupported_exchange_version",
+                json!({"name": "ex2010", "server_type": "exchange_server", "exchange_version": "exchange2010_sp3", "username": "svc"}),
+            ),
+            (
+                "unsupported_exchange_version",
+                json!({"name": "ex2007", "server_type": "exchange_server", "exchange_version": "exchange2007", "username": "svc"}),
+            ),
+            (
+                "unsupported_exchange_version",
+                json!({"name": "ex2003", "server_type": "exchange_server", "exchange_version": "exchange2003", "username": "svc"}),
+            ),
+            (
+                "out_of_range",
+                json!({"name": "r", "server_type": "imap_smtp", "advanced": {"max_concurrent_connections": 0}, "incoming": {"location": "h", "port": 993, "tls": "implicit"}, "outgoing": {"location": "h", "port": 587, "tls": "start_tls"}}),
+            ),
+            (
+                "invalid_host",
+                json!({"name": "h", "server_type": "imap_smtp", "incoming": {"location": "imap://h:993", "port": 993, "tls": "implicit"}, "outgoing": {"location": "h", "port": 587, "tls": "start_tls"}}),
+            ),
+            (
+                "required",
+                json!({"name": "no-location", "server_type": "imap_smtp"}),
+            ),
+        ];
+        for (code, body) in cases {
+            let (status, p) = s
+                .call("POST", &format!("{ORG}/profiles"), Some(body.clone()))
+                .await;
+            assert_eq!(status, 422, "{body}: {p}");
+            let codes: Vec<&str> = p["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["code"].as_str().unwrap())
+                .collect();
+            assert!(codes.contains(&code), "{code} expected for {body}: {p}");
+            assert!(p["field"].is_string() && p["detail"].is_string(), "{p}");
+        }
+        // FIPS: Outlook.com is not compliant.
+        let org = s
+            .store
+            .list_all::<serversync_model::org::Organization>(None, &[])
+            .await
+            .unwrap()
+            .remove(0);
+        let mut o = org.value.clone();
+        o.fips_mode = true;
+        s.store.update(&o, None).await.unwrap();
+        let (status, p) = s
+            .call(
+                "POST",
+                &format!("{ORG}/profiles"),
+                Some(json!({"name": "outlook", "preset": "outlook_com"})),
+            )
+            .await;
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (422, Some("not_fips_compliant")),
+            "{p}"
+        );
+
+        // Appointments, contacts and tasks over an IMAP profile without CalDAV/CardDAV.
+        let p = s
+            .ok(
+                "POST",
+                &format!("{ORG}/profiles"),
+                Some(imap_profile("imap")),
+            )
+            .await;
+        let (status, v) = s
+            .call(
+                "PATCH",
+                &format!("{ORG}/email-settings"),
+                Some(json!({"default_profile_id": p["id"], "default_act": "server_side_sync"})),
+            )
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (422, Some("act_not_supported_by_profile")),
+            "{v}"
+        );
+        let u = s.user("Dan", "dan@example.test", "x").await;
+        let (status, v) = s
+            .call(
+                "PATCH",
+                &format!("{ORG}/mailboxes/{}", u["mailbox"]["id"].as_str().unwrap()),
+                Some(json!({"profile_id": p["id"], "act_method": "server_side_sync"})),
+            )
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (422, Some("act_not_supported_by_profile")),
+            "{v}"
+        );
+        // Queue mailboxes never delete unless allowed; user mailboxes cannot delete after processing.
+        let (status, v) = s
+            .call(
+                "PATCH",
+                &format!("{ORG}/mailboxes/{}", u["mailbox"]["id"].as_str().unwrap()),
+                Some(json!({"delete_after_processing": true})),
+            )
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (422, Some("delete_not_allowed")),
+            "{v}"
+        );
+    }
+);
+
+both!(
+    passwords_never_appear_in_responses_audit_or_logs,
+    |backend| {
+        let s = Instance::start(backend, Trust::TestCa).await;
+        const SECRET: &str = "Zebra-Quartz-4711-secret";
+        let mut body = imap_profile("Service account");
+        body["authentication"] = json!("credentials_specified_in_profile");
+        body["username"] = json!("svc@example.test");
+        body["password"] = json!(SECRET);
+        let (status, created) = s.call("POST", &format!("{ORG}/profiles"), Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["password"], "********");
+        let pid = created["id"].as_str().unwrap().to_owned();
+        let mut seen = vec![created.to_string()];
+        let (_, v) = s
+            .call(
+                "PATCH",
+                &format!("{ORG}/profiles/{pid}"),
+                Some(json!({"password": format!("{SECRET}-2"), "description": "rotated"})),
+            )
+            .await;
+        seen.push(v.to_string());
+        let u = s.user("Eve", "eve@example.test", SECRET).await;
+        seen.push(u.to_string());
+        let (_, v) = s
+            .call(
+                "PATCH",
+                &format!("{ORG}/mailboxes/{}", u["mailbox"]["id"].as_str().unwrap()),
+                Some(json!({"password": SECRET})),
+            )
+            .await;
+        seen.push(v.to_string());
+        for path in [
+            "profiles",
+            "mailboxes",
+            "users",
+            "audit",
+            "alerts",
+            "email-settings",
+        ] {
+            let (_, v) = s.call("GET", &format!("{ORG}/{path}"), None).await;
+            seen.push(v.to_string());
+        }
+        let (_, v) = s.call("GET", &format!("{ORG}/profiles/{pid}"), None).await;
+        seen.push(v.to_string());
+        for text in &seen {
+            assert!(!text.contains(SECRET), "secret leaked: {text}");
+        }
+        let audit = s.ok("GET", &format!("{ORG}/audit"), None).await;
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["entity"] == "email server profile" && e["action"] == "update"),
+            "{audit}"
+        );
+        assert!(!common::logs().contains(SECRET), "secret in logs");
+        // The stored value is the new one: the engine can use it.
+        let stored = s
+            .store
+            .get::<serversync_model::profile::EmailServerProfile>(&pid)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.store
+                .get_secret(stored.value.password.unwrap())
+                .await
+                .unwrap()
+                .expose(),
+            format!("{SECRET}-2")
+        );
+    }
+);

@@ -1,0 +1,90 @@
+//! The protocol layer for mail servers: connecting, securing, authenticating and probing
+//! IMAP, POP3 and SMTP servers, with every failure classified by the step that failed.
+//!
+//! This crate knows nothing of the store, the engine or HTTP. It depends only on
+//! `serversync-model` among serversync's crates, for [`ErrorKind`], [`FailureStep`],
+//! [`Secret`] and [`TlsMode`].
+//!
+//! # Layers
+//!
+//! - [`net`]: a [`ServerAddr`] (host, port, [`TlsMode`]) is reached in three separately
+//!   classified steps: **DNS** ([`net::resolve`], `tokio::net::lookup_host`, so a bad host
+//!   name fails here and not at TCP), **TCP** ([`net::connect_tcp`], the resolved addresses
+//!   in order) and, for implicit TLS, **TLS** ([`net::tls_handshake`]). The result is a
+//!   [`MailStream`] (plain or TLS).
+//! - [`imap::connect`], [`pop3::Client::connect`], [`smtp::connect`]: the reusable base
+//!   for synchronization and sending. Each reads the greeting, asks for capabilities, and
+//!   upgrades a plain connection with STARTTLS/STLS when the address says so (refusing data
+//!   the server sent before the handshake, and asking for capabilities again afterwards).
+//!   Then `login` authenticates with a [`Login`] (password, or an XOAUTH2 token).
+//! - [`imap::probe`], [`pop3::probe`], [`smtp::probe`]: "test and enable". They run every
+//!   step in order, record each in a [`ProbeReport`] (step, action, outcome, detail,
+//!   duration) with the server's capabilities, stop at the first failure, and change
+//!   nothing on the server: IMAP opens INBOX with `EXAMINE` (read-only), POP3 runs `STAT`
+//!   and never `DELE`, SMTP stops after `MAIL FROM` with `RSET` (no recipient, no DATA).
+//!
+//! # Step classification
+//!
+//! Every error is a [`ConnectError`] `{ step, kind, message }`. The step says where it
+//! failed (what the administrator looks at), the kind how the retry policy treats it, and
+//! the message (one line) what happened and the fix:
+//!
+//! | step | typical causes | kind |
+//! |---|---|---|
+//! | `Dns` | name does not exist / has no address | `Config` |
+//! | | resolver timeout or temporary failure | `Transient` |
+//! | `TcpConnect` | refused, unreachable, timeout | `Transient` |
+//! | `Tls` | untrusted / expired / wrong-name certificate, not TLS on this port, STARTTLS not offered, login refused without TLS | `Config` |
+//! | `Authentication` | credentials rejected (IMAP `NO [AUTHENTICATIONFAILED]`, POP3 `-ERR [AUTH]`, SMTP 535) | `Auth` |
+//! | | `[UNAVAILABLE]`, `[SYS/TEMP]`, `[IN-USE]`, SMTP 454 | `Transient` |
+//! | | `[LIMIT]`, `[LOGIN-DELAY]`, SMTP 4xx rate limits | `Throttled` |
+//! | `Permission` | IMAP `EXAMINE INBOX` refused, POP3 `STAT` refused, SMTP `MAIL FROM` refused (5xx) | `Permission` |
+//! | `Protocol` | missing or garbled greeting, unexpected answers | `Transient` (closed, timed out) or `Permanent` |
+//!
+//! Server answers are classified by their machine-readable codes first: RFC 5530 IMAP
+//! response codes, RFC 2449/3206 POP3 RESP-CODES, SMTP reply codes with RFC 3463 enhanced
+//! status codes (kept in the message). The tables are pure functions with unit tests:
+//! [`imap::parse::classify`], [`pop3::parse::classify`], [`smtp::parse::classify`].
+//!
+//! # Trust
+//!
+//! [`TlsTrust`] builds the rustls client configuration (aws-lc-rs provider; `ring` is not in
+//! the tree): the system's trust anchors (`rustls-native-certs`) plus extra CA certificates
+//! from PEM files or bytes (the installation's `tls.extra_ca_files`). Certificate and host
+//! name checks are always on; there is no switch to turn them off. The certificate is
+//! checked against [`ServerAddr::host`] (a DNS name or an IP address). [`TlsMode::None`] is
+//! an explicit opt-in for test servers and loopback; it sends passwords in the clear.
+//!
+//! # Secrets
+//!
+//! [`Login`] holds its password or token as a [`Secret`] (redacted in `Debug`). Commands
+//! carrying a secret are never logged or quoted; server answers quoted in errors pass
+//! through [`Login::redact`], which removes the secret and its base64 encodings.
+//!
+//! # Why raw protocol code
+//!
+//! IMAP up to authentication, POP3 and SMTP are spoken directly on tokio with pure parsers
+//! (`imap::parse`, `pop3::parse`, `smtp::parse`). async-imap reports response codes it does
+//! not know (`[AUTHENTICATIONFAILED]`, `[UNAVAILABLE]`, `[LIMIT]`) only inside error text,
+//! and lettre's SMTP connect folds DNS, TCP, TLS, greeting and EHLO into one call with its
+//! own TLS parameters, so neither could say exactly which step failed. For the IMAP
+//! synchronization to come, [`imap::ImapConnection::login_async_imap`] hands the connected,
+//! secured stream to async-imap 0.12 (IDLE, CONDSTORE, FETCH parsing) and classifies its
+//! login errors with the same table.
+
+pub mod error;
+pub mod imap;
+pub mod login;
+pub mod net;
+pub mod pop3;
+pub mod probe;
+pub mod smtp;
+pub mod tls;
+
+pub use error::{ConnectError, Result};
+pub use login::Login;
+pub use net::{ConnectOptions, DEFAULT_TIMEOUT, MailStream, ServerAddr};
+pub use probe::{ProbeReport, StepLog, StepOutcome};
+pub use serversync_model::profile::TlsMode;
+pub use serversync_model::{ErrorKind, FailureStep, Secret};
+pub use tls::{TlsTrust, TlsTrustBuilder, TrustError};

@@ -1,0 +1,373 @@
+//! "Test and enable": for each configured direction of a mailbox, a real connectivity test
+//! against its server; the three status fields written; the mailbox enabled on success; alerts
+//! for the mailbox owner (success) or the mailbox and the profile owner (failure).
+
+use crate::admin::{alert, enum_name};
+use crate::policy::{self, Direction};
+use serversync_connectors::{ConnectOptions, Login, ProbeReport, ServerAddr, TlsTrust};
+use serversync_model::alert::Severity;
+use serversync_model::job::JobItemResult;
+use serversync_model::mailbox::{DirectionStatus, Mailbox, RunStatus};
+use serversync_model::profile::{EmailServerProfile, Endpoint, IncomingProtocol, OutgoingProtocol};
+use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod};
+use serversync_model::{ErrorKind, FailureStep, MailboxId, Secret};
+use serversync_store::{NewAuditEntry, Store, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a direction could not be tested, or how its test failed.
+#[derive(Debug, Clone)]
+struct Problem {
+    code: String,
+    kind: ErrorKind,
+    step: Option<FailureStep>,
+    message: String,
+}
+
+impl Problem {
+    fn config(code: &str, message: impl Into<String>) -> Self {
+        Problem {
+            code: code.into(),
+            kind: ErrorKind::Config,
+            step: None,
+            message: message.into(),
+        }
+    }
+
+    fn from_probe(what: &str, r: &ProbeReport) -> Option<Self> {
+        r.failure.as_ref().map(|f| Problem {
+            code: format!("{}_failed", enum_name(&f.step)),
+            kind: f.kind,
+            step: Some(f.step),
+            message: format!("{what}: {f}"),
+        })
+    }
+}
+
+fn now() -> serversync_model::Timestamp {
+    chrono::Utc::now()
+}
+
+/// Tests one mailbox and writes the outcome. Returns the job item result.
+pub async fn test_and_enable(
+    store: &Store,
+    trust: &Arc<TlsTrust>,
+    id: MailboxId,
+) -> Result<JobItemResult, StoreError> {
+    let Some(stored) = store.get::<Mailbox>(&id.to_string()).await? else {
+        return Ok(JobItemResult {
+            mailbox_id: id,
+            ok: false,
+            message: "mailbox no longer exists".into(),
+        });
+    };
+    let before = stored.value;
+    let mut m = before.clone();
+    let settings = store
+        .get::<EmailSettings>(&m.org_id.to_string())
+        .await?
+        .map(|s| s.value)
+        .unwrap_or_else(|| EmailSettings::new(m.org_id));
+    let profile = match m.profile_id {
+        Some(p) => store
+            .get::<EmailServerProfile>(&p.to_string())
+            .await?
+            .map(|s| s.value),
+        None => None,
+    };
+
+    let mut outcomes: Vec<(Direction, Result<String, Problem>)> = Vec::new();
+    let mut directions = Vec::new();
+    if m.incoming_method != IncomingMethod::None {
+        directions.push(Direction::Incoming);
+    }
+    if m.outgoing_method != OutgoingMethod::None {
+        directions.push(Direction::Outgoing);
+    }
+    if m.act_method == ActMethod::ServerSideSync {
+        directions.push(Direction::Act);
+    }
+
+    let precheck = if directions.is_empty() {
+        Some(Problem::config(
+            "nothing_to_test",
+            "no delivery method is set to server-side synchronization: edit the mailbox's incoming, outgoing or appointments/contacts/tasks method",
+        ))
+    } else if m.needs_approval(&settings) {
+        Some(Problem::config(
+            "mailbox_not_approved",
+            format!(
+                "the email address {} must be approved before email is processed: use \"Approve email\" on the mailbox, then test and enable it again",
+                m.email
+            ),
+        ))
+    } else if profile.is_none() {
+        Some(Problem::config(
+            "no_profile",
+            "the mailbox has no email server profile: apply the default email settings or choose a profile",
+        ))
+    } else {
+        None
+    };
+
+    match (&precheck, &profile) {
+        (Some(p), _) => {
+            for d in &directions {
+                outcomes.push((*d, Err(p.clone())));
+            }
+        }
+        (None, Some(profile)) => {
+            let timeout = Duration::from_millis(
+                profile
+                    .advanced
+                    .connection_timeout_ms
+                    .unwrap_or(100_000)
+                    .into(),
+            );
+            let opts = ConnectOptions::new(trust.clone()).with_timeout(timeout);
+            for d in &directions {
+                let r = match d {
+                    Direction::Incoming => test_incoming(store, &m, profile, &opts).await?,
+                    Direction::Outgoing => test_outgoing(store, &m, profile, &opts).await?,
+                    Direction::Act => Err(Problem::config(
+                        "connector_not_available",
+                        "appointments, contacts and tasks synchronization is not available in this version yet: set act_method to none",
+                    )),
+                };
+                outcomes.push((*d, r));
+            }
+        }
+        (None, None) => unreachable!("precheck covers a missing profile"),
+    }
+
+    let at = now();
+    let all_ok = outcomes.iter().all(|(_, r)| r.is_ok());
+    for (d, r) in &outcomes {
+        let status = match r {
+            Ok(_) => RunStatus::Success,
+            Err(_) => RunStatus::Failure,
+        };
+        let ds = DirectionStatus {
+            status,
+            at: Some(at),
+            enabled: all_ok,
+        };
+        match d {
+            Direction::Incoming => m.incoming = ds,
+            Direction::Outgoing => m.outgoing = ds,
+            Direction::Act => m.act = ds,
+        }
+    }
+    m.test_completed_on = Some(at);
+    m.updated_at = at;
+    let first_problem = outcomes.iter().find_map(|(_, r)| r.as_ref().err().cloned());
+    let (message, alert) = match &first_problem {
+        None => {
+            m.telemetry.transient_failure_count = 0;
+            m.telemetry.last_error = None;
+            m.telemetry.postponed_until = None;
+            let details: Vec<String> = outcomes
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().ok().cloned())
+                .collect();
+            let msg = format!(
+                "Test and enable succeeded for {}: {}. The mailbox is enabled.",
+                m.email,
+                details.join("; ")
+            );
+            (
+                msg.clone(),
+                alert(
+                    &m,
+                    Severity::Information,
+                    "test_enable_succeeded",
+                    msg,
+                    None,
+                    vec![m.owner_id],
+                ),
+            )
+        }
+        Some(p) => {
+            let failure = policy::Failure {
+                kind: p.kind,
+                step: p.step,
+                code: p.code.clone(),
+                message: p.message.clone(),
+                retry_after: None,
+            };
+            let failed_dir = outcomes
+                .iter()
+                .find(|(_, r)| r.is_err())
+                .map(|(d, _)| *d)
+                .unwrap_or(Direction::Incoming);
+            // Test and enable never retries by itself: record the error, leave the mailbox disabled.
+            policy::record_failure(
+                &mut m,
+                failed_dir,
+                &failure,
+                &serversync_model::settings::RetryPolicy {
+                    max_attempts: 0,
+                    interval_seconds: 1,
+                },
+                at,
+            );
+            let msg = format!("Test and enable failed for {}: {}", m.email, p.message);
+            let mut recipients = vec![m.owner_id];
+            if let Some(owner) = profile.as_ref().map(|p| p.owner_id) {
+                recipients.push(owner);
+            }
+            (
+                msg.clone(),
+                alert(&m, Severity::Error, &p.code, msg, p.step, recipients),
+            )
+        }
+    };
+    store
+        .update_audited(
+            &m,
+            None,
+            Some(NewAuditEntry::change(
+                serversync_model::audit::Actor::System("test_and_enable".into()),
+                "test_and_enable",
+                Some(&before),
+                Some(&m),
+            )),
+        )
+        .await?;
+    store.insert(&alert).await?;
+    tracing::info!(mailbox = %m.id, ok = all_ok, "test and enable finished");
+    Ok(JobItemResult {
+        mailbox_id: id,
+        ok: all_ok,
+        message,
+    })
+}
+
+async fn credentials(
+    store: &Store,
+    m: &Mailbox,
+    profile: &EmailServerProfile,
+    outgoing: bool,
+) -> Result<Result<Login, Problem>, StoreError> {
+    let (user, secret) = if profile.authentication.credentials_on_mailbox() {
+        (
+            m.username.clone().or_else(|| Some(m.email.clone())),
+            m.password,
+        )
+    } else if outgoing && !profile.use_same_settings_for_outgoing {
+        (profile.outgoing_username.clone(), profile.outgoing_password)
+    } else {
+        (profile.username.clone(), profile.password)
+    };
+    let (Some(user), Some(secret)) = (user, secret) else {
+        let fix = if profile.authentication.credentials_on_mailbox() {
+            "enter the mailbox's password (credentials are specified by the user or queue in this profile)"
+        } else {
+            "enter the user name and password in the email server profile"
+        };
+        return Ok(Err(Problem::config(
+            "credentials_missing",
+            format!("no credentials to sign in with: {fix}"),
+        )));
+    };
+    if profile.authentication.is_oauth() {
+        return Ok(Err(Problem::config(
+            "connector_not_available",
+            "OAuth sign-in is not available in this version yet: use password credentials",
+        )));
+    }
+    let password: Secret = store.get_secret(secret).await?;
+    Ok(Ok(Login::password(user, password)))
+}
+
+fn addr(ep: Option<&Endpoint>, what: &str) -> Result<ServerAddr, Problem> {
+    ep.map(|e| ServerAddr::new(e.location.clone(), e.port, e.tls))
+        .ok_or_else(|| Problem::config("location_missing", format!("the profile has no {what} server location: enter it, or turn auto-discover on for Exchange")))
+}
+
+fn summary(r: &ProbeReport) -> String {
+    let mut caps: Vec<&str> = r
+        .capabilities
+        .iter()
+        .map(|c| c.split_whitespace().next().unwrap_or(c))
+        .collect();
+    caps.sort_unstable();
+    caps.dedup();
+    caps.truncate(12);
+    format!(
+        "{} steps passed; capabilities {}",
+        r.steps.len(),
+        caps.join(" ")
+    )
+}
+
+async fn test_incoming(
+    store: &Store,
+    m: &Mailbox,
+    p: &EmailServerProfile,
+    opts: &ConnectOptions,
+) -> Result<Result<String, Problem>, StoreError> {
+    if m.incoming_method == IncomingMethod::EmailRouter {
+        return Ok(Ok("incoming by Email Router (nothing to connect to)".into()));
+    }
+    let login = match credentials(store, m, p, false).await? {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e)),
+    };
+    let a = match addr(p.incoming.as_ref(), "incoming") {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(e)),
+    };
+    let report = match p.incoming_protocol {
+        IncomingProtocol::Imap => serversync_connectors::imap::probe(&a, &login, opts).await,
+        IncomingProtocol::Pop3 => serversync_connectors::pop3::probe(&a, &login, opts).await,
+        IncomingProtocol::Ews | IncomingProtocol::Graph => {
+            return Ok(Err(Problem::config(
+                "connector_not_available",
+                "Exchange connectors are not available in this version yet",
+            )));
+        }
+    };
+    let label = format!(
+        "incoming ({})",
+        enum_name(&p.incoming_protocol).to_uppercase()
+    );
+    Ok(match Problem::from_probe(&label, &report) {
+        Some(problem) => Err(problem),
+        None => Ok(format!("{label} {}", summary(&report))),
+    })
+}
+
+async fn test_outgoing(
+    store: &Store,
+    m: &Mailbox,
+    p: &EmailServerProfile,
+    opts: &ConnectOptions,
+) -> Result<Result<String, Problem>, StoreError> {
+    if m.outgoing_method == OutgoingMethod::EmailRouter {
+        return Ok(Ok("outgoing by Email Router (nothing to connect to)".into()));
+    }
+    let login = match credentials(store, m, p, true).await? {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e)),
+    };
+    let a = match addr(p.outgoing.as_ref(), "outgoing") {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(e)),
+    };
+    let report = match p.outgoing_protocol {
+        OutgoingProtocol::Smtp => {
+            serversync_connectors::smtp::probe(&a, Some(&login), &m.email, opts).await
+        }
+        OutgoingProtocol::Ews | OutgoingProtocol::Graph => {
+            return Ok(Err(Problem::config(
+                "connector_not_available",
+                "Exchange connectors are not available in this version yet",
+            )));
+        }
+    };
+    Ok(match Problem::from_probe("outgoing (SMTP)", &report) {
+        Some(problem) => Err(problem),
+        None => Ok(format!("outgoing (SMTP) {}", summary(&report))),
+    })
+}
