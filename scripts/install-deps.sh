@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the real-server test environment needs (Debian 12, as root), only what is
 # missing: Dovecot (IMAP, POP3, LMTP), Postfix, Radicale, OpenSSL, PostgreSQL (only when no
-# server binaries are found and no server is reachable), and cargo-nextest.
+# server binaries are found and no server is reachable), cargo-nextest and the Python
+# openapi-spec-validator.
 # Idempotent: on a machine that has everything it changes nothing and needs no network.
 set -euo pipefail
 
@@ -87,4 +88,10 @@ getent group postdrop >/dev/null || { log "group postdrop is missing"; exit 1; }
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install cargo-nextest --locked
+fi
+
+# Validates the OpenAPI document in the API tests (PyPI).
+if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    log "installing openapi-spec-validator"
+    python3 -m pip install --quiet openapi-spec-validator
 fi

@@ -27,7 +27,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = v1::router().split_for_parts();
-    let openapi = std::sync::Arc::new(openapi);
+    let openapi = std::sync::Arc::new(v1::finish_document(&openapi));
     Router::new()
         .merge(api)
         .route(

@@ -24,7 +24,7 @@ use utoipa_axum::routes;
     info(title = "serversync API", description = "Administration of server-side synchronization: organizations, users, queues, email server profiles, email settings, mailboxes, test and enable, alerts, jobs, audit log and CRM records. Errors are RFC 9457 problem+json documents with a stable `code` and the offending `field`."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(Problem, ListPage))
+    components(schemas(Problem, crate::problem::FieldProblem, ListPage))
 )]
 pub struct ApiDoc;
 
@@ -103,4 +103,34 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(records::list_accounts, records::create_account))
         .routes(routes!(records::list_contacts, records::create_contact))
         .routes(routes!(records::list_leads, records::create_lead))
+}
+
+/// The served document: every response gets a description (OpenAPI requires one).
+pub fn finish_document(openapi: &utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(openapi).unwrap_or(Value::Null);
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for op in item.values_mut() {
+                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                for (code, r) in responses.iter_mut() {
+                    if let Some(r) = r.as_object_mut()
+                        && r.get("description")
+                            .and_then(Value::as_str)
+                            .is_none_or(str::is_empty)
+                    {
+                        let reason = code
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|c| axum::http::StatusCode::from_u16(c).ok())
+                            .and_then(|c| c.canonical_reason())
+                            .unwrap_or("Response");
+                        r.insert("description".into(), Value::String(reason.into()));
+                    }
+                }
+            }
+        }
+    }
+    doc
 }

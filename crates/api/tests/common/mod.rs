@@ -1,7 +1,7 @@
 //! A serversync instance in-process (store + engine + API router) on SQLite or PostgreSQL,
 //! trusting the test environment's CA, and helpers to call its API.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use axum::Router;
 use axum::body::Body;
