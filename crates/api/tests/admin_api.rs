@@ -547,6 +547,59 @@ both!(
             (422, Some("act_not_supported_by_profile")),
             "{v}"
         );
+        // The mailbox's location must fit the profile type.
+        let eo = s.ok("POST", &format!("{ORG}/profiles"), Some(json!({"name": "EXO", "server_type": "exchange_online", "oauth": {"tenant_id": "t", "client_id": "c"}}))).await;
+        let mb = u["mailbox"]["id"].as_str().unwrap();
+        for (location, profile, code) in [
+            (
+                "exchange_on_premises",
+                &eo["id"],
+                "exchange_online_mailbox_on_premises",
+            ),
+            (
+                "external_server",
+                &eo["id"],
+                "exchange_online_mailbox_external",
+            ),
+            (
+                "exchange_online",
+                &p["id"],
+                "exchange_online_mailbox_needs_online_profile",
+            ),
+        ] {
+            let (status, v) = s
+                .call(
+                    "PATCH",
+                    &format!("{ORG}/mailboxes/{mb}"),
+                    Some(
+                        json!({"profile_id": profile, "location": location, "act_method": "none"}),
+                    ),
+                )
+                .await;
+            assert_eq!(
+                (status, v["code"].as_str()),
+                (422, Some(code)),
+                "{location}: {v}"
+            );
+        }
+        // Mixing Outlook (client-side) and server-side synchronization of appointments is discouraged.
+        let other = s.user("Fay", "fay@example.test", "x").await;
+        assert_eq!(other["mailbox"]["act_method"], "server_side_sync");
+        s.ok(
+            "PATCH",
+            &format!("{ORG}/mailboxes/{mb}"),
+            Some(json!({"act_method": "outlook_client"})),
+        )
+        .await;
+        let alerts = s.ok("GET", &format!("{ORG}/alerts"), None).await;
+        assert!(
+            alerts["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["code"] == "mixed_act_synchronization" && a["severity"] == "warning"),
+            "{alerts}"
+        );
         // Queue mailboxes never delete unless allowed; user mailboxes cannot delete after processing.
         let (status, v) = s
             .call(

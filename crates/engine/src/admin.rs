@@ -6,7 +6,9 @@ use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
 use serversync_model::auth::{ApiToken, Caller, Denied};
 use serversync_model::job::{Job, JobKind, JobStatus};
-use serversync_model::mailbox::{ApprovalStatus, DirectionStatus, Mailbox, MailboxRegarding};
+use serversync_model::mailbox::{
+    ApprovalStatus, DirectionStatus, Mailbox, MailboxRegarding, check_profile_fits,
+};
 use serversync_model::org::{
     BuiltinRole, Organization, Privilege, Queue, Role, User, effective_privileges,
 };
@@ -645,7 +647,7 @@ impl Admin {
         let s = self.settings(org).await?;
         let mut settings = s.value.clone();
         settings.default_profile_id = Some(id);
-        if !profile_supports_act(&p) {
+        if !p.supports_act() {
             settings.default_act = ActMethod::None;
         }
         self.store
@@ -716,7 +718,7 @@ impl Admin {
         if let Some(pid) = s.default_profile_id {
             match self.profile(org, pid).await {
                 Ok(p) => {
-                    if s.default_act == ActMethod::ServerSideSync && !profile_supports_act(&p) {
+                    if s.default_act == ActMethod::ServerSideSync && !p.supports_act() {
                         errors.push(
                             "act_not_supported_by_profile",
                             "default_act",
@@ -859,13 +861,8 @@ impl Admin {
         if let Some(pid) = m.profile_id {
             match self.profile(org, pid).await {
                 Ok(p) => {
-                    if m.act_method == ActMethod::ServerSideSync && !profile_supports_act(&p) {
-                        errors.push(
-                            "act_not_supported_by_profile",
-                            "act_method",
-                            "appointments, contacts and tasks cannot be synchronized with POP3 or IMAP profiles \
-                             unless a CalDAV/CardDAV endpoint is configured: set act_method to none",
-                        );
+                    if let Err(more) = check_profile_fits(&m, &p) {
+                        errors.0.extend(more.0);
                     }
                 }
                 Err(_) => errors.push(
@@ -891,10 +888,45 @@ impl Admin {
             }
             disable_all(&mut m);
         }
-        Ok(self
+        let stored = self
             .store
             .update_audited(&m, expected, Some(NewAuditEntry::update(actor(c), b, &m)))
-            .await?)
+            .await?;
+        if m.act_method != b.act_method {
+            self.warn_if_act_mixed(c, org).await?;
+        }
+        Ok(stored)
+    }
+
+    /// Mixing client-side (Outlook) and server-side synchronization of appointments, contacts
+    /// and tasks in one organization is discouraged: warn the administrator.
+    async fn warn_if_act_mixed(&self, c: &Caller, org: OrgId) -> Result<()> {
+        let all = self.store.list_all::<Mailbox>(Some(org), &[]).await?;
+        let server = all
+            .iter()
+            .any(|m| m.value.act_method == ActMethod::ServerSideSync);
+        let client = all
+            .iter()
+            .any(|m| m.value.act_method == ActMethod::OutlookClient);
+        if server && client {
+            let a = Alert {
+                id: AlertId::new(),
+                org_id: org,
+                severity: Severity::Warning,
+                code: "mixed_act_synchronization".into(),
+                message: "some mailboxes synchronize appointments, contacts and tasks through Outlook and others on the \
+                          server; mixing both in one organization is discouraged: choose one method for all mailboxes"
+                    .into(),
+                mailbox_id: None,
+                profile_id: None,
+                step: None,
+                recipients: vec![c.user.id],
+                created_at: now(),
+                dismissed_at: None,
+            };
+            self.store.insert(&a).await?;
+        }
+        Ok(())
     }
 
     /// "Apply default email settings": the organization's default profile and delivery
@@ -1179,13 +1211,8 @@ impl Admin {
     }
 }
 
-/// Appointments, contacts and tasks need Exchange, or a CalDAV/CardDAV endpoint on the profile.
-pub fn profile_supports_act(p: &EmailServerProfile) -> bool {
-    p.server_type.supports_act() || p.dav.is_some()
-}
-
 fn fit_act_to_profile(m: &mut Mailbox, p: &EmailServerProfile) {
-    if !profile_supports_act(p) {
+    if !p.supports_act() {
         m.act_method = ActMethod::None;
     }
 }

@@ -1,6 +1,7 @@
 //! Mailboxes: one per user and per queue, with delivery methods, approval, the three status
 //! fields and sync telemetry (REFERENCE.md part A "Mailbox").
 
+use crate::profile::{EmailServerProfile, ServerType};
 use crate::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod, TrackingFilter};
 use crate::{
     ErrorKind, FailureStep, MailboxId, OrgId, ProfileId, QueueId, SecretId, Timestamp, UserId,
@@ -16,6 +17,18 @@ use serde::{Deserialize, Serialize};
 pub enum MailboxRegarding {
     User(UserId),
     Queue(QueueId),
+}
+
+/// Where a mailbox's Exchange mailbox lives (entered by the administrator or found by
+/// Autodiscover). Decides which profile types can serve it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailboxLocation {
+    ExchangeOnline,
+    ExchangeOnPremises,
+    /// The mailbox forwards to, or lives on, a non-Exchange mail server.
+    ExternalServer,
 }
 
 /// Email address approval.
@@ -106,6 +119,9 @@ pub struct Mailbox {
     /// Sync items with Exchange from this organization only, even if Exchange was set to sync
     /// with a different organization.
     pub sync_with_this_org_only: bool,
+    /// Where the mailbox lives, when known.
+    #[serde(default)]
+    pub location: Option<MailboxLocation>,
     pub incoming: DirectionStatus,
     pub outgoing: DirectionStatus,
     pub act: DirectionStatus,
@@ -155,6 +171,7 @@ impl Mailbox {
             process_email_from: None,
             tracking,
             sync_with_this_org_only: false,
+            location: None,
             incoming: DirectionStatus::default(),
             outgoing: DirectionStatus::default(),
             act: DirectionStatus::default(),
@@ -234,6 +251,39 @@ impl Mailbox {
         }
         e.into_result()
     }
+}
+
+/// Checks that a profile can serve a mailbox (SPEC.md §5): the mailbox's location must fit
+/// the profile type, and appointments, contacts and tasks need Exchange or CalDAV/CardDAV.
+pub fn check_profile_fits(m: &Mailbox, p: &EmailServerProfile) -> Result<(), ValidationErrors> {
+    let mut e = ValidationErrors::default();
+    match (p.server_type, m.location) {
+        (ServerType::ExchangeOnline, Some(MailboxLocation::ExchangeOnPremises)) => e.push(
+            "exchange_online_mailbox_on_premises",
+            "profile_id",
+            "this mailbox is on an on-premises Exchange server: use an Exchange Server (hybrid) profile, not Exchange Online",
+        ),
+        (ServerType::ExchangeOnline, Some(MailboxLocation::ExternalServer)) => e.push(
+            "exchange_online_mailbox_external",
+            "profile_id",
+            "this Exchange mailbox points to an external email server: use a POP3/SMTP (or IMAP/SMTP) profile for it",
+        ),
+        (ServerType::ExchangeServer | ServerType::ExchangeServerHybrid | ServerType::ImapSmtp | ServerType::Pop3Smtp, Some(MailboxLocation::ExchangeOnline)) => e.push(
+            "exchange_online_mailbox_needs_online_profile",
+            "profile_id",
+            "this mailbox is in Exchange Online: use an Exchange Online profile",
+        ),
+        _ => {}
+    }
+    if m.act_method == ActMethod::ServerSideSync && !p.supports_act() {
+        e.push(
+            "act_not_supported_by_profile",
+            "act_method",
+            "appointments, contacts and tasks cannot be synchronized with POP3 or IMAP profiles unless a CalDAV/CardDAV \
+             endpoint is configured on the profile: set act_method to none",
+        );
+    }
+    e.into_result()
 }
 
 #[cfg(test)]

@@ -394,6 +394,11 @@ impl EmailServerProfile {
         p
     }
 
+    /// Appointments, contacts and tasks need Exchange, or a CalDAV/CardDAV endpoint.
+    pub fn supports_act(&self) -> bool {
+        self.server_type.supports_act() || self.dav.is_some()
+    }
+
     /// Who holds the connection budget: the profile (shared credentials) or each mailbox.
     pub fn connections_counted_per_mailbox(&self) -> bool {
         self.authentication.credentials_on_mailbox()
