@@ -151,7 +151,7 @@ mod tests {
         let store = Store::open(&url, MasterKey::generate().unwrap())
             .await
             .unwrap();
-        let trust = Arc::new(TlsTrust::builder().without_system_roots().build().unwrap());
+        let trust = Arc::new(TlsTrust::system_only().unwrap());
         let engine = Engine::new(
             store.clone(),
             EngineConfig {
