@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod deliver;
 mod keys;
 mod serve;
 
@@ -60,6 +61,17 @@ enum Command {
     /// alerts, jobs, audit log. Talks to a running server's API (URL and token from flags, env
     /// or config); `admin token create` works on the database directly.
     Admin(admin::AdminArgs),
+    /// Email Router intake: store the message on standard input for the mailbox with this
+    /// address (whose incoming delivery method is email_router), through the same pipeline as
+    /// synchronized mail. Delivering the same message twice keeps it once.
+    Deliver {
+        /// The mailbox's email address.
+        #[arg(long, value_name = "ADDRESS")]
+        mailbox: String,
+        /// Organization name, when the address has mailboxes in several organizations.
+        #[arg(long, value_name = "ORG")]
+        org: Option<String>,
+    },
     /// Manage the master key that encrypts stored credentials.
     Keys {
         #[command(subcommand)]
@@ -105,6 +117,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Serve { .. } => serve::run(cfg).await,
                 Command::Migrate => serve::migrate(cfg).await,
+                Command::Deliver { mailbox, org } => deliver::run(cfg, mailbox, org).await,
                 Command::Admin(args) => admin::run(cfg, args).await,
                 Command::Keys {
                     command: KeysCommand::Rotate { out },

@@ -33,10 +33,25 @@ struct Server {
     child: Child,
     addr: String,
     log: mpsc::Receiver<String>,
+    /// Log lines up to the "listening" line.
+    early: Vec<String>,
 }
 
 impl Server {
     /// Starts `serve` on a free port and waits (bounded) for its "listening" line.
+    /// The bootstrap token printed once on first start (before the "listening" line).
+    fn bootstrap_token(&self) -> String {
+        self.early
+            .iter()
+            .find_map(|line| line.split("API token (shown only now): ").nth(1))
+            .map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                    .collect()
+            })
+            .expect("the first start prints a token")
+    }
+
     fn start(mut c: Command) -> Server {
         let child = c
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -49,6 +64,7 @@ impl Server {
             child,
             addr: String::new(),
             log: rx,
+            early: Vec::new(),
         };
         let stderr = server.child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -62,6 +78,7 @@ impl Server {
                 .log
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("serve prints its address within 30 s");
+            server.early.push(line.clone());
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 server.addr = rest
                     .chars()
@@ -88,6 +105,38 @@ impl Server {
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
+        (status, body)
+    }
+
+    /// An API request with a bearer token; returns status and body.
+    fn request(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let body = body.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        // Chunked responses: good enough for JSON bodies in tests (drop the chunk-size lines).
+        let body = if body.starts_with(|c: char| c.is_ascii_hexdigit()) && body.contains("\r\n") {
+            body.split("\r\n")
+                .skip(1)
+                .step_by(2)
+                .collect::<Vec<_>>()
+                .join("")
+        } else {
+            body
+        };
         (status, body)
     }
 
@@ -397,4 +446,88 @@ fn every_subcommand_explains_itself() {
     for sub in ["serve", "migrate", "keys"] {
         assert!(text.contains(sub), "{text}");
     }
+}
+
+#[test]
+fn deliver_takes_mail_in_once_and_the_items_api_explains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(cmd(dir.path()));
+    let token = server.bootstrap_token();
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/orgs/default/users",
+        &token,
+        Some(r#"{"full_name": "Router Rita", "email": "rita@example.test"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mailbox_id = body
+        .split("\"mailbox\"")
+        .nth(1)
+        .and_then(|m| m.split("\"id\":\"").nth(1))
+        .and_then(|m| m.split('"').next())
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/v1/orgs/default/mailboxes/{mailbox_id}");
+    let (status, body) = server.request(
+        "PATCH",
+        &path,
+        &token,
+        Some(r#"{"incoming_method": "email_router"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/orgs/default/mailboxes/approve",
+        &token,
+        Some(&format!(r#"{{"mailbox_ids": ["{mailbox_id}"]}}"#)),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let message = "Message-ID: <deliver-1@example.test>\r\nFrom: ann@example.test\r\nTo: rita@example.test\r\nSubject: via the router\r\nDate: Mon, 2 Nov 2026 09:00:00 +0000\r\n\r\nhello\r\n";
+    let deliver = || {
+        let mut child = cmd(dir.path())
+            .args(["deliver", "--mailbox", "Rita@Example.test"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(message.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(deliver().starts_with("Stored"), "first delivery is stored");
+    assert!(
+        deliver().starts_with("duplicate"),
+        "the same message again is kept once"
+    );
+
+    let (status, items) = server.request("GET", &format!("{path}/items"), &token, None);
+    assert_eq!(status, 200, "{items}");
+    assert_eq!(items.matches("\"source_key\"").count(), 1, "{items}");
+    assert!(
+        items.contains("deliver-1@example.test") && items.contains("\"decision\":\"stored\""),
+        "{items}"
+    );
+
+    // A mailbox that does not receive by the Email Router refuses, with one clear line.
+    let out = cmd(dir.path())
+        .args(["deliver", "--mailbox", "nobody@example.test"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mailbox with the address"));
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
 }

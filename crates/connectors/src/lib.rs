@@ -77,6 +77,7 @@ pub mod imap;
 pub mod login;
 pub mod net;
 pub mod pop3;
+pub mod mime;
 pub mod probe;
 pub mod smtp;
 pub mod tls;

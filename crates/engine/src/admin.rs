@@ -1126,6 +1126,19 @@ impl Admin {
         Ok(self.store.list::<Job>(Some(org), &[], after, limit).await?)
     }
 
+    /// The item-level records of a mailbox: every message seen, with its decision and reasons.
+    pub async fn items(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        mailbox: MailboxId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<serversync_model::item::MailItem>> {
+        let m = self.mailbox(c, org, mailbox).await?;
+        Ok(self.store.list_items(m.value.id, after, limit).await?)
+    }
+
     // ---- alerts and audit ----------------------------------------------------------------------
 
     /// Alerts the caller may see: all with "read mailboxes", else those addressed to it.

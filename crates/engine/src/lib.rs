@@ -8,6 +8,7 @@
 //! to mail servers only through `serversync-connectors` and knows nothing of HTTP.
 
 pub mod admin;
+pub mod intake;
 mod jobs;
 pub mod policy;
 pub mod test_enable;

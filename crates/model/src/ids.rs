@@ -92,4 +92,6 @@ typed_id! {
     SecretId;
     /// An API token.
     TokenId;
+    /// A message seen in a mailbox (one item-level record).
+    ItemId;
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod crm;
 pub mod error;
 pub mod ids;
+pub mod item;
 pub mod job;
 pub mod mailbox;
 pub mod org;

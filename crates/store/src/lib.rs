@@ -12,6 +12,7 @@
 mod audit;
 mod entity;
 mod error;
+mod items;
 mod lease;
 mod secrets;
 mod sync_state;
@@ -19,6 +20,7 @@ mod sync_state;
 pub use audit::NewAuditEntry;
 pub use entity::{Col, Entity, Page, Stored};
 pub use error::StoreError;
+pub use items::ItemInsert;
 pub use lease::LeaseGuard;
 
 use serversync_vault::MasterKey;

@@ -253,3 +253,20 @@ pub async fn test_enable(
         ),
     ))
 }
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/mailboxes/{id}/items", tag = "mailboxes", params(("org" = String, Path), ("id" = String, Path), Paging),
+    responses((status = 200, body = ListPage, description = "Every message seen in the mailbox, oldest first, with its decision (stored / skipped / failed) and the reasons (`trace`)"), (status = 404, body = Problem)))]
+pub async fn list_items(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, mid)): P<(String, String)>,
+    Q(p): Q<Paging>,
+) -> ApiResult<Json<ListPage>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(page(
+        s.admin
+            .items(&c, org.id, id("id", &mid)?, p.after.as_deref(), p.limit()?)
+            .await?,
+        &[],
+    )))
+}

@@ -1,0 +1,192 @@
+//! Raw RFC 5322 / MIME message → the fields serversync keeps (mail-parser 0.11; 1.0 needs a
+//! newer compiler). Pure: no I/O. Lenient like mail-parser itself, but every irregularity is
+//! reported in `problems` so the decision trace can say what was wrong.
+
+use chrono::{DateTime, Utc};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedAttachment {
+    pub file_name: Option<String>,
+    pub content_type: String,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedMail {
+    /// Without angle brackets.
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    pub date: Option<DateTime<Utc>>,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    pub attachments: Vec<ParsedAttachment>,
+    /// Irregularities found (missing headers, undecodable parts…).
+    pub problems: Vec<String>,
+}
+
+fn addresses(a: Option<&Address<'_>>) -> Vec<String> {
+    a.map(|a| {
+        a.iter()
+            .filter_map(|x| x.address())
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn text_list(v: &HeaderValue<'_>) -> Vec<String> {
+    match v {
+        HeaderValue::Text(t) => vec![t.trim().to_owned()],
+        HeaderValue::TextList(l) => l.iter().map(|t| t.trim().to_owned()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The declared charset of the first part of a body.
+fn body_charset<'x>(msg: &'x mail_parser::Message<'x>, ids: &[u32]) -> Option<&'x str> {
+    let part = msg.parts.get(*ids.first()? as usize)?;
+    part.content_type()?.attribute("charset")
+}
+
+/// Stateful 7-bit charsets (ISO-2022-JP, ISO-2022-KR, UTF-7…) are all ASCII on the wire, and
+/// mail-parser passes such text through undecoded: decode it with the declared charset.
+fn fix_7bit_charset(text: String, charset: Option<&str>) -> String {
+    let Some(enc) = charset.and_then(|c| encoding_rs::Encoding::for_label(c.trim().as_bytes()))
+    else {
+        return text;
+    };
+    if enc == encoding_rs::UTF_8 || !text.is_ascii() || !text.contains('\u{1b}') {
+        return text;
+    }
+    let (decoded, _, _) = enc.decode(text.as_bytes());
+    decoded.into_owned()
+}
+
+/// Parses a raw message. `Err` only when there is nothing that looks like a message at all.
+pub fn parse(raw: &[u8]) -> Result<ParsedMail, String> {
+    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err("the message is empty".into());
+    }
+    let msg = MessageParser::default()
+        .parse(raw)
+        .ok_or_else(|| "no RFC 5322 message could be read".to_owned())?;
+    if msg.headers().is_empty() {
+        return Err("the message has no header fields".into());
+    }
+    let mut p = ParsedMail {
+        message_id: msg
+            .message_id()
+            .map(|s| s.trim().trim_matches(['<', '>']).to_owned())
+            .filter(|s| !s.is_empty()),
+        // Encoded words in ISO-2022-JP come out of mail-parser still in their 7-bit form.
+        subject: msg
+            .subject()
+            .map(|t| fix_7bit_charset(t.to_owned(), Some("ISO-2022-JP"))),
+        from: addresses(msg.from()).into_iter().next(),
+        to: addresses(msg.to()),
+        cc: addresses(msg.cc()),
+        in_reply_to: text_list(msg.in_reply_to())
+            .into_iter()
+            .next()
+            .map(|s| s.trim_matches(['<', '>']).to_owned()),
+        references: text_list(msg.references())
+            .into_iter()
+            .map(|s| s.trim_matches(['<', '>']).to_owned())
+            .collect(),
+        date: msg
+            .date()
+            .and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0)),
+        text_body: msg
+            .body_text(0)
+            .map(|c| fix_7bit_charset(c.into_owned(), body_charset(&msg, &msg.text_body))),
+        html_body: msg
+            .body_html(0)
+            .map(|c| fix_7bit_charset(c.into_owned(), body_charset(&msg, &msg.html_body))),
+        attachments: Vec::new(),
+        problems: Vec::new(),
+    };
+    for part in msg.attachments() {
+        let content_type = part
+            .content_type()
+            .map(|c| match c.subtype() {
+                Some(sub) => format!("{}/{}", c.ctype(), sub),
+                None => c.ctype().to_owned(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into());
+        p.attachments.push(ParsedAttachment {
+            file_name: part.attachment_name().map(str::to_owned),
+            content_type,
+            data: part.contents().to_vec(),
+        });
+    }
+    if p.message_id.is_none() {
+        p.problems.push("no Message-ID header".into());
+    }
+    if p.from.is_none() {
+        p.problems.push("no readable From address".into());
+    }
+    if p.date.is_none() {
+        p.problems.push("no readable Date header".into());
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_headers_bodies_and_attachments() {
+        let raw = b"Message-ID: <a1@example.test>\r\nFrom: \"Ann\" <Ann@Example.test>\r\nTo: bob@example.test, carol@example.test\r\n\
+Cc: dan@example.test\r\nSubject: =?UTF-8?B?w5xiZXIgZGFzIEFuZ2Vib3Q=?=\r\nIn-Reply-To: <x0@example.test>\r\nReferences: <r1@example.test> <x0@example.test>\r\n\
+Date: Tue, 3 Nov 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=FC=DFe\r\n--b\r\nContent-Type: application/pdf; name=q.pdf\r\nContent-Disposition: attachment; filename=q.pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n";
+        let p = parse(raw).unwrap();
+        assert_eq!(p.message_id.as_deref(), Some("a1@example.test"));
+        assert_eq!(p.subject.as_deref(), Some("Über das Angebot"));
+        assert_eq!(p.from.as_deref(), Some("ann@example.test"));
+        assert_eq!(p.to, ["bob@example.test", "carol@example.test"]);
+        assert_eq!(p.in_reply_to.as_deref(), Some("x0@example.test"));
+        assert_eq!(p.references, ["r1@example.test", "x0@example.test"]);
+        assert_eq!(p.text_body.as_deref().map(str::trim), Some("Grüße"));
+        assert_eq!(p.attachments.len(), 1);
+        assert_eq!(p.attachments[0].file_name.as_deref(), Some("q.pdf"));
+        assert_eq!(p.attachments[0].content_type, "application/pdf");
+        assert_eq!(p.attachments[0].data, b"%PDF-1.4\n");
+        assert_eq!(p.date.unwrap().to_rfc3339(), "2026-11-03T09:00:00+00:00");
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+    }
+
+    #[test]
+    fn malformed_input_is_reported_not_lost() {
+        assert!(parse(b"").is_err());
+        assert!(parse(b"  \r\n").is_err());
+        let p = parse(b"Subject: only a subject\r\n\r\nbody").unwrap();
+        assert_eq!(p.problems.len(), 3, "{:?}", p.problems);
+    }
+}
+
+#[cfg(test)]
+mod charset_tests {
+    #[test]
+    fn iso_2022_jp_bodies_are_decoded() {
+        let mut m = b"Message-ID: <jis@example.test>\r\nFrom: a@example.test\r\nSubject: x\r\nDate: Mon, 2 Nov 2026 12:30:00 +0000\r\nContent-Type: text/plain; charset=ISO-2022-JP\r\n\r\n".to_vec();
+        m.extend_from_slice(b"\x1b$B$3$s$K$A$O\x1b(B\r\n");
+        let msg = mail_parser::MessageParser::default().parse(&m).unwrap();
+        let cs = super::body_charset(&msg, &msg.text_body);
+        assert_eq!(cs, Some("ISO-2022-JP"), "text_body {:?}", msg.text_body);
+        let p = super::parse(&m).unwrap();
+        assert_eq!(p.text_body.as_deref().map(str::trim), Some("こんにちは"));
+        let s =
+            super::parse(b"Subject: =?ISO-2022-JP?B?GyRCJDMkcyRLJEEkTxsoQg==?=\r\n\r\nx").unwrap();
+        assert_eq!(s.subject.as_deref(), Some("こんにちは"));
+    }
+}

@@ -1,0 +1,153 @@
+//! The intake pipeline: every message — synced over IMAP or POP3, or handed in by the Email
+//! Router (LMTP, `serversync deliver`) — goes through [`take_in`], which parses it, decides,
+//! and stores the item-level record with its raw bytes and attachments in one transaction.
+//! Nothing is lost: what cannot be parsed is kept raw with the reason.
+
+use serversync_connectors::mime;
+use serversync_model::item::{ItemAttachment, ItemDecision, ItemSource, MailItem};
+use serversync_model::mailbox::Mailbox;
+use serversync_model::profile::EmailServerProfile;
+use serversync_model::settings::EmailSettings;
+use serversync_model::{ItemId, Timestamp};
+use serversync_store::{ItemInsert, Store, StoreError};
+use serversync_vault::sha256_hex;
+
+/// What intake did with a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IntakeOutcome {
+    /// A new item was recorded with this decision.
+    Recorded(Box<MailItem>),
+    /// The mailbox already had this message (same source key): nothing was written.
+    Duplicate,
+}
+
+impl IntakeOutcome {
+    pub fn decision(&self) -> Option<ItemDecision> {
+        match self {
+            IntakeOutcome::Recorded(i) => Some(i.decision),
+            IntakeOutcome::Duplicate => None,
+        }
+    }
+}
+
+/// Parses, decides and stores one message of `mailbox`.
+pub async fn take_in(
+    store: &Store,
+    mailbox: &Mailbox,
+    settings: &EmailSettings,
+    profile: Option<&EmailServerProfile>,
+    source: ItemSource,
+    raw: &[u8],
+    received_at: Timestamp,
+) -> Result<IntakeOutcome, StoreError> {
+    let raw_sha = sha256_hex(raw);
+    let mut item = MailItem {
+        id: ItemId::new(),
+        org_id: mailbox.org_id,
+        mailbox_id: mailbox.id,
+        source_key: source.key(&raw_sha),
+        source,
+        message_id: None,
+        subject: None,
+        from: None,
+        to: Vec::new(),
+        cc: Vec::new(),
+        in_reply_to: None,
+        references: Vec::new(),
+        sent_at: None,
+        received_at,
+        size: raw.len() as u64,
+        raw_sha256: raw_sha.clone(),
+        raw_kept: true,
+        text_body: None,
+        html_body: None,
+        attachments: Vec::new(),
+        decision: ItemDecision::Stored,
+        trace: Vec::new(),
+        created_at: chrono::Utc::now(),
+    };
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+
+    match mime::parse(raw) {
+        Err(why) => {
+            item.decision = ItemDecision::Failed;
+            item.trace.push(format!(
+                "failed: cannot be parsed ({why}); the raw message ({} bytes) is kept",
+                raw.len()
+            ));
+        }
+        Ok(p) => {
+            item.message_id = p.message_id;
+            item.subject = p.subject;
+            item.from = p.from;
+            item.to = p.to;
+            item.cc = p.cc;
+            item.in_reply_to = p.in_reply_to;
+            item.references = p.references;
+            item.sent_at = p.date;
+            item.text_body = p.text_body;
+            item.html_body = p.html_body;
+            for problem in &p.problems {
+                item.trace.push(format!("note: {problem}"));
+            }
+            let limit = u64::from(settings.max_attachment_kb) * 1024;
+            for a in p.attachments {
+                let sha = sha256_hex(&a.data);
+                let size = a.data.len() as u64;
+                let dropped_reason = (size > limit).then(|| {
+                    format!("{size} bytes is over the attachment size limit of {} KB: metadata kept, content dropped", settings.max_attachment_kb)
+                });
+                match &dropped_reason {
+                    Some(r) => item.trace.push(format!(
+                        "attachment {:?}: {r}",
+                        a.file_name.as_deref().unwrap_or("(unnamed)")
+                    )),
+                    None => blobs.push((sha.clone(), a.data)),
+                }
+                item.attachments.push(ItemAttachment {
+                    file_name: a.file_name,
+                    content_type: a.content_type,
+                    size,
+                    sha256: sha,
+                    dropped_reason,
+                });
+            }
+            if item.attachments.iter().any(|a| a.dropped_reason.is_some()) {
+                item.raw_kept = false;
+                item.trace.push("raw message not kept, as it contains attachments over the limit; headers, bodies and the other attachments are kept".into());
+            }
+            let from_date =
+                mailbox.effective_process_from(profile.and_then(|p| p.advanced.process_email_from));
+            if let Some(from) = from_date.filter(|f| received_at < *f) {
+                item.decision = ItemDecision::Skipped;
+                item.raw_kept = false;
+                blobs.clear();
+                item.trace.push(format!(
+                    "skipped: received {received_at}, before the \"process email from\" date {from}"
+                ));
+            } else if mailbox.needs_approval(settings) {
+                item.decision = ItemDecision::Skipped;
+                item.trace.push(format!(
+                    "skipped: the email address {} is not approved and the organization processes email only for approved mailboxes; the raw message is kept",
+                    mailbox.email
+                ));
+            } else {
+                item.trace.push("stored".into());
+            }
+        }
+    }
+    let mut all: Vec<(&str, &[u8])> = blobs
+        .iter()
+        .map(|(s, d)| (s.as_str(), d.as_slice()))
+        .collect();
+    if item.raw_kept {
+        all.push((raw_sha.as_str(), raw));
+    }
+    match store.insert_item(&item, &all).await? {
+        ItemInsert::Inserted => {
+            metrics::counter!("serversync_items_total", "decision" => format!("{:?}", item.decision).to_lowercase()).increment(1);
+            Ok(IntakeOutcome::Recorded(Box::new(item)))
+        }
+        ItemInsert::Duplicate => Ok(IntakeOutcome::Duplicate),
+    }
+}

@@ -1,0 +1,100 @@
+//! Item-level records: every message seen in a mailbox, with where it came from, its parsed
+//! headers, and the decision taken about it (stored / skipped because … / failed because …).
+//! Nothing is lost: a message that cannot be processed is kept raw with the reason.
+
+use crate::{ItemId, MailboxId, OrgId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a message came from; identifies it within its mailbox.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ItemSource {
+    Imap {
+        folder: String,
+        uid_validity: u32,
+        uid: u32,
+    },
+    Pop3 {
+        uidl: String,
+    },
+    /// Email Router intake: an MTA over LMTP, or `serversync deliver`.
+    Router {
+        via: String,
+    },
+}
+
+impl ItemSource {
+    /// The key that makes a message unique within its mailbox. For router intake the
+    /// content hash is appended, so the same message handed in twice is kept once.
+    pub fn key(&self, sha256: &str) -> String {
+        match self {
+            ItemSource::Imap {
+                folder,
+                uid_validity,
+                uid,
+            } => format!("imap:{folder}:{uid_validity}:{uid}"),
+            ItemSource::Pop3 { uidl } => format!("pop3:{uidl}"),
+            ItemSource::Router { .. } => format!("router:{sha256}"),
+        }
+    }
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemDecision {
+    /// Stored durably (and handed on to CRM processing).
+    Stored,
+    /// Deliberately not processed; the reason says why.
+    Skipped,
+    /// Could not be processed; the raw message is kept and the reason says why.
+    Failed,
+}
+
+/// An attachment of a stored message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemAttachment {
+    pub file_name: Option<String>,
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 of the content, hex; the bytes are stored once under it unless dropped.
+    pub sha256: String,
+    /// Why the bytes were not kept (over the attachment size limit…).
+    pub dropped_reason: Option<String>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailItem {
+    pub id: ItemId,
+    pub org_id: OrgId,
+    pub mailbox_id: MailboxId,
+    pub source: ItemSource,
+    pub source_key: String,
+    /// Message-ID without angle brackets.
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    /// The Date header.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// When the server received it (IMAP INTERNALDATE), or when it was handed in.
+    pub received_at: DateTime<Utc>,
+    pub size: u64,
+    /// SHA-256 of the raw message, hex; `raw_kept` says whether its bytes are stored.
+    pub raw_sha256: String,
+    pub raw_kept: bool,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    pub attachments: Vec<ItemAttachment>,
+    pub decision: ItemDecision,
+    /// The decision trace, in order: what was found and why the decision was taken.
+    pub trace: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}

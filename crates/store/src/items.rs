@@ -1,0 +1,136 @@
+//! Item-level records and the content-addressed blob store for raw messages and attachments.
+
+use crate::entity::{Col, Entity};
+use crate::{Store, StoreError, dispatch, now_ms};
+use serversync_model::MailboxId;
+use serversync_model::item::MailItem;
+use sqlx::Row;
+
+/// What happened to an item handed to [`Store::insert_item`].
+#[derive(Debug)]
+pub enum ItemInsert {
+    /// Recorded.
+    Inserted,
+    /// The mailbox already had a message with this source key: nothing was written.
+    Duplicate,
+}
+
+impl Store {
+    /// Stores an item and its blobs (raw message, attachments) in one transaction. Idempotent
+    /// per mailbox and source key, so a message fetched again after a crash is not stored twice.
+    pub async fn insert_item(
+        &self,
+        item: &MailItem,
+        blobs: &[(&str, &[u8])],
+    ) -> Result<ItemInsert, StoreError> {
+        let doc = serde_json::to_string(item).map_err(|e| StoreError::Corrupt {
+            entity: "mail item",
+            id: item.id.to_string(),
+            cause: e.to_string(),
+        })?;
+        let now = now_ms();
+        let decision = serde_json::to_value(item.decision)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let inserted = dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision) \
+                 VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
+            )
+            .bind(item.id.to_string())
+            .bind(item.org_id.to_string())
+            .bind(&doc)
+            .bind(now)
+            .bind(item.mailbox_id.to_string())
+            .bind(&item.source_key)
+            .bind(item.message_id.as_deref())
+            .bind(&decision)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                for (sha, data) in blobs {
+                    sqlx::query("INSERT INTO blobs (sha256, size, data, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING")
+                        .bind(*sha)
+                        .bind(data.len() as i64)
+                        .bind(*data)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            n == 1
+        });
+        Ok(if inserted {
+            ItemInsert::Inserted
+        } else {
+            ItemInsert::Duplicate
+        })
+    }
+
+    /// The bytes stored under a SHA-256.
+    pub async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(dispatch!(&self.db, pool => {
+            sqlx::query("SELECT data FROM blobs WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.try_get::<Vec<u8>, _>("data"))
+                .transpose()?
+        }))
+    }
+
+    /// Items of a mailbox, oldest first.
+    pub async fn list_items(
+        &self,
+        mailbox: MailboxId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<crate::Page<MailItem>, StoreError> {
+        self.list::<MailItem>(None, &[("mailbox_id", Col::text(mailbox))], after, limit)
+            .await
+    }
+
+    /// How many items a mailbox has per decision (for telemetry and tests).
+    pub async fn count_items(&self, mailbox: MailboxId) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(dispatch!(&self.db, pool => {
+            sqlx::query("SELECT decision, COUNT(*) AS n FROM mail_items WHERE mailbox_id = $1 GROUP BY decision ORDER BY decision")
+                .bind(mailbox.to_string())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<String, _>("decision")?, r.try_get::<i64, _>("n")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        }))
+    }
+}
+
+impl Entity for MailItem {
+    const TABLE: &'static str = "mail_items";
+    const NAME: &'static str = "mail item";
+    fn id(&self) -> String {
+        self.id.to_string()
+    }
+    fn org_id(&self) -> Option<serversync_model::OrgId> {
+        Some(self.org_id)
+    }
+    fn columns(&self) -> Vec<(&'static str, Col)> {
+        vec![
+            ("mailbox_id", Col::text(self.mailbox_id)),
+            ("source_key", Col::text(&self.source_key)),
+            ("message_id", Col::opt_text(self.message_id.as_ref())),
+            (
+                "decision",
+                Col::text(
+                    serde_json::to_value(self.decision)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                ),
+            ),
+        ]
+    }
+}
