@@ -184,11 +184,36 @@ pub fn merge(target: &mut Value, patch: &Value) {
 }
 
 /// Applies a merge patch to a record, naming the failing field if the result is not valid.
+/// Fields the record does not have are refused (a typo must not be a silent no-op).
 pub fn patched<T: Serialize + DeserializeOwned>(current: &T, patch: &Value) -> Result<T, Problem> {
     let mut v = serde_json::to_value(current)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut unknown = ValidationErrors::default();
+    unknown_fields(&v, patch, "", &mut unknown);
+    unknown.into_result().map_err(|e| Problem::invalid(&e))?;
     merge(&mut v, patch);
     parse(v)
+}
+
+fn unknown_fields(current: &Value, patch: &Value, prefix: &str, out: &mut ValidationErrors) {
+    let (Some(c), Some(p)) = (current.as_object(), patch.as_object()) else {
+        return;
+    };
+    for (k, v) in p {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match c.get(k) {
+            None => out.push(
+                "unknown_field",
+                &path,
+                "is not a field of this record: check the spelling against the OpenAPI document",
+            ),
+            Some(inner) => unknown_fields(inner, v, &path, out),
+        }
+    }
 }
 
 /// A record as a response document: the record's fields, `version`, and write-only fields

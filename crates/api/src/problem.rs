@@ -90,7 +90,12 @@ impl Problem {
         let mut p = Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             first.map(|e| e.code.as_str()).unwrap_or("invalid"),
-            errors.to_string(),
+            errors
+                .0
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
         );
         p.field = first.map(|e| e.field.clone());
         p.errors = errors

@@ -84,12 +84,20 @@ async fn happy_path(backend: Backend, profile: Value) {
         .ok("GET", &format!("{ORG}/mailboxes?approval=empty"), None)
         .await;
     assert_eq!(pending["items"].as_array().unwrap().len(), 3);
-    s.ok(
-        "POST",
-        &format!("{ORG}/mailboxes/approve"),
-        Some(json!({"mailbox_ids": ids})),
-    )
-    .await;
+    let approved = s
+        .ok(
+            "POST",
+            &format!("{ORG}/mailboxes/approve"),
+            Some(json!({"mailbox_ids": ids})),
+        )
+        .await;
+    for m in approved["mailboxes"].as_array().unwrap() {
+        assert_eq!(m["approval"], "approved");
+        assert!(
+            m["version"].as_i64().unwrap() >= 2,
+            "the new version, for optimistic concurrency: {m}"
+        );
+    }
     let (status, job) = s
         .call(
             "POST",
@@ -130,6 +138,14 @@ async fn happy_path(backend: Backend, profile: Value) {
         .ok("GET", &format!("{ORG}/mailboxes?status=success"), None)
         .await;
     assert_eq!(success["items"].as_array().unwrap().len(), 3);
+    assert!(
+        success["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["overall_status"] == "success"),
+        "{success}"
+    );
 
     // "Test and enable mailboxes" of the profile covers all three again.
     let (status, job) = s
@@ -588,6 +604,27 @@ both!(
             (422, Some("act_not_supported_by_profile")),
             "{v}"
         );
+        // A misspelled field is refused, not silently ignored.
+        for (patch, field) in [
+            (json!({"descripton": "x"}), "descripton"),
+            (
+                json!({"advanced": {"max_conections": 5}}),
+                "advanced.max_conections",
+            ),
+        ] {
+            let (status, v) = s
+                .call(
+                    "PATCH",
+                    &format!("{ORG}/profiles/{}", p["id"].as_str().unwrap()),
+                    Some(patch),
+                )
+                .await;
+            assert_eq!(
+                (status, v["code"].as_str(), v["field"].as_str()),
+                (422, Some("unknown_field"), Some(field)),
+                "{v}"
+            );
+        }
         // The mailbox's location must fit the profile type.
         let eo = s.ok("POST", &format!("{ORG}/profiles"), Some(json!({"name": "EXO", "server_type": "exchange_online", "oauth": {"tenant_id": "t", "client_id": "c"}}))).await;
         let mb = u["mailbox"]["id"].as_str().unwrap();

@@ -20,6 +20,18 @@ pub struct Config {
     pub log: LogConfig,
     pub engine: EngineSection,
     pub tls: TlsSection,
+    pub admin: AdminSection,
+}
+
+/// Where `serversync admin` finds the server and its token.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    /// URL of the serversync server (default: http://<server.listen>).
+    pub url: Option<String>,
+    /// File holding the API token (used when neither --token, --token-file, SERVERSYNC_TOKEN
+    /// nor SERVERSYNC_TOKEN_FILE is given).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -82,6 +94,7 @@ impl Default for Config {
             log: LogConfig::default(),
             engine: EngineSection::default(),
             tls: TlsSection::default(),
+            admin: AdminSection::default(),
         }
     }
 }

@@ -937,7 +937,7 @@ impl Admin {
         org: OrgId,
         ids: &[MailboxId],
         test_and_enable: bool,
-    ) -> Result<(Vec<Mailbox>, Option<Job>)> {
+    ) -> Result<(Vec<Stored<Mailbox>>, Option<Job>)> {
         c.require_mailbox_write()?;
         let settings = self.settings(org).await?.value;
         let profile = match settings.default_profile_id {
@@ -967,7 +967,8 @@ impl Admin {
             }
             disable_all(&mut m);
             m.updated_at = now();
-            self.store
+            let stored = self
+                .store
                 .update_audited(
                     &m,
                     Some(s.version),
@@ -979,7 +980,7 @@ impl Admin {
                     )),
                 )
                 .await?;
-            out.push(m);
+            out.push(stored);
         }
         let job = if test_and_enable {
             Some(self.enqueue_test_and_enable(c, org, ids.to_vec()).await?)
@@ -996,7 +997,7 @@ impl Admin {
         org: OrgId,
         ids: &[MailboxId],
         approve: bool,
-    ) -> Result<Vec<Mailbox>> {
+    ) -> Result<Vec<Stored<Mailbox>>> {
         c.require(Privilege::ApproveEmailAddresses)?;
         let mut out = Vec::new();
         for id in ids {
@@ -1017,7 +1018,8 @@ impl Admin {
             }
             m.updated_at = now();
             let action = if approve { "approve" } else { "reject" };
-            self.store
+            let stored = self
+                .store
                 .update_audited(
                     &m,
                     Some(s.version),
@@ -1029,7 +1031,7 @@ impl Admin {
                     )),
                 )
                 .await?;
-            out.push(m);
+            out.push(stored);
         }
         Ok(out)
     }

@@ -69,12 +69,20 @@ pub async fn list_mailboxes(
         }),
         owner_id: q.owner_id,
     };
-    Ok(Json(page(
-        s.admin
-            .list_mailboxes(&c, org.id, &f, q.after.as_deref(), limit)
-            .await?,
-        MAILBOX_SECRETS,
-    )))
+    let found = s
+        .admin
+        .list_mailboxes(&c, org.id, &f, q.after.as_deref(), limit)
+        .await?;
+    let statuses: Vec<Value> = found
+        .items
+        .iter()
+        .map(|m| serde_json::to_value(m.value.overall_status()).unwrap_or(Value::Null))
+        .collect();
+    let mut list = page(found, MAILBOX_SECRETS);
+    for (item, status) in list.items.iter_mut().zip(statuses) {
+        item["overall_status"] = status;
+    }
+    Ok(Json(list))
 }
 
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/mailboxes/{id}", tag = "mailboxes", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = Mailbox), (status = 404, body = Problem)))]
@@ -178,10 +186,7 @@ pub async fn apply_defaults(
         .admin
         .apply_default_settings(&c, org.id, &r.mailbox_ids, r.test_and_enable)
         .await?;
-    let docs: Vec<Value> = mailboxes
-        .iter()
-        .map(|m| crate::json::document(m, 0, MAILBOX_SECRETS))
-        .collect();
+    let docs: Vec<Value> = mailboxes.iter().map(|m| doc(m, MAILBOX_SECRETS)).collect();
     let status = if job.is_some() {
         StatusCode::ACCEPTED
     } else {
@@ -226,10 +231,7 @@ async fn approval(
         .admin
         .set_approval(&c, org.id, &r.mailbox_ids, approve)
         .await?;
-    let docs: Vec<Value> = ms
-        .iter()
-        .map(|m| crate::json::document(m, 0, MAILBOX_SECRETS))
-        .collect();
+    let docs: Vec<Value> = ms.iter().map(|m| doc(m, MAILBOX_SECRETS)).collect();
     Ok(Json(json!({ "mailboxes": docs })))
 }
 
