@@ -75,9 +75,9 @@
 pub mod error;
 pub mod imap;
 pub mod login;
+pub mod mime;
 pub mod net;
 pub mod pop3;
-pub mod mime;
 pub mod probe;
 pub mod smtp;
 pub mod tls;

@@ -13,6 +13,7 @@
 //! table.
 
 pub mod parse;
+pub mod sync;
 
 use serversync_model::profile::TlsMode;
 use serversync_model::{ErrorKind, FailureStep};
@@ -24,6 +25,7 @@ use crate::probe::{ProbeReport, StepLog};
 
 pub use parse::{MailboxInfo, ResponseCode, Status, StatusResponse, Untagged};
 use parse::{Phase, ResponseLine, classify, literal_len, parse_line, shorten};
+pub use sync::SyncSession;
 
 /// Longest response line we accept (literals are counted separately).
 const MAX_LINE: usize = 1 << 20;
