@@ -67,10 +67,10 @@
 //! (`imap::parse`, `pop3::parse`, `smtp::parse`). async-imap reports response codes it does
 //! not know (`[AUTHENTICATIONFAILED]`, `[UNAVAILABLE]`, `[LIMIT]`) only inside error text,
 //! and lettre's SMTP connect folds DNS, TCP, TLS, greeting and EHLO into one call with its
-//! own TLS parameters, so neither could say exactly which step failed. For the IMAP
-//! synchronization to come, [`imap::ImapConnection::login_async_imap`] hands the connected,
-//! secured stream to async-imap 0.12 (IDLE, CONDSTORE, FETCH parsing) and classifies its
-//! login errors with the same table.
+//! own TLS parameters, so neither could say exactly which step failed. Synchronization
+//! continues on the same connection with [`imap::sync::SyncSession`], our own byte-level
+//! IMAP reader: bodies stay raw bytes, IDLE stops exactly on time, and response codes and
+//! QRESYNC data are parsed rather than read from error text.
 
 pub mod error;
 pub mod imap;

@@ -224,41 +224,6 @@ async fn raw_session_runs_commands_and_stays_read_only() {
 }
 
 #[tokio::test]
-async fn async_imap_takes_over_an_established_connection() {
-    use futures::TryStreamExt;
-
-    let conn = imap::connect(&imap_starttls(), &opts()).await.unwrap();
-    assert!(conn.is_tls());
-    let mut session = conn.login_async_imap(&login(ALICE)).await.unwrap();
-    let caps = session.capabilities().await.unwrap();
-    assert!(caps.has_str("IDLE") && caps.has_str("CONDSTORE"));
-    let mailbox = session.examine("INBOX").await.unwrap();
-    assert!(mailbox.uid_validity.is_some());
-    let names: Vec<_> = session
-        .list(None, Some("*"))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    assert!(names.iter().any(|n| n.name() == "INBOX"), "{names:?}");
-    session.logout().await.unwrap();
-
-    let conn = imap::connect(&imaps(), &opts()).await.unwrap();
-    let err = conn
-        .login_async_imap(&wrong_login(ALICE))
-        .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(
-        (err.step, err.kind),
-        (FailureStep::Authentication, ErrorKind::Auth),
-        "{err}"
-    );
-    assert!(!err.to_string().contains("definitely-not-the-password"));
-}
-
-#[tokio::test]
 async fn another_protocol_on_the_port_fails_at_protocol() {
     // The POP3 port: "+OK Dovecot ready." is not an IMAP greeting.
     let report = imap::probe(

@@ -7,10 +7,9 @@
 //! `[AUTHENTICATIONFAILED]`, `[UNAVAILABLE]` or `[LIMIT]` (async-imap reports them only as
 //! text), `* BYE` before the connection closes, what happens inside STARTTLS. After
 //! authentication the raw [`ImapSession`] runs simple commands (EXAMINE, LOGOUT, any
-//! command whose answers fit in memory). For full synchronization (IDLE, CONDSTORE/QRESYNC,
-//! FETCH parsing), [`ImapConnection::login_async_imap`] authenticates with async-imap 0.12
-//! over the same connected, TLS-secured [`MailStream`], classifying its errors with the same
-//! table.
+//! command whose answers fit in memory); for synchronization it becomes a
+//! [`sync::SyncSession`] (SELECT with CONDSTORE/QRESYNC, pipelined `BODY.PEEK[]` fetches,
+//! IDLE, APPEND, MOVE) on the same connected, TLS-secured [`crate::net::MailStream`].
 
 pub mod parse;
 pub mod sync;
@@ -18,9 +17,9 @@ pub mod sync;
 use serversync_model::profile::TlsMode;
 use serversync_model::{ErrorKind, FailureStep};
 
-use crate::error::{ConnectError, Result, io_failure};
+use crate::error::{ConnectError, Result};
 use crate::login::{Login, decode_challenge, sasl_plain, sasl_xoauth2};
-use crate::net::{ConnectOptions, MailStream, ServerAddr, Wire, establish};
+use crate::net::{ConnectOptions, ServerAddr, Wire, establish};
 use crate::probe::{ProbeReport, StepLog};
 
 pub use parse::{MailboxInfo, ResponseCode, Status, StatusResponse, Untagged};
@@ -388,93 +387,6 @@ impl ImapConnection {
         self.wire.send_line(step, what, &pending).await?;
         let reply = collect(&mut self.wire, &tag, step, what).await?;
         Ok(reply.done)
-    }
-
-    /// Authenticates with async-imap instead, for code that wants its `Session` (IDLE,
-    /// FETCH parsing). Refusals are classified like [`login`](Self::login)'s, from the code
-    /// async-imap leaves in its error text.
-    pub async fn login_async_imap(self, login: &Login) -> Result<async_imap::Session<MailStream>> {
-        self.check_login_allowed(login)?;
-        let stream = self.wire.into_stream()?;
-        let client = async_imap::Client::new(stream);
-        let result = match login {
-            Login::Password { username, password } => {
-                client.login(username, password.expose()).await
-            }
-            Login::XOAuth2 {
-                username,
-                access_token,
-            } => {
-                let auth = XOAuth2 {
-                    response: format!(
-                        "user={username}\x01auth=Bearer {}\x01\x01",
-                        access_token.expose()
-                    ),
-                    sent: false,
-                };
-                client.authenticate("XOAUTH2", auth).await
-            }
-        };
-        result.map_err(|(e, _client)| classify_async_imap_error(&e, login))
-    }
-}
-
-struct XOAuth2 {
-    response: String,
-    sent: bool,
-}
-
-impl async_imap::Authenticator for XOAuth2 {
-    type Response = String;
-    fn process(&mut self, _challenge: &[u8]) -> String {
-        if self.sent {
-            // The error challenge of a failed XOAUTH2: acknowledge with an empty response.
-            String::new()
-        } else {
-            self.sent = true;
-            self.response.clone()
-        }
-    }
-}
-
-/// Classifies an error of async-imap's login/authenticate.
-pub fn classify_async_imap_error(e: &async_imap::error::Error, login: &Login) -> ConnectError {
-    use async_imap::error::Error as E;
-    let what = format!("login as {}", login.username());
-    match e {
-        E::No(text) | E::Bad(text) => {
-            let status = if matches!(e, E::No(_)) {
-                Status::No
-            } else {
-                Status::Bad
-            };
-            let code = parse::code_in_text(text);
-            let st = StatusResponse {
-                status,
-                code: code.map(|name| ResponseCode {
-                    name,
-                    args: String::new(),
-                }),
-                text: login.redact(text),
-            };
-            refusal(Phase::Login, &what, &st, Some(login))
-        }
-        E::Io(io) => io_failure(FailureStep::Authentication, &what, io),
-        E::ConnectionLost => io_failure(
-            FailureStep::Authentication,
-            &what,
-            &std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-        ),
-        E::Validate(_) => ConnectError::new(
-            FailureStep::Authentication,
-            ErrorKind::Config,
-            "the user name or password contains a line break, which IMAP LOGIN cannot carry: \
-             fix the credentials",
-        ),
-        other => ConnectError::protocol(format!(
-            "unexpected answer during {what} ({}): check the server",
-            login.redact(&other.to_string())
-        )),
     }
 }
 
@@ -878,27 +790,5 @@ mod tests {
         };
         let e = refusal(Phase::Login, "LOGIN", &bye, None);
         assert_eq!(e.kind, ErrorKind::Throttled);
-    }
-
-    #[test]
-    fn async_imap_errors_are_classified_by_their_code() {
-        let login = Login::password("bob", Secret::new("pw-123456"));
-        let e = classify_async_imap_error(
-            &async_imap::error::Error::No(
-                "code: None, info: Some(\"[AUTHENTICATIONFAILED] Authentication failed.\")".into(),
-            ),
-            &login,
-        );
-        assert_eq!(
-            (e.step, e.kind),
-            (FailureStep::Authentication, ErrorKind::Auth)
-        );
-        let e = classify_async_imap_error(
-            &async_imap::error::Error::No("code: None, info: Some(\"[UNAVAILABLE] later\")".into()),
-            &login,
-        );
-        assert_eq!(e.kind, ErrorKind::Transient);
-        let e = classify_async_imap_error(&async_imap::error::Error::ConnectionLost, &login);
-        assert_eq!(e.kind, ErrorKind::Transient);
     }
 }
