@@ -8,6 +8,7 @@
 //! to mail servers only through `serversync-connectors` and knows nothing of HTTP.
 
 pub mod admin;
+mod incoming;
 pub mod intake;
 mod jobs;
 pub mod policy;
@@ -102,6 +103,11 @@ impl Engine {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut running = tokio::task::JoinSet::new();
+        let workers_stop = shutdown.child_token();
+        let mut mailboxes: std::collections::HashMap<
+            serversync_model::MailboxId,
+            tokio::task::JoinHandle<()>,
+        > = Default::default();
         let ctx = jobs::JobContext {
             store: self.store.clone(),
             config: self.config.clone(),
@@ -120,6 +126,41 @@ impl Engine {
                 }
             }
             metrics::counter!("serversync_engine_ticks_total").increment(1);
+            mailboxes.retain(|_, task: &mut tokio::task::JoinHandle<()>| !task.is_finished());
+            match incoming::due(&self.store).await {
+                Ok(due) => {
+                    for m in due {
+                        if mailboxes.contains_key(&m.id) {
+                            continue;
+                        }
+                        match self
+                            .store
+                            .acquire_lease(
+                                &incoming::resource(m.id),
+                                &self.worker_id,
+                                self.config.lease_ttl,
+                            )
+                            .await
+                        {
+                            Ok(Some(lease)) => {
+                                let task = tokio::spawn(incoming::run(
+                                    self.store.clone(),
+                                    self.config.clone(),
+                                    m.id,
+                                    lease,
+                                    workers_stop.clone(),
+                                ));
+                                mailboxes.insert(m.id, task);
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(mailbox = %m.id, error = %e, "taking the mailbox lease failed")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for mailboxes failed"),
+            }
             match jobs::claim(&ctx).await {
                 Ok(claimed) => {
                     for (job, lease) in claimed {
@@ -130,6 +171,15 @@ impl Engine {
             }
         }
         running.shutdown().await;
+        workers_stop.cancel();
+        for (_, task) in mailboxes {
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a mailbox worker did not stop within 10 s");
+            }
+        }
         match self.store.release_all_leases(&self.worker_id).await {
             Ok(n) => tracing::info!(worker = %self.worker_id, released = n, "engine stopped"),
             Err(e) => {

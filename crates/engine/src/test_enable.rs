@@ -17,11 +17,11 @@ use std::time::Duration;
 
 /// Why a direction could not be tested, or how its test failed.
 #[derive(Debug, Clone)]
-struct Problem {
-    code: String,
-    kind: ErrorKind,
-    step: Option<FailureStep>,
-    message: String,
+pub(crate) struct Problem {
+    pub(crate) code: String,
+    pub(crate) kind: ErrorKind,
+    pub(crate) step: Option<FailureStep>,
+    pub(crate) message: String,
 }
 
 impl Problem {
@@ -246,7 +246,7 @@ pub async fn test_and_enable(
     })
 }
 
-async fn credentials(
+pub(crate) async fn credentials(
     store: &Store,
     m: &Mailbox,
     profile: &EmailServerProfile,
@@ -283,7 +283,7 @@ async fn credentials(
     Ok(Ok(Login::password(user, password)))
 }
 
-fn addr(ep: Option<&Endpoint>, what: &str) -> Result<ServerAddr, Problem> {
+pub(crate) fn addr(ep: Option<&Endpoint>, what: &str) -> Result<ServerAddr, Problem> {
     ep.map(|e| ServerAddr::new(e.location.clone(), e.port, e.tls))
         .ok_or_else(|| Problem::config("location_missing", format!("the profile has no {what} server location: enter it, or turn auto-discover on for Exchange")))
 }
