@@ -909,21 +909,15 @@ impl Admin {
             .iter()
             .any(|m| m.value.act_method == ActMethod::OutlookClient);
         if server && client {
-            let a = Alert {
-                id: AlertId::new(),
-                org_id: org,
-                severity: Severity::Warning,
-                code: "mixed_act_synchronization".into(),
-                message: "some mailboxes synchronize appointments, contacts and tasks through Outlook and others on the \
-                          server; mixing both in one organization is discouraged: choose one method for all mailboxes"
+            let a = Alert::new(
+                org,
+                Severity::Warning,
+                "mixed_act_synchronization",
+                "some mailboxes synchronize appointments, contacts and tasks through Outlook and others on the \
+                 server; mixing both in one organization is discouraged: choose one method for all mailboxes"
                     .into(),
-                mailbox_id: None,
-                profile_id: None,
-                step: None,
-                recipients: vec![c.user.id],
-                created_at: now(),
-                dismissed_at: None,
-            };
+                vec![c.user.id],
+            );
             self.store.insert(&a).await?;
         }
         Ok(())
@@ -1258,19 +1252,10 @@ pub(crate) fn alert(
     step: Option<serversync_model::FailureStep>,
     recipients: Vec<UserId>,
 ) -> Alert {
-    let mut recipients = recipients;
-    recipients.dedup();
     Alert {
-        id: AlertId::new(),
-        org_id: m.org_id,
-        severity,
-        code: code.to_owned(),
-        message,
         mailbox_id: Some(m.id),
         profile_id: m.profile_id,
         step,
-        recipients,
-        created_at: now(),
-        dismissed_at: None,
+        ..Alert::new(m.org_id, severity, code, message, recipients)
     }
 }

@@ -416,22 +416,20 @@ async fn warn_profile_owner_if_mostly_failing(
     } else {
         ""
     };
+    let message = format!(
+        "{failed} of {} mailboxes of the email server profile \"{}\" failed within the last hour: check the profile's server settings and credentials.{email}",
+        mailboxes.len(),
+        p.name
+    );
     let a = Alert {
-        id: serversync_model::AlertId::new(),
-        org_id: p.org_id,
-        severity: Severity::Warning,
-        code: "profile_mostly_failing".into(),
-        message: format!(
-            "{failed} of {} mailboxes of the email server profile \"{}\" failed within the last hour: check the profile's server settings and credentials.{email}",
-            mailboxes.len(),
-            p.name
-        ),
-        mailbox_id: None,
         profile_id: Some(p.id),
-        step: None,
-        recipients: vec![p.owner_id],
-        created_at: now(),
-        dismissed_at: None,
+        ..Alert::new(
+            p.org_id,
+            Severity::Warning,
+            "profile_mostly_failing",
+            message,
+            vec![p.owner_id],
+        )
     };
     store.insert(&a).await?;
     Ok(())

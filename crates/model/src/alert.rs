@@ -32,3 +32,30 @@ pub struct Alert {
     pub created_at: DateTime<Utc>,
     pub dismissed_at: Option<DateTime<Utc>>,
 }
+
+impl Alert {
+    /// A new, undismissed alert for `recipients`.
+    pub fn new(
+        org_id: OrgId,
+        severity: Severity,
+        code: &str,
+        message: String,
+        mut recipients: Vec<UserId>,
+    ) -> Self {
+        recipients.sort();
+        recipients.dedup();
+        Self {
+            id: AlertId::new(),
+            org_id,
+            severity,
+            code: code.to_owned(),
+            message,
+            mailbox_id: None,
+            profile_id: None,
+            step: None,
+            recipients,
+            created_at: chrono::Utc::now(),
+            dismissed_at: None,
+        }
+    }
+}
