@@ -9,7 +9,7 @@ use crate::intake::take_in;
 use crate::policy::{self, Decision, Direction};
 use crate::test_enable::{Problem, addr, credentials};
 use serversync_connectors::imap::sync::SyncSession;
-use serversync_connectors::{ConnectError, ConnectOptions};
+use serversync_connectors::{ConnectError, ConnectOptions, mime};
 use serversync_model::item::ItemSource;
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
@@ -17,12 +17,16 @@ use serversync_model::settings::{EmailSettings, IncomingMethod};
 use serversync_model::sync::FolderCursor;
 use serversync_model::{ErrorKind, MailboxId};
 use serversync_store::{LeaseGuard, Store, StoreError};
+use serversync_vault::sha256_hex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const INBOX: &str = "INBOX";
 /// Messages fetched and committed per cursor step.
 const BATCH: usize = 200;
+/// UIDVALIDITY changes in a row (without a stable round between) before syncing stops with an
+/// alert instead of re-reading the folder yet again.
+const MAX_RENUMBERINGS: u32 = 5;
 
 pub(crate) fn resource(id: MailboxId) -> String {
     format!("mailbox:{id}")
@@ -217,15 +221,25 @@ async fn session_inner(
     loop {
         let status = imap.select(INBOX, condstore).await?;
         let mut cursor = store.get_cursor(id, INBOX).await?.unwrap_or_default();
-        if cursor
+        let renumbered = cursor
             .uid_validity
-            .is_some_and(|v| v != status.uid_validity)
-        {
-            tracing::warn!(mailbox = %id, old = ?cursor.uid_validity, new = status.uid_validity, "UIDVALIDITY changed: the folder is read again");
+            .is_some_and(|v| v != status.uid_validity);
+        if renumbered {
+            tracing::warn!(mailbox = %id, old = ?cursor.uid_validity, new = status.uid_validity, "UIDVALIDITY changed: the folder is read again and re-mapped by Message-ID");
             cursor = FolderCursor {
                 uid_validity_changes: cursor.uid_validity_changes + 1,
                 ..Default::default()
             };
+            if cursor.uid_validity_changes >= MAX_RENUMBERINGS {
+                return Err(Stop::Failed(Problem {
+                    code: "uidvalidity_unstable".into(),
+                    kind: ErrorKind::Permanent,
+                    step: Some(serversync_model::FailureStep::Protocol),
+                    message: format!(
+                        "the server renumbered the Inbox (UIDVALIDITY) {MAX_RENUMBERINGS} times in a row; synchronization stopped instead of re-reading it again: check the server's mail storage"
+                    ),
+                }));
+            }
         }
         cursor.uid_validity = Some(status.uid_validity);
         let from = cursor.last_uid.map_or(1, |u| u.saturating_add(1));
@@ -249,16 +263,24 @@ async fn session_inner(
                     uid_validity: status.uid_validity,
                     uid: msg.uid,
                 };
-                take_in(
-                    store,
-                    &m,
-                    &settings,
-                    Some(&profile),
-                    source,
-                    &msg.body,
-                    received,
-                )
-                .await?;
+                let seen_before = cursor.uid_validity_changes > 0 && {
+                    let message_id = mime::parse(&msg.body).ok().and_then(|p| p.message_id);
+                    store
+                        .has_item_like(id, message_id.as_deref(), &sha256_hex(&msg.body))
+                        .await?
+                };
+                if !seen_before {
+                    take_in(
+                        store,
+                        &m,
+                        &settings,
+                        Some(&profile),
+                        source,
+                        &msg.body,
+                        received,
+                    )
+                    .await?;
+                }
                 cursor.last_uid = Some(cursor.last_uid.map_or(msg.uid, |u| u.max(msg.uid)));
                 processed += 1;
             }
@@ -268,6 +290,8 @@ async fn session_inner(
             bump_telemetry(store, id, processed).await?;
         }
         if new.is_empty() {
+            // Caught up: a renumbered folder has been fully re-mapped.
+            cursor.uid_validity_changes = 0;
             store.put_cursor(lease, id, INBOX, &cursor).await?;
             bump_telemetry(store, id, 0).await?;
         }

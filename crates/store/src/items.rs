@@ -36,8 +36,8 @@ impl Store {
         let inserted = dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(
-                "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision) \
-                 VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
+                "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256) \
+                 VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
             )
             .bind(item.id.to_string())
             .bind(item.org_id.to_string())
@@ -47,6 +47,7 @@ impl Store {
             .bind(&item.source_key)
             .bind(item.message_id.as_deref())
             .bind(&decision)
+            .bind(&item.raw_sha256)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -69,6 +70,28 @@ impl Store {
         } else {
             ItemInsert::Duplicate
         })
+    }
+
+    /// Whether the mailbox already has this message: the same Message-ID, or (for messages
+    /// without one) the same raw content. Used to re-map a renumbered folder without
+    /// duplicates.
+    pub async fn has_item_like(
+        &self,
+        mailbox: MailboxId,
+        message_id: Option<&str>,
+        raw_sha256: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(dispatch!(&self.db, pool => {
+            sqlx::query(
+                "SELECT 1 AS one FROM mail_items WHERE mailbox_id = $1 AND ((message_id IS NOT NULL AND message_id = $2) OR raw_sha256 = $3) LIMIT 1",
+            )
+            .bind(mailbox.to_string())
+            .bind(message_id)
+            .bind(raw_sha256)
+            .fetch_optional(pool)
+            .await?
+            .is_some()
+        }))
     }
 
     /// The bytes stored under a SHA-256.
@@ -122,6 +145,7 @@ impl Entity for MailItem {
             ("mailbox_id", Col::text(self.mailbox_id)),
             ("source_key", Col::text(&self.source_key)),
             ("message_id", Col::opt_text(self.message_id.as_ref())),
+            ("raw_sha256", Col::text(&self.raw_sha256)),
             (
                 "decision",
                 Col::text(
