@@ -250,7 +250,9 @@ async fn session_inner(
             .map(|meta| meta.uid)
             .collect();
         let m = store.fetch::<Mailbox>(&id.to_string()).await?.value;
+        let mut missed = false;
         for chunk in new.chunks(BATCH) {
+            let before = cursor.last_uid;
             let mut fetch = imap.fetch_bodies(chunk, max_bytes).await?;
             let mut processed = 0u64;
             while let Some(msg) = fetch.next().await? {
@@ -284,7 +286,23 @@ async fn session_inner(
                 cursor.last_uid = Some(cursor.last_uid.map_or(msg.uid, |u| u.max(msg.uid)));
                 processed += 1;
             }
+            let missing = fetch.missing();
             drop(fetch);
+            if !missing.is_empty() {
+                // Never move the cursor past a message that was not stored: stop below the
+                // first one missing; it is listed again right away.
+                let first = missing.iter().min().copied().unwrap_or(u32::MAX);
+                cursor.last_uid = chunk
+                    .iter()
+                    .copied()
+                    .filter(|u| *u < first)
+                    .max()
+                    .or(before);
+                store.put_cursor(lease, id, INBOX, &cursor).await?;
+                tracing::warn!(mailbox = %id, missing = missing.len(), "the server did not return every message; reading again");
+                missed = true;
+                break;
+            }
             // The messages are committed: only now may the cursor move (fenced by the lease).
             store.put_cursor(lease, id, INBOX, &cursor).await?;
             bump_telemetry(store, id, processed).await?;
@@ -296,6 +314,9 @@ async fn session_inner(
             bump_telemetry(store, id, 0).await?;
         }
         store.renew_lease(lease, config.lease_ttl).await?;
+        if missed {
+            continue;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = imap.logout().await;

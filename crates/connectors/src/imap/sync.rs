@@ -185,12 +185,17 @@ pub struct FetchOptions {
 }
 
 impl Default for FetchOptions {
-    /// 64 MiB per message, 100 UIDs per command, 2 commands in flight.
+    /// 64 MiB per message, 100 UIDs per command, one command in flight.
+    ///
+    /// FIXME: with more than one command in flight, a fetch under load (seen in CI against
+    /// Dovecot 2.3) intermittently ends without some of the requested messages; they are
+    /// reported by [`BodyFetch::missing`], but until the cause is found pipelining stays off
+    /// by default.
     fn default() -> Self {
         FetchOptions {
             max_bytes: 64 << 20,
             batch_size: 100,
-            pipeline_depth: 2,
+            pipeline_depth: 1,
             part: FetchPart::Full,
         }
     }
