@@ -398,6 +398,7 @@ async fn a_dropped_fetch_is_drained_before_the_next_command() {
     s.select("A", true).await.unwrap();
     let opts = FetchOptions {
         batch_size: 2,
+        pipeline_depth: 2,
         ..FetchOptions::default()
     };
     let mut fetch = s.fetch_bodies_with(&[1, 2, 3, 4], opts).await.unwrap();
