@@ -796,7 +796,7 @@ impl Admin {
             filters.push(("profile_id", Col::text(p)));
         }
         if let Some(a) = f.approval {
-            filters.push(("approval", Col::text(enum_name(&a))));
+            filters.push(("approval", Col::text(serversync_model::wire_name(&a))));
         }
         if let Some(s) = &f.status {
             filters.push(("overall_status", Col::text(s)));
@@ -1234,13 +1234,6 @@ fn disable_all(m: &mut Mailbox) {
             ..d.clone()
         };
     }
-}
-
-pub(crate) fn enum_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// An alert for the mailbox's wall and its recipients.

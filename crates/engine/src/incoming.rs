@@ -67,7 +67,7 @@ enum Stop {
 impl From<ConnectError> for Stop {
     fn from(e: ConnectError) -> Self {
         Stop::Failed(Problem {
-            code: format!("{}_failed", crate::admin::enum_name(&e.step)),
+            code: format!("{}_failed", serversync_model::wire_name(&e.step)),
             kind: e.kind,
             step: Some(e.step),
             message: e.to_string(),

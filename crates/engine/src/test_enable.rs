@@ -2,7 +2,7 @@
 //! against its server; the three status fields written; the mailbox enabled on success; alerts
 //! for the mailbox owner (success) or the mailbox and the profile owner (failure).
 
-use crate::admin::{alert, enum_name};
+use crate::admin::alert;
 use crate::policy::{self, Direction};
 use serversync_connectors::{ConnectOptions, Login, ProbeReport, ServerAddr, TlsTrust};
 use serversync_model::alert::Severity;
@@ -10,6 +10,7 @@ use serversync_model::job::JobItemResult;
 use serversync_model::mailbox::{DirectionStatus, Mailbox, RunStatus};
 use serversync_model::profile::{EmailServerProfile, Endpoint, IncomingProtocol, OutgoingProtocol};
 use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod};
+use serversync_model::wire_name;
 use serversync_model::{ErrorKind, FailureStep, MailboxId, Secret};
 use serversync_store::{NewAuditEntry, Store, StoreError};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ impl Problem {
 
     fn from_probe(what: &str, r: &ProbeReport) -> Option<Self> {
         r.failure.as_ref().map(|f| Problem {
-            code: format!("{}_failed", enum_name(&f.step)),
+            code: format!("{}_failed", wire_name(&f.step)),
             kind: f.kind,
             step: Some(f.step),
             message: format!("{what}: {f}"),
@@ -333,7 +334,7 @@ async fn test_incoming(
     };
     let label = format!(
         "incoming ({})",
-        enum_name(&p.incoming_protocol).to_uppercase()
+        wire_name(&p.incoming_protocol).to_uppercase()
     );
     Ok(match Problem::from_probe(&label, &report) {
         Some(problem) => Err(problem),

@@ -2,6 +2,8 @@
 //! over SMTP is stored while the mailbox waits in IDLE, without a poll interval, and is not
 //! marked read on the server.
 
+mod common;
+
 use lettre::message::Mailbox as Addr;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
@@ -9,10 +11,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
 use serversync_engine::{Engine, EngineConfig};
-use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
-use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType};
-use serversync_model::settings::EmailSettings;
-use serversync_model::{Secret, org::Organization};
+use serversync_model::Secret;
+use serversync_model::mailbox::Mailbox;
+use serversync_model::profile::Endpoint;
 use serversync_store::{Backend, Col, Store};
 use serversync_testkit::TestEnv;
 use serversync_vault::MasterKey;
@@ -74,57 +75,17 @@ async fn run(backend: Backend) {
         ..EngineConfig::new(trust.clone())
     };
     let engine = Engine::new(store.clone(), config);
-    let (admin_user, _) = engine.admin().bootstrap().await.unwrap().unwrap();
-    let org = store
-        .list_all::<Organization>(None, &[])
-        .await
-        .unwrap()
-        .remove(0)
-        .value;
-    let now = chrono::Utc::now();
-
-    let mut profile = EmailServerProfile::new(
-        org.id,
-        "Test IMAP",
-        ServerType::ImapSmtp,
-        admin_user.id,
-        now,
-    );
-    profile.incoming = Some(Endpoint {
-        location: "localhost".into(),
-        port: env.imaps_port(),
-        tls: TlsMode::Implicit,
-    });
-    profile.outgoing = Some(Endpoint {
-        location: "localhost".into(),
-        port: env.submission_port(),
-        tls: TlsMode::StartTls,
-    });
-    store.insert(&profile).await.unwrap();
-    let settings = store
-        .fetch::<EmailSettings>(&org.id.to_string())
-        .await
-        .unwrap()
-        .value;
-    let mut m = Mailbox::new_with_defaults(
-        org.id,
-        MailboxRegarding::User(admin_user.id),
-        admin_user.id,
-        "Carol",
+    let m = common::imap_mailbox(
+        &store,
+        Endpoint {
+            location: "localhost".into(),
+            port: env.imaps_port(),
+            tls: TlsMode::Implicit,
+        },
         CAROL,
-        &settings,
-        now,
-    );
-    m.profile_id = Some(profile.id);
-    m.approval = ApprovalStatus::Approved;
-    m.password = Some(
-        store
-            .put_secret(Some(org.id), &Secret::new(env.password.clone()))
-            .await
-            .unwrap(),
-    );
-    m.incoming.enabled = true;
-    store.insert(&m).await.unwrap();
+        &env.password,
+    )
+    .await;
 
     let stop = CancellationToken::new();
     let worker = engine.worker_id().to_owned();

@@ -2,14 +2,13 @@
 //! for messages without one): nothing is stored twice. Uses a private Dovecot so its mail
 //! storage can be reset under it.
 
+mod common;
+
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
 use serversync_engine::{Engine, EngineConfig};
 use serversync_model::item::MailItem;
-use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
-use serversync_model::org::Organization;
-use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType};
-use serversync_model::settings::EmailSettings;
+use serversync_model::profile::Endpoint;
 use serversync_model::{MailboxId, Secret};
 use serversync_store::Store;
 use serversync_testkit::{Dovecot, TEST_PASSWORD};
@@ -114,56 +113,17 @@ async fn a_uidvalidity_reset_stores_nothing_twice() {
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(Arc::new(TlsTrust::system_only().unwrap()))
     };
-    let (admin, _) = Engine::new(store.clone(), config.clone())
-        .admin()
-        .bootstrap()
-        .await
-        .unwrap()
-        .unwrap();
-    let org = store
-        .list_all::<Organization>(None, &[])
-        .await
-        .unwrap()
-        .remove(0)
-        .value;
-    let now = chrono::Utc::now();
-    let mut profile =
-        EmailServerProfile::new(org.id, "Private IMAP", ServerType::ImapSmtp, admin.id, now);
-    profile.incoming = Some(Endpoint {
-        location: "127.0.0.1".into(),
-        port,
-        tls: TlsMode::None,
-    });
-    profile.outgoing = Some(Endpoint {
-        location: "127.0.0.1".into(),
-        port: 25,
-        tls: TlsMode::None,
-    });
-    store.insert(&profile).await.unwrap();
-    let settings = store
-        .fetch::<EmailSettings>(&org.id.to_string())
-        .await
-        .unwrap()
-        .value;
-    let mut m = Mailbox::new_with_defaults(
-        org.id,
-        MailboxRegarding::User(admin.id),
-        admin.id,
-        "Carol",
+    let m = common::imap_mailbox(
+        &store,
+        Endpoint {
+            location: "127.0.0.1".into(),
+            port,
+            tls: TlsMode::None,
+        },
         CAROL,
-        &settings,
-        now,
-    );
-    m.profile_id = Some(profile.id);
-    m.approval = ApprovalStatus::Approved;
-    m.password = Some(
-        store
-            .put_secret(Some(org.id), &Secret::new(TEST_PASSWORD))
-            .await
-            .unwrap(),
-    );
-    m.incoming.enabled = true;
-    store.insert(&m).await.unwrap();
+        TEST_PASSWORD,
+    )
+    .await;
 
     sync_until(&store, &config, m.id, |items, _| items == 4).await;
 

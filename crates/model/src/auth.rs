@@ -53,10 +53,7 @@ impl Caller {
                 code: "missing_privilege",
                 message: format!(
                     "this needs the privilege {}; ask a system administrator to grant a role that has it",
-                    serde_json::to_value(p)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
+                    crate::wire_name(&p)
                 ),
             })
         }

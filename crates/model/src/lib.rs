@@ -28,5 +28,15 @@ pub use error::{ErrorKind, FailureStep, ValidationError, ValidationErrors};
 pub use ids::*;
 pub use secret::Secret;
 
+/// The name a value has on the wire and in the store: an enum's serde name
+/// (`"pending_approval"`); any other value as its JSON text.
+pub fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 /// Point in time, always UTC.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -14,7 +14,7 @@ use serversync_model::mailbox::{Mailbox, MailboxRegarding};
 use serversync_model::org::{Organization, Queue, Role, User};
 use serversync_model::profile::EmailServerProfile;
 use serversync_model::settings::EmailSettings;
-use serversync_model::{OrgId, Timestamp};
+use serversync_model::{OrgId, Timestamp, wire_name};
 use sqlx::Row;
 
 /// A value for an indexed column.
@@ -31,15 +31,6 @@ impl Col {
     }
     pub fn opt_text<T: ToString>(s: Option<T>) -> Col {
         Col::Text(s.map(|s| s.to_string()))
-    }
-}
-
-/// Serializes an enum to its serde name (`"pending_approval"`) for an indexed column.
-fn name_of<T: Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => String::new(),
     }
 }
 
@@ -415,7 +406,7 @@ entity!(Queue, "queues", "queue", |s| Some(s.org_id), ["email" => Col::text(s.em
 entity!(Role, "roles", "role", |s| Some(s.org_id), ["name" => Col::text(&s.name)]);
 entity!(EmailServerProfile, "profiles", "email server profile", |s| Some(s.org_id), [
     "name" => Col::text(&s.name),
-    "server_type" => Col::text(name_of(&s.server_type)),
+    "server_type" => Col::text(wire_name(&s.server_type)),
     "is_default" => Col::Bool(s.is_default),
 ]);
 entity!(Mailbox, "mailboxes", "mailbox", |s| Some(s.org_id), [
@@ -423,34 +414,34 @@ entity!(Mailbox, "mailboxes", "mailbox", |s| Some(s.org_id), [
     "owner_id" => Col::text(s.owner_id),
     "regarding_id" => Col::text(match s.regarding { MailboxRegarding::User(u) => u.to_string(), MailboxRegarding::Queue(q) => q.to_string() }),
     "profile_id" => Col::opt_text(s.profile_id),
-    "approval" => Col::text(name_of(&s.approval)),
-    "overall_status" => Col::text(name_of(&s.overall_status())),
+    "approval" => Col::text(wire_name(&s.approval)),
+    "overall_status" => Col::text(wire_name(&s.overall_status())),
 ]);
 entity!(Account, "accounts", "account", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
 entity!(Contact, "contacts", "contact", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
 entity!(Lead, "leads", "lead", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
 entity!(EmailActivity, "activities", "email activity", |s| Some(s.org_id), [
     "kind" => Col::text("email"),
-    "status" => Col::text(name_of(&s.status)),
+    "status" => Col::text(wire_name(&s.status)),
     "owner_id" => Col::text(s.owner_id),
     "message_id" => Col::opt_text(s.message_id.as_ref()),
-    "regarding_id" => Col::opt_text(s.regarding.map(|r| name_of(&r))),
+    "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
     "conversation_id" => Col::opt_text(s.conversation_id.as_ref()),
 ]);
 entity!(Appointment, "activities", "appointment", |s| Some(s.org_id), [
     "kind" => Col::text("appointment"),
-    "status" => Col::text(name_of(&s.state)),
+    "status" => Col::text(wire_name(&s.state)),
     "owner_id" => Col::text(s.owner_id),
     "message_id" => Col::Text(None),
-    "regarding_id" => Col::opt_text(s.regarding.map(|r| name_of(&r))),
+    "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
     "conversation_id" => Col::Text(None),
 ]);
 entity!(Task, "activities", "task", |s| Some(s.org_id), [
     "kind" => Col::text("task"),
-    "status" => Col::text(name_of(&s.state)),
+    "status" => Col::text(wire_name(&s.state)),
     "owner_id" => Col::text(s.owner_id),
     "message_id" => Col::Text(None),
-    "regarding_id" => Col::opt_text(s.regarding.map(|r| name_of(&r))),
+    "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
     "conversation_id" => Col::Text(None),
 ]);
 entity!(QueueItem, "queue_items", "queue item", |s| Some(s.org_id), [
@@ -458,13 +449,13 @@ entity!(QueueItem, "queue_items", "queue item", |s| Some(s.org_id), [
     "activity_id" => Col::text(s.activity_id),
 ]);
 entity!(Alert, "alerts", "alert", |s| Some(s.org_id), [
-    "severity" => Col::text(name_of(&s.severity)),
+    "severity" => Col::text(wire_name(&s.severity)),
     "mailbox_id" => Col::opt_text(s.mailbox_id),
     "profile_id" => Col::opt_text(s.profile_id),
 ]);
 entity!(Job, "jobs", "job", |s| Some(s.org_id), [
-    "kind" => Col::text(name_of(&s.kind)),
-    "status" => Col::text(name_of(&s.status)),
+    "kind" => Col::text(wire_name(&s.kind)),
+    "status" => Col::text(wire_name(&s.status)),
 ]);
 
 entity!(ApiToken, "api_tokens", "API token", |s| Some(s.org_id), [

@@ -29,10 +29,7 @@ impl Store {
             cause: e.to_string(),
         })?;
         let now = now_ms();
-        let decision = serde_json::to_value(item.decision)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let decision = serversync_model::wire_name(&item.decision);
         let inserted = dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(
@@ -148,12 +145,7 @@ impl Entity for MailItem {
             ("raw_sha256", Col::text(&self.raw_sha256)),
             (
                 "decision",
-                Col::text(
-                    serde_json::to_value(self.decision)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                ),
+                Col::text(serversync_model::wire_name(&self.decision)),
             ),
         ]
     }

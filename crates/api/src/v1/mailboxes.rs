@@ -61,12 +61,7 @@ pub async fn list_mailboxes(
     let f = MailboxFilter {
         profile_id: q.profile_id,
         approval: q.approval,
-        status: q.status.map(|st| {
-            serde_json::to_value(st)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        }),
+        status: q.status.map(|st| serversync_model::wire_name(&st)),
         owner_id: q.owner_id,
     };
     let found = s
