@@ -26,7 +26,7 @@ pub(crate) struct Problem {
 }
 
 impl Problem {
-    fn config(code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn config(code: &str, message: impl Into<String>) -> Self {
         Problem {
             code: code.into(),
             kind: ErrorKind::Config,

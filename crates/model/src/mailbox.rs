@@ -88,6 +88,9 @@ pub struct Telemetry {
     pub items_failed: u64,
     pub transient_failure_count: u32,
     pub postponed_until: Option<DateTime<Utc>>,
+    /// When someone asked to synchronize now ("sync now"); a worker that sees it later than
+    /// its last sync start runs a round at once, whatever the polling interval.
+    pub sync_requested_at: Option<DateTime<Utc>>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -122,6 +125,9 @@ pub struct Mailbox {
     /// Where the mailbox lives, when known.
     #[serde(default)]
     pub location: Option<MailboxLocation>,
+    /// Folders tracked besides the Inbox (IMAP), by name, e.g. `["Sales", "Support/Escalations"]`.
+    #[serde(default)]
+    pub extra_folders: Vec<String>,
     pub incoming: DirectionStatus,
     pub outgoing: DirectionStatus,
     pub act: DirectionStatus,
@@ -172,6 +178,7 @@ impl Mailbox {
             tracking,
             sync_with_this_org_only: false,
             location: None,
+            extra_folders: Vec::new(),
             incoming: DirectionStatus::default(),
             outgoing: DirectionStatus::default(),
             act: DirectionStatus::default(),
@@ -239,6 +246,36 @@ impl Mailbox {
                 "delete_not_allowed",
                 "delete_after_processing",
                 "only forward mailboxes and queue mailboxes may delete email after processing",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.extra_folders {
+            let name = f.trim();
+            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+                e.push(
+                    "invalid_folder",
+                    "extra_folders",
+                    "enter folder names of 1 to 200 characters without control characters",
+                );
+            } else if name.eq_ignore_ascii_case("INBOX") {
+                e.push(
+                    "invalid_folder",
+                    "extra_folders",
+                    "the Inbox is always tracked: list only other folders",
+                );
+            } else if !seen.insert(name.to_owned()) {
+                e.push(
+                    "duplicate_folder",
+                    "extra_folders",
+                    "each folder may be listed once",
+                );
+            }
+        }
+        if self.extra_folders.len() > 20 {
+            e.push(
+                "too_many_folders",
+                "extra_folders",
+                "track at most 20 folders besides the Inbox",
             );
         }
         if self.is_queue() && self.act_method == ActMethod::ServerSideSync {
