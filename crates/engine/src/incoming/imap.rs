@@ -1,20 +1,33 @@
-//! Incoming email over IMAP: reads new messages after the committed cursor with `BODY.PEEK[]`
-//! (never setting \Seen), hands each to [`crate::intake`], moves the cursor only after the
-//! messages are committed (fenced by the lease), then waits in IDLE so new mail arrives without
-//! polling.
+//! Incoming email over IMAP: reads new messages after each folder's committed cursor with
+//! `BODY.PEEK[]` (never setting \Seen), hands each to [`crate::intake`], moves the cursor only
+//! after the messages are committed (fenced by the lease), then waits in IDLE on the Inbox so
+//! new mail arrives without polling. Extra tracked folders are read every polling interval
+//! (and on "sync now"). With CONDSTORE, a folder whose HIGHESTMODSEQ and UIDNEXT have not
+//! moved is not listed at all.
+//!
+//! A connection is opened under one of the profile's connection slots. When the profile has
+//! fewer slots than mailboxes, or the server has no IDLE, the worker polls instead: it opens a
+//! connection per round and gives the slot back between rounds. A dropped connection is
+//! re-opened with back-off and jitter ([`super::Reconnect`]).
 
-use super::{Ctx, Stop, bump_telemetry};
-use crate::intake::take_in;
+use super::{
+    ConnSlot, Ctx, Reconnect, Stop, WaitEnd, bump_telemetry, check, may_hold_connection,
+    poll_interval, renew, wait,
+};
+use crate::intake::{IntakeOutcome, take_in};
 use crate::test_enable::{Problem, addr};
-use serversync_connectors::imap::sync::SyncSession;
-use serversync_connectors::mime;
-use serversync_model::ErrorKind;
-use serversync_model::item::ItemSource;
+use serversync_connectors::imap::sync::{IdleEvent, SyncSession};
+use serversync_connectors::{ServerAddr, mime};
+use serversync_model::item::{ItemDecision, ItemSource};
 use serversync_model::mailbox::Mailbox;
 use serversync_model::sync::FolderCursor;
+use serversync_model::{ErrorKind, FailureStep};
 use serversync_vault::sha256_hex;
+use std::time::Instant;
 
 const INBOX: &str = "INBOX";
+/// Where failed messages go when the profile says so.
+const UNDELIVERABLE: &str = "Undeliverable";
 /// Messages fetched and committed per cursor step.
 const BATCH: usize = 200;
 /// UIDVALIDITY changes in a row (without a stable round between) before syncing stops with an
@@ -22,21 +35,168 @@ const BATCH: usize = 200;
 const MAX_RENUMBERINGS: u32 = 5;
 
 pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
-    let (store, config, id, lease, shutdown) = (cx.store, cx.config, cx.id, cx.lease, cx.shutdown);
-    let (settings, profile) = (&cx.settings, &cx.profile);
-    let address = addr(profile.incoming.as_ref(), "incoming").map_err(Stop::Failed)?;
-    let renew_every = cx.renew_every();
-    let max_bytes = cx.max_message_bytes();
-    let mut imap = SyncSession::connect(&address, &cx.login, &cx.opts).await?;
-    let condstore = imap.has_capability("CONDSTORE");
+    let address = addr(cx.profile.incoming.as_ref(), "incoming").map_err(Stop::Failed)?;
+    let hold = may_hold_connection(cx).await?;
+    let mut reconnect = Reconnect::default();
+    // The start of the last full round: a "sync now" requested after it starts another.
+    let mut last_round = chrono::DateTime::<chrono::Utc>::MIN_UTC;
+    let mut first = true;
     loop {
-        let status = imap.select(INBOX, condstore).await?;
-        let mut cursor = store.get_cursor(id, INBOX).await?.unwrap_or_default();
+        let Some(slot) = ConnSlot::acquire(cx).await? else {
+            // Every connection slot of the profile is in use: wait for one.
+            match wait(cx, cx.renew_every(), last_round).await? {
+                WaitEnd::Shutdown => return Ok(Stop::Shutdown),
+                WaitEnd::Reconfigured => return Ok(Stop::Reconfigured),
+                _ => continue,
+            }
+        };
+        let opened = Instant::now();
+        let r = connected(cx, &address, &slot, hold, &mut last_round).await;
+        slot.release(cx.store).await;
+        match r {
+            Ok(Ended::Stop(stop)) => return Ok(stop),
+            Ok(Ended::RoundDone) => {
+                first = false;
+                reconnect = Reconnect::default();
+                match wait(cx, poll_interval(cx), last_round).await? {
+                    WaitEnd::Shutdown => return Ok(Stop::Shutdown),
+                    WaitEnd::Reconfigured => return Ok(Stop::Reconfigured),
+                    WaitEnd::Elapsed | WaitEnd::SyncRequested => {}
+                }
+            }
+            Ok(Ended::Dropped(why)) => {
+                first = false;
+                let Some(delay) = reconnect.after_drop(opened.elapsed()) else {
+                    return Err(Stop::Failed(Problem {
+                        code: "connection_dropped".into(),
+                        kind: ErrorKind::Transient,
+                        step: Some(FailureStep::Protocol),
+                        message: format!(
+                            "the server keeps closing the connection soon after sign-in ({} times in a row; last: {why})",
+                            Reconnect::MAX_QUICK_DROPS + 1
+                        ),
+                    }));
+                };
+                tracing::info!(mailbox = %cx.id, reason = %why, delay_ms = delay.as_millis() as u64, "connection closed by the server; reconnecting");
+                match wait(cx, delay, last_round).await? {
+                    WaitEnd::Shutdown => return Ok(Stop::Shutdown),
+                    WaitEnd::Reconfigured => return Ok(Stop::Reconfigured),
+                    _ => {}
+                }
+            }
+            // A failure on a connection that had worked is treated like a drop (the network
+            // blipped); the first connection's failure goes to the retry policy, naming the step.
+            Err(Stop::Failed(p))
+                if !first
+                    && p.kind == ErrorKind::Transient
+                    && matches!(
+                        p.step,
+                        Some(FailureStep::TcpConnect | FailureStep::Tls | FailureStep::Protocol)
+                    ) =>
+            {
+                let Some(delay) = reconnect.after_drop(opened.elapsed()) else {
+                    return Err(Stop::Failed(p));
+                };
+                tracing::info!(mailbox = %cx.id, error = %p.message, delay_ms = delay.as_millis() as u64, "connection failed; reconnecting");
+                if let WaitEnd::Shutdown = wait(cx, delay, last_round).await? {
+                    return Ok(Stop::Shutdown);
+                }
+            }
+            Err(stop) => return Err(stop),
+        }
+    }
+}
+
+/// How a connection ended without failing.
+enum Ended {
+    Stop(Stop),
+    /// Polling: a round is done and the connection given back.
+    RoundDone,
+    /// The server closed the connection.
+    Dropped(String),
+}
+
+/// One connection: rounds over every tracked folder, then (when the connection may be held)
+/// IDLE on the Inbox until something arrives, a renewal is due, or a full round is due.
+async fn connected(
+    cx: &Ctx<'_>,
+    address: &ServerAddr,
+    slot: &ConnSlot,
+    hold: bool,
+    last_round: &mut chrono::DateTime<chrono::Utc>,
+) -> Result<Ended, Stop> {
+    let mut imap = SyncSession::connect(address, &cx.login, &cx.opts).await?;
+    let condstore = imap.has_capability("CONDSTORE");
+    let idle = hold && imap.has_capability("IDLE");
+    let mut full_round_due = true;
+    let mut next_full = tokio::time::Instant::now();
+    loop {
+        if full_round_due {
+            *last_round = chrono::Utc::now();
+            for folder in &cx.mailbox.extra_folders {
+                sync_folder(cx, &mut imap, folder, condstore).await?;
+            }
+            next_full = tokio::time::Instant::now() + poll_interval(cx);
+        }
+        // The Inbox last, so it is the folder selected for IDLE.
+        sync_folder(cx, &mut imap, INBOX, condstore).await?;
+        renew(cx, Some(slot)).await?;
+        if !idle {
+            let _ = imap.logout().await;
+            return Ok(Ended::RoundDone);
+        }
+        full_round_due = false;
+        loop {
+            let event = tokio::select! {
+                _ = cx.shutdown.cancelled() => {
+                    let _ = imap.logout().await;
+                    return Ok(Ended::Stop(Stop::Shutdown));
+                }
+                event = imap.idle(cx.renew_every()) => event?,
+            };
+            renew(cx, Some(slot)).await?;
+            match event {
+                IdleEvent::Exists(_) => break,
+                IdleEvent::Closed(why) => return Ok(Ended::Dropped(why)),
+                IdleEvent::Expunge | IdleEvent::FlagsChanged | IdleEvent::Timeout => {}
+            }
+            match check(cx, *last_round).await? {
+                WaitEnd::Reconfigured => {
+                    let _ = imap.logout().await;
+                    return Ok(Ended::Stop(Stop::Reconfigured));
+                }
+                WaitEnd::SyncRequested => {
+                    full_round_due = true;
+                    break;
+                }
+                WaitEnd::Elapsed | WaitEnd::Shutdown => {}
+            }
+            if tokio::time::Instant::now() >= next_full {
+                // Also a safety net for servers whose IDLE misses a notification.
+                full_round_due = true;
+                break;
+            }
+        }
+    }
+}
+
+/// Brings one folder up to date: stores every message after the committed cursor, moving the
+/// cursor only over committed messages.
+async fn sync_folder(
+    cx: &Ctx<'_>,
+    imap: &mut SyncSession,
+    folder: &str,
+    condstore: bool,
+) -> Result<(), Stop> {
+    let (store, id, lease) = (cx.store, cx.id, cx.lease);
+    loop {
+        let status = imap.select(folder, condstore).await?;
+        let mut cursor = store.get_cursor(id, folder).await?.unwrap_or_default();
         let renumbered = cursor
             .uid_validity
             .is_some_and(|v| v != status.uid_validity);
         if renumbered {
-            tracing::warn!(mailbox = %id, old = ?cursor.uid_validity, new = status.uid_validity, "UIDVALIDITY changed: the folder is read again and re-mapped by Message-ID");
+            tracing::warn!(mailbox = %id, folder, old = ?cursor.uid_validity, new = status.uid_validity, "UIDVALIDITY changed: the folder is read again and re-mapped by Message-ID");
             cursor = FolderCursor {
                 uid_validity_changes: cursor.uid_validity_changes + 1,
                 ..Default::default()
@@ -45,12 +205,23 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
                 return Err(Stop::Failed(Problem {
                     code: "uidvalidity_unstable".into(),
                     kind: ErrorKind::Permanent,
-                    step: Some(serversync_model::FailureStep::Protocol),
+                    step: Some(FailureStep::Protocol),
                     message: format!(
-                        "the server renumbered the Inbox (UIDVALIDITY) {MAX_RENUMBERINGS} times in a row; synchronization stopped instead of re-reading it again: check the server's mail storage"
+                        "the server renumbered the folder {folder} (UIDVALIDITY) {MAX_RENUMBERINGS} times in a row; synchronization stopped instead of re-reading it again: check the server's mail storage"
                     ),
                 }));
             }
+        } else if cursor.uid_validity.is_some()
+            && status.highest_modseq.is_some()
+            && cursor.highest_modseq == status.highest_modseq
+        {
+            // CONDSTORE: nothing in the folder changed since the committed round (a new
+            // message raises HIGHESTMODSEQ too). A renumbered folder is now stable.
+            if cursor.uid_validity_changes > 0 {
+                cursor.uid_validity_changes = 0;
+                store.put_cursor(lease, id, folder, &cursor).await?;
+            }
+            return Ok(());
         }
         cursor.uid_validity = Some(status.uid_validity);
         let from = cursor.last_uid.map_or(1, |u| u.saturating_add(1));
@@ -59,20 +230,21 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
             .await?
             .into_iter()
             .map(|meta| meta.uid)
+            .filter(|uid| *uid >= from)
             .collect();
         let m = store.fetch::<Mailbox>(&id.to_string()).await?.value;
         let mut missed = false;
         for chunk in new.chunks(BATCH) {
             let before = cursor.last_uid;
-            let mut fetch = imap.fetch_bodies(chunk, max_bytes).await?;
-            let mut processed = 0u64;
+            let mut fetch = imap.fetch_bodies(chunk, cx.max_message_bytes()).await?;
+            let (mut processed, mut failed_uids) = (0u64, Vec::new());
             while let Some(msg) = fetch.next().await? {
                 let received = msg
                     .internal_date
                     .and_then(|d| chrono::DateTime::from_timestamp(d.timestamp, 0))
                     .unwrap_or_else(chrono::Utc::now);
                 let source = ItemSource::Imap {
-                    folder: INBOX.into(),
+                    folder: folder.into(),
                     uid_validity: status.uid_validity,
                     uid: msg.uid,
                 };
@@ -83,16 +255,21 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
                         .await?
                 };
                 if !seen_before {
-                    take_in(
+                    let outcome = take_in(
                         store,
                         &m,
-                        settings,
-                        Some(profile),
+                        &cx.settings,
+                        Some(&cx.profile),
                         source,
                         &msg.body,
                         received,
                     )
                     .await?;
+                    if let IntakeOutcome::Recorded(item) = outcome
+                        && item.decision == ItemDecision::Failed
+                    {
+                        failed_uids.push(msg.uid);
+                    }
                 }
                 cursor.last_uid = Some(cursor.last_uid.map_or(msg.uid, |u| u.max(msg.uid)));
                 processed += 1;
@@ -109,32 +286,50 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
                     .filter(|u| *u < first)
                     .max()
                     .or(before);
-                store.put_cursor(lease, id, INBOX, &cursor).await?;
-                tracing::warn!(mailbox = %id, missing = missing.len(), "the server did not return every message; reading again");
+                cursor.highest_modseq = None;
+                store.put_cursor(lease, id, folder, &cursor).await?;
+                tracing::warn!(mailbox = %id, folder, missing = missing.len(), "the server did not return every message; reading again");
                 missed = true;
                 break;
             }
             // The messages are committed: only now may the cursor move (fenced by the lease).
-            store.put_cursor(lease, id, INBOX, &cursor).await?;
-            bump_telemetry(store, id, processed).await?;
+            store.put_cursor(lease, id, folder, &cursor).await?;
+            bump_telemetry(store, id, processed, failed_uids.len() as u64).await?;
+            if !failed_uids.is_empty() && cx.profile.advanced.move_failed_to_undeliverable {
+                move_to_undeliverable(cx, imap, folder, &failed_uids).await?;
+            }
+        }
+        if missed {
+            continue;
         }
         if new.is_empty() {
             // Caught up: a renumbered folder has been fully re-mapped.
             cursor.uid_validity_changes = 0;
-            store.put_cursor(lease, id, INBOX, &cursor).await?;
-            bump_telemetry(store, id, 0).await?;
         }
-        store.renew_lease(lease, config.lease_ttl).await?;
-        if missed {
-            continue;
+        // Everything up to the state SELECT reported is committed: remember its MODSEQ so an
+        // unchanged folder is skipped next time.
+        cursor.highest_modseq = status.highest_modseq;
+        store.put_cursor(lease, id, folder, &cursor).await?;
+        if new.is_empty() {
+            bump_telemetry(store, id, 0, 0).await?;
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = imap.logout().await;
-                return Ok(Stop::Shutdown);
-            }
-            event = imap.idle(renew_every) => { event?; }
-        }
-        store.renew_lease(lease, config.lease_ttl).await?;
+        return Ok(());
     }
+}
+
+/// Moves messages that could not be processed (already recorded as failed, with the reason)
+/// to the Undeliverable folder, creating it when missing, then re-selects `folder`.
+async fn move_to_undeliverable(
+    cx: &Ctx<'_>,
+    imap: &mut SyncSession,
+    folder: &str,
+    uids: &[u32],
+) -> Result<(), Stop> {
+    if folder == UNDELIVERABLE {
+        return Ok(());
+    }
+    imap.create_folder_if_missing(UNDELIVERABLE).await?;
+    let outcome = imap.uid_move_or_copy(uids, UNDELIVERABLE, true).await?;
+    tracing::info!(mailbox = %cx.id, folder, moved = uids.len(), ?outcome, "failed messages moved to {UNDELIVERABLE}");
+    Ok(())
 }

@@ -56,6 +56,9 @@ fn has_synchronizer(p: IncomingProtocol) -> bool {
 /// Why a worker's session ended.
 enum Stop {
     Shutdown,
+    /// The mailbox or its profile changed under the session; the engine starts a new one when
+    /// the mailbox is still due.
+    Reconfigured,
     LeaseLost,
     Failed(Problem),
 }
@@ -243,7 +246,12 @@ async fn session(
 /// Records progress on the mailbox. Quiet rounds of a healthy mailbox write nothing, so the
 /// mailbox's version (which administrators' edits are checked against) moves only when
 /// something happened.
-async fn bump_telemetry(store: &Store, id: MailboxId, processed: u64) -> Result<(), StoreError> {
+async fn bump_telemetry(
+    store: &Store,
+    id: MailboxId,
+    processed: u64,
+    failed: u64,
+) -> Result<(), StoreError> {
     let s = store.fetch::<Mailbox>(&id.to_string()).await?;
     let healthy = s.value.incoming.status == serversync_model::mailbox::RunStatus::Success
         && s.value.telemetry.transient_failure_count == 0
@@ -254,11 +262,229 @@ async fn bump_telemetry(store: &Store, id: MailboxId, processed: u64) -> Result<
     let mut m = s.value;
     let now = chrono::Utc::now();
     m.telemetry.items_processed += processed;
+    m.telemetry.items_failed += failed;
     m.telemetry.last_sync_start.get_or_insert(now);
     policy::record_success(&mut m, Direction::Incoming, now);
     match store.update(&m, Some(s.version)).await {
         // An administrator edited the mailbox meanwhile: telemetry can wait for the next round.
         Err(StoreError::VersionMismatch { .. }) => Ok(()),
         other => other.map(|_| ()),
+    }
+}
+
+/// How long to wait before the next poll of a folder that cannot be watched with IDLE (or the
+/// periodic full round while idling): the profile's minimum polling interval, but at least one
+/// lease-renewal period.
+pub(super) fn poll_interval(cx: &Ctx<'_>) -> Duration {
+    Duration::from_secs(u64::from(cx.profile.advanced.min_polling_interval_minutes) * 60)
+        .max(cx.renew_every())
+}
+
+/// One of the profile's (or mailbox's) connection slots, held while a connection is open so
+/// the profile's maximum concurrent connections holds across every worker. Slots are leases
+/// `conn:<scope>:<n>`; the scope is the profile when it holds the credentials (every mailbox
+/// signs in as the same account) and the mailbox when the mailbox does.
+pub(super) struct ConnSlot(LeaseGuard);
+
+/// The connection-slot scope of the session's mailbox and how many slots it has.
+fn slot_scope(cx: &Ctx<'_>) -> (String, u32) {
+    let max = cx.profile.advanced.max_concurrent_connections.max(1);
+    if cx.profile.authentication.credentials_on_mailbox() {
+        (format!("conn:mailbox:{}", cx.id), max)
+    } else {
+        (format!("conn:profile:{}", cx.profile.id), max)
+    }
+}
+
+/// Whether this mailbox may keep a connection open between rounds (to wait in IDLE): when its
+/// scope has a slot for every enabled mailbox sharing it. Otherwise connections are opened per
+/// round and given back, so every mailbox gets its turn.
+pub(super) async fn may_hold_connection(cx: &Ctx<'_>) -> Result<bool, StoreError> {
+    if cx.profile.authentication.credentials_on_mailbox() {
+        return Ok(true);
+    }
+    let (_, max) = slot_scope(cx);
+    let sharing = cx
+        .store
+        .list_all::<Mailbox>(None, &[])
+        .await?
+        .into_iter()
+        .filter(|m| m.value.incoming.enabled && m.value.profile_id == Some(cx.profile.id))
+        .count();
+    Ok(sharing <= max as usize)
+}
+
+impl ConnSlot {
+    /// Takes a free slot, trying them from a random start so workers spread out; `None` when
+    /// every slot is taken.
+    pub async fn acquire(cx: &Ctx<'_>) -> Result<Option<ConnSlot>, StoreError> {
+        let (scope, max) = slot_scope(cx);
+        let start = (jitter_seed() % u64::from(max)) as u32;
+        for i in 0..max {
+            let n = (start + i) % max;
+            if let Some(g) = cx
+                .store
+                .acquire_lease(
+                    &format!("{scope}:{n}"),
+                    &cx.lease.owner,
+                    cx.config.lease_ttl,
+                )
+                .await?
+            {
+                return Ok(Some(ConnSlot(g)));
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn release(self, store: &Store) {
+        let _ = store.release_lease(&self.0).await;
+    }
+}
+
+/// Renews the mailbox lease (and the connection slot, when one is held).
+pub(super) async fn renew(cx: &Ctx<'_>, slot: Option<&ConnSlot>) -> Result<(), StoreError> {
+    cx.store.renew_lease(cx.lease, cx.config.lease_ttl).await?;
+    if let Some(s) = slot {
+        cx.store.renew_lease(&s.0, cx.config.lease_ttl).await?;
+    }
+    Ok(())
+}
+
+/// What ended a [`wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WaitEnd {
+    Elapsed,
+    /// Someone asked to synchronize now.
+    SyncRequested,
+    /// The mailbox or its profile changed so that this session must end (disabled, another
+    /// profile, other credentials or folders); the engine starts a new one if still due.
+    Reconfigured,
+    Shutdown,
+}
+
+/// Waits up to `how_long` (no connection held), renewing the lease every renewal period and
+/// watching for "sync now", reconfiguration and shutdown.
+pub(super) async fn wait(
+    cx: &Ctx<'_>,
+    how_long: Duration,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<WaitEnd, StoreError> {
+    let until = tokio::time::Instant::now() + how_long;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return Ok(WaitEnd::Elapsed);
+        }
+        let step = (until - now).min(cx.renew_every());
+        tokio::select! {
+            _ = cx.shutdown.cancelled() => return Ok(WaitEnd::Shutdown),
+            _ = tokio::time::sleep(step) => {}
+        }
+        renew(cx, None).await?;
+        match check(cx, since).await? {
+            WaitEnd::Elapsed => {}
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Re-reads the mailbox and profile: reports a "sync now" requested after `since`, or a change
+/// that ends the session.
+pub(super) async fn check(
+    cx: &Ctx<'_>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<WaitEnd, StoreError> {
+    let Some(m) = cx.store.get::<Mailbox>(&cx.id.to_string()).await? else {
+        return Ok(WaitEnd::Reconfigured);
+    };
+    let m = m.value;
+    let was = &cx.mailbox;
+    if !m.incoming.enabled
+        || m.incoming_method != was.incoming_method
+        || m.profile_id != was.profile_id
+        || m.username != was.username
+        || m.password != was.password
+        || m.extra_folders != was.extra_folders
+        || m.delete_after_processing != was.delete_after_processing
+    {
+        return Ok(WaitEnd::Reconfigured);
+    }
+    let p = cx
+        .store
+        .get::<EmailServerProfile>(&cx.profile.id.to_string())
+        .await?
+        .map(|s| s.value);
+    if p.as_ref() != Some(&cx.profile) {
+        return Ok(WaitEnd::Reconfigured);
+    }
+    if m.telemetry.sync_requested_at.is_some_and(|t| t > since) {
+        return Ok(WaitEnd::SyncRequested);
+    }
+    Ok(WaitEnd::Elapsed)
+}
+
+/// Reconnection after a dropped connection: at once-ish after a connection that lived a while;
+/// exponentially slower (with jitter) when the server keeps dropping fresh connections, so a
+/// server that hangs up right after login is not hammered with logins. After
+/// [`Reconnect::MAX_QUICK_DROPS`] quick drops in a row the failure goes to the retry policy.
+#[derive(Debug, Default)]
+pub(super) struct Reconnect {
+    quick_drops: u32,
+}
+
+impl Reconnect {
+    pub const MAX_QUICK_DROPS: u32 = 5;
+    /// A connection that lived at least this long was healthy.
+    const HEALTHY: Duration = Duration::from_secs(60);
+
+    /// The delay before reconnecting after a connection that lived `lived`, or `None` when it
+    /// is time to give up.
+    pub fn after_drop(&mut self, lived: Duration) -> Option<Duration> {
+        if lived >= Self::HEALTHY {
+            self.quick_drops = 0;
+        } else {
+            self.quick_drops += 1;
+            if self.quick_drops > Self::MAX_QUICK_DROPS {
+                return None;
+            }
+        }
+        let base = Duration::from_secs(1 << self.quick_drops.min(8)).min(Duration::from_secs(120));
+        // ±50 % jitter, so workers cut off together do not reconnect together.
+        let factor = 0.5 + (jitter_seed() % 1000) as f64 / 1000.0;
+        Some(base.mul_f64(factor))
+    }
+}
+
+fn jitter_seed() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_slow_down_for_quick_drops_and_give_up() {
+        let mut r = Reconnect::default();
+        let first = r.after_drop(Duration::from_secs(1)).unwrap();
+        assert!(
+            first >= Duration::from_secs(1) && first <= Duration::from_secs(3),
+            "{first:?}"
+        );
+        let mut last = first;
+        for _ in 1..Reconnect::MAX_QUICK_DROPS {
+            last = r.after_drop(Duration::from_secs(1)).unwrap();
+        }
+        assert!(last >= Duration::from_secs(16), "backed off: {last:?}");
+        assert_eq!(r.after_drop(Duration::from_secs(1)), None, "gives up");
+        let mut r = Reconnect::default();
+        for _ in 0..20 {
+            let d = r.after_drop(Duration::from_secs(600)).unwrap();
+            assert!(
+                d <= Duration::from_millis(1500),
+                "a healthy connection reconnects soon: {d:?}"
+            );
+        }
     }
 }
