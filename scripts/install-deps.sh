@@ -48,7 +48,7 @@ pg_reachable() {
 }
 
 missing=()
-for pkg in dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix radicale openssl postgresql-client; do
+for pkg in dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix radicale openssl postgresql-client iproute2; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ! have_pg_binaries && ! pg_reachable; then
