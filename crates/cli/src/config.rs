@@ -369,6 +369,12 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_shows_the_defaults() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../serversync.example.toml");
+        assert_eq!(Config::from_file(&f).unwrap(), Config::default());
+    }
+
+    #[test]
     fn lmtp_is_off_unless_configured() {
         let c = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c.lmtp_addr().unwrap(), None);
