@@ -382,3 +382,51 @@ async fn lmtp_bounds_idle_clients_and_connections() {
     }
     stop.cancel();
 }
+
+/// A store failure after the recipients were accepted: 451 per recipient (the MTA keeps the
+/// message and retries), and the connection answers on.
+#[tokio::test]
+async fn lmtp_defers_when_the_store_fails() {
+    let d = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", d.path().join("l.db").display());
+    let store = Store::open(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
+    let org = OrgId::new();
+    let settings = EmailSettings::new(org);
+    store.insert(&settings).await.unwrap();
+    router_mailbox(
+        &store,
+        org,
+        &settings,
+        "ann@router.test",
+        IncomingMethod::EmailRouter,
+    )
+    .await;
+    let (addr, stop) = start(&store, LmtpConfig::default()).await;
+    let (mut c, _) = Client::connect(addr).await;
+    assert!(c.cmd("LHLO mta.test").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<zed@elsewhere.test>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<ann@router.test>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    // The database goes away before the message is complete.
+    store.close().await;
+    c.send(b"Subject: lost?\r\n\r\nno\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(
+        r.starts_with("451 4.3.0 <ann@router.test>") && r.contains("try again later"),
+        "{r}"
+    );
+    let r = c.cmd("MAIL FROM:<zed@elsewhere.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("RCPT TO:<ann@router.test>").await;
+    assert!(
+        r.starts_with("451 4.3.0"),
+        "a lookup failure is temporary too: {r}"
+    );
+    stop.cancel();
+}
