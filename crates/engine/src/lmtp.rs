@@ -507,7 +507,11 @@ impl Session {
         let mut line = Vec::new();
         loop {
             // Room for the rest of the message, plus the terminating ".\r\n".
-            let room = if oversize { 3 } else { max - message.len() + 3 };
+            let room = if oversize {
+                3
+            } else {
+                (max - message.len()).saturating_add(3)
+            };
             let truncated = self.next_line(&mut line, room).await?;
             if !truncated && (line == b".\r\n" || line == b".\n") {
                 break;
