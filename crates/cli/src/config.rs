@@ -21,6 +21,32 @@ pub struct Config {
     pub engine: EngineSection,
     pub tls: TlsSection,
     pub admin: AdminSection,
+    pub router: RouterSection,
+}
+
+/// The Email Router's LMTP listener, for an MTA (Postfix…) delivering to serversync.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterSection {
+    /// Address to serve LMTP on, such as 127.0.0.1:2424; off when unset.
+    pub lmtp_listen: Option<String>,
+    /// Largest message accepted over LMTP, in MiB (larger ones are refused with 552).
+    pub lmtp_max_message_mb: u64,
+    /// LMTP connections served at once; more are told 421 (try again later).
+    pub lmtp_max_connections: usize,
+    /// An LMTP client that sends nothing for this long is disconnected.
+    pub lmtp_idle_timeout_seconds: u64,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        Self {
+            lmtp_listen: None,
+            lmtp_max_message_mb: 150,
+            lmtp_max_connections: 64,
+            lmtp_idle_timeout_seconds: 300,
+        }
+    }
 }
 
 /// Where `serversync admin` finds the server and its token.
@@ -95,6 +121,7 @@ impl Default for Config {
             engine: EngineSection::default(),
             tls: TlsSection::default(),
             admin: AdminSection::default(),
+            router: RouterSection::default(),
         }
     }
 }
@@ -129,6 +156,7 @@ impl Default for EngineSection {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub lmtp_listen: Option<String>,
     pub database_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
@@ -156,6 +184,9 @@ impl Config {
         if let Some(v) = set("SERVERSYNC_LISTEN") {
             cfg.server.listen = v;
         }
+        if let Some(v) = set("SERVERSYNC_LMTP_LISTEN") {
+            cfg.router.lmtp_listen = Some(v);
+        }
         if let Some(v) = set("SERVERSYNC_DATABASE_URL").or_else(|| set("DATABASE_URL")) {
             cfg.database.url = Some(v);
         }
@@ -180,6 +211,9 @@ impl Config {
         }
         if let Some(v) = &flags.listen {
             cfg.server.listen = v.clone();
+        }
+        if let Some(v) = &flags.lmtp_listen {
+            cfg.router.lmtp_listen = Some(v.clone());
         }
         if let Some(v) = &flags.database_url {
             cfg.database.url = Some(v.clone());
@@ -214,6 +248,16 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         self.listen_addr()?;
+        self.lmtp_addr()?;
+        if self.router.lmtp_max_message_mb == 0 || self.router.lmtp_max_message_mb > 4096 {
+            bail!("router.lmtp_max_message_mb must be between 1 and 4096");
+        }
+        if self.router.lmtp_max_connections == 0 {
+            bail!("router.lmtp_max_connections must be at least 1");
+        }
+        if self.router.lmtp_idle_timeout_seconds == 0 {
+            bail!("router.lmtp_idle_timeout_seconds must be at least 1");
+        }
         if self.engine.tick_ms == 0 {
             bail!("engine.tick_ms must be at least 1");
         }
@@ -230,6 +274,27 @@ impl Config {
                 self.server.listen
             )
         })
+    }
+
+    /// The LMTP listener's address, when it is on.
+    pub fn lmtp_addr(&self) -> Result<Option<SocketAddr>> {
+        match &self.router.lmtp_listen {
+            None => Ok(None),
+            Some(a) => a.parse().map(Some).map_err(|_| {
+                anyhow::anyhow!(
+                    "router.lmtp_listen = {a:?} is not an address: use IP:PORT such as 127.0.0.1:2424"
+                )
+            }),
+        }
+    }
+
+    pub fn lmtp(&self) -> serversync_engine::lmtp::LmtpConfig {
+        serversync_engine::lmtp::LmtpConfig {
+            max_message_bytes: self.router.lmtp_max_message_mb << 20,
+            max_connections: self.router.lmtp_max_connections,
+            idle_timeout: Duration::from_secs(self.router.lmtp_idle_timeout_seconds),
+            ..Default::default()
+        }
     }
 
     pub fn database_url(&self) -> String {
@@ -304,6 +369,55 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_shows_the_defaults() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../serversync.example.toml");
+        assert_eq!(Config::from_file(&f).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn lmtp_is_off_unless_configured() {
+        let c = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.lmtp_addr().unwrap(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[router]\nlmtp_listen = \"127.0.0.1:2424\"\nlmtp_max_message_mb = 10\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.lmtp_addr().unwrap(),
+            Some("127.0.0.1:2424".parse().unwrap())
+        );
+        assert_eq!(c.lmtp().max_message_bytes, 10 << 20);
+        let c = Config::load(
+            Some(&f),
+            &env(&[("SERVERSYNC_LMTP_LISTEN", "127.0.0.1:2525")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.lmtp_addr().unwrap(),
+            Some("127.0.0.1:2525".parse().unwrap())
+        );
+        let flags = Overrides {
+            lmtp_listen: Some("127.0.0.1:2626".into()),
+            ..Default::default()
+        };
+        let c = Config::load(
+            Some(&f),
+            &env(&[("SERVERSYNC_LMTP_LISTEN", "127.0.0.1:2525")]),
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(
+            c.lmtp_addr().unwrap(),
+            Some("127.0.0.1:2626".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn bad_files_give_one_line_naming_the_place() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
@@ -312,6 +426,14 @@ mod tests {
             ("[server]\nlisen = \"x\"\n", "unknown field `lisen`"),
             ("[server]\nlisten = \"nope\"\n", "is not an address"),
             ("[log]\nformat = \"xml\"\n", "line 2"),
+            (
+                "[router]\nlmtp_listen = \"localhost\"\n",
+                "router.lmtp_listen = \"localhost\" is not an address",
+            ),
+            (
+                "[router]\nlmtp_max_message_mb = 0\n",
+                "lmtp_max_message_mb must be between",
+            ),
         ] {
             std::fs::write(&f, content).unwrap();
             let err = format!(

@@ -54,6 +54,10 @@ enum Command {
         /// Address to listen on, such as 127.0.0.1:8080. [env: SERVERSYNC_LISTEN]
         #[arg(long, value_name = "IP:PORT")]
         listen: Option<String>,
+        /// Also serve LMTP for the Email Router on this address, such as 127.0.0.1:2424
+        /// (off by default). [env: SERVERSYNC_LMTP_LISTEN]
+        #[arg(long, value_name = "IP:PORT")]
+        lmtp_listen: Option<String>,
     },
     /// Apply pending database migrations and check the master key, then exit.
     Migrate,
@@ -94,12 +98,16 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let listen = match &cli.command {
-        Command::Serve { listen } => listen.clone(),
-        _ => None,
+    let (listen, lmtp_listen) = match &cli.command {
+        Command::Serve {
+            listen,
+            lmtp_listen,
+        } => (listen.clone(), lmtp_listen.clone()),
+        _ => (None, None),
     };
     let flags = Overrides {
         listen,
+        lmtp_listen,
         database_url: cli.database_url.clone(),
         data_dir: cli.data_dir.clone(),
         log_format: cli.log_format.map(|f| match f {

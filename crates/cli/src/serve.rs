@@ -53,6 +53,17 @@ pub async fn run(cfg: Config) -> Result<()> {
         };
         anyhow!("cannot listen on {addr}: {e}; {hint}")
     })?;
+    let lmtp_listener = match cfg.lmtp_addr()? {
+        None => None,
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process uses this port: stop it, or choose another address with --lmtp-listen / SERVERSYNC_LMTP_LISTEN / router.lmtp_listen"
+            } else {
+                "choose another address with --lmtp-listen / SERVERSYNC_LMTP_LISTEN / router.lmtp_listen"
+            };
+            anyhow!("cannot listen for LMTP on {addr}: {e}; {hint}")
+        })?),
+    };
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -81,6 +92,18 @@ pub async fn run(cfg: Config) -> Result<()> {
         );
     }
     let engine_task = tokio::spawn(engine.run(shutdown.clone()));
+    let lmtp_task = match lmtp_listener {
+        Some(l) => {
+            tracing::info!("Email Router listening on lmtp://{}", l.local_addr()?);
+            Some(tokio::spawn(serversync_engine::lmtp::serve(
+                l,
+                store.clone(),
+                cfg.lmtp(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
 
     let app = serversync_api::router(serversync_api::AppState {
         store: store.clone(),
@@ -98,6 +121,18 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await;
 
     shutdown.cancel();
+    if let Some(task) = lmtp_task {
+        // Deliveries in progress finish; one cut short is not acknowledged, so the MTA
+        // delivers it again.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("LMTP sessions did not finish within 30 s; closed");
+            abort.abort();
+        }
+    }
     if tokio::time::timeout(Duration::from_secs(30), engine_task)
         .await
         .is_err()

@@ -21,6 +21,7 @@ fn cmd(data_dir: &Path) -> Command {
         "DATABASE_URL",
         "SERVERSYNC_MASTER_KEY",
         "SERVERSYNC_LISTEN",
+        "SERVERSYNC_LMTP_LISTEN",
         "SERVERSYNC_MASTER_KEY_FILE",
     ] {
         c.env_remove(v);
@@ -289,6 +290,20 @@ fn bad_configuration_stops_startup_with_one_clear_line() {
     );
 
     let mut c = cmd(dir.path());
+    c.env(
+        "SERVERSYNC_LMTP_LISTEN",
+        taken.local_addr().unwrap().to_string(),
+    )
+    .args(["serve", "--listen", "127.0.0.1:0"]);
+    let line = fails(c);
+    assert!(
+        line.contains("cannot listen for LMTP on")
+            && line.contains("another process uses this port")
+            && line.contains("SERVERSYNC_LMTP_LISTEN"),
+        "{line}"
+    );
+
+    let mut c = cmd(dir.path());
     c.env("SERVERSYNC_MASTER_KEY", "too-short").arg("migrate");
     let line = fails(c);
     assert!(
@@ -448,16 +463,14 @@ fn every_subcommand_explains_itself() {
     }
 }
 
-#[test]
-fn deliver_takes_mail_in_once_and_the_items_api_explains_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(cmd(dir.path()));
-    let token = server.bootstrap_token();
+/// Creates a user with `email` through the API, sets its mailbox to take mail in by the Email
+/// Router and approves it; returns the mailbox id.
+fn router_mailbox(server: &Server, token: &str, name: &str, email: &str) -> String {
     let (status, body) = server.request(
         "POST",
         "/api/v1/orgs/default/users",
-        &token,
-        Some(r#"{"full_name": "Router Rita", "email": "rita@example.test"}"#),
+        token,
+        Some(&format!(r#"{{"full_name": "{name}", "email": "{email}"}}"#)),
     );
     assert_eq!(status, 201, "{body}");
     let mailbox_id = body
@@ -471,17 +484,27 @@ fn deliver_takes_mail_in_once_and_the_items_api_explains_it() {
     let (status, body) = server.request(
         "PATCH",
         &path,
-        &token,
+        token,
         Some(r#"{"incoming_method": "email_router"}"#),
     );
     assert_eq!(status, 200, "{body}");
     let (status, body) = server.request(
         "POST",
         "/api/v1/orgs/default/mailboxes/approve",
-        &token,
+        token,
         Some(&format!(r#"{{"mailbox_ids": ["{mailbox_id}"]}}"#)),
     );
     assert_eq!(status, 200, "{body}");
+    mailbox_id
+}
+
+#[test]
+fn deliver_takes_mail_in_once_and_the_items_api_explains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(cmd(dir.path()));
+    let token = server.bootstrap_token();
+    let mailbox_id = router_mailbox(&server, &token, "Router Rita", "rita@example.test");
+    let path = format!("/api/v1/orgs/default/mailboxes/{mailbox_id}");
 
     let message = "Message-ID: <deliver-1@example.test>\r\nFrom: ann@example.test\r\nTo: rita@example.test\r\nSubject: via the router\r\nDate: Mon, 2 Nov 2026 09:00:00 +0000\r\n\r\nhello\r\n";
     let deliver = || {
@@ -528,6 +551,118 @@ fn deliver_takes_mail_in_once_and_the_items_api_explains_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no mailbox with the address"));
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+}
+
+/// Speaks SMTP to `port` and returns the reply to the end of DATA.
+fn smtp_send(port: u16, from: &str, to: &str, message: &str) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut reply = || {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(r.read_line(&mut line).unwrap() > 0, "SMTP server closed");
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    };
+    assert!(reply().starts_with("220"));
+    for (cmd, expect) in [
+        ("EHLO client.test".to_owned(), "250"),
+        (format!("MAIL FROM:<{from}>"), "250"),
+        (format!("RCPT TO:<{to}>"), "250"),
+        ("DATA".to_owned(), "354"),
+    ] {
+        write!(w, "{cmd}\r\n").unwrap();
+        let got = reply();
+        assert!(got.starts_with(expect), "{cmd}: {got}");
+    }
+    w.write_all(message.as_bytes()).unwrap();
+    w.write_all(b".\r\n").unwrap();
+    let done = reply();
+    write!(w, "QUIT\r\n").unwrap();
+    done
+}
+
+#[test]
+fn postfix_delivers_to_serve_over_lmtp() {
+    let env = serversync_testkit::TestEnv::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cmd(dir.path());
+    c.env("SERVERSYNC_LMTP_LISTEN", "127.0.0.1:0");
+    let server = Server::start(c);
+    let lmtp: std::net::SocketAddr = server
+        .early
+        .iter()
+        .find_map(|l| l.split("Email Router listening on lmtp://").nth(1))
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect::<String>()
+        })
+        .expect("serve logs its LMTP address")
+        .parse()
+        .unwrap();
+    let token = server.bootstrap_token();
+    let mailbox_id = router_mailbox(&server, &token, "Lou Lmtp", "lou@router.test");
+
+    // A private Postfix that relays router.test to serve's LMTP listener.
+    let pf_dir = tempfile::Builder::new()
+        .prefix("ss-postfix-lmtp-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let postfix = serversync_testkit::Postfix::start_with(
+        pf_dir.path(),
+        &env.dovecot,
+        &env.tls,
+        &env.accounts(),
+        &serversync_testkit::PostfixOptions {
+            lmtp_routes: vec![("router.test".into(), lmtp)],
+        },
+    )
+    .unwrap();
+    let message = "Message-ID: <via-postfix-1@client.test>\r\nFrom: Cy <cy@client.test>\r\nTo: lou@router.test\r\nSubject: through Postfix\r\nDate: Mon, 2 Nov 2026 09:00:00 +0000\r\n\r\nHello over LMTP.\r\n";
+    let queued = smtp_send(
+        postfix.info().smtp_port,
+        "cy@client.test",
+        "lou@router.test",
+        message,
+    );
+    assert!(queued.starts_with("250"), "{queued}");
+
+    let path = format!("/api/v1/orgs/default/mailboxes/{mailbox_id}/items");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let items = loop {
+        let (status, items) = server.request("GET", &path, &token, None);
+        assert_eq!(status, 200, "{items}");
+        if items.contains("via-postfix-1@client.test") {
+            break items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not stored within 60 s; Postfix log:\n{}",
+            std::fs::read_to_string(&postfix.info().log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(items.matches("\"source_key\"").count(), 1, "{items}");
+    assert!(
+        items.contains(r#""via":"lmtp""#) && items.contains("\"decision\":\"stored\""),
+        "{items}"
+    );
+    assert!(items.contains("through Postfix"), "{items}");
+    let log = std::fs::read_to_string(&postfix.info().log).unwrap_or_default();
+    assert!(
+        log.contains("status=sent") && log.contains("lou@router.test"),
+        "Postfix reports the delivery as done:\n{log}"
+    );
+    drop(postfix);
     let (status, log) = server.terminate();
     assert!(status.success(), "{log}");
 }

@@ -6,10 +6,11 @@
 use serversync_connectors::mime;
 use serversync_model::item::{ItemAttachment, ItemDecision, ItemSource, MailItem};
 use serversync_model::mailbox::Mailbox;
+use serversync_model::org::Organization;
 use serversync_model::profile::EmailServerProfile;
-use serversync_model::settings::EmailSettings;
+use serversync_model::settings::{EmailSettings, IncomingMethod};
 use serversync_model::{ItemId, Timestamp};
-use serversync_store::{ItemInsert, Store, StoreError};
+use serversync_store::{Col, ItemInsert, Store, StoreError};
 use serversync_vault::sha256_hex;
 
 /// What intake did with a message.
@@ -66,6 +67,11 @@ pub async fn take_in(
         trace: Vec::new(),
         created_at: chrono::Utc::now(),
     };
+    if let ItemSource::Router { via } = &item.source {
+        item.trace.push(format!(
+            "received {received_at} by the Email Router via {via}"
+        ));
+    }
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
 
     match mime::parse(raw) {
@@ -150,4 +156,83 @@ pub async fn take_in(
         }
         ItemInsert::Duplicate => Ok(IntakeOutcome::Duplicate),
     }
+}
+
+/// A mailbox that takes mail in by the Email Router, with what [`take_in`] needs for it.
+#[derive(Debug, Clone)]
+pub struct RouterTarget {
+    pub mailbox: Mailbox,
+    pub settings: EmailSettings,
+    pub profile: Option<EmailServerProfile>,
+}
+
+/// Why an address cannot take mail in by the Email Router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterLookupError {
+    #[error("no organization named {0}")]
+    NoSuchOrganization(String),
+    #[error("no mailbox has the address {0}")]
+    NoSuchMailbox(String),
+    #[error("{0} has mailboxes in several organizations")]
+    Ambiguous(String),
+    #[error(
+        "mailbox {address} receives email by {method}, not by the Email Router: set its incoming delivery method to email_router"
+    )]
+    NotRouter { address: String, method: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Finds the mailbox with `address` (case-insensitive), in the organization named `org` when
+/// given, and checks that its incoming delivery method is the Email Router. Used by
+/// `serversync deliver` and the LMTP listener.
+pub async fn find_router_mailbox(
+    store: &Store,
+    address: &str,
+    org: Option<&str>,
+) -> Result<RouterTarget, RouterLookupError> {
+    let org_id = match org {
+        Some(name) => Some(
+            store
+                .list_all::<Organization>(None, &[("name", Col::text(name))])
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| RouterLookupError::NoSuchOrganization(name.to_owned()))?
+                .value
+                .id,
+        ),
+        None => None,
+    };
+    let found = store
+        .list_all::<Mailbox>(org_id, &[("email", Col::text(address.to_lowercase()))])
+        .await?;
+    let mailbox = match found.as_slice() {
+        [one] => one.value.clone(),
+        [] => return Err(RouterLookupError::NoSuchMailbox(address.to_owned())),
+        _ => return Err(RouterLookupError::Ambiguous(address.to_owned())),
+    };
+    if mailbox.incoming_method != IncomingMethod::EmailRouter {
+        return Err(RouterLookupError::NotRouter {
+            address: address.to_owned(),
+            method: serversync_model::wire_name(&mailbox.incoming_method),
+        });
+    }
+    let settings = store
+        .get::<EmailSettings>(&mailbox.org_id.to_string())
+        .await?
+        .map(|s| s.value)
+        .unwrap_or_else(|| EmailSettings::new(mailbox.org_id));
+    let profile = match mailbox.profile_id {
+        Some(p) => store
+            .get::<EmailServerProfile>(&p.to_string())
+            .await?
+            .map(|s| s.value),
+        None => None,
+    };
+    Ok(RouterTarget {
+        mailbox,
+        settings,
+        profile,
+    })
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 mod incoming;
 pub mod intake;
+pub mod lmtp;
 mod jobs;
 pub mod policy;
 pub mod test_enable;

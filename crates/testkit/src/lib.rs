@@ -28,7 +28,7 @@ pub mod util;
 pub use accounts::{Accounts, DOMAIN, QUEUE_MAILBOXES, TEST_PASSWORD, USERS};
 pub use dovecot::{Dovecot, DovecotInfo, DovecotOptions};
 pub use env::{ENV_VAR, PgDatabase, TestEnv, down, up};
-pub use postfix::{Postfix, PostfixInfo};
+pub use postfix::{Postfix, PostfixInfo, PostfixOptions};
 pub use postgres::{PgInfo, Postgres};
 pub use radicale::{Radicale, RadicaleInfo};
 pub use tls::{TLS_SERVER_NAME, TlsFiles};

@@ -1,0 +1,672 @@
+//! The Email Router's LMTP listener (RFC 2033): an MTA such as Postfix delivers here, and each
+//! message goes through [`take_in`] for every accepted recipient — the same pipeline as synced
+//! mail and `serversync deliver`.
+//!
+//! A recipient is accepted at `RCPT TO` only when it is the address of a mailbox whose incoming
+//! delivery method is the Email Router ([`find_router_mailbox`]). After `DATA` there is one reply
+//! per accepted recipient: 250 once the item is committed (a duplicate is also 250: it is kept
+//! once), 451 when the store failed (the MTA keeps the message and retries; nothing is lost),
+//! 552 when the message is over the size limit. Lines and messages are bounded, idle clients
+//! are disconnected, and the number of connections is limited.
+
+use crate::intake::{IntakeOutcome, RouterLookupError, RouterTarget, find_router_mailbox, take_in};
+use serversync_model::item::ItemSource;
+use serversync_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Longest command line accepted (RFC 5321 asks for at least 512 octets).
+const MAX_COMMAND_LINE: usize = 4096;
+/// Longest address accepted in MAIL FROM / RCPT TO.
+const MAX_ADDRESS: usize = 320;
+/// Commands refused in one session (counted from LHLO) before the connection is closed.
+const MAX_ERRORS: u32 = 25;
+
+/// Settings of the LMTP listener (the `[router]` section of the configuration).
+#[derive(Debug, Clone)]
+pub struct LmtpConfig {
+    /// Name in the greeting and the LHLO reply.
+    pub hostname: String,
+    /// Largest message accepted, in bytes (advertised as SIZE; larger ones get 552).
+    pub max_message_bytes: u64,
+    /// Recipients accepted per transaction.
+    pub max_recipients: usize,
+    /// Connections served at once; more are told 421 and closed.
+    pub max_connections: usize,
+    /// A client that sends nothing for this long is disconnected.
+    pub idle_timeout: Duration,
+}
+
+impl Default for LmtpConfig {
+    fn default() -> Self {
+        Self {
+            hostname: std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+                .unwrap_or_else(|| "serversync".into()),
+            max_message_bytes: 150 << 20,
+            max_recipients: 100,
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Serves LMTP on `listener` until `shutdown` is cancelled; then stops accepting, tells idle
+/// clients 421, lets deliveries in progress finish (bounded by the idle timeout) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    config: LmtpConfig,
+    shutdown: CancellationToken,
+) {
+    let config = Arc::new(config);
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little, keep serving.
+                        tracing::warn!(error = %e, "LMTP accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let session = Session::new(stream, peer, store.clone(), config.clone());
+                        let stop = shutdown.clone();
+                        sessions.spawn(async move {
+                            session.run(stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, limit = config.max_connections, "LMTP connection refused: too many connections");
+                        metrics::counter!("serversync_lmtp_connections_refused_total").increment(1);
+                        sessions.spawn(async move {
+                            let mut stream = stream;
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                stream.write_all(b"421 4.3.2 too many connections; try again later\r\n"),
+                            )
+                            .await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    let grace = config.idle_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("LMTP sessions did not finish in time; closing them");
+        sessions.shutdown().await;
+    }
+    tracing::info!("LMTP listener stopped");
+}
+
+/// A recipient accepted at RCPT TO.
+struct Recipient {
+    address: String,
+    target: RouterTarget,
+}
+
+#[derive(Default)]
+struct Transaction {
+    sender: Option<String>,
+    recipients: Vec<Recipient>,
+}
+
+struct Session {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+    peer: SocketAddr,
+    store: Store,
+    config: Arc<LmtpConfig>,
+    greeted: bool,
+    tx: Transaction,
+    errors: u32,
+}
+
+/// What reading one line gave.
+enum Read {
+    /// The client closed the connection (a partial last line is dropped).
+    Closed,
+    /// A line, with its line ending; `truncated` when it was longer than allowed (the rest
+    /// of it was read and thrown away).
+    Line { truncated: bool },
+}
+
+/// Reads up to and including the next LF into `buf`, keeping at most `max` bytes of it.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Read> {
+    buf.clear();
+    let mut truncated = false;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(Read::Closed);
+        }
+        let (n, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        let room = max.saturating_sub(buf.len());
+        if n > room {
+            buf.extend_from_slice(&avail[..room]);
+            truncated = true;
+        } else {
+            buf.extend_from_slice(&avail[..n]);
+        }
+        r.consume(n);
+        if done {
+            return Ok(Read::Line { truncated });
+        }
+    }
+}
+
+/// Why a session ends early.
+enum End {
+    Closed,
+    Io(std::io::Error),
+    Idle,
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> Self {
+        End::Io(e)
+    }
+}
+
+impl Session {
+    fn new(stream: TcpStream, peer: SocketAddr, store: Store, config: Arc<LmtpConfig>) -> Self {
+        let (rd, wr) = stream.into_split();
+        Self {
+            reader: BufReader::new(rd),
+            writer: BufWriter::new(wr),
+            peer,
+            store,
+            config,
+            greeted: false,
+            tx: Transaction::default(),
+            errors: 0,
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        tracing::debug!(peer = %self.peer, "LMTP connection");
+        metrics::counter!("serversync_lmtp_connections_total").increment(1);
+        let greeting = format!("220 {} LMTP serversync ready", self.config.hostname);
+        let result = match self.reply(&greeting).await {
+            Ok(()) => self.commands(&shutdown).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) | Err(End::Closed) => {}
+            Err(End::Idle) => {
+                tracing::info!(peer = %self.peer, "LMTP client idle too long; disconnected");
+                let _ = self.reply("421 4.4.2 idle for too long; closing").await;
+            }
+            Err(End::Io(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "LMTP connection failed")
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.writer.shutdown()).await;
+    }
+
+    /// Queues one reply line; it is sent before the next read that would wait for the client,
+    /// so pipelined commands get their replies in one go.
+    async fn reply(&mut self, line: &str) -> Result<(), End> {
+        self.writer.write_all(line.as_bytes()).await?;
+        self.writer.write_all(b"\r\n").await?;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(self.config.idle_timeout, self.writer.flush()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(End::Idle),
+        }
+    }
+
+    /// Reads one line (flushing pending replies first when the client has nothing buffered).
+    async fn next_line(&mut self, buf: &mut Vec<u8>, max: usize) -> Result<bool, End> {
+        if self.reader.buffer().is_empty() {
+            self.flush().await?;
+        }
+        match tokio::time::timeout(
+            self.config.idle_timeout,
+            read_line(&mut self.reader, buf, max),
+        )
+        .await
+        {
+            Err(_) => Err(End::Idle),
+            Ok(Err(e)) => Err(End::Io(e)),
+            Ok(Ok(Read::Closed)) => Err(End::Closed),
+            Ok(Ok(Read::Line { truncated })) => Ok(truncated),
+        }
+    }
+
+    async fn commands(&mut self, shutdown: &CancellationToken) -> Result<(), End> {
+        let mut buf = Vec::with_capacity(512);
+        loop {
+            let truncated = tokio::select! {
+                biased;
+                r = self.next_line(&mut buf, MAX_COMMAND_LINE) => r?,
+                _ = shutdown.cancelled() => {
+                    self.reply("421 4.3.2 serversync is shutting down; try again later").await?;
+                    self.flush().await?;
+                    return Ok(());
+                }
+            };
+            if truncated {
+                self.refuse(&format!(
+                    "500 5.5.2 line too long: commands are limited to {MAX_COMMAND_LINE} octets"
+                ))
+                .await?;
+            } else {
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\r', '\n']).to_owned();
+                if !self.command(&line).await? {
+                    self.flush().await?;
+                    return Ok(());
+                }
+            }
+            if self.errors >= MAX_ERRORS {
+                self.reply("421 4.7.0 too many errors; closing the connection")
+                    .await?;
+                self.flush().await?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Replies with an error and counts it.
+    async fn refuse(&mut self, line: &str) -> Result<(), End> {
+        self.errors += 1;
+        self.reply(line).await
+    }
+
+    /// Handles one command; `false` ends the session (QUIT).
+    async fn command(&mut self, line: &str) -> Result<bool, End> {
+        let (verb, arg) = match line.split_once(' ') {
+            Some((v, a)) => (v, a.trim()),
+            None => (line, ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            "LHLO" => {
+                if arg.is_empty() || arg.chars().any(|c| c.is_control()) {
+                    self.refuse("501 5.5.4 LHLO needs the client's host name")
+                        .await?;
+                } else {
+                    self.greeted = true;
+                    self.tx = Transaction::default();
+                    self.errors = 0;
+                    let host = self.config.hostname.clone();
+                    let size = self.config.max_message_bytes;
+                    for l in [
+                        format!("250-{host}"),
+                        "250-PIPELINING".into(),
+                        "250-ENHANCEDSTATUSCODES".into(),
+                        "250-8BITMIME".into(),
+                        format!("250 SIZE {size}"),
+                    ] {
+                        self.reply(&l).await?;
+                    }
+                }
+            }
+            "HELO" | "EHLO" => {
+                self.refuse("500 5.5.1 this is an LMTP server (RFC 2033): greet with LHLO")
+                    .await?
+            }
+            "MAIL" => self.mail(arg).await?,
+            "RCPT" => self.rcpt(arg).await?,
+            "DATA" => {
+                if !arg.is_empty() {
+                    self.refuse("501 5.5.4 DATA takes no arguments").await?;
+                } else if self.tx.sender.is_none() {
+                    self.refuse("503 5.5.1 MAIL FROM first").await?;
+                } else if self.tx.recipients.is_empty() {
+                    self.refuse("554 5.5.1 no valid recipients").await?;
+                } else {
+                    self.data().await?;
+                }
+            }
+            "RSET" => {
+                self.tx = Transaction::default();
+                self.reply("250 2.0.0 OK").await?;
+            }
+            "NOOP" => self.reply("250 2.0.0 OK").await?,
+            "QUIT" => {
+                self.reply(&format!("221 2.0.0 {} closing", self.config.hostname))
+                    .await?;
+                return Ok(false);
+            }
+            "VRFY" | "EXPN" | "HELP" | "BDAT" | "ETRN" | "TURN" | "STARTTLS" | "AUTH" => {
+                self.refuse(&format!(
+                    "502 5.5.1 {} is not supported here",
+                    verb.to_ascii_uppercase()
+                ))
+                .await?
+            }
+            "" => self.refuse("500 5.5.2 empty command").await?,
+            _ => {
+                self.refuse("500 5.5.1 unrecognized command: use LHLO, MAIL, RCPT, DATA, RSET, NOOP or QUIT")
+                    .await?
+            }
+        }
+        Ok(true)
+    }
+
+    async fn mail(&mut self, arg: &str) -> Result<(), End> {
+        if !self.greeted {
+            return self.refuse("503 5.5.1 LHLO first").await;
+        }
+        if self.tx.sender.is_some() {
+            return self
+                .refuse("503 5.5.1 a transaction is already open: RSET first")
+                .await;
+        }
+        let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
+            return self
+                .refuse("501 5.5.4 syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]")
+                .await;
+        };
+        let (address, params) = match parse_path(rest) {
+            Ok(p) => p,
+            Err(why) => return self.refuse(&format!("501 5.1.7 bad sender: {why}")).await,
+        };
+        for param in params.split_whitespace() {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            match key.to_ascii_uppercase().as_str() {
+                "SIZE" => match value.parse::<u64>() {
+                    Ok(n) if n > self.config.max_message_bytes => {
+                        return self
+                            .refuse(&format!(
+                                "552 5.3.4 the message ({n} octets) is larger than the limit of {} octets",
+                                self.config.max_message_bytes
+                            ))
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        return self.refuse("501 5.5.4 SIZE needs a number of octets").await;
+                    }
+                },
+                "BODY"
+                    if value.eq_ignore_ascii_case("7BIT")
+                        || value.eq_ignore_ascii_case("8BITMIME") => {}
+                _ => {
+                    return self
+                        .refuse(&format!(
+                            "555 5.5.4 unsupported MAIL parameter {}",
+                            clip(param)
+                        ))
+                        .await;
+                }
+            }
+        }
+        self.tx.sender = Some(address);
+        self.reply("250 2.1.0 sender OK").await
+    }
+
+    async fn rcpt(&mut self, arg: &str) -> Result<(), End> {
+        if self.tx.sender.is_none() {
+            return self.refuse("503 5.5.1 MAIL FROM first").await;
+        }
+        let Some(rest) = strip_prefix_ci(arg, "TO:") else {
+            return self.refuse("501 5.5.4 syntax: RCPT TO:<address>").await;
+        };
+        let (address, params) = match parse_path(rest) {
+            Ok(p) => p,
+            Err(why) => {
+                return self
+                    .refuse(&format!("501 5.1.3 bad recipient: {why}"))
+                    .await;
+            }
+        };
+        if let Some(p) = params.split_whitespace().next() {
+            return self
+                .refuse(&format!("555 5.5.4 unsupported RCPT parameter {}", clip(p)))
+                .await;
+        }
+        if address.is_empty() || !address.contains('@') {
+            return self
+                .refuse("501 5.1.3 bad recipient: an address needs a local part and a domain")
+                .await;
+        }
+        if self.tx.recipients.len() >= self.config.max_recipients {
+            return self
+                .reply(&format!(
+                    "452 4.5.3 too many recipients: at most {} per message",
+                    self.config.max_recipients
+                ))
+                .await;
+        }
+        match find_router_mailbox(&self.store, &address, None).await {
+            Ok(target) => {
+                self.reply(&format!("250 2.1.5 <{address}> OK")).await?;
+                self.tx.recipients.push(Recipient { address, target });
+                Ok(())
+            }
+            Err(RouterLookupError::NoSuchMailbox(_) | RouterLookupError::NoSuchOrganization(_)) => {
+                self.reply(&format!(
+                    "550 5.1.1 <{address}>: no serversync mailbox has this address"
+                ))
+                .await
+            }
+            Err(RouterLookupError::Ambiguous(_)) => {
+                self.reply(&format!(
+                    "550 5.3.5 <{address}>: this address has mailboxes in several organizations; give it to one only, or deliver with `serversync deliver --org`"
+                ))
+                .await
+            }
+            Err(RouterLookupError::NotRouter { method, .. }) => {
+                self.reply(&format!(
+                    "550 5.2.1 <{address}>: the mailbox receives email by {method}, not by the Email Router; set its incoming delivery method to email_router"
+                ))
+                .await
+            }
+            Err(RouterLookupError::Store(e)) => {
+                tracing::warn!(peer = %self.peer, error = %e, "LMTP recipient lookup failed");
+                self.reply(&format!(
+                    "451 4.3.0 <{address}>: the database is unavailable; try again later"
+                ))
+                .await
+            }
+        }
+    }
+
+    async fn data(&mut self) -> Result<(), End> {
+        self.reply("354 2.0.0 send the message, end with <CRLF>.<CRLF>")
+            .await?;
+        let max = usize::try_from(self.config.max_message_bytes).unwrap_or(usize::MAX);
+        let mut message = Vec::new();
+        let mut oversize = false;
+        let mut line = Vec::new();
+        loop {
+            // Room for the rest of the message, plus the terminating ".\r\n".
+            let room = if oversize {
+                3
+            } else {
+                (max - message.len()).saturating_add(3)
+            };
+            let truncated = self.next_line(&mut line, room).await?;
+            if !truncated && (line == b".\r\n" || line == b".\n") {
+                break;
+            }
+            if truncated || oversize {
+                oversize = true;
+                message = Vec::new();
+                continue;
+            }
+            let content = line.strip_prefix(b".").unwrap_or(&line);
+            if message.len() + content.len() > max {
+                oversize = true;
+                message = Vec::new();
+            } else {
+                message.extend_from_slice(content);
+            }
+        }
+        let tx = std::mem::take(&mut self.tx);
+        if oversize {
+            metrics::counter!("serversync_lmtp_deliveries_total", "result" => "too_large")
+                .increment(tx.recipients.len() as u64);
+            for r in &tx.recipients {
+                self.reply(&format!(
+                    "552 5.3.4 <{}>: the message is larger than the limit of {} octets",
+                    r.address, self.config.max_message_bytes
+                ))
+                .await?;
+            }
+            return Ok(());
+        }
+        let received_at = chrono::Utc::now();
+        for r in &tx.recipients {
+            let outcome = take_in(
+                &self.store,
+                &r.target.mailbox,
+                &r.target.settings,
+                r.target.profile.as_ref(),
+                ItemSource::Router { via: "lmtp".into() },
+                &message,
+                received_at,
+            )
+            .await;
+            let line = match outcome {
+                Ok(IntakeOutcome::Recorded(item)) => {
+                    tracing::info!(peer = %self.peer, mailbox = %item.mailbox_id, item = %item.id, decision = ?item.decision, size = message.len(), "LMTP delivery recorded");
+                    metrics::counter!("serversync_lmtp_deliveries_total", "result" => "recorded")
+                        .increment(1);
+                    format!("250 2.0.0 <{}> delivered as item {}", r.address, item.id)
+                }
+                Ok(IntakeOutcome::Duplicate) => {
+                    tracing::info!(peer = %self.peer, mailbox = %r.target.mailbox.id, "LMTP delivery was a duplicate; kept once");
+                    metrics::counter!("serversync_lmtp_deliveries_total", "result" => "duplicate")
+                        .increment(1);
+                    format!("250 2.0.0 <{}> already delivered; kept once", r.address)
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, mailbox = %r.target.mailbox.id, error = %e, "LMTP delivery could not be stored; the MTA will retry");
+                    metrics::counter!("serversync_lmtp_deliveries_total", "result" => "deferred")
+                        .increment(1);
+                    format!(
+                        "451 4.3.0 <{}>: could not be stored; try again later",
+                        r.address
+                    )
+                }
+            };
+            self.reply(&line).await?;
+        }
+        Ok(())
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// Shortens client text echoed in a reply.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Splits `<address> params` (RFC 5321 reverse-path / forward-path), dropping a source route.
+fn parse_path(s: &str) -> Result<(String, &str), &'static str> {
+    let s = s.trim_start();
+    let Some(inner) = s.strip_prefix('<') else {
+        return Err("the address must be in angle brackets, as in <name@example.com>");
+    };
+    let Some(end) = inner.find('>') else {
+        return Err("missing '>' after the address");
+    };
+    let (path, params) = (&inner[..end], &inner[end + 1..]);
+    if !params.is_empty() && !params.starts_with(' ') {
+        return Err("expected a space after '>'");
+    }
+    // "@relay1,@relay2:user@domain": only the mailbox counts.
+    let address = match path.starts_with('@') {
+        true => path.rsplit_once(':').map_or("", |(_, a)| a),
+        false => path,
+    };
+    if address.len() > MAX_ADDRESS {
+        return Err("the address is too long");
+    }
+    if address
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '<')
+    {
+        return Err("the address contains spaces or control characters");
+    }
+    Ok((address.to_owned(), params.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            parse_path("<a@b.test> SIZE=10").unwrap(),
+            ("a@b.test".into(), "SIZE=10")
+        );
+        assert_eq!(parse_path("<>").unwrap(), (String::new(), ""));
+        assert_eq!(
+            parse_path("<@r1,@r2:x@y.test>").unwrap(),
+            ("x@y.test".into(), "")
+        );
+        assert!(parse_path("a@b.test").is_err());
+        assert!(parse_path("<a@b.test").is_err());
+        assert!(parse_path("<a b@c>").is_err());
+        assert!(parse_path("<a@b>x").is_err());
+        assert!(parse_path(&format!("<{}@b>", "x".repeat(400))).is_err());
+        assert_eq!(strip_prefix_ci("from:<x>", "FROM:"), Some("<x>"));
+        assert_eq!(strip_prefix_ci("fr", "FROM:"), None);
+        assert_eq!(strip_prefix_ci("fröm:", "FROM:"), None);
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let input: &[u8] = b"short\r\nway too long a line\r\nrest";
+        let mut r = BufReader::with_capacity(4, input);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Read::Line { truncated: false }
+        ));
+        assert_eq!(buf, b"short\r\n");
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Read::Line { truncated: true }
+        ));
+        assert_eq!(buf, b"way too lo");
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Read::Closed
+        ));
+    }
+}
