@@ -35,6 +35,8 @@ Examples:
   serversync admin mailboxes apply-defaults --all --wait
   serversync admin mailboxes approve alice@example.com
   serversync admin mailboxes test-enable alice@example.com --wait
+  serversync admin mailboxes sync-now alice@example.com
+  serversync admin mailboxes items alice@example.com --decision skipped
   serversync admin alerts list --mailbox alice@example.com";
 
 /// Administer serversync through the API of a running server.
