@@ -37,7 +37,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Q<T> {
             .map(|Query(v)| Q(v))
             .map_err(|e| {
                 let text = e.body_text();
-                let field = text.split('`').nth(1).map(str::to_owned);
+                let field = query_field(&text);
                 let p = Problem::bad_request(
                     "invalid_query",
                     None,
@@ -49,6 +49,21 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Q<T> {
                 }
             })
     }
+}
+
+/// The parameter a query rejection is about: the path before the message
+/// (`decision: unknown variant …`), else the name in backticks (`missing field `x``).
+fn query_field(text: &str) -> Option<String> {
+    let rest = text.split_once("query string: ").map_or(text, |(_, r)| r);
+    if let Some((path, _)) = rest.split_once(": ")
+        && !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
+    {
+        return Some(path.to_owned());
+    }
+    text.split('`').nth(1).map(str::to_owned)
 }
 
 /// Paging of lists: `limit` (1–1000, default 100) items after the cursor `after` (the `next`
@@ -83,4 +98,27 @@ pub fn id<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, Problem> {
             format!("{name} must be a UUID, got {raw:?}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_field;
+
+    #[test]
+    fn query_problems_name_the_parameter_not_the_value() {
+        assert_eq!(
+            query_field(
+                "Failed to deserialize query string: decision: unknown variant `maybe`, expected one of `stored`, `skipped`"
+            ),
+            Some("decision".into())
+        );
+        assert_eq!(
+            query_field("Failed to deserialize query string: limit: invalid digit found in string"),
+            Some("limit".into())
+        );
+        assert_eq!(
+            query_field("Failed to deserialize query string: missing field `x`"),
+            Some("x".into())
+        );
+    }
 }

@@ -147,6 +147,9 @@ impl From<AdminError> for Problem {
             ),
             AdminError::NotFound { entity, id } => Problem::not_found(&format!("{entity} {id}")),
             AdminError::Conflict(d) => Problem::new(StatusCode::CONFLICT, "conflict", d),
+            AdminError::WrongState { code, message } => {
+                Problem::new(StatusCode::CONFLICT, code, message)
+            }
             e @ AdminError::VersionMismatch { .. } => {
                 Problem::new(StatusCode::CONFLICT, "version_conflict", e.to_string())
                     .field("version")

@@ -769,3 +769,191 @@ both!(
         );
     }
 );
+
+both!(
+    sync_now_retries_a_postponed_mailbox_at_once_for_its_owner_or_an_administrator,
+    |backend| {
+        let s = Instance::start(backend, Trust::TestCa).await;
+        let env = TestEnv::from_env();
+        let p = s
+            .ok("POST", &format!("{ORG}/profiles"), Some(imap_profile("P")))
+            .await;
+        let pid = p["id"].as_str().unwrap();
+        s.ok("POST", &format!("{ORG}/profiles/{pid}/default"), None)
+            .await;
+        let carol = s.user("Carol", "carol@example.test", &env.password).await;
+        let mid = carol["mailbox"]["id"].as_str().unwrap().to_owned();
+        let sync_now = format!("{ORG}/mailboxes/{mid}/sync-now");
+
+        // Not tested and enabled yet: refused with a code that says what to do.
+        let (status, v) = s.call("POST", &sync_now, None).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (409, Some("mailbox_not_enabled")),
+            "{v}"
+        );
+        assert!(
+            v["detail"].as_str().unwrap().contains("test and enable"),
+            "{v}"
+        );
+
+        // Enabled, but postponed by the retry policy after transient failures (as the engine
+        // leaves it): the engine does not touch it for an hour.
+        let postponed = chrono::Utc::now() + chrono::Duration::hours(1);
+        let mut m = s
+            .store
+            .fetch::<serversync_model::mailbox::Mailbox>(&mid)
+            .await
+            .unwrap()
+            .value;
+        m.approval = serversync_model::mailbox::ApprovalStatus::Approved;
+        m.incoming.enabled = true;
+        m.incoming.status = serversync_model::mailbox::RunStatus::Success;
+        m.telemetry.transient_failure_count = 3;
+        m.telemetry.postponed_until = Some(postponed);
+        s.store.update(&m, None).await.unwrap();
+
+        let before = chrono::Utc::now();
+        let (status, v) = s.call("POST", &sync_now, None).await;
+        assert_eq!(status, 202, "{v}");
+        let requested: chrono::DateTime<chrono::Utc> = v["telemetry"]["sync_requested_at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("sync_requested_at set: {v}"))
+            .parse()
+            .unwrap();
+        assert!(requested >= before, "{v}");
+        assert!(v["telemetry"]["postponed_until"].is_null(), "{v}");
+        assert_eq!(v["telemetry"]["transient_failure_count"], 3, "kept: {v}");
+        assert_eq!(v["password"], "********", "{v}");
+        let audit = s.ok("GET", &format!("{ORG}/audit?limit=1000"), None).await;
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "sync_now" && e["entity_id"] == mid.as_str()),
+            "{audit}"
+        );
+        // The engine takes the mailbox up at once instead of in an hour: a round against the
+        // real Dovecot succeeds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let m = s.ok("GET", &format!("{ORG}/mailboxes/{mid}"), None).await;
+            if m["telemetry"]["last_successful_sync"].is_string() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mailbox was not synchronized within 30 s of sync now: {m}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+
+        // Who may ask: the owner, and those who may write mailboxes.
+        let bea = s.user("Basic Bea", "bea@example.test", &env.password).await;
+        let bea_token = s
+            .ok(
+                "POST",
+                &format!("{ORG}/users/{}/tokens", bea["user"]["id"].as_str().unwrap()),
+                Some(json!({"name": "t"})),
+            )
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, v) = s.call_as(&bea_token, "POST", &sync_now, None).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (404, Some("not_found")),
+            "a basic user cannot see someone else's mailbox: {v}"
+        );
+        let (status, v) = s
+            .call_as(
+                &bea_token,
+                "POST",
+                &format!(
+                    "{ORG}/mailboxes/{}/sync-now",
+                    bea["mailbox"]["id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (409, Some("mailbox_not_enabled")),
+            "the owner may ask (its mailbox is not enabled yet): {v}"
+        );
+        let ann = s.ok("POST", &format!("{ORG}/users"), Some(json!({"full_name": "Ann Approver", "email": "ann@example.test", "roles": ["mailbox_approver"]}))).await;
+        let ann_token = s
+            .ok(
+                "POST",
+                &format!("{ORG}/users/{}/tokens", ann["user"]["id"].as_str().unwrap()),
+                Some(json!({"name": "t"})),
+            )
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, v) = s.call_as(&ann_token, "POST", &sync_now, None).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (403, Some("missing_privilege")),
+            "reading mailboxes is not enough: {v}"
+        );
+
+        // Mailboxes that do not synchronize, and bad ids.
+        let rita = s.user("Router Rita", "rita@example.test", "x").await;
+        let rid = rita["mailbox"]["id"].as_str().unwrap();
+        s.ok(
+            "PATCH",
+            &format!("{ORG}/mailboxes/{rid}"),
+            Some(json!({"incoming_method": "email_router"})),
+        )
+        .await;
+        let (status, v) = s
+            .call("POST", &format!("{ORG}/mailboxes/{rid}/sync-now"), None)
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (409, Some("not_server_side_sync")),
+            "{v}"
+        );
+        let (status, v) = s
+            .call("POST", &format!("{ORG}/mailboxes/nope/sync-now"), None)
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str(), v["field"].as_str()),
+            (400, Some("invalid_id"), Some("id")),
+            "{v}"
+        );
+
+        // The items of the synchronized mailbox, filtered by decision.
+        let items = s
+            .ok(
+                "GET",
+                &format!("{ORG}/mailboxes/{mid}/items?decision=failed&limit=1000"),
+                None,
+            )
+            .await;
+        assert!(
+            items["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["decision"] == "failed"),
+            "{items}"
+        );
+        let (status, v) = s
+            .call(
+                "GET",
+                &format!("{ORG}/mailboxes/{mid}/items?decision=maybe"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str(), v["field"].as_str()),
+            (400, Some("invalid_query"), Some("decision")),
+            "{v}"
+        );
+    }
+);

@@ -32,6 +32,8 @@ async fn the_document_validates_and_lists_every_route() {
         "/api/v1/orgs/{org}/mailboxes/approve",
         "/api/v1/orgs/{org}/mailboxes/reject",
         "/api/v1/orgs/{org}/mailboxes/test-enable",
+        "/api/v1/orgs/{org}/mailboxes/{id}/sync-now",
+        "/api/v1/orgs/{org}/mailboxes/{id}/items",
         "/api/v1/orgs/{org}/alerts",
         "/api/v1/orgs/{org}/jobs/{id}",
         "/api/v1/orgs/{org}/audit",

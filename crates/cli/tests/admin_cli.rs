@@ -781,6 +781,8 @@ fn every_admin_subcommand_explains_itself() {
         &["mailboxes", "approve"],
         &["mailboxes", "reject"],
         &["mailboxes", "test-enable"],
+        &["mailboxes", "sync-now"],
+        &["mailboxes", "items"],
         &["alerts"],
         &["alerts", "list"],
         &["alerts", "dismiss"],
@@ -836,4 +838,168 @@ fn every_admin_subcommand_explains_itself() {
         out.contains("--password-stdin") && out.contains("--set <KEY=VALUE>"),
         "{out}"
     );
+}
+
+/// `serversync deliver --mailbox ADDRESS < message` against the server's data directory.
+fn deliver(server: &Server, address: &str, message: &str) -> String {
+    let mut c = cmd(&server.dir);
+    c.args(["deliver", "--mailbox", address]);
+    ok(run(c, Some(message)))
+}
+
+fn message(n: u32, subject: &str) -> String {
+    format!(
+        "Message-ID: <items-{n}@example.test>\r\nFrom: Ann Sender <ann@example.test>\r\nTo: rita@example.test\r\nSubject: {subject}\r\nDate: Mon, 2 Nov 2026 09:00:0{n} +0000\r\n\r\nbody {n}\r\n"
+    )
+}
+
+#[test]
+fn admin_cli_lists_mailbox_items_and_asks_for_a_sync_now() {
+    const RITA: &str = "rita@example.test";
+    let env = TestEnv::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), env);
+
+    // An Email Router mailbox with one message taken in before approval (skipped) and two
+    // after (stored).
+    ok(server.admin(&["users", "create", "--name", "Router Rita", "--email", RITA]));
+    ok(server.admin(&[
+        "mailboxes",
+        "edit",
+        RITA,
+        "--set",
+        "incoming_method=email_router",
+    ]));
+    let out = deliver(&server, RITA, &message(1, "before approval"));
+    assert!(out.starts_with("Skipped"), "{out}");
+    ok(server.admin(&["mailboxes", "approve", RITA]));
+    let long = "A very long subject that goes on and on well past the width of the table column";
+    assert!(deliver(&server, RITA, &message(2, long)).starts_with("Stored"));
+    assert!(deliver(&server, RITA, &message(3, "third")).starts_with("Stored"));
+
+    let table = ok(server.admin(&["mailboxes", "items", RITA]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "a header and three items, oldest first:\n{table}"
+    );
+    for col in ["RECEIVED", "DECISION", "SUBJECT", "FROM", "REASON"] {
+        assert!(lines[0].contains(col), "{table}");
+    }
+    assert!(
+        lines[1].contains("skipped")
+            && lines[1].contains("before approval")
+            && lines[1].contains("ann@example.test")
+            && lines[1].contains("skipped: the email address rita@example.test is not approved"),
+        "the last reason of the decision trace: {table}"
+    );
+    assert!(
+        lines[2].contains("stored") && lines[2].contains("A very long subject that goes on"),
+        "{table}"
+    );
+    assert!(
+        !lines[2].contains(long) && lines[2].contains('…'),
+        "truncated: {table}"
+    );
+    assert!(lines[3].contains("third"), "{table}");
+
+    // Filtered by decision; JSON is the API's page.
+    let page =
+        ok_json(server.admin(&["mailboxes", "items", RITA, "--decision", "stored", "--json"]));
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{page}");
+    assert!(items.iter().all(|i| i["decision"] == "stored"), "{page}");
+    assert!(page["next"].is_null(), "{page}");
+    let skipped = ok(server.admin(&["mailboxes", "items", RITA, "--decision", "skipped"]));
+    assert_eq!(skipped.lines().count(), 2, "{skipped}");
+    let none = ok(server.admin(&["mailboxes", "items", RITA, "--decision", "failed"]));
+    assert_eq!(none.trim(), "no items");
+
+    // Paging: one page and how to get the next, or every page with --all; `mailbox` works too.
+    let out = server.admin(&["mailbox", "items", RITA, "--limit", "2"]);
+    let hint = text(&out.stderr);
+    let first = ok(out);
+    assert_eq!(first.lines().count(), 3, "{first}");
+    let after = hint
+        .split("--after ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("a hint with the cursor: {hint}"));
+    let rest = ok(server.admin(&["mailboxes", "items", RITA, "--limit", "2", "--after", after]));
+    assert_eq!(rest.lines().count(), 2, "{rest}");
+    assert!(rest.contains("third"), "{rest}");
+    let all = ok(server.admin(&["mailbox", "items", RITA, "--limit", "1", "--all"]));
+    assert_eq!(all.lines().count(), 4, "{all}");
+    let all = ok_json(server.admin(&[
+        "mailboxes",
+        "items",
+        RITA,
+        "--limit",
+        "1",
+        "--all",
+        "--json",
+    ]));
+    assert_eq!(all["items"].as_array().unwrap().len(), 3, "{all}");
+
+    // Sync now: refused for a mailbox that does not synchronize or is not enabled yet.
+    let (err, _) = fails(server.admin(&["mailboxes", "sync-now", RITA]));
+    assert!(err.contains("code not_server_side_sync"), "{err}");
+    let imaps = env.imaps_port().to_string();
+    let submission = env.submission_port().to_string();
+    ok(server.admin(&[
+        "profiles",
+        "create",
+        "--name",
+        "Test servers",
+        "--type",
+        "imap_smtp",
+        "--incoming-host",
+        "localhost",
+        "--incoming-port",
+        &imaps,
+        "--outgoing-host",
+        "localhost",
+        "--outgoing-port",
+        &submission,
+        "--default",
+    ]));
+    ok(server.admin_stdin(
+        &[
+            "users",
+            "create",
+            "--name",
+            "Alice Test",
+            "--email",
+            ALICE,
+            "--mailbox-password-stdin",
+        ],
+        &env.password,
+    ));
+    let (err, _) = fails(server.admin(&["mailboxes", "sync-now", ALICE]));
+    assert!(
+        err.contains("code mailbox_not_enabled") && err.contains("test and enable"),
+        "{err}"
+    );
+    ok(server.admin(&["mailboxes", "approve", ALICE]));
+    ok(server.admin(&[
+        "mailboxes",
+        "test-enable",
+        ALICE,
+        "--wait",
+        "--timeout",
+        "60",
+    ]));
+    let out = ok(server.admin(&["mailboxes", "sync-now", ALICE]));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("requested a synchronization of mailbox alice@example.test now"),
+        "{out}"
+    );
+    let m = ok_json(server.admin(&["mailboxes", "sync-now", ALICE, "--json"]));
+    assert!(m["telemetry"]["sync_requested_at"].is_string(), "{m}");
+    assert!(m["telemetry"]["postponed_until"].is_null(), "{m}");
+    let audit = ok(server.admin(&["audit", "--limit", "1000"]));
+    assert!(audit.contains("sync_now"), "{audit}");
+    server.stop();
 }

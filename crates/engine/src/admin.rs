@@ -5,6 +5,7 @@
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
 use serversync_model::auth::{ApiToken, Caller, Denied};
+use serversync_model::item::ItemDecision;
 use serversync_model::job::{Job, JobKind, JobStatus};
 use serversync_model::mailbox::{
     ApprovalStatus, DirectionStatus, Mailbox, MailboxRegarding, check_profile_fits,
@@ -13,7 +14,7 @@ use serversync_model::org::{
     BuiltinRole, Organization, Privilege, Queue, Role, User, effective_privileges,
 };
 use serversync_model::profile::EmailServerProfile;
-use serversync_model::settings::{ActMethod, EmailSettings};
+use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod};
 use serversync_model::{
     AlertId, JobId, MailboxId, OrgId, ProfileId, Secret, SecretId, Timestamp, TokenId, UserId,
     ValidationErrors,
@@ -34,6 +35,9 @@ pub enum AdminError {
     NotFound { entity: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
+    /// The request cannot be carried out in the record's current state (409 with this code).
+    #[error("{message}")]
+    WrongState { code: &'static str, message: String },
     #[error("{entity} {id} was changed by someone else since version {expected}: reload and retry")]
     VersionMismatch {
         entity: &'static str,
@@ -124,6 +128,7 @@ pub struct NewUser {
 #[derive(Clone)]
 pub struct Admin {
     store: Store,
+    /// Wakes the engine's main loop: a job was queued or a mailbox asked to sync now.
     jobs_wake: Arc<Notify>,
 }
 
@@ -1030,6 +1035,67 @@ impl Admin {
         Ok(out)
     }
 
+    /// "Sync now": asks the engine to synchronize a mailbox's incoming email at once, whatever
+    /// its polling interval, and retries a mailbox postponed by the retry policy immediately
+    /// (its count of transient failures is kept). Allowed to the mailbox's owner and to those
+    /// who may write mailboxes; the mailbox must be synchronized by serversync and enabled.
+    pub async fn sync_now(&self, c: &Caller, org: OrgId, id: MailboxId) -> Result<Stored<Mailbox>> {
+        // A worker may write the mailbox's telemetry meanwhile: reread and retry a few times.
+        for _ in 0..5 {
+            let s = self.mailbox(c, org, id).await?;
+            if s.value.owner_id != c.user.id {
+                c.require_mailbox_write()?;
+            }
+            let b = &s.value;
+            if b.incoming_method != IncomingMethod::ServerSideSync {
+                return Err(AdminError::WrongState {
+                    code: "not_server_side_sync",
+                    message: format!(
+                        "mailbox {} receives email by {}, not by server-side synchronization: there is nothing to synchronize",
+                        b.email,
+                        serversync_model::wire_name(&b.incoming_method)
+                    ),
+                });
+            }
+            if !b.incoming.enabled {
+                return Err(AdminError::WrongState {
+                    code: "mailbox_not_enabled",
+                    message: format!(
+                        "incoming email of mailbox {} is not enabled: test and enable the mailbox first",
+                        b.email
+                    ),
+                });
+            }
+            let mut m = b.clone();
+            m.telemetry.sync_requested_at = Some(now());
+            m.telemetry.postponed_until = None;
+            match self
+                .store
+                .update_audited(
+                    &m,
+                    Some(s.version),
+                    Some(NewAuditEntry::change(
+                        actor(c),
+                        "sync_now",
+                        Some(b),
+                        Some(&m),
+                    )),
+                )
+                .await
+            {
+                Ok(stored) => {
+                    self.jobs_wake.notify_one();
+                    return Ok(stored);
+                }
+                Err(StoreError::VersionMismatch { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AdminError::Conflict(format!(
+            "mailbox {id} kept changing while requesting a synchronization: try again"
+        )))
+    }
+
     // ---- test and enable, jobs -----------------------------------------------------------------
 
     pub async fn enqueue_test_and_enable(
@@ -1122,17 +1188,22 @@ impl Admin {
         Ok(self.store.list::<Job>(Some(org), &[], after, limit).await?)
     }
 
-    /// The item-level records of a mailbox: every message seen, with its decision and reasons.
+    /// The item-level records of a mailbox: every message seen, with its decision and reasons;
+    /// only those with `decision` when given.
     pub async fn items(
         &self,
         c: &Caller,
         org: OrgId,
         mailbox: MailboxId,
+        decision: Option<ItemDecision>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<serversync_model::item::MailItem>> {
         let m = self.mailbox(c, org, mailbox).await?;
-        Ok(self.store.list_items(m.value.id, after, limit).await?)
+        Ok(self
+            .store
+            .list_items_with(m.value.id, decision, after, limit)
+            .await?)
     }
 
     // ---- alerts and audit ----------------------------------------------------------------------

@@ -3,7 +3,7 @@
 use crate::entity::{Col, Entity};
 use crate::{Store, StoreError, dispatch, now_ms};
 use serversync_model::MailboxId;
-use serversync_model::item::MailItem;
+use serversync_model::item::{ItemDecision, MailItem};
 use sqlx::Row;
 
 /// What happened to an item handed to [`Store::insert_item`].
@@ -110,8 +110,22 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<crate::Page<MailItem>, StoreError> {
-        self.list::<MailItem>(None, &[("mailbox_id", Col::text(mailbox))], after, limit)
-            .await
+        self.list_items_with(mailbox, None, after, limit).await
+    }
+
+    /// Items of a mailbox with one decision (all when `None`), oldest first.
+    pub async fn list_items_with(
+        &self,
+        mailbox: MailboxId,
+        decision: Option<ItemDecision>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<crate::Page<MailItem>, StoreError> {
+        let mut filters = vec![("mailbox_id", Col::text(mailbox))];
+        if let Some(d) = decision {
+            filters.push(("decision", Col::text(serversync_model::wire_name(&d))));
+        }
+        self.list::<MailItem>(None, &filters, after, limit).await
     }
 
     /// How many items a mailbox has per decision (for telemetry and tests).

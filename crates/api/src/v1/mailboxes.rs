@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use serversync_engine::admin::MailboxFilter;
+use serversync_model::item::ItemDecision;
 use serversync_model::job::Job;
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, RunStatus};
 use serversync_model::{MailboxId, ProfileId, UserId};
@@ -251,19 +252,57 @@ pub async fn test_enable(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/mailboxes/{id}/items", tag = "mailboxes", params(("org" = String, Path), ("id" = String, Path), Paging),
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ItemQuery {
+    /// Only items with this decision.
+    #[param(inline)]
+    pub decision: Option<ItemDecision>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    /// 1-1000, default 100.
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/mailboxes/{id}/items", tag = "mailboxes", params(("org" = String, Path), ("id" = String, Path), ItemQuery),
     responses((status = 200, body = ListPage, description = "Every message seen in the mailbox, oldest first, with its decision (stored / skipped / failed) and the reasons (`trace`)"), (status = 404, body = Problem)))]
 pub async fn list_items(
     State(s): State<AppState>,
     Auth(c): Auth,
     P((o, mid)): P<(String, String)>,
-    Q(p): Q<Paging>,
+    Q(q): Q<ItemQuery>,
 ) -> ApiResult<Json<ListPage>> {
     let org = org(&s, &c, &o).await?;
+    let limit = Paging {
+        after: None,
+        limit: q.limit,
+    }
+    .limit()?;
     Ok(Json(page(
         s.admin
-            .items(&c, org.id, id("id", &mid)?, p.after.as_deref(), p.limit()?)
+            .items(
+                &c,
+                org.id,
+                id("id", &mid)?,
+                q.decision,
+                q.after.as_deref(),
+                limit,
+            )
             .await?,
         &[],
     )))
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/mailboxes/{id}/sync-now", tag = "mailboxes", params(("org" = String, Path), ("id" = String, Path)),
+    responses((status = 202, body = Mailbox, description = "Requested: `telemetry.sync_requested_at` is set, a postponed retry is cleared, and the engine synchronizes the mailbox's incoming email at once"),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "`mailbox_not_enabled`: test and enable the mailbox first; `not_server_side_sync`: the mailbox does not receive email by server-side synchronization")))]
+pub async fn sync_now(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, mid)): P<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let org = org(&s, &c, &o).await?;
+    let m = s.admin.sync_now(&c, org.id, id("id", &mid)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(doc(&m, MAILBOX_SECRETS))))
 }

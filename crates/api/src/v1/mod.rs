@@ -92,6 +92,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(mailboxes::list_mailboxes))
         .routes(routes!(mailboxes::get_mailbox, mailboxes::update_mailbox))
         .routes(routes!(mailboxes::list_items))
+        .routes(routes!(mailboxes::sync_now))
         .routes(routes!(mailboxes::apply_defaults))
         .routes(routes!(mailboxes::approve))
         .routes(routes!(mailboxes::reject))

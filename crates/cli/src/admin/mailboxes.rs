@@ -1,11 +1,14 @@
-//! Mailboxes: list, show, edit, and the bulk actions (apply defaults, approve, reject, test and
-//! enable). Mailboxes are named by id or email address.
+//! Mailboxes: list, show, edit, the bulk actions (apply defaults, approve, reject, test and
+//! enable), sync now, and the items (messages seen). Mailboxes are named by id or email
+//! address.
 
 use super::input::{self, SecretSource};
 use super::monitor::{self, JobOutcome};
-use super::output::{self, Table, at, count, str_at};
+use super::output::{self, Table, at, count, str_at, time};
 use super::profiles::resolve_profile;
-use super::{Ctx, MailboxListArgs, MailboxesCommand, Selection, WaitArgs, api_name, is_id};
+use super::{
+    Ctx, MailboxItemsArgs, MailboxListArgs, MailboxesCommand, Selection, WaitArgs, api_name, is_id,
+};
 use anyhow::{Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -265,6 +268,113 @@ pub async fn run(ctx: &Ctx, cmd: MailboxesCommand) -> Result<()> {
             let ids = select(ctx, &s).await?;
             test_enable(ctx, &ids, wait).await?;
         }
+        MailboxesCommand::SyncNow { mailbox } => {
+            let id = resolve(ctx, &mailbox).await?;
+            let m = ctx
+                .api
+                .post(&["mailboxes", &id, "sync-now"], &json!({}))
+                .await?;
+            if ctx.json {
+                output::json(&m);
+            } else {
+                println!(
+                    "requested a synchronization of mailbox {} now (at {}); follow it with: serversync admin mailboxes show {}",
+                    str_at(&m, "email"),
+                    time(&m, "telemetry.sync_requested_at"),
+                    str_at(&m, "email")
+                );
+            }
+        }
+        MailboxesCommand::Items(a) => items(ctx, a).await?,
+    }
+    Ok(())
+}
+
+/// Longest subject shown in the items table, in characters.
+const SUBJECT_WIDTH: usize = 50;
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+async fn items(ctx: &Ctx, a: MailboxItemsArgs) -> Result<()> {
+    let id = resolve(ctx, &a.mailbox).await?;
+    let mut q: Vec<(&str, String)> = vec![("limit", a.limit.to_string())];
+    if let Some(d) = &a.decision {
+        q.push(("decision", api_name(d)));
+    }
+    let mut after = a.after.clone();
+    let mut all: Vec<Value> = Vec::new();
+    let mut next: Option<String> = None;
+    // Bounded: a server that kept answering with a `next` would otherwise loop forever.
+    for _ in 0..100_000 {
+        let mut pq = q.clone();
+        if let Some(c) = &after {
+            pq.push(("after", c.clone()));
+        }
+        let page = ctx.api.get(&["mailboxes", &id, "items"], &pq).await?;
+        let Some(Value::Array(items)) = page.get("items") else {
+            bail!(
+                "the server's answer for the items of {} has no `items` list",
+                a.mailbox
+            );
+        };
+        all.extend(items.iter().cloned());
+        next = page.get("next").and_then(Value::as_str).map(str::to_owned);
+        if !a.all {
+            if ctx.json {
+                output::json(&page);
+                return Ok(());
+            }
+            break;
+        }
+        match &next {
+            Some(n) if Some(n) != after.as_ref() => after = Some(n.clone()),
+            _ => {
+                next = None;
+                break;
+            }
+        }
+    }
+    if a.all && next.is_some() {
+        bail!("the items of {} did not end", a.mailbox);
+    }
+    if ctx.json {
+        output::json(&json!({ "items": all, "next": Value::Null }));
+        return Ok(());
+    }
+    let mut t = Table::new(&["RECEIVED", "DECISION", "SUBJECT", "FROM", "REASON"]);
+    for i in &all {
+        let reason = i
+            .get("trace")
+            .and_then(Value::as_array)
+            .and_then(|t| t.last())
+            .and_then(Value::as_str)
+            .unwrap_or("-");
+        t.row(vec![
+            time(i, "received_at"),
+            at(i, "decision"),
+            truncate(&at(i, "subject"), SUBJECT_WIDTH),
+            at(i, "from"),
+            reason.to_owned(),
+        ]);
+    }
+    t.print("items");
+    if let Some(n) = next {
+        let decision = a
+            .decision
+            .map(|d| format!(" --decision {}", api_name(&d)))
+            .unwrap_or_default();
+        eprintln!(
+            "more items follow: serversync admin mailboxes items {}{decision} --limit {} --after {n} (or --all)",
+            a.mailbox, a.limit
+        );
     }
     Ok(())
 }
@@ -319,6 +429,13 @@ async fn test_enable(ctx: &Ctx, ids: &[String], wait: WaitArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_subjects_are_cut_with_an_ellipsis() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("exactly10!", 10), "exactly10!");
+        assert_eq!(truncate("Größenänderung der Datei", 8), "Größenä…");
+    }
 
     #[test]
     fn directions_show_status_only_when_synchronized() {

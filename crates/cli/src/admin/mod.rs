@@ -35,6 +35,8 @@ Examples:
   serversync admin mailboxes apply-defaults --all --wait
   serversync admin mailboxes approve alice@example.com
   serversync admin mailboxes test-enable alice@example.com --wait
+  serversync admin mailboxes sync-now alice@example.com
+  serversync admin mailboxes items alice@example.com --decision skipped
   serversync admin alerts list --mailbox alice@example.com";
 
 /// Administer serversync through the API of a running server.
@@ -115,7 +117,9 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: SettingsCommand,
     },
-    /// Mailboxes: list, inspect, edit, apply the defaults, approve, test and enable.
+    /// Mailboxes: list, inspect, edit, apply the defaults, approve, test and enable, sync
+    /// now, and the messages seen (items).
+    #[command(alias = "mailbox")]
     Mailboxes {
         #[command(subcommand)]
         command: MailboxesCommand,
@@ -495,6 +499,49 @@ pub enum MailboxesCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Synchronize a mailbox's incoming email now, whatever its polling interval; a mailbox
+    /// waiting to retry after a transient failure is retried at once. The mailbox must be
+    /// tested and enabled.
+    SyncNow {
+        /// Mailbox id or email address.
+        mailbox: String,
+    },
+    /// The messages seen in a mailbox, oldest first, with the decision taken about each
+    /// (stored, skipped, failed) and its last reason.
+    Items(MailboxItemsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MailboxItemsArgs {
+    /// Mailbox id or email address.
+    pub mailbox: String,
+    /// Items per page (1-1000).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub limit: u32,
+    /// Only items with this decision.
+    #[arg(long, value_enum, value_name = "DECISION")]
+    pub decision: Option<DecisionArg>,
+    /// Start after this cursor (printed when more items follow).
+    #[arg(long, value_name = "CURSOR", conflicts_with = "all")]
+    pub after: Option<String>,
+    /// Every page, not only the first.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DecisionArg {
+    #[value(name = "stored")]
+    Stored,
+    #[value(name = "skipped")]
+    Skipped,
+    #[value(name = "failed")]
+    Failed,
 }
 
 #[derive(Debug, Args)]
