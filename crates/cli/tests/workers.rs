@@ -1,0 +1,465 @@
+//! `serversync serve` processes as sync workers, against a private Dovecot:
+//! - killed with SIGKILL five times at random moments of a 5,000-message initial sync and
+//!   restarted: exactly 5,000 messages are stored, none twice, none marked read;
+//! - two processes on one PostgreSQL never work on the same mailbox, and when one is killed the
+//!   other takes its mailboxes over within the lease time.
+
+use serversync_connectors::imap::sync::SyncSession;
+use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
+use serversync_engine::Admin;
+use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
+use serversync_model::org::Organization;
+use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType};
+use serversync_model::settings::EmailSettings;
+use serversync_model::{MailboxId, QueueId, Secret};
+use serversync_store::{Backend, Store};
+use serversync_testkit::{Dovecot, TEST_PASSWORD, TestEnv};
+use serversync_vault::MasterKey;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_serversync");
+/// Short leases so a killed worker's mailboxes are free again soon.
+const LEASE_TTL_SECONDS: u64 = 3;
+
+/// A running `serversync serve` whose log is collected in the background.
+struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    fn start(dir: &Path, url: &str, key: &MasterKey) -> Worker {
+        let config = dir.join("serversync.toml");
+        std::fs::write(
+            &config,
+            format!("[engine]\ntick_ms = 100\nlease_ttl_seconds = {LEASE_TTL_SECONDS}\n"),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--config"])
+            .arg(&config)
+            .args(["--data-dir"])
+            .arg(dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("SERVERSYNC_DATABASE_URL", url)
+            .env("SERVERSYNC_MASTER_KEY", key.to_base64())
+            .env("SERVERSYNC_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("SERVERSYNC_LMTP_LISTEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[serve] {line}");
+            }
+        });
+        Worker { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to release leases or finish anything.
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "serve stops within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn imap(port: u16, user: &str) -> SyncSession {
+    SyncSession::connect(
+        &ServerAddr::new("127.0.0.1", port, TlsMode::None),
+        &Login::password(user, Secret::new(TEST_PASSWORD)),
+        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap())),
+    )
+    .await
+    .unwrap()
+}
+
+fn message(id: &str, user: &str) -> Vec<u8> {
+    format!(
+        "Message-ID: <{id}>\r\nFrom: Ann <ann@example.test>\r\nTo: {user}\r\nSubject: message {id}\r\nDate: Mon, 2 Nov 2026 09:00:00 +0000\r\n\r\nThis is message {id}.\r\n"
+    )
+    .into_bytes()
+}
+
+async fn append(port: u16, user: &str, ids: &[String]) {
+    let mut s = imap(port, user).await;
+    for id in ids {
+        s.append("INBOX", &[], None, &message(id, user))
+            .await
+            .unwrap();
+    }
+    let _ = s.logout().await;
+}
+
+/// The bootstrap organization, an IMAP profile on the private Dovecot, and one approved,
+/// enabled mailbox per user (each signing in as that user).
+async fn mailboxes(store: &Store, port: u16, users: &[&str]) -> Vec<MailboxId> {
+    let (admin, _) = Admin::new(store.clone(), Default::default())
+        .bootstrap()
+        .await
+        .unwrap()
+        .expect("fresh store");
+    let org = store
+        .list_all::<Organization>(None, &[])
+        .await
+        .unwrap()
+        .remove(0)
+        .value;
+    let now = chrono::Utc::now();
+    let mut profile =
+        EmailServerProfile::new(org.id, "Dovecot", ServerType::ImapSmtp, admin.id, now);
+    let endpoint = Endpoint {
+        location: "127.0.0.1".into(),
+        port,
+        tls: TlsMode::None,
+    };
+    profile.outgoing = Some(endpoint.clone());
+    profile.incoming = Some(endpoint);
+    store.insert(&profile).await.unwrap();
+    let settings = store
+        .fetch::<EmailSettings>(&org.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    let mut ids = Vec::new();
+    for user in users {
+        let mut m = Mailbox::new_with_defaults(
+            org.id,
+            MailboxRegarding::Queue(QueueId::new()),
+            admin.id,
+            user,
+            user,
+            &settings,
+            now,
+        );
+        m.profile_id = Some(profile.id);
+        m.approval = ApprovalStatus::Approved;
+        m.password = Some(
+            store
+                .put_secret(Some(org.id), &Secret::new(TEST_PASSWORD))
+                .await
+                .unwrap(),
+        );
+        m.incoming.enabled = true;
+        store.insert(&m).await.unwrap();
+        ids.push(m.id);
+    }
+    ids
+}
+
+/// Message-IDs stored for a mailbox, with how often each occurs.
+async fn stored(store: &Store, m: MailboxId) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_items(m, after.as_deref(), 1000).await.unwrap();
+        for i in &page.items {
+            *out.entry(i.value.message_id.clone().unwrap_or_default())
+                .or_insert(0) += 1;
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+async fn total(store: &Store, m: MailboxId) -> i64 {
+    store
+        .count_items(m)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// A database for the test on `backend`, kept alive by the returned guard.
+async fn database(backend: Backend, dir: &Path) -> (Box<dyn std::any::Any + Send>, String) {
+    match backend {
+        Backend::Sqlite => (
+            Box::new(()),
+            format!("sqlite://{}", dir.join("serversync.db").display()),
+        ),
+        Backend::Postgres => {
+            let db = TestEnv::from_env().pg_database().await.unwrap();
+            let url = db.url().to_owned();
+            (Box::new(db), url)
+        }
+    }
+}
+
+const MESSAGES: usize = 5_000;
+const KILLS: usize = 5;
+
+async fn kill9_during_initial_sync(backend: Backend) {
+    let dir = tempfile::Builder::new()
+        .prefix("ss-kill9")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dovecot = Dovecot::start(&dir.path().join("dovecot")).unwrap();
+    let port = dovecot.info().imap_port;
+    let user = "carol@example.test";
+    let expected: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("kill9-{i:05}@example.test"))
+        .collect();
+    append(port, user, &expected).await;
+
+    let (_db, url) = database(backend, dir.path()).await;
+    let key = MasterKey::generate().unwrap();
+    let store = Store::open(
+        &url,
+        MasterKey::from_base64(&key.to_base64(), serversync_vault::KeySource::Direct).unwrap(),
+    )
+    .await
+    .unwrap();
+    let m = mailboxes(&store, port, &[user]).await[0];
+
+    // Five kills, each at a random point of the sync: once the store holds a random number
+    // of messages in the next stretch of the corpus.
+    let stretch = MESSAGES / (KILLS + 1);
+    let mut killed_at = Vec::new();
+    for k in 0..KILLS {
+        let worker = Worker::start(dir.path(), &url, &key);
+        let random = uuid::Uuid::new_v4().as_u128() as usize % stretch;
+        let target = (k * stretch + random) as i64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let at = loop {
+            let n = total(&store, m).await;
+            if n >= target {
+                break n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sync did not reach {target} messages within 120 s (at {n})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        worker.kill9();
+        killed_at.push(at);
+    }
+    println!("{backend:?}: killed with SIGKILL at {killed_at:?} stored messages");
+    assert!(
+        killed_at.iter().all(|n| (*n as usize) < MESSAGES),
+        "every kill landed during the sync: {killed_at:?}"
+    );
+
+    let worker = Worker::start(dir.path(), &url, &key);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while total(&store, m).await < MESSAGES as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the sync did not finish within 180 s of the last restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give a duplicate every chance to show up before stopping.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.terminate();
+
+    let got = stored(&store, m).await;
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let want: HashSet<&str> = expected.iter().map(String::as_str).collect();
+    let have: HashSet<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(have, want, "exactly the 5,000 messages on the server");
+    assert_eq!(total(&store, m).await, MESSAGES as i64);
+
+    // Nothing was marked read on the server.
+    let mut s = imap(port, user).await;
+    s.examine("INBOX", false).await.unwrap();
+    let list = s.uid_list(1).await.unwrap();
+    let _ = s.logout().await;
+    assert_eq!(list.len(), MESSAGES);
+    assert_eq!(list.iter().filter(|x| x.has_flag("\\Seen")).count(), 0);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_five_times_during_a_5000_message_sync_sqlite() {
+    kill9_during_initial_sync(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_five_times_during_a_5000_message_sync_postgres() {
+    kill9_during_initial_sync(Backend::Postgres).await
+}
+
+/// The owner (worker id) of each mailbox's lease, when held.
+async fn owners(store: &Store, ids: &[MailboxId]) -> Vec<Option<String>> {
+    let now = chrono::Utc::now();
+    let mut out = Vec::new();
+    for id in ids {
+        let l = store.get_lease(&format!("mailbox:{id}")).await.unwrap();
+        out.push(l.filter(|l| l.until > now).map(|l| l.owner));
+    }
+    out
+}
+
+/// The process id inside a worker id (`host-pid-random`).
+fn pid_of(owner: &str) -> u32 {
+    owner.rsplit('-').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_postgres_share_mailboxes_and_take_over_a_dead_one() {
+    let dir = tempfile::Builder::new()
+        .prefix("ss-workers")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dovecot = Dovecot::start(&dir.path().join("dovecot")).unwrap();
+    let port = dovecot.info().imap_port;
+    let users = [
+        "alice@example.test",
+        "bob@example.test",
+        "carol@example.test",
+        "support@example.test",
+    ];
+    let (_db, url) = database(Backend::Postgres, dir.path()).await;
+    let key = MasterKey::generate().unwrap();
+    let store = Store::open(
+        &url,
+        MasterKey::from_base64(&key.to_base64(), serversync_vault::KeySource::Direct).unwrap(),
+    )
+    .await
+    .unwrap();
+    let ids = mailboxes(&store, port, &users).await;
+
+    let a_dir = dir.path().join("a");
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let mut workers = vec![
+        Worker::start(&a_dir, &url, &key),
+        Worker::start(&b_dir, &url, &key),
+    ];
+
+    // Mail keeps arriving while both run; each mailbox is served by exactly one of them.
+    let mut sent: Vec<Vec<String>> = vec![Vec::new(); users.len()];
+    for round in 0..5 {
+        for (u, user) in users.iter().enumerate() {
+            let id = format!("both-{round}-{u}@example.test");
+            append(port, user, std::slice::from_ref(&id)).await;
+            sent[u].push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = true;
+        for (u, id) in ids.iter().enumerate() {
+            all &= total(&store, *id).await as usize == sent[u].len();
+        }
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both workers together store every message within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = owners(&store, &ids).await;
+    assert!(
+        held.iter().all(Option::is_some),
+        "every mailbox is owned: {held:?}"
+    );
+    let pids: HashSet<u32> = held.iter().flatten().map(|o| pid_of(o)).collect();
+    println!("mailbox owners: {held:?}");
+    assert!(pids.iter().all(|p| workers.iter().any(|w| w.pid() == *p)));
+
+    // Kill the worker that owns the first mailbox; the other takes all of its mailboxes.
+    let victim_pid = pid_of(held[0].as_ref().unwrap());
+    let victim = workers.iter().position(|w| w.pid() == victim_pid).unwrap();
+    let survivor_pid = workers[1 - victim].pid();
+    let orphaned: Vec<usize> = (0..ids.len())
+        .filter(|i| held[*i].as_deref().map(pid_of) == Some(victim_pid))
+        .collect();
+    workers.remove(victim).kill9();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(LEASE_TTL_SECONDS + 10);
+    let took_over = loop {
+        let now = owners(&store, &ids).await;
+        if now
+            .iter()
+            .all(|o| o.as_deref().map(pid_of) == Some(survivor_pid))
+        {
+            break killed.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor did not take over within {} s: {now:?}",
+            LEASE_TTL_SECONDS + 10
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "mailboxes {orphaned:?} taken over {took_over:?} after the kill (lease time {LEASE_TTL_SECONDS} s)"
+    );
+    assert!(
+        took_over <= Duration::from_secs(LEASE_TTL_SECONDS + 2),
+        "taken over within the lease time (plus a tick and a connection): {took_over:?}"
+    );
+
+    // The survivor serves every mailbox: new mail is stored once.
+    for (u, user) in users.iter().enumerate() {
+        let id = format!("after-kill-{u}@example.test");
+        append(port, user, std::slice::from_ref(&id)).await;
+        sent[u].push(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (u, id) in ids.iter().enumerate() {
+        while total(&store, *id).await as usize != sent[u].len() {
+            assert!(
+                Instant::now() < deadline,
+                "the survivor stores new mail for every mailbox"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (u, id) in ids.iter().enumerate() {
+        let got = stored(&store, *id).await;
+        let want: HashMap<String, usize> = sent[u].iter().map(|s| (s.clone(), 1)).collect();
+        assert_eq!(got, want, "{}: every message once", users[u]);
+    }
+    workers.pop().unwrap().terminate();
+    let released = owners(&store, &ids).await;
+    assert!(
+        released.iter().all(Option::is_none),
+        "a clean stop releases every lease at once: {released:?}"
+    );
+    store.close().await;
+}
