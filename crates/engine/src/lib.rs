@@ -10,8 +10,8 @@
 pub mod admin;
 mod incoming;
 pub mod intake;
-pub mod lmtp;
 mod jobs;
+pub mod lmtp;
 pub mod policy;
 pub mod test_enable;
 
@@ -96,6 +96,36 @@ impl Engine {
         self.state.subscribe()
     }
 
+    /// Keeps this worker's heartbeat lease (`worker:<id>`) and returns how many workers are
+    /// alive, this one included.
+    async fn heartbeat(&self, held: &mut Option<serversync_store::LeaseGuard>) -> u64 {
+        let renewed = match held {
+            Some(g) => self
+                .store
+                .renew_lease(g, self.config.lease_ttl)
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !renewed {
+            *held = self
+                .store
+                .acquire_lease(
+                    &format!("worker:{}", self.worker_id),
+                    &self.worker_id,
+                    self.config.lease_ttl,
+                )
+                .await
+                .ok()
+                .flatten();
+        }
+        self.store
+            .count_live_leases("worker:")
+            .await
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// Runs until `shutdown` is cancelled, then stops its jobs and releases every lease this
     /// worker holds so other workers can take the work over at once.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -107,8 +137,9 @@ impl Engine {
         let workers_stop = shutdown.child_token();
         let mut mailboxes: std::collections::HashMap<
             serversync_model::MailboxId,
-            tokio::task::JoinHandle<()>,
+            (tokio::task::JoinHandle<()>, CancellationToken),
         > = Default::default();
+        let mut heartbeat: Option<serversync_store::LeaseGuard> = None;
         let ctx = jobs::JobContext {
             store: self.store.clone(),
             config: self.config.clone(),
@@ -127,11 +158,21 @@ impl Engine {
                 }
             }
             metrics::counter!("serversync_engine_ticks_total").increment(1);
-            mailboxes.retain(|_, task: &mut tokio::task::JoinHandle<()>| !task.is_finished());
+            mailboxes.retain(|_, (task, _)| !task.is_finished());
+            let workers = self.heartbeat(&mut heartbeat).await;
             match incoming::due(&self.store).await {
                 Ok(due) => {
+                    // Each live worker takes its fair share of the due mailboxes, and gives
+                    // back what is above it so a worker that joins gets work at once.
+                    let fair = due.len().div_ceil(workers.max(1) as usize);
+                    let active = || mailboxes.iter().filter(|(_, (_, s))| !s.is_cancelled());
+                    let surplus = active().count().saturating_sub(fair);
+                    for (id, (_, stop)) in active().take(surplus) {
+                        tracing::info!(mailbox = %id, fair, "handing the mailbox over to another worker");
+                        stop.cancel();
+                    }
                     for m in due {
-                        if mailboxes.contains_key(&m.id) {
+                        if mailboxes.contains_key(&m.id) || mailboxes.len() >= fair {
                             continue;
                         }
                         match self
@@ -144,14 +185,15 @@ impl Engine {
                             .await
                         {
                             Ok(Some(lease)) => {
+                                let stop = workers_stop.child_token();
                                 let task = tokio::spawn(incoming::run(
                                     self.store.clone(),
                                     self.config.clone(),
                                     m.id,
                                     lease,
-                                    workers_stop.clone(),
+                                    stop.clone(),
                                 ));
-                                mailboxes.insert(m.id, task);
+                                mailboxes.insert(m.id, (task, stop));
                             }
                             Ok(None) => {}
                             Err(e) => {
@@ -173,7 +215,7 @@ impl Engine {
         }
         running.shutdown().await;
         workers_stop.cancel();
-        for (_, task) in mailboxes {
+        for (_, (task, _)) in mailboxes {
             if tokio::time::timeout(Duration::from_secs(10), task)
                 .await
                 .is_err()

@@ -101,6 +101,21 @@ impl Store {
         }))
     }
 
+    /// How many leases whose resource starts with `prefix` are held now (e.g. `worker:` for
+    /// the live workers, which hold a heartbeat lease each).
+    pub async fn count_live_leases(&self, prefix: &str) -> Result<u64, StoreError> {
+        let n: i64 = dispatch!(&self.db, pool => {
+            sqlx::query("SELECT COUNT(*) AS n FROM leases WHERE substr(resource, 1, $1) = $2 AND lease_until > $3")
+                .bind(prefix.chars().count() as i32)
+                .bind(prefix)
+                .bind(now_ms())
+                .fetch_one(pool)
+                .await?
+                .try_get("n")?
+        });
+        Ok(n.max(0) as u64)
+    }
+
     pub async fn get_lease(&self, resource: &str) -> Result<Option<Lease>, StoreError> {
         Ok(dispatch!(&self.db, pool => {
             sqlx::query("SELECT resource, owner, epoch, lease_until FROM leases WHERE resource = $1")
