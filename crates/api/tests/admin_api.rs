@@ -604,6 +604,26 @@ both!(
             (422, Some("act_not_supported_by_profile")),
             "{v}"
         );
+        // Extra tracked folders: the Inbox, blanks and repeats are refused, naming the field.
+        let mb_path = format!("{ORG}/mailboxes/{}", u["mailbox"]["id"].as_str().unwrap());
+        for (folders, code) in [
+            (json!(["inbox"]), "invalid_folder"),
+            (json!([" "]), "invalid_folder"),
+            (json!(["Sales", "Sales"]), "duplicate_folder"),
+        ] {
+            let (status, v) = s
+                .call("PATCH", &mb_path, Some(json!({"extra_folders": folders})))
+                .await;
+            assert_eq!(
+                (status, v["code"].as_str(), v["field"].as_str()),
+                (422, Some(code), Some("extra_folders")),
+                "{v}"
+            );
+        }
+        let v = s
+            .ok("PATCH", &mb_path, Some(json!({"extra_folders": ["Sales"]})))
+            .await;
+        assert_eq!(v["extra_folders"], json!(["Sales"]));
         // A misspelled field is refused, not silently ignored.
         for (patch, field) in [
             (json!({"descripton": "x"}), "descripton"),
