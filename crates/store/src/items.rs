@@ -91,6 +91,41 @@ impl Store {
         }))
     }
 
+    /// Which of `source_keys` the mailbox already has items for (POP3 UIDL listings: only the
+    /// messages not yet recorded are fetched). Asks in chunks, so a long listing costs a few
+    /// indexed lookups rather than one query per message.
+    pub async fn existing_source_keys(
+        &self,
+        mailbox: MailboxId,
+        source_keys: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        /// Placeholders per query: well under SQLite's and PostgreSQL's bind limits.
+        const CHUNK: usize = 500;
+        let mut found = std::collections::HashSet::new();
+        for chunk in source_keys.chunks(CHUNK) {
+            // Only placeholders are assembled; every value is bound.
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT source_key FROM mail_items WHERE mailbox_id = $1 AND source_key IN ({})",
+                placeholders.join(", ")
+            );
+            let keys: Vec<String> = dispatch!(&self.db, pool => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(mailbox.to_string());
+                for k in chunk {
+                    q = q.bind(k);
+                }
+                q.fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("source_key"))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            });
+            found.extend(keys);
+        }
+        Ok(found)
+    }
+
     /// The bytes stored under a SHA-256.
     pub async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(dispatch!(&self.db, pool => {
