@@ -40,6 +40,32 @@ pub async fn take_in(
     raw: &[u8],
     received_at: Timestamp,
 ) -> Result<IntakeOutcome, StoreError> {
+    take_in_noted(
+        store,
+        mailbox,
+        settings,
+        profile,
+        source,
+        raw,
+        received_at,
+        Vec::new(),
+    )
+    .await
+}
+
+/// [`take_in`], with what the caller already knows about the message (e.g. that only its
+/// header was read because it is over the size limit) put first in the decision trace.
+#[allow(clippy::too_many_arguments)]
+pub async fn take_in_noted(
+    store: &Store,
+    mailbox: &Mailbox,
+    settings: &EmailSettings,
+    profile: Option<&EmailServerProfile>,
+    source: ItemSource,
+    raw: &[u8],
+    received_at: Timestamp,
+    notes: Vec<String>,
+) -> Result<IntakeOutcome, StoreError> {
     let raw_sha = sha256_hex(raw);
     let mut item = MailItem {
         id: ItemId::new(),
@@ -63,7 +89,7 @@ pub async fn take_in(
         html_body: None,
         attachments: Vec::new(),
         decision: ItemDecision::Stored,
-        trace: Vec::new(),
+        trace: notes,
         created_at: chrono::Utc::now(),
     };
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
