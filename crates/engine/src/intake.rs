@@ -40,7 +40,7 @@ pub async fn take_in(
     raw: &[u8],
     received_at: Timestamp,
 ) -> Result<IntakeOutcome, StoreError> {
-    take_in_noted(
+    take_in_inner(
         store,
         mailbox,
         settings,
@@ -48,15 +48,42 @@ pub async fn take_in(
         source,
         raw,
         received_at,
-        Vec::new(),
+        None,
     )
     .await
 }
 
-/// [`take_in`], with what the caller already knows about the message (e.g. that only its
-/// header was read because it is over the size limit) put first in the decision trace.
+/// Records a message too large to read in full (its whole size `size` is over `limit` bytes)
+/// from its header alone: skipped, with the reason, its header fields kept and nothing else.
+/// A skipped message is never deleted from the server, so the whole message stays there.
 #[allow(clippy::too_many_arguments)]
-pub async fn take_in_noted(
+pub async fn take_in_header_only(
+    store: &Store,
+    mailbox: &Mailbox,
+    settings: &EmailSettings,
+    profile: Option<&EmailServerProfile>,
+    source: ItemSource,
+    header: &[u8],
+    size: u64,
+    limit: u64,
+    received_at: Timestamp,
+) -> Result<IntakeOutcome, StoreError> {
+    take_in_inner(
+        store,
+        mailbox,
+        settings,
+        profile,
+        source,
+        header,
+        received_at,
+        Some((size, limit)),
+    )
+    .await
+}
+
+/// `too_large`: `Some((size, limit))` when `raw` is only the header of a message over the limit.
+#[allow(clippy::too_many_arguments)]
+async fn take_in_inner(
     store: &Store,
     mailbox: &Mailbox,
     settings: &EmailSettings,
@@ -64,7 +91,7 @@ pub async fn take_in_noted(
     source: ItemSource,
     raw: &[u8],
     received_at: Timestamp,
-    notes: Vec<String>,
+    too_large: Option<(u64, u64)>,
 ) -> Result<IntakeOutcome, StoreError> {
     let raw_sha = sha256_hex(raw);
     let mut item = MailItem {
@@ -82,19 +109,27 @@ pub async fn take_in_noted(
         references: Vec::new(),
         sent_at: None,
         received_at,
-        size: raw.len() as u64,
+        size: too_large.map_or(raw.len() as u64, |(size, _)| size),
         raw_sha256: raw_sha.clone(),
         raw_kept: true,
         text_body: None,
         html_body: None,
         attachments: Vec::new(),
         decision: ItemDecision::Stored,
-        trace: notes,
+        trace: Vec::new(),
         created_at: chrono::Utc::now(),
     };
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
 
     match mime::parse(raw) {
+        Err(why) if too_large.is_some() => {
+            let (size, limit) = too_large.unwrap_or_default();
+            item.decision = ItemDecision::Skipped;
+            item.raw_kept = false;
+            item.trace.push(format!(
+                "skipped: the message is {size} bytes, over the limit of {limit} bytes for one message (the attachment size limit plus 1 MB), and its header cannot be parsed ({why}); the message is left on the server"
+            ));
+        }
         Err(why) => {
             item.decision = ItemDecision::Failed;
             item.trace.push(format!(
@@ -144,7 +179,14 @@ pub async fn take_in_noted(
             }
             let from_date =
                 mailbox.effective_process_from(profile.and_then(|p| p.advanced.process_email_from));
-            if let Some(from) = from_date.filter(|f| received_at < *f) {
+            if let Some((size, limit)) = too_large {
+                item.decision = ItemDecision::Skipped;
+                item.raw_kept = false;
+                blobs.clear();
+                item.trace.push(format!(
+                    "skipped: the message is {size} bytes, over the limit of {limit} bytes for one message (the attachment size limit plus 1 MB); only its header was read, and the message is left on the server"
+                ));
+            } else if let Some(from) = from_date.filter(|f| received_at < *f) {
                 item.decision = ItemDecision::Skipped;
                 item.raw_kept = false;
                 blobs.clear();

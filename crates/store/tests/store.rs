@@ -472,7 +472,7 @@ both!(leases_fence_stale_owners, |store, db, k| {
     let _ = (db, k);
 });
 
-both!(existing_source_keys_per_mailbox, |store, db, k| {
+both!(item_decisions_per_mailbox, |store, db, k| {
     use serversync_model::item::{ItemDecision, ItemSource, MailItem};
     use serversync_model::{ItemId, MailboxId};
     let org = OrgId::new();
@@ -507,29 +507,26 @@ both!(existing_source_keys_per_mailbox, |store, db, k| {
     };
     // More keys than one query asks for at a time, so the chunks must add up.
     for i in (0..1200).step_by(2) {
-        store
-            .insert_item(&item(mine, format!("u{i}")), &[])
-            .await
-            .unwrap();
+        let mut it = item(mine, format!("u{i}"));
+        if i == 2 {
+            it.decision = ItemDecision::Skipped;
+        }
+        store.insert_item(&it, &[]).await.unwrap();
     }
     store
         .insert_item(&item(other, "u1".into()), &[])
         .await
         .unwrap();
     let asked: Vec<String> = (0..1200).map(|i| format!("pop3:u{i}")).collect();
-    let found = store.existing_source_keys(mine, &asked).await.unwrap();
+    let found = store.item_decisions(mine, &asked).await.unwrap();
     assert_eq!(found.len(), 600);
-    assert!(found.contains("pop3:u0") && found.contains("pop3:u1198"));
+    assert_eq!(found.get("pop3:u0"), Some(&ItemDecision::Stored));
+    assert_eq!(found.get("pop3:u2"), Some(&ItemDecision::Skipped));
+    assert_eq!(found.get("pop3:u1198"), Some(&ItemDecision::Stored));
     assert!(
-        !found.contains("pop3:u1"),
+        !found.contains_key("pop3:u1"),
         "another mailbox's item does not count"
     );
-    assert!(
-        store
-            .existing_source_keys(mine, &[])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.item_decisions(mine, &[]).await.unwrap().is_empty());
     let _ = (db, k);
 });

@@ -6,15 +6,15 @@
 //! shutdown stops the wait.
 //!
 //! Messages are deleted from the server only when the mailbox says so (`delete_after_processing`,
-//! forward and queue mailboxes only), and only messages whose item is committed: DELE marks
+//! forward and queue mailboxes only), and only messages whose item is to_delete: DELE marks
 //! them, and the server removes them at QUIT — a session cut off before QUIT deletes nothing.
 
 use super::{Ctx, Stop, bump_telemetry};
-use crate::intake::take_in_noted;
+use crate::intake::{IntakeOutcome, take_in, take_in_header_only};
 use crate::test_enable::{Problem, addr};
 use serversync_connectors::pop3::Client;
 use serversync_connectors::{ErrorKind, FailureStep, ServerAddr};
-use serversync_model::item::ItemSource;
+use serversync_model::item::{ItemDecision, ItemSource};
 use serversync_model::mailbox::Mailbox;
 use serversync_model::settings::IncomingMethod;
 use serversync_model::{Timestamp, wire_name};
@@ -82,12 +82,13 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop>
         .key("")
     };
     let keys: Vec<String> = listing.iter().map(|l| key(&l.uid)).collect();
-    let known = store.existing_source_keys(id, &keys).await?;
+    let known = store.item_decisions(id, &keys).await?;
     // The mailbox as it is now (approval and dates may have changed since the session began).
     let m = store.fetch::<Mailbox>(&id.to_string()).await?.value;
     let delete = m.delete_after_processing && (m.is_forward_mailbox || m.is_queue());
 
-    let mut committed: Vec<u32> = Vec::new();
+    // Message numbers whose items are committed and may be deleted (when the mailbox says so).
+    let mut to_delete: Vec<u32> = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
     let mut processed = 0u64;
     let mut renewed = Instant::now();
@@ -99,8 +100,10 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop>
             tracing::warn!(mailbox = %id, "the POP3 server lists one UIDL for two messages; the second is left alone");
             continue;
         }
-        if known.contains(&key(&l.uid)) {
-            committed.push(l.number);
+        if let Some(decision) = known.get(&key(&l.uid)) {
+            if deletable(*decision) {
+                to_delete.push(l.number);
+            }
             continue;
         }
         if cx.shutdown.is_cancelled() {
@@ -112,48 +115,70 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop>
             renewed = Instant::now();
         }
         let size = sizes.get(&l.number).copied().unwrap_or(0);
-        let (raw, notes) = if size > max_bytes as u64 {
-            let header = pop.top(l.number, 0).await?;
-            let note = format!(
-                "note: the message is {size} bytes, over the {max_bytes}-byte limit for one message (the attachment size limit plus 1 MB): only its header was read"
-            );
-            (header, vec![note])
-        } else {
-            (pop.retr(l.number).await?, Vec::new())
-        };
         let source = ItemSource::Pop3 {
             uidl: l.uid.clone(),
         };
-        take_in_noted(
-            store,
-            &m,
-            &cx.settings,
-            Some(&cx.profile),
-            source,
-            &raw,
-            received_at(&raw),
-            notes,
-        )
-        .await?;
-        // Committed (or recorded before): only now may it be deleted.
-        committed.push(l.number);
+        let outcome = if size > max_bytes as u64 {
+            // Too large to read in full: recorded from its header, skipped, left on the server.
+            let header = pop.top(l.number, 0).await?;
+            let received = received_at(&header);
+            take_in_header_only(
+                store,
+                &m,
+                &cx.settings,
+                Some(&cx.profile),
+                source,
+                &header,
+                size,
+                max_bytes as u64,
+                received,
+            )
+            .await?
+        } else {
+            let raw = pop.retr(l.number).await?;
+            let received = received_at(&raw);
+            take_in(
+                store,
+                &m,
+                &cx.settings,
+                Some(&cx.profile),
+                source,
+                &raw,
+                received,
+            )
+            .await?
+        };
+        // Committed: only now may it be deleted (and only when it was stored, or kept raw
+        // because it could not be parsed).
+        if let IntakeOutcome::Recorded(item) = &outcome
+            && deletable(item.decision)
+        {
+            to_delete.push(l.number);
+        }
         processed += 1;
         if processed.is_multiple_of(TELEMETRY_EVERY) {
             bump_telemetry(store, id, TELEMETRY_EVERY).await?;
         }
     }
     if delete {
-        for n in &committed {
+        for n in &to_delete {
             pop.dele(*n).await?;
         }
     }
     // QUIT removes what DELE marked; without delete_after_processing nothing is marked.
     pop.quit().await?;
-    if delete && !committed.is_empty() {
-        tracing::info!(mailbox = %id, deleted = committed.len(), "deleted processed messages from the POP3 server");
+    if delete && !to_delete.is_empty() {
+        tracing::info!(mailbox = %id, deleted = to_delete.len(), "deleted processed messages from the POP3 server");
     }
     bump_telemetry(store, id, processed % TELEMETRY_EVERY).await?;
     Ok(stopped)
+}
+
+/// Whether a message whose item has this decision may be deleted from the server (with
+/// `delete_after_processing`): stored, or failed (its raw bytes are kept). A skipped message
+/// (before the "process email from" date, mailbox not approved, too large) stays there.
+fn deletable(decision: ItemDecision) -> bool {
+    matches!(decision, ItemDecision::Stored | ItemDecision::Failed)
 }
 
 /// Waits `poll` after a round that started at `started`, renewing the lease and re-reading the
