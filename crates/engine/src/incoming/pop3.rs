@@ -6,7 +6,7 @@
 //! shutdown stops the wait.
 //!
 //! Messages are deleted from the server only when the mailbox says so (`delete_after_processing`,
-//! forward and queue mailboxes only), and only messages whose item is to_delete: DELE marks
+//! forward and queue mailboxes only), and only messages whose item is committed: DELE marks
 //! them, and the server removes them at QUIT — a session cut off before QUIT deletes nothing.
 
 use super::{Ctx, Stop, bump_telemetry};
