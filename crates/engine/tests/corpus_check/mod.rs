@@ -128,3 +128,139 @@ pub async fn check(store: &Store, corpus: &[(&str, Vec<u8>)], items: &HashMap<&s
         "garbage is kept byte for byte"
     );
 }
+
+/// A fresh store on `backend`, and what keeps its database alive.
+pub async fn open_store(
+    backend: serversync_store::Backend,
+) -> (Box<dyn std::any::Any + Send>, Store) {
+    let (guard, url): (Box<dyn std::any::Any + Send>, String) = match backend {
+        serversync_store::Backend::Sqlite => {
+            let d = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", d.path().join("c.db").display());
+            (Box::new(d), url)
+        }
+        serversync_store::Backend::Postgres => {
+            let db = serversync_testkit::TestEnv::from_env()
+                .pg_database()
+                .await
+                .unwrap();
+            let url = db.url().to_owned();
+            (Box::new(db), url)
+        }
+    };
+    let store = Store::open(&url, serversync_vault::MasterKey::generate().unwrap())
+        .await
+        .unwrap();
+    (guard, store)
+}
+
+/// Gives the mailbox's organization the corpus's attachment limit and the mailbox a
+/// "process email from" date 30 days back.
+pub async fn configure(store: &Store, mailbox: serversync_model::MailboxId) {
+    use serversync_model::mailbox::Mailbox;
+    use serversync_model::settings::EmailSettings;
+    let mut m = store
+        .fetch::<Mailbox>(&mailbox.to_string())
+        .await
+        .unwrap()
+        .value;
+    m.process_email_from = Some(chrono::Utc::now() - chrono::Duration::days(30));
+    store.update(&m, None).await.unwrap();
+    let mut s = store
+        .fetch::<EmailSettings>(&m.org_id.to_string())
+        .await
+        .unwrap()
+        .value;
+    s.max_attachment_kb = serversync_testkit::corpus::ATTACHMENT_LIMIT_KB;
+    store.update(&s, None).await.unwrap();
+}
+
+/// APPENDs the corpus to `user`'s INBOX on a plain-text IMAP port, unflagged (`too-old` with
+/// an INTERNALDATE in 2001); returns each message's UID, in corpus order.
+pub async fn append_corpus(port: u16, user: &str, corpus: &[(&str, Vec<u8>)]) -> Vec<u32> {
+    use serversync_connectors::imap::sync::{InternalDate, SyncSession};
+    use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
+    let mut s = SyncSession::connect(
+        &ServerAddr::new("127.0.0.1", port, TlsMode::None),
+        &Login::password(
+            user,
+            serversync_model::Secret::new(serversync_testkit::TEST_PASSWORD),
+        ),
+        &ConnectOptions::new(std::sync::Arc::new(TlsTrust::system_only().unwrap())),
+    )
+    .await
+    .unwrap();
+    let mut uids = Vec::new();
+    for (name, raw) in corpus {
+        let date = (*name == "too-old").then_some(InternalDate {
+            timestamp: 978_307_205, // 2001-01-01T00:00:05Z
+            offset_minutes: 0,
+        });
+        let uid = s
+            .append("INBOX", &[], date, raw)
+            .await
+            .unwrap_or_else(|e| panic!("APPEND {name}: {e}"))
+            .expect("Dovecot answers APPENDUID");
+        uids.push(uid.uid);
+    }
+    let _ = s.logout().await;
+    uids
+}
+
+/// Runs an engine until `done` holds for the mailbox's items (60 s at most), then stops it.
+pub async fn sync_until(
+    store: &Store,
+    config: &serversync_engine::EngineConfig,
+    mailbox: serversync_model::MailboxId,
+    what: &str,
+    done: impl Fn(&[MailItem]) -> bool,
+) -> Vec<MailItem> {
+    use std::time::{Duration, Instant};
+    let engine = serversync_engine::Engine::new(store.clone(), config.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let items = loop {
+        let items: Vec<MailItem> = store
+            .list_items(mailbox, None, 1000)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|s| s.value)
+            .collect();
+        if done(&items) {
+            break items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not there within 60 s ({} items; mailbox {:?})",
+            items.len(),
+            store
+                .fetch::<serversync_model::mailbox::Mailbox>(&mailbox.to_string())
+                .await
+                .unwrap()
+                .value
+                .telemetry
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the engine stops within 20 s")
+        .unwrap();
+    items
+}
+
+/// The engine settings the corpus tests run with: fast ticks and a short lease.
+pub fn engine_config() -> serversync_engine::EngineConfig {
+    use std::time::Duration;
+    serversync_engine::EngineConfig {
+        tick: Duration::from_millis(100),
+        lease_ttl: Duration::from_secs(6),
+        ..serversync_engine::EngineConfig::new(std::sync::Arc::new(
+            serversync_connectors::TlsTrust::system_only().unwrap(),
+        ))
+    }
+}
