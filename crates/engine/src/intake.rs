@@ -41,6 +41,59 @@ pub async fn take_in(
     raw: &[u8],
     received_at: Timestamp,
 ) -> Result<IntakeOutcome, StoreError> {
+    take_in_inner(
+        store,
+        mailbox,
+        settings,
+        profile,
+        source,
+        raw,
+        received_at,
+        None,
+    )
+    .await
+}
+
+/// Records a message too large to read in full (its whole size `size` is over `limit` bytes)
+/// from its header alone: skipped, with the reason, its header fields kept and nothing else.
+/// A skipped message is never deleted from the server, so the whole message stays there.
+#[allow(clippy::too_many_arguments)]
+pub async fn take_in_header_only(
+    store: &Store,
+    mailbox: &Mailbox,
+    settings: &EmailSettings,
+    profile: Option<&EmailServerProfile>,
+    source: ItemSource,
+    header: &[u8],
+    size: u64,
+    limit: u64,
+    received_at: Timestamp,
+) -> Result<IntakeOutcome, StoreError> {
+    take_in_inner(
+        store,
+        mailbox,
+        settings,
+        profile,
+        source,
+        header,
+        received_at,
+        Some((size, limit)),
+    )
+    .await
+}
+
+/// `too_large`: `Some((size, limit))` when `raw` is only the header of a message over the limit.
+#[allow(clippy::too_many_arguments)]
+async fn take_in_inner(
+    store: &Store,
+    mailbox: &Mailbox,
+    settings: &EmailSettings,
+    profile: Option<&EmailServerProfile>,
+    source: ItemSource,
+    raw: &[u8],
+    received_at: Timestamp,
+    too_large: Option<(u64, u64)>,
+) -> Result<IntakeOutcome, StoreError> {
     let raw_sha = sha256_hex(raw);
     let mut item = MailItem {
         id: ItemId::new(),
@@ -57,7 +110,7 @@ pub async fn take_in(
         references: Vec::new(),
         sent_at: None,
         received_at,
-        size: raw.len() as u64,
+        size: too_large.map_or(raw.len() as u64, |(size, _)| size),
         raw_sha256: raw_sha.clone(),
         raw_kept: true,
         text_body: None,
@@ -75,6 +128,14 @@ pub async fn take_in(
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
 
     match mime::parse(raw) {
+        Err(why) if too_large.is_some() => {
+            let (size, limit) = too_large.unwrap_or_default();
+            item.decision = ItemDecision::Skipped;
+            item.raw_kept = false;
+            item.trace.push(format!(
+                "skipped: the message is {size} bytes, over the limit of {limit} bytes for one message (the attachment size limit plus 1 MB), and its header cannot be parsed ({why}); the message is left on the server"
+            ));
+        }
         Err(why) => {
             item.decision = ItemDecision::Failed;
             item.trace.push(format!(
@@ -124,7 +185,14 @@ pub async fn take_in(
             }
             let from_date =
                 mailbox.effective_process_from(profile.and_then(|p| p.advanced.process_email_from));
-            if let Some(from) = from_date.filter(|f| received_at < *f) {
+            if let Some((size, limit)) = too_large {
+                item.decision = ItemDecision::Skipped;
+                item.raw_kept = false;
+                blobs.clear();
+                item.trace.push(format!(
+                    "skipped: the message is {size} bytes, over the limit of {limit} bytes for one message (the attachment size limit plus 1 MB); only its header was read, and the message is left on the server"
+                ));
+            } else if let Some(from) = from_date.filter(|f| received_at < *f) {
                 item.decision = ItemDecision::Skipped;
                 item.raw_kept = false;
                 blobs.clear();

@@ -5,6 +5,7 @@ use crate::{Store, StoreError, dispatch, now_ms};
 use serversync_model::MailboxId;
 use serversync_model::item::{ItemDecision, MailItem};
 use sqlx::Row;
+use std::collections::HashMap;
 
 /// What happened to an item handed to [`Store::insert_item`].
 #[derive(Debug)]
@@ -89,6 +90,50 @@ impl Store {
             .await?
             .is_some()
         }))
+    }
+
+    /// Which of `source_keys` the mailbox already has items for, with each item's decision
+    /// (POP3 UIDL listings: only the messages not yet recorded are fetched, and only stored or
+    /// failed ones may be deleted). Asks in chunks, so a long listing costs a few indexed
+    /// lookups rather than one query per message.
+    pub async fn item_decisions(
+        &self,
+        mailbox: MailboxId,
+        source_keys: &[String],
+    ) -> Result<HashMap<String, ItemDecision>, StoreError> {
+        /// Placeholders per query: well under SQLite's and PostgreSQL's bind limits.
+        const CHUNK: usize = 500;
+        let mut found = HashMap::new();
+        for chunk in source_keys.chunks(CHUNK) {
+            // Only placeholders are assembled; every value is bound.
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT source_key, decision FROM mail_items WHERE mailbox_id = $1 AND source_key IN ({})",
+                placeholders.join(", ")
+            );
+            let rows: Vec<(String, String)> = dispatch!(&self.db, pool => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(mailbox.to_string());
+                for k in chunk {
+                    q = q.bind(k);
+                }
+                q.fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get::<String, _>("source_key")?, r.try_get::<String, _>("decision")?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            });
+            for (key, decision) in rows {
+                let d = serde_json::from_value(serde_json::Value::String(decision.clone()))
+                    .map_err(|e| StoreError::Corrupt {
+                        entity: "mail item",
+                        id: key.clone(),
+                        cause: format!("decision {decision:?}: {e}"),
+                    })?;
+                found.insert(key, d);
+            }
+        }
+        Ok(found)
     }
 
     /// The bytes stored under a SHA-256.

@@ -471,3 +471,62 @@ both!(leases_fence_stale_owners, |store, db, k| {
     assert_eq!(store.release_all_leases("worker-c").await.unwrap(), 1);
     let _ = (db, k);
 });
+
+both!(item_decisions_per_mailbox, |store, db, k| {
+    use serversync_model::item::{ItemDecision, ItemSource, MailItem};
+    use serversync_model::{ItemId, MailboxId};
+    let org = OrgId::new();
+    let (mine, other) = (MailboxId::new(), MailboxId::new());
+    let item = |mailbox: MailboxId, uidl: String| {
+        let source = ItemSource::Pop3 { uidl };
+        MailItem {
+            id: ItemId::new(),
+            org_id: org,
+            mailbox_id: mailbox,
+            source_key: source.key(""),
+            source,
+            message_id: None,
+            subject: None,
+            from: None,
+            to: Vec::new(),
+            cc: Vec::new(),
+            in_reply_to: None,
+            references: Vec::new(),
+            sent_at: None,
+            received_at: now(),
+            size: 0,
+            raw_sha256: "0".repeat(64),
+            raw_kept: false,
+            text_body: None,
+            html_body: None,
+            attachments: Vec::new(),
+            decision: ItemDecision::Stored,
+            trace: vec!["stored".into()],
+            created_at: now(),
+        }
+    };
+    // More keys than one query asks for at a time, so the chunks must add up.
+    for i in (0..1200).step_by(2) {
+        let mut it = item(mine, format!("u{i}"));
+        if i == 2 {
+            it.decision = ItemDecision::Skipped;
+        }
+        store.insert_item(&it, &[]).await.unwrap();
+    }
+    store
+        .insert_item(&item(other, "u1".into()), &[])
+        .await
+        .unwrap();
+    let asked: Vec<String> = (0..1200).map(|i| format!("pop3:u{i}")).collect();
+    let found = store.item_decisions(mine, &asked).await.unwrap();
+    assert_eq!(found.len(), 600);
+    assert_eq!(found.get("pop3:u0"), Some(&ItemDecision::Stored));
+    assert_eq!(found.get("pop3:u2"), Some(&ItemDecision::Skipped));
+    assert_eq!(found.get("pop3:u1198"), Some(&ItemDecision::Stored));
+    assert!(
+        !found.contains_key("pop3:u1"),
+        "another mailbox's item does not count"
+    );
+    assert!(store.item_decisions(mine, &[]).await.unwrap().is_empty());
+    let _ = (db, k);
+});

@@ -13,10 +13,14 @@
 //! # let _ = (imaps, db.url()); Ok(()) }
 //! ```
 //!
+//! [`corpus`] is a seeded set of real-world message shapes (charsets, attachments, malformed
+//! mail) shared by the intake, IMAP and POP3 tests.
+//!
 //! A test that needs a server of its own (to restart it mid-sync, say) starts a private one,
 //! e.g. [`Dovecot::start`] in a temporary directory under /tmp; it is stopped when dropped.
 
 pub mod accounts;
+pub mod corpus;
 pub mod dovecot;
 pub mod env;
 pub mod postfix;
