@@ -2,22 +2,22 @@
 //! RETRs only the messages whose UIDL this mailbox has not recorded yet, hands each to
 //! [`crate::intake`], and signs off with QUIT. POP3 has no IDLE, so rounds are polled: the
 //! profile's minimum polling interval apart ([`DEFAULT_POLL`] when it is 0), with the lease
-//! renewed and the mailbox re-read meanwhile, so "sync now" starts a round at once and a
-//! shutdown stops the wait.
+//! renewed and the mailbox re-read meanwhile ([`super::wait`]), so "sync now" starts a round at
+//! once and a shutdown stops the wait. Each round's connection is taken under one of the
+//! profile's connection slots.
 //!
 //! Messages are deleted from the server only when the mailbox says so (`delete_after_processing`,
 //! forward and queue mailboxes only), and only messages whose item is committed: DELE marks
 //! them, and the server removes them at QUIT — a session cut off before QUIT deletes nothing.
 
-use super::{Ctx, Stop, bump_telemetry};
+use super::{ConnSlot, Ctx, Stop, WaitEnd, bump_telemetry, renew, wait};
 use crate::intake::{IntakeOutcome, take_in, take_in_header_only};
 use crate::test_enable::{Problem, addr};
 use serversync_connectors::pop3::Client;
 use serversync_connectors::{ErrorKind, FailureStep, ServerAddr};
+use serversync_model::Timestamp;
 use serversync_model::item::{ItemDecision, ItemSource};
 use serversync_model::mailbox::Mailbox;
-use serversync_model::settings::IncomingMethod;
-use serversync_model::{Timestamp, wire_name};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -35,19 +35,30 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
     };
     loop {
         let started = chrono::Utc::now();
-        if let Some(stop) = round(cx, &address).await? {
+        // A connection only under one of the profile's connection slots.
+        let Some(slot) = ConnSlot::acquire(cx).await? else {
+            match wait(cx, cx.renew_every(), started).await? {
+                WaitEnd::Shutdown => return Ok(Stop::Shutdown),
+                WaitEnd::Reconfigured => return Ok(Stop::Reconfigured),
+                WaitEnd::Elapsed | WaitEnd::SyncRequested => continue,
+            }
+        };
+        let r = round(cx, &address, &slot).await;
+        slot.release(cx.store).await;
+        if let Some(stop) = r? {
             return Ok(stop);
         }
-        cx.store.renew_lease(cx.lease, cx.config.lease_ttl).await?;
-        if let Some(stop) = wait(cx, poll, started).await? {
-            return Ok(stop);
+        match wait(cx, poll, started).await? {
+            WaitEnd::Shutdown => return Ok(Stop::Shutdown),
+            WaitEnd::Reconfigured => return Ok(Stop::Reconfigured),
+            WaitEnd::Elapsed | WaitEnd::SyncRequested => {}
         }
     }
 }
 
 /// One round: sign in, take in what is new, delete what may be deleted, QUIT. `Some` when the
 /// worker should stop (shutdown during the round).
-async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop> {
+async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Option<Stop>, Stop> {
     let (store, id) = (cx.store, cx.id);
     let max_bytes = cx.max_message_bytes();
     let mut pop = Client::connect(address, &cx.opts).await?;
@@ -90,7 +101,7 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop>
     // Message numbers whose items are committed and may be deleted (when the mailbox says so).
     let mut to_delete: Vec<u32> = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut processed = 0u64;
+    let (mut processed, mut failed) = (0u64, 0u64);
     let mut renewed = Instant::now();
     let mut stopped = None;
     for l in &listing {
@@ -111,7 +122,7 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop>
             break;
         }
         if renewed.elapsed() >= cx.renew_every() {
-            cx.store.renew_lease(cx.lease, cx.config.lease_ttl).await?;
+            renew(cx, Some(slot)).await?;
             renewed = Instant::now();
         }
         let size = sizes.get(&l.number).copied().unwrap_or(0);
@@ -150,14 +161,16 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop>
         };
         // Committed: only now may it be deleted (and only when it was stored, or kept raw
         // because it could not be parsed).
-        if let IntakeOutcome::Recorded(item) = &outcome
-            && deletable(item.decision)
-        {
-            to_delete.push(l.number);
+        if let IntakeOutcome::Recorded(item) = &outcome {
+            if deletable(item.decision) {
+                to_delete.push(l.number);
+            }
+            failed += u64::from(item.decision == ItemDecision::Failed);
         }
         processed += 1;
         if processed.is_multiple_of(TELEMETRY_EVERY) {
-            bump_telemetry(store, id, TELEMETRY_EVERY).await?;
+            bump_telemetry(store, id, TELEMETRY_EVERY, failed).await?;
+            failed = 0;
         }
     }
     if delete {
@@ -170,7 +183,7 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop>
     if delete && !to_delete.is_empty() {
         tracing::info!(mailbox = %id, deleted = to_delete.len(), "deleted processed messages from the POP3 server");
     }
-    bump_telemetry(store, id, processed % TELEMETRY_EVERY).await?;
+    bump_telemetry(store, id, processed % TELEMETRY_EVERY, failed).await?;
     Ok(stopped)
 }
 
@@ -179,34 +192,6 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr) -> Result<Option<Stop>, Stop>
 /// (before the "process email from" date, mailbox not approved, too large) stays there.
 fn deletable(decision: ItemDecision) -> bool {
     matches!(decision, ItemDecision::Stored | ItemDecision::Failed)
-}
-
-/// Waits `poll` after a round that started at `started`, renewing the lease and re-reading the
-/// mailbox every renew period. `None` when the next round is due (the interval passed, or
-/// someone asked to sync now); `Some` when the worker should stop.
-async fn wait(cx: &Ctx<'_>, poll: Duration, started: Timestamp) -> Result<Option<Stop>, Stop> {
-    let until = Instant::now() + poll;
-    loop {
-        let now = Instant::now();
-        if now >= until {
-            return Ok(None);
-        }
-        let step = (until - now).min(cx.renew_every());
-        tokio::select! {
-            _ = cx.shutdown.cancelled() => return Ok(Some(Stop::Shutdown)),
-            _ = tokio::time::sleep(step) => {}
-        }
-        cx.store.renew_lease(cx.lease, cx.config.lease_ttl).await?;
-        let m = cx.store.fetch::<Mailbox>(&cx.id.to_string()).await?.value;
-        if !m.incoming.enabled || m.incoming_method != IncomingMethod::ServerSideSync {
-            // Turned off meanwhile: end the session; the lease is released.
-            tracing::info!(mailbox = %cx.id, method = %wire_name(&m.incoming_method), "incoming synchronization turned off; the POP3 worker stops");
-            return Ok(Some(Stop::Shutdown));
-        }
-        if m.telemetry.sync_requested_at.is_some_and(|t| t > started) {
-            return Ok(None);
-        }
-    }
 }
 
 /// When the server received the message: the date of the topmost `Received:` field (added by
