@@ -189,6 +189,7 @@ async fn sync_folder(
     condstore: bool,
 ) -> Result<(), Stop> {
     let (store, id, lease) = (cx.store, cx.id, cx.lease);
+    let started = chrono::Utc::now();
     loop {
         let status = imap.select(folder, condstore).await?;
         let mut cursor = store.get_cursor(id, folder).await?.unwrap_or_default();
@@ -294,7 +295,7 @@ async fn sync_folder(
             }
             // The messages are committed: only now may the cursor move (fenced by the lease).
             store.put_cursor(lease, id, folder, &cursor).await?;
-            bump_telemetry(store, id, processed, failed_uids.len() as u64).await?;
+            bump_telemetry(store, id, started, processed, failed_uids.len() as u64).await?;
             if !failed_uids.is_empty() && cx.profile.advanced.move_failed_to_undeliverable {
                 move_to_undeliverable(cx, imap, folder, &failed_uids).await?;
             }
@@ -311,7 +312,7 @@ async fn sync_folder(
         cursor.highest_modseq = status.highest_modseq;
         store.put_cursor(lease, id, folder, &cursor).await?;
         if new.is_empty() {
-            bump_telemetry(store, id, 0, 0).await?;
+            bump_telemetry(store, id, started, 0, 0).await?;
         }
         return Ok(());
     }

@@ -249,27 +249,31 @@ async fn session(
 async fn bump_telemetry(
     store: &Store,
     id: MailboxId,
+    round_started: chrono::DateTime<chrono::Utc>,
     processed: u64,
     failed: u64,
 ) -> Result<(), StoreError> {
-    let s = store.fetch::<Mailbox>(&id.to_string()).await?;
-    let healthy = s.value.incoming.status == serversync_model::mailbox::RunStatus::Success
-        && s.value.telemetry.transient_failure_count == 0
-        && s.value.telemetry.last_successful_sync.is_some();
-    if processed == 0 && healthy {
-        return Ok(());
+    // A concurrent edit (an administrator, "sync now") is re-read and the counts applied again.
+    for _ in 0..3 {
+        let s = store.fetch::<Mailbox>(&id.to_string()).await?;
+        let healthy = s.value.incoming.status == serversync_model::mailbox::RunStatus::Success
+            && s.value.telemetry.transient_failure_count == 0
+            && s.value.telemetry.last_successful_sync.is_some();
+        if processed == 0 && healthy {
+            return Ok(());
+        }
+        let mut m = s.value;
+        m.telemetry.items_processed += processed;
+        m.telemetry.items_failed += failed;
+        m.telemetry.last_sync_start = Some(round_started);
+        policy::record_success(&mut m, Direction::Incoming, chrono::Utc::now());
+        match store.update(&m, Some(s.version)).await {
+            Err(StoreError::VersionMismatch { .. }) => continue,
+            other => return other.map(|_| ()),
+        }
     }
-    let mut m = s.value;
-    let now = chrono::Utc::now();
-    m.telemetry.items_processed += processed;
-    m.telemetry.items_failed += failed;
-    m.telemetry.last_sync_start.get_or_insert(now);
-    policy::record_success(&mut m, Direction::Incoming, now);
-    match store.update(&m, Some(s.version)).await {
-        // An administrator edited the mailbox meanwhile: telemetry can wait for the next round.
-        Err(StoreError::VersionMismatch { .. }) => Ok(()),
-        other => other.map(|_| ()),
-    }
+    tracing::warn!(mailbox = %id, processed, "telemetry not recorded: the mailbox kept changing");
+    Ok(())
 }
 
 /// How long to wait before the next poll of a folder that cannot be watched with IDLE (or the

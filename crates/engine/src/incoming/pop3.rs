@@ -60,6 +60,7 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
 /// worker should stop (shutdown during the round).
 async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Option<Stop>, Stop> {
     let (store, id) = (cx.store, cx.id);
+    let started = chrono::Utc::now();
     let max_bytes = cx.max_message_bytes();
     let mut pop = Client::connect(address, &cx.opts).await?;
     pop.login(&cx.login).await?;
@@ -169,7 +170,7 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Op
         }
         processed += 1;
         if processed.is_multiple_of(TELEMETRY_EVERY) {
-            bump_telemetry(store, id, TELEMETRY_EVERY, failed).await?;
+            bump_telemetry(store, id, started, TELEMETRY_EVERY, failed).await?;
             failed = 0;
         }
     }
@@ -183,7 +184,7 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Op
     if delete && !to_delete.is_empty() {
         tracing::info!(mailbox = %id, deleted = to_delete.len(), "deleted processed messages from the POP3 server");
     }
-    bump_telemetry(store, id, processed % TELEMETRY_EVERY, failed).await?;
+    bump_telemetry(store, id, started, processed % TELEMETRY_EVERY, failed).await?;
     Ok(stopped)
 }
 
