@@ -1,8 +1,8 @@
 //! Turning a stored message into an email activity: the pure decisions (REFERENCE.md part A,
 //! "Incoming email").
 //!
-//! - [`resolve_address`]: which record an address belongs to (user > queue > contact > account
-//!   > lead; a record owned by the mailbox owner wins a tie; more than [`MAX_MATCHES`] matches
+//! - [`resolve_address`]: which record an address belongs to (users, then queues, contacts,
+//!   accounts, leads; a record owned by the mailbox owner wins a tie; more than [`MAX_MATCHES`] matches
 //!   leave the address unresolved).
 //! - [`evaluate_filter`]: whether a user's or queue's tracking filter accepts a message, with the
 //!   reason.
@@ -503,8 +503,10 @@ mod tests {
 
     #[test]
     fn correlation_steps_come_in_the_reference_order() {
-        let mut s = EmailSettings::default();
-        s.smart_matching = true;
+        let mut s = EmailSettings {
+            smart_matching: true,
+            ..Default::default()
+        };
         let refs = vec!["root@x".to_owned(), "mid@x".to_owned()];
         let steps = correlation_steps(&s, Some("Re: Offer CRM001001"), Some("last@x"), &refs);
         assert_eq!(
