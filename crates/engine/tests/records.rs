@@ -547,3 +547,83 @@ async fn user_to_user_sqlite() {
 async fn user_to_user_postgres() {
     user_to_user(Backend::Postgres).await;
 }
+
+/// A tracker that lost its lease half-way (its activity written, the item not marked) is
+/// fenced; the worker that takes over finishes the item without a second activity. And an
+/// unresolved sender becomes a contact when the organization says so.
+async fn crash_and_auto_create(backend: Backend) {
+    let mut w = world(backend).await;
+    w.settings.auto_create_records = Some(serversync_model::settings::AutoCreateRecord::Contact);
+    w.store.update(&w.settings, None).await.unwrap();
+    let item = w
+        .deliver(
+            &w.alice_mb,
+            &message(
+                Some("new-1@newcomer.test"),
+                "New Comer <NEW@newcomer.test>",
+                "alice@example.test",
+                "Hello",
+                "",
+            ),
+        )
+        .await;
+    let ttl = Duration::from_secs(30);
+    let lease = w
+        .store
+        .acquire_lease(&records::resource(w.org), "old-worker", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    // The lease runs out and another worker takes it before the old one marks the item.
+    w.store.release_lease(&lease).await.unwrap();
+    let err = records::track_batch(&w.store, &lease, w.org, 10)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, serversync_store::StoreError::LeaseLost { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        w.activities().await.len(),
+        1,
+        "written before the fenced mark"
+    );
+    assert!(
+        w.item(&item)
+            .await
+            .trace
+            .iter()
+            .all(|l| !l.starts_with("tracked as"))
+    );
+
+    assert_eq!(w.track().await, 1);
+    assert_eq!(w.track().await, 0);
+    let acts = w.activities().await;
+    assert_eq!(acts.len(), 1, "no second activity: {acts:#?}");
+    let it = w.item(&item).await;
+    assert_eq!(tracked_as(&it), acts[0].id);
+    let contacts: Vec<Contact> = w
+        .store
+        .list_all::<Contact>(Some(w.org), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.value)
+        .filter(|c| c.emails == ["new@newcomer.test"])
+        .collect();
+    assert_eq!(contacts.len(), 1, "created once: {contacts:#?}");
+    assert_eq!(contacts[0].owner_id, w.alice.id);
+    assert_eq!(
+        acts[0].parties[0].resolved,
+        Some(RecordRef::Contact(contacts[0].id))
+    );
+}
+
+#[tokio::test]
+async fn crash_and_auto_create_sqlite() {
+    crash_and_auto_create(Backend::Sqlite).await;
+}
+#[tokio::test]
+async fn crash_and_auto_create_postgres() {
+    crash_and_auto_create(Backend::Postgres).await;
+}
