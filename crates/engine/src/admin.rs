@@ -1289,6 +1289,57 @@ impl Admin {
         c.require(Privilege::ReadRecords)?;
         Ok(self.store.list::<E>(Some(org), &[], after, limit).await?)
     }
+
+    /// Email activities of an organization, oldest first.
+    pub async fn list_email_activities(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<serversync_model::crm::EmailActivity>> {
+        c.require(Privilege::ReadRecords)?;
+        Ok(self
+            .store
+            .list(
+                Some(org),
+                &[("kind", serversync_store::Col::text("email"))],
+                after,
+                limit,
+            )
+            .await?)
+    }
+
+    /// One email activity of the organization.
+    pub async fn email_activity(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: serversync_model::ActivityId,
+    ) -> Result<serversync_model::crm::EmailActivity> {
+        c.require(Privilege::ReadRecords)?;
+        let found = self
+            .store
+            .list::<serversync_model::crm::EmailActivity>(
+                Some(org),
+                &[
+                    ("kind", serversync_store::Col::text("email")),
+                    ("id", serversync_store::Col::text(id)),
+                ],
+                None,
+                1,
+            )
+            .await?;
+        found
+            .items
+            .into_iter()
+            .next()
+            .map(|s| s.value)
+            .ok_or_else(|| AdminError::NotFound {
+                entity: "email activity",
+                id: id.to_string(),
+            })
+    }
 }
 
 fn fit_act_to_profile(m: &mut Mailbox, p: &EmailServerProfile) {

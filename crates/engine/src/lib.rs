@@ -13,6 +13,7 @@ pub mod intake;
 mod jobs;
 pub mod lmtp;
 pub mod policy;
+pub mod records;
 pub mod test_enable;
 
 use serversync_connectors::TlsTrust;
@@ -140,6 +141,9 @@ impl Engine {
             (tokio::task::JoinHandle<()>, CancellationToken),
         > = Default::default();
         let mut heartbeat: Option<serversync_store::LeaseGuard> = None;
+        // The tracker (stored messages → activities): one pass at a time per worker; the
+        // organizations are shared among workers by the `tracker:<org>` leases.
+        let mut tracker: Option<tokio::task::JoinHandle<()>> = None;
         let ctx = jobs::JobContext {
             store: self.store.clone(),
             config: self.config.clone(),
@@ -204,6 +208,20 @@ impl Engine {
                 }
                 Err(e) => tracing::warn!(error = %e, "looking for mailboxes failed"),
             }
+            if tracker.as_ref().is_none_or(|t| t.is_finished()) {
+                let (store, worker, ttl) = (
+                    self.store.clone(),
+                    self.worker_id.clone(),
+                    self.config.lease_ttl,
+                );
+                tracker = Some(tokio::spawn(async move {
+                    match records::run_once(&store, &worker, ttl).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(items = n, "tracked stored messages"),
+                        Err(e) => tracing::warn!(error = %e, "tracking stored messages failed"),
+                    }
+                }));
+            }
             match jobs::claim(&ctx).await {
                 Ok(claimed) => {
                     for (job, lease) in claimed {
@@ -215,6 +233,13 @@ impl Engine {
         }
         running.shutdown().await;
         workers_stop.cancel();
+        if let Some(t) = tracker
+            && tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the tracker did not stop within 10 s");
+        }
         for (_, (task, _)) in mailboxes {
             if tokio::time::timeout(Duration::from_secs(10), task)
                 .await

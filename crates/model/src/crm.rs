@@ -1,8 +1,8 @@
 //! CRM records: accounts, contacts, leads, activities (email, appointment, task) and queue items.
 
 use crate::{
-    AccountId, ActivityId, AttachmentId, ContactId, LeadId, MailboxId, OrgId, QueueId, QueueItemId,
-    UserId,
+    AccountId, ActivityId, AttachmentId, ContactId, ItemId, LeadId, MailboxId, OrgId, QueueId,
+    QueueItemId, UserId,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -149,10 +149,17 @@ pub struct EmailActivity {
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
     pub references: Vec<String>,
+    /// For a message without a Message-ID: SHA-256 (hex) over its sender, recipients, subject,
+    /// date and body, so the same message seen by several mailboxes is still one activity.
+    #[serde(default)]
+    pub content_key: Option<String>,
     /// Conversation (thread) the activity belongs to.
     pub conversation_id: Option<String>,
     /// Mailboxes through which the message was seen (one activity, many links).
     pub mailbox_ids: Vec<MailboxId>,
+    /// The stored messages (mail items) this activity was made from or linked to.
+    #[serde(default)]
+    pub item_ids: Vec<ItemId>,
     pub sent_at: Option<DateTime<Utc>>,
     pub received_at: Option<DateTime<Utc>>,
     pub send_after: Option<DateTime<Utc>>,
@@ -218,4 +225,19 @@ pub struct QueueItem {
     pub activity_id: ActivityId,
     pub worker_id: Option<UserId>,
     pub entered_at: DateTime<Utc>,
+}
+
+impl EmailActivity {
+    /// What makes the message one activity per organization: its Message-ID, or for a message
+    /// without one `sha256:` and its content key. The store indexes it as `message_id`.
+    pub fn dedupe_key(&self) -> Option<String> {
+        dedupe_key(self.message_id.as_deref(), self.content_key.as_deref())
+    }
+}
+
+/// See [`EmailActivity::dedupe_key`].
+pub fn dedupe_key(message_id: Option<&str>, content_key: Option<&str>) -> Option<String> {
+    message_id
+        .map(str::to_owned)
+        .or_else(|| content_key.map(|k| format!("sha256:{k}")))
 }

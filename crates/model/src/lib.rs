@@ -19,6 +19,7 @@ pub mod profile;
 pub mod secret;
 pub mod settings;
 pub mod sync;
+pub mod track;
 pub mod validate;
 
 #[cfg(feature = "openapi")]

@@ -424,9 +424,11 @@ entity!(EmailActivity, "activities", "email activity", |s| Some(s.org_id), [
     "kind" => Col::text("email"),
     "status" => Col::text(wire_name(&s.status)),
     "owner_id" => Col::text(s.owner_id),
-    "message_id" => Col::opt_text(s.message_id.as_ref()),
+    "message_id" => Col::opt_text(s.dedupe_key()),
     "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
     "conversation_id" => Col::opt_text(s.conversation_id.as_ref()),
+    "tracking_token" => Col::opt_text(s.tracking_token.as_ref()),
+    "subject_key" => Col::opt_text(Some(serversync_model::track::normalize_subject(&s.subject)).filter(|k| !k.is_empty())),
 ]);
 entity!(Appointment, "activities", "appointment", |s| Some(s.org_id), [
     "kind" => Col::text("appointment"),

@@ -1,9 +1,10 @@
 //! Item-level records and the content-addressed blob store for raw messages and attachments.
 
+use crate::LeaseGuard;
 use crate::entity::{Col, Entity};
 use crate::{Store, StoreError, dispatch, now_ms};
-use serversync_model::MailboxId;
 use serversync_model::item::{ItemDecision, MailItem};
+use serversync_model::{ItemId, MailboxId, OrgId};
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -207,5 +208,126 @@ impl Entity for MailItem {
                 Col::text(serversync_model::wire_name(&self.decision)),
             ),
         ]
+    }
+}
+
+impl Store {
+    /// Organizations that have stored items the tracker has not finished with.
+    pub async fn orgs_with_untracked_items(&self) -> Result<Vec<OrgId>, StoreError> {
+        let ids: Vec<String> = dispatch!(&self.db, pool => {
+            sqlx::query("SELECT DISTINCT org_id FROM mail_items WHERE tracked_at IS NULL AND decision = 'stored'")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>("org_id"))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        ids.iter()
+            .map(|s| {
+                s.parse().map_err(|e: uuid::Error| StoreError::Corrupt {
+                    entity: "mail item",
+                    id: s.clone(),
+                    cause: format!("org id: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Stored items of `org` the tracker has not finished with, oldest first, at most `limit`.
+    /// Whatever commits later — even with an older id — is found by the next call.
+    pub async fn untracked_items(
+        &self,
+        org: OrgId,
+        limit: u32,
+    ) -> Result<Vec<MailItem>, StoreError> {
+        let rows: Vec<(String, String)> = dispatch!(&self.db, pool => {
+            sqlx::query("SELECT id, doc FROM mail_items WHERE org_id = $1 AND tracked_at IS NULL AND decision = 'stored' ORDER BY id LIMIT $2")
+                .bind(org.to_string())
+                .bind(i64::from(limit.clamp(1, 1000)))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<String, _>("doc")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        rows.into_iter()
+            .map(|(id, doc)| {
+                serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt {
+                    entity: "mail item",
+                    id,
+                    cause: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Appends `lines` to an item's decision trace and marks the tracker done with it — only
+    /// under the current, unexpired `lease` (fencing) and only once: `Ok(false)` if it was
+    /// already marked; `LeaseLost` if the lease is gone.
+    pub async fn finish_item_tracking(
+        &self,
+        lease: &LeaseGuard,
+        item: ItemId,
+        lines: &[String],
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let id = item.to_string();
+        enum Out {
+            Done,
+            Already,
+            Lost,
+        }
+        let out = dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query("SELECT doc FROM mail_items WHERE id = $1 AND tracked_at IS NULL")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match row {
+                None => Out::Already,
+                Some(r) => {
+                    let doc: String = r.try_get("doc")?;
+                    let mut value: MailItem = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt {
+                        entity: "mail item",
+                        id: id.clone(),
+                        cause: e.to_string(),
+                    })?;
+                    value.trace.extend(lines.iter().cloned());
+                    let doc = serde_json::to_string(&value).map_err(|e| StoreError::Corrupt {
+                        entity: "mail item",
+                        id: id.clone(),
+                        cause: e.to_string(),
+                    })?;
+                    let n = sqlx::query(
+                        "UPDATE mail_items SET doc = $1, tracked_at = $2, updated_at = $2, version = version + 1 \
+                         WHERE id = $3 AND tracked_at IS NULL \
+                         AND EXISTS (SELECT 1 FROM leases WHERE resource = $4 AND owner = $5 AND epoch = $6 AND lease_until > $2)",
+                    )
+                    .bind(&doc)
+                    .bind(now)
+                    .bind(&id)
+                    .bind(&lease.resource)
+                    .bind(&lease.owner)
+                    .bind(lease.epoch)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 1 {
+                        tx.commit().await?;
+                        Out::Done
+                    } else {
+                        Out::Lost
+                    }
+                }
+            }
+        });
+        match out {
+            Out::Done => Ok(true),
+            Out::Already => Ok(false),
+            Out::Lost => Err(StoreError::LeaseLost {
+                resource: lease.resource.clone(),
+                epoch: lease.epoch,
+            }),
+        }
     }
 }

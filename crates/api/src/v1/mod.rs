@@ -105,6 +105,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(records::list_accounts, records::create_account))
         .routes(routes!(records::list_contacts, records::create_contact))
         .routes(routes!(records::list_leads, records::create_lead))
+        .routes(routes!(records::list_activities))
+        .routes(routes!(records::get_activity))
+        .routes(routes!(records::list_queue_items))
 }
 
 /// The served document: every response gets a description (OpenAPI requires one).

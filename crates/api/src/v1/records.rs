@@ -3,7 +3,7 @@
 use super::{ListPage, doc, org, page};
 use crate::AppState;
 use crate::auth::Auth;
-use crate::extract::{P, Paging, Q};
+use crate::extract::{P, Paging, Q, id};
 use crate::json::Body;
 use crate::problem::{ApiResult, Problem};
 use axum::Json;
@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
-use serversync_model::crm::{Account, Contact, Lead};
+use serversync_model::crm::{Account, Contact, EmailActivity, Lead, QueueItem};
 use serversync_model::validate::is_email_address;
 use serversync_model::{AccountId, ContactId, LeadId, UserId, ValidationErrors};
 use utoipa::ToSchema;
@@ -116,3 +116,47 @@ records!(
         created_at: now
     }
 );
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/activities", tag = "records", params(("org" = String, Path), Paging), responses((status = 200, body = ListPage)))]
+pub async fn list_activities(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    Q(p): Q<Paging>,
+) -> ApiResult<Json<ListPage>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(page(
+        s.admin
+            .list_email_activities(&c, org.id, p.after.as_deref(), p.limit()?)
+            .await?,
+        &[],
+    )))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/activities/{id}", tag = "records", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = EmailActivity), (status = 404, body = Problem)))]
+pub async fn get_activity(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, aid)): P<(String, String)>,
+) -> ApiResult<Json<EmailActivity>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(
+        s.admin.email_activity(&c, org.id, id("id", &aid)?).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/queue-items", tag = "records", params(("org" = String, Path), Paging), responses((status = 200, body = ListPage)))]
+pub async fn list_queue_items(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    Q(p): Q<Paging>,
+) -> ApiResult<Json<ListPage>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(page(
+        s.admin
+            .list_records::<QueueItem>(&c, org.id, p.after.as_deref(), p.limit()?)
+            .await?,
+        &[],
+    )))
+}
