@@ -196,6 +196,7 @@ impl Engine {
                                     m.id,
                                     lease,
                                     stop.clone(),
+                                    self.wake.clone(),
                                 ));
                                 mailboxes.insert(m.id, (task, stop));
                             }

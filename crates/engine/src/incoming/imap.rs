@@ -296,6 +296,9 @@ async fn sync_folder(
             // The messages are committed: only now may the cursor move (fenced by the lease).
             store.put_cursor(lease, id, folder, &cursor).await?;
             bump_telemetry(store, id, started, processed, failed_uids.len() as u64).await?;
+            if processed > 0 {
+                cx.stored.notify_one();
+            }
             if !failed_uids.is_empty() && cx.profile.advanced.move_failed_to_undeliverable {
                 move_to_undeliverable(cx, imap, folder, &failed_uids).await?;
             }

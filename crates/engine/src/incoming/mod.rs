@@ -16,7 +16,9 @@ use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
 use serversync_model::settings::{EmailSettings, IncomingMethod};
 use serversync_store::{LeaseGuard, Store, StoreError};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) fn resource(id: MailboxId) -> String {
@@ -95,8 +97,9 @@ pub(crate) async fn run(
     id: MailboxId,
     lease: LeaseGuard,
     shutdown: CancellationToken,
+    stored: Arc<Notify>,
 ) {
-    let stop = match session(&store, &config, id, &lease, &shutdown).await {
+    let stop = match session(&store, &config, id, &lease, &shutdown, &stored).await {
         Ok(stop) | Err(stop) => stop,
     };
     if let Stop::Failed(p) = stop {
@@ -164,6 +167,8 @@ pub(super) struct Ctx<'a> {
     pub profile: EmailServerProfile,
     pub login: Login,
     pub opts: ConnectOptions,
+    /// Told whenever messages were committed, so the next stage (the tracker) runs at once.
+    pub stored: &'a Notify,
 }
 
 impl Ctx<'_> {
@@ -189,6 +194,7 @@ async fn session(
     id: MailboxId,
     lease: &LeaseGuard,
     shutdown: &CancellationToken,
+    stored: &Notify,
 ) -> Result<Stop, Stop> {
     let mailbox = store.fetch::<Mailbox>(&id.to_string()).await?.value;
     let settings = store
@@ -229,6 +235,7 @@ async fn session(
         profile,
         login,
         opts,
+        stored,
     };
     match protocol {
         IncomingProtocol::Imap => imap::session(&cx).await,

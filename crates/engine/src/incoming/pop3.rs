@@ -185,6 +185,9 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Op
         tracing::info!(mailbox = %id, deleted = to_delete.len(), "deleted processed messages from the POP3 server");
     }
     bump_telemetry(store, id, started, processed % TELEMETRY_EVERY, failed).await?;
+    if processed > 0 {
+        cx.stored.notify_one();
+    }
     Ok(stopped)
 }
 
