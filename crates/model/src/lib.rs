@@ -20,6 +20,7 @@ pub mod secret;
 pub mod settings;
 pub mod sync;
 pub mod validate;
+pub mod webhook;
 
 #[cfg(feature = "openapi")]
 mod openapi;
