@@ -223,7 +223,11 @@ impl Engine {
                         }
                         if let Ok(Some(lease)) = self
                             .store
-                            .acquire_lease(&webhooks::resource(h.id), &self.worker_id, self.config.lease_ttl)
+                            .acquire_lease(
+                                &webhooks::resource(h.id),
+                                &self.worker_id,
+                                self.config.lease_ttl,
+                            )
                             .await
                         {
                             let task = tokio::spawn(webhooks::run(
@@ -251,7 +255,10 @@ impl Engine {
         running.shutdown().await;
         workers_stop.cancel();
         for (_, task) in hooks {
-            if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a webhook delivery task did not stop within 10 s");
             }
         }

@@ -536,7 +536,13 @@ entity!(ApiToken, "api_tokens", "API token", |s| Some(s.org_id), [
     "token_hash" => Col::text(&s.token_hash),
 ]);
 
-entity!(WebhookEndpoint, "webhooks", "webhook endpoint", |s| Some(s.org_id), []);
+entity!(
+    WebhookEndpoint,
+    "webhooks",
+    "webhook endpoint",
+    |s| Some(s.org_id),
+    []
+);
 
 /// Organization email settings: one row per organization, keyed by the organization id.
 impl Entity for EmailSettings {
