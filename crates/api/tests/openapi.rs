@@ -43,6 +43,11 @@ async fn the_document_validates_and_lists_every_route() {
         "/api/v1/orgs/{org}/accounts",
         "/api/v1/orgs/{org}/contacts",
         "/api/v1/orgs/{org}/leads",
+        "/api/v1/orgs/{org}/changes",
+        "/api/v1/orgs/{org}/webhooks",
+        "/api/v1/orgs/{org}/webhooks/{id}",
+        "/api/v1/orgs/{org}/webhooks/{id}/resume",
+        "/api/v1/orgs/{org}/webhooks/{id}/deliveries",
     ] {
         assert!(
             paths.contains_key(p),
@@ -122,6 +127,10 @@ fn bad_bodies() -> Vec<(String, &'static str)> {
             "emails",
             "act_method",
             "retry",
+            "url",
+            "secret",
+            "record_types",
+            "description",
         ] {
             v.push((json!({ key: value }).to_string(), "application/json"));
         }

@@ -141,6 +141,11 @@ impl Admin {
         &self.store
     }
 
+    /// Wakes the engine's main loop (a job was queued, a webhook resumed…).
+    pub(crate) fn wake_engine(&self) {
+        self.jobs_wake.notify_one();
+    }
+
     // ---- authentication ---------------------------------------------------------------------
 
     /// The caller behind a bearer token.

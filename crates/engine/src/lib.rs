@@ -15,6 +15,7 @@ pub mod lmtp;
 pub mod policy;
 pub mod records;
 pub mod test_enable;
+pub mod webhooks;
 
 use serversync_connectors::TlsTrust;
 use serversync_store::Store;
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{Admin, AdminError};
+pub use webhooks::WebhookConfig;
 
 /// Engine settings (from the `[engine]` and `[tls]` sections of the configuration).
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct EngineConfig {
     pub tls_trust: Arc<TlsTrust>,
     /// Mailboxes tested at once by one test-and-enable job.
     pub test_concurrency: usize,
+    /// Webhook delivery: polling, retry back-off, pausing.
+    pub webhooks: WebhookConfig,
 }
 
 impl EngineConfig {
@@ -45,6 +49,7 @@ impl EngineConfig {
             lease_ttl: Duration::from_secs(30),
             tls_trust,
             test_concurrency: 4,
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -140,6 +145,10 @@ impl Engine {
             serversync_model::MailboxId,
             (tokio::task::JoinHandle<()>, CancellationToken),
         > = Default::default();
+        let mut hooks: std::collections::HashMap<
+            serversync_model::WebhookId,
+            tokio::task::JoinHandle<()>,
+        > = Default::default();
         let mut heartbeat: Option<serversync_store::LeaseGuard> = None;
         // The tracker (stored messages → activities): one pass at a time per worker; the
         // organizations are shared among workers by the `tracker:<org>` leases.
@@ -223,6 +232,36 @@ impl Engine {
                     }
                 }));
             }
+            // Webhook endpoints with events waiting: one delivery task each, under a lease.
+            hooks.retain(|_, task| !task.is_finished());
+            match self.store.webhooks_due().await {
+                Ok(due) => {
+                    for h in due {
+                        if hooks.contains_key(&h.id) {
+                            continue;
+                        }
+                        if let Ok(Some(lease)) = self
+                            .store
+                            .acquire_lease(
+                                &webhooks::resource(h.id),
+                                &self.worker_id,
+                                self.config.lease_ttl,
+                            )
+                            .await
+                        {
+                            let task = tokio::spawn(webhooks::run(
+                                self.store.clone(),
+                                self.config.clone(),
+                                h.id,
+                                lease,
+                                workers_stop.child_token(),
+                            ));
+                            hooks.insert(h.id, task);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for webhook endpoints failed"),
+            }
             match jobs::claim(&ctx).await {
                 Ok(claimed) => {
                     for (job, lease) in claimed {
@@ -240,6 +279,14 @@ impl Engine {
                 .is_err()
         {
             tracing::warn!("the tracker did not stop within 10 s");
+        }
+        for (_, task) in hooks {
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a webhook delivery task did not stop within 10 s");
+            }
         }
         for (_, (task, _)) in mailboxes {
             if tokio::time::timeout(Duration::from_secs(10), task)

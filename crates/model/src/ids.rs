@@ -94,4 +94,6 @@ typed_id! {
     TokenId;
     /// A message seen in a mailbox (one item-level record).
     ItemId;
+    /// A webhook endpoint.
+    WebhookId;
 }

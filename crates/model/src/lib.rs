@@ -21,6 +21,7 @@ pub mod settings;
 pub mod sync;
 pub mod track;
 pub mod validate;
+pub mod webhook;
 
 #[cfg(feature = "openapi")]
 mod openapi;

@@ -3,6 +3,7 @@
 //! SQL here is assembled from table and column names that are constants of this crate (never
 //! from input); every value is a bound parameter. That is what `AssertSqlSafe` asserts.
 
+use crate::changes::{lock_feed_in, record_change_in};
 use crate::{Store, StoreError, audit::NewAuditEntry, dispatch, from_ms, now_ms};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,6 +15,7 @@ use serversync_model::mailbox::{Mailbox, MailboxRegarding};
 use serversync_model::org::{Organization, Queue, Role, User};
 use serversync_model::profile::EmailServerProfile;
 use serversync_model::settings::EmailSettings;
+use serversync_model::webhook::{ChangeOp, RecordType, WebhookEndpoint};
 use serversync_model::{OrgId, Timestamp, wire_name};
 use sqlx::Row;
 
@@ -45,6 +47,9 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync {
     fn columns(&self) -> Vec<(&'static str, Col)> {
         Vec::new()
     }
+    /// CRM records: the record type under which every insert, update and delete is written to
+    /// the change feed, in the same transaction. `None` (the default): not in the feed.
+    const FEED: Option<RecordType> = None;
 }
 
 /// An entity as stored, with its optimistic-concurrency version and timestamps.
@@ -137,8 +142,12 @@ impl Store {
         );
         let doc = to_doc(e)?;
         let now = now_ms();
+        let feed_org = E::FEED.and(e.org_id()).map(|o| o.to_string());
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
+            if let Some(org) = &feed_org {
+                lock_feed_in!(self, tx, org);
+            }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(e.id())
                 .bind(e.org_id().map(|o| o.to_string()))
@@ -150,6 +159,9 @@ impl Store {
                 q = bind_col!(q, c);
             }
             q.execute(&mut *tx).await.map_err(conflict::<E>)?;
+            if let (Some(org), Some(rt)) = (&feed_org, E::FEED) {
+                record_change_in!(tx, org, rt, e.id(), ChangeOp::Created, 1_i64, &doc);
+            }
             if let Some(a) = audit {
                 crate::audit::append_in!(tx, a);
             }
@@ -222,8 +234,12 @@ impl Store {
         sql.push_str(" RETURNING version, created_at");
         let doc = to_doc(e)?;
         let now = now_ms();
+        let feed_org = E::FEED.and(e.org_id()).map(|o| o.to_string());
         let row: Option<(i64, i64)> = dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
+            if let Some(org) = &feed_org {
+                lock_feed_in!(self, tx, org);
+            }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&doc).bind(now);
             for (_, c) in &cols {
                 q = bind_col!(q, c);
@@ -237,7 +253,10 @@ impl Store {
                 Some(r) => Some((r.try_get::<i64, _>("version")?, r.try_get::<i64, _>("created_at")?)),
                 None => None,
             };
-            if row.is_some() {
+            if let Some((version, _)) = row {
+                if let (Some(org), Some(rt)) = (&feed_org, E::FEED) {
+                    record_change_in!(tx, org, rt, e.id(), ChangeOp::Updated, version, &doc);
+                }
                 if let Some(a) = audit {
                     crate::audit::append_in!(tx, a);
                 }
@@ -278,6 +297,9 @@ impl Store {
         id: &str,
         audit: Option<NewAuditEntry>,
     ) -> Result<bool, StoreError> {
+        if let Some(rt) = E::FEED {
+            return self.delete_in_feed::<E>(id, rt, audit).await;
+        }
         let sql = format!("DELETE FROM {} WHERE id = $1", E::TABLE);
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
@@ -289,6 +311,50 @@ impl Store {
             }
             tx.commit().await?;
             Ok(n > 0)
+        })
+    }
+
+    /// Deletes a CRM record and writes its `deleted` change (with the record as it was) in the
+    /// same transaction.
+    async fn delete_in_feed<E: Entity>(
+        &self,
+        id: &str,
+        rt: RecordType,
+        audit: Option<NewAuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let org_sql = format!("SELECT org_id FROM {} WHERE id = $1", E::TABLE);
+        let sql = format!(
+            "DELETE FROM {} WHERE id = $1 RETURNING org_id, doc, version",
+            E::TABLE
+        );
+        dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            if self.backend() == crate::Backend::Postgres {
+                // The organization's feed lock comes before the row lock (see `changes`).
+                let org: Option<String> = sqlx::query(sqlx::AssertSqlSafe(org_sql.as_str()))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get::<String, _>("org_id"))
+                    .transpose()?;
+                match org {
+                    Some(org) => lock_feed_in!(self, tx, org),
+                    None => return Ok(false),
+                }
+            }
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&mut *tx).await?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            let org: String = row.try_get("org_id")?;
+            let doc: String = row.try_get("doc")?;
+            let version: i64 = row.try_get("version")?;
+            record_change_in!(tx, &org, rt, id, ChangeOp::Deleted, version, &doc);
+            if let Some(a) = audit {
+                crate::audit::append_in!(tx, a);
+            }
+            tx.commit().await?;
+            Ok(true)
         })
     }
 
@@ -380,9 +446,16 @@ impl Store {
 
 macro_rules! entity {
     ($t:ty, $table:literal, $name:literal, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
+        entity!($t, $table, $name, None, |$s| $org, [$($col => $val),*]);
+    };
+    ($t:ty, $table:literal, $name:literal, feed $rt:ident, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
+        entity!($t, $table, $name, Some(RecordType::$rt), |$s| $org, [$($col => $val),*]);
+    };
+    ($t:ty, $table:literal, $name:literal, $feed:expr, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
         impl Entity for $t {
             const TABLE: &'static str = $table;
             const NAME: &'static str = $name;
+            const FEED: Option<RecordType> = $feed;
             fn id(&self) -> String {
                 self.id.to_string()
             }
@@ -417,10 +490,10 @@ entity!(Mailbox, "mailboxes", "mailbox", |s| Some(s.org_id), [
     "approval" => Col::text(wire_name(&s.approval)),
     "overall_status" => Col::text(wire_name(&s.overall_status())),
 ]);
-entity!(Account, "accounts", "account", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
-entity!(Contact, "contacts", "contact", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
-entity!(Lead, "leads", "lead", |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
-entity!(EmailActivity, "activities", "email activity", |s| Some(s.org_id), [
+entity!(Account, "accounts", "account", feed Account, |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
+entity!(Contact, "contacts", "contact", feed Contact, |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
+entity!(Lead, "leads", "lead", feed Lead, |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
+entity!(EmailActivity, "activities", "email activity", feed EmailActivity, |s| Some(s.org_id), [
     "kind" => Col::text("email"),
     "status" => Col::text(wire_name(&s.status)),
     "owner_id" => Col::text(s.owner_id),
@@ -430,7 +503,7 @@ entity!(EmailActivity, "activities", "email activity", |s| Some(s.org_id), [
     "tracking_token" => Col::opt_text(s.tracking_token.as_ref()),
     "subject_key" => Col::opt_text(Some(serversync_model::track::normalize_subject(&s.subject)).filter(|k| !k.is_empty())),
 ]);
-entity!(Appointment, "activities", "appointment", |s| Some(s.org_id), [
+entity!(Appointment, "activities", "appointment", feed Appointment, |s| Some(s.org_id), [
     "kind" => Col::text("appointment"),
     "status" => Col::text(wire_name(&s.state)),
     "owner_id" => Col::text(s.owner_id),
@@ -438,7 +511,7 @@ entity!(Appointment, "activities", "appointment", |s| Some(s.org_id), [
     "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
     "conversation_id" => Col::Text(None),
 ]);
-entity!(Task, "activities", "task", |s| Some(s.org_id), [
+entity!(Task, "activities", "task", feed Task, |s| Some(s.org_id), [
     "kind" => Col::text("task"),
     "status" => Col::text(wire_name(&s.state)),
     "owner_id" => Col::text(s.owner_id),
@@ -446,7 +519,7 @@ entity!(Task, "activities", "task", |s| Some(s.org_id), [
     "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
     "conversation_id" => Col::Text(None),
 ]);
-entity!(QueueItem, "queue_items", "queue item", |s| Some(s.org_id), [
+entity!(QueueItem, "queue_items", "queue item", feed QueueItem, |s| Some(s.org_id), [
     "queue_id" => Col::text(s.queue_id),
     "activity_id" => Col::text(s.activity_id),
 ]);
@@ -464,6 +537,14 @@ entity!(ApiToken, "api_tokens", "API token", |s| Some(s.org_id), [
     "user_id" => Col::text(s.user_id),
     "token_hash" => Col::text(&s.token_hash),
 ]);
+
+entity!(
+    WebhookEndpoint,
+    "webhooks",
+    "webhook endpoint",
+    |s| Some(s.org_id),
+    []
+);
 
 /// Organization email settings: one row per organization, keyed by the organization id.
 impl Entity for EmailSettings {

@@ -7,21 +7,25 @@
 //!
 //! Entities are stored as a JSON document plus the columns that queries filter on ([`Entity`]).
 //! Secrets are sealed with the master key before they reach a table ([`secrets`]). Work
-//! ownership uses leases with fencing epochs ([`lease`]).
+//! ownership uses leases with fencing epochs ([`lease`]). Writes of CRM records also append to
+//! the change feed in the same transaction ([`changes`]), which webhook endpoints follow.
 
 mod audit;
+mod changes;
 mod entity;
 mod error;
 mod items;
 mod lease;
 mod secrets;
 mod sync_state;
+mod webhooks;
 
 pub use audit::NewAuditEntry;
 pub use entity::{Col, Entity, Page, Stored};
 pub use error::StoreError;
 pub use items::ItemInsert;
 pub use lease::LeaseGuard;
+pub use webhooks::{DueWebhook, NewDelivery};
 
 use serversync_vault::MasterKey;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

@@ -258,9 +258,27 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// HMAC-SHA256 of `data` under `key`, lowercase hex (webhook signatures).
+pub fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    aws_lc_rs::hmac::sign(&key, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        assert_eq!(
+            hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
 
     #[test]
     fn seal_and_open_round_trip_bound_to_owner() {

@@ -6,6 +6,7 @@ mod mailboxes;
 mod orgs;
 mod profiles;
 mod records;
+mod webhooks;
 
 use crate::AppState;
 use crate::problem::Problem;
@@ -21,7 +22,7 @@ use utoipa_axum::routes;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "serversync API", description = "Administration of server-side synchronization: organizations, users, queues, email server profiles, email settings, mailboxes, test and enable, alerts, jobs, audit log and CRM records. Errors are RFC 9457 problem+json documents with a stable `code` and the offending `field`."),
+    info(title = "serversync API", description = "Administration of server-side synchronization: organizations, users, queues, email server profiles, email settings, mailboxes, test and enable, alerts, jobs, audit log, CRM records, their change feed and webhooks. Errors are RFC 9457 problem+json documents with a stable `code` and the offending `field`."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     components(schemas(Problem, crate::problem::FieldProblem, ListPage))
@@ -108,6 +109,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(records::list_activities))
         .routes(routes!(records::get_activity))
         .routes(routes!(records::list_queue_items))
+        .routes(routes!(webhooks::list_changes))
+        .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::update_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::resume_webhook))
+        .routes(routes!(webhooks::list_deliveries))
 }
 
 /// The served document: every response gets a description (OpenAPI requires one).

@@ -1,0 +1,187 @@
+//! The change feed and webhook endpoints through the REST API, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{Instance, Trust, both};
+use serde_json::{Value, json};
+use serversync_store::Backend;
+use serversync_testkit::TestEnv;
+
+const ORG: &str = "/api/v1/orgs/default";
+const SECRET: &str = "api-test-signing-secret-1234";
+
+both!(the_change_feed_pages_with_a_resumable_cursor, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let mut created = Vec::new();
+    for (kind, name) in [
+        ("contacts", "Carla"),
+        ("accounts", "Contoso"),
+        ("leads", "Len"),
+        ("contacts", "Dora"),
+    ] {
+        let r = s
+            .ok(
+                "POST",
+                &format!("{ORG}/{kind}"),
+                Some(json!({"name": name})),
+            )
+            .await;
+        created.push(r["id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s
+            .ok("GET", &format!("{ORG}/changes?after={after}&limit=3"), None)
+            .await;
+        let items = page["items"].as_array().unwrap();
+        if items.is_empty() {
+            assert_eq!(
+                page["next"], after,
+                "an empty page hands the same cursor back"
+            );
+            break;
+        }
+        after = page["next"].as_i64().unwrap();
+        assert_eq!(items.last().unwrap()["seq"], after);
+        seen.extend(items.iter().cloned());
+    }
+    let ids: Vec<&str> = seen
+        .iter()
+        .map(|c| c["record_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, created.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(seen[1]["event_type"], "account.created");
+    assert_eq!(seen[1]["record"]["name"], "Contoso");
+
+    // A new write shows up after the cursor.
+    s.ok(
+        "POST",
+        &format!("{ORG}/leads"),
+        Some(json!({"name": "Late Lead"})),
+    )
+    .await;
+    let page = s
+        .ok("GET", &format!("{ORG}/changes?after={after}"), None)
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["record"]["full_name"], "Late Lead");
+
+    let (status, p) = s
+        .call("GET", &format!("{ORG}/changes?after=-5"), None)
+        .await;
+    assert_eq!((status, p["field"].as_str()), (400, Some("after")), "{p}");
+    let (status, p) = s.call("GET", &format!("{ORG}/changes?limit=0"), None).await;
+    assert_eq!((status, p["field"].as_str()), (400, Some("limit")), "{p}");
+});
+
+both!(
+    webhooks_crud_redacts_the_secret_and_checks_fields,
+    |backend| {
+        let s = Instance::start(backend, Trust::TestCa).await;
+        let (status, p) = s
+            .call(
+                "POST",
+                &format!("{ORG}/webhooks"),
+                Some(json!({"url": "ftp://x", "secret": SECRET})),
+            )
+            .await;
+        assert_eq!(status, 422, "{p}");
+        assert_eq!(p["errors"][0]["field"], "url", "{p}");
+        let (status, p) = s
+            .call(
+                "POST",
+                &format!("{ORG}/webhooks"),
+                Some(json!({"url": "https://crm.example.com/h", "secret": "short"})),
+            )
+            .await;
+        assert_eq!(
+            (status, p["errors"][0]["field"].as_str()),
+            (422, Some("secret")),
+            "{p}"
+        );
+        let (status, p) = s
+            .call(
+                "POST",
+                &format!("{ORG}/webhooks"),
+                Some(json!({"url": "https://crm.example.com/h"})),
+            )
+            .await;
+        assert_eq!(
+            (status, p["errors"][0]["field"].as_str()),
+            (422, Some("secret")),
+            "{p}"
+        );
+        let (status, p) = s.call("POST", &format!("{ORG}/webhooks"), Some(json!({"url": "https://crm.example.com/h", "secret": SECRET, "record_types": ["spaceship"]}))).await;
+        assert_eq!(
+            (status, p["errors"][0]["field"].as_str()),
+            (422, Some("record_types[0]")),
+            "{p}"
+        );
+
+        let w = s
+        .ok("POST", &format!("{ORG}/webhooks"), Some(json!({"url": "https://crm.example.com/h", "description": "mirror", "secret": SECRET, "record_types": ["contact", "lead"]})))
+        .await;
+        assert_eq!(w["secret"], "********");
+        assert_eq!(w["status"]["state"], "active");
+        assert!(!w.to_string().contains(SECRET));
+        let id = w["id"].as_str().unwrap();
+        let path = format!("{ORG}/webhooks/{id}");
+        let w = s
+            .ok(
+                "PATCH",
+                &path,
+                Some(json!({"description": "CRM mirror", "secret": "another-secret-value-42"})),
+            )
+            .await;
+        assert_eq!(
+            (w["description"].as_str(), w["secret"].as_str()),
+            (Some("CRM mirror"), Some("********"))
+        );
+        let (status, p) = s.call("PATCH", &path, Some(json!({"secret": null}))).await;
+        assert_eq!(
+            (status, p["errors"][0]["field"].as_str()),
+            (422, Some("secret")),
+            "{p}"
+        );
+        let list = s.ok("GET", &format!("{ORG}/webhooks"), None).await;
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        let audit = s.ok("GET", &format!("{ORG}/audit?limit=1000"), None).await;
+        assert!(
+            !audit.to_string().contains("another-secret"),
+            "secrets never reach the audit log"
+        );
+        let log = s.ok("GET", &format!("{path}/deliveries"), None).await;
+        assert_eq!(log["items"], json!([]));
+        let w = s.ok("POST", &format!("{path}/resume"), None).await;
+        assert_eq!(w["status"]["state"], "active");
+
+        // A basic user reads records (and the feed) but cannot manage webhooks.
+        let env = TestEnv::from_env();
+        let bea = s.user("Basic Bea", "bea@example.test", &env.password).await;
+        let t = s
+            .ok(
+                "POST",
+                &format!("{ORG}/users/{}/tokens", bea["user"]["id"].as_str().unwrap()),
+                Some(json!({"name": "t"})),
+            )
+            .await;
+        let token = t["token"].as_str().unwrap();
+        let (status, _) = s
+            .call_as(token, "GET", &format!("{ORG}/changes"), None)
+            .await;
+        assert_eq!(status, 200);
+        let (status, p): (u16, Value) = s
+            .call_as(token, "GET", &format!("{ORG}/webhooks"), None)
+            .await;
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (403, Some("missing_privilege")),
+            "{p}"
+        );
+
+        s.ok("DELETE", &path, None).await;
+        let (status, _) = s.call("GET", &path, None).await;
+        assert_eq!(status, 404);
+    }
+);

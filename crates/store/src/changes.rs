@@ -1,0 +1,128 @@
+//! The change feed: one row per create, update or delete of a CRM record, written in the same
+//! transaction as the record (from the generic [`Entity`](crate::Entity) paths, for entities
+//! whose `FEED` names a record type).
+//!
+//! **Commit order.** A reader pages with `seq > after`, so the feed is only sound if no row can
+//! become visible with a `seq` lower than one a reader has already seen.
+//! - SQLite has a single writer: `seq` is assigned under the database write lock, held until
+//!   commit, so rows commit in `seq` order.
+//! - PostgreSQL assigns sequence values before commit, so two transactions could commit in the
+//!   opposite order of their `seq`, and a reader between the two commits would skip the lower
+//!   one for good. Every transaction that writes a change therefore first takes
+//!   `pg_advisory_xact_lock` on its organization (`changes:<org>`), *before* touching the
+//!   record (taking it later could deadlock against a row lock). The lock is held until commit
+//!   or rollback, so within an organization the next change's `seq` is drawn only after the
+//!   previous change committed: per organization, `seq` order is commit order. Readers filter by
+//!   organization, so interleaving with other organizations' `seq` values does not matter.
+
+use crate::{Store, StoreError, dispatch, from_ms};
+use serversync_model::OrgId;
+use serversync_model::webhook::{Change, ChangeOp, RecordType};
+use sqlx::Row;
+
+pub(crate) const LOCK_FEED: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+pub(crate) const INSERT_CHANGE: &str = "INSERT INTO changes (org_id, record_type, record_id, op, version, at, doc) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+pub(crate) fn lock_key(org: &str) -> String {
+    format!("changes:{org}")
+}
+
+/// On PostgreSQL, takes the organization's change-feed lock inside the open transaction `$tx`.
+macro_rules! lock_feed_in {
+    ($store:expr, $tx:ident, $org:expr) => {{
+        if $store.backend() == $crate::Backend::Postgres {
+            sqlx::query($crate::changes::LOCK_FEED)
+                .bind($crate::changes::lock_key(&$org))
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+pub(crate) use lock_feed_in;
+
+/// Appends a change inside the open transaction `$tx`.
+macro_rules! record_change_in {
+    ($tx:ident, $org:expr, $rt:expr, $id:expr, $op:expr, $version:expr, $doc:expr) => {{
+        sqlx::query($crate::changes::INSERT_CHANGE)
+            .bind($org)
+            .bind(serversync_model::wire_name(&$rt))
+            .bind($id)
+            .bind(serversync_model::wire_name(&$op))
+            .bind($version)
+            .bind($crate::now_ms())
+            .bind($doc)
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+pub(crate) use record_change_in;
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str, seq: i64) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| {
+        StoreError::Corrupt {
+            entity: "change",
+            id: seq.to_string(),
+            cause: e.to_string(),
+        }
+    })
+}
+
+impl Store {
+    /// Changes of `org` with `seq > after_seq`, in `seq` (= commit) order, at most `limit`
+    /// (1‥1000).
+    pub async fn changes_after(
+        &self,
+        org: OrgId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Change>, StoreError> {
+        let limit = i64::from(limit.clamp(1, 1000));
+        dispatch!(&self.db, pool => {
+            let rows = sqlx::query(
+                "SELECT seq, record_type, record_id, op, version, at, doc FROM changes \
+                 WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(org.to_string())
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|r| {
+                let seq: i64 = r.try_get("seq")?;
+                let record_type: RecordType = parse(r.try_get("record_type")?, seq)?;
+                let op: ChangeOp = parse(r.try_get("op")?, seq)?;
+                let doc: &str = r.try_get("doc")?;
+                Ok(Change {
+                    seq,
+                    event_id: Change::event_id_for(seq),
+                    event_type: Change::event_type_for(record_type, op),
+                    org_id: org,
+                    record_type,
+                    record_id: r.try_get("record_id")?,
+                    op,
+                    version: r.try_get("version")?,
+                    at: from_ms(r.try_get("at")?),
+                    record: serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
+                        entity: "change",
+                        id: seq.to_string(),
+                        cause: e.to_string(),
+                    })?,
+                })
+            }).collect()
+        })
+    }
+
+    /// The newest committed change of `org` (0 when there is none).
+    pub async fn latest_change_seq(&self, org: OrgId) -> Result<i64, StoreError> {
+        dispatch!(&self.db, pool => {
+            let n: Option<i64> = sqlx::query("SELECT MAX(seq) AS n FROM changes WHERE org_id = $1")
+                .bind(org.to_string())
+                .fetch_one(pool)
+                .await?
+                .try_get("n")?;
+            Ok(n.unwrap_or(0))
+        })
+    }
+}
