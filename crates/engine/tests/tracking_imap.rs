@@ -153,12 +153,19 @@ async fn run(backend: Backend) {
             m.email
         );
     }
-    let after = store
+    // The worker's telemetry follows right after the batch is committed.
+    while store
         .fetch::<Mailbox>(&bob_mb.id.to_string())
         .await
         .unwrap()
-        .value;
-    assert!(after.telemetry.last_sync_start.is_some());
+        .value
+        .telemetry
+        .last_sync_start
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "telemetry of the round recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(20), task)
         .await

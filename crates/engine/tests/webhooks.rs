@@ -390,15 +390,17 @@ both!(
         );
         assert!(got.iter().any(|c| c.event_type == "lead.deleted"));
 
-        let (_, st) = s
-            .admin
-            .webhook(&s.caller, s.org, ep.value.id)
-            .await
-            .unwrap();
-        assert_eq!(
-            (st.cursor, st.consecutive_failures),
-            (wanted.last().unwrap().seq, 0)
-        );
+        // The cursor and the log are written right after each answer: wait for the last one.
+        let last = wanted.last().unwrap().seq;
+        eventually("the cursor reaches the last event", async || {
+            let (_, st) = s
+                .admin
+                .webhook(&s.caller, s.org, ep.value.id)
+                .await
+                .unwrap();
+            (st.cursor, st.consecutive_failures) == (last, 0)
+        })
+        .await;
         let log = s
             .admin
             .webhook_deliveries(&s.caller, s.org, ep.value.id, 0, 1000)
