@@ -22,6 +22,7 @@ pub struct Config {
     pub tls: TlsSection,
     pub admin: AdminSection,
     pub router: RouterSection,
+    pub webhooks: WebhooksSection,
 }
 
 /// The Email Router's LMTP listener, for an MTA (Postfix…) delivering to serversync.
@@ -103,6 +104,29 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Delivery of the change feed to webhook endpoints.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksSection {
+    /// Longest wait between two attempts of a failing endpoint (the wait doubles from 1 s).
+    pub retry_max_seconds: u64,
+    /// Failed attempts in a row after which an endpoint is paused (with an alert).
+    pub max_failures: u32,
+    /// Time limit of one delivery request.
+    pub timeout_seconds: u64,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        let d = serversync_engine::webhooks::WebhookConfig::default();
+        Self {
+            retry_max_seconds: d.retry_max.as_secs(),
+            max_failures: d.max_failures,
+            timeout_seconds: d.timeout.as_secs(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSection {
@@ -122,6 +146,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             admin: AdminSection::default(),
             router: RouterSection::default(),
+            webhooks: WebhooksSection::default(),
         }
     }
 }
@@ -264,6 +289,15 @@ impl Config {
         if self.engine.lease_ttl_seconds < 2 {
             bail!("engine.lease_ttl_seconds must be at least 2");
         }
+        if self.webhooks.retry_max_seconds == 0 {
+            bail!("webhooks.retry_max_seconds must be at least 1");
+        }
+        if self.webhooks.max_failures == 0 {
+            bail!("webhooks.max_failures must be at least 1");
+        }
+        if self.webhooks.timeout_seconds == 0 {
+            bail!("webhooks.timeout_seconds must be at least 1");
+        }
         Ok(())
     }
 
@@ -316,6 +350,12 @@ impl Config {
         Ok(serversync_engine::EngineConfig {
             tick: Duration::from_millis(self.engine.tick_ms),
             lease_ttl: Duration::from_secs(self.engine.lease_ttl_seconds),
+            webhooks: serversync_engine::webhooks::WebhookConfig {
+                retry_max: Duration::from_secs(self.webhooks.retry_max_seconds),
+                max_failures: self.webhooks.max_failures,
+                timeout: Duration::from_secs(self.webhooks.timeout_seconds),
+                ..Default::default()
+            },
             ..serversync_engine::EngineConfig::new(std::sync::Arc::new(trust))
         })
     }
