@@ -392,3 +392,69 @@ async fn a_profile_connection_limit_is_shared_by_mailboxes_and_workers() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_limit_is_recorded_from_its_header_and_left_on_the_server() {
+    let s = setup("large").await;
+    let port = s.dovecot.info().imap_port;
+    let m = common::imap_mailbox(&s.store, endpoint(port), CAROL, TEST_PASSWORD).await;
+    // A 1 KB attachment limit: messages over 1 KB + 1 MB are not read in full.
+    let mut settings = s
+        .store
+        .fetch::<serversync_model::settings::EmailSettings>(&m.org_id.to_string())
+        .await
+        .unwrap()
+        .value;
+    settings.max_attachment_kb = 1;
+    s.store.update(&settings, None).await.unwrap();
+    let big = format!(
+        "Message-ID: <big@example.test>\r\nFrom: ann@example.test\r\nTo: {CAROL}\r\nSubject: big\r\nDate: Mon, 2 Nov 2026 09:00:00 +0000\r\nContent-Type: text/plain\r\n\r\n{}\r\n",
+        "x".repeat(76).repeat(20_000).as_str()
+    );
+    append(port, "INBOX", big.as_bytes()).await;
+    append(port, "INBOX", &message("small@example.test")).await;
+
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(Engine::new(s.store.clone(), s.config.clone()).run(stop.clone()));
+    eventually!(
+        30,
+        "both messages are accounted for",
+        items(&s.store, m.id).await.len() == 2
+    );
+    let all = items(&s.store, m.id).await;
+    let big_item = all
+        .iter()
+        .find(|i| i.message_id.as_deref() == Some("big@example.test"))
+        .unwrap();
+    assert_eq!(big_item.decision, ItemDecision::Skipped);
+    assert_eq!(
+        big_item.subject.as_deref(),
+        Some("big"),
+        "header fields kept"
+    );
+    assert!(
+        big_item.size > 1_500_000,
+        "its real size: {}",
+        big_item.size
+    );
+    let trace = big_item.trace.join("\n");
+    assert!(
+        trace.contains("over the limit") && trace.contains("left on the server"),
+        "{trace}"
+    );
+    let small = all
+        .iter()
+        .find(|i| i.message_id.as_deref() == Some("small@example.test"))
+        .unwrap();
+    assert_eq!(small.decision, ItemDecision::Stored);
+    assert_eq!(
+        folder_state(port, "INBOX").await,
+        (2, 0),
+        "both stay, unread"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -14,7 +14,7 @@ use super::{
     ConnSlot, Ctx, Reconnect, Stop, WaitEnd, bump_telemetry, check, may_hold_connection,
     poll_interval, renew, wait,
 };
-use crate::intake::{IntakeOutcome, take_in};
+use crate::intake::{IntakeOutcome, take_in, take_in_header_only};
 use crate::test_enable::{Problem, addr};
 use serversync_connectors::imap::sync::{IdleEvent, SyncSession};
 use serversync_connectors::{ServerAddr, mime};
@@ -256,16 +256,33 @@ async fn sync_folder(
                         .await?
                 };
                 if !seen_before {
-                    let outcome = take_in(
-                        store,
-                        &m,
-                        &cx.settings,
-                        Some(&cx.profile),
-                        source,
-                        &msg.body,
-                        received,
-                    )
-                    .await?;
+                    let outcome = if msg.truncated {
+                        // Larger than the limit: recorded from its header, with the reason
+                        // (as over POP3); the message stays on the server.
+                        take_in_header_only(
+                            store,
+                            &m,
+                            &cx.settings,
+                            Some(&cx.profile),
+                            source,
+                            msg.header().unwrap_or(&msg.body),
+                            msg.size,
+                            cx.max_message_bytes() as u64,
+                            received,
+                        )
+                        .await?
+                    } else {
+                        take_in(
+                            store,
+                            &m,
+                            &cx.settings,
+                            Some(&cx.profile),
+                            source,
+                            &msg.body,
+                            received,
+                        )
+                        .await?
+                    };
                     if let IntakeOutcome::Recorded(item) = outcome
                         && item.decision == ItemDecision::Failed
                     {
