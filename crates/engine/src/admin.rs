@@ -1295,24 +1295,117 @@ impl Admin {
         Ok(self.store.list::<E>(Some(org), &[], after, limit).await?)
     }
 
-    /// Email activities of an organization, oldest first.
+    /// Email activities of an organization matching `f`, in id (creation) order.
     pub async fn list_email_activities(
         &self,
         c: &Caller,
         org: OrgId,
+        f: &ActivityFilter,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<serversync_model::crm::EmailActivity>> {
+        use serversync_store::{Col, Filter};
         c.require(Privilege::ReadRecords)?;
+        let mut filters = vec![Filter::Eq("kind", Col::text("email"))];
+        if let Some(m) = f.mailbox {
+            filters.push(Filter::LinkedTo(m.to_string()));
+        }
+        if let Some(r) = f.regarding {
+            filters.push(Filter::Eq(
+                "regarding_id",
+                Col::text(serversync_model::wire_name(&r)),
+            ));
+        }
+        if let Some(conv) = &f.conversation {
+            filters.push(Filter::Eq("conversation_id", Col::text(conv)));
+        }
+        if let Some(t) = f.since {
+            filters.push(Filter::AtLeast("occurred_at", t.timestamp_millis()));
+        }
+        if let Some(t) = f.until {
+            filters.push(Filter::Below("occurred_at", t.timestamp_millis()));
+        }
         Ok(self
             .store
-            .list(
-                Some(org),
-                &[("kind", serversync_store::Col::text("email"))],
-                after,
-                limit,
-            )
+            .list_where(Some(org), &filters, after, limit)
             .await?)
+    }
+
+    /// The activities of the conversation of activity `id` (itself included), oldest first (by
+    /// received, else sent, else created time).
+    pub async fn activity_thread(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: serversync_model::ActivityId,
+    ) -> Result<Vec<serversync_model::crm::EmailActivity>> {
+        let a = self.email_activity(c, org, id).await?;
+        let Some(conv) = a.conversation_id.clone() else {
+            return Ok(vec![a]);
+        };
+        let mut all: Vec<_> = self
+            .store
+            .list_all::<serversync_model::crm::EmailActivity>(
+                Some(org),
+                &[
+                    ("kind", serversync_store::Col::text("email")),
+                    ("conversation_id", serversync_store::Col::text(conv)),
+                ],
+            )
+            .await?
+            .into_iter()
+            .map(|s| s.value)
+            .collect();
+        all.sort_by_key(|a| (a.received_at.or(a.sent_at).unwrap_or(a.created_at), a.id));
+        Ok(all)
+    }
+
+    /// An attachment of an email activity, with its bytes when they were kept.
+    pub async fn activity_attachment(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: serversync_model::ActivityId,
+        sha256: &str,
+    ) -> Result<(serversync_model::crm::Attachment, AttachmentContent)> {
+        let a = self.email_activity(c, org, id).await?;
+        let sha = sha256.to_ascii_lowercase();
+        let att = a
+            .attachments
+            .into_iter()
+            .find(|t| t.sha256.eq_ignore_ascii_case(&sha))
+            .ok_or_else(|| AdminError::NotFound {
+                entity: "attachment",
+                id: format!("{sha} of email activity {id}"),
+            })?;
+        if let Some(reason) = &att.dropped_reason {
+            let reason = reason.clone();
+            return Ok((att, AttachmentContent::Dropped(reason)));
+        }
+        Ok(match self.store.get_blob(&att.sha256).await? {
+            Some(bytes) => (att, AttachmentContent::Bytes(bytes)),
+            None => (
+                att,
+                AttachmentContent::Dropped("the stored content is no longer kept".into()),
+            ),
+        })
+    }
+
+    /// Queue items of an organization, optionally of one queue.
+    pub async fn list_queue_items(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        queue: Option<serversync_model::QueueId>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<serversync_model::crm::QueueItem>> {
+        c.require(Privilege::ReadRecords)?;
+        let filters: Vec<_> = queue
+            .map(|q| ("queue_id", serversync_store::Col::text(q)))
+            .into_iter()
+            .collect();
+        Ok(self.store.list(Some(org), &filters, after, limit).await?)
     }
 
     /// One email activity of the organization.
@@ -1345,6 +1438,28 @@ impl Admin {
                 id: id.to_string(),
             })
     }
+}
+
+/// Which email activities to list (every field optional; all given must match).
+#[derive(Debug, Clone, Default)]
+pub struct ActivityFilter {
+    /// Seen through this mailbox.
+    pub mailbox: Option<serversync_model::MailboxId>,
+    /// Set regarding this record.
+    pub regarding: Option<serversync_model::crm::RecordRef>,
+    /// Of this conversation.
+    pub conversation: Option<String>,
+    /// Received (else sent, else created) at or after.
+    pub since: Option<serversync_model::Timestamp>,
+    /// Received (else sent, else created) before.
+    pub until: Option<serversync_model::Timestamp>,
+}
+
+/// The bytes of an attachment, or why they are not there.
+#[derive(Debug, Clone)]
+pub enum AttachmentContent {
+    Bytes(Vec<u8>),
+    Dropped(String),
 }
 
 fn fit_act_to_profile(m: &mut Mailbox, p: &EmailServerProfile) {

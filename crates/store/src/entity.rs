@@ -50,6 +50,27 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync {
     /// CRM records: the record type under which every insert, update and delete is written to
     /// the change feed, in the same transaction. `None` (the default): not in the feed.
     const FEED: Option<RecordType> = None;
+    /// Link rows kept with the entity, as `(table, entity id column, linked id column)`; the
+    /// table also has `org_id`. Written in the same transaction as every insert and update
+    /// (replaced), removed with the entity. `None` (the default): no links.
+    const LINKS: Option<(&'static str, &'static str, &'static str)> = None;
+    /// The ids the entity links to (see [`Entity::LINKS`]).
+    fn linked_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A condition of [`Store::list_where`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// The column equals the value (`IS NULL` for a missing value).
+    Eq(&'static str, Col),
+    /// The integer column is at least the value.
+    AtLeast(&'static str, i64),
+    /// The integer column is less than the value.
+    Below(&'static str, i64),
+    /// The entity links to this id (see [`Entity::LINKS`]).
+    LinkedTo(String),
 }
 
 /// An entity as stored, with its optimistic-concurrency version and timestamps.
@@ -107,6 +128,27 @@ fn to_doc<E: Entity>(e: &E) -> Result<String, StoreError> {
     })
 }
 
+/// Replaces the link rows of entity `$id` (see [`Entity::LINKS`]) inside transaction `$tx`.
+macro_rules! write_links_in {
+    ($tx:expr, $links:expr, $id:expr, $org:expr, $ids:expr) => {
+        if let Some((table, own, other)) = $links {
+            let del = format!("DELETE FROM {table} WHERE {own} = $1");
+            sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind($id).execute(&mut *$tx).await?;
+            let ins = format!(
+                "INSERT INTO {table} ({own}, {other}, org_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+            );
+            for l in $ids {
+                sqlx::query(sqlx::AssertSqlSafe(ins.as_str()))
+                    .bind($id)
+                    .bind(l.clone())
+                    .bind($org.clone())
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+    };
+}
+
 /// Turns a unique-constraint violation into a readable conflict.
 fn conflict<E: Entity>(err: sqlx::Error) -> StoreError {
     match &err {
@@ -141,6 +183,7 @@ impl Store {
             params.join(", ")
         );
         let doc = to_doc(e)?;
+        let links = e.linked_ids();
         let now = now_ms();
         let feed_org = E::FEED.and(e.org_id()).map(|o| o.to_string());
         dispatch!(&self.db, pool => {
@@ -159,6 +202,7 @@ impl Store {
                 q = bind_col!(q, c);
             }
             q.execute(&mut *tx).await.map_err(conflict::<E>)?;
+            write_links_in!(tx, E::LINKS, e.id(), e.org_id().map(|o| o.to_string()), &links);
             if let (Some(org), Some(rt)) = (&feed_org, E::FEED) {
                 record_change_in!(tx, org, rt, e.id(), ChangeOp::Created, 1_i64, &doc);
             }
@@ -233,6 +277,7 @@ impl Store {
         }
         sql.push_str(" RETURNING version, created_at");
         let doc = to_doc(e)?;
+        let links = e.linked_ids();
         let now = now_ms();
         let feed_org = E::FEED.and(e.org_id()).map(|o| o.to_string());
         let row: Option<(i64, i64)> = dispatch!(&self.db, pool => {
@@ -254,6 +299,7 @@ impl Store {
                 None => None,
             };
             if let Some((version, _)) = row {
+                write_links_in!(tx, E::LINKS, e.id(), e.org_id().map(|o| o.to_string()), &links);
                 if let (Some(org), Some(rt)) = (&feed_org, E::FEED) {
                     record_change_in!(tx, org, rt, e.id(), ChangeOp::Updated, version, &doc);
                 }
@@ -304,6 +350,10 @@ impl Store {
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).execute(&mut *tx).await?.rows_affected();
+            if let Some((table, own, _)) = E::LINKS {
+                let del = format!("DELETE FROM {table} WHERE {own} = $1");
+                sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind(id).execute(&mut *tx).await?;
+            }
             if n > 0
                 && let Some(a) = audit
             {
@@ -349,6 +399,10 @@ impl Store {
             let org: String = row.try_get("org_id")?;
             let doc: String = row.try_get("doc")?;
             let version: i64 = row.try_get("version")?;
+            if let Some((table, own, _)) = E::LINKS {
+                let del = format!("DELETE FROM {table} WHERE {own} = $1");
+                sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind(id).execute(&mut *tx).await?;
+            }
             record_change_in!(tx, &org, rt, id, ChangeOp::Deleted, version, &doc);
             if let Some(a) = audit {
                 crate::audit::append_in!(tx, a);
@@ -368,6 +422,21 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<E>, StoreError> {
+        let filters: Vec<Filter> = filters
+            .iter()
+            .map(|(n, c)| Filter::Eq(n, c.clone()))
+            .collect();
+        self.list_where(org, &filters, after, limit).await
+    }
+
+    /// Like [`Store::list`], with any [`Filter`]s.
+    pub async fn list_where<E: Entity>(
+        &self,
+        org: Option<OrgId>,
+        filters: &[Filter],
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<E>, StoreError> {
         let limit = limit.clamp(1, 1000);
         let mut conds = Vec::new();
         let mut n = 0;
@@ -378,10 +447,21 @@ impl Store {
         if org.is_some() {
             conds.push(format!("org_id = {}", next_param()));
         }
-        for (name, c) in filters {
-            match c {
-                Col::Text(None) | Col::Int(None) => conds.push(format!("{name} IS NULL")),
-                _ => conds.push(format!("{name} = {}", next_param())),
+        for f in filters {
+            match f {
+                Filter::Eq(name, Col::Text(None) | Col::Int(None)) => {
+                    conds.push(format!("{name} IS NULL"))
+                }
+                Filter::Eq(name, _) => conds.push(format!("{name} = {}", next_param())),
+                Filter::AtLeast(name, _) => conds.push(format!("{name} >= {}", next_param())),
+                Filter::Below(name, _) => conds.push(format!("{name} < {}", next_param())),
+                Filter::LinkedTo(_) => match E::LINKS {
+                    Some((table, own, other)) => conds.push(format!(
+                        "id IN (SELECT {own} FROM {table} WHERE {other} = {})",
+                        next_param()
+                    )),
+                    None => conds.push("1 = 0".to_owned()),
+                },
             }
         }
         if after.is_some() {
@@ -401,9 +481,16 @@ impl Store {
             if let Some(o) = org {
                 q = q.bind(o.to_string());
             }
-            for (_, c) in filters {
-                if !matches!(c, Col::Text(None) | Col::Int(None)) {
-                    q = bind_col!(q, c);
+            for f in filters {
+                match f {
+                    Filter::Eq(_, Col::Text(None) | Col::Int(None)) => {}
+                    Filter::Eq(_, c) => q = bind_col!(q, c),
+                    Filter::AtLeast(_, v) | Filter::Below(_, v) => q = q.bind(*v),
+                    Filter::LinkedTo(v) => {
+                        if E::LINKS.is_some() {
+                            q = q.bind(v.clone());
+                        }
+                    }
                 }
             }
             if let Some(a) = after {
@@ -446,16 +533,25 @@ impl Store {
 
 macro_rules! entity {
     ($t:ty, $table:literal, $name:literal, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
-        entity!($t, $table, $name, None, |$s| $org, [$($col => $val),*]);
+        entity!($t, $table, $name, None, |$s| $org, [$($col => $val),*], None, |_s| Vec::new());
     };
     ($t:ty, $table:literal, $name:literal, feed $rt:ident, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
-        entity!($t, $table, $name, Some(RecordType::$rt), |$s| $org, [$($col => $val),*]);
+        entity!($t, $table, $name, Some(RecordType::$rt), |$s| $org, [$($col => $val),*], None, |_s| Vec::new());
     };
-    ($t:ty, $table:literal, $name:literal, $feed:expr, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
+    ($t:ty, $table:literal, $name:literal, feed $rt:ident, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?], links $links:expr => $ids:expr) => {
+        entity!($t, $table, $name, Some(RecordType::$rt), |$s| $org, [$($col => $val),*], Some($links), |$s| $ids);
+    };
+    ($t:ty, $table:literal, $name:literal, $feed:expr, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?], $links:expr, |$ls:ident| $ids:expr) => {
         impl Entity for $t {
             const TABLE: &'static str = $table;
             const NAME: &'static str = $name;
             const FEED: Option<RecordType> = $feed;
+            const LINKS: Option<(&'static str, &'static str, &'static str)> = $links;
+            #[allow(unused_variables)]
+            fn linked_ids(&self) -> Vec<String> {
+                let $ls = self;
+                $ids
+            }
             fn id(&self) -> String {
                 self.id.to_string()
             }
@@ -502,7 +598,8 @@ entity!(EmailActivity, "activities", "email activity", feed EmailActivity, |s| S
     "conversation_id" => Col::opt_text(s.conversation_id.as_ref()),
     "tracking_token" => Col::opt_text(s.tracking_token.as_ref()),
     "subject_key" => Col::opt_text(Some(serversync_model::track::normalize_subject(&s.subject)).filter(|k| !k.is_empty())),
-]);
+    "occurred_at" => Col::Int(Some(s.received_at.or(s.sent_at).unwrap_or(s.created_at).timestamp_millis())),
+], links ("activity_mailboxes", "activity_id", "mailbox_id") => s.mailbox_ids.iter().map(|m| m.to_string()).collect());
 entity!(Appointment, "activities", "appointment", feed Appointment, |s| Some(s.org_id), [
     "kind" => Col::text("appointment"),
     "status" => Col::text(wire_name(&s.state)),
@@ -510,6 +607,7 @@ entity!(Appointment, "activities", "appointment", feed Appointment, |s| Some(s.o
     "message_id" => Col::Text(None),
     "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
     "conversation_id" => Col::Text(None),
+    "occurred_at" => Col::Int(Some(s.starts_at.timestamp_millis())),
 ]);
 entity!(Task, "activities", "task", feed Task, |s| Some(s.org_id), [
     "kind" => Col::text("task"),
@@ -518,6 +616,7 @@ entity!(Task, "activities", "task", feed Task, |s| Some(s.org_id), [
     "message_id" => Col::Text(None),
     "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
     "conversation_id" => Col::Text(None),
+    "occurred_at" => Col::Int(Some(s.due_at.unwrap_or(s.created_at).timestamp_millis())),
 ]);
 entity!(QueueItem, "queue_items", "queue item", feed QueueItem, |s| Some(s.org_id), [
     "queue_id" => Col::text(s.queue_id),

@@ -108,6 +108,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(records::list_leads, records::create_lead))
         .routes(routes!(records::list_activities))
         .routes(routes!(records::get_activity))
+        .routes(routes!(records::activity_thread))
+        .routes(routes!(records::activity_attachment))
         .routes(routes!(records::list_queue_items))
         .routes(routes!(webhooks::list_changes))
         .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))

@@ -206,6 +206,12 @@ impl Client {
         bail!("the list at {} did not end", self.org_url(segments))
     }
 
+    /// `GET` of something that is not JSON (an attachment): the bytes.
+    pub async fn get_bytes(&self, segments: &[&str]) -> Result<Vec<u8>> {
+        let url = self.org_url(segments);
+        Ok(self.send_raw(Method::GET, url, &[], None).await?.1)
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -213,6 +219,28 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Value> {
+        let (status, bytes) = self
+            .send_raw(method.clone(), url.clone(), query, body)
+            .await?;
+        if bytes.is_empty() || status == StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|_| {
+            anyhow!(
+                "{method} {} answered HTTP {status} with something that is not JSON: is --url a serversync server?",
+                url.path()
+            )
+        })
+    }
+
+    /// Sends a request; a success's status and body, or the problem as an error.
+    async fn send_raw(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Vec<u8>)> {
         let Some(token) = &self.token else {
             bail!(
                 "no API token: set SERVERSYNC_TOKEN (or --token-file FILE); create one with \
@@ -234,15 +262,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
         if status.is_success() {
-            if bytes.is_empty() || status == StatusCode::NO_CONTENT {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_slice(&bytes).map_err(|_| {
-                anyhow!(
-                    "{method} {} answered HTTP {status} with something that is not JSON: is --url a serversync server?",
-                    url.path()
-                )
-            });
+            return Ok((status, bytes.to_vec()));
         }
         Err(problem(&method, &url, status, &bytes))
     }

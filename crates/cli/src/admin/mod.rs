@@ -12,6 +12,7 @@ mod monitor;
 mod orgs;
 mod output;
 mod profiles;
+mod records;
 mod token;
 
 use crate::config::Config;
@@ -136,6 +137,105 @@ pub enum AdminCommand {
     },
     /// The audit log of the organization, oldest first.
     Audit(AuditArgs),
+    /// Email activities: list with filters, show (parties, attachments, thread), download an
+    /// attachment.
+    Activities {
+        #[command(subcommand)]
+        command: ActivitiesCommand,
+    },
+    /// Queue items (`list [--queue ID]`).
+    QueueItems {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
+    /// Contacts of the organization.
+    Contacts {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
+    /// Accounts of the organization.
+    Accounts {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
+    /// Leads of the organization.
+    Leads {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
+    /// The change feed of CRM records (one event a line).
+    Changes(ChangesArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActivitiesCommand {
+    /// Email activities, in creation order (one page unless --all).
+    List(ActivityListArgs),
+    /// One activity: parties with their resolution, attachments, regarding record, thread.
+    Show { id: String },
+    /// Save an attachment's bytes to a file.
+    Attachment {
+        id: String,
+        /// The attachment's SHA-256 (see `activities show`).
+        sha256: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ActivityListArgs {
+    /// Seen through this mailbox (id or email address).
+    #[arg(long, value_name = "MAILBOX")]
+    pub mailbox: Option<String>,
+    /// Regarding this record, as TYPE:ID (contact:…, account:…, lead:…).
+    #[arg(long, value_name = "TYPE:ID")]
+    pub regarding: Option<String>,
+    /// Of this conversation.
+    #[arg(long, value_name = "ID")]
+    pub conversation: Option<String>,
+    /// Received (else sent) at or after (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Received (else sent) before (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub limit: u32,
+    /// The cursor printed for the next page.
+    #[arg(long, value_name = "CURSOR", conflicts_with = "all")]
+    pub after: Option<String>,
+    /// Every page.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordsCommand {
+    /// Every record (every page).
+    List {
+        /// Queue items only: of this queue (id).
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    /// Print the changes after this sequence number.
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub after: i64,
+    /// Keep polling for new changes.
+    #[arg(long)]
+    pub follow: bool,
+    /// Seconds between polls with --follow.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2, requires = "follow")]
+    pub interval: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -703,6 +803,14 @@ pub async fn run(cfg: Config, args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Alerts { command } => monitor::alerts(&ctx, command).await,
         AdminCommand::Jobs { command } => monitor::jobs(&ctx, command).await,
         AdminCommand::Audit(a) => monitor::audit(&ctx, a).await,
+        AdminCommand::Activities { command } => records::activities(&ctx, command).await,
+        AdminCommand::QueueItems { command } => {
+            records::records(&ctx, "queue-items", command).await
+        }
+        AdminCommand::Contacts { command } => records::records(&ctx, "contacts", command).await,
+        AdminCommand::Accounts { command } => records::records(&ctx, "accounts", command).await,
+        AdminCommand::Leads { command } => records::records(&ctx, "leads", command).await,
+        AdminCommand::Changes(a) => records::changes(&ctx, a).await,
     }
 }
 

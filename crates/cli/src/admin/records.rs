@@ -1,0 +1,283 @@
+//! `admin activities|queue-items|contacts|accounts|leads|changes`: reading CRM records.
+
+use super::output::{self, Table, at, str_at, time};
+use super::{ActivitiesCommand, ActivityListArgs, ChangesArgs, Ctx, RecordsCommand};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const SUBJECT_WIDTH: usize = 50;
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+fn from(a: &Value) -> String {
+    a.get("parties")
+        .and_then(Value::as_array)
+        .and_then(|p| p.iter().find(|p| p["role"] == "from"))
+        .map(|p| str_at(p, "address").to_owned())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn regarding(a: &Value) -> String {
+    match a.get("regarding") {
+        Some(r) if r.is_object() => format!("{}:{}", str_at(r, "type"), str_at(r, "id")),
+        _ => "-".into(),
+    }
+}
+
+fn when(a: &Value) -> String {
+    if a.get("received_at").is_some_and(|v| !v.is_null()) {
+        time(a, "received_at")
+    } else {
+        time(a, "sent_at")
+    }
+}
+
+pub async fn activities(ctx: &Ctx, c: ActivitiesCommand) -> Result<()> {
+    match c {
+        ActivitiesCommand::List(a) => list(ctx, a).await,
+        ActivitiesCommand::Show { id } => show(ctx, &id).await,
+        ActivitiesCommand::Attachment { id, sha256, out } => {
+            let bytes = ctx
+                .api
+                .get_bytes(&["activities", &id, "attachments", &sha256])
+                .await?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            if ctx.json {
+                output::json(&json!({"file": out, "size": bytes.len()}));
+            } else {
+                println!("wrote {} bytes to {}", bytes.len(), out.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list(ctx: &Ctx, a: ActivityListArgs) -> Result<()> {
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(m) = &a.mailbox {
+        q.push(("mailbox", super::mailboxes::resolve(ctx, m).await?));
+    }
+    for (k, v) in [
+        ("regarding", &a.regarding),
+        ("conversation", &a.conversation),
+        ("since", &a.since),
+        ("until", &a.until),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    let (items, next) = if a.all {
+        (ctx.api.list(&["activities"], &q).await?, None)
+    } else {
+        q.push(("limit", a.limit.to_string()));
+        if let Some(c) = &a.after {
+            q.push(("after", c.clone()));
+        }
+        let page = ctx.api.get(&["activities"], &q).await?;
+        let Some(Value::Array(items)) = page.get("items") else {
+            bail!("the server's answer has no `items` list");
+        };
+        (
+            items.clone(),
+            page.get("next").and_then(Value::as_str).map(str::to_owned),
+        )
+    };
+    if ctx.json {
+        output::json(&json!({"items": items, "next": next}));
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        "ID",
+        "TIME",
+        "DIRECTION",
+        "SUBJECT",
+        "FROM",
+        "REGARDING",
+        "MAILBOXES",
+    ]);
+    for i in &items {
+        t.row(vec![
+            at(i, "id"),
+            when(i),
+            at(i, "direction"),
+            truncate(&at(i, "subject"), SUBJECT_WIDTH),
+            from(i),
+            regarding(i),
+            i.get("mailbox_ids")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+                .to_string(),
+        ]);
+    }
+    t.print("activities");
+    if let Some(n) = next {
+        eprintln!("more activities follow: add --after {n} (or --all)");
+    }
+    Ok(())
+}
+
+async fn show(ctx: &Ctx, id: &str) -> Result<()> {
+    let a = ctx.api.get(&["activities", id], &[]).await?;
+    let thread = ctx.api.get(&["activities", id, "thread"], &[]).await?;
+    if ctx.json {
+        output::json(&json!({"activity": a, "thread": thread}));
+        return Ok(());
+    }
+    println!("id: {}", at(&a, "id"));
+    println!("subject: {}", at(&a, "subject"));
+    println!(
+        "direction: {}  status: {}",
+        at(&a, "direction"),
+        at(&a, "status")
+    );
+    println!("time: {}", when(&a));
+    println!("regarding: {}", regarding(&a));
+    println!("conversation: {}", at(&a, "conversation_id"));
+    println!("parties:");
+    for p in a
+        .get("parties")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let resolved = match p.get("resolved") {
+            Some(r) if r.is_object() => format!("{}:{}", str_at(r, "type"), str_at(r, "id")),
+            _ => "unresolved".into(),
+        };
+        println!("  {:<4} {}  ({resolved})", at(p, "role"), at(p, "address"));
+    }
+    println!("attachments:");
+    for t in a
+        .get("attachments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let state = match t.get("dropped_reason").and_then(Value::as_str) {
+            Some(r) => format!("dropped: {r}"),
+            None => format!("{} bytes", at(t, "size")),
+        };
+        println!(
+            "  {}  {}  {}  sha256 {}",
+            at(t, "file_name"),
+            at(t, "content_type"),
+            state,
+            at(t, "sha256")
+        );
+    }
+    println!("thread:");
+    for t in thread.as_array().into_iter().flatten() {
+        let mark = if t["id"] == a["id"] { "*" } else { " " };
+        println!("  {mark} {}  {}  {}", when(t), from(t), at(t, "subject"));
+    }
+    Ok(())
+}
+
+/// `contacts|accounts|leads|queue-items list`.
+pub async fn records(ctx: &Ctx, kind: &str, c: RecordsCommand) -> Result<()> {
+    let RecordsCommand::List { queue } = c;
+    let mut q = Vec::new();
+    if queue.is_some() && kind != "queue-items" {
+        bail!("--queue applies to `queue-items list` only");
+    }
+    if let Some(queue) = queue {
+        q.push(("queue", queue));
+    }
+    let items = ctx.api.list(&[kind], &q).await?;
+    if ctx.json {
+        output::json(&Value::Array(items));
+        return Ok(());
+    }
+    let mut t = if kind == "queue-items" {
+        Table::new(&["ID", "QUEUE", "ACTIVITY", "ENTERED"])
+    } else {
+        Table::new(&["ID", "NAME", "EMAILS", "OWNER"])
+    };
+    for i in &items {
+        if kind == "queue-items" {
+            t.row(vec![
+                at(i, "id"),
+                at(i, "queue_id"),
+                at(i, "activity_id"),
+                time(i, "entered_at"),
+            ]);
+        } else {
+            let name = i
+                .get("name")
+                .or_else(|| i.get("full_name"))
+                .and_then(Value::as_str)
+                .unwrap_or("-");
+            let emails: Vec<&str> = i
+                .get("emails")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            t.row(vec![
+                at(i, "id"),
+                name.to_owned(),
+                emails.join(", "),
+                at(i, "owner_id"),
+            ]);
+        }
+    }
+    t.print(kind);
+    Ok(())
+}
+
+/// `changes [--after N] [--follow]`: prints the change feed, one event a line (JSON lines with
+/// `--json`); `--follow` keeps polling.
+pub async fn changes(ctx: &Ctx, a: ChangesArgs) -> Result<()> {
+    let mut after = a.after;
+    loop {
+        let page = ctx
+            .api
+            .get(
+                &["changes"],
+                &[("after", after.to_string()), ("limit", "1000".into())],
+            )
+            .await?;
+        let items = page
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for c in &items {
+            if ctx.json {
+                println!("{c}");
+            } else {
+                println!(
+                    "{}  {}  {} {} {} (version {})",
+                    at(c, "seq"),
+                    time(c, "at"),
+                    at(c, "op"),
+                    at(c, "record_type"),
+                    at(c, "record_id"),
+                    at(c, "version")
+                );
+            }
+        }
+        if let Some(n) = page.get("next").and_then(Value::as_i64) {
+            after = n;
+        }
+        if items.is_empty() {
+            if !a.follow {
+                if !ctx.json {
+                    eprintln!("next: --after {after}");
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(a.interval.max(1))).await;
+        }
+    }
+}
