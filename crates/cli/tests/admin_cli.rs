@@ -1024,6 +1024,28 @@ fn admin_cli_reads_activities_attachments_and_the_change_feed() {
     let mailbox = ok_json(server.admin(&["mailboxes", "show", TOM, "--json"]));
     let mailbox_id = mailbox["id"].as_str().unwrap().to_owned();
 
+    // A webhook endpoint nobody listens on: it gets the changes from now on, and fails.
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, "a-signing-secret-of-some-length\n").unwrap();
+    let hook = ok_json(server.admin(&[
+        "webhooks",
+        "create",
+        "http://127.0.0.1:9/hook",
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--description",
+        "CRM mirror",
+        "--json",
+    ]));
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    assert_eq!(hook["status"]["state"], "active", "{hook}");
+    let listed = ok(server.admin(&["webhooks", "list"]));
+    assert!(
+        listed.contains(&hook_id) && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(!listed.contains("a-signing-secret"), "{listed}");
+
     // A message with an attachment, handed in by the Email Router; serve's tracker turns it
     // into an activity.
     let message = format!(
@@ -1093,5 +1115,23 @@ fn admin_cli_reads_activities_attachments_and_the_change_feed() {
             .all(|e| e["seq"].as_i64().unwrap() > created["seq"].as_i64().unwrap()),
         "{rest}"
     );
+    // The endpoint was tried, and each attempt is in its delivery log with the reason.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = ok(server.admin(&["webhooks", "deliveries", &hook_id]));
+        if log.lines().count() > 1 {
+            assert!(log.contains("false") && log.contains("evt_"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery attempt within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shown = ok_json(server.admin(&["webhooks", "show", &hook_id, "--json"]));
+    assert!(
+        shown["status"]["consecutive_failures"].as_u64().unwrap() >= 1,
+        "{shown}"
+    );
+    ok(server.admin(&["webhooks", "delete", &hook_id]));
+    assert!(!ok(server.admin(&["webhooks", "list"])).contains(&hook_id));
     server.stop();
 }

@@ -165,6 +165,41 @@ pub enum AdminCommand {
     },
     /// The change feed of CRM records (one event a line).
     Changes(ChangesArgs),
+    /// Webhook endpoints that receive the change feed: list, create, show, resume, deliveries,
+    /// delete.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Every endpoint with its state and cursor.
+    List,
+    /// A new endpoint; it gets the changes made from now on.
+    Create {
+        /// http:// or https:// URL events are POSTed to.
+        #[arg(value_name = "URL")]
+        endpoint: String,
+        /// File holding the signing secret (at least 16 characters), so it stays out of the
+        /// shell history; `-` reads it from standard input.
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        #[arg(long)]
+        description: Option<String>,
+        /// Only these record types (e.g. contact, email_activity); repeat the flag.
+        #[arg(long = "record-type", value_name = "TYPE")]
+        record_types: Vec<String>,
+    },
+    /// One endpoint.
+    Show { id: String },
+    /// Resume a paused endpoint: delivery continues from its cursor.
+    Resume { id: String },
+    /// The endpoint's delivery log, newest last.
+    Deliveries { id: String },
+    /// Delete an endpoint (and its signing secret).
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -811,6 +846,7 @@ pub async fn run(cfg: Config, args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Accounts { command } => records::records(&ctx, "accounts", command).await,
         AdminCommand::Leads { command } => records::records(&ctx, "leads", command).await,
         AdminCommand::Changes(a) => records::changes(&ctx, a).await,
+        AdminCommand::Webhooks { command } => records::webhooks(&ctx, command).await,
     }
 }
 

@@ -1,7 +1,9 @@
 //! `admin activities|queue-items|contacts|accounts|leads|changes`: reading CRM records.
 
 use super::output::{self, Table, at, str_at, time};
-use super::{ActivitiesCommand, ActivityListArgs, ChangesArgs, Ctx, RecordsCommand};
+use super::{
+    ActivitiesCommand, ActivityListArgs, ChangesArgs, Ctx, RecordsCommand, WebhooksCommand,
+};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -280,4 +282,115 @@ pub async fn changes(ctx: &Ctx, a: ChangesArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(a.interval.max(1))).await;
         }
     }
+}
+
+fn webhook_row(t: &mut Table, w: &Value) {
+    let status = w.get("status").cloned().unwrap_or(Value::Null);
+    t.row(vec![
+        at(w, "id"),
+        at(w, "url"),
+        at(&status, "state"),
+        at(&status, "cursor"),
+        at(&status, "consecutive_failures"),
+        at(&status, "last_error"),
+    ]);
+}
+
+/// `webhooks list|create|show|resume|deliveries|delete`.
+pub async fn webhooks(ctx: &Ctx, c: WebhooksCommand) -> Result<()> {
+    const HEADERS: &[&str] = &["ID", "URL", "STATE", "CURSOR", "FAILURES", "LAST ERROR"];
+    let one = |w: Value| {
+        if ctx.json {
+            output::json(&w);
+        } else {
+            let mut t = Table::new(HEADERS);
+            webhook_row(&mut t, &w);
+            t.print("webhooks");
+        }
+    };
+    match c {
+        WebhooksCommand::List => {
+            let list = ctx.api.get(&["webhooks"], &[]).await?;
+            if ctx.json {
+                output::json(&list);
+                return Ok(());
+            }
+            let mut t = Table::new(HEADERS);
+            for w in list.as_array().into_iter().flatten() {
+                webhook_row(&mut t, w);
+            }
+            t.print("webhooks");
+        }
+        WebhooksCommand::Create {
+            endpoint,
+            secret_file,
+            description,
+            record_types,
+        } => {
+            let secret = if secret_file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("cannot read the secret from standard input")?;
+                s
+            } else {
+                std::fs::read_to_string(&secret_file)
+                    .with_context(|| format!("cannot read {}", secret_file.display()))?
+            };
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                bail!("the secret file is empty: put the signing secret in it");
+            }
+            let mut body = json!({"url": endpoint, "secret": secret});
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            if !record_types.is_empty() {
+                body["record_types"] = json!(record_types);
+            }
+            one(ctx.api.post(&["webhooks"], &body).await?);
+        }
+        WebhooksCommand::Show { id } => one(ctx.api.get(&["webhooks", &id], &[]).await?),
+        WebhooksCommand::Resume { id } => one(ctx
+            .api
+            .post(&["webhooks", &id, "resume"], &json!({}))
+            .await?),
+        WebhooksCommand::Delete { id } => {
+            ctx.api.delete(&["webhooks", &id]).await?;
+            if !ctx.json {
+                println!("deleted webhook {id}");
+            }
+        }
+        WebhooksCommand::Deliveries { id } => {
+            let log = ctx
+                .api
+                .get(
+                    &["webhooks", &id, "deliveries"],
+                    &[("limit", "1000".into())],
+                )
+                .await?;
+            if ctx.json {
+                output::json(&log);
+                return Ok(());
+            }
+            let mut t = Table::new(&["AT", "EVENT", "ATTEMPT", "OK", "STATUS", "MS", "ERROR"]);
+            for d in log
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                t.row(vec![
+                    time(d, "at"),
+                    at(d, "event_id"),
+                    at(d, "attempt"),
+                    at(d, "ok"),
+                    at(d, "status"),
+                    at(d, "duration_ms"),
+                    at(d, "error"),
+                ]);
+            }
+            t.print("deliveries");
+        }
+    }
+    Ok(())
 }
