@@ -79,6 +79,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let shutdown = CancellationToken::new();
     let engine = Engine::new(store.clone(), cfg.engine()?);
     let admin = engine.admin();
+    let waker = engine.waker();
     if let Some((user, token)) = admin
         .bootstrap()
         .await
@@ -98,7 +99,10 @@ pub async fn run(cfg: Config) -> Result<()> {
             Some(tokio::spawn(serversync_engine::lmtp::serve(
                 l,
                 store.clone(),
-                cfg.lmtp(),
+                serversync_engine::lmtp::LmtpConfig {
+                    stored: Some(waker),
+                    ..cfg.lmtp()
+                },
                 shutdown.clone(),
             )))
         }

@@ -92,6 +92,12 @@ impl Engine {
         Admin::new(self.store.clone(), self.wake.clone())
     }
 
+    /// What wakes this engine at once (instead of at its next tick), e.g. when the Email
+    /// Router recorded a message for the tracker.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
     /// The identity this process holds leases under.
     pub fn worker_id(&self) -> &str {
         &self.worker_id

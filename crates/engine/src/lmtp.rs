@@ -41,6 +41,8 @@ pub struct LmtpConfig {
     pub max_connections: usize,
     /// A client that sends nothing for this long is disconnected.
     pub idle_timeout: Duration,
+    /// Told when a message was recorded, so the next stage (the engine's tracker) runs at once.
+    pub stored: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for LmtpConfig {
@@ -54,6 +56,7 @@ impl Default for LmtpConfig {
             max_recipients: 100,
             max_connections: 64,
             idle_timeout: Duration::from_secs(300),
+            stored: None,
         }
     }
 }
@@ -557,6 +560,9 @@ impl Session {
             let line = match outcome {
                 Ok(IntakeOutcome::Recorded(item)) => {
                     tracing::info!(peer = %self.peer, mailbox = %item.mailbox_id, item = %item.id, decision = ?item.decision, size = message.len(), "LMTP delivery recorded");
+                    if let Some(n) = &self.config.stored {
+                        n.notify_one();
+                    }
                     metrics::counter!("serversync_lmtp_deliveries_total", "result" => "recorded")
                         .increment(1);
                     format!("250 2.0.0 <{}> delivered as item {}", r.address, item.id)
