@@ -12,6 +12,7 @@ mod incoming;
 pub mod intake;
 mod jobs;
 pub mod lmtp;
+pub mod outgoing;
 pub mod policy;
 pub mod records;
 pub mod test_enable;
@@ -155,6 +156,10 @@ impl Engine {
             serversync_model::WebhookId,
             tokio::task::JoinHandle<()>,
         > = Default::default();
+        let mut senders: std::collections::HashMap<
+            serversync_model::MailboxId,
+            tokio::task::JoinHandle<()>,
+        > = Default::default();
         let mut heartbeat: Option<serversync_store::LeaseGuard> = None;
         // The tracker (stored messages → activities): one pass at a time per worker; the
         // organizations are shared among workers by the `tracker:<org>` leases.
@@ -238,6 +243,35 @@ impl Engine {
                     }
                 }));
             }
+            // Mailboxes with email to send: one sender task each, under `outgoing:<mailbox>`.
+            senders.retain(|_, task| !task.is_finished());
+            match outgoing::due(&self.store).await {
+                Ok(due) => {
+                    for m in due {
+                        if senders.contains_key(&m.id) {
+                            continue;
+                        }
+                        if let Ok(Some(lease)) = self
+                            .store
+                            .acquire_lease(
+                                &outgoing::resource(m.id),
+                                &self.worker_id,
+                                self.config.lease_ttl,
+                            )
+                            .await
+                        {
+                            let task = tokio::spawn(outgoing::run(
+                                self.store.clone(),
+                                self.config.clone(),
+                                m.id,
+                                lease,
+                            ));
+                            senders.insert(m.id, task);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for email to send failed"),
+            }
             // Webhook endpoints with events waiting: one delivery task each, under a lease.
             hooks.retain(|_, task| !task.is_finished());
             match self.store.webhooks_due().await {
@@ -285,6 +319,14 @@ impl Engine {
                 .is_err()
         {
             tracing::warn!("the tracker did not stop within 10 s");
+        }
+        for (_, task) in senders {
+            if tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("an email sender did not stop within 30 s");
+            }
         }
         for (_, task) in hooks {
             if tokio::time::timeout(Duration::from_secs(10), task)

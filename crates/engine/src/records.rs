@@ -462,6 +462,7 @@ async fn track_item(
                 received_at: Some(item.received_at),
                 send_after: None,
                 delivery_attempts: 0,
+                send_error: None,
                 created_at: now,
                 updated_at: now,
             };

@@ -164,6 +164,10 @@ pub struct EmailActivity {
     pub received_at: Option<DateTime<Utc>>,
     pub send_after: Option<DateTime<Utc>>,
     pub delivery_attempts: u32,
+    /// Why the last send attempt failed or its outcome is unknown (the server's reply, or
+    /// the reason), for the person who decides what to do.
+    #[serde(default)]
+    pub send_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

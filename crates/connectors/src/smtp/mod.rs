@@ -395,6 +395,44 @@ impl SmtpConnection {
         Ok(reply)
     }
 
+    /// `RCPT TO:<address>`. Returns the reply whatever its code, so the caller can tell a
+    /// refused recipient (5xx) from a passing problem (4xx).
+    pub async fn rcpt_to(&mut self, address: &str) -> Result<Reply> {
+        if address
+            .chars()
+            .any(|c| c.is_control() || c == '<' || c == '>' || c == ' ')
+        {
+            return Err(ConnectError::new(
+                FailureStep::Permission,
+                ErrorKind::Permanent,
+                format!("the recipient address {address:?} is not a valid address"),
+            ));
+        }
+        let line = format!("RCPT TO:<{address}>");
+        send(
+            &mut self.wire,
+            FailureStep::Protocol,
+            "RCPT TO",
+            line.as_bytes(),
+        )
+        .await
+    }
+
+    /// `DATA` and the message (dot-stuffed, CR LF line ends), ending with `.`. Returns the
+    /// server's final reply whatever its code (250: accepted for delivery). A refused `DATA`
+    /// command (not 354) is returned as it is, without sending the message.
+    pub async fn data(&mut self, message: &[u8]) -> Result<Reply> {
+        let go = send(&mut self.wire, FailureStep::Protocol, "DATA", b"DATA").await?;
+        if go.code != 354 {
+            return Ok(go);
+        }
+        let body = dot_stuff(message);
+        self.wire
+            .send_raw(FailureStep::Protocol, "the message", &body)
+            .await?;
+        read_reply(&mut self.wire, FailureStep::Protocol, "the message").await
+    }
+
     /// `RSET`: abandons the current mail transaction.
     pub async fn rset(&mut self) -> Result<()> {
         self.expect_250("RSET").await
@@ -577,5 +615,38 @@ mod tests {
             (FailureStep::Authentication, ErrorKind::Auth)
         );
         assert!(e.message.contains("535 5.7.8"), "{e}");
+    }
+}
+
+/// The message as sent after `DATA`: every line ending in CR LF, lines starting with `.`
+/// doubled (RFC 5321 4.5.2), and the final `.` line.
+fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 64);
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        let text = line
+            .strip_suffix(b"\n")
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .unwrap_or(line);
+        if text.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod dot_stuff_tests {
+    use super::dot_stuff;
+
+    #[test]
+    fn stuffs_dots_and_normalizes_line_ends() {
+        assert_eq!(
+            dot_stuff(b"Subject: x\r\n\r\n.hidden\nplain\n"),
+            b"Subject: x\r\n\r\n..hidden\r\nplain\r\n.\r\n".to_vec()
+        );
+        assert_eq!(dot_stuff(b"no end"), b"no end\r\n.\r\n".to_vec());
     }
 }

@@ -1,0 +1,306 @@
+//! Outgoing email against the real Postfix (submission, STARTTLS + AUTH) and Dovecot: an
+//! email queued from alice's mailbox arrives in bob's INBOX with its tracking token and the
+//! Message-ID that encodes the activity, a copy is in alice's Sent folder, and the activity is
+//! sent after one attempt. An email left in "sending" by a dead worker is never sent again.
+
+mod common;
+
+use serversync_connectors::imap::sync::SyncSession;
+use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
+use serversync_engine::{Engine, EngineConfig, outgoing};
+use serversync_model::Secret;
+use serversync_model::auth::Caller;
+use serversync_model::crm::{EmailActivity, EmailStatus};
+use serversync_model::mailbox::Mailbox;
+use serversync_model::org::{Privilege, User};
+use serversync_model::profile::{EmailServerProfile, Endpoint};
+use serversync_model::settings::OutgoingMethod;
+use serversync_store::{Backend, Store};
+use serversync_testkit::TestEnv;
+use serversync_vault::MasterKey;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const ALICE: &str = "alice@example.test";
+const BOB: &str = "bob@example.test";
+
+struct Setup {
+    store: Store,
+    config: EngineConfig,
+    mailbox: Mailbox,
+    caller: Caller,
+    trust: Arc<TlsTrust>,
+    _guard: Box<dyn std::any::Any + Send>,
+}
+
+/// Alice's mailbox: IMAP on the shared Dovecot (IMAPS), SMTP on Postfix submission
+/// (STARTTLS), approved and enabled for outgoing email.
+async fn setup(backend: Backend) -> Setup {
+    let env = TestEnv::from_env();
+    let (guard, url): (Box<dyn std::any::Any + Send>, String) = match backend {
+        Backend::Sqlite => {
+            let d = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", d.path().join("o.db").display());
+            (Box::new(d), url)
+        }
+        Backend::Postgres => {
+            let db = env.pg_database().await.unwrap();
+            let url = db.url().to_owned();
+            (Box::new(db), url)
+        }
+    };
+    let store = Store::open(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
+    let trust = Arc::new(TlsTrust::with_extra_ca_files([&env.ca_cert]).unwrap());
+    let config = EngineConfig {
+        tick: Duration::from_millis(100),
+        lease_ttl: Duration::from_secs(6),
+        ..EngineConfig::new(trust.clone())
+    };
+    let mut m = common::imap_mailbox(
+        &store,
+        Endpoint {
+            location: "localhost".into(),
+            port: env.imaps_port(),
+            tls: TlsMode::Implicit,
+        },
+        ALICE,
+        &env.password,
+    )
+    .await;
+    let p = store
+        .fetch::<EmailServerProfile>(&m.profile_id.unwrap().to_string())
+        .await
+        .unwrap();
+    let mut profile = p.value;
+    profile.outgoing = Some(Endpoint {
+        location: "localhost".into(),
+        port: env.submission_port(),
+        tls: TlsMode::StartTls,
+    });
+    store.update(&profile, Some(p.version)).await.unwrap();
+    let s = store.fetch::<Mailbox>(&m.id.to_string()).await.unwrap();
+    m = s.value;
+    m.incoming.enabled = false; // this test is about sending only
+    m.outgoing_method = OutgoingMethod::ServerSideSync;
+    m.outgoing.enabled = true;
+    store.update(&m, Some(s.version)).await.unwrap();
+    let user = store
+        .fetch::<User>(&m.owner_id.to_string())
+        .await
+        .unwrap()
+        .value;
+    let caller = Caller {
+        user,
+        privileges: [Privilege::ReadRecords, Privilege::WriteRecords]
+            .into_iter()
+            .collect(),
+    };
+    Setup {
+        store,
+        config,
+        mailbox: m,
+        caller,
+        trust,
+        _guard: guard,
+    }
+}
+
+async fn imap(user: &str, trust: &Arc<TlsTrust>) -> SyncSession {
+    let env = TestEnv::from_env();
+    SyncSession::connect(
+        &ServerAddr::new("localhost", env.imaps_port(), TlsMode::Implicit),
+        &Login::password(user, Secret::new(env.password.clone())),
+        &ConnectOptions::new(trust.clone()),
+    )
+    .await
+    .unwrap()
+}
+
+/// The raw messages in `folder` of `user` whose Message-ID is `mid`.
+async fn find(user: &str, folder: &str, mid: &str, trust: &Arc<TlsTrust>) -> Vec<String> {
+    let mut s = imap(user, trust).await;
+    if s.examine(folder, false).await.is_err() {
+        let _ = s.logout().await;
+        return Vec::new();
+    }
+    let uids = s.uid_search_header("Message-ID", mid).await.unwrap();
+    let mut out = Vec::new();
+    if !uids.is_empty() {
+        let mut f = s.fetch_bodies(&uids, 1 << 20).await.unwrap();
+        while let Some(m) = f.next().await.unwrap() {
+            out.push(String::from_utf8_lossy(&m.body).into_owned());
+        }
+    }
+    let _ = s.logout().await;
+    out
+}
+
+async fn sends_through_postfix(backend: Backend) {
+    let t = setup(backend).await;
+    let engine = Engine::new(t.store.clone(), t.config.clone());
+    let admin = engine.admin();
+    let subject = format!("Quote {}", uuid::Uuid::new_v4());
+    let a = admin
+        .send_email(
+            &t.caller,
+            t.mailbox.org_id,
+            t.mailbox.id,
+            vec![BOB.into()],
+            &subject,
+            "Hello Bob,\n.a line starting with a dot\nAlice",
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, EmailStatus::PendingSend);
+    let token = a.tracking_token.clone().expect("tracking tokens are on");
+
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sent = loop {
+        let now = t
+            .store
+            .fetch::<EmailActivity>(&a.id.to_string())
+            .await
+            .unwrap()
+            .value;
+        if !matches!(now.status, EmailStatus::PendingSend | EmailStatus::Sending) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "not sent within 60 s: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.status, EmailStatus::Sent, "{:?}", sent.send_error);
+    assert_eq!(sent.delivery_attempts, 1);
+    assert!(sent.sent_at.is_some());
+    let mid = sent.message_id.clone().unwrap();
+    assert_eq!(mid, format!("act-{}@serversync.example.test", a.id));
+
+    // Delivered to bob through Postfix → LMTP → Dovecot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let inbox = loop {
+        let found = find(BOB, "INBOX", &mid, &t.trust).await;
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "not in bob's INBOX within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(inbox.len(), 1, "delivered once");
+    let raw = &inbox[0];
+    assert!(
+        raw.contains(&format!("Subject: {subject} {token}")),
+        "{raw}"
+    );
+    assert!(raw.contains(ALICE), "{raw}");
+    assert!(raw.contains("\r\n.a line starting with a dot"), "{raw}");
+    // A copy in alice's Sent folder.
+    assert_eq!(
+        find(ALICE, outgoing::SENT_FOLDER, &mid, &t.trust)
+            .await
+            .len(),
+        1
+    );
+}
+
+/// An activity left in "sending" by a worker whose lease ran out is not sent again: nothing
+/// in the Sent folder carries its Message-ID, so it becomes "outcome unknown" with the reason.
+async fn never_sends_twice_after_a_crash(backend: Backend) {
+    let t = setup(backend).await;
+    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
+    let subject = format!("Crash {}", uuid::Uuid::new_v4());
+    let a = admin
+        .send_email(
+            &t.caller,
+            t.mailbox.org_id,
+            t.mailbox.id,
+            vec![BOB.into()],
+            &subject,
+            "left mid-send",
+        )
+        .await
+        .unwrap();
+    // A worker took the lease, marked the email sending, and died.
+    let dead = t
+        .store
+        .acquire_lease(
+            &format!("outgoing:{}", t.mailbox.id),
+            "dead-worker",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let s = t
+        .store
+        .fetch::<EmailActivity>(&a.id.to_string())
+        .await
+        .unwrap();
+    let mut v = s.value;
+    v.status = EmailStatus::Sending;
+    let mid = outgoing::message_id_for(&v.id, ALICE);
+    v.message_id = Some(mid.clone());
+    t.store.update(&v, Some(s.version)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // A live worker takes over.
+    let lease = t
+        .store
+        .acquire_lease(
+            &format!("outgoing:{}", t.mailbox.id),
+            "live-worker",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .expect("the dead worker's lease ran out");
+    assert!(lease.epoch > dead.epoch);
+    outgoing::run_once(&t.store, &t.config, t.mailbox.id, &lease)
+        .await
+        .unwrap();
+    // A second pass changes nothing.
+    outgoing::run_once(&t.store, &t.config, t.mailbox.id, &lease)
+        .await
+        .unwrap();
+    let after = t
+        .store
+        .fetch::<EmailActivity>(&a.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(after.status, EmailStatus::OutcomeUnknown);
+    assert_eq!(after.delivery_attempts, 0, "no new attempt");
+    let why = after.send_error.unwrap();
+    assert!(why.contains("not sent again"), "{why}");
+    // Nothing reached bob.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(find(BOB, "INBOX", &mid, &t.trust).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_through_postfix_sqlite() {
+    sends_through_postfix(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_through_postfix_postgres() {
+    sends_through_postfix(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_sends_twice_after_a_crash_sqlite() {
+    never_sends_twice_after_a_crash(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_sends_twice_after_a_crash_postgres() {
+    never_sends_twice_after_a_crash(Backend::Postgres).await
+}
