@@ -15,7 +15,7 @@
 //! when the connection breaks after the message was handed over with `DATA`.
 
 use crate::EngineConfig;
-use crate::test_enable::{addr, credentials};
+use crate::test_enable::{Problem, addr, credentials};
 use chrono::Utc;
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, smtp};
@@ -23,7 +23,7 @@ use serversync_model::crm::{Direction, EmailActivity, EmailStatus, PartyRole};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox};
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
-use serversync_model::{ErrorKind, MailboxId, wire_name};
+use serversync_model::{MailboxId, wire_name};
 use serversync_store::{Col, Filter, LeaseGuard, Store, StoreError};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -85,6 +85,7 @@ pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
             if m.outgoing_method == OutgoingMethod::ServerSideSync
                 && m.approval == ApprovalStatus::Approved
                 && m.outgoing.enabled
+                && m.telemetry.postponed_until.is_none_or(|t| t <= now)
             {
                 out.push(m);
             }
@@ -194,9 +195,21 @@ pub async fn run_once(
             tracing::warn!(mailbox = %id, "the mailbox has no email server profile: email waits");
             return Ok(());
         };
-        send_one(store, config, &mailbox, &settings, p, &opts, lease, s).await?;
+        if send_one(store, config, &mailbox, &settings, p, &opts, lease, s).await?
+            == SendResult::MailboxFailed
+        {
+            // The rest waits for the mailbox's next try.
+            return Ok(());
+        }
     }
     Ok(())
+}
+
+/// Whether the mailbox can go on with its next email.
+#[derive(Debug, PartialEq, Eq)]
+enum SendResult {
+    Done,
+    MailboxFailed,
 }
 
 /// What became of one submission.
@@ -208,6 +221,9 @@ enum Outcome {
     Retry(String),
     /// The connection broke after the message was handed over: it may have been delivered.
     Unknown(String),
+    /// The mailbox cannot send at all (no server, wrong credentials, TLS, sender refused): the
+    /// email waits in pending send and the failure goes to the mailbox's retry policy.
+    Mailbox(Problem),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -220,7 +236,7 @@ async fn send_one(
     opts: &ConnectOptions,
     lease: &LeaseGuard,
     s: serversync_store::Stored<EmailActivity>,
-) -> Result<(), StoreError> {
+) -> Result<SendResult, StoreError> {
     // Fenced: only while the lease is held, and only if nobody changed the activity meanwhile.
     store.renew_lease(lease, config.lease_ttl).await?;
     let mut a = s.value;
@@ -232,7 +248,7 @@ async fn send_one(
     a.updated_at = Utc::now();
     let sending = match store.update(&a, Some(s.version)).await {
         Ok(v) => v,
-        Err(StoreError::VersionMismatch { .. }) => return Ok(()),
+        Err(StoreError::VersionMismatch { .. }) => return Ok(SendResult::Done),
         Err(e) => return Err(e),
     };
     let built = build(mailbox, settings, &a, &mid);
@@ -241,8 +257,19 @@ async fn send_one(
         Ok((bytes, rcpts)) => submit(store, mailbox, profile, opts, bytes, rcpts).await?,
     };
     let mut a = sending.value;
-    a.delivery_attempts += 1;
     a.updated_at = Utc::now();
+    if let Outcome::Mailbox(p) = &outcome {
+        // Not this email's fault: it waits (no attempt counted) while the mailbox's policy
+        // retries, postpones or disables sending with an alert.
+        a.status = EmailStatus::PendingSend;
+        a.send_error = Some(format!("waiting: the mailbox cannot send ({})", p.message));
+        store.update(&a, Some(sending.version)).await?;
+        tracing::warn!(mailbox = %mailbox.id, code = %p.code, "sending failed for the mailbox: {}", p.message);
+        crate::incoming::record_failure(store, mailbox.id, p, crate::policy::Direction::Outgoing)
+            .await?;
+        return Ok(SendResult::MailboxFailed);
+    }
+    a.delivery_attempts += 1;
     match &outcome {
         Outcome::Sent => {
             a.status = EmailStatus::Sent;
@@ -267,6 +294,8 @@ async fn send_one(
                 a.delivery_attempts
             ));
         }
+        // Recorded above, with an early return.
+        Outcome::Mailbox(_) => {}
         Outcome::Retry(why) => {
             a.status = EmailStatus::PendingSend;
             a.send_after = Some(
@@ -287,7 +316,7 @@ async fn send_one(
     {
         tracing::warn!(activity = %a.id, error = %e, "the copy in the Sent folder could not be saved");
     }
-    Ok(())
+    Ok(SendResult::Done)
 }
 
 /// The message and its envelope recipients.
@@ -343,15 +372,20 @@ async fn submit(
 ) -> Result<Outcome, StoreError> {
     let server = match addr(profile.outgoing.as_ref(), "outgoing") {
         Ok(s) => s,
-        Err(p) => return Ok(Outcome::Retry(p.message)),
+        Err(p) => return Ok(Outcome::Mailbox(p)),
     };
     let login = match credentials(store, mailbox, profile, true).await? {
         Ok(l) => l,
-        Err(p) => return Ok(Outcome::Retry(p.message)),
+        Err(p) => return Ok(Outcome::Mailbox(p)),
     };
-    let early = |e: serversync_connectors::ConnectError| match e.kind {
-        ErrorKind::Transient | ErrorKind::Throttled => Outcome::Retry(e.to_string()),
-        _ => Outcome::Failed(e.to_string()),
+    // Before any recipient is given, a failure is the mailbox's, not this email's.
+    let early = |e: serversync_connectors::ConnectError| {
+        Outcome::Mailbox(Problem {
+            code: format!("{}_failed", wire_name(&e.step)),
+            kind: e.kind,
+            step: Some(e.step),
+            message: e.to_string(),
+        })
     };
     let refused = |what: &str, r: &smtp::Reply| {
         let said = format!("{what} refused: server said \"{}\"", r.display());

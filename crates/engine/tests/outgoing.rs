@@ -9,6 +9,7 @@ use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
 use serversync_engine::{Engine, EngineConfig, outgoing};
 use serversync_model::Secret;
+use serversync_model::alert::Alert;
 use serversync_model::auth::Caller;
 use serversync_model::crm::{EmailActivity, EmailStatus};
 use serversync_model::mailbox::Mailbox;
@@ -303,4 +304,111 @@ async fn never_sends_twice_after_a_crash_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_sends_twice_after_a_crash_postgres() {
     never_sends_twice_after_a_crash(Backend::Postgres).await
+}
+
+/// Rejected credentials are the mailbox's problem, not the email's: the email keeps waiting in
+/// pending send (no attempt counted), and the mailbox's outgoing direction is disabled with an
+/// alert that names the step, as the retry policy says for authentication failures.
+async fn rejected_credentials_disable_the_mailbox_not_the_email(backend: Backend) {
+    let t = setup(backend).await;
+    let org = t.mailbox.org_id;
+    let mut m = t
+        .store
+        .fetch::<Mailbox>(&t.mailbox.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    m.password = Some(
+        t.store
+            .put_secret(Some(org), &Secret::new("not-the-password"))
+            .await
+            .unwrap(),
+    );
+    t.store.update(&m, None).await.unwrap();
+    let engine = Engine::new(t.store.clone(), t.config.clone());
+    let a = engine
+        .admin()
+        .send_email(
+            &t.caller,
+            org,
+            m.id,
+            vec![BOB.into()],
+            &format!("Never sent {}", uuid::Uuid::new_v4()),
+            "Hello",
+        )
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let disabled = loop {
+        let now = t
+            .store
+            .fetch::<Mailbox>(&m.id.to_string())
+            .await
+            .unwrap()
+            .value;
+        if !now.outgoing.enabled {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outgoing not disabled within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = disabled
+        .telemetry
+        .last_error
+        .expect("the failure is recorded");
+    assert_eq!(
+        err.step,
+        Some(serversync_model::FailureStep::Authentication),
+        "{err:?}"
+    );
+    let alerts: Vec<Alert> = t
+        .store
+        .list_all::<Alert>(Some(org), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.value)
+        .collect();
+    assert!(
+        alerts
+            .iter()
+            .any(|al| al.mailbox_id == Some(m.id) && al.message.contains("Outgoing email")),
+        "{alerts:?}"
+    );
+    let after = t
+        .store
+        .fetch::<EmailActivity>(&a.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(after.status, EmailStatus::PendingSend, "the email waits");
+    assert_eq!(after.delivery_attempts, 0);
+    assert!(
+        after
+            .send_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot send")),
+        "{:?}",
+        after.send_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_credentials_disable_the_mailbox_not_the_email_sqlite() {
+    rejected_credentials_disable_the_mailbox_not_the_email(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_credentials_disable_the_mailbox_not_the_email_postgres() {
+    rejected_credentials_disable_the_mailbox_not_the_email(Backend::Postgres).await
 }

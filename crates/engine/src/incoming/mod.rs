@@ -104,14 +104,21 @@ pub(crate) async fn run(
     };
     if let Stop::Failed(p) = stop {
         tracing::warn!(mailbox = %id, code = %p.code, "incoming sync failed: {}", p.message);
-        if let Err(e) = record_failure(&store, id, &p).await {
+        if let Err(e) = record_failure(&store, id, &p, Direction::Incoming).await {
             tracing::error!(mailbox = %id, error = %e, "recording the failure failed");
         }
     }
     let _ = store.release_lease(&lease).await;
 }
 
-async fn record_failure(store: &Store, id: MailboxId, p: &Problem) -> Result<(), StoreError> {
+/// Records a mailbox-level failure of one direction per the retry policy: counted, postponed,
+/// or (permanent, or out of retries) the direction disabled with an alert to the owner.
+pub(crate) async fn record_failure(
+    store: &Store,
+    id: MailboxId,
+    p: &Problem,
+    direction: Direction,
+) -> Result<(), StoreError> {
     let Some(s) = store.get::<Mailbox>(&id.to_string()).await? else {
         return Ok(());
     };
@@ -130,7 +137,7 @@ async fn record_failure(store: &Store, id: MailboxId, p: &Problem) -> Result<(),
     };
     let decision = policy::record_failure(
         &mut m,
-        Direction::Incoming,
+        direction,
         &failure,
         &settings.retry,
         chrono::Utc::now(),
@@ -142,8 +149,14 @@ async fn record_failure(store: &Store, id: MailboxId, p: &Problem) -> Result<(),
             serversync_model::alert::Severity::Error,
             &p.code,
             format!(
-                "Incoming email for {} is disabled: {}. Fix the cause, then test and enable the mailbox.",
-                m.email, p.message
+                "{} email for {} is disabled: {}. Fix the cause, then test and enable the mailbox.",
+                match direction {
+                    Direction::Incoming => "Incoming",
+                    Direction::Outgoing => "Outgoing",
+                    Direction::Act => "Appointment, contact and task",
+                },
+                m.email,
+                p.message
             ),
             p.step,
             vec![m.owner_id],
