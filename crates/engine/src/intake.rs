@@ -286,11 +286,7 @@ pub async fn find_router_mailbox(
             method: serversync_model::wire_name(&mailbox.incoming_method),
         });
     }
-    let settings = store
-        .get::<EmailSettings>(&mailbox.org_id.to_string())
-        .await?
-        .map(|s| s.value)
-        .unwrap_or_else(|| EmailSettings::new(mailbox.org_id));
+    let settings = crate::org_settings(store, mailbox.org_id).await?;
     let profile = match mailbox.profile_id {
         Some(p) => store
             .get::<EmailServerProfile>(&p.to_string())

@@ -8,6 +8,7 @@
 //! to mail servers only through `serversync-connectors` and knows nothing of HTTP.
 
 pub mod admin;
+mod health;
 mod incoming;
 pub mod intake;
 mod jobs;
@@ -27,6 +28,18 @@ use tokio_util::sync::CancellationToken;
 
 pub use admin::{Admin, AdminError};
 pub use webhooks::WebhookConfig;
+
+/// The organization's email settings, or the defaults when none were saved.
+pub(crate) async fn org_settings(
+    store: &Store,
+    org: serversync_model::OrgId,
+) -> Result<serversync_model::settings::EmailSettings, serversync_store::StoreError> {
+    Ok(store
+        .get::<serversync_model::settings::EmailSettings>(&org.to_string())
+        .await?
+        .map(|s| s.value)
+        .unwrap_or_else(|| serversync_model::settings::EmailSettings::new(org)))
+}
 
 /// Engine settings (from the `[engine]` and `[tls]` sections of the configuration).
 #[derive(Debug, Clone)]

@@ -111,11 +111,7 @@ pub async fn run_once(
     lease: &LeaseGuard,
 ) -> Result<(), StoreError> {
     let mailbox = store.fetch::<Mailbox>(&id.to_string()).await?.value;
-    let settings = store
-        .get::<EmailSettings>(&mailbox.org_id.to_string())
-        .await?
-        .map(|s| s.value)
-        .unwrap_or_else(|| EmailSettings::new(mailbox.org_id));
+    let settings = crate::org_settings(store, mailbox.org_id).await?;
     let profile = match mailbox.profile_id {
         Some(p) => store
             .get::<EmailServerProfile>(&p.to_string())
@@ -265,7 +261,7 @@ async fn send_one(
         a.send_error = Some(format!("waiting: the mailbox cannot send ({})", p.message));
         store.update(&a, Some(sending.version)).await?;
         tracing::warn!(mailbox = %mailbox.id, code = %p.code, "sending failed for the mailbox: {}", p.message);
-        crate::incoming::record_failure(store, mailbox.id, p, crate::policy::Direction::Outgoing)
+        crate::health::record_failure(store, mailbox.id, p, crate::policy::Direction::Outgoing)
             .await?;
         return Ok(SendResult::MailboxFailed);
     }
@@ -379,14 +375,8 @@ async fn submit(
         Err(p) => return Ok(Outcome::Mailbox(p)),
     };
     // Before any recipient is given, a failure is the mailbox's, not this email's.
-    let early = |e: serversync_connectors::ConnectError| {
-        Outcome::Mailbox(Problem {
-            code: format!("{}_failed", wire_name(&e.step)),
-            kind: e.kind,
-            step: Some(e.step),
-            message: e.to_string(),
-        })
-    };
+    let early =
+        |e: serversync_connectors::ConnectError| Outcome::Mailbox(Problem::from_connect(&e));
     let refused = |what: &str, r: &smtp::Reply| {
         let said = format!("{what} refused: server said \"{}\"", r.display());
         if r.is_transient_negative() {

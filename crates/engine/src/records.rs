@@ -82,11 +82,7 @@ pub async fn track_batch(
     if items.is_empty() {
         return Ok(0);
     }
-    let settings = store
-        .get::<EmailSettings>(&org.to_string())
-        .await?
-        .map(|s| s.value)
-        .unwrap_or_else(|| EmailSettings::new(org));
+    let settings = crate::org_settings(store, org).await?;
     let mut dir = Directory::load(store, org).await?;
     let mut mailboxes: HashMap<_, Option<Mailbox>> = HashMap::new();
     for item in &items {

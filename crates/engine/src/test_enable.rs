@@ -4,12 +4,14 @@
 
 use crate::admin::alert;
 use crate::policy::{self, Direction};
-use serversync_connectors::{ConnectOptions, Login, ProbeReport, ServerAddr, TlsTrust};
+use serversync_connectors::{
+    ConnectError, ConnectOptions, Login, ProbeReport, ServerAddr, TlsTrust,
+};
 use serversync_model::alert::Severity;
 use serversync_model::job::JobItemResult;
 use serversync_model::mailbox::{DirectionStatus, Mailbox, RunStatus};
 use serversync_model::profile::{EmailServerProfile, Endpoint, IncomingProtocol, OutgoingProtocol};
-use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod};
+use serversync_model::settings::{ActMethod, IncomingMethod, OutgoingMethod};
 use serversync_model::wire_name;
 use serversync_model::{ErrorKind, FailureStep, MailboxId, Secret};
 use serversync_store::{NewAuditEntry, Store, StoreError};
@@ -35,12 +37,20 @@ impl Problem {
         }
     }
 
+    /// A connection failure, coded by the step that failed (`authentication_failed`, …).
+    pub(crate) fn from_connect(e: &ConnectError) -> Self {
+        Problem {
+            code: format!("{}_failed", wire_name(&e.step)),
+            kind: e.kind,
+            step: Some(e.step),
+            message: e.to_string(),
+        }
+    }
+
     fn from_probe(what: &str, r: &ProbeReport) -> Option<Self> {
         r.failure.as_ref().map(|f| Problem {
-            code: format!("{}_failed", wire_name(&f.step)),
-            kind: f.kind,
-            step: Some(f.step),
             message: format!("{what}: {f}"),
+            ..Problem::from_connect(f)
         })
     }
 }
@@ -64,11 +74,7 @@ pub async fn test_and_enable(
     };
     let before = stored.value;
     let mut m = before.clone();
-    let settings = store
-        .get::<EmailSettings>(&m.org_id.to_string())
-        .await?
-        .map(|s| s.value)
-        .unwrap_or_else(|| EmailSettings::new(m.org_id));
+    let settings = crate::org_settings(store, m.org_id).await?;
     let profile = match m.profile_id {
         Some(p) => store
             .get::<EmailServerProfile>(&p.to_string())

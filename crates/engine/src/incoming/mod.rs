@@ -8,7 +8,7 @@ mod imap;
 mod pop3;
 
 use crate::EngineConfig;
-use crate::policy::{self, Decision, Direction};
+use crate::policy::{self, Direction};
 use crate::test_enable::{Problem, credentials};
 use serversync_connectors::{ConnectError, ConnectOptions, Login};
 use serversync_model::MailboxId;
@@ -67,12 +67,7 @@ enum Stop {
 
 impl From<ConnectError> for Stop {
     fn from(e: ConnectError) -> Self {
-        Stop::Failed(Problem {
-            code: format!("{}_failed", serversync_model::wire_name(&e.step)),
-            kind: e.kind,
-            step: Some(e.step),
-            message: e.to_string(),
-        })
+        Stop::Failed(Problem::from_connect(&e))
     }
 }
 
@@ -104,66 +99,11 @@ pub(crate) async fn run(
     };
     if let Stop::Failed(p) = stop {
         tracing::warn!(mailbox = %id, code = %p.code, "incoming sync failed: {}", p.message);
-        if let Err(e) = record_failure(&store, id, &p, Direction::Incoming).await {
+        if let Err(e) = crate::health::record_failure(&store, id, &p, Direction::Incoming).await {
             tracing::error!(mailbox = %id, error = %e, "recording the failure failed");
         }
     }
     let _ = store.release_lease(&lease).await;
-}
-
-/// Records a mailbox-level failure of one direction per the retry policy: counted, postponed,
-/// or (permanent, or out of retries) the direction disabled with an alert to the owner.
-pub(crate) async fn record_failure(
-    store: &Store,
-    id: MailboxId,
-    p: &Problem,
-    direction: Direction,
-) -> Result<(), StoreError> {
-    let Some(s) = store.get::<Mailbox>(&id.to_string()).await? else {
-        return Ok(());
-    };
-    let mut m = s.value;
-    let settings = store
-        .get::<EmailSettings>(&m.org_id.to_string())
-        .await?
-        .map(|s| s.value)
-        .unwrap_or_else(|| EmailSettings::new(m.org_id));
-    let failure = policy::Failure {
-        kind: p.kind,
-        step: p.step,
-        code: p.code.clone(),
-        message: p.message.clone(),
-        retry_after: None,
-    };
-    let decision = policy::record_failure(
-        &mut m,
-        direction,
-        &failure,
-        &settings.retry,
-        chrono::Utc::now(),
-    );
-    store.update(&m, None).await?;
-    if decision == Decision::Disable {
-        let a = crate::admin::alert(
-            &m,
-            serversync_model::alert::Severity::Error,
-            &p.code,
-            format!(
-                "{} email for {} is disabled: {}. Fix the cause, then test and enable the mailbox.",
-                match direction {
-                    Direction::Incoming => "Incoming",
-                    Direction::Outgoing => "Outgoing",
-                    Direction::Act => "Appointment, contact and task",
-                },
-                m.email,
-                p.message
-            ),
-            p.step,
-            vec![m.owner_id],
-        );
-        store.insert(&a).await?;
-    }
-    Ok(())
 }
 
 /// What a protocol's session works with: the mailbox as it was when the session started, its
@@ -210,11 +150,7 @@ async fn session(
     stored: &Notify,
 ) -> Result<Stop, Stop> {
     let mailbox = store.fetch::<Mailbox>(&id.to_string()).await?.value;
-    let settings = store
-        .get::<EmailSettings>(&mailbox.org_id.to_string())
-        .await?
-        .map(|s| s.value)
-        .unwrap_or_else(|| EmailSettings::new(mailbox.org_id));
+    let settings = crate::org_settings(store, mailbox.org_id).await?;
     let Some(pid) = mailbox.profile_id else {
         return Err(Stop::Failed(Problem::config(
             "no_profile",
