@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the real-server test environment needs (Debian 12, as root), only what is
 # missing: Dovecot (IMAP, POP3, LMTP), Postfix, Radicale, OpenSSL, PostgreSQL (only when no
-# server binaries are found and no server is reachable), cargo-nextest and the Python
-# openapi-spec-validator.
+# server binaries are found and no server is reachable), Python 3 with aiosmtpd (the scripted
+# SMTP peer of the fault tests), cargo-nextest and the Python openapi-spec-validator.
 # Idempotent: on a machine that has everything it changes nothing and needs no network.
 set -euo pipefail
 
@@ -48,7 +48,8 @@ pg_reachable() {
 }
 
 missing=()
-for pkg in dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix radicale openssl postgresql-client iproute2; do
+for pkg in dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix radicale openssl postgresql-client iproute2 \
+    python3 python3-aiosmtpd; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ! have_pg_binaries && ! pg_reachable; then

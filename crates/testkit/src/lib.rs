@@ -18,6 +18,8 @@
 //!
 //! A test that needs a server of its own (to restart it mid-sync, say) starts a private one,
 //! e.g. [`Dovecot::start`] in a temporary directory under /tmp; it is stopped when dropped.
+//! Fault tests of outgoing mail that need an SMTP server answering errors on cue use a
+//! [`ScriptedSmtp`] peer instead of Postfix.
 
 pub mod accounts;
 pub mod corpus;
@@ -26,6 +28,7 @@ pub mod env;
 pub mod postfix;
 pub mod postgres;
 pub mod radicale;
+pub mod smtp_peer;
 pub mod tls;
 pub mod util;
 
@@ -35,4 +38,5 @@ pub use env::{ENV_VAR, PgDatabase, TestEnv, down, up};
 pub use postfix::{Postfix, PostfixInfo, PostfixOptions};
 pub use postgres::{PgInfo, Postgres};
 pub use radicale::{Radicale, RadicaleInfo};
+pub use smtp_peer::{Received, ScriptedSmtp, SmtpScript};
 pub use tls::{TLS_SERVER_NAME, TlsFiles};
