@@ -72,6 +72,7 @@
 //! IMAP reader: bodies stay raw bytes, IDLE stops exactly on time, and response codes and
 //! QRESYNC data are parsed rather than read from error text.
 
+pub mod dsn;
 pub mod error;
 pub mod imap;
 pub mod login;
