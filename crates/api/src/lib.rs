@@ -42,6 +42,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn(track_requests))
+        // Composed email carries its attachments (base64) in the request.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            serversync_engine::compose::MAX_ATTACHMENTS_BYTES / 3 * 4 + (1 << 20),
+        ))
         .with_state(state)
 }
 

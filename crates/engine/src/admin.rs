@@ -93,7 +93,7 @@ fn now() -> Timestamp {
     chrono::Utc::now()
 }
 
-fn actor(c: &Caller) -> Actor {
+pub(crate) fn actor(c: &Caller) -> Actor {
     Actor::User(c.user.id)
 }
 
@@ -1409,114 +1409,6 @@ impl Admin {
     }
 
     /// One email activity of the organization.
-    /// Queues an email from `mailbox` (the caller's own) to `to`: an outgoing activity in
-    /// pending send, with a tracking token when the organization uses them. The engine sends
-    /// it once the mailbox is approved and enabled for outgoing email.
-    pub async fn send_email(
-        &self,
-        c: &Caller,
-        org: OrgId,
-        mailbox: MailboxId,
-        to: Vec<String>,
-        subject: &str,
-        text: &str,
-    ) -> Result<serversync_model::crm::EmailActivity> {
-        use serversync_model::crm::{
-            ActivityParty, Direction, EmailActivity, EmailStatus, PartyRole, RecordRef,
-        };
-        c.require(Privilege::WriteRecords)?;
-        let m = self.mailbox(c, org, mailbox).await?.value;
-        if m.owner_id != c.user.id {
-            return Err(AdminError::Denied(Denied {
-                code: "not_mailbox_owner",
-                message: format!(
-                    "only the owner of mailbox {} may send from it in this version",
-                    m.email
-                ),
-            }));
-        }
-        let mut errors = ValidationErrors::default();
-        if to.is_empty() {
-            errors.push("required", "to", "give at least one recipient");
-        }
-        for (i, a) in to.iter().enumerate() {
-            if a.parse::<lettre::Address>().is_err() {
-                errors.push("invalid", &format!("to[{i}]"), "not an email address");
-            }
-        }
-        if !errors.is_empty() {
-            return Err(AdminError::Invalid(errors));
-        }
-        let settings = self.settings(org).await?.value;
-        let tracking_token = if settings.tracking_token.enabled {
-            let users = self.store.list_all::<User>(Some(org), &[]).await?;
-            let user_number = users
-                .iter()
-                .position(|u| u.value.id == m.owner_id)
-                .map_or(0, |p| p as u64 + 1);
-            let issued = self
-                .store
-                .list_all::<EmailActivity>(Some(org), &[("owner_id", Col::text(m.owner_id))])
-                .await?
-                .iter()
-                .filter(|a| a.value.tracking_token.is_some())
-                .count() as u64;
-            Some(serversync_model::track::format_token(
-                &settings.tracking_token,
-                user_number,
-                issued + 1,
-            ))
-        } else {
-            None
-        };
-        let now = chrono::Utc::now();
-        let mut parties = vec![ActivityParty {
-            role: PartyRole::From,
-            address: m.email.clone(),
-            display_name: None,
-            resolved: Some(RecordRef::User(m.owner_id)),
-        }];
-        parties.extend(to.into_iter().map(|address| ActivityParty {
-            role: PartyRole::To,
-            address,
-            display_name: None,
-            resolved: None,
-        }));
-        let a = EmailActivity {
-            id: serversync_model::ActivityId::new(),
-            org_id: org,
-            subject: subject.to_owned(),
-            text_body: Some(text.to_owned()),
-            html_body: None,
-            direction: Direction::Outgoing,
-            status: EmailStatus::PendingSend,
-            owner_id: m.owner_id,
-            parties,
-            attachments: Vec::new(),
-            regarding: None,
-            tracking_token,
-            message_id: None,
-            in_reply_to: None,
-            references: Vec::new(),
-            content_key: None,
-            conversation_id: None,
-            mailbox_ids: vec![m.id],
-            item_ids: Vec::new(),
-            sent_at: None,
-            received_at: None,
-            send_after: None,
-            delivery_attempts: 0,
-            send_error: None,
-            created_at: now,
-            updated_at: now,
-        };
-        self.store
-            .insert_audited(&a, Some(NewAuditEntry::create(actor(c), &a)))
-            .await?;
-        self.jobs_wake.notify_one();
-        Ok(a)
-    }
-
     pub async fn email_activity(
         &self,
         c: &Caller,

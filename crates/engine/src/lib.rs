@@ -8,6 +8,7 @@
 //! to mail servers only through `serversync-connectors` and knows nothing of HTTP.
 
 pub mod admin;
+pub mod compose;
 mod health;
 mod incoming;
 pub mod intake;
@@ -16,6 +17,7 @@ pub mod lmtp;
 pub mod outgoing;
 pub mod policy;
 pub mod records;
+mod slots;
 pub mod test_enable;
 pub mod webhooks;
 

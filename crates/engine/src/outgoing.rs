@@ -15,6 +15,7 @@
 //! when the connection breaks after the message was handed over with `DATA`.
 
 use crate::EngineConfig;
+use crate::slots::ConnSlot;
 use crate::test_enable::{Problem, addr, credentials};
 use chrono::Utc;
 use serversync_connectors::imap::sync::SyncSession;
@@ -56,6 +57,7 @@ pub fn subject_with_token(settings: &EmailSettings, a: &EmailActivity) -> String
 /// from a mailbox that sends by server-side synchronization, is approved and enabled.
 /// Mail for other mailboxes waits in pending send.
 pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
+    crate::compose::expire_router_claims(store).await?;
     let now = Utc::now();
     let mut ids = BTreeSet::new();
     for status in [EmailStatus::PendingSend, EmailStatus::Sending] {
@@ -71,6 +73,7 @@ pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
             let a = a.value;
             let ready = status == EmailStatus::Sending || a.send_after.is_none_or(|t| t <= now);
             if a.direction == Direction::Outgoing
+                && a.router_claim.is_none()
                 && ready
                 && let Some(m) = a.mailbox_ids.first()
             {
@@ -92,6 +95,93 @@ pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
         }
     }
     Ok(out)
+}
+
+/// Why an email in pending send has not gone out yet, in words for the person waiting on
+/// it; `None` for an email that is not waiting (any other status) or is due now.
+pub async fn waiting_reason(
+    store: &Store,
+    a: &EmailActivity,
+) -> Result<Option<String>, StoreError> {
+    if a.status != EmailStatus::PendingSend || a.direction != Direction::Outgoing {
+        return Ok(None);
+    }
+    let now = Utc::now();
+    let Some(mid) = a.mailbox_ids.first() else {
+        return Ok(Some("the email has no mailbox to be sent from".into()));
+    };
+    let Some(m) = store.get::<Mailbox>(&mid.to_string()).await? else {
+        return Ok(Some("the mailbox it is sent from no longer exists".into()));
+    };
+    let m = m.value;
+    let why = if m.outgoing_method == OutgoingMethod::EmailRouter {
+        format!(
+            "it waits for the Email Router to claim it (the outgoing method of {} is email router)",
+            m.email
+        )
+    } else if m.outgoing_method != OutgoingMethod::ServerSideSync {
+        format!(
+            "the outgoing email method of {} is none: choose server-side synchronization",
+            m.email
+        )
+    } else if m.approval != ApprovalStatus::Approved {
+        format!(
+            "the email address {} is not approved (approval: {}): an administrator or mailbox approver must approve it",
+            m.email,
+            wire_name(&m.approval)
+        )
+    } else if m.profile_id.is_none() {
+        format!("the mailbox {} has no email server profile", m.email)
+    } else if !m.outgoing.enabled {
+        let last = m
+            .telemetry
+            .last_error
+            .as_ref()
+            .map(|e| format!("; last error: {}", e.message))
+            .unwrap_or_default();
+        format!(
+            "outgoing email of {} is not tested and enabled: run Test & Enable{last}",
+            m.email
+        )
+    } else if let Some(t) = m.telemetry.postponed_until.filter(|t| *t > now) {
+        let last = m
+            .telemetry
+            .last_error
+            .as_ref()
+            .map(|e| format!(" after: {}", e.message))
+            .unwrap_or_default();
+        format!(
+            "the mailbox's sending is postponed until {}{last}",
+            t.to_rfc3339()
+        )
+    } else if let Some(t) = a.send_after.filter(|t| *t > now) {
+        match &a.send_error {
+            Some(e) => format!(
+                "try {} at {} after: {e}",
+                a.delivery_attempts + 1,
+                t.to_rfc3339()
+            ),
+            None => format!("scheduled to be sent at {}", t.to_rfc3339()),
+        }
+    } else {
+        let limit = match m.profile_id {
+            Some(p) => store
+                .get::<EmailServerProfile>(&p.to_string())
+                .await?
+                .map(|p| p.value.advanced.max_sends_per_minute)
+                .unwrap_or(0),
+            None => 0,
+        };
+        if limit > 0 && store.counter(m.org_id, &rate_counter(m.id, now)).await? >= u64::from(limit)
+        {
+            format!(
+                "the mailbox has sent its {limit} emails this minute (max_sends_per_minute): the rest goes next minute"
+            )
+        } else {
+            return Ok(None);
+        }
+    };
+    Ok(Some(why))
 }
 
 /// Sends the mailbox's due activities, then gives the lease back.
@@ -179,6 +269,7 @@ pub async fn run_once(
         )
         .await?;
     let now = Utc::now();
+    let mut smtp: Option<Smtp> = None;
     for s in pending.items {
         let a = &s.value;
         if a.direction != Direction::Outgoing
@@ -189,82 +280,219 @@ pub async fn run_once(
         }
         let Some(p) = &profile else {
             tracing::warn!(mailbox = %id, "the mailbox has no email server profile: email waits");
-            return Ok(());
+            break;
         };
-        if send_one(store, config, &mailbox, &settings, p, &opts, lease, s).await?
-            == SendResult::MailboxFailed
-        {
-            // The rest waits for the mailbox's next try.
-            return Ok(());
+        if !within_rate(store, &mailbox, p).await? {
+            tracing::info!(mailbox = %id, limit = p.advanced.max_sends_per_minute, "send rate limit reached: the rest waits for the next minute");
+            break;
+        }
+        store.renew_lease(lease, config.lease_ttl).await?;
+        let c = match smtp.as_mut() {
+            Some(c) => c,
+            None => match open(store, config, &mailbox, p, &opts, &lease.owner).await? {
+                Ok(Some(c)) => smtp.insert(c),
+                // Every connection slot of the profile is in use: the next round tries again.
+                Ok(None) => break,
+                Err(problem) => {
+                    // Not the email's fault: it waits (no attempt counted) while the
+                    // mailbox's policy retries, postpones or disables sending with an alert.
+                    tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
+                    crate::health::record_failure(
+                        store,
+                        id,
+                        &problem,
+                        crate::policy::Direction::Outgoing,
+                    )
+                    .await?;
+                    break;
+                }
+            },
+        };
+        c.slot.renew(store, config.lease_ttl).await?;
+        match send_one(store, &mailbox, &settings, p, &opts, s, c).await? {
+            SendResult::Done => {}
+            SendResult::ConnectionLost => {
+                if let Some(c) = smtp.take() {
+                    c.slot.release(store).await;
+                }
+            }
+            SendResult::MailboxFailed(problem) => {
+                if let Some(c) = smtp.take() {
+                    c.close(store).await;
+                }
+                tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
+                crate::health::record_failure(
+                    store,
+                    id,
+                    &problem,
+                    crate::policy::Direction::Outgoing,
+                )
+                .await?;
+                break;
+            }
         }
     }
+    if let Some(c) = smtp.take() {
+        c.close(store).await;
+    }
+    // Counters of minutes long gone.
+    let old = format!("sends:{}:", Utc::now().timestamp() / 60 - 2);
+    store.prune_counters("sends:", &old).await?;
     Ok(())
 }
 
+/// An open, signed-in SMTP connection and the connection slot it holds; reused for every
+/// email of a round.
+struct Smtp {
+    c: smtp::SmtpConnection,
+    slot: ConnSlot,
+}
+
+impl Smtp {
+    async fn close(self, store: &Store) {
+        let _ = self.c.quit().await;
+        self.slot.release(store).await;
+    }
+}
+
+/// Connects and signs in under one of the profile's SMTP connection slots; `Ok(None)` when
+/// every slot is taken, the problem when the mailbox cannot send.
+async fn open(
+    store: &Store,
+    config: &EngineConfig,
+    mailbox: &Mailbox,
+    profile: &EmailServerProfile,
+    opts: &ConnectOptions,
+    owner: &str,
+) -> Result<Result<Option<Smtp>, Problem>, StoreError> {
+    let server = match addr(profile.outgoing.as_ref(), "outgoing") {
+        Ok(s) => s,
+        Err(p) => return Ok(Err(p)),
+    };
+    let login = match credentials(store, mailbox, profile, true).await? {
+        Ok(l) => l,
+        Err(p) => return Ok(Err(p)),
+    };
+    let scope = if profile.authentication.credentials_on_mailbox() {
+        format!("smtp:mailbox:{}", mailbox.id)
+    } else {
+        format!("smtp:profile:{}", profile.id)
+    };
+    let Some(slot) = ConnSlot::acquire_in(
+        store,
+        &scope,
+        profile.advanced.max_concurrent_connections,
+        owner,
+        config.lease_ttl,
+    )
+    .await?
+    else {
+        return Ok(Ok(None));
+    };
+    let connected = async {
+        let mut c = smtp::connect(&server, opts).await?;
+        c.login(&login).await?;
+        Ok::<_, serversync_connectors::ConnectError>(c)
+    }
+    .await;
+    match connected {
+        Ok(c) => Ok(Ok(Some(Smtp { c, slot }))),
+        Err(e) => {
+            slot.release(store).await;
+            Ok(Err(Problem::from_connect(&e)))
+        }
+    }
+}
+
+/// Whether the mailbox may send one more email this minute (the profile's
+/// `max_sends_per_minute`; counted across workers): serversync is not a bulk mailer.
+async fn within_rate(
+    store: &Store,
+    mailbox: &Mailbox,
+    profile: &EmailServerProfile,
+) -> Result<bool, StoreError> {
+    let limit = profile.advanced.max_sends_per_minute;
+    if limit == 0 {
+        return Ok(true);
+    }
+    let n = store
+        .next_counter(mailbox.org_id, &rate_counter(mailbox.id, Utc::now()))
+        .await?;
+    Ok(n <= u64::from(limit))
+}
+
+/// The counter of a mailbox's sends in the minute of `at`.
+fn rate_counter(id: MailboxId, at: chrono::DateTime<Utc>) -> String {
+    format!("sends:{}:{id}", at.timestamp() / 60)
+}
+
 /// Whether the mailbox can go on with its next email.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum SendResult {
     Done,
-    MailboxFailed,
+    /// The connection is no longer usable; the next email opens another.
+    ConnectionLost,
+    /// The mailbox cannot send at all (sender refused, credentials…): its email waits.
+    MailboxFailed(Problem),
 }
 
 /// What became of one submission.
 enum Outcome {
     Sent,
-    /// Refused for good (5xx, bad address, rejected credentials): the reason.
+    /// Refused for good (5xx, bad address): the reason.
     Failed(String),
     /// A passing problem before the message was handed over: try again later.
     Retry(String),
     /// The connection broke after the message was handed over: it may have been delivered.
     Unknown(String),
-    /// The mailbox cannot send at all (no server, wrong credentials, TLS, sender refused): the
-    /// email waits in pending send and the failure goes to the mailbox's retry policy.
-    Mailbox(Problem),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The delay before the next try of an email after `attempts` passing failures: the
+/// organization's retry interval, doubled each time, at most an hour.
+pub fn retry_delay(interval_seconds: u32, attempts: u32) -> chrono::Duration {
+    let base = i64::from(interval_seconds.max(1));
+    let factor = 1i64 << attempts.saturating_sub(1).min(20);
+    chrono::Duration::seconds(base.saturating_mul(factor).min(3600).max(base.min(3600)))
+}
+
 async fn send_one(
     store: &Store,
-    config: &EngineConfig,
     mailbox: &Mailbox,
     settings: &EmailSettings,
     profile: &EmailServerProfile,
     opts: &ConnectOptions,
-    lease: &LeaseGuard,
     s: serversync_store::Stored<EmailActivity>,
+    smtp: &mut Smtp,
 ) -> Result<SendResult, StoreError> {
-    // Fenced: only while the lease is held, and only if nobody changed the activity meanwhile.
-    store.renew_lease(lease, config.lease_ttl).await?;
+    // Fenced: only if nobody changed the activity meanwhile (the caller renewed the lease).
     let mut a = s.value;
     a.status = EmailStatus::Sending;
-    let mid = a
-        .message_id
-        .get_or_insert_with(|| message_id_for(&a.id, &mailbox.email))
-        .clone();
+    if a.message_id.is_none() {
+        a.message_id = Some(message_id_for(&a.id, &mailbox.email));
+    }
     a.updated_at = Utc::now();
+    let built = build(mailbox, settings, &a, store).await;
     let sending = match store.update(&a, Some(s.version)).await {
         Ok(v) => v,
         Err(StoreError::VersionMismatch { .. }) => return Ok(SendResult::Done),
         Err(e) => return Err(e),
     };
-    let built = build(mailbox, settings, &a, &mid);
-    let outcome = match &built {
-        Err(e) => Outcome::Failed(e.clone()),
-        Ok((bytes, rcpts)) => submit(store, mailbox, profile, opts, bytes, rcpts).await?,
+    let (outcome, next) = match &built {
+        Err(e) => (Outcome::Failed(e.clone()), SendResult::Done),
+        Ok((bytes, rcpts)) => match transact(&mut smtp.c, &mailbox.email, bytes, rcpts).await {
+            Ok(o) => o,
+            Err(problem) => {
+                // Before any recipient was given: the mailbox's failure, not this email's.
+                let mut a = sending.value;
+                a.status = EmailStatus::PendingSend;
+                a.updated_at = Utc::now();
+                store.update(&a, Some(sending.version)).await?;
+                return Ok(SendResult::MailboxFailed(problem));
+            }
+        },
     };
     let mut a = sending.value;
     a.updated_at = Utc::now();
-    if let Outcome::Mailbox(p) = &outcome {
-        // Not this email's fault: it waits (no attempt counted) while the mailbox's policy
-        // retries, postpones or disables sending with an alert.
-        a.status = EmailStatus::PendingSend;
-        a.send_error = Some(format!("waiting: the mailbox cannot send ({})", p.message));
-        store.update(&a, Some(sending.version)).await?;
-        tracing::warn!(mailbox = %mailbox.id, code = %p.code, "sending failed for the mailbox: {}", p.message);
-        crate::health::record_failure(store, mailbox.id, p, crate::policy::Direction::Outgoing)
-            .await?;
-        return Ok(SendResult::MailboxFailed);
-    }
     a.delivery_attempts += 1;
     match &outcome {
         Outcome::Sent => {
@@ -290,20 +518,17 @@ async fn send_one(
                 a.delivery_attempts
             ));
         }
-        // Recorded above, with an early return.
-        Outcome::Mailbox(_) => {}
         Outcome::Retry(why) => {
             a.status = EmailStatus::PendingSend;
             a.send_after = Some(
-                Utc::now()
-                    + chrono::Duration::seconds(i64::from(settings.retry.interval_seconds.max(1))),
+                Utc::now() + retry_delay(settings.retry.interval_seconds, a.delivery_attempts),
             );
             a.send_error = Some(why.clone());
         }
     }
     // The result is recorded even if the lease was lost meanwhile: it is what happened.
     store.update(&a, Some(sending.version)).await?;
-    tracing::info!(activity = %a.id, mailbox = %mailbox.id, status = wire_name(&a.status), "outgoing email");
+    tracing::info!(activity = %a.id, mailbox = %mailbox.id, status = wire_name(&a.status), attempts = a.delivery_attempts, "outgoing email");
     if matches!(outcome, Outcome::Sent)
         && settings.save_outgoing_to_sent
         && profile.incoming_protocol == IncomingProtocol::Imap
@@ -312,21 +537,76 @@ async fn send_one(
     {
         tracing::warn!(activity = %a.id, error = %e, "the copy in the Sent folder could not be saved");
     }
-    Ok(SendResult::Done)
+    Ok(next)
 }
 
-/// The message and its envelope recipients.
-fn build(
+/// One mail transaction on an open connection. `Err` when the sender is refused or the
+/// connection fails before any recipient was given (the mailbox's problem); the second value
+/// says whether the connection can be used again.
+async fn transact(
+    c: &mut smtp::SmtpConnection,
+    from: &str,
+    message: &[u8],
+    rcpts: &[String],
+) -> Result<(Outcome, SendResult), Problem> {
+    let refused = |what: &str, r: &smtp::Reply| {
+        let said = format!("{what} refused: server said \"{}\"", r.display());
+        if r.is_transient_negative() {
+            Outcome::Retry(said)
+        } else {
+            Outcome::Failed(said)
+        }
+    };
+    c.mail_from(from)
+        .await
+        .map_err(|e| Problem::from_connect(&e))?;
+    for r in rcpts {
+        match c.rcpt_to(r).await {
+            Ok(reply) if reply.is_positive() => {}
+            Ok(reply) => {
+                let next = match c.rset().await {
+                    Ok(()) => SendResult::Done,
+                    Err(_) => SendResult::ConnectionLost,
+                };
+                return Ok((refused(&format!("RCPT TO:<{r}>"), &reply), next));
+            }
+            Err(e) => {
+                return Ok((
+                    Outcome::Retry(format!("the connection failed at RCPT TO ({e})")),
+                    SendResult::ConnectionLost,
+                ));
+            }
+        }
+    }
+    Ok(match c.data(message).await {
+        Ok(reply) if reply.code == 250 => (Outcome::Sent, SendResult::Done),
+        Ok(reply) if reply.code == 354 || reply.is_positive() => (
+            Outcome::Unknown(format!("unexpected reply {}", reply.display())),
+            SendResult::ConnectionLost,
+        ),
+        Ok(reply) => (refused("the message", &reply), SendResult::Done),
+        Err(e) => (Outcome::Unknown(e.to_string()), SendResult::ConnectionLost),
+    })
+}
+
+/// The message and its envelope recipients: From the mailbox, the tracking token in the
+/// subject, Message-ID encoding the activity, In-Reply-To/References of a reply, text and
+/// HTML bodies, and the attachments (from the blob store).
+pub(crate) async fn build(
     mailbox: &Mailbox,
     settings: &EmailSettings,
     a: &EmailActivity,
-    mid: &str,
+    store: &Store,
 ) -> Result<(Vec<u8>, Vec<String>), String> {
-    use lettre::message::Mailbox as Addr;
+    use lettre::message::{Attachment, Mailbox as Addr, MultiPart, SinglePart, header};
     let parse = |s: &str| {
         s.parse::<Addr>()
             .map_err(|e| format!("the address {s:?} is not valid ({e})"))
     };
+    let mid = a
+        .message_id
+        .clone()
+        .unwrap_or_else(|| message_id_for(&a.id, &mailbox.email));
     let mut b = lettre::Message::builder()
         .from(parse(&mailbox.email)?)
         .subject(subject_with_token(settings, a))
@@ -334,6 +614,10 @@ fn build(
         .date_now();
     if let Some(r) = &a.in_reply_to {
         b = b.in_reply_to(format!("<{r}>"));
+    }
+    if !a.references.is_empty() {
+        let refs: Vec<String> = a.references.iter().map(|r| format!("<{r}>")).collect();
+        b = b.references(refs.join(" "));
     }
     let mut rcpts = Vec::new();
     for p in &a.parties {
@@ -352,66 +636,34 @@ fn build(
     if rcpts.is_empty() {
         return Err("the email has no recipients".into());
     }
-    let msg = b
-        .body(a.text_body.clone().unwrap_or_default())
-        .map_err(|e| format!("the message could not be built ({e})"))?;
-    Ok((msg.formatted(), rcpts))
-}
-
-async fn submit(
-    store: &Store,
-    mailbox: &Mailbox,
-    profile: &EmailServerProfile,
-    opts: &ConnectOptions,
-    message: &[u8],
-    rcpts: &[String],
-) -> Result<Outcome, StoreError> {
-    let server = match addr(profile.outgoing.as_ref(), "outgoing") {
-        Ok(s) => s,
-        Err(p) => return Ok(Outcome::Mailbox(p)),
-    };
-    let login = match credentials(store, mailbox, profile, true).await? {
-        Ok(l) => l,
-        Err(p) => return Ok(Outcome::Mailbox(p)),
-    };
-    // Before any recipient is given, a failure is the mailbox's, not this email's.
-    let early =
-        |e: serversync_connectors::ConnectError| Outcome::Mailbox(Problem::from_connect(&e));
-    let refused = |what: &str, r: &smtp::Reply| {
-        let said = format!("{what} refused: server said \"{}\"", r.display());
-        if r.is_transient_negative() {
-            Outcome::Retry(said)
-        } else {
-            Outcome::Failed(said)
-        }
-    };
-    let mut c = match smtp::connect(&server, opts).await {
-        Ok(c) => c,
-        Err(e) => return Ok(early(e)),
-    };
-    if let Err(e) = c.login(&login).await {
-        return Ok(early(e));
-    }
-    if let Err(e) = c.mail_from(&mailbox.email).await {
-        return Ok(early(e));
-    }
-    for r in rcpts {
-        match c.rcpt_to(r).await {
-            Ok(reply) if reply.is_positive() => {}
-            Ok(reply) => {
-                let _ = c.quit().await;
-                return Ok(refused(&format!("RCPT TO:<{r}>"), &reply));
+    let text = a.text_body.clone().unwrap_or_default();
+    let msg = match (&a.html_body, a.attachments.is_empty()) {
+        (None, true) => b.body(text),
+        (Some(html), true) => b.multipart(MultiPart::alternative_plain_html(text, html.clone())),
+        (html, false) => {
+            let mut mixed = match html {
+                Some(h) => {
+                    MultiPart::mixed().multipart(MultiPart::alternative_plain_html(text, h.clone()))
+                }
+                None => MultiPart::mixed().singlepart(SinglePart::plain(text)),
+            };
+            for at in &a.attachments {
+                let bytes = store
+                    .get_blob(&at.sha256)
+                    .await
+                    .map_err(|e| {
+                        format!("the attachment {} could not be read ({e})", at.file_name)
+                    })?
+                    .ok_or_else(|| format!("the attachment {} is not stored", at.file_name))?;
+                let ct = header::ContentType::parse(&at.content_type)
+                    .unwrap_or(header::ContentType::TEXT_PLAIN);
+                mixed = mixed.singlepart(Attachment::new(at.file_name.clone()).body(bytes, ct));
             }
-            Err(e) => return Ok(early(e)),
+            b.multipart(mixed)
         }
     }
-    let outcome = match c.data(message).await {
-        Ok(reply) if reply.code == 250 => Outcome::Sent,
-        Ok(reply) => refused("the message", &reply),
-        Err(e) => return Ok(Outcome::Unknown(e.to_string())),
-    };
-    let _ = c.quit().await;
-    Ok(outcome)
+    .map_err(|e| format!("the message could not be built ({e})"))?;
+    Ok((msg.formatted(), rcpts))
 }
 
 async fn imap_session(

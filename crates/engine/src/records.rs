@@ -459,6 +459,7 @@ async fn track_item(
                 send_after: None,
                 delivery_attempts: 0,
                 send_error: None,
+                router_claim: None,
                 created_at: now,
                 updated_at: now,
             };

@@ -11,7 +11,7 @@ use serversync_engine::{Engine, EngineConfig, outgoing};
 use serversync_model::Secret;
 use serversync_model::alert::Alert;
 use serversync_model::auth::Caller;
-use serversync_model::crm::{EmailActivity, EmailStatus};
+use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
 use serversync_model::mailbox::Mailbox;
 use serversync_model::org::{Privilege, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint};
@@ -109,6 +109,26 @@ async fn setup(backend: Backend) -> Setup {
     }
 }
 
+impl Setup {
+    /// An email from alice's mailbox to `to`, to be sent now.
+    fn new_email(&self, to: &str, subject: &str, text: &str) -> NewEmail {
+        NewEmail {
+            from_mailbox: self.mailbox.id,
+            to: vec![Recipient::Address(to.into())],
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            subject: subject.into(),
+            text_body: Some(text.into()),
+            html_body: None,
+            attachments: Vec::new(),
+            regarding: None,
+            send_after: None,
+            draft: false,
+            in_reply_to: None,
+        }
+    }
+}
+
 async fn imap(user: &str, trust: &Arc<TlsTrust>) -> SyncSession {
     let env = TestEnv::from_env();
     SyncSession::connect(
@@ -145,13 +165,14 @@ async fn sends_through_postfix(backend: Backend) {
     let admin = engine.admin();
     let subject = format!("Quote {}", uuid::Uuid::new_v4());
     let a = admin
-        .send_email(
+        .compose_email(
             &t.caller,
             t.mailbox.org_id,
-            t.mailbox.id,
-            vec![BOB.into()],
-            &subject,
-            "Hello Bob,\n.a line starting with a dot\nAlice",
+            t.new_email(
+                BOB,
+                &subject,
+                "Hello Bob,\n.a line starting with a dot\nAlice",
+            ),
         )
         .await
         .unwrap();
@@ -219,13 +240,10 @@ async fn never_sends_twice_after_a_crash(backend: Backend) {
     let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
     let subject = format!("Crash {}", uuid::Uuid::new_v4());
     let a = admin
-        .send_email(
+        .compose_email(
             &t.caller,
             t.mailbox.org_id,
-            t.mailbox.id,
-            vec![BOB.into()],
-            &subject,
-            "left mid-send",
+            t.new_email(BOB, &subject, "left mid-send"),
         )
         .await
         .unwrap();
@@ -328,13 +346,14 @@ async fn rejected_credentials_disable_the_mailbox_not_the_email(backend: Backend
     let engine = Engine::new(t.store.clone(), t.config.clone());
     let a = engine
         .admin()
-        .send_email(
+        .compose_email(
             &t.caller,
             org,
-            m.id,
-            vec![BOB.into()],
-            &format!("Never sent {}", uuid::Uuid::new_v4()),
-            "Hello",
+            t.new_email(
+                BOB,
+                &format!("Never sent {}", uuid::Uuid::new_v4()),
+                "Hello",
+            ),
         )
         .await
         .unwrap();
@@ -393,14 +412,13 @@ async fn rejected_credentials_disable_the_mailbox_not_the_email(backend: Backend
         .value;
     assert_eq!(after.status, EmailStatus::PendingSend, "the email waits");
     assert_eq!(after.delivery_attempts, 0);
-    assert!(
-        after
-            .send_error
-            .as_deref()
-            .is_some_and(|e| e.contains("cannot send")),
-        "{:?}",
-        after.send_error
-    );
+    // Which says why it waits: the mailbox is no longer enabled, and the server's refusal.
+    let why = outgoing::waiting_reason(&t.store, &after)
+        .await
+        .unwrap()
+        .expect("a reason");
+    assert!(why.contains("not tested and enabled"), "{why}");
+    assert!(why.contains(&err.message), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

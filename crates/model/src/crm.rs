@@ -168,8 +168,95 @@ pub struct EmailActivity {
     /// the reason), for the person who decides what to do.
     #[serde(default)]
     pub send_error: Option<String>,
+    /// Held by an Email Router (outgoing method "email router") that claimed the email for
+    /// sending: it reports the result with the claim's id before `until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_claim: Option<RouterClaim>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// An Email Router's hold on an email it is sending.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterClaim {
+    pub id: String,
+    pub until: DateTime<Utc>,
+}
+
+/// An email handed to an Email Router.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterSend {
+    /// Report the result with this id before `claim_until`.
+    pub claim_id: String,
+    pub claim_until: DateTime<Utc>,
+    /// Envelope sender and recipients.
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    /// The complete message (RFC 5322), base64.
+    pub message_base64: String,
+    pub activity: EmailActivity,
+}
+
+/// A recipient of a composed email: a plain address, or a CRM record whose primary email
+/// address is used (and which becomes the resolved party).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Recipient {
+    Address(String),
+    Record(RecordRef),
+}
+
+/// A file attached to a composed email.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAttachment {
+    pub file_name: String,
+    /// Default: application/octet-stream.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// The file's bytes, base64 (standard alphabet, padded).
+    pub content_base64: String,
+}
+
+/// An email to compose (and send) from a user's or a queue's mailbox.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEmail {
+    /// The mailbox it is sent from: the caller's own, another user's (needs the "send as
+    /// another user" privilege and that user's consent) or a queue's (needs read access to the
+    /// queue).
+    pub from_mailbox: MailboxId,
+    #[serde(default)]
+    pub to: Vec<Recipient>,
+    #[serde(default)]
+    pub cc: Vec<Recipient>,
+    #[serde(default)]
+    pub bcc: Vec<Recipient>,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub text_body: Option<String>,
+    #[serde(default)]
+    pub html_body: Option<String>,
+    #[serde(default)]
+    pub attachments: Vec<NewAttachment>,
+    #[serde(default)]
+    pub regarding: Option<RecordRef>,
+    /// Send later: the email waits in pending send until then.
+    #[serde(default)]
+    pub send_after: Option<DateTime<Utc>>,
+    /// Keep it as a draft (status draft) instead of sending.
+    #[serde(default)]
+    pub draft: bool,
+    /// The email activity this one answers: In-Reply-To/References, conversation and (unless
+    /// given) the regarding record follow it.
+    #[serde(default)]
+    pub in_reply_to: Option<ActivityId>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

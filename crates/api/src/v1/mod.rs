@@ -4,6 +4,7 @@
 mod admin;
 mod mailboxes;
 mod orgs;
+mod outgoing;
 mod profiles;
 mod records;
 mod webhooks;
@@ -106,7 +107,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(records::list_accounts, records::create_account))
         .routes(routes!(records::list_contacts, records::create_contact))
         .routes(routes!(records::list_leads, records::create_lead))
-        .routes(routes!(records::list_activities))
+        .routes(routes!(records::list_activities, outgoing::compose))
+        .routes(routes!(outgoing::send))
+        .routes(routes!(outgoing::claim))
+        .routes(routes!(outgoing::router_report))
         .routes(routes!(records::get_activity))
         .routes(routes!(records::activity_thread))
         .routes(routes!(records::activity_attachment))

@@ -198,16 +198,15 @@ pub async fn list_activities(
     )))
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/activities/{id}", tag = "records", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = EmailActivity), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/activities/{id}", tag = "records", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = super::outgoing::EmailActivityView), (status = 404, body = Problem)))]
 pub async fn get_activity(
     State(s): State<AppState>,
     Auth(c): Auth,
     P((o, aid)): P<(String, String)>,
-) -> ApiResult<Json<EmailActivity>> {
+) -> ApiResult<Json<super::outgoing::EmailActivityView>> {
     let org = org(&s, &c, &o).await?;
-    Ok(Json(
-        s.admin.email_activity(&c, org.id, id("id", &aid)?).await?,
-    ))
+    let a = s.admin.email_activity(&c, org.id, id("id", &aid)?).await?;
+    Ok(Json(super::outgoing::view(&s, a).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/activities/{id}/thread", tag = "records", params(("org" = String, Path), ("id" = String, Path)),

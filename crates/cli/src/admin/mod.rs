@@ -216,6 +216,51 @@ pub enum ActivitiesCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Compose an email from a mailbox (yours, another user's with their consent, or a
+    /// queue's): sent by the engine, or kept as a draft with --draft.
+    Compose(ComposeArgs),
+    /// Send a draft, or try again an email that failed or whose outcome is unknown.
+    Send { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ComposeArgs {
+    /// The mailbox it is sent from (id or email address).
+    #[arg(long, value_name = "MAILBOX")]
+    pub from: String,
+    /// A recipient: an email address, or a record as TYPE:ID (contact:…, account:…, lead:…,
+    /// user:…, queue:…). Repeat for more.
+    #[arg(long, value_name = "ADDRESS|TYPE:ID")]
+    pub to: Vec<String>,
+    #[arg(long, value_name = "ADDRESS|TYPE:ID")]
+    pub cc: Vec<String>,
+    #[arg(long, value_name = "ADDRESS|TYPE:ID")]
+    pub bcc: Vec<String>,
+    #[arg(long, default_value = "")]
+    pub subject: String,
+    /// The plain-text body.
+    #[arg(long, value_name = "TEXT", conflicts_with = "text_file")]
+    pub text: Option<String>,
+    #[arg(long, value_name = "FILE")]
+    pub text_file: Option<PathBuf>,
+    /// An HTML body (sent with the text as its alternative).
+    #[arg(long, value_name = "FILE")]
+    pub html_file: Option<PathBuf>,
+    /// Attach a file. Repeat for more.
+    #[arg(long, value_name = "FILE")]
+    pub attach: Vec<PathBuf>,
+    /// The record it is regarding, as TYPE:ID.
+    #[arg(long, value_name = "TYPE:ID")]
+    pub regarding: Option<String>,
+    /// The email activity this one answers.
+    #[arg(long, value_name = "ACTIVITY")]
+    pub in_reply_to: Option<String>,
+    /// Send later (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub send_at: Option<String>,
+    /// Keep it as a draft.
+    #[arg(long)]
+    pub draft: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,10 @@
-//! `admin activities|queue-items|contacts|accounts|leads|changes`: reading CRM records.
+//! `admin activities|queue-items|contacts|accounts|leads|changes`: CRM records, and composing
+//! and sending email.
 
 use super::output::{self, Table, at, str_at, time};
 use super::{
-    ActivitiesCommand, ActivityListArgs, ChangesArgs, Ctx, RecordsCommand, WebhooksCommand,
+    ActivitiesCommand, ActivityListArgs, ChangesArgs, ComposeArgs, Ctx, RecordsCommand,
+    WebhooksCommand,
 };
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -59,6 +61,85 @@ pub async fn activities(ctx: &Ctx, c: ActivitiesCommand) -> Result<()> {
             }
             Ok(())
         }
+        ActivitiesCommand::Compose(a) => compose(ctx, a).await,
+        ActivitiesCommand::Send { id } => {
+            let a = ctx
+                .api
+                .post(&["activities", &id, "send"], &json!({}))
+                .await?;
+            print_sent(ctx, &a);
+            Ok(())
+        }
+    }
+}
+
+/// `TYPE:ID` → `{"type": …, "id": …}`, else the plain address.
+fn recipient(s: &str) -> Value {
+    match s.split_once(':') {
+        Some((t, id)) if !s.contains('@') => json!({"type": t, "id": id}),
+        _ => Value::String(s.to_owned()),
+    }
+}
+
+async fn compose(ctx: &Ctx, a: ComposeArgs) -> Result<()> {
+    use base64::Engine as _;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let text = match (&a.text, &a.text_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(String::from_utf8_lossy(&read(f)?).into_owned()),
+        (None, None) => None,
+    };
+    let html = match &a.html_file {
+        Some(f) => Some(String::from_utf8_lossy(&read(f)?).into_owned()),
+        None => None,
+    };
+    let mut attachments = Vec::new();
+    for f in &a.attach {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "attachment".into());
+        attachments.push(json!({
+            "file_name": name,
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(read(f)?),
+        }));
+    }
+    let list = |v: &[String]| v.iter().map(|s| recipient(s)).collect::<Vec<_>>();
+    let mut body = json!({
+        "from_mailbox": super::mailboxes::resolve(ctx, &a.from).await?,
+        "to": list(&a.to),
+        "cc": list(&a.cc),
+        "bcc": list(&a.bcc),
+        "subject": a.subject,
+        "text_body": text,
+        "html_body": html,
+        "attachments": attachments,
+        "draft": a.draft,
+    });
+    if let Some(r) = &a.regarding {
+        body["regarding"] = recipient(r);
+    }
+    if let Some(r) = &a.in_reply_to {
+        body["in_reply_to"] = json!(r);
+    }
+    if let Some(t) = &a.send_at {
+        body["send_after"] = json!(t);
+    }
+    let a = ctx.api.post(&["activities"], &body).await?;
+    print_sent(ctx, &a);
+    Ok(())
+}
+
+fn print_sent(ctx: &Ctx, a: &Value) {
+    if ctx.json {
+        output::json(a);
+        return;
+    }
+    println!("{}  {}", at(a, "id"), at(a, "status"));
+    if let Some(w) = a.get("send_waiting").and_then(Value::as_str) {
+        println!("waiting: {w}");
     }
 }
 
@@ -142,6 +223,15 @@ async fn show(ctx: &Ctx, id: &str) -> Result<()> {
         at(&a, "status")
     );
     println!("time: {}", when(&a));
+    if let Some(w) = a.get("send_waiting").and_then(Value::as_str) {
+        println!("waiting: {w}");
+    }
+    if let Some(e) = a.get("send_error").and_then(Value::as_str) {
+        println!(
+            "send error: {e} (attempts: {})",
+            at(&a, "delivery_attempts")
+        );
+    }
     println!("regarding: {}", regarding(&a));
     println!("conversation: {}", at(&a, "conversation_id"));
     println!("parties:");

@@ -9,6 +9,7 @@ mod pop3;
 
 use crate::EngineConfig;
 use crate::policy::{self, Direction};
+pub(crate) use crate::slots::ConnSlot;
 use crate::test_enable::{Problem, credentials};
 use serversync_connectors::{ConnectError, ConnectOptions, Login};
 use serversync_model::MailboxId;
@@ -240,19 +241,15 @@ pub(super) fn poll_interval(cx: &Ctx<'_>) -> Duration {
         .max(cx.renew_every())
 }
 
-/// One of the profile's (or mailbox's) connection slots, held while a connection is open so
-/// the profile's maximum concurrent connections holds across every worker. Slots are leases
-/// `conn:<scope>:<n>`; the scope is the profile when it holds the credentials (every mailbox
-/// signs in as the same account) and the mailbox when the mailbox does.
-pub(super) struct ConnSlot(LeaseGuard);
-
-/// The connection-slot scope of the session's mailbox and how many slots it has.
+/// The connection-slot scope of the session's mailbox and how many slots it has: the profile
+/// when it holds the credentials (every mailbox signs in as the same account), the mailbox
+/// when the mailbox does.
 fn slot_scope(cx: &Ctx<'_>) -> (String, u32) {
     let max = cx.profile.advanced.max_concurrent_connections.max(1);
     if cx.profile.authentication.credentials_on_mailbox() {
-        (format!("conn:mailbox:{}", cx.id), max)
+        (format!("mailbox:{}", cx.id), max)
     } else {
-        (format!("conn:profile:{}", cx.profile.id), max)
+        (format!("profile:{}", cx.profile.id), max)
     }
 }
 
@@ -275,30 +272,10 @@ pub(super) async fn may_hold_connection(cx: &Ctx<'_>) -> Result<bool, StoreError
 }
 
 impl ConnSlot {
-    /// Takes a free slot, trying them from a random start so workers spread out; `None` when
-    /// every slot is taken.
+    /// Takes a free slot of the session's scope (see [`slot_scope`]).
     pub async fn acquire(cx: &Ctx<'_>) -> Result<Option<ConnSlot>, StoreError> {
         let (scope, max) = slot_scope(cx);
-        let start = (jitter_seed() % u64::from(max)) as u32;
-        for i in 0..max {
-            let n = (start + i) % max;
-            if let Some(g) = cx
-                .store
-                .acquire_lease(
-                    &format!("{scope}:{n}"),
-                    &cx.lease.owner,
-                    cx.config.lease_ttl,
-                )
-                .await?
-            {
-                return Ok(Some(ConnSlot(g)));
-            }
-        }
-        Ok(None)
-    }
-
-    pub async fn release(self, store: &Store) {
-        let _ = store.release_lease(&self.0).await;
+        ConnSlot::acquire_in(cx.store, &scope, max, &cx.lease.owner, cx.config.lease_ttl).await
     }
 }
 
@@ -306,7 +283,7 @@ impl ConnSlot {
 pub(super) async fn renew(cx: &Ctx<'_>, slot: Option<&ConnSlot>) -> Result<(), StoreError> {
     cx.store.renew_lease(cx.lease, cx.config.lease_ttl).await?;
     if let Some(s) = slot {
-        cx.store.renew_lease(&s.0, cx.config.lease_ttl).await?;
+        s.renew(cx.store, cx.config.lease_ttl).await?;
     }
     Ok(())
 }
@@ -416,7 +393,7 @@ impl Reconnect {
     }
 }
 
-fn jitter_seed() -> u64 {
+pub(crate) fn jitter_seed() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0
 }
 
