@@ -8,6 +8,7 @@
 //! to mail servers only through `serversync-connectors` and knows nothing of HTTP.
 
 pub mod admin;
+mod bounces;
 pub mod compose;
 mod health;
 mod incoming;

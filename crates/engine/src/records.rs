@@ -197,7 +197,7 @@ fn content_key(item: &MailItem) -> String {
     sha256_hex(s.as_bytes())
 }
 
-async fn email_activities(
+pub(crate) async fn email_activities(
     store: &Store,
     org: OrgId,
     column: &'static str,
@@ -265,6 +265,9 @@ async fn track_item(
     mailbox: &Mailbox,
     item: &MailItem,
 ) -> Result<Vec<String>, StoreError> {
+    if let Some(lines) = crate::bounces::handle(store, item).await? {
+        return Ok(lines);
+    }
     let org = item.org_id;
     let mut lines = Vec::new();
     let owner = mailbox.owner_id;

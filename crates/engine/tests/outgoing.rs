@@ -8,6 +8,7 @@ mod common;
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
 use serversync_engine::{Engine, EngineConfig, outgoing};
+use serversync_model::ActivityId;
 use serversync_model::Secret;
 use serversync_model::alert::Alert;
 use serversync_model::auth::Caller;
@@ -15,9 +16,10 @@ use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
 use serversync_model::mailbox::Mailbox;
 use serversync_model::org::{Privilege, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint};
+use serversync_model::settings::EmailSettings;
 use serversync_model::settings::OutgoingMethod;
 use serversync_store::{Backend, Store};
-use serversync_testkit::TestEnv;
+use serversync_testkit::{ScriptedSmtp, SmtpScript, TestEnv};
 use serversync_vault::MasterKey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -429,4 +431,354 @@ async fn rejected_credentials_disable_the_mailbox_not_the_email_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_credentials_disable_the_mailbox_not_the_email_postgres() {
     rejected_credentials_disable_the_mailbox_not_the_email(Backend::Postgres).await
+}
+
+// ---- Against a scriptable SMTP peer (aiosmtpd): what Postfix cannot be made to do. ----
+
+impl Setup {
+    /// Points alice's profile's outgoing server at the scripted peer (127.0.0.1, no TLS).
+    async fn send_through(&self, peer: &ScriptedSmtp) {
+        let p = self
+            .store
+            .fetch::<EmailServerProfile>(&self.mailbox.profile_id.unwrap().to_string())
+            .await
+            .unwrap();
+        let mut profile = p.value;
+        profile.outgoing = Some(Endpoint {
+            location: "127.0.0.1".into(),
+            port: peer.port(),
+            tls: TlsMode::None,
+        });
+        self.store.update(&profile, Some(p.version)).await.unwrap();
+    }
+
+    /// Sets the organization's retry interval (the first retry waits this long, then doubles).
+    async fn retry_every(&self, seconds: u32) {
+        let s = self
+            .store
+            .fetch::<EmailSettings>(&self.mailbox.org_id.to_string())
+            .await
+            .unwrap();
+        let mut settings = s.value;
+        settings.retry.interval_seconds = seconds;
+        self.store.update(&settings, Some(s.version)).await.unwrap();
+    }
+
+    async fn activity(&self, id: ActivityId) -> EmailActivity {
+        self.store
+            .fetch::<EmailActivity>(&id.to_string())
+            .await
+            .unwrap()
+            .value
+    }
+
+    /// Waits (at most 60 s) until the activity satisfies `done`.
+    async fn wait_for(
+        &self,
+        id: ActivityId,
+        what: &str,
+        done: impl Fn(&EmailActivity) -> bool,
+    ) -> EmailActivity {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let a = self.activity(id).await;
+            if done(&a) {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "not {what} within 60 s: {a:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A scripted peer that accepts alice's credentials.
+fn peer(script: SmtpScript) -> (tempfile::TempDir, ScriptedSmtp) {
+    let env = TestEnv::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let script = SmtpScript {
+        username: ALICE.into(),
+        password: env.password.clone(),
+        ..script
+    };
+    let p = ScriptedSmtp::start(dir.path(), &script).unwrap();
+    (dir, p)
+}
+
+fn run_engine(t: &Setup) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(Engine::new(t.store.clone(), t.config.clone()).run(stop.clone()));
+    (stop, task)
+}
+
+async fn stop_engine((stop, task): (CancellationToken, tokio::task::JoinHandle<()>)) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// 451 twice, then 250: sent after three attempts, retried with a growing delay, and while it
+/// waits the API's reason names the next try and the server's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_refusals_are_retried_until_sent() {
+    let t = setup(Backend::Sqlite).await;
+    let (_d, smtp) = peer(SmtpScript {
+        data_replies: vec![
+            (451, "4.3.0 Try again later".into()),
+            (451, "4.3.0 Try again later".into()),
+        ],
+        ..Default::default()
+    });
+    t.send_through(&smtp).await;
+    t.retry_every(1).await;
+    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
+    let a = admin
+        .compose_email(
+            &t.caller,
+            t.mailbox.org_id,
+            t.new_email(BOB, "Retry me", "third time lucky"),
+        )
+        .await
+        .unwrap();
+    let engine = run_engine(&t);
+    let waiting = t
+        .wait_for(a.id, "retried once", |a| a.delivery_attempts >= 1)
+        .await;
+    if waiting.status == EmailStatus::PendingSend {
+        let why = outgoing::waiting_reason(&t.store, &waiting)
+            .await
+            .unwrap()
+            .expect("a reason while it waits");
+        assert!(why.contains("4.3.0 Try again later"), "{why}");
+    }
+    let sent = t
+        .wait_for(a.id, "sent", |a| {
+            a.status != EmailStatus::PendingSend && a.status != EmailStatus::Sending
+        })
+        .await;
+    stop_engine(engine).await;
+    assert_eq!(sent.status, EmailStatus::Sent, "{:?}", sent.send_error);
+    assert_eq!(sent.delivery_attempts, 3);
+    let got: Vec<Option<u16>> = smtp.received().unwrap().iter().map(|r| r.reply).collect();
+    assert_eq!(got, vec![Some(451), Some(451), Some(250)]);
+    let last = &smtp.received().unwrap()[2];
+    assert!(
+        last.data
+            .contains(&format!("act-{}@serversync.example.test", a.id))
+    );
+    assert_eq!(last.rcpt_tos, vec![BOB.to_owned()]);
+}
+
+/// 550 at DATA: failed at once with the server's reply and enhanced status code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_fails_the_email_with_the_reason() {
+    let t = setup(Backend::Sqlite).await;
+    let (_d, smtp) = peer(SmtpScript {
+        data_replies: vec![(550, "5.7.1 Message rejected as spam".into())],
+        ..Default::default()
+    });
+    t.send_through(&smtp).await;
+    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
+    let a = admin
+        .compose_email(
+            &t.caller,
+            t.mailbox.org_id,
+            t.new_email(BOB, "Spammy", "buy now"),
+        )
+        .await
+        .unwrap();
+    let engine = run_engine(&t);
+    let done = t
+        .wait_for(a.id, "done", |a| {
+            a.status != EmailStatus::PendingSend && a.status != EmailStatus::Sending
+        })
+        .await;
+    stop_engine(engine).await;
+    assert_eq!(done.status, EmailStatus::Failed);
+    assert_eq!(done.delivery_attempts, 1);
+    let why = done.send_error.unwrap();
+    assert!(
+        why.contains("550") && why.contains("5.7.1 Message rejected as spam"),
+        "{why}"
+    );
+    assert_eq!(smtp.received().unwrap().len(), 1, "not tried again");
+}
+
+/// The peer refuses alice's credentials: the mailbox's policy disables sending with alerts and
+/// the email waits (no attempt counted), saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_auth_at_the_peer_applies_the_mailbox_policy() {
+    let t = setup(Backend::Sqlite).await;
+    let (_d, smtp) = peer(SmtpScript {
+        reject_auth: true,
+        ..Default::default()
+    });
+    t.send_through(&smtp).await;
+    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
+    let a = admin
+        .compose_email(
+            &t.caller,
+            t.mailbox.org_id,
+            t.new_email(BOB, "Locked out", "hi"),
+        )
+        .await
+        .unwrap();
+    let engine = run_engine(&t);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let m = t
+            .store
+            .fetch::<Mailbox>(&t.mailbox.id.to_string())
+            .await
+            .unwrap()
+            .value;
+        if !m.outgoing.enabled {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outgoing not disabled within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop_engine(engine).await;
+    let err = m.telemetry.last_error.expect("recorded");
+    assert_eq!(
+        err.step,
+        Some(serversync_model::FailureStep::Authentication),
+        "{err:?}"
+    );
+    assert!(err.message.contains("535"), "{err:?}");
+    let alerts = t
+        .store
+        .list_all::<Alert>(Some(t.mailbox.org_id), &[])
+        .await
+        .unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|s| s.value.mailbox_id == Some(m.id) && s.value.recipients.contains(&m.owner_id)),
+        "an alert to the mailbox owner"
+    );
+    let after = t.activity(a.id).await;
+    assert_eq!(after.status, EmailStatus::PendingSend);
+    assert_eq!(after.delivery_attempts, 0);
+    let why = outgoing::waiting_reason(&t.store, &after)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        why.contains("not tested and enabled") && why.contains("535"),
+        "{why}"
+    );
+    assert!(smtp.received().unwrap().is_empty());
+    assert!(smtp.auth_attempts().unwrap().1 >= 1);
+}
+
+/// The connection drops right after the message was handed over: the outcome is unknown and
+/// the email is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_after_data_is_outcome_unknown() {
+    let t = setup(Backend::Sqlite).await;
+    let (_d, smtp) = peer(SmtpScript {
+        drop_after_data: 1,
+        ..Default::default()
+    });
+    t.send_through(&smtp).await;
+    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
+    let a = admin
+        .compose_email(
+            &t.caller,
+            t.mailbox.org_id,
+            t.new_email(BOB, "Lost", "in transit"),
+        )
+        .await
+        .unwrap();
+    let engine = run_engine(&t);
+    let done = t
+        .wait_for(a.id, "done", |a| {
+            a.status != EmailStatus::PendingSend && a.status != EmailStatus::Sending
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_engine(engine).await;
+    assert_eq!(
+        done.status,
+        EmailStatus::OutcomeUnknown,
+        "{:?}",
+        done.send_error
+    );
+    assert!(done.send_error.unwrap().contains("not sent again"));
+    assert_eq!(
+        smtp.received().unwrap().len(),
+        1,
+        "handed over once, never again"
+    );
+}
+
+/// Five emails, a limit of three a minute: one signed-in connection carries the first three,
+/// the other two wait and say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_many_emails_within_the_send_rate() {
+    let t = setup(Backend::Sqlite).await;
+    let (_d, smtp) = peer(SmtpScript::default());
+    t.send_through(&smtp).await;
+    let p = t
+        .store
+        .fetch::<EmailServerProfile>(&t.mailbox.profile_id.unwrap().to_string())
+        .await
+        .unwrap();
+    let mut profile = p.value;
+    profile.advanced.max_sends_per_minute = 3;
+    t.store.update(&profile, Some(p.version)).await.unwrap();
+    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let a = admin
+            .compose_email(
+                &t.caller,
+                t.mailbox.org_id,
+                t.new_email(BOB, &format!("Batch {i}"), "hello"),
+            )
+            .await
+            .unwrap();
+        ids.push(a.id);
+    }
+    let lease = t
+        .store
+        .acquire_lease(
+            &format!("outgoing:{}", t.mailbox.id),
+            "w",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    outgoing::run_once(&t.store, &t.config, t.mailbox.id, &lease)
+        .await
+        .unwrap();
+    let mut sent = 0;
+    for id in &ids {
+        let a = t.activity(*id).await;
+        match a.status {
+            EmailStatus::Sent => sent += 1,
+            EmailStatus::PendingSend => {
+                let why = outgoing::waiting_reason(&t.store, &a)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                // The minute may have turned since: then the email is simply due.
+                assert!(why.contains("max_sends_per_minute"), "{why}");
+            }
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    assert_eq!(sent, 3, "three a minute");
+    assert_eq!(smtp.received().unwrap().len(), 3);
+    assert_eq!(
+        smtp.auth_attempts().unwrap(),
+        (1, 0),
+        "one connection for the three"
+    );
 }
