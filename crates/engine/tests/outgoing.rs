@@ -9,17 +9,20 @@ use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
 use serversync_engine::{Engine, EngineConfig, outgoing};
 use serversync_model::ActivityId;
+use serversync_model::ContactId;
 use serversync_model::Secret;
 use serversync_model::alert::Alert;
 use serversync_model::auth::Caller;
-use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
+use serversync_model::crm::{
+    Contact, Direction, EmailActivity, EmailStatus, NewEmail, Recipient, RecordRef,
+};
 use serversync_model::mailbox::Mailbox;
 use serversync_model::org::{Privilege, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint};
 use serversync_model::settings::EmailSettings;
 use serversync_model::settings::OutgoingMethod;
 use serversync_store::{Backend, Store};
-use serversync_testkit::{ScriptedSmtp, SmtpScript, TestEnv};
+use serversync_testkit::{ScriptedSmtp, SmtpScript, TestEnv, postfix};
 use serversync_vault::MasterKey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +43,11 @@ struct Setup {
 /// Alice's mailbox: IMAP on the shared Dovecot (IMAPS), SMTP on Postfix submission
 /// (STARTTLS), approved and enabled for outgoing email.
 async fn setup(backend: Backend) -> Setup {
+    setup_as(backend, ALICE).await
+}
+
+/// [`setup`] for another sender.
+async fn setup_as(backend: Backend, sender: &str) -> Setup {
     let env = TestEnv::from_env();
     let (guard, url): (Box<dyn std::any::Any + Send>, String) = match backend {
         Backend::Sqlite => {
@@ -69,7 +77,7 @@ async fn setup(backend: Backend) -> Setup {
             port: env.imaps_port(),
             tls: TlsMode::Implicit,
         },
-        ALICE,
+        sender,
         &env.password,
     )
     .await;
@@ -781,4 +789,155 @@ async fn one_connection_many_emails_within_the_send_rate() {
         (1, 0),
         "one connection for the three"
     );
+}
+
+// ---- What comes back: the recipient's reply, and a bounce. ----
+
+const DANA: &str = "dana@example.test";
+
+/// Bob answers an email dana sent regarding his contact record: the reply is tracked in the
+/// same conversation and regarding the same record. An email to the test Postfix's bounce
+/// domain bounces: Postfix's DSN arrives in dana's INBOX and marks that email failed with
+/// the diagnostic, with an alert to its owner.
+async fn replies_and_bounces_come_back(backend: Backend) {
+    let t = setup_as(backend, DANA).await;
+    let org = t.mailbox.org_id;
+    let now = chrono::Utc::now();
+    let bob = Contact {
+        id: ContactId::new(),
+        org_id: org,
+        full_name: "Bob".into(),
+        emails: vec![BOB.into()],
+        account_id: None,
+        owner_id: t.caller.user.id,
+        created_at: now,
+    };
+    t.store.insert(&bob).await.unwrap();
+    // Dana's INBOX is read from now on (older mail of earlier runs is skipped).
+    let s = t
+        .store
+        .fetch::<Mailbox>(&t.mailbox.id.to_string())
+        .await
+        .unwrap();
+    let mut m = s.value;
+    m.incoming.enabled = true;
+    m.process_email_from = Some(now - chrono::Duration::seconds(5));
+    t.store.update(&m, Some(s.version)).await.unwrap();
+
+    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
+    let tag = uuid::Uuid::new_v4();
+    let quote = admin
+        .compose_email(
+            &t.caller,
+            org,
+            NewEmail {
+                to: vec![Recipient::Record(RecordRef::Contact(bob.id))],
+                regarding: Some(RecordRef::Contact(bob.id)),
+                ..t.new_email(BOB, &format!("Quote {tag}"), "Here is the quote.")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(quote.parties[1].address, BOB, "the contact's address");
+    let lost = admin
+        .compose_email(
+            &t.caller,
+            org,
+            t.new_email(
+                &format!("nobody@{}", postfix::BOUNCE_DOMAIN),
+                &format!("Lost {tag}"),
+                "Nobody reads this.",
+            ),
+        )
+        .await
+        .unwrap();
+    let engine = run_engine(&t);
+    let quote = t
+        .wait_for(quote.id, "sent", |a| a.status == EmailStatus::Sent)
+        .await;
+
+    // Bob answers from his own mail program, through Postfix.
+    let env = TestEnv::from_env();
+    let mid = quote.message_id.clone().unwrap();
+    let reply = format!(
+        "From: Bob <{BOB}>\r\nTo: {DANA}\r\nSubject: Re: {subject}\r\nMessage-ID: <reply-{tag}@example.test>\r\n\
+         In-Reply-To: <{mid}>\r\nReferences: <{mid}>\r\nDate: {date}\r\n\r\nThanks, agreed.\r\n",
+        subject = quote.subject,
+        date = chrono::Utc::now().to_rfc2822(),
+    );
+    let mut c = serversync_connectors::smtp::connect(
+        &ServerAddr::new("localhost", env.submission_port(), TlsMode::StartTls),
+        &ConnectOptions::new(t.trust.clone()),
+    )
+    .await
+    .unwrap();
+    c.login(&Login::password(BOB, Secret::new(env.password.clone())))
+        .await
+        .unwrap();
+    c.mail_from(BOB).await.unwrap();
+    assert!(c.rcpt_to(DANA).await.unwrap().is_positive());
+    assert_eq!(c.data(reply.as_bytes()).await.unwrap().code, 250);
+    let _ = c.quit().await;
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let answer = loop {
+        let all = t
+            .store
+            .list_all::<EmailActivity>(Some(org), &[])
+            .await
+            .unwrap();
+        if let Some(a) = all
+            .into_iter()
+            .map(|s| s.value)
+            .find(|a| a.in_reply_to.as_deref() == Some(mid.as_str()))
+        {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reply was not tracked within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(answer.direction, Direction::Incoming);
+    assert_eq!(answer.regarding, Some(RecordRef::Contact(bob.id)));
+    assert_eq!(answer.conversation_id, quote.conversation_id);
+
+    let bounced = t
+        .wait_for(lost.id, "failed by the bounce", |a| {
+            a.status == EmailStatus::Failed
+        })
+        .await;
+    stop_engine(engine).await;
+    let why = bounced.send_error.unwrap();
+    assert!(
+        why.starts_with("bounced: nobody@bounce.test: 5.1.1"),
+        "{why}"
+    );
+    // Dovecot's words, relayed by Postfix.
+    assert!(why.contains("User doesn't exist"), "{why}");
+    let alerts = t.store.list_all::<Alert>(Some(org), &[]).await.unwrap();
+    assert!(
+        alerts.iter().any(|s| s.value.code == "email_bounced"
+            && s.value.recipients.contains(&t.caller.user.id)
+            && s.value.message.contains(&format!("Lost {tag}"))),
+        "an alert to the owner"
+    );
+    // The bounce itself is not an activity.
+    let all = t
+        .store
+        .list_all::<EmailActivity>(Some(org), &[])
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3, "the two sent and bob's reply");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_and_bounces_come_back_sqlite() {
+    replies_and_bounces_come_back(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_and_bounces_come_back_postgres() {
+    replies_and_bounces_come_back(Backend::Postgres).await
 }

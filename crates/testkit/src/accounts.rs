@@ -7,10 +7,12 @@ pub const DOMAIN: &str = "example.test";
 /// The one password of every test account (IMAP, POP3, SMTP AUTH, Radicale).
 pub const TEST_PASSWORD: &str = "serversync-test-pw";
 /// Personal test users.
-pub const USERS: [&str; 3] = [
+pub const USERS: [&str; 4] = [
     "alice@example.test",
     "bob@example.test",
     "carol@example.test",
+    // Whose INBOX only the outgoing tests read (bounces and replies come back there).
+    "dana@example.test",
 ];
 /// Shared queue mailboxes (a login like any other).
 pub const QUEUE_MAILBOXES: [&str; 1] = ["support@example.test"];
