@@ -2,15 +2,20 @@
 //! - killed with SIGKILL five times at random moments of a 5,000-message initial sync and
 //!   restarted: exactly 5,000 messages are stored, none twice, none marked read;
 //! - two processes on one PostgreSQL never work on the same mailbox, and when one is killed the
-//!   other takes its mailboxes over within the lease time.
+//!   other takes its mailboxes over within the lease time;
+//! - killed with SIGKILL twenty times while sending 500 emails through Postfix: every email
+//!   arrives at most once (counted by Message-ID in the recipient's mailbox), and each one is
+//!   either sent and delivered or "outcome unknown" (the test reports how many).
 
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
 use serversync_engine::Admin;
+use serversync_model::auth::Caller;
+use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
-use serversync_model::org::Organization;
+use serversync_model::org::{Organization, Privilege};
 use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType};
-use serversync_model::settings::EmailSettings;
+use serversync_model::settings::{EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, QueueId, Secret};
 use serversync_store::{Backend, Store};
 use serversync_testkit::{Dovecot, TEST_PASSWORD, TestEnv};
@@ -50,6 +55,10 @@ impl Worker {
             .env("SERVERSYNC_LOG", "warn")
             .env_remove("DATABASE_URL")
             .env_remove("SERVERSYNC_LMTP_LISTEN")
+            .env(
+                "SERVERSYNC_TLS_EXTRA_CA_FILES",
+                &TestEnv::from_env().ca_cert,
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -476,4 +485,270 @@ async fn two_workers_on_postgres_share_mailboxes_and_take_over_a_dead_one() {
         "a clean stop releases every lease at once: {released:?}"
     );
     store.close().await;
+}
+
+// ---- Sending: kill -9 twenty times over 500 emails. ----
+
+const EMAILS: usize = 500;
+const SEND_KILLS: usize = 20;
+
+/// Status of every activity, by id.
+async fn statuses(
+    store: &Store,
+    org: serversync_model::OrgId,
+) -> HashMap<String, (EmailStatus, Option<String>)> {
+    store
+        .list_all::<EmailActivity>(Some(org), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.value.id.to_string(), (s.value.status, s.value.message_id)))
+        .collect()
+}
+
+/// Message-IDs in `user`'s INBOX (shared Dovecot) of messages whose subject has `tag`, with
+/// how often each occurs.
+async fn delivered(user: &str, tag: &str) -> HashMap<String, usize> {
+    let env = TestEnv::from_env();
+    let trust = Arc::new(TlsTrust::with_extra_ca_files([&env.ca_cert]).unwrap());
+    let mut s = SyncSession::connect(
+        &ServerAddr::new("localhost", env.imaps_port(), TlsMode::Implicit),
+        &Login::password(user, Secret::new(env.password.clone())),
+        &ConnectOptions::new(trust),
+    )
+    .await
+    .unwrap();
+    s.examine("INBOX", false).await.unwrap();
+    let uids = s.uid_search_header("Subject", tag).await.unwrap();
+    let mut out = HashMap::new();
+    if !uids.is_empty() {
+        let mut f = s.fetch_bodies(&uids, 1 << 16).await.unwrap();
+        while let Some(m) = f.next().await.unwrap() {
+            let text = String::from_utf8_lossy(&m.body).into_owned();
+            let mid = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Message-ID: <")
+                        .or_else(|| l.strip_prefix("Message-Id: <"))
+                })
+                .and_then(|l| l.strip_suffix('>'))
+                .unwrap_or("")
+                .to_owned();
+            *out.entry(mid).or_insert(0) += 1;
+        }
+    }
+    let _ = s.logout().await;
+    out
+}
+
+async fn kill9_while_sending(backend: Backend) {
+    let env = TestEnv::from_env();
+    let dir = tempfile::Builder::new()
+        .prefix("ss-send9")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let (_db, url) = database(backend, dir.path()).await;
+    let key = MasterKey::generate().unwrap();
+    let store = Store::open(
+        &url,
+        MasterKey::from_base64(&key.to_base64(), serversync_vault::KeySource::Direct).unwrap(),
+    )
+    .await
+    .unwrap();
+    // Alice's mailbox on the shared servers: submission with STARTTLS, Sent copies over IMAPS.
+    let sender = "alice@example.test";
+    let recipient = "bob@example.test";
+    let (admin, _) = Admin::new(store.clone(), Default::default())
+        .bootstrap()
+        .await
+        .unwrap()
+        .expect("fresh store");
+    let org = store
+        .list_all::<Organization>(None, &[])
+        .await
+        .unwrap()
+        .remove(0)
+        .value;
+    let now = chrono::Utc::now();
+    let mut profile =
+        EmailServerProfile::new(org.id, "Postfix", ServerType::ImapSmtp, admin.id, now);
+    profile.incoming = Some(Endpoint {
+        location: "localhost".into(),
+        port: env.imaps_port(),
+        tls: TlsMode::Implicit,
+    });
+    profile.outgoing = Some(Endpoint {
+        location: "localhost".into(),
+        port: env.submission_port(),
+        tls: TlsMode::StartTls,
+    });
+    profile.advanced.max_sends_per_minute = 600;
+    store.insert(&profile).await.unwrap();
+    let settings = store
+        .fetch::<EmailSettings>(&org.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    let mut m = Mailbox::new_with_defaults(
+        org.id,
+        MailboxRegarding::User(admin.id),
+        admin.id,
+        sender,
+        sender,
+        &settings,
+        now,
+    );
+    m.profile_id = Some(profile.id);
+    m.approval = ApprovalStatus::Approved;
+    m.outgoing_method = OutgoingMethod::ServerSideSync;
+    m.outgoing.enabled = true;
+    m.password = Some(
+        store
+            .put_secret(Some(org.id), &Secret::new(env.password.clone()))
+            .await
+            .unwrap(),
+    );
+    store.insert(&m).await.unwrap();
+    let caller = Caller {
+        user: admin.clone(),
+        privileges: [Privilege::ReadRecords, Privilege::WriteRecords]
+            .into_iter()
+            .collect(),
+    };
+    let tag = format!("send9-{}", uuid::Uuid::new_v4().simple());
+    let composer = Admin::new(store.clone(), Default::default());
+    for i in 0..EMAILS {
+        composer
+            .compose_email(
+                &caller,
+                org.id,
+                NewEmail {
+                    from_mailbox: m.id,
+                    to: vec![Recipient::Address(recipient.into())],
+                    cc: Vec::new(),
+                    bcc: Vec::new(),
+                    subject: format!("{tag} #{i}"),
+                    text_body: Some(format!("Email {i} of {EMAILS}.")),
+                    html_body: None,
+                    attachments: Vec::new(),
+                    regarding: None,
+                    send_after: None,
+                    draft: false,
+                    in_reply_to: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let done = |st: &HashMap<String, (EmailStatus, Option<String>)>| {
+        st.values()
+            .filter(|(s, _)| !matches!(s, EmailStatus::PendingSend | EmailStatus::Sending))
+            .count()
+    };
+
+    // Twenty kills, each once a random number of emails in the next stretch are done.
+    let stretch = EMAILS / (SEND_KILLS + 1);
+    let mut killed_at = Vec::new();
+    for k in 0..SEND_KILLS {
+        let worker = Worker::start(dir.path(), &url, &key);
+        let target = k * stretch + uuid::Uuid::new_v4().as_u128() as usize % stretch;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let at = loop {
+            let n = done(&statuses(&store, org.id).await);
+            if n >= target {
+                break n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sending did not reach {target} emails within 120 s (at {n})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        worker.kill9();
+        killed_at.push(at);
+    }
+    let worker = Worker::start(dir.path(), &url, &key);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let final_state = loop {
+        let st = statuses(&store, org.id).await;
+        if done(&st) == EMAILS {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every email was done within 300 s of the last restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    worker.terminate();
+
+    let sent: HashSet<String> = final_state
+        .values()
+        .filter(|(s, _)| *s == EmailStatus::Sent)
+        .filter_map(|(_, mid)| mid.clone())
+        .collect();
+    let unknown: HashSet<String> = final_state
+        .values()
+        .filter(|(s, _)| *s == EmailStatus::OutcomeUnknown)
+        .filter_map(|(_, mid)| mid.clone())
+        .collect();
+    let other: Vec<_> = final_state
+        .values()
+        .filter(|(s, _)| !matches!(s, EmailStatus::Sent | EmailStatus::OutcomeUnknown))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "every email is sent or outcome unknown: {other:?}"
+    );
+    assert_eq!(sent.len() + unknown.len(), EMAILS);
+
+    // Postfix delivers the last ones within seconds.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let got = delivered(recipient, &tag).await;
+        if sent.iter().all(|m| got.contains_key(m)) {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} sent emails not delivered within 120 s",
+            sent.iter().filter(|m| !got.contains_key(*m)).count()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Give a duplicate every chance to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = {
+        let again = delivered(recipient, &tag).await;
+        if again.len() >= got.len() { again } else { got }
+    };
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let strangers: Vec<_> = got
+        .keys()
+        .filter(|m| !sent.contains(*m) && !unknown.contains(*m))
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "delivered but not ours: {strangers:?}"
+    );
+    let unknown_delivered = unknown.iter().filter(|m| got.contains_key(*m)).count();
+    println!(
+        "{backend:?}: {EMAILS} emails, killed with SIGKILL {SEND_KILLS} times (at {killed_at:?} done): \
+         {} sent and delivered once, {} outcome unknown ({unknown_delivered} of them did arrive, once), \
+         none delivered twice",
+        sent.len(),
+        unknown.len(),
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_twenty_times_while_sending_500_emails_sqlite() {
+    kill9_while_sending(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_twenty_times_while_sending_500_emails_postgres() {
+    kill9_while_sending(Backend::Postgres).await
 }
