@@ -16,8 +16,8 @@ use serversync_model::org::{
 use serversync_model::profile::EmailServerProfile;
 use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod};
 use serversync_model::{
-    AlertId, JobId, MailboxId, OrgId, ProfileId, Secret, SecretId, Timestamp, TokenId, UserId,
-    ValidationErrors,
+    AlertId, JobId, MailboxId, OrgId, ProfileId, QueueId, Secret, SecretId, Timestamp, TokenId,
+    UserId, ValidationErrors,
 };
 use serversync_store::{Col, NewAuditEntry, Page, Store, StoreError, Stored};
 use std::sync::Arc;
@@ -450,6 +450,97 @@ impl Admin {
             .store
             .list::<User>(Some(org), &[], after, limit)
             .await?)
+    }
+
+    /// Changes a user's own settings: the consent to let users holding "send as another
+    /// user" send on their behalf, and the display name. The user themself, or a holder of
+    /// `manage_users`.
+    pub async fn update_user(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: UserId,
+        allow_send_as: Option<bool>,
+        full_name: Option<String>,
+    ) -> Result<User> {
+        if id != c.user.id {
+            c.require(Privilege::ManageUsers)?;
+        }
+        let s = match self.store.get::<User>(&id.to_string()).await? {
+            Some(u) if u.value.org_id == org => u,
+            _ => {
+                return Err(AdminError::NotFound {
+                    entity: "user",
+                    id: id.to_string(),
+                });
+            }
+        };
+        let mut u = s.value.clone();
+        if let Some(a) = allow_send_as {
+            u.allow_send_as = a;
+        }
+        if let Some(n) = full_name {
+            if n.trim().is_empty() {
+                let mut e = ValidationErrors::default();
+                e.push("required", "full_name", "enter a name");
+                return Err(AdminError::Invalid(e));
+            }
+            u.full_name = n;
+        }
+        self.store
+            .update_audited(
+                &u,
+                Some(s.version),
+                Some(NewAuditEntry::update(actor(c), &s.value, &u)),
+            )
+            .await?;
+        Ok(u)
+    }
+
+    /// Sets who has read access to a queue (and so may send from its mailbox): its owner or a
+    /// holder of `manage_users`.
+    pub async fn set_queue_members(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: QueueId,
+        members: std::collections::BTreeSet<UserId>,
+    ) -> Result<Queue> {
+        let s = match self.store.get::<Queue>(&id.to_string()).await? {
+            Some(q) if q.value.org_id == org => q,
+            _ => {
+                return Err(AdminError::NotFound {
+                    entity: "queue",
+                    id: id.to_string(),
+                });
+            }
+        };
+        if s.value.owner_id != c.user.id {
+            c.require(Privilege::ManageUsers)?;
+        }
+        let mut e = ValidationErrors::default();
+        for (i, m) in members.iter().enumerate() {
+            if self.user(org, *m).await.is_err() {
+                e.push(
+                    "not_found",
+                    &format!("member_ids[{i}]"),
+                    "no such user in this organization",
+                );
+            }
+        }
+        if !e.is_empty() {
+            return Err(AdminError::Invalid(e));
+        }
+        let mut q = s.value.clone();
+        q.member_ids = members;
+        self.store
+            .update_audited(
+                &q,
+                Some(s.version),
+                Some(NewAuditEntry::update(actor(c), &s.value, &q)),
+            )
+            .await?;
+        Ok(q)
     }
 
     pub async fn list_queues(

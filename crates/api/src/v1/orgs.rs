@@ -191,6 +191,58 @@ pub async fn list_queues(
     )))
 }
 
+/// A user's own settings.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    /// Let users holding "send as another user" send email on this user's behalf.
+    #[serde(default)]
+    pub allow_send_as: Option<bool>,
+    #[serde(default)]
+    pub full_name: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/orgs/{org}/users/{id}", tag = "users", params(("org" = String, Path), ("id" = String, Path)), request_body = UserPatch,
+    responses((status = 200, description = "The user"), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn update_user(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, uid)): P<(String, String)>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let org = org(&s, &c, &o).await?;
+    let p: UserPatch = body.parse()?;
+    let u = s
+        .admin
+        .update_user(&c, org.id, id("id", &uid)?, p.allow_send_as, p.full_name)
+        .await?;
+    Ok(Json(crate::json::document(&u, 1, &[])))
+}
+
+/// Who has read access to a queue.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueMembers {
+    pub member_ids: std::collections::BTreeSet<UserId>,
+}
+
+#[utoipa::path(put, path = "/api/v1/orgs/{org}/queues/{id}/members", tag = "queues", params(("org" = String, Path), ("id" = String, Path)), request_body = QueueMembers,
+    responses((status = 200, description = "The queue"), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn set_queue_members(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, qid)): P<(String, String)>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let org = org(&s, &c, &o).await?;
+    let m: QueueMembers = body.parse()?;
+    let q = s
+        .admin
+        .set_queue_members(&c, org.id, id("id", &qid)?, m.member_ids)
+        .await?;
+    Ok(Json(crate::json::document(&q, 1, &[])))
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewQueue {
