@@ -1097,6 +1097,53 @@ fn admin_cli_reads_activities_attachments_and_the_change_feed() {
         "the line break before the boundary belongs to the boundary"
     );
 
+    // Composing from the support queue's mailbox (the administrator reads every queue), a
+    // draft with an attachment, regarding nothing; then sent: it waits, and says why.
+    ok(server.admin(&[
+        "queues",
+        "create",
+        "--name",
+        "Support",
+        "--email",
+        "support@example.test",
+    ]));
+    let quote = dir.path().join("quote.txt");
+    std::fs::write(&quote, "Widgets: 3 EUR each.\n").unwrap();
+    let draft = ok_json(server.admin(&[
+        "activities",
+        "compose",
+        "--from",
+        "support@example.test",
+        "--to",
+        "ann@customer.test",
+        "--subject",
+        "Your quote",
+        "--text",
+        "Please find the quote.",
+        "--attach",
+        quote.to_str().unwrap(),
+        "--draft",
+        "--json",
+    ]));
+    assert_eq!(draft["status"], "draft", "{draft}");
+    assert_eq!(draft["attachments"][0]["file_name"], "quote.txt");
+    let draft_id = draft["id"].as_str().unwrap().to_owned();
+    let sent = ok(server.admin(&["activities", "send", &draft_id]));
+    assert!(sent.contains("pending_send"), "{sent}");
+    assert!(
+        sent.contains("waiting: the email address support@example.test is not approved"),
+        "{sent}"
+    );
+    let (err, _) = fails(server.admin(&[
+        "activities",
+        "compose",
+        "--from",
+        "support@example.test",
+        "--to",
+        "not-an-address",
+    ]));
+    assert!(err.contains("to[0]"), "{err}");
+
     // The change feed lists the activity's creation, resumable after its cursor.
     let feed = ok(server.admin(&["changes", "--json"]));
     let events: Vec<Value> = feed
