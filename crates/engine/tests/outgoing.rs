@@ -243,8 +243,9 @@ async fn sends_through_postfix(backend: Backend) {
     );
 }
 
-/// An activity left in "sending" by a worker whose lease ran out is not sent again: nothing
-/// in the Sent folder carries its Message-ID, so it becomes "outcome unknown" with the reason.
+/// An activity left in "sending" by a worker whose lease ran out is not sent again: when
+/// nothing in the Sent folder carries its Message-ID it becomes "outcome unknown" with the
+/// reason; when its copy is there, it is "sent".
 async fn never_sends_twice_after_a_crash(backend: Backend) {
     let t = setup(backend).await;
     let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
@@ -257,6 +258,35 @@ async fn never_sends_twice_after_a_crash(backend: Backend) {
         )
         .await
         .unwrap();
+    // A second one that did go out: its copy is in the Sent folder.
+    let b = admin
+        .compose_email(
+            &t.caller,
+            t.mailbox.org_id,
+            t.new_email(BOB, &format!("{subject} (sent)"), "went out"),
+        )
+        .await
+        .unwrap();
+    let b_mid = b.message_id.clone().unwrap();
+    let mut s = imap(ALICE, &t.trust).await;
+    s.create_folder_if_missing(outgoing::SENT_FOLDER)
+        .await
+        .unwrap();
+    let copy = format!(
+        "Message-ID: <{b_mid}>\r\nFrom: {ALICE}\r\nTo: {BOB}\r\nSubject: {subject} (sent)\r\n\r\nwent out\r\n"
+    );
+    s.append(outgoing::SENT_FOLDER, &["\\Seen"], None, copy.as_bytes())
+        .await
+        .unwrap();
+    let _ = s.logout().await;
+    let s = t
+        .store
+        .fetch::<EmailActivity>(&b.id.to_string())
+        .await
+        .unwrap();
+    let mut v = s.value;
+    v.status = EmailStatus::Sending;
+    t.store.update(&v, Some(s.version)).await.unwrap();
     // A worker took the lease, marked the email sending, and died.
     let dead = t
         .store
@@ -309,6 +339,15 @@ async fn never_sends_twice_after_a_crash(backend: Backend) {
     assert_eq!(after.delivery_attempts, 0, "no new attempt");
     let why = after.send_error.unwrap();
     assert!(why.contains("not sent again"), "{why}");
+    // The one whose copy is in the Sent folder was sent.
+    let found = t
+        .store
+        .fetch::<EmailActivity>(&b.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(found.status, EmailStatus::Sent, "{:?}", found.send_error);
+    assert_eq!(found.delivery_attempts, 0, "not sent again");
     // Nothing reached bob.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(find(BOB, "INBOX", &mid, &t.trust).await.is_empty());

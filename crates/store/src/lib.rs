@@ -12,6 +12,7 @@
 
 mod audit;
 mod changes;
+mod counters;
 mod entity;
 mod error;
 mod items;

@@ -530,3 +530,47 @@ both!(item_decisions_per_mailbox, |store, db, k| {
     assert!(store.item_decisions(mine, &[]).await.unwrap().is_empty());
     let _ = (db, k);
 });
+
+both!(counters_never_hand_out_a_value_twice, |store, db, k| {
+    let org = OrgId::new();
+    let other = OrgId::new();
+    assert_eq!(store.counter(org, "tracking_token").await.unwrap(), 0);
+    // Four writers at once, 25 values each: 1..=100, every value once.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..25 {
+                got.push(s.next_counter(org, "tracking_token").await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=100).collect::<Vec<u64>>());
+    assert_eq!(store.counter(org, "tracking_token").await.unwrap(), 100);
+    assert_eq!(
+        store.next_counter(other, "tracking_token").await.unwrap(),
+        1,
+        "per organization"
+    );
+    // Per-minute counters are pruned by name order.
+    for minute in ["sends:100:a", "sends:101:a", "sends:102:b"] {
+        store.next_counter(org, minute).await.unwrap();
+    }
+    assert_eq!(
+        store.prune_counters("sends:", "sends:102:").await.unwrap(),
+        2
+    );
+    assert_eq!(store.counter(org, "sends:102:b").await.unwrap(), 1);
+    assert_eq!(
+        store.counter(org, "tracking_token").await.unwrap(),
+        100,
+        "other names kept"
+    );
+});
