@@ -109,11 +109,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         None => None,
     };
 
-    let app = serversync_api::router(serversync_api::AppState {
+    let api = serversync_api::router(serversync_api::AppState {
         store: store.clone(),
         metrics,
-        admin,
+        admin: admin.clone(),
     });
+    // The admin center at `/`, next to the API (which it calls in-process for writes).
+    let app = serversync_web::router(admin, api.clone()).merge(api);
     let local = listener.local_addr()?;
     tracing::info!("listening on http://{local}");
     let signal = shutdown_signal();

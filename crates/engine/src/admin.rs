@@ -204,6 +204,42 @@ impl Admin {
         Ok((token, t))
     }
 
+    /// A web session for the caller: an API token named "web session" that expires after
+    /// `ttl`. Returns the token (kept only in the browser's cookie).
+    pub async fn create_session(&self, c: &Caller, ttl: chrono::Duration) -> Result<String> {
+        let token = serversync_vault::new_token().map_err(StoreError::from)?;
+        let t = ApiToken {
+            id: TokenId::new(),
+            org_id: c.user.org_id,
+            user_id: c.user.id,
+            name: "web session".into(),
+            token_hash: serversync_vault::sha256_hex(token.as_bytes()),
+            prefix: token.chars().take(10).collect(),
+            created_at: now(),
+            expires_at: Some(now() + ttl),
+            revoked: false,
+        };
+        self.store
+            .insert_audited(&t, Some(NewAuditEntry::create(actor(c), &t)))
+            .await?;
+        Ok(token)
+    }
+
+    /// Signs a web session out: its token is revoked.
+    pub async fn end_session(&self, token: &str) -> Result<()> {
+        let hash = serversync_vault::sha256_hex(token.as_bytes());
+        for s in self
+            .store
+            .list_all::<ApiToken>(None, &[("token_hash", Col::text(&hash))])
+            .await?
+        {
+            let mut t = s.value;
+            t.revoked = true;
+            self.store.update(&t, Some(s.version)).await?;
+        }
+        Ok(())
+    }
+
     /// On an empty installation: an organization `default`, its built-in roles and email
     /// settings, and a first administrator `admin@localhost` with a token. Returns the token
     /// (to print once) or `None` if the installation already has an organization.

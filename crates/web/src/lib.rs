@@ -1,0 +1,77 @@
+//! The admin center: server-rendered pages at `/`, served by `serversync serve` next to the
+//! REST API (issue #7).
+//!
+//! - **Sign-in** with an API token (the first administrator's is printed at the first start;
+//!   `serversync admin token create` makes more). A successful sign-in creates a *session
+//!   token* — an API token named "web session", expiring after [`SESSION_HOURS`] — kept only
+//!   in an `HttpOnly; Secure; SameSite=Strict` cookie; signing out revokes it.
+//! - **CSRF**: every form and htmx request carries a token derived from the session token
+//!   (HMAC), checked on every POST, besides the SameSite cookie.
+//! - **Reads** go straight to [`serversync_engine::Admin`] with the session's caller;
+//!   **writes** go through the REST API in-process (the same JSON, validation and privilege
+//!   checks), and a 422's field problems are shown next to the fields they name.
+//! - **Assets** (htmx, the style sheet) are vendored and compiled in: nothing is fetched from
+//!   elsewhere, and the pages work offline.
+
+mod api;
+mod charts;
+mod pages;
+mod session;
+
+use axum::Router;
+use axum::routing::{get, post};
+use serversync_engine::Admin;
+
+pub use session::SESSION_HOURS;
+
+/// What every page handler gets.
+#[derive(Clone)]
+pub struct Web {
+    admin: Admin,
+    /// The REST API router, called in-process for writes.
+    api: Router,
+}
+
+/// The admin center's routes, given the engine's admin service and the REST API router.
+pub fn router(admin: Admin, api: Router) -> Router {
+    let web = Web { admin, api };
+    Router::new()
+        .route("/", get(pages::dashboard::page))
+        .route("/login", get(session::login_page).post(session::login))
+        .route("/logout", post(session::logout))
+        .route(
+            "/profiles",
+            get(pages::profiles::list).post(pages::profiles::create),
+        )
+        .route("/profiles/new", get(pages::profiles::new_form))
+        .route(
+            "/profiles/{id}",
+            get(pages::profiles::edit_form).post(pages::profiles::update),
+        )
+        .route(
+            "/profiles/{id}/default",
+            post(pages::profiles::make_default),
+        )
+        .route(
+            "/profiles/{id}/test-enable",
+            post(pages::profiles::test_enable),
+        )
+        .route(
+            "/settings",
+            get(pages::settings::form).post(pages::settings::save),
+        )
+        .route("/mailboxes", get(pages::mailboxes::list))
+        .route("/mailboxes/bulk", post(pages::mailboxes::bulk))
+        .route(
+            "/mailboxes/{id}",
+            get(pages::mailboxes::detail).post(pages::mailboxes::update),
+        )
+        .route("/mailboxes/{id}/sync-now", post(pages::mailboxes::sync_now))
+        .route("/alerts", get(pages::monitor::alerts))
+        .route("/jobs", get(pages::monitor::jobs))
+        .route("/jobs/table", get(pages::monitor::jobs_table))
+        .route("/audit", get(pages::monitor::audit))
+        .route("/assets/htmx.min.js", get(pages::assets::htmx))
+        .route("/assets/app.css", get(pages::assets::css))
+        .with_state(web)
+}

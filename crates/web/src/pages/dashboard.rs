@@ -1,0 +1,234 @@
+//! The sync monitoring dashboard: mailboxes by status, items processed and failed per hour,
+//! arrival latency, per-profile health, and the mailboxes that need attention first.
+
+use super::mailboxes::is_active;
+use super::{Page, error, render, when};
+use crate::Web;
+use crate::charts;
+use crate::session::Session;
+use askama::Template;
+use axum::extract::State;
+use axum::response::Response;
+use chrono::{Duration, Timelike, Utc};
+use serversync_model::item::{ItemDecision, MailItem};
+use serversync_model::mailbox::{ApprovalStatus, RunStatus};
+use serversync_store::Filter;
+
+pub struct ProfileHealth {
+    pub id: String,
+    pub name: String,
+    pub mailboxes: usize,
+    pub active: usize,
+    pub failing: usize,
+}
+
+pub struct Attention {
+    pub id: String,
+    pub email: String,
+    pub problem: String,
+    pub since: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    page: Page,
+    status_chart: String,
+    items_chart: String,
+    latency: Option<(String, String, String, usize)>,
+    profiles: Vec<ProfileHealth>,
+    attention: Vec<Attention>,
+    totals: (usize, usize, usize),
+}
+
+/// Percentile of sorted values (nearest rank).
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn duration(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 120_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{} min", ms / 60_000)
+    }
+}
+
+pub async fn page(State(web): State<Web>, s: Session) -> Response {
+    let mailboxes = match web
+        .admin
+        .list_mailboxes(&s.caller, s.org.id, &Default::default(), None, 10_000)
+        .await
+    {
+        Ok(p) => p.items.into_iter().map(|m| m.value).collect::<Vec<_>>(),
+        Err(e) => return error(&s, e),
+    };
+    let count = |f: &dyn Fn(&serversync_model::mailbox::Mailbox) -> bool| {
+        mailboxes.iter().filter(|m| f(m)).count() as u64
+    };
+    let status_chart = charts::bars(
+        "Mailboxes by status",
+        &[
+            (
+                "Success".into(),
+                count(&|m| m.overall_status() == RunStatus::Success),
+                "#1a7f37",
+            ),
+            (
+                "Failure".into(),
+                count(&|m| m.overall_status() == RunStatus::Failure),
+                "#b42318",
+            ),
+            (
+                "Not run".into(),
+                count(&|m| m.overall_status() == RunStatus::NotRun),
+                "#9aa4b0",
+            ),
+            (
+                "Pending approval".into(),
+                count(&|m| m.approval == ApprovalStatus::PendingApproval),
+                "#9a6700",
+            ),
+            ("Active".into(), count(&|m| is_active(m)), "#0b5cad"),
+        ],
+    );
+
+    // Items of the last 24 hours, per hour, and their arrival latency.
+    let now = Utc::now();
+    let since = now - Duration::hours(24);
+    let mut items: Vec<MailItem> = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..20 {
+        let page = match web
+            .admin
+            .store()
+            .list_where::<MailItem>(
+                Some(s.org.id),
+                &[Filter::AtLeast("created_at", since.timestamp_millis())],
+                after.as_deref(),
+                1000,
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return error(&s, e),
+        };
+        items.extend(page.items.into_iter().map(|i| i.value));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let start_hour = since
+        .with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .unwrap_or(since);
+    let mut slots: Vec<(String, u64, u64)> = (0..=24)
+        .map(|h| {
+            (
+                (start_hour + Duration::hours(h))
+                    .format("%H:00")
+                    .to_string(),
+                0,
+                0,
+            )
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for i in &items {
+        let slot = ((i.created_at - start_hour).num_hours()).clamp(0, 24) as usize;
+        match i.decision {
+            ItemDecision::Failed => slots[slot].2 += 1,
+            _ => slots[slot].1 += 1,
+        }
+        if i.decision == ItemDecision::Stored {
+            latencies.push((i.created_at - i.received_at).num_milliseconds().max(0));
+        }
+    }
+    latencies.sort_unstable();
+    let latency = (!latencies.is_empty()).then(|| {
+        (
+            duration(percentile(&latencies, 50.0)),
+            duration(percentile(&latencies, 95.0)),
+            duration(percentile(&latencies, 99.0)),
+            latencies.len(),
+        )
+    });
+    let items_chart = charts::columns(
+        "Items processed and failed per hour (last 24 hours)",
+        &slots,
+    );
+
+    let profiles = match web.admin.list_profiles(s.org.id, None, 500).await {
+        Ok(p) => p.items,
+        Err(e) => return error(&s, e),
+    };
+    let profiles = profiles
+        .into_iter()
+        .map(|p| {
+            let mine: Vec<_> = mailboxes
+                .iter()
+                .filter(|m| m.profile_id == Some(p.value.id))
+                .collect();
+            ProfileHealth {
+                id: p.value.id.to_string(),
+                name: p.value.name,
+                mailboxes: mine.len(),
+                active: mine.iter().filter(|m| is_active(m)).count(),
+                failing: mine
+                    .iter()
+                    .filter(|m| m.overall_status() == RunStatus::Failure)
+                    .count(),
+            }
+        })
+        .collect();
+    let mut attention: Vec<_> = mailboxes
+        .iter()
+        .filter(|m| m.overall_status() == RunStatus::Failure || m.telemetry.last_error.is_some())
+        .collect();
+    // Failing first, then by how long ago they last synced.
+    attention.sort_by_key(|m| {
+        (
+            m.overall_status() != RunStatus::Failure,
+            m.telemetry.last_successful_sync,
+        )
+    });
+    let attention = attention
+        .into_iter()
+        .take(20)
+        .map(|m| Attention {
+            id: m.id.to_string(),
+            email: m.email.clone(),
+            problem: m
+                .telemetry
+                .last_error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| "a direction failed its test".into()),
+            since: when(m.telemetry.last_successful_sync),
+        })
+        .collect();
+    let totals = (
+        mailboxes.len(),
+        items.len(),
+        items
+            .iter()
+            .filter(|i| i.decision == ItemDecision::Failed)
+            .count(),
+    );
+    render(&DashboardPage {
+        page: Page::new(&s, "Sync dashboard", "dashboard"),
+        status_chart,
+        items_chart,
+        latency,
+        profiles,
+        attention,
+        totals,
+    })
+}

@@ -1,0 +1,457 @@
+//! Mailboxes: the grid with views, filters and bulk actions; the mailbox's page with its status
+//! fields, telemetry, alert wall, item-level decisions and "sync now"; its edit form.
+
+use super::forms::{self, Field, Kind, Section};
+use super::profiles::value;
+use super::{Page, done, error, render, when, words};
+use crate::Web;
+use crate::session::{Session, csrf_refused};
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::Method;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use serversync_engine::admin::MailboxFilter;
+use serversync_model::mailbox::{
+    ApprovalStatus, DirectionStatus, Mailbox, MailboxRegarding, RunStatus,
+};
+use serversync_model::{MailboxId, ProfileId};
+use std::collections::HashMap;
+
+pub struct Row {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub owner: String,
+    pub profile: String,
+    pub approval: String,
+    pub incoming: String,
+    pub outgoing: String,
+    pub status: String,
+    pub status_class: String,
+    pub last_error: String,
+}
+
+#[derive(Template)]
+#[template(path = "mailboxes.html")]
+struct ListPage {
+    page: Page,
+    rows: Vec<Row>,
+    view: String,
+    status: String,
+    approval: String,
+    profile_id: String,
+    profiles: Vec<(String, String)>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    view: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    approval: String,
+    #[serde(default)]
+    profile_id: String,
+    done: Option<String>,
+}
+
+/// How a direction reads in the grid: method and state.
+fn direction(method: String, d: &DirectionStatus) -> String {
+    let state = match (d.enabled, d.status) {
+        (true, RunStatus::Success) => "enabled",
+        (_, RunStatus::Failure) => "failed",
+        (false, RunStatus::Success) => "disabled",
+        _ => "not run",
+    };
+    format!("{method} — {state}")
+}
+
+pub(crate) fn is_active(m: &Mailbox) -> bool {
+    m.incoming.enabled || m.outgoing.enabled || m.act.enabled
+}
+
+pub async fn list(State(web): State<Web>, s: Session, Query(q): Query<ListQuery>) -> Response {
+    let f = MailboxFilter {
+        profile_id: q.profile_id.parse::<ProfileId>().ok(),
+        approval: serde_json::from_value(json!(q.approval)).ok(),
+        status: (!q.status.is_empty()).then(|| q.status.clone()),
+        owner_id: None,
+    };
+    let found = match web
+        .admin
+        .list_mailboxes(&s.caller, s.org.id, &f, None, 1000)
+        .await
+    {
+        Ok(p) => p.items,
+        Err(e) => return error(&s, e),
+    };
+    let profiles: HashMap<ProfileId, String> = web
+        .admin
+        .list_profiles(s.org.id, None, 500)
+        .await
+        .map(|p| {
+            p.items
+                .into_iter()
+                .map(|p| (p.value.id, p.value.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    let users: HashMap<_, String> = web
+        .admin
+        .list_users(&s.caller, s.org.id, None, 1000)
+        .await
+        .map(|p| {
+            p.items
+                .into_iter()
+                .map(|u| (u.value.id, u.value.full_name))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows = found
+        .into_iter()
+        .map(|m| m.value)
+        .filter(|m| match q.view.as_str() {
+            "active" => is_active(m),
+            "attention" => {
+                m.overall_status() == RunStatus::Failure || m.telemetry.last_error.is_some()
+            }
+            "pending" => m.approval != ApprovalStatus::Approved,
+            _ => true,
+        })
+        .map(|m| {
+            let status = m.overall_status();
+            Row {
+                id: m.id.to_string(),
+                owner: match m.regarding {
+                    MailboxRegarding::User(u) => {
+                        users.get(&u).cloned().unwrap_or_else(|| u.to_string())
+                    }
+                    MailboxRegarding::Queue(_) => "queue".into(),
+                },
+                profile: m
+                    .profile_id
+                    .and_then(|p| profiles.get(&p).cloned())
+                    .unwrap_or_else(|| "—".into()),
+                approval: words(&m.approval),
+                incoming: direction(words(&m.incoming_method), &m.incoming),
+                outgoing: direction(words(&m.outgoing_method), &m.outgoing),
+                status: words(&status),
+                status_class: serversync_model::wire_name(&status),
+                last_error: m
+                    .telemetry
+                    .last_error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+                name: m.name,
+                email: m.email,
+            }
+        })
+        .collect();
+    render(&ListPage {
+        page: Page::new(&s, "Mailboxes", "mailboxes").with_notice(q.done),
+        rows,
+        view: q.view,
+        status: q.status,
+        approval: q.approval,
+        profile_id: q.profile_id,
+        profiles: profiles
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    })
+}
+
+/// Bulk actions on the selected mailboxes.
+pub async fn bulk(
+    State(web): State<Web>,
+    s: Session,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if !s.csrf_ok(&value(&form, "_csrf")) {
+        return csrf_refused();
+    }
+    let ids: Vec<&str> = form
+        .iter()
+        .filter(|(k, _)| k == "ids")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if ids.is_empty() {
+        return done("/mailboxes", "Select at least one mailbox first.");
+    }
+    let (path, what) = match value(&form, "action").as_str() {
+        "apply_defaults" => (
+            "/mailboxes/apply-defaults",
+            "The default email settings were applied",
+        ),
+        "approve" => ("/mailboxes/approve", "The email addresses were approved"),
+        "test_enable" => ("/mailboxes/test-enable", "Testing and enabling"),
+        other => return error(&s, format!("unknown action {other:?}")),
+    };
+    match web
+        .api(&s, Method::POST, path, Some(json!({ "mailbox_ids": ids })))
+        .await
+    {
+        Ok(v) if path.ends_with("test-enable") => done(
+            "/jobs",
+            &format!(
+                "{what} {} mailbox(es): job {} follows below.",
+                ids.len(),
+                v["id"].as_str().unwrap_or_default()
+            ),
+        ),
+        Ok(_) => done(
+            "/mailboxes",
+            &format!("{what} ({} mailbox(es)).", ids.len()),
+        ),
+        Err(p) => error(&s, p.detail),
+    }
+}
+
+pub struct ItemRow {
+    pub received: String,
+    pub from: String,
+    pub subject: String,
+    pub decision: String,
+    pub trace: String,
+}
+
+pub struct AlertRow {
+    pub when: String,
+    pub severity: String,
+    pub message: String,
+    pub step: String,
+}
+
+pub struct StatusRow {
+    pub direction: &'static str,
+    pub method: String,
+    pub status: String,
+    pub class: String,
+    pub at: String,
+    pub enabled: bool,
+}
+
+#[derive(Template)]
+#[template(path = "mailbox.html")]
+struct DetailPage {
+    page: Page,
+    m: Mailbox,
+    profile: String,
+    statuses: Vec<StatusRow>,
+    last_error: Option<(String, String, String)>,
+    telemetry: Vec<(&'static str, String)>,
+    alerts: Vec<AlertRow>,
+    items: Vec<ItemRow>,
+    sections: Vec<Section>,
+    problem: Option<String>,
+}
+
+fn edit_sections() -> Vec<Section> {
+    vec![Section::new(
+        "Edit mailbox",
+        "A change of configuration disables the mailbox until it is tested and enabled again.",
+        vec![
+            Field::new("incoming_method", "Incoming email", Kind::Select).options(&[
+                ("server_side_sync", "Server-side synchronization"),
+                ("email_router", "Email Router"),
+                ("forward_mailbox", "Forward mailbox"),
+                ("none", "None"),
+            ]),
+            Field::new("outgoing_method", "Outgoing email", Kind::Select).options(&[
+                ("server_side_sync", "Server-side synchronization"),
+                ("email_router", "Email Router"),
+                ("none", "None"),
+            ]),
+            Field::new("username", "User name", Kind::Text).hint(
+                "When the profile takes credentials from each mailbox; empty: the email address.",
+            ),
+            Field::new("password", "Password", Kind::Password)
+                .hint("Stored encrypted; leave empty to keep the stored one."),
+            Field::new("process_email_from", "Process email from", Kind::DateTime),
+        ],
+    )]
+}
+
+#[derive(Deserialize)]
+pub struct Notice {
+    done: Option<String>,
+}
+
+async fn detail_page(
+    web: &Web,
+    s: &Session,
+    id: &str,
+    sections: Option<Vec<Section>>,
+    problem: Option<String>,
+    notice: Option<String>,
+) -> Response {
+    let Ok(mid) = id.parse::<MailboxId>() else {
+        return error(s, format!("{id:?} is not a mailbox id"));
+    };
+    let m = match web.admin.mailbox(&s.caller, s.org.id, mid).await {
+        Ok(m) => m.value,
+        Err(e) => return error(s, e),
+    };
+    let profile = match m.profile_id {
+        Some(p) => web
+            .admin
+            .profile(s.org.id, p)
+            .await
+            .map(|p| p.name)
+            .unwrap_or_else(|_| p.to_string()),
+        None => "—".into(),
+    };
+    let statuses = [
+        ("Incoming email", words(&m.incoming_method), &m.incoming),
+        ("Outgoing email", words(&m.outgoing_method), &m.outgoing),
+        (
+            "Appointments, contacts and tasks",
+            words(&m.act_method),
+            &m.act,
+        ),
+    ]
+    .into_iter()
+    .map(|(direction, method, d)| StatusRow {
+        direction,
+        method,
+        status: words(&d.status),
+        class: serversync_model::wire_name(&d.status),
+        at: when(d.at),
+        enabled: d.enabled,
+    })
+    .collect();
+    let t = &m.telemetry;
+    let telemetry = vec![
+        ("Test completed on", when(m.test_completed_on)),
+        ("Last sync started", when(t.last_sync_start)),
+        ("Last successful sync", when(t.last_successful_sync)),
+        ("Items processed", t.items_processed.to_string()),
+        ("Items failed", t.items_failed.to_string()),
+        (
+            "Transient failures in a row",
+            t.transient_failure_count.to_string(),
+        ),
+        ("Postponed until", when(t.postponed_until)),
+    ];
+    let last_error = t.last_error.as_ref().map(|e| {
+        (
+            e.step.map(|s| words(&s)).unwrap_or_else(|| "—".into()),
+            e.code.clone(),
+            e.message.clone(),
+        )
+    });
+    let mut alerts: Vec<AlertRow> = web
+        .admin
+        .list_alerts(&s.caller, s.org.id, Some(mid), None, 500)
+        .await
+        .map(|p| p.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| AlertRow {
+            when: when(Some(a.value.created_at)),
+            severity: serversync_model::wire_name(&a.value.severity),
+            step: a.value.step.map(|s| words(&s)).unwrap_or_default(),
+            message: a.value.message,
+        })
+        .collect();
+    alerts.reverse();
+    let mut items: Vec<ItemRow> = web
+        .admin
+        .items(&s.caller, s.org.id, mid, None, None, 1000)
+        .await
+        .map(|p| p.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| ItemRow {
+            received: when(Some(i.value.received_at)),
+            from: i.value.from.unwrap_or_default(),
+            subject: i.value.subject.unwrap_or_default(),
+            decision: words(&i.value.decision),
+            trace: i.value.trace.join("; "),
+        })
+        .collect();
+    items.reverse();
+    items.truncate(50);
+    let sections = sections.unwrap_or_else(|| {
+        let mut secs = edit_sections();
+        if let Ok(doc) = serde_json::to_value(&m) {
+            forms::fill(&mut secs, &doc);
+        }
+        secs
+    });
+    let unprocessable = problem.is_some();
+    let mut r = render(&DetailPage {
+        page: Page::new(s, &format!("Mailbox {}", m.email), "mailboxes").with_notice(notice),
+        m,
+        profile,
+        statuses,
+        last_error,
+        telemetry,
+        alerts,
+        items,
+        sections,
+        problem,
+    });
+    if unprocessable {
+        *r.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    r
+}
+
+pub async fn detail(
+    State(web): State<Web>,
+    s: Session,
+    Path(id): Path<String>,
+    Query(q): Query<Notice>,
+) -> Response {
+    detail_page(&web, &s, &id, None, None, q.done).await
+}
+
+pub async fn update(
+    State(web): State<Web>,
+    s: Session,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if !s.csrf_ok(&value(&form, "_csrf")) {
+        return csrf_refused();
+    }
+    let mut secs = edit_sections();
+    let body = forms::to_json(&secs, &form);
+    match web
+        .api(&s, Method::PATCH, &format!("/mailboxes/{id}"), Some(body))
+        .await
+    {
+        Ok(_) => done(&format!("/mailboxes/{id}"), "The mailbox was saved."),
+        Err(p) => {
+            forms::refill(&mut secs, &form, &p);
+            detail_page(&web, &s, &id, Some(secs), Some(p.detail), None).await
+        }
+    }
+}
+
+pub async fn sync_now(
+    State(web): State<Web>,
+    s: Session,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if !s.csrf_ok(&value(&form, "_csrf")) {
+        return csrf_refused();
+    }
+    match web
+        .api(&s, Method::POST, &format!("/mailboxes/{id}/sync-now"), None)
+        .await
+    {
+        Ok(_) => done(
+            &format!("/mailboxes/{id}"),
+            "Synchronization was requested: the mailbox syncs within seconds.",
+        ),
+        Err(p) => error(&s, p.detail),
+    }
+}

@@ -1,0 +1,115 @@
+//! One module per area of the admin center; `Page` is what the layout needs.
+
+pub mod assets;
+pub mod dashboard;
+pub mod forms;
+pub mod mailboxes;
+pub mod monitor;
+pub mod profiles;
+pub mod settings;
+
+use crate::session::Session;
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+
+/// What the layout shows around every page.
+pub struct Page {
+    pub title: String,
+    /// Which navigation entry is current.
+    pub nav: &'static str,
+    pub user: String,
+    pub org: String,
+    pub csrf: String,
+    /// A one-line confirmation after an action (from `?done=`).
+    pub notice: Option<String>,
+    pub signed_in: bool,
+}
+
+impl Page {
+    pub fn new(s: &Session, title: &str, nav: &'static str) -> Page {
+        Page {
+            title: title.to_owned(),
+            nav,
+            user: s.caller.user.full_name.clone(),
+            org: s.org.name.clone(),
+            csrf: s.csrf.clone(),
+            notice: None,
+            signed_in: true,
+        }
+    }
+
+    pub fn anonymous(title: &str) -> Page {
+        Page {
+            title: title.to_owned(),
+            nav: "",
+            user: String::new(),
+            org: String::new(),
+            csrf: String::new(),
+            notice: None,
+            signed_in: false,
+        }
+    }
+
+    pub fn with_notice(mut self, notice: Option<String>) -> Page {
+        self.notice = notice.filter(|n| !n.is_empty() && n.len() < 300);
+        self
+    }
+}
+
+/// Renders a template, or a plain 500 naming the problem.
+pub fn render<T: Template>(t: &T) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the page could not be rendered: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// A page for an error from the engine (not found, not allowed, store).
+pub fn error(s: &Session, e: impl std::fmt::Display) -> Response {
+    let mut r = render(&ErrorPage {
+        page: Page::new(s, "Something went wrong", ""),
+        message: e.to_string(),
+    });
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    page: Page,
+    message: String,
+}
+
+/// A time as the pages show it, or a dash.
+pub fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "—".into())
+}
+
+/// The wire name of an enum value, spaces for underscores (`pending_approval` → `pending approval`).
+pub fn words<T: serde::Serialize>(v: &T) -> String {
+    serversync_model::wire_name(v).replace('_', " ")
+}
+
+/// Redirects after a POST, with a notice for the next page.
+pub fn done(to: &str, notice: &str) -> Response {
+    let sep = if to.contains('?') { '&' } else { '?' };
+    let q: String = notice
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    axum::response::Redirect::to(&format!("{to}{sep}done={q}")).into_response()
+}

@@ -1,0 +1,178 @@
+//! Sign-in, sign-out, the session cookie and CSRF tokens.
+
+use crate::Web;
+use crate::pages::{Page, render};
+use askama::Template;
+use axum::Form;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serversync_model::auth::Caller;
+use serversync_model::org::Organization;
+
+/// How long a web session lasts.
+pub const SESSION_HOURS: i64 = 12;
+const COOKIE: &str = "ss_session";
+
+/// The signed-in user of a request.
+pub struct Session {
+    pub token: String,
+    pub caller: Caller,
+    pub org: Organization,
+    /// The CSRF token every form and htmx request must carry.
+    pub csrf: String,
+}
+
+impl Session {
+    /// Whether a state-changing request carries this session's CSRF token.
+    pub fn csrf_ok(&self, sent: &str) -> bool {
+        !sent.is_empty() && constant_time_eq(sent.as_bytes(), self.csrf.as_bytes())
+    }
+}
+
+/// The answer to a request that failed the CSRF check.
+pub fn csrf_refused() -> Response {
+    (
+        axum::http::StatusCode::FORBIDDEN,
+        "The form has expired or did not come from this site (CSRF check): reload the page and try again.",
+    )
+        .into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn csrf_for(token: &str) -> String {
+    serversync_vault::hmac_sha256_hex(token.as_bytes(), b"serversync web csrf")[..32].to_owned()
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty() && v.len() < 512)
+}
+
+impl FromRequestParts<Web> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Self::Rejection> {
+        let to_login = || {
+            if parts.headers.contains_key("hx-request") {
+                // htmx follows this header with a full page load.
+                let mut r = ().into_response();
+                r.headers_mut()
+                    .insert("hx-redirect", HeaderValue::from_static("/login"));
+                r
+            } else {
+                Redirect::to("/login").into_response()
+            }
+        };
+        let Some(token) = cookie_token(&parts.headers) else {
+            return Err(to_login());
+        };
+        let Ok(caller) = web.admin.authenticate(&token).await else {
+            return Err(to_login());
+        };
+        let org = web
+            .admin
+            .org_for(&caller, &caller.user.org_id.to_string())
+            .await
+            .map_err(|_| to_login())?;
+        Ok(Session {
+            csrf: csrf_for(&token),
+            token,
+            caller,
+            org,
+        })
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    page: Page,
+    error: Option<String>,
+}
+
+pub async fn login_page() -> Response {
+    render(&LoginPage {
+        page: Page::anonymous("Sign in"),
+        error: None,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+/// Signs in with an API token: a new session token goes into the cookie.
+pub async fn login(State(web): State<Web>, Form(f): Form<LoginForm>) -> Response {
+    let failed = |msg: &str| {
+        let mut r = render(&LoginPage {
+            page: Page::anonymous("Sign in"),
+            error: Some(msg.to_owned()),
+        });
+        *r.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+        r
+    };
+    let token = f.token.trim();
+    if token.is_empty() {
+        return failed("Enter your API token.");
+    }
+    let caller = match web.admin.authenticate(token).await {
+        Ok(c) => c,
+        Err(_) => {
+            return failed(
+                "This token is not valid (unknown, revoked or expired): check it, or create a new one with `serversync admin token create`.",
+            );
+        }
+    };
+    let session = match web
+        .admin
+        .create_session(&caller, chrono::Duration::hours(SESSION_HOURS))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return failed(&format!("The session could not be created: {e}")),
+    };
+    let mut r = Redirect::to("/").into_response();
+    let cookie = format!(
+        "{COOKIE}={session}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        SESSION_HOURS * 3600
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default, rename = "_csrf")]
+    csrf: String,
+}
+
+pub async fn logout(State(web): State<Web>, s: Session, Form(f): Form<CsrfForm>) -> Response {
+    if !s.csrf_ok(&f.csrf) {
+        return csrf_refused();
+    }
+    let _ = web.admin.end_session(&s.token).await;
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "ss_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    r
+}
