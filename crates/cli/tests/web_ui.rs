@@ -1,0 +1,121 @@
+//! The admin center end to end in headless Chromium (`e2e/admin_center.mjs`, driven by
+//! playwright-core): a real `serversync serve` on SQLite with the test mail servers walks the
+//! seed flow — sign in, create an IMAP/SMTP profile, make it default, apply default email
+//! settings, approve, test & enable: success on the status fields and the alert — and the
+//! failure flow of a wrong password (the failing step on the mailbox, the alert for the profile
+//! owner). Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
+//! `docs/screenshots/` is refreshed), else to a temporary directory.
+
+use serversync_testkit::TestEnv;
+use serversync_testkit::browser::run_script;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_serversync");
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `serve` on a free port in `dir`; returns it, its URL and the first token.
+fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String) {
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("SERVERSYNC_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("SERVERSYNC_LMTP_LISTEN")
+        .env("SERVERSYNC_TLS_EXTRA_CA_FILES", &env.ca_cert)
+        .env("SERVERSYNC_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let serve = Serve(child);
+    let (mut token, deadline) = (None, Instant::now() + Duration::from_secs(30));
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("serve prints its address within 30 s");
+        if let Some(rest) = line.split("API token (shown only now): ").nth(1) {
+            token = Some(
+                rest.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                    .collect::<String>(),
+            );
+        }
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let addr: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (serve, format!("http://{addr}"), token.expect("the first token"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_flow_and_a_failure_in_the_browser() {
+    let env = TestEnv::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, url, token) = serve(dir.path(), &env);
+    const GOOD: &str = "carol@example.test";
+    const BAD: &str = "bob@example.test";
+    // Two users with mailboxes: one with the right password, one with a wrong one.
+    let http = reqwest::Client::new();
+    for (name, email, password) in [
+        ("Carol Good", GOOD, env.password.as_str()),
+        ("Bob Wrong", BAD, "not-the-password"),
+    ] {
+        let r = http
+            .post(format!("{url}/api/v1/orgs/default/users"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"full_name": name, "email": email, "mailbox_password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    let shots: PathBuf = match std::env::var_os("SERVERSYNC_SCREENSHOTS") {
+        Some(d) => PathBuf::from(d),
+        None => dir.path().join("screenshots"),
+    };
+    let out = run_script(
+        Path::new("admin_center.mjs"),
+        &[
+            ("BASE_URL", url.clone()),
+            ("TOKEN", token.clone()),
+            ("IMAPS_PORT", env.imaps_port().to_string()),
+            ("SUBMISSION_PORT", env.submission_port().to_string()),
+            ("GOOD", GOOD.into()),
+            ("BAD", BAD.into()),
+            ("SCREENSHOTS", shots.display().to_string()),
+        ],
+        Duration::from_secs(240),
+    )
+    .unwrap();
+    println!("{}", out.stdout);
+    assert!(out.success, "the browser flow failed:\n{}\n{}", out.stdout, out.stderr);
+    for name in ["dashboard", "profiles", "mailboxes", "mailbox-success", "mailbox-failure", "alerts", "jobs"] {
+        let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
+    }
+}
