@@ -2,9 +2,13 @@
 # Installs what the real-server test environment needs (Debian 12, as root), only what is
 # missing: Dovecot (IMAP, POP3, LMTP), Postfix, Radicale, OpenSSL, PostgreSQL (only when no
 # server binaries are found and no server is reachable), Python 3 with aiosmtpd (the scripted
-# SMTP peer of the fault tests), cargo-nextest and the Python openapi-spec-validator.
+# SMTP peer of the fault tests), cargo-nextest and the Python openapi-spec-validator; for the
+# browser tests Debian's Chromium, Node.js and npm (when `node`/`npm` are missing) and the npm
+# packages of e2e/ (playwright-core, no browser download).
 # Idempotent: on a machine that has everything it changes nothing and needs no network.
 set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 log() { echo "install-deps: $*" >&2; }
 
@@ -55,6 +59,11 @@ done
 if ! have_pg_binaries && ! pg_reachable; then
     missing+=(postgresql postgresql-contrib)
 fi
+# Browser tests. Check the commands, not the packages: NodeSource's nodejs ships npm itself
+# and conflicts with Debian's npm package (installing that would replace Node.js).
+installed chromium || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then
@@ -95,4 +104,19 @@ fi
 if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
     log "installing openapi-spec-validator"
     python3 -m pip install --quiet openapi-spec-validator
+fi
+
+# npm packages of the browser tests (e2e/package-lock.json): playwright-core drives Debian's
+# Chromium, so no browser is downloaded. Reinstalled when missing or when the lock file is
+# newer than the last install (npm writes node_modules/.package-lock.json at the end).
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+    log "warning: Node.js $(node --version) is older than 20, which playwright-core needs"
+fi
+e2e="$root/e2e"
+if [ ! -d "$e2e/node_modules/playwright-core" ] ||
+    [ ! -f "$e2e/node_modules/.package-lock.json" ] ||
+    [ "$e2e/package-lock.json" -nt "$e2e/node_modules/.package-lock.json" ]; then
+    log "installing the npm packages of e2e/"
+    (cd "$e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2)
 fi

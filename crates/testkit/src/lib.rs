@@ -20,8 +20,12 @@
 //! e.g. [`Dovecot::start`] in a temporary directory under /tmp; it is stopped when dropped.
 //! Fault tests of outgoing mail that need an SMTP server answering errors on cue use a
 //! [`ScriptedSmtp`] peer instead of Postfix.
+//!
+//! Browser tests run playwright-core scripts from the repository's `e2e/` directory in
+//! Debian's headless Chromium through [`browser::run_script`]; they need none of the servers.
 
 pub mod accounts;
+pub mod browser;
 pub mod corpus;
 pub mod dovecot;
 pub mod env;
@@ -33,6 +37,7 @@ pub mod tls;
 pub mod util;
 
 pub use accounts::{Accounts, DOMAIN, QUEUE_MAILBOXES, TEST_PASSWORD, USERS};
+pub use browser::{E2e, E2eOutput, Step, chromium_path, e2e_dir, run_script};
 pub use dovecot::{Dovecot, DovecotInfo, DovecotOptions};
 pub use env::{ENV_VAR, PgDatabase, TestEnv, down, up};
 pub use postfix::{Postfix, PostfixInfo, PostfixOptions};
