@@ -15,6 +15,8 @@ const browser = await launch();
 let failed = false;
 try {
   const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
+  // Test & enable talks to real servers, and CI machines are busy: wait longer than default.
+  page.setDefaultTimeout(30_000);
   const notice = async (text) => {
     await page.getByRole('status').filter({ hasText: text }).waitFor();
   };
@@ -23,13 +25,17 @@ try {
   };
   /// Waits until the newest job is finished (the page polls through htmx).
   const jobDone = async () => {
-    const status = page.locator('#jobs tbody tr').first().locator('.job-status');
+    // htmx replaces the table every second while a job runs: look the cell up each time.
+    const newest = '#jobs tbody tr:first-child .job-status';
     await page.waitForFunction(
-      (el) => el && !['queued', 'running'].includes(el.textContent.trim()),
-      await status.elementHandle(),
+      (sel) => {
+        const el = document.querySelector(sel);
+        return el && !['queued', 'running'].includes(el.textContent.trim());
+      },
+      newest,
       { timeout: 60_000, polling: 250 },
     );
-    return (await status.textContent()).trim();
+    return (await page.locator(newest).textContent()).trim();
   };
 
   await step('the sign-in page asks for a token', async () => {
@@ -57,10 +63,10 @@ try {
     await screenshot(page, 'profile-form-error');
   });
   await step('create an IMAP/SMTP server profile', async () => {
-    await page.getByLabel('Name').fill('Test mail servers');
-    await page.getByLabel('Incoming port').fill(IMAPS_PORT);
+    await page.getByLabel(/^Name/).fill('Test mail servers');
+    await page.getByLabel('Incoming port', { exact: true }).fill(IMAPS_PORT);
     await page.getByLabel('Incoming encryption').selectOption('implicit');
-    await page.getByLabel('Outgoing port').fill(SUBMISSION_PORT);
+    await page.getByLabel('Outgoing port', { exact: true }).fill(SUBMISSION_PORT);
     await page.getByLabel('Outgoing encryption').selectOption('start_tls');
     await page.getByRole('button', { name: 'Create profile' }).click();
     await notice('The profile was created.');
@@ -130,7 +136,7 @@ try {
   });
   await step('email settings and the audit log', async () => {
     await page.getByRole('link', { name: 'Email settings' }).click();
-    await page.getByLabel('Server profile').waitFor();
+    await page.getByLabel('Server profile', { exact: true }).waitFor();
     await screenshot(page, 'email-settings');
     await page.getByRole('link', { name: 'Audit log' }).click();
     await page.getByRole('heading', { name: 'Audit log' }).waitFor();
@@ -149,6 +155,9 @@ try {
   });
 } catch {
   failed = true;
+  for (const [i, p] of browser.contexts().flatMap((c) => c.pages()).entries()) {
+    await screenshot(p, `FAILED-${i}`).catch(() => {});
+  }
 } finally {
   await browser.close();
 }

@@ -67,7 +67,11 @@ fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String) {
                 .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                 .collect();
             std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (serve, format!("http://{addr}"), token.expect("the first token"));
+            return (
+                serve,
+                format!("http://{addr}"),
+                token.expect("the first token"),
+            );
         }
     }
 }
@@ -76,7 +80,7 @@ fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String) {
 async fn the_seed_flow_and_a_failure_in_the_browser() {
     let env = TestEnv::from_env();
     let dir = tempfile::tempdir().unwrap();
-    let (_serve, url, token) = serve(dir.path(), &env);
+    let (_serve, url, token) = serve(dir.path(), env);
     const GOOD: &str = "carol@example.test";
     const BAD: &str = "bob@example.test";
     // Two users with mailboxes: one with the right password, one with a wrong one.
@@ -113,8 +117,18 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
     )
     .unwrap();
     println!("{}", out.stdout);
-    assert!(out.success, "the browser flow failed:\n{}\n{}", out.stdout, out.stderr);
-    for name in ["dashboard", "profiles", "mailboxes", "mailbox-success", "mailbox-failure", "alerts", "jobs"] {
+    if let Err(e) = out.ensure_success() {
+        panic!("the browser flow failed: {e:#}");
+    }
+    for name in [
+        "dashboard",
+        "profiles",
+        "mailboxes",
+        "mailbox-success",
+        "mailbox-failure",
+        "alerts",
+        "jobs",
+    ] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
     }

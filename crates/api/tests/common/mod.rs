@@ -199,7 +199,7 @@ impl Instance {
 
     /// Waits (bounded) for a job to finish and returns it.
     pub async fn wait_job(&self, job_id: &str) -> Value {
-        for _ in 0..300 {
+        for _ in 0..900 {
             let j = self
                 .ok("GET", &format!("/api/v1/orgs/default/jobs/{job_id}"), None)
                 .await;
@@ -208,7 +208,7 @@ impl Instance {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("job {job_id} did not finish within 30 s");
+        panic!("job {job_id} did not finish within 90 s");
     }
 }
 
