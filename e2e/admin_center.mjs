@@ -10,7 +10,8 @@
 
 import { launch, newPage, screenshot, step } from './lib.mjs';
 
-const { BASE_URL, TOKEN, IMAPS_PORT, SUBMISSION_PORT, GOOD, BAD } = process.env;
+const { BASE_URL, TOKEN, IMAPS_PORT, SUBMISSION_PORT, GOOD, BAD, ADMIN_EMAIL, ADMIN_PASSWORD } =
+  process.env;
 const browser = await launch();
 let failed = false;
 try {
@@ -45,12 +46,12 @@ try {
   });
   await step('a wrong token is refused with the reason', async () => {
     await page.getByLabel(/API token/).fill('ss_not-a-token');
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('button', { name: 'Sign in with the token' }).click();
     await page.getByRole('alert').filter({ hasText: 'not valid' }).waitFor();
   });
   await step('sign in', async () => {
     await page.getByLabel(/API token/).fill(TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('button', { name: 'Sign in with the token' }).click();
     await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
   });
   await step('a profile form with a mistake names the field', async () => {
@@ -147,11 +148,25 @@ try {
     const first = await page.evaluate(() => document.activeElement?.textContent?.trim());
     if (first !== 'Skip to content') throw new Error(`first Tab stop is ${first}`);
   });
+  await step('the organizations page lists the organization', async () => {
+    await page.getByRole('link', { name: 'Organizations' }).click();
+    await page.getByRole('cell', { name: /default \(open\)/ }).waitFor();
+  });
   await step('sign out ends the session', async () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByLabel(/API token/).waitFor();
     await page.goto(`${BASE_URL}/mailboxes`);
     await page.getByLabel(/API token/).waitFor();
+  });
+  await step('a wrong password is refused, the right one signs in', async () => {
+    await page.getByLabel('Email address').fill(ADMIN_EMAIL);
+    await page.getByLabel('Password', { exact: true }).fill('not the password');
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    await page.getByRole('alert').filter({ hasText: 'wrong' }).waitFor();
+    await page.getByLabel('Email address').fill(ADMIN_EMAIL);
+    await page.getByLabel('Password', { exact: true }).fill(ADMIN_PASSWORD);
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
   });
 } catch {
   failed = true;

@@ -3,7 +3,7 @@
 //! seed flow — sign in, create an IMAP/SMTP profile, make it default, apply default email
 //! settings, approve, test & enable: success on the status fields and the alert — and the
 //! failure flow of a wrong password (the failing step on the mailbox, the alert for the profile
-//! owner). Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
+//! owner) — and signing in with a password. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
 //! `docs/screenshots/` is refreshed), else to a temporary directory.
 
 use serversync_testkit::TestEnv;
@@ -98,6 +98,50 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
             .unwrap();
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     }
+    // The administrator's password, for the password sign-in at the end.
+    let users: serde_json::Value = http
+        .get(format!("{url}/api/v1/orgs/default/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "admin@localhost")
+        .expect("the first administrator");
+    const PASSWORD: &str = "a long admin password";
+    let short = http
+        .patch(format!(
+            "{url}/api/v1/orgs/default/users/{}",
+            admin["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "password": "short" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 422);
+    let problem: serde_json::Value = short.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "password", "{problem}");
+    let r = http
+        .patch(format!(
+            "{url}/api/v1/orgs/default/users/{}",
+            admin["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let shown: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["password"], "********", "never shown: {shown}");
     let shots: PathBuf = match std::env::var_os("SERVERSYNC_SCREENSHOTS") {
         Some(d) => PathBuf::from(d),
         None => dir.path().join("screenshots"),
@@ -111,6 +155,8 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
             ("SUBMISSION_PORT", env.submission_port().to_string()),
             ("GOOD", GOOD.into()),
             ("BAD", BAD.into()),
+            ("ADMIN_EMAIL", "admin@localhost".into()),
+            ("ADMIN_PASSWORD", PASSWORD.into()),
             ("SCREENSHOTS", shots.display().to_string()),
         ],
         Duration::from_secs(240),

@@ -489,7 +489,8 @@ impl Admin {
     }
 
     /// Changes a user's own settings: the consent to let users holding "send as another
-    /// user" send on their behalf, and the display name. The user themself, or a holder of
+    /// user" send on their behalf, the display name, and the admin center password (at least
+    /// 12 characters; stored as a sealed PBKDF2 hash). The user themself, or a holder of
     /// `manage_users`.
     pub async fn update_user(
         &self,
@@ -498,6 +499,7 @@ impl Admin {
         id: UserId,
         allow_send_as: Option<bool>,
         full_name: Option<String>,
+        password: Option<Secret>,
     ) -> Result<User> {
         if id != c.user.id {
             c.require(Privilege::ManageUsers)?;
@@ -523,6 +525,16 @@ impl Admin {
             }
             u.full_name = n;
         }
+        let old_password = u.password;
+        if let Some(p) = &password {
+            if p.expose().chars().count() < 12 {
+                let mut e = ValidationErrors::default();
+                e.push("too_short", "password", "use at least 12 characters");
+                return Err(AdminError::Invalid(e));
+            }
+            let hash = serversync_vault::hash_password(p.expose()).map_err(StoreError::from)?;
+            u.password = Some(self.store.put_secret(Some(org), &Secret::new(hash)).await?);
+        }
         self.store
             .update_audited(
                 &u,
@@ -530,7 +542,36 @@ impl Admin {
                 Some(NewAuditEntry::update(actor(c), &s.value, &u)),
             )
             .await?;
+        if password.is_some()
+            && let Some(old) = old_password
+        {
+            let _ = self.store.delete_secret(old).await;
+        }
         Ok(u)
+    }
+
+    /// Signs in with an email address and password (the admin center). The same answer for an
+    /// unknown user, a wrong password, a user without a password and a disabled user.
+    pub async fn authenticate_password(&self, email: &str, password: &str) -> Result<Caller> {
+        let found = self
+            .store
+            .list_all::<User>(None, &[("email", Col::text(email.trim().to_lowercase()))])
+            .await?;
+        let user = found.into_iter().map(|s| s.value).find(|u| !u.disabled);
+        let stored = match user.as_ref().and_then(|u| u.password) {
+            Some(id) => Some(self.store.get_secret(id).await?),
+            None => None,
+        };
+        // Without a stored hash, still spend the time of a verification.
+        const DUMMY: &str = "pbkdf2-sha256$600000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let ok = serversync_vault::verify_password(
+            password,
+            stored.as_ref().map(|s| s.expose()).unwrap_or(DUMMY),
+        );
+        match user {
+            Some(u) if ok && stored.is_some() => self.caller_for(u).await,
+            _ => Err(AdminError::Unauthenticated),
+        }
     }
 
     /// Sets who has read access to a queue (and so may send from its mailbox): its owner or a

@@ -142,16 +142,20 @@ async fn run(backend: Backend) {
         .find(|p| p.role == PartyRole::Cc)
         .unwrap();
     assert_eq!(cc.resolved, Some(RecordRef::User(bob.id)));
-    // Both items say what became of them.
+    // Both items say what became of them (each item's trace is written right after the
+    // activity, so wait for it, bounded).
     for m in [&alice_mb, &bob_mb] {
-        let items = store.list_items(m.id, None, 10).await.unwrap().items;
-        assert_eq!(items.len(), 1);
-        let trace = items[0].value.trace.join("\n");
-        assert!(
-            trace.contains(&activity.id.to_string()),
-            "{}: {trace}",
-            m.email
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let items = store.list_items(m.id, None, 10).await.unwrap().items;
+            assert_eq!(items.len(), 1);
+            let trace = items[0].value.trace.join("\n");
+            if trace.contains(&activity.id.to_string()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {trace}", m.email);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     // The worker's telemetry follows right after the batch is committed.
     while store

@@ -161,6 +161,10 @@ pub struct User {
     /// administrator is one).
     #[serde(default)]
     pub installation_admin: bool,
+    /// Password for signing in to the admin center: a sealed secret holding a PBKDF2 hash
+    /// (never the password). Write-only in the API.
+    #[serde(default)]
+    pub password: Option<crate::SecretId>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -174,6 +178,7 @@ impl User {
             role_ids: BTreeSet::new(),
             tenant_exchange_admin: false,
             allow_send_as: false,
+            password: None,
             disabled: false,
             installation_admin: false,
             created_at: now,

@@ -249,6 +249,61 @@ pub fn new_token() -> Result<String, VaultError> {
     ))
 }
 
+/// PBKDF2-HMAC-SHA256 rounds for passwords (OWASP's recommendation).
+const PASSWORD_ROUNDS: u32 = 600_000;
+
+/// A password hash to store: `pbkdf2-sha256$ROUNDS$SALT$HASH` (salt and hash in base64),
+/// with a random 16-byte salt.
+pub fn hash_password(password: &str) -> Result<String, VaultError> {
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| VaultError::Random)?;
+    Ok(pbkdf2_encode(password, PASSWORD_ROUNDS, &salt))
+}
+
+fn pbkdf2_encode(password: &str, rounds: u32, salt: &[u8]) -> String {
+    let mut out = [0u8; 32];
+    aws_lc_rs::pbkdf2::derive(
+        aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(rounds.max(1)).expect("at least one round"),
+        salt,
+        password.as_bytes(),
+        &mut out,
+    );
+    let b64 = &base64::engine::general_purpose::STANDARD_NO_PAD;
+    format!(
+        "pbkdf2-sha256${rounds}${}${}",
+        b64.encode(salt),
+        b64.encode(out)
+    )
+}
+
+/// Whether `password` matches a hash made by [`hash_password`] (constant-time comparison).
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    let parts: Vec<&str> = stored.split('$').collect();
+    let [scheme, rounds, salt, hash] = parts[..] else {
+        return false;
+    };
+    let b64 = &base64::engine::general_purpose::STANDARD_NO_PAD;
+    let (Ok(rounds), Ok(salt), Ok(hash)) =
+        (rounds.parse::<u32>(), b64.decode(salt), b64.decode(hash))
+    else {
+        return false;
+    };
+    if scheme != "pbkdf2-sha256" || rounds == 0 {
+        return false;
+    }
+    aws_lc_rs::pbkdf2::verify(
+        aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(rounds).expect("checked"),
+        &salt,
+        password.as_bytes(),
+        &hash,
+    )
+    .is_ok()
+}
+
 /// SHA-256 of `data`, lowercase hex (how tokens are stored: high-entropy tokens need no salt).
 pub fn sha256_hex(data: &[u8]) -> String {
     digest(&SHA256, data)
@@ -270,6 +325,24 @@ pub fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn passwords_verify_and_hashes_differ() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("pbkdf2-sha256$600000$"), "{h}");
+        assert!(verify_password("correct horse battery", &h));
+        assert!(!verify_password("correct horse batterx", &h));
+        assert!(!verify_password("", &h));
+        assert_ne!(h, hash_password("correct horse battery").unwrap(), "salted");
+        for bad in [
+            "",
+            "pbkdf2-sha256$x$y$z",
+            "md5$1$AA$AA",
+            "pbkdf2-sha256$0$AA$AA",
+        ] {
+            assert!(!verify_password("x", bad), "{bad}");
+        }
+    }
     use super::*;
 
     #[test]

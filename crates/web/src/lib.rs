@@ -1,9 +1,9 @@
 //! The admin center: server-rendered pages at `/`, served by `serversync serve` next to the
 //! REST API (issue #7).
 //!
-//! - **Sign-in** with an API token (the first administrator's is printed at the first start;
-//!   `serversync admin token create` makes more). A successful sign-in creates a *session
-//!   token* — an API token named "web session", expiring after [`SESSION_HOURS`] — kept only
+//! - **Sign-in** with an email address and password (`serversync admin users set-password`),
+//!   or an API token (the first administrator's is printed at the first start). A successful
+//!   sign-in creates a *session token* — an API token named "web session", expiring after [`SESSION_HOURS`] — kept only
 //!   in an `HttpOnly; Secure; SameSite=Strict` cookie; signing out revokes it.
 //! - **CSRF**: every form and htmx request carries a token derived from the session token
 //!   (HMAC), checked on every POST, besides the SameSite cookie.
@@ -39,6 +39,8 @@ pub fn router(admin: Admin, api: Router) -> Router {
         .route("/", get(pages::dashboard::page))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
+        .route("/orgs", get(pages::orgs::list))
+        .route("/orgs/select", post(pages::orgs::select))
         .route(
             "/profiles",
             get(pages::profiles::list).post(pages::profiles::create),

@@ -15,6 +15,8 @@ use serversync_model::org::Organization;
 /// How long a web session lasts.
 pub const SESSION_HOURS: i64 = 12;
 const COOKIE: &str = "ss_session";
+/// The organization an installation administrator chose (not a secret: access is checked).
+const ORG_COOKIE: &str = "ss_org";
 
 /// The signed-in user of a request.
 pub struct Session {
@@ -49,14 +51,14 @@ fn csrf_for(token: &str) -> String {
     serversync_vault::hmac_sha256_hex(token.as_bytes(), b"serversync web csrf")[..32].to_owned()
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
         .filter(|v| !v.is_empty() && v.len() < 512)
 }
@@ -76,17 +78,25 @@ impl FromRequestParts<Web> for Session {
                 Redirect::to("/login").into_response()
             }
         };
-        let Some(token) = cookie_token(&parts.headers) else {
+        let Some(token) = cookie(&parts.headers, COOKIE) else {
             return Err(to_login());
         };
         let Ok(caller) = web.admin.authenticate(&token).await else {
             return Err(to_login());
         };
-        let org = web
-            .admin
-            .org_for(&caller, &caller.user.org_id.to_string())
-            .await
-            .map_err(|_| to_login())?;
+        // The organization chosen on the Organizations page, if the user may open it.
+        let chosen = match cookie(&parts.headers, ORG_COOKIE) {
+            Some(o) => web.admin.org_for(&caller, &o).await.ok(),
+            None => None,
+        };
+        let org = match chosen {
+            Some(o) => o,
+            None => web
+                .admin
+                .org_for(&caller, &caller.user.org_id.to_string())
+                .await
+                .map_err(|_| to_login())?,
+        };
         Ok(Session {
             csrf: csrf_for(&token),
             token,
@@ -112,10 +122,16 @@ pub async fn login_page() -> Response {
 
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
     token: String,
 }
 
-/// Signs in with an API token: a new session token goes into the cookie.
+/// Signs in with an email address and password, or an API token: a new session token goes
+/// into the cookie.
 pub async fn login(State(web): State<Web>, Form(f): Form<LoginForm>) -> Response {
     let failed = |msg: &str| {
         let mut r = render(&LoginPage {
@@ -126,16 +142,26 @@ pub async fn login(State(web): State<Web>, Form(f): Form<LoginForm>) -> Response
         r
     };
     let token = f.token.trim();
-    if token.is_empty() {
-        return failed("Enter your API token.");
-    }
-    let caller = match web.admin.authenticate(token).await {
-        Ok(c) => c,
-        Err(_) => {
-            return failed(
-                "This token is not valid (unknown, revoked or expired): check it, or create a new one with `serversync admin token create`.",
-            );
+    let caller = if !token.is_empty() {
+        match web.admin.authenticate(token).await {
+            Ok(c) => c,
+            Err(_) => {
+                return failed(
+                    "This token is not valid (unknown, revoked or expired): check it, or create a new one with `serversync admin token create`.",
+                );
+            }
         }
+    } else if !f.email.trim().is_empty() && !f.password.is_empty() {
+        match web.admin.authenticate_password(&f.email, &f.password).await {
+            Ok(c) => c,
+            Err(_) => {
+                return failed(
+                    "The email address or the password is wrong (or no password is set: `serversync admin users set-password`).",
+                );
+            }
+        }
+    } else {
+        return failed("Enter your email address and password, or an API token.");
     };
     let session = match web
         .admin
@@ -168,11 +194,21 @@ pub async fn logout(State(web): State<Web>, s: Session, Form(f): Form<CsrfForm>)
     }
     let _ = web.admin.end_session(&s.token).await;
     let mut r = Redirect::to("/login").into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "ss_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
-        ),
-    );
+    for gone in [
+        "ss_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+        "ss_org=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+    ] {
+        r.headers_mut()
+            .append(header::SET_COOKIE, HeaderValue::from_static(gone));
+    }
     r
+}
+
+/// The cookie that opens organization `org` (checked on every request).
+pub fn org_cookie(org: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{ORG_COOKIE}={org}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        SESSION_HOURS * 3600
+    ))
+    .ok()
 }

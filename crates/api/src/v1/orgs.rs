@@ -68,7 +68,7 @@ pub async fn list_users(
         s.admin
             .list_users(&c, org.id, p.after.as_deref(), p.limit()?)
             .await?,
-        &[],
+        USER_SECRETS,
     )))
 }
 
@@ -120,7 +120,7 @@ pub async fn create_user(
     let m = crate::json::document(&mailbox, 1, MAILBOX_SECRETS);
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "user": crate::json::document(&user, 1, &[]), "mailbox": m })),
+        Json(json!({ "user": crate::json::document(&user, 1, USER_SECRETS), "mailbox": m })),
     ))
 }
 
@@ -136,7 +136,7 @@ pub async fn get_user(
         return Err(Problem::not_found(&format!("user {uid}")));
     }
     let u = s.admin.user(org.id, uid).await?;
-    Ok(Json(crate::json::document(&u, 1, &[])))
+    Ok(Json(crate::json::document(&u, 1, USER_SECRETS)))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -200,6 +200,10 @@ pub struct UserPatch {
     pub allow_send_as: Option<bool>,
     #[serde(default)]
     pub full_name: Option<String>,
+    /// Password for the admin center (at least 12 characters). Write-only.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Password, write_only)]
+    pub password: Option<Secret>,
 }
 
 #[utoipa::path(patch, path = "/api/v1/orgs/{org}/users/{id}", tag = "users", params(("org" = String, Path), ("id" = String, Path)), request_body = UserPatch,
@@ -214,9 +218,16 @@ pub async fn update_user(
     let p: UserPatch = body.parse()?;
     let u = s
         .admin
-        .update_user(&c, org.id, id("id", &uid)?, p.allow_send_as, p.full_name)
+        .update_user(
+            &c,
+            org.id,
+            id("id", &uid)?,
+            p.allow_send_as,
+            p.full_name,
+            p.password,
+        )
         .await?;
-    Ok(Json(crate::json::document(&u, 1, &[])))
+    Ok(Json(crate::json::document(&u, 1, USER_SECRETS)))
 }
 
 /// Who has read access to a queue.
@@ -242,6 +253,9 @@ pub async fn set_queue_members(
         .await?;
     Ok(Json(crate::json::document(&q, 1, &[])))
 }
+
+/// Write-only fields of a user, shown as "********" when set.
+pub const USER_SECRETS: &[&[&str]] = &[&["password"]];
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

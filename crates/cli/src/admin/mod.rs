@@ -362,6 +362,17 @@ pub enum UsersCommand {
     },
     /// Create a user and its mailbox (with the organization's default profile and methods).
     Create(UserCreateArgs),
+    /// Set a user's password for signing in to the admin center (at least 12 characters).
+    SetPassword {
+        /// User id or email address.
+        user: String,
+        /// Read the password from standard input.
+        #[arg(long, conflicts_with = "password_file")]
+        password_stdin: bool,
+        /// Read the password from a file.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -127,6 +127,39 @@ pub async fn users(ctx: &Ctx, cmd: UsersCommand) -> Result<()> {
             }
         }
         UsersCommand::Create(a) => create_user(ctx, a).await?,
+        UsersCommand::SetPassword {
+            user,
+            password_stdin,
+            password_file,
+        } => {
+            let Some(password) = (SecretSource {
+                what: "password",
+                stdin: password_stdin,
+                file: password_file.as_deref(),
+            })
+            .read()?
+            else {
+                anyhow::bail!("give the password with --password-stdin or --password-file");
+            };
+            let u = if is_id(&user) {
+                ctx.api.get(&["users", &user], &[]).await?
+            } else {
+                find_user(ctx, &user).await?
+            };
+            let id = str_at(&u, "id").to_owned();
+            let r = ctx
+                .api
+                .patch(
+                    &["users", &id],
+                    &serde_json::json!({ "password": password }),
+                )
+                .await?;
+            if ctx.json {
+                output::json(&r);
+            } else {
+                println!("password set for {}", str_at(&r, "email"));
+            }
+        }
     }
     Ok(())
 }

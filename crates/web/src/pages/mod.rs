@@ -5,6 +5,7 @@ pub mod dashboard;
 pub mod forms;
 pub mod mailboxes;
 pub mod monitor;
+pub mod orgs;
 pub mod profiles;
 pub mod settings;
 
