@@ -81,6 +81,15 @@ impl Field {
     }
 }
 
+/// The last value submitted for `name` (empty when absent).
+pub fn value(form: &[(String, String)], name: &str) -> String {
+    form.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
 /// A group of fields under a legend.
 pub struct Section {
     pub legend: String,

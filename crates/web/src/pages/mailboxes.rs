@@ -1,9 +1,8 @@
 //! Mailboxes: the grid with views, filters and bulk actions; the mailbox's page with its status
 //! fields, telemetry, alert wall, item-level decisions and "sync now"; its edit form.
 
-use super::forms::{self, Field, Kind, Section};
-use super::profiles::value;
-use super::{Page, done, error, render, when, words};
+use super::forms::{self, Field, Kind, Section, value};
+use super::{Page, action, done, error, render, when, words};
 use crate::Web;
 use crate::session::{Session, csrf_refused};
 use askama::Template;
@@ -441,17 +440,7 @@ pub async fn sync_now(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !s.csrf_ok(&value(&form, "_csrf")) {
-        return csrf_refused();
-    }
-    match web
-        .api(&s, Method::POST, &format!("/mailboxes/{id}/sync-now"), None)
-        .await
-    {
-        Ok(_) => done(
-            &format!("/mailboxes/{id}"),
-            "Synchronization was requested: the mailbox syncs within seconds.",
-        ),
-        Err(p) => error(&s, p.detail),
-    }
+    let to = format!("/mailboxes/{id}");
+    let notice = "Synchronization was requested: the mailbox syncs within seconds.";
+    action(&web, &s, &form, &format!("{to}/sync-now"), &to, notice).await
 }

@@ -1,7 +1,7 @@
 //! Organizations: the top of the navigation. Each user belongs to one; installation
 //! administrators open any of them here (the choice is a cookie, checked on every request).
 
-use super::profiles::value;
+use super::forms::value;
 use super::{Page, done, error, render, when};
 use crate::Web;
 use crate::session::{Session, csrf_refused, org_cookie};

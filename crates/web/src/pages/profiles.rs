@@ -1,8 +1,8 @@
 //! Email server profiles: the list, a form whose fields follow the server type, editing,
 //! "make default" and "test & enable mailboxes" of a profile.
 
-use super::forms::{self, Field, Kind, Section};
-use super::{Page, done, error, render, words};
+use super::forms::{self, Field, Kind, Section, value};
+use super::{Page, action, done, error, render, words};
 use crate::Web;
 use crate::api::Problem;
 use crate::session::{Session, csrf_refused};
@@ -372,14 +372,6 @@ fn form_again(
     r
 }
 
-pub fn value(form: &[(String, String)], name: &str) -> String {
-    form.iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
-}
-
 pub async fn edit_form(
     State(web): State<Web>,
     s: Session,
@@ -452,19 +444,16 @@ pub async fn make_default(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !s.csrf_ok(&value(&form, "_csrf")) {
-        return csrf_refused();
-    }
-    match web
-        .api(&s, Method::POST, &format!("/profiles/{id}/default"), None)
-        .await
-    {
-        Ok(_) => done(
-            "/profiles",
-            "The profile is now the default for new mailboxes.",
-        ),
-        Err(p) => error(&s, p.detail),
-    }
+    let notice = "The profile is now the default for new mailboxes.";
+    action(
+        &web,
+        &s,
+        &form,
+        &format!("/profiles/{id}/default"),
+        "/profiles",
+        notice,
+    )
+    .await
 }
 
 pub async fn test_enable(
@@ -473,22 +462,14 @@ pub async fn test_enable(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !s.csrf_ok(&value(&form, "_csrf")) {
-        return csrf_refused();
-    }
-    match web
-        .api(
-            &s,
-            Method::POST,
-            &format!("/profiles/{id}/test-enable"),
-            None,
-        )
-        .await
-    {
-        Ok(_) => done(
-            "/jobs",
-            "Testing and enabling the profile's mailboxes: follow the job below.",
-        ),
-        Err(p) => error(&s, p.detail),
-    }
+    let notice = "Testing and enabling the profile's mailboxes: follow the job below.";
+    action(
+        &web,
+        &s,
+        &form,
+        &format!("/profiles/{id}/test-enable"),
+        "/jobs",
+        notice,
+    )
+    .await
 }

@@ -1,8 +1,7 @@
 //! The organization's email settings (defaults for new mailboxes, approval, tracking,
 //! outgoing, retries).
 
-use super::forms::{self, Field, Kind, Section};
-use super::profiles::value;
+use super::forms::{self, Field, Kind, Section, value};
 use super::{Page, done, error, render};
 use crate::Web;
 use crate::session::{Session, csrf_refused};
