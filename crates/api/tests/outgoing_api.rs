@@ -14,6 +14,19 @@ use std::time::{Duration, Instant};
 
 const ORG: &str = "/api/v1/orgs/default";
 
+/// An IMAP/SMTP profile for the test servers, the default for new mailboxes.
+async fn default_profile(s: &Instance) {
+    let p = s
+        .ok("POST", &format!("{ORG}/profiles"), Some(imap_profile("P")))
+        .await;
+    s.ok(
+        "POST",
+        &format!("{ORG}/profiles/{}/default", p["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+}
+
 async fn token_for(s: &Instance, user: &Value) -> String {
     let id = user["user"]["id"].as_str().unwrap();
     let t = s
@@ -56,15 +69,7 @@ fn fields(problem: &Value) -> Vec<(String, String)> {
 
 both!(who_may_send_from_which_mailbox, |backend| {
     let s = Instance::start(backend, Trust::TestCa).await;
-    let p = s
-        .ok("POST", &format!("{ORG}/profiles"), Some(imap_profile("P")))
-        .await;
-    s.ok(
-        "POST",
-        &format!("{ORG}/profiles/{}/default", p["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    default_profile(&s).await;
     let bea = s.user("Basic Bea", "bea@example.test", "pw").await;
     let otto = s.user("Other Otto", "otto@example.test", "pw").await;
     let bea_token = token_for(&s, &bea).await;
@@ -204,15 +209,7 @@ both!(who_may_send_from_which_mailbox, |backend| {
 
 both!(compose_validation_drafts_and_attachments, |backend| {
     let s = Instance::start(backend, Trust::TestCa).await;
-    let p = s
-        .ok("POST", &format!("{ORG}/profiles"), Some(imap_profile("P")))
-        .await;
-    s.ok(
-        "POST",
-        &format!("{ORG}/profiles/{}/default", p["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    default_profile(&s).await;
     let bea = s.user("Bea", "bea@example.test", "pw").await;
     let from = mailbox_id(&bea);
     let bt = token_for(&s, &bea).await;
@@ -378,15 +375,7 @@ both!(compose_validation_drafts_and_attachments, |backend| {
 
 both!(email_router_claims_and_reports, |backend| {
     let s = Instance::start(backend, Trust::TestCa).await;
-    let p = s
-        .ok("POST", &format!("{ORG}/profiles"), Some(imap_profile("P")))
-        .await;
-    s.ok(
-        "POST",
-        &format!("{ORG}/profiles/{}/default", p["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    default_profile(&s).await;
     let bea = s.user("Bea", "bea@example.test", "pw").await;
     let from = mailbox_id(&bea);
     let bt = token_for(&s, &bea).await;

@@ -13,7 +13,7 @@ use serversync_engine::Admin;
 use serversync_model::auth::Caller;
 use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
-use serversync_model::org::{Organization, Privilege};
+use serversync_model::org::{Organization, Privilege, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType};
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, QueueId, Secret};
@@ -132,9 +132,9 @@ async fn append(port: u16, user: &str, ids: &[String]) {
     let _ = s.logout().await;
 }
 
-/// The bootstrap organization, an IMAP profile on the private Dovecot, and one approved,
-/// enabled mailbox per user (each signing in as that user).
-async fn mailboxes(store: &Store, port: u16, users: &[&str]) -> Vec<MailboxId> {
+/// On a fresh store: the first administrator, the bootstrap organization and its email
+/// settings.
+async fn bootstrap(store: &Store) -> (User, Organization, EmailSettings) {
     let (admin, _) = Admin::new(store.clone(), Default::default())
         .bootstrap()
         .await
@@ -146,6 +146,18 @@ async fn mailboxes(store: &Store, port: u16, users: &[&str]) -> Vec<MailboxId> {
         .unwrap()
         .remove(0)
         .value;
+    let settings = store
+        .fetch::<EmailSettings>(&org.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    (admin, org, settings)
+}
+
+/// The bootstrap organization, an IMAP profile on the private Dovecot, and one approved,
+/// enabled mailbox per user (each signing in as that user).
+async fn mailboxes(store: &Store, port: u16, users: &[&str]) -> Vec<MailboxId> {
+    let (admin, org, settings) = bootstrap(store).await;
     let now = chrono::Utc::now();
     let mut profile =
         EmailServerProfile::new(org.id, "Dovecot", ServerType::ImapSmtp, admin.id, now);
@@ -157,11 +169,6 @@ async fn mailboxes(store: &Store, port: u16, users: &[&str]) -> Vec<MailboxId> {
     profile.outgoing = Some(endpoint.clone());
     profile.incoming = Some(endpoint);
     store.insert(&profile).await.unwrap();
-    let settings = store
-        .fetch::<EmailSettings>(&org.id.to_string())
-        .await
-        .unwrap()
-        .value;
     let mut ids = Vec::new();
     for user in users {
         let mut m = Mailbox::new_with_defaults(
@@ -558,17 +565,7 @@ async fn kill9_while_sending(backend: Backend) {
     // Alice's mailbox on the shared servers: submission with STARTTLS, Sent copies over IMAPS.
     let sender = "alice@example.test";
     let recipient = "bob@example.test";
-    let (admin, _) = Admin::new(store.clone(), Default::default())
-        .bootstrap()
-        .await
-        .unwrap()
-        .expect("fresh store");
-    let org = store
-        .list_all::<Organization>(None, &[])
-        .await
-        .unwrap()
-        .remove(0)
-        .value;
+    let (admin, org, settings) = bootstrap(&store).await;
     let now = chrono::Utc::now();
     let mut profile =
         EmailServerProfile::new(org.id, "Postfix", ServerType::ImapSmtp, admin.id, now);
@@ -584,11 +581,6 @@ async fn kill9_while_sending(backend: Backend) {
     });
     profile.advanced.max_sends_per_minute = 600;
     store.insert(&profile).await.unwrap();
-    let settings = store
-        .fetch::<EmailSettings>(&org.id.to_string())
-        .await
-        .unwrap()
-        .value;
     let mut m = Mailbox::new_with_defaults(
         org.id,
         MailboxRegarding::User(admin.id),

@@ -186,6 +186,17 @@ impl Admin {
         name: &str,
         by: Actor,
     ) -> Result<(String, ApiToken)> {
+        self.create_token_until(user, name, by, None).await
+    }
+
+    /// [`Admin::create_token`], expiring at `expires_at` when given.
+    async fn create_token_until(
+        &self,
+        user: &User,
+        name: &str,
+        by: Actor,
+        expires_at: Option<Timestamp>,
+    ) -> Result<(String, ApiToken)> {
         let token = serversync_vault::new_token().map_err(StoreError::from)?;
         let t = ApiToken {
             id: TokenId::new(),
@@ -195,7 +206,7 @@ impl Admin {
             token_hash: serversync_vault::sha256_hex(token.as_bytes()),
             prefix: token.chars().take(10).collect(),
             created_at: now(),
-            expires_at: None,
+            expires_at,
             revoked: false,
         };
         self.store
@@ -207,20 +218,8 @@ impl Admin {
     /// A web session for the caller: an API token named "web session" that expires after
     /// `ttl`. Returns the token (kept only in the browser's cookie).
     pub async fn create_session(&self, c: &Caller, ttl: chrono::Duration) -> Result<String> {
-        let token = serversync_vault::new_token().map_err(StoreError::from)?;
-        let t = ApiToken {
-            id: TokenId::new(),
-            org_id: c.user.org_id,
-            user_id: c.user.id,
-            name: "web session".into(),
-            token_hash: serversync_vault::sha256_hex(token.as_bytes()),
-            prefix: token.chars().take(10).collect(),
-            created_at: now(),
-            expires_at: Some(now() + ttl),
-            revoked: false,
-        };
-        self.store
-            .insert_audited(&t, Some(NewAuditEntry::create(actor(c), &t)))
+        let (token, _) = self
+            .create_token_until(&c.user, "web session", actor(c), Some(now() + ttl))
             .await?;
         Ok(token)
     }

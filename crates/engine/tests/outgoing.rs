@@ -171,45 +171,20 @@ async fn find(user: &str, folder: &str, mid: &str, trust: &Arc<TlsTrust>) -> Vec
 
 async fn sends_through_postfix(backend: Backend) {
     let t = setup(backend).await;
-    let engine = Engine::new(t.store.clone(), t.config.clone());
-    let admin = engine.admin();
     let subject = format!("Quote {}", uuid::Uuid::new_v4());
-    let a = admin
-        .compose_email(
-            &t.caller,
-            t.mailbox.org_id,
-            t.new_email(
-                BOB,
-                &subject,
-                "Hello Bob,\n.a line starting with a dot\nAlice",
-            ),
+    let a = t
+        .compose(
+            BOB,
+            &subject,
+            "Hello Bob,\n.a line starting with a dot\nAlice",
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(a.status, EmailStatus::PendingSend);
     let token = a.tracking_token.clone().expect("tracking tokens are on");
 
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(engine.run(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let sent = loop {
-        let now = t
-            .store
-            .fetch::<EmailActivity>(&a.id.to_string())
-            .await
-            .unwrap()
-            .value;
-        if !matches!(now.status, EmailStatus::PendingSend | EmailStatus::Sending) {
-            break now;
-        }
-        assert!(Instant::now() < deadline, "not sent within 60 s: {now:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .unwrap()
-        .unwrap();
+    let engine = run_engine(&t);
+    let sent = t.wait_done(a.id).await;
+    stop_engine(engine).await;
     assert_eq!(sent.status, EmailStatus::Sent, "{:?}", sent.send_error);
     assert_eq!(sent.delivery_attempts, 1);
     assert!(sent.sent_at.is_some());
@@ -248,25 +223,12 @@ async fn sends_through_postfix(backend: Backend) {
 /// reason; when its copy is there, it is "sent".
 async fn never_sends_twice_after_a_crash(backend: Backend) {
     let t = setup(backend).await;
-    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
     let subject = format!("Crash {}", uuid::Uuid::new_v4());
-    let a = admin
-        .compose_email(
-            &t.caller,
-            t.mailbox.org_id,
-            t.new_email(BOB, &subject, "left mid-send"),
-        )
-        .await
-        .unwrap();
+    let a = t.compose(BOB, &subject, "left mid-send").await;
     // A second one that did go out: its copy is in the Sent folder.
-    let b = admin
-        .compose_email(
-            &t.caller,
-            t.mailbox.org_id,
-            t.new_email(BOB, &format!("{subject} (sent)"), "went out"),
-        )
-        .await
-        .unwrap();
+    let b = t
+        .compose(BOB, &format!("{subject} (sent)"), "went out")
+        .await;
     let b_mid = b.message_id.clone().unwrap();
     let mut s = imap(ALICE, &t.trust).await;
     s.create_folder_if_missing(outgoing::SENT_FOLDER)
@@ -392,44 +354,16 @@ async fn rejected_credentials_disable_the_mailbox_not_the_email(backend: Backend
             .unwrap(),
     );
     t.store.update(&m, None).await.unwrap();
-    let engine = Engine::new(t.store.clone(), t.config.clone());
-    let a = engine
-        .admin()
-        .compose_email(
-            &t.caller,
-            org,
-            t.new_email(
-                BOB,
-                &format!("Never sent {}", uuid::Uuid::new_v4()),
-                "Hello",
-            ),
+    let a = t
+        .compose(
+            BOB,
+            &format!("Never sent {}", uuid::Uuid::new_v4()),
+            "Hello",
         )
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(engine.run(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let disabled = loop {
-        let now = t
-            .store
-            .fetch::<Mailbox>(&m.id.to_string())
-            .await
-            .unwrap()
-            .value;
-        if !now.outgoing.enabled {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "outgoing not disabled within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .unwrap()
-        .unwrap();
+        .await;
+    let engine = run_engine(&t);
+    let disabled = t.wait_outgoing_disabled().await;
+    stop_engine(engine).await;
     let err = disabled
         .telemetry
         .last_error
@@ -519,6 +453,48 @@ impl Setup {
             .value
     }
 
+    /// Composes an email from alice's mailbox to `to`, to be sent now.
+    async fn compose(&self, to: &str, subject: &str, text: &str) -> EmailActivity {
+        Engine::new(self.store.clone(), self.config.clone())
+            .admin()
+            .compose_email(
+                &self.caller,
+                self.mailbox.org_id,
+                self.new_email(to, subject, text),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits (at most 60 s) until the activity is neither pending send nor sending.
+    async fn wait_done(&self, id: ActivityId) -> EmailActivity {
+        self.wait_for(id, "done", |a| {
+            !matches!(a.status, EmailStatus::PendingSend | EmailStatus::Sending)
+        })
+        .await
+    }
+
+    /// Waits (at most 60 s) until the mailbox's outgoing direction is disabled.
+    async fn wait_outgoing_disabled(&self) -> Mailbox {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = self
+                .store
+                .fetch::<Mailbox>(&self.mailbox.id.to_string())
+                .await
+                .unwrap()
+                .value;
+            if !m.outgoing.enabled {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outgoing not disabled within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits (at most 60 s) until the activity satisfies `done`.
     async fn wait_for(
         &self,
@@ -579,15 +555,7 @@ async fn passing_refusals_are_retried_until_sent() {
     });
     t.send_through(&smtp).await;
     t.retry_every(1).await;
-    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
-    let a = admin
-        .compose_email(
-            &t.caller,
-            t.mailbox.org_id,
-            t.new_email(BOB, "Retry me", "third time lucky"),
-        )
-        .await
-        .unwrap();
+    let a = t.compose(BOB, "Retry me", "third time lucky").await;
     let engine = run_engine(&t);
     let waiting = t
         .wait_for(a.id, "retried once", |a| a.delivery_attempts >= 1)
@@ -599,11 +567,7 @@ async fn passing_refusals_are_retried_until_sent() {
             .expect("a reason while it waits");
         assert!(why.contains("4.3.0 Try again later"), "{why}");
     }
-    let sent = t
-        .wait_for(a.id, "sent", |a| {
-            a.status != EmailStatus::PendingSend && a.status != EmailStatus::Sending
-        })
-        .await;
+    let sent = t.wait_done(a.id).await;
     stop_engine(engine).await;
     assert_eq!(sent.status, EmailStatus::Sent, "{:?}", sent.send_error);
     assert_eq!(sent.delivery_attempts, 3);
@@ -626,21 +590,9 @@ async fn a_permanent_refusal_fails_the_email_with_the_reason() {
         ..Default::default()
     });
     t.send_through(&smtp).await;
-    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
-    let a = admin
-        .compose_email(
-            &t.caller,
-            t.mailbox.org_id,
-            t.new_email(BOB, "Spammy", "buy now"),
-        )
-        .await
-        .unwrap();
+    let a = t.compose(BOB, "Spammy", "buy now").await;
     let engine = run_engine(&t);
-    let done = t
-        .wait_for(a.id, "done", |a| {
-            a.status != EmailStatus::PendingSend && a.status != EmailStatus::Sending
-        })
-        .await;
+    let done = t.wait_done(a.id).await;
     stop_engine(engine).await;
     assert_eq!(done.status, EmailStatus::Failed);
     assert_eq!(done.delivery_attempts, 1);
@@ -662,33 +614,9 @@ async fn rejected_auth_at_the_peer_applies_the_mailbox_policy() {
         ..Default::default()
     });
     t.send_through(&smtp).await;
-    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
-    let a = admin
-        .compose_email(
-            &t.caller,
-            t.mailbox.org_id,
-            t.new_email(BOB, "Locked out", "hi"),
-        )
-        .await
-        .unwrap();
+    let a = t.compose(BOB, "Locked out", "hi").await;
     let engine = run_engine(&t);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let m = loop {
-        let m = t
-            .store
-            .fetch::<Mailbox>(&t.mailbox.id.to_string())
-            .await
-            .unwrap()
-            .value;
-        if !m.outgoing.enabled {
-            break m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "outgoing not disabled within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let m = t.wait_outgoing_disabled().await;
     stop_engine(engine).await;
     let err = m.telemetry.last_error.expect("recorded");
     assert_eq!(
@@ -733,21 +661,9 @@ async fn a_connection_lost_after_data_is_outcome_unknown() {
         ..Default::default()
     });
     t.send_through(&smtp).await;
-    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
-    let a = admin
-        .compose_email(
-            &t.caller,
-            t.mailbox.org_id,
-            t.new_email(BOB, "Lost", "in transit"),
-        )
-        .await
-        .unwrap();
+    let a = t.compose(BOB, "Lost", "in transit").await;
     let engine = run_engine(&t);
-    let done = t
-        .wait_for(a.id, "done", |a| {
-            a.status != EmailStatus::PendingSend && a.status != EmailStatus::Sending
-        })
-        .await;
+    let done = t.wait_done(a.id).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop_engine(engine).await;
     assert_eq!(
@@ -779,18 +695,9 @@ async fn one_connection_many_emails_within_the_send_rate() {
     let mut profile = p.value;
     profile.advanced.max_sends_per_minute = 3;
     t.store.update(&profile, Some(p.version)).await.unwrap();
-    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
     let mut ids = Vec::new();
     for i in 0..5 {
-        let a = admin
-            .compose_email(
-                &t.caller,
-                t.mailbox.org_id,
-                t.new_email(BOB, &format!("Batch {i}"), "hello"),
-            )
-            .await
-            .unwrap();
-        ids.push(a.id);
+        ids.push(t.compose(BOB, &format!("Batch {i}"), "hello").await.id);
     }
     let lease = t
         .store

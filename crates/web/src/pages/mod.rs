@@ -121,15 +121,6 @@ pub async fn action(
 /// Redirects after a POST, with a notice for the next page.
 pub fn done(to: &str, notice: &str) -> Response {
     let sep = if to.contains('?') { '&' } else { '?' };
-    let q: String = notice
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    axum::response::Redirect::to(&format!("{to}{sep}done={q}")).into_response()
+    let q = serde_urlencoded::to_string([("done", notice)]).unwrap_or_default();
+    axum::response::Redirect::to(&format!("{to}{sep}{q}")).into_response()
 }
