@@ -92,6 +92,8 @@ pub struct DovecotOptions {
     pub accounts: Accounts,
     /// Reuse these certificates (default: generate into `DIR/tls`).
     pub tls: Option<TlsFiles>,
+    /// Appended to the generated `dovecot.conf` (e.g. raised process limits for a benchmark).
+    pub extra_config: String,
 }
 
 /// A running Dovecot. Stopped on drop unless [`Dovecot::detach`]ed.
@@ -115,7 +117,7 @@ impl Dovecot {
             Some(t) => t.clone(),
             None => TlsFiles::ensure(&dir.join("tls"))?,
         };
-        let info = configure(&dir, &tls, &opts.accounts)?;
+        let info = configure(&dir, &tls, opts)?;
         let mut dovecot = Dovecot { info, armed: true };
         dovecot.launch()?;
         Ok(dovecot)
@@ -193,7 +195,8 @@ impl Drop for Dovecot {
     }
 }
 
-fn configure(dir: &Path, tls: &TlsFiles, accounts: &Accounts) -> Result<DovecotInfo> {
+fn configure(dir: &Path, tls: &TlsFiles, opts: &DovecotOptions) -> Result<DovecotInfo> {
+    let accounts = &opts.accounts;
     let root = dir.join("dovecot");
     let base_dir = root.join("run");
     let state_dir = root.join("state");
@@ -355,7 +358,7 @@ service stats {{
         pop3 = info.pop3_port,
         pop3s = info.pop3s_port,
     );
-    write_file(&info.config, &conf, 0o644)?;
+    write_file(&info.config, &format!("{conf}{}", opts.extra_config), 0o644)?;
     if let Ok(doveconf) = system_program("doveconf") {
         let out = std::process::Command::new(doveconf)
             .arg("-c")

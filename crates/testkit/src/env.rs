@@ -310,6 +310,7 @@ pub async fn up(dir: &Path) -> Result<TestEnv> {
         &DovecotOptions {
             accounts: accounts.clone(),
             tls: Some(tls.clone()),
+            ..Default::default()
         },
     )?;
     let postfix = Postfix::start(&dir, dovecot.info(), &tls, &accounts)?;

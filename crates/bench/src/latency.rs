@@ -1,0 +1,153 @@
+//! Arrival latency: a message submitted over SMTP to Postfix (delivered by LMTP to Dovecot)
+//! until its email activity is visible through the API, while the mailbox is in IMAP IDLE.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::Value;
+
+use crate::setup::{Serve, World};
+
+/// Latencies in milliseconds, in submission order.
+pub struct Latency {
+    pub samples: Vec<f64>,
+    pub interval: Duration,
+    pub poll: Duration,
+}
+
+/// `p` in 0..=100 of the sorted samples (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+struct Feed {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    after: i64,
+}
+
+impl Feed {
+    /// Subjects of email activities created since the last call.
+    async fn new_subjects(&mut self) -> Result<Vec<String>> {
+        let page: Value = self
+            .client
+            .get(&self.url)
+            .query(&[("after", self.after.to_string()), ("limit", "500".into())])
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        self.after = page["next"]
+            .as_i64()
+            .context("the change page has no next")?;
+        Ok(page["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["op"] == "created")
+            .filter_map(|c| c["record"]["subject"].as_str().map(str::to_owned))
+            .collect())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    bin: &Path,
+    dir: &Path,
+    url: &str,
+    imaps: u16,
+    smtp: u16,
+    user: &str,
+    password: &str,
+    ca: &Path,
+    count: usize,
+) -> Result<Latency> {
+    std::fs::create_dir_all(dir)?;
+    let interval = Duration::from_millis(100);
+    let poll = Duration::from_millis(10);
+    let world = World::new(url).await?;
+    let profile = world.profile(imaps, None).await?;
+    world.mailbox(&profile, user, password, true, false).await?;
+    let serve = Serve::start(bin, dir, &world, ca).await?;
+    let mut feed = Feed {
+        client: reqwest::Client::new(),
+        url: serve.url(&format!("/api/v1/orgs/{}/changes", world.org_id())),
+        token: world.token.clone(),
+        after: 0,
+    };
+    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(smtp)
+        .build();
+    let message = |subject: &str| -> Result<Message> {
+        Ok(Message::builder()
+            .from("Ann Sender <ann@contoso.test>".parse()?)
+            .to(user.parse()?)
+            .subject(subject)
+            .body(format!("Latency probe {subject}.\r\n"))?)
+    };
+
+    // The first message proves the mailbox is synchronizing and in IDLE before timing.
+    smtp.send(message("latency warm-up")?).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'warm: loop {
+        for s in feed.new_subjects().await? {
+            if s == "latency warm-up" {
+                break 'warm;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the warm-up message did not become an activity within 60 s");
+        }
+        tokio::time::sleep(poll).await;
+    }
+
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut seen: HashMap<String, Duration> = HashMap::new();
+    let mut next_send = Instant::now();
+    let mut i = 0;
+    let deadline = Instant::now() + interval * count as u32 + Duration::from_secs(120);
+    while seen.len() < count {
+        if i < count && Instant::now() >= next_send {
+            let subject = format!("latency probe {i}");
+            let t = Instant::now();
+            smtp.send(message(&subject)?).await?;
+            sent.insert(subject, t);
+            i += 1;
+            next_send += interval;
+        }
+        for s in feed.new_subjects().await? {
+            if let Some(t) = sent.get(&s) {
+                seen.entry(s).or_insert_with(|| t.elapsed());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {count} probes became activities in time",
+                seen.len()
+            );
+        }
+        tokio::time::sleep(poll).await;
+    }
+    serve.proc.stop(Duration::ZERO)?;
+    world.store.close().await;
+    let mut samples: Vec<f64> = (0..count)
+        .map(|i| seen[&format!("latency probe {i}")].as_secs_f64() * 1000.0)
+        .collect();
+    ensure!(samples.len() == count);
+    samples.sort_by(f64::total_cmp);
+    Ok(Latency {
+        samples,
+        interval,
+        poll,
+    })
+}

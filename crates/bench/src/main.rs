@@ -1,0 +1,331 @@
+//! `serversync-bench`: serversync against its peers on private Dovecot, Postfix and
+//! PostgreSQL servers (the test environment's launchers), written to `docs/benchmarks.md`.
+//!
+//! Run it through `scripts/bench.sh`, which installs the peers and builds in release mode.
+
+mod ingest;
+mod latency;
+mod mailgen;
+mod outgoing;
+mod procstat;
+mod report;
+mod scale;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serversync_testkit::{
+    Accounts, Dovecot, DovecotOptions, Postfix, Postgres, TEST_PASSWORD, TlsFiles,
+};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks serversync against fetchmail, mbsync and raw protocol loops")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmarks and write the report.
+    Run(RunArgs),
+    /// (internal) The raw TLS fetch ceiling; the password comes from BENCH_PASSWORD.
+    RawFetch {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        ca: PathBuf,
+    },
+    /// (internal) The raw SMTP submission loop; the password comes from BENCH_PASSWORD.
+    RawSmtp {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        ca: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// The `serversync` binary to measure (a release build).
+    #[arg(long)]
+    serversync: PathBuf,
+    /// Where the report goes.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+    /// Messages seeded for the ingest benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Messages timed for arrival latency.
+    #[arg(long, default_value_t = 500)]
+    probes: usize,
+    /// Emails sent by the outgoing benchmark.
+    #[arg(long, default_value_t = 1_000)]
+    emails: usize,
+    /// Mailboxes enabled for the scale benchmark.
+    #[arg(long, default_value_t = 2_000)]
+    mailboxes: usize,
+    /// Benchmarks to run (all by default): ingest, latency, outgoing, scale.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The command line recorded in the report.
+    #[arg(long, default_value = "scripts/bench.sh")]
+    command: String,
+}
+
+const BENCH_USER: &str = "bench@example.test";
+const LATENCY_USER: &str = "late@example.test";
+const SENDER: &str = "out@example.test";
+const SINK: &str = "sink@example.test";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let password = || std::env::var("BENCH_PASSWORD").unwrap_or_else(|_| TEST_PASSWORD.into());
+    match cli.command {
+        Cmd::RawFetch { port, user, ca } => {
+            let (n, bytes) = rt.block_on(ingest::raw_fetch(port, &user, &password(), &ca))?;
+            println!("{n} messages, {bytes} bytes");
+            Ok(())
+        }
+        Cmd::RawSmtp {
+            port,
+            user,
+            to,
+            count,
+            ca,
+        } => rt.block_on(outgoing::raw_smtp(
+            port,
+            &user,
+            &password(),
+            &to,
+            &ca,
+            count,
+        )),
+        Cmd::Run(args) => rt.block_on(run(args)),
+    }
+}
+
+fn wants(args: &RunArgs, what: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|o| o == what)
+}
+
+/// Dovecot limits for thousands of IDLE connections: login processes in high-performance
+/// mode, an IMAP process per connection allowed.
+fn dovecot_limits(mailboxes: usize) -> String {
+    let n = mailboxes + 200;
+    format!(
+        "\nservice imap-login {{\n  service_count = 0\n  client_limit = {n}\n  process_limit = 8\n  process_min_avail = 2\n}}\n\
+         service imap {{\n  process_limit = {n}\n}}\n\
+         service anvil {{\n  client_limit = {c}\n}}\n\
+         service stats {{\n  client_limit = {c}\n}}\n\
+         service auth {{\n  client_limit = {c}\n}}\n",
+        c = 2 * n + 100
+    )
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let started = Instant::now();
+    let bin = std::fs::canonicalize(&args.serversync).with_context(|| {
+        format!(
+            "{} (build it with cargo build --release)",
+            args.serversync.display()
+        )
+    })?;
+    let dir = PathBuf::from(format!("/tmp/serversync-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let tls = TlsFiles::ensure(&dir.join("tls"))?;
+    let ca = tls.ca_cert.clone();
+    let scale_n = if wants(&args, "scale") {
+        args.mailboxes
+    } else {
+        0
+    };
+    let mut users: Vec<String> = [BENCH_USER, LATENCY_USER, SENDER, SINK]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mail_users = Accounts {
+        users: users.clone(),
+        queue_mailboxes: Vec::new(),
+        password: TEST_PASSWORD.into(),
+    };
+    users.extend((0..scale_n).map(scale::account));
+    eprintln!(
+        "bench: starting Dovecot, Postfix and PostgreSQL under {}",
+        dir.display()
+    );
+    let dovecot = Dovecot::start_with(
+        &dir.join("dovecot"),
+        &DovecotOptions {
+            accounts: Accounts {
+                users,
+                queue_mailboxes: Vec::new(),
+                password: TEST_PASSWORD.into(),
+            },
+            tls: Some(tls.clone()),
+            extra_config: dovecot_limits(scale_n),
+        },
+    )?;
+    let postfix = Postfix::start(&dir.join("postfix"), dovecot.info(), &tls, &mail_users)?;
+    let pg = Postgres::find_or_start(&dir.join("pg")).await?;
+    let imaps = dovecot.info().imaps_port;
+    let mut rep = report::Report::new(&args);
+    rep.versions = report::versions(&pg.info().admin_url);
+
+    if wants(&args, "ingest") {
+        let info = dovecot.info();
+        eprintln!("bench: seeding {} messages", args.messages);
+        let bytes = mailgen::seed_maildir(
+            &info.maildir(BENCH_USER),
+            info.mail_uid,
+            info.mail_gid,
+            args.messages,
+            BENCH_USER,
+            "bench",
+        )?;
+        let src = ingest::Source {
+            port: imaps,
+            user: BENCH_USER,
+            password: TEST_PASSWORD,
+            ca: &ca,
+            messages: args.messages,
+            bytes,
+        };
+        let warm = ingest::warm_up(&src).await?;
+        eprintln!("bench: warm-up fetch (Dovecot indexing) took {warm:?}");
+        rep.warm_up = Some(warm);
+        eprintln!("bench: raw TLS fetch");
+        rep.ingest.push(ingest::raw_row(&src)?);
+        eprintln!("bench: serversync on SQLite");
+        let sqlite = format!(
+            "sqlite://{}",
+            dir.join("ingest-sqlite/serversync.db").display()
+        );
+        std::fs::create_dir_all(dir.join("ingest-sqlite"))?;
+        rep.ingest.push(
+            ingest::serversync_row(&bin, &src, &dir.join("ingest-sqlite"), &sqlite, "SQLite")
+                .await?,
+        );
+        eprintln!("bench: serversync on PostgreSQL");
+        let pg_url = setup::pg_database(&pg.info().admin_url, "serversync_bench_ingest")?;
+        rep.ingest.push(
+            ingest::serversync_row(&bin, &src, &dir.join("ingest-pg"), &pg_url, "PostgreSQL")
+                .await?,
+        );
+        eprintln!("bench: mbsync");
+        rep.ingest
+            .push(ingest::mbsync_row(&src, &dir.join("mbsync"))?);
+        eprintln!("bench: fetchmail");
+        rep.ingest
+            .push(ingest::fetchmail_row(&src, &dir.join("fetchmail"))?);
+        rep.avg_message = Some(bytes / args.messages.max(1) as u64);
+    }
+
+    if wants(&args, "latency") {
+        eprintln!("bench: arrival latency over {} messages", args.probes);
+        let url = format!("sqlite://{}", dir.join("latency/serversync.db").display());
+        rep.latency = Some(
+            latency::run(
+                &bin,
+                &dir.join("latency"),
+                &url,
+                imaps,
+                postfix.info().smtp_port,
+                LATENCY_USER,
+                TEST_PASSWORD,
+                &ca,
+                args.probes,
+            )
+            .await?,
+        );
+    }
+
+    if wants(&args, "outgoing") {
+        let submission = postfix.info().submission_port;
+        eprintln!("bench: raw SMTP loop, {} emails", args.emails);
+        rep.outgoing.push(outgoing::raw_row(
+            submission,
+            SENDER,
+            TEST_PASSWORD,
+            SINK,
+            &ca,
+            args.emails,
+        )?);
+        for sent_copy in [false, true] {
+            eprintln!(
+                "bench: serversync sending {} emails (Sent copy: {sent_copy})",
+                args.emails
+            );
+            let name = if sent_copy { "send-copy" } else { "send" };
+            let url = format!(
+                "sqlite://{}",
+                dir.join(name).join("serversync.db").display()
+            );
+            rep.outgoing.push(
+                outgoing::serversync_row(
+                    &bin,
+                    &dir.join(name),
+                    &url,
+                    imaps,
+                    submission,
+                    SENDER,
+                    TEST_PASSWORD,
+                    SINK,
+                    &ca,
+                    args.emails,
+                    sent_copy,
+                )
+                .await?,
+            );
+        }
+    }
+
+    if wants(&args, "scale") {
+        eprintln!("bench: {} mailboxes idling", args.mailboxes);
+        // Thousands of mailboxes are a server deployment: PostgreSQL (see benchmarks-notes.md).
+        let url = setup::pg_database(&pg.info().admin_url, "serversync_bench_scale")?;
+        rep.scale = Some(
+            scale::run(
+                &bin,
+                &dir.join("scale"),
+                &url,
+                imaps,
+                TEST_PASSWORD,
+                &ca,
+                args.mailboxes,
+            )
+            .await?,
+        );
+    }
+
+    rep.total = started.elapsed();
+    write_report(&args.out, &rep.render())?;
+    eprintln!("bench: wrote {} in {:?}", args.out.display(), rep.total);
+    drop(postfix);
+    drop(dovecot);
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn write_report(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,421 @@
+//! `docs/benchmarks.md`: every figure, the versions, the command, ratios and targets.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::RunArgs;
+use crate::latency::{Latency, percentile};
+use crate::{ingest, outgoing, scale};
+
+pub struct Report {
+    pub command: String,
+    pub messages: usize,
+    pub versions: Vec<(String, String)>,
+    pub warm_up: Option<Duration>,
+    pub avg_message: Option<u64>,
+    pub ingest: Vec<ingest::Row>,
+    pub latency: Option<Latency>,
+    pub outgoing: Vec<outgoing::Row>,
+    pub scale: Option<scale::Scale>,
+    pub total: Duration,
+}
+
+impl Report {
+    pub fn new(args: &RunArgs) -> Report {
+        let mut command = args.command.clone();
+        if !args.only.is_empty() {
+            command.push_str(&format!(" --only {}", args.only.join(",")));
+        }
+        Report {
+            command,
+            messages: args.messages,
+            versions: Vec::new(),
+            warm_up: None,
+            avg_message: None,
+            ingest: Vec::new(),
+            latency: None,
+            outgoing: Vec::new(),
+            scale: None,
+            total: Duration::ZERO,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# Benchmarks\n\n\
+             Produced by `{}` on {} (UTC): every figure below comes from that one run, the \
+             peers measured on the same data in the same run. Do not edit by hand; run the \
+             command again.\n\n\
+             Servers are private instances started by the benchmark with the test environment's \
+             launchers (`serversync-testkit`), on 127.0.0.1, TLS everywhere (IMAPS, SMTP \
+             submission with STARTTLS + AUTH). Each tool is a separate process; CPU is user + \
+             system time of that process, peak RSS its high-water mark (`VmHWM`). The whole run \
+             took {:.0} s.\n",
+            self.command,
+            chrono::Utc::now().format("%Y-%m-%d %H:%M"),
+            self.total.as_secs_f64()
+        );
+        let _ = writeln!(
+            o,
+            "## Machine and versions\n\n| what | version |\n|---|---|"
+        );
+        for (k, v) in &self.versions {
+            let _ = writeln!(o, "| {k} | {v} |");
+        }
+        self.render_ingest(&mut o);
+        self.render_latency(&mut o);
+        self.render_outgoing(&mut o);
+        self.render_scale(&mut o);
+        self.render_targets(&mut o);
+        self.render_commands(&mut o);
+        o
+    }
+
+    fn render_commands(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "\n## Exact commands\n\n\
+             - serversync: `serversync --config DIR/serversync.toml --data-dir DIR serve --listen \
+             127.0.0.1:PORT` with `SERVERSYNC_DATABASE_URL`, `SERVERSYNC_MASTER_KEY` and \
+             `SERVERSYNC_TLS_EXTRA_CA_FILES` (the test CA) set, an empty configuration file \
+             (engine defaults), and the store prepared by the benchmark (bootstrap \
+             organization, profile, mailboxes: `crates/bench/src/setup.rs`).\n\
+             - raw TLS fetch: `serversync-bench raw-fetch --port PORT --user USER --ca CA` \
+             (`LOGIN`, `SELECT INBOX`, `UID FETCH 1:* BODY.PEEK[]`, `LOGOUT` on one connection; \
+             literals read and dropped).\n\
+             - raw SMTP loop: `serversync-bench raw-smtp --port PORT --user USER --to RCPT \
+             --count N --ca CA` (lettre, a pool of one connection).\n\
+             - mbsync: `{}` with\n\n```\n{}```\n\
+             - fetchmail: `{}` with\n\n```\n{}```",
+            ingest::MBSYNC_CMD,
+            ingest::mbsync_rc(0, "bench@example.test", "PASSWORD", "CA", "DIR/mail")
+                .replace("Port 0", "Port PORT"),
+            ingest::FETCHMAIL_CMD,
+            ingest::fetchmail_rc(
+                0,
+                "bench@example.test",
+                "PASSWORD",
+                "CA",
+                "DIR/fetchmail.bsmtp"
+            )
+            .replace("port 0", "port PORT"),
+        );
+    }
+
+    fn rate(row: &ingest::Row) -> f64 {
+        row.messages as f64 / row.usage.wall.as_secs_f64()
+    }
+
+    fn find(&self, tool: &str, how: &str) -> Option<&ingest::Row> {
+        self.ingest
+            .iter()
+            .find(|r| r.tool.starts_with(tool) && r.how.contains(how))
+    }
+
+    fn render_ingest(&self, o: &mut String) {
+        if self.ingest.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\n## Ingest: initial synchronization of {} messages\n\n\
+             One Inbox of {} messages, {} KB on average (plain + HTML alternatives; one in ten \
+             with a 40–80 KB attachment; 300 senders), seeded into Dovecot's Maildir. A \
+             warm-up fetch first built Dovecot's index and filled the page cache ({:.1} s), so \
+             no tool pays for that. Every tool starts from empty state (no database, no UID \
+             list, no local Maildir).\n\n\
+             | tool | what it does | messages | MB | seconds | messages/s | MB/s | CPU s | peak RSS MB |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|",
+            self.messages,
+            self.messages,
+            self.avg_message.unwrap_or(0) / 1024,
+            self.warm_up.unwrap_or_default().as_secs_f64()
+        );
+        for r in &self.ingest {
+            let secs = r.usage.wall.as_secs_f64();
+            let mb = r.bytes as f64 / 1e6;
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {:.1} | {:.2} | {:.0} | {:.1} | {:.2} | {:.1} |",
+                r.tool,
+                r.how,
+                r.messages,
+                mb,
+                secs,
+                Self::rate(r),
+                mb / secs,
+                r.usage.cpu,
+                r.usage.peak_rss_kb as f64 / 1024.0
+            );
+        }
+        let _ = writeln!(o, "\nRatios (messages/s of serversync ÷ the peer's):\n");
+        for store in ["SQLite", "PostgreSQL"] {
+            let Some(ours) = self.find("serversync", store) else {
+                continue;
+            };
+            let mut parts = Vec::new();
+            for (peer, label) in [
+                ("mbsync", "mbsync"),
+                ("fetchmail", "fetchmail"),
+                ("raw TLS", "the raw TLS fetch ceiling"),
+            ] {
+                if let Some(p) = self.find(peer, "") {
+                    parts.push(format!("{:.2}× {label}", Self::rate(ours) / Self::rate(p)));
+                }
+            }
+            let _ = writeln!(o, "- serversync on {store}: {}", parts.join(", "));
+        }
+    }
+
+    fn render_latency(&self, o: &mut String) {
+        let Some(l) = &self.latency else { return };
+        let s = &l.samples;
+        let _ = writeln!(
+            o,
+            "\n## Arrival latency\n\n\
+             {} messages submitted over SMTP to Postfix, one every {} ms; Postfix delivers to \
+             Dovecot over LMTP; serversync holds the Inbox in IMAP IDLE (SQLite store). Timed \
+             from the start of the SMTP submission until the email activity appears in the \
+             API's change feed (`GET /api/v1/orgs/{{org}}/changes`, polled every {} ms), so \
+             the figures include Postfix's queueing and Dovecot's delivery.\n\n\
+             | messages | p50 ms | p95 ms | p99 ms | max ms |\n|---:|---:|---:|---:|---:|\n\
+             | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            s.len(),
+            l.interval.as_millis(),
+            l.poll.as_millis(),
+            s.len(),
+            percentile(s, 50.0),
+            percentile(s, 95.0),
+            percentile(s, 99.0),
+            s.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+
+    fn render_outgoing(&self, o: &mut String) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\n## Outgoing\n\n\
+             Emails to one recipient through Postfix's submission port (STARTTLS + AUTH \
+             PLAIN); Postfix delivers them to Dovecot meanwhile, on the same two cores. \
+             serversync's emails are composed first, then `serve` starts; it is timed from \
+             its start until every activity is Sent. The per-mailbox send rate limit \
+             (`max_sends_per_minute`) is set out of the way in the store for this: it is the \
+             administrator's policy, not the engine's speed.\n\n\
+             | tool | what it does | emails | seconds | emails/s | CPU s | peak RSS MB |\n\
+             |---|---|---:|---:|---:|---:|---:|"
+        );
+        for r in &self.outgoing {
+            let secs = r.usage.wall.as_secs_f64();
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.1} |",
+                r.tool,
+                r.how,
+                r.emails,
+                secs,
+                r.emails as f64 / secs,
+                r.usage.cpu,
+                r.usage.peak_rss_kb as f64 / 1024.0
+            );
+        }
+        if let Some(raw) = self.outgoing.iter().find(|r| r.tool.starts_with("raw")) {
+            let _ = writeln!(o, "\nRatios (emails/s ÷ the raw loop's):\n");
+            for r in self.outgoing.iter().filter(|r| r.tool == "serversync") {
+                let _ = writeln!(
+                    o,
+                    "- {}: {:.2}×",
+                    r.how,
+                    raw.usage.wall.as_secs_f64() / r.usage.wall.as_secs_f64()
+                        * (r.emails as f64 / raw.emails as f64)
+                );
+            }
+        }
+    }
+
+    fn render_scale(&self, o: &mut String) {
+        let Some(s) = &self.scale else { return };
+        let _ = writeln!(
+            o,
+            "\n## Scale: {} mailboxes idling\n\n\
+             {} approved mailboxes (one Dovecot account each) on one IMAP profile, enabled by \
+             the administrator's \"test & enable\" of the profile through the API; one `serve` \
+             process on PostgreSQL then holds every Inbox in IMAP IDLE over TLS. Memory per \
+             mailbox is the growth of the process's resident set from before enabling to \
+             idling, divided by the mailboxes; CPU is measured over {} s of idling.\n\n\
+             | figure | value |\n|---|---:|\n\
+             | test & enable job for all mailboxes | {:.1} s |\n\
+             | until every mailbox synchronized once and held (then in IDLE) | {:.1} s |\n\
+             | RSS before enabling | {:.1} MB |\n\
+             | RSS with all idling | {:.1} MB |\n\
+             | RSS per idle mailbox | {:.0} KB |\n\
+             | CPU at idle | {:.2} % of one core |",
+            s.mailboxes,
+            s.mailboxes,
+            s.idle_window.as_secs(),
+            s.enable_job.as_secs_f64(),
+            s.all_idle.as_secs_f64(),
+            s.baseline_rss_kb as f64 / 1024.0,
+            s.idle_rss_kb as f64 / 1024.0,
+            s.kb_per_mailbox(),
+            s.idle_cpu * 100.0
+        );
+    }
+
+    fn render_targets(&self, o: &mut String) {
+        let mut rows: Vec<(String, String, String, bool)> = Vec::new();
+        if let Some(ours) = self.find("serversync", "SQLite") {
+            for (peer, want) in [("mbsync", 3.0), ("fetchmail", 15.0), ("raw TLS", 0.5)] {
+                if let Some(p) = self.find(peer, "") {
+                    let r = Self::rate(ours) / Self::rate(p);
+                    rows.push((
+                        format!("ingest (SQLite) vs {}", p.tool),
+                        format!("≥ {want}×"),
+                        format!("{r:.2}×"),
+                        r >= want,
+                    ));
+                }
+            }
+        }
+        if let Some(l) = &self.latency {
+            let p99 = percentile(&l.samples, 99.0);
+            rows.push((
+                "arrival latency p99".into(),
+                "< 1000 ms".into(),
+                format!("{p99:.0} ms"),
+                p99 < 1000.0,
+            ));
+        }
+        if let Some(raw) = self.outgoing.iter().find(|r| r.tool.starts_with("raw")) {
+            for r in self.outgoing.iter().filter(|r| r.tool == "serversync") {
+                let x = raw.usage.wall.as_secs_f64() / r.usage.wall.as_secs_f64();
+                rows.push((
+                    format!("outgoing vs the raw loop ({})", short(&r.how)),
+                    "≥ 1.0×".into(),
+                    format!("{x:.2}×"),
+                    x >= 1.0,
+                ));
+            }
+        }
+        if let Some(s) = &self.scale {
+            let kb = s.kb_per_mailbox();
+            rows.push((
+                "RSS per idle mailbox".into(),
+                "≤ 100 KB".into(),
+                format!("{kb:.0} KB"),
+                kb <= 100.0,
+            ));
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\n## Targets\n\n| target | wanted | measured | |\n|---|---|---|---|"
+        );
+        for (what, want, got, met) in rows {
+            let _ = writeln!(
+                o,
+                "| {what} | {want} | {got} | {} |",
+                if met { "met" } else { "**missed**" }
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\nWhat bounds each figure, and what was done about a missed target, is in \
+             [benchmarks-notes.md](benchmarks-notes.md)."
+        );
+    }
+}
+
+fn short(how: &str) -> &str {
+    if how.contains("no Sent copy") {
+        "no Sent copy"
+    } else {
+        "with Sent copy"
+    }
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    match cmd.output() {
+        Ok(out) => {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        }
+        Err(e) => format!("not available ({e})"),
+    }
+}
+
+/// The machine and every program measured.
+pub fn versions(pg_admin_url: &str) -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(String::new(), |kb| {
+            format!("{:.0} GiB", kb as f64 / 1048576.0)
+        });
+    let psql = serversync_testkit::postgres::pg_program("psql")
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "psql".into());
+    vec![
+        ("machine".into(), format!("{cores} cores ({cpu}), {mem}")),
+        (
+            "kernel".into(),
+            first_line(Command::new("uname").arg("-sr")),
+        ),
+        (
+            "serversync".into(),
+            format!("{} (release build)", env!("CARGO_PKG_VERSION")),
+        ),
+        ("rustc".into(), first_line(Command::new("rustc").arg("-V"))),
+        (
+            "Dovecot".into(),
+            first_line(Command::new("dovecot").arg("--version")),
+        ),
+        (
+            "Postfix".into(),
+            first_line(Command::new("postconf").args(["-h", "mail_version"])),
+        ),
+        (
+            "PostgreSQL".into(),
+            first_line(Command::new(psql).args([pg_admin_url, "-tAc", "SHOW server_version"])),
+        ),
+        (
+            "fetchmail".into(),
+            first_line(Command::new("fetchmail").arg("--version")),
+        ),
+        (
+            "mbsync".into(),
+            first_line(Command::new("mbsync").arg("--version")),
+        ),
+    ]
+}

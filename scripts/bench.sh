@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# THE benchmark command: installs the peers (fetchmail, isync's mbsync) and the servers if
+# missing, builds serversync and the benchmark in release mode, runs every benchmark against
+# private Dovecot, Postfix and PostgreSQL instances on 127.0.0.1, and writes
+# docs/benchmarks.md. Takes about 15 minutes on 2 cores.
+#
+#   scripts/bench.sh                          # everything, default sizes
+#   scripts/bench.sh --only ingest,latency    # some of: ingest, latency, outgoing, scale
+#   scripts/bench.sh --messages 2000 --out /tmp/b.md   # smaller, elsewhere
+#
+# Environment: CARGO_TARGET_DIR is respected; SERVERSYNC_TEST_PG_URL / DATABASE_URL name a
+# PostgreSQL server to use (else 127.0.0.1:5432, else a throwaway cluster).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+"$root/scripts/install-deps.sh"
+need=()
+command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
+command -v mbsync >/dev/null 2>&1 || need+=(isync)
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "bench.sh: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --quiet --release -p serversync -p serversync-bench
+target_dir="$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+
+# Thousands of IDLE connections need file descriptors on both ends.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+exec "$target_dir/release/serversync-bench" run \
+    --serversync "$target_dir/release/serversync" \
+    --command "scripts/bench.sh${*:+ $*}" "$@"
