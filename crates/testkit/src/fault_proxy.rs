@@ -55,6 +55,8 @@ pub enum Fault {
 pub struct Stats {
     /// Connections accepted (including those closed or reset at once by a fault).
     pub accepted: u64,
+    /// Connections open now (forwarding).
+    pub open: u64,
     /// Connections closed or reset by a fault (at accept, mid-stream, or killed).
     pub faulted: u64,
     /// [`Fault::CutAfter`] cuts that happened.
@@ -68,6 +70,7 @@ pub struct Stats {
 #[derive(Default)]
 struct Counters {
     accepted: AtomicU64,
+    open: AtomicU64,
     faulted: AtomicU64,
     cuts: AtomicU64,
     to_server: AtomicU64,
@@ -135,6 +138,7 @@ impl FaultProxy {
         let c = &self.shared.counters;
         Stats {
             accepted: c.accepted.load(Ordering::Relaxed),
+            open: c.open.load(Ordering::Relaxed),
             faulted: c.faulted.load(Ordering::Relaxed),
             cuts: c.cuts.load(Ordering::Relaxed),
             to_server: c.to_server.load(Ordering::Relaxed),
@@ -218,6 +222,7 @@ async fn connection(mut client: TcpStream, shared: Arc<Shared>) {
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    shared.counters.open.fetch_add(1, Ordering::Relaxed);
     let mut kill = shared.kill.subscribe();
     kill.borrow_and_update();
     let end = {
@@ -251,6 +256,8 @@ async fn connection(mut client: TcpStream, shared: Arc<Shared>) {
         let _ = client.set_zero_linger();
         let _ = server.set_zero_linger();
     }
+    drop((client, server));
+    shared.counters.open.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Forwards one direction chunk by chunk, applying the current fault to each chunk.
