@@ -75,7 +75,10 @@ fn private_dovecot(dir: &Path, n: usize, size: usize) -> (Dovecot, Vec<String>) 
     let filler = "All work and no play makes Jack a dull boy. ".repeat(2);
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let id = format!("fault-{i:05}-{}@example.test", uuid::Uuid::new_v4().simple());
+        let id = format!(
+            "fault-{i:05}-{}@example.test",
+            uuid::Uuid::new_v4().simple()
+        );
         let mut raw = format!(
             "Message-ID: <{id}>\r\nFrom: ann@example.test\r\nTo: {CAROL}\r\nSubject: fault test {i}\r\nDate: Mon, 2 Nov 2026 09:00:00 +0000\r\n\r\n"
         );
@@ -84,7 +87,9 @@ fn private_dovecot(dir: &Path, n: usize, size: usize) -> (Dovecot, Vec<String>) 
             raw.push_str("\r\n");
         }
         std::fs::write(
-            maildir.join("new").join(format!("1700000000.M{i}P1.faults")),
+            maildir
+                .join("new")
+                .join(format!("1700000000.M{i}P1.faults")),
             raw,
         )
         .unwrap();
@@ -142,7 +147,10 @@ fn plain(port: u16) -> Endpoint {
     }
 }
 
-fn run_engine(store: &Store, config: &EngineConfig) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn run_engine(
+    store: &Store,
+    config: &EngineConfig,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let task = tokio::spawn(Engine::new(store.clone(), config.clone()).run(stop.clone()));
     (stop, task)
@@ -179,7 +187,8 @@ async fn stored_ids(store: &Store, id: MailboxId) -> HashMap<String, usize> {
     loop {
         let page = store.list_items(id, after.as_deref(), 500).await.unwrap();
         for s in page.items {
-            *out.entry(s.value.message_id.unwrap_or_default()).or_default() += 1;
+            *out.entry(s.value.message_id.unwrap_or_default())
+                .or_default() += 1;
         }
         match page.next {
             Some(n) => after = Some(n),
@@ -312,7 +321,10 @@ async fn imap_sync_through_network_faults() {
     let err = refused.telemetry.last_error.clone().unwrap();
     println!("refused: {:?} {} — {}", err.step, err.code, err.message);
     assert_eq!(refused.incoming.status, RunStatus::Failure);
-    assert!(refused.incoming.enabled, "a transient failure does not disable");
+    assert!(
+        refused.incoming.enabled,
+        "a transient failure does not disable"
+    );
     assert!(alerts_for(&store, &m).await.is_empty());
 
     // Accepted and closed at once: a failure after connecting, also named.
@@ -344,14 +356,26 @@ async fn imap_sync_through_network_faults() {
     for (i, n) in [150_000u64, 90_000, 120_000].into_iter().enumerate() {
         let cuts = proxy.stats().cuts;
         proxy.set(Fault::CutAfter(n));
-        eventually!(120, format!("cut {} happens", i + 1), proxy.stats().cuts > cuts);
+        eventually!(
+            120,
+            format!("cut {} happens", i + 1),
+            proxy.stats().cuts > cuts
+        );
         proxy.set(slow);
-        println!("cut {} after {n} bytes: {} stored", i + 1, stored_count(&store, m.id).await);
+        println!(
+            "cut {} after {n} bytes: {} stored",
+            i + 1,
+            stored_count(&store, m.id).await
+        );
     }
     // Reset: the live connection at its next chunk, or the next one at once.
     let faulted = proxy.stats().faulted;
     proxy.set(Fault::Reset);
-    eventually!(120, "a connection is reset", proxy.stats().faulted > faulted);
+    eventually!(
+        120,
+        "a connection is reset",
+        proxy.stats().faulted > faulted
+    );
     proxy.set(slow);
     println!("reset: {} stored", stored_count(&store, m.id).await);
     // A live connection killed (RST) whatever it is doing.
@@ -461,13 +485,19 @@ async fn postgres_restart_mid_sync() {
     )
     .await
     .unwrap();
-    let raw = format!("Message-ID: <{late}>\r\nFrom: ann@example.test\r\nTo: {CAROL}\r\nSubject: late\r\n\r\nlate\r\n");
+    let raw = format!(
+        "Message-ID: <{late}>\r\nFrom: ann@example.test\r\nTo: {CAROL}\r\nSubject: late\r\n\r\nlate\r\n"
+    );
     s.append("INBOX", &[], None, raw.as_bytes()).await.unwrap();
     let _ = s.logout().await;
     ids.push(late);
     assert_synced_exactly_once(&store, &m, &ids, port, 60).await;
     stop_engine(engine).await;
-    println!("{} messages exactly once in {:?}", ids.len(), started.elapsed());
+    println!(
+        "{} messages exactly once in {:?}",
+        ids.len(),
+        started.elapsed()
+    );
 }
 
 // ---- e. A full disk under SQLite ----
@@ -486,7 +516,13 @@ impl Tmpfs {
         );
         std::fs::create_dir_all(path).unwrap();
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_kb}k,mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_kb}k,mode=0755"),
+                "tmpfs",
+            ])
             .arg(path)
             .output()
             .expect("mount runs");
@@ -581,9 +617,15 @@ async fn disk_full_under_sqlite() {
         "not a reconnection per tick (50 ticks): {reconnects}"
     );
     assert!(store.storage_full().is_some(), "still full");
-    assert!(stored_count(&store, m.id).await < N as i64, "the disk filled up mid-sync");
+    assert!(
+        stored_count(&store, m.id).await < N as i64,
+        "the disk filled up mid-sync"
+    );
     let now = mailbox(&store, m.id).await;
-    assert!(now.incoming.enabled, "a full disk does not disable the mailbox");
+    assert!(
+        now.incoming.enabled,
+        "a full disk does not disable the mailbox"
+    );
     assert!(alerts_for(&store, &m).await.is_empty());
     // Space is freed; nobody touches serversync.
     std::fs::remove_file(&filler).unwrap();
@@ -699,23 +741,22 @@ async fn smtp_send_through_network_faults() {
                 .unwrap()
         }
     };
-    let done = |a: &EmailActivity| !matches!(a.status, EmailStatus::PendingSend | EmailStatus::Sending);
+    let done =
+        |a: &EmailActivity| !matches!(a.status, EmailStatus::PendingSend | EmailStatus::Sending);
     let activity = |id: String| {
         let store = store.clone();
-        async move {
-            store
-                .fetch::<EmailActivity>(&id)
-                .await
-                .unwrap()
-                .value
-        }
+        async move { store.fetch::<EmailActivity>(&id).await.unwrap().value }
     };
     let engine = run_engine(&store, &config);
     let mut emails = Vec::new();
 
     // A clean send: how many bytes the server sends in one session.
     let a = compose(0).await;
-    eventually!(60, "the first email is sent", done(&activity(a.id.to_string()).await));
+    eventually!(
+        60,
+        "the first email is sent",
+        done(&activity(a.id.to_string()).await)
+    );
     eventually!(30, "its connection is closed", proxy.stats().open == 0);
     let session = proxy.stats().to_client;
     assert_eq!(activity(a.id.to_string()).await.status, EmailStatus::Sent);
@@ -726,12 +767,22 @@ async fn smtp_send_through_network_faults() {
     // again) or to QUIT (sent); earlier cuts are retried.
     for (i, back) in [20u64, 45, 70, 110, 160, 300].into_iter().enumerate() {
         eventually!(30, "no connection open", proxy.stats().open == 0);
+        let cuts = proxy.stats().cuts;
         proxy.set(Fault::CutAfter(session.saturating_sub(back)));
         let a = compose(i + 1).await;
-        eventually!(90, format!("email {} is done", i + 1), done(&activity(a.id.to_string()).await));
+        eventually!(
+            90,
+            format!("email {} is done", i + 1),
+            done(&activity(a.id.to_string()).await)
+        );
         let now = activity(a.id.to_string()).await;
         println!(
-            "cut {back} bytes before the end: {:?} after {} attempt(s) {}",
+            "cut {back} bytes before the end ({}): {:?} after {} attempt(s) {}",
+            if proxy.stats().cuts > cuts {
+                "cut"
+            } else {
+                "the session was shorter: not cut"
+            },
             now.status,
             now.delivery_attempts,
             now.send_error.as_deref().unwrap_or("")
@@ -767,14 +818,21 @@ async fn smtp_send_through_network_faults() {
         if fault == Fault::Refuse {
             assert_eq!(err.step, Some(FailureStep::TcpConnect));
         }
-        assert!(failed.outgoing.enabled, "a transient failure does not disable");
+        assert!(
+            failed.outgoing.enabled,
+            "a transient failure does not disable"
+        );
         assert_eq!(
             activity(a.id.to_string()).await.status,
             EmailStatus::PendingSend,
             "the email waits for the network"
         );
         proxy.set(Fault::Pass);
-        eventually!(60, format!("email {n} is sent"), done(&activity(a.id.to_string()).await));
+        eventually!(
+            60,
+            format!("email {n} is sent"),
+            done(&activity(a.id.to_string()).await)
+        );
         assert_eq!(activity(a.id.to_string()).await.status, EmailStatus::Sent);
         emails.push(a.id);
     }
@@ -786,7 +844,11 @@ async fn smtp_send_through_network_faults() {
         let mid = a.message_id.clone().unwrap();
         match a.status {
             EmailStatus::Sent => {
-                eventually!(60, format!("{mid} is delivered"), delivered(&mid, &trust).await >= 1);
+                eventually!(
+                    60,
+                    format!("{mid} is delivered"),
+                    delivered(&mid, &trust).await >= 1
+                );
             }
             EmailStatus::OutcomeUnknown => {
                 let why = a.send_error.clone().unwrap_or_default();
@@ -813,7 +875,10 @@ async fn smtp_send_through_network_faults() {
     let after = mailbox(&store, m.id).await;
     assert!(after.outgoing.enabled);
     assert_eq!(after.outgoing.status, RunStatus::Success, "healthy again");
-    assert!(alerts_for(&store, &m).await.is_empty(), "no alert for a transient outage");
+    assert!(
+        alerts_for(&store, &m).await.is_empty(),
+        "no alert for a transient outage"
+    );
     stop_engine(engine).await;
     println!(
         "{} emails: {} outcome unknown ({} of those delivered); proxy {:?}; {:?}",

@@ -94,14 +94,12 @@ impl Store {
             return;
         };
         match r {
-            Err(e) if e.is_storage_full() => {
-                if g.is_none() {
-                    tracing::error!(error = %e, "the database is out of disk space: synchronized mail cannot be stored until space is freed");
-                    *g = Some(StorageFull {
-                        since: chrono::Utc::now(),
-                        message: e.to_string(),
-                    });
-                }
+            Err(e) if e.is_storage_full() && g.is_none() => {
+                tracing::error!(error = %e, "the database is out of disk space: synchronized mail cannot be stored until space is freed");
+                *g = Some(StorageFull {
+                    since: chrono::Utc::now(),
+                    message: e.to_string(),
+                });
             }
             Ok(_) if g.is_some() => {
                 tracing::info!("the database has disk space again");
@@ -203,7 +201,9 @@ impl Store {
                     Box::pin(async move {
                         use sqlx::Executor;
                         if conn.execute("BEGIN").await.is_err() {
-                            tracing::warn!("closing an SQLite connection left inside a transaction");
+                            tracing::warn!(
+                                "closing an SQLite connection left inside a transaction"
+                            );
                             return Ok(false);
                         }
                         Ok(conn.execute("ROLLBACK").await.is_ok())
