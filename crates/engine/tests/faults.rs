@@ -237,9 +237,12 @@ async fn assert_synced_exactly_once(
     eventually!(
         bound_secs,
         format!(
-            "all {} messages stored (have {})",
+            "all {} messages stored (have {}; incoming {:?}, last error {:?}, storage full {:?})",
             ids.len(),
-            stored_count(store, m.id).await
+            stored_count(store, m.id).await,
+            mailbox(store, m.id).await.incoming,
+            mailbox(store, m.id).await.telemetry.last_error,
+            store.storage_full()
         ),
         stored_count(store, m.id).await >= ids.len() as i64
     );
@@ -566,7 +569,7 @@ fn fill_disk(dir: &Path, leave: u64) -> std::path::PathBuf {
     path
 }
 
-/// The SQLite database lives on an 8 MB tmpfs that a filler file has nearly filled; a
+/// The SQLite database lives on a 32 MB tmpfs that a filler file has nearly filled; a
 /// 300-message sync (through a passing proxy that counts connections) runs out of space
 /// part-way. The engine keeps running, loses nothing, says why (`Store::storage_full`, which
 /// `/readyz` reports) and does not reconnect every tick; once the filler is deleted the sync
@@ -584,7 +587,9 @@ async fn disk_full_under_sqlite() {
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .unwrap();
-    let fs = Tmpfs::mount(&dir.path().join("db"), 8 * 1024);
+    // Room to spare once the filler is gone: the WAL grows past its checkpoint size while the
+    // test keeps reading.
+    let fs = Tmpfs::mount(&dir.path().join("db"), 32 * 1024);
     let store = open_store(&format!("sqlite://{}", fs.path.join("f.db").display())).await;
     let m = carol_mailbox(&store, plain(proxy.port())).await;
     let filler = fill_disk(&fs.path, 400 * 1024);
