@@ -293,15 +293,16 @@ async fn sync_folder(
                         )
                         .await?
                     };
-                    if let IntakeOutcome::Recorded(item) = outcome
-                        && item.decision == ItemDecision::Failed
-                    {
-                        failed_uids.push(msg.uid);
+                    if let IntakeOutcome::Recorded(item) = outcome {
+                        // New work committed (a message fetched again is not progress).
+                        cx.progress.fetch_add(1, Ordering::Relaxed);
+                        if item.decision == ItemDecision::Failed {
+                            failed_uids.push(msg.uid);
+                        }
                     }
                 }
                 cursor.last_uid = Some(cursor.last_uid.map_or(msg.uid, |u| u.max(msg.uid)));
                 processed += 1;
-                cx.progress.fetch_add(1, Ordering::Relaxed);
             }
             let missing = fetch.missing();
             drop(fetch);
@@ -323,6 +324,7 @@ async fn sync_folder(
             }
             // The messages are committed: only now may the cursor move (fenced by the lease).
             store.put_cursor(lease, id, folder, &cursor).await?;
+            cx.progress.fetch_add(1, Ordering::Relaxed);
             bump_telemetry(store, id, started, processed, failed_uids.len() as u64).await?;
             if processed > 0 {
                 cx.stored.notify_one();

@@ -148,8 +148,9 @@ pub(super) struct Ctx<'a> {
     pub opts: ConnectOptions,
     /// Told whenever messages were committed, so the next stage (the tracker) runs at once.
     pub stored: &'a Notify,
-    /// Messages received whole and committed during this session: a connection that dropped
-    /// after making progress was healthy, not a server hanging up after sign-in.
+    /// Progress of this session (new messages stored, cursor steps committed): a connection
+    /// that dropped after making progress was healthy, not a server hanging up after sign-in;
+    /// one that keeps dropping at the same message makes none and backs off as before.
     pub progress: std::sync::atomic::AtomicU64,
 }
 
