@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the real-server test environment needs (Debian 12, as root), only what is
-# missing: Dovecot (IMAP, POP3, LMTP), Postfix, Radicale, OpenSSL, PostgreSQL (only when no
-# server binaries are found and no server is reachable), Python 3 with aiosmtpd (the scripted
+# missing: Dovecot (IMAP, POP3, LMTP), Postfix, Radicale, OpenSSL, the PostgreSQL server
+# binaries (when initdb/pg_ctl are not found: the fault-injection suite restarts a private
+# cluster even when a server is reachable), Python 3 with aiosmtpd (the scripted
 # SMTP peer of the fault tests), cargo-nextest and the Python openapi-spec-validator; for the
 # browser tests Debian's Chromium, Node.js and npm (when `node`/`npm` are missing) and the npm
 # packages of e2e/ (playwright-core, no browser download).
@@ -32,31 +33,12 @@ have_pg_binaries() {
     return 1
 }
 
-tcp_open() { # host port
-    (exec 3<>"/dev/tcp/$1/$2") >/dev/null 2>&1
-}
-
-pg_reachable() {
-    local url
-    for url in "${SERVERSYNC_TEST_PG_URL:-}" "${DATABASE_URL:-}"; do
-        case "$url" in
-            postgres://* | postgresql://*)
-                if command -v psql >/dev/null 2>&1 &&
-                    psql "$url" -XAtqc 'select 1' >/dev/null 2>&1; then
-                    return 0
-                fi
-                ;;
-        esac
-    done
-    tcp_open 127.0.0.1 5432
-}
-
 missing=()
 for pkg in dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix radicale openssl postgresql-client iproute2 \
     python3 python3-aiosmtpd; do
     installed "$pkg" || missing+=("$pkg")
 done
-if ! have_pg_binaries && ! pg_reachable; then
+if ! have_pg_binaries; then
     missing+=(postgresql postgresql-contrib)
 fi
 # Browser tests. Check the commands, not the packages: NodeSource's nodejs ships npm itself

@@ -57,6 +57,18 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Readiness: the database answers.
 async fn readyz(State(s): State<AppState>) -> Response {
     match s.store.ping().await {
+        Ok(()) if let Some(full) = s.store.storage_full() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "not_ready",
+                "database": format!(
+                    "out of disk space since {}: synchronized mail cannot be stored until space is freed ({})",
+                    full.since.to_rfc3339(),
+                    full.message
+                ),
+            })),
+        )
+            .into_response(),
         Ok(()) => Json(serde_json::json!({ "status": "ready", "database": "ok" })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

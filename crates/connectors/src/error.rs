@@ -109,11 +109,13 @@ pub(crate) fn tls_failure(host: &str, e: &io::Error) -> ConnectError {
                 e.kind(),
                 io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
             ) {
+                // Transient: a cut network or a busy server ends handshakes like this too, and
+                // a mailbox that worked must not be disabled for a blip; a real mismatch keeps
+                // failing and the retry policy disables it with an alert after its attempts.
                 err.message = "the server closed the connection during the TLS handshake: check \
                                that this port speaks TLS (the TLS mode matches the port) and that \
                                the server accepts TLS 1.2 or newer"
                     .into();
-                err.kind = ErrorKind::Config;
             }
             err
         }

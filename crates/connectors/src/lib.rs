@@ -35,6 +35,7 @@
 //! | | resolver timeout or temporary failure | `Transient` |
 //! | `TcpConnect` | refused, unreachable, timeout | `Transient` |
 //! | `Tls` | untrusted / expired / wrong-name certificate, not TLS on this port, STARTTLS not offered, login refused without TLS | `Config` |
+//! | | connection closed or reset during the handshake | `Transient` |
 //! | `Authentication` | credentials rejected (IMAP `NO [AUTHENTICATIONFAILED]`, POP3 `-ERR [AUTH]`, SMTP 535) | `Auth` |
 //! | | `[UNAVAILABLE]`, `[SYS/TEMP]`, `[IN-USE]`, SMTP 454 | `Transient` |
 //! | | `[LIMIT]`, `[LOGIN-DELAY]`, SMTP 4xx rate limits | `Throttled` |

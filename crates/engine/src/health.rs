@@ -58,3 +58,38 @@ pub(crate) async fn record_failure(
     }
     Ok(())
 }
+
+/// Records that a direction works again (a connection signed in): the direction's status is
+/// success and the retry policy's transient count and postponement are cleared. Writes only
+/// when the mailbox is not already healthy, so a healthy mailbox's version does not move.
+pub(crate) async fn record_success(
+    store: &Store,
+    id: MailboxId,
+    direction: Direction,
+) -> Result<(), StoreError> {
+    for _ in 0..3 {
+        let Some(s) = store.get::<Mailbox>(&id.to_string()).await? else {
+            return Ok(());
+        };
+        let m = &s.value;
+        let status = match direction {
+            Direction::Incoming => &m.incoming,
+            Direction::Outgoing => &m.outgoing,
+            Direction::Act => &m.act,
+        };
+        if status.status == serversync_model::mailbox::RunStatus::Success
+            && m.telemetry.transient_failure_count == 0
+            && m.telemetry.postponed_until.is_none()
+        {
+            return Ok(());
+        }
+        let mut m = s.value;
+        policy::record_success(&mut m, direction, chrono::Utc::now());
+        match store.update(&m, Some(s.version)).await {
+            // An administrator's edit or "sync now" meanwhile: read again.
+            Err(StoreError::VersionMismatch { .. }) => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+    Ok(())
+}

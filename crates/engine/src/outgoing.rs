@@ -290,7 +290,12 @@ pub async fn run_once(
         let c = match smtp.as_mut() {
             Some(c) => c,
             None => match open(store, config, &mailbox, p, &opts, &lease.owner).await? {
-                Ok(Some(c)) => smtp.insert(c),
+                Ok(Some(c)) => {
+                    // Signed in: a failure recorded earlier (the network, the server) is over.
+                    crate::health::record_success(store, id, crate::policy::Direction::Outgoing)
+                        .await?;
+                    smtp.insert(c)
+                }
                 // Every connection slot of the profile is in use: the next round tries again.
                 Ok(None) => break,
                 Err(problem) => {

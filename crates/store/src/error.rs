@@ -47,10 +47,50 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database's storage is full (SQLite `SQLITE_FULL` "database or disk is full",
+    /// PostgreSQL `53100 disk_full`): nothing was written, and retrying succeeds once there is
+    /// space again.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(d)) => {
+                matches!(d.code().as_deref(), Some("13" | "53100"))
+                    || d.message().contains("database or disk is full")
+            }
+            _ => false,
+        }
+    }
+
+    /// SQLite's database is locked by another writer for longer than the busy timeout
+    /// (`SQLITE_BUSY`): retrying later succeeds.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(d)) => {
+                matches!(d.code().as_deref(), Some("5" | "517"))
+                    || d.message().contains("database is locked")
+            }
+            _ => false,
+        }
+    }
+
+    /// The database server ended the connection (PostgreSQL shutting down or restarting:
+    /// `57P01`–`57P03`, or a connection exception, class `08`): retrying succeeds once it is
+    /// back.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(d)) => d
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            _ => false,
+        }
+    }
+
     /// How the retry policy should treat this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Unreachable { .. } => ErrorKind::Transient,
+            _ if self.is_storage_full() || self.is_connection_lost() || self.is_busy() => {
+                ErrorKind::Transient
+            }
             StoreError::Database(e) => match e {
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut

@@ -25,6 +25,18 @@ impl Store {
         item: &MailItem,
         blobs: &[(&str, &[u8])],
     ) -> Result<ItemInsert, StoreError> {
+        let r = self.insert_item_once(item, blobs).await;
+        if r.is_err() {
+            self.note_write(&r);
+        }
+        r
+    }
+
+    async fn insert_item_once(
+        &self,
+        item: &MailItem,
+        blobs: &[(&str, &[u8])],
+    ) -> Result<ItemInsert, StoreError> {
         let doc = serde_json::to_string(item).map_err(|e| StoreError::Corrupt {
             entity: "mail item",
             id: item.id.to_string(),

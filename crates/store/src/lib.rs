@@ -69,6 +69,45 @@ pub(crate) use dispatch;
 pub struct Store {
     pub(crate) db: Db,
     pub(crate) key: Arc<MasterKey>,
+    /// Set when storing a synchronized message failed for lack of disk space, cleared by the
+    /// next committed cursor; shared by every clone (the engine writes, `/readyz` reads).
+    pub(crate) storage_full: Arc<std::sync::Mutex<Option<StorageFull>>>,
+}
+
+/// The database ran out of disk space while storing synchronized mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageFull {
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// The database's own words.
+    pub message: String,
+}
+
+impl Store {
+    /// Whether storing synchronized mail is failing for lack of disk space (since when, and
+    /// the database's error), until a cursor is committed again.
+    pub fn storage_full(&self) -> Option<StorageFull> {
+        self.storage_full.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    pub(crate) fn note_write<T>(&self, r: &Result<T, StoreError>) {
+        let Ok(mut g) = self.storage_full.lock() else {
+            return;
+        };
+        match r {
+            Err(e) if e.is_storage_full() && g.is_none() => {
+                tracing::error!(error = %e, "the database is out of disk space: synchronized mail cannot be stored until space is freed");
+                *g = Some(StorageFull {
+                    since: chrono::Utc::now(),
+                    message: e.to_string(),
+                });
+            }
+            Ok(_) if g.is_some() => {
+                tracing::info!("the database has disk space again");
+                *g = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -153,6 +192,23 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10));
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
+                // A connection must never go back to the pool inside a transaction: when a
+                // write fails with SQLITE_FULL (a full disk) SQLite can leave the transaction
+                // open, and that connection then holds the write lock for good — every other
+                // writer gets "database is locked", even after space is freed. `BEGIN` fails
+                // on such a connection, which is then closed (and so rolled back).
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        use sqlx::Executor;
+                        if conn.execute("BEGIN").await.is_err() {
+                            tracing::warn!(
+                                "closing an SQLite connection left inside a transaction"
+                            );
+                            return Ok(false);
+                        }
+                        Ok(conn.execute("ROLLBACK").await.is_ok())
+                    })
+                })
                 .connect_with(opts)
                 .await
                 .map_err(unreachable)?;
@@ -161,6 +217,7 @@ impl Store {
         Ok(Store {
             db,
             key: Arc::new(key),
+            storage_full: Default::default(),
         })
     }
 

@@ -170,6 +170,7 @@ impl Store {
             Store {
                 db: self.db,
                 key: std::sync::Arc::new(new_key),
+                storage_full: self.storage_full,
             },
             count,
         ))

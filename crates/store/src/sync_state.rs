@@ -39,6 +39,18 @@ impl Store {
         folder: &str,
         cursor: &FolderCursor,
     ) -> Result<(), StoreError> {
+        let r = self.put_cursor_once(lease, mailbox, folder, cursor).await;
+        self.note_write(&r);
+        r
+    }
+
+    async fn put_cursor_once(
+        &self,
+        lease: &LeaseGuard,
+        mailbox: MailboxId,
+        folder: &str,
+        cursor: &FolderCursor,
+    ) -> Result<(), StoreError> {
         let doc = serde_json::to_string(cursor).map_err(|e| StoreError::Corrupt {
             entity: "folder cursor",
             id: format!("{mailbox}/{folder}"),

@@ -19,7 +19,8 @@
 //! A test that needs a server of its own (to restart it mid-sync, say) starts a private one,
 //! e.g. [`Dovecot::start`] in a temporary directory under /tmp; it is stopped when dropped.
 //! Fault tests of outgoing mail that need an SMTP server answering errors on cue use a
-//! [`ScriptedSmtp`] peer instead of Postfix.
+//! [`ScriptedSmtp`] peer instead of Postfix. Network faults (delays, drops, cuts mid-response,
+//! resets, refused connections) come from a [`FaultProxy`] placed between serversync and a server.
 //!
 //! Browser tests run playwright-core scripts from the repository's `e2e/` directory in
 //! Debian's headless Chromium through [`browser::run_script`]; they need none of the servers.
@@ -29,6 +30,7 @@ pub mod browser;
 pub mod corpus;
 pub mod dovecot;
 pub mod env;
+pub mod fault_proxy;
 pub mod postfix;
 pub mod postgres;
 pub mod radicale;
@@ -40,6 +42,7 @@ pub use accounts::{Accounts, DOMAIN, QUEUE_MAILBOXES, TEST_PASSWORD, USERS};
 pub use browser::{E2e, E2eOutput, Step, chromium_path, e2e_dir, run_script};
 pub use dovecot::{Dovecot, DovecotInfo, DovecotOptions};
 pub use env::{ENV_VAR, PgDatabase, TestEnv, down, up};
+pub use fault_proxy::{Fault, FaultProxy};
 pub use postfix::{Postfix, PostfixInfo, PostfixOptions};
 pub use postgres::{PgInfo, Postgres};
 pub use radicale::{Radicale, RadicaleInfo};

@@ -123,7 +123,6 @@ impl Postgres {
     pub fn start(dir: &Path) -> Result<Postgres> {
         let dir = util::prepare_root_dir(dir)?;
         let initdb = pg_program("initdb")?;
-        let pg_ctl = pg_program("pg_ctl")?;
         let root = dir.join("postgres");
         let data = root.join("data");
         let run = root.join("run");
@@ -153,27 +152,20 @@ impl Postgres {
             port: Some(port),
             pid: None,
         };
-        let mut cmd = as_postgres(&pg_ctl, &root);
-        cmd.arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(&server_log)
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses={HOST} -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-                run.display()
-            ))
-            .args(["-w", "-t", "60", "start"]);
-        if let Err(e) = run_logged(&mut cmd, "pg_ctl start", &cmd_log) {
-            bail!(
-                "PostgreSQL did not start: {e:#}\nserver log {}:\n{}",
-                server_log.display(),
-                util::tail(&server_log, 30)
-            );
-        }
-        info.pid = read_pid_file(&data.join("postmaster.pid"));
+        launch(&mut info)?;
         Ok(Postgres { info, armed: true })
+    }
+
+    /// Starts an owned cluster again on the same port with the same data (after
+    /// [`stop`](Self::stop); a PostgreSQL restart as clients see it).
+    pub fn start_again(&mut self) -> Result<()> {
+        if !self.info.owned {
+            bail!("only a cluster this test started can be started again");
+        }
+        if self.info.running_pid().is_some() {
+            return Ok(());
+        }
+        launch(&mut self.info)
     }
 
     pub fn info(&self) -> &PgInfo {
@@ -199,6 +191,41 @@ impl Drop for Postgres {
             eprintln!("serversync-testkit: stopping PostgreSQL: {e:#}");
         }
     }
+}
+
+/// `pg_ctl start` of an owned cluster described by `info` (its port, data and log).
+fn launch(info: &mut PgInfo) -> Result<()> {
+    let pg_ctl = pg_program("pg_ctl")?;
+    let (Some(root), Some(data), Some(server_log), Some(port)) = (
+        info.root.clone(),
+        info.data_dir.clone(),
+        info.log.clone(),
+        info.port,
+    ) else {
+        bail!("not an owned cluster");
+    };
+    let run = root.join("run");
+    let mut cmd = as_postgres(&pg_ctl, &root);
+    cmd.arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&server_log)
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -k {} -c listen_addresses={HOST} -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            run.display()
+        ))
+        .args(["-w", "-t", "60", "start"]);
+    if let Err(e) = run_logged(&mut cmd, "pg_ctl start", &root.join("pg_ctl.log")) {
+        bail!(
+            "PostgreSQL did not start: {e:#}\nserver log {}:\n{}",
+            server_log.display(),
+            util::tail(&server_log, 30)
+        );
+    }
+    info.pid = read_pid_file(&data.join("postmaster.pid"));
+    Ok(())
 }
 
 /// Connects and checks the user may create databases.

@@ -23,6 +23,7 @@ use serversync_model::mailbox::Mailbox;
 use serversync_model::sync::FolderCursor;
 use serversync_model::{ErrorKind, FailureStep};
 use serversync_vault::sha256_hex;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 const INBOX: &str = "INBOX";
@@ -51,8 +52,17 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
             }
         };
         let opened = Instant::now();
+        let progress = cx.progress.load(Ordering::Relaxed);
         let r = connected(cx, &address, &slot, hold, &mut last_round).await;
         slot.release(cx.store).await;
+        // How long the connection counts as having lived: a connection that stored messages
+        // before it dropped was a working one (the network blipped mid-sync), so the next
+        // one is opened soon instead of backing off as for a server that hangs up at once.
+        let lived = if cx.progress.load(Ordering::Relaxed) > progress {
+            Reconnect::HEALTHY
+        } else {
+            opened.elapsed()
+        };
         match r {
             Ok(Ended::Stop(stop)) => return Ok(stop),
             Ok(Ended::RoundDone) => {
@@ -66,7 +76,7 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
             }
             Ok(Ended::Dropped(why)) => {
                 first = false;
-                let Some(delay) = reconnect.after_drop(opened.elapsed()) else {
+                let Some(delay) = reconnect.after_drop(lived) else {
                     return Err(Stop::Failed(Problem {
                         code: "connection_dropped".into(),
                         kind: ErrorKind::Transient,
@@ -94,7 +104,7 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
                         Some(FailureStep::TcpConnect | FailureStep::Tls | FailureStep::Protocol)
                     ) =>
             {
-                let Some(delay) = reconnect.after_drop(opened.elapsed()) else {
+                let Some(delay) = reconnect.after_drop(lived) else {
                     return Err(Stop::Failed(p));
                 };
                 tracing::info!(mailbox = %cx.id, error = %p.message, delay_ms = delay.as_millis() as u64, "connection failed; reconnecting");
@@ -283,10 +293,12 @@ async fn sync_folder(
                         )
                         .await?
                     };
-                    if let IntakeOutcome::Recorded(item) = outcome
-                        && item.decision == ItemDecision::Failed
-                    {
-                        failed_uids.push(msg.uid);
+                    if let IntakeOutcome::Recorded(item) = outcome {
+                        // New work committed (a message fetched again is not progress).
+                        cx.progress.fetch_add(1, Ordering::Relaxed);
+                        if item.decision == ItemDecision::Failed {
+                            failed_uids.push(msg.uid);
+                        }
                     }
                 }
                 cursor.last_uid = Some(cursor.last_uid.map_or(msg.uid, |u| u.max(msg.uid)));
@@ -312,6 +324,7 @@ async fn sync_folder(
             }
             // The messages are committed: only now may the cursor move (fenced by the lease).
             store.put_cursor(lease, id, folder, &cursor).await?;
+            cx.progress.fetch_add(1, Ordering::Relaxed);
             bump_telemetry(store, id, started, processed, failed_uids.len() as u64).await?;
             if processed > 0 {
                 cx.stored.notify_one();

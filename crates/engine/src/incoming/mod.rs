@@ -76,6 +76,16 @@ impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::LeaseLost { .. } => Stop::LeaseLost,
+            full if full.is_storage_full() => Stop::Failed(Problem {
+                code: "storage_full".into(),
+                kind: full.kind(),
+                step: None,
+                message: format!(
+                    "serversync's database is out of disk space ({full}); nothing was lost: \
+                     messages not yet stored stay on the server and are read once there is \
+                     space again"
+                ),
+            }),
             other => Stop::Failed(Problem {
                 code: "store_failed".into(),
                 kind: other.kind(),
@@ -102,6 +112,21 @@ pub(crate) async fn run(
         tracing::warn!(mailbox = %id, code = %p.code, "incoming sync failed: {}", p.message);
         if let Err(e) = crate::health::record_failure(&store, id, &p, Direction::Incoming).await {
             tracing::error!(mailbox = %id, error = %e, "recording the failure failed");
+            // Nothing postpones the mailbox then (a full disk takes the record too): wait the
+            // retry interval here, so the engine does not reconnect to the mail server every
+            // tick while the database cannot take the messages.
+            let interval = match store.get::<Mailbox>(&id.to_string()).await {
+                Ok(Some(m)) => crate::org_settings(&store, m.value.org_id)
+                    .await
+                    .map(|s| s.retry.interval_seconds)
+                    .unwrap_or(60),
+                _ => 60,
+            };
+            let wait = Duration::from_secs(interval.max(1).into());
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
     let _ = store.release_lease(&lease).await;
@@ -123,6 +148,10 @@ pub(super) struct Ctx<'a> {
     pub opts: ConnectOptions,
     /// Told whenever messages were committed, so the next stage (the tracker) runs at once.
     pub stored: &'a Notify,
+    /// Progress of this session (new messages stored, cursor steps committed): a connection
+    /// that dropped after making progress was healthy, not a server hanging up after sign-in;
+    /// one that keeps dropping at the same message makes none and backs off as before.
+    pub progress: std::sync::atomic::AtomicU64,
 }
 
 impl Ctx<'_> {
@@ -186,6 +215,7 @@ async fn session(
         login,
         opts,
         stored,
+        progress: Default::default(),
     };
     match protocol {
         IncomingProtocol::Imap => imap::session(&cx).await,
