@@ -602,8 +602,10 @@ impl Ids {
                 .trim_start_matches('<')
                 .trim_end_matches('>')
                 .trim();
+            // No control characters either: a NUL would make the look-up by Message-ID
+            // fail on PostgreSQL, and none is in a Message-ID we sent.
             if !id.is_empty()
-                && !id.contains(char::is_whitespace)
+                && !id.contains(|c: char| c.is_whitespace() || c.is_control())
                 && !self.0.iter().any(|i| i == id)
             {
                 self.0.push(id.to_owned());

@@ -69,6 +69,47 @@ fn fix_7bit_charset(text: String, charset: Option<&str>) -> String {
     decoded.into_owned()
 }
 
+/// RFC 5322 allows no NUL in a header field, and PostgreSQL cannot store one in a text
+/// column (the Message-ID, the subject's key and the conversation are columns): header values
+/// lose their NUL characters, and an identifier or address left empty is dropped. Noted in
+/// `problems`. Bodies are stored as JSON, where a NUL is escaped, and keep theirs.
+fn remove_nul_from_headers(p: &mut ParsedMail) {
+    let mut found = false;
+    let mut fix = |s: &mut String| {
+        if s.contains('\0') {
+            s.retain(|c| c != '\0');
+            found = true;
+        }
+    };
+    for s in [
+        &mut p.message_id,
+        &mut p.subject,
+        &mut p.from,
+        &mut p.in_reply_to,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        fix(s);
+    }
+    for s in p.to.iter_mut().chain(&mut p.cc).chain(&mut p.references) {
+        fix(s);
+    }
+    if !found {
+        return;
+    }
+    for o in [&mut p.message_id, &mut p.from, &mut p.in_reply_to] {
+        if o.as_deref().is_some_and(str::is_empty) {
+            *o = None;
+        }
+    }
+    for v in [&mut p.to, &mut p.cc, &mut p.references] {
+        v.retain(|s| !s.is_empty());
+    }
+    p.problems
+        .push("NUL characters removed from header fields".into());
+}
+
 /// Parses a raw message. `Err` only when there is nothing that looks like a message at all.
 pub fn parse(raw: &[u8]) -> Result<ParsedMail, String> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
@@ -126,6 +167,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, String> {
             data: part.contents().to_vec(),
         });
     }
+    remove_nul_from_headers(&mut p);
     if p.message_id.is_none() {
         p.problems.push("no Message-ID header".into());
     }
@@ -163,6 +205,40 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n";
         assert_eq!(p.attachments[0].data, b"%PDF-1.4\n");
         assert_eq!(p.date.unwrap().to_rfc3339(), "2026-11-03T09:00:00+00:00");
         assert!(p.problems.is_empty(), "{:?}", p.problems);
+    }
+
+    /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
+    /// nul-in-message-id): a NUL in the Message-ID reached the `message_id` column, which
+    /// PostgreSQL refuses, so the message could never be stored.
+    #[test]
+    fn nul_characters_are_removed_from_header_fields() {
+        let raw = b"Message-ID: <encoded-words@copartie\0\0\0\0srusp.example.test>\r\nFrom: =?$SO-6865-1?Q?J=F6rg?= <joerg@example.test>\r\nTo: bob@example.test\r\nSubject: =?UTF-7?B?0J/RgNC40LLQtdGC?= =?ISO-8859-1?Q?_und_Gr=FC=DFe?=\r\nDate: Mon, 2tdGC?= =?ISO-8859-1+0000\rM\n\r\nx\r\n";
+        let p = parse(raw).unwrap();
+        assert_eq!(
+            p.message_id.as_deref(),
+            Some("encoded-words@copartiesrusp.example.test")
+        );
+        let p = parse(b"Message-ID: <\0>\r\nSubject: a\0b\r\nIn-Reply-To: <x\0@y>\r\nReferences: <\0> <r@y>\r\nTo: \"\0\" <c\0@d>\r\n\r\nbody \0").unwrap();
+        let fields = [&p.message_id, &p.subject, &p.from, &p.in_reply_to];
+        for f in fields
+            .into_iter()
+            .flatten()
+            .chain(&p.to)
+            .chain(&p.references)
+        {
+            assert!(!f.contains('\0') && !f.is_empty(), "{f:?} in {p:?}");
+        }
+        assert_eq!(p.subject.as_deref(), Some("ab"));
+        assert_eq!(
+            p.text_body.as_deref(),
+            Some("body \0"),
+            "bodies keep theirs"
+        );
+        assert!(
+            p.problems.iter().any(|x| x.contains("NUL")),
+            "{:?}",
+            p.problems
+        );
     }
 
     #[test]

@@ -623,9 +623,13 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// Shortens client text echoed in a reply.
+/// Shortens client text echoed in a reply; control characters become `?` (a reply line
+/// carries none).
 fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Splits `<address> params` (RFC 5321 reverse-path / forward-path), dropping a source route.
@@ -681,6 +685,22 @@ mod tests {
         assert_eq!(strip_prefix_ci("from:<x>", "FROM:"), Some("<x>"));
         assert_eq!(strip_prefix_ci("fr", "FROM:"), None);
         assert_eq!(strip_prefix_ci("fröm:", "FROM:"), None);
+    }
+
+    /// Found by the fuzz target `lmtp_command` (fuzz/corpus/lmtp_command/
+    /// control-in-parameter): a parameter with control characters was echoed into the reply.
+    #[test]
+    fn refusals_echo_no_control_characters() {
+        let line = String::from_utf8_lossy(
+            b"rcpt to:<x@y.test> N)TIFY=NEVRCPTER\x10\x83mail Fro:<x@y.\x02\x00M",
+        );
+        let (verb, arg) = split_command(&line);
+        assert_eq!(verb, "rcpt");
+        let reply = parse_rcpt_to(arg).unwrap_err();
+        assert!(reply.starts_with("555 5.5.4 unsupported RCPT parameter N)TIFY=NEVRCPTER?"));
+        assert!(!reply.chars().any(char::is_control), "{reply:?}");
+        let reply = parse_mail_from("FROM:<a@b.test> X\u{1}\u{7f}", 100).unwrap_err();
+        assert_eq!(reply, "555 5.5.4 unsupported MAIL parameter X??");
     }
 
     #[tokio::test]
