@@ -175,9 +175,11 @@ fn dsn_bounce(msg: &Message<'_>) -> Option<Bounce> {
             continue;
         };
         let status = field(g, "status").and_then(enhanced_status);
+        // An action that is none of RFC 3464's counts as missing.
         let action = field(g, "action")
             .and_then(|a| a.split_whitespace().next())
             .map(str::to_ascii_lowercase)
+            .filter(|a| ACTIONS.contains(&a.as_str()))
             .unwrap_or_else(|| action_for_status(status.as_deref()).to_owned());
         recipients.push(BounceRecipient {
             address,
@@ -735,6 +737,9 @@ fn describe(r: &BounceRecipient) -> String {
     s
 }
 
+/// The values of a DSN's `Action` field (RFC 3464 §2.3.3).
+const ACTIONS: &[&str] = &["failed", "delayed", "delivered", "relayed", "expanded"];
+
 /// The action a DSN implies by its status when it has no `Action` field.
 fn action_for_status(status: Option<&str>) -> &'static str {
     match status.and_then(|s| s.chars().next()) {
@@ -1170,6 +1175,25 @@ Subject: Follow-up\r
 \r
 --7A8B9C0D1E.1793714400/mail.serversync.example.test--\r
 ";
+
+    /// Found by the fuzz target `dsn` (fuzz/corpus/dsn/unknown-action): an `Action` that is
+    /// none of RFC 3464's was reported as the recipient's action.
+    #[test]
+    fn unknown_actions_are_derived_from_the_status() {
+        let (head, tail) = DELAYED_DSN.split_once("Action: delayed").unwrap();
+        let mut raw = head.as_bytes().to_vec();
+        raw.extend_from_slice(b"Action: del\x9f\x86ed");
+        raw.extend_from_slice(tail.as_bytes());
+        let b = parse_bounce(&raw, None).expect("a report");
+        assert_eq!(b.recipients[0].action, "delayed", "from 4.4.7");
+        assert!(!b.failed);
+        let raw = DELAYED_DSN
+            .replace("Action: delayed", "Action: bounced")
+            .replace("Status: 4.4.7", "Status: 5.1.1");
+        let b = parse_bounce(raw.as_bytes(), None).expect("a report");
+        assert_eq!(b.recipients[0].action, "failed", "from 5.1.1");
+        assert!(b.failed);
+    }
 
     #[test]
     fn delayed_only_dsn_is_not_a_failure() {

@@ -30,12 +30,15 @@ pub struct ParsedMail {
     pub problems: Vec<String>,
 }
 
+/// The addresses of a header field, trimmed and lowercased. One with a control character
+/// (a bare CR that mail-parser leaves inside, a NUL) is not an address: it is left out, so
+/// it never becomes a party that someone replies to.
 fn addresses(a: Option<&Address<'_>>) -> Vec<String> {
     a.map(|a| {
         a.iter()
             .filter_map(|x| x.address())
             .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && !s.contains(char::is_control))
             .collect()
     })
     .unwrap_or_default()
@@ -239,6 +242,26 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n";
             "{:?}",
             p.problems
         );
+    }
+
+    /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
+    /// cr-in-from): a bare CR inside an address was kept, so the sender's address carried a
+    /// line break (and would have in a reply's RCPT TO).
+    #[test]
+    fn addresses_with_control_characters_are_left_out() {
+        let raw = b"Message-ID: <a@b.test>\r\nFrom: =?$SO-6865-1?Q?J=F6rg?= <joeded-words@corpus.\0\0: =?UTF-8?B?0J/RgNC40LLQtdGC?= dGC?=\0\x03859-1+0000\rM\n\r\nx\r\n";
+        let p = parse(raw).unwrap();
+        assert_eq!(p.from, None, "{p:?}");
+        assert!(
+            p.problems.iter().any(|x| x.contains("From")),
+            "{:?}",
+            p.problems
+        );
+        let p = parse(b"From: a@b.test\r\nTo: x\ry@b.test, c@d.test\r\nCc: e\x01@f.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(p.from.as_deref(), Some("a@b.test"));
+        assert_eq!(p.to, ["c@d.test"]);
+        assert!(p.cc.is_empty(), "{:?}", p.cc);
     }
 
     #[test]
