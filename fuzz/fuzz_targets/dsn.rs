@@ -18,6 +18,7 @@ fn is_enhanced_status(s: &str) -> bool {
 }
 
 fuzz_target!(|raw: &[u8]| {
+    serversync_fuzz::let_mail_parser_panics_unwind();
     let without_verp = parse_bounce(raw, None);
     let Some(b) = parse_bounce(raw, Some("bounce")) else {
         assert!(

@@ -42,6 +42,7 @@ fn assert_message_id(what: &str, id: &str) {
 }
 
 fuzz_target!(|raw: &[u8]| {
+    serversync_fuzz::let_mail_parser_panics_unwind();
     let received_at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
     let org = OrgId::new();
     let owner = UserId::new();

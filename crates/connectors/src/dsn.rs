@@ -120,6 +120,11 @@ pub struct BounceRecipient {
 /// `verp_prefix`: the local part before `+` of our VERP return paths, if we use them (see the
 /// module documentation).
 pub fn parse_bounce(raw: &[u8], verp_prefix: Option<&str>) -> Option<Bounce> {
+    // A panic in mail-parser: not read as a bounce (see `mime::guarded`).
+    crate::mime::guarded(|| parse_bounce_unguarded(raw, verp_prefix)).flatten()
+}
+
+fn parse_bounce_unguarded(raw: &[u8], verp_prefix: Option<&str>) -> Option<Bounce> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return None;
     }

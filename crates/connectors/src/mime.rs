@@ -113,8 +113,23 @@ fn remove_nul_from_headers(p: &mut ParsedMail) {
         .push("NUL characters removed from header fields".into());
 }
 
-/// Parses a raw message. `Err` only when there is nothing that looks like a message at all.
+/// Parses a raw message. `Err` only when there is nothing that looks like a message at all,
+/// or when mail-parser panics on it (see [`guarded`]).
 pub fn parse(raw: &[u8]) -> Result<ParsedMail, String> {
+    guarded(|| parse_unguarded(raw)).unwrap_or_else(|| {
+        Err("the MIME structure cannot be read (the MIME parser failed on it)".into())
+    })
+}
+
+/// Runs code that reads a message with mail-parser; `None` if it panicked. mail-parser has
+/// `debug_assert!`s that malformed multiparts reach (found by fuzzing): in a debug build a
+/// message like that would end the sync worker or the tracker reading it, every time it is
+/// read again. Treated as an unreadable message instead; the panic is still printed.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    std::panic::catch_unwind(f).ok()
+}
+
+fn parse_unguarded(raw: &[u8]) -> Result<ParsedMail, String> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err("the message is empty".into());
     }
@@ -262,6 +277,21 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n";
         assert_eq!(p.from.as_deref(), Some("a@b.test"));
         assert_eq!(p.to, ["c@d.test"]);
         assert!(p.cc.is_empty(), "{:?}", p.cc);
+    }
+
+    /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
+    /// parser-debug-assert): mail-parser's `debug_assert!(false, "Invalid part ID, could not
+    /// find multipart.")` fires on this message, so a debug build panicked. Now the message
+    /// is unreadable (kept raw as failed) in a debug build and read as usual in a release
+    /// build.
+    #[test]
+    fn a_panic_in_mail_parser_is_an_unreadable_message() {
+        let raw = include_bytes!("../tests/data/mail-parser-debug-assert.eml");
+        match parse(raw) {
+            Ok(p) => assert!(!cfg!(debug_assertions), "{p:?}"),
+            Err(e) => assert!(e.contains("MIME parser failed"), "{e}"),
+        }
+        let _ = crate::dsn::parse_bounce(raw, Some("bounce"));
     }
 
     #[test]
