@@ -101,6 +101,13 @@ fn remove_nul_from_headers(p: &mut ParsedMail) {
     if !found {
         return;
     }
+    // Brackets and white space behind a NUL were not trimmed before: trim identifiers again.
+    let ids = [&mut p.message_id, &mut p.in_reply_to]
+        .into_iter()
+        .flatten();
+    for s in ids.chain(&mut p.references) {
+        *s = s.trim().trim_matches(['<', '>']).to_owned();
+    }
     for o in [&mut p.message_id, &mut p.from, &mut p.in_reply_to] {
         if o.as_deref().is_some_and(str::is_empty) {
             *o = None;
@@ -257,6 +264,30 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n";
             "{:?}",
             p.problems
         );
+    }
+
+    /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
+    /// nul-around-message-id): a `>` before trailing NULs stayed in the Message-ID once the
+    /// NULs were removed.
+    #[test]
+    fn identifiers_are_trimmed_after_removing_nul() {
+        let raw = include_bytes!("../tests/data/nul-around-message-id.eml");
+        let p = parse(raw).unwrap();
+        for id in p
+            .message_id
+            .iter()
+            .chain(&p.in_reply_to)
+            .chain(&p.references)
+        {
+            assert!(!id.is_empty() && !id.contains('\0'), "{id:?}");
+            assert!(
+                !id.starts_with(['<', '>']) && !id.ends_with(['<', '>']),
+                "{id:?}"
+            );
+        }
+        let p = parse(b"Message-ID: <a@b>\0\r\nIn-Reply-To: \0<c@d>\r\n\r\n").unwrap();
+        assert_eq!(p.message_id.as_deref(), Some("a@b"));
+        assert_eq!(p.in_reply_to.as_deref(), Some("c@d"));
     }
 
     /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
