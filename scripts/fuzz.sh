@@ -40,13 +40,17 @@ targets=("$@")
 build_args=()
 [ ${#targets[@]} -ne 1 ] || build_args=("${targets[0]}")
 
-# Its own target directory, outside the clone: the fuzz build is instrumented (sanitizer,
-# coverage) and shares nothing with the workspace build. One build for all targets.
+# Its own target directory, outside the clone: the fuzz build is instrumented (coverage,
+# debug assertions) and shares nothing with the workspace build. One build for all targets.
+# No sanitizer: our crates have no unsafe code and libFuzzer's C dependencies are not
+# instrumented anyway; without AddressSanitizer the first build is shorter and runs are
+# about twice as fast.
+sanitizer=(--sanitizer none)
 mkdir -p "$target_dir"
 log="$(mktemp /tmp/serversync-fuzz-build.XXXXXX)"
 echo "== cargo +nightly fuzz build ${build_args[*]:-(all targets)}"
 start=$SECONDS
-if ! CARGO_TARGET_DIR="$target_dir" cargo +nightly fuzz build --fuzz-dir fuzz "${build_args[@]}" >"$log" 2>&1; then
+if ! CARGO_TARGET_DIR="$target_dir" cargo +nightly fuzz build --fuzz-dir fuzz "${sanitizer[@]}" "${build_args[@]}" >"$log" 2>&1; then
     cat "$log" >&2
     echo "fuzz.sh: cargo fuzz build failed" >&2
     exit 1
@@ -64,7 +68,7 @@ for t in "${targets[@]}"; do
     start=$SECONDS
     # New inputs go to the first corpus directory (outside the clone); the committed seeds
     # are only read. libFuzzer's progress lines are left out of the log.
-    if ! CARGO_TARGET_DIR="$target_dir" cargo +nightly fuzz run --fuzz-dir fuzz "$t" \
+    if ! CARGO_TARGET_DIR="$target_dir" cargo +nightly fuzz run --fuzz-dir fuzz "${sanitizer[@]}" "$t" \
         "$corpus" "fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -timeout=20 \
         -print_final_stats=1 2>&1 |
@@ -80,7 +84,7 @@ if [ ${#failed[@]} -gt 0 ]; then
     for t in "${failed[@]}"; do
         echo "fuzz.sh: $t FAILED; the inputs that crashed it:" >&2
         find "fuzz/artifacts/$t" -type f -newer "$stamp" -printf '  %p\n' >&2
-        echo "  reproduce: cargo +nightly fuzz run --fuzz-dir fuzz $t <input>" >&2
+        echo "  reproduce: cargo +nightly fuzz run --fuzz-dir fuzz --sanitizer none $t <input>" >&2
         echo "  then fix the bug, add the input as a unit test of the owning crate and copy it to fuzz/corpus/$t/ (docs/testing.md, Fuzzing)" >&2
     done
     exit 1
