@@ -12,6 +12,8 @@
 #   FUZZ_CORPUS_DIR    where new corpus entries go, kept between runs
 #                      (default /var/cache/serversync/fuzz-corpus); the seeds in
 #                      fuzz/corpus/<target> are read, never written
+#   FUZZ_CORPUS_MAX_FILES  above this many files a target's kept corpus is first minimized
+#                      (libFuzzer -merge=1; default 10000)
 #   CARGO_TOOLS_ROOT   where cargo-fuzz is installed when missing
 #                      (default /var/cache/serversync/cargo-tools)
 set -euo pipefail
@@ -42,9 +44,9 @@ build_args=()
 
 # Its own target directory, outside the clone: the fuzz build is instrumented (coverage,
 # debug assertions) and shares nothing with the workspace build. One build for all targets.
-# No sanitizer: our crates have no unsafe code and libFuzzer's C dependencies are not
-# instrumented anyway; without AddressSanitizer the first build is shorter and runs are
-# about twice as fast.
+# No sanitizer: our crates have no unsafe code, and the C code of dependencies (SQLite,
+# aws-lc) is not instrumented by cargo-fuzz anyway; without AddressSanitizer the first build
+# is shorter and runs are faster.
 sanitizer=(--sanitizer none)
 mkdir -p "$target_dir"
 log="$(mktemp /tmp/serversync-fuzz-build.XXXXXX)"
@@ -64,6 +66,16 @@ failed=()
 for t in "${targets[@]}"; do
     corpus="$corpus_root/$t"
     mkdir -p "$corpus" "fuzz/artifacts/$t"
+    if [ "$(find "$corpus" -type f | wc -l)" -gt "${FUZZ_CORPUS_MAX_FILES:-10000}" ]; then
+        echo "== minimizing the kept corpus of $t"
+        rm -rf "$corpus.min" && mkdir -p "$corpus.min"
+        if CARGO_TARGET_DIR="$target_dir" cargo +nightly fuzz run --fuzz-dir fuzz "${sanitizer[@]}" \
+            "$t" "$corpus.min" "$corpus" -- -merge=1 -rss_limit_mb=2048 -timeout=20 >/dev/null 2>&1; then
+            rm -rf "$corpus" && mv "$corpus.min" "$corpus"
+        else
+            rm -rf "$corpus.min"
+        fi
+    fi
     echo "== fuzz $t for ${seconds} s"
     start=$SECONDS
     # New inputs go to the first corpus directory (outside the clone); the committed seeds
