@@ -604,11 +604,7 @@ struct Ids(Vec<String>);
 impl Ids {
     fn extend(&mut self, ids: impl IntoIterator<Item = String>) {
         for id in ids {
-            let id = id
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .trim();
+            let id = id.trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace());
             // No control characters either: a NUL would make the look-up by Message-ID
             // fail on PostgreSQL, and none is in a Message-ID we sent.
             if !id.is_empty()
@@ -1180,6 +1176,15 @@ Subject: Follow-up\r
 \r
 --7A8B9C0D1E.1793714400/mail.serversync.example.test--\r
 ";
+
+    /// Found by the fuzz target `dsn` (fuzz/corpus/dsn/brackets-around-space): brackets
+    /// behind white space stayed on a Message-ID.
+    #[test]
+    fn message_ids_lose_every_bracket_and_space_around_them() {
+        let mut ids = Ids::default();
+        ids.extend(["<< <<a@b.test> >".to_owned(), " <c@d.test>".to_owned()]);
+        assert_eq!(ids.0, ["a@b.test", "c@d.test"]);
+    }
 
     /// Found by the fuzz target `dsn` (fuzz/corpus/dsn/unknown-action): an `Action` that is
     /// none of RFC 3464's was reported as the recipient's action.
