@@ -195,13 +195,20 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         flags: &Overrides,
     ) -> Result<Config> {
-        let mut cfg = match path {
+        let cfg = match path {
             Some(p) => Self::from_file(p)?,
             None if Path::new("serversync.toml").exists() => {
                 Self::from_file(Path::new("serversync.toml"))?
             }
             None => Config::default(),
         };
+        cfg.apply(env, flags)
+    }
+
+    /// Applies `env` and `flags` on top of a configuration read from a file, then validates
+    /// the result.
+    pub fn apply(self, env: &dyn Fn(&str) -> Option<String>, flags: &Overrides) -> Result<Config> {
+        let mut cfg = self;
         let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
         if let Some(v) = set("SERVERSYNC_DATA_DIR") {
             cfg.data_dir = v.into();
@@ -253,7 +260,13 @@ impl Config {
     fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses the text of a configuration file (`path` only names it in errors): one line
+    /// naming the place of the first problem.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config> {
+        toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
                 .map(|s| {

@@ -120,6 +120,11 @@ pub struct BounceRecipient {
 /// `verp_prefix`: the local part before `+` of our VERP return paths, if we use them (see the
 /// module documentation).
 pub fn parse_bounce(raw: &[u8], verp_prefix: Option<&str>) -> Option<Bounce> {
+    // A panic in mail-parser: not read as a bounce (see `mime::guarded`).
+    crate::mime::guarded(|| parse_bounce_unguarded(raw, verp_prefix)).flatten()
+}
+
+fn parse_bounce_unguarded(raw: &[u8], verp_prefix: Option<&str>) -> Option<Bounce> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return None;
     }
@@ -175,9 +180,11 @@ fn dsn_bounce(msg: &Message<'_>) -> Option<Bounce> {
             continue;
         };
         let status = field(g, "status").and_then(enhanced_status);
+        // An action that is none of RFC 3464's counts as missing.
         let action = field(g, "action")
             .and_then(|a| a.split_whitespace().next())
             .map(str::to_ascii_lowercase)
+            .filter(|a| ACTIONS.contains(&a.as_str()))
             .unwrap_or_else(|| action_for_status(status.as_deref()).to_owned());
         recipients.push(BounceRecipient {
             address,
@@ -597,13 +604,11 @@ struct Ids(Vec<String>);
 impl Ids {
     fn extend(&mut self, ids: impl IntoIterator<Item = String>) {
         for id in ids {
-            let id = id
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .trim();
+            let id = id.trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace());
+            // No control characters either: a NUL would make the look-up by Message-ID
+            // fail on PostgreSQL, and none is in a Message-ID we sent.
             if !id.is_empty()
-                && !id.contains(char::is_whitespace)
+                && !id.contains(|c: char| c.is_whitespace() || c.is_control())
                 && !self.0.iter().any(|i| i == id)
             {
                 self.0.push(id.to_owned());
@@ -732,6 +737,9 @@ fn describe(r: &BounceRecipient) -> String {
     }
     s
 }
+
+/// The values of a DSN's `Action` field (RFC 3464 §2.3.3).
+const ACTIONS: &[&str] = &["failed", "delayed", "delivered", "relayed", "expanded"];
 
 /// The action a DSN implies by its status when it has no `Action` field.
 fn action_for_status(status: Option<&str>) -> &'static str {
@@ -1168,6 +1176,34 @@ Subject: Follow-up\r
 \r
 --7A8B9C0D1E.1793714400/mail.serversync.example.test--\r
 ";
+
+    /// Found by the fuzz target `dsn` (fuzz/corpus/dsn/brackets-around-space): brackets
+    /// behind white space stayed on a Message-ID.
+    #[test]
+    fn message_ids_lose_every_bracket_and_space_around_them() {
+        let mut ids = Ids::default();
+        ids.extend(["<< <<a@b.test> >".to_owned(), " <c@d.test>".to_owned()]);
+        assert_eq!(ids.0, ["a@b.test", "c@d.test"]);
+    }
+
+    /// Found by the fuzz target `dsn` (fuzz/corpus/dsn/unknown-action): an `Action` that is
+    /// none of RFC 3464's was reported as the recipient's action.
+    #[test]
+    fn unknown_actions_are_derived_from_the_status() {
+        let (head, tail) = DELAYED_DSN.split_once("Action: delayed").unwrap();
+        let mut raw = head.as_bytes().to_vec();
+        raw.extend_from_slice(b"Action: del\x9f\x86ed");
+        raw.extend_from_slice(tail.as_bytes());
+        let b = parse_bounce(&raw, None).expect("a report");
+        assert_eq!(b.recipients[0].action, "delayed", "from 4.4.7");
+        assert!(!b.failed);
+        let raw = DELAYED_DSN
+            .replace("Action: delayed", "Action: bounced")
+            .replace("Status: 4.4.7", "Status: 5.1.1");
+        let b = parse_bounce(raw.as_bytes(), None).expect("a report");
+        assert_eq!(b.recipients[0].action, "failed", "from 5.1.1");
+        assert!(b.failed);
+    }
 
     #[test]
     fn delayed_only_dsn_is_not_a_failure() {

@@ -30,12 +30,15 @@ pub struct ParsedMail {
     pub problems: Vec<String>,
 }
 
+/// The addresses of a header field, trimmed and lowercased. One with a control character
+/// (a bare CR that mail-parser leaves inside, a NUL) is not an address: it is left out, so
+/// it never becomes a party that someone replies to.
 fn addresses(a: Option<&Address<'_>>) -> Vec<String> {
     a.map(|a| {
         a.iter()
             .filter_map(|x| x.address())
             .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && !s.contains(char::is_control))
             .collect()
     })
     .unwrap_or_default()
@@ -69,8 +72,71 @@ fn fix_7bit_charset(text: String, charset: Option<&str>) -> String {
     decoded.into_owned()
 }
 
-/// Parses a raw message. `Err` only when there is nothing that looks like a message at all.
+/// RFC 5322 allows no NUL in a header field, and PostgreSQL cannot store one in a text
+/// column (the Message-ID, the subject's key and the conversation are columns): header values
+/// lose their NUL characters, and an identifier or address left empty is dropped. Noted in
+/// `problems`. Bodies are stored as JSON, where a NUL is escaped, and keep theirs.
+fn remove_nul_from_headers(p: &mut ParsedMail) {
+    let mut found = false;
+    let mut fix = |s: &mut String| {
+        if s.contains('\0') {
+            s.retain(|c| c != '\0');
+            found = true;
+        }
+    };
+    for s in [
+        &mut p.message_id,
+        &mut p.subject,
+        &mut p.from,
+        &mut p.in_reply_to,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        fix(s);
+    }
+    for s in p.to.iter_mut().chain(&mut p.cc).chain(&mut p.references) {
+        fix(s);
+    }
+    if !found {
+        return;
+    }
+    // Brackets and white space behind a NUL were not trimmed before: trim identifiers again.
+    let ids = [&mut p.message_id, &mut p.in_reply_to]
+        .into_iter()
+        .flatten();
+    for s in ids.chain(&mut p.references) {
+        *s = s.trim().trim_matches(['<', '>']).to_owned();
+    }
+    for o in [&mut p.message_id, &mut p.from, &mut p.in_reply_to] {
+        if o.as_deref().is_some_and(str::is_empty) {
+            *o = None;
+        }
+    }
+    for v in [&mut p.to, &mut p.cc, &mut p.references] {
+        v.retain(|s| !s.is_empty());
+    }
+    p.problems
+        .push("NUL characters removed from header fields".into());
+}
+
+/// Parses a raw message. `Err` only when there is nothing that looks like a message at all,
+/// or when mail-parser panics on it (see [`guarded`]).
 pub fn parse(raw: &[u8]) -> Result<ParsedMail, String> {
+    guarded(|| parse_unguarded(raw)).unwrap_or_else(|| {
+        Err("the MIME structure cannot be read (the MIME parser failed on it)".into())
+    })
+}
+
+/// Runs code that reads a message with mail-parser; `None` if it panicked. mail-parser has
+/// `debug_assert!`s that malformed multiparts reach (found by fuzzing): in a debug build a
+/// message like that would end the sync worker or the tracker reading it, every time it is
+/// read again. Treated as an unreadable message instead; the panic is still printed.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    std::panic::catch_unwind(f).ok()
+}
+
+fn parse_unguarded(raw: &[u8]) -> Result<ParsedMail, String> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err("the message is empty".into());
     }
@@ -126,6 +192,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, String> {
             data: part.contents().to_vec(),
         });
     }
+    remove_nul_from_headers(&mut p);
     if p.message_id.is_none() {
         p.problems.push("no Message-ID header".into());
     }
@@ -163,6 +230,100 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n";
         assert_eq!(p.attachments[0].data, b"%PDF-1.4\n");
         assert_eq!(p.date.unwrap().to_rfc3339(), "2026-11-03T09:00:00+00:00");
         assert!(p.problems.is_empty(), "{:?}", p.problems);
+    }
+
+    /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
+    /// nul-in-message-id): a NUL in the Message-ID reached the `message_id` column, which
+    /// PostgreSQL refuses, so the message could never be stored.
+    #[test]
+    fn nul_characters_are_removed_from_header_fields() {
+        let raw = b"Message-ID: <encoded-words@copartie\0\0\0\0srusp.example.test>\r\nFrom: =?$SO-6865-1?Q?J=F6rg?= <joerg@example.test>\r\nTo: bob@example.test\r\nSubject: =?UTF-7?B?0J/RgNC40LLQtdGC?= =?ISO-8859-1?Q?_und_Gr=FC=DFe?=\r\nDate: Mon, 2tdGC?= =?ISO-8859-1+0000\rM\n\r\nx\r\n";
+        let p = parse(raw).unwrap();
+        assert_eq!(
+            p.message_id.as_deref(),
+            Some("encoded-words@copartiesrusp.example.test")
+        );
+        let p = parse(b"Message-ID: <\0>\r\nSubject: a\0b\r\nIn-Reply-To: <x\0@y>\r\nReferences: <\0> <r@y>\r\nTo: \"\0\" <c\0@d>\r\n\r\nbody \0").unwrap();
+        let fields = [&p.message_id, &p.subject, &p.from, &p.in_reply_to];
+        for f in fields
+            .into_iter()
+            .flatten()
+            .chain(&p.to)
+            .chain(&p.references)
+        {
+            assert!(!f.contains('\0') && !f.is_empty(), "{f:?} in {p:?}");
+        }
+        assert_eq!(p.subject.as_deref(), Some("ab"));
+        assert_eq!(
+            p.text_body.as_deref(),
+            Some("body \0"),
+            "bodies keep theirs"
+        );
+        assert!(
+            p.problems.iter().any(|x| x.contains("NUL")),
+            "{:?}",
+            p.problems
+        );
+    }
+
+    /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
+    /// nul-around-message-id): a `>` before trailing NULs stayed in the Message-ID once the
+    /// NULs were removed.
+    #[test]
+    fn identifiers_are_trimmed_after_removing_nul() {
+        let raw = include_bytes!("../tests/data/nul-around-message-id.eml");
+        let p = parse(raw).unwrap();
+        for id in p
+            .message_id
+            .iter()
+            .chain(&p.in_reply_to)
+            .chain(&p.references)
+        {
+            assert!(!id.is_empty() && !id.contains('\0'), "{id:?}");
+            assert!(
+                !id.starts_with(['<', '>']) && !id.ends_with(['<', '>']),
+                "{id:?}"
+            );
+        }
+        let p = parse(b"Message-ID: <a@b>\0\r\nIn-Reply-To: \0<c@d>\r\n\r\n").unwrap();
+        assert_eq!(p.message_id.as_deref(), Some("a@b"));
+        assert_eq!(p.in_reply_to.as_deref(), Some("c@d"));
+    }
+
+    /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
+    /// cr-in-from): a bare CR inside an address was kept, so the sender's address carried a
+    /// line break (and would have in a reply's RCPT TO).
+    #[test]
+    fn addresses_with_control_characters_are_left_out() {
+        let raw = b"Message-ID: <a@b.test>\r\nFrom: =?$SO-6865-1?Q?J=F6rg?= <joeded-words@corpus.\0\0: =?UTF-8?B?0J/RgNC40LLQtdGC?= dGC?=\0\x03859-1+0000\rM\n\r\nx\r\n";
+        let p = parse(raw).unwrap();
+        assert_eq!(p.from, None, "{p:?}");
+        assert!(
+            p.problems.iter().any(|x| x.contains("From")),
+            "{:?}",
+            p.problems
+        );
+        let p = parse(b"From: a@b.test\r\nTo: x\ry@b.test, c@d.test\r\nCc: e\x01@f.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(p.from.as_deref(), Some("a@b.test"));
+        assert_eq!(p.to, ["c@d.test"]);
+        assert!(p.cc.is_empty(), "{:?}", p.cc);
+    }
+
+    /// Found by the fuzz target `mime_to_activity` (fuzz/corpus/mime_to_activity/
+    /// parser-debug-assert): mail-parser's `debug_assert!(false, "Invalid part ID, could not
+    /// find multipart.")` fires on this message, so a debug build panicked. Now the message
+    /// is unreadable (kept raw as failed) in a debug build and read as usual in a release
+    /// build.
+    #[test]
+    fn a_panic_in_mail_parser_is_an_unreadable_message() {
+        let raw = include_bytes!("../tests/data/mail-parser-debug-assert.eml");
+        let result = parse(raw);
+        if cfg!(debug_assertions) {
+            let e = result.expect_err("mail-parser's debug assertion fires in a debug build");
+            assert!(e.contains("MIME parser failed"), "{e}");
+        }
+        let _ = crate::dsn::parse_bounce(raw, Some("bounce"));
     }
 
     #[test]

@@ -94,6 +94,45 @@ async fn take_in_inner(
     received_at: Timestamp,
     too_large: Option<(u64, u64)>,
 ) -> Result<IntakeOutcome, StoreError> {
+    let (item, blobs) = prepare_item(
+        mailbox,
+        settings,
+        profile,
+        source,
+        raw,
+        received_at,
+        too_large,
+    );
+    let mut all: Vec<(&str, &[u8])> = blobs
+        .iter()
+        .map(|(s, d)| (s.as_str(), d.as_slice()))
+        .collect();
+    if item.raw_kept {
+        all.push((item.raw_sha256.as_str(), raw));
+    }
+    match store.insert_item(&item, &all).await? {
+        ItemInsert::Inserted => {
+            metrics::counter!("serversync_items_total", "decision" => format!("{:?}", item.decision).to_lowercase()).increment(1);
+            Ok(IntakeOutcome::Recorded(Box::new(item)))
+        }
+        ItemInsert::Duplicate => Ok(IntakeOutcome::Duplicate),
+    }
+}
+
+/// The pure part of intake: parses `raw` and decides, giving the item to record and the
+/// attachment contents to store with it (by SHA-256; the raw message itself is not among
+/// them — it is stored under `item.raw_sha256` when `item.raw_kept`). No I/O; the fuzz
+/// target `mime_to_activity` runs it.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_item(
+    mailbox: &Mailbox,
+    settings: &EmailSettings,
+    profile: Option<&EmailServerProfile>,
+    source: ItemSource,
+    raw: &[u8],
+    received_at: Timestamp,
+    too_large: Option<(u64, u64)>,
+) -> (MailItem, Vec<(String, Vec<u8>)>) {
     let raw_sha = sha256_hex(raw);
     let mut item = MailItem {
         id: ItemId::new(),
@@ -111,7 +150,7 @@ async fn take_in_inner(
         sent_at: None,
         received_at,
         size: too_large.map_or(raw.len() as u64, |(size, _)| size),
-        raw_sha256: raw_sha.clone(),
+        raw_sha256: raw_sha,
         raw_kept: true,
         text_body: None,
         html_body: None,
@@ -210,20 +249,7 @@ async fn take_in_inner(
             }
         }
     }
-    let mut all: Vec<(&str, &[u8])> = blobs
-        .iter()
-        .map(|(s, d)| (s.as_str(), d.as_slice()))
-        .collect();
-    if item.raw_kept {
-        all.push((raw_sha.as_str(), raw));
-    }
-    match store.insert_item(&item, &all).await? {
-        ItemInsert::Inserted => {
-            metrics::counter!("serversync_items_total", "decision" => format!("{:?}", item.decision).to_lowercase()).increment(1);
-            Ok(IntakeOutcome::Recorded(Box::new(item)))
-        }
-        ItemInsert::Duplicate => Ok(IntakeOutcome::Duplicate),
-    }
+    (item, blobs)
 }
 
 /// A mailbox that takes mail in by the Email Router, with what [`take_in`] needs for it.

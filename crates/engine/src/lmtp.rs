@@ -313,10 +313,7 @@ impl Session {
 
     /// Handles one command; `false` ends the session (QUIT).
     async fn command(&mut self, line: &str) -> Result<bool, End> {
-        let (verb, arg) = match line.split_once(' ') {
-            Some((v, a)) => (v, a.trim()),
-            None => (line, ""),
-        };
+        let (verb, arg) = split_command(line);
         match verb.to_ascii_uppercase().as_str() {
             "LHLO" => {
                 if arg.is_empty() || arg.chars().any(|c| c.is_control()) {
@@ -391,74 +388,23 @@ impl Session {
                 .refuse("503 5.5.1 a transaction is already open: RSET first")
                 .await;
         }
-        let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
-            return self
-                .refuse("501 5.5.4 syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]")
-                .await;
-        };
-        let (address, params) = match parse_path(rest) {
-            Ok(p) => p,
-            Err(why) => return self.refuse(&format!("501 5.1.7 bad sender: {why}")).await,
-        };
-        for param in params.split_whitespace() {
-            let (key, value) = param.split_once('=').unwrap_or((param, ""));
-            match key.to_ascii_uppercase().as_str() {
-                "SIZE" => match value.parse::<u64>() {
-                    Ok(n) if n > self.config.max_message_bytes => {
-                        return self
-                            .refuse(&format!(
-                                "552 5.3.4 the message ({n} octets) is larger than the limit of {} octets",
-                                self.config.max_message_bytes
-                            ))
-                            .await;
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        return self.refuse("501 5.5.4 SIZE needs a number of octets").await;
-                    }
-                },
-                "BODY"
-                    if value.eq_ignore_ascii_case("7BIT")
-                        || value.eq_ignore_ascii_case("8BITMIME") => {}
-                _ => {
-                    return self
-                        .refuse(&format!(
-                            "555 5.5.4 unsupported MAIL parameter {}",
-                            clip(param)
-                        ))
-                        .await;
-                }
+        match parse_mail_from(arg, self.config.max_message_bytes) {
+            Ok(address) => {
+                self.tx.sender = Some(address);
+                self.reply("250 2.1.0 sender OK").await
             }
+            Err(refusal) => self.refuse(&refusal).await,
         }
-        self.tx.sender = Some(address);
-        self.reply("250 2.1.0 sender OK").await
     }
 
     async fn rcpt(&mut self, arg: &str) -> Result<(), End> {
         if self.tx.sender.is_none() {
             return self.refuse("503 5.5.1 MAIL FROM first").await;
         }
-        let Some(rest) = strip_prefix_ci(arg, "TO:") else {
-            return self.refuse("501 5.5.4 syntax: RCPT TO:<address>").await;
+        let address = match parse_rcpt_to(arg) {
+            Ok(a) => a,
+            Err(refusal) => return self.refuse(&refusal).await,
         };
-        let (address, params) = match parse_path(rest) {
-            Ok(p) => p,
-            Err(why) => {
-                return self
-                    .refuse(&format!("501 5.1.3 bad recipient: {why}"))
-                    .await;
-            }
-        };
-        if let Some(p) = params.split_whitespace().next() {
-            return self
-                .refuse(&format!("555 5.5.4 unsupported RCPT parameter {}", clip(p)))
-                .await;
-        }
-        if address.is_empty() || !address.contains('@') {
-            return self
-                .refuse("501 5.1.3 bad recipient: an address needs a local part and a domain")
-                .await;
-        }
         if self.tx.recipients.len() >= self.config.max_recipients {
             return self
                 .reply(&format!(
@@ -589,15 +535,101 @@ impl Session {
     }
 }
 
+/// Splits a command line into its verb (as sent) and its argument (trimmed).
+pub fn split_command(line: &str) -> (&str, &str) {
+    match line.split_once(' ') {
+        Some((v, a)) => (v, a.trim()),
+        None => (line, ""),
+    }
+}
+
+/// The argument of `MAIL` (`FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]`) → the sender, or
+/// the reply refusing it. Pure; the session checks the state (LHLO first, one transaction).
+pub fn parse_mail_from(arg: &str, max_message_bytes: u64) -> Result<String, String> {
+    let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
+        return Err(
+            "501 5.5.4 syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]".to_owned(),
+        );
+    };
+    let (address, params) =
+        parse_path(rest).map_err(|why| format!("501 5.1.7 bad sender: {why}"))?;
+    for param in params.split_whitespace() {
+        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+        match key.to_ascii_uppercase().as_str() {
+            "SIZE" => match value.parse::<u64>() {
+                Ok(n) if n > max_message_bytes => {
+                    return Err(format!(
+                        "552 5.3.4 the message ({n} octets) is larger than the limit of {max_message_bytes} octets"
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => return Err("501 5.5.4 SIZE needs a number of octets".to_owned()),
+            },
+            "BODY"
+                if value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME") => {
+            }
+            _ => {
+                return Err(format!(
+                    "555 5.5.4 unsupported MAIL parameter {}",
+                    clip(param)
+                ));
+            }
+        }
+    }
+    Ok(address)
+}
+
+/// The argument of `RCPT` (`TO:<address>`) → the recipient, or the reply refusing it. Pure;
+/// the session checks the state and looks the mailbox up.
+pub fn parse_rcpt_to(arg: &str) -> Result<String, String> {
+    let Some(rest) = strip_prefix_ci(arg, "TO:") else {
+        return Err("501 5.5.4 syntax: RCPT TO:<address>".to_owned());
+    };
+    let (address, params) =
+        parse_path(rest).map_err(|why| format!("501 5.1.3 bad recipient: {why}"))?;
+    if let Some(p) = params.split_whitespace().next() {
+        return Err(format!("555 5.5.4 unsupported RCPT parameter {}", clip(p)));
+    }
+    if address.is_empty() || !address.contains('@') {
+        return Err(
+            "501 5.1.3 bad recipient: an address needs a local part and a domain".to_owned(),
+        );
+    }
+    Ok(address)
+}
+
+/// Entry points for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Reads `input` line by line as the session does (a line is at most `max` bytes, the
+    /// reader's buffer `capacity` bytes): each line with whether it was truncated; a partial
+    /// last line is dropped, as when the client closes the connection.
+    pub fn read_lines(input: &[u8], max: usize, capacity: usize) -> Vec<(Vec<u8>, bool)> {
+        let mut r = tokio::io::BufReader::with_capacity(capacity.max(1), input);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            match futures::executor::block_on(super::read_line(&mut r, &mut buf, max)) {
+                Ok(super::Read::Line { truncated }) => out.push((buf.clone(), truncated)),
+                Ok(super::Read::Closed) | Err(_) => return out,
+            }
+        }
+    }
+}
+
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &s[prefix.len()..])
 }
 
-/// Shortens client text echoed in a reply.
+/// Shortens client text echoed in a reply; control characters become `?` (a reply line
+/// carries none).
 fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Splits `<address> params` (RFC 5321 reverse-path / forward-path), dropping a source route.
@@ -653,6 +685,22 @@ mod tests {
         assert_eq!(strip_prefix_ci("from:<x>", "FROM:"), Some("<x>"));
         assert_eq!(strip_prefix_ci("fr", "FROM:"), None);
         assert_eq!(strip_prefix_ci("fröm:", "FROM:"), None);
+    }
+
+    /// Found by the fuzz target `lmtp_command` (fuzz/corpus/lmtp_command/
+    /// control-in-parameter): a parameter with control characters was echoed into the reply.
+    #[test]
+    fn refusals_echo_no_control_characters() {
+        let line = String::from_utf8_lossy(
+            b"rcpt to:<x@y.test> N)TIFY=NEVRCPTER\x10\x83mail Fro:<x@y.\x02\x00M",
+        );
+        let (verb, arg) = split_command(&line);
+        assert_eq!(verb, "rcpt");
+        let reply = parse_rcpt_to(arg).unwrap_err();
+        assert!(reply.starts_with("555 5.5.4 unsupported RCPT parameter N)TIFY=NEVRCPTER?"));
+        assert!(!reply.chars().any(char::is_control), "{reply:?}");
+        let reply = parse_mail_from("FROM:<a@b.test> X\u{1}\u{7f}", 100).unwrap_err();
+        assert_eq!(reply, "555 5.5.4 unsupported MAIL parameter X??");
     }
 
     #[tokio::test]

@@ -257,6 +257,97 @@ async fn correlate(
     Ok(None)
 }
 
+/// The content key (only for a message without a Message-ID) and the key that makes an
+/// activity one per message per organization.
+pub fn message_keys(item: &MailItem) -> (Option<String>, Option<String>) {
+    let content = item.message_id.is_none().then(|| content_key(item));
+    let key = dedupe_key(item.message_id.as_deref(), content.as_deref());
+    (content, key)
+}
+
+/// The email activity a stored item becomes when no activity of the same message exists
+/// (pure): parties resolved by `resolve` (an address → its CRM record), the regarding record
+/// and conversation inherited from `parent` (the activity it answers), the tracking token from
+/// the subject. The fuzz target `mime_to_activity` runs it.
+pub fn new_activity(
+    item: &MailItem,
+    mailbox: &Mailbox,
+    settings: &EmailSettings,
+    parent: Option<&EmailActivity>,
+    sent_by_owner: bool,
+    resolve: impl Fn(&str) -> Option<RecordRef>,
+) -> EmailActivity {
+    let now = chrono::Utc::now();
+    let owner = mailbox.owner_id;
+    let (content, key) = message_keys(item);
+    let party = |role, addr: &String| ActivityParty {
+        role,
+        address: normalize_address(addr),
+        display_name: None,
+        resolved: resolve(addr),
+    };
+    let mut parties = Vec::new();
+    if let Some(f) = &item.from {
+        parties.push(party(PartyRole::From, f));
+    }
+    parties.extend(item.to.iter().map(|a| party(PartyRole::To, a)));
+    parties.extend(item.cc.iter().map(|a| party(PartyRole::Cc, a)));
+    let subject = item.subject.clone().unwrap_or_default();
+    let conversation_id = parent
+        .and_then(|p| p.conversation_id.clone().or_else(|| p.message_id.clone()))
+        .or_else(|| item.references.first().cloned())
+        .or_else(|| item.in_reply_to.clone())
+        .or_else(|| key.clone());
+    EmailActivity {
+        id: serversync_model::ActivityId::new(),
+        org_id: item.org_id,
+        tracking_token: find_token(&settings.tracking_token, &subject),
+        subject,
+        text_body: item.text_body.clone(),
+        html_body: item.html_body.clone(),
+        direction: if sent_by_owner {
+            Direction::Outgoing
+        } else {
+            Direction::Incoming
+        },
+        status: if sent_by_owner {
+            EmailStatus::Sent
+        } else {
+            EmailStatus::Received
+        },
+        owner_id: owner,
+        parties,
+        attachments: item
+            .attachments
+            .iter()
+            .map(|x| Attachment {
+                id: AttachmentId::new(),
+                file_name: x.file_name.clone().unwrap_or_else(|| "attachment".into()),
+                content_type: x.content_type.clone(),
+                size: x.size,
+                sha256: x.sha256.clone(),
+                dropped_reason: x.dropped_reason.clone(),
+            })
+            .collect(),
+        regarding: parent.and_then(|p| p.regarding),
+        message_id: item.message_id.clone(),
+        in_reply_to: item.in_reply_to.clone(),
+        references: item.references.clone(),
+        content_key: content,
+        conversation_id,
+        mailbox_ids: vec![mailbox.id],
+        item_ids: vec![item.id],
+        sent_at: item.sent_at,
+        received_at: Some(item.received_at),
+        send_after: None,
+        delivery_attempts: 0,
+        send_error: None,
+        router_claim: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 /// Decides about one stored item and makes or links its activity; returns the trace lines.
 async fn track_item(
     store: &Store,
@@ -276,8 +367,7 @@ async fn track_item(
         Some(r) => lines.push(format!("sender {}", r.reason)),
         None => lines.push("sender: none (no From address)".to_owned()),
     }
-    let content = item.message_id.is_none().then(|| content_key(item));
-    let key = dedupe_key(item.message_id.as_deref(), content.as_deref());
+    let (_, key) = message_keys(item);
     let addresses: Vec<String> = item
         .from
         .iter()
@@ -402,70 +492,14 @@ async fn track_item(
             a.id
         }
         None => {
-            let now = chrono::Utc::now();
-            let resolve = |role, addr: &String| ActivityParty {
-                role,
-                address: normalize_address(addr),
-                display_name: None,
-                resolved: dir.resolve(addr, owner).record,
-            };
-            let mut parties = Vec::new();
-            if let Some(f) = &item.from {
-                parties.push(resolve(PartyRole::From, f));
-            }
-            parties.extend(item.to.iter().map(|a| resolve(PartyRole::To, a)));
-            parties.extend(item.cc.iter().map(|a| resolve(PartyRole::Cc, a)));
-            let subject = item.subject.clone().unwrap_or_default();
-            let conversation_id = parent
-                .as_ref()
-                .and_then(|(p, _)| p.conversation_id.clone().or_else(|| p.message_id.clone()))
-                .or_else(|| item.references.first().cloned())
-                .or_else(|| item.in_reply_to.clone())
-                .or_else(|| key.clone());
-            let a = EmailActivity {
-                id: serversync_model::ActivityId::new(),
-                org_id: org,
-                tracking_token: find_token(&settings.tracking_token, &subject),
-                subject,
-                text_body: item.text_body.clone(),
-                html_body: item.html_body.clone(),
-                direction,
-                status: if sent_by_owner {
-                    EmailStatus::Sent
-                } else {
-                    EmailStatus::Received
-                },
-                owner_id: owner,
-                parties,
-                attachments: item
-                    .attachments
-                    .iter()
-                    .map(|x| Attachment {
-                        id: AttachmentId::new(),
-                        file_name: x.file_name.clone().unwrap_or_else(|| "attachment".into()),
-                        content_type: x.content_type.clone(),
-                        size: x.size,
-                        sha256: x.sha256.clone(),
-                        dropped_reason: x.dropped_reason.clone(),
-                    })
-                    .collect(),
-                regarding: parent.as_ref().and_then(|(p, _)| p.regarding),
-                message_id: item.message_id.clone(),
-                in_reply_to: item.in_reply_to.clone(),
-                references: item.references.clone(),
-                content_key: content,
-                conversation_id,
-                mailbox_ids: vec![mailbox.id],
-                item_ids: vec![item.id],
-                sent_at: item.sent_at,
-                received_at: Some(item.received_at),
-                send_after: None,
-                delivery_attempts: 0,
-                send_error: None,
-                router_claim: None,
-                created_at: now,
-                updated_at: now,
-            };
+            let a = new_activity(
+                item,
+                mailbox,
+                settings,
+                parent.as_ref().map(|(p, _)| p),
+                sent_by_owner,
+                |addr| dir.resolve(addr, owner).record,
+            );
             store.insert(&a).await?;
             let regarding = match a.regarding {
                 Some(r) => format!(", regarding {}", serversync_model::wire_name(&r)),
