@@ -185,7 +185,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let pg = Postgres::find_or_start(&dir.join("pg")).await?;
     let imaps = dovecot.info().imaps_port;
     let mut rep = report::Report::new(&args);
-    rep.versions = report::versions(&pg.info().admin_url);
+    rep.versions = report::versions(&pg.info().admin_url, &postfix.info().config_dir);
 
     if wants(&args, "ingest") {
         let info = dovecot.info();

@@ -361,7 +361,7 @@ fn first_line(cmd: &mut Command) -> String {
 }
 
 /// The machine and every program measured.
-pub fn versions(pg_admin_url: &str) -> Vec<(String, String)> {
+pub fn versions(pg_admin_url: &str, postfix_config: &std::path::Path) -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -403,7 +403,12 @@ pub fn versions(pg_admin_url: &str) -> Vec<(String, String)> {
         ),
         (
             "Postfix".into(),
-            first_line(Command::new("postconf").args(["-h", "mail_version"])),
+            first_line(
+                Command::new("postconf")
+                    .arg("-c")
+                    .arg(postfix_config)
+                    .args(["-h", "mail_version"]),
+            ),
         ),
         (
             "PostgreSQL".into(),
