@@ -37,6 +37,16 @@ pub async fn tls_connect(
     port: u16,
     ca: &Path,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    tls_wrap(tcp, ca).await
+}
+
+/// TLS over `tcp` to the server named `localhost`, trusting only `ca`.
+pub async fn tls_wrap(
+    tcp: tokio::net::TcpStream,
+    ca: &Path,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca)? {
@@ -48,8 +58,6 @@ pub async fn tls_connect(
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    tcp.set_nodelay(true)?;
     let name = rustls_pki_types::ServerName::try_from("localhost")?.to_owned();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)

@@ -6,9 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
+use tokio::io::{AsyncWriteExt, BufReader};
 
+use crate::outgoing::reply;
 use crate::setup::{Serve, World};
 
 /// Latencies in milliseconds, in submission order.
@@ -85,19 +86,41 @@ pub async fn run(
         token: world.token.clone(),
         after: 0,
     };
-    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(smtp)
-        .build();
-    let message = |subject: &str| -> Result<Message> {
-        Ok(Message::builder()
-            .from("Ann Sender <ann@contoso.test>".parse()?)
-            .to(user.parse()?)
-            .subject(subject)
-            .body(format!("Latency probe {subject}.\r\n"))?)
+    // One SMTP connection to Postfix (TCP_NODELAY), kept for every probe.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", smtp)).await?;
+    tcp.set_nodelay(true)?;
+    let mut smtp = BufReader::new(tcp);
+    reply(&mut smtp, "220").await?;
+    smtp.get_mut()
+        .write_all(b"EHLO bench.localhost\r\n")
+        .await?;
+    reply(&mut smtp, "250").await?;
+    let mut n = 0;
+    let mut send = async |subject: &str| -> Result<()> {
+        n += 1;
+        for (cmd, want) in [
+            ("MAIL FROM:<ann@contoso.test>\r\n".to_owned(), "250"),
+            (format!("RCPT TO:<{user}>\r\n"), "250"),
+            ("DATA\r\n".to_owned(), "354"),
+            (
+                format!(
+                    "From: Ann Sender <ann@contoso.test>\r\nTo: <{user}>\r\nSubject: {subject}\r\n\
+                     Message-ID: <probe-{n}-{}@contoso.test>\r\nDate: {}\r\n\r\n\
+                     Latency probe {subject}.\r\n.\r\n",
+                    std::process::id(),
+                    chrono::Utc::now().to_rfc2822()
+                ),
+                "250",
+            ),
+        ] {
+            smtp.get_mut().write_all(cmd.as_bytes()).await?;
+            reply(&mut smtp, want).await?;
+        }
+        Ok(())
     };
 
     // The first message proves the mailbox is synchronizing and in IDLE before timing.
-    smtp.send(message("latency warm-up")?).await?;
+    send("latency warm-up").await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     'warm: loop {
         for s in feed.new_subjects().await? {
@@ -120,7 +143,7 @@ pub async fn run(
         if i < count && Instant::now() >= next_send {
             let subject = format!("latency probe {i}");
             let t = Instant::now();
-            smtp.send(message(&subject)?).await?;
+            send(&subject).await?;
             sent.insert(subject, t);
             i += 1;
             next_send += interval;

@@ -6,10 +6,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serversync_engine::Admin;
 use serversync_model::auth::Caller;
 use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
@@ -29,8 +25,30 @@ fn body(i: usize, count: usize) -> String {
     format!("Email {i} of {count}: a short note from the outgoing benchmark.\r\n")
 }
 
-/// The raw loop (this binary's `raw-smtp`): one connection, STARTTLS, AUTH PLAIN, then
-/// MAIL/RCPT/DATA for every email in turn.
+/// Reads one SMTP reply (all its lines); fails unless its code is `want`.
+pub(crate) async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, want: &str) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        ensure!(
+            r.read_line(&mut line).await? > 0,
+            "the server closed the connection"
+        );
+        ensure!(
+            line.starts_with(want),
+            "expected {want}, got {}",
+            line.trim_end()
+        );
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(());
+        }
+    }
+}
+
+/// The raw loop (this binary's `raw-smtp`): one connection with TCP_NODELAY, EHLO,
+/// STARTTLS, EHLO, AUTH PLAIN, then MAIL/RCPT/DATA for every email in turn, each command
+/// waiting for its reply (no pipelining), like a careful hand-written client.
 pub async fn raw_smtp(
     port: u16,
     user: &str,
@@ -39,23 +57,55 @@ pub async fn raw_smtp(
     ca: &Path,
     count: usize,
 ) -> Result<()> {
-    let tls = TlsParameters::builder("localhost".into())
-        .add_root_certificate(Certificate::from_pem(&std::fs::read(ca)?)?)
-        .build_rustls()?;
-    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(port)
-        .tls(Tls::Required(tls))
-        .credentials(Credentials::new(user.into(), password.into()))
-        .pool_config(PoolConfig::new().max_size(1))
-        .build();
+    use base64::Engine as _;
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let mut plain = BufReader::new(tcp);
+    reply(&mut plain, "220").await?;
+    plain
+        .get_mut()
+        .write_all(b"EHLO bench.localhost\r\n")
+        .await?;
+    reply(&mut plain, "250").await?;
+    plain.get_mut().write_all(b"STARTTLS\r\n").await?;
+    reply(&mut plain, "220").await?;
+    let tls = crate::ingest::tls_wrap(plain.into_inner(), ca).await?;
+    let mut s = BufReader::new(tls);
+    s.get_mut().write_all(b"EHLO bench.localhost\r\n").await?;
+    s.get_mut().flush().await?;
+    reply(&mut s, "250").await?;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    s.get_mut()
+        .write_all(format!("AUTH PLAIN {token}\r\n").as_bytes())
+        .await?;
+    s.get_mut().flush().await?;
+    reply(&mut s, "235").await?;
     for i in 0..count {
-        let m = Message::builder()
-            .from(user.parse()?)
-            .to(to.parse()?)
-            .subject(format!("raw loop #{i}"))
-            .body(body(i, count))?;
-        smtp.send(m).await?;
+        for (cmd, want) in [
+            (format!("MAIL FROM:<{user}>\r\n"), "250"),
+            (format!("RCPT TO:<{to}>\r\n"), "250"),
+            ("DATA\r\n".to_owned(), "354"),
+        ] {
+            s.get_mut().write_all(cmd.as_bytes()).await?;
+            s.get_mut().flush().await?;
+            reply(&mut s, want).await?;
+        }
+        let message = format!(
+            "From: <{user}>\r\nTo: <{to}>\r\nSubject: raw loop #{i}\r\n\
+             Message-ID: <raw-{i}-{}@bench.example.test>\r\nDate: {}\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}.\r\n",
+            std::process::id(),
+            chrono::Utc::now().to_rfc2822(),
+            body(i, count)
+        );
+        s.get_mut().write_all(message.as_bytes()).await?;
+        s.get_mut().flush().await?;
+        reply(&mut s, "250").await?;
     }
+    s.get_mut().write_all(b"QUIT\r\n").await?;
+    s.get_mut().flush().await?;
+    let _ = reply(&mut s, "221").await;
     Ok(())
 }
 
@@ -89,7 +139,7 @@ pub fn raw_row(
     ensure!(status.success(), "the raw SMTP loop failed: {status}");
     Ok(Row {
         tool: "raw SMTP loop".into(),
-        how: "one connection: STARTTLS, AUTH PLAIN, then MAIL/RCPT/DATA per email".into(),
+        how: "one connection (TCP_NODELAY): STARTTLS, AUTH PLAIN, then MAIL/RCPT/DATA per email, each waiting for its reply".into(),
         emails: count,
         usage,
     })

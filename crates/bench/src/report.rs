@@ -87,7 +87,7 @@ impl Report {
              (`LOGIN`, `SELECT INBOX`, `UID FETCH 1:* BODY.PEEK[]`, `LOGOUT` on one connection; \
              literals read and dropped).\n\
              - raw SMTP loop: `serversync-bench raw-smtp --port PORT --user USER --to RCPT \
-             --count N --ca CA` (lettre, a pool of one connection).\n\
+             --count N --ca CA` (a hand-written client: TCP_NODELAY, one command at a time).\n\
              - mbsync: `{}` with\n\n```\n{}```\n\
              - fetchmail: `{}` with\n\n```\n{}```",
             ingest::MBSYNC_CMD,

@@ -243,7 +243,7 @@ where
 pub fn pg_database(admin_url: &str, name: &str) -> Result<String> {
     let psql = serversync_testkit::postgres::pg_program("psql")?;
     for sql in [
-        format!("DROP DATABASE IF EXISTS \"{name}\""),
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
         format!("CREATE DATABASE \"{name}\""),
     ] {
         let out = Command::new(&psql)
