@@ -6,11 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use serde_json::Value;
 use tokio::io::{AsyncWriteExt, BufReader};
 
 use crate::outgoing::reply;
-use crate::setup::{Serve, World};
+use crate::setup::{Serve, World, api_json};
 
 /// Latencies in milliseconds, in submission order.
 pub struct Latency {
@@ -38,16 +37,13 @@ struct Feed {
 impl Feed {
     /// Subjects of email activities created since the last call.
     async fn new_subjects(&mut self) -> Result<Vec<String>> {
-        let page: Value = self
-            .client
-            .get(&self.url)
-            .query(&[("after", self.after.to_string()), ("limit", "500".into())])
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let page = api_json(
+            self.client
+                .get(&self.url)
+                .query(&[("after", self.after.to_string()), ("limit", "500".into())]),
+            &self.token,
+        )
+        .await?;
         self.after = page["next"]
             .as_i64()
             .context("the change page has no next")?;

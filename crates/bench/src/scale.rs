@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
 use crate::procstat::{cpu_seconds, rss_kb};
-use crate::setup::{Serve, World, wait_until};
+use crate::setup::{Serve, World, api_json, wait_until};
 
 pub struct Scale {
     pub mailboxes: usize,
@@ -62,31 +62,21 @@ pub async fn run(
     let client = reqwest::Client::new();
     let org = world.org_id();
     let t = Instant::now();
-    let job: Value = client
-        .post(serve.url(&format!(
+    let job = api_json(
+        client.post(serve.url(&format!(
             "/api/v1/orgs/{org}/profiles/{}/test-enable",
             profile.id
-        )))
-        .bearer_auth(&world.token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+        ))),
+        &world.token,
+    )
+    .await?;
     let job_url = serve.url(&format!(
         "/api/v1/orgs/{org}/jobs/{}",
         job["id"].as_str().context("the job has no id")?
     ));
     let deadline = Instant::now() + Duration::from_secs(1800);
     let last: Value = loop {
-        let job: Value = client
-            .get(&job_url)
-            .bearer_auth(&world.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let job = api_json(client.get(&job_url), &world.token).await?;
         if job["finished_at"].is_string() {
             break job;
         }

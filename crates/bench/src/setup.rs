@@ -215,6 +215,17 @@ impl Serve {
     }
 }
 
+/// Sends an API request as `token` and returns its JSON body; a 4xx/5xx answer is an error.
+pub async fn api_json(req: reqwest::RequestBuilder, token: &str) -> Result<serde_json::Value> {
+    Ok(req
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 /// Waits until `done` says so, polling every `every`, for at most `limit`.
 pub async fn wait_until<F, Fut>(
     limit: Duration,
