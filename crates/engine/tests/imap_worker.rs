@@ -332,7 +332,10 @@ async fn a_profile_connection_limit_is_shared_by_mailboxes_and_workers() {
         s.store.insert(&m).await.unwrap();
         mailboxes.push(m.id);
     }
-    append(port, "INBOX", &message("shared@example.test")).await;
+    s.dovecot
+        .info()
+        .deliver(CAROL, &message("shared@example.test"))
+        .unwrap();
 
     let stop = CancellationToken::new();
     let engines: Vec<_> = (0..2)
@@ -368,8 +371,12 @@ async fn a_profile_connection_limit_is_shared_by_mailboxes_and_workers() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Polling, not idling: a new message is picked up by the next round.
-    append(port, "INBOX", &message("shared-2@example.test")).await;
+    // Polling, not idling: a new message is picked up by the next round. Delivered into the
+    // Maildir, not over IMAP: an APPEND connection of the test's own would be counted.
+    s.dovecot
+        .info()
+        .deliver(CAROL, &message("shared-2@example.test"))
+        .unwrap();
     for id in &mailboxes {
         eventually!(
             30,

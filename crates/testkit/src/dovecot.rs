@@ -52,6 +52,30 @@ impl DovecotInfo {
             .join("Maildir")
     }
 
+    /// Delivers `raw` into `user`'s Inbox the way a local delivery agent does (written to
+    /// `tmp/`, renamed into `new/`), without an IMAP connection: tests that watch the server's
+    /// connections stay undisturbed. Dovecot gives it the next UID when it next looks.
+    pub fn deliver(&self, user: &str, raw: &[u8]) -> Result<()> {
+        let maildir = self.maildir(user);
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(maildir.join(sub))
+                .with_context(|| format!("creating {}", maildir.join(sub).display()))?;
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!(
+            "{secs}.M{}P{}.testkit",
+            uuid::Uuid::new_v4().simple(),
+            std::process::id()
+        );
+        let tmp = maildir.join("tmp").join(&name);
+        std::fs::write(&tmp, raw).with_context(|| format!("writing {}", tmp.display()))?;
+        crate::util::chown_recursive(&self.mail_root, self.mail_uid, self.mail_gid)?;
+        std::fs::rename(&tmp, maildir.join("new").join(&name))
+            .with_context(|| format!("moving {} into new/", tmp.display()))
+    }
+
     fn master_pid_file(&self) -> PathBuf {
         self.base_dir.join("master.pid")
     }
