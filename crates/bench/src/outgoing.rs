@@ -10,6 +10,7 @@ use serversync_engine::Admin;
 use serversync_model::auth::Caller;
 use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
 use serversync_model::org::Privilege;
+use serversync_store::{Col, Filter};
 
 use crate::procstat::{Usage, Watched};
 use crate::setup::{Serve, World, wait_until};
@@ -211,11 +212,14 @@ pub async fn serversync_row(
     let sent = || async {
         Ok::<_, anyhow::Error>(
             store
-                .list_all::<EmailActivity>(Some(org), &[])
-                .await?
-                .iter()
-                .filter(|a| a.value.status == EmailStatus::Sent)
-                .count(),
+                .count_where::<EmailActivity>(
+                    Some(org),
+                    &[Filter::Eq(
+                        "status",
+                        Col::text(serversync_model::wire_name(&EmailStatus::Sent)),
+                    )],
+                )
+                .await? as usize,
         )
     };
     wait_until(

@@ -530,7 +530,7 @@ impl Wire {
     }
 
     /// Best-effort close (TLS close_notify, TCP FIN), bounded by a short timeout.
-    pub(crate) async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.io.get_mut().shutdown()).await;
     }
 }

@@ -161,3 +161,78 @@ async fn connection_helpers() {
     assert_eq!(reply.code, 250);
     conn.quit().await.unwrap();
 }
+
+/// With PIPELINING announced, MAIL FROM, every RCPT TO and DATA reach the server before it
+/// has answered any of them (one round trip), and the replies are matched to them in order.
+/// A client waiting for each reply would stall here: this server answers only once it has
+/// all three commands.
+#[tokio::test]
+async fn a_pipelining_server_gets_the_envelope_in_one_write() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (r, mut w) = socket.into_split();
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        w.write_all(b"220 peer ESMTP\r\n").await.unwrap();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("EHLO "), "{line}");
+        w.write_all(b"250-peer\r\n250 PIPELINING\r\n")
+            .await
+            .unwrap();
+        let mut envelope = Vec::new();
+        while envelope.last().is_none_or(|l: &String| l != "DATA\r\n") {
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            envelope.push(line.clone());
+        }
+        w.write_all(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no such user\r\n354 go ahead\r\n")
+            .await
+            .unwrap();
+        // The half-refused envelope is abandoned: the connection closes without a message.
+        line.clear();
+        let n = r.read_line(&mut line).await.unwrap();
+        (envelope, n, line)
+    });
+    let mut conn = smtp::connect(&addr(port, TlsMode::None), &opts())
+        .await
+        .unwrap();
+    let rcpts = vec![
+        "bob@example.test".to_owned(),
+        "nobody@example.test".to_owned(),
+    ];
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.envelope("carol@example.test", &rcpts),
+    )
+    .await
+    .expect("the envelope went in one write")
+    .unwrap();
+    let (envelope, n, rest) = server.await.unwrap();
+    assert_eq!(
+        envelope,
+        [
+            "MAIL FROM:<carol@example.test>\r\n",
+            "RCPT TO:<bob@example.test>\r\n",
+            "RCPT TO:<nobody@example.test>\r\n",
+            "DATA\r\n"
+        ]
+    );
+    match outcome {
+        smtp::Envelope::RecipientRefused {
+            index,
+            reply,
+            reusable,
+        } => {
+            assert_eq!((index, reply.code, reusable), (1, 550, false));
+        }
+        other => panic!("expected the second recipient refused: {other:?}"),
+    }
+    assert_eq!(
+        (n, rest.as_str()),
+        (0, ""),
+        "closed, nothing sent after DATA"
+    );
+}

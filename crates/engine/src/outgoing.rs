@@ -2,7 +2,7 @@
 //! submitted over SMTP by the mailbox they are sent from (`mailbox_ids[0]`), one by one,
 //! under the lease `outgoing:<mailbox>`.
 //!
-//! Each send: mark `sending` (committed, under the renewed lease) → build the message (From =
+//! Each send: mark `sending` (committed, under the lease, renewed every quarter of its time) → build the message (From =
 //! the mailbox, the tracking token appended to the subject when the organization uses
 //! tokens, Message-ID `<act-{id}@serversync.{domain}>`) → SMTP (STARTTLS/TLS per the profile,
 //! AUTH) → `sent`; a 5xx refusal → `failed` with the server's words in `send_error`; a passing
@@ -270,6 +270,12 @@ pub async fn run_once(
         .await?;
     let now = Utc::now();
     let mut smtp: Option<Smtp> = None;
+    // The lease (and the connection's slot) are renewed when a quarter of their time is gone,
+    // not for every email: each renewal is a write.
+    let mut renewed = std::time::Instant::now();
+    store.renew_lease(lease, config.lease_ttl).await?;
+    // The IMAP connection that saves the Sent copies, opened for the first and kept for the round.
+    let mut sent_folder: Option<SyncSession> = None;
     for s in pending.items {
         let a = &s.value;
         if a.direction != Direction::Outgoing
@@ -286,7 +292,11 @@ pub async fn run_once(
             tracing::info!(mailbox = %id, limit = p.advanced.max_sends_per_minute, "send rate limit reached: the rest waits for the next minute");
             break;
         }
-        store.renew_lease(lease, config.lease_ttl).await?;
+        let renew = renewed.elapsed() >= config.lease_ttl / 4;
+        if renew {
+            store.renew_lease(lease, config.lease_ttl).await?;
+            renewed = std::time::Instant::now();
+        }
         let c = match smtp.as_mut() {
             Some(c) => c,
             None => match open(store, config, &mailbox, p, &opts, &lease.owner).await? {
@@ -313,8 +323,10 @@ pub async fn run_once(
                 }
             },
         };
-        c.slot.renew(store, config.lease_ttl).await?;
-        match send_one(store, &mailbox, &settings, p, &opts, s, c).await? {
+        if renew {
+            c.slot.renew(store, config.lease_ttl).await?;
+        }
+        match send_one(store, &mailbox, &settings, p, &opts, s, c, &mut sent_folder).await? {
             SendResult::Done => {}
             SendResult::ConnectionLost => {
                 if let Some(c) = smtp.take() {
@@ -339,6 +351,9 @@ pub async fn run_once(
     }
     if let Some(c) = smtp.take() {
         c.close(store).await;
+    }
+    if let Some(s) = sent_folder {
+        let _ = s.logout().await;
     }
     // Counters of minutes long gone.
     let old = format!("sends:{}:", Utc::now().timestamp() / 60 - 2);
@@ -460,6 +475,7 @@ pub fn retry_delay(interval_seconds: u32, attempts: u32) -> chrono::Duration {
     chrono::Duration::seconds(base.saturating_mul(factor).min(3600).max(base.min(3600)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_one(
     store: &Store,
     mailbox: &Mailbox,
@@ -468,6 +484,7 @@ async fn send_one(
     opts: &ConnectOptions,
     s: serversync_store::Stored<EmailActivity>,
     smtp: &mut Smtp,
+    sent_folder: &mut Option<SyncSession>,
 ) -> Result<SendResult, StoreError> {
     // Fenced: only if nobody changed the activity meanwhile (the caller renewed the lease).
     let mut a = s.value;
@@ -538,7 +555,7 @@ async fn send_one(
         && settings.save_outgoing_to_sent
         && profile.incoming_protocol == IncomingProtocol::Imap
         && let Ok((bytes, _)) = &built
-        && let Err(e) = save_sent_copy(store, mailbox, profile, opts, bytes).await
+        && let Err(e) = save_sent_copy(store, mailbox, profile, opts, sent_folder, bytes).await
     {
         tracing::warn!(activity = %a.id, error = %e, "the copy in the Sent folder could not be saved");
     }
@@ -562,30 +579,36 @@ async fn transact(
             Outcome::Failed(said)
         }
     };
-    c.mail_from(from)
+    // MAIL FROM, RCPT TO and DATA in one round trip when the server pipelines. A failure
+    // here is before the message was handed over: the mailbox's problem, the email waits.
+    match c
+        .envelope(from, rcpts)
         .await
-        .map_err(|e| Problem::from_connect(&e))?;
-    for r in rcpts {
-        match c.rcpt_to(r).await {
-            Ok(reply) if reply.is_positive() => {}
-            Ok(reply) => {
-                let next = match c.rset().await {
-                    Ok(()) => SendResult::Done,
-                    Err(_) => SendResult::ConnectionLost,
-                };
-                return Ok((refused(&format!("RCPT TO:<{r}>"), &reply), next));
-            }
-            Err(e) => {
-                return Ok((
-                    Outcome::Retry(format!("the connection failed at RCPT TO ({e})")),
-                    SendResult::ConnectionLost,
-                ));
-            }
+        .map_err(|e| Problem::from_connect(&e))?
+    {
+        smtp::Envelope::Ready => {}
+        smtp::Envelope::RecipientRefused {
+            index,
+            reply,
+            reusable,
+        } => {
+            let next = if reusable {
+                SendResult::Done
+            } else {
+                SendResult::ConnectionLost
+            };
+            return Ok((
+                refused(&format!("RCPT TO:<{}>", rcpts[index]), &reply),
+                next,
+            ));
+        }
+        smtp::Envelope::DataRefused(reply) => {
+            return Ok((refused("the message", &reply), SendResult::Done));
         }
     }
-    Ok(match c.data(message).await {
+    Ok(match c.message(message).await {
         Ok(reply) if reply.code == 250 => (Outcome::Sent, SendResult::Done),
-        Ok(reply) if reply.code == 354 || reply.is_positive() => (
+        Ok(reply) if reply.is_positive() => (
             Outcome::Unknown(format!("unexpected reply {}", reply.display())),
             SendResult::ConnectionLost,
         ),
@@ -690,22 +713,41 @@ async fn imap_session(
         .map_err(|e| e.to_string())
 }
 
+/// Saves the copy of a sent message in the Sent folder over `session`, opening it (and the
+/// folder, if missing) when there is none. A kept connection that fails is replaced once: the
+/// server may have closed it while idle.
 async fn save_sent_copy(
     store: &Store,
     mailbox: &Mailbox,
     profile: &EmailServerProfile,
     opts: &ConnectOptions,
+    session: &mut Option<SyncSession>,
     message: &[u8],
 ) -> Result<(), String> {
-    let mut s = imap_session(store, mailbox, profile, opts).await?;
-    s.create_folder_if_missing(SENT_FOLDER)
-        .await
-        .map_err(|e| e.to_string())?;
-    s.append(SENT_FOLDER, &["\\Seen"], None, message)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = s.logout().await;
-    Ok(())
+    // A kept connection gets one more try on a fresh one; a fresh one none.
+    let mut tries = if session.is_some() { 2 } else { 1 };
+    loop {
+        let s = match session {
+            Some(s) => s,
+            None => {
+                let mut s = imap_session(store, mailbox, profile, opts).await?;
+                s.create_folder_if_missing(SENT_FOLDER)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                session.insert(s)
+            }
+        };
+        match s.append(SENT_FOLDER, &["\\Seen"], None, message).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                *session = None;
+                tries -= 1;
+                if tries == 0 {
+                    return Err(e.to_string());
+                }
+            }
+        }
+    }
 }
 
 /// Whether a message with this Message-ID is in the Sent folder.

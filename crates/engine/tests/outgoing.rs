@@ -737,6 +737,60 @@ async fn one_connection_many_emails_within_the_send_rate() {
     );
 }
 
+/// One of two recipients is refused (550 5.1.1): the email fails naming that address and the
+/// server's words, nothing is delivered (not even to the accepted recipient), and the next
+/// email goes out. With PIPELINING the envelope and DATA go in one write, the server answers
+/// 354 to the half-refused envelope, and the connection is closed instead of sending the message.
+async fn a_refused_recipient_fails_the_email_and_delivers_nothing(pipelining: bool) {
+    let t = setup(Backend::Sqlite).await;
+    let (_d, smtp) = peer(SmtpScript {
+        rcpt_replies: vec![(
+            "nobody@example.test".into(),
+            550,
+            "5.1.1 <nobody@example.test>: Recipient address rejected".into(),
+        )],
+        pipelining,
+        ..Default::default()
+    });
+    t.send_through(&smtp).await;
+    let mut email = t.new_email(BOB, "Half refused", "to bob and nobody");
+    email.cc = vec![Recipient::Address("nobody@example.test".into())];
+    let refused = Engine::new(t.store.clone(), t.config.clone())
+        .admin()
+        .compose_email(&t.caller, t.mailbox.org_id, email)
+        .await
+        .unwrap();
+    let next = t.compose(BOB, "Next one", "after the refusal").await;
+    let engine = run_engine(&t);
+    let refused = t.wait_done(refused.id).await;
+    let next = t.wait_done(next.id).await;
+    stop_engine(engine).await;
+    assert_eq!(refused.status, EmailStatus::Failed);
+    let why = refused.send_error.unwrap();
+    assert!(
+        why.contains("nobody@example.test") && why.contains("5.1.1"),
+        "{why}"
+    );
+    assert_eq!(next.status, EmailStatus::Sent);
+    let received = smtp.received().unwrap();
+    assert_eq!(received.len(), 1, "only the next email: {received:?}");
+    assert!(
+        received[0].data.contains("Subject: Next one"),
+        "{received:?}"
+    );
+    assert_eq!(received[0].rcpt_tos, [BOB]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_recipient_fails_the_email_and_delivers_nothing_one_command_at_a_time() {
+    a_refused_recipient_fails_the_email_and_delivers_nothing(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_recipient_fails_the_email_and_delivers_nothing_pipelined() {
+    a_refused_recipient_fails_the_email_and_delivers_nothing(true).await;
+}
+
 // ---- What comes back: the recipient's reply, and a bounce. ----
 
 const DANA: &str = "dana@example.test";

@@ -438,64 +438,14 @@ impl Store {
         limit: u32,
     ) -> Result<Page<E>, StoreError> {
         let limit = limit.clamp(1, 1000);
-        let mut conds = Vec::new();
-        let mut n = 0;
-        let mut next_param = || {
-            n += 1;
-            format!("${n}")
-        };
-        if org.is_some() {
-            conds.push(format!("org_id = {}", next_param()));
-        }
-        for f in filters {
-            match f {
-                Filter::Eq(name, Col::Text(None) | Col::Int(None)) => {
-                    conds.push(format!("{name} IS NULL"))
-                }
-                Filter::Eq(name, _) => conds.push(format!("{name} = {}", next_param())),
-                Filter::AtLeast(name, _) => conds.push(format!("{name} >= {}", next_param())),
-                Filter::Below(name, _) => conds.push(format!("{name} < {}", next_param())),
-                Filter::LinkedTo(_) => match E::LINKS {
-                    Some((table, own, other)) => conds.push(format!(
-                        "id IN (SELECT {own} FROM {table} WHERE {other} = {})",
-                        next_param()
-                    )),
-                    None => conds.push("1 = 0".to_owned()),
-                },
-            }
-        }
-        if after.is_some() {
-            conds.push(format!("id > {}", next_param()));
-        }
         let mut sql = format!(
-            "SELECT id, doc, version, created_at, updated_at FROM {}",
-            E::TABLE
+            "SELECT id, doc, version, created_at, updated_at FROM {}{}",
+            E::TABLE,
+            where_clause::<E>(org, filters, after)
         );
-        if !conds.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conds.join(" AND "));
-        }
         sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
         let mut items: Vec<Stored<E>> = dispatch!(&self.db, pool => {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            if let Some(o) = org {
-                q = q.bind(o.to_string());
-            }
-            for f in filters {
-                match f {
-                    Filter::Eq(_, Col::Text(None) | Col::Int(None)) => {}
-                    Filter::Eq(_, c) => q = bind_col!(q, c),
-                    Filter::AtLeast(_, v) | Filter::Below(_, v) => q = q.bind(*v),
-                    Filter::LinkedTo(v) => {
-                        if E::LINKS.is_some() {
-                            q = q.bind(v.clone());
-                        }
-                    }
-                }
-            }
-            if let Some(a) = after {
-                q = q.bind(a.to_owned());
-            }
+            let q = bind_filters!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), E, org, filters, after);
             let rows = q.fetch_all(pool).await?;
             rows.iter()
                 .map(|r| decode::<E>(r.try_get("id")?, r.try_get::<&str, _>("doc")?, r.try_get("version")?, r.try_get("created_at")?, r.try_get("updated_at")?))
@@ -508,6 +458,25 @@ impl Store {
             None
         };
         Ok(Page { items, next })
+    }
+
+    /// How many entities match the filters, counted by the database (no document is read
+    /// when an index covers the filters).
+    pub async fn count_where<E: Entity>(
+        &self,
+        org: Option<OrgId>,
+        filters: &[Filter],
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM {}{}",
+            E::TABLE,
+            where_clause::<E>(org, filters, None)
+        );
+        let n: i64 = dispatch!(&self.db, pool => {
+            let q = bind_filters!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())), E, org, filters, None::<&str>);
+            q.fetch_one(pool).await?
+        });
+        Ok(n.max(0) as u64)
     }
 
     /// Every entity matching the filters (for small sets such as roles).
@@ -528,6 +497,72 @@ impl Store {
         }
     }
 }
+
+/// ` WHERE …` for a listing's organization, filters and keyset position (`$n` parameters in
+/// the order [`bind_filters!`] binds them), or nothing when there is no condition.
+fn where_clause<E: Entity>(org: Option<OrgId>, filters: &[Filter], after: Option<&str>) -> String {
+    let mut conds = Vec::new();
+    let mut n = 0;
+    let mut next_param = || {
+        n += 1;
+        format!("${n}")
+    };
+    if org.is_some() {
+        conds.push(format!("org_id = {}", next_param()));
+    }
+    for f in filters {
+        match f {
+            Filter::Eq(name, Col::Text(None) | Col::Int(None)) => {
+                conds.push(format!("{name} IS NULL"))
+            }
+            Filter::Eq(name, _) => conds.push(format!("{name} = {}", next_param())),
+            Filter::AtLeast(name, _) => conds.push(format!("{name} >= {}", next_param())),
+            Filter::Below(name, _) => conds.push(format!("{name} < {}", next_param())),
+            Filter::LinkedTo(_) => match E::LINKS {
+                Some((table, own, other)) => conds.push(format!(
+                    "id IN (SELECT {own} FROM {table} WHERE {other} = {})",
+                    next_param()
+                )),
+                None => conds.push("1 = 0".to_owned()),
+            },
+        }
+    }
+    if after.is_some() {
+        conds.push(format!("id > {}", next_param()));
+    }
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
+/// Binds the parameters of [`where_clause`] to a query, in its order.
+macro_rules! bind_filters {
+    ($q:expr, $e:ty, $org:expr, $filters:expr, $after:expr) => {{
+        let mut q = $q;
+        if let Some(o) = $org {
+            q = q.bind(o.to_string());
+        }
+        for f in $filters {
+            match f {
+                Filter::Eq(_, Col::Text(None) | Col::Int(None)) => {}
+                Filter::Eq(_, c) => q = bind_col!(q, c),
+                Filter::AtLeast(_, v) | Filter::Below(_, v) => q = q.bind(*v),
+                Filter::LinkedTo(v) => {
+                    if <$e as Entity>::LINKS.is_some() {
+                        q = q.bind(v.clone());
+                    }
+                }
+            }
+        }
+        if let Some(a) = $after {
+            q = q.bind(a.to_owned());
+        }
+        q
+    }};
+}
+use bind_filters;
 
 // ---- the model's entities -------------------------------------------------------------------
 

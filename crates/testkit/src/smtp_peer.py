@@ -12,6 +12,8 @@ Listens on 127.0.0.1:PORT with aiosmtpd and answers as SCRIPT_JSON says:
                        (address compared case-insensitively); others get 250
   drop_after_data      the first N DATA transactions get no reply: the connection
                        is closed right after the message data arrived
+  pipelining           announce PIPELINING at EHLO (commands are read in order
+                       either way)
 
 MAIL FROM without a successful AUTH is answered 530 (auth_required).
 
@@ -69,6 +71,7 @@ class Peer:
             str(a).lower(): (int(c), str(t)) for a, c, t in script.get("rcpt_replies", [])
         }
         self.drop_after_data = int(script.get("drop_after_data", 0))
+        self.pipelining = bool(script.get("pipelining", False))
         self.state_path = state_path
         state = load_json(state_path, {})
         # DATA transactions seen so far (dropped ones included).
@@ -97,6 +100,13 @@ class Peer:
         self.auth.write({"mechanism": mechanism, "login": login, "success": ok})
         # handled=False: smtp_AUTH answers "535 5.7.8 Authentication credentials invalid".
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            # Every line but the last is "250-...": insert before the last one.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         scripted = self.rcpt_replies.get(address.lower())

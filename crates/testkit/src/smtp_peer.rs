@@ -60,6 +60,8 @@ pub struct SmtpScript {
     /// the message data arrived (a connection broken after the hand-over). They are recorded
     /// with `reply: None` and do not use up `data_replies`.
     pub drop_after_data: u32,
+    /// Announce PIPELINING at EHLO (RFC 2920); the peer reads commands in order either way.
+    pub pipelining: bool,
 }
 
 /// One message data the peer received (whatever it answered).

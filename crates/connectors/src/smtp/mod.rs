@@ -210,6 +210,51 @@ fn has(capabilities: &[String], keyword: &str) -> bool {
     })
 }
 
+/// How the envelope of a mail transaction went ([`SmtpConnection::envelope`]).
+#[derive(Debug)]
+pub enum Envelope {
+    /// Every recipient accepted and `DATA` answered 354: send the message with
+    /// [`SmtpConnection::message`].
+    Ready,
+    /// A recipient was not accepted: its index among those given and the server's reply. The
+    /// transaction is abandoned; `reusable` says whether the connection can carry the next
+    /// one (it was reset) or was closed.
+    RecipientRefused {
+        index: usize,
+        reply: Reply,
+        reusable: bool,
+    },
+    /// `DATA` was refused (the connection can carry the next transaction).
+    DataRefused(Reply),
+}
+
+/// `MAIL FROM`'s reply when it is 250, else the refusal as an error.
+fn sender_accepted(address: &str, reply: Reply) -> Result<Reply> {
+    if reply.code != 250 {
+        return Err(refusal(
+            Phase::MailFrom,
+            &format!("MAIL FROM:<{address}>"),
+            &reply,
+            None,
+        ));
+    }
+    Ok(reply)
+}
+
+fn rcpt_to_line(address: &str) -> Result<String> {
+    if address
+        .chars()
+        .any(|c| c.is_control() || c == '<' || c == '>' || c == ' ')
+    {
+        return Err(ConnectError::new(
+            FailureStep::Permission,
+            ErrorKind::Permanent,
+            format!("the recipient address {address:?} is not a valid address"),
+        ));
+    }
+    Ok(format!("RCPT TO:<{address}>"))
+}
+
 impl SmtpConnection {
     /// EHLO keywords with parameters as last announced (`SIZE 52428800`, `AUTH PLAIN LOGIN`…).
     pub fn capabilities(&self) -> &[String] {
@@ -357,6 +402,18 @@ impl SmtpConnection {
     /// `MAIL FROM:<address>` (with `SMTPUTF8` for a non-ASCII address). A refusal is a
     /// Permission failure: the account may not send as this sender.
     pub async fn mail_from(&mut self, address: &str) -> Result<Reply> {
+        let line = self.mail_from_line(address)?;
+        let reply = send(
+            &mut self.wire,
+            FailureStep::Permission,
+            "MAIL FROM",
+            line.as_bytes(),
+        )
+        .await?;
+        sender_accepted(address, reply)
+    }
+
+    fn mail_from_line(&self, address: &str) -> Result<String> {
         if address
             .chars()
             .any(|c| c.is_control() || c == '<' || c == '>' || c == ' ')
@@ -381,34 +438,13 @@ impl SmtpConnection {
             }
             line.push_str(" SMTPUTF8");
         }
-        let what = format!("MAIL FROM:<{address}>");
-        let reply = send(
-            &mut self.wire,
-            FailureStep::Permission,
-            &what,
-            line.as_bytes(),
-        )
-        .await?;
-        if reply.code != 250 {
-            return Err(refusal(Phase::MailFrom, &what, &reply, None));
-        }
-        Ok(reply)
+        Ok(line)
     }
 
     /// `RCPT TO:<address>`. Returns the reply whatever its code, so the caller can tell a
     /// refused recipient (5xx) from a passing problem (4xx).
     pub async fn rcpt_to(&mut self, address: &str) -> Result<Reply> {
-        if address
-            .chars()
-            .any(|c| c.is_control() || c == '<' || c == '>' || c == ' ')
-        {
-            return Err(ConnectError::new(
-                FailureStep::Permission,
-                ErrorKind::Permanent,
-                format!("the recipient address {address:?} is not a valid address"),
-            ));
-        }
-        let line = format!("RCPT TO:<{address}>");
+        let line = rcpt_to_line(address)?;
         send(
             &mut self.wire,
             FailureStep::Protocol,
@@ -426,6 +462,90 @@ impl SmtpConnection {
         if go.code != 354 {
             return Ok(go);
         }
+        self.message(message).await
+    }
+
+    /// The envelope of one mail transaction: `MAIL FROM`, a `RCPT TO` for each recipient and
+    /// `DATA`. When the server announced PIPELINING (RFC 2920) they go in one write and the
+    /// replies are read after, one round trip instead of two or more; otherwise one at a
+    /// time, stopping at the first recipient not accepted. A refused sender is an error, as
+    /// with [`SmtpConnection::mail_from`] (the connection stays in step). After `DATA` was
+    /// answered 354 the caller sends the message with [`SmtpConnection::message`], or drops
+    /// the connection to abandon it: without its final dot nothing is delivered. When pipelined
+    /// `DATA` was answered 354 although the sender or a recipient was refused, this closes the
+    /// connection itself: it must not be used again.
+    pub async fn envelope(&mut self, from: &str, recipients: &[String]) -> Result<Envelope> {
+        let mail = self.mail_from_line(from)?;
+        let rcpt_lines = recipients
+            .iter()
+            .map(|r| rcpt_to_line(r))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut rcpts, data) = if self.has_extension("PIPELINING") {
+            let mut batch = Vec::with_capacity(64 * (rcpt_lines.len() + 2));
+            for line in std::iter::once(&mail).chain(&rcpt_lines) {
+                batch.extend_from_slice(line.as_bytes());
+                batch.extend_from_slice(b"\r\n");
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.wire
+                .send_raw(FailureStep::Protocol, "the envelope", &batch)
+                .await?;
+            let mail_reply =
+                read_reply(&mut self.wire, FailureStep::Permission, "MAIL FROM").await?;
+            let mut rcpts = Vec::with_capacity(recipients.len());
+            for _ in recipients {
+                rcpts.push(read_reply(&mut self.wire, FailureStep::Protocol, "RCPT TO").await?);
+            }
+            let data = read_reply(&mut self.wire, FailureStep::Protocol, "DATA").await?;
+            let refused = mail_reply.code != 250 || rcpts.iter().any(|r| !r.is_positive());
+            if refused && data.code == 354 {
+                // The server waits for a message that will not be sent. A lone dot would
+                // deliver an empty message to the recipients it accepted: closing the
+                // connection abandons the transaction.
+                self.wire.shutdown().await;
+            }
+            sender_accepted(from, mail_reply)?;
+            (rcpts, data)
+        } else {
+            self.mail_from(from).await?;
+            for (index, line) in rcpt_lines.iter().enumerate() {
+                let reply = send(
+                    &mut self.wire,
+                    FailureStep::Protocol,
+                    "RCPT TO",
+                    line.as_bytes(),
+                )
+                .await?;
+                if !reply.is_positive() {
+                    let reusable = self.rset().await.is_ok();
+                    return Ok(Envelope::RecipientRefused {
+                        index,
+                        reply,
+                        reusable,
+                    });
+                }
+            }
+            let data = send(&mut self.wire, FailureStep::Protocol, "DATA", b"DATA").await?;
+            (Vec::new(), data)
+        };
+        if let Some(index) = rcpts.iter().position(|r| !r.is_positive()) {
+            let reusable = data.code != 354 && self.rset().await.is_ok();
+            return Ok(Envelope::RecipientRefused {
+                index,
+                reply: rcpts.swap_remove(index),
+                reusable,
+            });
+        }
+        Ok(if data.code == 354 {
+            Envelope::Ready
+        } else {
+            Envelope::DataRefused(data)
+        })
+    }
+
+    /// The message (dot-stuffed, CR LF line ends, ending with `.`) after `DATA` was answered
+    /// 354; returns the server's final reply whatever its code (250: accepted for delivery).
+    pub async fn message(&mut self, message: &[u8]) -> Result<Reply> {
         let body = dot_stuff(message);
         self.wire
             .send_raw(FailureStep::Protocol, "the message", &body)
