@@ -16,7 +16,7 @@ pub const VERP_PREFIX: &str = "bounce";
 
 /// Whether the item may be a bounce: from a mail system, or without a sender, or carrying a
 /// delivery report. Only those are parsed.
-fn maybe_bounce(item: &MailItem) -> bool {
+pub(crate) fn maybe_bounce(item: &MailItem) -> bool {
     let from = item.from.as_deref().unwrap_or("").to_ascii_lowercase();
     let local = from.split('@').next().unwrap_or("");
     item.from.is_none()

@@ -14,9 +14,13 @@
 //! - appends what it decided and why to the item's trace and marks the item done, fenced by
 //!   the lease.
 //!
-//! Each write is idempotent (an activity is found by its key before one is created, a mailbox
-//! is linked once, a queue item is made once), so work cut off by a crash before the mark is
-//! simply done again without creating anything twice. Items are found by the mark rather than
+//! A batch's activities, links and queue items are committed with the items' marks in one
+//! transaction (one commit per batch: on PostgreSQL each commit waits for the WAL flush); its
+//! later items see its earlier decisions (a reply correlates with a message of the same
+//! batch, a second mailbox links to the activity the batch creates). Each write is idempotent
+//! (an activity is found by its key before one is created, a mailbox is linked once, a queue
+//! item is made once), so work cut off by a crash before the commit is simply done again
+//! without creating anything twice. Items are found by the mark rather than
 //! by an id cursor because item ids do not follow commit order: nothing committed late is
 //! skipped.
 
@@ -32,10 +36,12 @@ use serversync_model::track::{
     Candidate, CorrelationStep, Resolution, correlation_steps, evaluate_filter, find_token,
     normalize_address, resolve_address, smart_match,
 };
-use serversync_model::{AttachmentId, ContactId, LeadId, OrgId, QueueItemId, UserId};
-use serversync_store::{Col, LeaseGuard, Store, StoreError, Stored};
+use serversync_model::{
+    ActivityId, AttachmentId, ContactId, ItemId, LeadId, OrgId, QueueId, QueueItemId, UserId,
+};
+use serversync_store::{Col, Entity, EntityWrite, LeaseGuard, Store, StoreError, Stored};
 use serversync_vault::sha256_hex;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// Items handled per batch (the lease is renewed between batches).
@@ -72,6 +78,9 @@ pub async fn run_once(store: &Store, worker: &str, ttl: Duration) -> Result<usiz
 }
 
 /// Tracks up to `limit` untracked items of `org` under `lease`; returns how many were done.
+/// The batch's writes and the items' marks are committed together, in one transaction. When
+/// that fails because someone else changed an activity meanwhile (or tracked an item), nothing
+/// of it was written and the same items are tracked again one at a time.
 pub async fn track_batch(
     store: &Store,
     lease: &LeaseGuard,
@@ -82,10 +91,32 @@ pub async fn track_batch(
     if items.is_empty() {
         return Ok(0);
     }
+    match track_items(store, lease, org, &items, false).await {
+        Err(StoreError::VersionMismatch { .. } | StoreError::Conflict { .. })
+            if items.len() > 1 =>
+        {
+            tracing::info!(%org, "a tracked activity changed meanwhile: the batch is tracked again item by item");
+            track_items(store, lease, org, &items, true).await?;
+        }
+        r => r?,
+    }
+    Ok(items.len())
+}
+
+/// Tracks `items`, committing once at the end or, `one_by_one`, after each item (an item whose
+/// activity changed meanwhile is then tracked again; one already tracked is left).
+async fn track_items(
+    store: &Store,
+    lease: &LeaseGuard,
+    org: OrgId,
+    items: &[MailItem],
+    one_by_one: bool,
+) -> Result<(), StoreError> {
     let settings = crate::org_settings(store, org).await?;
     let mut dir = Directory::load(store, org).await?;
     let mut mailboxes: HashMap<_, Option<Mailbox>> = HashMap::new();
-    for item in &items {
+    let mut pending = Pending::default();
+    for item in items {
         let mailbox = match mailboxes.get(&item.mailbox_id) {
             Some(m) => m.clone(),
             None => {
@@ -97,13 +128,130 @@ pub async fn track_batch(
                 m
             }
         };
-        let lines = match mailbox {
-            Some(m) => track_item(store, &settings, &mut dir, &m, item).await?,
-            None => vec!["not tracked: the mailbox no longer exists".to_owned()],
-        };
-        store.finish_item_tracking(lease, item.id, &lines).await?;
+        // The bounce handler writes on its own: what the batch did so far goes first.
+        if crate::bounces::maybe_bounce(item) {
+            pending.commit(store, lease).await?;
+        }
+        let mut tries = 0;
+        loop {
+            let lines = match &mailbox {
+                Some(m) => track_item(store, &settings, &mut dir, m, item, &mut pending).await?,
+                None => vec!["not tracked: the mailbox no longer exists".to_owned()],
+            };
+            pending.finished.push((item.id, lines));
+            if !one_by_one {
+                break;
+            }
+            tries += 1;
+            match pending.commit(store, lease).await {
+                Err(StoreError::VersionMismatch { .. }) if tries < 5 => {}
+                // Tracked meanwhile by someone else: nothing more to do.
+                Err(StoreError::Conflict { .. }) => break,
+                r => break r?,
+            }
+        }
     }
-    Ok(items.len())
+    pending.commit(store, lease).await
+}
+
+/// An activity as a batch sees it, and the committed version it was read at (`None`: created
+/// by the batch).
+type Seen = (EmailActivity, Option<i64>);
+
+/// What a batch has decided and not yet committed: the activities it creates or changes and
+/// the queue items it creates — which its later items must see as if written — and the items
+/// it is done with, with their trace lines.
+#[derive(Default)]
+struct Pending {
+    /// By id: the activity as the batch leaves it, and the committed version it was read at
+    /// (`None`: created by the batch).
+    activities: BTreeMap<ActivityId, Seen>,
+    queue_items: Vec<QueueItem>,
+    finished: Vec<(ItemId, Vec<String>)>,
+}
+
+impl Pending {
+    /// The organization's email activities whose `column` is `value`, as the batch will
+    /// leave them: the committed ones with the batch's own changes, in id order, each with
+    /// the committed version it was read at (`None`: created by the batch).
+    async fn email_activities(
+        &self,
+        store: &Store,
+        org: OrgId,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Vec<Seen>, StoreError> {
+        let mut found: Vec<Seen> = email_activities(store, org, column, value)
+            .await?
+            .into_iter()
+            .filter(|a| !self.activities.contains_key(&a.value.id))
+            .map(|a| (a.value, Some(a.version)))
+            .collect();
+        let wanted = Col::text(value);
+        found.extend(
+            self.activities
+                .values()
+                .filter(|(a, _)| {
+                    a.columns()
+                        .iter()
+                        .any(|(name, v)| *name == column && *v == wanted)
+                })
+                .cloned(),
+        );
+        found.sort_by_key(|(a, _)| a.id.to_string());
+        Ok(found)
+    }
+
+    /// Whether the activity is in the queue, committed or by this batch.
+    async fn in_queue(
+        &self,
+        store: &Store,
+        org: OrgId,
+        queue: QueueId,
+        activity: ActivityId,
+    ) -> Result<bool, StoreError> {
+        if self
+            .queue_items
+            .iter()
+            .any(|q| q.queue_id == queue && q.activity_id == activity)
+        {
+            return Ok(true);
+        }
+        Ok(!store
+            .list::<QueueItem>(
+                Some(org),
+                &[
+                    ("queue_id", Col::text(queue)),
+                    ("activity_id", Col::text(activity)),
+                ],
+                None,
+                1,
+            )
+            .await?
+            .items
+            .is_empty())
+    }
+
+    /// Commits what is pending in one transaction (nothing when nothing is).
+    async fn commit(&mut self, store: &Store, lease: &LeaseGuard) -> Result<(), StoreError> {
+        let activities = std::mem::take(&mut self.activities);
+        let queue_items = std::mem::take(&mut self.queue_items);
+        let finished = std::mem::take(&mut self.finished);
+        if activities.is_empty() && finished.is_empty() {
+            return Ok(());
+        }
+        let mut writes = Vec::with_capacity(activities.len() + queue_items.len());
+        for (a, version) in activities.values() {
+            writes.push(match version {
+                None => EntityWrite::insert(a)?,
+                Some(v) => EntityWrite::update(a, Some(*v))?,
+            });
+        }
+        for q in &queue_items {
+            writes.push(EntityWrite::insert(q)?);
+        }
+        store.commit_tracking(lease, &writes, &finished).await
+    }
 }
 
 /// The organization's email-enabled records by lower-cased address, in creation order.
@@ -215,43 +363,47 @@ pub(crate) async fn email_activities(
 /// message (`key`) do not count.
 async fn correlate(
     store: &Store,
+    pending: &Pending,
     org: OrgId,
     steps: &[CorrelationStep],
     key: Option<&str>,
     addresses: &[String],
 ) -> Result<Option<(EmailActivity, String)>, StoreError> {
-    let other = |a: &Stored<EmailActivity>| a.value.dedupe_key().as_deref() != key;
+    let other = |(a, _): &Seen| a.dedupe_key().as_deref() != key;
     for step in steps {
         let found = match step {
-            CorrelationStep::MessageId(m) => email_activities(store, org, "message_id", m)
+            CorrelationStep::MessageId(m) => pending
+                .email_activities(store, org, "message_id", m)
                 .await?
                 .into_iter()
                 .find(|a| other(a)),
-            CorrelationStep::TrackingToken(t) => email_activities(store, org, "tracking_token", t)
+            CorrelationStep::TrackingToken(t) => pending
+                .email_activities(store, org, "tracking_token", t)
                 .await?
                 .into_iter()
                 .find(|a| other(a)),
-            CorrelationStep::Conversation(c) => email_activities(store, org, "conversation_id", c)
+            CorrelationStep::Conversation(c) => pending
+                .email_activities(store, org, "conversation_id", c)
                 .await?
                 .into_iter()
                 .rev()
                 .find(|a| other(a)),
             CorrelationStep::SmartMatch(s) => {
-                let cands: Vec<(Stored<EmailActivity>, Vec<String>)> =
-                    email_activities(store, org, "subject_key", s)
-                        .await?
-                        .into_iter()
-                        .filter(|a| other(a))
-                        .map(|a| {
-                            let addrs = a.value.parties.iter().map(|p| p.address.clone()).collect();
-                            (a, addrs)
-                        })
-                        .collect();
+                let cands: Vec<(Seen, Vec<String>)> = pending
+                    .email_activities(store, org, "subject_key", s)
+                    .await?
+                    .into_iter()
+                    .filter(|a| other(a))
+                    .map(|a| {
+                        let addrs = a.0.parties.iter().map(|p| p.address.clone()).collect();
+                        (a, addrs)
+                    })
+                    .collect();
                 smart_match(addresses, &cands).cloned()
             }
         };
-        if let Some(a) = found {
-            return Ok(Some((a.value, step.describe())));
+        if let Some((a, _)) = found {
+            return Ok(Some((a, step.describe())));
         }
     }
     Ok(None)
@@ -355,6 +507,7 @@ async fn track_item(
     dir: &mut Directory,
     mailbox: &Mailbox,
     item: &MailItem,
+    pending: &mut Pending,
 ) -> Result<Vec<String>, StoreError> {
     if let Some(lines) = crate::bounces::handle(store, item).await? {
         return Ok(lines);
@@ -381,7 +534,7 @@ async fn track_item(
         item.in_reply_to.as_deref(),
         &item.references,
     );
-    let parent = correlate(store, org, &steps, key.as_deref(), &addresses).await?;
+    let parent = correlate(store, pending, org, &steps, key.as_deref(), &addresses).await?;
     if let Some((p, how)) = &parent {
         lines.push(format!("answers activity {} ({how})", p.id));
     }
@@ -455,35 +608,27 @@ async fn track_item(
     };
 
     let existing = match &key {
-        Some(k) => email_activities(store, org, "message_id", k).await?,
+        Some(k) => {
+            pending
+                .email_activities(store, org, "message_id", k)
+                .await?
+        }
         None => Vec::new(),
     };
-    let existing = existing.into_iter().find(|a| {
+    let existing = existing.into_iter().find(|(a, _)| {
         !(settings.track_user_to_user_as_two_activities && sender_user.is_some())
-            || a.value.direction == direction
+            || a.direction == direction
     });
     let activity_id = match existing {
-        Some(found) => {
-            let mut a = found.value;
-            let mut version = found.version;
-            loop {
-                if a.mailbox_ids.contains(&mailbox.id) {
-                    break;
-                }
+        Some((mut a, version)) => {
+            // Linked once; the change is committed with the batch, from the version read.
+            if !a.mailbox_ids.contains(&mailbox.id) {
                 a.mailbox_ids.push(mailbox.id);
                 if !a.item_ids.contains(&item.id) {
                     a.item_ids.push(item.id);
                 }
                 a.updated_at = chrono::Utc::now();
-                match store.update(&a, Some(version)).await {
-                    Ok(_) => break,
-                    Err(StoreError::VersionMismatch { .. }) => {
-                        let s = store.fetch::<EmailActivity>(&a.id.to_string()).await?;
-                        a = s.value;
-                        version = s.version;
-                    }
-                    Err(e) => return Err(e),
-                }
+                pending.activities.insert(a.id, (a.clone(), version));
             }
             lines.push(format!(
                 "tracked as activity {} ({who}: {}; the message was already tracked, this mailbox is linked to it)",
@@ -500,7 +645,6 @@ async fn track_item(
                 sent_by_owner,
                 |addr| dir.resolve(addr, owner).record,
             );
-            store.insert(&a).await?;
             let regarding = match a.regarding {
                 Some(r) => format!(", regarding {}", serversync_model::wire_name(&r)),
                 None => String::new(),
@@ -509,36 +653,25 @@ async fn track_item(
                 "tracked as activity {} ({who}: {}{regarding})",
                 a.id, verdict.reason
             ));
-            a.id
+            let id = a.id;
+            pending.activities.insert(id, (a, None));
+            id
         }
     };
 
-    if let MailboxRegarding::Queue(q) = mailbox.regarding {
-        let exists = !store
-            .list::<QueueItem>(
-                Some(org),
-                &[
-                    ("queue_id", Col::text(q)),
-                    ("activity_id", Col::text(activity_id)),
-                ],
-                None,
-                1,
-            )
-            .await?
-            .items
-            .is_empty();
-        if !exists {
-            let qi = QueueItem {
-                id: QueueItemId::new(),
-                org_id: org,
-                queue_id: q,
-                activity_id,
-                worker_id: None,
-                entered_at: chrono::Utc::now(),
-            };
-            store.insert(&qi).await?;
-            lines.push(format!("queue item {} in queue {q}", qi.id));
-        }
+    if let MailboxRegarding::Queue(q) = mailbox.regarding
+        && !pending.in_queue(store, org, q, activity_id).await?
+    {
+        let qi = QueueItem {
+            id: QueueItemId::new(),
+            org_id: org,
+            queue_id: q,
+            activity_id,
+            worker_id: None,
+            entered_at: chrono::Utc::now(),
+        };
+        lines.push(format!("queue item {} in queue {q}", qi.id));
+        pending.queue_items.push(qi);
     }
     Ok(lines)
 }

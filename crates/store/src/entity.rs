@@ -149,16 +149,189 @@ macro_rules! write_links_in {
     };
 }
 
+pub(crate) use {bind_col, write_links_in};
+
 /// Turns a unique-constraint violation into a readable conflict.
-fn conflict<E: Entity>(err: sqlx::Error) -> StoreError {
+pub(crate) fn conflict(entity: &'static str, err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
-            entity: E::NAME,
+            entity,
             detail: d.message().to_owned(),
         },
         _ => StoreError::Database(err),
     }
 }
+
+/// An insert, or an update (optionally only from an expected version), of one entity,
+/// prepared from it and run inside a transaction by [`run_write_in!`]: the row, its link
+/// rows and its change-feed entry. [`Store::insert`] and [`Store::update`] run one alone;
+/// [`Store::commit_tracking`] runs many in one transaction.
+#[derive(Debug)]
+pub struct EntityWrite {
+    pub(crate) sql: String,
+    pub(crate) doc: String,
+    pub(crate) cols: Vec<(&'static str, Col)>,
+    pub(crate) id: String,
+    pub(crate) org: Option<String>,
+    pub(crate) links: Option<(&'static str, &'static str, &'static str)>,
+    pub(crate) link_ids: Vec<String>,
+    /// The organization and record type of the change feed, for fed entities.
+    pub(crate) feed: Option<(String, RecordType)>,
+    pub(crate) entity: &'static str,
+    /// `None` for an insert.
+    pub(crate) update: Option<Option<i64>>,
+}
+
+impl EntityWrite {
+    pub fn insert<E: Entity>(e: &E) -> Result<Self, StoreError> {
+        let cols = e.columns();
+        let mut names = vec!["id", "org_id", "doc", "version", "created_at", "updated_at"];
+        names.extend(cols.iter().map(|(n, _)| *n));
+        let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            E::TABLE,
+            names.join(", "),
+            params.join(", ")
+        );
+        Self::new(e, sql, cols, None)
+    }
+
+    pub fn update<E: Entity>(e: &E, expected_version: Option<i64>) -> Result<Self, StoreError> {
+        let cols = e.columns();
+        let mut sets = vec![
+            "doc = $1".to_owned(),
+            "version = version + 1".to_owned(),
+            "updated_at = $2".to_owned(),
+        ];
+        for (i, (n, _)) in cols.iter().enumerate() {
+            sets.push(format!("{n} = ${}", i + 3));
+        }
+        let id_param = cols.len() + 3;
+        let mut sql = format!(
+            "UPDATE {} SET {} WHERE id = ${id_param}",
+            E::TABLE,
+            sets.join(", ")
+        );
+        if expected_version.is_some() {
+            sql.push_str(&format!(" AND version = ${}", id_param + 1));
+        }
+        sql.push_str(" RETURNING version, created_at");
+        Self::new(e, sql, cols, Some(expected_version))
+    }
+
+    fn new<E: Entity>(
+        e: &E,
+        sql: String,
+        cols: Vec<(&'static str, Col)>,
+        update: Option<Option<i64>>,
+    ) -> Result<Self, StoreError> {
+        let org = e.org_id().map(|o| o.to_string());
+        Ok(EntityWrite {
+            sql,
+            doc: to_doc(e)?,
+            cols,
+            id: e.id(),
+            feed: E::FEED.zip(org.clone()).map(|(rt, o)| (o, rt)),
+            org,
+            links: E::LINKS,
+            link_ids: e.linked_ids(),
+            entity: E::NAME,
+            update,
+        })
+    }
+
+    /// The error for an update that found no row at its expected version.
+    pub(crate) fn not_written(&self) -> StoreError {
+        match self.update {
+            Some(Some(expected)) => StoreError::VersionMismatch {
+                entity: self.entity,
+                id: self.id.clone(),
+                expected,
+            },
+            _ => StoreError::NotFound {
+                entity: self.entity,
+                id: self.id.clone(),
+            },
+        }
+    }
+
+    /// The stored form once written as `version` (`created`, `now`: unix ms).
+    fn stored<E: Entity>(
+        &self,
+        version: i64,
+        created: i64,
+        now: i64,
+    ) -> Result<Stored<E>, StoreError> {
+        decode::<E>(self.id.clone(), &self.doc, version, created, now)
+    }
+}
+
+/// Runs an [`EntityWrite`] inside the open transaction `$tx` at `$now` (unix ms); evaluates to
+/// `Some((version, created_at))`, or `None` when an update found no row (or not the
+/// expected version).
+macro_rules! run_write_in {
+    ($store:expr, $tx:ident, $w:expr, $now:expr) => {{
+        let w: &$crate::entity::EntityWrite = $w;
+        if let Some((org, _)) = &w.feed {
+            $crate::changes::lock_feed_in!($store, $tx, org);
+        }
+        let row = match w.update {
+            None => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(w.sql.as_str()))
+                    .bind(&w.id)
+                    .bind(&w.org)
+                    .bind(&w.doc)
+                    .bind(1_i64)
+                    .bind($now)
+                    .bind($now);
+                for (_, c) in &w.cols {
+                    q = $crate::entity::bind_col!(q, c);
+                }
+                q.execute(&mut *$tx)
+                    .await
+                    .map_err(|e| $crate::entity::conflict(w.entity, e))?;
+                Some((1_i64, $now))
+            }
+            Some(expected) => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(w.sql.as_str()))
+                    .bind(&w.doc)
+                    .bind($now);
+                for (_, c) in &w.cols {
+                    q = $crate::entity::bind_col!(q, c);
+                }
+                q = q.bind(&w.id);
+                if let Some(v) = expected {
+                    q = q.bind(v);
+                }
+                match q
+                    .fetch_optional(&mut *$tx)
+                    .await
+                    .map_err(|e| $crate::entity::conflict(w.entity, e))?
+                {
+                    Some(r) => Some((
+                        sqlx::Row::try_get::<i64, _>(&r, "version")?,
+                        sqlx::Row::try_get::<i64, _>(&r, "created_at")?,
+                    )),
+                    None => None,
+                }
+            }
+        };
+        if let Some((version, _)) = row {
+            $crate::entity::write_links_in!($tx, w.links, &w.id, w.org.clone(), &w.link_ids);
+            if let Some((org, rt)) = &w.feed {
+                let op = if w.update.is_some() {
+                    serversync_model::webhook::ChangeOp::Updated
+                } else {
+                    serversync_model::webhook::ChangeOp::Created
+                };
+                $crate::changes::record_change_in!($tx, org, *rt, &w.id, op, version, &w.doc);
+            }
+        }
+        row
+    }};
+}
+pub(crate) use run_write_in;
 
 impl Store {
     /// Inserts a new entity.
@@ -172,55 +345,17 @@ impl Store {
         e: &E,
         audit: Option<NewAuditEntry>,
     ) -> Result<Stored<E>, StoreError> {
-        let cols = e.columns();
-        let mut names = vec!["id", "org_id", "doc", "version", "created_at", "updated_at"];
-        names.extend(cols.iter().map(|(n, _)| *n));
-        let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            E::TABLE,
-            names.join(", "),
-            params.join(", ")
-        );
-        let doc = to_doc(e)?;
-        let links = e.linked_ids();
+        let w = EntityWrite::insert(e)?;
         let now = now_ms();
-        let feed_org = E::FEED.and(e.org_id()).map(|o| o.to_string());
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            if let Some(org) = &feed_org {
-                lock_feed_in!(self, tx, org);
-            }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(e.id())
-                .bind(e.org_id().map(|o| o.to_string()))
-                .bind(&doc)
-                .bind(1_i64)
-                .bind(now)
-                .bind(now);
-            for (_, c) in &cols {
-                q = bind_col!(q, c);
-            }
-            q.execute(&mut *tx).await.map_err(conflict::<E>)?;
-            write_links_in!(tx, E::LINKS, e.id(), e.org_id().map(|o| o.to_string()), &links);
-            if let (Some(org), Some(rt)) = (&feed_org, E::FEED) {
-                record_change_in!(tx, org, rt, e.id(), ChangeOp::Created, 1_i64, &doc);
-            }
+            run_write_in!(self, tx, &w, now);
             if let Some(a) = audit {
                 crate::audit::append_in!(tx, a);
             }
             tx.commit().await?;
         });
-        Ok(Stored {
-            value: serde_json::from_str(&doc).map_err(|err| StoreError::Corrupt {
-                entity: E::NAME,
-                id: e.id(),
-                cause: err.to_string(),
-            })?,
-            version: 1,
-            created_at: from_ms(now),
-            updated_at: from_ms(now),
-        })
+        w.stored(1, now, now)
     }
 
     pub async fn get<E: Entity>(&self, id: &str) -> Result<Option<Stored<E>>, StoreError> {
@@ -257,52 +392,12 @@ impl Store {
         expected_version: Option<i64>,
         audit: Option<NewAuditEntry>,
     ) -> Result<Stored<E>, StoreError> {
-        let cols = e.columns();
-        let mut sets = vec![
-            "doc = $1".to_owned(),
-            "version = version + 1".to_owned(),
-            "updated_at = $2".to_owned(),
-        ];
-        for (i, (n, _)) in cols.iter().enumerate() {
-            sets.push(format!("{n} = ${}", i + 3));
-        }
-        let id_param = cols.len() + 3;
-        let mut sql = format!(
-            "UPDATE {} SET {} WHERE id = ${id_param}",
-            E::TABLE,
-            sets.join(", ")
-        );
-        if expected_version.is_some() {
-            sql.push_str(&format!(" AND version = ${}", id_param + 1));
-        }
-        sql.push_str(" RETURNING version, created_at");
-        let doc = to_doc(e)?;
-        let links = e.linked_ids();
+        let w = EntityWrite::update(e, expected_version)?;
         let now = now_ms();
-        let feed_org = E::FEED.and(e.org_id()).map(|o| o.to_string());
         let row: Option<(i64, i64)> = dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            if let Some(org) = &feed_org {
-                lock_feed_in!(self, tx, org);
-            }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&doc).bind(now);
-            for (_, c) in &cols {
-                q = bind_col!(q, c);
-            }
-            q = q.bind(e.id());
-            if let Some(v) = expected_version {
-                q = q.bind(v);
-            }
-            let row = q.fetch_optional(&mut *tx).await.map_err(conflict::<E>)?;
-            let row = match row {
-                Some(r) => Some((r.try_get::<i64, _>("version")?, r.try_get::<i64, _>("created_at")?)),
-                None => None,
-            };
-            if let Some((version, _)) = row {
-                write_links_in!(tx, E::LINKS, e.id(), e.org_id().map(|o| o.to_string()), &links);
-                if let (Some(org), Some(rt)) = (&feed_org, E::FEED) {
-                    record_change_in!(tx, org, rt, e.id(), ChangeOp::Updated, version, &doc);
-                }
+            let row = run_write_in!(self, tx, &w, now);
+            if row.is_some() {
                 if let Some(a) = audit {
                     crate::audit::append_in!(tx, a);
                 }
@@ -311,16 +406,7 @@ impl Store {
             row
         });
         match row {
-            Some((version, created)) => Ok(Stored {
-                value: serde_json::from_str(&doc).map_err(|err| StoreError::Corrupt {
-                    entity: E::NAME,
-                    id: e.id(),
-                    cause: err.to_string(),
-                })?,
-                version,
-                created_at: from_ms(created),
-                updated_at: from_ms(now),
-            }),
+            Some((version, created)) => w.stored(version, created, now),
             None => match expected_version {
                 Some(v) if self.get::<E>(&e.id()).await?.is_some() => {
                     Err(StoreError::VersionMismatch {

@@ -1,7 +1,7 @@
 //! Item-level records and the content-addressed blob store for raw messages and attachments.
 
 use crate::LeaseGuard;
-use crate::entity::{Col, Entity};
+use crate::entity::{Col, Entity, EntityWrite, run_write_in};
 use crate::{Store, StoreError, dispatch, now_ms};
 use serversync_model::item::{ItemDecision, MailItem};
 use serversync_model::{ItemId, MailboxId, OrgId};
@@ -283,66 +283,116 @@ impl Store {
         lines: &[String],
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let id = item.to_string();
-        enum Out {
-            Done,
-            Already,
-            Lost,
-        }
         let out = dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let row = sqlx::query("SELECT doc FROM mail_items WHERE id = $1 AND tracked_at IS NULL")
-                .bind(&id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match row {
-                None => Out::Already,
-                Some(r) => {
-                    let doc: String = r.try_get("doc")?;
-                    let mut value: MailItem = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt {
-                        entity: "mail item",
-                        id: id.clone(),
-                        cause: e.to_string(),
-                    })?;
-                    value.trace.extend(lines.iter().cloned());
-                    let doc = serde_json::to_string(&value).map_err(|e| StoreError::Corrupt {
-                        entity: "mail item",
-                        id: id.clone(),
-                        cause: e.to_string(),
-                    })?;
-                    let n = sqlx::query(
-                        "UPDATE mail_items SET doc = $1, tracked_at = $2, updated_at = $2, version = version + 1 \
-                         WHERE id = $3 AND tracked_at IS NULL \
-                         AND EXISTS (SELECT 1 FROM leases WHERE resource = $4 AND owner = $5 AND epoch = $6 AND lease_until > $2)",
-                    )
-                    .bind(&doc)
-                    .bind(now)
-                    .bind(&id)
-                    .bind(&lease.resource)
-                    .bind(&lease.owner)
-                    .bind(lease.epoch)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if n == 1 {
-                        tx.commit().await?;
-                        Out::Done
-                    } else {
-                        Out::Lost
-                    }
-                }
+            let out = finish_in!(tx, lease, item, lines, now);
+            if out == Finish::Done {
+                tx.commit().await?;
             }
+            out
         });
         match out {
-            Out::Done => Ok(true),
-            Out::Already => Ok(false),
-            Out::Lost => Err(StoreError::LeaseLost {
-                resource: lease.resource.clone(),
-                epoch: lease.epoch,
-            }),
+            Finish::Done => Ok(true),
+            Finish::Already => Ok(false),
+            Finish::Lost => Err(lease_lost(lease)),
         }
     }
+
+    /// Commits a batch of the tracker's work in one transaction (one commit for the batch, not
+    /// several for each item): the entity writes (activities, links, queue items, their change
+    /// rows), then each item's trace appended and the item marked tracked. All or nothing:
+    /// nothing is written when the lease is gone (`LeaseLost`), an item was already marked
+    /// (`Conflict`) or an update does not find its expected version (`VersionMismatch`).
+    pub async fn commit_tracking(
+        &self,
+        lease: &LeaseGuard,
+        writes: &[EntityWrite],
+        finished: &[(ItemId, Vec<String>)],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for w in writes {
+                if run_write_in!(self, tx, w, now).is_none() {
+                    return Err(w.not_written());
+                }
+            }
+            for (item, lines) in finished {
+                match finish_in!(tx, lease, *item, lines, now) {
+                    Finish::Done => {}
+                    Finish::Already => {
+                        return Err(StoreError::Conflict {
+                            entity: "mail item",
+                            detail: format!("item {item} was already tracked"),
+                        });
+                    }
+                    Finish::Lost => return Err(lease_lost(lease)),
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
 }
+
+fn lease_lost(lease: &LeaseGuard) -> StoreError {
+    StoreError::LeaseLost {
+        resource: lease.resource.clone(),
+        epoch: lease.epoch,
+    }
+}
+
+/// How marking an item tracked went.
+#[derive(Debug, PartialEq, Eq)]
+enum Finish {
+    Done,
+    /// It was marked already.
+    Already,
+    /// The lease is gone: nothing was written.
+    Lost,
+}
+
+/// Appends `$lines` to item `$item`'s trace and marks it tracked inside the open transaction
+/// `$tx`, fenced by `$lease`; evaluates to a [`Finish`].
+macro_rules! finish_in {
+    ($tx:ident, $lease:expr, $item:expr, $lines:expr, $now:expr) => {{
+        let id = $item.to_string();
+        let row = sqlx::query("SELECT doc FROM mail_items WHERE id = $1 AND tracked_at IS NULL")
+            .bind(&id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match row {
+            None => Finish::Already,
+            Some(r) => {
+                let doc: String = r.try_get("doc")?;
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+                    entity: "mail item",
+                    id: id.clone(),
+                    cause: e.to_string(),
+                };
+                let mut value: MailItem = serde_json::from_str(&doc).map_err(corrupt)?;
+                value.trace.extend($lines.iter().cloned());
+                let doc = serde_json::to_string(&value).map_err(corrupt)?;
+                let n = sqlx::query(
+                    "UPDATE mail_items SET doc = $1, tracked_at = $2, updated_at = $2, version = version + 1 \
+                     WHERE id = $3 AND tracked_at IS NULL \
+                     AND EXISTS (SELECT 1 FROM leases WHERE resource = $4 AND owner = $5 AND epoch = $6 AND lease_until > $2)",
+                )
+                .bind(&doc)
+                .bind($now)
+                .bind(&id)
+                .bind(&$lease.resource)
+                .bind(&$lease.owner)
+                .bind($lease.epoch)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+                if n == 1 { Finish::Done } else { Finish::Lost }
+            }
+        }
+    }};
+}
+use finish_in;
 
 impl Store {
     /// Stores blobs (content-addressed, so storing one twice keeps one copy).

@@ -22,7 +22,7 @@ mod sync_state;
 mod webhooks;
 
 pub use audit::NewAuditEntry;
-pub use entity::{Col, Entity, Filter, Page, Stored};
+pub use entity::{Col, Entity, EntityWrite, Filter, Page, Stored};
 pub use error::StoreError;
 pub use items::ItemInsert;
 pub use lease::LeaseGuard;

@@ -72,6 +72,43 @@ fn now() -> serversync_model::Timestamp {
     chrono::Utc::now()
 }
 
+/// A stored (untracked) item of `mailbox`, from POP3 with this UIDL.
+fn stored_item(
+    org: OrgId,
+    mailbox: serversync_model::MailboxId,
+    uidl: &str,
+) -> serversync_model::item::MailItem {
+    use serversync_model::item::{ItemDecision, ItemSource, MailItem};
+    let source = ItemSource::Pop3 {
+        uidl: uidl.to_owned(),
+    };
+    MailItem {
+        id: serversync_model::ItemId::new(),
+        org_id: org,
+        mailbox_id: mailbox,
+        source_key: source.key(""),
+        source,
+        message_id: None,
+        subject: None,
+        from: None,
+        to: Vec::new(),
+        cc: Vec::new(),
+        in_reply_to: None,
+        references: Vec::new(),
+        sent_at: None,
+        received_at: now(),
+        size: 0,
+        raw_sha256: "0".repeat(64),
+        raw_kept: false,
+        text_body: None,
+        html_body: None,
+        attachments: Vec::new(),
+        decision: ItemDecision::Stored,
+        trace: vec!["stored".into()],
+        created_at: now(),
+    }
+}
+
 async fn org_and_admin(store: &Store) -> (Organization, User) {
     let org = Organization::new("contoso", "Contoso", now());
     store.insert(&org).await.unwrap();
@@ -473,38 +510,11 @@ both!(leases_fence_stale_owners, |store, db, k| {
 });
 
 both!(item_decisions_per_mailbox, |store, db, k| {
-    use serversync_model::item::{ItemDecision, ItemSource, MailItem};
-    use serversync_model::{ItemId, MailboxId};
+    use serversync_model::MailboxId;
+    use serversync_model::item::ItemDecision;
     let org = OrgId::new();
     let (mine, other) = (MailboxId::new(), MailboxId::new());
-    let item = |mailbox: MailboxId, uidl: String| {
-        let source = ItemSource::Pop3 { uidl };
-        MailItem {
-            id: ItemId::new(),
-            org_id: org,
-            mailbox_id: mailbox,
-            source_key: source.key(""),
-            source,
-            message_id: None,
-            subject: None,
-            from: None,
-            to: Vec::new(),
-            cc: Vec::new(),
-            in_reply_to: None,
-            references: Vec::new(),
-            sent_at: None,
-            received_at: now(),
-            size: 0,
-            raw_sha256: "0".repeat(64),
-            raw_kept: false,
-            text_body: None,
-            html_body: None,
-            attachments: Vec::new(),
-            decision: ItemDecision::Stored,
-            trace: vec!["stored".into()],
-            created_at: now(),
-        }
-    };
+    let item = |mailbox: MailboxId, uidl: String| stored_item(org, mailbox, &uidl);
     // More keys than one query asks for at a time, so the chunks must add up.
     for i in (0..1200).step_by(2) {
         let mut it = item(mine, format!("u{i}"));
@@ -573,4 +583,80 @@ both!(counters_never_hand_out_a_value_twice, |store, db, k| {
         100,
         "other names kept"
     );
+});
+
+// The tracker's batch: its writes and the items' marks commit together or not at all.
+both!(tracking_commits_all_or_nothing, |store, db, k| {
+    use serversync_store::EntityWrite;
+    let (org, _) = org_and_admin(&store).await;
+    let item = stored_item(org.id, serversync_model::MailboxId::new(), "t1");
+    store.insert_item(&item, &[]).await.unwrap();
+    let lease = store
+        .acquire_lease("tracker:test", "w", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let untracked = || async { store.untracked_items(org.id, 10).await.unwrap().len() };
+    let mut renamed = org.clone();
+    renamed.display_name = "Contoso Ltd".into();
+    // Someone changed the organization since it was read at version 1.
+    store.update(&org, Some(1)).await.unwrap();
+    let done = vec![(item.id, vec!["tracked as activity x".to_owned()])];
+    let stale = [EntityWrite::update(&renamed, Some(1)).unwrap()];
+    let err = store
+        .commit_tracking(&lease, &stale, &done)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::VersionMismatch { .. }), "{err}");
+    assert_eq!(untracked().await, 1, "the item is not marked either");
+    let fresh = [EntityWrite::update(&renamed, Some(2)).unwrap()];
+    store.commit_tracking(&lease, &fresh, &done).await.unwrap();
+    assert_eq!(untracked().await, 0);
+    let stored = store
+        .fetch::<serversync_model::item::MailItem>(&item.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(stored.value.trace, ["stored", "tracked as activity x"]);
+    let org_now = store
+        .fetch::<Organization>(&org.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        (org_now.version, org_now.value.display_name.as_str()),
+        (3, "Contoso Ltd")
+    );
+    // Marked once: a second commit of the same item writes nothing.
+    let again = [EntityWrite::update(&org, Some(3)).unwrap()];
+    let err = store
+        .commit_tracking(&lease, &again, &done)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(
+        store
+            .fetch::<Organization>(&org.id.to_string())
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    // Without the lease nothing is written.
+    let other = stored_item(org.id, item.mailbox_id, "t2");
+    store.insert_item(&other, &[]).await.unwrap();
+    store.release_lease(&lease).await.unwrap();
+    let err = store
+        .commit_tracking(&lease, &again, &[(other.id, Vec::new())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+    assert_eq!(untracked().await, 1);
+    assert_eq!(
+        store
+            .fetch::<Organization>(&org.id.to_string())
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    let _ = (db, k);
 });
