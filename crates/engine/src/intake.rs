@@ -1,6 +1,7 @@
 //! The intake pipeline: every message — synced over IMAP or POP3, or handed in by the Email
 //! Router (LMTP, `serversync deliver`) — goes through [`take_in`], which parses it, decides,
-//! and stores the item-level record with its raw bytes and attachments in one transaction.
+//! and stores the item-level record with its raw bytes and attachments in one transaction
+//! (IMAP sync gathers a fetched batch in an [`IntakeBatch`]: one transaction for many).
 //! Nothing is lost: what cannot be parsed is kept raw with the reason.
 
 use serversync_connectors::mime;
@@ -94,28 +95,109 @@ async fn take_in_inner(
     received_at: Timestamp,
     too_large: Option<(u64, u64)>,
 ) -> Result<IntakeOutcome, StoreError> {
-    let (item, blobs) = prepare_item(
+    let mut batch = IntakeBatch::default();
+    batch.add(
         mailbox,
         settings,
         profile,
         source,
-        raw,
+        raw.to_vec(),
         received_at,
         too_large,
     );
-    let mut all: Vec<(&str, &[u8])> = blobs
-        .iter()
-        .map(|(s, d)| (s.as_str(), d.as_slice()))
-        .collect();
-    if item.raw_kept {
-        all.push((item.raw_sha256.as_str(), raw));
+    Ok(batch
+        .store(store)
+        .await?
+        .pop()
+        .unwrap_or(IntakeOutcome::Duplicate))
+}
+
+/// Messages parsed and decided, stored together in one transaction by
+/// [`IntakeBatch::store`] (one commit for many fetched messages rather than one each).
+#[derive(Default)]
+pub struct IntakeBatch {
+    /// Each item, its attachments (SHA-256, content) and the raw message when it is kept.
+    items: Vec<(MailItem, Vec<(String, Vec<u8>)>, Option<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl IntakeBatch {
+    /// Parses and decides one message (see [`prepare_item`]); stored by the next
+    /// [`IntakeBatch::store`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        mailbox: &Mailbox,
+        settings: &EmailSettings,
+        profile: Option<&EmailServerProfile>,
+        source: ItemSource,
+        raw: Vec<u8>,
+        received_at: Timestamp,
+        too_large: Option<(u64, u64)>,
+    ) {
+        let (item, blobs) = prepare_item(
+            mailbox,
+            settings,
+            profile,
+            source,
+            &raw,
+            received_at,
+            too_large,
+        );
+        self.bytes += raw.len() + blobs.iter().map(|(_, d)| d.len()).sum::<usize>();
+        let raw = item.raw_kept.then_some(raw);
+        self.items.push((item, blobs, raw));
     }
-    match store.insert_item(&item, &all).await? {
-        ItemInsert::Inserted => {
-            metrics::counter!("serversync_items_total", "decision" => format!("{:?}", item.decision).to_lowercase()).increment(1);
-            Ok(IntakeOutcome::Recorded(Box::new(item)))
+
+    /// Bytes held (raw messages and attachments), to bound a batch.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Stores every message added since the last call in one transaction; what became of
+    /// each, in the order they were added. Empty afterwards.
+    pub async fn store(&mut self, store: &Store) -> Result<Vec<IntakeOutcome>, StoreError> {
+        let items = std::mem::take(&mut self.items);
+        self.bytes = 0;
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
-        ItemInsert::Duplicate => Ok(IntakeOutcome::Duplicate),
+        let blobs: Vec<Vec<(&str, &[u8])>> = items
+            .iter()
+            .map(|(item, blobs, raw)| {
+                let mut all: Vec<(&str, &[u8])> = blobs
+                    .iter()
+                    .map(|(s, d)| (s.as_str(), d.as_slice()))
+                    .collect();
+                if let Some(raw) = raw {
+                    all.push((item.raw_sha256.as_str(), raw.as_slice()));
+                }
+                all
+            })
+            .collect();
+        let rows: Vec<(&MailItem, &[(&str, &[u8])])> = items
+            .iter()
+            .zip(&blobs)
+            .map(|((item, _, _), b)| (item, b.as_slice()))
+            .collect();
+        let inserted = store.insert_items(&rows).await?;
+        drop(rows);
+        drop(blobs);
+        Ok(items
+            .into_iter()
+            .zip(inserted)
+            .map(|((item, _, _), r)| match r {
+                ItemInsert::Inserted => {
+                    metrics::counter!("serversync_items_total", "decision" => format!("{:?}", item.decision).to_lowercase()).increment(1);
+                    IntakeOutcome::Recorded(Box::new(item))
+                }
+                ItemInsert::Duplicate => IntakeOutcome::Duplicate,
+            })
+            .collect())
     }
 }
 

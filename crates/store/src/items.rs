@@ -25,62 +25,76 @@ impl Store {
         item: &MailItem,
         blobs: &[(&str, &[u8])],
     ) -> Result<ItemInsert, StoreError> {
-        let r = self.insert_item_once(item, blobs).await;
+        let mut r = self.insert_items(&[(item, blobs)]).await?;
+        Ok(r.pop().unwrap_or(ItemInsert::Duplicate))
+    }
+
+    /// Stores items with their blobs in one transaction (one commit for a batch of fetched
+    /// messages); what happened to each, in order. Idempotent like [`Store::insert_item`].
+    pub async fn insert_items(
+        &self,
+        items: &[(&MailItem, &[(&str, &[u8])])],
+    ) -> Result<Vec<ItemInsert>, StoreError> {
+        let r = self.insert_items_once(items).await;
         if r.is_err() {
             self.note_write(&r);
         }
         r
     }
 
-    async fn insert_item_once(
+    async fn insert_items_once(
         &self,
-        item: &MailItem,
-        blobs: &[(&str, &[u8])],
-    ) -> Result<ItemInsert, StoreError> {
-        let doc = serde_json::to_string(item).map_err(|e| StoreError::Corrupt {
-            entity: "mail item",
-            id: item.id.to_string(),
-            cause: e.to_string(),
-        })?;
+        items: &[(&MailItem, &[(&str, &[u8])])],
+    ) -> Result<Vec<ItemInsert>, StoreError> {
+        let docs = items
+            .iter()
+            .map(|(item, _)| {
+                serde_json::to_string(item).map_err(|e| StoreError::Corrupt {
+                    entity: "mail item",
+                    id: item.id.to_string(),
+                    cause: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
-        let decision = serversync_model::wire_name(&item.decision);
-        let inserted = dispatch!(&self.db, pool => {
+        let mut out = Vec::with_capacity(items.len());
+        dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256) \
-                 VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
-            )
-            .bind(item.id.to_string())
-            .bind(item.org_id.to_string())
-            .bind(&doc)
-            .bind(now)
-            .bind(item.mailbox_id.to_string())
-            .bind(&item.source_key)
-            .bind(item.message_id.as_deref())
-            .bind(&decision)
-            .bind(&item.raw_sha256)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 1 {
-                for (sha, data) in blobs {
-                    sqlx::query("INSERT INTO blobs (sha256, size, data, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING")
-                        .bind(*sha)
-                        .bind(data.len() as i64)
-                        .bind(*data)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+            for ((item, blobs), doc) in items.iter().zip(&docs) {
+                let n = sqlx::query(
+                    "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256) \
+                     VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
+                )
+                .bind(item.id.to_string())
+                .bind(item.org_id.to_string())
+                .bind(doc)
+                .bind(now)
+                .bind(item.mailbox_id.to_string())
+                .bind(&item.source_key)
+                .bind(item.message_id.as_deref())
+                .bind(serversync_model::wire_name(&item.decision))
+                .bind(&item.raw_sha256)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 1 {
+                    for (sha, data) in blobs.iter() {
+                        sqlx::query("INSERT INTO blobs (sha256, size, data, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING")
+                            .bind(*sha)
+                            .bind(data.len() as i64)
+                            .bind(*data)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    out.push(ItemInsert::Inserted);
+                } else {
+                    out.push(ItemInsert::Duplicate);
                 }
-                tx.commit().await?;
             }
-            n == 1
+            tx.commit().await?;
         });
-        Ok(if inserted {
-            ItemInsert::Inserted
-        } else {
-            ItemInsert::Duplicate
-        })
+        Ok(out)
     }
 
     /// Whether the mailbox already has this message: the same Message-ID, or (for messages

@@ -14,7 +14,7 @@ use super::{
     ConnSlot, Ctx, Reconnect, Stop, WaitEnd, bump_telemetry, check, may_hold_connection,
     poll_interval, renew, wait,
 };
-use crate::intake::{IntakeOutcome, take_in, take_in_header_only};
+use crate::intake::{IntakeBatch, IntakeOutcome};
 use crate::test_enable::{Problem, addr};
 use serversync_connectors::imap::sync::{IdleEvent, SyncSession};
 use serversync_connectors::{ServerAddr, mime};
@@ -249,7 +249,20 @@ async fn sync_folder(
             let before = cursor.last_uid;
             let mut fetch = imap.fetch_bodies(chunk, cx.max_message_bytes()).await?;
             let (mut processed, mut failed_uids) = (0u64, Vec::new());
-            while let Some(msg) = fetch.next().await? {
+            // Stored a batch at a time (one transaction), always before the cursor moves.
+            let mut batch = IntakeBatch::default();
+            let mut uids = Vec::new();
+            loop {
+                let msg = match fetch.next().await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // What arrived whole before the connection failed is kept.
+                        store_batch(cx, &mut batch, &mut uids, &mut failed_uids).await?;
+                        return Err(e.into());
+                    }
+                };
+                let uid = msg.uid;
                 let received = msg
                     .internal_date
                     .and_then(|d| chrono::DateTime::from_timestamp(d.timestamp, 0))
@@ -260,50 +273,51 @@ async fn sync_folder(
                     uid: msg.uid,
                 };
                 let seen_before = cursor.uid_validity_changes > 0 && {
+                    // Re-mapping a renumbered folder compares with what is stored: store
+                    // what is gathered first.
+                    store_batch(cx, &mut batch, &mut uids, &mut failed_uids).await?;
                     let message_id = mime::parse(&msg.body).ok().and_then(|p| p.message_id);
                     store
                         .has_item_like(id, message_id.as_deref(), &sha256_hex(&msg.body))
                         .await?
                 };
                 if !seen_before {
-                    let outcome = if msg.truncated {
+                    if msg.truncated {
                         // Larger than the limit: recorded from its header, with the reason
                         // (as over POP3); the message stays on the server.
-                        take_in_header_only(
-                            store,
+                        let header = match msg.header() {
+                            Some(h) => h.to_vec(),
+                            None => msg.body,
+                        };
+                        batch.add(
                             &m,
                             &cx.settings,
                             Some(&cx.profile),
                             source,
-                            msg.header().unwrap_or(&msg.body),
-                            msg.size,
-                            cx.max_message_bytes() as u64,
+                            header,
                             received,
-                        )
-                        .await?
+                            Some((msg.size, cx.max_message_bytes() as u64)),
+                        );
                     } else {
-                        take_in(
-                            store,
+                        batch.add(
                             &m,
                             &cx.settings,
                             Some(&cx.profile),
                             source,
-                            &msg.body,
+                            msg.body,
                             received,
-                        )
-                        .await?
-                    };
-                    if let IntakeOutcome::Recorded(item) = outcome {
-                        // New work committed (a message fetched again is not progress).
-                        cx.progress.fetch_add(1, Ordering::Relaxed);
-                        if item.decision == ItemDecision::Failed {
-                            failed_uids.push(msg.uid);
-                        }
+                            None,
+                        );
+                    }
+                    uids.push(uid);
+                    if batch.bytes() >= INTAKE_BATCH_BYTES {
+                        store_batch(cx, &mut batch, &mut uids, &mut failed_uids).await?;
                     }
                 }
-                cursor.last_uid = Some(cursor.last_uid.map_or(msg.uid, |u| u.max(msg.uid)));
+                cursor.last_uid = Some(cursor.last_uid.map_or(uid, |u| u.max(uid)));
                 processed += 1;
             }
+            store_batch(cx, &mut batch, &mut uids, &mut failed_uids).await?;
             let missing = fetch.missing();
             drop(fetch);
             if !missing.is_empty() {
@@ -349,6 +363,30 @@ async fn sync_folder(
         }
         return Ok(());
     }
+}
+
+/// Raw bytes gathered before a batch of fetched messages is stored, whatever its count.
+const INTAKE_BATCH_BYTES: usize = 16 << 20;
+
+/// Stores the gathered messages (`uids`, in order) in one transaction, counting the new ones
+/// as progress and noting the UIDs of those recorded as failed.
+async fn store_batch(
+    cx: &Ctx<'_>,
+    batch: &mut IntakeBatch,
+    uids: &mut Vec<u32>,
+    failed_uids: &mut Vec<u32>,
+) -> Result<(), serversync_store::StoreError> {
+    let outcomes = batch.store(cx.store).await?;
+    for (uid, outcome) in uids.drain(..).zip(outcomes) {
+        if let IntakeOutcome::Recorded(item) = outcome {
+            // New work committed (a message fetched again is not progress).
+            cx.progress.fetch_add(1, Ordering::Relaxed);
+            if item.decision == ItemDecision::Failed {
+                failed_uids.push(uid);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Moves messages that could not be processed (already recorded as failed, with the reason)
