@@ -11,7 +11,7 @@ use serversync_model::org::Organization;
 use serversync_model::profile::EmailServerProfile;
 use serversync_model::settings::{EmailSettings, IncomingMethod};
 use serversync_model::{ItemId, Timestamp};
-use serversync_store::{Col, ItemInsert, Store, StoreError};
+use serversync_store::{Col, ItemInsert, ItemRow, Store, StoreError};
 use serversync_vault::sha256_hex;
 
 /// What intake did with a message.
@@ -112,12 +112,14 @@ async fn take_in_inner(
         .unwrap_or(IntakeOutcome::Duplicate))
 }
 
+/// An item, its attachments (SHA-256, content) and the raw message when it is kept.
+type Prepared = (MailItem, Vec<(String, Vec<u8>)>, Option<Vec<u8>>);
+
 /// Messages parsed and decided, stored together in one transaction by
 /// [`IntakeBatch::store`] (one commit for many fetched messages rather than one each).
 #[derive(Default)]
 pub struct IntakeBatch {
-    /// Each item, its attachments (SHA-256, content) and the raw message when it is kept.
-    items: Vec<(MailItem, Vec<(String, Vec<u8>)>, Option<Vec<u8>>)>,
+    items: Vec<Prepared>,
     bytes: usize,
 }
 
@@ -179,7 +181,7 @@ impl IntakeBatch {
                 all
             })
             .collect();
-        let rows: Vec<(&MailItem, &[(&str, &[u8])])> = items
+        let rows: Vec<ItemRow<'_>> = items
             .iter()
             .zip(&blobs)
             .map(|((item, _, _), b)| (item, b.as_slice()))

@@ -8,6 +8,9 @@ use serversync_model::{ItemId, MailboxId, OrgId};
 use sqlx::Row;
 use std::collections::HashMap;
 
+/// An item to store and its blobs (SHA-256, content): raw message, attachments.
+pub type ItemRow<'a> = (&'a MailItem, &'a [(&'a str, &'a [u8])]);
+
 /// What happened to an item handed to [`Store::insert_item`].
 #[derive(Debug)]
 pub enum ItemInsert {
@@ -31,10 +34,7 @@ impl Store {
 
     /// Stores items with their blobs in one transaction (one commit for a batch of fetched
     /// messages); what happened to each, in order. Idempotent like [`Store::insert_item`].
-    pub async fn insert_items(
-        &self,
-        items: &[(&MailItem, &[(&str, &[u8])])],
-    ) -> Result<Vec<ItemInsert>, StoreError> {
+    pub async fn insert_items(&self, items: &[ItemRow<'_>]) -> Result<Vec<ItemInsert>, StoreError> {
         let r = self.insert_items_once(items).await;
         if r.is_err() {
             self.note_write(&r);
@@ -44,7 +44,7 @@ impl Store {
 
     async fn insert_items_once(
         &self,
-        items: &[(&MailItem, &[(&str, &[u8])])],
+        items: &[ItemRow<'_>],
     ) -> Result<Vec<ItemInsert>, StoreError> {
         let docs = items
             .iter()
