@@ -281,6 +281,7 @@ impl Engine {
                                 self.config.clone(),
                                 m.id,
                                 lease,
+                                workers_stop.child_token(),
                             ));
                             senders.insert(m.id, task);
                         }

@@ -28,6 +28,7 @@ use serversync_model::{MailboxId, wire_name};
 use serversync_store::{Col, Filter, LeaseGuard, Store, StoreError};
 use std::collections::BTreeSet;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The folder sent copies go to (created when missing).
 pub const SENT_FOLDER: &str = "Sent";
@@ -184,9 +185,16 @@ pub async fn waiting_reason(
     Ok(Some(why))
 }
 
-/// Sends the mailbox's due activities, then gives the lease back.
-pub(crate) async fn run(store: Store, config: EngineConfig, id: MailboxId, lease: LeaseGuard) {
-    if let Err(e) = run_once(&store, &config, id, &lease).await {
+/// Sends the mailbox's due activities (stopping between two emails when `stop` is
+/// cancelled), then gives the lease back.
+pub(crate) async fn run(
+    store: Store,
+    config: EngineConfig,
+    id: MailboxId,
+    lease: LeaseGuard,
+    stop: CancellationToken,
+) {
+    if let Err(e) = run_until(&store, &config, id, &lease, &stop).await {
         tracing::warn!(mailbox = %id, error = %e, "sending email stopped");
     }
     let _ = store.release_lease(&lease).await;
@@ -199,6 +207,16 @@ pub async fn run_once(
     config: &EngineConfig,
     id: MailboxId,
     lease: &LeaseGuard,
+) -> Result<(), StoreError> {
+    run_until(store, config, id, lease, &CancellationToken::new()).await
+}
+
+async fn run_until(
+    store: &Store,
+    config: &EngineConfig,
+    id: MailboxId,
+    lease: &LeaseGuard,
+    stop: &CancellationToken,
 ) -> Result<(), StoreError> {
     let mailbox = store.fetch::<Mailbox>(&id.to_string()).await?.value;
     let settings = crate::org_settings(store, mailbox.org_id).await?;
@@ -260,14 +278,6 @@ pub async fn run_once(
             Err(e) => return Err(e),
         }
     }
-    let pending = store
-        .list_where::<EmailActivity>(
-            Some(mailbox.org_id),
-            &mine(EmailStatus::PendingSend),
-            None,
-            100,
-        )
-        .await?;
     let now = Utc::now();
     let mut smtp: Option<Smtp> = None;
     // The lease (and the connection's slot) are renewed when a quarter of their time is gone,
@@ -276,41 +286,86 @@ pub async fn run_once(
     store.renew_lease(lease, config.lease_ttl).await?;
     // The IMAP connection that saves the Sent copies, opened for the first and kept for the round.
     let mut sent_folder: Option<SyncSession> = None;
-    for s in pending.items {
-        let a = &s.value;
-        if a.direction != Direction::Outgoing
-            || a.mailbox_ids.first() != Some(&id)
-            || a.send_after.is_some_and(|t| t > now)
-        {
-            continue;
-        }
-        let Some(p) = &profile else {
-            tracing::warn!(mailbox = %id, "the mailbox has no email server profile: email waits");
-            break;
-        };
-        if !within_rate(store, &mailbox, p).await? {
-            tracing::info!(mailbox = %id, limit = p.advanced.max_sends_per_minute, "send rate limit reached: the rest waits for the next minute");
-            break;
-        }
-        let renew = renewed.elapsed() >= config.lease_ttl / 4;
-        if renew {
-            store.renew_lease(lease, config.lease_ttl).await?;
-            renewed = std::time::Instant::now();
-        }
-        let c = match smtp.as_mut() {
-            Some(c) => c,
-            None => match open(store, config, &mailbox, p, &opts, &lease.owner).await? {
-                Ok(Some(c)) => {
-                    // Signed in: a failure recorded earlier (the network, the server) is over.
-                    crate::health::record_success(store, id, crate::policy::Direction::Outgoing)
+    // Page after page of the mailbox's pending email (100 at a time) until none is left or
+    // sending has to stop: a long queue goes out in one round, not a page per tick.
+    let mut after: Option<String> = None;
+    'round: loop {
+        let pending = store
+            .list_where::<EmailActivity>(
+                Some(mailbox.org_id),
+                &mine(EmailStatus::PendingSend),
+                after.as_deref(),
+                100,
+            )
+            .await?;
+        for s in pending.items {
+            if stop.is_cancelled() {
+                break 'round;
+            }
+            let a = &s.value;
+            if a.direction != Direction::Outgoing
+                || a.mailbox_ids.first() != Some(&id)
+                || a.send_after.is_some_and(|t| t > now)
+            {
+                continue;
+            }
+            let Some(p) = &profile else {
+                tracing::warn!(mailbox = %id, "the mailbox has no email server profile: email waits");
+                break 'round;
+            };
+            if !within_rate(store, &mailbox, p).await? {
+                tracing::info!(mailbox = %id, limit = p.advanced.max_sends_per_minute, "send rate limit reached: the rest waits for the next minute");
+                break 'round;
+            }
+            let renew = renewed.elapsed() >= config.lease_ttl / 4;
+            if renew {
+                store.renew_lease(lease, config.lease_ttl).await?;
+                renewed = std::time::Instant::now();
+            }
+            let c = match smtp.as_mut() {
+                Some(c) => c,
+                None => match open(store, config, &mailbox, p, &opts, &lease.owner).await? {
+                    Ok(Some(c)) => {
+                        // Signed in: a failure recorded earlier (the network, the server) is over.
+                        crate::health::record_success(
+                            store,
+                            id,
+                            crate::policy::Direction::Outgoing,
+                        )
                         .await?;
-                    smtp.insert(c)
+                        smtp.insert(c)
+                    }
+                    // Every connection slot of the profile is in use: the next round tries again.
+                    Ok(None) => break,
+                    Err(problem) => {
+                        // Not the email's fault: it waits (no attempt counted) while the
+                        // mailbox's policy retries, postpones or disables sending with an alert.
+                        tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
+                        crate::health::record_failure(
+                            store,
+                            id,
+                            &problem,
+                            crate::policy::Direction::Outgoing,
+                        )
+                        .await?;
+                        break 'round;
+                    }
+                },
+            };
+            if renew {
+                c.slot.renew(store, config.lease_ttl).await?;
+            }
+            match send_one(store, &mailbox, &settings, p, &opts, s, c, &mut sent_folder).await? {
+                SendResult::Done => {}
+                SendResult::ConnectionLost => {
+                    if let Some(c) = smtp.take() {
+                        c.slot.release(store).await;
+                    }
                 }
-                // Every connection slot of the profile is in use: the next round tries again.
-                Ok(None) => break,
-                Err(problem) => {
-                    // Not the email's fault: it waits (no attempt counted) while the
-                    // mailbox's policy retries, postpones or disables sending with an alert.
+                SendResult::MailboxFailed(problem) => {
+                    if let Some(c) = smtp.take() {
+                        c.close(store).await;
+                    }
                     tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
                     crate::health::record_failure(
                         store,
@@ -319,34 +374,13 @@ pub async fn run_once(
                         crate::policy::Direction::Outgoing,
                     )
                     .await?;
-                    break;
+                    break 'round;
                 }
-            },
-        };
-        if renew {
-            c.slot.renew(store, config.lease_ttl).await?;
+            }
         }
-        match send_one(store, &mailbox, &settings, p, &opts, s, c, &mut sent_folder).await? {
-            SendResult::Done => {}
-            SendResult::ConnectionLost => {
-                if let Some(c) = smtp.take() {
-                    c.slot.release(store).await;
-                }
-            }
-            SendResult::MailboxFailed(problem) => {
-                if let Some(c) = smtp.take() {
-                    c.close(store).await;
-                }
-                tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
-                crate::health::record_failure(
-                    store,
-                    id,
-                    &problem,
-                    crate::policy::Direction::Outgoing,
-                )
-                .await?;
-                break;
-            }
+        match pending.next {
+            Some(next) => after = Some(next),
+            None => break,
         }
     }
     if let Some(c) = smtp.take() {

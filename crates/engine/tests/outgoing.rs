@@ -433,6 +433,18 @@ impl Setup {
         self.store.update(&profile, Some(p.version)).await.unwrap();
     }
 
+    /// Sets the profile's `max_sends_per_minute`.
+    async fn sends_per_minute(&self, n: u32) {
+        let p = self
+            .store
+            .fetch::<EmailServerProfile>(&self.mailbox.profile_id.unwrap().to_string())
+            .await
+            .unwrap();
+        let mut profile = p.value;
+        profile.advanced.max_sends_per_minute = n;
+        self.store.update(&profile, Some(p.version)).await.unwrap();
+    }
+
     /// Sets the organization's retry interval (the first retry waits this long, then doubles).
     async fn retry_every(&self, seconds: u32) {
         let s = self
@@ -687,14 +699,7 @@ async fn one_connection_many_emails_within_the_send_rate() {
     let t = setup(Backend::Sqlite).await;
     let (_d, smtp) = peer(SmtpScript::default());
     t.send_through(&smtp).await;
-    let p = t
-        .store
-        .fetch::<EmailServerProfile>(&t.mailbox.profile_id.unwrap().to_string())
-        .await
-        .unwrap();
-    let mut profile = p.value;
-    profile.advanced.max_sends_per_minute = 3;
-    t.store.update(&profile, Some(p.version)).await.unwrap();
+    t.sends_per_minute(3).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(t.compose(BOB, &format!("Batch {i}"), "hello").await.id);
@@ -789,6 +794,40 @@ async fn a_refused_recipient_fails_the_email_and_delivers_nothing_one_command_at
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_recipient_fails_the_email_and_delivers_nothing_pipelined() {
     a_refused_recipient_fails_the_email_and_delivers_nothing(true).await;
+}
+
+/// More email than one page (100) of the queue goes out in one round, on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_queue_goes_out_in_one_round() {
+    let t = setup(Backend::Sqlite).await;
+    let (_d, smtp) = peer(SmtpScript {
+        pipelining: true,
+        ..Default::default()
+    });
+    t.send_through(&smtp).await;
+    t.sends_per_minute(1000).await;
+    let mut ids = Vec::new();
+    for i in 0..130 {
+        ids.push(t.compose(BOB, &format!("Queue {i}"), "hello").await.id);
+    }
+    let lease = t
+        .store
+        .acquire_lease(
+            &format!("outgoing:{}", t.mailbox.id),
+            "w",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    outgoing::run_once(&t.store, &t.config, t.mailbox.id, &lease)
+        .await
+        .unwrap();
+    for id in &ids {
+        assert_eq!(t.activity(*id).await.status, EmailStatus::Sent);
+    }
+    assert_eq!(smtp.received().unwrap().len(), 130);
+    assert_eq!(smtp.auth_attempts().unwrap(), (1, 0), "one connection");
 }
 
 // ---- What comes back: the recipient's reply, and a bounce. ----
