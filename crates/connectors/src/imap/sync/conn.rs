@@ -14,9 +14,12 @@ use super::response::{Literal, RawResponse};
 use crate::imap::parse::literal_len;
 use crate::net::MailStream;
 
-/// Read buffer size: large enough that a TLS record or several small responses arrive in
-/// one read.
-const BUF_SIZE: usize = 128 * 1024;
+/// Read buffer sizes. A session starts with the small one and doubles it, up to the large
+/// one, while reads fill it (a bulk fetch: fewer, larger reads); waiting for a response with
+/// a deadline (IDLE) it goes back to the small one, so thousands of idle sessions do not each
+/// hold the large one.
+const MIN_BUF: usize = 8 * 1024;
+const MAX_BUF: usize = 128 * 1024;
 /// Largest chunk written at once (each chunk has its own timeout).
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -49,6 +52,8 @@ pub struct Conn {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// The last read filled the buffer: the next one gets a larger buffer.
+    filled: bool,
     /// The part of a line received so far (kept here, not in a future, for cancel safety).
     line: Vec<u8>,
     pub timeout: Duration,
@@ -58,9 +63,10 @@ impl Conn {
     pub fn new(stream: MailStream, timeout: Duration) -> Self {
         Conn {
             stream,
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            buf: vec![0; MIN_BUF].into_boxed_slice(),
             start: 0,
             end: 0,
+            filled: false,
             line: Vec::new(),
             timeout,
         }
@@ -75,6 +81,15 @@ impl Conn {
         debug_assert_eq!(self.start, self.end);
         self.start = 0;
         self.end = 0;
+        // The buffer is empty: it can be resized for free.
+        let size = match wait {
+            Wait::Until(_) => MIN_BUF,
+            Wait::Inactivity if self.filled => (self.buf.len() * 2).min(MAX_BUF),
+            Wait::Inactivity => self.buf.len(),
+        };
+        if size != self.buf.len() {
+            self.buf = vec![0; size].into_boxed_slice();
+        }
         let read = self.stream.read(&mut self.buf);
         let (n, expired) = match wait {
             Wait::Inactivity => (
@@ -89,6 +104,7 @@ impl Conn {
             Ok(Ok(0)) => Err(WireError::Closed),
             Ok(Ok(n)) => {
                 self.end = n;
+                self.filled = n == self.buf.len();
                 Ok(())
             }
         }
