@@ -25,8 +25,12 @@ impl Drop for Serve {
     }
 }
 
-/// Starts `serve` on a free port in `dir`; returns it, its URL and the first token.
-fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String) {
+/// The last lines `serve` logged, to show when the browser flow fails.
+type LogTail = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
+
+/// Starts `serve` on a free port in `dir`; returns it, its URL, the first token and the tail
+/// of its log.
+fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String, LogTail) {
     let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(dir)
@@ -66,11 +70,22 @@ fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String) {
                 .chars()
                 .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                 .collect();
-            std::thread::spawn(move || while rx.recv().is_ok() {});
+            let tail = LogTail::default();
+            let keep = tail.clone();
+            std::thread::spawn(move || {
+                while let Ok(line) = rx.recv() {
+                    let mut t = keep.lock().unwrap();
+                    if t.len() == 60 {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            });
             return (
                 serve,
                 format!("http://{addr}"),
                 token.expect("the first token"),
+                tail,
             );
         }
     }
@@ -80,7 +95,7 @@ fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String) {
 async fn the_seed_flow_and_a_failure_in_the_browser() {
     let env = TestEnv::from_env();
     let dir = tempfile::tempdir().unwrap();
-    let (_serve, url, token) = serve(dir.path(), env);
+    let (_serve, url, token, log) = serve(dir.path(), env);
     const GOOD: &str = "carol@example.test";
     const BAD: &str = "bob@example.test";
     // Two users with mailboxes: one with the right password, one with a wrong one.
@@ -164,7 +179,12 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
     .unwrap();
     println!("{}", out.stdout);
     if let Err(e) = out.ensure_success() {
-        panic!("the browser flow failed: {e:#}");
+        let log = log.lock().unwrap();
+        let log: Vec<&str> = log.iter().map(String::as_str).collect();
+        panic!(
+            "the browser flow failed: {e:#}\n--- the server's last log lines ---\n{}",
+            log.join("\n")
+        );
     }
     for name in [
         "dashboard",

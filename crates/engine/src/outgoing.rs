@@ -2,10 +2,11 @@
 //! submitted over SMTP by the mailbox they are sent from (`mailbox_ids[0]`), one by one,
 //! under the lease `outgoing:<mailbox>`.
 //!
-//! Each send: mark `sending` (committed, under the lease, renewed every quarter of its time) → build the message (From =
-//! the mailbox, the tracking token appended to the subject when the organization uses
-//! tokens, Message-ID `<act-{id}@serversync.{domain}>`) → SMTP (STARTTLS/TLS per the profile,
-//! AUTH) → `sent`; a 5xx refusal → `failed` with the server's words in `send_error`; a passing
+//! Each send: mark `sending` (committed, under the lease, renewed every quarter of its
+//! time) → build the message (From = the mailbox, the tracking token appended to the subject
+//! when the organization uses tokens, Message-ID `<act-{id}@serversync.{domain}>`) → SMTP
+//! (STARTTLS/TLS per the profile, AUTH; the envelope pipelined when the server offers it) →
+//! `sent`; a 5xx refusal → `failed` with the server's words in `send_error`; a passing
 //! problem → back to pending send after the retry interval, `failed` after the retry policy's
 //! attempts. A copy goes to the `Sent` folder over IMAP when the settings say so.
 //!

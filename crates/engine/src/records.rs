@@ -163,8 +163,7 @@ type Seen = (EmailActivity, Option<i64>);
 /// it is done with, with their trace lines.
 #[derive(Default)]
 struct Pending {
-    /// By id: the activity as the batch leaves it, and the committed version it was read at
-    /// (`None`: created by the batch).
+    /// By id, as the batch leaves them.
     activities: BTreeMap<ActivityId, Seen>,
     queue_items: Vec<QueueItem>,
     finished: Vec<(ItemId, Vec<String>)>,

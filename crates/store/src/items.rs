@@ -287,31 +287,6 @@ impl Store {
             .collect()
     }
 
-    /// Appends `lines` to an item's decision trace and marks the tracker done with it — only
-    /// under the current, unexpired `lease` (fencing) and only once: `Ok(false)` if it was
-    /// already marked; `LeaseLost` if the lease is gone.
-    pub async fn finish_item_tracking(
-        &self,
-        lease: &LeaseGuard,
-        item: ItemId,
-        lines: &[String],
-    ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let out = dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let out = finish_in!(tx, lease, item, lines, now);
-            if out == Finish::Done {
-                tx.commit().await?;
-            }
-            out
-        });
-        match out {
-            Finish::Done => Ok(true),
-            Finish::Already => Ok(false),
-            Finish::Lost => Err(lease_lost(lease)),
-        }
-    }
-
     /// Commits a batch of the tracker's work in one transaction (one commit for the batch, not
     /// several for each item): the entity writes (activities, links, queue items, their change
     /// rows), then each item's trace appended and the item marked tracked. All or nothing:
@@ -357,7 +332,7 @@ fn lease_lost(lease: &LeaseGuard) -> StoreError {
 }
 
 /// How marking an item tracked went.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Finish {
     Done,
     /// It was marked already.
