@@ -341,14 +341,7 @@ async fn run_until(
                     Err(problem) => {
                         // Not the email's fault: it waits (no attempt counted) while the
                         // mailbox's policy retries, postpones or disables sending with an alert.
-                        tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
-                        crate::health::record_failure(
-                            store,
-                            id,
-                            &problem,
-                            crate::policy::Direction::Outgoing,
-                        )
-                        .await?;
+                        mailbox_failed(store, id, &problem).await?;
                         break 'round;
                     }
                 },
@@ -367,14 +360,7 @@ async fn run_until(
                     if let Some(c) = smtp.take() {
                         c.close(store).await;
                     }
-                    tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
-                    crate::health::record_failure(
-                        store,
-                        id,
-                        &problem,
-                        crate::policy::Direction::Outgoing,
-                    )
-                    .await?;
+                    mailbox_failed(store, id, &problem).await?;
                     break 'round;
                 }
             }
@@ -394,6 +380,13 @@ async fn run_until(
     let old = format!("sends:{}:", Utc::now().timestamp() / 60 - 2);
     store.prune_counters("sends:", &old).await?;
     Ok(())
+}
+
+/// Records a failure of the mailbox's sending (server, credentials, sender refused) for its
+/// retry policy.
+async fn mailbox_failed(store: &Store, id: MailboxId, problem: &Problem) -> Result<(), StoreError> {
+    tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
+    crate::health::record_failure(store, id, problem, crate::policy::Direction::Outgoing).await
 }
 
 /// An open, signed-in SMTP connection and the connection slot it holds; reused for every

@@ -433,6 +433,23 @@ impl Setup {
         self.store.update(&profile, Some(p.version)).await.unwrap();
     }
 
+    /// One round of the mailbox's sender, under its lease.
+    async fn send_round(&self) {
+        let lease = self
+            .store
+            .acquire_lease(
+                &format!("outgoing:{}", self.mailbox.id),
+                "w",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        outgoing::run_once(&self.store, &self.config, self.mailbox.id, &lease)
+            .await
+            .unwrap();
+    }
+
     /// Sets the profile's `max_sends_per_minute`.
     async fn sends_per_minute(&self, n: u32) {
         let p = self
@@ -704,19 +721,7 @@ async fn one_connection_many_emails_within_the_send_rate() {
     for i in 0..5 {
         ids.push(t.compose(BOB, &format!("Batch {i}"), "hello").await.id);
     }
-    let lease = t
-        .store
-        .acquire_lease(
-            &format!("outgoing:{}", t.mailbox.id),
-            "w",
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    outgoing::run_once(&t.store, &t.config, t.mailbox.id, &lease)
-        .await
-        .unwrap();
+    t.send_round().await;
     let mut sent = 0;
     for id in &ids {
         let a = t.activity(*id).await;
@@ -810,19 +815,7 @@ async fn a_long_queue_goes_out_in_one_round() {
     for i in 0..130 {
         ids.push(t.compose(BOB, &format!("Queue {i}"), "hello").await.id);
     }
-    let lease = t
-        .store
-        .acquire_lease(
-            &format!("outgoing:{}", t.mailbox.id),
-            "w",
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    outgoing::run_once(&t.store, &t.config, t.mailbox.id, &lease)
-        .await
-        .unwrap();
+    t.send_round().await;
     for id in &ids {
         assert_eq!(t.activity(*id).await.status, EmailStatus::Sent);
     }

@@ -241,11 +241,15 @@ fn sender_accepted(address: &str, reply: Reply) -> Result<Reply> {
     Ok(reply)
 }
 
-fn rcpt_to_line(address: &str) -> Result<String> {
-    if address
+/// Whether an address can go between `<` and `>` on a command line as it is.
+fn fits_in_angle_brackets(address: &str) -> bool {
+    !address
         .chars()
         .any(|c| c.is_control() || c == '<' || c == '>' || c == ' ')
-    {
+}
+
+fn rcpt_to_line(address: &str) -> Result<String> {
+    if !fits_in_angle_brackets(address) {
         return Err(ConnectError::new(
             FailureStep::Permission,
             ErrorKind::Permanent,
@@ -414,10 +418,7 @@ impl SmtpConnection {
     }
 
     fn mail_from_line(&self, address: &str) -> Result<String> {
-        if address
-            .chars()
-            .any(|c| c.is_control() || c == '<' || c == '>' || c == ' ')
-        {
+        if !fits_in_angle_brackets(address) {
             return Err(ConnectError::new(
                 FailureStep::Permission,
                 ErrorKind::Config,
