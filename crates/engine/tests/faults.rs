@@ -17,17 +17,16 @@
 //! Repeated `kill -9` of the whole process is in `crates/cli/tests/workers.rs`.
 
 mod common;
+use common::eventually;
 
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
 use serversync_engine::{Engine, EngineConfig};
 use serversync_model::alert::Alert;
-use serversync_model::auth::Caller;
-use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
+use serversync_model::crm::{EmailActivity, EmailStatus};
 use serversync_model::mailbox::{Mailbox, RunStatus};
-use serversync_model::org::{Privilege, User};
-use serversync_model::profile::{EmailServerProfile, Endpoint};
-use serversync_model::settings::{EmailSettings, OutgoingMethod};
+use serversync_model::profile::Endpoint;
+use serversync_model::settings::EmailSettings;
 use serversync_model::{FailureStep, MailboxId, Secret};
 use serversync_store::Store;
 use serversync_testkit::{Dovecot, Fault, FaultProxy, Postgres, TEST_PASSWORD, TestEnv, TlsFiles};
@@ -41,26 +40,15 @@ use tokio_util::sync::CancellationToken;
 
 const CAROL: &str = "carol@example.test";
 
-/// Polls `check` every 100 ms until it holds, failing after `secs` seconds.
-macro_rules! eventually {
-    ($secs:expr, $what:expr, $check:expr) => {{
-        let deadline = Instant::now() + Duration::from_secs($secs);
-        loop {
-            if $check {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} (not within {} s)",
-                $what,
-                $secs
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }};
-}
-
 // ---- Setup ----
+
+/// A scratch directory under /tmp (the servers' unprivileged users must reach into it).
+fn scratch(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap()
+}
 
 /// A private Dovecot whose carol has `n` messages of about `size` bytes in her Inbox, written
 /// straight into the Maildir (fast; Dovecot gives them UIDs 1..=n on first sight). Returns
@@ -287,10 +275,7 @@ async fn assert_synced_exactly_once(
 async fn imap_sync_through_network_faults() {
     let started = Instant::now();
     const N: usize = 400;
-    let dir = tempfile::Builder::new()
-        .prefix("ss-faults-net")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = scratch("ss-faults-net");
     let (dovecot, ids) = private_dovecot(dir.path(), N, 4000);
     let info = dovecot.info().clone();
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], info.imaps_port)))
@@ -431,10 +416,7 @@ async fn wait_mid_sync(store: &Store, id: MailboxId, n: usize) -> i64 {
 async fn dovecot_restart_mid_sync() {
     let started = Instant::now();
     const N: usize = 2000;
-    let dir = tempfile::Builder::new()
-        .prefix("ss-faults-dovecot")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = scratch("ss-faults-dovecot");
     let (mut dovecot, ids) = private_dovecot(dir.path(), N, 2000);
     let port = dovecot.info().imap_port;
     let store = open_store(&format!("sqlite://{}", dir.path().join("f.db").display())).await;
@@ -459,10 +441,7 @@ async fn dovecot_restart_mid_sync() {
 async fn postgres_restart_mid_sync() {
     let started = Instant::now();
     const N: usize = 2000;
-    let dir = tempfile::Builder::new()
-        .prefix("ss-faults-pg")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = scratch("ss-faults-pg");
     let (dovecot, mut ids) = private_dovecot(dir.path(), N, 2000);
     let port = dovecot.info().imap_port;
     let mut pg = Postgres::start(&dir.path().join("pg")).unwrap();
@@ -578,10 +557,7 @@ fn fill_disk(dir: &Path, leave: u64) -> std::path::PathBuf {
 async fn disk_full_under_sqlite() {
     let started = Instant::now();
     const N: usize = 300;
-    let dir = tempfile::Builder::new()
-        .prefix("ss-faults-disk")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = scratch("ss-faults-disk");
     let (dovecot, ids) = private_dovecot(dir.path(), N, 4000);
     let port = dovecot.info().imap_port;
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -678,45 +654,19 @@ async fn smtp_send_through_network_faults() {
     let store = open_store(&format!("sqlite://{}", dir.path().join("o.db").display())).await;
     let trust = Arc::new(TlsTrust::with_extra_ca_files([&env.ca_cert]).unwrap());
     let config = config(trust.clone());
-    let mut m = common::imap_mailbox(
+    let (m, caller) = common::sending_mailbox(
         &store,
-        Endpoint {
-            location: "localhost".into(),
-            port: env.imaps_port(),
-            tls: TlsMode::Implicit,
-        },
         ALICE,
         &env.password,
+        env.imaps_port(),
+        Endpoint {
+            location: "localhost".into(),
+            port: proxy.port(),
+            tls: TlsMode::StartTls,
+        },
     )
     .await;
     retry_every_second(&store, &m).await;
-    let p = store
-        .fetch::<EmailServerProfile>(&m.profile_id.unwrap().to_string())
-        .await
-        .unwrap();
-    let mut profile = p.value;
-    profile.outgoing = Some(Endpoint {
-        location: "localhost".into(),
-        port: proxy.port(),
-        tls: TlsMode::StartTls,
-    });
-    store.update(&profile, Some(p.version)).await.unwrap();
-    let s = store.fetch::<Mailbox>(&m.id.to_string()).await.unwrap();
-    m = s.value;
-    m.incoming.enabled = false;
-    m.outgoing_method = OutgoingMethod::ServerSideSync;
-    m.outgoing.enabled = true;
-    store.update(&m, Some(s.version)).await.unwrap();
-    let caller = Caller {
-        user: store
-            .fetch::<User>(&m.owner_id.to_string())
-            .await
-            .unwrap()
-            .value,
-        privileges: [Privilege::ReadRecords, Privilege::WriteRecords]
-            .into_iter()
-            .collect(),
-    };
     let admin = Engine::new(store.clone(), config.clone()).admin();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let compose = |n: usize| {
@@ -727,20 +677,7 @@ async fn smtp_send_through_network_faults() {
                 .compose_email(
                     &caller,
                     m.org_id,
-                    NewEmail {
-                        from_mailbox: m.id,
-                        to: vec![Recipient::Address(BOB.into())],
-                        cc: Vec::new(),
-                        bcc: Vec::new(),
-                        subject,
-                        text_body: Some("Sent through a faulty network.".into()),
-                        html_body: None,
-                        attachments: Vec::new(),
-                        regarding: None,
-                        send_after: None,
-                        draft: false,
-                        in_reply_to: None,
-                    },
+                    common::email(m.id, BOB, &subject, "Sent through a faulty network."),
                 )
                 .await
                 .unwrap()

@@ -3,6 +3,7 @@
 //! away, and a profile's connection limit shared by mailboxes and workers.
 
 mod common;
+use common::eventually;
 
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
@@ -74,25 +75,6 @@ async fn has_item(store: &Store, m: MailboxId, message_id: &str) -> bool {
         .await
         .iter()
         .any(|i| i.message_id.as_deref() == Some(message_id))
-}
-
-/// Polls `check` every 50 ms until it holds, failing after `secs` seconds.
-macro_rules! eventually {
-    ($secs:expr, $what:expr, $check:expr) => {{
-        let deadline = Instant::now() + Duration::from_secs($secs);
-        loop {
-            if $check {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} (not within {} s)",
-                $what,
-                $secs
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }};
 }
 
 /// Established TCP connections to the server's port (server side), from `ss`.

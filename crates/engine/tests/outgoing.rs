@@ -17,10 +17,8 @@ use serversync_model::crm::{
     Contact, Direction, EmailActivity, EmailStatus, NewEmail, Recipient, RecordRef,
 };
 use serversync_model::mailbox::Mailbox;
-use serversync_model::org::{Privilege, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint};
 use serversync_model::settings::EmailSettings;
-use serversync_model::settings::OutgoingMethod;
 use serversync_store::{Backend, Store};
 use serversync_testkit::{ScriptedSmtp, SmtpScript, TestEnv, postfix};
 use serversync_vault::MasterKey;
@@ -70,45 +68,18 @@ async fn setup_as(backend: Backend, sender: &str) -> Setup {
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(trust.clone())
     };
-    let mut m = common::imap_mailbox(
+    let (m, caller) = common::sending_mailbox(
         &store,
-        Endpoint {
-            location: "localhost".into(),
-            port: env.imaps_port(),
-            tls: TlsMode::Implicit,
-        },
         sender,
         &env.password,
+        env.imaps_port(),
+        Endpoint {
+            location: "localhost".into(),
+            port: env.submission_port(),
+            tls: TlsMode::StartTls,
+        },
     )
     .await;
-    let p = store
-        .fetch::<EmailServerProfile>(&m.profile_id.unwrap().to_string())
-        .await
-        .unwrap();
-    let mut profile = p.value;
-    profile.outgoing = Some(Endpoint {
-        location: "localhost".into(),
-        port: env.submission_port(),
-        tls: TlsMode::StartTls,
-    });
-    store.update(&profile, Some(p.version)).await.unwrap();
-    let s = store.fetch::<Mailbox>(&m.id.to_string()).await.unwrap();
-    m = s.value;
-    m.incoming.enabled = false; // this test is about sending only
-    m.outgoing_method = OutgoingMethod::ServerSideSync;
-    m.outgoing.enabled = true;
-    store.update(&m, Some(s.version)).await.unwrap();
-    let user = store
-        .fetch::<User>(&m.owner_id.to_string())
-        .await
-        .unwrap()
-        .value;
-    let caller = Caller {
-        user,
-        privileges: [Privilege::ReadRecords, Privilege::WriteRecords]
-            .into_iter()
-            .collect(),
-    };
     Setup {
         store,
         config,
@@ -122,20 +93,7 @@ async fn setup_as(backend: Backend, sender: &str) -> Setup {
 impl Setup {
     /// An email from alice's mailbox to `to`, to be sent now.
     fn new_email(&self, to: &str, subject: &str, text: &str) -> NewEmail {
-        NewEmail {
-            from_mailbox: self.mailbox.id,
-            to: vec![Recipient::Address(to.into())],
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            subject: subject.into(),
-            text_body: Some(text.into()),
-            html_body: None,
-            attachments: Vec::new(),
-            regarding: None,
-            send_after: None,
-            draft: false,
-            in_reply_to: None,
-        }
+        common::email(self.mailbox.id, to, subject, text)
     }
 }
 

@@ -1,11 +1,14 @@
 //! Setup shared by the engine's sync tests.
 
 use serversync_engine::Admin;
-use serversync_model::Secret;
+use serversync_model::auth::Caller;
+use serversync_model::crm::{NewEmail, Recipient};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
-use serversync_model::org::Organization;
+use serversync_model::org::{Organization, Privilege, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType, TlsMode};
 use serversync_model::settings::EmailSettings;
+use serversync_model::settings::OutgoingMethod;
+use serversync_model::{MailboxId, Secret};
 use serversync_store::Store;
 
 /// On a fresh store: the bootstrap organization and administrator, an IMAP/SMTP profile whose
@@ -64,3 +67,93 @@ pub async fn imap_mailbox(
     store.insert(&m).await.unwrap();
     m
 }
+
+/// [`imap_mailbox`] on IMAPS at `localhost:imaps_port`, sending through `smtp` by server-side
+/// synchronization (incoming synchronization off: these tests are about sending), and a
+/// caller acting as its owner who may read and write records.
+#[allow(dead_code)]
+pub async fn sending_mailbox(
+    store: &Store,
+    email: &str,
+    password: &str,
+    imaps_port: u16,
+    smtp: Endpoint,
+) -> (Mailbox, Caller) {
+    let m = imap_mailbox(
+        store,
+        Endpoint {
+            location: "localhost".into(),
+            port: imaps_port,
+            tls: TlsMode::Implicit,
+        },
+        email,
+        password,
+    )
+    .await;
+    let p = store
+        .fetch::<EmailServerProfile>(&m.profile_id.unwrap().to_string())
+        .await
+        .unwrap();
+    let mut profile = p.value;
+    profile.outgoing = Some(smtp);
+    store.update(&profile, Some(p.version)).await.unwrap();
+    let s = store.fetch::<Mailbox>(&m.id.to_string()).await.unwrap();
+    let mut m = s.value;
+    m.incoming.enabled = false;
+    m.outgoing_method = OutgoingMethod::ServerSideSync;
+    m.outgoing.enabled = true;
+    store.update(&m, Some(s.version)).await.unwrap();
+    let user = store
+        .fetch::<User>(&m.owner_id.to_string())
+        .await
+        .unwrap()
+        .value;
+    let caller = Caller {
+        user,
+        privileges: [Privilege::ReadRecords, Privilege::WriteRecords]
+            .into_iter()
+            .collect(),
+    };
+    (m, caller)
+}
+
+/// A plain-text email from mailbox `from` to `to`, to be sent now.
+#[allow(dead_code)]
+pub fn email(from: MailboxId, to: &str, subject: &str, text: &str) -> NewEmail {
+    NewEmail {
+        from_mailbox: from,
+        to: vec![Recipient::Address(to.into())],
+        cc: Vec::new(),
+        bcc: Vec::new(),
+        subject: subject.into(),
+        text_body: Some(text.into()),
+        html_body: None,
+        attachments: Vec::new(),
+        regarding: None,
+        send_after: None,
+        draft: false,
+        in_reply_to: None,
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, failing after `secs` seconds.
+#[allow(unused_macros)]
+macro_rules! eventually {
+    ($secs:expr, $what:expr, $check:expr) => {{
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs($secs);
+        loop {
+            if $check {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} (not within {} s)",
+                $what,
+                $secs
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use eventually;
