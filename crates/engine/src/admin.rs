@@ -372,6 +372,7 @@ impl Admin {
             }
         }
         user.validate()?;
+        crate::domains::check_address(&self.store, org, "email", &user.email).await?;
         self.store
             .insert_audited(&user, Some(NewAuditEntry::create(actor(c), &user)))
             .await?;
@@ -412,6 +413,7 @@ impl Admin {
             created_at: now(),
         };
         q.validate()?;
+        crate::domains::check_address(&self.store, org, "email", &q.email).await?;
         self.store
             .insert_audited(&q, Some(NewAuditEntry::create(actor(c), &q)))
             .await?;
@@ -1052,6 +1054,9 @@ impl Admin {
             }
         }
         errors.into_result()?;
+        if m.email != b.email {
+            crate::domains::check_address(&self.store, org, "email", &m.email).await?;
+        }
         if m.profile_id != b.profile_id
             || m.incoming_method != b.incoming_method
             || m.outgoing_method != b.outgoing_method
