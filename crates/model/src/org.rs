@@ -303,4 +303,29 @@ mod tests {
         assert!(p.contains(&Privilege::ApproveEmailAddresses));
         assert!(!p.contains(&Privilege::ManageEmailConfiguration));
     }
+
+    #[test]
+    fn domains_are_normalized_or_refused() {
+        assert_eq!(Domain::normalize(" Example.COM. ").unwrap(), "example.com");
+        assert_eq!(
+            Domain::normalize("xn--bcher-kva.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        for bad in [
+            "",
+            "a@b.com",
+            "exa mple.com",
+            "-x.com",
+            "a..b",
+            "bücher.example",
+        ] {
+            assert_eq!(
+                Domain::normalize(bad).unwrap_err().codes(),
+                ["invalid_domain"],
+                "{bad:?}"
+            );
+        }
+        assert_eq!(domain_of("Ann@Example.COM").as_deref(), Some("example.com"));
+        assert_eq!(domain_of("no-at-sign"), None);
+    }
 }
