@@ -64,7 +64,7 @@ pub fn subject_with_token(settings: &EmailSettings, a: &EmailActivity) -> String
 /// many emails, however far in the future — hides another mailbox's due email; the result
 /// takes the organizations in turn (one mailbox of each, then the next of each…), and the
 /// engine starts one sender per mailbox.
-pub async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
+pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
     crate::compose::expire_router_claims(store).await?;
     let now = Utc::now();
     let mut ids = BTreeSet::new();

@@ -247,7 +247,7 @@ pub struct NewEmail {
     pub attachments: Vec<NewAttachment>,
     #[serde(default)]
     pub regarding: Option<RecordRef>,
-    /// Send later: the email waits in pending send until then.
+    /// Send later: the email waits in pending send until then (at most 365 days ahead).
     #[serde(default)]
     pub send_after: Option<DateTime<Utc>>,
     /// Keep it as a draft (status draft) instead of sending.
