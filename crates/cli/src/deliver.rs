@@ -24,10 +24,7 @@ pub async fn run(cfg: Config, address: String, org: Option<String>) -> Result<()
         .await
         .map_err(|e| match e {
             RouterLookupError::NoSuchMailbox(_) => {
-                anyhow!("no mailbox with the address {address}: check the address (or --org)")
-            }
-            RouterLookupError::Ambiguous(_) => {
-                anyhow!("{address} has mailboxes in several organizations: choose one with --org")
+                anyhow!("no mailbox with the address {address} in the organization holding its domain: check the address")
             }
             other => anyhow!(other),
         })?;

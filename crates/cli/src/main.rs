@@ -67,12 +67,13 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Email Router intake: store the message on standard input for the mailbox with this
     /// address (whose incoming delivery method is email_router), through the same pipeline as
-    /// synchronized mail. Delivering the same message twice keeps it once.
+    /// synchronized mail, in the organization the address's domain is assigned to
+    /// (`admin domains assign`). Delivering the same message twice keeps it once.
     Deliver {
         /// The mailbox's email address.
         #[arg(long, value_name = "ADDRESS")]
         mailbox: String,
-        /// Organization name, when the address has mailboxes in several organizations.
+        /// Organization name: delivery is refused unless it holds the address's domain.
         #[arg(long, value_name = "ORG")]
         org: Option<String>,
     },

@@ -862,6 +862,7 @@ fn admin_cli_lists_mailbox_items_and_asks_for_a_sync_now() {
 
     // An Email Router mailbox with one message taken in before approval (skipped) and two
     // after (stored).
+    ok(server.admin(&["domains", "assign", "example.test"]));
     ok(server.admin(&["users", "create", "--name", "Router Rita", "--email", RITA]));
     ok(server.admin(&[
         "mailboxes",
@@ -1010,6 +1011,7 @@ fn admin_cli_reads_activities_attachments_and_the_change_feed() {
     let env = TestEnv::from_env();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), env);
+    ok(server.admin(&["domains", "assign", "example.test"]));
     ok(server.admin(&["users", "create", "--name", "Tracker Tom", "--email", TOM]));
     ok(server.admin(&[
         "mailboxes",

@@ -463,9 +463,18 @@ fn every_subcommand_explains_itself() {
     }
 }
 
-/// Creates a user with `email` through the API, sets its mailbox to take mail in by the Email
-/// Router and approves it; returns the mailbox id.
+/// Creates a user with `email` through the API (its domain assigned to the organization, as
+/// the Email Router requires), sets its mailbox to take mail in by the Email Router and
+/// approves it; returns the mailbox id.
 fn router_mailbox(server: &Server, token: &str, name: &str, email: &str) -> String {
+    let domain = email.rsplit_once('@').unwrap().1;
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/orgs/default/domains",
+        token,
+        Some(&format!(r#"{{"domain": "{domain}"}}"#)),
+    );
+    assert!(status == 201 || status == 409, "{status} {body}");
     let (status, body) = server.request(
         "POST",
         "/api/v1/orgs/default/users",

@@ -5,6 +5,7 @@
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
 use serversync_model::auth::{ApiToken, Caller, Denied};
+use serversync_model::crm::{Account, Contact, Lead, RecordRef};
 use serversync_model::item::ItemDecision;
 use serversync_model::job::{Job, JobKind, JobStatus};
 use serversync_model::mailbox::{
@@ -371,6 +372,7 @@ impl Admin {
             }
         }
         user.validate()?;
+        crate::domains::check_address(&self.store, org, "email", &user.email).await?;
         self.store
             .insert_audited(&user, Some(NewAuditEntry::create(actor(c), &user)))
             .await?;
@@ -399,7 +401,8 @@ impl Admin {
     ) -> Result<(Queue, Mailbox)> {
         c.require(Privilege::ManageUsers)?;
         let owner_id = owner.unwrap_or(c.user.id);
-        self.user(org, owner_id).await?;
+        self.check_refs(org, &[("owner_id", RecordRef::User(owner_id))])
+            .await?;
         let q = Queue {
             id: serversync_model::QueueId::new(),
             org_id: org,
@@ -410,6 +413,7 @@ impl Admin {
             created_at: now(),
         };
         q.validate()?;
+        crate::domains::check_address(&self.store, org, "email", &q.email).await?;
         self.store
             .insert_audited(&q, Some(NewAuditEntry::create(actor(c), &q)))
             .await?;
@@ -1050,6 +1054,9 @@ impl Admin {
             }
         }
         errors.into_result()?;
+        if m.email != b.email {
+            crate::domains::check_address(&self.store, org, "email", &m.email).await?;
+        }
         if m.profile_id != b.profile_id
             || m.incoming_method != b.incoming_method
             || m.outgoing_method != b.outgoing_method
@@ -1439,12 +1446,18 @@ impl Admin {
 
     // ---- CRM records needed to try things --------------------------------------------------------
 
-    pub async fn create_record<E: serversync_store::Entity>(
+    /// Creates a CRM record after checking that every record it refers to
+    /// ([`RecordRefs::refs`]) is of the organization: a reference to another organization's
+    /// record, or to none, is refused naming the field.
+    pub async fn create_record<E: serversync_store::Entity + RecordRefs>(
         &self,
         c: &Caller,
         record: &E,
     ) -> Result<Stored<E>> {
         c.require(Privilege::WriteRecords)?;
+        if let Some(org) = record.org_id() {
+            self.check_refs(org, &record.refs()).await?;
+        }
         Ok(self
             .store
             .insert_audited(record, Some(NewAuditEntry::create(actor(c), record)))
@@ -1604,6 +1617,87 @@ impl Admin {
                 entity: "email activity",
                 id: id.to_string(),
             })
+    }
+}
+
+/// The records a CRM record refers to, by the field that holds each.
+pub trait RecordRefs {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)>;
+}
+
+impl RecordRefs for Account {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)> {
+        vec![("owner_id", RecordRef::User(self.owner_id))]
+    }
+}
+
+impl RecordRefs for Contact {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)> {
+        let mut v = vec![("owner_id", RecordRef::User(self.owner_id))];
+        v.extend(
+            self.account_id
+                .map(|a| ("account_id", RecordRef::Account(a))),
+        );
+        v
+    }
+}
+
+impl RecordRefs for Lead {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)> {
+        vec![("owner_id", RecordRef::User(self.owner_id))]
+    }
+}
+
+impl Admin {
+    /// Whether record `r` exists in organization `org`.
+    pub(crate) async fn record_exists(&self, org: OrgId, r: RecordRef) -> Result<bool> {
+        use serversync_model::crm::EmailActivity;
+        use serversync_store::Filter;
+        let store = &self.store;
+        let (f, o) = (|id: String| [Filter::Eq("id", Col::text(id))], Some(org));
+        let n = match r {
+            RecordRef::User(i) => store.count_where::<User>(o, &f(i.to_string())).await?,
+            RecordRef::Queue(i) => store.count_where::<Queue>(o, &f(i.to_string())).await?,
+            RecordRef::Contact(i) => store.count_where::<Contact>(o, &f(i.to_string())).await?,
+            RecordRef::Account(i) => store.count_where::<Account>(o, &f(i.to_string())).await?,
+            RecordRef::Lead(i) => store.count_where::<Lead>(o, &f(i.to_string())).await?,
+            // Emails, appointments and tasks share one table.
+            RecordRef::Activity(i) => {
+                store
+                    .count_where::<EmailActivity>(o, &f(i.to_string()))
+                    .await?
+            }
+        };
+        Ok(n > 0)
+    }
+
+    /// Refuses, naming each field, references to records that are not of `org`.
+    pub(crate) async fn check_refs(
+        &self,
+        org: OrgId,
+        refs: &[(&'static str, RecordRef)],
+    ) -> Result<()> {
+        let mut e = ValidationErrors::default();
+        for (field, r) in refs {
+            if !self.record_exists(org, *r).await? {
+                e.push(
+                    "not_found",
+                    field,
+                    format!(
+                        "no such {} in this organization",
+                        match r {
+                            RecordRef::User(_) => "user",
+                            RecordRef::Queue(_) => "queue",
+                            RecordRef::Contact(_) => "contact",
+                            RecordRef::Account(_) => "account",
+                            RecordRef::Lead(_) => "lead",
+                            RecordRef::Activity(_) => "activity",
+                        }
+                    ),
+                );
+            }
+        }
+        Ok(e.into_result()?)
     }
 }
 

@@ -20,10 +20,13 @@ use serversync_model::mailbox::{Mailbox, MailboxRegarding};
 use serversync_model::org::{Privilege, Queue, User};
 use serversync_model::settings::OutgoingMethod;
 use serversync_model::{ActivityId, AttachmentId, OrgId, ValidationErrors};
-use serversync_store::{Col, NewAuditEntry, Store};
+use serversync_store::{NewAuditEntry, Store};
 
 /// The most a composed email's attachments may weigh together (bytes).
 pub const MAX_ATTACHMENTS_BYTES: usize = 25 << 20;
+
+/// How far ahead an email may be scheduled (`send_after`).
+pub const MAX_SEND_AFTER_DAYS: i64 = 365;
 
 /// The counter behind tracking tokens (one per organization).
 const TOKEN_COUNTER: &str = "tracking_token";
@@ -250,6 +253,26 @@ impl Admin {
                 ),
             );
         }
+        if let Some(t) = new.send_after
+            && t > Utc::now() + chrono::Duration::days(MAX_SEND_AFTER_DAYS)
+        {
+            errors.push(
+                "out_of_range",
+                "send_after",
+                format!(
+                    "an email can be scheduled at most {MAX_SEND_AFTER_DAYS} days ahead; save it as a draft to send it later"
+                ),
+            );
+        }
+        if let Some(r) = new.regarding
+            && !self.record_exists(org, r).await?
+        {
+            errors.push(
+                "not_found",
+                "regarding",
+                "no such record in this organization",
+            );
+        }
         let replied = match new.in_reply_to {
             Some(id) => match self.email_activity(c, org, id).await {
                 Ok(a) => Some(a),
@@ -399,48 +422,53 @@ impl Admin {
         c.require(Privilege::ReadMailboxes)?;
         let store = self.store();
         let settings = crate::org_settings(store, org).await?;
-        let pending = store
-            .list::<EmailActivity>(
-                Some(org),
-                &[(
-                    "status",
-                    Col::text(serversync_model::wire_name(&EmailStatus::PendingSend)),
-                )],
-                None,
-                1000,
-            )
-            .await?;
         let now = Utc::now();
-        let mut out = Vec::new();
-        let mut mailboxes = std::collections::HashMap::new();
-        for s in pending.items {
-            if out.len() as u32 >= limit {
-                break;
+        let candidates = match mailbox {
+            Some(m) => {
+                match store.get::<Mailbox>(&m.to_string()).await? {
+                    Some(found) if found.value.org_id == org => {}
+                    _ => {
+                        let mut e = ValidationErrors::default();
+                        e.push(
+                            "not_found",
+                            "mailbox",
+                            "no such mailbox in this organization",
+                        );
+                        return Err(AdminError::Invalid(e));
+                    }
+                }
+                vec![m]
             }
-            let a = &s.value;
-            let Some(mid) = a.mailbox_ids.first() else {
-                continue;
-            };
-            if a.direction != Direction::Outgoing
-                || a.send_after.is_some_and(|t| t > now)
-                || mailbox.is_some_and(|m| m != *mid)
-            {
-                continue;
-            }
-            if !mailboxes.contains_key(mid) {
-                let m = store
-                    .get::<Mailbox>(&mid.to_string())
+            None => {
+                store
+                    .send_due_mailboxes(EmailStatus::PendingSend, now)
                     .await?
-                    .map(|m| m.value);
-                mailboxes.insert(*mid, m);
             }
-            let Some(Some(m)) = mailboxes.get(mid) else {
+        };
+        // The organization's router mailboxes with due email, each with up to `limit` of its
+        // due emails (the earliest due first); then taken in turn, one of each mailbox, so
+        // one mailbox's long queue does not hold back another's.
+        let mut queues = Vec::new();
+        for mid in candidates {
+            let Some(m) = store.get::<Mailbox>(&mid.to_string()).await? else {
                 continue;
             };
-            if m.outgoing_method != OutgoingMethod::EmailRouter
+            let m = m.value;
+            if m.org_id != org
+                || m.outgoing_method != OutgoingMethod::EmailRouter
                 || m.approval != serversync_model::mailbox::ApprovalStatus::Approved
             {
                 continue;
+            }
+            let due = store
+                .send_due_emails(EmailStatus::PendingSend, mid, now, None, limit)
+                .await?;
+            queues.push(due.items.into_iter().map(|s| (m.clone(), s)).collect());
+        }
+        let mut out = Vec::new();
+        for (m, s) in crate::outgoing::round_robin(queues) {
+            if out.len() as u32 >= limit {
+                break;
             }
             let mut a = s.value.clone();
             let claim = RouterClaim {
@@ -451,7 +479,7 @@ impl Admin {
             a.router_claim = Some(claim.clone());
             a.delivery_attempts += 1;
             a.updated_at = now;
-            let built = crate::outgoing::build(m, &settings, &a, store).await;
+            let built = crate::outgoing::build(&m, &settings, &a, store).await;
             match store.update(&a, Some(s.version)).await {
                 Ok(_) => {}
                 // Claimed by another router meanwhile.
@@ -534,38 +562,40 @@ impl Admin {
 }
 
 /// Email Router claims that ran out: the router died or lost track; the email may or may
-/// not have gone out, so it becomes "outcome unknown" (never handed out twice).
+/// not have gone out, so it becomes "outcome unknown" (never handed out twice). Found per
+/// mailbox through the due index (a claim is due when it runs out), so claims still held —
+/// however many — never hide one that ran out.
 pub(crate) async fn expire_router_claims(
     store: &Store,
 ) -> std::result::Result<(), serversync_store::StoreError> {
-    let sending = store
-        .list::<EmailActivity>(
-            None,
-            &[(
-                "status",
-                Col::text(serversync_model::wire_name(&EmailStatus::Sending)),
-            )],
-            None,
-            1000,
-        )
-        .await?;
     let now = Utc::now();
-    for s in sending.items {
-        let mut a = s.value;
-        if let Some(k) = &a.router_claim
-            && k.until <= now
-        {
-            a.status = EmailStatus::OutcomeUnknown;
-            a.send_error = Some(format!(
-                "the Email Router's claim ran out at {} without a report: the email may have been sent; \
-                 it is not handed out again automatically",
-                k.until.to_rfc3339()
-            ));
-            a.router_claim = None;
-            a.updated_at = now;
-            match store.update(&a, Some(s.version)).await {
-                Ok(_) | Err(serversync_store::StoreError::VersionMismatch { .. }) => {}
-                Err(e) => return Err(e),
+    for mailbox in store.send_due_mailboxes(EmailStatus::Sending, now).await? {
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .send_due_emails(EmailStatus::Sending, mailbox, now, after.as_deref(), 100)
+                .await?;
+            for s in page.items {
+                let mut a = s.value;
+                let Some(k) = a.router_claim.take() else {
+                    // Sent by serversync itself: its mailbox's sender deals with it.
+                    continue;
+                };
+                a.status = EmailStatus::OutcomeUnknown;
+                a.send_error = Some(format!(
+                    "the Email Router's claim ran out at {} without a report: the email may have been sent; \
+                     it is not handed out again automatically",
+                    k.until.to_rfc3339()
+                ));
+                a.updated_at = now;
+                match store.update(&a, Some(s.version)).await {
+                    Ok(_) | Err(serversync_store::StoreError::VersionMismatch { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
             }
         }
     }

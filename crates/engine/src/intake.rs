@@ -349,10 +349,15 @@ pub struct RouterTarget {
 pub enum RouterLookupError {
     #[error("no organization named {0}")]
     NoSuchOrganization(String),
+    #[error(
+        "the domain {0} is not assigned to an organization: the installation administrator assigns it \
+         (serversync admin domains assign)"
+    )]
+    DomainNotAssigned(String),
+    #[error("the domain of {address} is assigned to another organization than {org}")]
+    OtherOrganization { address: String, org: String },
     #[error("no mailbox has the address {0}")]
     NoSuchMailbox(String),
-    #[error("{0} has mailboxes in several organizations")]
-    Ambiguous(String),
     #[error(
         "mailbox {address} receives email by {method}, not by the Email Router: set its incoming delivery method to email_router"
     )]
@@ -361,35 +366,48 @@ pub enum RouterLookupError {
     Store(#[from] StoreError),
 }
 
-/// Finds the mailbox with `address` (case-insensitive), in the organization named `org` when
-/// given, and checks that its incoming delivery method is the Email Router. Used by
-/// `serversync deliver` and the LMTP listener.
+/// Finds the Email Router mailbox for `address` (case-insensitive) and checks that its
+/// incoming delivery method is the Email Router. Only the organization the installation
+/// administrator assigned the address's domain to is searched: addresses are unique only
+/// within an organization, so another organization's mailbox with the same address never
+/// receives the mail nor makes it bounce. `org` (a name), when given, must be that
+/// organization. Used by `serversync deliver` and the LMTP listener.
 pub async fn find_router_mailbox(
     store: &Store,
     address: &str,
     org: Option<&str>,
 ) -> Result<RouterTarget, RouterLookupError> {
-    let org_id = match org {
-        Some(name) => Some(
-            store
-                .list_all::<Organization>(None, &[("name", Col::text(name))])
-                .await?
-                .into_iter()
-                .next()
-                .ok_or_else(|| RouterLookupError::NoSuchOrganization(name.to_owned()))?
-                .value
-                .id,
-        ),
-        None => None,
-    };
-    let found = store
-        .list_all::<Mailbox>(org_id, &[("email", Col::text(address.to_lowercase()))])
-        .await?;
-    let mailbox = match found.as_slice() {
-        [one] => one.value.clone(),
-        [] => return Err(RouterLookupError::NoSuchMailbox(address.to_owned())),
-        _ => return Err(RouterLookupError::Ambiguous(address.to_owned())),
-    };
+    let domain = serversync_model::org::domain_of(address)
+        .ok_or_else(|| RouterLookupError::NoSuchMailbox(address.to_owned()))?;
+    let holder = crate::domains::domain_holder(store, address)
+        .await?
+        .ok_or(RouterLookupError::DomainNotAssigned(domain))?;
+    if let Some(name) = org {
+        let named = store
+            .list_all::<Organization>(None, &[("name", Col::text(name))])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| RouterLookupError::NoSuchOrganization(name.to_owned()))?;
+        if named.value.id != holder {
+            return Err(RouterLookupError::OtherOrganization {
+                address: address.to_owned(),
+                org: name.to_owned(),
+            });
+        }
+    }
+    let mailbox = store
+        .list::<Mailbox>(
+            Some(holder),
+            &[("email", Col::text(address.to_lowercase()))],
+            None,
+            1,
+        )
+        .await?
+        .items
+        .pop()
+        .ok_or_else(|| RouterLookupError::NoSuchMailbox(address.to_owned()))?
+        .value;
     if mailbox.incoming_method != IncomingMethod::EmailRouter {
         return Err(RouterLookupError::NotRouter {
             address: address.to_owned(),

@@ -10,6 +10,7 @@
 pub mod admin;
 mod bounces;
 pub mod compose;
+pub mod domains;
 mod health;
 mod incoming;
 pub mod intake;

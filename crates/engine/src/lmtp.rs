@@ -3,7 +3,8 @@
 //! mail and `serversync deliver`.
 //!
 //! A recipient is accepted at `RCPT TO` only when it is the address of a mailbox whose incoming
-//! delivery method is the Email Router ([`find_router_mailbox`]). After `DATA` there is one reply
+//! delivery method is the Email Router, in the organization holding the address's domain
+//! ([`find_router_mailbox`]). After `DATA` there is one reply
 //! per accepted recipient: 250 once the item is committed (a duplicate is also 250: it is kept
 //! once), 451 when the store failed (the MTA keeps the message and retries; nothing is lost),
 //! 552 when the message is over the size limit. Lines and messages are bounded, idle clients
@@ -419,15 +420,19 @@ impl Session {
                 self.tx.recipients.push(Recipient { address, target });
                 Ok(())
             }
-            Err(RouterLookupError::NoSuchMailbox(_) | RouterLookupError::NoSuchOrganization(_)) => {
+            Err(
+                RouterLookupError::NoSuchMailbox(_)
+                | RouterLookupError::NoSuchOrganization(_)
+                | RouterLookupError::OtherOrganization { .. },
+            ) => {
                 self.reply(&format!(
                     "550 5.1.1 <{address}>: no serversync mailbox has this address"
                 ))
                 .await
             }
-            Err(RouterLookupError::Ambiguous(_)) => {
+            Err(RouterLookupError::DomainNotAssigned(domain)) => {
                 self.reply(&format!(
-                    "550 5.3.5 <{address}>: this address has mailboxes in several organizations; give it to one only, or deliver with `serversync deliver --org`"
+                    "550 5.1.2 <{address}>: the domain {domain} is not assigned to an organization; the installation administrator assigns it (serversync admin domains assign)"
                 ))
                 .await
             }

@@ -25,9 +25,9 @@ use serversync_model::crm::{Direction, EmailActivity, EmailStatus, PartyRole};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox};
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
-use serversync_model::{MailboxId, wire_name};
-use serversync_store::{Col, Filter, LeaseGuard, Store, StoreError};
-use std::collections::BTreeSet;
+use serversync_model::{MailboxId, OrgId, wire_name};
+use serversync_store::{LeaseGuard, Store, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -55,35 +55,23 @@ pub fn subject_with_token(settings: &EmailSettings, a: &EmailActivity) -> String
     }
 }
 
-/// Mailboxes with outgoing work: activities in pending send (due) or left in sending, sent
-/// from a mailbox that sends by server-side synchronization, is approved and enabled.
-/// Mail for other mailboxes waits in pending send.
+/// Mailboxes with outgoing work: an email in pending send that is due, or one left in
+/// sending (not held by an Email Router), sent from a mailbox that sends by server-side
+/// synchronization, is approved, enabled and not postponed. Mail for other mailboxes waits in
+/// pending send.
+///
+/// Found per mailbox through the store's due index, so nothing one mailbox holds — however
+/// many emails, however far in the future — hides another mailbox's due email; the result
+/// takes the organizations in turn (one mailbox of each, then the next of each…), and the
+/// engine starts one sender per mailbox.
 pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
     crate::compose::expire_router_claims(store).await?;
     let now = Utc::now();
     let mut ids = BTreeSet::new();
     for status in [EmailStatus::PendingSend, EmailStatus::Sending] {
-        let page = store
-            .list::<EmailActivity>(
-                None,
-                &[("status", Col::text(wire_name(&status)))],
-                None,
-                1000,
-            )
-            .await?;
-        for a in page.items {
-            let a = a.value;
-            let ready = status == EmailStatus::Sending || a.send_after.is_none_or(|t| t <= now);
-            if a.direction == Direction::Outgoing
-                && a.router_claim.is_none()
-                && ready
-                && let Some(m) = a.mailbox_ids.first()
-            {
-                ids.insert(*m);
-            }
-        }
+        ids.extend(store.send_due_mailboxes(status, now).await?);
     }
-    let mut out = Vec::new();
+    let mut per_org: BTreeMap<OrgId, Vec<Mailbox>> = BTreeMap::new();
     for id in ids {
         if let Some(m) = store.get::<Mailbox>(&id.to_string()).await? {
             let m = m.value;
@@ -92,11 +80,24 @@ pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
                 && m.outgoing.enabled
                 && m.telemetry.postponed_until.is_none_or(|t| t <= now)
             {
-                out.push(m);
+                per_org.entry(m.org_id).or_default().push(m);
             }
         }
     }
-    Ok(out)
+    Ok(round_robin(per_org.into_values().collect()))
+}
+
+/// The first of each list, then the second of each, and so on.
+pub(crate) fn round_robin<T>(lists: Vec<Vec<T>>) -> Vec<T> {
+    let mut iters: Vec<_> = lists.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        out.extend(iters.iter_mut().filter_map(Iterator::next));
+        if out.len() == before {
+            return out;
+        }
+    }
 }
 
 /// Why an email in pending send has not gone out yet, in words for the person waiting on
@@ -235,18 +236,12 @@ async fn run_until(
             .unwrap_or(100_000)
             .into(),
     ));
-    let mine = |status: EmailStatus| {
-        vec![
-            Filter::LinkedTo(id.to_string()),
-            Filter::Eq("status", Col::text(wire_name(&status))),
-        ]
-    };
     // Left in sending by a worker that is gone (this lease is new: we leave nothing there).
     let orphans = store
-        .list_where::<EmailActivity>(Some(mailbox.org_id), &mine(EmailStatus::Sending), None, 100)
+        .send_due_emails(EmailStatus::Sending, id, Utc::now(), None, 100)
         .await?;
     for s in orphans.items {
-        if s.value.mailbox_ids.first() != Some(&id) {
+        if s.value.router_claim.is_some() {
             continue;
         }
         store.renew_lease(lease, config.lease_ttl).await?;
@@ -287,17 +282,13 @@ async fn run_until(
     store.renew_lease(lease, config.lease_ttl).await?;
     // The IMAP connection that saves the Sent copies, opened for the first and kept for the round.
     let mut sent_folder: Option<SyncSession> = None;
-    // Page after page of the mailbox's pending email (100 at a time) until none is left or
-    // sending has to stop: a long queue goes out in one round, not a page per tick.
+    // Page after page of the mailbox's due email (100 at a time, the earliest due first)
+    // until none is left or sending has to stop: a long queue goes out in one round, not a
+    // page per tick, and email scheduled for later is never read.
     let mut after: Option<String> = None;
     'round: loop {
         let pending = store
-            .list_where::<EmailActivity>(
-                Some(mailbox.org_id),
-                &mine(EmailStatus::PendingSend),
-                after.as_deref(),
-                100,
-            )
+            .send_due_emails(EmailStatus::PendingSend, id, now, after.as_deref(), 100)
             .await?;
         for s in pending.items {
             if stop.is_cancelled() {

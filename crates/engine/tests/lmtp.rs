@@ -6,6 +6,7 @@
 use serversync_engine::lmtp::{LmtpConfig, serve};
 use serversync_model::item::{ItemDecision, ItemSource, MailItem};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
+use serversync_model::org::Domain;
 use serversync_model::settings::{EmailSettings, IncomingMethod};
 use serversync_model::{OrgId, UserId};
 use serversync_store::{Backend, Store};
@@ -109,6 +110,18 @@ async fn router_mailbox(
     m
 }
 
+/// Assigns `domain` to `org`, as the installation administrator does.
+async fn assign(store: &Store, org: OrgId, domain: &str) {
+    store
+        .insert(&Domain {
+            domain: domain.into(),
+            org_id: org,
+            assigned_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+}
+
 async fn items(store: &Store, m: &Mailbox) -> Vec<MailItem> {
     store
         .list_items(m.id, None, 100)
@@ -148,6 +161,7 @@ async fn run(backend: Backend) {
     let org = OrgId::new();
     let settings = EmailSettings::new(org);
     store.insert(&settings).await.unwrap();
+    assign(&store, org, "router.test").await;
     let ann = router_mailbox(
         &store,
         org,
@@ -395,6 +409,7 @@ async fn lmtp_defers_when_the_store_fails() {
     let org = OrgId::new();
     let settings = EmailSettings::new(org);
     store.insert(&settings).await.unwrap();
+    assign(&store, org, "router.test").await;
     router_mailbox(
         &store,
         org,
@@ -429,4 +444,113 @@ async fn lmtp_defers_when_the_store_fails() {
         "a lookup failure is temporary too: {r}"
     );
     stop.cancel();
+}
+
+/// Two organizations claim the same address (security issue #14, item 2). acme holds the
+/// domain acme.test; evil has router mailboxes for ceo@acme.test (which acme has too) and
+/// cfo@acme.test (which acme has not). The Email Router delivers ceo@ to acme only — evil's
+/// claim neither receives it nor makes it bounce — refuses cfo@ (acme has no such mailbox),
+/// and refuses an address whose domain no organization holds, saying why.
+async fn two_organizations(backend: Backend) {
+    let env = TestEnv::from_env();
+    let (_guard, url) = match backend {
+        Backend::Sqlite => {
+            let d = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", d.path().join("l.db").display());
+            (Box::new(d) as Box<dyn std::any::Any>, url)
+        }
+        Backend::Postgres => {
+            let db = env.pg_database().await.unwrap();
+            let url = db.url().to_owned();
+            (Box::new(db) as Box<dyn std::any::Any>, url)
+        }
+    };
+    let store = Store::open(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
+    let (acme, evil) = (OrgId::new(), OrgId::new());
+    let (acme_settings, evil_settings) = (EmailSettings::new(acme), EmailSettings::new(evil));
+    store.insert(&acme_settings).await.unwrap();
+    store.insert(&evil_settings).await.unwrap();
+    // evil's mailboxes are older: a lookup across organizations would meet them first.
+    let evil_ceo = router_mailbox(
+        &store,
+        evil,
+        &evil_settings,
+        "ceo@acme.test",
+        IncomingMethod::EmailRouter,
+    )
+    .await;
+    let evil_cfo = router_mailbox(
+        &store,
+        evil,
+        &evil_settings,
+        "cfo@acme.test",
+        IncomingMethod::EmailRouter,
+    )
+    .await;
+    let acme_ceo = router_mailbox(
+        &store,
+        acme,
+        &acme_settings,
+        "ceo@acme.test",
+        IncomingMethod::EmailRouter,
+    )
+    .await;
+    assign(&store, acme, "acme.test").await;
+    router_mailbox(
+        &store,
+        evil,
+        &evil_settings,
+        "ann@nowhere.test",
+        IncomingMethod::EmailRouter,
+    )
+    .await;
+
+    let (addr, stop) = start(&store, LmtpConfig::default()).await;
+    let (mut c, _) = Client::connect(addr).await;
+    assert!(c.cmd("LHLO mta.test").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<zed@elsewhere.test>")
+            .await
+            .starts_with("250")
+    );
+    let ceo = c.cmd("RCPT TO:<CEO@acme.test>").await;
+    assert!(
+        ceo.starts_with("250 2.1.5"),
+        "acme's mail is not bounced: {ceo}"
+    );
+    let cfo = c.cmd("RCPT TO:<cfo@acme.test>").await;
+    assert!(
+        cfo.starts_with("550 5.1.1"),
+        "evil gets nothing in acme's domain: {cfo}"
+    );
+    let nowhere = c.cmd("RCPT TO:<ann@nowhere.test>").await;
+    assert!(
+        nowhere.starts_with("550 5.1.2") && nowhere.contains("not assigned"),
+        "{nowhere}"
+    );
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(&stuff(
+        b"Message-ID: <board@acme.test>\r\nSubject: board minutes\r\n\r\nconfidential\r\n",
+    ))
+    .await;
+    let done = c.reply().await;
+    assert!(done.starts_with("250 2.0.0 <CEO@acme.test>"), "{done}");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    stop.cancel();
+
+    assert_eq!(items(&store, &acme_ceo).await.len(), 1, "delivered to acme");
+    assert!(items(&store, &evil_ceo).await.is_empty(), "never to evil");
+    assert!(items(&store, &evil_cfo).await.is_empty());
+}
+
+#[tokio::test]
+async fn lmtp_delivers_only_to_the_organization_holding_the_domain_sqlite() {
+    two_organizations(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn lmtp_delivers_only_to_the_organization_holding_the_domain_postgres() {
+    two_organizations(Backend::Postgres).await
 }

@@ -14,12 +14,14 @@ use serversync_model::Secret;
 use serversync_model::alert::Alert;
 use serversync_model::auth::Caller;
 use serversync_model::crm::{
-    Contact, Direction, EmailActivity, EmailStatus, NewEmail, Recipient, RecordRef,
+    ActivityParty, Contact, Direction, EmailActivity, EmailStatus, NewEmail, PartyRole, Recipient,
+    RecordRef, RouterClaim,
 };
-use serversync_model::mailbox::Mailbox;
+use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
+use serversync_model::org::{Organization, Privilege, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint};
-use serversync_model::settings::EmailSettings;
-use serversync_store::{Backend, Store};
+use serversync_model::settings::{EmailSettings, OutgoingMethod};
+use serversync_store::{Backend, Col, Filter, Store};
 use serversync_testkit::{ScriptedSmtp, SmtpScript, TestEnv, postfix};
 use serversync_vault::MasterKey;
 use std::sync::Arc;
@@ -930,4 +932,250 @@ async fn replies_and_bounces_come_back_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_and_bounces_come_back_postgres() {
     replies_and_bounces_come_back(Backend::Postgres).await
+}
+
+// ---- Fair scheduling (security issue #14, item 1): what one user holds back delays no one else. ----
+
+/// A second organization ("flood") with a basic user and their approved mailbox `email`,
+/// sending by `method`, and a caller acting as that user (read and write records only).
+async fn flood_mailbox(store: &Store, email: &str, method: OutgoingMethod) -> (Mailbox, Caller) {
+    let now = chrono::Utc::now();
+    let org = match store
+        .list_all::<Organization>(None, &[("name", Col::text("flood"))])
+        .await
+        .unwrap()
+        .pop()
+    {
+        Some(o) => o.value,
+        None => {
+            let o = Organization::new("flood", "Flood", now);
+            store.insert(&o).await.unwrap();
+            store.insert(&EmailSettings::new(o.id)).await.unwrap();
+            o
+        }
+    };
+    let user = User::new(org.id, "Mallory", email, now);
+    store.insert(&user).await.unwrap();
+    let settings = EmailSettings::new(org.id);
+    let mut m = Mailbox::new_with_defaults(
+        org.id,
+        MailboxRegarding::User(user.id),
+        user.id,
+        "Mallory",
+        email,
+        &settings,
+        now,
+    );
+    m.approval = ApprovalStatus::Approved;
+    m.outgoing_method = method;
+    m.outgoing.enabled = true;
+    store.insert(&m).await.unwrap();
+    let caller = Caller {
+        user,
+        privileges: [Privilege::ReadRecords, Privilege::WriteRecords]
+            .into_iter()
+            .collect(),
+    };
+    (m, caller)
+}
+
+/// An outgoing email of `m` in `status`, written straight to the store.
+async fn stored_email(
+    store: &Store,
+    m: &Mailbox,
+    status: EmailStatus,
+    send_after: Option<chrono::DateTime<chrono::Utc>>,
+    claim_until: Option<chrono::DateTime<chrono::Utc>>,
+) -> EmailActivity {
+    let now = chrono::Utc::now();
+    let a = EmailActivity {
+        id: ActivityId::new(),
+        org_id: m.org_id,
+        subject: "waiting".into(),
+        text_body: Some("hello".into()),
+        html_body: None,
+        direction: Direction::Outgoing,
+        status,
+        owner_id: m.owner_id,
+        parties: vec![
+            ActivityParty {
+                role: PartyRole::From,
+                address: m.email.clone(),
+                display_name: None,
+                resolved: None,
+            },
+            ActivityParty {
+                role: PartyRole::To,
+                address: BOB.into(),
+                display_name: None,
+                resolved: None,
+            },
+        ],
+        attachments: Vec::new(),
+        regarding: None,
+        tracking_token: None,
+        message_id: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        content_key: None,
+        conversation_id: None,
+        mailbox_ids: vec![m.id],
+        item_ids: Vec::new(),
+        sent_at: None,
+        received_at: None,
+        send_after,
+        delivery_attempts: 0,
+        send_error: None,
+        router_claim: claim_until.map(|until| RouterClaim {
+            id: uuid::Uuid::new_v4().to_string(),
+            until,
+        }),
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert(&a).await.unwrap();
+    a
+}
+
+/// A basic user of another organization composes 1,000 emails to be sent in 300 days
+/// (before alice's email, so they are the oldest waiting): alice's email still goes out
+/// through Postfix at once, and the 1,000 keep waiting.
+async fn scheduled_mail_of_another_org_delays_nothing(backend: Backend) {
+    let t = setup(backend).await;
+    let (flood, mallory) = flood_mailbox(
+        &t.store,
+        "mallory@flood.test",
+        OutgoingMethod::ServerSideSync,
+    )
+    .await;
+    let admin = Engine::new(t.store.clone(), t.config.clone()).admin();
+    let later = chrono::Utc::now() + chrono::Duration::days(300);
+    for i in 0..1000 {
+        admin
+            .compose_email(
+                &mallory,
+                flood.org_id,
+                NewEmail {
+                    send_after: Some(later),
+                    ..common::email(flood.id, BOB, &format!("Later {i}"), "not yet")
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let subject = format!("Now {}", uuid::Uuid::new_v4());
+    let a = t.compose(BOB, &subject, "due now").await;
+    let engine = run_engine(&t);
+    let sent = t.wait_done(a.id).await;
+    stop_engine(engine).await;
+    assert_eq!(sent.status, EmailStatus::Sent, "{:?}", sent.send_error);
+    let waiting = t
+        .store
+        .count_where::<EmailActivity>(
+            Some(flood.org_id),
+            &[Filter::Eq("status", Col::text("pending_send"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting, 1000, "the scheduled emails keep waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_mail_of_another_org_delays_nothing_sqlite() {
+    scheduled_mail_of_another_org_delays_nothing(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_mail_of_another_org_delays_nothing_postgres() {
+    scheduled_mail_of_another_org_delays_nothing(Backend::Postgres).await
+}
+
+/// Another organization's Email Router holds 1,000 claims for an hour (claimed before
+/// alice's): alice's claim that ran out still becomes "outcome unknown" at the engine's next
+/// tick, and the 1,000 held claims are left alone.
+async fn held_claims_of_another_org_hide_no_expired_one(backend: Backend) {
+    let t = setup(backend).await;
+    let (flood, _) =
+        flood_mailbox(&t.store, "router@flood.test", OutgoingMethod::EmailRouter).await;
+    let hour = chrono::Utc::now() + chrono::Duration::hours(1);
+    for _ in 0..1000 {
+        stored_email(&t.store, &flood, EmailStatus::Sending, None, Some(hour)).await;
+    }
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let a = stored_email(&t.store, &t.mailbox, EmailStatus::Sending, None, Some(past)).await;
+    let engine = run_engine(&t);
+    let lost = t
+        .wait_for(a.id, "outcome unknown", |a| {
+            a.status == EmailStatus::OutcomeUnknown
+        })
+        .await;
+    stop_engine(engine).await;
+    assert!(lost.send_error.unwrap().contains("claim ran out"));
+    let held = t
+        .store
+        .count_where::<EmailActivity>(
+            Some(flood.org_id),
+            &[Filter::Eq("status", Col::text("sending"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, 1000, "claims still held stay held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_claims_of_another_org_hide_no_expired_one_sqlite() {
+    held_claims_of_another_org_hide_no_expired_one(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_claims_of_another_org_hide_no_expired_one_postgres() {
+    held_claims_of_another_org_hide_no_expired_one(Backend::Postgres).await
+}
+
+/// Within one organization, an Email Router's claim takes the router mailboxes in turn: one
+/// user's 1,000 scheduled emails and 50 due ones (all older) do not keep a second
+/// mailbox's due email from being handed out.
+async fn router_claims_take_each_mailbox_in_turn(backend: Backend) {
+    let t = setup(backend).await;
+    let (busy, mallory) =
+        flood_mailbox(&t.store, "mallory@flood.test", OutgoingMethod::EmailRouter).await;
+    let (quiet, _) = flood_mailbox(&t.store, "quiet@flood.test", OutgoingMethod::EmailRouter).await;
+    let later = chrono::Utc::now() + chrono::Duration::days(300);
+    for _ in 0..1000 {
+        stored_email(&t.store, &busy, EmailStatus::PendingSend, Some(later), None).await;
+    }
+    for _ in 0..50 {
+        stored_email(&t.store, &busy, EmailStatus::PendingSend, None, None).await;
+    }
+    let q = stored_email(&t.store, &quiet, EmailStatus::PendingSend, None, None).await;
+    let router = Caller {
+        privileges: [Privilege::WriteRecords, Privilege::ReadMailboxes]
+            .into_iter()
+            .collect(),
+        ..mallory
+    };
+    let claimed = Engine::new(t.store.clone(), t.config.clone())
+        .admin()
+        .claim_for_router(&router, busy.org_id, None, 10, chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 10);
+    assert!(
+        claimed.iter().any(|c| c.activity.id == q.id),
+        "the quiet mailbox's email is among the first claimed"
+    );
+    assert!(
+        claimed.iter().all(|c| c.activity.send_after.is_none()),
+        "nothing scheduled for later is handed out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_claims_take_each_mailbox_in_turn_sqlite() {
+    router_claims_take_each_mailbox_in_turn(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_claims_take_each_mailbox_in_turn_postgres() {
+    router_claims_take_each_mailbox_in_turn(Backend::Postgres).await
 }

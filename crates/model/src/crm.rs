@@ -247,7 +247,7 @@ pub struct NewEmail {
     pub attachments: Vec<NewAttachment>,
     #[serde(default)]
     pub regarding: Option<RecordRef>,
-    /// Send later: the email waits in pending send until then.
+    /// Send later: the email waits in pending send until then (at most 365 days ahead).
     #[serde(default)]
     pub send_after: Option<DateTime<Utc>>,
     /// Keep it as a draft (status draft) instead of sending.
@@ -323,6 +323,26 @@ impl EmailActivity {
     /// without one `sha256:` and its content key. The store indexes it as `message_id`.
     pub fn dedupe_key(&self) -> Option<String> {
         dedupe_key(self.message_id.as_deref(), self.content_key.as_deref())
+    }
+
+    /// Outgoing work the engine has to do on this email, as the mailbox it is sent from and
+    /// the time it is due: an email in pending send is due at its `send_after` (else at
+    /// once); one in sending is due when its Email Router claim runs out (else at once: a
+    /// sender that finds it there was stopped mid-send). `None` for every other email. The
+    /// store indexes both, so due work is found per mailbox without reading what waits.
+    pub fn send_due(&self) -> Option<(MailboxId, DateTime<Utc>)> {
+        if self.direction != Direction::Outgoing {
+            return None;
+        }
+        let at = match self.status {
+            EmailStatus::PendingSend => self.send_after.unwrap_or(self.created_at),
+            EmailStatus::Sending => self
+                .router_claim
+                .as_ref()
+                .map_or(self.created_at, |c| c.until),
+            _ => return None,
+        };
+        Some((*self.mailbox_ids.first()?, at))
     }
 }
 

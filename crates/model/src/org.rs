@@ -240,6 +240,52 @@ impl Queue {
     }
 }
 
+/// A mail domain the installation administrator assigned to one organization. The Email
+/// Router delivers a recipient only to a mailbox of the organization holding the recipient's
+/// domain, and no other organization may give a user, queue or mailbox an address in it: an
+/// address is unique only within an organization, a domain across the installation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Domain {
+    /// Lowercase ASCII (an internationalized domain in its `xn--` form).
+    pub domain: String,
+    pub org_id: OrgId,
+    pub assigned_at: DateTime<Utc>,
+}
+
+impl Domain {
+    /// `raw` as a domain name (trimmed, lowercase), or why it is not one (field `domain`).
+    pub fn normalize(raw: &str) -> Result<String, ValidationErrors> {
+        let d = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
+        if d.is_empty() || d.len() > 253 || !d.split('.').all(label_ok) {
+            let mut e = ValidationErrors::default();
+            e.push(
+                "invalid_domain",
+                "domain",
+                "enter a domain name such as example.com (letters, digits, dashes and dots; an internationalized name in its xn-- form)",
+            );
+            return Err(e);
+        }
+        Ok(d)
+    }
+}
+
+/// The domain of an email address, lowercase (`None` without an `@`).
+pub fn domain_of(address: &str) -> Option<String> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +302,30 @@ mod tests {
         let p = effective_privileges(&u, [&admin, &approver, &foreign]);
         assert!(p.contains(&Privilege::ApproveEmailAddresses));
         assert!(!p.contains(&Privilege::ManageEmailConfiguration));
+    }
+
+    #[test]
+    fn domains_are_normalized_or_refused() {
+        assert_eq!(Domain::normalize(" Example.COM. ").unwrap(), "example.com");
+        assert_eq!(
+            Domain::normalize("xn--bcher-kva.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        for bad in [
+            "",
+            "a@b.com",
+            "exa mple.com",
+            "-x.com",
+            "a..b",
+            "bücher.example",
+        ] {
+            assert_eq!(
+                Domain::normalize(bad).unwrap_err().codes(),
+                ["invalid_domain"],
+                "{bad:?}"
+            );
+        }
+        assert_eq!(domain_of("Ann@Example.COM").as_deref(), Some("example.com"));
+        assert_eq!(domain_of("no-at-sign"), None);
     }
 }

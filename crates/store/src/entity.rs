@@ -12,7 +12,7 @@ use serversync_model::auth::ApiToken;
 use serversync_model::crm::{Account, Appointment, Contact, EmailActivity, Lead, QueueItem, Task};
 use serversync_model::job::Job;
 use serversync_model::mailbox::{Mailbox, MailboxRegarding};
-use serversync_model::org::{Organization, Queue, Role, User};
+use serversync_model::org::{Domain, Organization, Queue, Role, User};
 use serversync_model::profile::EmailServerProfile;
 use serversync_model::settings::EmailSettings;
 use serversync_model::webhook::{ChangeOp, RecordType, WebhookEndpoint};
@@ -100,7 +100,7 @@ macro_rules! bind_col {
     };
 }
 
-fn decode<E: Entity>(
+pub(crate) fn decode<E: Entity>(
     row_id: String,
     doc: &str,
     version: i64,
@@ -720,6 +720,8 @@ entity!(EmailActivity, "activities", "email activity", feed EmailActivity, |s| S
     "tracking_token" => Col::opt_text(s.tracking_token.as_ref()),
     "subject_key" => Col::opt_text(Some(serversync_model::track::normalize_subject(&s.subject)).filter(|k| !k.is_empty())),
     "occurred_at" => Col::Int(Some(s.received_at.or(s.sent_at).unwrap_or(s.created_at).timestamp_millis())),
+    "send_mailbox" => Col::opt_text(s.send_due().map(|(m, _)| m)),
+    "due_at" => Col::Int(s.send_due().map(|(_, t)| t.timestamp_millis())),
 ], links ("activity_mailboxes", "activity_id", "mailbox_id") => s.mailbox_ids.iter().map(|m| m.to_string()).collect());
 entity!(Appointment, "activities", "appointment", feed Appointment, |s| Some(s.org_id), [
     "kind" => Col::text("appointment"),
@@ -765,6 +767,18 @@ entity!(
     |s| Some(s.org_id),
     []
 );
+
+/// A mail domain: one row per domain (its id), so a domain belongs to one organization.
+impl Entity for Domain {
+    const TABLE: &'static str = "domains";
+    const NAME: &'static str = "domain";
+    fn id(&self) -> String {
+        self.domain.clone()
+    }
+    fn org_id(&self) -> Option<OrgId> {
+        Some(self.org_id)
+    }
+}
 
 /// Organization email settings: one row per organization, keyed by the organization id.
 impl Entity for EmailSettings {

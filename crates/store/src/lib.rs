@@ -17,6 +17,7 @@ mod entity;
 mod error;
 mod items;
 mod lease;
+mod outgoing;
 mod secrets;
 mod sync_state;
 mod webhooks;

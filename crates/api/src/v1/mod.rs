@@ -83,6 +83,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::create_token))
         .routes(routes!(orgs::list_queues, orgs::create_queue))
         .routes(routes!(orgs::list_roles))
+        .routes(routes!(orgs::list_domains, orgs::assign_domain))
+        .routes(routes!(orgs::remove_domain))
         .routes(routes!(profiles::list_profiles, profiles::create_profile))
         .routes(routes!(
             profiles::get_profile,

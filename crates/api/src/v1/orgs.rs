@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use serversync_engine::admin::NewUser;
-use serversync_model::org::{BuiltinRole, Organization, Privilege, Role};
+use serversync_model::org::{BuiltinRole, Domain, Organization, Privilege, Role};
 use serversync_model::{Secret, UserId};
 use utoipa::ToSchema;
 
@@ -305,4 +305,55 @@ pub async fn list_roles(
 ) -> ApiResult<Json<Vec<Role>>> {
     let org = org(&s, &c, &o).await?;
     Ok(Json(s.admin.roles(org.id).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/domains", tag = "organizations", params(("org" = String, Path)),
+    responses((status = 200, body = [Domain], description = "The mail domains assigned to the organization: the Email Router delivers an address only to the organization holding its domain")))]
+pub async fn list_domains(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+) -> ApiResult<Json<Vec<Domain>>> {
+    let org = org(&s, &c, &o).await?;
+    Ok(Json(s.admin.list_domains(&c, org.id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDomain {
+    /// A domain name such as `example.com`.
+    pub domain: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/domains", tag = "organizations", params(("org" = String, Path)), request_body = NewDomain,
+    responses((status = 201, body = Domain, description = "Assigned: only this organization may use addresses in the domain, and the Email Router delivers them here"),
+        (status = 403, body = Problem, description = "Only an installation administrator assigns domains: `installation_admin_required`"),
+        (status = 409, body = Problem, description = "The domain is already assigned (to this or another organization)"),
+        (status = 422, body = Problem)))]
+pub async fn assign_domain(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Domain>)> {
+    let org = org(&s, &c, &o).await?;
+    let n: NewDomain = body.parse()?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.admin.assign_domain(&c, org.id, &n.domain).await?),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/orgs/{org}/domains/{domain}", tag = "organizations", params(("org" = String, Path), ("domain" = String, Path)),
+    responses((status = 204, description = "The domain is no longer assigned: the Email Router refuses its addresses until it is assigned again"),
+        (status = 403, body = Problem, description = "Only an installation administrator removes domains: `installation_admin_required`"),
+        (status = 404, body = Problem)))]
+pub async fn remove_domain(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, domain)): P<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let org = org(&s, &c, &o).await?;
+    s.admin.remove_domain(&c, org.id, &domain).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

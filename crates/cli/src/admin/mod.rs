@@ -93,6 +93,13 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: OrgsCommand,
     },
+    /// Mail domains of the organization: the Email Router delivers an address only to the
+    /// organization holding its domain, and no other organization may use addresses in it
+    /// (assigning and removing needs an installation administrator).
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
+    },
     /// Users of the organization; each user gets a mailbox.
     Users {
         #[command(subcommand)]
@@ -406,6 +413,23 @@ pub enum RoleArg {
     MailboxApprover,
     #[value(name = "basic_user")]
     BasicUser,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainsCommand {
+    /// The domains assigned to the organization.
+    List,
+    /// Assign a domain to the organization (refused when another organization holds it).
+    Assign {
+        #[arg(value_name = "DOMAIN")]
+        domain: String,
+    },
+    /// Take a domain from the organization: the Email Router refuses its addresses until it
+    /// is assigned again.
+    Remove {
+        #[arg(value_name = "DOMAIN")]
+        domain: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -885,6 +909,7 @@ pub async fn run(cfg: Config, args: AdminArgs) -> anyhow::Result<()> {
     match command {
         AdminCommand::Token { .. } => unreachable!("handled above"),
         AdminCommand::Orgs { command } => orgs::orgs(&ctx, command).await,
+        AdminCommand::Domains { command } => orgs::domains(&ctx, command).await,
         AdminCommand::Users { command } => orgs::users(&ctx, command).await,
         AdminCommand::Queues { command } => orgs::queues(&ctx, command).await,
         AdminCommand::Roles { command } => orgs::roles(&ctx, command).await,

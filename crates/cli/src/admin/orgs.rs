@@ -3,8 +3,8 @@
 use super::input::SecretSource;
 use super::output::{self, Table, at, str_at, time, yes};
 use super::{
-    Ctx, OrgsCommand, QueueCreateArgs, QueuesCommand, RolesCommand, UserCreateArgs, UsersCommand,
-    api_name, is_id,
+    Ctx, DomainsCommand, OrgsCommand, QueueCreateArgs, QueuesCommand, RolesCommand, UserCreateArgs,
+    UsersCommand, api_name, is_id,
 };
 use anyhow::{Result, anyhow, bail};
 use serde_json::{Map, Value, json};
@@ -289,5 +289,44 @@ pub async fn roles(ctx: &Ctx, cmd: RolesCommand) -> Result<()> {
         ]);
     }
     t.print("roles");
+    Ok(())
+}
+
+pub async fn domains(ctx: &Ctx, cmd: DomainsCommand) -> Result<()> {
+    match cmd {
+        DomainsCommand::List => {
+            let v = ctx.api.get(&["domains"], &[]).await?;
+            if ctx.json {
+                output::json(&v);
+                return Ok(());
+            }
+            let mut t = Table::new(&["DOMAIN", "ASSIGNED"]);
+            for d in v.as_array().into_iter().flatten() {
+                t.row(vec![at(d, "domain"), time(d, "assigned_at")]);
+            }
+            t.print("domains");
+        }
+        DomainsCommand::Assign { domain } => {
+            let d = ctx
+                .api
+                .post(&["domains"], &json!({ "domain": domain }))
+                .await?;
+            if ctx.json {
+                output::json(&d);
+            } else {
+                println!(
+                    "assigned {} to organization {}",
+                    str_at(&d, "domain"),
+                    ctx.api.org()
+                );
+            }
+        }
+        DomainsCommand::Remove { domain } => {
+            ctx.api.delete(&["domains", &domain]).await?;
+            if !ctx.json {
+                println!("removed {domain} from organization {}", ctx.api.org());
+            }
+        }
+    }
     Ok(())
 }
