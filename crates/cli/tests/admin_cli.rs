@@ -75,11 +75,12 @@ impl Server {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("serve prints its address within 30 s");
-            if let Some(rest) = line.split("API token (shown only now): ").nth(1) {
-                let t: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                    .collect();
+            if let Some(file) = line
+                .split("its API token is in ")
+                .nth(1)
+                .and_then(|rest| rest.split(" (mode 0600").next())
+            {
+                let t = std::fs::read_to_string(file).unwrap().trim().to_owned();
                 server.token = Some(t);
             }
             if let Some(rest) = line.split("listening on http://").nth(1) {

@@ -30,6 +30,12 @@ fn cmd(data_dir: &Path) -> Command {
     c
 }
 
+/// The path in the first start's "its API token is in FILE (mode 0600…" log line.
+fn first_token_file(line: &str) -> Option<std::path::PathBuf> {
+    let rest = line.split("its API token is in ").nth(1)?;
+    Some(rest.split(" (mode 0600").next()?.into())
+}
+
 struct Server {
     child: Child,
     addr: String,
@@ -40,17 +46,20 @@ struct Server {
 
 impl Server {
     /// Starts `serve` on a free port and waits (bounded) for its "listening" line.
-    /// The bootstrap token printed once on first start (before the "listening" line).
-    fn bootstrap_token(&self) -> String {
+    /// The file the first start names (before the "listening" line) for the bootstrap token.
+    fn bootstrap_token_file(&self) -> std::path::PathBuf {
         self.early
             .iter()
-            .find_map(|line| line.split("API token (shown only now): ").nth(1))
-            .map(|rest| {
-                rest.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                    .collect()
-            })
-            .expect("the first start prints a token")
+            .find_map(|line| first_token_file(line))
+            .expect("the first start names the token's file")
+    }
+
+    /// The bootstrap token, from that file.
+    fn bootstrap_token(&self) -> String {
+        std::fs::read_to_string(self.bootstrap_token_file())
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     fn start(mut c: Command) -> Server {

@@ -18,6 +18,7 @@ pub mod lmtp;
 pub mod outgoing;
 pub mod policy;
 pub mod records;
+pub mod sign_in;
 mod slots;
 pub mod test_enable;
 pub mod webhooks;
@@ -30,6 +31,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{Admin, AdminError};
+pub use sign_in::{AuthConfig, ThrottleConfig};
 pub use webhooks::WebhookConfig;
 
 /// The organization's email settings, or the defaults when none were saved.
@@ -57,6 +59,8 @@ pub struct EngineConfig {
     pub test_concurrency: usize,
     /// Webhook delivery: polling, retry back-off, pausing.
     pub webhooks: WebhookConfig,
+    /// Token lifetimes, password hashing and the sign-in throttle.
+    pub auth: AuthConfig,
 }
 
 impl EngineConfig {
@@ -67,6 +71,7 @@ impl EngineConfig {
             tls_trust,
             test_concurrency: 4,
             webhooks: WebhookConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct Engine {
     worker_id: String,
     state: tokio::sync::watch::Sender<EngineState>,
     wake: Arc<Notify>,
+    /// Shared by every [`Admin`] of this engine (one throttle per process).
+    sign_in: Arc<sign_in::SignIn>,
 }
 
 impl Engine {
@@ -97,6 +104,7 @@ impl Engine {
         );
         Self {
             store,
+            sign_in: Arc::new(sign_in::SignIn::new(config.auth.clone())),
             config,
             worker_id,
             state: tokio::sync::watch::channel(EngineState::Starting).0,
@@ -106,7 +114,7 @@ impl Engine {
 
     /// The administration service, wired to wake this engine when it queues a job.
     pub fn admin(&self) -> Admin {
-        Admin::new(self.store.clone(), self.wake.clone())
+        Admin::sharing(self.store.clone(), self.wake.clone(), self.sign_in.clone())
     }
 
     /// What wakes this engine at once (instead of at its next tick), e.g. when the Email

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+#[allow(dead_code)]
 enum Db {
     Sqlite(tempfile::TempDir),
     Postgres(PgDatabase),
