@@ -177,3 +177,223 @@ both!(
         assert!(minted["after"].get("token_hash").is_none(), "{minted}");
     }
 );
+
+both!(
+    tokens_expire_and_are_listed_and_revoked_through_the_api,
+    |backend| {
+        let s = Instance::start(backend, Trust::TestCa).await;
+        let root = root_id(&s).await;
+        let (sam, sam_token) = user_with_token(
+            &s,
+            "Sam Sysadmin",
+            "sam@example.test",
+            json!(["system_administrator"]),
+        )
+        .await;
+        let (bea, bea_token) =
+            user_with_token(&s, "Bea Basic", "bea@example.test", json!(["basic_user"])).await;
+        let me = format!("{ORG}/users/{bea}");
+
+        // Expiry: the configured default (90 days), or what the request asks within 1-3650.
+        let days_left = |t: &Value| {
+            let at: chrono::DateTime<chrono::Utc> =
+                t["expires_at"].as_str().unwrap().parse().unwrap();
+            (at - chrono::Utc::now()).num_hours() as f64 / 24.0
+        };
+        let t90 = s
+            .ok(
+                "POST",
+                &format!("{me}/tokens"),
+                Some(json!({"name": "default"})),
+            )
+            .await;
+        assert!((89.9..=90.0).contains(&days_left(&t90)), "{t90}");
+        let (status, t7) = s
+            .call_as(
+                &bea_token,
+                "POST",
+                &format!("{me}/tokens"),
+                Some(json!({"name": "mine", "expires_in_days": 7})),
+            )
+            .await;
+        assert_eq!(status, 201, "{t7}");
+        assert!((6.9..=7.0).contains(&days_left(&t7)), "{t7}");
+        for bad in [0, 3651] {
+            let (status, p) = s
+                .call(
+                    "POST",
+                    &format!("{me}/tokens"),
+                    Some(json!({"name": "x", "expires_in_days": bad})),
+                )
+                .await;
+            assert_eq!(
+                (status, p["field"].as_str()),
+                (422, Some("expires_in_days")),
+                "{p}"
+            );
+        }
+
+        // Listing: holders of manage_users see the organization's tokens, others their own;
+        // never a token or its hash.
+        let all = s.ok("GET", &format!("{ORG}/tokens"), None).await;
+        let names = |v: &Value| -> Vec<(String, String)> {
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["user_id"].as_str().unwrap().to_owned(),
+                        t["name"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        };
+        for expected in [(&root, "bootstrap"), (&sam, "test"), (&bea, "mine")] {
+            assert!(
+                names(&all).contains(&(expected.0.clone(), expected.1.to_owned())),
+                "{expected:?}: {all}"
+            );
+        }
+        assert!(!all.to_string().contains("token_hash") && !all.to_string().contains(&bea_token));
+        let (_, own) = s
+            .call_as(&bea_token, "GET", &format!("{ORG}/tokens"), None)
+            .await;
+        assert!(
+            names(&own).iter().all(|(u, _)| *u == bea) && names(&own).len() == 3,
+            "{own}"
+        );
+        let (_, theirs) = s
+            .call_as(
+                &bea_token,
+                "GET",
+                &format!("{ORG}/tokens?user_id={root}"),
+                None,
+            )
+            .await;
+        assert_eq!(theirs["items"], json!([]), "{theirs}");
+
+        // Revoking: one's own token; a subset user's token with manage_users; never the
+        // installation administrator's unless one is one; another organization's: not found.
+        let t7_id = t7["id"].as_str().unwrap();
+        let (status, r) = s
+            .call_as(
+                &bea_token,
+                "POST",
+                &format!("{ORG}/tokens/{t7_id}/revoke"),
+                None,
+            )
+            .await;
+        assert_eq!((status, &r["revoked"]), (200, &json!(true)), "{r}");
+        assert!(r["revoked_at"].is_string(), "{r}");
+        assert_eq!(
+            s.call_as(t7["token"].as_str().unwrap(), "GET", &me, None)
+                .await
+                .0,
+            401
+        );
+        let root_token_id = s
+            .ok("GET", &format!("{ORG}/tokens?user_id={root}"), None)
+            .await["items"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, p) = s
+            .call_as(
+                &sam_token,
+                "POST",
+                &format!("{ORG}/tokens/{root_token_id}/revoke"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (403, Some("installation_admin_protected")),
+            "{p}"
+        );
+        let (status, p) = s
+            .call_as(
+                &bea_token,
+                "POST",
+                &format!("{ORG}/tokens/{root_token_id}/revoke"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "a basic user does not see others' tokens: {p}");
+        assert_eq!(
+            s.call("GET", &format!("{ORG}/users/{root}"), None).await.0,
+            200
+        );
+        let t90_id = t90["id"].as_str().unwrap();
+        let (status, p) = s
+            .call_as(
+                &sam_token,
+                "POST",
+                &format!("{ORG}/tokens/{t90_id}/revoke"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{p}");
+
+        s.ok(
+            "POST",
+            "/api/v1/orgs",
+            Some(json!({"name": "acme", "display_name": "Acme"})),
+        )
+        .await;
+        let olga = s
+            .ok(
+                "POST",
+                "/api/v1/orgs/acme/users",
+                Some(json!({"full_name": "Olga", "email": "olga@acme.test", "roles": ["system_administrator"]})),
+            )
+            .await;
+        let olga_token = s
+            .ok(
+                "POST",
+                &format!("/api/v1/orgs/acme/users/{}/tokens", id(&olga["user"])),
+                Some(json!({"name": "olga"})),
+            )
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bea_token_id = names(&own)
+            .iter()
+            .position(|(_, n)| n == "test")
+            .map(|i| own["items"][i]["id"].as_str().unwrap().to_owned())
+            .unwrap();
+        for path in [
+            format!("/api/v1/orgs/acme/tokens/{bea_token_id}/revoke"),
+            format!("{ORG}/tokens/{bea_token_id}/revoke"),
+        ] {
+            let (status, p) = s.call_as(&olga_token, "POST", &path, None).await;
+            assert_eq!(status, 404, "{path}: {p}");
+        }
+        let (_, acme) = s
+            .call_as(&olga_token, "GET", "/api/v1/orgs/acme/tokens", None)
+            .await;
+        assert!(names(&acme).iter().all(|(_, n)| n == "olga"), "{acme}");
+        assert_eq!(s.call_as(&bea_token, "GET", &me, None).await.0, 200);
+
+        // An expired token lets nobody in.
+        let stored = s
+            .store
+            .get::<serversync_model::auth::ApiToken>(&bea_token_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut t = stored.value;
+        t.expires_at = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+        s.store.update(&t, Some(stored.version)).await.unwrap();
+        assert_eq!(s.call_as(&bea_token, "GET", &me, None).await.0, 401);
+        let live = s
+            .ok(
+                "GET",
+                &format!("{ORG}/tokens?user_id={bea}&live_only=true"),
+                None,
+            )
+            .await;
+        assert_eq!(live["items"], json!([]), "two revoked, one expired: {live}");
+    }
+);

@@ -5,7 +5,8 @@ ALTER TABLE api_tokens ADD COLUMN live_until BIGINT NOT NULL DEFAULT 92233720368
 UPDATE api_tokens SET live_until = CASE
     WHEN json_extract(doc, '$.revoked') THEN 0
     WHEN json_extract(doc, '$.expires_at') IS NOT NULL
-        THEN CAST(ROUND((julianday(json_extract(doc, '$.expires_at')) - 2440587.5) * 86400000) AS INTEGER)
+        THEN CAST(strftime('%s', json_extract(doc, '$.expires_at')) AS INTEGER) * 1000
+            + CAST(substr(strftime('%f', json_extract(doc, '$.expires_at')), 4) AS INTEGER)
     ELSE 9223372036854775807
 END;
 CREATE INDEX api_tokens_live ON api_tokens(org_id, live_until);
