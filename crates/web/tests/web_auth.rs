@@ -684,7 +684,7 @@ both!(the_admin_center_lists_and_revokes_tokens, |backend| {
     for shown in [
         "bea-cli",
         "bea@example.test",
-        &minted["prefix"].as_str().unwrap().to_owned(),
+        minted["prefix"].as_str().unwrap(),
         "bootstrap",
     ] {
         assert!(page.body.contains(shown), "{shown}: {}", page.body);
