@@ -370,10 +370,29 @@ both!(
             let (status, p) = s.call_as(&olga_token, "POST", &path, None).await;
             assert_eq!(status, 404, "{path}: {p}");
         }
-        let (_, acme) = s
-            .call_as(&olga_token, "GET", "/api/v1/orgs/acme/tokens", None)
+        for path in [
+            format!("/api/v1/orgs/acme/users/{bea}/tokens"),
+            format!("{ORG}/users/{bea}/tokens"),
+        ] {
+            let (status, p) = s
+                .call_as(&olga_token, "POST", &path, Some(json!({"name": "x"})))
+                .await;
+            assert_eq!(status, 404, "{path}: {p}");
+        }
+        for path in [
+            "/api/v1/orgs/acme/tokens".to_owned(),
+            format!("/api/v1/orgs/acme/tokens?user_id={bea}"),
+        ] {
+            let (_, acme) = s.call_as(&olga_token, "GET", &path, None).await;
+            assert!(
+                names(&acme).iter().all(|(_, n)| n == "olga"),
+                "{path}: {acme}"
+            );
+        }
+        let (status, _) = s
+            .call_as(&olga_token, "GET", &format!("{ORG}/tokens"), None)
             .await;
-        assert!(names(&acme).iter().all(|(_, n)| n == "olga"), "{acme}");
+        assert_eq!(status, 404);
         assert_eq!(s.call_as(&bea_token, "GET", &me, None).await.0, 200);
 
         // An expired token lets nobody in.

@@ -714,6 +714,9 @@ impl Admin {
         id: UserId,
         changes: UserChanges,
     ) -> Result<User> {
+        if id != c.user.id {
+            c.require(Privilege::ManageUsers)?;
+        }
         let s = match self.store.get::<User>(&id.to_string()).await? {
             Some(u) if u.value.org_id == org => u,
             _ => {
