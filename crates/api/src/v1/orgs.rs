@@ -152,7 +152,7 @@ pub struct NewToken {
 }
 
 /// A token as the API shows it: never the token itself nor its hash.
-pub(crate) fn token_doc(t: &ApiToken) -> Value {
+fn token_doc(t: &ApiToken) -> Value {
     let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.remove("token_hash");
