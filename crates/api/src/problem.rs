@@ -154,6 +154,12 @@ impl From<AdminError> for Problem {
                 Problem::new(StatusCode::CONFLICT, "version_conflict", e.to_string())
                     .field("version")
             }
+            e @ AdminError::Throttled { .. } => {
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, "throttled", e.to_string())
+            }
+            e @ AdminError::Busy => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            }
             AdminError::Store(e) => {
                 tracing::error!(error = %e, "store error in API request");
                 let status = if e.kind().is_transient() {

@@ -23,6 +23,43 @@ pub struct Config {
     pub admin: AdminSection,
     pub router: RouterSection,
     pub webhooks: WebhooksSection,
+    pub auth: AuthSection,
+}
+
+/// API tokens and signing in to the admin center.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Days a new API token lasts unless its request says otherwise (0: no expiry).
+    pub token_lifetime_days: u32,
+    /// Where the first start writes the first administrator's token (mode 0600; default:
+    /// `<data_dir>/first-admin-token`).
+    pub first_token_file: Option<PathBuf>,
+    /// Password hashes computed at once (on the blocking pool, off the async runtime).
+    pub password_hash_concurrency: usize,
+    /// Failed sign-ins of one organization and email address before each further attempt
+    /// must wait (1 s, doubling).
+    pub sign_in_free_failures_per_address: u32,
+    /// Failed sign-ins from one client address (IPv4, or IPv6 /64) before it must wait.
+    pub sign_in_free_failures_per_client: u32,
+    /// Longest wait after failed sign-ins.
+    pub sign_in_max_delay_seconds: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        let d = serversync_engine::AuthConfig::default();
+        Self {
+            token_lifetime_days: d
+                .token_lifetime
+                .map_or(0, |l| l.num_days().try_into().unwrap_or(u32::MAX)),
+            first_token_file: None,
+            password_hash_concurrency: d.hash_concurrency,
+            sign_in_free_failures_per_address: d.throttle.free_failures_per_address,
+            sign_in_free_failures_per_client: d.throttle.free_failures_per_client,
+            sign_in_max_delay_seconds: d.throttle.max_delay.as_secs(),
+        }
+    }
 }
 
 /// The Email Router's LMTP listener, for an MTA (Postfix…) delivering to serversync.
@@ -73,6 +110,10 @@ pub struct TlsSection {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    /// Reverse proxies in front of serversync: for a request from one of them the client is
+    /// the last address of `X-Forwarded-For` that is not one of them (sign-in throttling
+    /// counts per client).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -147,6 +188,7 @@ impl Default for Config {
             admin: AdminSection::default(),
             router: RouterSection::default(),
             webhooks: WebhooksSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }
@@ -155,6 +197,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -311,6 +354,15 @@ impl Config {
         if self.webhooks.timeout_seconds == 0 {
             bail!("webhooks.timeout_seconds must be at least 1");
         }
+        if self.auth.token_lifetime_days > 3650 {
+            bail!("auth.token_lifetime_days must be at most 3650 (0: tokens do not expire)");
+        }
+        if self.auth.password_hash_concurrency == 0 || self.auth.password_hash_concurrency > 64 {
+            bail!("auth.password_hash_concurrency must be between 1 and 64");
+        }
+        if self.auth.sign_in_max_delay_seconds == 0 {
+            bail!("auth.sign_in_max_delay_seconds must be at least 1");
+        }
         Ok(())
     }
 
@@ -357,6 +409,14 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 
+    /// Where the first start writes the first administrator's token.
+    pub fn first_token_file(&self) -> PathBuf {
+        self.auth
+            .first_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("first-admin-token"))
+    }
+
     pub fn engine(&self) -> Result<serversync_engine::EngineConfig> {
         let trust = serversync_connectors::TlsTrust::with_extra_ca_files(&self.tls.extra_ca_files)
             .map_err(|e| anyhow::anyhow!("tls.extra_ca_files: {e}"))?;
@@ -369,8 +429,24 @@ impl Config {
                 timeout: Duration::from_secs(self.webhooks.timeout_seconds),
                 ..Default::default()
             },
+            auth: self.auth(),
             ..serversync_engine::EngineConfig::new(std::sync::Arc::new(trust))
         })
+    }
+
+    /// Token lifetimes, password hashing and sign-in throttling.
+    pub fn auth(&self) -> serversync_engine::AuthConfig {
+        serversync_engine::AuthConfig {
+            token_lifetime: (self.auth.token_lifetime_days > 0)
+                .then(|| chrono::Duration::days(self.auth.token_lifetime_days.into())),
+            hash_concurrency: self.auth.password_hash_concurrency,
+            throttle: serversync_engine::ThrottleConfig {
+                free_failures_per_address: self.auth.sign_in_free_failures_per_address,
+                free_failures_per_client: self.auth.sign_in_free_failures_per_client,
+                max_delay: Duration::from_secs(self.auth.sign_in_max_delay_seconds),
+                ..Default::default()
+            },
+        }
     }
 }
 
@@ -487,6 +563,11 @@ mod tests {
                 "[router]\nlmtp_max_message_mb = 0\n",
                 "lmtp_max_message_mb must be between",
             ),
+            (
+                "[auth]\npassword_hash_concurrency = 0\n",
+                "auth.password_hash_concurrency must be between 1 and 64",
+            ),
+            ("[server]\ntrusted_proxies = [\"proxy\"]\n", "line 2"),
         ] {
             std::fs::write(&f, content).unwrap();
             let err = format!(

@@ -85,11 +85,22 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .context("creating the first administrator")?
     {
-        // Printed once: only a hash of the token is stored.
+        // Written once, never logged: only a hash of the token is stored.
+        let file = cfg.first_token_file();
+        write_private_file(&file, &format!("{token}\n")).map_err(|e| {
+            anyhow!(
+                "cannot write the first administrator's API token to {}: {e}; the installation is set up, \
+                 so make a token with `serversync admin token create --user {}` instead",
+                file.display(),
+                user.email
+            )
+        })?;
         tracing::warn!(
             user = %user.email,
-            "first start: created organization \"default\" and administrator {}; API token (shown only now): {token}",
-            user.email
+            file = %file.display(),
+            "first start: created organization \"default\" and administrator {}; its API token is in {} (mode 0600, written only now: keep it safe, then delete the file)",
+            user.email,
+            file.display()
         );
     }
     let engine_task = tokio::spawn(engine.run(shutdown.clone()));
@@ -115,10 +126,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         admin: admin.clone(),
     });
     // The admin center at `/`, next to the API (which it calls in-process for writes).
-    let app = serversync_web::router(admin, api.clone()).merge(api);
+    let app = serversync_web::router_behind(admin, api.clone(), cfg.server.trusted_proxies.clone())
+        .merge(api);
     let local = listener.local_addr()?;
     tracing::info!("listening on http://{local}");
     let signal = shutdown_signal();
+    // The peer address reaches the handlers (sign-in throttling per client).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             signal.await;
@@ -148,6 +162,26 @@ pub async fn run(cfg: Config) -> Result<()> {
     store.close().await;
     tracing::info!("stopped");
     served.context("HTTP server failed")
+}
+
+/// Writes `content` to a new file only its owner may read (mode 0600), replacing a file of
+/// that name (never writing through a link planted there).
+fn write_private_file(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()
 }
 
 async fn shutdown_signal() {

@@ -75,11 +75,12 @@ impl Server {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("serve prints its address within 30 s");
-            if let Some(rest) = line.split("API token (shown only now): ").nth(1) {
-                let t: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                    .collect();
+            if let Some(file) = line
+                .split("its API token is in ")
+                .nth(1)
+                .and_then(|rest| rest.split(" (mode 0600").next())
+            {
+                let t = std::fs::read_to_string(file).unwrap().trim().to_owned();
                 server.token = Some(t);
             }
             if let Some(rest) = line.split("listening on http://").nth(1) {
@@ -740,6 +741,67 @@ fn admin_token_create_makes_a_working_token_from_the_database() {
     );
     // The first token still works.
     ok(server.admin_with(&first, &["users", "list"], None));
+
+    // Tokens are listed and revoked through the API (never shown again); disabling a user
+    // revokes all of its tokens.
+    let root = |args: &[&str]| server.admin_with(&first, args, None);
+    let list = ok_json(root(&["--json", "token", "list", "--user", ALICE]));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert!(
+        list[0].get("token_hash").is_none() && !list.to_string().contains(&alice_token),
+        "{list}"
+    );
+    let table = ok(root(&["token", "list"]));
+    assert!(
+        table.contains("bootstrap") && table.contains(ALICE) && table.contains(" ci "),
+        "{table}"
+    );
+    let alice_token_id = list[0]["id"].as_str().unwrap().to_owned();
+    let out = ok(root(&["token", "revoke", &alice_token_id]));
+    assert!(
+        out.contains(&format!("revoked token {alice_token_id}")),
+        "{out}"
+    );
+    let (err, _) = fails(server.admin_with(&alice_token, &["mailboxes", "list"], None));
+    assert!(err.contains("unauthenticated"), "{err}");
+    let mut c = cmd(dir.path());
+    c.args([
+        "admin",
+        "--json",
+        "token",
+        "create",
+        "--user",
+        ALICE,
+        "--expires-in-days",
+        "2",
+    ]);
+    let again = ok_json(run(c, None))["token"].as_str().unwrap().to_owned();
+    ok(server.admin_with(&again, &["mailboxes", "list"], None));
+    let out = ok(root(&["users", "disable", ALICE]));
+    assert!(
+        out.contains(&format!(
+            "disabled {ALICE}: its API tokens and sessions are revoked"
+        )),
+        "{out}"
+    );
+    let (err, _) = fails(server.admin_with(&again, &["mailboxes", "list"], None));
+    assert!(err.contains("unauthenticated"), "{err}");
+    let all = ok_json(root(&["--json", "token", "list", "--user", ALICE, "--all"]));
+    let all = all.as_array().unwrap();
+    assert!(
+        all.len() == 2 && all.iter().all(|t| t["revoked"] == true),
+        "{all:?}"
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        all[1]["expires_at"].as_str().unwrap().parse().unwrap();
+    let days = (expires - chrono::Utc::now()).num_hours();
+    assert!((47..=48).contains(&days), "--expires-in-days 2: {days} h");
+    ok(root(&["users", "enable", ALICE]));
+    let (err, _) = fails(server.admin_with(&again, &["mailboxes", "list"], None));
+    assert!(
+        err.contains("unauthenticated"),
+        "revoked stays revoked: {err}"
+    );
     server.stop();
 }
 

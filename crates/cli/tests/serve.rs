@@ -30,6 +30,12 @@ fn cmd(data_dir: &Path) -> Command {
     c
 }
 
+/// The path in the first start's "its API token is in FILE (mode 0600…" log line.
+fn first_token_file(line: &str) -> Option<std::path::PathBuf> {
+    let rest = line.split("its API token is in ").nth(1)?;
+    Some(rest.split(" (mode 0600").next()?.into())
+}
+
 struct Server {
     child: Child,
     addr: String,
@@ -40,17 +46,20 @@ struct Server {
 
 impl Server {
     /// Starts `serve` on a free port and waits (bounded) for its "listening" line.
-    /// The bootstrap token printed once on first start (before the "listening" line).
-    fn bootstrap_token(&self) -> String {
+    /// The file the first start names (before the "listening" line) for the bootstrap token.
+    fn bootstrap_token_file(&self) -> std::path::PathBuf {
         self.early
             .iter()
-            .find_map(|line| line.split("API token (shown only now): ").nth(1))
-            .map(|rest| {
-                rest.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                    .collect()
-            })
-            .expect("the first start prints a token")
+            .find_map(|line| first_token_file(line))
+            .expect("the first start names the token's file")
+    }
+
+    /// The bootstrap token, from that file.
+    fn bootstrap_token(&self) -> String {
+        std::fs::read_to_string(self.bootstrap_token_file())
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     fn start(mut c: Command) -> Server {
@@ -224,6 +233,61 @@ fn serve_on_sqlite_answers_health_readiness_and_metrics_then_stops_on_sigterm() 
         log.contains("engine stopped") && log.contains("stopped"),
         "{log}"
     );
+}
+
+/// The first start writes the first administrator's token to a file only its owner may
+/// read, names the file in the log and never logs the token; a later start writes nothing. A
+/// failed sign-in is logged with the client's address (the peer reaches the handlers).
+#[test]
+fn the_first_start_writes_the_admin_token_to_a_private_file_not_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(cmd(dir.path()));
+    let file = server.bootstrap_token_file();
+    assert_eq!(file, dir.path().join("first-admin-token"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token = server.bootstrap_token();
+    assert!(token.starts_with("ss_") && token.len() > 40, "{token}");
+    let (status, body) = server.request("GET", "/api/v1/orgs", &token, None);
+    assert_eq!(status, 200, "{body}");
+
+    let form = "org=default&email=admin%40localhost&password=not+the+password";
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        server.addr,
+        form.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+
+    let early = server.early.join("\n");
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+    let log = format!("{early}\n{log}");
+    assert!(!log.contains(&token), "the token is in the log: {log}");
+    assert!(
+        log.lines().any(|l| l.contains("sign-in failed")
+            && l.contains("admin@localhost")
+            && l.contains("127.0.0.1")),
+        "{log}"
+    );
+
+    // A later start leaves the file alone and names no token.
+    let again = Server::start(cmd(dir.path()));
+    assert!(
+        !again.early.iter().any(|l| first_token_file(l).is_some()),
+        "{:?}",
+        again.early
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
 }
 
 #[test]

@@ -58,12 +58,13 @@ fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String, LogTail) {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("serve prints its address within 30 s");
-        if let Some(rest) = line.split("API token (shown only now): ").nth(1) {
-            token = Some(
-                rest.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                    .collect::<String>(),
-            );
+        if let Some(file) = line
+            .split("its API token is in ")
+            .nth(1)
+            .and_then(|rest| rest.split(" (mode 0600").next())
+        {
+            let t = std::fs::read_to_string(file).unwrap().trim().to_owned();
+            token = Some(t);
         }
         if let Some(rest) = line.split("listening on http://").nth(1) {
             let addr: String = rest

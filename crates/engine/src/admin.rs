@@ -2,9 +2,10 @@
 //! the caller's privileges, validating with the model's rules, writing an audit entry in the
 //! same transaction as the change, and keeping mailboxes in step with users and queues.
 
+use crate::sign_in::{AuthConfig, Key, SignIn};
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
-use serversync_model::auth::{ApiToken, Caller, Denied};
+use serversync_model::auth::{ApiToken, Caller, Denied, TokenKind};
 use serversync_model::crm::{Account, Contact, Lead, RecordRef};
 use serversync_model::item::ItemDecision;
 use serversync_model::job::{Job, JobKind, JobStatus};
@@ -20,7 +21,7 @@ use serversync_model::{
     AlertId, JobId, MailboxId, OrgId, ProfileId, QueueId, Secret, SecretId, Timestamp, TokenId,
     UserId, ValidationErrors,
 };
-use serversync_store::{Col, NewAuditEntry, Page, Store, StoreError, Stored};
+use serversync_store::{Col, EntityWrite, Filter, NewAuditEntry, Page, Store, StoreError, Stored};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -45,6 +46,12 @@ pub enum AdminError {
         id: String,
         expected: i64,
     },
+    /// Too many failed sign-ins for this address or from this client: try again after the wait.
+    #[error("too many failed sign-ins: try again in {} s", .retry_after.as_secs().max(1))]
+    Throttled { retry_after: std::time::Duration },
+    /// Too many sign-ins are being checked at once: try again in a moment.
+    #[error("too many sign-ins are being checked at once: try again in a moment")]
+    Busy,
     #[error(transparent)]
     Store(StoreError),
 }
@@ -126,16 +133,46 @@ pub struct NewUser {
     pub password: Option<Secret>,
 }
 
+/// A user's changes (`None`: unchanged).
+#[derive(Debug, Default, Clone)]
+pub struct UserChanges {
+    pub allow_send_as: Option<bool>,
+    pub full_name: Option<String>,
+    /// The admin center password (at least 12 characters).
+    pub password: Option<Secret>,
+    pub disabled: Option<bool>,
+}
+
+/// The password hash verified when the address is unknown or has no password, so that the
+/// answer takes as long as for a real one (the number of rounds is the one passwords get).
+const DUMMY_HASH: &str =
+    "pbkdf2-sha256$600000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
 #[derive(Clone)]
 pub struct Admin {
     store: Store,
     /// Wakes the engine's main loop: a job was queued or a mailbox asked to sync now.
     jobs_wake: Arc<Notify>,
+    /// Token lifetimes, the password hasher and the sign-in throttle, shared by every clone.
+    sign_in: Arc<SignIn>,
 }
 
 impl Admin {
+    /// With the default [`AuthConfig`].
     pub fn new(store: Store, jobs_wake: Arc<Notify>) -> Self {
-        Self { store, jobs_wake }
+        Self::with_auth(store, jobs_wake, AuthConfig::default())
+    }
+
+    pub fn with_auth(store: Store, jobs_wake: Arc<Notify>, auth: AuthConfig) -> Self {
+        Self::sharing(store, jobs_wake, Arc::new(SignIn::new(auth)))
+    }
+
+    pub(crate) fn sharing(store: Store, jobs_wake: Arc<Notify>, sign_in: Arc<SignIn>) -> Self {
+        Self {
+            store,
+            jobs_wake,
+            sign_in,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -147,9 +184,9 @@ impl Admin {
         self.jobs_wake.notify_one();
     }
 
-    // ---- authentication ---------------------------------------------------------------------
+    // ---- authentication and tokens ------------------------------------------------------------
 
-    /// The caller behind a bearer token.
+    /// The caller behind a bearer token (live: neither revoked nor expired, of an enabled user).
     pub async fn authenticate(&self, token: &str) -> Result<Caller> {
         let hash = serversync_vault::sha256_hex(token.as_bytes());
         let found = self
@@ -159,7 +196,7 @@ impl Admin {
         let Some(t) = found.into_iter().next().map(|s| s.value) else {
             return Err(AdminError::Unauthenticated);
         };
-        if t.revoked || t.expires_at.is_some_and(|e| e <= now()) {
+        if !t.is_live(now()) {
             return Err(AdminError::Unauthenticated);
         }
         let user = self
@@ -175,29 +212,54 @@ impl Admin {
     }
 
     async fn caller_for(&self, user: User) -> Result<Caller> {
-        let roles = self.store.list_all::<Role>(Some(user.org_id), &[]).await?;
-        let privileges = effective_privileges(&user, roles.iter().map(|r| &r.value));
+        let privileges = self.privileges_of(&user).await?;
         Ok(Caller { user, privileges })
     }
 
-    /// Creates an API token for a user; returns the token (shown once) and its record.
+    async fn privileges_of(&self, user: &User) -> Result<std::collections::BTreeSet<Privilege>> {
+        let roles = self.store.list_all::<Role>(Some(user.org_id), &[]).await?;
+        Ok(effective_privileges(user, roles.iter().map(|r| &r.value)))
+    }
+
+    /// Checks that the caller may act on `target` ([`Caller::may_act_on`]).
+    async fn check_may_act_on(&self, c: &Caller, target: &User) -> Result<()> {
+        if target.id != c.user.id {
+            c.require(Privilege::ManageUsers)?;
+            c.may_act_on(target, &self.privileges_of(target).await?)?;
+        }
+        Ok(())
+    }
+
+    /// Creates an API token for a user (`by` someone with direct access to the database, or the
+    /// bootstrap), expiring after the configured lifetime; returns the token (shown once) and
+    /// its record.
     pub async fn create_token(
         &self,
         user: &User,
         name: &str,
         by: Actor,
     ) -> Result<(String, ApiToken)> {
-        self.create_token_until(user, name, by, None).await
+        let expires = self.sign_in.config.token_lifetime.map(|l| now() + l);
+        self.create_token_until(user, name, by, "create", TokenKind::Api, expires)
+            .await
     }
 
-    /// [`Admin::create_token`], expiring at `expires_at` when given.
     async fn create_token_until(
         &self,
         user: &User,
         name: &str,
         by: Actor,
+        action: &str,
+        kind: TokenKind,
         expires_at: Option<Timestamp>,
     ) -> Result<(String, ApiToken)> {
+        if name.trim().is_empty() || name.chars().count() > 100 {
+            return Err(invalid(
+                "invalid_name",
+                "name",
+                "give the token a name of 1-100 characters",
+            ));
+        }
         let token = serversync_vault::new_token().map_err(StoreError::from)?;
         let t = ApiToken {
             id: TokenId::new(),
@@ -209,18 +271,165 @@ impl Admin {
             created_at: now(),
             expires_at,
             revoked: false,
+            revoked_at: None,
+            kind,
         };
         self.store
-            .insert_audited(&t, Some(NewAuditEntry::create(by, &t)))
+            .insert_audited(&t, Some(token_audit(by, action, None, Some(&t))))
             .await?;
         Ok((token, t))
     }
 
-    /// A web session for the caller: an API token named "web session" that expires after
-    /// `ttl`. Returns the token (kept only in the browser's cookie).
+    /// A new API token for user `user_id` of `org`, through the API. For oneself: anybody. For
+    /// somebody else: only an installation administrator, and the audit log records it as
+    /// `create_for_user`. Expires after `lifetime_days` (1-3650), else the configured lifetime.
+    pub async fn issue_token(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        user_id: UserId,
+        name: &str,
+        lifetime_days: Option<u32>,
+    ) -> Result<(String, ApiToken)> {
+        let user = self.user(org, user_id).await?;
+        let action = if user.id == c.user.id {
+            "create"
+        } else if c.user.installation_admin {
+            "create_for_user"
+        } else {
+            return Err(Denied {
+                code: "installation_admin_required",
+                message: "only an installation administrator may create a token for another user; \
+                          users create their own"
+                    .into(),
+            }
+            .into());
+        };
+        let expires = match lifetime_days {
+            Some(d) if (1..=3650).contains(&d) => Some(now() + chrono::Duration::days(d.into())),
+            Some(_) => {
+                return Err(invalid(
+                    "out_of_range",
+                    "expires_in_days",
+                    "use 1 to 3650 days",
+                ));
+            }
+            None => self.sign_in.config.token_lifetime.map(|l| now() + l),
+        };
+        if user.disabled {
+            return Err(AdminError::WrongState {
+                code: "user_disabled",
+                message: format!(
+                    "user {} is disabled: a token for it would not be accepted",
+                    user.email
+                ),
+            });
+        }
+        self.create_token_until(&user, name, actor(c), action, TokenKind::Api, expires)
+            .await
+    }
+
+    /// Tokens of the organization (with `manage_users`), else the caller's own; of one user
+    /// when `user` is given; only those still live (neither revoked nor expired) with
+    /// `live_only`. Oldest first, paged by id.
+    pub async fn list_tokens(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        user: Option<UserId>,
+        live_only: bool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<ApiToken>> {
+        let user = if c.has(Privilege::ManageUsers) {
+            user
+        } else {
+            match user {
+                Some(u) if u != c.user.id => {
+                    return Ok(Page {
+                        items: Vec::new(),
+                        next: None,
+                    });
+                }
+                _ => Some(c.user.id),
+            }
+        };
+        let mut filters: Vec<Filter> = user
+            .map(|u| Filter::Eq("user_id", Col::text(u)))
+            .into_iter()
+            .collect();
+        if live_only {
+            filters.push(Filter::AtLeast("live_until", now().timestamp_millis() + 1));
+        }
+        Ok(self
+            .store
+            .list_where::<ApiToken>(Some(org), &filters, after, limit)
+            .await?)
+    }
+
+    /// Revokes a token of the organization: one's own, or (with `manage_users`) one of a user
+    /// the caller may act on. A token the caller may not see is not found.
+    pub async fn revoke_token(&self, c: &Caller, org: OrgId, id: TokenId) -> Result<ApiToken> {
+        let not_found = || AdminError::NotFound {
+            entity: "API token",
+            id: id.to_string(),
+        };
+        let s = match self.store.get::<ApiToken>(&id.to_string()).await? {
+            Some(s) if s.value.org_id == org => s,
+            _ => return Err(not_found()),
+        };
+        if s.value.user_id != c.user.id {
+            if !c.has(Privilege::ManageUsers) {
+                return Err(not_found());
+            }
+            let owner = self.user(org, s.value.user_id).await?;
+            self.check_may_act_on(c, &owner).await?;
+        }
+        if s.value.revoked {
+            return Ok(s.value);
+        }
+        let (t, w, a) = revocation(&s, actor(c))?;
+        self.store.write_all_audited(&[w], vec![a]).await?;
+        Ok(t)
+    }
+
+    /// The live tokens of `user` (only its sessions with `sessions_only`), as revocations to
+    /// commit with the change that ends them.
+    async fn revocations(
+        &self,
+        user: &User,
+        sessions_only: bool,
+        by: &Actor,
+    ) -> Result<(Vec<EntityWrite>, Vec<NewAuditEntry>)> {
+        let at = now();
+        let mut writes = Vec::new();
+        let mut audit = Vec::new();
+        for s in self
+            .store
+            .list_all::<ApiToken>(Some(user.org_id), &[("user_id", Col::text(user.id))])
+            .await?
+        {
+            if s.value.is_live(at) && (!sessions_only || s.value.kind == TokenKind::Session) {
+                let (_, w, a) = revocation(&s, by.clone())?;
+                writes.push(w);
+                audit.push(a);
+            }
+        }
+        Ok((writes, audit))
+    }
+
+    /// A web session for the caller: a session token that expires after `ttl`. Returns the
+    /// token (kept only in the browser's cookie).
     pub async fn create_session(&self, c: &Caller, ttl: chrono::Duration) -> Result<String> {
         let (token, _) = self
-            .create_token_until(&c.user, "web session", actor(c), Some(now() + ttl))
+            .create_token_until(
+                &c.user,
+                "web session",
+                actor(c),
+                "create",
+                TokenKind::Session,
+                Some(now() + ttl),
+            )
             .await?;
         Ok(token)
     }
@@ -233,9 +442,10 @@ impl Admin {
             .list_all::<ApiToken>(None, &[("token_hash", Col::text(&hash))])
             .await?
         {
-            let mut t = s.value;
-            t.revoked = true;
-            self.store.update(&t, Some(s.version)).await?;
+            if !s.value.revoked {
+                let (_, w, a) = revocation(&s, Actor::User(s.value.user_id))?;
+                self.store.write_all_audited(&[w], vec![a]).await?;
+            }
         }
         Ok(())
     }
@@ -371,6 +581,10 @@ impl Admin {
                 user.role_ids.insert(role.id);
             }
         }
+        c.may_grant(
+            &effective_privileges(&user, &roles),
+            user.tenant_exchange_admin,
+        )?;
         user.validate()?;
         crate::domains::check_address(&self.store, org, "email", &user.email).await?;
         self.store
@@ -491,18 +705,18 @@ impl Admin {
             .await?)
     }
 
-    /// Changes a user's own settings: the consent to let users holding "send as another
-    /// user" send on their behalf, the display name, and the admin center password (at least
-    /// 12 characters; stored as a sealed PBKDF2 hash). The user themself, or a holder of
-    /// `manage_users`.
+    /// Changes a user: the consent to let users holding "send as another user" send on their
+    /// behalf, the display name, the admin center password (at least 12 characters; stored as
+    /// a sealed PBKDF2 hash) and whether the user is disabled. The user themself (except
+    /// disabling), or a holder of `manage_users` who may act on the user
+    /// ([`Caller::may_act_on`]). A new password ends the user's sessions; disabling revokes all
+    /// their tokens — in the same transaction as the change.
     pub async fn update_user(
         &self,
         c: &Caller,
         org: OrgId,
         id: UserId,
-        allow_send_as: Option<bool>,
-        full_name: Option<String>,
-        password: Option<Secret>,
+        changes: UserChanges,
     ) -> Result<User> {
         if id != c.user.id {
             c.require(Privilege::ManageUsers)?;
@@ -516,36 +730,62 @@ impl Admin {
                 });
             }
         };
+        self.check_may_act_on(c, &s.value).await?;
+        if changes.disabled == Some(true) && id == c.user.id {
+            return Err(AdminError::WrongState {
+                code: "cannot_disable_self",
+                message: "you cannot disable yourself: ask another administrator".into(),
+            });
+        }
         let mut u = s.value.clone();
-        if let Some(a) = allow_send_as {
+        if let Some(a) = changes.allow_send_as {
             u.allow_send_as = a;
         }
-        if let Some(n) = full_name {
+        if let Some(n) = changes.full_name {
             if n.trim().is_empty() {
-                let mut e = ValidationErrors::default();
-                e.push("required", "full_name", "enter a name");
-                return Err(AdminError::Invalid(e));
+                return Err(invalid("required", "full_name", "enter a name"));
             }
             u.full_name = n;
         }
+        if let Some(d) = changes.disabled {
+            u.disabled = d;
+        }
         let old_password = u.password;
-        if let Some(p) = &password {
+        if let Some(p) = &changes.password {
             if p.expose().chars().count() < 12 {
-                let mut e = ValidationErrors::default();
-                e.push("too_short", "password", "use at least 12 characters");
-                return Err(AdminError::Invalid(e));
+                return Err(invalid(
+                    "too_short",
+                    "password",
+                    "use at least 12 characters",
+                ));
             }
-            let hash = serversync_vault::hash_password(p.expose()).map_err(StoreError::from)?;
+            let plain = p.clone();
+            let hash = self
+                .sign_in
+                .hasher
+                .run(move || serversync_vault::hash_password(plain.expose()))
+                .await?
+                .map_err(StoreError::from)?;
             u.password = Some(self.store.put_secret(Some(org), &Secret::new(hash)).await?);
         }
-        self.store
-            .update_audited(
-                &u,
-                Some(s.version),
-                Some(NewAuditEntry::update(actor(c), &s.value, &u)),
-            )
-            .await?;
-        if password.is_some()
+        let by = actor(c);
+        let (mut writes, mut audit) = if u.disabled && !s.value.disabled {
+            self.revocations(&u, false, &by).await?
+        } else if changes.password.is_some() {
+            self.revocations(&u, true, &by).await?
+        } else {
+            Default::default()
+        };
+        writes.insert(0, EntityWrite::update(&u, Some(s.version))?);
+        audit.insert(0, NewAuditEntry::update(by, &s.value, &u));
+        let new_password = u.password.filter(|_| changes.password.is_some());
+        if let Err(e) = self.store.write_all_audited(&writes, audit).await {
+            if let Some(new) = new_password {
+                let _ = self.store.delete_secret(new).await;
+            }
+            return Err(e.into());
+        }
+        if new_password.is_some()
             && let Some(old) = old_password
         {
             let _ = self.store.delete_secret(old).await;
@@ -553,28 +793,110 @@ impl Admin {
         Ok(u)
     }
 
-    /// Signs in with an email address and password (the admin center). The same answer for an
-    /// unknown user, a wrong password, a user without a password and a disabled user.
-    pub async fn authenticate_password(&self, email: &str, password: &str) -> Result<Caller> {
-        let found = self
-            .store
-            .list_all::<User>(None, &[("email", Col::text(email.trim().to_lowercase()))])
-            .await?;
-        let user = found.into_iter().map(|s| s.value).find(|u| !u.disabled);
+    /// Signs in to the admin center with the name (or id) of an organization, the email
+    /// address of a user of it, and that user's password; `client` is where the request came
+    /// from.
+    ///
+    /// - The same answer for an unknown organization or address, a wrong password, a user
+    ///   without a password and a disabled user — and, since a dummy hash is verified when
+    ///   there is no real one, in about the same time.
+    /// - Hashing runs on the blocking pool, a bounded number at once ([`AdminError::Busy`]
+    ///   when too many wait).
+    /// - After a few failures an address, or a client, must wait before the next attempt, the
+    ///   wait doubling with each further failure ([`AdminError::Throttled`]; no password is
+    ///   checked meanwhile).
+    /// - Every checked failure is logged and audited (address, client, reason; never the
+    ///   password).
+    pub async fn authenticate_password(
+        &self,
+        org: &str,
+        email: &str,
+        password: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Caller> {
+        let org_key = org.trim().to_lowercase();
+        let email = email.trim().to_lowercase();
+        let address = Key::Address(format!("{org_key}/{email}"));
+        let mut keys = vec![address.clone()];
+        keys.extend(client.map(Key::client));
+        let throttle = &self.sign_in.throttle;
+        if let Some(wait) = throttle.wait(&keys, std::time::Instant::now()) {
+            tracing::debug!(%email, org = %org_key, client = ?client, "sign-in refused: waiting after failed sign-ins");
+            metrics::counter!("serversync_sign_in_throttled_total").increment(1);
+            return Err(AdminError::Throttled { retry_after: wait });
+        }
+        let found_org = match org_key.parse::<OrgId>() {
+            Ok(id) => self.store.get::<Organization>(&id.to_string()).await?,
+            Err(_) if org_key.is_empty() => None,
+            Err(_) => self
+                .store
+                .list_all::<Organization>(None, &[("name", Col::text(&org_key))])
+                .await?
+                .into_iter()
+                .next(),
+        }
+        .map(|s| s.value);
+        let user = match &found_org {
+            Some(o) => self
+                .store
+                .list_all::<User>(Some(o.id), &[("email", Col::text(&email))])
+                .await?
+                .into_iter()
+                .next()
+                .map(|s| s.value),
+            None => None,
+        };
         let stored = match user.as_ref().and_then(|u| u.password) {
             Some(id) => Some(self.store.get_secret(id).await?),
             None => None,
         };
-        // Without a stored hash, still spend the time of a verification.
-        const DUMMY: &str = "pbkdf2-sha256$600000$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        let ok = serversync_vault::verify_password(
-            password,
-            stored.as_ref().map(|s| s.expose()).unwrap_or(DUMMY),
+        let given = Secret::new(password);
+        let hash = stored.clone().unwrap_or_else(|| Secret::new(DUMMY_HASH));
+        let ok = self
+            .sign_in
+            .hasher
+            .run(move || serversync_vault::verify_password(given.expose(), hash.expose()))
+            .await?;
+        let reason = match (&found_org, &user) {
+            (None, _) => "unknown organization",
+            (Some(_), None) => "unknown address",
+            (Some(_), Some(u)) if u.disabled => "user disabled",
+            (Some(_), Some(_)) if stored.is_none() => "no password set",
+            (Some(_), Some(_)) if !ok => "wrong password",
+            (Some(_), Some(u)) => {
+                throttle.succeeded(&address);
+                return self.caller_for(u.clone()).await;
+            }
+        };
+        let wait = throttle.failed(&keys, std::time::Instant::now());
+        let client_text = client.map(|c| c.to_string()).unwrap_or_default();
+        tracing::warn!(
+            %email,
+            org = %org_key,
+            client = %client_text,
+            reason,
+            wait_seconds = wait.map_or(0, |w| w.as_secs()),
+            "sign-in failed"
         );
-        match user {
-            Some(u) if ok && stored.is_some() => self.caller_for(u).await,
-            _ => Err(AdminError::Unauthenticated),
+        metrics::counter!("serversync_sign_in_failures_total").increment(1);
+        let entry = NewAuditEntry {
+            org_id: found_org.as_ref().map(|o| o.id),
+            actor: Actor::System("sign-in".into()),
+            action: "sign_in_failed".into(),
+            entity: "user".into(),
+            entity_id: user.as_ref().map(|u| u.id.to_string()).unwrap_or_default(),
+            before: None,
+            after: Some(serde_json::json!({
+                "org": org_key,
+                "email": email,
+                "client_ip": client_text,
+                "reason": reason,
+            })),
+        };
+        if let Err(e) = self.store.append_audit(entry).await {
+            tracing::warn!(error = %e, "recording a failed sign-in in the audit log failed");
         }
+        Err(AdminError::Unauthenticated)
     }
 
     /// Sets who has read access to a queue (and so may send from its mailbox): its owner or a
@@ -1444,6 +1766,22 @@ impl Admin {
         Ok(self.store.list_audit(Some(org), after_seq, limit).await?)
     }
 
+    /// The audit log newest first: `limit` entries before `before_seq` (from the newest when
+    /// `None`).
+    pub async fn audit_newest(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<serversync_model::audit::AuditEntry>> {
+        c.require(Privilege::ReadAuditLog)?;
+        Ok(self
+            .store
+            .list_audit_newest(Some(org), before_seq, limit)
+            .await?)
+    }
+
     // ---- CRM records needed to try things --------------------------------------------------------
 
     /// Creates a CRM record after checking that every record it refers to
@@ -1754,4 +2092,30 @@ pub(crate) fn alert(
         step,
         ..Alert::new(m.org_id, severity, code, message, recipients)
     }
+}
+
+/// An audit entry for a token: the record without its hash.
+fn token_audit(
+    by: Actor,
+    action: &str,
+    before: Option<&ApiToken>,
+    after: Option<&ApiToken>,
+) -> NewAuditEntry {
+    let mut e = NewAuditEntry::change(by, action, before, after);
+    for doc in [&mut e.before, &mut e.after].into_iter().flatten() {
+        if let Some(o) = doc.as_object_mut() {
+            o.remove("token_hash");
+        }
+    }
+    e
+}
+
+/// Revoking a stored token: the revoked token, its write (from its version) and audit entry.
+fn revocation(s: &Stored<ApiToken>, by: Actor) -> Result<(ApiToken, EntityWrite, NewAuditEntry)> {
+    let mut t = s.value.clone();
+    t.revoked = true;
+    t.revoked_at = Some(now());
+    let w = EntityWrite::update(&t, Some(s.version))?;
+    let a = token_audit(by, "revoke", Some(&s.value), Some(&t));
+    Ok((t, w, a))
 }

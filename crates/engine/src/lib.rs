@@ -19,6 +19,7 @@ pub mod lmtp;
 pub mod outgoing;
 pub mod policy;
 pub mod records;
+pub mod sign_in;
 mod slots;
 pub mod test_enable;
 pub mod webhooks;
@@ -31,6 +32,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{Admin, AdminError};
+pub use sign_in::{AuthConfig, ThrottleConfig};
 pub use webhooks::WebhookConfig;
 
 /// The organization's email settings, or the defaults when none were saved.
@@ -58,6 +60,8 @@ pub struct EngineConfig {
     pub test_concurrency: usize,
     /// Webhook delivery: polling, retry back-off, pausing.
     pub webhooks: WebhookConfig,
+    /// Token lifetimes, password hashing and the sign-in throttle.
+    pub auth: AuthConfig,
 }
 
 impl EngineConfig {
@@ -68,6 +72,7 @@ impl EngineConfig {
             tls_trust,
             test_concurrency: 4,
             webhooks: WebhookConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct Engine {
     worker_id: String,
     state: tokio::sync::watch::Sender<EngineState>,
     wake: Arc<Notify>,
+    /// Shared by every [`Admin`] of this engine (one throttle per process).
+    sign_in: Arc<sign_in::SignIn>,
 }
 
 impl Engine {
@@ -98,6 +105,7 @@ impl Engine {
         );
         Self {
             store,
+            sign_in: Arc::new(sign_in::SignIn::new(config.auth.clone())),
             config,
             worker_id,
             state: tokio::sync::watch::channel(EngineState::Starting).0,
@@ -107,7 +115,7 @@ impl Engine {
 
     /// The administration service, wired to wake this engine when it queues a job.
     pub fn admin(&self) -> Admin {
-        Admin::new(self.store.clone(), self.wake.clone())
+        Admin::sharing(self.store.clone(), self.wake.clone(), self.sign_in.clone())
     }
 
     /// What wakes this engine at once (instead of at its next tick), e.g. when the Email

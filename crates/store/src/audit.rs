@@ -100,9 +100,38 @@ impl Store {
             "SELECT seq, org_id, at, actor, action, entity, entity_id, before_doc, after_doc FROM audit_log \
              WHERE seq > $1 ORDER BY seq LIMIT $2"
         };
+        self.query_audit(sql, org, after_seq, limit).await
+    }
+
+    /// Audit entries of an organization (or all with `None`), newest first, before
+    /// `before_seq` (from the newest when `None`): the next page starts before the last `seq`.
+    pub async fn list_audit_newest(
+        &self,
+        org: Option<OrgId>,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let sql = if org.is_some() {
+            "SELECT seq, org_id, at, actor, action, entity, entity_id, before_doc, after_doc FROM audit_log \
+             WHERE seq < $1 AND org_id = $3 ORDER BY seq DESC LIMIT $2"
+        } else {
+            "SELECT seq, org_id, at, actor, action, entity, entity_id, before_doc, after_doc FROM audit_log \
+             WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+        };
+        self.query_audit(sql, org, before_seq.unwrap_or(i64::MAX), limit)
+            .await
+    }
+
+    async fn query_audit(
+        &self,
+        sql: &'static str,
+        org: Option<OrgId>,
+        seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let limit = i64::from(limit.clamp(1, 1000));
         dispatch!(&self.db, pool => {
-            let mut q = sqlx::query(sql).bind(after_seq).bind(limit);
+            let mut q = sqlx::query(sql).bind(seq).bind(limit);
             if let Some(o) = org {
                 q = q.bind(o.to_string());
             }

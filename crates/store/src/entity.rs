@@ -423,6 +423,29 @@ impl Store {
         }
     }
 
+    /// Runs several entity writes and their audit entries in one transaction: all or nothing
+    /// (an update that does not find its expected version fails the whole).
+    pub async fn write_all_audited(
+        &self,
+        writes: &[EntityWrite],
+        audit: Vec<NewAuditEntry>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for w in writes {
+                if run_write_in!(self, tx, w, now).is_none() {
+                    return Err(w.not_written());
+                }
+            }
+            for a in audit {
+                crate::audit::append_in!(tx, a);
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Deletes an entity; `false` if it did not exist.
     pub async fn delete<E: Entity>(
         &self,
@@ -758,6 +781,12 @@ entity!(Job, "jobs", "job", |s| Some(s.org_id), [
 entity!(ApiToken, "api_tokens", "API token", |s| Some(s.org_id), [
     "user_id" => Col::text(s.user_id),
     "token_hash" => Col::text(&s.token_hash),
+    // Unix ms until which the token lets its user in: 0 once revoked, i64::MAX for never.
+    "live_until" => Col::Int(Some(if s.revoked {
+        0
+    } else {
+        s.expires_at.map_or(i64::MAX, |e| e.timestamp_millis())
+    })),
 ]);
 
 entity!(

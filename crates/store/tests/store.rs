@@ -359,6 +359,96 @@ both!(
     }
 );
 
+both!(the_audit_log_pages_newest_first, |store, db, k| {
+    let (org, _) = org_and_admin(&store).await;
+    let other = Organization::new("fabrikam", "Fabrikam", now());
+    store.insert(&other).await.unwrap();
+    let entry = |o: OrgId, i: usize| NewAuditEntry {
+        org_id: Some(o),
+        actor: Actor::System("test".into()),
+        action: "probe".into(),
+        entity: "probe".into(),
+        entity_id: format!("{i}"),
+        before: None,
+        after: None,
+    };
+    for i in 0..25 {
+        store.append_audit(entry(org.id, i)).await.unwrap();
+        store.append_audit(entry(other.id, i)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list_audit_newest(Some(org.id), before, 10)
+            .await
+            .unwrap();
+        assert!(page.iter().all(|e| e.org_id == Some(org.id)));
+        assert!(page.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+        seen.extend(
+            page.iter()
+                .filter(|e| e.action == "probe")
+                .map(|e| e.entity_id.clone()),
+        );
+        match page.last() {
+            Some(last) if page.len() == 10 => before = Some(last.seq),
+            _ => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).rev().map(|i| i.to_string()).collect();
+    assert_eq!(seen, expected);
+    // Every organization's, newest first: the other organization's last entry leads.
+    let all = store.list_audit_newest(None, None, 1).await.unwrap();
+    assert_eq!(
+        (all[0].org_id, all[0].entity_id.as_str()),
+        (Some(other.id), "24")
+    );
+    let _ = (db, k);
+});
+
+both!(
+    several_writes_commit_together_or_not_at_all,
+    |store, db, k| {
+        let (org, admin) = org_and_admin(&store).await;
+        let a = User::new(org.id, "A", "a@example.test", now());
+        let b = User::new(org.id, "B", "b@example.test", now());
+        store.insert(&a).await.unwrap();
+        store.insert(&b).await.unwrap();
+        let mut a2 = a.clone();
+        a2.full_name = "A2".into();
+        let mut b2 = b.clone();
+        b2.full_name = "B2".into();
+        // The second write expects a version that is not the stored one: neither is written, and
+        // no audit entry either.
+        let writes = [
+            serversync_store::EntityWrite::update(&a2, Some(1)).unwrap(),
+            serversync_store::EntityWrite::update(&b2, Some(7)).unwrap(),
+        ];
+        let audit = vec![NewAuditEntry::update(Actor::User(admin.id), &a, &a2)];
+        let err = store
+            .write_all_audited(&writes, audit.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::VersionMismatch { .. }), "{err}");
+        let name = |id: String| {
+            let store = store.clone();
+            async move { store.fetch::<User>(&id).await.unwrap().value.full_name }
+        };
+        assert_eq!(name(a.id.to_string()).await, "A");
+        assert_eq!(name(b.id.to_string()).await, "B");
+        let writes = [
+            serversync_store::EntityWrite::update(&a2, Some(1)).unwrap(),
+            serversync_store::EntityWrite::update(&b2, Some(1)).unwrap(),
+        ];
+        store.write_all_audited(&writes, audit).await.unwrap();
+        assert_eq!(name(a.id.to_string()).await, "A2");
+        assert_eq!(name(b.id.to_string()).await, "B2");
+        let log = store.list_audit(Some(org.id), 0, 100).await.unwrap();
+        assert_eq!(log.iter().filter(|e| e.action == "update").count(), 1);
+        let _ = (db, k);
+    }
+);
+
 both!(secrets_are_encrypted_at_rest, |store, db, k| {
     const PLAIN: &str = "S3cret-Test-Passw0rd-7f3a";
     let id = store.put_secret(None, &Secret::new(PLAIN)).await.unwrap();

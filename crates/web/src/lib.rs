@@ -1,10 +1,12 @@
 //! The admin center: server-rendered pages at `/`, served by `serversync serve` next to the
 //! REST API (issue #7).
 //!
-//! - **Sign-in** with an email address and password (`serversync admin users set-password`),
-//!   or an API token (the first administrator's is printed at the first start). A successful
-//!   sign-in creates a *session token* — an API token named "web session", expiring after [`SESSION_HOURS`] — kept only
-//!   in an `HttpOnly; Secure; SameSite=Strict` cookie; signing out revokes it.
+//! - **Sign-in** with an organization, an email address and a password (`serversync admin
+//!   users set-password`; failures are throttled per address and per client, logged and
+//!   audited by the engine), or an API token (the first administrator's is in the file named
+//!   at the first start). A successful sign-in creates a *session token* — expiring after
+//!   [`SESSION_HOURS`], ended by sign-out, a new password or disabling the user — kept only
+//!   in an `HttpOnly; Secure; SameSite=Strict` cookie.
 //! - **CSRF**: every form and htmx request carries a token derived from the session token
 //!   (HMAC), checked on every POST, besides the SameSite cookie.
 //! - **Reads** go straight to [`serversync_engine::Admin`] with the session's caller;
@@ -21,6 +23,8 @@ mod session;
 use axum::Router;
 use axum::routing::{get, post};
 use serversync_engine::Admin;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use session::SESSION_HOURS;
 
@@ -30,11 +34,25 @@ pub struct Web {
     admin: Admin,
     /// The REST API router, called in-process for writes.
     api: Router,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for the sign-in throttle).
+    trusted_proxies: Arc<Vec<IpAddr>>,
 }
 
 /// The admin center's routes, given the engine's admin service and the REST API router.
 pub fn router(admin: Admin, api: Router) -> Router {
-    let web = Web { admin, api };
+    router_behind(admin, api, Vec::new())
+}
+
+/// [`router`], for a server behind the reverse proxies `trusted_proxies`: a request from one
+/// of them is taken to come from the last address in `X-Forwarded-For` that is not a trusted
+/// proxy. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so the peer is
+/// known.
+pub fn router_behind(admin: Admin, api: Router, trusted_proxies: Vec<IpAddr>) -> Router {
+    let web = Web {
+        admin,
+        api,
+        trusted_proxies: Arc::new(trusted_proxies),
+    };
     Router::new()
         .route("/", get(pages::dashboard::page))
         .route("/login", get(session::login_page).post(session::login))
@@ -73,6 +91,8 @@ pub fn router(admin: Admin, api: Router) -> Router {
         .route("/jobs", get(pages::monitor::jobs))
         .route("/jobs/table", get(pages::monitor::jobs_table))
         .route("/audit", get(pages::monitor::audit))
+        .route("/tokens", get(pages::tokens::list))
+        .route("/tokens/{id}/revoke", post(pages::tokens::revoke))
         .route("/assets/htmx.min.js", get(pages::assets::htmx))
         .route("/assets/app.css", get(pages::assets::css))
         .with_state(web)

@@ -4,13 +4,15 @@ use crate::Web;
 use crate::pages::{Page, render};
 use askama::Template;
 use axum::Form;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
+use serversync_engine::AdminError;
 use serversync_model::auth::Caller;
 use serversync_model::org::Organization;
+use std::net::{IpAddr, SocketAddr};
 
 /// How long a web session lasts.
 pub const SESSION_HOURS: i64 = 12;
@@ -111,17 +113,24 @@ impl FromRequestParts<Web> for Session {
 struct LoginPage {
     page: Page,
     error: Option<String>,
+    /// What was typed, shown again after a failure.
+    org: String,
+    email: String,
 }
 
 pub async fn login_page() -> Response {
     render(&LoginPage {
         page: Page::anonymous("Sign in"),
         error: None,
+        org: "default".into(),
+        email: String::new(),
     })
 }
 
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
+    org: String,
     #[serde(default)]
     email: String,
     #[serde(default)]
@@ -130,15 +139,64 @@ pub struct LoginForm {
     token: String,
 }
 
-/// Signs in with an email address and password, or an API token: a new session token goes
-/// into the cookie.
-pub async fn login(State(web): State<Web>, Form(f): Form<LoginForm>) -> Response {
-    let failed = |msg: &str| {
+/// Where a request came from: the TCP peer, or — when the peer is one of
+/// `server.trusted_proxies` — the last address in `X-Forwarded-For` that is not a trusted
+/// proxy.
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl FromRequestParts<Web> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(ClientAddr(peer.map(|p| {
+            client_ip(p, &parts.headers, &web.trusted_proxies)
+        })))
+    }
+}
+
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    let canonical = |ip: IpAddr| ip.to_canonical();
+    let trusted_hop = |ip: IpAddr| trusted.iter().any(|t| canonical(*t) == canonical(ip));
+    if !trusted_hop(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted_hop(ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// Signs in with an organization, email address and password, or an API token: a new session
+/// token goes into the cookie.
+pub async fn login(
+    State(web): State<Web>,
+    ClientAddr(client): ClientAddr,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let failed = |status: StatusCode, msg: &str| {
         let mut r = render(&LoginPage {
             page: Page::anonymous("Sign in"),
             error: Some(msg.to_owned()),
+            org: f.org.trim().to_owned(),
+            email: f.email.trim().to_owned(),
         });
-        *r.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+        *r.status_mut() = status;
         r
     };
     let token = f.token.trim();
@@ -147,21 +205,51 @@ pub async fn login(State(web): State<Web>, Form(f): Form<LoginForm>) -> Response
             Ok(c) => c,
             Err(_) => {
                 return failed(
+                    StatusCode::UNAUTHORIZED,
                     "This token is not valid (unknown, revoked or expired): check it, or create a new one with `serversync admin token create`.",
                 );
             }
         }
-    } else if !f.email.trim().is_empty() && !f.password.is_empty() {
-        match web.admin.authenticate_password(&f.email, &f.password).await {
+    } else if !f.org.trim().is_empty() && !f.email.trim().is_empty() && !f.password.is_empty() {
+        match web
+            .admin
+            .authenticate_password(&f.org, &f.email, &f.password, client)
+            .await
+        {
             Ok(c) => c,
+            Err(AdminError::Throttled { retry_after }) => {
+                let secs = retry_after.as_secs().max(1);
+                let mut r = failed(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!(
+                        "Too many failed sign-ins for this address or from this computer: try again in {secs} seconds."
+                    ),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return r;
+            }
+            Err(AdminError::Busy) => {
+                let mut r = failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The server is checking many sign-ins at once: try again in a moment.",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
             Err(_) => {
                 return failed(
-                    "The email address or the password is wrong (or no password is set: `serversync admin users set-password`).",
+                    StatusCode::UNAUTHORIZED,
+                    "The organization, the email address or the password is wrong (or no password is set: `serversync admin users set-password`).",
                 );
             }
         }
     } else {
-        return failed("Enter your email address and password, or an API token.");
+        return failed(
+            StatusCode::UNAUTHORIZED,
+            "Enter your organization, email address and password, or an API token.",
+        );
     };
     let session = match web
         .admin
@@ -169,7 +257,12 @@ pub async fn login(State(web): State<Web>, Form(f): Form<LoginForm>) -> Response
         .await
     {
         Ok(s) => s,
-        Err(e) => return failed(&format!("The session could not be created: {e}")),
+        Err(e) => {
+            return failed(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("The session could not be created: {e}"),
+            );
+        }
     };
     let mut r = Redirect::to("/").into_response();
     let cookie = format!(
@@ -211,4 +304,33 @@ pub fn org_cookie(org: &str) -> Option<HeaderValue> {
         SESSION_HOURS * 3600
     ))
     .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.9, 203.0.113.5"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        let proxies = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // A peer that is no proxy: its forwarded-for header is the client's to forge.
+        assert_eq!(client_ip(ip("192.0.2.7"), &h, &proxies), ip("192.0.2.7"));
+        // Through trusted proxies: the last address they did not add themselves.
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &proxies), ip("203.0.113.5"));
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), &h, &proxies),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &HeaderMap::new(), &proxies),
+            ip("10.0.0.1")
+        );
+    }
 }

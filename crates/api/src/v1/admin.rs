@@ -84,12 +84,18 @@ pub async fn get_job(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// Entries after this sequence number.
+    /// Oldest first: the entries after this sequence number.
     pub after: Option<i64>,
+    /// Newest first: the entries before this sequence number (the `seq` of the last entry of
+    /// the previous page).
+    pub before: Option<i64>,
+    /// Newest first, from the newest entry (implied by `before`).
+    #[serde(default)]
+    pub newest_first: bool,
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/audit", tag = "audit", params(("org" = String, Path), AuditQuery), responses((status = 200, body = [AuditEntry]), (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/audit", tag = "audit", params(("org" = String, Path), AuditQuery), responses((status = 200, body = [AuditEntry]), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn audit(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -102,9 +108,19 @@ pub async fn audit(
         limit: q.limit,
     }
     .limit()?;
-    Ok(Json(
+    if q.after.is_some() && (q.before.is_some() || q.newest_first) {
+        return Err(Problem::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "conflicting_parameters",
+            "give `after` (oldest first) or `before`/`newest_first` (newest first), not both",
+        )
+        .field("before"));
+    }
+    Ok(Json(if q.before.is_some() || q.newest_first {
+        s.admin.audit_newest(&c, org.id, q.before, limit).await?
+    } else {
         s.admin
             .audit(&c, org.id, q.after.unwrap_or(0), limit)
-            .await?,
-    ))
+            .await?
+    }))
 }

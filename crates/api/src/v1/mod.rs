@@ -81,6 +81,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::get_user, orgs::update_user))
         .routes(routes!(orgs::set_queue_members))
         .routes(routes!(orgs::create_token))
+        .routes(routes!(orgs::list_tokens))
+        .routes(routes!(orgs::revoke_token))
         .routes(routes!(orgs::list_queues, orgs::create_queue))
         .routes(routes!(orgs::list_roles))
         .routes(routes!(orgs::list_domains, orgs::assign_domain))

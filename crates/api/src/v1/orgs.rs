@@ -11,10 +11,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use serversync_engine::admin::NewUser;
+use serversync_engine::admin::{NewUser, UserChanges};
+use serversync_model::auth::ApiToken;
 use serversync_model::org::{BuiltinRole, Domain, Organization, Privilege, Role};
 use serversync_model::{Secret, UserId};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 pub(crate) const MAILBOX_SECRETS: &[&[&str]] = &[&["password"]];
 
@@ -142,11 +143,26 @@ pub async fn get_user(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// A name to recognize the token by (1-100 characters).
     pub name: String,
+    /// Days until the token expires (1-3650); default: `auth.token_lifetime_days` of the
+    /// server's configuration.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/api/v1/orgs/{org}/users/{id}/tokens", tag = "users", params(("org" = String, Path), ("id" = String, Path)), request_body = NewToken,
-    responses((status = 201, description = "{ token, id, prefix }: the token is shown only in this response"), (status = 403, body = Problem)))]
+/// A token as the API shows it: never the token itself nor its hash.
+fn token_doc(t: &ApiToken) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("token_hash");
+    }
+    v
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/users/{id}/tokens", tag = "tokens", params(("org" = String, Path), ("id" = String, Path)), request_body = NewToken,
+    description = "A new API token for a user: one's own, or (installation administrators only; audited as `create_for_user`) another user's.",
+    responses((status = 201, description = "{ token, id, prefix, user_id, expires_at }: the token is shown only in this response"), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_token(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -155,24 +171,74 @@ pub async fn create_token(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let org = org(&s, &c, &o).await?;
     let uid: UserId = id("id", &uid)?;
-    if uid != c.user.id {
-        c.require(Privilege::ManageUsers)
-            .map_err(serversync_engine::AdminError::from)?;
-    }
     let n: NewToken = body.parse()?;
-    let user = s.admin.user(org.id, uid).await?;
     let (token, t) = s
         .admin
-        .create_token(
-            &user,
-            &n.name,
-            serversync_model::audit::Actor::User(c.user.id),
-        )
+        .issue_token(&c, org.id, uid, &n.name, n.expires_in_days)
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": token, "id": t.id, "prefix": t.prefix, "user_id": t.user_id })),
+        Json(
+            json!({ "token": token, "id": t.id, "prefix": t.prefix, "user_id": t.user_id, "expires_at": t.expires_at }),
+        ),
     ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TokenQuery {
+    /// Only this user's tokens.
+    pub user_id: Option<UserId>,
+    /// Only tokens still live (neither revoked nor expired).
+    #[serde(default)]
+    pub live_only: bool,
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/tokens", tag = "tokens", params(("org" = String, Path), TokenQuery),
+    description = "API and session tokens of the organization (with manage_users), else the caller's own; never the token or its hash.",
+    responses((status = 200, body = ListPage)))]
+pub async fn list_tokens(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P(o): P<String>,
+    Q(q): Q<TokenQuery>,
+) -> ApiResult<Json<ListPage>> {
+    let org = org(&s, &c, &o).await?;
+    let limit = Paging {
+        after: None,
+        limit: q.limit,
+    }
+    .limit()?;
+    let p = s
+        .admin
+        .list_tokens(
+            &c,
+            org.id,
+            q.user_id,
+            q.live_only,
+            q.after.as_deref(),
+            limit,
+        )
+        .await?;
+    Ok(Json(ListPage {
+        items: p.items.iter().map(|t| token_doc(&t.value)).collect(),
+        next: p.next,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/tokens/{id}/revoke", tag = "tokens", params(("org" = String, Path), ("id" = String, Path)),
+    description = "Revokes a token: one's own, or (with manage_users) one of a user holding no more privileges than the caller.",
+    responses((status = 200, description = "The revoked token"), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    P((o, tid)): P<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let org = org(&s, &c, &o).await?;
+    let t = s.admin.revoke_token(&c, org.id, id("id", &tid)?).await?;
+    Ok(Json(token_doc(&t)))
 }
 
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/queues", tag = "queues", params(("org" = String, Path), Paging), responses((status = 200, body = ListPage)))]
@@ -191,10 +257,13 @@ pub async fn list_queues(
     )))
 }
 
-/// A user's own settings.
+/// A user's settings.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    /// Disable (or enable again) the user: a disabled user's tokens and sessions are revoked.
+    #[serde(default)]
+    pub disabled: Option<bool>,
     /// Let users holding "send as another user" send email on this user's behalf.
     #[serde(default)]
     pub allow_send_as: Option<bool>,
@@ -207,6 +276,7 @@ pub struct UserPatch {
 }
 
 #[utoipa::path(patch, path = "/api/v1/orgs/{org}/users/{id}", tag = "users", params(("org" = String, Path), ("id" = String, Path)), request_body = UserPatch,
+    description = "Changes a user: oneself, or (with manage_users) a user holding no more privileges than the caller; only an installation administrator changes an installation administrator. A new password ends the user's sessions; disabling revokes all their tokens.",
     responses((status = 200, description = "The user"), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn update_user(
     State(s): State<AppState>,
@@ -222,9 +292,12 @@ pub async fn update_user(
             &c,
             org.id,
             id("id", &uid)?,
-            p.allow_send_as,
-            p.full_name,
-            p.password,
+            UserChanges {
+                allow_send_as: p.allow_send_as,
+                full_name: p.full_name,
+                password: p.password,
+                disabled: p.disabled,
+            },
         )
         .await?;
     Ok(Json(crate::json::document(&u, 1, USER_SECRETS)))

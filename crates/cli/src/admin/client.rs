@@ -244,8 +244,8 @@ impl Client {
         let Some(token) = &self.token else {
             bail!(
                 "no API token: set SERVERSYNC_TOKEN (or --token-file FILE); create one with \
-                 `serversync admin token create --user EMAIL` (the first one is in the log of \
-                 the first `serversync serve`)"
+                 `serversync admin token create --user EMAIL` (the first one is in the file \
+                 <data_dir>/first-admin-token written by the first `serversync serve`)"
             );
         };
         let mut req = self

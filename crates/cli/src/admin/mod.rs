@@ -83,7 +83,9 @@ pub struct Connection {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Create an API token directly in the database (no running server or token needed).
+    /// API tokens: create one directly in the database (no running server or token needed);
+    /// list and revoke them through the API.
+    #[command(alias = "tokens")]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -142,7 +144,7 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: JobsCommand,
     },
-    /// The audit log of the organization, oldest first.
+    /// The audit log of the organization, oldest first (or --newest-first).
     Audit(AuditArgs),
     /// Email activities: list with filters, show (parties, attachments, thread), download an
     /// attachment.
@@ -332,6 +334,21 @@ pub enum TokenCommand {
     /// once on standard output (with --json: with its user and organization); only its hash is
     /// stored.
     Create(TokenCreateArgs),
+    /// Tokens and admin center sessions still live (yours; the organization's with
+    /// manage_users): id, name, user, kind, expiry.
+    List {
+        /// Only this user's (id or email address).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Also revoked and expired tokens.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token (yours, or of a user holding no more privileges than you).
+    Revoke {
+        /// Token id (see `token list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -343,6 +360,9 @@ pub struct TokenCreateArgs {
     /// A name to recognize the token by.
     #[arg(long, value_name = "NAME", default_value = "cli")]
     pub name: String,
+    /// Days until the token expires (default: auth.token_lifetime_days of the configuration).
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub expires_in_days: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,7 +389,18 @@ pub enum UsersCommand {
     },
     /// Create a user and its mailbox (with the organization's default profile and methods).
     Create(UserCreateArgs),
-    /// Set a user's password for signing in to the admin center (at least 12 characters).
+    /// Disable a user: its API tokens and sessions are revoked, and it can no longer sign in.
+    Disable {
+        /// User id or email address.
+        user: String,
+    },
+    /// Enable a disabled user again (its old tokens stay revoked).
+    Enable {
+        /// User id or email address.
+        user: String,
+    },
+    /// Set a user's password for signing in to the admin center (at least 12 characters);
+    /// the user's admin center sessions end.
     SetPassword {
         /// User id or email address.
         user: String,
@@ -869,9 +900,15 @@ pub enum JobsCommand {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Only entries after this sequence number (the SEQ column).
-    #[arg(long, value_name = "SEQ")]
+    /// Only entries after this sequence number (the SEQ column), oldest first.
+    #[arg(long, value_name = "SEQ", conflicts_with_all = ["before", "newest_first"])]
     pub after: Option<i64>,
+    /// Newest first, from the newest entry.
+    #[arg(long)]
+    pub newest_first: bool,
+    /// Newest first, the entries before this sequence number.
+    #[arg(long, value_name = "SEQ")]
+    pub before: Option<i64>,
     /// At most this many entries (1-1000).
     #[arg(
         long,
@@ -907,7 +944,7 @@ pub async fn run(cfg: Config, args: AdminArgs) -> anyhow::Result<()> {
         json: conn.json,
     };
     match command {
-        AdminCommand::Token { .. } => unreachable!("handled above"),
+        AdminCommand::Token { command } => token::manage(&ctx, command).await,
         AdminCommand::Orgs { command } => orgs::orgs(&ctx, command).await,
         AdminCommand::Domains { command } => orgs::domains(&ctx, command).await,
         AdminCommand::Users { command } => orgs::users(&ctx, command).await,

@@ -273,6 +273,13 @@ pub async fn audit(ctx: &Ctx, a: AuditArgs) -> Result<()> {
     if let Some(after) = a.after {
         q.push(("after", after.to_string()));
     }
+    let newest_first = a.newest_first || a.before.is_some();
+    if newest_first {
+        q.push(("newest_first", "true".into()));
+    }
+    if let Some(before) = a.before {
+        q.push(("before", before.to_string()));
+    }
     let v = ctx.api.get(&["audit"], &q).await?;
     let entries = v.as_array().cloned().unwrap_or_default();
     if ctx.json {
@@ -310,7 +317,11 @@ pub async fn audit(ctx: &Ctx, a: AuditArgs) -> Result<()> {
             .and_then(|e| e.get("seq"))
             .and_then(Value::as_i64)
     {
-        eprintln!("more entries may follow: serversync admin audit --after {last}");
+        if newest_first {
+            eprintln!("older entries may follow: serversync admin audit --before {last}");
+        } else {
+            eprintln!("more entries may follow: serversync admin audit --after {last}");
+        }
     }
     Ok(())
 }

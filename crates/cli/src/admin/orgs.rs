@@ -85,6 +85,26 @@ async fn find_user(ctx: &Ctx, email: &str) -> Result<Value> {
         })
 }
 
+/// Disables a user (revoking its tokens and sessions) or enables it again.
+async fn set_disabled(ctx: &Ctx, user: &str, disabled: bool) -> Result<()> {
+    let id = resolve_user(ctx, user).await?;
+    let r = ctx
+        .api
+        .patch(&["users", &id], &json!({ "disabled": disabled }))
+        .await?;
+    if ctx.json {
+        output::json(&r);
+    } else if disabled {
+        println!(
+            "disabled {}: its API tokens and sessions are revoked",
+            str_at(&r, "email")
+        );
+    } else {
+        println!("enabled {}", str_at(&r, "email"));
+    }
+    Ok(())
+}
+
 pub async fn users(ctx: &Ctx, cmd: UsersCommand) -> Result<()> {
     match cmd {
         UsersCommand::List => {
@@ -127,6 +147,8 @@ pub async fn users(ctx: &Ctx, cmd: UsersCommand) -> Result<()> {
             }
         }
         UsersCommand::Create(a) => create_user(ctx, a).await?,
+        UsersCommand::Disable { user } => set_disabled(ctx, &user, true).await?,
+        UsersCommand::Enable { user } => set_disabled(ctx, &user, false).await?,
         UsersCommand::SetPassword {
             user,
             password_stdin,

@@ -1,13 +1,17 @@
 //! `serversync admin token create`: an API token made directly in the database, to get (back)
-//! into the API without one.
+//! into the API without one (audited as made by `cli`). `token list` and `token revoke` go
+//! through the API like every other command.
 
-use super::TokenCreateArgs;
+use super::output::{self, Table, at, str_at, time, yes};
+use super::{Ctx, TokenCommand, TokenCreateArgs};
 use crate::config::Config;
 use anyhow::{Result, anyhow};
+use serde_json::{Value, json};
 use serversync_model::OrgId;
 use serversync_model::audit::Actor;
 use serversync_model::org::{Organization, User};
 use serversync_store::{Col, Store, redact_url};
+use std::collections::HashMap;
 
 pub async fn create(cfg: &Config, org_key: &str, json: bool, args: TokenCreateArgs) -> Result<()> {
     let store = crate::serve::open_store(cfg).await?;
@@ -15,7 +19,7 @@ pub async fn create(cfg: &Config, org_key: &str, json: bool, args: TokenCreateAr
     store.close().await;
     let (token, user, org) = result?;
     if json {
-        super::output::json(&serde_json::json!({
+        output::json(&json!({
             "token": token,
             "name": args.name,
             "user_id": user.id,
@@ -77,10 +81,72 @@ async fn create_in(
             user.email
         ));
     }
-    let admin = serversync_engine::Admin::new(store.clone(), Default::default());
+    let mut auth = cfg.auth();
+    if let Some(days) = args.expires_in_days {
+        auth.token_lifetime = Some(chrono::Duration::days(days.into()));
+    }
+    let admin = serversync_engine::Admin::with_auth(store.clone(), Default::default(), auth);
     let (token, _) = admin
         .create_token(&user, &args.name, Actor::System("cli".into()))
         .await
         .map_err(|e| anyhow!("cannot create the token: {e}"))?;
     Ok((token, user, org))
+}
+
+/// `token list` and `token revoke`, through the API.
+pub async fn manage(ctx: &Ctx, cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create(_) => unreachable!("made in the database, without the API"),
+        TokenCommand::List { user, all } => {
+            let mut q: Vec<(&str, String)> = Vec::new();
+            if let Some(u) = &user {
+                q.push(("user_id", super::orgs::resolve_user(ctx, u).await?));
+            }
+            if !all {
+                q.push(("live_only", "true".into()));
+            }
+            let tokens = ctx.api.list(&["tokens"], &q).await?;
+            if ctx.json {
+                output::json(&Value::Array(tokens));
+                return Ok(());
+            }
+            let emails: HashMap<String, String> = match ctx.api.list(&["users"], &[]).await {
+                Ok(us) => us
+                    .iter()
+                    .map(|u| (str_at(u, "id").to_owned(), str_at(u, "email").to_owned()))
+                    .collect(),
+                Err(_) => HashMap::new(),
+            };
+            let mut t = Table::new(&[
+                "ID", "NAME", "USER", "KIND", "PREFIX", "CREATED", "EXPIRES", "REVOKED",
+            ]);
+            for k in &tokens {
+                let uid = at(k, "user_id");
+                t.row(vec![
+                    at(k, "id"),
+                    at(k, "name"),
+                    emails.get(&uid).cloned().unwrap_or(uid),
+                    at(k, "kind"),
+                    at(k, "prefix"),
+                    time(k, "created_at"),
+                    time(k, "expires_at"),
+                    yes(k, "revoked"),
+                ]);
+            }
+            t.print("tokens");
+        }
+        TokenCommand::Revoke { id } => {
+            let r = ctx.api.post(&["tokens", &id, "revoke"], &json!({})).await?;
+            if ctx.json {
+                output::json(&r);
+            } else {
+                println!(
+                    "revoked token {} ({})",
+                    str_at(&r, "id"),
+                    str_at(&r, "name")
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod monitor;
 pub mod orgs;
 pub mod profiles;
 pub mod settings;
+pub mod tokens;
 
 use crate::session::Session;
 use askama::Template;

@@ -173,14 +173,35 @@ pub struct AuditRow {
 struct AuditPage {
     page: Page,
     rows: Vec<AuditRow>,
+    page_size: u32,
+    first_page: bool,
+    /// The `before` of the next (older) page, when there are older entries.
+    older: Option<i64>,
 }
 
-pub async fn audit(State(web): State<Web>, s: Session) -> Response {
-    let entries = match web.admin.audit(&s.caller, s.org.id, 0, 5000).await {
+/// Entries shown per page of the audit log.
+const AUDIT_PAGE: u32 = 100;
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    before: Option<i64>,
+}
+
+/// The audit log, newest first, [`AUDIT_PAGE`] entries a page; "Older entries" continues
+/// before the last entry shown.
+pub async fn audit(State(web): State<Web>, s: Session, Query(q): Query<AuditQuery>) -> Response {
+    let mut entries = match web
+        .admin
+        .audit_newest(&s.caller, s.org.id, q.before, AUDIT_PAGE + 1)
+        .await
+    {
         Ok(e) => e,
         Err(e) => return error(&s, e),
     };
-    let mut rows: Vec<AuditRow> = entries
+    let more = entries.len() > AUDIT_PAGE as usize;
+    entries.truncate(AUDIT_PAGE as usize);
+    let older = entries.last().map(|e| e.seq).filter(|_| more);
+    let rows: Vec<AuditRow> = entries
         .into_iter()
         .map(|e| {
             let v = serde_json::to_value(&e).unwrap_or_default();
@@ -202,10 +223,11 @@ pub async fn audit(State(web): State<Web>, s: Session) -> Response {
             }
         })
         .collect();
-    rows.reverse();
-    rows.truncate(200);
     render(&AuditPage {
         page: Page::new(&s, "Audit log", "audit"),
         rows,
+        page_size: AUDIT_PAGE,
+        first_page: q.before.is_none(),
+        older,
     })
 }

@@ -1,0 +1,745 @@
+//! The admin center over HTTP (in-process, no browser): sign-in, sessions, API tokens and the
+//! audit log (issue #14), on SQLite and PostgreSQL.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request};
+use http_body_util::BodyExt;
+use serversync_engine::Admin;
+use serversync_store::{Backend, Store};
+use serversync_testkit::{PgDatabase, TestEnv};
+use serversync_vault::MasterKey;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use tower::ServiceExt;
+
+/// Log lines written while tests run.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+#[allow(dead_code)]
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+struct Site {
+    app: Router,
+    store: Store,
+    admin: Admin,
+    /// The installation administrator's API token.
+    token: String,
+    _db: Db,
+}
+
+struct Resp {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+const CLIENT: [u8; 4] = [198, 51, 100, 7];
+
+impl Site {
+    async fn start(backend: Backend) -> Site {
+        Self::start_with(backend, Default::default()).await
+    }
+
+    async fn start_with(backend: Backend, auth: serversync_engine::AuthConfig) -> Site {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .try_init();
+        let (url, db) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                (
+                    format!("sqlite://{}", dir.path().join("s.db").display()),
+                    Db::Sqlite(dir),
+                )
+            }
+            Backend::Postgres => {
+                let db = TestEnv::from_env().pg_database().await.unwrap();
+                (db.url().to_owned(), Db::Postgres(db))
+            }
+        };
+        let store = Store::open(&url, MasterKey::generate().unwrap())
+            .await
+            .unwrap();
+        let admin = Admin::with_auth(store.clone(), Default::default(), auth);
+        let (_, token) = admin.bootstrap().await.unwrap().expect("fresh store");
+        let api = serversync_api::router(serversync_api::AppState {
+            store: store.clone(),
+            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle(),
+            admin: admin.clone(),
+        });
+        let app = serversync_web::router(admin.clone(), api.clone()).merge(api);
+        Site {
+            app,
+            store,
+            admin,
+            token,
+            _db: db,
+        }
+    }
+
+    /// A request from `client`, with the session cookie when given and a form body when given.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        cookie: Option<&str>,
+        form: Option<&[(&str, &str)]>,
+        client: IpAddr,
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let body = match form {
+            Some(f) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                Body::from(serde_urlencoded::to_string(f).unwrap())
+            }
+            None => Body::empty(),
+        };
+        let mut req = req.body(body).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(client, 40000)));
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// A REST API call with a bearer token; returns status and JSON.
+    async fn api(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// [`Site::api`] as the installation administrator, which must succeed.
+    async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let (status, v) = self.api(&self.token, method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    /// A user of organization `org` with `roles` and an admin center password; returns its id.
+    async fn user(
+        &self,
+        org: &str,
+        name: &str,
+        email: &str,
+        roles: &[&str],
+        password: &str,
+    ) -> String {
+        let u = self
+            .ok(
+                "POST",
+                &format!("/api/v1/orgs/{org}/users"),
+                Some(serde_json::json!({"full_name": name, "email": email, "roles": roles})),
+            )
+            .await;
+        let id = u["user"]["id"].as_str().unwrap().to_owned();
+        self.ok(
+            "PATCH",
+            &format!("/api/v1/orgs/{org}/users/{id}"),
+            Some(serde_json::json!({"password": password})),
+        )
+        .await;
+        id
+    }
+
+    /// Signs in with a password from `client`.
+    async fn sign_in(&self, org: &str, email: &str, password: &str, client: IpAddr) -> Resp {
+        self.send(
+            "POST",
+            "/login",
+            None,
+            Some(&[("org", org), ("email", email), ("password", password)]),
+            client,
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str, cookie: &str) -> Resp {
+        self.send("GET", path, Some(cookie), None, CLIENT.into())
+            .await
+    }
+
+    /// Signs in with an API token; returns the session cookie (`ss_session=…`).
+    async fn sign_in_with_token(&self, token: &str) -> String {
+        let r = self
+            .send(
+                "POST",
+                "/login",
+                None,
+                Some(&[("token", token)]),
+                CLIENT.into(),
+            )
+            .await;
+        session_cookie(&r)
+            .unwrap_or_else(|| panic!("token sign-in failed: {} {}", r.status, r.body))
+    }
+}
+
+fn session_cookie(r: &Resp) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("ss_session=") && !c.starts_with("ss_session=;"))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+}
+
+macro_rules! both {
+    ($name:ident, |$backend:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            async fn run($backend: Backend) $body
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run(Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// The entity ids of the audit rows of a page, in the order shown.
+fn audit_ids(html: &str) -> Vec<String> {
+    html.split("<td class=\"muted\">")
+        .skip(1)
+        .filter_map(|s| s.split("</td>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The link to the next (older) page of the audit log.
+fn older_link(html: &str) -> Option<String> {
+    let at = html.find("rel=\"next\"")?;
+    let start = html[..at].rfind("href=\"")? + 6;
+    let end = start + html[start..].find('"')?;
+    Some(html[start..end].replace("&amp;", "&"))
+}
+
+both!(the_audit_page_shows_the_newest_first_and_pages, |backend| {
+    let s = Site::start(backend).await;
+    let org = s
+        .store
+        .list_all::<serversync_model::org::Organization>(None, &[])
+        .await
+        .unwrap()
+        .remove(0)
+        .value;
+    let cookie = s.sign_in_with_token(&s.token).await;
+    for i in 0..1100 {
+        s.store
+            .append_audit(serversync_store::NewAuditEntry {
+                org_id: Some(org.id),
+                actor: serversync_model::audit::Actor::System("test".into()),
+                action: "probe".into(),
+                entity: "probe".into(),
+                entity_id: format!("probe-{i:04}"),
+                before: None,
+                after: None,
+            })
+            .await
+            .unwrap();
+    }
+    let mut path = "/audit".to_owned();
+    let mut seen: Vec<String> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = s.get(&path, &cookie).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let ids = audit_ids(&r.body);
+        if pages == 0 {
+            assert_eq!(
+                ids.first().map(String::as_str),
+                Some("probe-1099"),
+                "the newest entry comes first"
+            );
+        }
+        assert!(
+            !ids.is_empty() && ids.len() <= 100,
+            "{path}: {} rows",
+            ids.len()
+        );
+        seen.extend(ids);
+        pages += 1;
+        assert!(pages < 50, "the pages do not end");
+        match older_link(&r.body) {
+            Some(next) => path = next,
+            None => break,
+        }
+    }
+    let probes: Vec<&String> = seen.iter().filter(|i| i.starts_with("probe-")).collect();
+    let expected: Vec<String> = (0..1100).rev().map(|i| format!("probe-{i:04}")).collect();
+    assert_eq!(
+        probes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        expected.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "every entry once, newest first"
+    );
+    // The bootstrap's own entries come last, on the last page.
+    assert!(seen.len() > 1100, "{}", seen.len());
+    assert!(!logs().contains(&s.token), "the token is never logged");
+    let _ = &s.admin;
+});
+
+/// The CSRF token of a page's forms.
+fn csrf(html: &str) -> String {
+    let at = html
+        .find("name=\"_csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 20;
+    html[at..at + html[at..].find('"').unwrap()].to_owned()
+}
+
+/// Whether the session cookie still opens the admin center.
+async fn signed_in(s: &Site, cookie: &str) -> bool {
+    let r = s.get("/", cookie).await;
+    match r.status {
+        200 => true,
+        303 if r.location() == "/login" => false,
+        other => panic!("GET / answered {other}: {}", r.body),
+    }
+}
+
+both!(password_sign_in_names_the_organization, |backend| {
+    let s = Site::start(backend).await;
+    s.ok(
+        "POST",
+        "/api/v1/orgs",
+        Some(serde_json::json!({"name": "acme", "display_name": "Acme"})),
+    )
+    .await;
+    // The same address in two organizations, each with its own password.
+    s.user(
+        "default",
+        "Pat Default",
+        "pat@example.test",
+        &["basic_user"],
+        "default pat password",
+    )
+    .await;
+    s.user(
+        "acme",
+        "Pat Acme",
+        "pat@example.test",
+        &["basic_user"],
+        "acme pat password",
+    )
+    .await;
+    let client: IpAddr = CLIENT.into();
+
+    let r = s
+        .sign_in("acme", "pat@example.test", "acme pat password", client)
+        .await;
+    let cookie = session_cookie(&r).unwrap_or_else(|| panic!("{} {}", r.status, r.body));
+    let page = s.get("/", &cookie).await;
+    assert!(
+        page.body.contains("Pat Acme") && !page.body.contains("Pat Default"),
+        "{}",
+        page.body
+    );
+
+    let r = s
+        .sign_in(
+            "default",
+            "pat@example.test",
+            "default pat password",
+            client,
+        )
+        .await;
+    let cookie = session_cookie(&r).unwrap_or_else(|| panic!("{} {}", r.status, r.body));
+    let page = s.get("/", &cookie).await;
+    assert!(
+        page.body.contains("Pat Default") && !page.body.contains("Pat Acme"),
+        "{}",
+        page.body
+    );
+
+    // One organization's password does not open the other's user; an unknown organization
+    // gets the same answer as a wrong password.
+    let wrong = s
+        .sign_in("default", "pat@example.test", "acme pat password", client)
+        .await;
+    let unknown = s
+        .sign_in("nope", "pat@example.test", "acme pat password", client)
+        .await;
+    for r in [&wrong, &unknown] {
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(session_cookie(r).is_none());
+        assert!(
+            r.body
+                .contains("organization, the email address or the password is wrong"),
+            "{}",
+            r.body
+        );
+    }
+});
+
+both!(
+    failed_sign_ins_are_throttled_logged_and_audited,
+    |backend| {
+        // Five failures per address, eight per client; a first wait long enough that the
+        // test never races it.
+        let s = Site::start_with(
+            backend,
+            serversync_engine::AuthConfig {
+                throttle: serversync_engine::ThrottleConfig {
+                    free_failures_per_address: 5,
+                    free_failures_per_client: 8,
+                    first_delay: std::time::Duration::from_secs(600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await;
+        let lee = s
+            .user(
+                "default",
+                "Lee",
+                "lee@example.test",
+                &["basic_user"],
+                "lee's right password",
+            )
+            .await;
+        let a: IpAddr = [203, 0, 113, 10].into();
+        let b: IpAddr = [203, 0, 113, 11].into();
+        for _ in 0..5 {
+            let r = s
+                .sign_in("default", "lee@example.test", "lee's wrong password", a)
+                .await;
+            assert_eq!(r.status, 401, "{}", r.body);
+        }
+        // After five failures the address waits, whoever asks and whatever the password: no
+        // password is checked meanwhile.
+        for client in [a, b] {
+            let r = s
+                .sign_in(
+                    "default",
+                    "lee@example.test",
+                    "lee's right password",
+                    client,
+                )
+                .await;
+            assert_eq!(r.status, 429, "{}", r.body);
+            assert!(session_cookie(&r).is_none());
+            let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=600).contains(&wait), "{wait}");
+            assert!(r.body.contains("Too many failed sign-ins"), "{}", r.body);
+        }
+        // Each failure is logged (address, client, reason) and audited; no password anywhere.
+        let log = logs();
+        let failures: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("sign-in failed") && l.contains("lee@example.test"))
+            .collect();
+        assert_eq!(failures.len(), 5, "{log}");
+        assert!(
+            failures
+                .iter()
+                .all(|l| l.contains("203.0.113.10") && l.contains("wrong password")),
+            "{failures:?}"
+        );
+        assert!(!log.contains("lee's wrong password") && !log.contains("lee's right password"));
+        let audit = s
+            .ok("GET", "/api/v1/orgs/default/audit?limit=1000", None)
+            .await;
+        let entries: Vec<&serde_json::Value> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "sign_in_failed" && e["entity_id"] == lee.as_str())
+            .collect();
+        assert_eq!(entries.len(), 5, "{audit}");
+        assert_eq!(
+            entries[0]["after"]["client_ip"], "203.0.113.10",
+            "{}",
+            entries[0]
+        );
+        assert!(!audit.to_string().contains("password\":\"lee"), "{audit}");
+
+        // Another client trying many addresses is slowed down too (per client address).
+        let c: IpAddr = [203, 0, 113, 12].into();
+        let mut throttled = false;
+        for i in 0..9 {
+            let r = s
+                .sign_in("default", &format!("nobody{i}@example.test"), "guess", c)
+                .await;
+            if r.status == 429 {
+                throttled = true;
+                assert_eq!(i, 8, "throttled before its eight free failures");
+                break;
+            }
+            assert_eq!(r.status, 401, "{}", r.body);
+        }
+        assert!(throttled, "nine failures from one client are not throttled");
+    }
+);
+
+both!(
+    sessions_end_when_the_password_changes_or_the_user_is_disabled,
+    |backend| {
+        let s = Site::start(backend).await;
+        let max = s
+            .user(
+                "default",
+                "Max",
+                "max@example.test",
+                &["basic_user"],
+                "max's first password",
+            )
+            .await;
+        let client: IpAddr = CLIENT.into();
+        let mut sessions = Vec::new();
+        for _ in 0..2 {
+            let r = s
+                .sign_in(
+                    "default",
+                    "max@example.test",
+                    "max's first password",
+                    client,
+                )
+                .await;
+            sessions.push(session_cookie(&r).unwrap_or_else(|| panic!("{} {}", r.status, r.body)));
+        }
+        let api_token = s
+            .ok(
+                "POST",
+                &format!("/api/v1/orgs/default/users/{max}/tokens"),
+                Some(serde_json::json!({"name": "max's script"})),
+            )
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for c in &sessions {
+            assert!(signed_in(&s, c).await);
+        }
+
+        // A new password ends every session (API tokens are separate credentials and stay).
+        s.ok(
+            "PATCH",
+            &format!("/api/v1/orgs/default/users/{max}"),
+            Some(serde_json::json!({"password": "max's second password"})),
+        )
+        .await;
+        for c in &sessions {
+            assert!(
+                !signed_in(&s, c).await,
+                "a session outlived the password change"
+            );
+        }
+        let me = format!("/api/v1/orgs/default/users/{max}");
+        assert_eq!(s.api(&api_token, "GET", &me, None).await.0, 200);
+        let old = s
+            .sign_in(
+                "default",
+                "max@example.test",
+                "max's first password",
+                client,
+            )
+            .await;
+        assert_eq!(old.status, 401);
+        let r = s
+            .sign_in(
+                "default",
+                "max@example.test",
+                "max's second password",
+                client,
+            )
+            .await;
+        let session = session_cookie(&r).unwrap_or_else(|| panic!("{} {}", r.status, r.body));
+        assert!(signed_in(&s, &session).await);
+
+        // Disabling the user revokes every token and session: enabling it again does not bring
+        // them back.
+        s.ok("PATCH", &me, Some(serde_json::json!({"disabled": true})))
+            .await;
+        assert!(!signed_in(&s, &session).await);
+        assert_eq!(s.api(&api_token, "GET", &me, None).await.0, 401);
+        s.ok("PATCH", &me, Some(serde_json::json!({"disabled": false})))
+            .await;
+        assert!(
+            !signed_in(&s, &session).await,
+            "a session came back with the user"
+        );
+        assert_eq!(
+            s.api(&api_token, "GET", &me, None).await.0,
+            401,
+            "a token came back with the user"
+        );
+        let tokens = s
+            .ok(
+                "GET",
+                &format!("/api/v1/orgs/default/tokens?user_id={max}"),
+                None,
+            )
+            .await;
+        let items = tokens["items"].as_array().unwrap();
+        assert!(
+            items.len() >= 4 && items.iter().all(|t| t["revoked"] == true),
+            "{tokens}"
+        );
+    }
+);
+
+both!(the_admin_center_lists_and_revokes_tokens, |backend| {
+    let s = Site::start(backend).await;
+    let bea = s
+        .user(
+            "default",
+            "Bea",
+            "bea@example.test",
+            &["basic_user"],
+            "bea's password here",
+        )
+        .await;
+    let minted = s
+        .ok(
+            "POST",
+            &format!("/api/v1/orgs/default/users/{bea}/tokens"),
+            Some(serde_json::json!({"name": "bea-cli"})),
+        )
+        .await;
+    let (bea_token, bea_token_id) = (
+        minted["token"].as_str().unwrap().to_owned(),
+        minted["id"].as_str().unwrap().to_owned(),
+    );
+    let me = format!("/api/v1/orgs/default/users/{bea}");
+    assert_eq!(s.api(&bea_token, "GET", &me, None).await.0, 200);
+
+    let cookie = s.sign_in_with_token(&s.token).await;
+    let page = s.get("/tokens", &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for shown in [
+        "bea-cli",
+        "bea@example.test",
+        minted["prefix"].as_str().unwrap(),
+        "bootstrap",
+    ] {
+        assert!(page.body.contains(shown), "{shown}: {}", page.body);
+    }
+    assert!(!page.body.contains(&bea_token));
+    let form = format!("/tokens/{bea_token_id}/revoke");
+    assert!(page.body.contains(&form), "{}", page.body);
+    let r = s
+        .send(
+            "POST",
+            &form,
+            Some(&cookie),
+            Some(&[("_csrf", &csrf(&page.body))]),
+            CLIENT.into(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.location().starts_with("/tokens")),
+        (303, true),
+        "{}",
+        r.body
+    );
+    assert_eq!(s.api(&bea_token, "GET", &me, None).await.0, 401);
+    let page = s.get("/tokens", &cookie).await;
+    assert!(
+        !page.body.contains("bea-cli"),
+        "only live tokens by default"
+    );
+    let page = s.get("/tokens?all=true", &cookie).await;
+    let row = page
+        .body
+        .split("<tr")
+        .find(|r| r.contains("bea-cli"))
+        .unwrap_or_else(|| panic!("{}", page.body));
+    assert!(row.contains("revoked") && !row.contains("/revoke"), "{row}");
+    // Without the CSRF token nothing is revoked.
+    let own = s.ok("GET", "/api/v1/orgs/default/tokens", None).await;
+    let root_token = own["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "bootstrap")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .send(
+            "POST",
+            &format!("/tokens/{root_token}/revoke"),
+            Some(&cookie),
+            Some(&[("_csrf", "forged")]),
+            CLIENT.into(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(s.api(&s.token, "GET", &me, None).await.0, 200);
+});
