@@ -237,9 +237,11 @@ async fn sync_folder(
         }
         cursor.uid_validity = Some(status.uid_validity);
         let from = cursor.last_uid.map_or(1, |u| u.saturating_add(1));
-        let new: Vec<u32> = imap
-            .uid_list(from)
-            .await?
+        // A huge folder is listed in parts (the lowest UIDs first): `more` reads on.
+        let listing = imap.uid_listing(from).await?;
+        let more = listing.more;
+        let new: Vec<u32> = listing
+            .messages
             .into_iter()
             .map(|meta| meta.uid)
             .filter(|uid| *uid >= from)
@@ -340,7 +342,7 @@ async fn sync_folder(
                 move_to_undeliverable(cx, imap, folder, &failed_uids).await?;
             }
         }
-        if missed {
+        if missed || more {
             continue;
         }
         if new.is_empty() {
