@@ -797,7 +797,7 @@ impl SyncSession {
     }
 
     /// The failure for untagged answers to `what` over [`MAX_UNTAGGED_BYTES`].
-    fn too_much(&mut self, what: &str) -> ConnectError {
+    fn too_many_untagged(&mut self, what: &str) -> ConnectError {
         self.fail(ConnectError::protocol(format!(
             "the server sent more than the limit of {} MiB of untagged responses to one {what} \
              (a server does not send that much for one command): check the server",
@@ -884,7 +884,7 @@ impl SyncSession {
                 (Response::Continuation(text), _) => return Err(self.asked_for_more(what, &text)),
                 (other, size) => {
                     if !budget.spend(size) {
-                        return Err(self.too_much(what));
+                        return Err(self.too_many_untagged(what));
                     }
                     untagged.push(other);
                 }
@@ -1784,7 +1784,7 @@ impl BodyFetch<'_> {
                             "IMAP server sent a message body that was not asked for; ignored"
                         );
                         if !self.budget.spend(size) {
-                            return Err(self.session.too_much(what));
+                            return Err(self.session.too_many_untagged(what));
                         }
                         continue;
                     }
@@ -1829,7 +1829,7 @@ impl BodyFetch<'_> {
                 }
                 other => {
                     if !self.budget.spend(size) {
-                        return Err(self.session.too_much(what));
+                        return Err(self.session.too_many_untagged(what));
                     }
                     self.session.note(other);
                 }

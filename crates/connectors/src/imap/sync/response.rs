@@ -268,7 +268,12 @@ impl InternalDate {
             .iter()
             .position(|m| m.eq_ignore_ascii_case(month_name))? as u32
             + 1;
-        let year: i64 = d.next()?.parse().ok()?;
+        // `date-year = 4DIGIT` (RFC 3501): a longer one would overflow the day count.
+        let year = d.next()?;
+        if year.len() != 4 || !year.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let year: i64 = year.parse().ok()?;
         if d.next().is_some() || !(1..=31).contains(&day) {
             return None;
         }
@@ -952,6 +957,10 @@ mod tests {
             "17-Foo-1996 02:44:25 -0700",
             "17-Jul-1996 02:44:25 0700",
             "32-Jul-1996 02:44:25 +0000",
+            // Found by the fuzz target imap_response: the day count overflowed.
+            " 1-Jan-2022222222222222200 00:00:00 +0000",
+            "01-Jan-+999 00:00:00 +0000",
+            "01-Jan-99999 00:00:00 +0000",
         ] {
             assert!(InternalDate::parse(bad).is_none(), "{bad}");
         }
