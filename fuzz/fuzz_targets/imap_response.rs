@@ -74,7 +74,11 @@ fn check_uid_set(set: &UidSet, split: usize) {
     // Few chunks whatever the set's size (a set may hold four billion UIDs).
     let n = usize::try_from(set.len() / (1 + split as u64 % 8)).unwrap_or(usize::MAX);
     let chunks = set.chunks(n.max(1));
-    assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= n.max(1) as u64));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| !c.is_empty() && c.len() <= n.max(1) as u64)
+    );
     assert_eq!(chunks.iter().map(UidSet::len).sum::<u64>(), set.len());
     assert_eq!(&UidSet::union(chunks), set);
     let mut twice = set.clone();
@@ -122,7 +126,10 @@ fn check_status_line(l: &[u8]) {
     if let ResponseLine::Tagged { status, .. } = &r {
         let untagged: Vec<Untagged> = Vec::new();
         let _ = MailboxInfo::from_responses(&untagged, status);
-        assert!(matches!(status.status, Status::Ok | Status::No | Status::Bad));
+        assert!(matches!(
+            status.status,
+            Status::Ok | Status::No | Status::Bad
+        ));
     }
 }
 

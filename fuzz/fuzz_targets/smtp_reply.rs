@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use serversync_connectors::smtp::parse::{
-    Phase, ReplyParser, auth_mechanisms, classify, ehlo_capabilities, enhanced_code,
-    is_throttling, parse_reply_line,
+    Phase, ReplyParser, auth_mechanisms, classify, ehlo_capabilities, enhanced_code, is_throttling,
+    parse_reply_line,
 };
 
 /// The lines of `data` as the client reads them (split at LF, one CR before it dropped).
