@@ -151,6 +151,14 @@ impl IntakeBatch {
         self.items.push((item, blobs, raw));
     }
 
+    /// Puts `line` first in the trace of the message added last (how it was found before
+    /// intake decided, e.g. by the re-mapping of a renumbered folder).
+    pub fn note_last(&mut self, line: String) {
+        if let Some((item, _, _)) = self.items.last_mut() {
+            item.trace.insert(0, line);
+        }
+    }
+
     /// Bytes held (raw messages and attachments), to bound a batch.
     pub fn bytes(&self) -> usize {
         self.bytes

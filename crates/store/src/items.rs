@@ -3,7 +3,7 @@
 use crate::LeaseGuard;
 use crate::entity::{Col, Entity, EntityWrite, run_write_in};
 use crate::{Store, StoreError, dispatch, now_ms};
-use serversync_model::item::{ItemDecision, MailItem};
+use serversync_model::item::{ItemDecision, ItemSource, MailItem};
 use serversync_model::{ItemId, MailboxId, OrgId};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -18,6 +18,18 @@ pub enum ItemInsert {
     Inserted,
     /// The mailbox already had a message with this source key: nothing was written.
     Duplicate,
+}
+
+/// What [`Store::remap_imap_item`] found for a message of a renumbered folder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Remap {
+    /// This item, recorded under the earlier source `from`, now carries the new source.
+    Mapped { item: ItemId, from: ItemSource },
+    /// The mailbox already has an item under the new source (mapped or stored before).
+    Already,
+    /// No earlier item of the folder has the same Message-ID and content. `same_message_id`:
+    /// how many items of the mailbox share the Message-ID (other content, or already taken).
+    Unmatched { same_message_id: usize },
 }
 
 impl Store {
@@ -97,26 +109,115 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether the mailbox already has this message: the same Message-ID, or (for messages
-    /// without one) the same raw content. Used to re-map a renumbered folder without
-    /// duplicates.
-    pub async fn has_item_like(
+    /// Re-maps one message of a renumbered IMAP folder (its UIDVALIDITY changed) to what the
+    /// mailbox already has. `source` is the message's new place (folder, UIDVALIDITY, UID);
+    /// `message_id` and `raw_sha256` are those of the bytes intake would record. An item of
+    /// the same mailbox and folder from an *earlier* UIDVALIDITY with the same Message-ID (or
+    /// none on both) *and* the same content takes the new source, and `note(old source)` is
+    /// appended to its trace; each old item is taken at most once, so distinct messages that
+    /// share a Message-ID, or identical copies, each keep or get their own item. Written only
+    /// under `lease` (fencing). Nothing matching: [`Remap::Unmatched`], and the caller stores
+    /// the message as new.
+    pub async fn remap_imap_item(
         &self,
+        lease: &LeaseGuard,
         mailbox: MailboxId,
+        source: &ItemSource,
         message_id: Option<&str>,
         raw_sha256: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(dispatch!(&self.db, pool => {
-            sqlx::query(
-                "SELECT 1 AS one FROM mail_items WHERE mailbox_id = $1 AND ((message_id IS NOT NULL AND message_id = $2) OR raw_sha256 = $3) LIMIT 1",
-            )
-            .bind(mailbox.to_string())
-            .bind(message_id)
-            .bind(raw_sha256)
-            .fetch_optional(pool)
-            .await?
-            .is_some()
-        }))
+        note: impl FnOnce(&ItemSource) -> String,
+    ) -> Result<Remap, StoreError> {
+        let ItemSource::Imap {
+            folder,
+            uid_validity,
+            ..
+        } = source
+        else {
+            return Ok(Remap::Unmatched { same_message_id: 0 });
+        };
+        let key = source.key(raw_sha256);
+        let mut note = Some(note);
+        let now = now_ms();
+        let out = dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let known = sqlx::query("SELECT 1 AS one FROM mail_items WHERE mailbox_id = $1 AND source_key = $2")
+                .bind(mailbox.to_string())
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if known {
+                return Ok(Remap::Already);
+            }
+            // Same content first (indexed); the Message-ID and folder are compared on the
+            // decoded rows, of which there are few.
+            let rows: Vec<(String, String)> = sqlx::query("SELECT id, doc FROM mail_items WHERE mailbox_id = $1 AND raw_sha256 = $2 ORDER BY id")
+                .bind(mailbox.to_string())
+                .bind(raw_sha256)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<String, _>("doc")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let mut mapped = None;
+            for (id, doc) in rows {
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+                    entity: "mail item",
+                    id: id.clone(),
+                    cause: e.to_string(),
+                };
+                let mut item: MailItem = serde_json::from_str(&doc).map_err(corrupt)?;
+                let earlier = matches!(&item.source, ItemSource::Imap { folder: f, uid_validity: v, .. } if f == folder && v != uid_validity);
+                if !earlier || item.message_id.as_deref() != message_id {
+                    continue;
+                }
+                let old_key = std::mem::replace(&mut item.source_key, key.clone());
+                let old = std::mem::replace(&mut item.source, source.clone());
+                if let Some(note) = note.take() {
+                    item.trace.push(note(&old));
+                }
+                let doc = serde_json::to_string(&item).map_err(corrupt)?;
+                let n = sqlx::query(
+                    "UPDATE mail_items SET doc = $1, source_key = $2, version = version + 1, updated_at = $3 \
+                     WHERE id = $4 AND source_key = $5 \
+                     AND EXISTS (SELECT 1 FROM leases WHERE resource = $6 AND owner = $7 AND epoch = $8 AND lease_until > $3)",
+                )
+                .bind(&doc)
+                .bind(&key)
+                .bind(now)
+                .bind(&id)
+                .bind(&old_key)
+                .bind(&lease.resource)
+                .bind(&lease.owner)
+                .bind(lease.epoch)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n != 1 {
+                    return Err(lease_lost(lease));
+                }
+                mapped = Some(Remap::Mapped { item: item.id, from: old });
+                break;
+            }
+            let out = match mapped {
+                Some(m) => m,
+                None => {
+                    let same: i64 = match message_id {
+                        Some(mid) => sqlx::query("SELECT COUNT(*) AS n FROM mail_items WHERE org_id = (SELECT org_id FROM mail_items WHERE mailbox_id = $1 LIMIT 1) AND mailbox_id = $1 AND message_id = $2")
+                            .bind(mailbox.to_string())
+                            .bind(mid)
+                            .fetch_one(&mut *tx)
+                            .await?
+                            .try_get("n")?,
+                        None => 0,
+                    };
+                    Remap::Unmatched { same_message_id: same as usize }
+                }
+            };
+            tx.commit().await?;
+            out
+        });
+        Ok(out)
     }
 
     /// Which of `source_keys` the mailbox already has items for, with each item's decision

@@ -25,7 +25,7 @@ mod webhooks;
 pub use audit::NewAuditEntry;
 pub use entity::{Col, Entity, EntityWrite, Filter, Page, Stored};
 pub use error::StoreError;
-pub use items::{ItemInsert, ItemRow};
+pub use items::{ItemInsert, ItemRow, Remap};
 pub use lease::LeaseGuard;
 pub use webhooks::{DueWebhook, NewDelivery};
 

@@ -328,8 +328,9 @@ impl ImapConnection {
         };
         self.wire.send_line(step, &what, command.as_bytes()).await?;
         let mut server_said = None;
+        let mut budget = sync::limits::Budget::default();
         loop {
-            match read_response(&mut self.wire, step, &what).await? {
+            match read_response(&mut self.wire, step, &what, &mut budget).await? {
                 ResponseLine::Continuation(text) => {
                     if sent_initial {
                         server_said = Some(login.redact(&decode_challenge(&text)));
@@ -374,8 +375,9 @@ impl ImapConnection {
             pending.extend_from_slice(format!("{{{}}}", arg.len()).as_bytes());
             self.wire.send_line(step, what, &pending).await?;
             pending.clear();
+            let mut budget = sync::limits::Budget::default();
             loop {
-                match read_response(&mut self.wire, step, what).await? {
+                match read_response(&mut self.wire, step, what, &mut budget).await? {
                     ResponseLine::Continuation(_) => break,
                     ResponseLine::Tagged { tag: t, status } if t == tag => return Ok(status),
                     ResponseLine::Tagged { tag: t, .. } => return Err(unexpected_tag(&t, &tag)),
@@ -524,8 +526,9 @@ async fn run(
 async fn collect(wire: &mut Wire, tag: &str, step: FailureStep, what: &str) -> Result<ImapReply> {
     let mut untagged = Vec::new();
     let mut bye: Option<StatusResponse> = None;
+    let mut budget = sync::limits::Budget::default();
     loop {
-        let line = match read_response(wire, step, what).await {
+        let line = match read_response(wire, step, what, &mut budget).await {
             Ok(line) => line,
             Err(e) => {
                 // A server that says BYE and hangs up: its reason is the better message.
@@ -563,8 +566,14 @@ async fn collect(wire: &mut Wire, tag: &str, step: FailureStep, what: &str) -> R
     }
 }
 
-/// Reads one response line with its literals and parses it.
-async fn read_response(wire: &mut Wire, step: FailureStep, what: &str) -> Result<ResponseLine> {
+/// Reads one response line with its literals and parses it, counting it against the
+/// command's `budget` for untagged answers.
+async fn read_response(
+    wire: &mut Wire,
+    step: FailureStep,
+    what: &str,
+    budget: &mut sync::limits::Budget,
+) -> Result<ResponseLine> {
     let mut line = wire.read_line(step, what, MAX_LINE).await?;
     let mut total = line.len();
     while let Some(n) = literal_len(&line) {
@@ -581,6 +590,13 @@ async fn read_response(wire: &mut Wire, step: FailureStep, what: &str) -> Result
         let rest = wire.read_line(step, what, MAX_LINE).await?;
         total += rest.len();
         line.extend_from_slice(&rest);
+    }
+    if !budget.spend(total) {
+        return Err(ConnectError::protocol(format!(
+            "the server sent more than the limit of {} MiB of untagged responses to one {what} \
+             (a server does not send that much for one command): check the server",
+            sync::limits::MAX_UNTAGGED_BYTES >> 20
+        )));
     }
     parse_line(&line).map_err(|why| {
         ConnectError::protocol(format!(

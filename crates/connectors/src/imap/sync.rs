@@ -26,7 +26,16 @@
 //! with new flags. Every answer is checked for them; they are queued as [`MailboxEvent`]s
 //! (see [`SyncSession::take_events`]) and make the next [`SyncSession::idle`] return at once,
 //! so a message that arrived while the previous listing ran is never left waiting for the
-//! next IDLE timeout.
+//! next IDLE timeout. The queue is bounded ([`limits`]): past its bound it keeps only that
+//! something changed ([`MailboxEvent::Overflow`]) and the latest `EXISTS`.
+//!
+//! # A hostile server
+//!
+//! What the server sends is untrusted: a response's lines, literals and their sizes, the
+//! untagged answers to one command and a listing are bounded ([`limits`]), and going over a
+//! bound fails the session with a protocol error naming it. A message body the client did not
+//! ask for (a UID outside the fetch, or one delivered twice) is read and dropped, never
+//! handed on, so a caller never moves a cursor to it.
 //!
 //! # Failures
 //!
@@ -40,15 +49,20 @@
 //! discarded before the next command.
 
 mod conn;
+pub mod limits;
 pub mod response;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use serversync_model::{ErrorKind, FailureStep};
 use tokio::time::Instant;
 
-use self::conn::{Conn, Wait, WireError};
+use self::conn::{Conn, Limits, Wait, WireError};
+use self::limits::{
+    Budget, Events, KEEP_SMALL, LIST_MAX_RESPONSES, ListWindow, MAX_LINE, MAX_LITERALS,
+    MAX_UNTAGGED_BYTES, response_limits,
+};
 pub use self::response::{InternalDate, UidSet, encode_mailbox_name};
 use self::response::{ListEntry, RawResponse, Response, parse_appenduid, parse_copyuid};
 use super::parse::{Phase, Status, StatusResponse};
@@ -57,10 +71,6 @@ use crate::error::{ConnectError, Result, io_failure, timed_out};
 use crate::login::Login;
 use crate::net::{ConnectOptions, ServerAddr};
 
-/// Longest response line accepted (a SEARCH answer for a large folder is one line).
-const MAX_LINE: usize = 64 << 20;
-/// Bytes of a literal kept in answers other than message bodies (folder names, dates).
-const KEEP_SMALL: usize = 1 << 20;
 /// RFC 2177: re-issue IDLE at least every 29 minutes.
 pub const MAX_IDLE: Duration = Duration::from_secs(29 * 60);
 /// A partial fetch (`BODY.PEEK[]<0.N>`) is used below this limit; above, the whole body.
@@ -79,9 +89,11 @@ pub struct SyncSession {
     next_tag: u32,
     selected: Option<Selected>,
     qresync: bool,
-    events: Vec<MailboxEvent>,
+    events: Events,
     /// Tags of commands whose answers were abandoned (a dropped [`BodyFetch`]).
     abandoned: VecDeque<String>,
+    /// The largest message size asked for by those commands (what their literals may be).
+    abandoned_max_bytes: usize,
     /// Set during an exchange with the server; still set when the next call starts means
     /// the previous one was cancelled midway.
     busy: bool,
@@ -128,6 +140,15 @@ impl MessageMeta {
     pub fn has_flag(&self, flag: &str) -> bool {
         has(&self.flags, flag)
     }
+}
+
+/// What [`SyncSession::uid_listing`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// Ascending by UID.
+    pub messages: Vec<MessageMeta>,
+    /// More messages follow the last one returned.
+    pub more: bool,
 }
 
 /// A fetched message.
@@ -224,6 +245,9 @@ pub enum MailboxEvent {
         flags: Vec<String>,
         modseq: Option<u64>,
     },
+    /// More changes were reported than the queue keeps ([`limits::MAX_EVENTS`]); their
+    /// details were dropped (only the latest `Exists` is kept): re-read the folder.
+    Overflow,
 }
 
 /// What ended an [`SyncSession::idle`].
@@ -322,8 +346,9 @@ impl SyncSession {
             next_tag: 0,
             selected: None,
             qresync: false,
-            events: Vec::new(),
+            events: Events::default(),
             abandoned: VecDeque::new(),
+            abandoned_max_bytes: 0,
             busy: false,
             failed: None,
             bye: None,
@@ -366,7 +391,7 @@ impl SyncSession {
 
     /// The changes the server reported on its own since the last call (or IDLE).
     pub fn take_events(&mut self) -> Vec<MailboxEvent> {
-        std::mem::take(&mut self.events)
+        self.events.take()
     }
 
     /// The failure that ended this session, if any.
@@ -433,8 +458,17 @@ impl SyncSession {
 
     /// The messages with UID ≥ `from_uid` in the selected folder, ascending: `UID FETCH
     /// from:* (UID RFC822.SIZE INTERNALDATE FLAGS [MODSEQ])`. `from:*` also returns the
-    /// last message when its UID is below `from` (RFC 3501 §6.4.8); it is left out.
+    /// last message when its UID is below `from` (RFC 3501 §6.4.8); it is left out. At most
+    /// the lowest [`limits::LIST_WINDOW`] (see [`uid_listing`](Self::uid_listing)).
     pub async fn uid_list(&mut self, from_uid: u32) -> Result<Vec<MessageMeta>> {
+        Ok(self.uid_listing(from_uid).await?.messages)
+    }
+
+    /// [`uid_list`](Self::uid_list), saying whether messages were left out: the listing
+    /// keeps the lowest UIDs, at most [`limits::LIST_WINDOW`] messages and
+    /// [`limits::LIST_BYTES`] of their metadata, so a huge folder is listed in parts (list
+    /// again after the last UID returned).
+    pub async fn uid_listing(&mut self, from_uid: u32) -> Result<Listing> {
         self.begin().await?;
         let r = self.uid_list_inner(from_uid).await;
         self.end(r)
@@ -497,7 +531,8 @@ impl SyncSession {
             batches,
             in_flight: VecDeque::new(),
             requested,
-            received: Vec::new(),
+            received: HashSet::new(),
+            budget: Budget::default(),
             opts,
             section,
             items,
@@ -596,8 +631,8 @@ impl SyncSession {
                     .await
                     .is_ok()
                 {
-                    while let Ok(raw) = self.conn.read_response(MAX_LINE, 0, Wait::Inactivity).await
-                    {
+                    let limits = response_limits(0, KEEP_SMALL);
+                    while let Ok(raw) = self.conn.read_response(limits, Wait::Inactivity).await {
                         if raw.pieces[0].starts_with(format!("{tag} ").as_bytes()) {
                             break;
                         }
@@ -640,8 +675,9 @@ impl SyncSession {
     }
 
     async fn drain_abandoned(&mut self) -> Result<()> {
+        let limits = response_limits(0, self.abandoned_max_bytes);
         while !self.abandoned.is_empty() {
-            match self.read("UID FETCH", 0, Wait::Inactivity).await? {
+            match self.read_sized("UID FETCH", limits).await?.0 {
                 Response::Tagged { tag, .. } => {
                     if let Some(i) = self.abandoned.iter().position(|t| *t == tag) {
                         self.abandoned.remove(i);
@@ -653,6 +689,7 @@ impl SyncSession {
                 other => self.note(other),
             }
         }
+        self.abandoned_max_bytes = 0;
         Ok(())
     }
 
@@ -676,8 +713,17 @@ impl SyncSession {
                 ),
             },
             WireError::TooLong => ConnectError::protocol(format!(
-                "the answer to {what} has a line longer than {} MiB: check the server",
+                "the answer to {what} has a line, or lines in one response, longer than the \
+                 limit of {} MiB: check the server",
                 MAX_LINE >> 20
+            )),
+            WireError::TooManyLiterals => ConnectError::protocol(format!(
+                "the answer to {what} has more than the limit of {MAX_LITERALS} literals in one \
+                 response: check the server"
+            )),
+            WireError::LiteralsTooLarge(n) => ConnectError::protocol(format!(
+                "the answer to {what} announces {n} bytes of literals in one response, over the \
+                 limit (the size asked for, at least 1 MiB, plus 1 MiB): check the server"
             )),
             WireError::Io(e) => io_failure(FailureStep::Protocol, what, &e),
         };
@@ -699,14 +745,20 @@ impl SyncSession {
         )))
     }
 
-    /// Reads one response; `Ok(None)` when a [`Wait::Until`] deadline passed before it
-    /// started.
-    async fn read_opt(&mut self, what: &str, keep: usize, wait: Wait) -> Result<Option<Response>> {
-        let raw: RawResponse = match self.conn.read_response(MAX_LINE, keep, wait).await {
+    /// Reads one response within `limits`, with its size (text and literal bytes kept);
+    /// `Ok(None)` when a [`Wait::Until`] deadline passed before it started.
+    async fn read_within(
+        &mut self,
+        what: &str,
+        limits: Limits,
+        wait: Wait,
+    ) -> Result<Option<(Response, usize)>> {
+        let raw: RawResponse = match self.conn.read_response(limits, wait).await {
             Ok(raw) => raw,
             Err(WireError::Deadline) => return Ok(None),
             Err(e) => return Err(self.wire_failure(e, what)),
         };
+        let size = raw.size();
         match response::parse_response(raw) {
             Ok(resp) => {
                 match &resp {
@@ -716,7 +768,7 @@ impl SyncSession {
                     Response::Capability(caps) => self.capabilities = caps.clone(),
                     _ => {}
                 }
-                Ok(Some(resp))
+                Ok(Some((resp, size)))
             }
             Err(why) => Err(self.fail(ConnectError::protocol(format!(
                 "garbled answer to {what} ({why}): the server does not speak IMAP as expected"
@@ -724,11 +776,40 @@ impl SyncSession {
         }
     }
 
-    async fn read(&mut self, what: &str, keep: usize, wait: Wait) -> Result<Response> {
-        match self.read_opt(what, keep, wait).await? {
+    /// Reads one response within `limits`, with its size, waiting at most the timeout.
+    async fn read_sized(&mut self, what: &str, limits: Limits) -> Result<(Response, usize)> {
+        match self.read_within(what, limits, Wait::Inactivity).await? {
             Some(r) => Ok(r),
             None => Err(self.wire_failure(WireError::Deadline, what)),
         }
+    }
+
+    /// Reads one response of a command other than a body fetch; `Ok(None)` when a
+    /// [`Wait::Until`] deadline passed before it started.
+    async fn read_opt(&mut self, what: &str, wait: Wait) -> Result<Option<Response>> {
+        let limits = response_limits(KEEP_SMALL, KEEP_SMALL);
+        Ok(self.read_within(what, limits, wait).await?.map(|(r, _)| r))
+    }
+
+    async fn read(&mut self, what: &str) -> Result<Response> {
+        let limits = response_limits(KEEP_SMALL, KEEP_SMALL);
+        Ok(self.read_sized(what, limits).await?.0)
+    }
+
+    /// The failure for untagged answers to `what` over [`MAX_UNTAGGED_BYTES`].
+    fn too_many_untagged(&mut self, what: &str) -> ConnectError {
+        self.fail(ConnectError::protocol(format!(
+            "the server sent more than the limit of {} MiB of untagged responses to one {what} \
+             (a server does not send that much for one command): check the server",
+            MAX_UNTAGGED_BYTES >> 20
+        )))
+    }
+
+    fn asked_for_more(&mut self, what: &str, text: &str) -> ConnectError {
+        self.fail(ConnectError::protocol(format!(
+            "the server asked for more input during {what} (\"+ {text}\"): the server does \
+             not speak IMAP as expected"
+        )))
     }
 
     async fn write(&mut self, data: &[u8], what: &str) -> Result<()> {
@@ -768,7 +849,7 @@ impl SyncSession {
                 out.extend_from_slice(format!("{{{}}}\r\n", data.len()).as_bytes());
                 self.write(&out, what).await?;
                 loop {
-                    match self.read(what, KEEP_SMALL, Wait::Inactivity).await? {
+                    match self.read(what).await? {
                         Response::Continuation(_) => break,
                         Response::Tagged { tag: t, status } if t == tag => {
                             return Ok(Err(status));
@@ -788,20 +869,25 @@ impl SyncSession {
         Ok(Ok(tag))
     }
 
-    /// Reads the answers to `tag` up to its tagged status.
+    /// Reads the answers to `tag` up to its tagged status (the untagged ones within
+    /// [`MAX_UNTAGGED_BYTES`]).
     async fn collect(&mut self, tag: &str, what: &str) -> Result<(Vec<Response>, StatusResponse)> {
         let mut untagged = Vec::new();
+        let mut budget = Budget::default();
+        let limits = response_limits(KEEP_SMALL, KEEP_SMALL);
         loop {
-            match self.read(what, KEEP_SMALL, Wait::Inactivity).await? {
-                Response::Tagged { tag: t, status } if t == tag => return Ok((untagged, status)),
-                Response::Tagged { tag: t, .. } => return Err(self.unexpected_tag(&t, what)),
-                Response::Continuation(text) => {
-                    return Err(self.fail(ConnectError::protocol(format!(
-                        "the server asked for more input during {what} (\"+ {text}\"): the \
-                         server does not speak IMAP as expected"
-                    ))));
+            match self.read_sized(what, limits).await? {
+                (Response::Tagged { tag: t, status }, _) if t == tag => {
+                    return Ok((untagged, status));
                 }
-                other => untagged.push(other),
+                (Response::Tagged { tag: t, .. }, _) => return Err(self.unexpected_tag(&t, what)),
+                (Response::Continuation(text), _) => return Err(self.asked_for_more(what, &text)),
+                (other, size) => {
+                    if !budget.spend(size) {
+                        return Err(self.too_many_untagged(what));
+                    }
+                    untagged.push(other);
+                }
             }
         }
     }
@@ -964,7 +1050,7 @@ impl SyncSession {
         let what = format!("{verb} {folder}");
         // Whatever happens, the previous folder is closed and its events are stale.
         self.selected = None;
-        self.events.clear();
+        self.events.take();
         let (untagged, done) = self.command(&what, &head, None).await?;
         if done.status != Status::Ok {
             // Servers without RFC 5530 codes (Dovecot 2.3: "NO Mailbox doesn't exist") do
@@ -1101,14 +1187,14 @@ impl SyncSession {
         };
         let (status, rest) = self.open(verb, folder, Some(param)).await?;
         let uid_validity_changed = known.is_some_and(|(v, _)| v != status.uid_validity);
-        let mut vanished = UidSet::default();
+        let mut vanished = Vec::new();
         let mut changed = Vec::new();
         for r in rest {
             match r {
                 Response::Vanished {
                     earlier: true,
                     uids,
-                } => vanished.extend(&uids),
+                } => vanished.push(uids),
                 Response::Fetch { data, .. } if data.uid.is_some() => changed.push(FlagChange {
                     uid: data.uid.unwrap_or_default(),
                     flags: data.flags.unwrap_or_default(),
@@ -1120,7 +1206,7 @@ impl SyncSession {
         Ok(Resync {
             status,
             uid_validity_changed,
-            vanished,
+            vanished: UidSet::union(vanished),
             changed,
         })
     }
@@ -1149,18 +1235,15 @@ impl SyncSession {
         }
         let mut out = Changes {
             changed: Vec::new(),
-            vanished: self.qresync.then(UidSet::default),
+            vanished: None,
         };
+        let mut vanished = Vec::new();
         for r in untagged {
             match r {
                 Response::Vanished {
                     earlier: true,
                     uids,
-                } => {
-                    if let Some(v) = &mut out.vanished {
-                        v.extend(&uids);
-                    }
-                }
+                } => vanished.push(uids),
                 Response::Fetch { data, .. }
                     if data.uid.is_some() && data.modseq.is_some_and(|m| m > modseq) =>
                 {
@@ -1173,11 +1256,13 @@ impl SyncSession {
                 other => self.note(other),
             }
         }
+        out.vanished = self.qresync.then(|| UidSet::union(vanished));
         Ok(out)
     }
 
-    async fn uid_list_inner(&mut self, from_uid: u32) -> Result<Vec<MessageMeta>> {
+    async fn uid_list_inner(&mut self, from_uid: u32) -> Result<Listing> {
         self.require_selected("UID FETCH")?;
+        let what = "UID FETCH";
         let from = from_uid.max(1);
         let modseq = if self.condstore_active() {
             " MODSEQ"
@@ -1185,18 +1270,37 @@ impl SyncSession {
             ""
         };
         let head = format!("UID FETCH {from}:* (UID RFC822.SIZE INTERNALDATE FLAGS{modseq})");
-        let (untagged, done) = self.command("UID FETCH", &head, None).await?;
-        if done.status != Status::Ok {
-            return Err(refusal(Phase::Command, "UID FETCH", &done, None));
-        }
-        let mut out = Vec::new();
-        for r in untagged {
+        let tag = match self.send(what, head.as_bytes(), None).await? {
+            Ok(tag) => tag,
+            Err(st) => return Err(refusal(Phase::Command, what, &st, None)),
+        };
+        // Read as they come, not collected: only the window's messages are kept.
+        let mut window = ListWindow::default();
+        let mut responses = 0usize;
+        loop {
+            responses += 1;
+            if responses > LIST_MAX_RESPONSES {
+                return Err(self.fail(ConnectError::protocol(format!(
+                    "the server sent more than {LIST_MAX_RESPONSES} responses to one {what}                      listing (no real folder holds that many messages): check the server"
+                ))));
+            }
+            let (r, _) = self
+                .read_sized(what, response_limits(KEEP_SMALL, KEEP_SMALL))
+                .await?;
             match r {
+                Response::Tagged { tag: t, status } if t == tag => {
+                    if status.status != Status::Ok {
+                        return Err(refusal(Phase::Command, what, &status, None));
+                    }
+                    break;
+                }
+                Response::Tagged { tag: t, .. } => return Err(self.unexpected_tag(&t, what)),
+                Response::Continuation(text) => return Err(self.asked_for_more(what, &text)),
                 Response::Fetch { data, .. }
                     if data.size.is_some() && data.uid.is_some_and(|u| u >= from) =>
                 {
                     let data = *data;
-                    out.push(MessageMeta {
+                    window.push(MessageMeta {
                         uid: data.uid.unwrap_or_default(),
                         size: data.size.unwrap_or_default(),
                         internal_date: data.internal_date,
@@ -1209,9 +1313,10 @@ impl SyncSession {
                 other => self.note(other),
             }
         }
-        out.sort_by_key(|m| m.uid);
-        out.dedup_by_key(|m| m.uid);
-        Ok(out)
+        Ok(Listing {
+            more: window.cut,
+            messages: window.into_sorted(),
+        })
     }
 
     async fn idle_inner(&mut self, start: Instant, max_wait: Duration) -> Result<IdleEvent> {
@@ -1234,7 +1339,7 @@ impl SyncSession {
         };
         // Wait for "+ idling".
         loop {
-            let r = match self.read(what, KEEP_SMALL, Wait::Inactivity).await {
+            let r = match self.read(what).await {
                 Ok(r) => r,
                 Err(e) => return self.closed_or(e),
             };
@@ -1253,7 +1358,7 @@ impl SyncSession {
         let deadline = start + max_wait;
         let mut ended_by_server = false;
         while self.events.is_empty() {
-            let r = match self.read_opt(what, KEEP_SMALL, Wait::Until(deadline)).await {
+            let r = match self.read_opt(what, Wait::Until(deadline)).await {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => return self.closed_or(e),
@@ -1280,7 +1385,7 @@ impl SyncSession {
             }
             let limit = (Instant::now() + self.conn.timeout).min(deadline + Duration::from_secs(1));
             loop {
-                let r = match self.read_opt("DONE", KEEP_SMALL, Wait::Until(limit)).await {
+                let r = match self.read_opt("DONE", Wait::Until(limit)).await {
                     Ok(Some(r)) => r,
                     Ok(None) => {
                         return Err(self.fail(ConnectError::new(
@@ -1332,10 +1437,13 @@ impl SyncSession {
         }) {
             return IdleEvent::Exists(n);
         }
-        if events
-            .iter()
-            .any(|e| matches!(e, MailboxEvent::Expunged { .. } | MailboxEvent::Vanished(_)))
-        {
+        // An overflowed queue may have dropped expunges.
+        if events.iter().any(|e| {
+            matches!(
+                e,
+                MailboxEvent::Expunged { .. } | MailboxEvent::Vanished(_) | MailboxEvent::Overflow
+            )
+        }) {
             return IdleEvent::Expunge;
         }
         if events.is_empty() {
@@ -1594,7 +1702,9 @@ pub struct BodyFetch<'a> {
     batches: VecDeque<UidSet>,
     in_flight: VecDeque<String>,
     requested: UidSet,
-    received: Vec<u32>,
+    received: HashSet<u32>,
+    /// What the other untagged answers of the command in progress may still hold.
+    budget: Budget,
     opts: FetchOptions,
     section: &'static str,
     items: String,
@@ -1624,9 +1734,19 @@ impl BodyFetch<'_> {
         self.session.busy = false;
         if r.is_err() {
             self.finished = true;
-            self.session.abandoned.extend(self.in_flight.drain(..));
+            self.abandon();
         }
         r
+    }
+
+    /// Leaves the answers still owed to the session, which reads and drops them before its
+    /// next command.
+    fn abandon(&mut self) {
+        if !self.in_flight.is_empty() {
+            let s = &mut *self.session;
+            s.abandoned.extend(self.in_flight.drain(..));
+            s.abandoned_max_bytes = s.abandoned_max_bytes.max(self.opts.max_bytes);
+        }
     }
 
     async fn next_inner(&mut self) -> Result<Option<FetchedMessage>> {
@@ -1646,12 +1766,28 @@ impl BodyFetch<'_> {
                 return Ok(None);
             }
             let keep = self.opts.max_bytes;
-            match self.session.read(what, keep, Wait::Inactivity).await? {
+            let (r, size) = self
+                .session
+                .read_sized(what, response_limits(keep, keep))
+                .await?;
+            match r {
                 Response::Fetch { mut data, .. }
                     if data.uid.is_some()
                         && data.sections.iter().any(|s| s.name == self.section) =>
                 {
                     let uid = data.uid.unwrap_or_default();
+                    if !self.requested.contains(uid) || !self.received.insert(uid) {
+                        // Not asked for, or delivered already: dropped, so no caller ever
+                        // moves a cursor to it.
+                        tracing::warn!(
+                            uid,
+                            "IMAP server sent a message body that was not asked for; ignored"
+                        );
+                        if !self.budget.spend(size) {
+                            return Err(self.session.too_many_untagged(what));
+                        }
+                        continue;
+                    }
                     let section =
                         data.take_section(self.section)
                             .unwrap_or_else(|| response::FetchSection {
@@ -1666,7 +1802,6 @@ impl BodyFetch<'_> {
                     let truncated = self.section == "BODY[]"
                         && (section.announced > got
                             || (got >= self.opts.max_bytes as u64 && size > got));
-                    self.received.push(uid);
                     return Ok(Some(FetchedMessage {
                         uid,
                         size,
@@ -1682,6 +1817,7 @@ impl BodyFetch<'_> {
                         return Err(self.session.unexpected_tag(&tag, what));
                     };
                     self.in_flight.remove(i);
+                    self.budget = Budget::default();
                     // Messages expunged meanwhile are simply missing.
                     let expunged = status.code_name() == Some("EXPUNGEISSUED");
                     if status.status != Status::Ok && !expunged {
@@ -1689,12 +1825,14 @@ impl BodyFetch<'_> {
                     }
                 }
                 Response::Continuation(text) => {
-                    return Err(self.session.fail(ConnectError::protocol(format!(
-                        "the server asked for more input during {what} (\"+ {text}\"): the \
-                         server does not speak IMAP as expected"
-                    ))));
+                    return Err(self.session.asked_for_more(what, &text));
                 }
-                other => self.session.note(other),
+                other => {
+                    if !self.budget.spend(size) {
+                        return Err(self.session.too_many_untagged(what));
+                    }
+                    self.session.note(other);
+                }
             }
         }
     }
@@ -1702,19 +1840,16 @@ impl BodyFetch<'_> {
     /// The requested UIDs not delivered (expunged, or never existed); complete once
     /// [`next`](Self::next) returned `None`.
     pub fn missing(&self) -> Vec<u32> {
-        let mut got = self.received.clone();
-        got.sort_unstable();
         self.requested
             .iter()
-            .filter(|u| got.binary_search(u).is_err())
+            .filter(|u| !self.received.contains(u))
             .collect()
     }
 }
 
 impl Drop for BodyFetch<'_> {
     fn drop(&mut self) {
-        // Answers still owed are read and discarded before the next command.
-        self.session.abandoned.extend(self.in_flight.drain(..));
+        self.abandon();
     }
 }
 

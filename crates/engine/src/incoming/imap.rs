@@ -22,6 +22,7 @@ use serversync_model::item::{ItemDecision, ItemSource};
 use serversync_model::mailbox::Mailbox;
 use serversync_model::sync::FolderCursor;
 use serversync_model::{ErrorKind, FailureStep};
+use serversync_store::Remap;
 use serversync_vault::sha256_hex;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -207,7 +208,7 @@ async fn sync_folder(
             .uid_validity
             .is_some_and(|v| v != status.uid_validity);
         if renumbered {
-            tracing::warn!(mailbox = %id, folder, old = ?cursor.uid_validity, new = status.uid_validity, "UIDVALIDITY changed: the folder is read again and re-mapped by Message-ID");
+            tracing::warn!(mailbox = %id, folder, old = ?cursor.uid_validity, new = status.uid_validity, "UIDVALIDITY changed: the folder is read again and re-mapped by Message-ID and content");
             cursor = FolderCursor {
                 uid_validity_changes: cursor.uid_validity_changes + 1,
                 ..Default::default()
@@ -236,9 +237,11 @@ async fn sync_folder(
         }
         cursor.uid_validity = Some(status.uid_validity);
         let from = cursor.last_uid.map_or(1, |u| u.saturating_add(1));
-        let new: Vec<u32> = imap
-            .uid_list(from)
-            .await?
+        // A huge folder is listed in parts (the lowest UIDs first): `more` reads on.
+        let listing = imap.uid_listing(from).await?;
+        let more = listing.more;
+        let new: Vec<u32> = listing
+            .messages
             .into_iter()
             .map(|meta| meta.uid)
             .filter(|uid| *uid >= from)
@@ -272,42 +275,34 @@ async fn sync_folder(
                     uid_validity: status.uid_validity,
                     uid: msg.uid,
                 };
-                let seen_before = cursor.uid_validity_changes > 0 && {
-                    // Re-mapping a renumbered folder compares with what is stored: store
-                    // what is gathered first.
-                    store_batch(cx, &mut batch, &mut uids, &mut failed_uids).await?;
-                    let message_id = mime::parse(&msg.body).ok().and_then(|p| p.message_id);
-                    store
-                        .has_item_like(id, message_id.as_deref(), &sha256_hex(&msg.body))
-                        .await?
+                // What intake records: the message, or the header of one over the limit.
+                let too_large = msg
+                    .truncated
+                    .then_some((msg.size, cx.max_message_bytes() as u64));
+                let raw = match msg.header().filter(|_| msg.truncated) {
+                    Some(h) => h.to_vec(),
+                    None => msg.body,
                 };
-                if !seen_before {
-                    if msg.truncated {
-                        // Larger than the limit: recorded from its header, with the reason
-                        // (as over POP3); the message stays on the server.
-                        let header = match msg.header() {
-                            Some(h) => h.to_vec(),
-                            None => msg.body,
-                        };
-                        batch.add(
-                            &m,
-                            &cx.settings,
-                            Some(&cx.profile),
-                            source,
-                            header,
-                            received,
-                            Some((msg.size, cx.max_message_bytes() as u64)),
-                        );
-                    } else {
-                        batch.add(
-                            &m,
-                            &cx.settings,
-                            Some(&cx.profile),
-                            source,
-                            msg.body,
-                            received,
-                            None,
-                        );
+                let (new_item, note) = if cursor.uid_validity_changes > 0 {
+                    match remap(cx, folder, status.uid_validity, uid, &raw).await? {
+                        Some(line) => (true, Some(line)),
+                        None => (false, None),
+                    }
+                } else {
+                    (true, None)
+                };
+                if new_item {
+                    batch.add(
+                        &m,
+                        &cx.settings,
+                        Some(&cx.profile),
+                        source,
+                        raw,
+                        received,
+                        too_large,
+                    );
+                    if let Some(line) = note {
+                        batch.note_last(line);
                     }
                     uids.push(uid);
                     if batch.bytes() >= INTAKE_BATCH_BYTES {
@@ -347,7 +342,7 @@ async fn sync_folder(
                 move_to_undeliverable(cx, imap, folder, &failed_uids).await?;
             }
         }
-        if missed {
+        if missed || more {
             continue;
         }
         if new.is_empty() {
@@ -363,6 +358,67 @@ async fn sync_folder(
         }
         return Ok(());
     }
+}
+
+/// Re-maps a message of a renumbered folder (now `uid_validity` and `uid`; `raw`: what intake
+/// would record) to the item the mailbox already has for it: same folder, an
+/// earlier UIDVALIDITY, the same Message-ID (or none) and the same content — each old item
+/// taken once, so messages that merely share a Message-ID are never taken for one another.
+/// `None`: the mailbox has it (the old item now carries the new UID, its trace says how it was
+/// mapped). `Some(line)`: store it as new, with `line` first in its trace.
+async fn remap(
+    cx: &Ctx<'_>,
+    folder: &str,
+    uid_validity: u32,
+    uid: u32,
+    raw: &[u8],
+) -> Result<Option<String>, Stop> {
+    let source = ItemSource::Imap {
+        folder: folder.into(),
+        uid_validity,
+        uid,
+    };
+    let message_id = mime::parse(raw).ok().and_then(|p| p.message_id);
+    let by = match &message_id {
+        Some(mid) => format!("the same Message-ID <{mid}> and the same content (SHA-256)"),
+        None => "the same content (SHA-256; it has no Message-ID)".to_string(),
+    };
+    let remapped = cx
+        .store
+        .remap_imap_item(
+            cx.lease,
+            cx.id,
+            &source,
+            message_id.as_deref(),
+            &sha256_hex(raw),
+            |old| {
+                let (old_validity, old_uid) = match old {
+                    ItemSource::Imap {
+                        uid_validity, uid, ..
+                    } => (uid_validity.to_string(), uid.to_string()),
+                    _ => ("?".into(), "?".into()),
+                };
+                format!(
+                    "re-mapped: the UIDVALIDITY of {folder} changed from {old_validity} to {uid_validity}; this message, UID {old_uid} before, is UID {uid} now (found by {by})"
+                )
+            },
+        )
+        .await?;
+    tracing::debug!(mailbox = %cx.id, folder, uid, ?remapped, "re-mapping a renumbered folder");
+    Ok(match remapped {
+        Remap::Mapped { .. } | Remap::Already => None,
+        Remap::Unmatched { same_message_id } => {
+            let others = match (same_message_id, &message_id) {
+                (0, _) | (_, None) => String::new(),
+                (n, Some(_)) => format!(
+                    " ({n} item(s) of the mailbox have this Message-ID: other content, or already re-mapped to another message)"
+                ),
+            };
+            Some(format!(
+                "re-mapping after the UIDVALIDITY of {folder} changed to {uid_validity}: no message stored before has {by}{others}; stored as a new message"
+            ))
+        }
+    })
 }
 
 /// Raw bytes gathered before a batch of fetched messages is stored, whatever its count.

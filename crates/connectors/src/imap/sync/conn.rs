@@ -32,9 +32,26 @@ pub enum WireError {
     Deadline,
     /// The server closed the connection.
     Closed,
-    /// A line longer than allowed.
+    /// A line, or the lines of one response together, longer than allowed.
     TooLong,
+    /// More literals in one response than allowed.
+    TooManyLiterals,
+    /// Literals of one response announced with more bytes together than allowed (this many).
+    LiteralsTooLarge(u64),
     Io(io::Error),
+}
+
+/// What one response may hold; anything beyond fails the read before it is buffered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of text: every line, and all the lines of the response together.
+    pub text: usize,
+    /// Literals in the response.
+    pub literals: usize,
+    /// Bytes of all the response's literals together, as the server announces them.
+    pub literal_bytes: u64,
+    /// Bytes of each literal kept; the rest is read and dropped.
+    pub keep: usize,
 }
 
 /// How long a read may wait.
@@ -166,23 +183,33 @@ impl Conn {
         Ok(Literal { data, announced: n })
     }
 
-    /// One whole response: its first line (waiting as `wait` says), then each literal and
-    /// the line after it.
+    /// One whole response within `limits`: its first line (waiting as `wait` says), then
+    /// each literal and the line after it. A literal announced over the limits fails before
+    /// any of it is read.
     pub async fn read_response(
         &mut self,
-        max_line: usize,
-        keep: usize,
+        limits: Limits,
         wait: Wait,
     ) -> Result<RawResponse, WireError> {
-        let first = self.read_line(max_line, wait).await?;
+        let first = self.read_line(limits.text, wait).await?;
+        let mut text = first.len();
+        let mut announced = 0u64;
         let mut raw = RawResponse {
             pieces: vec![first],
             literals: Vec::new(),
         };
         while let Some(n) = raw.pieces.last().and_then(|l| literal_len(l)) {
-            let lit = self.read_literal(n as u64, keep).await?;
+            if raw.literals.len() >= limits.literals {
+                return Err(WireError::TooManyLiterals);
+            }
+            announced = announced.saturating_add(n as u64);
+            if announced > limits.literal_bytes {
+                return Err(WireError::LiteralsTooLarge(announced));
+            }
+            let lit = self.read_literal(n as u64, limits.keep).await?;
             raw.literals.push(lit);
-            let next = self.read_line(max_line, Wait::Inactivity).await?;
+            let next = self.read_line(limits.text - text, Wait::Inactivity).await?;
+            text += next.len();
             raw.pieces.push(next);
         }
         Ok(raw)
@@ -259,10 +286,13 @@ mod tests {
             server.write_all(&data).await.unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
         });
-        let raw = conn
-            .read_response(1 << 20, 1000, Wait::Inactivity)
-            .await
-            .unwrap();
+        let limits = Limits {
+            text: 1 << 20,
+            literals: 4,
+            literal_bytes: 300_000,
+            keep: 1000,
+        };
+        let raw = conn.read_response(limits, Wait::Inactivity).await.unwrap();
         assert_eq!(raw.literals[0].data, body[..1000]);
         assert_eq!(raw.literals[0].announced, 300_000);
         assert_eq!(raw.pieces[1], b")");

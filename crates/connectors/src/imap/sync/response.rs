@@ -45,6 +45,12 @@ impl RawResponse {
         }
     }
 
+    /// Bytes held: the text and the literal bytes kept.
+    pub fn size(&self) -> usize {
+        self.pieces.iter().map(Vec::len).sum::<usize>()
+            + self.literals.iter().map(|l| l.data.len()).sum::<usize>()
+    }
+
     /// The text with each literal replaced by its bytes, lossily decoded (for the generic
     /// status-line parser and for messages).
     fn lossy_text(&self) -> Vec<u8> {
@@ -100,15 +106,31 @@ impl UidSet {
             }
             uids_ranges.push((lo.min(hi), lo.max(hi)));
         }
-        uids_ranges.sort_unstable();
-        let mut ranges: Vec<(u32, u32)> = Vec::new();
-        for (lo, hi) in uids_ranges {
+        Some(UidSet::normalized(uids_ranges))
+    }
+
+    /// From ranges in any order, overlapping or adjacent: one sort, one pass.
+    fn normalized(mut all: Vec<(u32, u32)>) -> Self {
+        all.sort_unstable();
+        let mut ranges: Vec<(u32, u32)> = Vec::with_capacity(all.len());
+        for (lo, hi) in all {
             match ranges.last_mut() {
                 Some((_, h)) if u64::from(lo) <= u64::from(*h) + 1 => *h = (*h).max(hi),
                 _ => ranges.push((lo, hi)),
             }
         }
-        Some(UidSet { ranges })
+        UidSet { ranges }
+    }
+
+    /// The union of many sets, made at once: repeated VANISHED responses cost one sort of
+    /// all their ranges, not a merge into the growing set for each.
+    pub fn union(sets: impl IntoIterator<Item = UidSet>) -> Self {
+        UidSet::normalized(sets.into_iter().flat_map(|s| s.ranges).collect())
+    }
+
+    /// How many ranges the set holds (what it costs to keep).
+    pub fn range_count(&self) -> usize {
+        self.ranges.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,21 +170,14 @@ impl UidSet {
     }
 
     /// Adds another set.
+    /// (Each call sorts the whole set again: to add many sets, use [`UidSet::union`].)
     pub fn extend(&mut self, other: &UidSet) {
         if other.is_empty() {
             return;
         }
-        let mut all = self.ranges.clone();
+        let mut all = std::mem::take(&mut self.ranges);
         all.extend_from_slice(&other.ranges);
-        all.sort_unstable();
-        let mut ranges: Vec<(u32, u32)> = Vec::new();
-        for (lo, hi) in all {
-            match ranges.last_mut() {
-                Some((_, h)) if u64::from(lo) <= u64::from(*h) + 1 => *h = (*h).max(hi),
-                _ => ranges.push((lo, hi)),
-            }
-        }
-        self.ranges = ranges;
+        *self = UidSet::normalized(all);
     }
 
     /// Splits into sets of at most `n` UIDs each (for commands of bounded length).
@@ -253,7 +268,12 @@ impl InternalDate {
             .iter()
             .position(|m| m.eq_ignore_ascii_case(month_name))? as u32
             + 1;
-        let year: i64 = d.next()?.parse().ok()?;
+        // `date-year = 4DIGIT` (RFC 3501): a longer one would overflow the day count.
+        let year = d.next()?;
+        if year.len() != 4 || !year.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let year: i64 = year.parse().ok()?;
         if d.next().is_some() || !(1..=31).contains(&day) {
             return None;
         }
@@ -937,6 +957,10 @@ mod tests {
             "17-Foo-1996 02:44:25 -0700",
             "17-Jul-1996 02:44:25 0700",
             "32-Jul-1996 02:44:25 +0000",
+            // Found by the fuzz target imap_response: the day count overflowed.
+            " 1-Jan-2022222222222222200 00:00:00 +0000",
+            "01-Jan-+999 00:00:00 +0000",
+            "01-Jan-99999 00:00:00 +0000",
         ] {
             assert!(InternalDate::parse(bad).is_none(), "{bad}");
         }

@@ -45,15 +45,29 @@ impl Peer {
         self.r.read_exact(&mut b).await.unwrap();
         b
     }
+
+    /// Writes `chunk` again and again, up to `max` bytes, until the client stops taking them
+    /// (a write blocked for five seconds: it reads no more) or goes away. Bytes written.
+    async fn flood(&mut self, chunk: &[u8], max: usize) -> usize {
+        let mut written = 0;
+        while written < max {
+            match tokio::time::timeout(Duration::from_secs(5), self.w.write_all(chunk)).await {
+                Ok(Ok(())) => written += chunk.len(),
+                _ => break,
+            }
+        }
+        written
+    }
 }
 
 const CAPS: &str = "IMAP4rev1 IDLE LITERAL+ MOVE UIDPLUS CONDSTORE";
 
 /// A session with a fake server that logs in with `caps` and then runs `script`.
-async fn session<F, Fut>(caps: &'static str, script: F) -> (SyncSession, JoinHandle<()>)
+async fn session<F, Fut, T>(caps: &'static str, script: F) -> (SyncSession, JoinHandle<T>)
 where
     F: FnOnce(Peer) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -71,7 +85,7 @@ where
         let tag = p.expect("LOGIN").await;
         p.send(&format!("{tag} OK [CAPABILITY {caps}] logged in\r\n"))
             .await;
-        script(p).await;
+        script(p).await
     });
     let opts = ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
         .with_timeout(Duration::from_secs(3));
@@ -408,3 +422,5 @@ async fn a_dropped_fetch_is_drained_before_the_next_command() {
     s.noop().await.unwrap();
     server.await.unwrap();
 }
+
+mod hostile;
