@@ -73,12 +73,14 @@
 //! IMAP reader: bodies stay raw bytes, IDLE stops exactly on time, and response codes and
 //! QRESYNC data are parsed rather than read from error text.
 
+pub mod certificate;
 pub mod dsn;
 pub mod error;
 pub mod imap;
 pub mod login;
 pub mod mime;
 pub mod net;
+pub mod policy;
 pub mod pop3;
 pub mod probe;
 pub mod smtp;
@@ -87,6 +89,7 @@ pub mod tls;
 pub use error::{ConnectError, Result};
 pub use login::Login;
 pub use net::{ConnectOptions, DEFAULT_TIMEOUT, MailStream, ServerAddr};
+pub use policy::NetworkPolicy;
 pub use probe::{ProbeReport, StepLog, StepOutcome};
 pub use serversync_model::profile::TlsMode;
 pub use serversync_model::{ErrorKind, FailureStep, Secret};

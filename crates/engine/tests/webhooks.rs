@@ -176,6 +176,7 @@ async fn setup(backend: Backend, webhooks: WebhookConfig) -> Setup {
     let engine = Engine::new(
         store.clone(),
         EngineConfig {
+            network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
             tick: Duration::from_millis(100),
             lease_ttl: Duration::from_secs(6),
             webhooks,

@@ -93,6 +93,7 @@ impl Instance {
             Trust::SystemOnly => TlsTrust::system_only().unwrap(),
         };
         let config = EngineConfig {
+            network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
             tick: Duration::from_millis(200),
             ..EngineConfig::new(Arc::new(trust))
         };
