@@ -58,6 +58,7 @@ pub fn router(admin: Admin, api: Router) -> Router {
             "/profiles/{id}/test-enable",
             post(pages::profiles::test_enable),
         )
+        .route("/profiles/{id}/pin", post(pages::profiles::pin))
         .route(
             "/settings",
             get(pages::settings::form).post(pages::settings::save),
