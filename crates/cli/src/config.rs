@@ -576,4 +576,42 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("cannot read config file"));
     }
+
+    #[test]
+    fn network_rules_default_to_public_only_and_parse_ranges() {
+        let c = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let p = c.network_policy().unwrap();
+        assert!(p.allow_ranges().is_empty() && !p.allows_http_webhooks() && !p.fips());
+        assert!(p.refusal("127.0.0.1".parse().unwrap()).is_some());
+        let c = Config::load(
+            None,
+            &env(&[
+                ("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8, 10.1.2.3"),
+                ("SERVERSYNC_WEBHOOKS_ALLOW_HTTP", "true"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let p = c.network_policy().unwrap();
+        assert_eq!(p.refusal("10.1.2.3".parse().unwrap()), None);
+        assert!(p.refusal("10.1.2.4".parse().unwrap()).is_some());
+        assert!(p.allows_http_webhooks());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[network]\nallow_ranges = [\"10.0.0.0/33\"]\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap_err()
+        );
+        assert!(
+            err.starts_with("network.allow_ranges: \"10.0.0.0/33\""),
+            "{err}"
+        );
+        std::fs::write(&f, "[tls]\nfips = true\n").unwrap();
+        let c = Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap();
+        match c.engine() {
+            Ok(e) => assert!(e.tls_trust.fips() && e.network.fips()),
+            Err(e) => assert!(format!("{e:#}").contains("`fips` feature"), "{e:#}"),
+        }
+    }
 }

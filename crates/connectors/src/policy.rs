@@ -203,10 +203,10 @@ fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     if let Some(v4) = v6.to_ipv4_mapped() {
         Some(v4)
-    } else if s[..6] == [0; 6] && !matches!(u32::from(last), 0 | 1) {
-        Some(last) // ::a.b.c.d (deprecated IPv4-compatible)
-    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        Some(last) // NAT64 well-known prefix
+    } else if (s[..6] == [0; 6] && !matches!(u32::from(last), 0 | 1))
+        || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+    {
+        Some(last) // ::a.b.c.d (deprecated IPv4-compatible), NAT64 well-known prefix
     } else if s[0] == 0x2002 {
         Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])) // 6to4
     } else {
