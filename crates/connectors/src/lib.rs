@@ -53,8 +53,15 @@
 //! the tree): the system's trust anchors (`rustls-native-certs`) plus extra CA certificates
 //! from PEM files or bytes (the installation's `tls.extra_ca_files`). Certificate and host
 //! name checks are always on; there is no switch to turn them off. The certificate is
-//! checked against [`ServerAddr::host`] (a DNS name or an IP address). [`TlsMode::None`] is
-//! an explicit opt-in for test servers and loopback; it sends passwords in the clear.
+//! checked against [`ServerAddr::host`] (a DNS name or an IP address), or accepted because
+//! its SHA-256 fingerprint is in [`ServerAddr::pinned`]. [`TlsMode::None`] sends passwords in
+//! the clear: [`NetworkPolicy`] allows it only to `tls.plaintext_ranges` (loopback by default).
+//!
+//! # Where connections may go
+//!
+//! [`NetworkPolicy`] (in [`ConnectOptions::policy`]) is checked on the resolved addresses
+//! right before the TCP connect: non-public addresses are refused unless the installation
+//! allows their range, so a tenant's profile cannot reach the installation's own network.
 //!
 //! # Secrets
 //!

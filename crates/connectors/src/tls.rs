@@ -9,7 +9,7 @@
 //! build with the `fips` feature) the FIPS-validated aws-lc module and only FIPS-approved
 //! suites, key exchanges and signature algorithms.
 //!
-//! Each mail connection gets its own [`CertCheck`] verifier around the shared webpki one: it
+//! Each mail connection gets its own `CertCheck` verifier around the shared webpki one: it
 //! keeps the end-entity certificate the server presented (for the test report and for a
 //! readable error) and accepts a certificate whose SHA-256 fingerprint the profile pins,
 //! exactly that certificate and whatever its chain, name or dates. The handshake signature is
