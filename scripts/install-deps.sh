@@ -46,6 +46,9 @@ fi
 installed chromium || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The `fips` build (aws-lc-fips-sys builds the FIPS-validated module with CMake and Go).
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then

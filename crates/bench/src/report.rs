@@ -80,7 +80,7 @@ impl Report {
             "\n## Exact commands\n\n\
              - serversync: `serversync --config DIR/serversync.toml --data-dir DIR serve --listen \
              127.0.0.1:PORT` with `SERVERSYNC_DATABASE_URL`, `SERVERSYNC_MASTER_KEY` and \
-             `SERVERSYNC_TLS_EXTRA_CA_FILES` (the test CA) set, an empty configuration file \
+             `SERVERSYNC_TLS_EXTRA_CA_FILES` (the test CA) and `SERVERSYNC_NETWORK_ALLOW_RANGES=127.0.0.0/8` set, an empty configuration file \
              (engine defaults), and the store prepared by the benchmark (bootstrap \
              organization, profile, mailboxes: `crates/bench/src/setup.rs`).\n\
              - raw TLS fetch: `serversync-bench raw-fetch --port PORT --user USER --ca CA` \

@@ -185,6 +185,7 @@ impl Serve {
                 .env("SERVERSYNC_MASTER_KEY", world.key.to_base64())
                 .env("SERVERSYNC_LOG", "warn")
                 .env("SERVERSYNC_TLS_EXTRA_CA_FILES", ca)
+                .env("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8")
                 .env_remove("DATABASE_URL")
                 .env_remove("SERVERSYNC_LMTP_LISTEN")
                 .stdin(Stdio::null())

@@ -24,6 +24,7 @@ pub struct Config {
     pub router: RouterSection,
     pub webhooks: WebhooksSection,
     pub auth: AuthSection,
+    pub network: NetworkSection,
 }
 
 /// API tokens and signing in to the admin center.
@@ -62,6 +63,16 @@ impl Default for AuthSection {
     }
 }
 
+/// Where serversync may connect on behalf of organizations (email server profiles, webhooks).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Non-public address ranges (CIDR) that mail servers and webhooks may resolve to anyway.
+    /// Loopback, private, link-local, shared, multicast and reserved addresses are refused
+    /// unless listed here; the check is on the resolved address, right before connecting.
+    pub allow_ranges: Vec<String>,
+}
+
 /// The Email Router's LMTP listener, for an MTA (Postfix…) delivering to serversync.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -98,12 +109,27 @@ pub struct AdminSection {
     pub token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsSection {
     /// PEM files of certificate authorities trusted for mail servers, besides the system's
     /// (for servers with a private CA). Certificate checks are always on.
     pub extra_ca_files: Vec<PathBuf>,
+    /// Address ranges (CIDR) to which a profile may connect without TLS (`tls: none`).
+    pub plaintext_ranges: Vec<String>,
+    /// FIPS 140-2 mode: the FIPS-validated aws-lc module (a build with the `fips` feature),
+    /// and no non-compliant presets, NTLM or connections without TLS.
+    pub fips: bool,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            extra_ca_files: Vec::new(),
+            plaintext_ranges: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            fips: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -155,6 +181,8 @@ pub struct WebhooksSection {
     pub max_failures: u32,
     /// Time limit of one delivery request.
     pub timeout_seconds: u64,
+    /// Accept `http://` endpoint URLs (events then cross the network unencrypted).
+    pub allow_http: bool,
 }
 
 impl Default for WebhooksSection {
@@ -164,6 +192,7 @@ impl Default for WebhooksSection {
             retry_max_seconds: d.retry_max.as_secs(),
             max_failures: d.max_failures,
             timeout_seconds: d.timeout.as_secs(),
+            allow_http: false,
         }
     }
 }
@@ -189,6 +218,7 @@ impl Default for Config {
             router: RouterSection::default(),
             webhooks: WebhooksSection::default(),
             auth: AuthSection::default(),
+            network: NetworkSection::default(),
         }
     }
 }
@@ -270,6 +300,15 @@ impl Config {
         }
         if let Some(v) = set("SERVERSYNC_TLS_EXTRA_CA_FILES") {
             cfg.tls.extra_ca_files = std::env::split_paths(&v).collect();
+        }
+        if let Some(v) = set("SERVERSYNC_NETWORK_ALLOW_RANGES") {
+            cfg.network.allow_ranges = v.split(',').map(|r| r.trim().to_owned()).collect();
+        }
+        if let Some(v) = set("SERVERSYNC_WEBHOOKS_ALLOW_HTTP") {
+            cfg.webhooks.allow_http = parse_bool("SERVERSYNC_WEBHOOKS_ALLOW_HTTP", &v)?;
+        }
+        if let Some(v) = set("SERVERSYNC_TLS_FIPS") {
+            cfg.tls.fips = parse_bool("SERVERSYNC_TLS_FIPS", &v)?;
         }
         if let Some(v) = set("SERVERSYNC_LOG") {
             cfg.log.level = v;
@@ -363,7 +402,23 @@ impl Config {
         if self.auth.sign_in_max_delay_seconds == 0 {
             bail!("auth.sign_in_max_delay_seconds must be at least 1");
         }
+        self.network_policy()?;
         Ok(())
+    }
+
+    /// The `[network]`, `[tls]` and `[webhooks]` rules for outbound connections.
+    pub fn network_policy(&self) -> Result<serversync_connectors::NetworkPolicy> {
+        use serversync_connectors::policy::parse_range;
+        let ranges = |key: &str, list: &[String]| {
+            list.iter()
+                .map(|r| parse_range(r).map_err(|e| anyhow::anyhow!("{key}: {e}")))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(serversync_connectors::NetworkPolicy::default()
+            .with_allow_ranges(ranges("network.allow_ranges", &self.network.allow_ranges)?)
+            .with_plaintext_ranges(ranges("tls.plaintext_ranges", &self.tls.plaintext_ranges)?)
+            .with_http_webhooks(self.webhooks.allow_http)
+            .with_fips(self.tls.fips))
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr> {
@@ -418,9 +473,18 @@ impl Config {
     }
 
     pub fn engine(&self) -> Result<serversync_engine::EngineConfig> {
-        let trust = serversync_connectors::TlsTrust::with_extra_ca_files(&self.tls.extra_ca_files)
-            .map_err(|e| anyhow::anyhow!("tls.extra_ca_files: {e}"))?;
+        let mut trust = serversync_connectors::TlsTrust::builder().fips(self.tls.fips);
+        for f in &self.tls.extra_ca_files {
+            trust = trust
+                .add_pem_file(f)
+                .map_err(|e| anyhow::anyhow!("tls.extra_ca_files: {e}"))?;
+        }
+        let trust = trust.build().map_err(|e| match e {
+            serversync_connectors::TrustError::FipsNotBuilt => anyhow::anyhow!("tls.fips: {e}"),
+            e => anyhow::anyhow!("tls.extra_ca_files: {e}"),
+        })?;
         Ok(serversync_engine::EngineConfig {
+            network: std::sync::Arc::new(self.network_policy()?),
             tick: Duration::from_millis(self.engine.tick_ms),
             lease_ttl: Duration::from_secs(self.engine.lease_ttl_seconds),
             webhooks: serversync_engine::webhooks::WebhookConfig {
@@ -447,6 +511,14 @@ impl Config {
                 ..Default::default()
             },
         }
+    }
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => bail!("{name}={other} is not valid: use true or false"),
     }
 }
 
@@ -584,5 +656,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("cannot read config file"));
+    }
+
+    #[test]
+    fn network_rules_default_to_public_only_and_parse_ranges() {
+        let c = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let p = c.network_policy().unwrap();
+        assert!(p.allow_ranges().is_empty() && !p.allows_http_webhooks() && !p.fips());
+        assert!(p.refusal("127.0.0.1".parse().unwrap()).is_some());
+        let c = Config::load(
+            None,
+            &env(&[
+                ("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8, 10.1.2.3"),
+                ("SERVERSYNC_WEBHOOKS_ALLOW_HTTP", "true"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let p = c.network_policy().unwrap();
+        assert_eq!(p.refusal("10.1.2.3".parse().unwrap()), None);
+        assert!(p.refusal("10.1.2.4".parse().unwrap()).is_some());
+        assert!(p.allows_http_webhooks());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[network]\nallow_ranges = [\"10.0.0.0/33\"]\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap_err()
+        );
+        assert!(
+            err.starts_with("network.allow_ranges: \"10.0.0.0/33\""),
+            "{err}"
+        );
+        std::fs::write(&f, "[tls]\nfips = true\n").unwrap();
+        let c = Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap();
+        match c.engine() {
+            Ok(e) => assert!(e.tls_trust.fips() && e.network.fips()),
+            Err(e) => assert!(format!("{e:#}").contains("`fips` feature"), "{e:#}"),
+        }
     }
 }

@@ -52,6 +52,9 @@ impl Server {
         let mut child = cmd(dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("SERVERSYNC_TLS_EXTRA_CA_FILES", &env.ca_cert)
+            // The test servers and the webhook receivers are on this machine.
+            .env("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8,::1")
+            .env("SERVERSYNC_WEBHOOKS_ALLOW_HTTP", "true")
             .env("SERVERSYNC_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

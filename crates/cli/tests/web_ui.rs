@@ -40,6 +40,8 @@ fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String, LogTail) {
         .env_remove("DATABASE_URL")
         .env_remove("SERVERSYNC_LMTP_LISTEN")
         .env("SERVERSYNC_TLS_EXTRA_CA_FILES", &env.ca_cert)
+        // The test servers are on this machine.
+        .env("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8,::1")
         .env("SERVERSYNC_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -59,6 +59,8 @@ impl Worker {
                 "SERVERSYNC_TLS_EXTRA_CA_FILES",
                 &TestEnv::from_env().ca_cert,
             )
+            // The test servers are on this machine.
+            .env("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8,::1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -109,7 +111,8 @@ async fn imap(port: u16, user: &str) -> SyncSession {
     SyncSession::connect(
         &ServerAddr::new("127.0.0.1", port, TlsMode::None),
         &Login::password(user, Secret::new(TEST_PASSWORD)),
-        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap())),
+        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap()
@@ -521,7 +524,8 @@ async fn delivered(user: &str, tag: &str) -> HashMap<String, usize> {
     let mut s = SyncSession::connect(
         &ServerAddr::new("localhost", env.imaps_port(), TlsMode::Implicit),
         &Login::password(user, Secret::new(env.password.clone())),
-        &ConnectOptions::new(trust),
+        &ConnectOptions::new(trust)
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();

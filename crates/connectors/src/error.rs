@@ -8,6 +8,7 @@ use std::io;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serversync_model::certificate::CertificateInfo;
 use serversync_model::{ErrorKind, FailureStep};
 
 /// A failure of one step of talking to a mail server.
@@ -25,6 +26,9 @@ pub struct ConnectError {
     pub kind: ErrorKind,
     /// What happened and the fix, without the step's label.
     pub message: String,
+    /// For a refused TLS certificate: what the server presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Box<CertificateInfo>>,
 }
 
 impl ConnectError {
@@ -33,6 +37,7 @@ impl ConnectError {
             step,
             kind,
             message: message.into(),
+            certificate: None,
         }
     }
 
@@ -93,15 +98,24 @@ pub(crate) fn io_failure(step: FailureStep, what: &str, e: &io::Error) -> Connec
     ConnectError::new(step, ErrorKind::Transient, message)
 }
 
-/// Classifies a failed TLS handshake with `host` (the name the certificate is checked against).
-pub(crate) fn tls_failure(host: &str, e: &io::Error) -> ConnectError {
+/// Classifies a failed TLS handshake with `host` (the name the certificate is checked
+/// against); `cert` is the certificate the server presented, if it got that far.
+pub(crate) fn tls_failure(
+    host: &str,
+    e: &io::Error,
+    cert: Option<CertificateInfo>,
+) -> ConnectError {
     let tls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match tls {
         Some(err) => {
-            let (kind, message) = classify_tls_error(host, err);
-            ConnectError::new(FailureStep::Tls, kind, message)
+            let (kind, message) = classify_tls_error(host, err, cert.as_ref());
+            let mut e = ConnectError::new(FailureStep::Tls, kind, message);
+            if matches!(err, rustls::Error::InvalidCertificate(_)) {
+                e.certificate = cert.map(Box::new);
+            }
+            e
         }
         None => {
             let mut err = io_failure(FailureStep::Tls, "the TLS handshake", e);
@@ -122,41 +136,84 @@ pub(crate) fn tls_failure(host: &str, e: &io::Error) -> ConnectError {
     }
 }
 
-/// The kind and message for a rustls error (pure; unit-tested).
-pub(crate) fn classify_tls_error(host: &str, err: &rustls::Error) -> (ErrorKind, String) {
+/// The kind and message for a rustls error (pure; unit-tested). Certificate problems are
+/// phrased for a person, with what the certificate says when the server presented one.
+pub(crate) fn classify_tls_error(
+    host: &str,
+    err: &rustls::Error,
+    cert: Option<&CertificateInfo>,
+) -> (ErrorKind, String) {
     use rustls::{CertificateError, Error as E};
+    let day = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| format!(" on {}", t.format("%Y-%m-%d")))
+            .unwrap_or_default()
+    };
+    let pin_hint = "pin its SHA-256 fingerprint on the email server profile (test and enable \
+                    shows the certificate; only if you are sure it is your server's)";
     let msg = match err {
-        E::InvalidCertificate(cert) => match cert {
-            CertificateError::UnknownIssuer => format!(
-                "certificate for {host} is not trusted (unknown issuer): install the server's CA \
-                 (tls.extra_ca_files) or fix its certificate"
+        E::InvalidCertificate(cert_err) => match (cert_err, cert) {
+            (CertificateError::Expired | CertificateError::ExpiredContext { .. }, c) => format!(
+                "the server's certificate for {host} expired{}: renew the certificate on the \
+                 server (or check this machine's clock)",
+                day(c.and_then(|c| c.not_after))
             ),
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            (CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }, c) => {
                 format!(
-                    "certificate is not valid for the name {host}: connect with a name the \
-                     certificate lists or fix the certificate"
+                    "the server's certificate for {host} is valid only from{}: check the clocks \
+                     of this machine and the server",
+                    day(c.and_then(|c| c.not_before))
                 )
             }
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
-                "certificate for {host} has expired: renew the server's certificate (or check \
-                 this machine's clock)"
+            (_, Some(c)) if c.self_signed => format!(
+                "the server's certificate for {host} is self-signed ({}; SHA-256 {}), so no \
+                 trusted authority vouches for it: if this is your own server, {pin_hint}, or \
+                 install a certificate from a trusted CA on the server; if you did not expect \
+                 a self-signed certificate, someone may be intercepting the connection",
+                c.subject, c.sha256
             ),
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            (CertificateError::UnknownIssuer, c) => format!(
+                "the server's certificate for {host} was issued by {}, an authority this \
+                 installation does not trust: install a certificate from a public CA on the \
+                 server, have the installation's administrator add the CA \
+                 (tls.extra_ca_files), or {pin_hint}",
+                c.map(|c| c.issuer.as_str())
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or("an unknown issuer")
+            ),
+            (
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                c,
+            ) => {
+                let names = c
+                    .map(|c| c.names.join(", "))
+                    .filter(|n| !n.is_empty())
+                    .map(|n| format!(" (it is for {n})"))
+                    .unwrap_or_default();
                 format!(
-                    "certificate for {host} is not valid yet: check the clocks of this machine \
-                     and the server"
+                    "the server's certificate is not valid for the name {host}{names}: enter a \
+                     server location the certificate lists, or get a certificate for {host}"
                 )
             }
-            CertificateError::Revoked => format!(
-                "certificate for {host} has been revoked: the server needs a new certificate"
+            (CertificateError::Revoked, _) => format!(
+                "the server's certificate for {host} has been revoked: the server needs a new \
+                 certificate"
             ),
-            CertificateError::UnknownRevocationStatus => format!(
-                "revocation status of the certificate for {host} is unknown: fix the server's \
-                 certificate chain"
+            (CertificateError::UnknownRevocationStatus, _) => format!(
+                "the revocation status of the server's certificate for {host} is unknown: fix \
+                 the server's certificate chain"
             ),
-            other => format!(
-                "certificate for {host} is invalid ({other:?}): fix the server's certificate"
-            ),
+            (other, _) => {
+                let why = if format!("{other:?}").contains("CaUsedAsEndEntity") {
+                    "it is a certificate authority's certificate, not a server certificate"
+                } else {
+                    "it is malformed, or uses a signature algorithm or feature that is not \
+                     supported"
+                };
+                format!(
+                    "the server's certificate for {host} cannot be used ({why}): install a \
+                     proper server certificate on the server, or {pin_hint}"
+                )
+            }
         },
         E::AlertReceived(alert) => format!(
             "the server aborted the TLS handshake ({alert:?}): check that it supports TLS 1.2 or \
@@ -194,7 +251,7 @@ mod tests {
         let cases: Vec<(E, &str)> = vec![
             (
                 E::InvalidCertificate(CertificateError::UnknownIssuer),
-                "certificate for localhost is not trusted (unknown issuer): install the server's CA",
+                "certificate for localhost was issued by an unknown issuer, an authority this installation does not trust",
             ),
             (
                 E::InvalidCertificate(CertificateError::NotValidForName),
@@ -202,7 +259,7 @@ mod tests {
             ),
             (
                 E::InvalidCertificate(CertificateError::Expired),
-                "has expired: renew",
+                "expired: renew the certificate",
             ),
             (
                 E::AlertReceived(AlertDescription::ProtocolVersion),
@@ -214,7 +271,7 @@ mod tests {
             ),
         ];
         for (err, expected) in cases {
-            let (kind, msg) = classify_tls_error("localhost", &err);
+            let (kind, msg) = classify_tls_error("localhost", &err, None);
             assert_eq!(kind, ErrorKind::Config, "{err:?}");
             assert!(msg.contains(expected), "{err:?}: {msg}");
         }
@@ -225,12 +282,13 @@ mod tests {
         let (kind, message) = classify_tls_error(
             "localhost",
             &E::InvalidCertificate(CertificateError::UnknownIssuer),
+            None,
         );
         let e = ConnectError::new(FailureStep::Tls, kind, message);
         assert!(
             e.to_string().starts_with(
-                "TLS handshake / certificate: certificate for localhost is not trusted (unknown \
-                 issuer): install the server's CA"
+                "TLS handshake / certificate: the server's certificate for localhost was issued \
+                 by an unknown issuer"
             ),
             "{e}"
         );

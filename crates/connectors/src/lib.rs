@@ -53,8 +53,15 @@
 //! the tree): the system's trust anchors (`rustls-native-certs`) plus extra CA certificates
 //! from PEM files or bytes (the installation's `tls.extra_ca_files`). Certificate and host
 //! name checks are always on; there is no switch to turn them off. The certificate is
-//! checked against [`ServerAddr::host`] (a DNS name or an IP address). [`TlsMode::None`] is
-//! an explicit opt-in for test servers and loopback; it sends passwords in the clear.
+//! checked against [`ServerAddr::host`] (a DNS name or an IP address), or accepted because
+//! its SHA-256 fingerprint is in [`ServerAddr::pinned`]. [`TlsMode::None`] sends passwords in
+//! the clear: [`NetworkPolicy`] allows it only to `tls.plaintext_ranges` (loopback by default).
+//!
+//! # Where connections may go
+//!
+//! [`NetworkPolicy`] (in [`ConnectOptions::policy`]) is checked on the resolved addresses
+//! right before the TCP connect: non-public addresses are refused unless the installation
+//! allows their range, so a tenant's profile cannot reach the installation's own network.
 //!
 //! # Secrets
 //!
@@ -73,12 +80,14 @@
 //! IMAP reader: bodies stay raw bytes, IDLE stops exactly on time, and response codes and
 //! QRESYNC data are parsed rather than read from error text.
 
+pub mod certificate;
 pub mod dsn;
 pub mod error;
 pub mod imap;
 pub mod login;
 pub mod mime;
 pub mod net;
+pub mod policy;
 pub mod pop3;
 pub mod probe;
 pub mod smtp;
@@ -87,6 +96,7 @@ pub mod tls;
 pub use error::{ConnectError, Result};
 pub use login::Login;
 pub use net::{ConnectOptions, DEFAULT_TIMEOUT, MailStream, ServerAddr};
+pub use policy::NetworkPolicy;
 pub use probe::{ProbeReport, StepLog, StepOutcome};
 pub use serversync_model::profile::TlsMode;
 pub use serversync_model::{ErrorKind, FailureStep, Secret};

@@ -19,8 +19,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::error::{ConnectError, Result, human_duration, io_failure, timed_out, tls_failure};
+use crate::policy::NetworkPolicy;
 use crate::probe::StepLog;
 use crate::tls::TlsTrust;
+use serversync_model::certificate::CertificateInfo;
 
 /// Default bound on each step (DNS, TCP, TLS, every command's answer).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +34,10 @@ pub struct ServerAddr {
     pub host: String,
     pub port: u16,
     pub tls: TlsMode,
+    /// SHA-256 fingerprints of certificates accepted as they are (the profile's
+    /// `pinned_certificates`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<String>,
 }
 
 impl ServerAddr {
@@ -40,7 +46,14 @@ impl ServerAddr {
             host: host.into(),
             port,
             tls,
+            pinned: Vec::new(),
         }
+    }
+
+    /// The same server, accepting certificates with these SHA-256 fingerprints as they are.
+    pub fn with_pinned(mut self, pinned: Vec<String>) -> Self {
+        self.pinned = pinned;
+        self
     }
 }
 
@@ -55,26 +68,36 @@ impl fmt::Display for ServerAddr {
     }
 }
 
-/// How to connect: the bound on each step and the trusted certificate authorities.
+/// How to connect: the bound on each step, the trusted certificate authorities and where
+/// connections may go.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// Bounds each step separately: the DNS lookup, the TCP connect (all addresses
     /// together), the TLS handshake, and the wait for each answer of the server.
     pub timeout: Duration,
     pub trust: Arc<TlsTrust>,
+    /// Which resolved addresses may be connected to (checked right before the connect).
+    pub policy: Arc<NetworkPolicy>,
     /// The name SMTP `EHLO` announces; `None` sends the address literal of the local end of
     /// the connection (e.g. `[192.0.2.7]`), which RFC 5321 allows for hosts without a name.
     pub hello_name: Option<String>,
 }
 
 impl ConnectOptions {
-    /// [`DEFAULT_TIMEOUT`] and the address-literal EHLO name.
+    /// [`DEFAULT_TIMEOUT`], the address-literal EHLO name and the default (production)
+    /// [`NetworkPolicy`]: public addresses only.
     pub fn new(trust: Arc<TlsTrust>) -> Self {
         Self {
             timeout: DEFAULT_TIMEOUT,
             trust,
+            policy: Arc::new(NetworkPolicy::default()),
             hello_name: None,
         }
+    }
+
+    pub fn with_policy(mut self, policy: impl Into<Arc<NetworkPolicy>>) -> Self {
+        self.policy = policy.into();
+        self
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -93,6 +116,19 @@ pub enum MailStream {
 impl MailStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, MailStream::Tls(_))
+    }
+
+    /// The certificate the server presented (TLS only).
+    pub fn certificate(&self) -> Option<CertificateInfo> {
+        match self {
+            MailStream::Plain(_) => None,
+            MailStream::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| crate::certificate::describe(c)),
+        }
     }
 
     /// Protocol version and cipher suite, e.g. `TLSv1_3 / TLS13_AES_256_GCM_SHA384`.
@@ -280,12 +316,14 @@ pub async fn connect_tcp(
     }
 }
 
-/// The TLS step: handshake over `tcp`, certificate checked against `host`.
+/// The TLS step: handshake over `tcp`, certificate checked against `addr.host` (or accepted
+/// by one of `addr.pinned`).
 pub async fn tls_handshake(
     tcp: TcpStream,
-    host: &str,
+    addr: &ServerAddr,
     opts: &ConnectOptions,
 ) -> Result<MailStream> {
+    let host = addr.host.as_str();
     let name = ServerName::try_from(host.to_string()).map_err(|_| {
         ConnectError::new(
             FailureStep::Tls,
@@ -293,10 +331,25 @@ pub async fn tls_handshake(
             format!("{host} is not a valid TLS server name: use a DNS name or an IP address"),
         )
     })?;
-    let connector = tokio_rustls::TlsConnector::from(opts.trust.client_config());
+    let (config, check) = opts.trust.for_connection(&addr.pinned);
+    let connector = tokio_rustls::TlsConnector::from(config);
     match tokio::time::timeout(opts.timeout, connector.connect(name, tcp)).await {
-        Ok(Ok(tls)) => Ok(MailStream::Tls(Box::new(tls))),
-        Ok(Err(e)) => Err(tls_failure(host, &e)),
+        Ok(Ok(tls)) => {
+            if let Some((cert, true)) = check.presented() {
+                tracing::info!(
+                    server = %addr,
+                    sha256 = %crate::certificate::describe(&cert).sha256,
+                    "certificate accepted by the profile's pinned fingerprint"
+                );
+            }
+            Ok(MailStream::Tls(Box::new(tls)))
+        }
+        Ok(Err(e)) => {
+            let presented = check
+                .presented()
+                .map(|(c, _)| crate::certificate::describe(&c));
+            Err(tls_failure(host, &e, presented))
+        }
         Err(_) => Err(timed_out(
             FailureStep::Tls,
             "the TLS handshake",
@@ -329,7 +382,12 @@ pub(crate) async fn establish(
         .run(
             FailureStep::TcpConnect,
             format!("connect to port {}", addr.port),
-            connect_tcp(addr, &targets, opts.timeout),
+            async {
+                let permitted =
+                    opts.policy
+                        .permitted(&addr.host, &targets, addr.tls == TlsMode::None)?;
+                connect_tcp(addr, &permitted, opts.timeout).await
+            },
             |s| {
                 s.peer_addr()
                     .map(|a| format!("connected to {a}"))
@@ -339,13 +397,16 @@ pub(crate) async fn establish(
         .await?;
     let stream = match addr.tls {
         TlsMode::Implicit => {
-            log.run(
-                FailureStep::Tls,
-                "TLS handshake",
-                tls_handshake(tcp, &addr.host, opts),
-                |s| s.tls_summary().unwrap_or_default(),
-            )
-            .await?
+            let stream = log
+                .run(
+                    FailureStep::Tls,
+                    "TLS handshake",
+                    tls_handshake(tcp, addr, opts),
+                    |s| s.tls_summary().unwrap_or_default(),
+                )
+                .await?;
+            log.presented(stream.certificate(), &addr.pinned);
+            stream
         }
         TlsMode::StartTls | TlsMode::None => MailStream::Plain(tcp),
     };
@@ -374,6 +435,10 @@ impl Wire {
 
     pub(crate) fn tls_summary(&self) -> Option<String> {
         self.io.get_ref().tls_summary()
+    }
+
+    pub(crate) fn certificate(&self) -> Option<CertificateInfo> {
+        self.io.get_ref().certificate()
     }
 
     /// The local end of the connection (for SMTP's EHLO address literal).
@@ -498,7 +563,7 @@ impl Wire {
     /// Upgrades a plain connection to TLS after the server accepted STARTTLS/STLS. Data the
     /// server sent after its "go ahead" (before the handshake) is refused: it would be
     /// injected into the protected session (CVE-2011-0411 style).
-    pub(crate) async fn start_tls(self, host: &str, opts: &ConnectOptions) -> Result<Wire> {
+    pub(crate) async fn start_tls(self, addr: &ServerAddr, opts: &ConnectOptions) -> Result<Wire> {
         if !self.io.buffer().is_empty() {
             return Err(ConnectError::new(
                 FailureStep::Tls,
@@ -509,7 +574,7 @@ impl Wire {
         }
         let timeout = self.timeout;
         match self.io.into_inner() {
-            MailStream::Plain(tcp) => Ok(Wire::new(tls_handshake(tcp, host, opts).await?, timeout)),
+            MailStream::Plain(tcp) => Ok(Wire::new(tls_handshake(tcp, addr, opts).await?, timeout)),
             MailStream::Tls(_) => Err(ConnectError::new(
                 FailureStep::Tls,
                 ErrorKind::Bug,

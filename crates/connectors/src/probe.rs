@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serversync_model::FailureStep;
+use serversync_model::certificate::{CertificateInfo, normalize_sha256};
 
 use crate::error::ConnectError;
 
@@ -32,6 +33,12 @@ pub struct ProbeReport {
     pub capabilities: Vec<String>,
     /// The first failure; `None` when every step succeeded.
     pub failure: Option<ConnectError>,
+    /// The certificate the server presented (accepted, or refused: then also in `failure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateInfo>,
+    /// The certificate was accepted because the profile pins its fingerprint.
+    #[serde(default)]
+    pub certificate_pinned: bool,
 }
 
 impl ProbeReport {
@@ -62,6 +69,8 @@ impl ProbeReport {
 #[derive(Debug, Default)]
 pub struct StepLog {
     steps: Vec<StepOutcome>,
+    certificate: Option<CertificateInfo>,
+    certificate_pinned: bool,
 }
 
 impl StepLog {
@@ -120,15 +129,34 @@ impl StepLog {
         &self.steps
     }
 
+    /// Records the certificate a server presented in a successful handshake; `pins` are the
+    /// fingerprints the connection accepted as they are.
+    pub(crate) fn presented(&mut self, cert: Option<CertificateInfo>, pins: &[String]) {
+        if let Some(c) = cert {
+            self.certificate_pinned = pins
+                .iter()
+                .any(|p| normalize_sha256(p).as_deref() == Some(c.sha256.as_str()));
+            self.certificate = Some(c);
+        }
+    }
+
     pub(crate) fn finish(
         self,
         capabilities: Vec<String>,
         result: Result<(), ConnectError>,
     ) -> ProbeReport {
+        let failure = result.err();
+        let certificate = self.certificate.or_else(|| {
+            failure
+                .as_ref()
+                .and_then(|f| f.certificate.as_deref().cloned())
+        });
         ProbeReport {
             steps: self.steps,
             capabilities,
-            failure: result.err(),
+            failure,
+            certificate,
+            certificate_pinned: self.certificate_pinned,
         }
     }
 }

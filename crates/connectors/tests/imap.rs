@@ -105,11 +105,17 @@ async fn untrusted_certificate_fails_at_tls() {
         assert_failed(&report, FailureStep::Tls, ErrorKind::Config);
         let failure = report.failure.unwrap();
         assert!(
-            failure
-                .to_string()
-                .contains("not trusted (unknown issuer): install the server's CA"),
+            failure.to_string().contains(
+                "was issued by O=serversync tests, CN=serversync test CA, an authority this \
+                 installation does not trust"
+            ),
             "{failure}"
         );
+        // What the server presented, for the report.
+        let cert = failure.certificate.expect("the refused certificate");
+        assert_eq!(cert.issuer, "O=serversync tests, CN=serversync test CA");
+        assert!(!cert.self_signed && cert.sha256.len() == 95, "{cert:?}");
+        assert_eq!(report.certificate.as_ref(), Some(&*cert));
     }
 }
 
@@ -236,10 +242,14 @@ async fn another_protocol_on_the_port_fails_at_protocol() {
     assert!(
         report
             .failure
+            .as_ref()
             .unwrap()
             .message
             .contains("does not speak IMAP"),
     );
+    // Whatever answers on a port, its banner is not relayed to whoever asked for the test.
+    let shown = serde_json::to_string(&report).unwrap();
+    assert!(!shown.contains("Dovecot"), "{shown}");
 }
 
 #[tokio::test]

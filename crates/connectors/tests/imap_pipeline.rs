@@ -31,7 +31,9 @@ impl Server {
         let dovecot = Dovecot::start(&dir.join("dovecot")).unwrap();
         let ca = dir.join("dovecot").join("tls").join("ca.crt");
         let trust = TlsTrust::with_extra_ca_files([&ca]).expect("trusting the private CA");
-        let opts = ConnectOptions::new(Arc::new(trust)).with_timeout(Duration::from_secs(30));
+        let opts = ConnectOptions::new(Arc::new(trust))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed())
+            .with_timeout(Duration::from_secs(30));
         Server { dir, dovecot, opts }
     }
 

@@ -3,6 +3,7 @@
 //! same transaction as the change, and keeping mailboxes in step with users and queues.
 
 use crate::sign_in::{AuthConfig, Key, SignIn};
+use serversync_connectors::NetworkPolicy;
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
 use serversync_model::auth::{ApiToken, Caller, Denied, TokenKind};
@@ -155,10 +156,13 @@ pub struct Admin {
     jobs_wake: Arc<Notify>,
     /// Token lifetimes, the password hasher and the sign-in throttle, shared by every clone.
     sign_in: Arc<SignIn>,
+    /// The installation's network policy (FIPS mode, plain-HTTP webhooks, address ranges).
+    network: Arc<NetworkPolicy>,
 }
 
 impl Admin {
-    /// With the default [`AuthConfig`].
+    /// With the default [`AuthConfig`] and the production network policy
+    /// ([`NetworkPolicy::default`]).
     pub fn new(store: Store, jobs_wake: Arc<Notify>) -> Self {
         Self::with_auth(store, jobs_wake, AuthConfig::default())
     }
@@ -172,7 +176,19 @@ impl Admin {
             store,
             jobs_wake,
             sign_in,
+            network: Arc::default(),
         }
+    }
+
+    /// The installation's network policy, which decides FIPS mode and which webhook URLs are
+    /// accepted ([`crate::Engine::admin`] passes the engine's).
+    pub fn with_network(mut self, network: Arc<NetworkPolicy>) -> Self {
+        self.network = network;
+        self
+    }
+
+    pub fn network(&self) -> &NetworkPolicy {
+        &self.network
     }
 
     pub fn store(&self) -> &Store {
@@ -1036,8 +1052,13 @@ impl Admin {
         Ok(())
     }
 
-    async fn check_profile(&self, org: &Organization, p: &EmailServerProfile) -> Result<()> {
-        p.validate(org.fips_mode)?;
+    async fn check_profile(&self, org: &Organization, p: &mut EmailServerProfile) -> Result<()> {
+        p.validate(org.fips_mode || self.network.fips())?;
+        for pin in &mut p.pinned_certificates {
+            if let Some(canonical) = serversync_model::certificate::normalize_sha256(pin) {
+                *pin = canonical;
+            }
+        }
         self.user(org.id, p.owner_id).await.map_err(|_| {
             invalid(
                 "not_found",
@@ -1057,7 +1078,7 @@ impl Admin {
     ) -> Result<Stored<EmailServerProfile>> {
         c.require(Privilege::ManageEmailConfiguration)?;
         p.org_id = org.id;
-        self.check_profile(org, &p).await?;
+        self.check_profile(org, &mut p).await?;
         let make_default = std::mem::replace(&mut p.is_default, false);
         self.store_profile_secrets(org.id, &mut p, secrets).await?;
         let stored = self
@@ -1083,7 +1104,7 @@ impl Admin {
         p.org_id = org.id;
         p.created_at = before.value.created_at;
         p.updated_at = now();
-        self.check_profile(org, &p).await?;
+        self.check_profile(org, &mut p).await?;
         let make_default = p.is_default && !before.value.is_default;
         p.is_default = before.value.is_default && p.is_default;
         if before.value.is_default && !p.is_default {
@@ -1092,14 +1113,23 @@ impl Admin {
             self.store.update(&s.value, Some(s.version)).await?;
         }
         self.store_profile_secrets(org.id, &mut p, secrets).await?;
-        let stored = self
-            .store
-            .update_audited(
-                &p,
-                expected,
-                Some(NewAuditEntry::update(actor(c), &before.value, &p)),
-            )
-            .await?;
+        // Pinning a certificate bypasses its chain checks: its own audit action, so it can
+        // be found and reviewed.
+        let audit = if p.pinned_certificates != before.value.pinned_certificates {
+            let action = if p
+                .pinned_certificates
+                .iter()
+                .any(|pin| !before.value.pinned_certificates.contains(pin))
+            {
+                "pin_certificate"
+            } else {
+                "unpin_certificate"
+            };
+            NewAuditEntry::change(actor(c), action, Some(&before.value), Some(&p))
+        } else {
+            NewAuditEntry::update(actor(c), &before.value, &p)
+        };
+        let stored = self.store.update_audited(&p, expected, Some(audit)).await?;
         if make_default {
             return self.set_default_profile(c, org.id, p.id).await;
         }

@@ -68,15 +68,15 @@ async fn run_inner(ctx: &JobContext, mut job: Job, lease: &LeaseGuard) -> Result
                 .filter(|m| !job.results.iter().any(|r| r.mailbox_id == *m))
                 .collect();
             let store = ctx.store.clone();
-            let trust = ctx.config.tls_trust.clone();
+            let config = ctx.config.clone();
             let mut results = futures::stream::iter(remaining)
                 .map(|m| {
                     let store = store.clone();
-                    let trust = trust.clone();
+                    let config = config.clone();
                     async move {
                         (
                             m,
-                            crate::test_enable::test_and_enable(&store, &trust, m).await,
+                            crate::test_enable::test_and_enable(&store, &config, m).await,
                         )
                     }
                 })
@@ -88,6 +88,7 @@ async fn run_inner(ctx: &JobContext, mut job: Job, lease: &LeaseGuard) -> Result
                         mailbox_id: m,
                         ok: false,
                         message: format!("internal error: {e}"),
+                        certificates: Vec::new(),
                     },
                 };
                 ctx.store.renew_lease(lease, ctx.config.lease_ttl).await?;

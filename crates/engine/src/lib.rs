@@ -24,7 +24,7 @@ mod slots;
 pub mod test_enable;
 pub mod webhooks;
 
-use serversync_connectors::TlsTrust;
+use serversync_connectors::{ConnectOptions, NetworkPolicy, TlsTrust};
 use serversync_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,8 +54,11 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// How long a lease on a mailbox or job lasts without renewal.
     pub lease_ttl: Duration,
-    /// Certificate authorities trusted for connections to mail servers.
+    /// Certificate authorities trusted for connections to mail servers (and webhooks).
     pub tls_trust: Arc<TlsTrust>,
+    /// Where mail servers and webhooks may be (checked on the resolved address at connect
+    /// time), plain text, FIPS mode: the `[network]`, `[tls]` and `[webhooks]` settings.
+    pub network: Arc<NetworkPolicy>,
     /// Mailboxes tested at once by one test-and-enable job.
     pub test_concurrency: usize,
     /// Webhook delivery: polling, retry back-off, pausing.
@@ -65,15 +68,27 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// The defaults, with the production [`NetworkPolicy`] (public addresses only).
     pub fn new(tls_trust: Arc<TlsTrust>) -> Self {
         Self {
             tick: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(30),
+            network: Arc::new(NetworkPolicy::default().with_fips(tls_trust.fips())),
             tls_trust,
             test_concurrency: 4,
             webhooks: WebhookConfig::default(),
             auth: AuthConfig::default(),
         }
+    }
+}
+
+impl EngineConfig {
+    /// How to connect to a mail server: this configuration's trust and policy, `timeout` for
+    /// each step.
+    pub(crate) fn connect_options(&self, timeout: Duration) -> ConnectOptions {
+        ConnectOptions::new(self.tls_trust.clone())
+            .with_policy(self.network.clone())
+            .with_timeout(timeout)
     }
 }
 
@@ -116,6 +131,7 @@ impl Engine {
     /// The administration service, wired to wake this engine when it queues a job.
     pub fn admin(&self) -> Admin {
         Admin::sharing(self.store.clone(), self.wake.clone(), self.sign_in.clone())
+            .with_network(self.config.network.clone())
     }
 
     /// What wakes this engine at once (instead of at its next tick), e.g. when the Email

@@ -229,7 +229,7 @@ async fn run_until(
             .map(|p| p.value),
         None => None,
     };
-    let opts = ConnectOptions::new(config.tls_trust.clone()).with_timeout(Duration::from_millis(
+    let opts = config.connect_options(Duration::from_millis(
         profile
             .as_ref()
             .and_then(|p| p.advanced.connection_timeout_ms)
@@ -404,7 +404,7 @@ async fn open(
     opts: &ConnectOptions,
     owner: &str,
 ) -> Result<Result<Option<Smtp>, Problem>, StoreError> {
-    let server = match addr(profile.outgoing.as_ref(), "outgoing") {
+    let server = match addr(profile, true) {
         Ok(s) => s,
         Err(p) => return Ok(Err(p)),
     };
@@ -722,7 +722,7 @@ async fn imap_session(
     if profile.incoming_protocol != IncomingProtocol::Imap {
         return Err("the profile does not use IMAP".into());
     }
-    let server = addr(profile.incoming.as_ref(), "incoming").map_err(|p| p.message)?;
+    let server = addr(profile, false).map_err(|p| p.message)?;
     let login: Login = credentials(store, mailbox, profile, false)
         .await
         .map_err(|e| e.to_string())?

@@ -2,20 +2,19 @@
 //! against its server; the three status fields written; the mailbox enabled on success; alerts
 //! for the mailbox owner (success) or the mailbox and the profile owner (failure).
 
+use crate::EngineConfig;
 use crate::admin::alert;
 use crate::policy::{self, Direction};
-use serversync_connectors::{
-    ConnectError, ConnectOptions, Login, ProbeReport, ServerAddr, TlsTrust,
-};
+use serversync_connectors::{ConnectError, ConnectOptions, Login, ProbeReport, ServerAddr};
 use serversync_model::alert::Severity;
-use serversync_model::job::JobItemResult;
+use serversync_model::job::{JobItemResult, ServerCertificate};
 use serversync_model::mailbox::{DirectionStatus, Mailbox, RunStatus};
-use serversync_model::profile::{EmailServerProfile, Endpoint, IncomingProtocol, OutgoingProtocol};
+use serversync_model::org::Organization;
+use serversync_model::profile::{EmailServerProfile, IncomingProtocol, OutgoingProtocol};
 use serversync_model::settings::{ActMethod, IncomingMethod, OutgoingMethod};
 use serversync_model::wire_name;
 use serversync_model::{ErrorKind, FailureStep, MailboxId, Secret};
 use serversync_store::{NewAuditEntry, Store, StoreError};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a direction could not be tested, or how its test failed.
@@ -59,10 +58,12 @@ fn now() -> serversync_model::Timestamp {
     chrono::Utc::now()
 }
 
-/// Tests one mailbox and writes the outcome. Returns the job item result.
+/// Tests one mailbox and writes the outcome. Returns the job item result: what the
+/// organization's administrators see, with the certificates the servers presented but never
+/// what a server says in its greeting.
 pub async fn test_and_enable(
     store: &Store,
-    trust: &Arc<TlsTrust>,
+    config: &EngineConfig,
     id: MailboxId,
 ) -> Result<JobItemResult, StoreError> {
     let Some(stored) = store.get::<Mailbox>(&id.to_string()).await? else {
@@ -70,6 +71,7 @@ pub async fn test_and_enable(
             mailbox_id: id,
             ok: false,
             message: "mailbox no longer exists".into(),
+            certificates: Vec::new(),
         });
     };
     let before = stored.value;
@@ -108,14 +110,15 @@ pub async fn test_and_enable(
                 m.email
             ),
         ))
-    } else if profile.is_none() {
+    } else if let Some(p) = &profile {
+        fips_problem(store, config, p).await?
+    } else {
         Some(Problem::config(
             "no_profile",
             "the mailbox has no email server profile: apply the default email settings or choose a profile",
         ))
-    } else {
-        None
     };
+    let mut certificates = Vec::new();
 
     match (&precheck, &profile) {
         (Some(p), _) => {
@@ -131,11 +134,15 @@ pub async fn test_and_enable(
                     .unwrap_or(100_000)
                     .into(),
             );
-            let opts = ConnectOptions::new(trust.clone()).with_timeout(timeout);
+            let opts = config.connect_options(timeout);
             for d in &directions {
                 let r = match d {
-                    Direction::Incoming => test_incoming(store, &m, profile, &opts).await?,
-                    Direction::Outgoing => test_outgoing(store, &m, profile, &opts).await?,
+                    Direction::Incoming => {
+                        test_incoming(store, &m, profile, &opts, &mut certificates).await?
+                    }
+                    Direction::Outgoing => {
+                        test_outgoing(store, &m, profile, &opts, &mut certificates).await?
+                    }
                     Direction::Act => Err(Problem::config(
                         "connector_not_available",
                         "appointments, contacts and tasks synchronization is not available in this version yet: set act_method to none",
@@ -144,7 +151,7 @@ pub async fn test_and_enable(
                 outcomes.push((*d, r));
             }
         }
-        (None, None) => unreachable!("precheck covers a missing profile"),
+        (None, None) => unreachable!("the precheck covers a missing profile"),
     }
 
     let at = now();
@@ -250,7 +257,53 @@ pub async fn test_and_enable(
         mailbox_id: id,
         ok: all_ok,
         message,
+        certificates,
     })
+}
+
+/// In FIPS mode (the installation's or the organization's), a profile saved before it was
+/// turned on may still use what FIPS refuses: it is not tested (nor enabled).
+async fn fips_problem(
+    store: &Store,
+    config: &EngineConfig,
+    p: &EmailServerProfile,
+) -> Result<Option<Problem>, StoreError> {
+    let org_fips = store
+        .get::<Organization>(&p.org_id.to_string())
+        .await?
+        .is_some_and(|o| o.value.fips_mode);
+    if !(config.network.fips() || org_fips) {
+        return Ok(None);
+    }
+    Ok(p.validate(true).err().and_then(|e| {
+        e.0.into_iter()
+            .find(|e| e.code == "not_fips_compliant")
+            .map(|e| {
+                Problem::config(
+                    "not_fips_compliant",
+                    format!("the email server profile ({}): {}", e.field, e.message),
+                )
+            })
+    }))
+}
+
+/// Keeps the certificate a probe saw for the report.
+fn keep_certificate(
+    out: &mut Vec<ServerCertificate>,
+    direction: &str,
+    p: &EmailServerProfile,
+    a: &ServerAddr,
+    r: &ProbeReport,
+) {
+    if let Some(c) = &r.certificate {
+        out.push(ServerCertificate {
+            direction: direction.into(),
+            profile_id: p.id,
+            server: format!("{}:{}", a.host, a.port),
+            certificate: c.clone(),
+            pinned: r.certificate_pinned,
+        });
+    }
 }
 
 pub(crate) async fn credentials(
@@ -290,9 +343,18 @@ pub(crate) async fn credentials(
     Ok(Ok(Login::password(user, password)))
 }
 
-pub(crate) fn addr(ep: Option<&Endpoint>, what: &str) -> Result<ServerAddr, Problem> {
-    ep.map(|e| ServerAddr::new(e.location.clone(), e.port, e.tls))
-        .ok_or_else(|| Problem::config("location_missing", format!("the profile has no {what} server location: enter it, or turn auto-discover on for Exchange")))
+/// The profile's incoming or outgoing server, with the certificates it pins.
+pub(crate) fn addr(p: &EmailServerProfile, outgoing: bool) -> Result<ServerAddr, Problem> {
+    let (ep, what) = if outgoing {
+        (p.outgoing.as_ref(), "outgoing")
+    } else {
+        (p.incoming.as_ref(), "incoming")
+    };
+    ep.map(|e| {
+        ServerAddr::new(e.location.clone(), e.port, e.tls)
+            .with_pinned(p.pinned_certificates.clone())
+    })
+    .ok_or_else(|| Problem::config("location_missing", format!("the profile has no {what} server location: enter it, or turn auto-discover on for Exchange")))
 }
 
 fn summary(r: &ProbeReport) -> String {
@@ -304,8 +366,13 @@ fn summary(r: &ProbeReport) -> String {
     caps.sort_unstable();
     caps.dedup();
     caps.truncate(12);
+    let pinned = if r.certificate_pinned {
+        "; certificate accepted by its pinned fingerprint"
+    } else {
+        ""
+    };
     format!(
-        "{} steps passed; capabilities {}",
+        "{} steps passed; capabilities {}{pinned}",
         r.steps.len(),
         caps.join(" ")
     )
@@ -316,6 +383,7 @@ async fn test_incoming(
     m: &Mailbox,
     p: &EmailServerProfile,
     opts: &ConnectOptions,
+    certificates: &mut Vec<ServerCertificate>,
 ) -> Result<Result<String, Problem>, StoreError> {
     if m.incoming_method == IncomingMethod::EmailRouter {
         return Ok(Ok("incoming by Email Router (nothing to connect to)".into()));
@@ -324,7 +392,7 @@ async fn test_incoming(
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
-    let a = match addr(p.incoming.as_ref(), "incoming") {
+    let a = match addr(p, false) {
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
@@ -338,6 +406,7 @@ async fn test_incoming(
             )));
         }
     };
+    keep_certificate(certificates, "incoming", p, &a, &report);
     let label = format!(
         "incoming ({})",
         wire_name(&p.incoming_protocol).to_uppercase()
@@ -353,6 +422,7 @@ async fn test_outgoing(
     m: &Mailbox,
     p: &EmailServerProfile,
     opts: &ConnectOptions,
+    certificates: &mut Vec<ServerCertificate>,
 ) -> Result<Result<String, Problem>, StoreError> {
     if m.outgoing_method == OutgoingMethod::EmailRouter {
         return Ok(Ok("outgoing by Email Router (nothing to connect to)".into()));
@@ -361,7 +431,7 @@ async fn test_outgoing(
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
-    let a = match addr(p.outgoing.as_ref(), "outgoing") {
+    let a = match addr(p, true) {
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
@@ -376,6 +446,7 @@ async fn test_outgoing(
             )));
         }
     };
+    keep_certificate(certificates, "outgoing", p, &a, &report);
     Ok(match Problem::from_probe("outgoing (SMTP)", &report) {
         Some(problem) => Err(problem),
         None => Ok(format!("outgoing (SMTP) {}", summary(&report))),

@@ -19,6 +19,7 @@
 
 use crate::EngineConfig;
 use crate::admin::{Admin, AdminError, Result};
+use serversync_connectors::NetworkPolicy;
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
 use serversync_model::auth::Caller;
@@ -29,6 +30,8 @@ use serversync_model::webhook::{
 };
 use serversync_model::{OrgId, Secret, SecretId, UserId, WebhookId};
 use serversync_store::{LeaseGuard, NewAuditEntry, NewDelivery, Store, StoreError, Stored};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -111,6 +114,10 @@ pub(crate) async fn run(
         .tls_backend_preconfigured((*config.tls_trust.client_config()).clone())
         .user_agent(concat!("serversync-webhooks/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
+        // Straight to the receiver, through the policy's resolver: a proxy would make the
+        // policy judge the proxy's address instead.
+        .no_proxy()
+        .dns_resolver(PolicyResolver(config.network.clone()))
         .timeout(config.webhooks.timeout)
         .build()
     {
@@ -253,16 +260,21 @@ impl Task {
         let ts = chrono::Utc::now().timestamp();
         let sig = signature(secret.expose(), ts, &body);
         let started = Instant::now();
-        let res = self
-            .http
-            .post(ep.url.as_str())
-            .header("content-type", "application/json")
-            .header("x-serversync-event-id", change.event_id.as_str())
-            .header("x-serversync-timestamp", ts.to_string())
-            .header("x-serversync-signature", sig)
-            .body(body)
-            .send()
-            .await;
+        let res = match url_refusal(&self.config.network, &ep.url) {
+            // Checked again at delivery: the policy may have changed since the URL was saved.
+            Some(why) => Err(why),
+            None => self
+                .http
+                .post(ep.url.as_str())
+                .header("content-type", "application/json")
+                .header("x-serversync-event-id", change.event_id.as_str())
+                .header("x-serversync-timestamp", ts.to_string())
+                .header("x-serversync-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| describe(&e)),
+        };
         let duration_ms = started.elapsed().as_millis() as u64;
         let (ok, status, error) = match res {
             Ok(r) if r.status().is_success() => (true, Some(r.status().as_u16()), None),
@@ -271,7 +283,7 @@ impl Task {
                 Some(r.status().as_u16()),
                 Some(format!("the endpoint answered HTTP {}", r.status())),
             ),
-            Err(e) => (false, None, Some(describe(&e))),
+            Err(e) => (false, None, Some(e)),
         };
         metrics::counter!("serversync_webhook_attempts_total", "ok" => ok.to_string()).increment(1);
         let logged = self
@@ -334,6 +346,69 @@ impl Task {
     }
 }
 
+/// Resolves webhook host names and keeps only the addresses the [`NetworkPolicy`] allows, so
+/// the connection goes to an address that was checked (no second lookup to rebind).
+struct PolicyResolver(Arc<NetworkPolicy>);
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<_> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refused = None;
+            let allowed: Vec<_> = found
+                .into_iter()
+                .filter(|a| match policy.refusal(a.ip()) {
+                    Some(class) => {
+                        refused.get_or_insert((a.ip(), class));
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            match (allowed.is_empty(), refused) {
+                (true, Some((ip, class))) => Err(format!(
+                    "{host} resolves to {ip}, {class}, and this installation does not deliver \
+                     webhooks to loopback, private, link-local or reserved addresses: use a \
+                     public receiver, or ask the installation's administrator to allow the \
+                     range (network.allow_ranges)"
+                )
+                .into()),
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// Why the policy refuses a webhook URL as it is written (scheme, an IP address as host);
+/// host names are checked when they are resolved.
+fn url_refusal(policy: &NetworkPolicy, url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() == "http" && !policy.allows_http_webhooks() {
+        return Some(
+            "webhooks are delivered over https:// only (signed events carry CRM records): use \
+             an https:// URL, or ask the installation's administrator to allow plain HTTP \
+             (webhooks.allow_http)"
+                .into(),
+        );
+    }
+    let host = parsed.host_str()?;
+    let ip: IpAddr = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .parse()
+        .ok()?;
+    policy.refusal(ip).map(|class| {
+        format!(
+            "{ip} is {class}, and this installation does not deliver webhooks to loopback, \
+             private, link-local or reserved addresses: use a public receiver, or ask the \
+             installation's administrator to allow the range (network.allow_ranges)"
+        )
+    })
+}
+
 /// A readable cause for a failed request (never containing the secret: it is not in the URL).
 fn describe(e: &reqwest::Error) -> String {
     let what = if e.is_timeout() {
@@ -390,6 +465,18 @@ fn require_webhooks(c: &Caller) -> Result<()> {
     c.require(Privilege::ReadRecords)?;
     c.require(Privilege::ManageEmailConfiguration)?;
     Ok(())
+}
+
+/// The URL checks of the network policy, as a problem with the `url` field.
+fn check_url(policy: &NetworkPolicy, url: &str) -> Result<()> {
+    match url_refusal(policy, url) {
+        None => Ok(()),
+        Some(why) => {
+            let mut e = serversync_model::ValidationErrors::default();
+            e.push("url_not_allowed", "url", why);
+            Err(AdminError::Invalid(e))
+        }
+    }
 }
 
 fn check_secret(s: &Secret) -> Result<()> {
@@ -472,6 +559,7 @@ impl Admin {
         let url = input.url.unwrap_or_default().trim().to_owned();
         let description = input.description.unwrap_or_default();
         validate_endpoint(&url, &description)?;
+        check_url(self.network(), &url)?;
         let Some(secret) = input.secret else {
             let mut e = serversync_model::ValidationErrors::default();
             e.push("required", "secret", "give the endpoint a signing secret");
@@ -521,6 +609,7 @@ impl Admin {
             ep.record_types = t;
         }
         validate_endpoint(&ep.url, &ep.description)?;
+        check_url(self.network(), &ep.url)?;
         if let Some(s) = &input.secret {
             check_secret(s)?;
             self.store().replace_secret(ep.secret_id, s).await?;

@@ -73,7 +73,8 @@ async fn run(backend: Backend) {
     let mut imap = SyncSession::connect(
         &ServerAddr::new("127.0.0.1", port, TlsMode::None),
         &Login::password(CAROL, Secret::new(TEST_PASSWORD)),
-        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap())),
+        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();

@@ -27,7 +27,8 @@ const CAROL: &str = "carol@example.test";
 async fn pop3(port: u16) -> Client {
     let mut c = Client::connect(
         &ServerAddr::new("127.0.0.1", port, TlsMode::None),
-        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap())),
+        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();

@@ -96,6 +96,7 @@ fn trust_for(dir: &Path) -> Arc<TlsTrust> {
 
 fn config(trust: Arc<TlsTrust>) -> EngineConfig {
     EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(trust)
@@ -190,7 +191,8 @@ async fn server_inbox(port: u16) -> (usize, usize) {
     let mut s = SyncSession::connect(
         &ServerAddr::new("127.0.0.1", port, TlsMode::None),
         &Login::password(CAROL, Secret::new(TEST_PASSWORD)),
-        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap())),
+        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();
@@ -463,7 +465,8 @@ async fn postgres_restart_mid_sync() {
     let mut s = SyncSession::connect(
         &ServerAddr::new("127.0.0.1", port, TlsMode::None),
         &Login::password(CAROL, Secret::new(TEST_PASSWORD)),
-        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap())),
+        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();
@@ -627,7 +630,8 @@ async fn delivered(mid: &str, trust: &Arc<TlsTrust>) -> usize {
     let mut s = SyncSession::connect(
         &ServerAddr::new("localhost", env.imaps_port(), TlsMode::Implicit),
         &Login::password(BOB, Secret::new(env.password.clone())),
-        &ConnectOptions::new(trust.clone()),
+        &ConnectOptions::new(trust.clone())
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();

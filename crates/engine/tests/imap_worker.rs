@@ -25,7 +25,8 @@ async fn imap(port: u16) -> SyncSession {
     SyncSession::connect(
         &ServerAddr::new("127.0.0.1", port, TlsMode::None),
         &Login::password(CAROL, Secret::new(TEST_PASSWORD)),
-        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap())),
+        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap()
@@ -116,6 +117,7 @@ async fn setup(name: &str) -> Setup {
     .await
     .unwrap();
     let config = EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(Arc::new(TlsTrust::system_only().unwrap()))

@@ -70,6 +70,7 @@ async fn run(backend: Backend) {
         .unwrap();
     let trust = Arc::new(TlsTrust::with_extra_ca_files([&env.ca_cert]).unwrap());
     let config = EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(trust.clone())
@@ -145,7 +146,8 @@ async fn run(backend: Backend) {
     let mut imap = SyncSession::connect(
         &ServerAddr::new("localhost", env.imaps_port(), TlsMode::Implicit),
         &login,
-        &ConnectOptions::new(trust),
+        &ConnectOptions::new(trust)
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();

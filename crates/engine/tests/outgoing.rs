@@ -66,6 +66,7 @@ async fn setup_as(backend: Backend, sender: &str) -> Setup {
         .unwrap();
     let trust = Arc::new(TlsTrust::with_extra_ca_files([&env.ca_cert]).unwrap());
     let config = EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(trust.clone())
@@ -104,7 +105,8 @@ async fn imap(user: &str, trust: &Arc<TlsTrust>) -> SyncSession {
     SyncSession::connect(
         &ServerAddr::new("localhost", env.imaps_port(), TlsMode::Implicit),
         &Login::password(user, Secret::new(env.password.clone())),
-        &ConnectOptions::new(trust.clone()),
+        &ConnectOptions::new(trust.clone())
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap()
@@ -859,7 +861,8 @@ async fn replies_and_bounces_come_back(backend: Backend) {
     );
     let mut c = serversync_connectors::smtp::connect(
         &ServerAddr::new("localhost", env.submission_port(), TlsMode::StartTls),
-        &ConnectOptions::new(t.trust.clone()),
+        &ConnectOptions::new(t.trust.clone())
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();

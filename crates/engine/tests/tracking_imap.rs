@@ -24,7 +24,8 @@ async fn append(port: u16, user: &str, raw: &[u8]) {
     let mut s = SyncSession::connect(
         &ServerAddr::new("127.0.0.1", port, TlsMode::None),
         &Login::password(user, Secret::new(TEST_PASSWORD)),
-        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap())),
+        &ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();
@@ -94,6 +95,7 @@ async fn run(backend: Backend) {
     append(port, "bob@example.test", raw.as_bytes()).await;
 
     let config = EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_secs(2),
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(Arc::new(TlsTrust::system_only().unwrap()))

@@ -29,7 +29,8 @@ async fn imap(port: u16) -> SyncSession {
     SyncSession::connect(
         &ServerAddr::new("127.0.0.1", port, TlsMode::None),
         &Login::password(CAROL, Secret::new(TEST_PASSWORD)),
-        &ConnectOptions::new(trust),
+        &ConnectOptions::new(trust)
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap()
@@ -114,6 +115,7 @@ async fn a_uidvalidity_reset_stores_nothing_twice() {
     .await
     .unwrap();
     let config = EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(Arc::new(TlsTrust::system_only().unwrap()))

@@ -5,6 +5,7 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use serversync_connectors::NetworkPolicy;
 use serversync_engine::webhooks::WebhookInput;
 use serversync_engine::{Admin, Engine, EngineConfig, WebhookConfig};
 use serversync_model::alert::Alert;
@@ -168,6 +169,11 @@ struct Setup {
 }
 
 async fn setup(backend: Backend, webhooks: WebhookConfig) -> Setup {
+    // The receivers are on this machine.
+    setup_with(backend, webhooks, NetworkPolicy::loopback_allowed()).await
+}
+
+async fn setup_with(backend: Backend, webhooks: WebhookConfig, network: NetworkPolicy) -> Setup {
     let db = Db::new(backend).await;
     let store = Store::open(&db.url(), MasterKey::generate().unwrap())
         .await
@@ -176,6 +182,7 @@ async fn setup(backend: Backend, webhooks: WebhookConfig) -> Setup {
     let engine = Engine::new(
         store.clone(),
         EngineConfig {
+            network: Arc::new(network),
             tick: Duration::from_millis(100),
             lease_ttl: Duration::from_secs(6),
             webhooks,
@@ -558,3 +565,71 @@ both!(
         rx.stop().await;
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_name_that_resolves_to_loopback_gets_nothing_by_default() {
+    // Plain HTTP allowed (to keep the receiver simple), addresses as in production.
+    let s = setup_with(
+        Backend::Sqlite,
+        WebhookConfig {
+            poll: Duration::from_millis(50),
+            retry_base: Duration::from_millis(50),
+            retry_max: Duration::from_millis(100),
+            max_failures: 10_000,
+            ..WebhookConfig::default()
+        },
+        NetworkPolicy::default().with_http_webhooks(true),
+    )
+    .await;
+    let rx = Receiver::start().await;
+    // A name passes the check when it is saved; what it resolves to is checked at delivery.
+    let url = format!("http://localhost:{}/hooks/crm", rx.addr.port());
+    let (ep, _) = s
+        .admin
+        .create_webhook(
+            &s.caller,
+            s.org,
+            WebhookInput {
+                url: Some(url),
+                secret: Some(Secret::new(SECRET)),
+                ..WebhookInput::default()
+            },
+        )
+        .await
+        .unwrap();
+    s.write_records(1, "internal").await;
+    eventually("a refused delivery attempt", async || {
+        let log = s
+            .admin
+            .webhook_deliveries(&s.caller, s.org, ep.value.id, 0, 10)
+            .await
+            .unwrap();
+        log.first().is_some_and(|d| {
+            let e = d.error.as_deref().unwrap_or_default();
+            assert!(!d.ok && d.status.is_none(), "{d:?}");
+            assert!(
+                e.contains("localhost resolves to") && e.contains("a loopback address"),
+                "{e}"
+            );
+            true
+        })
+    })
+    .await;
+    assert!(rx.events().is_empty() && rx.bad_signatures() == 0);
+    // Written as an address, it is refused when saved.
+    let err = s
+        .admin
+        .create_webhook(
+            &s.caller,
+            s.org,
+            WebhookInput {
+                url: Some(rx.url()),
+                secret: Some(Secret::new(SECRET)),
+                ..WebhookInput::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is a loopback address"), "{err}");
+    s.shutdown().await;
+}

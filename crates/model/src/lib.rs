@@ -8,6 +8,7 @@
 pub mod alert;
 pub mod audit;
 pub mod auth;
+pub mod certificate;
 pub mod crm;
 pub mod error;
 pub mod ids;

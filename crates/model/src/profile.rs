@@ -275,6 +275,11 @@ pub struct EmailServerProfile {
     /// The preset the profile was created from, if any (decides FIPS compliance).
     pub preset: Option<Preset>,
     pub advanced: AdvancedSettings,
+    /// SHA-256 fingerprints (`AB:CD:…`) of server certificates accepted as they are, whatever
+    /// their chain, name or dates: for a self-hosted server with a self-signed certificate.
+    /// Test and enable shows the fingerprint of the certificate a server presents.
+    #[serde(default)]
+    pub pinned_certificates: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -343,6 +348,7 @@ impl EmailServerProfile {
             dav: None,
             preset: None,
             advanced: AdvancedSettings::default(),
+            pinned_certificates: Vec::new(),
             created_at: now,
             updated_at: now,
         }
@@ -405,7 +411,8 @@ impl EmailServerProfile {
     }
 
     /// Checks every field and every unsupported combination (SPEC.md §5) that can be decided
-    /// from the profile alone. `fips_mode` is the organization's FIPS 140-2 setting.
+    /// from the profile alone. `fips_mode` is FIPS 140-2 mode (the installation's or the
+    /// organization's): it refuses non-compliant presets, NTLM and connections without TLS.
     pub fn validate(&self, fips_mode: bool) -> Result<(), ValidationErrors> {
         let mut e = ValidationErrors::default();
         check_required(&mut e, "name", &self.name);
@@ -614,15 +621,52 @@ impl EmailServerProfile {
             }
         }
 
-        if fips_mode && self.preset.is_some_and(|p| !p.fips_compliant()) {
+        for (i, pin) in self.pinned_certificates.iter().enumerate() {
+            if crate::certificate::normalize_sha256(pin).is_none() {
+                e.push(
+                    "invalid_fingerprint",
+                    &format!("pinned_certificates[{i}]"),
+                    "enter the certificate's SHA-256 fingerprint (64 hexadecimal digits, colons \
+                     allowed), as test and enable shows it",
+                );
+            }
+        }
+
+        if fips_mode {
+            self.fips_problems(&mut e);
+        }
+        e.into_result()
+    }
+
+    /// What FIPS 140-2 mode refuses: presets of providers that are not compliant, NTLM (MD4
+    /// and MD5 are not approved algorithms) and connections without TLS.
+    fn fips_problems(&self, e: &mut ValidationErrors) {
+        if self.preset.is_some_and(|p| !p.fips_compliant()) {
             e.push(
                 "not_fips_compliant",
                 "preset",
-                "this organization runs in FIPS 140-2 mode and MSN, Outlook.com and Windows Live \
-                 Mail are not FIPS compliant: use another provider or turn FIPS mode off",
+                "FIPS 140-2 mode is on and MSN, Outlook.com and Windows Live Mail are not FIPS \
+                 compliant: use another provider or turn FIPS mode off",
             );
         }
-        e.into_result()
+        if self.auth_protocol == AuthProtocol::Ntlm {
+            e.push(
+                "not_fips_compliant",
+                "auth_protocol",
+                "FIPS 140-2 mode is on and NTLM uses algorithms FIPS does not approve: choose \
+                 negotiate (Kerberos), OAuth or basic over TLS",
+            );
+        }
+        for (field, ep) in [("incoming", &self.incoming), ("outgoing", &self.outgoing)] {
+            if ep.as_ref().is_some_and(|ep| ep.tls == TlsMode::None) {
+                e.push(
+                    "not_fips_compliant",
+                    &format!("{field}.tls"),
+                    "FIPS 140-2 mode is on and connections without TLS are not allowed: choose \
+                     implicit TLS or STARTTLS",
+                );
+            }
+        }
     }
 }
 
@@ -830,5 +874,42 @@ mod tests {
                 .codes()
                 .contains(&"not_fips_compliant")
         );
+    }
+
+    #[test]
+    fn fips_mode_refuses_plain_text_ntlm_and_non_compliant_presets() {
+        let mut p = imap_profile();
+        p.validate(true).unwrap();
+        p.incoming.as_mut().unwrap().tls = TlsMode::None;
+        p.validate(false).unwrap();
+        let err = p.validate(true).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(
+            (err.0[0].code.as_str(), err.0[0].field.as_str()),
+            ("not_fips_compliant", "incoming.tls")
+        );
+
+        let mut ex = EmailServerProfile::new(
+            OrgId::new(),
+            "EX",
+            ServerType::ExchangeServer,
+            UserId::new(),
+            now(),
+        );
+        ex.username = Some("svc".into());
+        ex.auth_protocol = AuthProtocol::Ntlm;
+        ex.validate(false).unwrap();
+        let err = ex.validate(true).unwrap_err();
+        assert_eq!(err.0[0].field, "auth_protocol", "{err}");
+    }
+
+    #[test]
+    fn pinned_fingerprints_must_be_sha256() {
+        let mut p = imap_profile();
+        p.pinned_certificates = vec!["AB".repeat(32)];
+        p.validate(false).unwrap();
+        p.pinned_certificates.push("not-a-fingerprint".into());
+        let err = p.validate(false).unwrap_err();
+        assert_eq!(err.0[0].field, "pinned_certificates[1]", "{err}");
     }
 }

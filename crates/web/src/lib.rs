@@ -76,6 +76,7 @@ pub fn router_behind(admin: Admin, api: Router, trusted_proxies: Vec<IpAddr>) ->
             "/profiles/{id}/test-enable",
             post(pages::profiles::test_enable),
         )
+        .route("/profiles/{id}/pin", post(pages::profiles::pin))
         .route(
             "/settings",
             get(pages::settings::form).post(pages::settings::save),

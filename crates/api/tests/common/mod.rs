@@ -69,7 +69,22 @@ pub enum Trust {
 }
 
 impl Instance {
+    /// An instance whose test servers (on this machine) are allowed by its network policy.
     pub async fn start(backend: Backend, trust: Trust) -> Instance {
+        Self::start_with(
+            backend,
+            trust,
+            serversync_connectors::NetworkPolicy::loopback_allowed(),
+        )
+        .await
+    }
+
+    /// An instance with this network policy (the production default refuses the test servers).
+    pub async fn start_with(
+        backend: Backend,
+        trust: Trust,
+        network: serversync_connectors::NetworkPolicy,
+    ) -> Instance {
         capture_logs();
         let env = TestEnv::from_env();
         let (url, guard) = match backend {
@@ -93,6 +108,7 @@ impl Instance {
             Trust::SystemOnly => TlsTrust::system_only().unwrap(),
         };
         let config = EngineConfig {
+            network: Arc::new(network),
             tick: Duration::from_millis(200),
             ..EngineConfig::new(Arc::new(trust))
         };

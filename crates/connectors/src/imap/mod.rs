@@ -88,7 +88,7 @@ pub async fn connect_logged(
             FailureStep::Protocol,
             "greeting",
             read_greeting(&mut wire),
-            |g| g.display(),
+            |g| greeting_detail(g.status == Status::Preauth),
         )
         .await?;
     let preauth = greeting.status == Status::Preauth;
@@ -109,6 +109,7 @@ pub async fn connect_logged(
                 |w| w.tls_summary().unwrap_or_default(),
             )
             .await?;
+        log.presented(wire.certificate(), &addr.pinned);
         // Capabilities announced before TLS must not be trusted (RFC 9051 §6.2.1).
         capabilities = log
             .run(
@@ -128,22 +129,40 @@ pub async fn connect_logged(
     })
 }
 
+/// What a probe reports for a greeting: that there was one, not what it said.
+pub(crate) fn greeting_detail(preauth: bool) -> String {
+    if preauth {
+        "greeting received (pre-authenticated)".into()
+    } else {
+        "greeting received".into()
+    }
+}
+
 async fn read_greeting(wire: &mut Wire) -> Result<StatusResponse> {
     let line = wire
         .read_line(FailureStep::Protocol, "the IMAP greeting", MAX_LINE)
         .await?;
-    let shown = shorten(&String::from_utf8_lossy(&line), 200);
+    // What the server says in its greeting stays in the debug log: reports and errors go to
+    // tenants, and must not relay the banner of whatever service answers on that port.
+    tracing::debug!(greeting = %shorten(&String::from_utf8_lossy(&line), 200), "IMAP greeting");
     match parse_line(&line) {
         Ok(ResponseLine::Untagged(Untagged::Status(st))) => match st.status {
             Status::Ok | Status::Preauth => Ok(st),
-            Status::Bye => Err(refusal(Phase::Greeting, "the connection", &st, None)),
-            Status::No | Status::Bad => Err(ConnectError::protocol(format!(
-                "the server's greeting is not OK (\"{shown}\"): check the port and the server"
-            ))),
+            Status::Bye => {
+                let mut e = refusal(Phase::Greeting, "the connection", &st, None);
+                e.message = "the server closed the connection in its greeting (BYE): it may be \
+                             busy or refusing connections from this host; try again later"
+                    .into();
+                Err(e)
+            }
+            Status::No | Status::Bad => Err(ConnectError::protocol(
+                "the server's greeting is not OK: check the port and the server",
+            )),
         },
-        _ => Err(ConnectError::protocol(format!(
-            "this port does not speak IMAP (greeting \"{shown}\"): check the port and protocol"
-        ))),
+        _ => Err(ConnectError::protocol(
+            "this port does not speak IMAP (the greeting is not an IMAP greeting): check the \
+             port and protocol",
+        )),
     }
 }
 
@@ -178,7 +197,7 @@ async fn starttls(
     if reply.done.status != Status::Ok {
         return Err(refusal(Phase::StartTls, "STARTTLS", &reply.done, None));
     }
-    wire.start_tls(&addr.host, opts).await
+    wire.start_tls(addr, opts).await
 }
 
 impl ImapConnection {

@@ -76,7 +76,7 @@ impl Client {
                 FailureStep::Protocol,
                 "greeting",
                 read_greeting(&mut wire),
-                |g| g.display(),
+                |_| "greeting received".to_string(),
             )
             .await?;
         let mut capabilities = log
@@ -91,6 +91,7 @@ impl Client {
                     |w| w.tls_summary().unwrap_or_default(),
                 )
                 .await?;
+            log.presented(wire.certificate(), &addr.pinned);
             // Capabilities announced before TLS must not be trusted (RFC 2595 §4).
             capabilities = log
                 .run(
@@ -433,13 +434,21 @@ async fn read_greeting(wire: &mut Wire) -> Result<Pop3Status> {
     let line = wire
         .read_line(FailureStep::Protocol, "the POP3 greeting", MAX_STATUS_LINE)
         .await?;
+    // The greeting's words stay in the debug log (see imap::read_greeting).
+    tracing::debug!(greeting = %shorten(&String::from_utf8_lossy(&line), 200), "POP3 greeting");
     match parse_status(&line) {
         Ok(st) if st.ok => Ok(st),
-        Ok(st) => Err(refusal(Phase::Greeting, "the connection", &st, None)),
-        Err(_) => Err(ConnectError::protocol(format!(
-            "this port does not speak POP3 (greeting \"{}\"): check the port and protocol",
-            shorten(&String::from_utf8_lossy(&line), 200)
-        ))),
+        Ok(st) => {
+            let mut e = refusal(Phase::Greeting, "the connection", &st, None);
+            e.message = "the server refused the connection in its greeting (-ERR): it may be \
+                         busy or refusing connections from this host; try again later"
+                .into();
+            Err(e)
+        }
+        Err(_) => Err(ConnectError::protocol(
+            "this port does not speak POP3 (the greeting is not a POP3 greeting): check the \
+             port and protocol",
+        )),
     }
 }
 
@@ -529,7 +538,7 @@ async fn stls(
     if !st.ok {
         return Err(refusal(Phase::Stls, "STLS", &st, None));
     }
-    wire.start_tls(&addr.host, opts).await
+    wire.start_tls(addr, opts).await
 }
 
 fn capa_detail(caps: &Option<Vec<String>>) -> String {

@@ -69,7 +69,7 @@ pub async fn connect_logged(
             FailureStep::Protocol,
             "greeting",
             read_greeting(&mut wire),
-            Reply::display,
+            |_| "greeting received".to_string(),
         )
         .await?;
     let mut capabilities = log
@@ -89,6 +89,7 @@ pub async fn connect_logged(
                 |w| w.tls_summary().unwrap_or_default(),
             )
             .await?;
+        log.presented(wire.certificate(), &addr.pinned);
         // What the server announced before TLS must not be trusted (RFC 3207 §4.2).
         capabilities = log
             .run(
@@ -141,12 +142,14 @@ async fn read_greeting(wire: &mut Wire) -> Result<Reply> {
     let line = wire
         .read_line(FailureStep::Protocol, "the SMTP greeting", MAX_LINE)
         .await?;
+    // The greeting's words stay in the debug log (see imap::read_greeting).
+    tracing::debug!(greeting = %shorten(&String::from_utf8_lossy(&line), 200), "SMTP greeting");
     let mut parser = ReplyParser::new();
     let mut reply = parser.push_line(&line).map_err(|_| {
-        ConnectError::protocol(format!(
-            "this port does not speak SMTP (greeting \"{}\"): check the port and protocol",
-            shorten(&String::from_utf8_lossy(&line), 200)
-        ))
+        ConnectError::protocol(
+            "this port does not speak SMTP (the greeting is not an SMTP greeting): check the \
+             port and protocol",
+        )
     })?;
     while reply.is_none() {
         let line = wire
@@ -158,7 +161,13 @@ async fn read_greeting(wire: &mut Wire) -> Result<Reply> {
     }
     let reply = reply.expect("loop ends with a reply");
     if reply.code != 220 {
-        return Err(refusal(Phase::Greeting, "the connection", &reply, None));
+        let mut e = refusal(Phase::Greeting, "the connection", &reply, None);
+        e.message = format!(
+            "the server refused the connection in its greeting (reply {}): it may be busy or \
+             refusing connections from this host; try again later",
+            reply.code
+        );
+        return Err(e);
     }
     Ok(reply)
 }
@@ -199,7 +208,7 @@ async fn starttls(
     if reply.code != 220 {
         return Err(refusal(Phase::StartTls, "STARTTLS", &reply, None));
     }
-    wire.start_tls(&addr.host, opts).await
+    wire.start_tls(addr, opts).await
 }
 
 fn has(capabilities: &[String], keyword: &str) -> bool {

@@ -32,12 +32,15 @@ pub fn trust() -> Arc<TlsTrust> {
 }
 
 pub fn opts() -> ConnectOptions {
-    ConnectOptions::new(trust()).with_timeout(Duration::from_secs(15))
+    ConnectOptions::new(trust())
+        .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed())
+        .with_timeout(Duration::from_secs(15))
 }
 
 /// Only the system's roots: the test servers' certificate is not trusted.
 pub fn untrusted_opts() -> ConnectOptions {
     ConnectOptions::new(Arc::new(TlsTrust::system_only().expect("system roots")))
+        .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed())
         .with_timeout(Duration::from_secs(15))
 }
 

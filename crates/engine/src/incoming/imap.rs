@@ -37,7 +37,7 @@ const BATCH: usize = 200;
 const MAX_RENUMBERINGS: u32 = 5;
 
 pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
-    let address = addr(cx.profile.incoming.as_ref(), "incoming").map_err(Stop::Failed)?;
+    let address = addr(&cx.profile, false).map_err(Stop::Failed)?;
     let hold = may_hold_connection(cx).await?;
     let mut reconnect = Reconnect::default();
     // The start of the last full round: a "sync now" requested after it starts another.

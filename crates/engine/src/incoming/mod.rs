@@ -201,7 +201,7 @@ async fn session(
             .unwrap_or(100_000)
             .into(),
     );
-    let opts = ConnectOptions::new(config.tls_trust.clone()).with_timeout(timeout);
+    let opts = config.connect_options(timeout);
     let protocol = profile.incoming_protocol;
     let cx = Ctx {
         store,

@@ -28,7 +28,7 @@ pub(crate) const DEFAULT_POLL: Duration = Duration::from_secs(60);
 const TELEMETRY_EVERY: u64 = 200;
 
 pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
-    let address = addr(cx.profile.incoming.as_ref(), "incoming").map_err(Stop::Failed)?;
+    let address = addr(&cx.profile, false).map_err(Stop::Failed)?;
     let poll = match cx.profile.advanced.min_polling_interval_minutes {
         0 => DEFAULT_POLL,
         minutes => Duration::from_secs(u64::from(minutes) * 60),

@@ -186,7 +186,8 @@ pub async fn append_corpus(port: u16, user: &str, corpus: &[(&str, Vec<u8>)]) ->
             user,
             serversync_model::Secret::new(serversync_testkit::TEST_PASSWORD),
         ),
-        &ConnectOptions::new(std::sync::Arc::new(TlsTrust::system_only().unwrap())),
+        &ConnectOptions::new(std::sync::Arc::new(TlsTrust::system_only().unwrap()))
+            .with_policy(serversync_connectors::NetworkPolicy::loopback_allowed()),
     )
     .await
     .unwrap();
@@ -257,6 +258,7 @@ pub async fn sync_until(
 pub fn engine_config() -> serversync_engine::EngineConfig {
     use std::time::Duration;
     serversync_engine::EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(6),
         ..serversync_engine::EngineConfig::new(std::sync::Arc::new(

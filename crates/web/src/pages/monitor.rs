@@ -83,6 +83,52 @@ pub struct JobRow {
     pub created: String,
     pub finished: String,
     pub failures: Vec<String>,
+    pub certificates: Vec<CertRow>,
+}
+
+/// A certificate a server presented during test and enable, with what a person checks
+/// before pinning it.
+pub struct CertRow {
+    pub direction: String,
+    pub server: String,
+    pub subject: String,
+    pub issuer: String,
+    pub valid: String,
+    pub names: String,
+    pub sha256: String,
+    pub self_signed: bool,
+    pub pinned: bool,
+    /// Shown with a "pin" button: the test failed, and the profile does not pin it yet.
+    pub can_pin: bool,
+    pub profile_id: String,
+}
+
+fn day(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn cert_rows(results: &[serversync_model::job::JobItemResult]) -> Vec<CertRow> {
+    let mut out = Vec::new();
+    for r in results {
+        for c in &r.certificates {
+            let i = &c.certificate;
+            out.push(CertRow {
+                direction: c.direction.clone(),
+                server: c.server.clone(),
+                subject: i.subject.clone(),
+                issuer: i.issuer.clone(),
+                valid: format!("{} to {}", day(i.not_before), day(i.not_after)),
+                names: i.names.join(", "),
+                sha256: i.sha256.clone(),
+                self_signed: i.self_signed,
+                pinned: c.pinned,
+                can_pin: !r.ok && !c.pinned,
+                profile_id: c.profile_id.to_string(),
+            });
+        }
+    }
+    out
 }
 
 #[derive(Template)]
@@ -91,6 +137,8 @@ struct JobsPage {
     page: Page,
     rows: Vec<JobRow>,
     running: bool,
+    /// For the pin forms of the included table.
+    csrf: String,
 }
 
 #[derive(Template)]
@@ -98,6 +146,7 @@ struct JobsPage {
 struct JobsTable {
     rows: Vec<JobRow>,
     running: bool,
+    csrf: String,
 }
 
 async fn job_rows(web: &Web, s: &Session) -> Result<Vec<JobRow>, Response> {
@@ -125,6 +174,7 @@ async fn job_rows(web: &Web, s: &Session) -> Result<Vec<JobRow>, Response> {
                     .filter(|r| !r.ok)
                     .map(|r| r.message.clone())
                     .collect(),
+                certificates: cert_rows(&j.results),
             }
         })
         .collect();
@@ -140,11 +190,15 @@ fn running(rows: &[JobRow]) -> bool {
 
 pub async fn jobs(State(web): State<Web>, s: Session, Query(q): Query<Notice>) -> Response {
     match job_rows(&web, &s).await {
-        Ok(rows) => render(&JobsPage {
-            page: Page::new(&s, "Jobs", "jobs").with_notice(q.done),
-            running: running(&rows),
-            rows,
-        }),
+        Ok(rows) => {
+            let page = Page::new(&s, "Jobs", "jobs").with_notice(q.done);
+            render(&JobsPage {
+                csrf: page.csrf.clone(),
+                page,
+                running: running(&rows),
+                rows,
+            })
+        }
         Err(r) => r,
     }
 }
@@ -155,6 +209,7 @@ pub async fn jobs_table(State(web): State<Web>, s: Session) -> Response {
         Ok(rows) => render(&JobsTable {
             running: running(&rows),
             rows,
+            csrf: Page::new(&s, "Jobs", "jobs").csrf,
         }),
         Err(r) => r,
     }

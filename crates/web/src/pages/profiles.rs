@@ -473,3 +473,37 @@ pub async fn test_enable(
     )
     .await
 }
+
+/// Pins a certificate fingerprint (from a test report) on the profile, through the API's
+/// profile update: validated and audited (`pin_certificate`) there.
+pub async fn pin(
+    State(web): State<Web>,
+    s: Session,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if !s.csrf_ok(&forms::value(&form, "_csrf")) {
+        return crate::session::csrf_refused();
+    }
+    let path = format!("/profiles/{id}");
+    let profile = match web.api(&s, Method::GET, &path, None).await {
+        Ok(p) => p,
+        Err(p) => return error(&s, p.detail),
+    };
+    let mut pins: Vec<serde_json::Value> = profile["pinned_certificates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let sha256 = forms::value(&form, "sha256");
+    if !pins.iter().any(|p| p.as_str() == Some(sha256.as_str())) {
+        pins.push(serde_json::Value::String(sha256));
+    }
+    let body = serde_json::json!({"pinned_certificates": pins, "version": profile["version"]});
+    match web.api(&s, Method::PATCH, &path, Some(body)).await {
+        Ok(_) => done(
+            "/jobs",
+            "The certificate is pinned on the profile: test and enable the mailboxes again.",
+        ),
+        Err(p) => error(&s, p.detail),
+    }
+}

@@ -146,6 +146,46 @@ struct SettingsPage {
     page: Page,
     sections: Vec<Section>,
     problem: Option<String>,
+    installation: Installation,
+}
+
+/// The installation's connection rules (configuration, not editable here), shown so an
+/// organization knows what its profiles and webhooks may use.
+pub struct Installation {
+    /// `on (FIPS-validated aws-lc module)` or `off`.
+    pub fips: String,
+    /// Non-public ranges servers and webhooks may be at, or "none".
+    pub allowed_ranges: String,
+    /// Where `tls: none` is allowed.
+    pub plaintext_ranges: String,
+    pub http_webhooks: bool,
+}
+
+fn installation(web: &Web) -> Installation {
+    fn list<T: ToString>(r: &[T]) -> String {
+        if r.is_empty() {
+            "none".to_owned()
+        } else {
+            r.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
+        }
+    }
+    let n = web.admin.network();
+    Installation {
+        fips: if n.fips() {
+            "on: FIPS-validated cryptography only; no Outlook.com preset, NTLM or connections \
+             without TLS"
+                .into()
+        } else {
+            "off".into()
+        },
+        allowed_ranges: list(n.allow_ranges()),
+        plaintext_ranges: if n.fips() {
+            "none (FIPS mode)".into()
+        } else {
+            list(n.plaintext_ranges())
+        },
+        http_webhooks: n.allows_http_webhooks(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -177,6 +217,7 @@ pub async fn form(State(web): State<Web>, s: Session, Query(q): Query<Notice>) -
         page: Page::new(&s, "Email settings", "settings").with_notice(q.done),
         sections: secs,
         problem: None,
+        installation: installation(&web),
     })
 }
 
@@ -204,6 +245,7 @@ pub async fn save(
                 page: Page::new(&s, "Email settings", "settings"),
                 sections: secs,
                 problem: Some(p.detail),
+                installation: installation(&web),
             });
             *r.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
             r

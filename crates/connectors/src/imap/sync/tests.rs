@@ -88,6 +88,7 @@ where
         script(p).await
     });
     let opts = ConnectOptions::new(Arc::new(TlsTrust::system_only().unwrap()))
+        .with_policy(crate::NetworkPolicy::loopback_allowed())
         .with_timeout(Duration::from_secs(3));
     let addr = ServerAddr::new("127.0.0.1", port, TlsMode::None);
     let login = Login::password("u", Secret::new("p"));
