@@ -37,6 +37,12 @@ pub struct RouterSection {
     pub lmtp_max_connections: usize,
     /// An LMTP client that sends nothing for this long is disconnected.
     pub lmtp_idle_timeout_seconds: u64,
+    /// Memory for messages being parsed and stored at once, across connections, in MiB; when
+    /// it is taken, further messages are told 452 (try again later).
+    pub lmtp_memory_mb: u64,
+    /// Where messages larger than 1 MiB are written while they arrive (anonymous temporary
+    /// files); the system's temporary directory when unset.
+    pub lmtp_spool_dir: Option<PathBuf>,
 }
 
 impl Default for RouterSection {
@@ -46,6 +52,8 @@ impl Default for RouterSection {
             lmtp_max_message_mb: 150,
             lmtp_max_connections: 64,
             lmtp_idle_timeout_seconds: 300,
+            lmtp_memory_mb: 256,
+            lmtp_spool_dir: None,
         }
     }
 }
@@ -296,6 +304,9 @@ impl Config {
         if self.router.lmtp_idle_timeout_seconds == 0 {
             bail!("router.lmtp_idle_timeout_seconds must be at least 1");
         }
+        if self.router.lmtp_memory_mb == 0 || self.router.lmtp_memory_mb > 1 << 20 {
+            bail!("router.lmtp_memory_mb must be between 1 and 1048576");
+        }
         if self.engine.tick_ms == 0 {
             bail!("engine.tick_ms must be at least 1");
         }
@@ -336,11 +347,18 @@ impl Config {
     }
 
     pub fn lmtp(&self) -> serversync_engine::lmtp::LmtpConfig {
+        let d = serversync_engine::lmtp::LmtpConfig::default();
         serversync_engine::lmtp::LmtpConfig {
             max_message_bytes: self.router.lmtp_max_message_mb << 20,
             max_connections: self.router.lmtp_max_connections,
             idle_timeout: Duration::from_secs(self.router.lmtp_idle_timeout_seconds),
-            ..Default::default()
+            memory: serversync_engine::lmtp::MemoryBudget::new(self.router.lmtp_memory_mb << 20),
+            spool_dir: self
+                .router
+                .lmtp_spool_dir
+                .clone()
+                .unwrap_or(d.spool_dir.clone()),
+            ..d
         }
     }
 
@@ -444,6 +462,7 @@ mod tests {
             Some("127.0.0.1:2424".parse().unwrap())
         );
         assert_eq!(c.lmtp().max_message_bytes, 10 << 20);
+        assert_eq!(c.lmtp().memory.limit(), 256 << 20);
         let c = Config::load(
             Some(&f),
             &env(&[("SERVERSYNC_LMTP_LISTEN", "127.0.0.1:2525")]),
