@@ -23,6 +23,56 @@ pub struct Config {
     pub admin: AdminSection,
     pub router: RouterSection,
     pub webhooks: WebhooksSection,
+    pub retention: RetentionSection,
+}
+
+/// How long what may be removed is kept, in days; 0 keeps it forever.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Webhook delivery log entries.
+    pub webhook_log_days: u64,
+    /// The change feed's horizon: older changes go once every webhook endpoint of their
+    /// organization delivered them.
+    pub change_feed_days: u64,
+    /// Audit log entries.
+    pub audit_days: u64,
+    /// Raw copies of messages tracked as activities (headers, bodies, attachments stay).
+    pub raw_message_days: u64,
+    /// Web sessions, counted from their expiry.
+    pub expired_session_days: u64,
+    /// Time between two pruning passes.
+    pub interval_minutes: u64,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let d = serversync_engine::RetentionConfig::default();
+        let days = |k: Option<Duration>| k.map_or(0, |k| k.as_secs() / 86_400);
+        Self {
+            webhook_log_days: days(d.webhook_log),
+            change_feed_days: days(d.change_feed),
+            audit_days: days(d.audit),
+            raw_message_days: days(d.raw_messages),
+            expired_session_days: days(d.expired_sessions),
+            interval_minutes: d.interval.as_secs() / 60,
+        }
+    }
+}
+
+impl RetentionSection {
+    fn config(&self) -> serversync_engine::RetentionConfig {
+        let days = |n: u64| (n > 0).then(|| Duration::from_secs(n.saturating_mul(86_400)));
+        serversync_engine::RetentionConfig {
+            interval: Duration::from_secs(self.interval_minutes.saturating_mul(60)),
+            webhook_log: days(self.webhook_log_days),
+            change_feed: days(self.change_feed_days),
+            audit: days(self.audit_days),
+            raw_messages: days(self.raw_message_days),
+            expired_sessions: days(self.expired_session_days),
+            ..Default::default()
+        }
+    }
 }
 
 /// The Email Router's LMTP listener, for an MTA (Postfix…) delivering to serversync.
@@ -155,6 +205,7 @@ impl Default for Config {
             admin: AdminSection::default(),
             router: RouterSection::default(),
             webhooks: WebhooksSection::default(),
+            retention: RetentionSection::default(),
         }
     }
 }
@@ -322,6 +373,21 @@ impl Config {
         if self.webhooks.timeout_seconds == 0 {
             bail!("webhooks.timeout_seconds must be at least 1");
         }
+        if self.retention.interval_minutes == 0 {
+            bail!("retention.interval_minutes must be at least 1");
+        }
+        let r = &self.retention;
+        for (key, days) in [
+            ("webhook_log_days", r.webhook_log_days),
+            ("change_feed_days", r.change_feed_days),
+            ("audit_days", r.audit_days),
+            ("raw_message_days", r.raw_message_days),
+            ("expired_session_days", r.expired_session_days),
+        ] {
+            if days > 36_500 {
+                bail!("retention.{key} must be at most 36500 (100 years); 0 keeps forever");
+            }
+        }
         Ok(())
     }
 
@@ -387,6 +453,7 @@ impl Config {
                 timeout: Duration::from_secs(self.webhooks.timeout_seconds),
                 ..Default::default()
             },
+            retention: self.retention.config(),
             ..serversync_engine::EngineConfig::new(std::sync::Arc::new(trust))
         })
     }
@@ -490,6 +557,27 @@ mod tests {
     }
 
     #[test]
+    fn retention_days_with_zero_keeping_forever() {
+        let c = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let r = c.engine().unwrap().retention;
+        assert_eq!(r.webhook_log, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(r.audit, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(r.raw_messages, None, "raw copies are kept by default");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[retention]\naudit_days = 0\nraw_message_days = 90\ninterval_minutes = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap();
+        let r = c.engine().unwrap().retention;
+        assert_eq!(r.audit, None);
+        assert_eq!(r.raw_messages, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(r.interval, Duration::from_secs(300));
+    }
+
+    #[test]
     fn bad_files_give_one_line_naming_the_place() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
@@ -505,6 +593,10 @@ mod tests {
             (
                 "[router]\nlmtp_max_message_mb = 0\n",
                 "lmtp_max_message_mb must be between",
+            ),
+            (
+                "[retention]\ninterval_minutes = 0\n",
+                "retention.interval_minutes must be at least 1",
             ),
         ] {
             std::fs::write(&f, content).unwrap();

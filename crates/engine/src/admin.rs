@@ -219,7 +219,12 @@ impl Admin {
     /// `ttl`. Returns the token (kept only in the browser's cookie).
     pub async fn create_session(&self, c: &Caller, ttl: chrono::Duration) -> Result<String> {
         let (token, _) = self
-            .create_token_until(&c.user, "web session", actor(c), Some(now() + ttl))
+            .create_token_until(
+                &c.user,
+                serversync_model::auth::WEB_SESSION,
+                actor(c),
+                Some(now() + ttl),
+            )
             .await?;
         Ok(token)
     }

@@ -756,6 +756,13 @@ entity!(Job, "jobs", "job", |s| Some(s.org_id), [
 entity!(ApiToken, "api_tokens", "API token", |s| Some(s.org_id), [
     "user_id" => Col::text(s.user_id),
     "token_hash" => Col::text(&s.token_hash),
+    // A web session's expiry, for the pruner; NULL for other tokens.
+    "session_until" => Col::Int(
+        (s.name == serversync_model::auth::WEB_SESSION)
+            .then_some(s.expires_at)
+            .flatten()
+            .map(|e| e.timestamp_millis())
+    ),
 ]);
 
 entity!(

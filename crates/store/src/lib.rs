@@ -17,6 +17,7 @@ mod entity;
 mod error;
 mod items;
 mod lease;
+mod retention;
 mod secrets;
 mod sync_state;
 mod webhooks;
@@ -26,6 +27,7 @@ pub use entity::{Col, Entity, EntityWrite, Filter, Page, Stored};
 pub use error::StoreError;
 pub use items::{ItemInsert, ItemRow};
 pub use lease::LeaseGuard;
+pub use retention::DatabaseSize;
 pub use webhooks::{DueWebhook, NewDelivery};
 
 use serversync_vault::MasterKey;
