@@ -312,6 +312,19 @@ impl Admin {
         self.create_org_unchecked(name, display, actor(c)).await
     }
 
+    /// How large the database is; for installation administrators only (it is shared by
+    /// every organization).
+    pub async fn database_size(&self, c: &Caller) -> Result<serversync_store::DatabaseSize> {
+        if !c.user.installation_admin {
+            return Err(Denied {
+                code: "installation_admin_required",
+                message: "the database size is shown to installation administrators only".into(),
+            }
+            .into());
+        }
+        Ok(self.store.database_size().await?)
+    }
+
     pub async fn list_orgs(&self, c: &Caller) -> Result<Vec<Organization>> {
         let all = self.store.list_all::<Organization>(None, &[]).await?;
         Ok(all
