@@ -667,3 +667,186 @@ both!(the_database_size_is_reported, |store, url| {
         Backend::Postgres => assert_eq!(after.wal_bytes, None),
     }
 });
+
+/// Applies the migrations before retention's (0015) to the database at `url`.
+async fn migrate_before_retention(url: &str, backend: Backend) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(match backend {
+        Backend::Sqlite => "migrations/sqlite",
+        Backend::Postgres => "migrations/postgres",
+    });
+    let mut m = sqlx::migrate::Migrator::new(dir).await.unwrap();
+    m.migrations = m
+        .migrations
+        .iter()
+        .filter(|x| x.version < 15)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    match backend {
+        Backend::Sqlite => {
+            let opts = url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .unwrap()
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            m.run(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            m.run(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+fn quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+// An installation upgraded to retention: what existing rows say (the item's raw_kept and
+// trace, attachments in documents, a session's expiry) is carried into the new columns, so
+// the pruner removes exactly what it would have, had the rows been written since.
+#[tokio::test]
+async fn an_upgrade_carries_what_retention_needs_sqlite() {
+    upgrade(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn an_upgrade_carries_what_retention_needs_postgres() {
+    upgrade(Backend::Postgres).await
+}
+
+async fn upgrade(backend: Backend) {
+    let db = Db::new(backend).await;
+    let url = db.url();
+    migrate_before_retention(&url, backend).await;
+    let o = OrgId::new();
+    let mb = MailboxId::new();
+    let old = days_ago_ms(100);
+    let raw_only = b"Subject: tracked\r\n\r\nraw only".as_slice();
+    let forwarded = b"Subject: fwd\r\n\r\nalso an attachment".as_slice();
+    let not_kept = b"Subject: too big\r\n\r\nnot kept".as_slice();
+    // Tracked as an activity (in its trace), raw kept: its raw copy may go.
+    let mut tracked = item(o, mb, "tracked", raw_only, None);
+    let act = activity(o, &tracked);
+    tracked.trace.push(format!(
+        "tracked as activity {} (user x: all email)",
+        act.id
+    ));
+    // Tracked, but its raw bytes are an attachment of another activity.
+    let mut fwd = item(o, mb, "fwd", forwarded, None);
+    let fwd_act = activity(o, &fwd);
+    fwd.trace.push(format!(
+        "tracked as activity {} (user x: all email)",
+        fwd_act.id
+    ));
+    let mut holder = activity(o, &fwd);
+    holder.attachments.push(serversync_model::crm::Attachment {
+        id: serversync_model::AttachmentId::new(),
+        file_name: "fwd.eml".into(),
+        content_type: "message/rfc822".into(),
+        size: forwarded.len() as u64,
+        sha256: sha256_hex(forwarded),
+        dropped_reason: None,
+    });
+    // Its raw copy was never kept.
+    let mut dropped = item(o, mb, "dropped", not_kept, None);
+    dropped.raw_kept = false;
+    let act_d = activity(o, &dropped);
+    dropped.trace.push(format!(
+        "tracked as activity {} (user x: all email)",
+        act_d.id
+    ));
+    // Not tracked.
+    let mut filtered = item(o, mb, "filtered", b"Subject: f\r\n\r\nf", None);
+    filtered
+        .trace
+        .push("not tracked: the filter said no (user x)".into());
+
+    for (it, raw) in [
+        (&tracked, Some(raw_only)),
+        (&fwd, Some(forwarded)),
+        (&dropped, None),
+        (&filtered, Some(b"Subject: f\r\n\r\nf".as_slice())),
+    ] {
+        let doc = serde_json::to_string(it).unwrap();
+        sql(&url, &format!(
+            "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256, tracked_at) \
+             VALUES ({}, {}, {}, 1, {old}, {old}, {}, {}, {}, 'stored', {}, {old})",
+            quoted(&it.id.to_string()), quoted(&o.to_string()), quoted(&doc), quoted(&mb.to_string()),
+            quoted(&it.source_key), quoted(it.message_id.as_deref().unwrap()), quoted(&it.raw_sha256),
+        )).await;
+        if let Some(raw) = raw {
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            let data = match backend {
+                Backend::Sqlite => format!("X'{hex}'"),
+                Backend::Postgres => format!("'\\x{hex}'::bytea"),
+            };
+            sql(&url, &format!(
+                "INSERT INTO blobs (sha256, size, data, created_at) VALUES ({}, {}, {data}, {old})",
+                quoted(&it.raw_sha256), raw.len()
+            )).await;
+        }
+    }
+    for a in [&act, &fwd_act, &holder, &act_d] {
+        sql(&url, &format!(
+            "INSERT INTO activities (id, org_id, doc, version, created_at, updated_at, kind, status, owner_id) \
+             VALUES ({}, {}, {}, 1, {old}, {old}, 'email', 'received', {})",
+            quoted(&a.id.to_string()), quoted(&o.to_string()),
+            quoted(&serde_json::to_string(a).unwrap()), quoted(&a.owner_id.to_string()),
+        )).await;
+    }
+    let session = ApiToken {
+        id: TokenId::new(),
+        org_id: o,
+        user_id: UserId::new(),
+        name: WEB_SESSION.into(),
+        token_hash: "0".repeat(64),
+        prefix: "x".into(),
+        created_at: days_ago(3),
+        expires_at: Some(days_ago(2)),
+        revoked: false,
+    };
+    sql(&url, &format!(
+        "INSERT INTO api_tokens (id, org_id, doc, version, created_at, updated_at, user_id, token_hash) \
+         VALUES ({}, {}, {}, 1, {old}, {old}, {}, {})",
+        quoted(&session.id.to_string()), quoted(&o.to_string()),
+        quoted(&serde_json::to_string(&session).unwrap()), quoted(&session.user_id.to_string()),
+        quoted(&session.token_hash),
+    )).await;
+
+    let store = Store::open(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
+    let note = "raw message removed: test";
+    assert_eq!(
+        store
+            .prune_raw_copies(days_ago(90), 100, note)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(!doc(&store, tracked.id).await.raw_kept);
+    assert_eq!(store.get_blob(&tracked.raw_sha256).await.unwrap(), None);
+    assert!(!doc(&store, fwd.id).await.raw_kept);
+    assert_eq!(
+        store.get_blob(&fwd.raw_sha256).await.unwrap().as_deref(),
+        Some(forwarded),
+        "an attachment of an activity stays"
+    );
+    assert_eq!(
+        doc(&store, dropped.id).await.trace,
+        dropped.trace,
+        "had no raw copy"
+    );
+    assert!(doc(&store, filtered.id).await.raw_kept, "not tracked: kept");
+    assert!(
+        store
+            .get_blob(&filtered.raw_sha256)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.prune_sessions(days_ago(1), 100).await.unwrap(), 1);
+}

@@ -20,15 +20,15 @@ CREATE INDEX mail_items_raw ON mail_items(raw_sha256) WHERE raw_kept;
 -- blobs count as attachments unless they are only ever a raw message.
 ALTER TABLE blobs ADD COLUMN attachment BOOLEAN NOT NULL DEFAULT TRUE;
 UPDATE blobs SET attachment = FALSE
-WHERE sha256 IN (SELECT raw_sha256 FROM mail_items WHERE raw_sha256 IS NOT NULL)
-  AND sha256 NOT IN (
+WHERE sha256 IN (SELECT raw_sha256 FROM mail_items WHERE raw_sha256 IS NOT NULL);
+UPDATE blobs SET attachment = TRUE
+WHERE sha256 IN (
     SELECT a ->> 'sha256' FROM mail_items m, jsonb_array_elements(
-        CASE WHEN jsonb_typeof(m.doc::jsonb -> 'attachments') = 'array' THEN m.doc::jsonb -> 'attachments' ELSE '[]'::jsonb END) a
-    WHERE a ->> 'sha256' IS NOT NULL)
-  AND sha256 NOT IN (
+        CASE WHEN jsonb_typeof(m.doc::jsonb -> 'attachments') = 'array' THEN m.doc::jsonb -> 'attachments' ELSE '[]'::jsonb END) a);
+UPDATE blobs SET attachment = TRUE
+WHERE sha256 IN (
     SELECT a ->> 'sha256' FROM activities x, jsonb_array_elements(
-        CASE WHEN jsonb_typeof(x.doc::jsonb -> 'attachments') = 'array' THEN x.doc::jsonb -> 'attachments' ELSE '[]'::jsonb END) a
-    WHERE a ->> 'sha256' IS NOT NULL);
+        CASE WHEN jsonb_typeof(x.doc::jsonb -> 'attachments') = 'array' THEN x.doc::jsonb -> 'attachments' ELSE '[]'::jsonb END) a);
 
 -- Web sessions (API tokens named "web session"): when each expires (unix ms; NULL for other
 -- tokens), so expired ones are found by index.

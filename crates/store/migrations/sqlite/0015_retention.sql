@@ -19,13 +19,13 @@ CREATE INDEX mail_items_raw ON mail_items(raw_sha256) WHERE raw_kept;
 -- blobs count as attachments unless they are only ever a raw message.
 ALTER TABLE blobs ADD COLUMN attachment BOOLEAN NOT NULL DEFAULT TRUE;
 UPDATE blobs SET attachment = FALSE
-WHERE sha256 IN (SELECT raw_sha256 FROM mail_items WHERE raw_sha256 IS NOT NULL)
-  AND sha256 NOT IN (
-    SELECT json_extract(j.value, '$.sha256') FROM mail_items m, json_each(m.doc, '$.attachments') j
-    WHERE json_extract(j.value, '$.sha256') IS NOT NULL)
-  AND sha256 NOT IN (
-    SELECT json_extract(j.value, '$.sha256') FROM activities a, json_each(a.doc, '$.attachments') j
-    WHERE json_extract(j.value, '$.sha256') IS NOT NULL);
+WHERE sha256 IN (SELECT raw_sha256 FROM mail_items WHERE raw_sha256 IS NOT NULL);
+UPDATE blobs SET attachment = TRUE
+WHERE sha256 IN (
+    SELECT json_extract(j.value, '$.sha256') FROM mail_items m, json_each(m.doc, '$.attachments') j);
+UPDATE blobs SET attachment = TRUE
+WHERE sha256 IN (
+    SELECT json_extract(j.value, '$.sha256') FROM activities a, json_each(a.doc, '$.attachments') j);
 
 -- Web sessions (API tokens named "web session"): when each expires (unix ms; NULL for other
 -- tokens), so expired ones are found by index.
