@@ -249,11 +249,6 @@ impl<'a> ParsedMessage<'a> {
         }
     }
 
-    /// The raw message.
-    pub fn raw(&self) -> &[u8] {
-        self.raw
-    }
-
     /// The attachments at `kept` (indices from [`ParsedMessage::decide`]) as (SHA-256, content).
     fn attachments<'s>(&'s self, kept: &[usize]) -> Vec<(&'s str, &'s [u8])> {
         let Ok(p) = &self.parsed else {

@@ -144,7 +144,7 @@ impl std::fmt::Debug for MemoryBudget {
     }
 }
 
-/// What the listener did, for tests and monitoring (also exported as metrics).
+/// What the listener did (for tests; the metrics `serversync_lmtp_*` count the same).
 #[derive(Debug, Default)]
 pub struct LmtpStats {
     messages_parsed: AtomicU64,
