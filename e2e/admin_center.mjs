@@ -133,6 +133,7 @@ try {
   await step('the dashboard shows the mailbox that needs attention', async () => {
     await page.getByRole('link', { name: 'Sync dashboard' }).click();
     await page.getByRole('link', { name: BAD }).waitFor();
+    await page.locator('#database').filter({ hasText: /SQLite: \d/ }).waitFor();
     await screenshot(page, 'dashboard');
   });
   await step('email settings and the audit log', async () => {

@@ -977,3 +977,60 @@ both!(
         );
     }
 );
+
+// The database's size is the installation's, not an organization's: installation
+// administrators only (an organization's system administrator gets 403).
+both!(
+    the_database_size_is_for_installation_administrators,
+    |backend| {
+        let s = Instance::start(backend, Trust::SystemOnly).await;
+        let d = s.ok("GET", "/api/v1/installation/database", None).await;
+        let name = match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        assert_eq!(d["backend"], name, "{d}");
+        assert!(d["size_bytes"].as_u64().unwrap() > 0, "{d}");
+        assert_eq!(d["wal_bytes"].is_u64(), backend == Backend::Sqlite, "{d}");
+
+        let sysadmin = s
+        .ok(
+            "POST",
+            &format!("{ORG}/users"),
+            Some(json!({"full_name": "Sys Sam", "email": "sam@example.test", "roles": ["system_administrator"]})),
+        )
+        .await;
+        let t = s
+            .ok(
+                "POST",
+                &format!(
+                    "{ORG}/users/{}/tokens",
+                    sysadmin["user"]["id"].as_str().unwrap()
+                ),
+                Some(json!({"name": "cli"})),
+            )
+            .await;
+        let (status, p) = s
+            .call_as(
+                t["token"].as_str().unwrap(),
+                "GET",
+                "/api/v1/installation/database",
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (403, Some("installation_admin_required")),
+            "{p}"
+        );
+        let (status, _) = s
+            .call_as(
+                "ss_not-a-token",
+                "GET",
+                "/api/v1/installation/database",
+                None,
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+);

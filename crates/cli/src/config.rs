@@ -25,6 +25,7 @@ pub struct Config {
     pub webhooks: WebhooksSection,
     pub auth: AuthSection,
     pub network: NetworkSection,
+    pub retention: RetentionSection,
 }
 
 /// API tokens and signing in to the admin center.
@@ -63,6 +64,40 @@ impl Default for AuthSection {
     }
 }
 
+/// How long what may be removed is kept, in days; 0 keeps it forever.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Webhook delivery log entries.
+    pub webhook_log_days: u64,
+    /// The change feed's horizon: older changes go once every webhook endpoint of their
+    /// organization delivered them.
+    pub change_feed_days: u64,
+    /// Audit log entries.
+    pub audit_days: u64,
+    /// Raw copies of messages tracked as activities (headers, bodies, attachments stay).
+    pub raw_message_days: u64,
+    /// Web sessions, counted from their expiry.
+    pub expired_session_days: u64,
+    /// Time between two pruning passes.
+    pub interval_minutes: u64,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let d = serversync_engine::RetentionConfig::default();
+        let days = |k: Option<Duration>| k.map_or(0, |k| k.as_secs() / 86_400);
+        Self {
+            webhook_log_days: days(d.webhook_log),
+            change_feed_days: days(d.change_feed),
+            audit_days: days(d.audit),
+            raw_message_days: days(d.raw_messages),
+            expired_session_days: days(d.expired_sessions),
+            interval_minutes: d.interval.as_secs() / 60,
+        }
+    }
+}
+
 /// Where serversync may connect on behalf of organizations (email server profiles, webhooks).
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -71,6 +106,21 @@ pub struct NetworkSection {
     /// Loopback, private, link-local, shared, multicast and reserved addresses are refused
     /// unless listed here; the check is on the resolved address, right before connecting.
     pub allow_ranges: Vec<String>,
+}
+
+impl RetentionSection {
+    fn config(&self) -> serversync_engine::RetentionConfig {
+        let days = |n: u64| (n > 0).then(|| Duration::from_secs(n.saturating_mul(86_400)));
+        serversync_engine::RetentionConfig {
+            interval: Duration::from_secs(self.interval_minutes.saturating_mul(60)),
+            webhook_log: days(self.webhook_log_days),
+            change_feed: days(self.change_feed_days),
+            audit: days(self.audit_days),
+            raw_messages: days(self.raw_message_days),
+            expired_sessions: days(self.expired_session_days),
+            ..Default::default()
+        }
+    }
 }
 
 /// The Email Router's LMTP listener, for an MTA (Postfix…) delivering to serversync.
@@ -85,6 +135,12 @@ pub struct RouterSection {
     pub lmtp_max_connections: usize,
     /// An LMTP client that sends nothing for this long is disconnected.
     pub lmtp_idle_timeout_seconds: u64,
+    /// Memory for messages being parsed and stored at once, across connections, in MiB; when
+    /// it is taken, further messages are told 452 (try again later).
+    pub lmtp_memory_mb: u64,
+    /// Where messages larger than 1 MiB are written while they arrive (anonymous temporary
+    /// files); the system's temporary directory when unset.
+    pub lmtp_spool_dir: Option<PathBuf>,
 }
 
 impl Default for RouterSection {
@@ -94,6 +150,8 @@ impl Default for RouterSection {
             lmtp_max_message_mb: 150,
             lmtp_max_connections: 64,
             lmtp_idle_timeout_seconds: 300,
+            lmtp_memory_mb: 256,
+            lmtp_spool_dir: None,
         }
     }
 }
@@ -219,6 +277,7 @@ impl Default for Config {
             webhooks: WebhooksSection::default(),
             auth: AuthSection::default(),
             network: NetworkSection::default(),
+            retention: RetentionSection::default(),
         }
     }
 }
@@ -378,6 +437,9 @@ impl Config {
         if self.router.lmtp_idle_timeout_seconds == 0 {
             bail!("router.lmtp_idle_timeout_seconds must be at least 1");
         }
+        if self.router.lmtp_memory_mb == 0 || self.router.lmtp_memory_mb > 1 << 20 {
+            bail!("router.lmtp_memory_mb must be between 1 and 1048576");
+        }
         if self.engine.tick_ms == 0 {
             bail!("engine.tick_ms must be at least 1");
         }
@@ -403,6 +465,21 @@ impl Config {
             bail!("auth.sign_in_max_delay_seconds must be at least 1");
         }
         self.network_policy()?;
+        if self.retention.interval_minutes == 0 {
+            bail!("retention.interval_minutes must be at least 1");
+        }
+        let r = &self.retention;
+        for (key, days) in [
+            ("webhook_log_days", r.webhook_log_days),
+            ("change_feed_days", r.change_feed_days),
+            ("audit_days", r.audit_days),
+            ("raw_message_days", r.raw_message_days),
+            ("expired_session_days", r.expired_session_days),
+        ] {
+            if days > 36_500 {
+                bail!("retention.{key} must be at most 36500 (100 years); 0 keeps forever");
+            }
+        }
         Ok(())
     }
 
@@ -443,11 +520,18 @@ impl Config {
     }
 
     pub fn lmtp(&self) -> serversync_engine::lmtp::LmtpConfig {
+        let d = serversync_engine::lmtp::LmtpConfig::default();
         serversync_engine::lmtp::LmtpConfig {
             max_message_bytes: self.router.lmtp_max_message_mb << 20,
             max_connections: self.router.lmtp_max_connections,
             idle_timeout: Duration::from_secs(self.router.lmtp_idle_timeout_seconds),
-            ..Default::default()
+            memory: serversync_engine::lmtp::MemoryBudget::new(self.router.lmtp_memory_mb << 20),
+            spool_dir: self
+                .router
+                .lmtp_spool_dir
+                .clone()
+                .unwrap_or(d.spool_dir.clone()),
+            ..d
         }
     }
 
@@ -494,6 +578,7 @@ impl Config {
                 ..Default::default()
             },
             auth: self.auth(),
+            retention: self.retention.config(),
             ..serversync_engine::EngineConfig::new(std::sync::Arc::new(trust))
         })
     }
@@ -592,6 +677,7 @@ mod tests {
             Some("127.0.0.1:2424".parse().unwrap())
         );
         assert_eq!(c.lmtp().max_message_bytes, 10 << 20);
+        assert_eq!(c.lmtp().memory.limit(), 256 << 20);
         let c = Config::load(
             Some(&f),
             &env(&[("SERVERSYNC_LMTP_LISTEN", "127.0.0.1:2525")]),
@@ -619,6 +705,27 @@ mod tests {
     }
 
     #[test]
+    fn retention_days_with_zero_keeping_forever() {
+        let c = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let r = c.engine().unwrap().retention;
+        assert_eq!(r.webhook_log, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(r.audit, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(r.raw_messages, None, "raw copies are kept by default");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[retention]\naudit_days = 0\nraw_message_days = 90\ninterval_minutes = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap();
+        let r = c.engine().unwrap().retention;
+        assert_eq!(r.audit, None);
+        assert_eq!(r.raw_messages, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(r.interval, Duration::from_secs(300));
+    }
+
+    #[test]
     fn bad_files_give_one_line_naming_the_place() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
@@ -640,6 +747,10 @@ mod tests {
                 "auth.password_hash_concurrency must be between 1 and 64",
             ),
             ("[server]\ntrusted_proxies = [\"proxy\"]\n", "line 2"),
+            (
+                "[retention]\ninterval_minutes = 0\n",
+                "retention.interval_minutes must be at least 1",
+            ),
         ] {
             std::fs::write(&f, content).unwrap();
             let err = format!(

@@ -440,7 +440,7 @@ impl Admin {
         let (token, _) = self
             .create_token_until(
                 &c.user,
-                "web session",
+                serversync_model::auth::WEB_SESSION,
                 actor(c),
                 "create",
                 TokenKind::Session,
@@ -532,6 +532,19 @@ impl Admin {
             .into());
         }
         self.create_org_unchecked(name, display, actor(c)).await
+    }
+
+    /// How large the database is; for installation administrators only (it is shared by
+    /// every organization).
+    pub async fn database_size(&self, c: &Caller) -> Result<serversync_store::DatabaseSize> {
+        if !c.user.installation_admin {
+            return Err(Denied {
+                code: "installation_admin_required",
+                message: "the database size is shown to installation administrators only".into(),
+            }
+            .into());
+        }
+        Ok(self.store.database_size().await?)
     }
 
     pub async fn list_orgs(&self, c: &Caller) -> Result<Vec<Organization>> {

@@ -202,7 +202,7 @@ impl IntakeBatch {
             .zip(inserted)
             .map(|((item, _, _), r)| match r {
                 ItemInsert::Inserted => {
-                    metrics::counter!("serversync_items_total", "decision" => format!("{:?}", item.decision).to_lowercase()).increment(1);
+                    count_item(&item);
                     IntakeOutcome::Recorded(Box::new(item))
                 }
                 ItemInsert::Duplicate => IntakeOutcome::Duplicate,
@@ -225,123 +225,228 @@ pub fn prepare_item(
     received_at: Timestamp,
     too_large: Option<(u64, u64)>,
 ) -> (MailItem, Vec<(String, Vec<u8>)>) {
-    let raw_sha = sha256_hex(raw);
-    let mut item = MailItem {
-        id: ItemId::new(),
-        org_id: mailbox.org_id,
-        mailbox_id: mailbox.id,
-        source_key: source.key(&raw_sha),
-        source,
-        message_id: None,
-        subject: None,
-        from: None,
-        to: Vec::new(),
-        cc: Vec::new(),
-        in_reply_to: None,
-        references: Vec::new(),
-        sent_at: None,
-        received_at,
-        size: too_large.map_or(raw.len() as u64, |(size, _)| size),
-        raw_sha256: raw_sha,
-        raw_kept: true,
-        text_body: None,
-        html_body: None,
-        attachments: Vec::new(),
-        decision: ItemDecision::Stored,
-        trace: Vec::new(),
-        created_at: chrono::Utc::now(),
-    };
-    if let ItemSource::Router { via } = &item.source {
-        item.trace.push(format!(
-            "received {received_at} by the Email Router via {via}"
-        ));
-    }
-    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let message = ParsedMessage::parse(raw);
+    let (item, kept) = message.decide(mailbox, settings, profile, source, received_at, too_large);
+    (item, message.into_attachments(&kept))
+}
 
-    match mime::parse(raw) {
-        Err(why) if too_large.is_some() => {
-            let (size, limit) = too_large.unwrap_or_default();
-            item.decision = ItemDecision::Skipped;
-            item.raw_kept = false;
-            item.trace.push(format!(
-                "skipped: the message is {size} bytes, over the limit of {limit} bytes for one message (the attachment size limit plus 1 MB), and its header cannot be parsed ({why}); the message is left on the server"
-            ));
-        }
-        Err(why) => {
-            item.decision = ItemDecision::Failed;
-            item.trace.push(format!(
-                "failed: cannot be parsed ({why}); the raw message ({} bytes) is kept",
-                raw.len()
-            ));
-        }
-        Ok(p) => {
-            item.message_id = p.message_id;
-            item.subject = p.subject;
-            item.from = p.from;
-            item.to = p.to;
-            item.cc = p.cc;
-            item.in_reply_to = p.in_reply_to;
-            item.references = p.references;
-            item.sent_at = p.date;
-            item.text_body = p.text_body;
-            item.html_body = p.html_body;
-            for problem in &p.problems {
-                item.trace.push(format!("note: {problem}"));
-            }
-            let limit = u64::from(settings.max_attachment_kb) * 1024;
-            for a in p.attachments {
-                let sha = sha256_hex(&a.data);
-                let size = a.data.len() as u64;
-                let dropped_reason = (size > limit).then(|| {
-                    format!("{size} bytes is over the attachment size limit of {} KB: metadata kept, content dropped", settings.max_attachment_kb)
-                });
-                match &dropped_reason {
-                    Some(r) => item.trace.push(format!(
-                        "attachment {:?}: {r}",
-                        a.file_name.as_deref().unwrap_or("(unnamed)")
-                    )),
-                    None => blobs.push((sha.clone(), a.data)),
-                }
-                item.attachments.push(ItemAttachment {
-                    file_name: a.file_name,
-                    content_type: a.content_type,
-                    size,
-                    sha256: sha,
-                    dropped_reason,
-                });
-            }
-            if item.attachments.iter().any(|a| a.dropped_reason.is_some()) {
-                item.raw_kept = false;
-                item.trace.push("raw message not kept, as it contains attachments over the limit; headers, bodies and the other attachments are kept".into());
-            }
-            let from_date =
-                mailbox.effective_process_from(profile.and_then(|p| p.advanced.process_email_from));
-            if let Some((size, limit)) = too_large {
-                item.decision = ItemDecision::Skipped;
-                item.raw_kept = false;
-                blobs.clear();
-                item.trace.push(format!(
-                    "skipped: the message is {size} bytes, over the limit of {limit} bytes for one message (the attachment size limit plus 1 MB); only its header was read, and the message is left on the server"
-                ));
-            } else if let Some(from) = from_date.filter(|f| received_at < *f) {
-                item.decision = ItemDecision::Skipped;
-                item.raw_kept = false;
-                blobs.clear();
-                item.trace.push(format!(
-                    "skipped: received {received_at}, before the \"process email from\" date {from}"
-                ));
-            } else if mailbox.needs_approval(settings) {
-                item.decision = ItemDecision::Skipped;
-                item.trace.push(format!(
-                    "skipped: the email address {} is not approved and the organization processes email only for approved mailboxes; the raw message is kept",
-                    mailbox.email
-                ));
-            } else {
-                item.trace.push("stored".into());
-            }
+/// A message parsed once, to be recorded in one or more mailboxes: the Email Router hands one
+/// message to several recipients, and each gets its own item from the same parse
+/// ([`take_in_parsed`]).
+pub struct ParsedMessage<'a> {
+    raw: &'a [u8],
+    raw_sha256: String,
+    parsed: Result<mime::ParsedMail, String>,
+    /// SHA-256 of each attachment of `parsed`, in order.
+    attachment_sha256: Vec<String>,
+}
+
+impl<'a> ParsedMessage<'a> {
+    /// Parses `raw` (the only place intake calls the MIME parser).
+    pub fn parse(raw: &'a [u8]) -> Self {
+        let parsed = mime::parse(raw);
+        let attachment_sha256 = match &parsed {
+            Ok(p) => p.attachments.iter().map(|a| sha256_hex(&a.data)).collect(),
+            Err(_) => Vec::new(),
+        };
+        Self {
+            raw,
+            raw_sha256: sha256_hex(raw),
+            parsed,
+            attachment_sha256,
         }
     }
-    (item, blobs)
+
+    /// The attachments at `kept` (indices from [`ParsedMessage::decide`]) as (SHA-256, content).
+    fn attachments<'s>(&'s self, kept: &[usize]) -> Vec<(&'s str, &'s [u8])> {
+        let Ok(p) = &self.parsed else {
+            return Vec::new();
+        };
+        kept.iter()
+            .map(|&i| {
+                (
+                    self.attachment_sha256[i].as_str(),
+                    p.attachments[i].data.as_slice(),
+                )
+            })
+            .collect()
+    }
+
+    /// [`ParsedMessage::attachments`], moved out.
+    fn into_attachments(self, kept: &[usize]) -> Vec<(String, Vec<u8>)> {
+        let Ok(p) = self.parsed else {
+            return Vec::new();
+        };
+        let mut data: Vec<Option<Vec<u8>>> =
+            p.attachments.into_iter().map(|a| Some(a.data)).collect();
+        kept.iter()
+            .filter_map(|&i| Some((self.attachment_sha256[i].clone(), data[i].take()?)))
+            .collect()
+    }
+
+    /// Decides about the message for `mailbox`: the item to record and the indices of the
+    /// attachments whose content is kept with it.
+    pub fn decide(
+        &self,
+        mailbox: &Mailbox,
+        settings: &EmailSettings,
+        profile: Option<&EmailServerProfile>,
+        source: ItemSource,
+        received_at: Timestamp,
+        too_large: Option<(u64, u64)>,
+    ) -> (MailItem, Vec<usize>) {
+        let raw = self.raw;
+        let mut item = MailItem {
+            id: ItemId::new(),
+            org_id: mailbox.org_id,
+            mailbox_id: mailbox.id,
+            source_key: source.key(&self.raw_sha256),
+            source,
+            message_id: None,
+            subject: None,
+            from: None,
+            to: Vec::new(),
+            cc: Vec::new(),
+            in_reply_to: None,
+            references: Vec::new(),
+            sent_at: None,
+            received_at,
+            size: too_large.map_or(raw.len() as u64, |(size, _)| size),
+            raw_sha256: self.raw_sha256.clone(),
+            raw_kept: true,
+            text_body: None,
+            html_body: None,
+            attachments: Vec::new(),
+            decision: ItemDecision::Stored,
+            trace: Vec::new(),
+            created_at: chrono::Utc::now(),
+        };
+        if let ItemSource::Router { via } = &item.source {
+            item.trace.push(format!(
+                "received {received_at} by the Email Router via {via}"
+            ));
+        }
+        let mut kept: Vec<usize> = Vec::new();
+
+        match &self.parsed {
+            Err(why) if too_large.is_some() => {
+                let (size, limit) = too_large.unwrap_or_default();
+                item.decision = ItemDecision::Skipped;
+                item.raw_kept = false;
+                item.trace.push(format!(
+                    "skipped: the message is {size} bytes, over the limit of {limit} bytes for one message (the attachment size limit plus 1 MB), and its header cannot be parsed ({why}); the message is left on the server"
+                ));
+            }
+            Err(why) => {
+                item.decision = ItemDecision::Failed;
+                item.trace.push(format!(
+                    "failed: cannot be parsed ({why}); the raw message ({} bytes) is kept",
+                    raw.len()
+                ));
+            }
+            Ok(p) => {
+                item.message_id = p.message_id.clone();
+                item.subject = p.subject.clone();
+                item.from = p.from.clone();
+                item.to = p.to.clone();
+                item.cc = p.cc.clone();
+                item.in_reply_to = p.in_reply_to.clone();
+                item.references = p.references.clone();
+                item.sent_at = p.date;
+                item.text_body = p.text_body.clone();
+                item.html_body = p.html_body.clone();
+                for problem in &p.problems {
+                    item.trace.push(format!("note: {problem}"));
+                }
+                let limit = u64::from(settings.max_attachment_kb) * 1024;
+                for (i, (a, sha)) in p
+                    .attachments
+                    .iter()
+                    .zip(&self.attachment_sha256)
+                    .enumerate()
+                {
+                    let size = a.data.len() as u64;
+                    let dropped_reason = (size > limit).then(|| {
+                        format!("{size} bytes is over the attachment size limit of {} KB: metadata kept, content dropped", settings.max_attachment_kb)
+                    });
+                    match &dropped_reason {
+                        Some(r) => item.trace.push(format!(
+                            "attachment {:?}: {r}",
+                            a.file_name.as_deref().unwrap_or("(unnamed)")
+                        )),
+                        None => kept.push(i),
+                    }
+                    item.attachments.push(ItemAttachment {
+                        file_name: a.file_name.clone(),
+                        content_type: a.content_type.clone(),
+                        size,
+                        sha256: sha.clone(),
+                        dropped_reason,
+                    });
+                }
+                if item.attachments.iter().any(|a| a.dropped_reason.is_some()) {
+                    item.raw_kept = false;
+                    item.trace.push("raw message not kept, as it contains attachments over the limit; headers, bodies and the other attachments are kept".into());
+                }
+                let from_date = mailbox
+                    .effective_process_from(profile.and_then(|p| p.advanced.process_email_from));
+                if let Some((size, limit)) = too_large {
+                    item.decision = ItemDecision::Skipped;
+                    item.raw_kept = false;
+                    kept.clear();
+                    item.trace.push(format!(
+                        "skipped: the message is {size} bytes, over the limit of {limit} bytes for one message (the attachment size limit plus 1 MB); only its header was read, and the message is left on the server"
+                    ));
+                } else if let Some(from) = from_date.filter(|f| received_at < *f) {
+                    item.decision = ItemDecision::Skipped;
+                    item.raw_kept = false;
+                    kept.clear();
+                    item.trace.push(format!(
+                        "skipped: received {received_at}, before the \"process email from\" date {from}"
+                    ));
+                } else if mailbox.needs_approval(settings) {
+                    item.decision = ItemDecision::Skipped;
+                    item.trace.push(format!(
+                        "skipped: the email address {} is not approved and the organization processes email only for approved mailboxes; the raw message is kept",
+                        mailbox.email
+                    ));
+                } else {
+                    item.trace.push("stored".into());
+                }
+            }
+        }
+        (item, kept)
+    }
+}
+
+/// Decides and stores `message` for one mailbox (one transaction), from a parse shared with
+/// the message's other recipients: the attachments and the raw message are borrowed, not
+/// copied per recipient.
+pub async fn take_in_parsed(
+    store: &Store,
+    message: &ParsedMessage<'_>,
+    mailbox: &Mailbox,
+    settings: &EmailSettings,
+    profile: Option<&EmailServerProfile>,
+    source: ItemSource,
+    received_at: Timestamp,
+) -> Result<IntakeOutcome, StoreError> {
+    let (item, kept) = message.decide(mailbox, settings, profile, source, received_at, None);
+    let mut blobs = message.attachments(&kept);
+    if item.raw_kept {
+        blobs.push((item.raw_sha256.as_str(), message.raw));
+    }
+    Ok(match store.insert_item(&item, &blobs).await? {
+        ItemInsert::Inserted => {
+            count_item(&item);
+            IntakeOutcome::Recorded(Box::new(item))
+        }
+        ItemInsert::Duplicate => IntakeOutcome::Duplicate,
+    })
+}
+
+fn count_item(item: &MailItem) {
+    metrics::counter!("serversync_items_total", "decision" => format!("{:?}", item.decision).to_lowercase()).increment(1);
 }
 
 /// A mailbox that takes mail in by the Email Router, with what [`take_in`] needs for it.

@@ -19,6 +19,7 @@ pub mod lmtp;
 pub mod outgoing;
 pub mod policy;
 pub mod records;
+pub mod retention;
 pub mod sign_in;
 mod slots;
 pub mod test_enable;
@@ -32,6 +33,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{Admin, AdminError};
+pub use retention::RetentionConfig;
 pub use sign_in::{AuthConfig, ThrottleConfig};
 pub use webhooks::WebhookConfig;
 
@@ -65,6 +67,8 @@ pub struct EngineConfig {
     pub webhooks: WebhookConfig,
     /// Token lifetimes, password hashing and the sign-in throttle.
     pub auth: AuthConfig,
+    /// What the pruner removes, and when.
+    pub retention: RetentionConfig,
 }
 
 impl EngineConfig {
@@ -78,6 +82,7 @@ impl EngineConfig {
             test_concurrency: 4,
             webhooks: WebhookConfig::default(),
             auth: AuthConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -205,6 +210,10 @@ impl Engine {
         // The tracker (stored messages → activities): one pass at a time per worker; the
         // organizations are shared among workers by the `tracker:<org>` leases.
         let mut tracker: Option<tokio::task::JoinHandle<()>> = None;
+        // The pruner: a pass when the lease `pruner` is free (it is held for the interval
+        // after each pass); asked at most once a minute.
+        let mut pruner: Option<tokio::task::JoinHandle<()>> = None;
+        let mut prune_check = tokio::time::Instant::now();
         let ctx = jobs::JobContext {
             store: self.store.clone(),
             config: self.config.clone(),
@@ -281,6 +290,25 @@ impl Engine {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(items = n, "tracked stored messages"),
                         Err(e) => tracing::warn!(error = %e, "tracking stored messages failed"),
+                    }
+                }));
+            }
+            if pruner.as_ref().is_none_or(|t| t.is_finished())
+                && tokio::time::Instant::now() >= prune_check
+            {
+                prune_check = tokio::time::Instant::now()
+                    + self.config.retention.interval.min(Duration::from_secs(60));
+                let (store, worker, ttl, config, stop) = (
+                    self.store.clone(),
+                    self.worker_id.clone(),
+                    self.config.lease_ttl,
+                    self.config.retention.clone(),
+                    workers_stop.child_token(),
+                );
+                pruner = Some(tokio::spawn(async move {
+                    if let Err(e) = retention::run_once(&store, &worker, ttl, &config, &stop).await
+                    {
+                        tracing::warn!(error = %e, "pruning failed; the next pass tries again");
                     }
                 }));
             }
@@ -361,6 +389,13 @@ impl Engine {
                 .is_err()
         {
             tracing::warn!("the tracker did not stop within 10 s");
+        }
+        if let Some(t) = pruner
+            && tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the pruner did not stop within 10 s");
         }
         for (_, task) in senders {
             if tokio::time::timeout(Duration::from_secs(30), task)

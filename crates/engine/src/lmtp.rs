@@ -1,6 +1,6 @@
-//! The Email Router's LMTP listener (RFC 2033): an MTA such as Postfix delivers here, and each
-//! message goes through [`take_in`] for every accepted recipient — the same pipeline as synced
-//! mail and `serversync deliver`.
+//! The Email Router's LMTP listener (RFC 2033): an MTA such as Postfix delivers here. Each
+//! message is parsed once ([`ParsedMessage`]) and recorded for every accepted recipient by
+//! [`take_in_parsed`] — the same decisions as synced mail and `serversync deliver`.
 //!
 //! A recipient is accepted at `RCPT TO` only when it is the address of a mailbox whose incoming
 //! delivery method is the Email Router, in the organization holding the address's domain
@@ -9,17 +9,33 @@
 //! once), 451 when the store failed (the MTA keeps the message and retries; nothing is lost),
 //! 552 when the message is over the size limit. Lines and messages are bounded, idle clients
 //! are disconnected, and the number of connections is limited.
+//!
+//! **Memory.** While a message arrives, at most [`LmtpConfig::spool_threshold_bytes`] of it is
+//! held in memory per connection; beyond that it is written to an anonymous temporary file
+//! (in [`LmtpConfig::spool_dir`], gone when closed, even after a crash). To be parsed and
+//! stored a message must be in memory whole: it first reserves its size in a [`MemoryBudget`]
+//! shared by all connections. When the budget stays full for [`LmtpConfig::memory_wait`], the
+//! recipients get `452 4.3.1` (the MTA keeps the message and retries) instead of the process
+//! growing. So memory is bounded by connections × threshold while receiving, plus the budget
+//! (times the small factor of parsing and storing) while processing.
 
-use crate::intake::{IntakeOutcome, RouterLookupError, RouterTarget, find_router_mailbox, take_in};
+use crate::intake::{
+    IntakeOutcome, ParsedMessage, RouterLookupError, RouterTarget, find_router_mailbox,
+    take_in_parsed,
+};
 use serversync_model::item::ItemSource;
 use serversync_store::Store;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Longest command line accepted (RFC 5321 asks for at least 512 octets).
@@ -28,6 +44,8 @@ const MAX_COMMAND_LINE: usize = 4096;
 const MAX_ADDRESS: usize = 320;
 /// Commands refused in one session (counted from LHLO) before the connection is closed.
 const MAX_ERRORS: u32 = 25;
+/// Message data is read in pieces of at most this many bytes (a line may be longer).
+const DATA_PIECE: usize = 64 * 1024;
 
 /// Settings of the LMTP listener (the `[router]` section of the configuration).
 #[derive(Debug, Clone)]
@@ -44,6 +62,115 @@ pub struct LmtpConfig {
     pub idle_timeout: Duration,
     /// Told when a message was recorded, so the next stage (the engine's tracker) runs at once.
     pub stored: Option<Arc<tokio::sync::Notify>>,
+    /// Bytes of a message held in memory while it arrives; the rest goes to a temporary file.
+    pub spool_threshold_bytes: usize,
+    /// Directory of the temporary files (default: the system's, `TMPDIR`).
+    pub spool_dir: PathBuf,
+    /// Bytes of messages being parsed and stored at once, across all connections.
+    pub memory: Arc<MemoryBudget>,
+    /// How long a complete message waits for room in `memory` before its recipients are
+    /// told 452 (try again later).
+    pub memory_wait: Duration,
+    /// Counters of what the listener did.
+    pub stats: Arc<LmtpStats>,
+}
+
+/// Memory shared by all LMTP connections for the messages being parsed and stored: each
+/// reserves its size first (a message larger than the whole budget reserves all of it, so it
+/// is processed alone).
+pub struct MemoryBudget {
+    limit_kib: usize,
+    permits: Arc<Semaphore>,
+}
+
+/// Memory reserved in a [`MemoryBudget`]; given back when dropped.
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes` (at least 1 KiB).
+    pub fn new(bytes: u64) -> Arc<Self> {
+        let limit_kib = usize::try_from(bytes.div_ceil(1024))
+            .unwrap_or(usize::MAX)
+            .clamp(1, u32::MAX as usize);
+        Arc::new(Self {
+            limit_kib,
+            permits: Arc::new(Semaphore::new(limit_kib)),
+        })
+    }
+
+    /// The budget, in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit_kib as u64 * 1024
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> u64 {
+        (self.limit_kib - self.permits.available_permits().min(self.limit_kib)) as u64 * 1024
+    }
+
+    fn kib(&self, bytes: u64) -> u32 {
+        // Bounded by `limit_kib`, which fits in u32.
+        usize::try_from(bytes.div_ceil(1024))
+            .unwrap_or(usize::MAX)
+            .clamp(1, self.limit_kib) as u32
+    }
+
+    /// Reserves `bytes` (at most the whole budget) if there is room now.
+    pub fn try_reserve(&self, bytes: u64) -> Option<Reservation> {
+        self.permits
+            .clone()
+            .try_acquire_many_owned(self.kib(bytes))
+            .ok()
+            .map(|p| Reservation { _permit: p })
+    }
+
+    /// Reserves `bytes` (at most the whole budget), waiting at most `wait` for room.
+    pub async fn reserve(&self, bytes: u64, wait: Duration) -> Option<Reservation> {
+        let n = self.kib(bytes);
+        match tokio::time::timeout(wait, self.permits.clone().acquire_many_owned(n)).await {
+            Ok(Ok(p)) => Some(Reservation { _permit: p }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBudget")
+            .field("limit", &self.limit())
+            .field("in_use", &self.in_use())
+            .finish()
+    }
+}
+
+/// What the listener did (for tests; the metrics `serversync_lmtp_*` count the same).
+#[derive(Debug, Default)]
+pub struct LmtpStats {
+    messages_parsed: AtomicU64,
+    messages_spooled: AtomicU64,
+    deferred_for_memory: AtomicU64,
+    spooling_now: AtomicUsize,
+}
+
+impl LmtpStats {
+    /// Messages parsed: one per message received whole, however many recipients it has.
+    pub fn messages_parsed(&self) -> u64 {
+        self.messages_parsed.load(Ordering::Relaxed)
+    }
+    /// Messages that went over the spool threshold and were written to a temporary file.
+    pub fn messages_spooled(&self) -> u64 {
+        self.messages_spooled.load(Ordering::Relaxed)
+    }
+    /// Messages whose recipients were told 452 because the memory budget stayed full.
+    pub fn deferred_for_memory(&self) -> u64 {
+        self.deferred_for_memory.load(Ordering::Relaxed)
+    }
+    /// Messages arriving into a temporary file right now.
+    pub fn spooling_now(&self) -> usize {
+        self.spooling_now.load(Ordering::Relaxed)
+    }
 }
 
 impl Default for LmtpConfig {
@@ -58,6 +185,11 @@ impl Default for LmtpConfig {
             max_connections: 64,
             idle_timeout: Duration::from_secs(300),
             stored: None,
+            spool_threshold_bytes: 1 << 20,
+            spool_dir: std::env::temp_dir(),
+            memory: MemoryBudget::new(256 << 20),
+            memory_wait: Duration::from_secs(60),
+            stats: Arc::default(),
         }
     }
 }
@@ -190,6 +322,111 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// Reads up to and including the next LF into `buf`, but at most `max` bytes: `Some(true)`
+/// for a whole line (or its end), `Some(false)` when `max` bytes were read and the line goes
+/// on (the rest stays unread), `None` when the client closed the connection.
+async fn read_piece<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(None);
+        }
+        let window = &avail[..avail.len().min(max - buf.len())];
+        if let Some(i) = window.iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&window[..=i]);
+            r.consume(i + 1);
+            return Ok(Some(true));
+        }
+        let n = window.len();
+        buf.extend_from_slice(window);
+        r.consume(n);
+        if buf.len() >= max {
+            return Ok(Some(false));
+        }
+    }
+}
+
+/// A message as it arrives: in memory up to a threshold, then in an anonymous temporary file.
+struct Spool<'a> {
+    memory: Vec<u8>,
+    file: Option<tokio::fs::File>,
+    len: u64,
+    threshold: usize,
+    config: &'a LmtpConfig,
+}
+
+impl<'a> Spool<'a> {
+    fn new(config: &'a LmtpConfig) -> Self {
+        Self {
+            memory: Vec::new(),
+            file: None,
+            len: 0,
+            threshold: config.spool_threshold_bytes,
+            config,
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.file.is_none() && self.memory.len() + data.len() > self.threshold {
+            let dir = self.config.spool_dir.clone();
+            let f = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+                .await
+                .map_err(std::io::Error::other)??;
+            let mut f = tokio::fs::File::from_std(f);
+            f.write_all(&self.memory).await?;
+            self.memory = Vec::new();
+            self.file = Some(f);
+            self.config
+                .stats
+                .messages_spooled
+                .fetch_add(1, Ordering::Relaxed);
+            self.config
+                .stats
+                .spooling_now
+                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("serversync_lmtp_messages_spooled_total").increment(1);
+        }
+        match &mut self.file {
+            Some(f) => f.write_all(data).await?,
+            None => self.memory.extend_from_slice(data),
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// The whole message, read back into memory (the temporary file is closed and so gone).
+    async fn into_bytes(mut self) -> std::io::Result<Vec<u8>> {
+        let Some(mut f) = self.file.take() else {
+            return Ok(std::mem::take(&mut self.memory));
+        };
+        self.config
+            .stats
+            .spooling_now
+            .fetch_sub(1, Ordering::Relaxed);
+        f.flush().await?;
+        f.rewind().await?;
+        let mut all = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        f.read_to_end(&mut all).await?;
+        Ok(all)
+    }
+}
+
+impl Drop for Spool<'_> {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            self.config
+                .stats
+                .spooling_now
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Why a session ends early.
 enum End {
     Closed,
@@ -269,6 +506,24 @@ impl Session {
             Ok(Err(e)) => Err(End::Io(e)),
             Ok(Ok(Read::Closed)) => Err(End::Closed),
             Ok(Ok(Read::Line { truncated })) => Ok(truncated),
+        }
+    }
+
+    /// Reads one piece of message data (see [`read_piece`]): whether it ends a line.
+    async fn next_piece(&mut self, buf: &mut Vec<u8>) -> Result<bool, End> {
+        if self.reader.buffer().is_empty() {
+            self.flush().await?;
+        }
+        match tokio::time::timeout(
+            self.config.idle_timeout,
+            read_piece(&mut self.reader, buf, DATA_PIECE),
+        )
+        .await
+        {
+            Err(_) => Err(End::Idle),
+            Ok(Err(e)) => Err(End::Io(e)),
+            Ok(Ok(None)) => Err(End::Closed),
+            Ok(Ok(Some(whole))) => Ok(whole),
         }
     }
 
@@ -452,66 +707,111 @@ impl Session {
         }
     }
 
+    /// Replies `line` (with `<recipient>` after the code) once per recipient of `tx`.
+    async fn reply_each(&mut self, tx: &Transaction, code: &str, text: &str) -> Result<(), End> {
+        for r in &tx.recipients {
+            self.reply(&format!("{code} <{}>: {text}", r.address))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn data(&mut self) -> Result<(), End> {
         self.reply("354 2.0.0 send the message, end with <CRLF>.<CRLF>")
             .await?;
-        let max = usize::try_from(self.config.max_message_bytes).unwrap_or(usize::MAX);
-        let mut message = Vec::new();
+        let config = self.config.clone();
+        let max = config.max_message_bytes;
+        let mut spool = Some(Spool::new(&config));
+        let mut spool_error = None;
         let mut oversize = false;
-        let mut line = Vec::new();
+        let mut piece = Vec::new();
+        let mut line_start = true;
         loop {
-            // Room for the rest of the message, plus the terminating ".\r\n".
-            let room = if oversize {
-                3
-            } else {
-                (max - message.len()).saturating_add(3)
-            };
-            let truncated = self.next_line(&mut line, room).await?;
-            if !truncated && (line == b".\r\n" || line == b".\n") {
+            let whole = self.next_piece(&mut piece).await?;
+            let starts_line = line_start;
+            line_start = whole;
+            if starts_line && whole && (piece == b".\r\n" || piece == b".\n") {
                 break;
             }
-            if truncated || oversize {
-                oversize = true;
-                message = Vec::new();
+            let Some(s) = spool.as_mut() else {
                 continue;
-            }
-            let content = line.strip_prefix(b".").unwrap_or(&line);
-            if message.len() + content.len() > max {
+            };
+            let content = match starts_line {
+                true => piece.strip_prefix(b".").unwrap_or(&piece),
+                false => &piece[..],
+            };
+            if s.len + content.len() as u64 > max {
                 oversize = true;
-                message = Vec::new();
-            } else {
-                message.extend_from_slice(content);
+                spool = None;
+            } else if let Err(e) = s.write(content).await {
+                spool_error = Some(e);
+                spool = None;
             }
         }
         let tx = std::mem::take(&mut self.tx);
         if oversize {
             metrics::counter!("serversync_lmtp_deliveries_total", "result" => "too_large")
                 .increment(tx.recipients.len() as u64);
-            for r in &tx.recipients {
-                self.reply(&format!(
-                    "552 5.3.4 <{}>: the message is larger than the limit of {} octets",
-                    r.address, self.config.max_message_bytes
-                ))
-                .await?;
-            }
-            return Ok(());
+            let text = format!("the message is larger than the limit of {max} octets");
+            return self.reply_each(&tx, "552 5.3.4", &text).await;
         }
+        let Some(spool) = spool else {
+            let e = spool_error.map(|e| e.to_string()).unwrap_or_default();
+            tracing::warn!(peer = %self.peer, error = %e, dir = %config.spool_dir.display(), "LMTP message could not be written to a temporary file; the MTA will retry");
+            metrics::counter!("serversync_lmtp_deliveries_total", "result" => "deferred")
+                .increment(tx.recipients.len() as u64);
+            return self
+                .reply_each(
+                    &tx,
+                    "452 4.3.1",
+                    "no room to receive the message; try again later",
+                )
+                .await;
+        };
+        // Parsing and storing need the whole message in memory: reserve its size first.
+        let Some(_reserved) = config.memory.reserve(spool.len, config.memory_wait).await else {
+            tracing::warn!(peer = %self.peer, size = spool.len, budget = config.memory.limit(), "LMTP memory budget full; the MTA will retry");
+            config
+                .stats
+                .deferred_for_memory
+                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("serversync_lmtp_deliveries_total", "result" => "deferred")
+                .increment(tx.recipients.len() as u64);
+            return self
+                .reply_each(
+                    &tx,
+                    "452 4.3.1",
+                    "too many messages in progress; try again later",
+                )
+                .await;
+        };
+        let message = match spool.into_bytes().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "LMTP message could not be read back from its temporary file; the MTA will retry");
+                return self
+                    .reply_each(&tx, "451 4.3.0", "could not be stored; try again later")
+                    .await;
+            }
+        };
+        let parsed = ParsedMessage::parse(&message);
+        config.stats.messages_parsed.fetch_add(1, Ordering::Relaxed);
         let received_at = chrono::Utc::now();
         for r in &tx.recipients {
-            let outcome = take_in(
+            let outcome = take_in_parsed(
                 &self.store,
+                &parsed,
                 &r.target.mailbox,
                 &r.target.settings,
                 r.target.profile.as_ref(),
                 ItemSource::Router { via: "lmtp".into() },
-                &message,
                 received_at,
             )
             .await;
             let line = match outcome {
                 Ok(IntakeOutcome::Recorded(item)) => {
                     tracing::info!(peer = %self.peer, mailbox = %item.mailbox_id, item = %item.id, decision = ?item.decision, size = message.len(), "LMTP delivery recorded");
-                    if let Some(n) = &self.config.stored {
+                    if let Some(n) = &config.stored {
                         n.notify_one();
                     }
                     metrics::counter!("serversync_lmtp_deliveries_total", "result" => "recorded")

@@ -134,11 +134,14 @@ async fn track_items(
         }
         let mut tries = 0;
         loop {
-            let lines = match &mailbox {
+            let (lines, activity) = match &mailbox {
                 Some(m) => track_item(store, &settings, &mut dir, m, item, &mut pending).await?,
-                None => vec!["not tracked: the mailbox no longer exists".to_owned()],
+                None => (
+                    vec!["not tracked: the mailbox no longer exists".to_owned()],
+                    None,
+                ),
             };
-            pending.finished.push((item.id, lines));
+            pending.finished.push((item.id, activity, lines));
             if !one_by_one {
                 break;
             }
@@ -160,13 +163,13 @@ type Seen = (EmailActivity, Option<i64>);
 
 /// What a batch has decided and not yet committed: the activities it creates or changes and
 /// the queue items it creates — which its later items must see as if written — and the items
-/// it is done with, with their trace lines.
+/// it is done with, with the activity each was tracked as and their trace lines.
 #[derive(Default)]
 struct Pending {
     /// By id, as the batch leaves them.
     activities: BTreeMap<ActivityId, Seen>,
     queue_items: Vec<QueueItem>,
-    finished: Vec<(ItemId, Vec<String>)>,
+    finished: Vec<(ItemId, Option<ActivityId>, Vec<String>)>,
 }
 
 impl Pending {
@@ -499,7 +502,8 @@ pub fn new_activity(
     }
 }
 
-/// Decides about one stored item and makes or links its activity; returns the trace lines.
+/// Decides about one stored item and makes or links its activity; returns the trace lines
+/// and the activity it was tracked as.
 async fn track_item(
     store: &Store,
     settings: &EmailSettings,
@@ -507,9 +511,9 @@ async fn track_item(
     mailbox: &Mailbox,
     item: &MailItem,
     pending: &mut Pending,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<(Vec<String>, Option<ActivityId>), StoreError> {
     if let Some(lines) = crate::bounces::handle(store, item).await? {
-        return Ok(lines);
+        return Ok((lines, None));
     }
     let org = item.org_id;
     let mut lines = Vec::new();
@@ -545,7 +549,7 @@ async fn track_item(
     };
     if !verdict.accept {
         lines.push(format!("not tracked: {} ({who})", verdict.reason));
-        return Ok(lines);
+        return Ok((lines, None));
     }
 
     // Unresolved sender: create a contact or lead when the organization says so.
@@ -672,5 +676,5 @@ async fn track_item(
         lines.push(format!("queue item {} in queue {q}", qi.id));
         pending.queue_items.push(qi);
     }
-    Ok(lines)
+    Ok((lines, Some(activity_id)))
 }

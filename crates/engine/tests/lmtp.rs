@@ -554,3 +554,260 @@ async fn lmtp_delivers_only_to_the_organization_holding_the_domain_sqlite() {
 async fn lmtp_delivers_only_to_the_organization_holding_the_domain_postgres() {
     two_organizations(Backend::Postgres).await
 }
+
+async fn sqlite_store() -> (tempfile::TempDir, Store) {
+    let d = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", d.path().join("l.db").display());
+    let store = Store::open(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
+    (d, store)
+}
+
+/// Sends LHLO, MAIL and one RCPT per address, then DATA, and checks the replies.
+async fn open_data(c: &mut Client, to: &[&str]) {
+    assert!(c.cmd("LHLO mta.test").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<zed@elsewhere.test>")
+            .await
+            .starts_with("250")
+    );
+    for a in to {
+        let r = c.cmd(&format!("RCPT TO:<{a}>")).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(c.cmd("DATA").await.starts_with("354"));
+}
+
+/// Sizes of the files this process has open in `dir` (the spool's temporary files have no
+/// name left, but /proc still shows where they are and how large).
+fn open_files_in(dir: &std::path::Path) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir))
+            && let Ok(m) = std::fs::metadata(e.path())
+        {
+            sizes.push(m.len());
+        }
+    }
+    sizes
+}
+
+/// Many large deliveries at once: above the spool threshold each message goes to a temporary
+/// file while it arrives (the bytes are on disk, not in memory), every one is stored exactly
+/// as sent, and the files are gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lmtp_spools_large_messages_to_temporary_files() {
+    const CLIENTS: usize = 6;
+    const BODY: usize = 1 << 20;
+    let (_d, store) = sqlite_store().await;
+    let org = OrgId::new();
+    let settings = EmailSettings::new(org);
+    store.insert(&settings).await.unwrap();
+    assign(&store, org, "router.test").await;
+    let ann = router_mailbox(
+        &store,
+        org,
+        &settings,
+        "ann@router.test",
+        IncomingMethod::EmailRouter,
+    )
+    .await;
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().canonicalize().unwrap();
+    let config = LmtpConfig {
+        max_message_bytes: 8 << 20,
+        spool_threshold_bytes: 64 * 1024,
+        spool_dir: spool_dir.clone(),
+        ..LmtpConfig::default()
+    };
+    let (stats, memory) = (config.stats.clone(), config.memory.clone());
+    let (addr, stop) = start(&store, config).await;
+
+    let mut clients = Vec::new();
+    let mut messages = Vec::new();
+    for i in 0..CLIENTS {
+        let (mut c, _) = Client::connect(addr).await;
+        open_data(&mut c, &["ann@router.test"]).await;
+        let mut m = format!(
+            "Message-ID: <big-{i}@router.test>\r\nFrom: zed@elsewhere.test\r\nTo: ann@router.test\r\nSubject: big {i}\r\n\r\n"
+        )
+        .into_bytes();
+        while m.len() < BODY {
+            m.extend_from_slice(format!("{i:02} {}\r\n", "z".repeat(72)).as_bytes());
+        }
+        // All but the end: the server has the message in progress.
+        c.send(&stuff(&m)[..m.len()]).await;
+        clients.push(c);
+        messages.push(m);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let files = open_files_in(&spool_dir);
+        if files.len() == CLIENTS && files.iter().all(|&n| n >= BODY as u64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every message in progress is in a temporary file in the spool directory: {files:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats.spooling_now(), CLIENTS);
+    assert_eq!(memory.in_use(), 0, "nothing is held for processing yet");
+
+    for (c, m) in clients.iter_mut().zip(&messages) {
+        c.send(&stuff(m)[m.len()..]).await;
+    }
+    for c in &mut clients {
+        let r = c.reply().await;
+        assert!(r.starts_with("250 2.0.0 <ann@router.test>"), "{r}");
+    }
+    let got = items(&store, &ann).await;
+    assert_eq!(got.len(), CLIENTS);
+    for m in &messages {
+        let sha = serversync_vault::sha256_hex(m);
+        let it = got
+            .iter()
+            .find(|i| i.raw_sha256 == sha)
+            .expect("stored exactly as sent");
+        assert_eq!(it.decision, ItemDecision::Stored, "{:?}", it.trace);
+        assert_eq!(
+            store.get_blob(&sha).await.unwrap().as_deref(),
+            Some(m.as_slice())
+        );
+    }
+    assert_eq!(stats.messages_spooled(), CLIENTS as u64);
+    assert_eq!(stats.spooling_now(), 0);
+    assert!(
+        open_files_in(&spool_dir).is_empty(),
+        "temporary files closed"
+    );
+    assert_eq!(memory.in_use(), 0, "the memory reserved was given back");
+    stop.cancel();
+}
+
+/// While the memory budget for messages in progress is taken (by other deliveries), a further
+/// message is not read into memory: its recipients get 452 and the MTA retries later; once
+/// there is room, the same message is delivered.
+#[tokio::test]
+async fn lmtp_defers_when_the_memory_budget_is_full() {
+    let (_d, store) = sqlite_store().await;
+    let org = OrgId::new();
+    let settings = EmailSettings::new(org);
+    store.insert(&settings).await.unwrap();
+    assign(&store, org, "router.test").await;
+    let ann = router_mailbox(
+        &store,
+        org,
+        &settings,
+        "ann@router.test",
+        IncomingMethod::EmailRouter,
+    )
+    .await;
+    let config = LmtpConfig {
+        memory: serversync_engine::lmtp::MemoryBudget::new(1 << 20),
+        memory_wait: Duration::ZERO,
+        ..LmtpConfig::default()
+    };
+    let (stats, memory) = (config.stats.clone(), config.memory.clone());
+    let (addr, stop) = start(&store, config).await;
+    let others = memory.try_reserve(1 << 20).expect("the whole budget");
+    assert_eq!(memory.in_use(), memory.limit());
+
+    let message = b"Message-ID: <budget@router.test>\r\nSubject: wait\r\n\r\nhello\r\n";
+    let (mut c, _) = Client::connect(addr).await;
+    open_data(&mut c, &["ann@router.test", "ann@router.test"]).await;
+    c.send(&stuff(message)).await;
+    for _ in 0..2 {
+        let r = c.reply().await;
+        assert!(
+            r.starts_with("452 4.3.1 <ann@router.test>") && r.contains("try again later"),
+            "{r}"
+        );
+    }
+    assert!(items(&store, &ann).await.is_empty());
+    assert_eq!(stats.deferred_for_memory(), 1);
+    assert_eq!(stats.messages_parsed(), 0, "not read into memory");
+
+    drop(others);
+    c.send(b"MAIL FROM:<zed@elsewhere.test>\r\nRCPT TO:<ann@router.test>\r\nDATA\r\n")
+        .await;
+    for _ in 0..3 {
+        assert!(!c.reply().await.starts_with('4'));
+    }
+    c.send(&stuff(message)).await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert_eq!(items(&store, &ann).await.len(), 1);
+    stop.cancel();
+}
+
+/// A message for several recipients is parsed once; each recipient gets its own item with the
+/// same content.
+#[tokio::test]
+async fn lmtp_parses_a_message_once_for_all_recipients() {
+    let (_d, store) = sqlite_store().await;
+    let org = OrgId::new();
+    let settings = EmailSettings::new(org);
+    store.insert(&settings).await.unwrap();
+    assign(&store, org, "router.test").await;
+    let mut boxes = Vec::new();
+    for name in ["ann", "ben", "cal"] {
+        boxes.push(
+            router_mailbox(
+                &store,
+                org,
+                &settings,
+                &format!("{name}@router.test"),
+                IncomingMethod::EmailRouter,
+            )
+            .await,
+        );
+    }
+    let config = LmtpConfig::default();
+    let stats = config.stats.clone();
+    let (addr, stop) = start(&store, config).await;
+    let message = b"Message-ID: <once@router.test>\r\nFrom: zed@elsewhere.test\r\nTo: ann@router.test, ben@router.test, cal@router.test\r\nSubject: once\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nthe body\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=a.bin\r\nContent-Transfer-Encoding: base64\r\n\r\nAAECAwQFBgcICQ==\r\n--b--\r\n";
+    let (mut c, _) = Client::connect(addr).await;
+    open_data(
+        &mut c,
+        &["ann@router.test", "ben@router.test", "cal@router.test"],
+    )
+    .await;
+    c.send(&stuff(message)).await;
+    for _ in 0..3 {
+        let r = c.reply().await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+    }
+    assert_eq!(
+        stats.messages_parsed(),
+        1,
+        "parsed once for three recipients"
+    );
+    let mut got = Vec::new();
+    for m in &boxes {
+        let mut i = items(&store, m).await;
+        assert_eq!(i.len(), 1, "one item for {}", m.email);
+        got.push(i.remove(0));
+    }
+    let first = &got[0];
+    assert_eq!(first.attachments.len(), 1);
+    assert_eq!(first.text_body.as_deref().map(str::trim), Some("the body"));
+    for it in &got[1..] {
+        assert_ne!(it.id, first.id);
+        assert_eq!(it.raw_sha256, first.raw_sha256);
+        assert_eq!(it.subject, first.subject);
+        assert_eq!(it.message_id, first.message_id);
+        assert_eq!(it.text_body, first.text_body);
+        assert_eq!(it.attachments, first.attachments);
+    }
+    assert_eq!(
+        store
+            .get_blob(&first.attachments[0].sha256)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&[0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9][..])
+    );
+    stop.cancel();
+}

@@ -9,6 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
+/// The name of the API token behind a web session (the admin center's sign-in); expired
+/// ones are removed by the pruner.
+pub const WEB_SESSION: &str = "web session";
+
 /// A bearer token for the API, tied to a user. Only a hash of the token is stored.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -787,6 +787,14 @@ entity!(ApiToken, "api_tokens", "API token", |s| Some(s.org_id), [
     } else {
         s.expires_at.map_or(i64::MAX, |e| e.timestamp_millis())
     })),
+    // A web session's expiry, for the pruner; NULL for other tokens.
+    "session_until" => Col::Int(
+        (s.kind == serversync_model::auth::TokenKind::Session
+            || s.name == serversync_model::auth::WEB_SESSION)
+            .then_some(s.expires_at)
+            .flatten()
+            .map(|e| e.timestamp_millis())
+    ),
 ]);
 
 entity!(

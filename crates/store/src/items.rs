@@ -4,12 +4,20 @@ use crate::LeaseGuard;
 use crate::entity::{Col, Entity, EntityWrite, run_write_in};
 use crate::{Store, StoreError, dispatch, now_ms};
 use serversync_model::item::{ItemDecision, ItemSource, MailItem};
-use serversync_model::{ItemId, MailboxId, OrgId};
+use serversync_model::{ActivityId, ItemId, MailboxId, OrgId};
 use sqlx::Row;
 use std::collections::HashMap;
 
 /// An item to store and its blobs (SHA-256, content): raw message, attachments.
 pub type ItemRow<'a> = (&'a MailItem, &'a [(&'a str, &'a [u8])]);
+
+/// Stores a blob once (parameters: SHA-256, size, data, created_at, whether it is an
+/// attachment). A blob stored again as an attachment is marked so, and the existing row is
+/// locked either way (`DO UPDATE … WHERE` locks even when it changes nothing): on PostgreSQL
+/// the pruner, which locks a blob before removing it, then either sees the new reference or
+/// has removed the row first, in which case the insert writes it anew.
+pub(crate) const INSERT_BLOB: &str = "INSERT INTO blobs (sha256, size, data, created_at, attachment) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (sha256) DO UPDATE SET attachment = TRUE WHERE excluded.attachment AND NOT blobs.attachment";
 
 /// What happened to an item handed to [`Store::insert_item`].
 #[derive(Debug)]
@@ -74,8 +82,8 @@ impl Store {
             let mut tx = pool.begin().await?;
             for ((item, blobs), doc) in items.iter().zip(&docs) {
                 let n = sqlx::query(
-                    "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256) \
-                     VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
+                    "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256, raw_kept) \
+                     VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
                 )
                 .bind(item.id.to_string())
                 .bind(item.org_id.to_string())
@@ -86,16 +94,19 @@ impl Store {
                 .bind(item.message_id.as_deref())
                 .bind(serversync_model::wire_name(&item.decision))
                 .bind(&item.raw_sha256)
+                .bind(item.raw_kept)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
                 if n == 1 {
                     for (sha, data) in blobs.iter() {
-                        sqlx::query("INSERT INTO blobs (sha256, size, data, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING")
+                        // Every blob but the raw message itself is an attachment.
+                        sqlx::query(INSERT_BLOB)
                             .bind(*sha)
                             .bind(data.len() as i64)
                             .bind(*data)
                             .bind(now)
+                            .bind(*sha != item.raw_sha256)
                             .execute(&mut *tx)
                             .await?;
                     }
@@ -330,6 +341,7 @@ impl Entity for MailItem {
             ("source_key", Col::text(&self.source_key)),
             ("message_id", Col::opt_text(self.message_id.as_ref())),
             ("raw_sha256", Col::text(&self.raw_sha256)),
+            ("raw_kept", Col::Bool(self.raw_kept)),
             (
                 "decision",
                 Col::text(serversync_model::wire_name(&self.decision)),
@@ -390,14 +402,15 @@ impl Store {
 
     /// Commits a batch of the tracker's work in one transaction (one commit for the batch, not
     /// several for each item): the entity writes (activities, links, queue items, their change
-    /// rows), then each item's trace appended and the item marked tracked. All or nothing:
+    /// rows), then each item's trace appended and the item marked tracked, with the activity
+    /// it was tracked as (kept for retention: only such items' raw copies may be removed). All or nothing:
     /// nothing is written when the lease is gone (`LeaseLost`), an item was already marked
     /// (`Conflict`) or an update does not find its expected version (`VersionMismatch`).
     pub async fn commit_tracking(
         &self,
         lease: &LeaseGuard,
         writes: &[EntityWrite],
-        finished: &[(ItemId, Vec<String>)],
+        finished: &[(ItemId, Option<ActivityId>, Vec<String>)],
     ) -> Result<(), StoreError> {
         let now = now_ms();
         dispatch!(&self.db, pool => {
@@ -407,8 +420,8 @@ impl Store {
                     return Err(w.not_written());
                 }
             }
-            for (item, lines) in finished {
-                match finish_in!(tx, lease, *item, lines, now) {
+            for (item, activity, lines) in finished {
+                match finish_in!(tx, lease, *item, activity, lines, now) {
                     Finish::Done => {}
                     Finish::Already => {
                         return Err(StoreError::Conflict {
@@ -442,10 +455,10 @@ enum Finish {
     Lost,
 }
 
-/// Appends `$lines` to item `$item`'s trace and marks it tracked inside the open transaction
-/// `$tx`, fenced by `$lease`; evaluates to a [`Finish`].
+/// Appends `$lines` to item `$item`'s trace and marks it tracked (as activity `$activity`, an
+/// `Option`) inside the open transaction `$tx`, fenced by `$lease`; evaluates to a [`Finish`].
 macro_rules! finish_in {
-    ($tx:ident, $lease:expr, $item:expr, $lines:expr, $now:expr) => {{
+    ($tx:ident, $lease:expr, $item:expr, $activity:expr, $lines:expr, $now:expr) => {{
         let id = $item.to_string();
         let row = sqlx::query("SELECT doc FROM mail_items WHERE id = $1 AND tracked_at IS NULL")
             .bind(&id)
@@ -464,7 +477,7 @@ macro_rules! finish_in {
                 value.trace.extend($lines.iter().cloned());
                 let doc = serde_json::to_string(&value).map_err(corrupt)?;
                 let n = sqlx::query(
-                    "UPDATE mail_items SET doc = $1, tracked_at = $2, updated_at = $2, version = version + 1 \
+                    "UPDATE mail_items SET doc = $1, tracked_at = $2, updated_at = $2, version = version + 1, activity_id = $7 \
                      WHERE id = $3 AND tracked_at IS NULL \
                      AND EXISTS (SELECT 1 FROM leases WHERE resource = $4 AND owner = $5 AND epoch = $6 AND lease_until > $2)",
                 )
@@ -474,6 +487,7 @@ macro_rules! finish_in {
                 .bind(&$lease.resource)
                 .bind(&$lease.owner)
                 .bind($lease.epoch)
+                .bind($activity.map(|a| a.to_string()))
                 .execute(&mut *$tx)
                 .await?
                 .rows_affected();
@@ -485,16 +499,17 @@ macro_rules! finish_in {
 use finish_in;
 
 impl Store {
-    /// Stores blobs (content-addressed, so storing one twice keeps one copy).
+    /// Stores attachments (content-addressed, so storing one twice keeps one copy).
     pub async fn put_blobs(&self, blobs: &[(&str, &[u8])]) -> Result<(), StoreError> {
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             for (sha, data) in blobs {
-                sqlx::query("INSERT INTO blobs (sha256, size, data, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING")
+                sqlx::query(INSERT_BLOB)
                     .bind(*sha)
                     .bind(data.len() as i64)
                     .bind(*data)
                     .bind(now_ms())
+                    .bind(true)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -18,6 +18,7 @@ mod error;
 mod items;
 mod lease;
 mod outgoing;
+mod retention;
 mod secrets;
 mod sync_state;
 mod webhooks;
@@ -27,6 +28,7 @@ pub use entity::{Col, Entity, EntityWrite, Filter, Page, Stored};
 pub use error::StoreError;
 pub use items::{ItemInsert, ItemRow, Remap};
 pub use lease::LeaseGuard;
+pub use retention::DatabaseSize;
 pub use webhooks::{DueWebhook, NewDelivery};
 
 use serversync_vault::MasterKey;

@@ -691,7 +691,7 @@ both!(tracking_commits_all_or_nothing, |store, db, k| {
     renamed.display_name = "Contoso Ltd".into();
     // Someone changed the organization since it was read at version 1.
     store.update(&org, Some(1)).await.unwrap();
-    let done = vec![(item.id, vec!["tracked as activity x".to_owned()])];
+    let done = vec![(item.id, None, vec!["tracked as activity x".to_owned()])];
     let stale = [EntityWrite::update(&renamed, Some(1)).unwrap()];
     let err = store
         .commit_tracking(&lease, &stale, &done)
@@ -735,7 +735,7 @@ both!(tracking_commits_all_or_nothing, |store, db, k| {
     store.insert_item(&other, &[]).await.unwrap();
     store.release_lease(&lease).await.unwrap();
     let err = store
-        .commit_tracking(&lease, &again, &[(other.id, Vec::new())])
+        .commit_tracking(&lease, &again, &[(other.id, None, Vec::new())])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");

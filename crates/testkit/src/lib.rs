@@ -28,6 +28,7 @@
 pub mod accounts;
 pub mod browser;
 pub mod corpus;
+pub mod db;
 pub mod dovecot;
 pub mod env;
 pub mod fault_proxy;
@@ -40,6 +41,7 @@ pub mod util;
 
 pub use accounts::{Accounts, DOMAIN, QUEUE_MAILBOXES, TEST_PASSWORD, USERS};
 pub use browser::{E2e, E2eOutput, Step, chromium_path, e2e_dir, run_script};
+pub use db::{days_ago_ms, execute_sql};
 pub use dovecot::{Dovecot, DovecotInfo, DovecotOptions};
 pub use env::{ENV_VAR, PgDatabase, TestEnv, down, up};
 pub use fault_proxy::{Fault, FaultProxy};

@@ -1,4 +1,4 @@
-//! Alerts, jobs and the audit log.
+//! Alerts, jobs, the audit log, and the installation's database size.
 
 use super::{ListPage, org, page};
 use crate::AppState;
@@ -7,12 +7,12 @@ use crate::extract::{P, Paging, Q, id};
 use crate::problem::{ApiResult, Problem};
 use axum::Json;
 use axum::extract::State;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serversync_model::MailboxId;
 use serversync_model::alert::Alert;
 use serversync_model::audit::AuditEntry;
 use serversync_model::job::Job;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -122,5 +122,36 @@ pub async fn audit(
         s.admin
             .audit(&c, org.id, q.after.unwrap_or(0), limit)
             .await?
+    }))
+}
+
+/// How large the database is (shared by every organization of the installation).
+#[derive(Serialize, ToSchema)]
+pub struct DatabaseSize {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Everything the database takes on disk: SQLite's file (page count × page size) plus its
+    /// write-ahead log; PostgreSQL's `pg_database_size`.
+    pub size_bytes: u64,
+    /// SQLite: the write-ahead log, included in `size_bytes`.
+    pub wal_bytes: Option<u64>,
+    /// SQLite: free pages inside the file, reused before it grows (`VACUUM` returns them).
+    pub free_bytes: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/installation/database", tag = "installation", responses((status = 200, body = DatabaseSize), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn database_size(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+) -> ApiResult<Json<DatabaseSize>> {
+    let d = s.admin.database_size(&c).await?;
+    Ok(Json(DatabaseSize {
+        backend: match d.backend {
+            serversync_store::Backend::Sqlite => "sqlite",
+            serversync_store::Backend::Postgres => "postgres",
+        },
+        size_bytes: d.bytes,
+        wal_bytes: d.wal_bytes,
+        free_bytes: d.free_bytes,
     }))
 }

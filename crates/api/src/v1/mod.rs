@@ -109,6 +109,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::list_jobs))
         .routes(routes!(admin::get_job))
         .routes(routes!(admin::audit))
+        .routes(routes!(admin::database_size))
         .routes(routes!(records::list_accounts, records::create_account))
         .routes(routes!(records::list_contacts, records::create_contact))
         .routes(routes!(records::list_leads, records::create_lead))

@@ -1,5 +1,6 @@
 //! The sync monitoring dashboard: mailboxes by status, items processed and failed per hour,
-//! arrival latency, per-profile health, and the mailboxes that need attention first.
+//! arrival latency, per-profile health, and the mailboxes that need attention first; for
+//! installation administrators also the size of the database.
 
 use super::mailboxes::is_active;
 use super::{Page, error, render, when};
@@ -39,6 +40,24 @@ struct DashboardPage {
     profiles: Vec<ProfileHealth>,
     attention: Vec<Attention>,
     totals: (usize, usize, usize),
+    /// Installation administrators: the database (engine, size, and what the size holds).
+    database: Option<(String, String, String)>,
+}
+
+/// Bytes for people: "812 KiB", "3.4 GiB".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} bytes"),
+        _ if v < 10.0 => format!("{v:.1} {}", UNITS[unit]),
+        _ => format!("{v:.0} {}", UNITS[unit]),
+    }
 }
 
 /// Percentile of sorted values (nearest rank).
@@ -222,6 +241,27 @@ pub async fn page(State(web): State<Web>, s: Session) -> Response {
             .filter(|i| i.decision == ItemDecision::Failed)
             .count(),
     );
+    let database = match s.caller.user.installation_admin {
+        false => None,
+        true => match web.admin.database_size(&s.caller).await {
+            Ok(d) => {
+                let engine = match d.backend {
+                    serversync_store::Backend::Sqlite => "SQLite",
+                    serversync_store::Backend::Postgres => "PostgreSQL",
+                };
+                let detail = match (d.wal_bytes, d.free_bytes) {
+                    (Some(wal), Some(free)) => format!(
+                        "The file and its write-ahead log ({}); {} of the file is free pages, reused before it grows.",
+                        bytes(wal),
+                        bytes(free)
+                    ),
+                    _ => "pg_database_size of this database.".to_owned(),
+                };
+                Some((engine.to_owned(), bytes(d.bytes), detail))
+            }
+            Err(e) => return error(&s, e),
+        },
+    };
     render(&DashboardPage {
         page: Page::new(&s, "Sync dashboard", "dashboard"),
         status_chart,
@@ -230,5 +270,6 @@ pub async fn page(State(web): State<Web>, s: Session) -> Response {
         profiles,
         attention,
         totals,
+        database,
     })
 }

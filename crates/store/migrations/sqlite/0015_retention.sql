@@ -1,0 +1,40 @@
+-- Retention (issue #14, item 10): what the pruner removes it finds by index, in small batches.
+
+-- Raw copies of tracked messages. `raw_kept`: the item still keeps its raw message (from the
+-- item's document; TRUE when unsure, so nothing is removed by mistake). `activity_id`: the
+-- activity the tracker made or linked for the item (NULL: not tracked as an activity), taken
+-- for existing items from their trace ("tracked as activity <id> (…)").
+ALTER TABLE mail_items ADD COLUMN raw_kept BOOLEAN NOT NULL DEFAULT TRUE;
+ALTER TABLE mail_items ADD COLUMN activity_id TEXT;
+UPDATE mail_items SET raw_kept = FALSE WHERE json_extract(doc, '$.raw_kept') = 0;
+UPDATE mail_items SET activity_id = (
+    SELECT substr(j.value, 21, 36) FROM json_each(mail_items.doc, '$.trace') j
+    WHERE j.value LIKE 'tracked as activity %' LIMIT 1)
+WHERE tracked_at IS NOT NULL;
+CREATE INDEX mail_items_raw_expiry ON mail_items(created_at) WHERE raw_kept AND activity_id IS NOT NULL;
+CREATE INDEX mail_items_raw ON mail_items(raw_sha256) WHERE raw_kept;
+
+-- A blob is removed with the last raw copy that needs it, never while it is also an
+-- attachment (of an item or an activity, sent or received): `attachment` says so. Existing
+-- blobs count as attachments unless they are only ever a raw message.
+ALTER TABLE blobs ADD COLUMN attachment BOOLEAN NOT NULL DEFAULT TRUE;
+UPDATE blobs SET attachment = FALSE
+WHERE sha256 IN (SELECT raw_sha256 FROM mail_items WHERE raw_sha256 IS NOT NULL);
+UPDATE blobs SET attachment = TRUE
+WHERE sha256 IN (
+    SELECT json_extract(j.value, '$.sha256') FROM mail_items m, json_each(m.doc, '$.attachments') j);
+UPDATE blobs SET attachment = TRUE
+WHERE sha256 IN (
+    SELECT json_extract(j.value, '$.sha256') FROM activities a, json_each(a.doc, '$.attachments') j);
+
+-- Web sessions (API tokens named "web session"): when each expires (unix ms; NULL for other
+-- tokens), so expired ones are found by index.
+ALTER TABLE api_tokens ADD COLUMN session_until BIGINT;
+UPDATE api_tokens SET session_until =
+    CAST((julianday(json_extract(doc, '$.expires_at')) - 2440587.5) * 86400000 AS INTEGER)
+WHERE json_extract(doc, '$.name') = 'web session' AND json_extract(doc, '$.expires_at') IS NOT NULL;
+CREATE INDEX api_tokens_session ON api_tokens(session_until) WHERE session_until IS NOT NULL;
+
+-- The oldest entries first, without reading the others.
+CREATE INDEX audit_log_at ON audit_log(at);
+CREATE INDEX webhook_deliveries_at ON webhook_deliveries(at);
