@@ -203,6 +203,15 @@ pub async fn bulk(
                 v["id"].as_str().unwrap_or_default()
             ),
         ),
+        // Applying the defaults also tests and enables the mailboxes (as the reference does).
+        Ok(v) if v["job"]["id"].is_string() => done(
+            "/mailboxes",
+            &format!(
+                "{what} ({} mailbox(es)); job {} tests and enables them.",
+                ids.len(),
+                v["job"]["id"].as_str().unwrap_or_default()
+            ),
+        ),
         Ok(_) => done(
             "/mailboxes",
             &format!("{what} ({} mailbox(es)).", ids.len()),
