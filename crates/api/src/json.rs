@@ -13,13 +13,18 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use serversync_model::{Secret, ValidationErrors};
 
-/// Largest request body accepted.
+/// Largest request body accepted, unless a route says otherwise ([`Body`]'s `LIMIT`).
 pub const MAX_BODY: usize = 1 << 20;
 
-/// A JSON request body, parsed but not yet typed.
-pub struct Body(pub Value);
+/// Largest body of a composed email: its attachments in base64 (4 bytes for every 3) at their
+/// limit, plus 2 MiB for the text, the HTML and the rest of the JSON.
+pub const COMPOSE_BODY: usize =
+    serversync_engine::compose::MAX_ATTACHMENTS_BYTES.div_ceil(3) * 4 + (2 << 20);
 
-impl<S: Send + Sync> FromRequest<S> for Body {
+/// A JSON request body of at most `LIMIT` bytes, parsed but not yet typed.
+pub struct Body<const LIMIT: usize = MAX_BODY>(pub Value);
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for Body<LIMIT> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
@@ -35,14 +40,23 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
             .await
-            .map_err(|_| {
-                Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the body must be at most {MAX_BODY} bytes"),
-                )
+            .map_err(|e| {
+                if e.into_inner().is::<http_body_util::LengthLimitError>() {
+                    Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("the body must be at most {LIMIT} bytes"),
+                    )
+                } else {
+                    // The server's body timeout, or the client went away.
+                    Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_incomplete",
+                        "the request body stopped arriving before it was complete: send it again",
+                    )
+                }
             })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             Problem::bad_request(
@@ -66,7 +80,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
-impl Body {
+impl<const LIMIT: usize> Body<LIMIT> {
     /// Deserializes into `T`, naming the failing field.
     pub fn parse<T: DeserializeOwned>(self) -> Result<T, Problem> {
         parse(self.0)

@@ -1034,3 +1034,141 @@ both!(
         assert_eq!(status, 401);
     }
 );
+
+// A rejection made while test and enable is talking to the mail server stays: the test's
+// outcome, computed for the approved mailbox, must not be written over it (the test runs
+// again on what the mailbox is now). The IMAP connection goes through a proxy that holds
+// every chunk, so the rejection surely lands while the probe runs.
+both!(
+    a_rejection_during_test_and_enable_is_not_undone,
+    |backend| {
+        use serversync_testkit::{Fault, FaultProxy};
+        let s = Instance::start(backend, Trust::TestCa).await;
+        let env = TestEnv::from_env();
+        let proxy = FaultProxy::start(([127, 0, 0, 1], env.imaps_port()).into())
+            .await
+            .unwrap();
+        let mut profile = imap_profile("Through the proxy");
+        profile["incoming"]["port"] = json!(proxy.port());
+        let p = s
+            .ok("POST", &format!("{ORG}/profiles"), Some(profile))
+            .await;
+        s.ok(
+            "POST",
+            &format!("{ORG}/profiles/{}/default", p["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        let created = s.user("Carol", "carol@example.test", &env.password).await;
+        let mid = created["mailbox"]["id"].as_str().unwrap().to_owned();
+        let ids = json!({ "mailbox_ids": [mid] });
+        s.ok(
+            "POST",
+            &format!("{ORG}/mailboxes/approve"),
+            Some(ids.clone()),
+        )
+        .await;
+        proxy.set(Fault::Delay(std::time::Duration::from_millis(300)));
+        let (status, job) = s
+            .call(
+                "POST",
+                &format!("{ORG}/mailboxes/test-enable"),
+                Some(ids.clone()),
+            )
+            .await;
+        assert_eq!(status, 202, "{job}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while proxy.stats().accepted == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the probe connects within 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let (status, v) = s
+            .call("POST", &format!("{ORG}/mailboxes/reject"), Some(ids))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        proxy.set(Fault::Pass);
+        let job = s.wait_job(job["id"].as_str().unwrap()).await;
+        let m = s.ok("GET", &format!("{ORG}/mailboxes/{mid}"), None).await;
+        assert_eq!(m["approval"], "rejected", "the rejection stays: {m}\n{job}");
+        assert_eq!(m["incoming"]["enabled"], false, "{m}");
+        assert_eq!(m["outgoing"]["enabled"], false, "{m}");
+        assert_eq!(job["results"][0]["ok"], false, "{job}");
+    }
+);
+
+// Approving and rejecting while the engine writes the same mailbox (test and enable, over and
+// over) always succeeds — never a 409 or a 500 — and the last decision is what stays.
+both!(
+    approval_while_the_engine_writes_the_mailbox_always_succeeds,
+    |backend| {
+        let s = Instance::start(backend, Trust::SystemOnly).await;
+        // Nothing listens here: each test fails at once at the TCP step.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut profile = imap_profile("Closed port");
+        profile["incoming"] = json!({"location": "127.0.0.1", "port": closed, "tls": "implicit"});
+        profile["outgoing"] = json!({"location": "127.0.0.1", "port": closed, "tls": "implicit"});
+        let p = s
+            .ok("POST", &format!("{ORG}/profiles"), Some(profile))
+            .await;
+        s.ok(
+            "POST",
+            &format!("{ORG}/profiles/{}/default", p["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        let created = s.user("Carol", "carol@example.test", "pw").await;
+        let mid = created["mailbox"]["id"].as_str().unwrap().to_owned();
+        let id: serversync_model::MailboxId = mid.parse().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (s.store.clone(), stop.clone());
+            let config = serversync_engine::EngineConfig {
+                network: std::sync::Arc::new(
+                    serversync_connectors::NetworkPolicy::loopback_allowed(),
+                ),
+                ..serversync_engine::EngineConfig::new(std::sync::Arc::new(
+                    serversync_connectors::TlsTrust::system_only().unwrap(),
+                ))
+            };
+            tokio::spawn(async move {
+                let mut runs = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && runs < 5_000 {
+                    serversync_engine::test_enable::test_and_enable(&store, &config, id)
+                        .await
+                        .unwrap();
+                    runs += 1;
+                }
+                runs
+            })
+        };
+        let mut last = "";
+        for i in 0..60 {
+            let action = if i % 2 == 0 { "approve" } else { "reject" };
+            let (status, v) = s
+                .call(
+                    "POST",
+                    &format!("{ORG}/mailboxes/{action}"),
+                    Some(json!({ "mailbox_ids": [mid] })),
+                )
+                .await;
+            assert_eq!(status, 200, "{action} #{i}: {v}");
+            last = if action == "approve" {
+                "approved"
+            } else {
+                "rejected"
+            };
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = writer.await.unwrap();
+        assert!(runs > 0);
+        let m = s.ok("GET", &format!("{ORG}/mailboxes/{mid}"), None).await;
+        assert_eq!(m["approval"], last, "the last decision stays: {m}");
+    }
+);

@@ -543,3 +543,108 @@ both!(email_router_claims_and_reports, |backend| {
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["send_error"], "550 5.1.1 no such user");
 });
+
+// Compose takes attachments of the size it promises (25 MB together, in base64 JSON) and
+// keeps them byte for byte; one byte more is a 422 naming the attachments, a body beyond any
+// such email a 413; other routes keep the 1 MiB limit.
+both!(compose_takes_attachments_up_to_their_limit, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    default_profile(&s).await;
+    let bea = s.user("Bea", "bea@example.test", "pw").await;
+    let from = mailbox_id(&bea);
+    let bt = token_for(&s, &bea).await;
+    let limit = serversync_engine::compose::MAX_ATTACHMENTS_BYTES;
+    // Letters that do not repeat in short cycles (a counter through a multiplicative hash).
+    let bytes = |n: usize, seed: u32| -> Vec<u8> {
+        (0..n as u32)
+            .map(|i| b'a' + ((i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) % 26) as u8)
+            .collect()
+    };
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let big = bytes(limit - (5 << 20), 1);
+    let small = bytes(5 << 20, 2);
+    let email = |small: &[u8]| {
+        json!({
+            "from_mailbox": from,
+            "to": ["a@example.org"],
+            "subject": "Large files",
+            "text_body": "Both attached.",
+            "attachments": [
+                {"file_name": "big.bin", "content_type": "application/octet-stream", "content_base64": b64(&big)},
+                {"file_name": "small.bin", "content_type": "application/octet-stream", "content_base64": b64(small)},
+            ],
+            "draft": true,
+        })
+    };
+    let (status, d) = s
+        .call_as(
+            &bt,
+            "POST",
+            &format!("{ORG}/activities"),
+            Some(email(&small)),
+        )
+        .await;
+    assert_eq!(
+        status,
+        201,
+        "{}",
+        d.to_string().chars().take(500).collect::<String>()
+    );
+    let id = d["id"].as_str().unwrap();
+    for (i, want) in [&big, &small].into_iter().enumerate() {
+        let sha = d["attachments"][i]["sha256"].as_str().unwrap();
+        assert_eq!(sha, serversync_vault::sha256_hex(want));
+        let (status, _, body) = s
+            .raw(
+                &bt,
+                "GET",
+                &format!("{ORG}/activities/{id}/attachments/{sha}"),
+                None,
+                "",
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            body.len() == want.len() && body.as_bytes() == &want[..],
+            "attachment {i} kept as sent"
+        );
+    }
+
+    let (status, v) = s
+        .call_as(
+            &bt,
+            "POST",
+            &format!("{ORG}/activities"),
+            Some(email(&bytes((5 << 20) + 1, 2))),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["errors"][0]["field"], "attachments", "{v}");
+
+    let (status, _, body) = s
+        .raw(
+            &bt,
+            "POST",
+            &format!("{ORG}/activities"),
+            Some(" ".repeat(40 << 20)),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("body_too_large"), "{body}");
+    let (status, _, body) = s
+        .raw(
+            &s.token,
+            "POST",
+            &format!("{ORG}/contacts"),
+            Some(json!({"name": "x".repeat(2 << 20)}).to_string()),
+            "application/json",
+        )
+        .await;
+    assert_eq!(
+        status,
+        413,
+        "other routes keep 1 MiB: {}",
+        &body[..body.len().min(300)]
+    );
+});

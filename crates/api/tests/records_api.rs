@@ -406,3 +406,72 @@ both!(
 fn uuid_zero() -> &'static str {
     "00000000-0000-0000-0000-000000000000"
 }
+
+// An attachment is hostile content from outside: an HTML file the sender marked inline, with a
+// quote in its name, downloads as a file — `Content-Disposition: attachment`, never sniffed as
+// another type (`nosniff`), and sandboxed with no script should a browser show it anyway.
+both!(a_hostile_attachment_downloads_as_a_file, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let alice = s.user("Alice", "alice@example.test", "pw").await;
+    let mb = tracking_mailbox(&s, &alice).await;
+    let settings = s
+        .store
+        .fetch::<EmailSettings>(&mb.org_id.to_string())
+        .await
+        .unwrap()
+        .value;
+    let html = "<html><body><script>fetch('/api/v1/orgs')</script></body></html>";
+    let raw = format!(
+        "From: Mallory <mallory@attacker.test>\r\nTo: alice@example.test\r\nSubject: Invoice\r\n\
+Message-ID: <evil@attacker.test>\r\nDate: Mon, 3 Mar 2025 09:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nSee the invoice.\r\n\
+--b\r\nContent-Type: text/html; name=\"inv\\\"oice.html\"\r\nContent-Disposition: inline; filename=\"inv\\\"oice.html\"\r\n\r\n\
+{html}\r\n--b--\r\n"
+    );
+    take_in(
+        &s.store,
+        &mb,
+        &settings,
+        None,
+        ItemSource::Router { via: "test".into() },
+        raw.as_bytes(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let a = loop {
+        let page = s.ok("GET", &format!("{ORG}/activities"), None).await;
+        if let Some(a) = page["items"].as_array().unwrap().first() {
+            break a.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "activities: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sha = a["attachments"][0]["sha256"].as_str().unwrap();
+    let (status, headers, bytes) = get_raw(
+        &s,
+        &format!(
+            "{ORG}/activities/{}/attachments/{sha}",
+            a["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("<script>"),
+        "the bytes as sent"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff", "{headers:?}");
+    let disposition = headers["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.starts_with("attachment; filename=\"inv_oice.html\""),
+        "{disposition}"
+    );
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("sandbox"),
+        "{csp}"
+    );
+});

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use serversync_model::Secret;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -198,6 +199,17 @@ pub struct ServerConfig {
     /// the last address of `X-Forwarded-For` that is not one of them (sign-in throttling
     /// counts per client).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// A client must send a request's whole header within this time; an idle connection is
+    /// closed after it too.
+    pub header_timeout_seconds: u64,
+    /// A request body that sends nothing for this long is cut off (408).
+    pub body_timeout_seconds: u64,
+    /// A request must be received and its answer begun within this time (408).
+    pub request_timeout_seconds: u64,
+    /// HTTP connections served at once; more wait (in the listen queue) until one closes.
+    pub max_connections: usize,
+    /// When set, `/metrics` answers only `Authorization: Bearer <this token>`.
+    pub metrics_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -287,6 +299,11 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             trusted_proxies: Vec::new(),
+            header_timeout_seconds: 30,
+            body_timeout_seconds: 30,
+            request_timeout_seconds: 300,
+            max_connections: 1024,
+            metrics_token: None,
         }
     }
 }
@@ -347,6 +364,9 @@ impl Config {
         }
         if let Some(v) = set("SERVERSYNC_LISTEN") {
             cfg.server.listen = v;
+        }
+        if let Some(v) = set("SERVERSYNC_METRICS_TOKEN") {
+            cfg.server.metrics_token = Some(Secret::new(v));
         }
         if let Some(v) = set("SERVERSYNC_LMTP_LISTEN") {
             cfg.router.lmtp_listen = Some(v);
@@ -427,6 +447,31 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         self.listen_addr()?;
+        for (name, v) in [
+            ("header_timeout_seconds", self.server.header_timeout_seconds),
+            ("body_timeout_seconds", self.server.body_timeout_seconds),
+            (
+                "request_timeout_seconds",
+                self.server.request_timeout_seconds,
+            ),
+        ] {
+            if v == 0 {
+                bail!("server.{name} must be at least 1");
+            }
+        }
+        if self.server.max_connections == 0 || self.server.max_connections > 100_000 {
+            bail!("server.max_connections must be between 1 and 100000");
+        }
+        if self
+            .server
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().len() < 16)
+        {
+            bail!(
+                "server.metrics_token must be at least 16 characters (or unset to leave /metrics open)"
+            );
+        }
         self.lmtp_addr()?;
         if self.router.lmtp_max_message_mb == 0 || self.router.lmtp_max_message_mb > 4096 {
             bail!("router.lmtp_max_message_mb must be between 1 and 4096");
@@ -652,6 +697,62 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn http_limits_and_the_metrics_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[server]\nheader_timeout_seconds = 5\nbody_timeout_seconds = 6\nrequest_timeout_seconds = 7\nmax_connections = 8\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            &env(&[("SERVERSYNC_METRICS_TOKEN", "0123456789abcdef")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let s = &c.server;
+        assert_eq!(
+            (
+                s.header_timeout_seconds,
+                s.body_timeout_seconds,
+                s.request_timeout_seconds,
+                s.max_connections
+            ),
+            (5, 6, 7, 8)
+        );
+        assert_eq!(
+            s.metrics_token.as_ref().unwrap().expose(),
+            "0123456789abcdef"
+        );
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "redacted in Debug"
+        );
+        for (content, expect) in [
+            (
+                "[server]\nheader_timeout_seconds = 0\n",
+                "server.header_timeout_seconds must be at least 1",
+            ),
+            (
+                "[server]\nmax_connections = 0\n",
+                "server.max_connections must be between",
+            ),
+            (
+                "[server]\nmetrics_token = \"short\"\n",
+                "server.metrics_token must be at least 16",
+            ),
+        ] {
+            std::fs::write(&f, content).unwrap();
+            let err = format!(
+                "{:#}",
+                Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap_err()
+            );
+            assert!(err.contains(expect), "{content:?}: {err}");
+        }
     }
 
     #[test]

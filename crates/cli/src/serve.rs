@@ -124,6 +124,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         store: store.clone(),
         metrics,
         admin: admin.clone(),
+        metrics_token: cfg.server.metrics_token.clone(),
     });
     // The admin center at `/`, next to the API (which it calls in-process for writes).
     let app = serversync_web::router_behind(admin, api.clone(), cfg.server.trusted_proxies.clone())
@@ -131,14 +132,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let local = listener.local_addr()?;
     tracing::info!("listening on http://{local}");
     let signal = shutdown_signal();
-    // The peer address reaches the handlers (sign-in throttling per client).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            signal.await;
-            tracing::info!("shutdown requested; finishing requests");
-        })
-        .await;
+    let served = serve_http(listener, app, HttpLimits::of(&cfg), async move {
+        signal.await;
+        tracing::info!("shutdown requested; finishing requests");
+    })
+    .await;
 
     shutdown.cancel();
     if let Some(task) = lmtp_task {
@@ -182,6 +180,111 @@ fn write_private_file(path: &std::path::Path, content: &str) -> std::io::Result<
     let mut f = opts.open(path)?;
     f.write_all(content.as_bytes())?;
     f.sync_all()
+}
+
+/// The HTTP server's limits against slow and numerous clients (`[server]` in the
+/// configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// For a request's whole header, and for an idle connection's next request.
+    pub header_timeout: Duration,
+    /// For each piece of a request body.
+    pub body_timeout: Duration,
+    /// For receiving a whole request and beginning its response.
+    pub request_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl HttpLimits {
+    pub fn of(cfg: &Config) -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(cfg.server.header_timeout_seconds),
+            body_timeout: Duration::from_secs(cfg.server.body_timeout_seconds),
+            request_timeout: Duration::from_secs(cfg.server.request_timeout_seconds),
+            max_connections: cfg.server.max_connections,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 until `shutdown`, then lets the requests in progress finish.
+///
+/// A connection is accepted only when one of `max_connections` slots is free (the others wait
+/// in the listen queue); a client that does not send its header within `header_timeout` (or
+/// stays idle that long between requests) is disconnected; a body that stalls for
+/// `body_timeout`, or a request not answered within `request_timeout`, ends with 408.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::sync::Arc;
+    use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+
+    let service = tower::ServiceBuilder::new()
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
+        .service(app);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then accept again.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // The peer address reaches the handlers as axum's `ConnectInfo` (sign-in throttling
+        // per client).
+        let service = hyper_util::service::TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .layer(tower_http::add_extension::AddExtensionLayer::new(
+                    axum::extract::ConnectInfo(peer),
+                ))
+                .service(service.clone()),
+        );
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopped.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    // Every connection holds a slot: all slots back means all connections are done.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

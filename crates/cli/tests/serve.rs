@@ -739,3 +739,190 @@ fn postfix_delivers_to_serve_over_lmtp() {
     let (status, log) = server.terminate();
     assert!(status.success(), "{log}");
 }
+
+/// `serve` with `[server]` settings from a configuration file in `dir`.
+fn serve_with(dir: &Path, server_section: &str) -> Server {
+    let cfg = dir.join("serversync.toml");
+    std::fs::write(&cfg, format!("[server]\n{server_section}\n")).unwrap();
+    let mut c = cmd(dir);
+    c.arg("--config").arg(&cfg);
+    Server::start(c)
+}
+
+/// Reads until the server closes the connection (bounded by `within`); returns what it sent.
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> String {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => String::from_utf8_lossy(&got).into_owned(),
+        // A reset is a close too.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            String::from_utf8_lossy(&got).into_owned()
+        }
+        Err(e) => panic!(
+            "the server kept the connection open for {within:?} ({e}); it sent {:?}",
+            String::from_utf8_lossy(&got)
+        ),
+    }
+}
+
+#[test]
+fn slow_clients_are_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(
+        dir.path(),
+        "header_timeout_seconds = 1\nbody_timeout_seconds = 1\nrequest_timeout_seconds = 3",
+    );
+    let post = |length: usize| {
+        format!(
+            "POST /api/v1/orgs/default/contacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+            server.bootstrap_token()
+        )
+    };
+    // Configured to 1 s: closed well within 20 s (the bound only keeps the test finite).
+    let bound = Duration::from_secs(20);
+
+    // Half a header, then nothing.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    read_until_closed(&mut s, bound);
+
+    // Nothing at all.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    read_until_closed(&mut s, bound);
+
+    // Idle after a complete request on a kept-alive connection.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = read_until_closed(&mut s, bound);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A body that stops after 10 of its 100 bytes: 408.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(format!("{}{{\"name\": ", post(100)).as_bytes())
+        .unwrap();
+    let answer = read_until_closed(&mut s, bound);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A body that trickles a byte at a time, never stopping long enough for the body timeout,
+    // is cut off by the request timeout.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(post(1000).as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    while started.elapsed() < bound {
+        if s.write_all(b" ").is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let got = s.read(&mut buf);
+        s.set_nonblocking(false).unwrap();
+        match got {
+            Ok(n) => {
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
+                cut = true;
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "a trickling body was still accepted after {bound:?}");
+
+    // The server still serves.
+    assert_eq!(server.get("/healthz").0, 200);
+}
+
+#[test]
+fn connections_beyond_the_limit_wait_for_a_free_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(
+        dir.path(),
+        "max_connections = 2\nheader_timeout_seconds = 120",
+    );
+    // Two connections that send nothing take both places.
+    let first = TcpStream::connect(&server.addr).unwrap();
+    let _second = TcpStream::connect(&server.addr).unwrap();
+    let mut third = TcpStream::connect(&server.addr).unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match third.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a third connection was served while two were open: {other:?}"),
+    }
+    // One of them closes: the waiting connection is served.
+    drop(first);
+    let answer = read_until_closed(&mut third, Duration::from_secs(20));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+fn the_data_directory_and_database_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    // The most permissive umask: every file would be world-readable without explicit modes.
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .current_dir(parent.path());
+    for v in [
+        "SERVERSYNC_CONFIG",
+        "SERVERSYNC_DATABASE_URL",
+        "DATABASE_URL",
+        "SERVERSYNC_MASTER_KEY",
+        "SERVERSYNC_LISTEN",
+        "SERVERSYNC_LMTP_LISTEN",
+        "SERVERSYNC_MASTER_KEY_FILE",
+    ] {
+        c.env_remove(v);
+    }
+    let server = Server::start(c);
+    assert_eq!(server.get("/readyz").0, 200);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for f in [
+        "serversync.db",
+        "serversync.db-wal",
+        "serversync.db-shm",
+        "master.key",
+    ] {
+        let p = data.join(f);
+        assert!(p.exists(), "{f} exists while serving");
+        assert_eq!(mode(&p), 0o600, "{f}");
+    }
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+
+    // A database left readable by an earlier version is made private at the next start.
+    std::fs::set_permissions(
+        data.join("serversync.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let server = Server::start(cmd(&data));
+    assert_eq!(mode(&data.join("serversync.db")), 0o600);
+    drop(server);
+}

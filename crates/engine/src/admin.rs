@@ -92,6 +92,11 @@ impl From<ValidationErrors> for AdminError {
 
 pub type Result<T, E = AdminError> = std::result::Result<T, E>;
 
+/// How often an operation that changes one field of a record the engine also writes (approval,
+/// "sync now") reads the record again after a concurrent write, before it gives up with a
+/// version conflict.
+pub(crate) const CONCURRENT_WRITE_TRIES: usize = 10;
+
 fn invalid(code: &str, field: &str, message: impl Into<String>) -> AdminError {
     let mut e = ValidationErrors::default();
     e.push(code, field, message);
@@ -1533,7 +1538,9 @@ impl Admin {
         Ok((out, job))
     }
 
-    /// Approves (or rejects) the email addresses of mailboxes.
+    /// Approves (or rejects) the email addresses of mailboxes. The engine may write a mailbox
+    /// meanwhile (test and enable, telemetry): the decision is applied again to the mailbox as
+    /// it is then, a few times, before the request ends in a version conflict (409).
     pub async fn set_approval(
         &self,
         c: &Caller,
@@ -1544,36 +1551,46 @@ impl Admin {
         c.require(Privilege::ApproveEmailAddresses)?;
         let mut out = Vec::new();
         for id in ids {
-            let s = self.mailbox(c, org, *id).await?;
-            let profile = match s.value.profile_id {
-                Some(p) => Some(self.profile(org, p).await?),
-                None => None,
+            let mut attempt = 0;
+            let stored = loop {
+                attempt += 1;
+                let s = self.mailbox(c, org, *id).await?;
+                let profile = match s.value.profile_id {
+                    Some(p) => Some(self.profile(org, p).await?),
+                    None => None,
+                };
+                c.require_approve(profile.as_ref())?;
+                let mut m = s.value.clone();
+                m.approval = if approve {
+                    ApprovalStatus::Approved
+                } else {
+                    ApprovalStatus::Rejected
+                };
+                if !approve {
+                    disable_all(&mut m);
+                }
+                m.updated_at = now();
+                let action = if approve { "approve" } else { "reject" };
+                match self
+                    .store
+                    .update_audited(
+                        &m,
+                        Some(s.version),
+                        Some(NewAuditEntry::change(
+                            actor(c),
+                            action,
+                            Some(&s.value),
+                            Some(&m),
+                        )),
+                    )
+                    .await
+                {
+                    Err(StoreError::VersionMismatch { .. }) if attempt < CONCURRENT_WRITE_TRIES => {
+                        continue;
+                    }
+                    r => break r?,
+                }
             };
-            c.require_approve(profile.as_ref())?;
-            let mut m = s.value.clone();
-            m.approval = if approve {
-                ApprovalStatus::Approved
-            } else {
-                ApprovalStatus::Rejected
-            };
-            if !approve {
-                disable_all(&mut m);
-            }
-            m.updated_at = now();
-            let action = if approve { "approve" } else { "reject" };
-            let stored = self
-                .store
-                .update_audited(
-                    &m,
-                    Some(s.version),
-                    Some(NewAuditEntry::change(
-                        actor(c),
-                        action,
-                        Some(&s.value),
-                        Some(&m),
-                    )),
-                )
-                .await?;
             out.push(stored);
         }
         Ok(out)
@@ -1585,7 +1602,7 @@ impl Admin {
     /// who may write mailboxes; the mailbox must be synchronized by serversync and enabled.
     pub async fn sync_now(&self, c: &Caller, org: OrgId, id: MailboxId) -> Result<Stored<Mailbox>> {
         // A worker may write the mailbox's telemetry meanwhile: reread and retry a few times.
-        for _ in 0..5 {
+        for _ in 0..CONCURRENT_WRITE_TRIES {
             let s = self.mailbox(c, org, id).await?;
             if s.value.owner_id != c.user.id {
                 c.require_mailbox_write()?;

@@ -16,46 +16,55 @@ pub(crate) async fn record_failure(
     p: &Problem,
     direction: Direction,
 ) -> Result<(), StoreError> {
-    let Some(s) = store.get::<Mailbox>(&id.to_string()).await? else {
-        return Ok(());
-    };
-    let mut m = s.value;
-    let settings = crate::org_settings(store, m.org_id).await?;
-    let failure = policy::Failure {
-        kind: p.kind,
-        step: p.step,
-        code: p.code.clone(),
-        message: p.message.clone(),
-        retry_after: None,
-    };
-    let decision = policy::record_failure(
-        &mut m,
-        direction,
-        &failure,
-        &settings.retry,
-        chrono::Utc::now(),
-    );
-    store.update(&m, None).await?;
-    if decision == Decision::Disable {
-        let a = crate::admin::alert(
-            &m,
-            serversync_model::alert::Severity::Error,
-            &p.code,
-            format!(
-                "{} email for {} is disabled: {}. Fix the cause, then test and enable the mailbox.",
-                match direction {
-                    Direction::Incoming => "Incoming",
-                    Direction::Outgoing => "Outgoing",
-                    Direction::Act => "Appointment, contact and task",
-                },
-                m.email,
-                p.message
-            ),
-            p.step,
-            vec![m.owner_id],
+    // An administrator's approval, rejection or edit meanwhile is kept: read again and apply
+    // the failure to the mailbox as it is now.
+    for _ in 0..3 {
+        let Some(s) = store.get::<Mailbox>(&id.to_string()).await? else {
+            return Ok(());
+        };
+        let mut m = s.value;
+        let settings = crate::org_settings(store, m.org_id).await?;
+        let failure = policy::Failure {
+            kind: p.kind,
+            step: p.step,
+            code: p.code.clone(),
+            message: p.message.clone(),
+            retry_after: None,
+        };
+        let decision = policy::record_failure(
+            &mut m,
+            direction,
+            &failure,
+            &settings.retry,
+            chrono::Utc::now(),
         );
-        store.insert(&a).await?;
+        match store.update(&m, Some(s.version)).await {
+            Err(StoreError::VersionMismatch { .. }) => continue,
+            other => other?,
+        };
+        if decision == Decision::Disable {
+            let a = crate::admin::alert(
+                &m,
+                serversync_model::alert::Severity::Error,
+                &p.code,
+                format!(
+                    "{} email for {} is disabled: {}. Fix the cause, then test and enable the mailbox.",
+                    match direction {
+                        Direction::Incoming => "Incoming",
+                        Direction::Outgoing => "Outgoing",
+                        Direction::Act => "Appointment, contact and task",
+                    },
+                    m.email,
+                    p.message
+                ),
+                p.step,
+                vec![m.owner_id],
+            );
+            store.insert(&a).await?;
+        }
+        return Ok(());
     }
+    tracing::warn!(mailbox = %id, code = %p.code, "failure not recorded: the mailbox kept changing");
     Ok(())
 }
 

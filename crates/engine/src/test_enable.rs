@@ -58,33 +58,132 @@ fn now() -> serversync_model::Timestamp {
     chrono::Utc::now()
 }
 
+/// What probing a mailbox found: the outcome of each direction tested (a summary or the
+/// problem) and the certificates the servers presented.
+struct Probed {
+    outcomes: Vec<(Direction, Result<String, Problem>)>,
+    certificates: Vec<ServerCertificate>,
+}
+
+/// What a test's outcome depends on: the mailbox without the fields the test and the workers
+/// write (direction statuses, telemetry), the stored profile's version, and whether approval is
+/// required. Administrators' edits, approval and rejection change it (they set `updated_at`).
+#[derive(PartialEq)]
+struct Tested {
+    mailbox: Mailbox,
+    profile_version: Option<i64>,
+    needs_approval: bool,
+}
+
+impl Tested {
+    fn of(
+        m: &Mailbox,
+        profile: Option<i64>,
+        settings: &serversync_model::settings::EmailSettings,
+    ) -> Self {
+        let mut mailbox = m.clone();
+        mailbox.incoming = DirectionStatus::default();
+        mailbox.outgoing = DirectionStatus::default();
+        mailbox.act = DirectionStatus::default();
+        mailbox.test_completed_on = None;
+        mailbox.telemetry = Default::default();
+        Tested {
+            mailbox,
+            profile_version: profile,
+            needs_approval: m.needs_approval(settings),
+        }
+    }
+}
+
+/// How often a mailbox changed while it was tested is tested again before the job gives up on it.
+const TRIES: usize = 3;
+
 /// Tests one mailbox and writes the outcome. Returns the job item result: what the
 /// organization's administrators see, with the certificates the servers presented but never
 /// what a server says in its greeting.
+///
+/// The mailbox may change while its servers are probed. The outcome is written only onto the
+/// version it was computed from, or onto a newer one that differs in telemetry alone; a mailbox
+/// whose configuration, approval or profile changed meanwhile is tested again, so a rejection
+/// or an edit made during the test is never undone by it.
 pub async fn test_and_enable(
     store: &Store,
     config: &EngineConfig,
     id: MailboxId,
 ) -> Result<JobItemResult, StoreError> {
-    let Some(stored) = store.get::<Mailbox>(&id.to_string()).await? else {
+    let mut earlier: Option<(Tested, Probed)> = None;
+    for _ in 0..TRIES {
+        let Some(stored) = store.get::<Mailbox>(&id.to_string()).await? else {
+            return Ok(JobItemResult {
+                mailbox_id: id,
+                ok: false,
+                message: "mailbox no longer exists".into(),
+                certificates: Vec::new(),
+            });
+        };
+        let before = stored.value;
+        let settings = crate::org_settings(store, before.org_id).await?;
+        let profile = match before.profile_id {
+            Some(p) => store.get::<EmailServerProfile>(&p.to_string()).await?,
+            None => None,
+        };
+        let tested = Tested::of(&before, profile.as_ref().map(|p| p.version), &settings);
+        let profile = profile.map(|p| p.value);
+        let probed = match earlier.take() {
+            Some((t, p)) if t == tested => p,
+            _ => probe(store, config, &before, profile.as_ref(), &settings).await?,
+        };
+        let mut m = before.clone();
+        let (all_ok, message, alert) = apply(&probed.outcomes, &mut m, profile.as_ref());
+        match store
+            .update_audited(
+                &m,
+                Some(stored.version),
+                Some(NewAuditEntry::change(
+                    serversync_model::audit::Actor::System("test_and_enable".into()),
+                    "test_and_enable",
+                    Some(&before),
+                    Some(&m),
+                )),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::VersionMismatch { .. }) => {
+                earlier = Some((tested, probed));
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        store.insert(&alert).await?;
+        if !all_ok && let Some(p) = &profile {
+            warn_profile_owner_if_mostly_failing(store, p).await?;
+        }
+        tracing::info!(mailbox = %m.id, ok = all_ok, "test and enable finished");
         return Ok(JobItemResult {
             mailbox_id: id,
-            ok: false,
-            message: "mailbox no longer exists".into(),
-            certificates: Vec::new(),
+            ok: all_ok,
+            message,
+            certificates: probed.certificates,
         });
-    };
-    let before = stored.value;
-    let mut m = before.clone();
-    let settings = crate::org_settings(store, m.org_id).await?;
-    let profile = match m.profile_id {
-        Some(p) => store
-            .get::<EmailServerProfile>(&p.to_string())
-            .await?
-            .map(|s| s.value),
-        None => None,
-    };
+    }
+    tracing::warn!(mailbox = %id, "test and enable not recorded: the mailbox kept changing");
+    Ok(JobItemResult {
+        mailbox_id: id,
+        ok: false,
+        message: "the mailbox kept changing while it was tested: test and enable it again".into(),
+        certificates: Vec::new(),
+    })
+}
 
+/// The precheck (directions, approval, profile), then a real probe of each configured direction.
+async fn probe(
+    store: &Store,
+    config: &EngineConfig,
+    m: &Mailbox,
+    profile: Option<&EmailServerProfile>,
+    settings: &serversync_model::settings::EmailSettings,
+) -> Result<Probed, StoreError> {
     let mut outcomes: Vec<(Direction, Result<String, Problem>)> = Vec::new();
     let mut directions = Vec::new();
     if m.incoming_method != IncomingMethod::None {
@@ -102,7 +201,7 @@ pub async fn test_and_enable(
             "nothing_to_test",
             "no delivery method is set to server-side synchronization: edit the mailbox's incoming, outgoing or appointments/contacts/tasks method",
         ))
-    } else if m.needs_approval(&settings) {
+    } else if m.needs_approval(settings) {
         Some(Problem::config(
             "mailbox_not_approved",
             format!(
@@ -110,7 +209,7 @@ pub async fn test_and_enable(
                 m.email
             ),
         ))
-    } else if let Some(p) = &profile {
+    } else if let Some(p) = profile {
         fips_problem(store, config, p).await?
     } else {
         Some(Problem::config(
@@ -138,10 +237,10 @@ pub async fn test_and_enable(
             for d in &directions {
                 let r = match d {
                     Direction::Incoming => {
-                        test_incoming(store, &m, profile, &opts, &mut certificates).await?
+                        test_incoming(store, m, profile, &opts, &mut certificates).await?
                     }
                     Direction::Outgoing => {
-                        test_outgoing(store, &m, profile, &opts, &mut certificates).await?
+                        test_outgoing(store, m, profile, &opts, &mut certificates).await?
                     }
                     Direction::Act => Err(Problem::config(
                         "connector_not_available",
@@ -154,9 +253,22 @@ pub async fn test_and_enable(
         (None, None) => unreachable!("the precheck covers a missing profile"),
     }
 
+    Ok(Probed {
+        outcomes,
+        certificates,
+    })
+}
+
+/// Writes the outcomes into the mailbox's status fields and telemetry (enabled only when all
+/// passed); returns whether all passed, the job item's message and the alert to raise.
+fn apply(
+    outcomes: &[(Direction, Result<String, Problem>)],
+    m: &mut Mailbox,
+    profile: Option<&EmailServerProfile>,
+) -> (bool, String, serversync_model::alert::Alert) {
     let at = now();
     let all_ok = outcomes.iter().all(|(_, r)| r.is_ok());
-    for (d, r) in &outcomes {
+    for (d, r) in outcomes {
         let status = match r {
             Ok(_) => RunStatus::Success,
             Err(_) => RunStatus::Failure,
@@ -192,7 +304,7 @@ pub async fn test_and_enable(
             (
                 msg.clone(),
                 alert(
-                    &m,
+                    m,
                     Severity::Information,
                     "test_enable_succeeded",
                     msg,
@@ -216,7 +328,7 @@ pub async fn test_and_enable(
                 .unwrap_or(Direction::Incoming);
             // Test and enable never retries by itself: record the error, leave the mailbox disabled.
             policy::record_failure(
-                &mut m,
+                m,
                 failed_dir,
                 &failure,
                 &serversync_model::settings::RetryPolicy {
@@ -232,33 +344,11 @@ pub async fn test_and_enable(
             }
             (
                 msg.clone(),
-                alert(&m, Severity::Error, &p.code, msg, p.step, recipients),
+                alert(m, Severity::Error, &p.code, msg, p.step, recipients),
             )
         }
     };
-    store
-        .update_audited(
-            &m,
-            None,
-            Some(NewAuditEntry::change(
-                serversync_model::audit::Actor::System("test_and_enable".into()),
-                "test_and_enable",
-                Some(&before),
-                Some(&m),
-            )),
-        )
-        .await?;
-    store.insert(&alert).await?;
-    if !all_ok && let Some(p) = &profile {
-        warn_profile_owner_if_mostly_failing(store, p).await?;
-    }
-    tracing::info!(mailbox = %m.id, ok = all_ok, "test and enable finished");
-    Ok(JobItemResult {
-        mailbox_id: id,
-        ok: all_ok,
-        message,
-        certificates,
-    })
+    (all_ok, message, alert)
 }
 
 /// In FIPS mode (the installation's or the organization's), a profile saved before it was

@@ -177,14 +177,21 @@ impl Store {
                     cause: "use postgres://… for PostgreSQL or sqlite://PATH for SQLite".into(),
                 });
             }
-            if let Some(dir) = std::path::Path::new(path)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Unreachable {
-                    url: shown.clone(),
-                    cause: format!("cannot create directory {}: {e}", dir.display()),
+            let private = |e: std::io::Error, what: String| StoreError::Unreachable {
+                url: shown.clone(),
+                cause: format!("{what}: {e}"),
+            };
+            let file = std::path::Path::new(path);
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                serversync_vault::create_private_dir(dir).map_err(|e| {
+                    private(e, format!("cannot create directory {}", dir.display()))
                 })?;
+            }
+            // Every tracked email is in this file: readable by its owner only, whatever the
+            // umask (SQLite gives the -wal and -shm files the database file's mode).
+            if !path.starts_with(':') && !path.contains("mode=memory") {
+                serversync_vault::create_private_file(file)
+                    .map_err(|e| private(e, format!("cannot create {}", file.display())))?;
             }
             let opts = SqliteConnectOptions::new()
                 .filename(path)
@@ -215,6 +222,14 @@ impl Store {
                 .connect_with(opts)
                 .await
                 .map_err(unreachable)?;
+            // A database created by an earlier version may still be readable by others.
+            for suffix in ["", "-wal", "-shm"] {
+                let f = format!("{path}{suffix}");
+                if std::path::Path::new(&f).exists() {
+                    serversync_vault::make_private(std::path::Path::new(&f))
+                        .map_err(|e| private(e, format!("cannot make {f} private (mode 0600)")))?;
+                }
+            }
             Db::Sqlite(pool)
         };
         Ok(Store {

@@ -8,7 +8,8 @@
 //!   [`SESSION_HOURS`], ended by sign-out, a new password or disabling the user — kept only
 //!   in an `HttpOnly; Secure; SameSite=Strict` cookie.
 //! - **CSRF**: every form and htmx request carries a token derived from the session token
-//!   (HMAC), checked on every POST, besides the SameSite cookie.
+//!   (HMAC), checked before any handler on every request but GET and HEAD
+//!   (`session::csrf_guard`), besides the SameSite cookie.
 //! - **Reads** go straight to [`serversync_engine::Admin`] with the session's caller;
 //!   **writes** go through the REST API in-process (the same JSON, validation and privilege
 //!   checks), and a 422's field problems are shown next to the fields they name.
@@ -21,7 +22,7 @@ mod pages;
 mod session;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serversync_engine::Admin;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,48 +54,62 @@ pub fn router_behind(admin: Admin, api: Router, trusted_proxies: Vec<IpAddr>) ->
         api,
         trusted_proxies: Arc::new(trusted_proxies),
     };
-    Router::new()
+    let mut r = Router::new()
         .route("/", get(pages::dashboard::page))
-        .route("/login", get(session::login_page).post(session::login))
-        .route("/logout", post(session::logout))
+        .route("/login", get(session::login_page))
         .route("/orgs", get(pages::orgs::list))
-        .route("/orgs/select", post(pages::orgs::select))
-        .route(
-            "/profiles",
-            get(pages::profiles::list).post(pages::profiles::create),
-        )
+        .route("/profiles", get(pages::profiles::list))
         .route("/profiles/new", get(pages::profiles::new_form))
-        .route(
-            "/profiles/{id}",
-            get(pages::profiles::edit_form).post(pages::profiles::update),
-        )
-        .route(
-            "/profiles/{id}/default",
-            post(pages::profiles::make_default),
-        )
-        .route(
-            "/profiles/{id}/test-enable",
-            post(pages::profiles::test_enable),
-        )
-        .route("/profiles/{id}/pin", post(pages::profiles::pin))
-        .route(
-            "/settings",
-            get(pages::settings::form).post(pages::settings::save),
-        )
+        .route("/profiles/{id}", get(pages::profiles::edit_form))
+        .route("/settings", get(pages::settings::form))
         .route("/mailboxes", get(pages::mailboxes::list))
-        .route("/mailboxes/bulk", post(pages::mailboxes::bulk))
-        .route(
-            "/mailboxes/{id}",
-            get(pages::mailboxes::detail).post(pages::mailboxes::update),
-        )
-        .route("/mailboxes/{id}/sync-now", post(pages::mailboxes::sync_now))
+        .route("/mailboxes/{id}", get(pages::mailboxes::detail))
         .route("/alerts", get(pages::monitor::alerts))
         .route("/jobs", get(pages::monitor::jobs))
         .route("/jobs/table", get(pages::monitor::jobs_table))
         .route("/audit", get(pages::monitor::audit))
         .route("/tokens", get(pages::tokens::list))
-        .route("/tokens/{id}/revoke", post(pages::tokens::revoke))
         .route("/assets/htmx.min.js", get(pages::assets::htmx))
-        .route("/assets/app.css", get(pages::assets::css))
+        .route("/assets/app.css", get(pages::assets::css));
+    for (path, handler) in posts() {
+        r = r.route(path, handler);
+    }
+    // Every request but GET and HEAD passes the CSRF check, whatever its route.
+    r.layer(axum::middleware::from_fn(session::csrf_guard))
         .with_state(web)
 }
+
+/// Every POST route of the admin center: the router adds them from here, so the CSRF test
+/// (`tests/csrf.rs`) covers each one, including any added later.
+fn posts() -> Vec<(&'static str, MethodRouter<Web>)> {
+    vec![
+        ("/login", post(session::login)),
+        ("/logout", post(session::logout)),
+        ("/orgs/select", post(pages::orgs::select)),
+        ("/profiles", post(pages::profiles::create)),
+        ("/profiles/{id}", post(pages::profiles::update)),
+        (
+            "/profiles/{id}/default",
+            post(pages::profiles::make_default),
+        ),
+        (
+            "/profiles/{id}/test-enable",
+            post(pages::profiles::test_enable),
+        ),
+        ("/profiles/{id}/pin", post(pages::profiles::pin)),
+        ("/settings", post(pages::settings::save)),
+        ("/mailboxes/bulk", post(pages::mailboxes::bulk)),
+        ("/mailboxes/{id}", post(pages::mailboxes::update)),
+        ("/mailboxes/{id}/sync-now", post(pages::mailboxes::sync_now)),
+        ("/tokens/{id}/revoke", post(pages::tokens::revoke)),
+    ]
+}
+
+/// The paths of the admin center's POST routes (`{id}` where a record's id goes).
+pub fn post_paths() -> Vec<&'static str> {
+    posts().into_iter().map(|(p, _)| p).collect()
+}
+
+/// Routes that take a POST without a session, so without a CSRF token: signing in. They are
+/// refused when the browser says the request comes from another site (`Sec-Fetch-Site`).
+pub const POSTS_WITHOUT_SESSION: &[&str] = &["/login"];

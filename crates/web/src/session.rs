@@ -4,9 +4,10 @@ use crate::Web;
 use crate::pages::{Page, render};
 use askama::Template;
 use axum::Form;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serversync_engine::AdminError;
@@ -29,13 +30,6 @@ pub struct Session {
     pub csrf: String,
 }
 
-impl Session {
-    /// Whether a state-changing request carries this session's CSRF token.
-    pub fn csrf_ok(&self, sent: &str) -> bool {
-        !sent.is_empty() && constant_time_eq(sent.as_bytes(), self.csrf.as_bytes())
-    }
-}
-
 /// The answer to a request that failed the CSRF check.
 pub fn csrf_refused() -> Response {
     (
@@ -43,6 +37,55 @@ pub fn csrf_refused() -> Response {
         "The form has expired or did not come from this site (CSRF check): reload the page and try again.",
     )
         .into_response()
+}
+
+/// Largest form the admin center reads.
+const FORM_LIMIT: usize = 1 << 20;
+
+/// The CSRF check of every request but GET and HEAD, whatever its route, before any handler
+/// runs: with a session cookie, the request must carry the session's CSRF token — in the
+/// `x-csrf-token` header (htmx) or the `_csrf` form field — else 403 and nothing happens.
+/// Without a session cookie a request has no authority to abuse (the handlers send it to the
+/// sign-in page), except signing in ([`crate::POSTS_WITHOUT_SESSION`]). Any request the browser
+/// marks as coming from another site (`Sec-Fetch-Site: cross-site`) is refused, sign-in too.
+pub async fn csrf_guard(req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    if req
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site")
+    {
+        return csrf_refused();
+    }
+    let Some(token) = cookie(req.headers(), COOKIE) else {
+        return next.run(req).await;
+    };
+    if crate::POSTS_WITHOUT_SESSION.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The form is larger than {FORM_LIMIT} bytes."),
+        )
+            .into_response();
+    };
+    let sent = match parts.headers.get("x-csrf-token") {
+        Some(h) => h.to_str().unwrap_or_default().to_owned(),
+        None => serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+            .ok()
+            .and_then(|f| f.into_iter().find(|(k, _)| k == "_csrf"))
+            .map(|(_, v)| v)
+            .unwrap_or_default(),
+    };
+    if sent.is_empty() || !constant_time_eq(sent.as_bytes(), csrf_for(&token).as_bytes()) {
+        return csrf_refused();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -275,16 +318,7 @@ pub async fn login(
     r
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default, rename = "_csrf")]
-    csrf: String,
-}
-
-pub async fn logout(State(web): State<Web>, s: Session, Form(f): Form<CsrfForm>) -> Response {
-    if !s.csrf_ok(&f.csrf) {
-        return csrf_refused();
-    }
+pub async fn logout(State(web): State<Web>, s: Session) -> Response {
     let _ = web.admin.end_session(&s.token).await;
     let mut r = Redirect::to("/login").into_response();
     for gone in [

@@ -99,6 +99,7 @@ impl Site {
                 .build_recorder()
                 .handle(),
             admin: admin.clone(),
+            metrics_token: None,
         });
         let app = serversync_web::router(admin.clone(), api.clone()).merge(api);
         Site {

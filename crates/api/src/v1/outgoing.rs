@@ -40,12 +40,13 @@ pub(crate) async fn view(s: &AppState, activity: EmailActivity) -> ApiResult<Ema
 #[utoipa::path(post, path = "/api/v1/orgs/{org}/activities", tag = "outgoing", params(("org" = String, Path)), request_body = NewEmail,
     responses((status = 201, body = EmailActivityView, description = "The email activity: a draft, or pending send"),
         (status = 403, body = Problem, description = "Not allowed to send from this mailbox (`missing_privilege`, `send_as_not_allowed`, `no_queue_access`)"),
+        (status = 413, body = Problem, description = "The body is larger than attachments of 25 MB in base64 need (`body_too_large`)"),
         (status = 422, body = Problem)))]
 pub async fn compose(
     State(s): State<AppState>,
     Auth(c): Auth,
     P(o): P<String>,
-    body: Body,
+    body: Body<{ crate::json::COMPOSE_BODY }>,
 ) -> ApiResult<(StatusCode, Json<EmailActivityView>)> {
     let org = org(&s, &c, &o).await?;
     let new: NewEmail = body.parse()?;

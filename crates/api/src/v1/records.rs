@@ -261,10 +261,16 @@ pub async fn activity_attachment(
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let disposition = HeaderValue::from_str(&content_disposition(&att.file_name))
         .unwrap_or(HeaderValue::from_static("attachment"));
+    // The bytes came from outside: a file to save, never a page of this site (the router adds
+    // `X-Content-Type-Options: nosniff` to every response).
     Ok((
         [
             (header::CONTENT_TYPE, content_type),
             (header::CONTENT_DISPOSITION, disposition),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; sandbox"),
+            ),
         ],
         bytes,
     )

@@ -126,6 +126,7 @@ impl Instance {
             store: store.clone(),
             metrics,
             admin,
+            metrics_token: None,
         });
         Instance {
             app,

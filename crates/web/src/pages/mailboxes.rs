@@ -4,7 +4,7 @@
 use super::forms::{self, Field, Kind, Section, value};
 use super::{Page, action, done, error, render, when, words};
 use crate::Web;
-use crate::session::{Session, csrf_refused};
+use crate::session::Session;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -171,9 +171,6 @@ pub async fn bulk(
     s: Session,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !s.csrf_ok(&value(&form, "_csrf")) {
-        return csrf_refused();
-    }
     let ids: Vec<&str> = form
         .iter()
         .filter(|(k, _)| k == "ids")
@@ -201,6 +198,15 @@ pub async fn bulk(
                 "{what} {} mailbox(es): job {} follows below.",
                 ids.len(),
                 v["id"].as_str().unwrap_or_default()
+            ),
+        ),
+        // Applying the defaults also tests and enables the mailboxes (as the reference does).
+        Ok(v) if v["job"]["id"].is_string() => done(
+            "/mailboxes",
+            &format!(
+                "{what} ({} mailbox(es)); job {} tests and enables them.",
+                ids.len(),
+                v["job"]["id"].as_str().unwrap_or_default()
             ),
         ),
         Ok(_) => done(
@@ -417,9 +423,6 @@ pub async fn update(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !s.csrf_ok(&value(&form, "_csrf")) {
-        return csrf_refused();
-    }
     let mut secs = edit_sections();
     let body = forms::to_json(&secs, &form);
     match web
@@ -434,13 +437,8 @@ pub async fn update(
     }
 }
 
-pub async fn sync_now(
-    State(web): State<Web>,
-    s: Session,
-    Path(id): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
+pub async fn sync_now(State(web): State<Web>, s: Session, Path(id): Path<String>) -> Response {
     let to = format!("/mailboxes/{id}");
     let notice = "Synchronization was requested: the mailbox syncs within seconds.";
-    action(&web, &s, &form, &format!("{to}/sync-now"), &to, notice).await
+    action(&web, &s, &format!("{to}/sync-now"), &to, notice).await
 }

@@ -100,19 +100,15 @@ pub fn words<T: serde::Serialize>(v: &T) -> String {
     serversync_model::wire_name(v).replace('_', " ")
 }
 
-/// A button's POST without fields: checks the CSRF token, calls the API (`POST api_path`), and
-/// goes to `to` with `notice`, or shows the API's refusal.
+/// A button's POST without fields (its CSRF token checked by `session::csrf_guard`): calls the
+/// API (`POST api_path`), and goes to `to` with `notice`, or shows the API's refusal.
 pub async fn action(
     web: &crate::Web,
     s: &Session,
-    form: &[(String, String)],
     api_path: &str,
     to: &str,
     notice: &str,
 ) -> Response {
-    if !s.csrf_ok(&forms::value(form, "_csrf")) {
-        return crate::session::csrf_refused();
-    }
     match web.api(s, axum::http::Method::POST, api_path, None).await {
         Ok(_) => done(to, notice),
         Err(p) => error(s, p.detail),

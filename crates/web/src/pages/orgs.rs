@@ -4,7 +4,7 @@
 use super::forms::value;
 use super::{Page, done, error, render, when};
 use crate::Web;
-use crate::session::{Session, csrf_refused, org_cookie};
+use crate::session::{Session, org_cookie};
 use askama::Template;
 use axum::Form;
 use axum::extract::State;
@@ -50,9 +50,6 @@ pub async fn select(
     s: Session,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !s.csrf_ok(&value(&form, "_csrf")) {
-        return csrf_refused();
-    }
     let org = match web.admin.org_for(&s.caller, &value(&form, "org")).await {
         Ok(o) => o,
         Err(e) => return error(&s, e),

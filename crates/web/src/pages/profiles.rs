@@ -5,7 +5,7 @@ use super::forms::{self, Field, Kind, Section, value};
 use super::{Page, action, done, error, render, words};
 use crate::Web;
 use crate::api::Problem;
-use crate::session::{Session, csrf_refused};
+use crate::session::Session;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -326,10 +326,6 @@ pub async fn create(
     s: Session,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let csrf = value(&form, "_csrf");
-    if !s.csrf_ok(&csrf) {
-        return csrf_refused();
-    }
     let t = value(&form, "server_type");
     let Some(st) = server_type(&t) else {
         return error(&s, format!("unknown server type {t:?}"));
@@ -417,9 +413,6 @@ pub async fn update(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !s.csrf_ok(&value(&form, "_csrf")) {
-        return csrf_refused();
-    }
     let t = value(&form, "server_type");
     let Some(st) = server_type(&t) else {
         return error(&s, format!("unknown server type {t:?}"));
@@ -438,17 +431,11 @@ pub async fn update(
     }
 }
 
-pub async fn make_default(
-    State(web): State<Web>,
-    s: Session,
-    Path(id): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
+pub async fn make_default(State(web): State<Web>, s: Session, Path(id): Path<String>) -> Response {
     let notice = "The profile is now the default for new mailboxes.";
     action(
         &web,
         &s,
-        &form,
         &format!("/profiles/{id}/default"),
         "/profiles",
         notice,
@@ -456,17 +443,11 @@ pub async fn make_default(
     .await
 }
 
-pub async fn test_enable(
-    State(web): State<Web>,
-    s: Session,
-    Path(id): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
+pub async fn test_enable(State(web): State<Web>, s: Session, Path(id): Path<String>) -> Response {
     let notice = "Testing and enabling the profile's mailboxes: follow the job below.";
     action(
         &web,
         &s,
-        &form,
         &format!("/profiles/{id}/test-enable"),
         "/jobs",
         notice,
@@ -482,9 +463,6 @@ pub async fn pin(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !s.csrf_ok(&forms::value(&form, "_csrf")) {
-        return crate::session::csrf_refused();
-    }
     let path = format!("/profiles/{id}");
     let profile = match web.api(&s, Method::GET, &path, None).await {
         Ok(p) => p,

@@ -127,7 +127,6 @@ pub async fn revoke(
     action(
         &web,
         &s,
-        &form,
         &format!("/tokens/{id}/revoke"),
         to,
         "Revoked the token.",
