@@ -50,6 +50,8 @@ const ROUTES: &[Route] = &[
     ("GET /api/v1/orgs/{org}/users/{id}", "user", ""),
     ("PATCH /api/v1/orgs/{org}/users/{id}", "user", r#"{"full_name": "Zebra Renamed"}"#),
     ("POST /api/v1/orgs/{org}/users/{id}/tokens", "user", r#"{"name": "taken"}"#),
+    ("GET /api/v1/orgs/{org}/tokens", "", ""),
+    ("POST /api/v1/orgs/{org}/tokens/{id}/revoke", "token", ""),
     ("GET /api/v1/orgs/{org}/queues", "", ""),
     ("POST /api/v1/orgs/{org}/queues", "", r#"{"name": "Zebra Queue 2", "email": "q2@b.test", "owner_id": "{user}"}"#),
     ("PUT /api/v1/orgs/{org}/queues/{id}/members", "queue", r#"{"member_ids": ["{user}"]}"#),
@@ -219,6 +221,13 @@ async fn org_b(s: &Instance) -> Fixture {
     .await;
     b.ids
         .insert("queue", q["queue"]["id"].as_str().unwrap().into());
+    // A second token of B's administrator (the first is the one the suite calls B with).
+    let t = post(
+        &format!("users/{}/tokens", b.ids["user"]),
+        json!({"name": "Zebra script"}),
+    )
+    .await;
+    b.ids.insert("token", t["id"].as_str().unwrap().into());
     let mut profile = common::imap_profile("Zebra Profile");
     profile["owner_id"] = json!(b.ids["user"]);
     let p = post("profiles", profile).await;
@@ -300,6 +309,7 @@ fn names_b(template: &str, id_of: &str) -> bool {
             "{alert}",
             "{job}",
             "{webhook}",
+            "{token}",
         ]
         .iter()
         .any(|p| template.contains(p))
@@ -343,7 +353,7 @@ both!(another_organization_gets_404_for_every_route, |backend| {
          in crates/api/tests/cross_org.rs — (\"METHOD path\", what {{id}} is, a body B's administrator may send):\n{}",
         missing
             .iter()
-            .map(|r| format!("    (\"{r}\", \"<user|mailbox|queue|profile|activity|alert|job|webhook or empty>\", \"<body or empty>\"),"))
+            .map(|r| format!("    (\"{r}\", \"<user|mailbox|queue|profile|activity|alert|job|webhook|token or empty>\", \"<body or empty>\"),"))
             .collect::<Vec<_>>()
             .join("\n")
     );

@@ -178,6 +178,7 @@ async fn start(hostility: Hostility, messages: Vec<(u32, Vec<u8>)>) -> Setup {
     )
     .await;
     let config = EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(Arc::new(TlsTrust::system_only().unwrap()))

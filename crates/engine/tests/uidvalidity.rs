@@ -330,6 +330,7 @@ async fn a_recreated_folder_loses_no_message_that_shares_a_message_id(backend: B
     p.advanced.min_polling_interval_minutes = 60;
     store.update(&p, None).await.unwrap();
     let config = EngineConfig {
+        network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
         tick: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(6),
         ..EngineConfig::new(Arc::new(TlsTrust::system_only().unwrap()))
