@@ -141,16 +141,16 @@ async fn start(store: &Store, config: LmtpConfig) -> (SocketAddr, CancellationTo
     (addr, stop)
 }
 
-async fn run(backend: Backend) {
-    let env = TestEnv::from_env();
-    let (_guard, url) = match backend {
+/// A fresh store on `backend`, with what keeps its database alive.
+async fn open_store(backend: Backend) -> (Box<dyn std::any::Any>, Store) {
+    let (guard, url) = match backend {
         Backend::Sqlite => {
             let d = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}", d.path().join("l.db").display());
             (Box::new(d) as Box<dyn std::any::Any>, url)
         }
         Backend::Postgres => {
-            let db = env.pg_database().await.unwrap();
+            let db = TestEnv::from_env().pg_database().await.unwrap();
             let url = db.url().to_owned();
             (Box::new(db) as Box<dyn std::any::Any>, url)
         }
@@ -158,6 +158,11 @@ async fn run(backend: Backend) {
     let store = Store::open(&url, MasterKey::generate().unwrap())
         .await
         .unwrap();
+    (guard, store)
+}
+
+async fn run(backend: Backend) {
+    let (_guard, store) = open_store(backend).await;
     let org = OrgId::new();
     let settings = EmailSettings::new(org);
     store.insert(&settings).await.unwrap();
@@ -452,22 +457,7 @@ async fn lmtp_defers_when_the_store_fails() {
 /// claim neither receives it nor makes it bounce — refuses cfo@ (acme has no such mailbox),
 /// and refuses an address whose domain no organization holds, saying why.
 async fn two_organizations(backend: Backend) {
-    let env = TestEnv::from_env();
-    let (_guard, url) = match backend {
-        Backend::Sqlite => {
-            let d = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", d.path().join("l.db").display());
-            (Box::new(d) as Box<dyn std::any::Any>, url)
-        }
-        Backend::Postgres => {
-            let db = env.pg_database().await.unwrap();
-            let url = db.url().to_owned();
-            (Box::new(db) as Box<dyn std::any::Any>, url)
-        }
-    };
-    let store = Store::open(&url, MasterKey::generate().unwrap())
-        .await
-        .unwrap();
+    let (_guard, store) = open_store(backend).await;
     let (acme, evil) = (OrgId::new(), OrgId::new());
     let (acme_settings, evil_settings) = (EmailSettings::new(acme), EmailSettings::new(evil));
     store.insert(&acme_settings).await.unwrap();
@@ -555,15 +545,6 @@ async fn lmtp_delivers_only_to_the_organization_holding_the_domain_postgres() {
     two_organizations(Backend::Postgres).await
 }
 
-async fn sqlite_store() -> (tempfile::TempDir, Store) {
-    let d = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", d.path().join("l.db").display());
-    let store = Store::open(&url, MasterKey::generate().unwrap())
-        .await
-        .unwrap();
-    (d, store)
-}
-
 /// Sends LHLO, MAIL and one RCPT per address, then DATA, and checks the replies.
 async fn open_data(c: &mut Client, to: &[&str]) {
     assert!(c.cmd("LHLO mta.test").await.starts_with("250"));
@@ -600,7 +581,7 @@ fn open_files_in(dir: &std::path::Path) -> Vec<u64> {
 async fn lmtp_spools_large_messages_to_temporary_files() {
     const CLIENTS: usize = 6;
     const BODY: usize = 1 << 20;
-    let (_d, store) = sqlite_store().await;
+    let (_d, store) = open_store(Backend::Sqlite).await;
     let org = OrgId::new();
     let settings = EmailSettings::new(org);
     store.insert(&settings).await.unwrap();
@@ -692,7 +673,7 @@ async fn lmtp_spools_large_messages_to_temporary_files() {
 /// there is room, the same message is delivered.
 #[tokio::test]
 async fn lmtp_defers_when_the_memory_budget_is_full() {
-    let (_d, store) = sqlite_store().await;
+    let (_d, store) = open_store(Backend::Sqlite).await;
     let org = OrgId::new();
     let settings = EmailSettings::new(org);
     store.insert(&settings).await.unwrap();
@@ -746,7 +727,7 @@ async fn lmtp_defers_when_the_memory_budget_is_full() {
 /// same content.
 #[tokio::test]
 async fn lmtp_parses_a_message_once_for_all_recipients() {
-    let (_d, store) = sqlite_store().await;
+    let (_d, store) = open_store(Backend::Sqlite).await;
     let org = OrgId::new();
     let settings = EmailSettings::new(org);
     store.insert(&settings).await.unwrap();
