@@ -1,0 +1,287 @@
+//! CRM records needed to try things: creating and listing records, email activities, their
+//! threads, attachments and queue items, and the references between records.
+
+use super::{Admin, AdminError, Result, actor};
+use serversync_model::auth::Caller;
+use serversync_model::crm::{Account, Contact, Lead, RecordRef};
+use serversync_model::org::{Privilege, Queue, User};
+use serversync_model::{OrgId, ValidationErrors};
+use serversync_store::{Col, NewAuditEntry, Page, Stored};
+
+impl Admin {
+    /// Creates a CRM record after checking that every record it refers to
+    /// ([`RecordRefs::refs`]) is of the organization: a reference to another organization's
+    /// record, or to none, is refused naming the field.
+    pub async fn create_record<E: serversync_store::Entity + RecordRefs>(
+        &self,
+        c: &Caller,
+        record: &E,
+    ) -> Result<Stored<E>> {
+        c.require(Privilege::WriteRecords)?;
+        if let Some(org) = record.org_id() {
+            self.check_refs(org, &record.refs()).await?;
+        }
+        Ok(self
+            .store
+            .insert_audited(record, Some(NewAuditEntry::create(actor(c), record)))
+            .await?)
+    }
+
+    pub async fn list_records<E: serversync_store::Entity>(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<E>> {
+        c.require(Privilege::ReadRecords)?;
+        Ok(self.store.list::<E>(Some(org), &[], after, limit).await?)
+    }
+
+    /// Email activities of an organization matching `f`, in id (creation) order.
+    pub async fn list_email_activities(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        f: &ActivityFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<serversync_model::crm::EmailActivity>> {
+        use serversync_store::{Col, Filter};
+        c.require(Privilege::ReadRecords)?;
+        let mut filters = vec![Filter::Eq("kind", Col::text("email"))];
+        if let Some(m) = f.mailbox {
+            filters.push(Filter::LinkedTo(m.to_string()));
+        }
+        if let Some(r) = f.regarding {
+            filters.push(Filter::Eq(
+                "regarding_id",
+                Col::text(serversync_model::wire_name(&r)),
+            ));
+        }
+        if let Some(conv) = &f.conversation {
+            filters.push(Filter::Eq("conversation_id", Col::text(conv)));
+        }
+        if let Some(t) = f.since {
+            filters.push(Filter::AtLeast("occurred_at", t.timestamp_millis()));
+        }
+        if let Some(t) = f.until {
+            filters.push(Filter::Below("occurred_at", t.timestamp_millis()));
+        }
+        Ok(self
+            .store
+            .list_where(Some(org), &filters, after, limit)
+            .await?)
+    }
+
+    /// The activities of the conversation of activity `id` (itself included), oldest first (by
+    /// received, else sent, else created time).
+    pub async fn activity_thread(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: serversync_model::ActivityId,
+    ) -> Result<Vec<serversync_model::crm::EmailActivity>> {
+        let a = self.email_activity(c, org, id).await?;
+        let Some(conv) = a.conversation_id.clone() else {
+            return Ok(vec![a]);
+        };
+        let mut all: Vec<_> = self
+            .store
+            .list_all::<serversync_model::crm::EmailActivity>(
+                Some(org),
+                &[
+                    ("kind", serversync_store::Col::text("email")),
+                    ("conversation_id", serversync_store::Col::text(conv)),
+                ],
+            )
+            .await?
+            .into_iter()
+            .map(|s| s.value)
+            .collect();
+        all.sort_by_key(|a| (a.received_at.or(a.sent_at).unwrap_or(a.created_at), a.id));
+        Ok(all)
+    }
+
+    /// An attachment of an email activity, with its bytes when they were kept.
+    pub async fn activity_attachment(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: serversync_model::ActivityId,
+        sha256: &str,
+    ) -> Result<(serversync_model::crm::Attachment, AttachmentContent)> {
+        let a = self.email_activity(c, org, id).await?;
+        let sha = sha256.to_ascii_lowercase();
+        let att = a
+            .attachments
+            .into_iter()
+            .find(|t| t.sha256.eq_ignore_ascii_case(&sha))
+            .ok_or_else(|| AdminError::NotFound {
+                entity: "attachment",
+                id: format!("{sha} of email activity {id}"),
+            })?;
+        if let Some(reason) = &att.dropped_reason {
+            let reason = reason.clone();
+            return Ok((att, AttachmentContent::Dropped(reason)));
+        }
+        Ok(match self.store.get_blob(&att.sha256).await? {
+            Some(bytes) => (att, AttachmentContent::Bytes(bytes)),
+            None => (
+                att,
+                AttachmentContent::Dropped("the stored content is no longer kept".into()),
+            ),
+        })
+    }
+
+    /// Queue items of an organization, optionally of one queue.
+    pub async fn list_queue_items(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        queue: Option<serversync_model::QueueId>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<serversync_model::crm::QueueItem>> {
+        c.require(Privilege::ReadRecords)?;
+        let filters: Vec<_> = queue
+            .map(|q| ("queue_id", serversync_store::Col::text(q)))
+            .into_iter()
+            .collect();
+        Ok(self.store.list(Some(org), &filters, after, limit).await?)
+    }
+
+    /// One email activity of the organization.
+    pub async fn email_activity(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: serversync_model::ActivityId,
+    ) -> Result<serversync_model::crm::EmailActivity> {
+        c.require(Privilege::ReadRecords)?;
+        let found = self
+            .store
+            .list::<serversync_model::crm::EmailActivity>(
+                Some(org),
+                &[
+                    ("kind", serversync_store::Col::text("email")),
+                    ("id", serversync_store::Col::text(id)),
+                ],
+                None,
+                1,
+            )
+            .await?;
+        found
+            .items
+            .into_iter()
+            .next()
+            .map(|s| s.value)
+            .ok_or_else(|| AdminError::NotFound {
+                entity: "email activity",
+                id: id.to_string(),
+            })
+    }
+}
+
+/// The records a CRM record refers to, by the field that holds each.
+pub trait RecordRefs {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)>;
+}
+
+impl RecordRefs for Account {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)> {
+        vec![("owner_id", RecordRef::User(self.owner_id))]
+    }
+}
+
+impl RecordRefs for Contact {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)> {
+        let mut v = vec![("owner_id", RecordRef::User(self.owner_id))];
+        v.extend(
+            self.account_id
+                .map(|a| ("account_id", RecordRef::Account(a))),
+        );
+        v
+    }
+}
+
+impl RecordRefs for Lead {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)> {
+        vec![("owner_id", RecordRef::User(self.owner_id))]
+    }
+}
+
+impl Admin {
+    /// Whether record `r` exists in organization `org`.
+    pub(crate) async fn record_exists(&self, org: OrgId, r: RecordRef) -> Result<bool> {
+        use serversync_model::crm::EmailActivity;
+        use serversync_store::Filter;
+        let store = &self.store;
+        let (f, o) = (|id: String| [Filter::Eq("id", Col::text(id))], Some(org));
+        let n = match r {
+            RecordRef::User(i) => store.count_where::<User>(o, &f(i.to_string())).await?,
+            RecordRef::Queue(i) => store.count_where::<Queue>(o, &f(i.to_string())).await?,
+            RecordRef::Contact(i) => store.count_where::<Contact>(o, &f(i.to_string())).await?,
+            RecordRef::Account(i) => store.count_where::<Account>(o, &f(i.to_string())).await?,
+            RecordRef::Lead(i) => store.count_where::<Lead>(o, &f(i.to_string())).await?,
+            // Emails, appointments and tasks share one table.
+            RecordRef::Activity(i) => {
+                store
+                    .count_where::<EmailActivity>(o, &f(i.to_string()))
+                    .await?
+            }
+        };
+        Ok(n > 0)
+    }
+
+    /// Refuses, naming each field, references to records that are not of `org`.
+    pub(crate) async fn check_refs(
+        &self,
+        org: OrgId,
+        refs: &[(&'static str, RecordRef)],
+    ) -> Result<()> {
+        let mut e = ValidationErrors::default();
+        for (field, r) in refs {
+            if !self.record_exists(org, *r).await? {
+                e.push(
+                    "not_found",
+                    field,
+                    format!(
+                        "no such {} in this organization",
+                        match r {
+                            RecordRef::User(_) => "user",
+                            RecordRef::Queue(_) => "queue",
+                            RecordRef::Contact(_) => "contact",
+                            RecordRef::Account(_) => "account",
+                            RecordRef::Lead(_) => "lead",
+                            RecordRef::Activity(_) => "activity",
+                        }
+                    ),
+                );
+            }
+        }
+        Ok(e.into_result()?)
+    }
+}
+
+/// Which email activities to list (every field optional; all given must match).
+#[derive(Debug, Clone, Default)]
+pub struct ActivityFilter {
+    /// Seen through this mailbox.
+    pub mailbox: Option<serversync_model::MailboxId>,
+    /// Set regarding this record.
+    pub regarding: Option<serversync_model::crm::RecordRef>,
+    /// Of this conversation.
+    pub conversation: Option<String>,
+    /// Received (else sent, else created) at or after.
+    pub since: Option<serversync_model::Timestamp>,
+    /// Received (else sent, else created) before.
+    pub until: Option<serversync_model::Timestamp>,
+}
+
+/// The bytes of an attachment, or why they are not there.
+#[derive(Debug, Clone)]
+pub enum AttachmentContent {
+    Bytes(Vec<u8>),
+    Dropped(String),
+}
