@@ -105,7 +105,8 @@ async fn sent_activity(
     b: &Bounce,
 ) -> Result<Option<Stored<EmailActivity>>, StoreError> {
     for mid in &b.original_message_ids {
-        let found = crate::records::email_activities(store, item.org_id, "message_id", mid).await?;
+        let found =
+            crate::activities::email_activities(store, item.org_id, "message_id", mid).await?;
         if let Some(a) = found
             .into_iter()
             .find(|a| a.value.direction == Direction::Outgoing)

@@ -7,6 +7,7 @@
 //! (incoming, outgoing, appointments/contacts/tasks) plug into the main loop. The engine talks
 //! to mail servers only through `serversync-connectors` and knows nothing of HTTP.
 
+mod activities;
 pub mod admin;
 mod bounces;
 pub mod compose;
@@ -20,6 +21,7 @@ pub mod outgoing;
 pub mod policy;
 pub mod records;
 pub mod retention;
+mod router;
 pub mod sign_in;
 mod slots;
 pub mod test_enable;

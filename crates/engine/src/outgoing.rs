@@ -65,7 +65,7 @@ pub fn subject_with_token(settings: &EmailSettings, a: &EmailActivity) -> String
 /// takes the organizations in turn (one mailbox of each, then the next of each…), and the
 /// engine starts one sender per mailbox.
 pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
-    crate::compose::expire_router_claims(store).await?;
+    crate::router::expire_router_claims(store).await?;
     let now = Utc::now();
     let mut ids = BTreeSet::new();
     for status in [EmailStatus::PendingSend, EmailStatus::Sending] {

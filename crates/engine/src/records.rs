@@ -24,6 +24,7 @@
 //! by an id cursor because item ids do not follow commit order: nothing committed late is
 //! skipped.
 
+use crate::activities::email_activities;
 use serversync_model::crm::{
     Account, ActivityParty, Attachment, Contact, Direction, EmailActivity, EmailStatus, Lead,
     PartyRole, QueueItem, RecordRef, dedupe_key,
@@ -39,7 +40,7 @@ use serversync_model::track::{
 use serversync_model::{
     ActivityId, AttachmentId, ContactId, ItemId, LeadId, OrgId, QueueId, QueueItemId, UserId,
 };
-use serversync_store::{Col, Entity, EntityWrite, LeaseGuard, Store, StoreError, Stored};
+use serversync_store::{Col, Entity, EntityWrite, LeaseGuard, Store, StoreError};
 use serversync_vault::sha256_hex;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -345,20 +346,6 @@ fn content_key(item: &MailItem) -> String {
         s.push('\u{1f}');
     }
     sha256_hex(s.as_bytes())
-}
-
-pub(crate) async fn email_activities(
-    store: &Store,
-    org: OrgId,
-    column: &'static str,
-    value: &str,
-) -> Result<Vec<Stored<EmailActivity>>, StoreError> {
-    store
-        .list_all::<EmailActivity>(
-            Some(org),
-            &[("kind", Col::text("email")), (column, Col::text(value))],
-        )
-        .await
 }
 
 /// Finds the activity the message answers, trying the steps in order; activities of the same

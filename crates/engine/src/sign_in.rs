@@ -4,7 +4,6 @@
 //! per client address whose wait doubles with each failure beyond a few free ones (the lockout
 //! of Amazon Cognito: five failures, then 1 s doubling up to about 15 minutes).
 
-use crate::admin::AdminError;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -203,24 +202,28 @@ impl Hasher {
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, AdminError> {
+    ) -> Result<T, HasherBusy> {
         let _queued = self
             .queue
             .clone()
             .try_acquire_owned()
-            .map_err(|_| AdminError::Busy)?;
+            .map_err(|_| HasherBusy)?;
         let _running = self
             .running
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| AdminError::Busy)?;
+            .map_err(|_| HasherBusy)?;
         tokio::task::spawn_blocking(work).await.map_err(|e| {
             tracing::error!(error = %e, "password hashing failed");
-            AdminError::Busy
+            HasherBusy
         })
     }
 }
+
+/// Too many sign-ins are being checked at once (`AdminError::Busy` to the caller).
+#[derive(Debug)]
+pub(crate) struct HasherBusy;
 
 /// The sign-in state an [`crate::Admin`] shares with its clones.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ impl ConnSlot {
         ttl: Duration,
     ) -> Result<Option<ConnSlot>, StoreError> {
         let max = max.max(1);
-        let start = (crate::incoming::jitter_seed() % u64::from(max)) as u32;
+        let start = (jitter_seed() % u64::from(max)) as u32;
         for i in 0..max {
             let n = (start + i) % max;
             if let Some(g) = store
@@ -39,4 +39,9 @@ impl ConnSlot {
     pub async fn release(self, store: &Store) {
         let _ = store.release_lease(&self.0).await;
     }
+}
+
+/// A random number, to spread workers over slots and to jitter reconnect delays.
+pub(crate) fn jitter_seed() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
 }

@@ -125,7 +125,7 @@ impl Admin {
         }
         errors.into_result()?;
         if m.email != b.email {
-            crate::domains::check_address(&self.store, org, "email", &m.email).await?;
+            super::domains::check_address(&self.store, org, "email", &m.email).await?;
         }
         if m.profile_id != b.profile_id
             || m.incoming_method != b.incoming_method

@@ -2,7 +2,7 @@
 //! the caller's privileges, validating with the model's rules, writing an audit entry in the
 //! same transaction as the change, and keeping mailboxes in step with users and queues.
 
-use crate::sign_in::{AuthConfig, SignIn};
+use crate::sign_in::{AuthConfig, HasherBusy, SignIn};
 use serversync_connectors::NetworkPolicy;
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
@@ -68,6 +68,12 @@ impl From<StoreError> for AdminError {
     }
 }
 
+impl From<HasherBusy> for AdminError {
+    fn from(_: HasherBusy) -> Self {
+        AdminError::Busy
+    }
+}
+
 impl From<Denied> for AdminError {
     fn from(d: Denied) -> Self {
         AdminError::Denied(d)
@@ -103,6 +109,7 @@ pub(crate) fn actor(c: &Caller) -> Actor {
 
 mod alerts;
 mod audit;
+mod domains;
 mod items;
 mod jobs;
 mod mailboxes;

@@ -70,7 +70,7 @@ impl Admin {
             user.tenant_exchange_admin,
         )?;
         user.validate()?;
-        crate::domains::check_address(&self.store, org, "email", &user.email).await?;
+        super::domains::check_address(&self.store, org, "email", &user.email).await?;
         self.store
             .insert_audited(&user, Some(NewAuditEntry::create(actor(c), &user)))
             .await?;
@@ -111,7 +111,7 @@ impl Admin {
             created_at: now(),
         };
         q.validate()?;
-        crate::domains::check_address(&self.store, org, "email", &q.email).await?;
+        super::domains::check_address(&self.store, org, "email", &q.email).await?;
         self.store
             .insert_audited(&q, Some(NewAuditEntry::create(actor(c), &q)))
             .await?;

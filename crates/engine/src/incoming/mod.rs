@@ -10,6 +10,7 @@ mod pop3;
 use crate::EngineConfig;
 use crate::policy::{self, Direction};
 pub(crate) use crate::slots::ConnSlot;
+use crate::slots::jitter_seed;
 use crate::test_enable::{Problem, credentials};
 use serversync_connectors::{ConnectError, ConnectOptions, Login};
 use serversync_model::MailboxId;
@@ -421,10 +422,6 @@ impl Reconnect {
         let factor = 0.5 + (jitter_seed() % 1000) as f64 / 1000.0;
         Some(base.mul_f64(factor))
     }
-}
-
-pub(crate) fn jitter_seed() -> u64 {
-    uuid::Uuid::new_v4().as_u64_pair().0
 }
 
 #[cfg(test)]
