@@ -349,6 +349,26 @@ impl Admin {
         Ok(a)
     }
 
+    /// Why an email of the organization waits in pending send
+    /// ([`crate::outgoing::waiting_reason`]); for a caller who may read or write records.
+    pub async fn send_waiting(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        a: &EmailActivity,
+    ) -> Result<Option<String>> {
+        if !c.has(Privilege::ReadRecords) {
+            c.require(Privilege::WriteRecords)?;
+        }
+        if a.org_id != org {
+            return Err(AdminError::NotFound {
+                entity: "email activity",
+                id: a.id.to_string(),
+            });
+        }
+        Ok(crate::outgoing::waiting_reason(self.store(), a).await?)
+    }
+
     /// Sends a draft, or tries again an email that failed or whose outcome is unknown (a
     /// person decided): back to pending send, attempts counted afresh.
     pub async fn send_activity(

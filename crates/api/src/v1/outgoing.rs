@@ -11,8 +11,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use serversync_model::auth::Caller;
 use serversync_model::crm::{EmailActivity, NewEmail, RouterSend};
-use serversync_model::{MailboxId, ValidationErrors};
+use serversync_model::{MailboxId, OrgId, ValidationErrors};
 use utoipa::ToSchema;
 
 /// An email activity with, while it waits in pending send, the reason it has not gone out.
@@ -27,10 +28,13 @@ pub struct EmailActivityView {
     pub send_waiting: Option<String>,
 }
 
-pub(crate) async fn view(s: &AppState, activity: EmailActivity) -> ApiResult<EmailActivityView> {
-    let send_waiting = serversync_engine::outgoing::waiting_reason(s.admin.store(), &activity)
-        .await
-        .map_err(serversync_engine::admin::AdminError::from)?;
+pub(crate) async fn view(
+    s: &AppState,
+    c: &Caller,
+    org: OrgId,
+    activity: EmailActivity,
+) -> ApiResult<EmailActivityView> {
+    let send_waiting = s.admin.send_waiting(c, org, &activity).await?;
     Ok(EmailActivityView {
         activity,
         send_waiting,
@@ -51,7 +55,7 @@ pub async fn compose(
     let org = org(&s, &c, &o).await?;
     let new: NewEmail = body.parse()?;
     let a = s.admin.compose_email(&c, org.id, new).await?;
-    Ok((StatusCode::CREATED, Json(view(&s, a).await?)))
+    Ok((StatusCode::CREATED, Json(view(&s, &c, org.id, a).await?)))
 }
 
 #[utoipa::path(post, path = "/api/v1/orgs/{org}/activities/{id}/send", tag = "outgoing", params(("org" = String, Path), ("id" = String, Path)),
@@ -65,7 +69,7 @@ pub async fn send(
 ) -> ApiResult<Json<EmailActivityView>> {
     let org = org(&s, &c, &o).await?;
     let a = s.admin.send_activity(&c, org.id, id("id", &aid)?).await?;
-    Ok(Json(view(&s, a).await?))
+    Ok(Json(view(&s, &c, org.id, a).await?))
 }
 
 /// An Email Router asks for work.

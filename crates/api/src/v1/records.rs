@@ -206,7 +206,7 @@ pub async fn get_activity(
 ) -> ApiResult<Json<super::outgoing::EmailActivityView>> {
     let org = org(&s, &c, &o).await?;
     let a = s.admin.email_activity(&c, org.id, id("id", &aid)?).await?;
-    Ok(Json(super::outgoing::view(&s, a).await?))
+    Ok(Json(super::outgoing::view(&s, &c, org.id, a).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/activities/{id}/thread", tag = "records", params(("org" = String, Path), ("id" = String, Path)),

@@ -167,7 +167,7 @@ impl Admin {
         &self.network
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 

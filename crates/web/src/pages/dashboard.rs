@@ -11,9 +11,10 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::Response;
 use chrono::{Duration, Timelike, Utc};
+use serversync_model::MailboxId;
 use serversync_model::item::{ItemDecision, MailItem};
 use serversync_model::mailbox::{ApprovalStatus, RunStatus};
-use serversync_store::Filter;
+use serversync_model::org::Privilege;
 
 pub struct ProfileHealth {
     pub id: String,
@@ -121,27 +122,29 @@ pub async fn page(State(web): State<Web>, s: Session) -> Response {
     // Items of the last 24 hours, per hour, and their arrival latency.
     let now = Utc::now();
     let since = now - Duration::hours(24);
+    // Every mailbox's with "read mailboxes", else those of the mailboxes the caller owns.
+    let scopes: Vec<Option<MailboxId>> = if s.caller.has(Privilege::ReadMailboxes) {
+        vec![None]
+    } else {
+        mailboxes.iter().map(|m| Some(m.id)).collect()
+    };
     let mut items: Vec<MailItem> = Vec::new();
-    let mut after: Option<String> = None;
-    for _ in 0..20 {
-        let page = match web
-            .admin
-            .store()
-            .list_where::<MailItem>(
-                Some(s.org.id),
-                &[Filter::AtLeast("created_at", since.timestamp_millis())],
-                after.as_deref(),
-                1000,
-            )
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => return error(&s, e),
-        };
-        items.extend(page.items.into_iter().map(|i| i.value));
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
+    for scope in scopes {
+        let mut after: Option<String> = None;
+        for _ in 0..20 {
+            let page = match web
+                .admin
+                .items_since(&s.caller, s.org.id, scope, since, after.as_deref(), 1000)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => return error(&s, e),
+            };
+            items.extend(page.items.into_iter().map(|i| i.value));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
         }
     }
     let start_hour = since
