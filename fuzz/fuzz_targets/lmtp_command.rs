@@ -1,11 +1,11 @@
-//! Client bytes → the LMTP server's command handling (`engine::lmtp`): the bounded line
-//! reader, then each line as the session reads it (verb, MAIL FROM and RCPT TO arguments),
-//! checking the replies and the addresses accepted.
+//! Client bytes → the LMTP server's command handling (`connectors::lmtp`, which the engine's
+//! LMTP sessions use): the bounded line reader, then each line as the session reads it (verb,
+//! MAIL FROM and RCPT TO arguments), checking the replies and the addresses accepted.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use serversync_engine::lmtp::fuzzing::read_lines;
-use serversync_engine::lmtp::{parse_mail_from, parse_rcpt_to, split_command};
+use serversync_connectors::lmtp::fuzzing::read_lines;
+use serversync_connectors::lmtp::{parse_mail_from, parse_rcpt_to, split_command};
 
 /// A reply line: a code, a space, text without control characters (a CR or LF in it would
 /// let a client inject replies).

@@ -84,6 +84,7 @@ pub mod certificate;
 pub mod dsn;
 pub mod error;
 pub mod imap;
+pub mod lmtp;
 pub mod login;
 pub mod mime;
 pub mod net;
