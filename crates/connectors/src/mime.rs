@@ -2,6 +2,8 @@
 //! newer compiler). Pure: no I/O. Lenient like mail-parser itself, but every irregularity is
 //! reported in `problems` so the decision trace can say what was wrong.
 
+pub mod build;
+
 use chrono::{DateTime, Utc};
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
 

@@ -21,7 +21,7 @@ use crate::test_enable::{Problem, addr, credentials};
 use chrono::Utc;
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, smtp};
-use serversync_model::crm::{Direction, EmailActivity, EmailStatus, PartyRole};
+use serversync_model::crm::{Direction, EmailActivity, EmailStatus};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox};
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
@@ -645,72 +645,37 @@ pub(crate) async fn build(
     a: &EmailActivity,
     store: &Store,
 ) -> Result<(Vec<u8>, Vec<String>), String> {
-    use lettre::message::{Attachment, Mailbox as Addr, MultiPart, SinglePart, header};
-    let parse = |s: &str| {
-        s.parse::<Addr>()
-            .map_err(|e| format!("the address {s:?} is not valid ({e})"))
-    };
+    use serversync_connectors::mime::build::{OutgoingAttachment, headers};
     let mid = a
         .message_id
         .clone()
         .unwrap_or_else(|| message_id_for(&a.id, &mailbox.email));
-    let mut b = lettre::Message::builder()
-        .from(parse(&mailbox.email)?)
-        .subject(subject_with_token(settings, a))
-        .message_id(Some(format!("<{mid}>")))
-        .date_now();
-    if let Some(r) = &a.in_reply_to {
-        b = b.in_reply_to(format!("<{r}>"));
+    let headers = headers(
+        &mailbox.email,
+        subject_with_token(settings, a),
+        &mid,
+        a.in_reply_to.as_deref(),
+        &a.references,
+        &a.parties,
+    )?;
+    let mut attachments = Vec::new();
+    for at in &a.attachments {
+        let bytes = store
+            .get_blob(&at.sha256)
+            .await
+            .map_err(|e| format!("the attachment {} could not be read ({e})", at.file_name))?
+            .ok_or_else(|| format!("the attachment {} is not stored", at.file_name))?;
+        attachments.push(OutgoingAttachment {
+            file_name: at.file_name.clone(),
+            content_type: at.content_type.clone(),
+            bytes,
+        });
     }
-    if !a.references.is_empty() {
-        let refs: Vec<String> = a.references.iter().map(|r| format!("<{r}>")).collect();
-        b = b.references(refs.join(" "));
-    }
-    let mut rcpts = Vec::new();
-    for p in &a.parties {
-        let to = match &p.display_name {
-            Some(n) => format!("{n} <{}>", p.address),
-            None => p.address.clone(),
-        };
-        b = match p.role {
-            PartyRole::To => b.to(parse(&to)?),
-            PartyRole::Cc => b.cc(parse(&to)?),
-            PartyRole::Bcc => b.bcc(parse(&to)?),
-            PartyRole::From => continue,
-        };
-        rcpts.push(p.address.clone());
-    }
-    if rcpts.is_empty() {
-        return Err("the email has no recipients".into());
-    }
-    let text = a.text_body.clone().unwrap_or_default();
-    let msg = match (&a.html_body, a.attachments.is_empty()) {
-        (None, true) => b.body(text),
-        (Some(html), true) => b.multipart(MultiPart::alternative_plain_html(text, html.clone())),
-        (html, false) => {
-            let mut mixed = match html {
-                Some(h) => {
-                    MultiPart::mixed().multipart(MultiPart::alternative_plain_html(text, h.clone()))
-                }
-                None => MultiPart::mixed().singlepart(SinglePart::plain(text)),
-            };
-            for at in &a.attachments {
-                let bytes = store
-                    .get_blob(&at.sha256)
-                    .await
-                    .map_err(|e| {
-                        format!("the attachment {} could not be read ({e})", at.file_name)
-                    })?
-                    .ok_or_else(|| format!("the attachment {} is not stored", at.file_name))?;
-                let ct = header::ContentType::parse(&at.content_type)
-                    .unwrap_or(header::ContentType::TEXT_PLAIN);
-                mixed = mixed.singlepart(Attachment::new(at.file_name.clone()).body(bytes, ct));
-            }
-            b.multipart(mixed)
-        }
-    }
-    .map_err(|e| format!("the message could not be built ({e})"))?;
-    Ok((msg.formatted(), rcpts))
+    headers.finish(
+        a.text_body.clone().unwrap_or_default(),
+        a.html_body.clone(),
+        attachments,
+    )
 }
 
 async fn imap_session(
