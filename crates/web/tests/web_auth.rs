@@ -744,3 +744,101 @@ both!(the_admin_center_lists_and_revokes_tokens, |backend| {
     assert_eq!(r.status, 403);
     assert_eq!(s.api(&s.token, "GET", &me, None).await.0, 200);
 });
+
+// The dashboard's item counts go through `Admin::items_since`: a user without "read
+// mailboxes" counts only its own mailbox's items, not the organization's (it read them all
+// from the store before).
+both!(
+    the_dashboard_counts_only_the_items_the_user_may_read,
+    |backend| {
+        let s = Site::start(backend).await;
+        s.user(
+            "default",
+            "Bob Basic",
+            "bob@example.test",
+            &["basic_user"],
+            "bob's long password",
+        )
+        .await;
+        s.user(
+            "default",
+            "Dave Basic",
+            "dave@example.test",
+            &["basic_user"],
+            "dave's long password",
+        )
+        .await;
+        let root = s.admin.authenticate(&s.token).await.unwrap();
+        let org = root.user.org_id;
+        let settings = s.admin.settings(org).await.unwrap().value;
+        let mailboxes = s
+            .admin
+            .list_mailboxes(&root, org, &Default::default(), None, 100)
+            .await
+            .unwrap()
+            .items;
+        let mailbox = |email: &str| {
+            mailboxes
+                .iter()
+                .find(|m| m.value.email == email)
+                .unwrap()
+                .value
+                .clone()
+        };
+        let items = [
+            ("bob@example.test", 1),
+            ("dave@example.test", 2),
+            ("dave@example.test", 3),
+        ];
+        for (to, uid) in items {
+            let raw = format!(
+                "From: carol@example.test\r\nTo: {to}\r\nSubject: Item {uid}\r\n\
+             Message-ID: <dash-{uid}@example.test>\r\n\r\nHello\r\n"
+            );
+            serversync_engine::intake::take_in(
+                &s.store,
+                &mailbox(to),
+                &settings,
+                None,
+                serversync_model::item::ItemSource::Imap {
+                    folder: "INBOX".into(),
+                    uid_validity: 1,
+                    uid,
+                },
+                raw.as_bytes(),
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+        }
+
+        let r = s
+            .sign_in(
+                "default",
+                "bob@example.test",
+                "bob's long password",
+                CLIENT.into(),
+            )
+            .await;
+        let cookie = session_cookie(&r).unwrap_or_else(|| panic!("{} {}", r.status, r.body));
+        let page = s.get("/", &cookie).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(
+            page.body
+                .contains("1 mailboxes · 1 items in the last 24 hours, 0 failed."),
+            "{}",
+            page.body
+        );
+
+        let cookie = s.sign_in_with_token(&s.token).await;
+        let page = s.get("/", &cookie).await;
+        assert!(
+            page.body.contains(&format!(
+                "{} mailboxes · 3 items in the last 24 hours, 0 failed.",
+                mailboxes.len()
+            )),
+            "{}",
+            page.body
+        );
+    }
+);
