@@ -499,7 +499,7 @@ both!(
             after = Some(last.value.record_id.clone());
             seen.extend(page.into_iter().map(|s| s.value.remote_id));
         }
-        let mut want = vec![
+        let mut want = [
             ("AAMk-1", appt_id.clone()),
             ("card-8.vcf", c.id.to_string()),
         ];
