@@ -53,6 +53,11 @@ both!(the_change_feed_pages_with_a_resumable_cursor, |backend| {
     assert_eq!(ids, created.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(seen[1]["event_type"], "account.created");
     assert_eq!(seen[1]["record"]["name"], "Contoso");
+    // Made through the API: each change says so (a two-way syncer's own writes say
+    // `sync:<mailbox id>`).
+    for c in &seen {
+        assert_eq!(c["origin"], "api", "{c}");
+    }
 
     // A new write shows up after the cursor.
     s.ok(

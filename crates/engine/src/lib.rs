@@ -28,6 +28,7 @@ pub mod test_enable;
 pub mod webhooks;
 
 use serversync_connectors::{ConnectOptions, NetworkPolicy, TlsTrust};
+use serversync_model::webhook::ChangeOrigin;
 use serversync_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,9 +136,11 @@ impl Engine {
         }
     }
 
-    /// The administration service, wired to wake this engine when it queues a job.
+    /// The administration service, wired to wake this engine when it queues a job. Its
+    /// record writes are tagged `api` on the change feed.
     pub fn admin(&self) -> Admin {
-        Admin::sharing(self.store.clone(), self.wake.clone(), self.sign_in.clone())
+        let store = self.store.with_origin(ChangeOrigin::Api);
+        Admin::sharing(store, self.wake.clone(), self.sign_in.clone())
             .with_network(self.config.network.clone())
     }
 

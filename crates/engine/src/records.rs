@@ -37,6 +37,7 @@ use serversync_model::track::{
     Candidate, CorrelationStep, Resolution, correlation_steps, evaluate_filter, find_token,
     normalize_address, resolve_address, smart_match,
 };
+use serversync_model::webhook::ChangeOrigin;
 use serversync_model::{
     ActivityId, AttachmentId, ContactId, ItemId, LeadId, OrgId, QueueId, QueueItemId, UserId,
 };
@@ -253,7 +254,11 @@ impl Pending {
         for q in &queue_items {
             writes.push(EntityWrite::insert(q)?);
         }
-        store.commit_tracking(lease, &writes, &finished).await
+        // The activities and queue items the tracker makes are tagged as its own on the feed.
+        store
+            .with_origin(ChangeOrigin::Tracker)
+            .commit_tracking(lease, &writes, &finished)
+            .await
     }
 }
 

@@ -242,7 +242,7 @@ async fn assert_synced_exactly_once(
         {
             let cursor = store.get_cursor(m.id, "INBOX").await.ok().flatten();
             let now = mailbox(store, m.id).await;
-            cursor.and_then(|c| c.last_uid) == Some(ids.len() as u32)
+            cursor.and_then(|c| c.into_imap()).and_then(|c| c.last_uid) == Some(ids.len() as u32)
                 && now.incoming.status == RunStatus::Success
                 && now.telemetry.postponed_until.is_none()
                 && now.telemetry.transient_failure_count == 0
@@ -401,6 +401,7 @@ async fn wait_mid_sync(store: &Store, id: MailboxId, n: usize) -> i64 {
             .await
             .ok()
             .flatten()
+            .and_then(|c| c.into_imap())
             .and_then(|c| c.last_uid)
             .is_some()
     );

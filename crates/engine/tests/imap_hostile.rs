@@ -211,6 +211,7 @@ async fn last_uid(store: &Store, m: MailboxId) -> Option<u32> {
         .get_cursor(m, "INBOX")
         .await
         .unwrap()
+        .and_then(|c| c.into_imap())
         .and_then(|c| c.last_uid)
 }
 

@@ -76,6 +76,7 @@ async fn sync_until(
             .get_cursor(mailbox, "INBOX")
             .await
             .unwrap()
+            .and_then(|c| c.into_imap())
             .map_or(u32::MAX, |c| c.uid_validity_changes);
         if done(items, changes) {
             break;
@@ -176,7 +177,12 @@ async fn a_uidvalidity_reset_stores_nothing_twice() {
         "four old messages once each, plus the new one: {ids:?}"
     );
     assert!(ids.contains(&Some("after-reset@example.test")));
-    let cursor = store.get_cursor(m.id, "INBOX").await.unwrap().unwrap();
+    let cursor = store
+        .get_cursor(m.id, "INBOX")
+        .await
+        .unwrap()
+        .and_then(|c| c.into_imap())
+        .unwrap();
     assert_eq!(cursor.uid_validity, Some(v2));
 }
 
@@ -380,6 +386,7 @@ async fn a_recreated_folder_loses_no_message_that_shares_a_message_id(backend: B
             .get_cursor(m.id, FOLDER)
             .await
             .unwrap()
+            .and_then(|c| c.into_imap())
             .is_some_and(|c| c.uid_validity == Some(v2) && c.last_uid == last_uid)
     );
     stop.cancel();

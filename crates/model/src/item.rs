@@ -19,6 +19,18 @@ pub enum ItemSource {
     Pop3 {
         uidl: String,
     },
+    /// Exchange Web Services: the folder it was found in and its `ItemId` (unique within the
+    /// mailbox; EWS gives an item a new id when it moves to another folder).
+    Ews {
+        folder: String,
+        item_id: String,
+    },
+    /// Microsoft Graph: the folder it was found in and the message's id (asked for as an
+    /// immutable id, which a move does not change).
+    Graph {
+        folder: String,
+        id: String,
+    },
     /// Email Router intake: an MTA over LMTP, or `serversync deliver`.
     Router {
         via: String,
@@ -26,8 +38,9 @@ pub enum ItemSource {
 }
 
 impl ItemSource {
-    /// The key that makes a message unique within its mailbox. For router intake the
-    /// content hash is appended, so the same message handed in twice is kept once.
+    /// The key that makes a message unique within its mailbox: `imap:<folder>:<uidvalidity>:<uid>`,
+    /// `pop3:<uidl>`, `ews:<ItemId>`, `graph:<id>`, `router:<sha256>`. For router intake the
+    /// content hash is the key, so the same message handed in twice is kept once.
     pub fn key(&self, sha256: &str) -> String {
         match self {
             ItemSource::Imap {
@@ -36,6 +49,8 @@ impl ItemSource {
                 uid,
             } => format!("imap:{folder}:{uid_validity}:{uid}"),
             ItemSource::Pop3 { uidl } => format!("pop3:{uidl}"),
+            ItemSource::Ews { item_id, .. } => format!("ews:{item_id}"),
+            ItemSource::Graph { id, .. } => format!("graph:{id}"),
             ItemSource::Router { .. } => format!("router:{sha256}"),
         }
     }
@@ -97,4 +112,52 @@ pub struct MailItem {
     /// The decision trace, in order: what was found and why the decision was taken.
     pub trace: Vec<String>,
     pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_has_its_key_and_round_trips() {
+        let cases = [
+            (
+                ItemSource::Imap {
+                    folder: "INBOX".into(),
+                    uid_validity: 3,
+                    uid: 17,
+                },
+                "imap",
+                "imap:INBOX:3:17",
+            ),
+            (ItemSource::Pop3 { uidl: "u1".into() }, "pop3", "pop3:u1"),
+            (
+                ItemSource::Ews {
+                    folder: "Inbox".into(),
+                    item_id: "AAMkADk0=".into(),
+                },
+                "ews",
+                "ews:AAMkADk0=",
+            ),
+            (
+                ItemSource::Graph {
+                    folder: "inbox".into(),
+                    id: "AQMkAGI2".into(),
+                },
+                "graph",
+                "graph:AQMkAGI2",
+            ),
+            (
+                ItemSource::Router { via: "lmtp".into() },
+                "router",
+                "router:ffee",
+            ),
+        ];
+        for (source, tag, key) in cases {
+            assert_eq!(source.key("ffee"), key);
+            let v = serde_json::to_value(&source).unwrap();
+            assert_eq!(v["type"], tag, "{v}");
+            assert_eq!(serde_json::from_value::<ItemSource>(v).unwrap(), source);
+        }
+    }
 }

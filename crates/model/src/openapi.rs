@@ -20,3 +20,18 @@ pub(crate) fn secret_schema() -> RefOr<Schema> {
         ))
         .into()
 }
+
+pub(crate) fn change_origin_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(
+            "^(api|tracker|system|sync:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
+        ))
+        .description(Some(
+            "Who made the change: `api` (through the API, the web admin center or the CLI), \
+             `sync:<mailbox id>` (a syncer writing what it read from that mailbox's server), \
+             `tracker` (email tracking), `system` (anything else, and changes recorded before \
+             origins were kept).",
+        ))
+        .into()
+}

@@ -6,7 +6,7 @@
 //! change as an event whose id is derived from `seq`, so a receiver can drop duplicates.
 
 use crate::validate::is_http_url;
-use crate::{OrgId, SecretId, ValidationErrors, WebhookId};
+use crate::{MailboxId, OrgId, SecretId, ValidationErrors, WebhookId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -34,6 +34,74 @@ pub enum ChangeOp {
     Deleted,
 }
 
+/// Who made a change of the feed, so a reader can tell its own writes from others': a two-way
+/// syncer skips the changes tagged with its own `sync:<mailbox id>`.
+///
+/// On the wire a string: `api` (an administrator or user through the API, the web admin center
+/// or the CLI), `sync:<mailbox id>` (a syncer writing what it read from that mailbox's
+/// server), `tracker` (email tracking: activities and queue items made from mail), `system`
+/// (everything else, and every change recorded before origins were kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ChangeOrigin {
+    Api,
+    Sync(MailboxId),
+    Tracker,
+    #[default]
+    System,
+}
+
+impl std::fmt::Display for ChangeOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeOrigin::Api => f.write_str("api"),
+            ChangeOrigin::Sync(m) => write!(f, "sync:{m}"),
+            ChangeOrigin::Tracker => f.write_str("tracker"),
+            ChangeOrigin::System => f.write_str("system"),
+        }
+    }
+}
+
+impl std::str::FromStr for ChangeOrigin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "api" => Ok(ChangeOrigin::Api),
+            "tracker" => Ok(ChangeOrigin::Tracker),
+            "system" => Ok(ChangeOrigin::System),
+            _ => match s.strip_prefix("sync:") {
+                Some(m) => m.parse().map(ChangeOrigin::Sync).map_err(|_| {
+                    format!("change origin {s:?}: sync: must be followed by a mailbox id")
+                }),
+                None => Err(format!(
+                    "unknown change origin {s:?} (api, sync:<mailbox id>, tracker or system)"
+                )),
+            },
+        }
+    }
+}
+
+impl Serialize for ChangeOrigin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChangeOrigin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ChangeOrigin {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::change_origin_schema()
+    }
+}
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ChangeOrigin {}
+
 /// One entry of the change feed.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +121,9 @@ pub struct Change {
     pub at: DateTime<Utc>,
     /// The record as written (for a delete: as it was before).
     pub record: serde_json::Value,
+    /// Who made the change (`api`, `sync:<mailbox id>`, `tracker`, `system`).
+    #[serde(default)]
+    pub origin: ChangeOrigin,
 }
 
 impl Change {
@@ -161,6 +232,29 @@ pub fn retry_delay(failures: u32, base: Duration, max: Duration, jitter: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn change_origins_are_strings_both_ways() {
+        let m = MailboxId::new();
+        for (o, text) in [
+            (ChangeOrigin::Api, "api".to_owned()),
+            (ChangeOrigin::Sync(m), format!("sync:{m}")),
+            (ChangeOrigin::Tracker, "tracker".to_owned()),
+            (ChangeOrigin::System, "system".to_owned()),
+        ] {
+            assert_eq!(o.to_string(), text);
+            assert_eq!(serde_json::to_value(o).unwrap(), text.as_str());
+            assert_eq!(
+                serde_json::from_value::<ChangeOrigin>(text.into()).unwrap(),
+                o
+            );
+        }
+        let e = "sync:nope".parse::<ChangeOrigin>().unwrap_err();
+        assert!(e.contains("mailbox id"), "{e}");
+        let e = "robot".parse::<ChangeOrigin>().unwrap_err();
+        assert!(e.contains("unknown change origin"), "{e}");
+        assert_eq!(ChangeOrigin::default(), ChangeOrigin::System);
+    }
 
     #[test]
     fn retry_delay_grows_and_is_bounded() {

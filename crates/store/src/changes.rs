@@ -1,6 +1,7 @@
 //! The change feed: one row per create, update or delete of a CRM record, written in the same
 //! transaction as the record (from the generic [`Entity`](crate::Entity) paths, for entities
-//! whose `FEED` names a record type).
+//! whose `FEED` names a record type). Each row carries its origin (who made the change: the
+//! writing [`Store`] handle's, see [`Store::with_origin`]).
 //!
 //! **Commit order.** A reader pages with `seq > after`, so the feed is only sound if no row can
 //! become visible with a `seq` lower than one a reader has already seen.
@@ -17,13 +18,13 @@
 
 use crate::{Store, StoreError, dispatch, from_ms};
 use serversync_model::OrgId;
-use serversync_model::webhook::{Change, ChangeOp, RecordType};
+use serversync_model::webhook::{Change, ChangeOp, ChangeOrigin, RecordType};
 use sqlx::Row;
 
 pub(crate) const LOCK_FEED: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
-pub(crate) const INSERT_CHANGE: &str = "INSERT INTO changes (org_id, record_type, record_id, op, version, at, doc) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const INSERT_CHANGE: &str = "INSERT INTO changes (org_id, record_type, record_id, op, version, at, doc, origin) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 pub(crate) fn lock_key(org: &str) -> String {
     format!("changes:{org}")
@@ -42,9 +43,9 @@ macro_rules! lock_feed_in {
 }
 pub(crate) use lock_feed_in;
 
-/// Appends a change inside the open transaction `$tx`.
+/// Appends a change inside the open transaction `$tx`, with the store's origin.
 macro_rules! record_change_in {
-    ($tx:ident, $org:expr, $rt:expr, $id:expr, $op:expr, $version:expr, $doc:expr) => {{
+    ($store:expr, $tx:ident, $org:expr, $rt:expr, $id:expr, $op:expr, $version:expr, $doc:expr) => {{
         sqlx::query($crate::changes::INSERT_CHANGE)
             .bind($org)
             .bind(serversync_model::wire_name(&$rt))
@@ -53,6 +54,7 @@ macro_rules! record_change_in {
             .bind($version)
             .bind($crate::now_ms())
             .bind($doc)
+            .bind($store.origin.to_string())
             .execute(&mut *$tx)
             .await?;
     }};
@@ -78,15 +80,43 @@ impl Store {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Change>, StoreError> {
+        self.changes_after_filtered(org, after_seq, limit, None)
+            .await
+    }
+
+    /// Like [`Store::changes_after`], without the changes made with origin `exclude` (a
+    /// two-way syncer passes its own `sync:<mailbox id>` to skip its own writes). The rows
+    /// left out are skipped by the query, so a page holds up to `limit` of the others.
+    pub async fn changes_after_excluding(
+        &self,
+        org: OrgId,
+        after_seq: i64,
+        limit: u32,
+        exclude: ChangeOrigin,
+    ) -> Result<Vec<Change>, StoreError> {
+        self.changes_after_filtered(org, after_seq, limit, Some(exclude))
+            .await
+    }
+
+    async fn changes_after_filtered(
+        &self,
+        org: OrgId,
+        after_seq: i64,
+        limit: u32,
+        exclude: Option<ChangeOrigin>,
+    ) -> Result<Vec<Change>, StoreError> {
         let limit = i64::from(limit.clamp(1, 1000));
+        // `origin <> ''` (no origin is empty) when nothing is excluded: one statement.
+        let exclude = exclude.map(|o| o.to_string()).unwrap_or_default();
         dispatch!(&self.db, pool => {
             let rows = sqlx::query(
-                "SELECT seq, record_type, record_id, op, version, at, doc FROM changes \
-                 WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                "SELECT seq, record_type, record_id, op, version, at, doc, origin FROM changes \
+                 WHERE org_id = $1 AND seq > $2 AND origin <> $4 ORDER BY seq LIMIT $3",
             )
             .bind(org.to_string())
             .bind(after_seq)
             .bind(limit)
+            .bind(exclude)
             .fetch_all(pool)
             .await?;
             rows.iter().map(|r| {
@@ -94,6 +124,12 @@ impl Store {
                 let record_type: RecordType = parse(r.try_get("record_type")?, seq)?;
                 let op: ChangeOp = parse(r.try_get("op")?, seq)?;
                 let doc: &str = r.try_get("doc")?;
+                let origin: &str = r.try_get("origin")?;
+                let origin: ChangeOrigin = origin.parse().map_err(|cause| StoreError::Corrupt {
+                    entity: "change",
+                    id: seq.to_string(),
+                    cause,
+                })?;
                 Ok(Change {
                     seq,
                     event_id: Change::event_id_for(seq),
@@ -109,6 +145,7 @@ impl Store {
                         id: seq.to_string(),
                         cause: e.to_string(),
                     })?,
+                    origin,
                 })
             }).collect()
         })

@@ -325,7 +325,9 @@ macro_rules! run_write_in {
                 } else {
                     serversync_model::webhook::ChangeOp::Created
                 };
-                $crate::changes::record_change_in!($tx, org, *rt, &w.id, op, version, &w.doc);
+                $crate::changes::record_change_in!(
+                    $store, $tx, org, *rt, &w.id, op, version, &w.doc
+                );
             }
         }
         row
@@ -512,7 +514,7 @@ impl Store {
                 let del = format!("DELETE FROM {table} WHERE {own} = $1");
                 sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind(id).execute(&mut *tx).await?;
             }
-            record_change_in!(tx, &org, rt, id, ChangeOp::Deleted, version, &doc);
+            record_change_in!(self, tx, &org, rt, id, ChangeOp::Deleted, version, &doc);
             if let Some(a) = audit {
                 crate::audit::append_in!(tx, a);
             }

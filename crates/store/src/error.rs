@@ -1,4 +1,4 @@
-use serversync_model::ErrorKind;
+use serversync_model::{ErrorKind, ValidationErrors};
 use serversync_vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,11 @@ pub enum StoreError {
         entity: &'static str,
         id: String,
         expected: i64,
+    },
+    #[error("{entity} is not valid: {errors}")]
+    Invalid {
+        entity: &'static str,
+        errors: ValidationErrors,
     },
     #[error("lease on {resource} is no longer held by this worker (epoch {epoch})")]
     LeaseLost { resource: String, epoch: i64 },
@@ -102,6 +107,7 @@ impl StoreError {
             StoreError::NotFound { .. }
             | StoreError::Conflict { .. }
             | StoreError::VersionMismatch { .. }
+            | StoreError::Invalid { .. }
             | StoreError::LeaseLost { .. } => ErrorKind::Permanent,
             StoreError::Migration(_) | StoreError::Corrupt { .. } | StoreError::Vault(_) => {
                 ErrorKind::Bug

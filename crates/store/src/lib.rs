@@ -18,6 +18,7 @@ mod error;
 mod items;
 mod lease;
 mod outgoing;
+mod remote_links;
 mod retention;
 mod secrets;
 mod sync_state;
@@ -28,9 +29,11 @@ pub use entity::{Col, Entity, EntityWrite, Filter, Page, Stored};
 pub use error::StoreError;
 pub use items::{ItemInsert, ItemRow, Remap};
 pub use lease::LeaseGuard;
+pub use remote_links::Expected;
 pub use retention::DatabaseSize;
 pub use webhooks::{DueWebhook, NewDelivery};
 
+use serversync_model::webhook::ChangeOrigin;
 use serversync_vault::MasterKey;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -75,6 +78,8 @@ pub struct Store {
     /// Set when storing a synchronized message failed for lack of disk space, cleared by the
     /// next committed cursor; shared by every clone (the engine writes, `/readyz` reads).
     pub(crate) storage_full: Arc<std::sync::Mutex<Option<StorageFull>>>,
+    /// The origin written on the change-feed rows of this handle's writes.
+    pub(crate) origin: ChangeOrigin,
 }
 
 /// The database ran out of disk space while storing synchronized mail.
@@ -86,6 +91,21 @@ pub struct StorageFull {
 }
 
 impl Store {
+    /// A handle on the same database whose writes record `origin` on the change feed (the
+    /// default is [`ChangeOrigin::System`]): the API's handle says `api`, the tracker's
+    /// `tracker`, a two-way syncer's `sync:<mailbox id>`.
+    pub fn with_origin(&self, origin: ChangeOrigin) -> Store {
+        Store {
+            origin,
+            ..self.clone()
+        }
+    }
+
+    /// The origin this handle's writes record on the change feed.
+    pub fn origin(&self) -> ChangeOrigin {
+        self.origin
+    }
+
     /// Whether storing synchronized mail is failing for lack of disk space (since when, and
     /// the database's error), until a cursor is committed again.
     pub fn storage_full(&self) -> Option<StorageFull> {
@@ -118,6 +138,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("backend", &self.backend())
             .field("key", &self.key)
+            .field("origin", &self.origin)
             .finish()
     }
 }
@@ -236,6 +257,7 @@ impl Store {
             db,
             key: Arc::new(key),
             storage_full: Default::default(),
+            origin: ChangeOrigin::System,
         })
     }
 

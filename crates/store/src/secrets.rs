@@ -171,6 +171,7 @@ impl Store {
                 db: self.db,
                 key: std::sync::Arc::new(new_key),
                 storage_full: self.storage_full,
+                origin: self.origin,
             },
             count,
         ))

@@ -1,4 +1,5 @@
-//! Per-folder synchronization cursors, written only under a valid lease.
+//! Per-folder synchronization cursors, written only under a valid lease. A cursor is typed by
+//! protocol ([`FolderCursor`]); rows in the shape written before that read as IMAP cursors.
 
 use crate::{LeaseGuard, Store, StoreError, dispatch, now_ms};
 use serversync_model::MailboxId;
@@ -31,15 +32,17 @@ impl Store {
     }
 
     /// Writes a cursor only if `lease` is still the current, unexpired lease (fencing): a worker
-    /// that lost its mailbox cannot move the cursor.
+    /// that lost its mailbox cannot move the cursor. Takes any form of cursor (`&ImapCursor`,
+    /// `&FolderCursor`, …); it is stored typed (`{"kind": …}`).
     pub async fn put_cursor(
         &self,
         lease: &LeaseGuard,
         mailbox: MailboxId,
         folder: &str,
-        cursor: &FolderCursor,
+        cursor: impl Into<FolderCursor>,
     ) -> Result<(), StoreError> {
-        let r = self.put_cursor_once(lease, mailbox, folder, cursor).await;
+        let cursor: FolderCursor = cursor.into();
+        let r = self.put_cursor_once(lease, mailbox, folder, &cursor).await;
         self.note_write(&r);
         r
     }

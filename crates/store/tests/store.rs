@@ -6,7 +6,7 @@ use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
 use serversync_model::org::{BuiltinRole, Organization, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType, TlsMode};
 use serversync_model::settings::EmailSettings;
-use serversync_model::sync::FolderCursor;
+use serversync_model::sync::{FolderCursor, ImapCursor};
 use serversync_model::{AlertId, OrgId, Secret};
 use serversync_store::{Backend, Col, NewAuditEntry, Store, StoreError};
 use serversync_testkit::{PgDatabase, TestEnv};
@@ -553,7 +553,7 @@ both!(leases_fence_stale_owners, |store, db, k| {
         "held by a"
     );
     store.renew_lease(&a, ttl).await.unwrap();
-    let cursor = FolderCursor {
+    let cursor = ImapCursor {
         uid_validity: Some(7),
         last_uid: Some(42),
         ..Default::default()
@@ -574,7 +574,7 @@ both!(leases_fence_stale_owners, |store, db, k| {
         store.renew_lease(&a, ttl).await,
         Err(StoreError::LeaseLost { .. })
     ));
-    let stale = FolderCursor {
+    let stale = ImapCursor {
         last_uid: Some(99),
         ..cursor.clone()
     };
@@ -584,7 +584,7 @@ both!(leases_fence_stale_owners, |store, db, k| {
     ));
     assert_eq!(
         store.get_cursor(mailbox, "INBOX").await.unwrap(),
-        Some(cursor.clone())
+        Some(FolderCursor::Imap(cursor.clone()))
     );
 
     // A clean release hands over at once.

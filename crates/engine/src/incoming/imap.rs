@@ -20,7 +20,7 @@ use serversync_connectors::imap::sync::{IdleEvent, SyncSession};
 use serversync_connectors::{ServerAddr, mime};
 use serversync_model::item::{ItemDecision, ItemSource};
 use serversync_model::mailbox::Mailbox;
-use serversync_model::sync::FolderCursor;
+use serversync_model::sync::{FolderCursor, ImapCursor};
 use serversync_model::{ErrorKind, FailureStep};
 use serversync_store::Remap;
 use serversync_vault::sha256_hex;
@@ -203,13 +203,22 @@ async fn sync_folder(
     let started = chrono::Utc::now();
     loop {
         let status = imap.select(folder, condstore).await?;
-        let mut cursor = store.get_cursor(id, folder).await?.unwrap_or_default();
+        let mut cursor = match store.get_cursor(id, folder).await? {
+            Some(FolderCursor::Imap(c)) => c,
+            None => ImapCursor::default(),
+            Some(other) => {
+                // Another protocol's position means nothing here: read the folder from the
+                // start (intake keeps each message once by its source key).
+                tracing::warn!(mailbox = %id, folder, kind = other.kind(), "the folder's cursor is not an IMAP cursor: reading the folder from the start");
+                ImapCursor::default()
+            }
+        };
         let renumbered = cursor
             .uid_validity
             .is_some_and(|v| v != status.uid_validity);
         if renumbered {
             tracing::warn!(mailbox = %id, folder, old = ?cursor.uid_validity, new = status.uid_validity, "UIDVALIDITY changed: the folder is read again and re-mapped by Message-ID and content");
-            cursor = FolderCursor {
+            cursor = ImapCursor {
                 uid_validity_changes: cursor.uid_validity_changes + 1,
                 ..Default::default()
             };
