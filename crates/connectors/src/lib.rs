@@ -83,10 +83,12 @@
 pub mod certificate;
 pub mod dsn;
 pub mod error;
+pub mod http;
 pub mod imap;
 pub mod login;
 pub mod mime;
 pub mod net;
+pub mod oauth;
 pub mod policy;
 pub mod pop3;
 pub mod probe;
