@@ -394,6 +394,12 @@ impl TokenProvider {
         self.lock().remove(&req.key());
     }
 
+    /// Drops `token` wherever it is cached: a mail server refused it, so the request it came
+    /// from asks the endpoint again next time.
+    pub fn forget_token(&self, token: &Secret) {
+        self.lock().retain(|_, c| c.token != *token);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -465,11 +471,15 @@ mod tests {
         assert_eq!(get(&p, &a, &n, 3600).await.unwrap(), "token-1");
         p.forget(&a);
         assert_eq!(get(&p, &a, &n, 3600).await.unwrap(), "token-3");
+        // A token a server refused is dropped by its value.
+        p.forget_token(&Secret::new("token-3"));
+        assert_eq!(get(&p, &a, &n, 3600).await.unwrap(), "token-4");
+        assert_eq!(get(&p, &a, &n, 3600).await.unwrap(), "token-4");
         assert_eq!(get(&p, &b, &n, 3600).await.unwrap(), "token-2");
         // A changed client secret is another key.
         let mut c = a.clone();
         c.client_secret = Some(Secret::new("rotated"));
-        assert_eq!(get(&p, &c, &n, 3600).await.unwrap(), "token-4");
+        assert_eq!(get(&p, &c, &n, 3600).await.unwrap(), "token-5");
     }
 
     #[tokio::test(start_paused = true)]
