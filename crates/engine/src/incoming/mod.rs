@@ -158,7 +158,7 @@ impl Ctx<'_> {
     /// The login for a new connection. An OAuth profile's token is asked for again (the cache
     /// answers while it has time left), so a session outliving its token reconnects with a new
     /// one; a token the server refused is dropped from the cache (see [`signed_in`]).
-    pub(super) async fn login_now(&self) -> Result<Login, Stop> {
+    async fn login_now(&self) -> Result<Login, Stop> {
         if !self.profile.authentication.is_oauth() {
             return Ok(self.login.clone());
         }
