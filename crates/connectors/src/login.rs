@@ -146,10 +146,16 @@ mod tests {
         );
         // Gmail's documented example (developers.google.com/gmail/imap/xoauth2-protocol).
         assert_eq!(
-            sasl_xoauth2("someuser@example.com", "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"),
+            sasl_xoauth2(
+                "someuser@example.com",
+                "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"
+            ),
             "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
         );
-        assert_eq!(bearer_mechanism(|m| m == "OAUTHBEARER"), Some("OAUTHBEARER"));
+        assert_eq!(
+            bearer_mechanism(|m| m == "OAUTHBEARER"),
+            Some("OAUTHBEARER")
+        );
         assert_eq!(bearer_mechanism(|_| true), Some("XOAUTH2"));
         assert_eq!(bearer_mechanism(|m| m == "PLAIN"), None);
         assert_eq!(bearer_initial("OAUTHBEARER", "u", "t").1, b"AQ==");

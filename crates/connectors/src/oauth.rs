@@ -281,10 +281,7 @@ pub async fn request_token(
         ConnectError::new(
             step,
             ErrorKind::Transient,
-            format!(
-                "reading the token from {host}: {}",
-                http::describe(&e)
-            ),
+            format!("reading the token from {host}: {}", http::describe(&e)),
         )
     })?;
     parse_token_response(status, &body, req.what())
@@ -512,8 +509,8 @@ mod tests {
         .unwrap();
         assert_eq!(t.token.expose(), "ya29.x");
         assert_eq!(t.lifetime, Duration::from_secs(3599));
-        let t = parse_token_response(200, br#"{"access_token":"a","expires_in":"60"}"#, "x")
-            .unwrap();
+        let t =
+            parse_token_response(200, br#"{"access_token":"a","expires_in":"60"}"#, "x").unwrap();
         assert_eq!(t.lifetime, Duration::from_secs(60));
         let t = parse_token_response(200, br#"{"access_token":"a"}"#, "x").unwrap();
         assert_eq!(t.lifetime, DEFAULT_LIFETIME);
@@ -532,8 +529,12 @@ mod tests {
                 .contains("invalid_grant (Token has been expired or revoked.)"),
             "{e}"
         );
-        let e = parse_token_response(401, br#"{"error":"invalid_client"}"#, "the client credentials")
-            .unwrap_err();
+        let e = parse_token_response(
+            401,
+            br#"{"error":"invalid_client"}"#,
+            "the client credentials",
+        )
+        .unwrap_err();
         assert!(e.message.contains("invalid_client"), "{e}");
         let e = parse_token_response(503, b"<html>down</html>", "x").unwrap_err();
         assert_eq!(e.kind, ErrorKind::Transient);
@@ -553,7 +554,10 @@ mod tests {
         assert!(form.contains(&("refresh_token", "the-refresh-token")));
         assert!(form.contains(&("client_secret", "client-secret")));
         let dbg = format!("{r:?}");
-        assert!(!dbg.contains("the-refresh-token") && !dbg.contains("client-secret"), "{dbg}");
+        assert!(
+            !dbg.contains("the-refresh-token") && !dbg.contains("client-secret"),
+            "{dbg}"
+        );
         let cc = TokenRequest {
             grant: Grant::ClientCredentials {
                 scope: Some("https://mail.example/.default".into()),

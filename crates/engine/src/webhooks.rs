@@ -115,8 +115,7 @@ pub(crate) async fn run(
         WEBHOOK_RECEIVERS,
         concat!("serversync-webhooks/", env!("CARGO_PKG_VERSION")),
         config.webhooks.timeout,
-    )
-    {
+    ) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(webhook = %id, error = %e, "cannot set up the HTTP client for webhooks");
@@ -343,11 +342,12 @@ impl Task {
 }
 
 /// Webhook receivers must be public unless the installation allows their range.
-const WEBHOOK_RECEIVERS: serversync_connectors::http::Purpose = serversync_connectors::http::Purpose {
-    refused: "deliver webhooks to loopback, private, link-local or reserved addresses",
-    fix: "use a public receiver, or ask the installation's administrator to allow the range \
+const WEBHOOK_RECEIVERS: serversync_connectors::http::Purpose =
+    serversync_connectors::http::Purpose {
+        refused: "deliver webhooks to loopback, private, link-local or reserved addresses",
+        fix: "use a public receiver, or ask the installation's administrator to allow the range \
           (network.allow_ranges)",
-};
+    };
 
 /// Why the policy refuses a webhook URL as it is written (scheme, an IP address as host);
 /// host names are checked when they are resolved.

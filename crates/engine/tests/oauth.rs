@@ -204,7 +204,10 @@ async fn run(backend: Backend) {
             assert_eq!(item.value.mailbox_id, m.id);
             break;
         }
-        assert!(Instant::now() < deadline, "the message was not synchronized");
+        assert!(
+            Instant::now() < deadline,
+            "the message was not synchronized"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
@@ -220,11 +223,22 @@ async fn run(backend: Backend) {
     assert!(r.message.contains("invalid_grant"), "{}", r.message);
     assert!(!r.message.contains(&refresh_token), "{}", r.message);
     assert!(!r.message.contains(CLIENT_SECRET), "{}", r.message);
-    let stored = store.fetch::<Mailbox>(&m.id.to_string()).await.unwrap().value;
+    let stored = store
+        .fetch::<Mailbox>(&m.id.to_string())
+        .await
+        .unwrap()
+        .value;
     assert!(!stored.incoming.enabled);
-    let error = stored.telemetry.last_error.expect("the failure is recorded");
+    let error = stored
+        .telemetry
+        .last_error
+        .expect("the failure is recorded");
     assert_eq!(error.step, Some(FailureStep::Authentication));
-    assert!(error.message.contains(REVOKED_DESCRIPTION), "{}", error.message);
+    assert!(
+        error.message.contains(REVOKED_DESCRIPTION),
+        "{}",
+        error.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

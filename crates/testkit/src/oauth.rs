@@ -67,7 +67,8 @@ impl OAuthServer {
             .context("reading the server certificate")?
             .collect::<Result<Vec<_>, _>>()
             .context("reading the server certificate")?;
-        let key = PrivateKeyDer::from_pem_file(&tls.server_key).context("reading the server key")?;
+        let key =
+            PrivateKeyDer::from_pem_file(&tls.server_key).context("reading the server key")?;
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))

@@ -290,8 +290,7 @@ impl ImapConnection {
                     access_token,
                 } => {
                     let mechanism = method.trim_start_matches("AUTHENTICATE ");
-                    let (initial, ack) =
-                        bearer_initial(mechanism, username, access_token.expose());
+                    let (initial, ack) = bearer_initial(mechanism, username, access_token.expose());
                     self.authenticate(mechanism, &initial, ack, login).await?
                 }
             };
