@@ -179,6 +179,7 @@ async fn run(args: RunArgs) -> Result<()> {
             },
             tls: Some(tls.clone()),
             extra_config: dovecot_limits(scale_n),
+            ..Default::default()
         },
     )?;
     let postfix = Postfix::start(&dir.join("postfix"), dovecot.info(), &tls, &mail_users)?;

@@ -1,7 +1,7 @@
 //! The protocol layer for mail servers: connecting, securing, authenticating and probing
 //! IMAP, POP3 and SMTP servers, with every failure classified by the step that failed.
 //!
-//! This crate knows nothing of the store, the engine or HTTP. It depends only on
+//! This crate knows nothing of the store or the engine. It depends only on
 //! `serversync-model` among serversync's crates, for [`ErrorKind`], [`FailureStep`],
 //! [`Secret`] and [`TlsMode`].
 //!
@@ -22,6 +22,12 @@
 //!   duration) with the server's capabilities, stop at the first failure, and change
 //!   nothing on the server: IMAP opens INBOX with `EXAMINE` (read-only), POP3 runs `STAT`
 //!   and never `DELE`, SMTP stops after `MAIL FROM` with `RSET` (no recipient, no DATA).
+//!
+//! - [`http`]: the shared HTTP client (reqwest on [`TlsTrust`], host names resolved through
+//!   the [`NetworkPolicy`], no proxy, no redirects); [`oauth`]: OAuth 2.0 access tokens
+//!   (client-credentials and refresh-token grants) cached by a [`oauth::TokenProvider`]
+//!   until five minutes before they expire. A token signs in as [`Login::XOAuth2`]: SASL
+//!   XOAUTH2, or OAUTHBEARER when the server offers only that.
 //!
 //! # Step classification
 //!
@@ -83,11 +89,13 @@
 pub mod certificate;
 pub mod dsn;
 pub mod error;
+pub mod http;
 pub mod imap;
 pub mod lmtp;
 pub mod login;
 pub mod mime;
 pub mod net;
+pub mod oauth;
 pub mod policy;
 pub mod pop3;
 pub mod probe;

@@ -17,6 +17,7 @@ mod incoming;
 pub mod intake;
 mod jobs;
 pub mod lmtp;
+mod oauth;
 pub mod outgoing;
 pub mod policy;
 pub mod records;

@@ -408,7 +408,7 @@ async fn open(
         Ok(s) => s,
         Err(p) => return Ok(Err(p)),
     };
-    let login = match credentials(store, mailbox, profile, true).await? {
+    let login = match credentials(store, mailbox, profile, true, opts).await? {
         Ok(l) => l,
         Err(p) => return Ok(Err(p)),
     };
@@ -430,7 +430,10 @@ async fn open(
     };
     let connected = async {
         let mut c = smtp::connect(&server, opts).await?;
-        c.login(&login).await?;
+        // A refused OAuth token is forgotten: the next attempt signs in with a new one.
+        c.login(&login)
+            .await
+            .inspect_err(|e| _ = crate::oauth::refused(&login, Some(e)))?;
         Ok::<_, serversync_connectors::ConnectError>(c)
     }
     .await;
@@ -688,12 +691,13 @@ async fn imap_session(
         return Err("the profile does not use IMAP".into());
     }
     let server = addr(profile, false).map_err(|p| p.message)?;
-    let login: Login = credentials(store, mailbox, profile, false)
+    let login: Login = credentials(store, mailbox, profile, false, opts)
         .await
         .map_err(|e| e.to_string())?
         .map_err(|p| p.message)?;
     SyncSession::connect(&server, &login, opts)
         .await
+        .inspect_err(|e| _ = crate::oauth::refused(&login, Some(e)))
         .map_err(|e| e.to_string())
 }
 

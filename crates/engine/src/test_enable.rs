@@ -396,12 +396,19 @@ fn keep_certificate(
     }
 }
 
+/// How the mailbox signs in to its profile's incoming (or `outgoing`) server: a password, or
+/// for an OAuth profile a bearer token from its token endpoint (reached through `opts`' trust
+/// and network policy; see [`crate::oauth`]).
 pub(crate) async fn credentials(
     store: &Store,
     m: &Mailbox,
     profile: &EmailServerProfile,
     outgoing: bool,
+    opts: &ConnectOptions,
 ) -> Result<Result<Login, Problem>, StoreError> {
+    if profile.authentication.is_oauth() {
+        return crate::oauth::login(store, m, profile, opts).await;
+    }
     let (user, secret) = if profile.authentication.credentials_on_mailbox() {
         (
             m.username.clone().or_else(|| Some(m.email.clone())),
@@ -423,12 +430,6 @@ pub(crate) async fn credentials(
             format!("no credentials to sign in with: {fix}"),
         )));
     };
-    if profile.authentication.is_oauth() {
-        return Ok(Err(Problem::config(
-            "connector_not_available",
-            "OAuth sign-in is not available in this version yet: use password credentials",
-        )));
-    }
     let password: Secret = store.get_secret(secret).await?;
     Ok(Ok(Login::password(user, password)))
 }
@@ -478,7 +479,7 @@ async fn test_incoming(
     if m.incoming_method == IncomingMethod::EmailRouter {
         return Ok(Ok("incoming by Email Router (nothing to connect to)".into()));
     }
-    let login = match credentials(store, m, p, false).await? {
+    let mut login = match credentials(store, m, p, false, opts).await? {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
@@ -486,15 +487,28 @@ async fn test_incoming(
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
-    let report = match p.incoming_protocol {
-        IncomingProtocol::Imap => serversync_connectors::imap::probe(&a, &login, opts).await,
-        IncomingProtocol::Pop3 => serversync_connectors::pop3::probe(&a, &login, opts).await,
-        IncomingProtocol::Ews | IncomingProtocol::Graph => {
-            return Ok(Err(Problem::config(
-                "connector_not_available",
-                "Exchange connectors are not available in this version yet",
-            )));
+    // A token the server refuses (revoked or expired early) is replaced once.
+    let mut retried = false;
+    let report = loop {
+        let report = match p.incoming_protocol {
+            IncomingProtocol::Imap => serversync_connectors::imap::probe(&a, &login, opts).await,
+            IncomingProtocol::Pop3 => serversync_connectors::pop3::probe(&a, &login, opts).await,
+            IncomingProtocol::Ews | IncomingProtocol::Graph => {
+                return Ok(Err(Problem::config(
+                    "connector_not_available",
+                    "Exchange connectors are not available in this version yet",
+                )));
+            }
+        };
+        if !retried && crate::oauth::refused(&login, report.failure.as_ref()) {
+            retried = true;
+            login = match credentials(store, m, p, false, opts).await? {
+                Ok(l) => l,
+                Err(e) => return Ok(Err(e)),
+            };
+            continue;
         }
+        break report;
     };
     keep_certificate(certificates, "incoming", p, &a, &report);
     let label = format!(
@@ -517,7 +531,7 @@ async fn test_outgoing(
     if m.outgoing_method == OutgoingMethod::EmailRouter {
         return Ok(Ok("outgoing by Email Router (nothing to connect to)".into()));
     }
-    let login = match credentials(store, m, p, true).await? {
+    let mut login = match credentials(store, m, p, true, opts).await? {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
@@ -525,16 +539,28 @@ async fn test_outgoing(
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
-    let report = match p.outgoing_protocol {
-        OutgoingProtocol::Smtp => {
-            serversync_connectors::smtp::probe(&a, Some(&login), &m.email, opts).await
+    let mut retried = false;
+    let report = loop {
+        let report = match p.outgoing_protocol {
+            OutgoingProtocol::Smtp => {
+                serversync_connectors::smtp::probe(&a, Some(&login), &m.email, opts).await
+            }
+            OutgoingProtocol::Ews | OutgoingProtocol::Graph => {
+                return Ok(Err(Problem::config(
+                    "connector_not_available",
+                    "Exchange connectors are not available in this version yet",
+                )));
+            }
+        };
+        if !retried && crate::oauth::refused(&login, report.failure.as_ref()) {
+            retried = true;
+            login = match credentials(store, m, p, true, opts).await? {
+                Ok(l) => l,
+                Err(e) => return Ok(Err(e)),
+            };
+            continue;
         }
-        OutgoingProtocol::Ews | OutgoingProtocol::Graph => {
-            return Ok(Err(Problem::config(
-                "connector_not_available",
-                "Exchange connectors are not available in this version yet",
-            )));
-        }
+        break report;
     };
     keep_certificate(certificates, "outgoing", p, &a, &report);
     Ok(match Problem::from_probe("outgoing (SMTP)", &report) {

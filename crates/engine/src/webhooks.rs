@@ -20,6 +20,7 @@
 use crate::EngineConfig;
 use crate::admin::{Admin, AdminError, Result};
 use serversync_connectors::NetworkPolicy;
+use serversync_connectors::http::describe;
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
 use serversync_model::auth::Caller;
@@ -30,8 +31,6 @@ use serversync_model::webhook::{
 };
 use serversync_model::{OrgId, Secret, SecretId, UserId, WebhookId};
 use serversync_store::{LeaseGuard, NewAuditEntry, NewDelivery, Store, StoreError, Stored};
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -110,17 +109,13 @@ pub(crate) async fn run(
     lease: LeaseGuard,
     stop: CancellationToken,
 ) {
-    let http = match reqwest::Client::builder()
-        .tls_backend_preconfigured((*config.tls_trust.client_config()).clone())
-        .user_agent(concat!("serversync-webhooks/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        // Straight to the receiver, through the policy's resolver: a proxy would make the
-        // policy judge the proxy's address instead.
-        .no_proxy()
-        .dns_resolver(PolicyResolver(config.network.clone()))
-        .timeout(config.webhooks.timeout)
-        .build()
-    {
+    let http = match serversync_connectors::http::client(
+        &config.tls_trust,
+        config.network.clone(),
+        WEBHOOK_RECEIVERS,
+        concat!("serversync-webhooks/", env!("CARGO_PKG_VERSION")),
+        config.webhooks.timeout,
+    ) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(webhook = %id, error = %e, "cannot set up the HTTP client for webhooks");
@@ -346,40 +341,13 @@ impl Task {
     }
 }
 
-/// Resolves webhook host names and keeps only the addresses the [`NetworkPolicy`] allows, so
-/// the connection goes to an address that was checked (no second lookup to rebind).
-struct PolicyResolver(Arc<NetworkPolicy>);
-
-impl reqwest::dns::Resolve for PolicyResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let found: Vec<_> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refused = None;
-            let allowed: Vec<_> = found
-                .into_iter()
-                .filter(|a| match policy.refusal(a.ip()) {
-                    Some(class) => {
-                        refused.get_or_insert((a.ip(), class));
-                        false
-                    }
-                    None => true,
-                })
-                .collect();
-            match (allowed.is_empty(), refused) {
-                (true, Some((ip, class))) => Err(format!(
-                    "{host} resolves to {ip}, {class}, and this installation does not deliver \
-                     webhooks to loopback, private, link-local or reserved addresses: use a \
-                     public receiver, or ask the installation's administrator to allow the \
-                     range (network.allow_ranges)"
-                )
-                .into()),
-                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
-            }
-        })
-    }
-}
+/// Webhook receivers must be public unless the installation allows their range.
+const WEBHOOK_RECEIVERS: serversync_connectors::http::Purpose =
+    serversync_connectors::http::Purpose {
+        refused: "deliver webhooks to loopback, private, link-local or reserved addresses",
+        fix: "use a public receiver, or ask the installation's administrator to allow the range \
+          (network.allow_ranges)",
+    };
 
 /// Why the policy refuses a webhook URL as it is written (scheme, an IP address as host);
 /// host names are checked when they are resolved.
@@ -393,38 +361,13 @@ fn url_refusal(policy: &NetworkPolicy, url: &str) -> Option<String> {
                 .into(),
         );
     }
-    let host = parsed.host_str()?;
-    let ip: IpAddr = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-        .parse()
-        .ok()?;
-    policy.refusal(ip).map(|class| {
+    serversync_connectors::http::refused_ip(policy, &parsed).map(|(ip, class)| {
         format!(
             "{ip} is {class}, and this installation does not deliver webhooks to loopback, \
              private, link-local or reserved addresses: use a public receiver, or ask the \
              installation's administrator to allow the range (network.allow_ranges)"
         )
     })
-}
-
-/// A readable cause for a failed request (never containing the secret: it is not in the URL).
-fn describe(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    let mut cause = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = format!("{cause}: {s}");
-        src = s.source();
-    }
-    format!("{what}: {cause}")
 }
 
 /// Users of the organization who manage its configuration (they get webhook alerts).

@@ -183,6 +183,25 @@ pub struct OAuthSettings {
     pub client_secret: Option<SecretId>,
     #[serde(default)]
     pub authority: OAuthAuthority,
+    /// The token endpoint (`https://`), for Gmail OAuth; empty: Google's,
+    /// `https://oauth2.googleapis.com/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
+}
+
+impl OAuthSettings {
+    /// Google's token endpoint, where Gmail OAuth tokens come from unless the profile says
+    /// otherwise.
+    pub const GOOGLE_TOKEN_ENDPOINT: &'static str = "https://oauth2.googleapis.com/token";
+
+    /// The token endpoint Gmail OAuth uses: the profile's, else Google's.
+    pub fn gmail_token_endpoint(&self) -> &str {
+        self.token_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .unwrap_or(Self::GOOGLE_TOKEN_ENDPOINT)
+    }
 }
 
 /// CalDAV/CardDAV extension: appointments, contacts and tasks for non-Exchange providers.
@@ -564,6 +583,19 @@ impl EmailServerProfile {
                 ),
                 Some(o) => {
                     check_required(&mut e, "oauth.client_id", &o.client_id);
+                    if let Some(t) = o.token_endpoint.as_deref().map(str::trim)
+                        && !t.is_empty()
+                        && !t
+                            .strip_prefix("https://")
+                            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+                    {
+                        e.push(
+                            "invalid_token_endpoint",
+                            "oauth.token_endpoint",
+                            "the token endpoint must be an https:// URL (tokens and secrets \
+                             never travel in the clear), e.g. https://oauth2.googleapis.com/token",
+                        );
+                    }
                     if self.server_type == ServerType::ExchangeOnline
                         && o.tenant_id.as_deref().is_none_or(|t| t.trim().is_empty())
                     {
@@ -816,8 +848,23 @@ mod tests {
             client_id: "c".into(),
             client_secret: None,
             authority: OAuthAuthority::Public,
+            token_endpoint: None,
         });
         eo.validate(false).unwrap();
+        let mut bad = eo.clone();
+        if let Some(o) = bad.oauth.as_mut() {
+            o.token_endpoint = Some("http://oauth.example/token".into());
+        }
+        assert!(
+            bad.validate(false)
+                .unwrap_err()
+                .codes()
+                .contains(&"invalid_token_endpoint")
+        );
+        assert_eq!(
+            eo.oauth.as_ref().unwrap().gmail_token_endpoint(),
+            "https://oauth2.googleapis.com/token"
+        );
         let mut bad = eo.clone();
         bad.authentication = AuthenticationType::CredentialsSpecifiedInProfile;
         bad.username = Some("svc".into());

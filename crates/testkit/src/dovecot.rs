@@ -118,6 +118,10 @@ pub struct DovecotOptions {
     pub tls: Option<TlsFiles>,
     /// Appended to the generated `dovecot.conf` (e.g. raised process limits for a benchmark).
     pub extra_config: String,
+    /// Accept OAuth bearer tokens (SASL XOAUTH2 and OAUTHBEARER) checked by Dovecot's `oauth2`
+    /// passdb against this RFC 7662 introspection URL (`introspection_mode = post`), such as
+    /// [`crate::OAuthServer::introspection_url`]; passwords keep working.
+    pub oauth2_introspection_url: Option<String>,
 }
 
 /// A running Dovecot. Stopped on drop unless [`Dovecot::detach`]ed.
@@ -248,6 +252,32 @@ fn configure(dir: &Path, tls: &TlsFiles, opts: &DovecotOptions) -> Result<Doveco
     // Readable by Dovecot's unprivileged auth process; it only holds test passwords.
     write_file(&users_file, &users, 0o644)?;
 
+    // OAuth: an `oauth2` passdb for the bearer mechanisms, first; the password passdbs
+    // answer only PLAIN and LOGIN.
+    let (mechanisms, oauth_passdb, password_mechs) = match &opts.oauth2_introspection_url {
+        None => ("plain login", String::new(), ""),
+        Some(url) => {
+            let oauth_conf = root.join("dovecot-oauth2.conf.ext");
+            write_file(
+                &oauth_conf,
+                &format!(
+                    "introspection_mode = post\nintrospection_url = {url}\n\
+                     force_introspection = yes\nusername_attribute = username\n\
+                     active_attribute = active\nactive_value = true\n"
+                ),
+                0o644,
+            )?;
+            (
+                "plain login xoauth2 oauthbearer",
+                format!(
+                    "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}\n}}\n",
+                    oauth_conf.display()
+                ),
+                "  mechanisms = plain login\n",
+            )
+        }
+    };
+
     let ports = free_ports(4)?;
     let info = DovecotInfo {
         config: root.join("dovecot.conf"),
@@ -284,7 +314,7 @@ ssl_key = <{key}
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
 auth_verbose = yes
 auth_cache_size = 0
@@ -300,15 +330,15 @@ default_client_limit = 3000
 # 500 ms timer, and only a `nodelay` field that survives the failure skips that (and the
 # anvil auth penalty). This first passdb accepts nobody by itself (continue-fail) but
 # leaves `nodelay` in the request; the passwd-file below decides.
-passdb {{
+{oauth_passdb}passdb {{
   driver = static
   args = nopassword=yes nodelay=yes
   result_success = continue-fail
-}}
+{password_mechs}}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%Lu {users_file}
-}}
+{password_mechs}}}
 userdb {{
   driver = static
   args = uid={mail_uid} gid={mail_gid} home={mail_root}/%Ld/%Ln

@@ -21,6 +21,8 @@
 //! Fault tests of outgoing mail that need an SMTP server answering errors on cue use a
 //! [`ScriptedSmtp`] peer instead of Postfix. Network faults (delays, drops, cuts mid-response,
 //! resets, refused connections) come from a [`FaultProxy`] placed between serversync and a server.
+//! OAuth sign-in tests start an [`OAuthServer`] (token and introspection endpoints) and a
+//! private Dovecot whose `oauth2` passdb asks it ([`DovecotOptions::oauth2_introspection_url`]).
 //!
 //! Browser tests run playwright-core scripts from the repository's `e2e/` directory in
 //! Debian's headless Chromium through [`browser::run_script`]; they need none of the servers.
@@ -32,6 +34,7 @@ pub mod db;
 pub mod dovecot;
 pub mod env;
 pub mod fault_proxy;
+pub mod oauth;
 pub mod postfix;
 pub mod postgres;
 pub mod radicale;
@@ -45,6 +48,7 @@ pub use db::{days_ago_ms, execute_sql};
 pub use dovecot::{Dovecot, DovecotInfo, DovecotOptions};
 pub use env::{ENV_VAR, PgDatabase, TestEnv, down, up};
 pub use fault_proxy::{Fault, FaultProxy};
+pub use oauth::OAuthServer;
 pub use postfix::{Postfix, PostfixInfo, PostfixOptions};
 pub use postgres::{PgInfo, Postgres};
 pub use radicale::{Radicale, RadicaleInfo};

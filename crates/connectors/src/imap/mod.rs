@@ -18,7 +18,7 @@ use serversync_model::profile::TlsMode;
 use serversync_model::{ErrorKind, FailureStep};
 
 use crate::error::{ConnectError, Result};
-use crate::login::{Login, decode_challenge, sasl_plain, sasl_xoauth2};
+use crate::login::{Login, bearer_initial, bearer_mechanism, decode_challenge, sasl_plain};
 use crate::net::{ConnectOptions, ServerAddr, Wire, establish};
 use crate::probe::{ProbeReport, StepLog};
 
@@ -239,7 +239,12 @@ impl ImapConnection {
             return "PREAUTH";
         }
         match (login, choice) {
-            (Login::XOAuth2 { .. }, _) => "AUTHENTICATE XOAUTH2",
+            (Login::XOAuth2 { .. }, _) => {
+                match bearer_mechanism(|m| self.has_capability(&format!("AUTH={m}"))) {
+                    Some("OAUTHBEARER") => "AUTHENTICATE OAUTHBEARER",
+                    _ => "AUTHENTICATE XOAUTH2",
+                }
+            }
             (Login::Password { .. }, PasswordMethod::Login) => "LOGIN",
             (Login::Password { .. }, PasswordMethod::AuthenticatePlain) => "AUTHENTICATE PLAIN",
             (Login::Password { .. }, PasswordMethod::Auto) if self.has_capability("AUTH=PLAIN") => {
@@ -268,8 +273,13 @@ impl ImapConnection {
             let method = self.method_for(login, choice);
             let done = match login {
                 Login::Password { username, password } if method == "AUTHENTICATE PLAIN" => {
-                    self.authenticate("PLAIN", &sasl_plain(username, password.expose()), login)
-                        .await?
+                    self.authenticate(
+                        "PLAIN",
+                        &sasl_plain(username, password.expose()),
+                        b"",
+                        login,
+                    )
+                    .await?
                 }
                 Login::Password { username, password } => {
                     let args = [username.as_bytes(), password.expose().as_bytes()];
@@ -279,12 +289,9 @@ impl ImapConnection {
                     username,
                     access_token,
                 } => {
-                    self.authenticate(
-                        "XOAUTH2",
-                        &sasl_xoauth2(username, access_token.expose()),
-                        login,
-                    )
-                    .await?
+                    let mechanism = method.trim_start_matches("AUTHENTICATE ");
+                    let (initial, ack) = bearer_initial(mechanism, username, access_token.expose());
+                    self.authenticate(mechanism, &initial, ack, login).await?
                 }
             };
             if done.status != Status::Ok {
@@ -316,23 +323,27 @@ impl ImapConnection {
                  STARTTLS",
             ));
         }
-        if matches!(login, Login::XOAuth2 { .. }) && !self.has_capability("AUTH=XOAUTH2") {
+        if matches!(login, Login::XOAuth2 { .. })
+            && bearer_mechanism(|m| self.has_capability(&format!("AUTH={m}"))).is_none()
+        {
             return Err(ConnectError::new(
                 FailureStep::Authentication,
                 ErrorKind::Config,
-                "the server does not offer XOAUTH2 (no AUTH=XOAUTH2 capability): use password \
-                 authentication or check the server",
+                "the server offers neither XOAUTH2 nor OAUTHBEARER (no AUTH=XOAUTH2 or \
+                 AUTH=OAUTHBEARER capability): use password authentication or check the server",
             ));
         }
         Ok(())
     }
 
-    /// `AUTHENTICATE <mech>` with its initial response; a failed XOAUTH2 answers with a JSON
-    /// challenge, acknowledged with an empty line before the final NO.
+    /// `AUTHENTICATE <mech>` with its initial response; a failed XOAUTH2 or OAUTHBEARER
+    /// answers with a JSON challenge, acknowledged with `ack` (empty for XOAUTH2, `AQ==` for
+    /// OAUTHBEARER) before the final NO; its decoded text joins the refusal.
     async fn authenticate(
         &mut self,
         mechanism: &str,
         initial: &str,
+        ack: &[u8],
         login: &Login,
     ) -> Result<StatusResponse> {
         let step = FailureStep::Authentication;
@@ -353,7 +364,7 @@ impl ImapConnection {
                 ResponseLine::Continuation(text) => {
                     if sent_initial {
                         server_said = Some(login.redact(&decode_challenge(&text)));
-                        self.wire.send_line(step, &what, b"").await?;
+                        self.wire.send_line(step, &what, ack).await?;
                     } else {
                         self.wire.send_line(step, &what, initial.as_bytes()).await?;
                         sent_initial = true;

@@ -16,7 +16,7 @@ use serversync_model::{ErrorKind, FailureStep};
 
 use crate::error::{ConnectError, Result};
 use crate::imap::parse::shorten;
-use crate::login::{Login, b64, decode_challenge, sasl_plain, sasl_xoauth2};
+use crate::login::{Login, b64, bearer_initial, bearer_mechanism, decode_challenge, sasl_plain};
 use crate::net::{ConnectOptions, ServerAddr, Wire, establish};
 use crate::probe::{ProbeReport, StepLog};
 
@@ -299,7 +299,8 @@ impl SmtpConnection {
     }
 
     /// The mechanism [`login`](Self::login) will use: `AUTH PLAIN`, else `AUTH LOGIN` for a
-    /// password; `AUTH XOAUTH2` for a token. An error when the server offers none of them.
+    /// password; `AUTH XOAUTH2` (else `AUTH OAUTHBEARER`) for a token. An error when the
+    /// server offers none of them.
     pub fn login_method(&self, login: &Login) -> Result<&'static str> {
         self.method_for(login, AuthMethod::Auto)
     }
@@ -315,7 +316,10 @@ impl SmtpConnection {
         match login {
             Login::Password { .. } if offered("PLAIN") => Ok("AUTH PLAIN"),
             Login::Password { .. } if offered("LOGIN") => Ok("AUTH LOGIN"),
-            Login::XOAuth2 { .. } if offered("XOAUTH2") => Ok("AUTH XOAUTH2"),
+            Login::XOAuth2 { .. } if bearer_mechanism(offered) == Some("XOAUTH2") => {
+                Ok("AUTH XOAUTH2")
+            }
+            Login::XOAuth2 { .. } if bearer_mechanism(offered).is_some() => Ok("AUTH OAUTHBEARER"),
             _ if mechs.is_empty() && !self.wire.is_tls() => Err(ConnectError::new(
                 FailureStep::Tls,
                 ErrorKind::Config,
@@ -356,6 +360,7 @@ impl SmtpConnection {
         let method = self.method_for(login, choice)?;
         let what = format!("{method} as {}", login.username());
         let step = FailureStep::Authentication;
+        let mut ack: &[u8] = b"";
         let mut reply = match login {
             Login::Password { username, password } if method == "AUTH PLAIN" => {
                 let line = format!("AUTH PLAIN {}", sasl_plain(username, password.expose()));
@@ -381,18 +386,19 @@ impl SmtpConnection {
                 username,
                 access_token,
             } => {
-                let line = format!(
-                    "AUTH XOAUTH2 {}",
-                    sasl_xoauth2(username, access_token.expose())
-                );
+                let mechanism = method.trim_start_matches("AUTH ");
+                let (initial, a) = bearer_initial(mechanism, username, access_token.expose());
+                ack = a;
+                let line = format!("{method} {initial}");
                 self.send_secret(&what, line.as_bytes(), login).await?
             }
         };
         if reply.code == 334 {
-            // A challenge after the credentials: the error report of a failed XOAUTH2 (or a
-            // server that wants more); answer with an empty line to get the final reply.
+            // A challenge after the credentials: the error report of a failed XOAUTH2 or
+            // OAUTHBEARER (or a server that wants more); acknowledge it (an empty line, `AQ==`
+            // for OAUTHBEARER) to get the final reply.
             let said = login.redact(&decode_challenge(&reply.lines.join(" ")));
-            reply = self.send_secret(&what, b"", login).await?;
+            reply = self.send_secret(&what, ack, login).await?;
             if let Some(first) = reply.lines.first_mut() {
                 first.push_str(&format!(" ({said})"));
             }

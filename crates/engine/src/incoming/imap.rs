@@ -136,7 +136,11 @@ async fn connected(
     hold: bool,
     last_round: &mut chrono::DateTime<chrono::Utc>,
 ) -> Result<Ended, Stop> {
-    let mut imap = SyncSession::connect(address, &cx.login, &cx.opts).await?;
+    let login = cx.login_now().await?;
+    let mut imap = super::signed_in(
+        &login,
+        SyncSession::connect(address, &login, &cx.opts).await,
+    )?;
     let condstore = imap.has_capability("CONDSTORE");
     let idle = hold && imap.has_capability("IDLE");
     let mut full_round_due = true;

@@ -156,6 +156,18 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The login for a new connection. An OAuth profile's token is asked for again (the cache
+    /// answers while it has time left), so a session outliving its token reconnects with a new
+    /// one; a token the server refused is dropped from the cache (see [`signed_in`]).
+    async fn login_now(&self) -> Result<Login, Stop> {
+        if !self.profile.authentication.is_oauth() {
+            return Ok(self.login.clone());
+        }
+        credentials(self.store, &self.mailbox, &self.profile, false, &self.opts)
+            .await?
+            .map_err(Stop::Failed)
+    }
+
     /// Largest message body read in full: the attachment limit plus room for the text parts;
     /// what is above it is dropped by intake with the reason recorded.
     pub fn max_message_bytes(&self) -> usize {
@@ -192,9 +204,6 @@ async fn session(
         .fetch::<EmailServerProfile>(&pid.to_string())
         .await?
         .value;
-    let login = credentials(store, &mailbox, &profile, false)
-        .await?
-        .map_err(Stop::Failed)?;
     let timeout = Duration::from_millis(
         profile
             .advanced
@@ -203,6 +212,9 @@ async fn session(
             .into(),
     );
     let opts = config.connect_options(timeout);
+    let login = credentials(store, &mailbox, &profile, false, &opts)
+        .await?
+        .map_err(Stop::Failed)?;
     let protocol = profile.incoming_protocol;
     let cx = Ctx {
         store,
@@ -229,6 +241,15 @@ async fn session(
             ),
         ))),
     }
+}
+
+/// The outcome of signing in with `login`: a token the server refused is forgotten, so the
+/// next connection (after the retry policy's wait) signs in with a new one.
+pub(super) fn signed_in<T>(login: &Login, r: Result<T, ConnectError>) -> Result<T, ConnectError> {
+    if let Err(e) = &r {
+        crate::oauth::refused(login, Some(e));
+    }
+    r
 }
 
 /// Records progress on the mailbox. Quiet rounds of a healthy mailbox write nothing, so the

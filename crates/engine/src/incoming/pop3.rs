@@ -63,7 +63,8 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Op
     let started = chrono::Utc::now();
     let max_bytes = cx.max_message_bytes();
     let mut pop = Client::connect(address, &cx.opts).await?;
-    pop.login(&cx.login).await?;
+    let login = cx.login_now().await?;
+    super::signed_in(&login, pop.login(&login).await)?;
     if !pop.capabilities().is_empty() && !pop.has_capability("UIDL") {
         return Err(Stop::Failed(Problem {
             code: "pop3_uidl_missing".into(),
