@@ -97,12 +97,17 @@ pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
     for id in ids {
         if let Some(m) = store.get::<Mailbox>(&id.to_string()).await? {
             let m = m.value;
-            if !settings.contains_key(&m.org_id) {
-                let s = crate::org_settings(store, m.org_id).await?;
-                settings.insert(m.org_id, s);
-            }
+            let needs_approval = match settings.get(&m.org_id) {
+                Some(s) => m.needs_approval(s),
+                None => {
+                    let s = crate::org_settings(store, m.org_id).await?;
+                    let needs = m.needs_approval(&s);
+                    settings.insert(m.org_id, s);
+                    needs
+                }
+            };
             if m.outgoing_method == OutgoingMethod::ServerSideSync
-                && !settings.get(&m.org_id).is_some_and(|s| m.needs_approval(s))
+                && !needs_approval
                 && m.outgoing.enabled
                 && m.telemetry.postponed_until.is_none_or(|t| t <= now)
             {
