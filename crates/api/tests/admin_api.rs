@@ -363,6 +363,96 @@ both!(an_unapproved_mailbox_gets_the_approval_alert, |backend| {
     );
 });
 
+// The "forward mailbox" incoming method is not built yet: choosing it is refused naming the
+// field, and a mailbox stored with it earlier is not left silent — test and enable fails its
+// incoming direction with the same code and an error alert that says what to do.
+both!(forward_mailbox_is_refused_until_it_exists, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let env = TestEnv::from_env();
+    let (status, v) = s
+        .call(
+            "PATCH",
+            &format!("{ORG}/email-settings"),
+            Some(json!({"default_incoming": "forward_mailbox"})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str(), v["field"].as_str()),
+        (
+            422,
+            Some("forward_mailbox_not_available"),
+            Some("default_incoming")
+        ),
+        "{v}"
+    );
+    let p = s
+        .ok(
+            "POST",
+            &format!("{ORG}/profiles"),
+            Some(imap_profile("Fwd")),
+        )
+        .await;
+    let pid = p["id"].as_str().unwrap();
+    s.ok("POST", &format!("{ORG}/profiles/{pid}/default"), None)
+        .await;
+    let u = s.user("Carol", "carol@example.test", &env.password).await;
+    let mid = u["mailbox"]["id"].as_str().unwrap().to_owned();
+    let path = format!("{ORG}/mailboxes/{mid}");
+    let (status, v) = s
+        .call(
+            "PATCH",
+            &path,
+            Some(json!({"incoming_method": "forward_mailbox"})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str(), v["field"].as_str()),
+        (
+            422,
+            Some("forward_mailbox_not_available"),
+            Some("incoming_method")
+        ),
+        "{v}"
+    );
+    assert!(v["detail"].as_str().unwrap().contains("forward"), "{v}");
+
+    // A mailbox stored with the method before it was refused.
+    let stored = s
+        .store
+        .fetch::<serversync_model::mailbox::Mailbox>(&mid)
+        .await
+        .unwrap();
+    let mut m = stored.value;
+    m.incoming_method = serversync_model::settings::IncomingMethod::ForwardMailbox;
+    m.approval = serversync_model::mailbox::ApprovalStatus::Approved;
+    s.store.update(&m, Some(stored.version)).await.unwrap();
+    let (_, job) = s
+        .call(
+            "POST",
+            &format!("{ORG}/mailboxes/test-enable"),
+            Some(json!({"mailbox_ids": [mid]})),
+        )
+        .await;
+    let job = s.wait_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "completed_with_failures", "{job}");
+    let m = s.ok("GET", &path, None).await;
+    assert_eq!(m["incoming"]["status"], "failure", "{m}");
+    assert_eq!(m["incoming"]["enabled"], false, "{m}");
+    assert_eq!(
+        m["telemetry"]["last_error"]["code"], "forward_mailbox_not_available",
+        "{m}"
+    );
+    let alerts = s
+        .ok("GET", &format!("{ORG}/alerts?mailbox_id={mid}"), None)
+        .await;
+    let a = error_alert(&alerts);
+    assert_eq!(a["code"], "forward_mailbox_not_available");
+    assert!(
+        a["message"].as_str().unwrap().contains("server_side_sync"),
+        "{a}"
+    );
+});
+
 both!(
     approval_needs_the_privilege_and_basic_users_see_only_their_own,
     |backend| {

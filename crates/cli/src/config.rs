@@ -27,6 +27,39 @@ pub struct Config {
     pub auth: AuthSection,
     pub network: NetworkSection,
     pub retention: RetentionSection,
+    pub alerts: AlertsSection,
+}
+
+/// Alert emails: how a failing profile's owner is emailed when their own mailbox cannot send.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsSection {
+    /// The installation's SMTP relay; none when unset (the alert then says the email could not
+    /// be sent).
+    pub smtp_relay: Option<SmtpRelaySection>,
+}
+
+/// `[alerts.smtp_relay]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpRelaySection {
+    pub host: String,
+    pub port: u16,
+    /// `start_tls` (default), `implicit` or `none` (only to `tls.plaintext_ranges`).
+    #[serde(default = "start_tls")]
+    pub tls: serversync_model::profile::TlsMode,
+    /// Signs in when set (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// env: SERVERSYNC_ALERTS_SMTP_PASSWORD
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// The sender address of alert emails.
+    pub from: String,
+}
+
+fn start_tls() -> serversync_model::profile::TlsMode {
+    serversync_model::profile::TlsMode::StartTls
 }
 
 /// API tokens and signing in to the admin center.
@@ -290,6 +323,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             network: NetworkSection::default(),
             retention: RetentionSection::default(),
+            alerts: AlertsSection::default(),
         }
     }
 }
@@ -388,6 +422,14 @@ impl Config {
         }
         if let Some(v) = set("SERVERSYNC_TLS_FIPS") {
             cfg.tls.fips = parse_bool("SERVERSYNC_TLS_FIPS", &v)?;
+        }
+        if let Some(v) = set("SERVERSYNC_ALERTS_SMTP_PASSWORD") {
+            match cfg.alerts.smtp_relay.as_mut() {
+                Some(r) => r.password = Some(Secret::new(v)),
+                None => bail!(
+                    "SERVERSYNC_ALERTS_SMTP_PASSWORD is set but there is no [alerts.smtp_relay] section"
+                ),
+            }
         }
         if let Some(v) = set("SERVERSYNC_LOG") {
             cfg.log.level = v;
@@ -510,6 +552,27 @@ impl Config {
             bail!("auth.sign_in_max_delay_seconds must be at least 1");
         }
         self.network_policy()?;
+        if let Some(r) = &self.alerts.smtp_relay {
+            if r.host.trim().is_empty() || r.host.contains(['/', ' ']) {
+                bail!(
+                    "alerts.smtp_relay.host must be a host name or address such as smtp.example.com"
+                );
+            }
+            if r.port == 0 {
+                bail!("alerts.smtp_relay.port must be between 1 and 65535");
+            }
+            if !serversync_model::validate::is_email_address(&r.from) {
+                bail!(
+                    "alerts.smtp_relay.from = {:?} is not an email address: use one such as serversync@example.com",
+                    r.from
+                );
+            }
+            if r.username.is_some() != r.password.is_some() {
+                bail!(
+                    "alerts.smtp_relay: give both username and password (or SERVERSYNC_ALERTS_SMTP_PASSWORD), or neither"
+                );
+            }
+        }
         if self.retention.interval_minutes == 0 {
             bail!("retention.interval_minutes must be at least 1");
         }
@@ -624,6 +687,18 @@ impl Config {
             },
             auth: self.auth(),
             retention: self.retention.config(),
+            alerts: serversync_engine::alerts_email::AlertsConfig {
+                smtp_relay: self.alerts.smtp_relay.as_ref().map(|r| {
+                    serversync_engine::alerts_email::SmtpRelay {
+                        host: r.host.clone(),
+                        port: r.port,
+                        tls: r.tls,
+                        username: r.username.clone(),
+                        password: r.password.clone(),
+                        from: r.from.clone(),
+                    }
+                }),
+            },
             ..serversync_engine::EngineConfig::new(std::sync::Arc::new(trust))
         })
     }
@@ -744,6 +819,52 @@ mod tests {
             (
                 "[server]\nmetrics_token = \"short\"\n",
                 "server.metrics_token must be at least 16",
+            ),
+        ] {
+            std::fs::write(&f, content).unwrap();
+            let err = format!(
+                "{:#}",
+                Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap_err()
+            );
+            assert!(err.contains(expect), "{content:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_alerts_smtp_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[alerts.smtp_relay]\nhost = \"smtp.example.com\"\nport = 587\nusername = \"alerts\"\nfrom = \"serversync@example.com\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            &env(&[("SERVERSYNC_ALERTS_SMTP_PASSWORD", "relay-secret-pw")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let r = c.engine().unwrap().alerts.smtp_relay.unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("smtp.example.com", 587));
+        assert_eq!(r.tls, serversync_model::profile::TlsMode::StartTls);
+        assert_eq!(r.password.as_ref().unwrap().expose(), "relay-secret-pw");
+        assert!(
+            !format!("{c:?}").contains("relay-secret-pw"),
+            "redacted in Debug"
+        );
+        for (content, expect) in [
+            (
+                "[alerts.smtp_relay]\nhost = \"h\"\nport = 25\nfrom = \"nobody\"\n",
+                "alerts.smtp_relay.from",
+            ),
+            (
+                "[alerts.smtp_relay]\nhost = \"h\"\nport = 25\nusername = \"u\"\nfrom = \"a@b.c\"\n",
+                "give both username and password",
+            ),
+            (
+                "[alerts.smtp_relay]\nhost = \"h\"\nport = 0\nfrom = \"a@b.c\"\n",
+                "alerts.smtp_relay.port",
             ),
         ] {
             std::fs::write(&f, content).unwrap();

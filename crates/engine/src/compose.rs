@@ -476,7 +476,7 @@ impl Admin {
             let m = m.value;
             if m.org_id != org
                 || m.outgoing_method != OutgoingMethod::EmailRouter
-                || m.approval != serversync_model::mailbox::ApprovalStatus::Approved
+                || m.needs_approval(&settings)
             {
                 continue;
             }

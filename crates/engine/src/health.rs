@@ -2,6 +2,7 @@
 //! recorded on the mailbox per the retry policy ([`crate::policy`]), and a direction the policy
 //! disables raises an alert for the owner.
 
+use crate::EngineConfig;
 use crate::policy::{self, Decision, Direction};
 use crate::test_enable::Problem;
 use serversync_model::MailboxId;
@@ -9,9 +10,12 @@ use serversync_model::mailbox::Mailbox;
 use serversync_store::{Store, StoreError};
 
 /// Records a mailbox-level failure of one direction per the retry policy: counted, postponed,
-/// or (permanent, or out of retries) the direction disabled with an alert to the owner.
+/// or (permanent, or out of retries) the direction disabled with an alert to the owner. Then,
+/// when most of the mailbox's profile is failing, its owner is told
+/// ([`crate::alerts_email::profile_failures`]).
 pub(crate) async fn record_failure(
     store: &Store,
+    config: &EngineConfig,
     id: MailboxId,
     p: &Problem,
     direction: Direction,
@@ -61,6 +65,9 @@ pub(crate) async fn record_failure(
                 vec![m.owner_id],
             );
             store.insert(&a).await?;
+        }
+        if let Some(p) = m.profile_id {
+            crate::alerts_email::profile_failures(store, config, p).await?;
         }
         return Ok(());
     }

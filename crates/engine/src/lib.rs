@@ -9,6 +9,7 @@
 
 mod activities;
 pub mod admin;
+pub mod alerts_email;
 mod bounces;
 pub mod compose;
 pub mod domains;
@@ -73,6 +74,8 @@ pub struct EngineConfig {
     pub auth: AuthConfig,
     /// What the pruner removes, and when.
     pub retention: RetentionConfig,
+    /// How a failing profile's owner is emailed when their own mailbox cannot send.
+    pub alerts: alerts_email::AlertsConfig,
 }
 
 impl EngineConfig {
@@ -87,6 +90,7 @@ impl EngineConfig {
             webhooks: WebhookConfig::default(),
             auth: AuthConfig::default(),
             retention: RetentionConfig::default(),
+            alerts: alerts_email::AlertsConfig::default(),
         }
     }
 }
@@ -240,7 +244,7 @@ impl Engine {
             metrics::counter!("serversync_engine_ticks_total").increment(1);
             mailboxes.retain(|_, (task, _)| !task.is_finished());
             let workers = self.heartbeat(&mut heartbeat).await;
-            match incoming::due(&self.store).await {
+            match incoming::due(&self.store, &self.config).await {
                 Ok(due) => {
                     // Each live worker takes its fair share of the due mailboxes, and gives
                     // back what is above it so a worker that joins gets work at once.

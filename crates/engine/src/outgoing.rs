@@ -22,7 +22,7 @@ use chrono::Utc;
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, smtp};
 use serversync_model::crm::{Direction, EmailActivity, EmailStatus};
-use serversync_model::mailbox::{ApprovalStatus, Mailbox};
+use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, OrgId, wire_name};
@@ -45,19 +45,40 @@ pub fn message_id_for(id: &serversync_model::ActivityId, from: &str) -> String {
     format!("act-{id}@serversync.{domain}")
 }
 
-/// The subject as sent: the tracking token appended when tokens are on and it is not there.
+/// The subject as sent: the tracking token appended when tokens are on and it is not there,
+/// and at most the organization's `max_subject_length` characters (the longest subject the
+/// mail server accepts): a longer subject is cut, never the token (replies are correlated by it).
 pub fn subject_with_token(settings: &EmailSettings, a: &EmailActivity) -> String {
+    let max = settings.max_subject_length.max(1) as usize;
+    let cut = |s: &str, n: usize| -> String {
+        s.chars().take(n).collect::<String>().trim_end().to_owned()
+    };
     match &a.tracking_token {
         Some(t) if settings.tracking_token.enabled && !a.subject.contains(t.as_str()) => {
-            format!("{} {t}", a.subject).trim().to_owned()
+            let room = max.saturating_sub(t.chars().count() + 1);
+            if room == 0 {
+                return cut(t, max);
+            }
+            format!("{} {t}", cut(&a.subject, room)).trim().to_owned()
         }
-        _ => a.subject.clone(),
+        Some(t) if settings.tracking_token.enabled && a.subject.chars().count() > max => {
+            // The token is in the subject already (a reply): keep it whole at the end.
+            let without = a.subject.replacen(t.as_str(), "", 1);
+            let without = without.split_whitespace().collect::<Vec<_>>().join(" ");
+            let room = max.saturating_sub(t.chars().count() + 1);
+            if room == 0 {
+                return cut(t, max);
+            }
+            format!("{} {t}", cut(&without, room)).trim().to_owned()
+        }
+        _ => cut(&a.subject, max),
     }
 }
 
 /// Mailboxes with outgoing work: an email in pending send that is due, or one left in
 /// sending (not held by an Email Router), sent from a mailbox that sends by server-side
-/// synchronization, is approved, enabled and not postponed. Mail for other mailboxes waits in
+/// synchronization, is approved (when the organization's settings require approval for its
+/// kind, user or queue), enabled and not postponed. Mail for other mailboxes waits in
 /// pending send.
 ///
 /// Found per mailbox through the store's due index, so nothing one mailbox holds — however
@@ -72,11 +93,21 @@ pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
         ids.extend(store.send_due_mailboxes(status, now).await?);
     }
     let mut per_org: BTreeMap<OrgId, Vec<Mailbox>> = BTreeMap::new();
+    let mut settings: BTreeMap<OrgId, EmailSettings> = BTreeMap::new();
     for id in ids {
         if let Some(m) = store.get::<Mailbox>(&id.to_string()).await? {
             let m = m.value;
+            let needs_approval = match settings.get(&m.org_id) {
+                Some(s) => m.needs_approval(s),
+                None => {
+                    let s = crate::org_settings(store, m.org_id).await?;
+                    let needs = m.needs_approval(&s);
+                    settings.insert(m.org_id, s);
+                    needs
+                }
+            };
             if m.outgoing_method == OutgoingMethod::ServerSideSync
-                && m.approval == ApprovalStatus::Approved
+                && !needs_approval
                 && m.outgoing.enabled
                 && m.telemetry.postponed_until.is_none_or(|t| t <= now)
             {
@@ -127,7 +158,7 @@ pub async fn waiting_reason(
             "the outgoing email method of {} is none: choose server-side synchronization",
             m.email
         )
-    } else if m.approval != ApprovalStatus::Approved {
+    } else if m.needs_approval(&crate::org_settings(store, m.org_id).await?) {
         format!(
             "the email address {} is not approved (approval: {}): an administrator or mailbox approver must approve it",
             m.email,
@@ -332,7 +363,7 @@ async fn run_until(
                     Err(problem) => {
                         // Not the email's fault: it waits (no attempt counted) while the
                         // mailbox's policy retries, postpones or disables sending with an alert.
-                        mailbox_failed(store, id, &problem).await?;
+                        mailbox_failed(store, config, id, &problem).await?;
                         break 'round;
                     }
                 },
@@ -351,7 +382,7 @@ async fn run_until(
                     if let Some(c) = smtp.take() {
                         c.close(store).await;
                     }
-                    mailbox_failed(store, id, &problem).await?;
+                    mailbox_failed(store, config, id, &problem).await?;
                     break 'round;
                 }
             }
@@ -375,9 +406,21 @@ async fn run_until(
 
 /// Records a failure of the mailbox's sending (server, credentials, sender refused) for its
 /// retry policy.
-async fn mailbox_failed(store: &Store, id: MailboxId, problem: &Problem) -> Result<(), StoreError> {
+async fn mailbox_failed(
+    store: &Store,
+    config: &EngineConfig,
+    id: MailboxId,
+    problem: &Problem,
+) -> Result<(), StoreError> {
     tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
-    crate::health::record_failure(store, id, problem, crate::policy::Direction::Outgoing).await
+    crate::health::record_failure(
+        store,
+        config,
+        id,
+        problem,
+        crate::policy::Direction::Outgoing,
+    )
+    .await
 }
 
 /// An open, signed-in SMTP connection and the connection slot it holds; reused for every

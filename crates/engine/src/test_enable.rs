@@ -157,7 +157,7 @@ pub async fn test_and_enable(
         }
         store.insert(&alert).await?;
         if !all_ok && let Some(p) = &profile {
-            warn_profile_owner_if_mostly_failing(store, p).await?;
+            crate::alerts_email::profile_failures(store, config, p.id).await?;
         }
         tracing::info!(mailbox = %m.id, ok = all_ok, "test and enable finished");
         return Ok(JobItemResult {
@@ -479,6 +479,9 @@ async fn test_incoming(
     if m.incoming_method == IncomingMethod::EmailRouter {
         return Ok(Ok("incoming by Email Router (nothing to connect to)".into()));
     }
+    if m.incoming_method == IncomingMethod::ForwardMailbox {
+        return Ok(Err(crate::incoming::forward_mailbox_problem()));
+    }
     let mut login = match credentials(store, m, p, false, opts).await? {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
@@ -567,64 +570,4 @@ async fn test_outgoing(
         Some(problem) => Err(problem),
         None => Ok(format!("outgoing (SMTP) {}", summary(&report))),
     })
-}
-
-/// When more than half of a profile's mailboxes failed within the last hour, the profile owner
-/// gets a warning alert (once an hour). With `email_owner_on_failures` the alert says that an
-/// email is due; sending it needs the outgoing pipeline.
-async fn warn_profile_owner_if_mostly_failing(
-    store: &Store,
-    p: &EmailServerProfile,
-) -> Result<(), StoreError> {
-    use serversync_model::alert::Alert;
-    use serversync_store::Col;
-    let hour_ago = now() - chrono::Duration::hours(1);
-    let mailboxes = store
-        .list_all::<Mailbox>(Some(p.org_id), &[("profile_id", Col::text(p.id))])
-        .await?;
-    let failed = mailboxes
-        .iter()
-        .filter(|m| {
-            m.value
-                .telemetry
-                .last_error
-                .as_ref()
-                .is_some_and(|e| e.at >= hour_ago)
-                && m.value.overall_status() == RunStatus::Failure
-        })
-        .count();
-    if !policy::profile_mostly_failing(failed, mailboxes.len()) {
-        return Ok(());
-    }
-    let recent = store
-        .list_all::<Alert>(Some(p.org_id), &[("profile_id", Col::text(p.id))])
-        .await?;
-    if recent
-        .iter()
-        .any(|a| a.value.code == "profile_mostly_failing" && a.value.created_at >= hour_ago)
-    {
-        return Ok(());
-    }
-    let email = if p.advanced.email_owner_on_failures {
-        " An email notification to the owner is due."
-    } else {
-        ""
-    };
-    let message = format!(
-        "{failed} of {} mailboxes of the email server profile \"{}\" failed within the last hour: check the profile's server settings and credentials.{email}",
-        mailboxes.len(),
-        p.name
-    );
-    let a = Alert {
-        profile_id: Some(p.id),
-        ..Alert::new(
-            p.org_id,
-            Severity::Warning,
-            "profile_mostly_failing",
-            message,
-            vec![p.owner_id],
-        )
-    };
-    store.insert(&a).await?;
-    Ok(())
 }

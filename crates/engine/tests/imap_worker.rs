@@ -249,6 +249,53 @@ async fn extra_folders_poll_sync_now_and_undeliverable() {
         .unwrap();
 }
 
+/// The profile's tracked folders are synchronized for every mailbox of the profile, merged
+/// with the mailbox's own extra folders (a folder named in both is read once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_tracked_folders_are_synced_with_the_mailbox_extra_folders() {
+    let s = setup("tracked").await;
+    let port = s.dovecot.info().imap_port;
+    append(port, "INBOX", &message("t-inbox@example.test")).await;
+    append(port, "Sales", &message("t-sales@example.test")).await;
+    append(port, "Projects", &message("t-projects@example.test")).await;
+    append(port, "Ignored", &message("t-ignored@example.test")).await;
+    let mut m = common::imap_mailbox(&s.store, endpoint(port), CAROL, TEST_PASSWORD).await;
+    m.extra_folders = vec!["Sales".into()];
+    s.store.update(&m, None).await.unwrap();
+    edit_profile(&s.store, &m, |p| {
+        p.advanced.tracked_folders = vec!["Projects".into(), "Sales".into()];
+    })
+    .await;
+
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(Engine::new(s.store.clone(), s.config.clone()).run(stop.clone()));
+    eventually!(
+        30,
+        "the Inbox, the mailbox's extra folder and the profile's tracked folder are read",
+        items(&s.store, m.id).await.len() >= 3
+    );
+    // Each once; the folder nobody tracks is not read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut folders: Vec<String> = items(&s.store, m.id)
+        .await
+        .into_iter()
+        .map(|i| match i.source {
+            serversync_model::item::ItemSource::Imap { folder, .. } => folder,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    folders.sort();
+    assert_eq!(folders, ["INBOX", "Projects", "Sales"]);
+    for id in ["t-inbox", "t-sales", "t-projects"] {
+        assert!(has_item(&s.store, m.id, &format!("{id}@example.test")).await);
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_when_the_server_goes_away() {
     let mut s = setup("reconnect").await;

@@ -297,6 +297,127 @@ async fn never_sends_twice_after_a_crash_postgres() {
     never_sends_twice_after_a_crash(Backend::Postgres).await
 }
 
+/// "Process email only for approved users" decides whether approval matters for sending
+/// too. A mailbox that was never approved: while the setting is on, its email waits and the
+/// reason says approval is needed; once the setting is off, nothing waits on approval (the
+/// reason says nothing of it) and the email reaches bob through Postfix.
+async fn sends_unapproved_mailbox_when_approval_is_off(backend: Backend) {
+    let t = setup(backend).await;
+    let s = t
+        .store
+        .fetch::<Mailbox>(&t.mailbox.id.to_string())
+        .await
+        .unwrap();
+    let mut m = s.value;
+    m.approval = ApprovalStatus::Empty;
+    t.store.update(&m, Some(s.version)).await.unwrap();
+    let subject = format!("Unapproved {}", uuid::Uuid::new_v4());
+    let a = t.compose(BOB, &subject, "sent without approval").await;
+    let why = outgoing::waiting_reason(&t.store, &a)
+        .await
+        .unwrap()
+        .expect("waits for approval while approval is required");
+    assert!(why.contains("not approved"), "{why}");
+
+    let s = t
+        .store
+        .fetch::<EmailSettings>(&t.mailbox.org_id.to_string())
+        .await
+        .unwrap();
+    let mut settings = s.value;
+    settings.require_approved_users = false;
+    t.store.update(&settings, Some(s.version)).await.unwrap();
+    let why = outgoing::waiting_reason(&t.store, &a).await.unwrap();
+    assert!(
+        why.as_deref().is_none_or(|w| !w.contains("approv")),
+        "{why:?}"
+    );
+
+    let engine = run_engine(&t);
+    let sent = t.wait_done(a.id).await;
+    stop_engine(engine).await;
+    assert_eq!(sent.status, EmailStatus::Sent, "{:?}", sent.send_error);
+    let mid = sent.message_id.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = find(BOB, "INBOX", &mid, &t.trust).await;
+        if !found.is_empty() {
+            assert_eq!(found.len(), 1, "delivered once");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not in bob's INBOX within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_unapproved_mailbox_when_approval_is_off_sqlite() {
+    sends_unapproved_mailbox_when_approval_is_off(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_unapproved_mailbox_when_approval_is_off_postgres() {
+    sends_unapproved_mailbox_when_approval_is_off(Backend::Postgres).await
+}
+
+/// The `Subject` header of a raw message, unfolded.
+fn subject_of(raw: &str) -> String {
+    let start = raw.find("\r\nSubject: ").expect("a Subject header") + "\r\nSubject: ".len();
+    let mut out = String::new();
+    let mut rest = &raw[start..];
+    loop {
+        let end = rest.find("\r\n").unwrap();
+        out.push_str(&rest[..end]);
+        rest = &rest[end + 2..];
+        if !rest.starts_with([' ', '\t']) {
+            return out;
+        }
+    }
+}
+
+/// The organization's "maximum subject length on the mail server": a longer subject is cut
+/// when it is sent, keeping the tracking token whole (replies are correlated by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_are_cut_to_the_servers_maximum_length() {
+    let t = setup(Backend::Sqlite).await;
+    let s = t
+        .store
+        .fetch::<EmailSettings>(&t.mailbox.org_id.to_string())
+        .await
+        .unwrap();
+    let mut settings = s.value;
+    settings.max_subject_length = 60;
+    t.store.update(&settings, Some(s.version)).await.unwrap();
+    let start = format!("Long {}", uuid::Uuid::new_v4().simple());
+    let subject = format!("{start} {}", "word ".repeat(40));
+    let a = t.compose(BOB, &subject, "a long subject").await;
+    let token = a.tracking_token.clone().expect("tracking tokens are on");
+
+    let engine = run_engine(&t);
+    let sent = t.wait_done(a.id).await;
+    stop_engine(engine).await;
+    assert_eq!(sent.status, EmailStatus::Sent, "{:?}", sent.send_error);
+    assert_eq!(sent.subject, subject, "the activity keeps its subject");
+    let mid = sent.message_id.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let raw = loop {
+        let found = find(BOB, "INBOX", &mid, &t.trust).await;
+        if let Some(raw) = found.into_iter().next() {
+            break raw;
+        }
+        assert!(Instant::now() < deadline, "not in bob's INBOX within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let got = subject_of(&raw);
+    assert!(
+        got.chars().count() <= 60,
+        "{} characters: {got}",
+        got.chars().count()
+    );
+    assert!(got.starts_with(&start), "{got}");
+    assert!(got.ends_with(token.as_str()), "{got}");
+}
+
 /// Rejected credentials are the mailbox's problem, not the email's: the email keeps waiting in
 /// pending send (no attempt counted), and the mailbox's outgoing direction is disabled with an
 /// alert that names the step, as the retry policy says for authentication failures.

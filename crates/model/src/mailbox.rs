@@ -241,6 +241,13 @@ impl Mailbox {
                 "enter an email address such as name@example.com",
             );
         }
+        if self.incoming_method == IncomingMethod::ForwardMailbox {
+            e.push(
+                "forward_mailbox_not_available",
+                "incoming_method",
+                crate::settings::FORWARD_MAILBOX_NOT_AVAILABLE,
+            );
+        }
         if self.delete_after_processing && !(self.is_forward_mailbox || self.is_queue()) {
             e.push(
                 "delete_not_allowed",

@@ -12,9 +12,16 @@ pub enum IncomingMethod {
     None,
     ServerSideSync,
     EmailRouter,
-    /// Mail forwarded to a dedicated forward mailbox and processed from there.
+    /// Mail forwarded to a dedicated forward mailbox and processed from there. Not available
+    /// yet: choosing it is refused ([`FORWARD_MAILBOX_NOT_AVAILABLE`]), and a mailbox stored
+    /// with it fails test and enable and has its incoming direction disabled with an alert.
     ForwardMailbox,
 }
+
+/// Why the "forward mailbox" incoming method is refused (code `forward_mailbox_not_available`).
+pub const FORWARD_MAILBOX_NOT_AVAILABLE: &str = "the forward mailbox incoming method is not \
+available in this version yet: choose server_side_sync (the mailbox's own server), email_router \
+or none";
 
 /// How CRM email is sent.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -186,6 +193,13 @@ impl EmailSettings {
             1,
             9,
         );
+        if self.default_incoming == IncomingMethod::ForwardMailbox {
+            e.push(
+                "forward_mailbox_not_available",
+                "default_incoming",
+                FORWARD_MAILBOX_NOT_AVAILABLE,
+            );
+        }
         check_range(
             &mut e,
             "max_attachment_kb",

@@ -20,6 +20,7 @@ use serversync_connectors::imap::sync::{IdleEvent, SyncSession};
 use serversync_connectors::{ServerAddr, mime};
 use serversync_model::item::{ItemDecision, ItemSource};
 use serversync_model::mailbox::Mailbox;
+use serversync_model::profile::EmailServerProfile;
 use serversync_model::sync::{FolderCursor, ImapCursor};
 use serversync_model::{ErrorKind, FailureStep};
 use serversync_store::Remap;
@@ -127,6 +128,19 @@ enum Ended {
     Dropped(String),
 }
 
+/// The folders synchronized besides the Inbox: the profile's tracked folders (for every
+/// mailbox of the profile) and the mailbox's own extra folders, each once, the Inbox never.
+pub(crate) fn tracked_folders(m: &Mailbox, p: &EmailServerProfile) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in p.advanced.tracked_folders.iter().chain(&m.extra_folders) {
+        let f = f.trim();
+        if !f.is_empty() && !f.eq_ignore_ascii_case(INBOX) && !out.iter().any(|o| o == f) {
+            out.push(f.to_owned());
+        }
+    }
+    out
+}
+
 /// One connection: rounds over every tracked folder, then (when the connection may be held)
 /// IDLE on the Inbox until something arrives, a renewal is due, or a full round is due.
 async fn connected(
@@ -148,7 +162,7 @@ async fn connected(
     loop {
         if full_round_due {
             *last_round = chrono::Utc::now();
-            for folder in &cx.mailbox.extra_folders {
+            for folder in &tracked_folders(&cx.mailbox, &cx.profile) {
                 sync_folder(cx, &mut imap, folder, condstore).await?;
             }
             next_full = tokio::time::Instant::now() + poll_interval(cx);

@@ -27,10 +27,29 @@ pub(crate) fn resource(id: MailboxId) -> String {
     format!("mailbox:{id}")
 }
 
+/// The "forward mailbox" incoming method is not built: test and enable fails it, and a mailbox
+/// enabled with it before it was refused has its incoming direction disabled with this.
+pub(crate) fn forward_mailbox_problem() -> Problem {
+    Problem::config(
+        "forward_mailbox_not_available",
+        format!(
+            "incoming_method: {}",
+            serversync_model::settings::FORWARD_MAILBOX_NOT_AVAILABLE
+        ),
+    )
+}
+
 /// Mailboxes whose incoming email this engine should synchronize now: enabled, server-side
 /// synchronization, not postponed by the retry policy, and on a profile whose protocol has a
 /// synchronizer (IMAP and POP3; EWS and Graph mailboxes wait for theirs).
-pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
+///
+/// A mailbox enabled for incoming email by the "forward mailbox" method (stored before that
+/// method was refused) is not left silent: its incoming direction is disabled with an alert
+/// naming the method.
+pub(crate) async fn due(
+    store: &Store,
+    config: &crate::EngineConfig,
+) -> Result<Vec<Mailbox>, StoreError> {
     let now = chrono::Utc::now();
     let synced_profiles: std::collections::HashSet<_> = store
         .list_all::<EmailServerProfile>(None, &[])
@@ -39,11 +58,26 @@ pub(crate) async fn due(store: &Store) -> Result<Vec<Mailbox>, StoreError> {
         .filter(|p| has_synchronizer(p.value.incoming_protocol))
         .map(|p| p.value.id)
         .collect();
-    Ok(store
+    let mailboxes: Vec<Mailbox> = store
         .list_all::<Mailbox>(None, &[])
         .await?
         .into_iter()
         .map(|s| s.value)
+        .collect();
+    for m in &mailboxes {
+        if m.incoming.enabled && m.incoming_method == IncomingMethod::ForwardMailbox {
+            crate::health::record_failure(
+                store,
+                config,
+                m.id,
+                &forward_mailbox_problem(),
+                crate::policy::Direction::Incoming,
+            )
+            .await?;
+        }
+    }
+    Ok(mailboxes
+        .into_iter()
         .filter(|m| {
             m.incoming.enabled
                 && m.incoming_method == IncomingMethod::ServerSideSync
@@ -111,7 +145,9 @@ pub(crate) async fn run(
     };
     if let Stop::Failed(p) = stop {
         tracing::warn!(mailbox = %id, code = %p.code, "incoming sync failed: {}", p.message);
-        if let Err(e) = crate::health::record_failure(&store, id, &p, Direction::Incoming).await {
+        if let Err(e) =
+            crate::health::record_failure(&store, &config, id, &p, Direction::Incoming).await
+        {
             tracing::error!(mailbox = %id, error = %e, "recording the failure failed");
             // Nothing postpones the mailbox then (a full disk takes the record too): wait the
             // retry interval here, so the engine does not reconnect to the mail server every

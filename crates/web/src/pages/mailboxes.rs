@@ -264,7 +264,6 @@ fn edit_sections() -> Vec<Section> {
             Field::new("incoming_method", "Incoming email", Kind::Select).options(&[
                 ("server_side_sync", "Server-side synchronization"),
                 ("email_router", "Email Router"),
-                ("forward_mailbox", "Forward mailbox"),
                 ("none", "None"),
             ]),
             Field::new("outgoing_method", "Outgoing email", Kind::Select).options(&[
