@@ -26,6 +26,7 @@ pub mod retention;
 mod router;
 pub mod sign_in;
 mod slots;
+mod supervisor;
 pub mod test_enable;
 pub mod webhooks;
 
@@ -204,18 +205,37 @@ impl Engine {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut running = tokio::task::JoinSet::new();
         let workers_stop = shutdown.child_token();
-        let mut mailboxes: std::collections::HashMap<
-            serversync_model::MailboxId,
-            (tokio::task::JoinHandle<()>, CancellationToken),
-        > = Default::default();
-        let mut hooks: std::collections::HashMap<
-            serversync_model::WebhookId,
-            tokio::task::JoinHandle<()>,
-        > = Default::default();
-        let mut senders: std::collections::HashMap<
-            serversync_model::MailboxId,
-            tokio::task::JoinHandle<()>,
-        > = Default::default();
+        let (store, ttl) = (&self.store, self.config.lease_ttl);
+        // The pipelines with one task per unit of work (mailbox, sending mailbox, endpoint),
+        // each under its lease.
+        let mut incoming = supervisor::Supervisor::new(
+            store.clone(),
+            &self.worker_id,
+            ttl,
+            incoming::Incoming {
+                store: self.store.clone(),
+                config: self.config.clone(),
+                stored: self.wake.clone(),
+            },
+        );
+        let mut outgoing = supervisor::Supervisor::new(
+            store.clone(),
+            &self.worker_id,
+            ttl,
+            outgoing::Outgoing {
+                store: self.store.clone(),
+                config: self.config.clone(),
+            },
+        );
+        let mut hooks = supervisor::Supervisor::new(
+            store.clone(),
+            &self.worker_id,
+            ttl,
+            webhooks::Deliveries {
+                store: self.store.clone(),
+                config: self.config.clone(),
+            },
+        );
         let mut heartbeat: Option<serversync_store::LeaseGuard> = None;
         // The tracker (stored messages → activities): one pass at a time per worker; the
         // organizations are shared among workers by the `tracker:<org>` leases.
@@ -242,53 +262,8 @@ impl Engine {
                 }
             }
             metrics::counter!("serversync_engine_ticks_total").increment(1);
-            mailboxes.retain(|_, (task, _)| !task.is_finished());
             let workers = self.heartbeat(&mut heartbeat).await;
-            match incoming::due(&self.store, &self.config).await {
-                Ok(due) => {
-                    // Each live worker takes its fair share of the due mailboxes, and gives
-                    // back what is above it so a worker that joins gets work at once.
-                    let fair = due.len().div_ceil(workers.max(1) as usize);
-                    let active = || mailboxes.iter().filter(|(_, (_, s))| !s.is_cancelled());
-                    let surplus = active().count().saturating_sub(fair);
-                    for (id, (_, stop)) in active().take(surplus) {
-                        tracing::info!(mailbox = %id, fair, "handing the mailbox over to another worker");
-                        stop.cancel();
-                    }
-                    for m in due {
-                        if mailboxes.contains_key(&m.id) || mailboxes.len() >= fair {
-                            continue;
-                        }
-                        match self
-                            .store
-                            .acquire_lease(
-                                &incoming::resource(m.id),
-                                &self.worker_id,
-                                self.config.lease_ttl,
-                            )
-                            .await
-                        {
-                            Ok(Some(lease)) => {
-                                let stop = workers_stop.child_token();
-                                let task = tokio::spawn(incoming::run(
-                                    self.store.clone(),
-                                    self.config.clone(),
-                                    m.id,
-                                    lease,
-                                    stop.clone(),
-                                    self.wake.clone(),
-                                ));
-                                mailboxes.insert(m.id, (task, stop));
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(mailbox = %m.id, error = %e, "taking the mailbox lease failed")
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "looking for mailboxes failed"),
-            }
+            incoming.tick(workers, &workers_stop).await;
             if tracker.as_ref().is_none_or(|t| t.is_finished()) {
                 let (store, worker, ttl) = (
                     self.store.clone(),
@@ -322,66 +297,8 @@ impl Engine {
                     }
                 }));
             }
-            // Mailboxes with email to send: one sender task each, under `outgoing:<mailbox>`.
-            senders.retain(|_, task| !task.is_finished());
-            match outgoing::due(&self.store).await {
-                Ok(due) => {
-                    for m in due {
-                        if senders.contains_key(&m.id) {
-                            continue;
-                        }
-                        if let Ok(Some(lease)) = self
-                            .store
-                            .acquire_lease(
-                                &outgoing::resource(m.id),
-                                &self.worker_id,
-                                self.config.lease_ttl,
-                            )
-                            .await
-                        {
-                            let task = tokio::spawn(outgoing::run(
-                                self.store.clone(),
-                                self.config.clone(),
-                                m.id,
-                                lease,
-                                workers_stop.child_token(),
-                            ));
-                            senders.insert(m.id, task);
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "looking for email to send failed"),
-            }
-            // Webhook endpoints with events waiting: one delivery task each, under a lease.
-            hooks.retain(|_, task| !task.is_finished());
-            match self.store.webhooks_due().await {
-                Ok(due) => {
-                    for h in due {
-                        if hooks.contains_key(&h.id) {
-                            continue;
-                        }
-                        if let Ok(Some(lease)) = self
-                            .store
-                            .acquire_lease(
-                                &webhooks::resource(h.id),
-                                &self.worker_id,
-                                self.config.lease_ttl,
-                            )
-                            .await
-                        {
-                            let task = tokio::spawn(webhooks::run(
-                                self.store.clone(),
-                                self.config.clone(),
-                                h.id,
-                                lease,
-                                workers_stop.child_token(),
-                            ));
-                            hooks.insert(h.id, task);
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "looking for webhook endpoints failed"),
-            }
+            outgoing.tick(workers, &workers_stop).await;
+            hooks.tick(workers, &workers_stop).await;
             match jobs::claim(&ctx).await {
                 Ok(claimed) => {
                     for (job, lease) in claimed {
@@ -407,30 +324,9 @@ impl Engine {
         {
             tracing::warn!("the pruner did not stop within 10 s");
         }
-        for (_, task) in senders {
-            if tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("an email sender did not stop within 30 s");
-            }
-        }
-        for (_, task) in hooks {
-            if tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a webhook delivery task did not stop within 10 s");
-            }
-        }
-        for (_, (task, _)) in mailboxes {
-            if tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a mailbox worker did not stop within 10 s");
-            }
-        }
+        outgoing.drain().await;
+        hooks.drain().await;
+        incoming.drain().await;
         match self.store.release_all_leases(&self.worker_id).await {
             Ok(n) => tracing::info!(worker = %self.worker_id, released = n, "engine stopped"),
             Err(e) => {

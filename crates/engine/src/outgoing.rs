@@ -801,3 +801,32 @@ async fn in_sent_folder(
     let _ = s.logout().await;
     Ok(!found.is_empty())
 }
+
+/// Outgoing email as a [`crate::supervisor::Pipeline`]: one sender task per mailbox with email
+/// due, under `outgoing:<mailbox>`.
+pub(crate) struct Outgoing {
+    pub store: Store,
+    pub config: EngineConfig,
+}
+
+impl crate::supervisor::Pipeline for Outgoing {
+    type Id = MailboxId;
+    const NAME: &'static str = "outgoing";
+    const DRAIN: Duration = Duration::from_secs(30);
+    const FAIR_SHARE: bool = false;
+
+    async fn due(&self) -> Result<Vec<MailboxId>, StoreError> {
+        Ok(due(&self.store).await?.into_iter().map(|m| m.id).collect())
+    }
+    fn resource(id: MailboxId) -> String {
+        resource(id)
+    }
+    fn run(
+        &self,
+        id: MailboxId,
+        lease: LeaseGuard,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        run(self.store.clone(), self.config.clone(), id, lease, stop)
+    }
+}

@@ -617,3 +617,38 @@ impl Admin {
         Ok(self.store().list_deliveries(id, after_id, limit).await?)
     }
 }
+
+/// Webhook delivery as a [`crate::supervisor::Pipeline`]: one task per active endpoint with
+/// events waiting, under `webhook:<id>`.
+pub(crate) struct Deliveries {
+    pub store: Store,
+    pub config: EngineConfig,
+}
+
+impl crate::supervisor::Pipeline for Deliveries {
+    type Id = WebhookId;
+    const NAME: &'static str = "webhooks";
+    const DRAIN: Duration = Duration::from_secs(10);
+    const FAIR_SHARE: bool = false;
+
+    async fn due(&self) -> Result<Vec<WebhookId>, StoreError> {
+        Ok(self
+            .store
+            .webhooks_due()
+            .await?
+            .into_iter()
+            .map(|h| h.id)
+            .collect())
+    }
+    fn resource(id: WebhookId) -> String {
+        resource(id)
+    }
+    fn run(
+        &self,
+        id: WebhookId,
+        lease: LeaseGuard,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        run(self.store.clone(), self.config.clone(), id, lease, stop)
+    }
+}

@@ -91,6 +91,48 @@ fn has_synchronizer(p: IncomingProtocol) -> bool {
     matches!(p, IncomingProtocol::Imap | IncomingProtocol::Pop3)
 }
 
+/// Incoming email as a [`crate::supervisor::Pipeline`]: one task per due mailbox, shared
+/// fairly among the live workers.
+pub(crate) struct Incoming {
+    pub store: Store,
+    pub config: EngineConfig,
+    /// Woken whenever a session stored new messages (the tracker picks them up).
+    pub stored: Arc<Notify>,
+}
+
+impl crate::supervisor::Pipeline for Incoming {
+    type Id = MailboxId;
+    const NAME: &'static str = "incoming";
+    const DRAIN: Duration = Duration::from_secs(10);
+    const FAIR_SHARE: bool = true;
+
+    async fn due(&self) -> Result<Vec<MailboxId>, StoreError> {
+        Ok(due(&self.store, &self.config)
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect())
+    }
+    fn resource(id: MailboxId) -> String {
+        resource(id)
+    }
+    fn run(
+        &self,
+        id: MailboxId,
+        lease: LeaseGuard,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        run(
+            self.store.clone(),
+            self.config.clone(),
+            id,
+            lease,
+            stop,
+            self.stored.clone(),
+        )
+    }
+}
+
 /// Why a worker's session ended.
 enum Stop {
     Shutdown,
