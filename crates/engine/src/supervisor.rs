@@ -163,6 +163,19 @@ mod tests {
         }
     }
 
+    /// The units whose task has started, once `n` have (the tasks run when scheduled).
+    async fn started_once(started: &Mutex<Vec<u32>>, n: usize) -> Vec<u32> {
+        for _ in 0..250 {
+            if started.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut got = started.lock().unwrap().clone();
+        got.sort();
+        got
+    }
+
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
@@ -197,10 +210,8 @@ mod tests {
         // Two live workers: a share of 3 of the 6 due units, unit 0 not among them.
         sup.tick(2, &stop).await;
         sup.tick(2, &stop).await;
-        let mut got = started.lock().unwrap().clone();
-        got.sort();
         assert_eq!(
-            got,
+            started_once(&started, 3).await,
             vec![1, 2, 3],
             "three units, each once, not the leased one"
         );
@@ -235,15 +246,15 @@ mod tests {
         let stop = CancellationToken::new();
         sup.tick(1, &stop).await;
         assert_eq!(
-            started.lock().unwrap().len(),
-            4,
+            started_once(&started, 4).await,
+            vec![0, 1, 2, 3],
             "alone, it takes everything"
         );
         // A second worker joins: two units are stopped and their leases released.
         sup.tick(2, &stop).await;
-        let mut free = 0;
+        // Another worker takes each unit as it is released (a lease is taken only when free).
+        let mut taken = std::collections::BTreeSet::new();
         for _ in 0..100 {
-            free = 0;
             for id in 0..4 {
                 if store
                     .acquire_lease(&format!("fake:{id}"), "other", ttl)
@@ -251,15 +262,27 @@ mod tests {
                     .unwrap()
                     .is_some()
                 {
-                    free += 1;
+                    taken.insert(id);
                 }
             }
-            if free >= 2 {
+            if taken.len() >= 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(free, 2, "half of the units handed over");
+        // And no more than that: the other two stay with this worker.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for id in 0..4 {
+            if store
+                .acquire_lease(&format!("fake:{id}"), "other", ttl)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                taken.insert(id);
+            }
+        }
+        assert_eq!(taken.len(), 2, "half of the units handed over: {taken:?}");
         sup.drain().await;
     }
 }
