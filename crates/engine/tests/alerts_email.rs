@@ -20,7 +20,6 @@ use serversync_model::settings::{ActMethod, EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, Secret};
 use serversync_store::{Backend, Store};
 use serversync_testkit::TestEnv;
-use serversync_vault::MasterKey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -44,21 +43,7 @@ struct Setup {
 /// submission), and bob's and carol's, whose password is wrong.
 async fn setup(backend: Backend) -> Setup {
     let env = TestEnv::from_env();
-    let (guard, url): (Box<dyn std::any::Any + Send>, String) = match backend {
-        Backend::Sqlite => {
-            let d = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", d.path().join("a.db").display());
-            (Box::new(d), url)
-        }
-        Backend::Postgres => {
-            let db = env.pg_database().await.unwrap();
-            let url = db.url().to_owned();
-            (Box::new(db), url)
-        }
-    };
-    let store = Store::open(&url, MasterKey::generate().unwrap())
-        .await
-        .unwrap();
+    let (guard, store) = common::open_store(backend).await;
     let trust = Arc::new(TlsTrust::with_extra_ca_files([&env.ca_cert]).unwrap());
     let config = EngineConfig {
         network: Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),

@@ -23,7 +23,6 @@ use serversync_model::profile::{EmailServerProfile, Endpoint};
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
 use serversync_store::{Backend, Col, Filter, Store};
 use serversync_testkit::{ScriptedSmtp, SmtpScript, TestEnv, postfix};
-use serversync_vault::MasterKey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -49,21 +48,7 @@ async fn setup(backend: Backend) -> Setup {
 /// [`setup`] for another sender.
 async fn setup_as(backend: Backend, sender: &str) -> Setup {
     let env = TestEnv::from_env();
-    let (guard, url): (Box<dyn std::any::Any + Send>, String) = match backend {
-        Backend::Sqlite => {
-            let d = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", d.path().join("o.db").display());
-            (Box::new(d), url)
-        }
-        Backend::Postgres => {
-            let db = env.pg_database().await.unwrap();
-            let url = db.url().to_owned();
-            (Box::new(db), url)
-        }
-    };
-    let store = Store::open(&url, MasterKey::generate().unwrap())
-        .await
-        .unwrap();
+    let (guard, store) = common::open_store(backend).await;
     let trust = Arc::new(TlsTrust::with_extra_ca_files([&env.ca_cert]).unwrap());
     let config = EngineConfig {
         network: std::sync::Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),

@@ -9,7 +9,7 @@ use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType, TlsMod
 use serversync_model::settings::EmailSettings;
 use serversync_model::settings::OutgoingMethod;
 use serversync_model::{MailboxId, Secret};
-use serversync_store::Store;
+use serversync_store::{Backend, Store};
 
 /// On a fresh store: the bootstrap organization and administrator, an IMAP/SMTP profile whose
 /// incoming server is `incoming`, and an approved mailbox for `email` with `password`, owned by
@@ -157,3 +157,26 @@ macro_rules! eventually {
 }
 #[allow(unused_imports)]
 pub(crate) use eventually;
+
+/// A fresh store on `backend`, with what keeps its database alive (a temporary directory or
+/// a test database on the environment's PostgreSQL).
+#[allow(dead_code)]
+pub async fn open_store(backend: Backend) -> (Box<dyn std::any::Any + Send>, Store) {
+    let (guard, url): (Box<dyn std::any::Any + Send>, String) = match backend {
+        Backend::Sqlite => {
+            let d = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", d.path().join("t.db").display());
+            (Box::new(d), url)
+        }
+        Backend::Postgres => {
+            let db = serversync_testkit::TestEnv::from_env()
+                .pg_database()
+                .await
+                .unwrap();
+            let url = db.url().to_owned();
+            (Box::new(db), url)
+        }
+    };
+    let key = serversync_vault::MasterKey::generate().unwrap();
+    (guard, Store::open(&url, key).await.unwrap())
+}
