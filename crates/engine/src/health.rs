@@ -3,8 +3,8 @@
 //! disables raises an alert for the owner.
 
 use crate::EngineConfig;
+use crate::policy::Failure;
 use crate::policy::{self, Decision, Direction};
-use crate::test_enable::Problem;
 use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
 use serversync_store::{Store, StoreError};
@@ -17,7 +17,7 @@ pub(crate) async fn record_failure(
     store: &Store,
     config: &EngineConfig,
     id: MailboxId,
-    p: &Problem,
+    p: &Failure,
     direction: Direction,
 ) -> Result<(), StoreError> {
     // An administrator's approval, rejection or edit meanwhile is kept: read again and apply
@@ -28,20 +28,8 @@ pub(crate) async fn record_failure(
         };
         let mut m = s.value;
         let settings = crate::org_settings(store, m.org_id).await?;
-        let failure = policy::Failure {
-            kind: p.kind,
-            step: p.step,
-            code: p.code.clone(),
-            message: p.message.clone(),
-            retry_after: None,
-        };
-        let decision = policy::record_failure(
-            &mut m,
-            direction,
-            &failure,
-            &settings.retry,
-            chrono::Utc::now(),
-        );
+        let decision =
+            policy::record_failure(&mut m, direction, p, &settings.retry, chrono::Utc::now());
         match store.update(&m, Some(s.version)).await {
             Err(StoreError::VersionMismatch { .. }) => continue,
             other => other?,

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod records;
 pub mod retention;
 mod router;
+mod session;
 pub mod sign_in;
 mod slots;
 mod supervisor;

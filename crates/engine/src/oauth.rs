@@ -8,7 +8,7 @@
 //! mailbox's user name, else its email address. Server-to-server (Exchange Online) and hybrid
 //! modern authentication need the Exchange connectors, which do not exist yet.
 
-use crate::test_enable::Problem;
+use crate::policy::Failure;
 use serversync_connectors::oauth::{Grant, TokenProvider, TokenRequest};
 use serversync_connectors::{ConnectError, ConnectOptions, ErrorKind, FailureStep, Login};
 use serversync_model::Secret;
@@ -27,30 +27,30 @@ pub(crate) async fn login(
     m: &Mailbox,
     profile: &EmailServerProfile,
     opts: &ConnectOptions,
-) -> Result<Result<Login, Problem>, StoreError> {
+) -> Result<Result<Login, Failure>, StoreError> {
     if profile.authentication != AuthenticationType::GmailOAuth {
-        return Ok(Err(Problem::config(
+        return Ok(Err(Failure::config(
             "connector_not_available",
             "OAuth sign-in for Exchange (server-to-server, hybrid modern authentication) is not \
              available in this version yet: use password credentials",
         )));
     }
     let Some(o) = &profile.oauth else {
-        return Ok(Err(Problem::config(
+        return Ok(Err(Failure::config(
             "credentials_missing",
             "Gmail OAuth needs the OAuth client: enter oauth.client_id and the client secret in \
              the email server profile",
         )));
     };
     let Some(secret_id) = o.client_secret else {
-        return Ok(Err(Problem::config(
+        return Ok(Err(Failure::config(
             "credentials_missing",
             "Gmail OAuth needs the OAuth client's secret: enter oauth.client_secret in the email \
              server profile",
         )));
     };
     let Some(refresh_id) = m.password else {
-        return Ok(Err(Problem::config(
+        return Ok(Err(Failure::config(
             "credentials_missing",
             "no refresh token to sign in with: Gmail OAuth signs in with the refresh token \
              Google issued when the mailbox's account consented; enter it as the mailbox's \
@@ -75,7 +75,7 @@ pub(crate) async fn login(
             .await
         {
             Ok(token) => Ok(Login::xoauth2(user, token)),
-            Err(e) => Err(Problem::from_connect(&e)),
+            Err(e) => Err(Failure::from(&e)),
         },
     )
 }

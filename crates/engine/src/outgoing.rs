@@ -16,8 +16,9 @@
 //! when the connection breaks after the message was handed over with `DATA`.
 
 use crate::EngineConfig;
+use crate::policy::Failure;
+use crate::session::{MailboxSession, Side};
 use crate::slots::ConnSlot;
-use crate::test_enable::{Problem, addr, credentials};
 use chrono::Utc;
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, smtp};
@@ -410,7 +411,7 @@ async fn mailbox_failed(
     store: &Store,
     config: &EngineConfig,
     id: MailboxId,
-    problem: &Problem,
+    problem: &Failure,
 ) -> Result<(), StoreError> {
     tracing::warn!(mailbox = %id, code = %problem.code, "sending failed for the mailbox: {}", problem.message);
     crate::health::record_failure(
@@ -446,29 +447,22 @@ async fn open(
     profile: &EmailServerProfile,
     opts: &ConnectOptions,
     owner: &str,
-) -> Result<Result<Option<Smtp>, Problem>, StoreError> {
-    let server = match addr(profile, true) {
+) -> Result<Result<Option<Smtp>, Failure>, StoreError> {
+    let session = MailboxSession {
+        mailbox: mailbox.clone(),
+        profile: profile.clone(),
+        settings: Default::default(),
+        opts: opts.clone(),
+    };
+    let server = match session.address(Side::Outgoing) {
         Ok(s) => s,
         Err(p) => return Ok(Err(p)),
     };
-    let login = match credentials(store, mailbox, profile, true, opts).await? {
+    let login = match session.login(store, Side::Outgoing).await? {
         Ok(l) => l,
         Err(p) => return Ok(Err(p)),
     };
-    let scope = if profile.authentication.credentials_on_mailbox() {
-        format!("smtp:mailbox:{}", mailbox.id)
-    } else {
-        format!("smtp:profile:{}", profile.id)
-    };
-    let Some(slot) = ConnSlot::acquire_in(
-        store,
-        &scope,
-        profile.advanced.max_concurrent_connections,
-        owner,
-        config.lease_ttl,
-    )
-    .await?
-    else {
+    let Some(slot) = session.slot(store, config, Side::Outgoing, owner).await? else {
         return Ok(Ok(None));
     };
     let connected = async {
@@ -484,7 +478,7 @@ async fn open(
         Ok(c) => Ok(Ok(Some(Smtp { c, slot }))),
         Err(e) => {
             slot.release(store).await;
-            Ok(Err(Problem::from_connect(&e)))
+            Ok(Err(Failure::from(&e)))
         }
     }
 }
@@ -518,7 +512,7 @@ enum SendResult {
     /// The connection is no longer usable; the next email opens another.
     ConnectionLost,
     /// The mailbox cannot send at all (sender refused, credentials…): its email waits.
-    MailboxFailed(Problem),
+    MailboxFailed(Failure),
 }
 
 /// What became of one submission.
@@ -635,7 +629,7 @@ async fn transact(
     from: &str,
     message: &[u8],
     rcpts: &[String],
-) -> Result<(Outcome, SendResult), Problem> {
+) -> Result<(Outcome, SendResult), Failure> {
     let refused = |what: &str, r: &smtp::Reply| {
         let said = format!("{what} refused: server said \"{}\"", r.display());
         if r.is_transient_negative() {
@@ -649,7 +643,7 @@ async fn transact(
     match c
         .envelope(from, rcpts)
         .await
-        .map_err(|e| Problem::from_connect(&e))?
+        .map_err(|e| Failure::from(&e))?
     {
         smtp::Envelope::Ready => {}
         smtp::Envelope::RecipientRefused {
@@ -733,8 +727,15 @@ async fn imap_session(
     if profile.incoming_protocol != IncomingProtocol::Imap {
         return Err("the profile does not use IMAP".into());
     }
-    let server = addr(profile, false).map_err(|p| p.message)?;
-    let login: Login = credentials(store, mailbox, profile, false, opts)
+    let session = MailboxSession {
+        mailbox: mailbox.clone(),
+        profile: profile.clone(),
+        settings: Default::default(),
+        opts: opts.clone(),
+    };
+    let server = session.address(Side::Incoming).map_err(|p| p.message)?;
+    let login: Login = session
+        .login(store, Side::Incoming)
         .await
         .map_err(|e| e.to_string())?
         .map_err(|p| p.message)?;

@@ -6,6 +6,7 @@
 //! direction when the attempts are used up. Throttling waits at least as long as the server
 //! asked. Pure: the engine applies the decision and raises the alerts.
 
+use serversync_connectors::ConnectError;
 use serversync_model::mailbox::{DirectionStatus, LastError, Mailbox, RunStatus};
 use serversync_model::settings::RetryPolicy;
 use serversync_model::{ErrorKind, FailureStep, Timestamp};
@@ -28,7 +29,10 @@ pub enum Decision {
     Disable,
 }
 
-/// A failure as the policy sees it.
+/// The one failure type of the engine's connections and pipelines: why a mailbox's direction
+/// could not be tested or run, as the retry policy reads it (kind), the administrator sees it
+/// (step, message) and alerts name it (code). A connector's [`ConnectError`] converts into it
+/// coded by the step that failed (`authentication_failed`, `tls_failed`, ...).
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub kind: ErrorKind,
@@ -37,6 +41,54 @@ pub struct Failure {
     pub message: String,
     /// Server-requested delay (throttling).
     pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A configuration problem a person has to fix (no retry), with its code.
+    pub fn config(code: &str, message: impl Into<String>) -> Self {
+        Failure {
+            kind: ErrorKind::Config,
+            step: None,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure of `kind` at `step`, with its own code (not the step's).
+    pub fn coded(
+        code: &str,
+        kind: ErrorKind,
+        step: FailureStep,
+        message: impl Into<String>,
+    ) -> Self {
+        Failure {
+            kind,
+            step: Some(step),
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<&ConnectError> for Failure {
+    /// Coded by the step that failed: `authentication_failed`, `tls_failed`, ...
+    fn from(e: &ConnectError) -> Self {
+        Failure {
+            kind: e.kind,
+            step: Some(e.step),
+            code: format!("{}_failed", serversync_model::wire_name(&e.step)),
+            message: e.to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<ConnectError> for Failure {
+    fn from(e: ConnectError) -> Self {
+        Failure::from(&e)
+    }
 }
 
 /// Decides retry or disable from the error kind and the failures so far (including this one).

@@ -4,8 +4,10 @@
 
 use crate::EngineConfig;
 use crate::admin::alert;
-use crate::policy::{self, Direction};
-use serversync_connectors::{ConnectError, ConnectOptions, Login, ProbeReport, ServerAddr};
+use crate::policy::{self, Direction, Failure};
+use crate::session::{MailboxSession, Side};
+use serversync_connectors::{ProbeReport, ServerAddr};
+use serversync_model::MailboxId;
 use serversync_model::alert::Severity;
 use serversync_model::job::{JobItemResult, ServerCertificate};
 use serversync_model::mailbox::{DirectionStatus, Mailbox, RunStatus};
@@ -13,45 +15,14 @@ use serversync_model::org::Organization;
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol, OutgoingProtocol};
 use serversync_model::settings::{ActMethod, IncomingMethod, OutgoingMethod};
 use serversync_model::wire_name;
-use serversync_model::{ErrorKind, FailureStep, MailboxId, Secret};
 use serversync_store::{NewAuditEntry, Store, StoreError};
-use std::time::Duration;
 
-/// Why a direction could not be tested, or how its test failed.
-#[derive(Debug, Clone)]
-pub(crate) struct Problem {
-    pub(crate) code: String,
-    pub(crate) kind: ErrorKind,
-    pub(crate) step: Option<FailureStep>,
-    pub(crate) message: String,
-}
-
-impl Problem {
-    pub(crate) fn config(code: &str, message: impl Into<String>) -> Self {
-        Problem {
-            code: code.into(),
-            kind: ErrorKind::Config,
-            step: None,
-            message: message.into(),
-        }
-    }
-
-    /// A connection failure, coded by the step that failed (`authentication_failed`, …).
-    pub(crate) fn from_connect(e: &ConnectError) -> Self {
-        Problem {
-            code: format!("{}_failed", wire_name(&e.step)),
-            kind: e.kind,
-            step: Some(e.step),
-            message: e.to_string(),
-        }
-    }
-
-    fn from_probe(what: &str, r: &ProbeReport) -> Option<Self> {
-        r.failure.as_ref().map(|f| Problem {
-            message: format!("{what}: {f}"),
-            ..Problem::from_connect(f)
-        })
-    }
+/// The failure of a probe: `what` (the direction) failed at the step the report names.
+fn probe_failure(what: &str, r: &ProbeReport) -> Option<Failure> {
+    r.failure.as_ref().map(|f| Failure {
+        message: format!("{what}: {f}"),
+        ..Failure::from(f)
+    })
 }
 
 fn now() -> serversync_model::Timestamp {
@@ -61,7 +32,7 @@ fn now() -> serversync_model::Timestamp {
 /// What probing a mailbox found: the outcome of each direction tested (a summary or the
 /// problem) and the certificates the servers presented.
 struct Probed {
-    outcomes: Vec<(Direction, Result<String, Problem>)>,
+    outcomes: Vec<(Direction, Result<String, Failure>)>,
     certificates: Vec<ServerCertificate>,
 }
 
@@ -184,7 +155,7 @@ async fn probe(
     profile: Option<&EmailServerProfile>,
     settings: &serversync_model::settings::EmailSettings,
 ) -> Result<Probed, StoreError> {
-    let mut outcomes: Vec<(Direction, Result<String, Problem>)> = Vec::new();
+    let mut outcomes: Vec<(Direction, Result<String, Failure>)> = Vec::new();
     let mut directions = Vec::new();
     if m.incoming_method != IncomingMethod::None {
         directions.push(Direction::Incoming);
@@ -197,12 +168,12 @@ async fn probe(
     }
 
     let precheck = if directions.is_empty() {
-        Some(Problem::config(
+        Some(Failure::config(
             "nothing_to_test",
             "no delivery method is set to server-side synchronization: edit the mailbox's incoming, outgoing or appointments/contacts/tasks method",
         ))
     } else if m.needs_approval(settings) {
-        Some(Problem::config(
+        Some(Failure::config(
             "mailbox_not_approved",
             format!(
                 "the email address {} must be approved before email is processed: use \"Approve email\" on the mailbox, then test and enable it again",
@@ -212,7 +183,7 @@ async fn probe(
     } else if let Some(p) = profile {
         fips_problem(store, config, p).await?
     } else {
-        Some(Problem::config(
+        Some(Failure::config(
             "no_profile",
             "the mailbox has no email server profile: apply the default email settings or choose a profile",
         ))
@@ -226,23 +197,17 @@ async fn probe(
             }
         }
         (None, Some(profile)) => {
-            let timeout = Duration::from_millis(
-                profile
-                    .advanced
-                    .connection_timeout_ms
-                    .unwrap_or(100_000)
-                    .into(),
-            );
-            let opts = config.connect_options(timeout);
+            let session =
+                MailboxSession::new(config, m.clone(), (*profile).clone(), settings.clone());
             for d in &directions {
                 let r = match d {
                     Direction::Incoming => {
-                        test_incoming(store, m, profile, &opts, &mut certificates).await?
+                        test_incoming(store, &session, &mut certificates).await?
                     }
                     Direction::Outgoing => {
-                        test_outgoing(store, m, profile, &opts, &mut certificates).await?
+                        test_outgoing(store, &session, &mut certificates).await?
                     }
-                    Direction::Act => Err(Problem::config(
+                    Direction::Act => Err(Failure::config(
                         "connector_not_available",
                         "appointments, contacts and tasks synchronization is not available in this version yet: set act_method to none",
                     )),
@@ -262,7 +227,7 @@ async fn probe(
 /// Writes the outcomes into the mailbox's status fields and telemetry (enabled only when all
 /// passed); returns whether all passed, the job item's message and the alert to raise.
 fn apply(
-    outcomes: &[(Direction, Result<String, Problem>)],
+    outcomes: &[(Direction, Result<String, Failure>)],
     m: &mut Mailbox,
     profile: Option<&EmailServerProfile>,
 ) -> (bool, String, serversync_model::alert::Alert) {
@@ -314,13 +279,6 @@ fn apply(
             )
         }
         Some(p) => {
-            let failure = policy::Failure {
-                kind: p.kind,
-                step: p.step,
-                code: p.code.clone(),
-                message: p.message.clone(),
-                retry_after: None,
-            };
             let failed_dir = outcomes
                 .iter()
                 .find(|(_, r)| r.is_err())
@@ -330,7 +288,7 @@ fn apply(
             policy::record_failure(
                 m,
                 failed_dir,
-                &failure,
+                p,
                 &serversync_model::settings::RetryPolicy {
                     max_attempts: 0,
                     interval_seconds: 1,
@@ -357,7 +315,7 @@ async fn fips_problem(
     store: &Store,
     config: &EngineConfig,
     p: &EmailServerProfile,
-) -> Result<Option<Problem>, StoreError> {
+) -> Result<Option<Failure>, StoreError> {
     let org_fips = store
         .get::<Organization>(&p.org_id.to_string())
         .await?
@@ -369,7 +327,7 @@ async fn fips_problem(
         e.0.into_iter()
             .find(|e| e.code == "not_fips_compliant")
             .map(|e| {
-                Problem::config(
+                Failure::config(
                     "not_fips_compliant",
                     format!("the email server profile ({}): {}", e.field, e.message),
                 )
@@ -396,58 +354,6 @@ fn keep_certificate(
     }
 }
 
-/// How the mailbox signs in to its profile's incoming (or `outgoing`) server: a password, or
-/// for an OAuth profile a bearer token from its token endpoint (reached through `opts`' trust
-/// and network policy; see [`crate::oauth`]).
-pub(crate) async fn credentials(
-    store: &Store,
-    m: &Mailbox,
-    profile: &EmailServerProfile,
-    outgoing: bool,
-    opts: &ConnectOptions,
-) -> Result<Result<Login, Problem>, StoreError> {
-    if profile.authentication.is_oauth() {
-        return crate::oauth::login(store, m, profile, opts).await;
-    }
-    let (user, secret) = if profile.authentication.credentials_on_mailbox() {
-        (
-            m.username.clone().or_else(|| Some(m.email.clone())),
-            m.password,
-        )
-    } else if outgoing && !profile.use_same_settings_for_outgoing {
-        (profile.outgoing_username.clone(), profile.outgoing_password)
-    } else {
-        (profile.username.clone(), profile.password)
-    };
-    let (Some(user), Some(secret)) = (user, secret) else {
-        let fix = if profile.authentication.credentials_on_mailbox() {
-            "enter the mailbox's password (credentials are specified by the user or queue in this profile)"
-        } else {
-            "enter the user name and password in the email server profile"
-        };
-        return Ok(Err(Problem::config(
-            "credentials_missing",
-            format!("no credentials to sign in with: {fix}"),
-        )));
-    };
-    let password: Secret = store.get_secret(secret).await?;
-    Ok(Ok(Login::password(user, password)))
-}
-
-/// The profile's incoming or outgoing server, with the certificates it pins.
-pub(crate) fn addr(p: &EmailServerProfile, outgoing: bool) -> Result<ServerAddr, Problem> {
-    let (ep, what) = if outgoing {
-        (p.outgoing.as_ref(), "outgoing")
-    } else {
-        (p.incoming.as_ref(), "incoming")
-    };
-    ep.map(|e| {
-        ServerAddr::new(e.location.clone(), e.port, e.tls)
-            .with_pinned(p.pinned_certificates.clone())
-    })
-    .ok_or_else(|| Problem::config("location_missing", format!("the profile has no {what} server location: enter it, or turn auto-discover on for Exchange")))
-}
-
 fn summary(r: &ProbeReport) -> String {
     let mut caps: Vec<&str> = r
         .capabilities
@@ -471,22 +377,21 @@ fn summary(r: &ProbeReport) -> String {
 
 async fn test_incoming(
     store: &Store,
-    m: &Mailbox,
-    p: &EmailServerProfile,
-    opts: &ConnectOptions,
+    session: &MailboxSession,
     certificates: &mut Vec<ServerCertificate>,
-) -> Result<Result<String, Problem>, StoreError> {
+) -> Result<Result<String, Failure>, StoreError> {
+    let (m, p, opts) = (&session.mailbox, &session.profile, &session.opts);
     if m.incoming_method == IncomingMethod::EmailRouter {
         return Ok(Ok("incoming by Email Router (nothing to connect to)".into()));
     }
     if m.incoming_method == IncomingMethod::ForwardMailbox {
         return Ok(Err(crate::incoming::forward_mailbox_problem()));
     }
-    let mut login = match credentials(store, m, p, false, opts).await? {
+    let mut login = match session.login(store, Side::Incoming).await? {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
-    let a = match addr(p, false) {
+    let a = match session.address(Side::Incoming) {
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
@@ -497,7 +402,7 @@ async fn test_incoming(
             IncomingProtocol::Imap => serversync_connectors::imap::probe(&a, &login, opts).await,
             IncomingProtocol::Pop3 => serversync_connectors::pop3::probe(&a, &login, opts).await,
             IncomingProtocol::Ews | IncomingProtocol::Graph => {
-                return Ok(Err(Problem::config(
+                return Ok(Err(Failure::config(
                     "connector_not_available",
                     "Exchange connectors are not available in this version yet",
                 )));
@@ -505,7 +410,7 @@ async fn test_incoming(
         };
         if !retried && crate::oauth::refused(&login, report.failure.as_ref()) {
             retried = true;
-            login = match credentials(store, m, p, false, opts).await? {
+            login = match session.login(store, Side::Incoming).await? {
                 Ok(l) => l,
                 Err(e) => return Ok(Err(e)),
             };
@@ -518,7 +423,7 @@ async fn test_incoming(
         "incoming ({})",
         wire_name(&p.incoming_protocol).to_uppercase()
     );
-    Ok(match Problem::from_probe(&label, &report) {
+    Ok(match probe_failure(&label, &report) {
         Some(problem) => Err(problem),
         None => Ok(format!("{label} {}", summary(&report))),
     })
@@ -526,19 +431,18 @@ async fn test_incoming(
 
 async fn test_outgoing(
     store: &Store,
-    m: &Mailbox,
-    p: &EmailServerProfile,
-    opts: &ConnectOptions,
+    session: &MailboxSession,
     certificates: &mut Vec<ServerCertificate>,
-) -> Result<Result<String, Problem>, StoreError> {
+) -> Result<Result<String, Failure>, StoreError> {
+    let (m, p, opts) = (&session.mailbox, &session.profile, &session.opts);
     if m.outgoing_method == OutgoingMethod::EmailRouter {
         return Ok(Ok("outgoing by Email Router (nothing to connect to)".into()));
     }
-    let mut login = match credentials(store, m, p, true, opts).await? {
+    let mut login = match session.login(store, Side::Outgoing).await? {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
-    let a = match addr(p, true) {
+    let a = match session.address(Side::Outgoing) {
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
     };
@@ -549,7 +453,7 @@ async fn test_outgoing(
                 serversync_connectors::smtp::probe(&a, Some(&login), &m.email, opts).await
             }
             OutgoingProtocol::Ews | OutgoingProtocol::Graph => {
-                return Ok(Err(Problem::config(
+                return Ok(Err(Failure::config(
                     "connector_not_available",
                     "Exchange connectors are not available in this version yet",
                 )));
@@ -557,7 +461,7 @@ async fn test_outgoing(
         };
         if !retried && crate::oauth::refused(&login, report.failure.as_ref()) {
             retried = true;
-            login = match credentials(store, m, p, true, opts).await? {
+            login = match session.login(store, Side::Outgoing).await? {
                 Ok(l) => l,
                 Err(e) => return Ok(Err(e)),
             };
@@ -566,7 +470,7 @@ async fn test_outgoing(
         break report;
     };
     keep_certificate(certificates, "outgoing", p, &a, &report);
-    Ok(match Problem::from_probe("outgoing (SMTP)", &report) {
+    Ok(match probe_failure("outgoing (SMTP)", &report) {
         Some(problem) => Err(problem),
         None => Ok(format!("outgoing (SMTP) {}", summary(&report))),
     })

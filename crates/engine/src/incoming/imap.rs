@@ -15,7 +15,8 @@ use super::{
     poll_interval, renew, wait,
 };
 use crate::intake::{IntakeBatch, IntakeOutcome};
-use crate::test_enable::{Problem, addr};
+use crate::policy::Failure;
+use crate::session::Side;
 use serversync_connectors::imap::sync::{IdleEvent, SyncSession};
 use serversync_connectors::{ServerAddr, mime};
 use serversync_model::item::{ItemDecision, ItemSource};
@@ -38,7 +39,7 @@ const BATCH: usize = 200;
 const MAX_RENUMBERINGS: u32 = 5;
 
 pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
-    let address = addr(&cx.profile, false).map_err(Stop::Failed)?;
+    let address = cx.session.address(Side::Incoming).map_err(Stop::Failed)?;
     let hold = may_hold_connection(cx).await?;
     let mut reconnect = Reconnect::default();
     // The start of the last full round: a "sync now" requested after it starts another.
@@ -79,7 +80,8 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
             Ok(Ended::Dropped(why)) => {
                 first = false;
                 let Some(delay) = reconnect.after_drop(lived) else {
-                    return Err(Stop::Failed(Problem {
+                    return Err(Stop::Failed(Failure {
+                        retry_after: None,
                         code: "connection_dropped".into(),
                         kind: ErrorKind::Transient,
                         step: Some(FailureStep::Protocol),
@@ -151,9 +153,9 @@ async fn connected(
     last_round: &mut chrono::DateTime<chrono::Utc>,
 ) -> Result<Ended, Stop> {
     let login = cx.login_now().await?;
-    let mut imap = super::signed_in(
+    let mut imap = crate::session::signed_in(
         &login,
-        SyncSession::connect(address, &login, &cx.opts).await,
+        SyncSession::connect(address, &login, &cx.session.opts).await,
     )?;
     let condstore = imap.has_capability("CONDSTORE");
     let idle = hold && imap.has_capability("IDLE");
@@ -162,7 +164,7 @@ async fn connected(
     loop {
         if full_round_due {
             *last_round = chrono::Utc::now();
-            for folder in &tracked_folders(&cx.mailbox, &cx.profile) {
+            for folder in &tracked_folders(&cx.session.mailbox, &cx.session.profile) {
                 sync_folder(cx, &mut imap, folder, condstore).await?;
             }
             next_full = tokio::time::Instant::now() + poll_interval(cx);
@@ -241,7 +243,8 @@ async fn sync_folder(
                 ..Default::default()
             };
             if cursor.uid_validity_changes >= MAX_RENUMBERINGS {
-                return Err(Stop::Failed(Problem {
+                return Err(Stop::Failed(Failure {
+                    retry_after: None,
                     code: "uidvalidity_unstable".into(),
                     kind: ErrorKind::Permanent,
                     step: Some(FailureStep::Protocol),
@@ -321,8 +324,8 @@ async fn sync_folder(
                 if new_item {
                     batch.add(
                         &m,
-                        &cx.settings,
-                        Some(&cx.profile),
+                        &cx.session.settings,
+                        Some(&cx.session.profile),
                         source,
                         raw,
                         received,
@@ -365,7 +368,7 @@ async fn sync_folder(
             if processed > 0 {
                 cx.stored.notify_one();
             }
-            if !failed_uids.is_empty() && cx.profile.advanced.move_failed_to_undeliverable {
+            if !failed_uids.is_empty() && cx.session.profile.advanced.move_failed_to_undeliverable {
                 move_to_undeliverable(cx, imap, folder, &failed_uids).await?;
             }
         }

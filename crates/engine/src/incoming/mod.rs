@@ -8,15 +8,16 @@ mod imap;
 mod pop3;
 
 use crate::EngineConfig;
+use crate::policy::Failure;
 use crate::policy::{self, Direction};
+use crate::session::{MailboxSession, Side};
 pub(crate) use crate::slots::ConnSlot;
 use crate::slots::jitter_seed;
-use crate::test_enable::{Problem, credentials};
-use serversync_connectors::{ConnectError, ConnectOptions, Login};
+use serversync_connectors::{ConnectError, Login};
 use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
-use serversync_model::settings::{EmailSettings, IncomingMethod};
+use serversync_model::settings::IncomingMethod;
 use serversync_store::{LeaseGuard, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,8 @@ pub(crate) fn resource(id: MailboxId) -> String {
 
 /// The "forward mailbox" incoming method is not built: test and enable fails it, and a mailbox
 /// enabled with it before it was refused has its incoming direction disabled with this.
-pub(crate) fn forward_mailbox_problem() -> Problem {
-    Problem::config(
+pub(crate) fn forward_mailbox_problem() -> Failure {
+    Failure::config(
         "forward_mailbox_not_available",
         format!(
             "incoming_method: {}",
@@ -140,12 +141,12 @@ enum Stop {
     /// the mailbox is still due.
     Reconfigured,
     LeaseLost,
-    Failed(Problem),
+    Failed(Failure),
 }
 
 impl From<ConnectError> for Stop {
     fn from(e: ConnectError) -> Self {
-        Stop::Failed(Problem::from_connect(&e))
+        Stop::Failed(Failure::from(&e))
     }
 }
 
@@ -153,7 +154,8 @@ impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::LeaseLost { .. } => Stop::LeaseLost,
-            full if full.is_storage_full() => Stop::Failed(Problem {
+            full if full.is_storage_full() => Stop::Failed(Failure {
+                retry_after: None,
                 code: "storage_full".into(),
                 kind: full.kind(),
                 step: None,
@@ -163,7 +165,8 @@ impl From<StoreError> for Stop {
                      space again"
                 ),
             }),
-            other => Stop::Failed(Problem {
+            other => Stop::Failed(Failure {
+                retry_after: None,
                 code: "store_failed".into(),
                 kind: other.kind(),
                 step: None,
@@ -220,11 +223,8 @@ pub(super) struct Ctx<'a> {
     pub id: MailboxId,
     pub lease: &'a LeaseGuard,
     pub shutdown: &'a CancellationToken,
-    pub mailbox: Mailbox,
-    pub settings: EmailSettings,
-    pub profile: EmailServerProfile,
-    pub login: Login,
-    pub opts: ConnectOptions,
+    /// The mailbox, its profile and settings as they were when the session started.
+    pub session: MailboxSession,
     /// Told whenever messages were committed, so the next stage (the tracker) runs at once.
     pub stored: &'a Notify,
     /// Progress of this session (new messages stored, cursor steps committed): a connection
@@ -238,10 +238,8 @@ impl Ctx<'_> {
     /// answers while it has time left), so a session outliving its token reconnects with a new
     /// one; a token the server refused is dropped from the cache (see [`signed_in`]).
     async fn login_now(&self) -> Result<Login, Stop> {
-        if !self.profile.authentication.is_oauth() {
-            return Ok(self.login.clone());
-        }
-        credentials(self.store, &self.mailbox, &self.profile, false, &self.opts)
+        self.session
+            .login(self.store, Side::Incoming)
             .await?
             .map_err(Stop::Failed)
     }
@@ -249,7 +247,7 @@ impl Ctx<'_> {
     /// Largest message body read in full: the attachment limit plus room for the text parts;
     /// what is above it is dropped by intake with the reason recorded.
     pub fn max_message_bytes(&self) -> usize {
-        usize::try_from(self.settings.max_attachment_kb)
+        usize::try_from(self.session.settings.max_attachment_kb)
             .unwrap_or(usize::MAX)
             .saturating_mul(1024)
             .saturating_add(1 << 20)
@@ -270,48 +268,24 @@ async fn session(
     shutdown: &CancellationToken,
     stored: &Notify,
 ) -> Result<Stop, Stop> {
-    let mailbox = store.fetch::<Mailbox>(&id.to_string()).await?.value;
-    let settings = crate::org_settings(store, mailbox.org_id).await?;
-    let Some(pid) = mailbox.profile_id else {
-        return Err(Stop::Failed(Problem::config(
-            "no_profile",
-            "the mailbox has no email server profile",
-        )));
-    };
-    let profile = store
-        .fetch::<EmailServerProfile>(&pid.to_string())
-        .await?
-        .value;
-    let timeout = Duration::from_millis(
-        profile
-            .advanced
-            .connection_timeout_ms
-            .unwrap_or(100_000)
-            .into(),
-    );
-    let opts = config.connect_options(timeout);
-    let login = credentials(store, &mailbox, &profile, false, &opts)
+    let session = MailboxSession::load(store, config, id)
         .await?
         .map_err(Stop::Failed)?;
-    let protocol = profile.incoming_protocol;
+    let protocol = session.profile.incoming_protocol;
     let cx = Ctx {
         store,
         config,
         id,
         lease,
         shutdown,
-        mailbox,
-        settings,
-        profile,
-        login,
-        opts,
+        session,
         stored,
         progress: Default::default(),
     };
     match protocol {
         IncomingProtocol::Imap => imap::session(&cx).await,
         IncomingProtocol::Pop3 => pop3::session(&cx).await,
-        other => Err(Stop::Failed(Problem::config(
+        other => Err(Stop::Failed(Failure::config(
             "connector_not_available",
             format!(
                 "synchronization over {} is not available in this version yet",
@@ -319,15 +293,6 @@ async fn session(
             ),
         ))),
     }
-}
-
-/// The outcome of signing in with `login`: a token the server refused is forgotten, so the
-/// next connection (after the retry policy's wait) signs in with a new one.
-pub(super) fn signed_in<T>(login: &Login, r: Result<T, ConnectError>) -> Result<T, ConnectError> {
-    if let Err(e) = &r {
-        crate::oauth::refused(login, Some(e));
-    }
-    r
 }
 
 /// Records progress on the mailbox. Quiet rounds of a healthy mailbox write nothing, so the
@@ -367,7 +332,7 @@ async fn bump_telemetry(
 /// periodic full round while idling): the profile's minimum polling interval, but at least one
 /// lease-renewal period.
 pub(super) fn poll_interval(cx: &Ctx<'_>) -> Duration {
-    Duration::from_secs(u64::from(cx.profile.advanced.min_polling_interval_minutes) * 60)
+    Duration::from_secs(u64::from(cx.session.profile.advanced.min_polling_interval_minutes) * 60)
         .max(cx.renew_every())
 }
 
@@ -375,11 +340,16 @@ pub(super) fn poll_interval(cx: &Ctx<'_>) -> Duration {
 /// when it holds the credentials (every mailbox signs in as the same account), the mailbox
 /// when the mailbox does.
 fn slot_scope(cx: &Ctx<'_>) -> (String, u32) {
-    let max = cx.profile.advanced.max_concurrent_connections.max(1);
-    if cx.profile.authentication.credentials_on_mailbox() {
+    let max = cx
+        .session
+        .profile
+        .advanced
+        .max_concurrent_connections
+        .max(1);
+    if cx.session.profile.authentication.credentials_on_mailbox() {
         (format!("mailbox:{}", cx.id), max)
     } else {
-        (format!("profile:{}", cx.profile.id), max)
+        (format!("profile:{}", cx.session.profile.id), max)
     }
 }
 
@@ -387,7 +357,7 @@ fn slot_scope(cx: &Ctx<'_>) -> (String, u32) {
 /// scope has a slot for every enabled mailbox sharing it. Otherwise connections are opened per
 /// round and given back, so every mailbox gets its turn.
 pub(super) async fn may_hold_connection(cx: &Ctx<'_>) -> Result<bool, StoreError> {
-    if cx.profile.authentication.credentials_on_mailbox() {
+    if cx.session.profile.authentication.credentials_on_mailbox() {
         return Ok(true);
     }
     let (_, max) = slot_scope(cx);
@@ -396,7 +366,7 @@ pub(super) async fn may_hold_connection(cx: &Ctx<'_>) -> Result<bool, StoreError
         .list_all::<Mailbox>(None, &[])
         .await?
         .into_iter()
-        .filter(|m| m.value.incoming.enabled && m.value.profile_id == Some(cx.profile.id))
+        .filter(|m| m.value.incoming.enabled && m.value.profile_id == Some(cx.session.profile.id))
         .count();
     Ok(sharing <= max as usize)
 }
@@ -466,7 +436,7 @@ pub(super) async fn check(
         return Ok(WaitEnd::Reconfigured);
     };
     let m = m.value;
-    let was = &cx.mailbox;
+    let was = &cx.session.mailbox;
     if !m.incoming.enabled
         || m.incoming_method != was.incoming_method
         || m.profile_id != was.profile_id
@@ -479,10 +449,10 @@ pub(super) async fn check(
     }
     let p = cx
         .store
-        .get::<EmailServerProfile>(&cx.profile.id.to_string())
+        .get::<EmailServerProfile>(&cx.session.profile.id.to_string())
         .await?
         .map(|s| s.value);
-    if p.as_ref() != Some(&cx.profile) {
+    if p.as_ref() != Some(&cx.session.profile) {
         return Ok(WaitEnd::Reconfigured);
     }
     if m.telemetry.sync_requested_at.is_some_and(|t| t > since) {

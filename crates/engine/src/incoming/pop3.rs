@@ -12,7 +12,8 @@
 
 use super::{ConnSlot, Ctx, Stop, WaitEnd, bump_telemetry, renew, wait};
 use crate::intake::{IntakeOutcome, take_in, take_in_header_only};
-use crate::test_enable::{Problem, addr};
+use crate::policy::Failure;
+use crate::session::Side;
 use serversync_connectors::pop3::Client;
 use serversync_connectors::{ErrorKind, FailureStep, ServerAddr};
 use serversync_model::Timestamp;
@@ -28,8 +29,8 @@ pub(crate) const DEFAULT_POLL: Duration = Duration::from_secs(60);
 const TELEMETRY_EVERY: u64 = 200;
 
 pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
-    let address = addr(&cx.profile, false).map_err(Stop::Failed)?;
-    let poll = match cx.profile.advanced.min_polling_interval_minutes {
+    let address = cx.session.address(Side::Incoming).map_err(Stop::Failed)?;
+    let poll = match cx.session.profile.advanced.min_polling_interval_minutes {
         0 => DEFAULT_POLL,
         minutes => Duration::from_secs(u64::from(minutes) * 60),
     };
@@ -62,11 +63,12 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Op
     let (store, id) = (cx.store, cx.id);
     let started = chrono::Utc::now();
     let max_bytes = cx.max_message_bytes();
-    let mut pop = Client::connect(address, &cx.opts).await?;
+    let mut pop = Client::connect(address, &cx.session.opts).await?;
     let login = cx.login_now().await?;
-    super::signed_in(&login, pop.login(&login).await)?;
+    crate::session::signed_in(&login, pop.login(&login).await)?;
     if !pop.capabilities().is_empty() && !pop.has_capability("UIDL") {
-        return Err(Stop::Failed(Problem {
+        return Err(Stop::Failed(Failure {
+            retry_after: None,
             code: "pop3_uidl_missing".into(),
             kind: ErrorKind::Config,
             step: Some(FailureStep::Protocol),
@@ -74,7 +76,7 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Op
                 "the POP3 server at {address} ({}) does not offer UIDL, which synchronization needs \
                  to recognise messages it has already read: enable UIDL on the server or use \
                  IMAP",
-                cx.mailbox.email
+                cx.session.mailbox.email
             ),
         }));
     }
@@ -138,8 +140,8 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Op
             take_in_header_only(
                 store,
                 &m,
-                &cx.settings,
-                Some(&cx.profile),
+                &cx.session.settings,
+                Some(&cx.session.profile),
                 source,
                 &header,
                 size,
@@ -153,8 +155,8 @@ async fn round(cx: &Ctx<'_>, address: &ServerAddr, slot: &ConnSlot) -> Result<Op
             take_in(
                 store,
                 &m,
-                &cx.settings,
-                Some(&cx.profile),
+                &cx.session.settings,
+                Some(&cx.session.profile),
                 source,
                 &raw,
                 received,

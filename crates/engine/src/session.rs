@@ -1,0 +1,176 @@
+//! The mailbox session: the one place where a mailbox, its email server profile and its
+//! organization's settings become what a connector is opened with — the server's address, the
+//! sign-in (password from the store's secrets, or an OAuth token), the connection options
+//! (trust, network policy, the profile's timeout) and a connection slot of the profile. Every
+//! pipeline (incoming, outgoing, test and enable) opens its connectors through it, and every
+//! failure it reports is a [`Failure`], the one type the retry policy reads.
+
+use crate::EngineConfig;
+use crate::policy::Failure;
+use crate::slots::ConnSlot;
+use serversync_connectors::{ConnectError, ConnectOptions, Login, ServerAddr};
+use serversync_model::MailboxId;
+use serversync_model::mailbox::Mailbox;
+use serversync_model::profile::EmailServerProfile;
+use serversync_model::settings::EmailSettings;
+use serversync_store::{Store, StoreError};
+use std::time::Duration;
+
+/// Which of the profile's servers a connection goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The incoming server (mail source; also where the Sent copy is kept).
+    Incoming,
+    /// The outgoing server (mail transport).
+    Outgoing,
+}
+
+/// A mailbox with its profile and settings, ready to open connectors.
+#[derive(Debug, Clone)]
+pub(crate) struct MailboxSession {
+    pub mailbox: Mailbox,
+    pub profile: EmailServerProfile,
+    pub settings: EmailSettings,
+    /// Trust, network policy and the profile's connection timeout.
+    pub opts: ConnectOptions,
+}
+
+impl MailboxSession {
+    /// The session of a mailbox whose profile and settings the caller has read.
+    pub fn new(
+        config: &EngineConfig,
+        mailbox: Mailbox,
+        profile: EmailServerProfile,
+        settings: EmailSettings,
+    ) -> Self {
+        let timeout = Duration::from_millis(
+            profile
+                .advanced
+                .connection_timeout_ms
+                .unwrap_or(100_000)
+                .into(),
+        );
+        MailboxSession {
+            opts: config.connect_options(timeout),
+            mailbox,
+            profile,
+            settings,
+        }
+    }
+
+    /// Reads the mailbox, its settings and its profile; a mailbox without a profile is the
+    /// failure `no_profile`.
+    pub async fn load(
+        store: &Store,
+        config: &EngineConfig,
+        id: MailboxId,
+    ) -> Result<Result<Self, Failure>, StoreError> {
+        let mailbox = store.fetch::<Mailbox>(&id.to_string()).await?.value;
+        let settings = crate::org_settings(store, mailbox.org_id).await?;
+        let profile = match mailbox.profile_id {
+            Some(p) => store.get::<EmailServerProfile>(&p.to_string()).await?,
+            None => None,
+        };
+        let Some(profile) = profile else {
+            return Ok(Err(Failure::config(
+                "no_profile",
+                "the mailbox has no email server profile: apply the default email settings or choose a profile",
+            )));
+        };
+        Ok(Ok(Self::new(config, mailbox, profile.value, settings)))
+    }
+
+    /// The profile's server on `side`, with the certificates it pins.
+    pub fn address(&self, side: Side) -> Result<ServerAddr, Failure> {
+        let (ep, what) = match side {
+            Side::Incoming => (self.profile.incoming.as_ref(), "incoming"),
+            Side::Outgoing => (self.profile.outgoing.as_ref(), "outgoing"),
+        };
+        ep.map(|e| {
+            ServerAddr::new(e.location.clone(), e.port, e.tls)
+                .with_pinned(self.profile.pinned_certificates.clone())
+        })
+        .ok_or_else(|| {
+            Failure::config(
+                "location_missing",
+                format!(
+                    "the profile has no {what} server location: enter it, or turn auto-discover on for Exchange"
+                ),
+            )
+        })
+    }
+
+    /// How the mailbox signs in on `side`: a password, or for an OAuth profile a bearer token
+    /// from its token endpoint (reached through the session's trust and network policy; see
+    /// [`crate::oauth`]). Asked again for every connection: the token cache answers while the
+    /// token has time left.
+    pub async fn login(
+        &self,
+        store: &Store,
+        side: Side,
+    ) -> Result<Result<Login, Failure>, StoreError> {
+        let (m, profile) = (&self.mailbox, &self.profile);
+        if profile.authentication.is_oauth() {
+            return crate::oauth::login(store, m, profile, &self.opts).await;
+        }
+        let (user, secret) = if profile.authentication.credentials_on_mailbox() {
+            (
+                m.username.clone().or_else(|| Some(m.email.clone())),
+                m.password,
+            )
+        } else if side == Side::Outgoing && !profile.use_same_settings_for_outgoing {
+            (profile.outgoing_username.clone(), profile.outgoing_password)
+        } else {
+            (profile.username.clone(), profile.password)
+        };
+        let (Some(user), Some(secret)) = (user, secret) else {
+            let fix = if profile.authentication.credentials_on_mailbox() {
+                "enter the mailbox's password (credentials are specified by the user or queue in this profile)"
+            } else {
+                "enter the user name and password in the email server profile"
+            };
+            return Ok(Err(Failure::config(
+                "credentials_missing",
+                format!("no credentials to sign in with: {fix}"),
+            )));
+        };
+        Ok(Ok(Login::password(user, store.get_secret(secret).await?)))
+    }
+
+    /// The connection-slot scope on `side` and how many slots it has: the profile when it
+    /// holds the credentials (every mailbox signs in as the same account), the mailbox when the
+    /// mailbox does.
+    pub fn slot_scope(&self, side: Side) -> (String, u32) {
+        let prefix = match side {
+            Side::Incoming => "",
+            Side::Outgoing => "smtp:",
+        };
+        let max = self.profile.advanced.max_concurrent_connections.max(1);
+        if self.profile.authentication.credentials_on_mailbox() {
+            (format!("{prefix}mailbox:{}", self.mailbox.id), max)
+        } else {
+            (format!("{prefix}profile:{}", self.profile.id), max)
+        }
+    }
+
+    /// Takes a free connection slot on `side` for `owner` (`None`: every slot is in use).
+    pub async fn slot(
+        &self,
+        store: &Store,
+        config: &EngineConfig,
+        side: Side,
+        owner: &str,
+    ) -> Result<Option<ConnSlot>, StoreError> {
+        let (scope, max) = self.slot_scope(side);
+        ConnSlot::acquire_in(store, &scope, max, owner, config.lease_ttl).await
+    }
+}
+
+/// The outcome of signing in with `login`: a token the server refused is forgotten, so the
+/// next connection (after the retry policy's wait) signs in with a new one.
+pub(crate) fn signed_in<T>(login: &Login, r: Result<T, ConnectError>) -> Result<T, ConnectError> {
+    if let Err(e) = &r {
+        crate::oauth::refused(login, Some(e));
+    }
+    r
+}
