@@ -23,6 +23,9 @@
 //!   nothing on the server: IMAP opens INBOX with `EXAMINE` (read-only), POP3 runs `STAT`
 //!   and never `DELE`, SMTP stops after `MAIL FROM` with `RSET` (no recipient, no DATA).
 //!
+//! - [`source`]: the *mail source* role — [`source::MailSource`], one enum arm per protocol
+//!   (IMAP, POP3): open a folder from its typed cursor, fetch a page, the next cursor, wait
+//!   for a change (IDLE), acknowledge (POP3 `DELE`, move to Undeliverable).
 //! - [`http`]: the shared HTTP client (reqwest on [`TlsTrust`], host names resolved through
 //!   the [`NetworkPolicy`], no proxy, no redirects); [`oauth`]: OAuth 2.0 access tokens
 //!   (client-credentials and refresh-token grants) cached by a [`oauth::TokenProvider`]
@@ -100,6 +103,7 @@ pub mod policy;
 pub mod pop3;
 pub mod probe;
 pub mod smtp;
+pub mod source;
 pub mod tls;
 
 pub use error::{ConnectError, Result};

@@ -54,6 +54,27 @@ impl ItemSource {
             ItemSource::Router { .. } => format!("router:{sha256}"),
         }
     }
+
+    /// Where the message is within its folder, for traces: `UID 7`, `UIDL 0000abc`, `item
+    /// AAMk…`, or `via lmtp`.
+    pub fn position(&self) -> String {
+        match self {
+            ItemSource::Imap { uid, .. } => format!("UID {uid}"),
+            ItemSource::Pop3 { uidl } => format!("UIDL {uidl}"),
+            ItemSource::Ews { item_id, .. } => format!("item {item_id}"),
+            ItemSource::Graph { id, .. } => format!("message {id}"),
+            ItemSource::Router { via } => format!("via {via}"),
+        }
+    }
+
+    /// The numbering its position belongs to, where the server renumbers folders (IMAP
+    /// UIDVALIDITY).
+    pub fn numbering(&self) -> Option<u32> {
+        match self {
+            ItemSource::Imap { uid_validity, .. } => Some(*uid_validity),
+            _ => None,
+        }
+    }
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

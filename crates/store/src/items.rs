@@ -28,7 +28,7 @@ pub enum ItemInsert {
     Duplicate,
 }
 
-/// What [`Store::remap_imap_item`] found for a message of a renumbered folder.
+/// What [`Store::remap_renumbered_item`] found for a message of a renumbered folder.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Remap {
     /// This item, recorded under the earlier source `from`, now carries the new source.
@@ -129,7 +129,7 @@ impl Store {
     /// share a Message-ID, or identical copies, each keep or get their own item. Written only
     /// under `lease` (fencing). Nothing matching: [`Remap::Unmatched`], and the caller stores
     /// the message as new.
-    pub async fn remap_imap_item(
+    pub async fn remap_renumbered_item(
         &self,
         lease: &LeaseGuard,
         mailbox: MailboxId,

@@ -7,6 +7,7 @@
 
 pub mod parse;
 
+use serversync_model::Timestamp;
 use serversync_model::profile::TlsMode;
 use serversync_model::{ErrorKind, FailureStep, Secret};
 
@@ -661,4 +662,68 @@ async fn probe_steps(
     })
     .await?;
     Ok(())
+}
+
+/// When the server received the message: the date of the topmost `Received:` field (added by
+/// the last hop, the receiving server), else the `Date:` field, else now. POP3 has no
+/// INTERNALDATE; this is what "process email from" is compared with.
+pub fn received_at(raw: &[u8]) -> Timestamp {
+    header_date(raw, "received", true)
+        .or_else(|| header_date(raw, "date", false))
+        .unwrap_or_else(chrono::Utc::now)
+}
+
+/// The date in the first header field called `name` (case-insensitive, unfolded): its whole
+/// value, or what follows its last `;` (`Received:`).
+fn header_date(raw: &[u8], name: &str, after_semicolon: bool) -> Option<Timestamp> {
+    let head = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw, |end| &raw[..end]);
+    let text = String::from_utf8_lossy(head);
+    let mut value: Option<String> = None;
+    for line in text.split('\n').map(|l| l.trim_end_matches('\r')) {
+        match &mut value {
+            Some(v) if line.starts_with([' ', '\t']) => v.push_str(line),
+            Some(_) => break,
+            None => {
+                if let Some((field, rest)) = line.split_once(':')
+                    && field.trim().eq_ignore_ascii_case(name)
+                {
+                    value = Some(rest.to_owned());
+                }
+            }
+        }
+    }
+    let value = value?;
+    let date = if after_semicolon {
+        value.rsplit_once(';')?.1
+    } else {
+        value.as_str()
+    };
+    // Drop a trailing comment such as "(UTC)", which the RFC 2822 parser refuses.
+    let date = match date.find('(') {
+        Some(i) => &date[..i],
+        None => date,
+    };
+    chrono::DateTime::parse_from_rfc2822(date.trim())
+        .ok()
+        .map(|d| d.with_timezone(&chrono::Utc))
+}
+
+#[cfg(test)]
+mod received_tests {
+    use super::*;
+
+    #[test]
+    fn received_at_prefers_the_topmost_received_field() {
+        let raw = b"Received: from a by mx.example.test\r\n\tfor <b@example.test>; Tue, 3 Nov 2026 10:00:00 +0100 (CET)\r\n\
+Received: from b by c; Mon, 2 Nov 2026 10:00:00 +0000\r\nDate: Sun, 1 Nov 2026 10:00:00 +0000\r\n\r\nbody";
+        assert_eq!(received_at(raw).to_rfc3339(), "2026-11-03T09:00:00+00:00");
+        let raw = b"Subject: x\r\nDATE: Sun, 1 Nov 2026 10:00:00 +0000\r\n\r\nReceived: no; Mon, 2 Nov 2026 10:00:00 +0000\r\n";
+        assert_eq!(received_at(raw).to_rfc3339(), "2026-11-01T10:00:00+00:00");
+        let before = chrono::Utc::now();
+        assert!(received_at(b"Received: garbage\r\n\r\n") >= before);
+        assert!(received_at(b"") >= before);
+    }
 }

@@ -1,11 +1,13 @@
-//! Incoming email: one worker per enabled mailbox, holding the lease `mailbox:<id>`. The
-//! protocol part ([`imap`], [`pop3`]) reads new messages after the committed cursor, hands each
-//! to [`crate::intake`], and moves the cursor only after the messages are committed (fenced by
-//! the lease). Failures follow [`crate::policy`]. This module holds what every protocol shares:
-//! which mailboxes are due, the worker's life cycle, failure recording and telemetry.
+//! Incoming email: one worker per enabled mailbox, holding the lease `mailbox:<id>`, the same
+//! for every protocol. [`connection`] opens the mailbox's [`MailSource`] (the connector role)
+//! under a connection slot and waits for mail or polls; [`folder`] reads new messages after
+//! each folder's committed cursor, hands each to [`crate::intake`], and moves the cursor only
+//! after the messages are committed (fenced by the lease). Failures follow [`crate::policy`].
+//! This module holds which mailboxes are due, the worker's life cycle, failure recording and
+//! telemetry.
 
-mod imap;
-mod pop3;
+mod connection;
+mod folder;
 
 use crate::EngineConfig;
 use crate::policy::Failure;
@@ -13,6 +15,7 @@ use crate::policy::{self, Direction};
 use crate::session::{MailboxSession, Side};
 pub(crate) use crate::slots::ConnSlot;
 use crate::slots::jitter_seed;
+use serversync_connectors::source::MailSource;
 use serversync_connectors::{ConnectError, Login};
 use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
@@ -89,7 +92,7 @@ pub(crate) async fn due(
 }
 
 fn has_synchronizer(p: IncomingProtocol) -> bool {
-    matches!(p, IncomingProtocol::Imap | IncomingProtocol::Pop3)
+    serversync_connectors::source::available(p)
 }
 
 /// Incoming email as a [`crate::supervisor::Pipeline`]: one task per due mailbox, shared
@@ -282,17 +285,16 @@ async fn session(
         stored,
         progress: Default::default(),
     };
-    match protocol {
-        IncomingProtocol::Imap => imap::session(&cx).await,
-        IncomingProtocol::Pop3 => pop3::session(&cx).await,
-        other => Err(Stop::Failed(Failure::config(
+    if !has_synchronizer(protocol) {
+        return Err(Stop::Failed(Failure::config(
             "connector_not_available",
             format!(
                 "synchronization over {} is not available in this version yet",
-                serversync_model::wire_name(&other)
+                serversync_model::wire_name(&protocol)
             ),
-        ))),
+        )));
     }
+    connection::session(&cx).await
 }
 
 /// Records progress on the mailbox. Quiet rounds of a healthy mailbox write nothing, so the
@@ -328,29 +330,15 @@ async fn bump_telemetry(
     Ok(())
 }
 
-/// How long to wait before the next poll of a folder that cannot be watched with IDLE (or the
-/// periodic full round while idling): the profile's minimum polling interval, but at least one
-/// lease-renewal period.
+/// How long to wait before the next poll of a mailbox whose source cannot be watched (or the
+/// periodic full round while watching): the profile's minimum polling interval, but at least
+/// the protocol's own minimum (a minute for POP3, which lists the whole maildrop each time)
+/// and one lease-renewal period.
 pub(super) fn poll_interval(cx: &Ctx<'_>) -> Duration {
-    Duration::from_secs(u64::from(cx.session.profile.advanced.min_polling_interval_minutes) * 60)
+    let p = &cx.session.profile;
+    Duration::from_secs(u64::from(p.advanced.min_polling_interval_minutes) * 60)
+        .max(MailSource::min_poll(p.incoming_protocol))
         .max(cx.renew_every())
-}
-
-/// The connection-slot scope of the session's mailbox and how many slots it has: the profile
-/// when it holds the credentials (every mailbox signs in as the same account), the mailbox
-/// when the mailbox does.
-fn slot_scope(cx: &Ctx<'_>) -> (String, u32) {
-    let max = cx
-        .session
-        .profile
-        .advanced
-        .max_concurrent_connections
-        .max(1);
-    if cx.session.profile.authentication.credentials_on_mailbox() {
-        (format!("mailbox:{}", cx.id), max)
-    } else {
-        (format!("profile:{}", cx.session.profile.id), max)
-    }
 }
 
 /// Whether this mailbox may keep a connection open between rounds (to wait in IDLE): when its
@@ -360,7 +348,7 @@ pub(super) async fn may_hold_connection(cx: &Ctx<'_>) -> Result<bool, StoreError
     if cx.session.profile.authentication.credentials_on_mailbox() {
         return Ok(true);
     }
-    let (_, max) = slot_scope(cx);
+    let (_, max) = cx.session.slot_scope(Side::Incoming);
     let sharing = cx
         .store
         .list_all::<Mailbox>(None, &[])
@@ -369,14 +357,6 @@ pub(super) async fn may_hold_connection(cx: &Ctx<'_>) -> Result<bool, StoreError
         .filter(|m| m.value.incoming.enabled && m.value.profile_id == Some(cx.session.profile.id))
         .count();
     Ok(sharing <= max as usize)
-}
-
-impl ConnSlot {
-    /// Takes a free slot of the session's scope (see [`slot_scope`]).
-    pub async fn acquire(cx: &Ctx<'_>) -> Result<Option<ConnSlot>, StoreError> {
-        let (scope, max) = slot_scope(cx);
-        ConnSlot::acquire_in(cx.store, &scope, max, &cx.lease.owner, cx.config.lease_ttl).await
-    }
 }
 
 /// Renews the mailbox lease (and the connection slot, when one is held).

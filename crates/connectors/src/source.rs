@@ -1,0 +1,583 @@
+//! The *mail source* role: where a mailbox's incoming mail is read from, whatever the
+//! protocol. A [`MailSource`] is a closed enum with one `match` per operation (IMAP and POP3
+//! today; EWS and Microsoft Graph are one arm each when they arrive):
+//!
+//! - [`MailSource::open`] a folder from its committed, typed [`FolderCursor`]: what is new
+//!   after it (a page of [`Listed`] messages), or that nothing changed;
+//! - [`MailSource::fetch`] a page's messages (raw bytes, never marking them read);
+//! - [`Opened::committed`] / [`Opened::missing`] / [`Opened::finished`]: the next cursor once
+//!   the caller has committed what it fetched (the caller stores it; nothing here does);
+//! - [`MailSource::wait`] for a change (IMAP IDLE; a source without push says so with
+//!   [`MailSource::can_watch`] and is polled);
+//! - acknowledge: [`MailSource::delete`] (POP3 `DELE`, carried out at [`MailSource::close`])
+//!   and [`MailSource::move_to_undeliverable`] (IMAP).
+//!
+//! The source knows nothing of the store: which messages are already kept, and whether the
+//! cursor may move, is the caller's (the engine's) decision.
+
+use crate::imap::sync::{BodyFetch, IdleEvent, SyncSession};
+use crate::{
+    ConnectError, ConnectOptions, ErrorKind, FailureStep, Login, Result, ServerAddr, pop3,
+};
+use serversync_model::Timestamp;
+use serversync_model::item::ItemSource;
+use serversync_model::profile::IncomingProtocol;
+use serversync_model::sync::{FolderCursor, ImapCursor};
+use std::time::Duration;
+
+/// The folder every source has.
+pub const INBOX: &str = "INBOX";
+/// Where messages that could not be processed go when the profile says so.
+pub const UNDELIVERABLE: &str = "Undeliverable";
+
+/// An open, signed-in connection to a mailbox's incoming server.
+// One per connection, moved rarely: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum MailSource {
+    Imap(ImapSource),
+    Pop3(Pop3Source),
+}
+
+/// IMAP: a [`SyncSession`] and whether the server offers CONDSTORE.
+pub struct ImapSource {
+    session: SyncSession,
+    condstore: bool,
+}
+
+/// POP3: the one maildrop, read with UIDL; a session ends with QUIT.
+pub struct Pop3Source {
+    client: pop3::Client,
+    /// The LIST sizes of the last listing, by message number.
+    sizes: std::collections::HashMap<u32, u64>,
+}
+
+/// A message listed after the cursor, not yet fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Where it comes from (its key in the store).
+    pub source: ItemSource,
+    /// The size the server reports.
+    pub size: u64,
+    /// The protocol's handle: the IMAP UID, the POP3 message number.
+    handle: u32,
+}
+
+/// A fetched message.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub source: ItemSource,
+    /// The raw message, or only its header when it is larger than the limit (`too_large`).
+    pub raw: Vec<u8>,
+    /// When the server received it (IMAP INTERNALDATE; for POP3 the topmost `Received:`
+    /// field, else `Date:`); now when unknown.
+    pub received: Timestamp,
+    /// `(size, limit)` when the message is larger than the limit and only its header is here.
+    pub too_large: Option<(u64, u64)>,
+    /// Its position in the page passed to [`MailSource::fetch`].
+    pub index: usize,
+}
+
+/// How a folder stands against its committed cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderState {
+    /// Nothing changed since the cursor (IMAP CONDSTORE: same HIGHESTMODSEQ).
+    Unchanged,
+    /// Read on from the cursor.
+    Changed,
+    /// The server renumbered the folder (IMAP UIDVALIDITY): it is read from the start and
+    /// what was kept before must be re-mapped, not stored twice. `times` renumberings in a
+    /// row, this one included.
+    Renumbered {
+        from: Option<u32>,
+        to: u32,
+        times: u32,
+    },
+}
+
+/// What [`MailSource::open`] found.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub folder: String,
+    pub state: FolderState,
+    /// The cursor to advance from (reset when the folder was renumbered).
+    pub cursor: FolderCursor,
+    /// New messages after the cursor, oldest first (a page).
+    pub listed: Vec<Listed>,
+    /// More messages follow the page: open the folder again once it is committed.
+    pub more: bool,
+    /// The listing is not bounded by the cursor (POP3 lists the whole maildrop every time):
+    /// the caller skips what it kept already.
+    pub relisted: bool,
+    /// IMAP: the folder's HIGHESTMODSEQ when opened.
+    highest_modseq: Option<u64>,
+    /// Renumbered folders still being re-mapped since an earlier session.
+    remapping: bool,
+}
+
+impl Opened {
+    /// Whether messages read now may be ones kept before under other numbers (a renumbered
+    /// folder not yet read to its end).
+    pub fn remapping(&self) -> bool {
+        self.remapping
+    }
+
+    /// The cursor once `upto` (and everything listed before it) is committed.
+    pub fn committed(&self, cursor: &mut FolderCursor, upto: &Listed) {
+        if let FolderCursor::Imap(c) = cursor {
+            c.last_uid = Some(c.last_uid.map_or(upto.handle, |u| u.max(upto.handle)));
+        }
+    }
+
+    /// The cursor when the server did not return every message of `page` (`missing`): it
+    /// stays below the first missing one, which is read again.
+    pub fn missing(
+        &self,
+        cursor: &mut FolderCursor,
+        page: &[Listed],
+        missing: &[usize],
+        before: &FolderCursor,
+    ) {
+        if let FolderCursor::Imap(c) = cursor {
+            let first = missing
+                .iter()
+                .map(|i| page[*i].handle)
+                .min()
+                .unwrap_or(u32::MAX);
+            let below = page.iter().map(|l| l.handle).filter(|u| *u < first).max();
+            c.last_uid = below.or_else(|| before.imap().and_then(|b| b.last_uid));
+            c.highest_modseq = None;
+        }
+    }
+
+    /// The cursor once every page is committed: an unchanged folder is skipped next time
+    /// (CONDSTORE), and a renumbered one read to its end is stable again.
+    pub fn finished(&self, cursor: &mut FolderCursor, nothing_new: bool) {
+        if let FolderCursor::Imap(c) = cursor {
+            if nothing_new {
+                c.uid_validity_changes = 0;
+            }
+            c.highest_modseq = self.highest_modseq;
+        }
+    }
+}
+
+/// What ended a [`MailSource::wait`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// New messages arrived.
+    NewMail,
+    /// Something else changed (expunged, flags), or nothing did within the wait.
+    Nothing,
+    /// The server ended the session; reconnect.
+    Closed(String),
+}
+
+/// Whether serversync can read mail over `protocol` in this version.
+pub fn available(protocol: IncomingProtocol) -> bool {
+    matches!(protocol, IncomingProtocol::Imap | IncomingProtocol::Pop3)
+}
+
+fn not_available(protocol: IncomingProtocol) -> ConnectError {
+    ConnectError::new(
+        FailureStep::Protocol,
+        ErrorKind::Config,
+        format!(
+            "reading mail over {} is not available in this version yet",
+            serversync_model::wire_name(&protocol)
+        ),
+    )
+}
+
+impl MailSource {
+    /// Connects to `addr` and signs in with `login`.
+    pub async fn connect(
+        protocol: IncomingProtocol,
+        addr: &ServerAddr,
+        login: &Login,
+        opts: &ConnectOptions,
+    ) -> Result<MailSource> {
+        match protocol {
+            IncomingProtocol::Imap => {
+                let session = SyncSession::connect(addr, login, opts).await?;
+                let condstore = session.has_capability("CONDSTORE");
+                Ok(MailSource::Imap(ImapSource { session, condstore }))
+            }
+            IncomingProtocol::Pop3 => {
+                let mut client = pop3::Client::connect(addr, opts).await?;
+                client.login(login).await?;
+                if !client.capabilities().is_empty() && !client.has_capability("UIDL") {
+                    return Err(ConnectError::new(
+                        FailureStep::Protocol,
+                        ErrorKind::Config,
+                        format!(
+                            "the POP3 server at {addr} does not offer UIDL, which synchronization \
+                             needs to recognise messages it has already read: enable UIDL on the \
+                             server or use IMAP"
+                        ),
+                    ));
+                }
+                Ok(MailSource::Pop3(Pop3Source {
+                    client,
+                    sizes: Default::default(),
+                }))
+            }
+            other => Err(not_available(other)),
+        }
+    }
+
+    /// Whether the source can tell when mail arrives ([`MailSource::wait`]); otherwise it is
+    /// polled.
+    pub fn can_watch(&self) -> bool {
+        match self {
+            MailSource::Imap(s) => s.session.has_capability("IDLE"),
+            MailSource::Pop3(_) => false,
+        }
+    }
+
+    /// The shortest wait between polls this protocol is read with (POP3 lists the whole
+    /// maildrop each time, so it is not polled more than once a minute).
+    pub fn min_poll(protocol: IncomingProtocol) -> Duration {
+        match protocol {
+            IncomingProtocol::Pop3 => Duration::from_secs(60),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The folders to read, the Inbox last (so it is the one watched): the `tracked` folders
+    /// where the protocol has folders (POP3 has only the Inbox).
+    pub fn folders(&self, tracked: &[String]) -> Vec<String> {
+        let mut out = match self {
+            MailSource::Imap(_) => tracked.to_vec(),
+            MailSource::Pop3(_) => Vec::new(),
+        };
+        out.push(INBOX.to_owned());
+        out
+    }
+
+    /// Whether [`MailSource::delete`] removes messages from the server.
+    pub fn can_delete(&self) -> bool {
+        matches!(self, MailSource::Pop3(_))
+    }
+
+    /// Opens `folder` from the committed `cursor` (`None`: never read) and lists what is new.
+    /// A cursor of another protocol is read as none (the caller keeps each message once).
+    pub async fn open(&mut self, folder: &str, cursor: Option<&FolderCursor>) -> Result<Opened> {
+        match self {
+            MailSource::Imap(s) => s.open(folder, cursor).await,
+            MailSource::Pop3(s) => s.open(folder).await,
+        }
+    }
+
+    /// Starts fetching `page` (listed by [`MailSource::open`]); a message over `max_bytes` is
+    /// fetched by its header only.
+    pub async fn fetch<'a>(
+        &'a mut self,
+        page: &'a [Listed],
+        max_bytes: usize,
+    ) -> Result<Fetch<'a>> {
+        Ok(match self {
+            MailSource::Imap(s) => {
+                let uids: Vec<u32> = page.iter().map(|l| l.handle).collect();
+                let folder = match page.first().map(|l| &l.source) {
+                    Some(ItemSource::Imap {
+                        folder,
+                        uid_validity,
+                        ..
+                    }) => (folder.clone(), *uid_validity),
+                    _ => (String::new(), 0),
+                };
+                Fetch::Imap {
+                    fetch: s.session.fetch_bodies(&uids, max_bytes).await?,
+                    page,
+                    folder,
+                    max_bytes,
+                }
+            }
+            MailSource::Pop3(s) => {
+                // Room above the limit for the dot-stuffing and line-ending slack of RETR.
+                s.client
+                    .set_max_message_size(max_bytes.saturating_add(64 * 1024));
+                Fetch::Pop3 {
+                    source: s,
+                    page,
+                    next: 0,
+                    max_bytes,
+                }
+            }
+        })
+    }
+
+    /// Waits up to `max` for a change of the folder opened last.
+    pub async fn wait(&mut self, max: Duration) -> Result<Change> {
+        match self {
+            MailSource::Imap(s) => Ok(match s.session.idle(max).await? {
+                IdleEvent::Exists(_) => Change::NewMail,
+                IdleEvent::Closed(why) => Change::Closed(why),
+                IdleEvent::Expunge | IdleEvent::FlagsChanged | IdleEvent::Timeout => {
+                    Change::Nothing
+                }
+            }),
+            MailSource::Pop3(_) => {
+                tokio::time::sleep(max).await;
+                Ok(Change::Nothing)
+            }
+        }
+    }
+
+    /// Marks `messages` of the maildrop for deletion; they are removed at [`MailSource::close`]
+    /// (a session cut off before deletes nothing). Does nothing where [`MailSource::can_delete`]
+    /// is false.
+    pub async fn delete(&mut self, messages: &[Listed]) -> Result<()> {
+        if let MailSource::Pop3(s) = self {
+            for l in messages {
+                s.client.dele(l.handle).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves messages of the folder opened last to [`UNDELIVERABLE`] (created when missing).
+    /// Does nothing for a source without folders.
+    pub async fn move_to_undeliverable(
+        &mut self,
+        folder: &str,
+        messages: &[ItemSource],
+    ) -> Result<usize> {
+        let MailSource::Imap(s) = self else {
+            return Ok(0);
+        };
+        let uids: Vec<u32> = messages
+            .iter()
+            .filter_map(|m| match m {
+                ItemSource::Imap { uid, .. } => Some(*uid),
+                _ => None,
+            })
+            .collect();
+        if folder == UNDELIVERABLE || uids.is_empty() {
+            return Ok(0);
+        }
+        s.session.create_folder_if_missing(UNDELIVERABLE).await?;
+        s.session
+            .uid_move_or_copy(&uids, UNDELIVERABLE, true)
+            .await?;
+        Ok(uids.len())
+    }
+
+    /// Ends the session: IMAP LOGOUT (a failure of which changes nothing), POP3 QUIT (which
+    /// carries out the deletions, so its failure is reported).
+    pub async fn close(self) -> Result<()> {
+        match self {
+            MailSource::Imap(s) => {
+                let _ = s.session.logout().await;
+                Ok(())
+            }
+            MailSource::Pop3(s) => s.client.quit().await,
+        }
+    }
+}
+
+impl ImapSource {
+    async fn open(&mut self, folder: &str, cursor: Option<&FolderCursor>) -> Result<Opened> {
+        let status = self.session.select(folder, self.condstore).await?;
+        let mut cursor = cursor
+            .and_then(FolderCursor::imap)
+            .cloned()
+            .unwrap_or_default();
+        let mut state = FolderState::Changed;
+        if cursor
+            .uid_validity
+            .is_some_and(|v| v != status.uid_validity)
+        {
+            let times = cursor.uid_validity_changes + 1;
+            state = FolderState::Renumbered {
+                from: cursor.uid_validity,
+                to: status.uid_validity,
+                times,
+            };
+            cursor = ImapCursor {
+                uid_validity_changes: times,
+                ..Default::default()
+            };
+        } else if cursor.uid_validity.is_some()
+            && status.highest_modseq.is_some()
+            && cursor.highest_modseq == status.highest_modseq
+        {
+            // CONDSTORE: nothing in the folder changed since the committed round (a new
+            // message raises HIGHESTMODSEQ too). A renumbered folder is now stable.
+            cursor.uid_validity_changes = 0;
+            return Ok(Opened {
+                folder: folder.to_owned(),
+                state: FolderState::Unchanged,
+                cursor: FolderCursor::Imap(cursor),
+                listed: Vec::new(),
+                more: false,
+                relisted: false,
+                highest_modseq: status.highest_modseq,
+                remapping: false,
+            });
+        }
+        cursor.uid_validity = Some(status.uid_validity);
+        let from = cursor.last_uid.map_or(1, |u| u.saturating_add(1));
+        // A huge folder is listed in parts (the lowest UIDs first): `more` reads on.
+        let listing = self.session.uid_listing(from).await?;
+        let listed = listing
+            .messages
+            .into_iter()
+            .filter(|meta| meta.uid >= from)
+            .map(|meta| Listed {
+                source: ItemSource::Imap {
+                    folder: folder.into(),
+                    uid_validity: status.uid_validity,
+                    uid: meta.uid,
+                },
+                size: meta.size,
+                handle: meta.uid,
+            })
+            .collect();
+        Ok(Opened {
+            folder: folder.to_owned(),
+            state,
+            remapping: cursor.uid_validity_changes > 0,
+            cursor: FolderCursor::Imap(cursor),
+            listed,
+            more: listing.more,
+            relisted: false,
+            highest_modseq: status.highest_modseq,
+        })
+    }
+}
+
+impl Pop3Source {
+    async fn open(&mut self, folder: &str) -> Result<Opened> {
+        let listing = self.client.uidl().await?;
+        self.sizes = self
+            .client
+            .list()
+            .await?
+            .into_iter()
+            .map(|l| (l.number, l.size))
+            .collect();
+        let listed = listing
+            .into_iter()
+            .map(|l| Listed {
+                size: self.sizes.get(&l.number).copied().unwrap_or(0),
+                source: ItemSource::Pop3 { uidl: l.uid },
+                handle: l.number,
+            })
+            .collect();
+        Ok(Opened {
+            folder: folder.to_owned(),
+            state: FolderState::Changed,
+            cursor: FolderCursor::Pop3,
+            listed,
+            more: false,
+            relisted: true,
+            highest_modseq: None,
+            remapping: false,
+        })
+    }
+}
+
+/// Messages being fetched: [`Fetch::next`] until `None`, then [`Fetch::missing`].
+#[allow(clippy::large_enum_variant)]
+pub enum Fetch<'a> {
+    Imap {
+        fetch: BodyFetch<'a>,
+        page: &'a [Listed],
+        folder: (String, u32),
+        max_bytes: usize,
+    },
+    Pop3 {
+        source: &'a mut Pop3Source,
+        page: &'a [Listed],
+        next: usize,
+        max_bytes: usize,
+    },
+}
+
+impl Fetch<'_> {
+    /// The next message, in the server's order.
+    pub async fn next(&mut self) -> Result<Option<Fetched>> {
+        match self {
+            Fetch::Imap {
+                fetch,
+                page,
+                folder,
+                max_bytes,
+            } => {
+                let Some(msg) = fetch.next().await? else {
+                    return Ok(None);
+                };
+                let index = page
+                    .binary_search_by_key(&msg.uid, |l| l.handle)
+                    .unwrap_or(0);
+                let received = msg
+                    .internal_date
+                    .and_then(|d| chrono::DateTime::from_timestamp(d.timestamp, 0))
+                    .unwrap_or_else(chrono::Utc::now);
+                let too_large = msg.truncated.then_some((msg.size, *max_bytes as u64));
+                let raw = match msg.header().filter(|_| msg.truncated) {
+                    Some(h) => h.to_vec(),
+                    None => msg.body,
+                };
+                Ok(Some(Fetched {
+                    source: ItemSource::Imap {
+                        folder: folder.0.clone(),
+                        uid_validity: folder.1,
+                        uid: msg.uid,
+                    },
+                    raw,
+                    received,
+                    too_large,
+                    index,
+                }))
+            }
+            Fetch::Pop3 {
+                source,
+                page,
+                next,
+                max_bytes,
+            } => {
+                let Some(l) = page.get(*next) else {
+                    return Ok(None);
+                };
+                let index = *next;
+                *next += 1;
+                if l.size > *max_bytes as u64 {
+                    // Too large to read in full: its header only; it stays on the server.
+                    let header = source.client.top(l.handle, 0).await?;
+                    return Ok(Some(Fetched {
+                        source: l.source.clone(),
+                        received: pop3::received_at(&header),
+                        raw: header,
+                        too_large: Some((l.size, *max_bytes as u64)),
+                        index,
+                    }));
+                }
+                let raw = source.client.retr(l.handle).await?;
+                Ok(Some(Fetched {
+                    source: l.source.clone(),
+                    received: pop3::received_at(&raw),
+                    raw,
+                    too_large: None,
+                    index,
+                }))
+            }
+        }
+    }
+
+    /// Positions (in the page) of the messages the server did not return.
+    pub fn missing(&self) -> Vec<usize> {
+        match self {
+            Fetch::Imap { fetch, page, .. } => {
+                let missing = fetch.missing();
+                page.iter()
+                    .enumerate()
+                    .filter(|(_, l)| missing.contains(&l.handle))
+                    .map(|(i, _)| i)
+                    .collect()
+            }
+            Fetch::Pop3 { .. } => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! One mailbox's connections to its incoming server, whatever the protocol (through the
+//! [`MailSource`] role): a connection is opened under one of the profile's connection slots,
+//! every tracked folder is brought up to date ([`super::folder`]), then the worker either
+//! waits on the Inbox for new mail (IMAP IDLE, when the connection may be held) or gives the
+//! connection and its slot back and polls again after the polling interval. Extra tracked
+//! folders are read every polling interval (and on "sync now"). A dropped connection is
+//! re-opened with back-off and jitter ([`super::Reconnect`]).
+
+use super::folder::sync_folder;
+use super::{
+    ConnSlot, Ctx, Reconnect, Stop, WaitEnd, check, may_hold_connection, poll_interval, renew, wait,
+};
+use crate::policy::Failure;
+use crate::session::{Side, signed_in};
+use serversync_connectors::ServerAddr;
+use serversync_connectors::source::{Change, INBOX, MailSource};
+use serversync_model::mailbox::Mailbox;
+use serversync_model::profile::EmailServerProfile;
+use serversync_model::{ErrorKind, FailureStep};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
+    let address = cx.session.address(Side::Incoming).map_err(Stop::Failed)?;
+    let hold = may_hold_connection(cx).await?;
+    let mut reconnect = Reconnect::default();
+    // The start of the last full round: a "sync now" requested after it starts another.
+    let mut last_round = chrono::DateTime::<chrono::Utc>::MIN_UTC;
+    let mut first = true;
+    loop {
+        let Some(slot) = cx
+            .session
+            .slot(cx.store, cx.config, Side::Incoming, &cx.lease.owner)
+            .await?
+        else {
+            // Every connection slot of the profile is in use: wait for one.
+            match wait(cx, cx.renew_every(), last_round).await? {
+                WaitEnd::Shutdown => return Ok(Stop::Shutdown),
+                WaitEnd::Reconfigured => return Ok(Stop::Reconfigured),
+                _ => continue,
+            }
+        };
+        let opened = Instant::now();
+        let progress = cx.progress.load(Ordering::Relaxed);
+        let r = connected(cx, &address, &slot, hold, &mut last_round).await;
+        slot.release(cx.store).await;
+        // How long the connection counts as having lived: a connection that stored messages
+        // before it dropped was a working one (the network blipped mid-sync), so the next
+        // one is opened soon instead of backing off as for a server that hangs up at once.
+        let lived = if cx.progress.load(Ordering::Relaxed) > progress {
+            Reconnect::HEALTHY
+        } else {
+            opened.elapsed()
+        };
+        match r {
+            Ok(Ended::Stop(stop)) => return Ok(stop),
+            Ok(Ended::RoundDone) => {
+                first = false;
+                reconnect = Reconnect::default();
+                match wait(cx, poll_interval(cx), last_round).await? {
+                    WaitEnd::Shutdown => return Ok(Stop::Shutdown),
+                    WaitEnd::Reconfigured => return Ok(Stop::Reconfigured),
+                    WaitEnd::Elapsed | WaitEnd::SyncRequested => {}
+                }
+            }
+            Ok(Ended::Dropped(why)) => {
+                first = false;
+                let Some(delay) = reconnect.after_drop(lived) else {
+                    return Err(Stop::Failed(Failure::coded(
+                        "connection_dropped",
+                        ErrorKind::Transient,
+                        FailureStep::Protocol,
+                        format!(
+                            "the server keeps closing the connection soon after sign-in ({} times in a row; last: {why})",
+                            Reconnect::MAX_QUICK_DROPS + 1
+                        ),
+                    )));
+                };
+                tracing::info!(mailbox = %cx.id, reason = %why, delay_ms = delay.as_millis() as u64, "connection closed by the server; reconnecting");
+                match wait(cx, delay, last_round).await? {
+                    WaitEnd::Shutdown => return Ok(Stop::Shutdown),
+                    WaitEnd::Reconfigured => return Ok(Stop::Reconfigured),
+                    _ => {}
+                }
+            }
+            // A failure on a connection that had worked is treated like a drop (the network
+            // blipped); the first connection's failure goes to the retry policy, naming the step.
+            Err(Stop::Failed(p))
+                if !first
+                    && p.kind == ErrorKind::Transient
+                    && matches!(
+                        p.step,
+                        Some(FailureStep::TcpConnect | FailureStep::Tls | FailureStep::Protocol)
+                    ) =>
+            {
+                let Some(delay) = reconnect.after_drop(lived) else {
+                    return Err(Stop::Failed(p));
+                };
+                tracing::info!(mailbox = %cx.id, error = %p.message, delay_ms = delay.as_millis() as u64, "connection failed; reconnecting");
+                if let WaitEnd::Shutdown = wait(cx, delay, last_round).await? {
+                    return Ok(Stop::Shutdown);
+                }
+            }
+            Err(stop) => return Err(stop),
+        }
+    }
+}
+
+/// How a connection ended without failing.
+enum Ended {
+    Stop(Stop),
+    /// Polling: a round is done and the connection given back.
+    RoundDone,
+    /// The server closed the connection.
+    Dropped(String),
+}
+
+/// The folders synchronized besides the Inbox: the profile's tracked folders (for every
+/// mailbox of the profile) and the mailbox's own extra folders, each once, the Inbox never.
+pub(crate) fn tracked_folders(m: &Mailbox, p: &EmailServerProfile) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in p.advanced.tracked_folders.iter().chain(&m.extra_folders) {
+        let f = f.trim();
+        if !f.is_empty() && !f.eq_ignore_ascii_case(INBOX) && !out.iter().any(|o| o == f) {
+            out.push(f.to_owned());
+        }
+    }
+    out
+}
+
+/// One connection: rounds over every tracked folder, then (when the connection may be held)
+/// IDLE on the Inbox until something arrives, a renewal is due, or a full round is due.
+async fn connected(
+    cx: &Ctx<'_>,
+    address: &ServerAddr,
+    slot: &ConnSlot,
+    hold: bool,
+    last_round: &mut chrono::DateTime<chrono::Utc>,
+) -> Result<Ended, Stop> {
+    let login = cx.login_now().await?;
+    let mut source = signed_in(
+        &login,
+        MailSource::connect(
+            cx.session.profile.incoming_protocol,
+            address,
+            &login,
+            &cx.session.opts,
+        )
+        .await,
+    )?;
+    let watch = hold && source.can_watch();
+    let mut folders = source.folders(&tracked_folders(&cx.session.mailbox, &cx.session.profile));
+    // The Inbox last, so it is the folder watched.
+    let inbox = folders.pop().unwrap_or_else(|| INBOX.to_owned());
+    let mut full_round_due = true;
+    let mut next_full = tokio::time::Instant::now();
+    loop {
+        if full_round_due {
+            *last_round = chrono::Utc::now();
+            for folder in &folders {
+                sync_folder(cx, &mut source, folder, slot).await?;
+            }
+            next_full = tokio::time::Instant::now() + poll_interval(cx);
+        }
+        sync_folder(cx, &mut source, &inbox, slot).await?;
+        renew(cx, Some(slot)).await?;
+        if !watch {
+            // POP3 removes the messages marked for deletion here.
+            source.close().await?;
+            return Ok(Ended::RoundDone);
+        }
+        full_round_due = false;
+        loop {
+            let event = tokio::select! {
+                _ = cx.shutdown.cancelled() => {
+                    let _ = source.close().await;
+                    return Ok(Ended::Stop(Stop::Shutdown));
+                }
+                event = source.wait(cx.renew_every()) => event?,
+            };
+            renew(cx, Some(slot)).await?;
+            match event {
+                Change::NewMail => break,
+                Change::Closed(why) => return Ok(Ended::Dropped(why)),
+                Change::Nothing => {}
+            }
+            match check(cx, *last_round).await? {
+                WaitEnd::Reconfigured => {
+                    let _ = source.close().await;
+                    return Ok(Ended::Stop(Stop::Reconfigured));
+                }
+                WaitEnd::SyncRequested => {
+                    full_round_due = true;
+                    break;
+                }
+                WaitEnd::Elapsed | WaitEnd::Shutdown => {}
+            }
+            if tokio::time::Instant::now() >= next_full {
+                // Also a safety net for servers whose IDLE misses a notification.
+                full_round_due = true;
+                break;
+            }
+        }
+    }
+}
