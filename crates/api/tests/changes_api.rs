@@ -78,6 +78,33 @@ both!(the_change_feed_pages_with_a_resumable_cursor, |backend| {
     assert_eq!((status, p["field"].as_str()), (400, Some("after")), "{p}");
     let (status, p) = s.call("GET", &format!("{ORG}/changes?limit=0"), None).await;
     assert_eq!((status, p["field"].as_str()), (400, Some("limit")), "{p}");
+
+    // A reader leaving out one origin does not see its changes, and sees the others.
+    let page = s
+        .ok("GET", &format!("{ORG}/changes?exclude_origin=api"), None)
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+    assert_eq!(page["next"], 0);
+    let page = s
+        .ok(
+            "GET",
+            &format!("{ORG}/changes?exclude_origin=tracker"),
+            None,
+        )
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), seen.len() + 1);
+    let (status, p) = s
+        .call(
+            "GET",
+            &format!("{ORG}/changes?exclude_origin=sync:nope"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, p["field"].as_str()),
+        (400, Some("exclude_origin")),
+        "{p}"
+    );
 });
 
 both!(

@@ -26,6 +26,9 @@
 //! - [`source`]: the *mail source* role — [`source::MailSource`], one enum arm per protocol
 //!   (IMAP, POP3): open a folder from its typed cursor, fetch a page, the next cursor, wait
 //!   for a change (IDLE), acknowledge (POP3 `DELE`, move to Undeliverable).
+//! - [`items`]: the *item store* role for two-way appointments, contacts and tasks —
+//!   [`items::ItemStore`] (changes since a token, get, create, update, delete with a version
+//!   check) and its reference implementation [`items::MemoryItemStore`].
 //! - [`http`]: the shared HTTP client (reqwest on [`TlsTrust`], host names resolved through
 //!   the [`NetworkPolicy`], no proxy, no redirects); [`oauth`]: OAuth 2.0 access tokens
 //!   (client-credentials and refresh-token grants) cached by a [`oauth::TokenProvider`]
@@ -94,6 +97,7 @@ pub mod dsn;
 pub mod error;
 pub mod http;
 pub mod imap;
+pub mod items;
 pub mod lmtp;
 pub mod login;
 pub mod mime;

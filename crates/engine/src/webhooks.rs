@@ -436,16 +436,26 @@ fn check_secret(s: &Secret) -> Result<()> {
 }
 
 impl Admin {
-    /// The change feed of an organization after `after_seq`: for whoever may read records.
+    /// The change feed of an organization after `after_seq`, without the changes made with
+    /// origin `exclude` (a two-way syncer skips its own writes): for whoever may read records.
     pub async fn changes(
         &self,
         c: &Caller,
         org: OrgId,
         after_seq: i64,
         limit: u32,
+        exclude: Option<serversync_model::webhook::ChangeOrigin>,
     ) -> Result<Vec<Change>> {
         c.require(Privilege::ReadRecords)?;
-        Ok(self.store().changes_after(org, after_seq, limit).await?)
+        let store = self.store();
+        Ok(match exclude {
+            Some(origin) => {
+                store
+                    .changes_after_excluding(org, after_seq, limit, origin)
+                    .await?
+            }
+            None => store.changes_after(org, after_seq, limit).await?,
+        })
     }
 
     pub async fn webhook(

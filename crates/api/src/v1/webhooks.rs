@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serversync_engine::webhooks::WebhookInput;
 use serversync_model::secret::REDACTED;
 use serversync_model::webhook::{
-    Change, RecordType, WebhookDelivery, WebhookEndpoint, WebhookStatus,
+    Change, ChangeOrigin, RecordType, WebhookDelivery, WebhookEndpoint, WebhookStatus,
 };
 use serversync_model::{OrgId, Secret, ValidationErrors, WebhookId};
 use serversync_store::Stored;
@@ -47,6 +47,19 @@ impl SeqQuery {
     }
 }
 
+/// Paging of the change feed, and whose changes to leave out.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChangesQuery {
+    /// Items after this position (the `next` of the previous page); default 0: from the start.
+    pub after: Option<i64>,
+    /// 1–1000, default 100.
+    pub limit: Option<u32>,
+    /// Leave out the changes made with this origin: `api`, `tracker`, `system` or
+    /// `sync:<mailbox id>` (a two-way syncer passes its own, so it does not echo its writes).
+    pub exclude_origin: Option<String>,
+}
+
 /// A page of the change feed.
 #[derive(Serialize, ToSchema)]
 pub struct ChangePage {
@@ -57,17 +70,27 @@ pub struct ChangePage {
     pub next: i64,
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/changes", tag = "changes", params(("org" = String, Path), SeqQuery),
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/changes", tag = "changes", params(("org" = String, Path), ChangesQuery),
     responses((status = 200, body = ChangePage), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn list_changes(
     State(s): State<AppState>,
     Auth(c): Auth,
     P(o): P<String>,
-    Q(q): Q<SeqQuery>,
+    Q(q): Q<ChangesQuery>,
 ) -> ApiResult<Json<ChangePage>> {
     let org = org(&s, &c, &o).await?;
-    let (after, limit) = q.parts()?;
-    let items = s.admin.changes(&c, org.id, after, limit).await?;
+    let (after, limit) = SeqQuery {
+        after: q.after,
+        limit: q.limit,
+    }
+    .parts()?;
+    let exclude = q
+        .exclude_origin
+        .as_deref()
+        .map(str::parse::<ChangeOrigin>)
+        .transpose()
+        .map_err(|why| Problem::bad_request("invalid", Some("exclude_origin"), why))?;
+    let items = s.admin.changes(&c, org.id, after, limit, exclude).await?;
     let next = items.last().map_or(after, |c| c.seq);
     Ok(Json(ChangePage { items, next }))
 }
