@@ -55,6 +55,19 @@ impl Failure {
         }
     }
 
+    /// The "forward mailbox" incoming method is not built: test and enable fails it, and a
+    /// mailbox enabled with it before it was refused has its incoming direction disabled with
+    /// this.
+    pub fn forward_mailbox_not_available() -> Self {
+        Failure::config(
+            "forward_mailbox_not_available",
+            format!(
+                "incoming_method: {}",
+                serversync_model::settings::FORWARD_MAILBOX_NOT_AVAILABLE
+            ),
+        )
+    }
+
     /// A failure of `kind` at `step`, with its own code (not the step's).
     pub fn coded(
         code: &str,

@@ -385,7 +385,7 @@ async fn test_incoming(
         return Ok(Ok("incoming by Email Router (nothing to connect to)".into()));
     }
     if m.incoming_method == IncomingMethod::ForwardMailbox {
-        return Ok(Err(crate::incoming::forward_mailbox_problem()));
+        return Ok(Err(Failure::forward_mailbox_not_available()));
     }
     let mut login = match session.login(store, Side::Incoming).await? {
         Ok(l) => l,

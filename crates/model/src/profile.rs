@@ -81,7 +81,9 @@ pub enum AuthenticationType {
     ServerToServer,
     /// Hybrid Modern Authentication: OAuth towards on-premises Exchange.
     HybridModernAuth,
-    /// OAuth 2.0 for Gmail (required by Google since 2022).
+    /// OAuth 2.0 for Gmail (required by Google since 2022). `gmail_oauth` on the wire
+    /// (`gmail_o_auth`, the name before, is read too).
+    #[serde(rename = "gmail_oauth", alias = "gmail_o_auth")]
     GmailOAuth,
 }
 
@@ -784,6 +786,12 @@ mod tests {
         assert_eq!(g.incoming.as_ref().unwrap().port, 993);
         assert_eq!(g.outgoing.as_ref().unwrap().port, 587);
         assert_eq!(g.authentication, AuthenticationType::GmailOAuth);
+        assert_eq!(crate::wire_name(&g.authentication), "gmail_oauth");
+        assert_eq!(
+            serde_json::from_str::<AuthenticationType>("\"gmail_o_auth\"").unwrap(),
+            AuthenticationType::GmailOAuth,
+            "the earlier wire name is still read"
+        );
     }
 
     #[test]

@@ -678,7 +678,7 @@ pub enum AuthArg {
     ServerToServer,
     #[value(name = "hybrid_modern_auth")]
     HybridModernAuth,
-    #[value(name = "gmail_o_auth", alias = "gmail_oauth")]
+    #[value(name = "gmail_oauth", alias = "gmail_o_auth")]
     GmailOAuth,
 }
 

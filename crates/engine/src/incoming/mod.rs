@@ -31,18 +31,6 @@ pub(crate) fn resource(id: MailboxId) -> String {
     format!("mailbox:{id}")
 }
 
-/// The "forward mailbox" incoming method is not built: test and enable fails it, and a mailbox
-/// enabled with it before it was refused has its incoming direction disabled with this.
-pub(crate) fn forward_mailbox_problem() -> Failure {
-    Failure::config(
-        "forward_mailbox_not_available",
-        format!(
-            "incoming_method: {}",
-            serversync_model::settings::FORWARD_MAILBOX_NOT_AVAILABLE
-        ),
-    )
-}
-
 /// Mailboxes whose incoming email this engine should synchronize now: enabled, server-side
 /// synchronization, not postponed by the retry policy, and on a profile whose protocol has a
 /// synchronizer (IMAP and POP3; EWS and Graph mailboxes wait for theirs).
@@ -74,7 +62,7 @@ pub(crate) async fn due(
                 store,
                 config,
                 m.id,
-                &forward_mailbox_problem(),
+                &Failure::forward_mailbox_not_available(),
                 crate::policy::Direction::Incoming,
             )
             .await?;

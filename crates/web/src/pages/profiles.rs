@@ -119,6 +119,7 @@ fn sections(t: ServerType, creating: bool) -> Vec<Section> {
                 "credentials_specified_in_profile",
                 "Credentials specified in email server profile",
             ),
+            ("gmail_oauth", "Gmail OAuth (refresh token per mailbox)"),
         ],
         ServerType::ExchangeOnline => &[(
             "server_to_server",
@@ -184,6 +185,22 @@ fn sections(t: ServerType, creating: bool) -> Vec<Section> {
                     Field::new("username", "User name", Kind::Text),
                     Field::new("password", "Password", Kind::Password)
                         .hint(if creating { "Stored encrypted; never shown again." } else { "Leave empty to keep the stored password." }),
+                ],
+            ));
+            out.push(Section::new(
+                "Gmail OAuth client",
+                "Only when the authentication type is \"Gmail OAuth\": the OAuth client from Google Cloud (scope https://mail.google.com/). Each mailbox's password holds the refresh token its account granted.",
+                vec![
+                    Field::new("oauth.client_id", "Client id", Kind::Text),
+                    Field::new("oauth.client_secret", "Client secret", Kind::Password).hint(
+                        if creating {
+                            "Stored encrypted; never shown again."
+                        } else {
+                            "Leave empty to keep the stored secret."
+                        },
+                    ),
+                    Field::new("oauth.token_endpoint", "Token endpoint", Kind::Text)
+                        .hint("Empty: Google's, https://oauth2.googleapis.com/token."),
                 ],
             ));
         }
@@ -483,5 +500,47 @@ pub async fn pin(
             "The certificate is pinned on the profile: test and enable the mailboxes again.",
         ),
         Err(p) => error(&s, p.detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serversync_model::profile::AuthenticationType;
+
+    #[test]
+    fn an_imap_profile_can_be_set_up_for_gmail_oauth() {
+        let form = sections(ServerType::ImapSmtp, true);
+        let auth = form
+            .iter()
+            .flat_map(|s| &s.fields)
+            .find(|f| f.name == "authentication")
+            .unwrap();
+        assert!(
+            auth.options.iter().any(|(v, _)| v == "gmail_oauth"),
+            "{:?}",
+            auth.options
+        );
+        let submitted: Vec<(String, String)> = [
+            ("name", "Gmail"),
+            ("authentication", "gmail_oauth"),
+            ("oauth.client_id", "client-1.apps.example"),
+            ("oauth.client_secret", "s3cret"),
+            ("oauth.token_endpoint", ""),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let json = forms::to_json(&form, &submitted);
+        assert_eq!(
+            serde_json::from_value::<AuthenticationType>(json["authentication"].clone()).unwrap(),
+            AuthenticationType::GmailOAuth
+        );
+        assert_eq!(json["oauth"]["client_id"], "client-1.apps.example");
+        assert_eq!(json["oauth"]["client_secret"], "s3cret");
+        assert!(
+            json["oauth"].get("token_endpoint").is_none(),
+            "empty: Google's"
+        );
     }
 }
