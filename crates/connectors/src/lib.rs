@@ -22,6 +22,13 @@
 //!   duration) with the server's capabilities, stop at the first failure, and change
 //!   nothing on the server: IMAP opens INBOX with `EXAMINE` (read-only), POP3 runs `STAT`
 //!   and never `DELE`, SMTP stops after `MAIL FROM` with `RSET` (no recipient, no DATA).
+//!   [`probe::incoming`] and [`probe::outgoing`] pick the probe by the profile's protocol.
+//! - [`transport`]: the mail transport and Sent folder roles, the only way the engine sends
+//!   mail and keeps its copy: [`transport::MailTransport`] (SMTP: one pipelined envelope
+//!   and the message per [`transport::MailTransport::submit`], whose
+//!   [`transport::Submission`] says sent, refused or unknown) and [`transport::SentFolder`]
+//!   (for SMTP on the incoming IMAP server: save a copy, find a Message-ID). Closed enums,
+//!   one `match` per method; Exchange and Graph are not available yet.
 //!
 //! - [`http`]: the shared HTTP client (reqwest on [`TlsTrust`], host names resolved through
 //!   the [`NetworkPolicy`], no proxy, no redirects); [`oauth`]: OAuth 2.0 access tokens
@@ -101,6 +108,7 @@ pub mod pop3;
 pub mod probe;
 pub mod smtp;
 pub mod tls;
+pub mod transport;
 
 pub use error::{ConnectError, Result};
 pub use login::Login;
