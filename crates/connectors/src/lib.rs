@@ -22,6 +22,13 @@
 //!   duration) with the server's capabilities, stop at the first failure, and change
 //!   nothing on the server: IMAP opens INBOX with `EXAMINE` (read-only), POP3 runs `STAT`
 //!   and never `DELE`, SMTP stops after `MAIL FROM` with `RSET` (no recipient, no DATA).
+//!   [`probe::incoming`] and [`probe::outgoing`] pick the probe by the profile's protocol.
+//! - [`transport`]: the mail transport and Sent folder roles, the only way the engine sends
+//!   mail and keeps its copy: [`transport::MailTransport`] (SMTP: one pipelined envelope
+//!   and the message per [`transport::MailTransport::submit`], whose
+//!   [`transport::Submission`] says sent, refused or unknown) and [`transport::SentFolder`]
+//!   (for SMTP on the incoming IMAP server: save a copy, find a Message-ID). Closed enums,
+//!   one `match` per method; Exchange and Graph are not available yet.
 //!
 //! - [`source`]: the *mail source* role — [`source::MailSource`], one enum arm per protocol
 //!   (IMAP, POP3): open a folder from its typed cursor, fetch a page, the next cursor, wait
@@ -109,6 +116,7 @@ pub mod probe;
 pub mod smtp;
 pub mod source;
 pub mod tls;
+pub mod transport;
 
 pub use error::{ConnectError, Result};
 pub use login::Login;

@@ -1,5 +1,6 @@
 //! What a connectivity probe reports: every step it ran, in order, with its outcome and
-//! duration, the server's capabilities, and the failure (if any) classified by step.
+//! duration, the server's capabilities, and the failure (if any) classified by step; and
+//! [`incoming`] and [`outgoing`], which probe a profile's server by its protocol.
 
 use std::future::Future;
 use std::time::Instant;
@@ -7,8 +8,41 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serversync_model::FailureStep;
 use serversync_model::certificate::{CertificateInfo, normalize_sha256};
+use serversync_model::profile::{IncomingProtocol, OutgoingProtocol};
 
 use crate::error::ConnectError;
+use crate::login::Login;
+use crate::net::{ConnectOptions, ServerAddr};
+
+/// Probes the incoming server (the mail source) of `protocol`: [`crate::imap::probe`] or
+/// [`crate::pop3::probe`]. `None` when the protocol has no connector in this version.
+pub async fn incoming(
+    protocol: IncomingProtocol,
+    addr: &ServerAddr,
+    login: &Login,
+    opts: &ConnectOptions,
+) -> Option<ProbeReport> {
+    match protocol {
+        IncomingProtocol::Imap => Some(crate::imap::probe(addr, login, opts).await),
+        IncomingProtocol::Pop3 => Some(crate::pop3::probe(addr, login, opts).await),
+        IncomingProtocol::Ews | IncomingProtocol::Graph => None,
+    }
+}
+
+/// Probes the outgoing server (the mail transport) of `protocol` for sending as `sender`:
+/// [`crate::smtp::probe`]. `None` when the protocol has no connector in this version.
+pub async fn outgoing(
+    protocol: OutgoingProtocol,
+    addr: &ServerAddr,
+    login: Option<&Login>,
+    sender: &str,
+    opts: &ConnectOptions,
+) -> Option<ProbeReport> {
+    match protocol {
+        OutgoingProtocol::Smtp => Some(crate::smtp::probe(addr, login, sender, opts).await),
+        OutgoingProtocol::Ews | OutgoingProtocol::Graph => None,
+    }
+}
 
 /// One step of a probe (`resolve imap.example.com`, `TLS handshake`, `EXAMINE INBOX`, …).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

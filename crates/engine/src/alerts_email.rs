@@ -14,13 +14,14 @@
 
 use crate::{Admin, AdminError, EngineConfig};
 use chrono::Utc;
-use serversync_connectors::smtp::{self, Envelope};
+use serversync_connectors::transport::{MailTransport, RefusedAt, Submission};
 use serversync_connectors::{Login, ServerAddr};
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::auth::Caller;
 use serversync_model::crm::{NewEmail, Recipient};
 use serversync_model::mailbox::{Mailbox, MailboxRegarding, RunStatus};
 use serversync_model::org::{Privilege, User};
+use serversync_model::profile::OutgoingProtocol;
 use serversync_model::profile::{EmailServerProfile, TlsMode};
 use serversync_model::settings::OutgoingMethod;
 use serversync_model::{ProfileId, Secret};
@@ -259,33 +260,28 @@ async fn relay(
         .formatted();
     let addr = ServerAddr::new(r.host.clone(), r.port, r.tls);
     let opts = config.connect_options(Duration::from_secs(30));
-    let mut c = smtp::connect(&addr, &opts)
+    let login = match (&r.username, &r.password) {
+        (Some(u), Some(pw)) => Some(Login::password(u.clone(), pw.clone())),
+        _ => None,
+    };
+    // The installation's relay is an SMTP server.
+    let mut c = MailTransport::connect(OutgoingProtocol::Smtp, &addr, login.as_ref(), &opts)
         .await
         .map_err(|e| e.to_string())?;
-    if let (Some(u), Some(pw)) = (&r.username, &r.password) {
-        c.login(&Login::password(u.clone(), pw.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
     let outcome = match c
-        .envelope(&r.from, &[to.to_owned()])
+        .submit(&r.from, &[to.to_owned()], &msg)
         .await
         .map_err(|e| e.to_string())?
     {
-        Envelope::Ready => {
-            let reply = c.message(&msg).await.map_err(|e| e.to_string())?;
-            if reply.code == 250 {
-                Ok(())
-            } else {
-                Err(format!("the message was refused: {}", reply.display()))
-            }
-        }
-        Envelope::RecipientRefused { reply, .. } => Err(format!(
-            "the recipient {to} was refused: {}",
-            reply.display()
-        )),
-        Envelope::DataRefused(reply) => Err(format!("DATA was refused: {}", reply.display())),
+        Submission::Sent => Ok(()),
+        Submission::Refused { at, reply, .. } => Err(match at {
+            RefusedAt::Recipient(_) => format!("the recipient {to} was refused: {reply}"),
+            RefusedAt::Data => format!("DATA was refused: {reply}"),
+            RefusedAt::Message => format!("the message was refused: {reply}"),
+        }),
+        // The connection broke after the message was handed over: nothing to say goodbye to.
+        Submission::Unknown { reason } => return Err(reason),
     };
-    let _ = c.quit().await;
+    c.close().await;
     outcome
 }

@@ -17,14 +17,13 @@
 
 use crate::EngineConfig;
 use crate::policy::Failure;
-use crate::session::{MailboxSession, Side};
+use crate::session::MailboxSession;
 use crate::slots::ConnSlot;
 use chrono::Utc;
-use serversync_connectors::imap::sync::SyncSession;
-use serversync_connectors::{ConnectOptions, Login, smtp};
+use serversync_connectors::transport::{MailTransport, SentFolder, Submission};
 use serversync_model::crm::{Direction, EmailActivity, EmailStatus};
 use serversync_model::mailbox::Mailbox;
-use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
+use serversync_model::profile::EmailServerProfile;
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, OrgId, wire_name};
 use serversync_store::{LeaseGuard, Store, StoreError};
@@ -252,22 +251,8 @@ async fn run_until(
     lease: &LeaseGuard,
     stop: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let mailbox = store.fetch::<Mailbox>(&id.to_string()).await?.value;
-    let settings = crate::org_settings(store, mailbox.org_id).await?;
-    let profile = match mailbox.profile_id {
-        Some(p) => store
-            .get::<EmailServerProfile>(&p.to_string())
-            .await?
-            .map(|p| p.value),
-        None => None,
-    };
-    let opts = config.connect_options(Duration::from_millis(
-        profile
-            .as_ref()
-            .and_then(|p| p.advanced.connection_timeout_ms)
-            .unwrap_or(100_000)
-            .into(),
-    ));
+    // A mailbox without a profile has nothing to send with: its email waits (below).
+    let session = MailboxSession::load(store, config, id).await?.ok();
     // Left in sending by a worker that is gone (this lease is new: we leave nothing there).
     let orphans = store
         .send_due_emails(EmailStatus::Sending, id, Utc::now(), None, 100)
@@ -277,8 +262,8 @@ async fn run_until(
             continue;
         }
         store.renew_lease(lease, config.lease_ttl).await?;
-        let found = match (&profile, &s.value.message_id) {
-            (Some(p), Some(mid)) => in_sent_folder(store, &mailbox, p, &opts, mid).await,
+        let found = match (&session, &s.value.message_id) {
+            (Some(session), Some(mid)) => in_sent_folder(store, session, mid).await,
             _ => Err("the message has no Message-ID to look for".to_owned()),
         };
         let mut a = s.value;
@@ -307,13 +292,13 @@ async fn run_until(
         }
     }
     let now = Utc::now();
-    let mut smtp: Option<Smtp> = None;
+    let mut transport: Option<Transport> = None;
     // The lease (and the connection's slot) are renewed when a quarter of their time is gone,
     // not for every email: each renewal is a write.
     let mut renewed = std::time::Instant::now();
     store.renew_lease(lease, config.lease_ttl).await?;
-    // The IMAP connection that saves the Sent copies, opened for the first and kept for the round.
-    let mut sent_folder: Option<SyncSession> = None;
+    // The connection that saves the Sent copies, opened for the first and kept for the round.
+    let mut sent_folder: Option<SentFolder> = None;
     // Page after page of the mailbox's due email (100 at a time, the earliest due first)
     // until none is left or sending has to stop: a long queue goes out in one round, not a
     // page per tick, and email scheduled for later is never read.
@@ -333,12 +318,12 @@ async fn run_until(
             {
                 continue;
             }
-            let Some(p) = &profile else {
+            let Some(session) = &session else {
                 tracing::warn!(mailbox = %id, "the mailbox has no email server profile: email waits");
                 break 'round;
             };
-            if !within_rate(store, &mailbox, p).await? {
-                tracing::info!(mailbox = %id, limit = p.advanced.max_sends_per_minute, "send rate limit reached: the rest waits for the next minute");
+            if !within_rate(store, &session.mailbox, &session.profile).await? {
+                tracing::info!(mailbox = %id, limit = session.profile.advanced.max_sends_per_minute, "send rate limit reached: the rest waits for the next minute");
                 break 'round;
             }
             let renew = renewed.elapsed() >= config.lease_ttl / 4;
@@ -346,10 +331,10 @@ async fn run_until(
                 store.renew_lease(lease, config.lease_ttl).await?;
                 renewed = std::time::Instant::now();
             }
-            let c = match smtp.as_mut() {
+            let c = match transport.as_mut() {
                 Some(c) => c,
-                None => match open(store, config, &mailbox, p, &opts, &lease.owner).await? {
-                    Ok(Some(c)) => {
+                None => match session.transport(store, config, &lease.owner).await? {
+                    Ok(Some((c, slot))) => {
                         // Signed in: a failure recorded earlier (the network, the server) is over.
                         crate::health::record_success(
                             store,
@@ -357,7 +342,7 @@ async fn run_until(
                             crate::policy::Direction::Outgoing,
                         )
                         .await?;
-                        smtp.insert(c)
+                        transport.insert(Transport { c, slot })
                     }
                     // Every connection slot of the profile is in use: the next round tries again.
                     Ok(None) => break,
@@ -372,15 +357,15 @@ async fn run_until(
             if renew {
                 c.slot.renew(store, config.lease_ttl).await?;
             }
-            match send_one(store, &mailbox, &settings, p, &opts, s, c, &mut sent_folder).await? {
+            match send_one(store, session, s, c, &mut sent_folder).await? {
                 SendResult::Done => {}
                 SendResult::ConnectionLost => {
-                    if let Some(c) = smtp.take() {
+                    if let Some(c) = transport.take() {
                         c.slot.release(store).await;
                     }
                 }
                 SendResult::MailboxFailed(problem) => {
-                    if let Some(c) = smtp.take() {
+                    if let Some(c) = transport.take() {
                         c.close(store).await;
                     }
                     mailbox_failed(store, config, id, &problem).await?;
@@ -393,11 +378,11 @@ async fn run_until(
             None => break,
         }
     }
-    if let Some(c) = smtp.take() {
+    if let Some(c) = transport.take() {
         c.close(store).await;
     }
     if let Some(s) = sent_folder {
-        let _ = s.logout().await;
+        s.close().await;
     }
     // Counters of minutes long gone.
     let old = format!("sends:{}:", Utc::now().timestamp() / 60 - 2);
@@ -424,62 +409,17 @@ async fn mailbox_failed(
     .await
 }
 
-/// An open, signed-in SMTP connection and the connection slot it holds; reused for every
+/// An open, signed-in mail transport and the connection slot it holds; reused for every
 /// email of a round.
-struct Smtp {
-    c: smtp::SmtpConnection,
+struct Transport {
+    c: MailTransport,
     slot: ConnSlot,
 }
 
-impl Smtp {
+impl Transport {
     async fn close(self, store: &Store) {
-        let _ = self.c.quit().await;
+        self.c.close().await;
         self.slot.release(store).await;
-    }
-}
-
-/// Connects and signs in under one of the profile's SMTP connection slots; `Ok(None)` when
-/// every slot is taken, the problem when the mailbox cannot send.
-async fn open(
-    store: &Store,
-    config: &EngineConfig,
-    mailbox: &Mailbox,
-    profile: &EmailServerProfile,
-    opts: &ConnectOptions,
-    owner: &str,
-) -> Result<Result<Option<Smtp>, Failure>, StoreError> {
-    let session = MailboxSession {
-        mailbox: mailbox.clone(),
-        profile: profile.clone(),
-        settings: Default::default(),
-        opts: opts.clone(),
-    };
-    let server = match session.address(Side::Outgoing) {
-        Ok(s) => s,
-        Err(p) => return Ok(Err(p)),
-    };
-    let login = match session.login(store, Side::Outgoing).await? {
-        Ok(l) => l,
-        Err(p) => return Ok(Err(p)),
-    };
-    let Some(slot) = session.slot(store, config, Side::Outgoing, owner).await? else {
-        return Ok(Ok(None));
-    };
-    let connected = async {
-        let mut c = smtp::connect(&server, opts).await?;
-        // A refused OAuth token is forgotten: the next attempt signs in with a new one.
-        c.login(&login)
-            .await
-            .inspect_err(|e| _ = crate::oauth::refused(&login, Some(e)))?;
-        Ok::<_, serversync_connectors::ConnectError>(c)
-    }
-    .await;
-    match connected {
-        Ok(c) => Ok(Ok(Some(Smtp { c, slot }))),
-        Err(e) => {
-            slot.release(store).await;
-            Ok(Err(Failure::from(&e)))
-        }
     }
 }
 
@@ -534,17 +474,14 @@ pub fn retry_delay(interval_seconds: u32, attempts: u32) -> chrono::Duration {
     chrono::Duration::seconds(base.saturating_mul(factor).min(3600).max(base.min(3600)))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn send_one(
     store: &Store,
-    mailbox: &Mailbox,
-    settings: &EmailSettings,
-    profile: &EmailServerProfile,
-    opts: &ConnectOptions,
+    session: &MailboxSession,
     s: serversync_store::Stored<EmailActivity>,
-    smtp: &mut Smtp,
-    sent_folder: &mut Option<SyncSession>,
+    transport: &mut Transport,
+    sent_folder: &mut Option<SentFolder>,
 ) -> Result<SendResult, StoreError> {
+    let (mailbox, settings) = (&session.mailbox, &session.settings);
     // Fenced: only if nobody changed the activity meanwhile (the caller renewed the lease).
     let mut a = s.value;
     a.status = EmailStatus::Sending;
@@ -560,17 +497,19 @@ async fn send_one(
     };
     let (outcome, next) = match &built {
         Err(e) => (Outcome::Failed(e.clone()), SendResult::Done),
-        Ok((bytes, rcpts)) => match transact(&mut smtp.c, &mailbox.email, bytes, rcpts).await {
-            Ok(o) => o,
-            Err(problem) => {
-                // Before any recipient was given: the mailbox's failure, not this email's.
-                let mut a = sending.value;
-                a.status = EmailStatus::PendingSend;
-                a.updated_at = Utc::now();
-                store.update(&a, Some(sending.version)).await?;
-                return Ok(SendResult::MailboxFailed(problem));
+        Ok((bytes, rcpts)) => {
+            match transact(&mut transport.c, &mailbox.email, bytes, rcpts).await {
+                Ok(o) => o,
+                Err(problem) => {
+                    // Before any recipient was given: the mailbox's failure, not this email's.
+                    let mut a = sending.value;
+                    a.status = EmailStatus::PendingSend;
+                    a.updated_at = Utc::now();
+                    store.update(&a, Some(sending.version)).await?;
+                    return Ok(SendResult::MailboxFailed(problem));
+                }
             }
-        },
+        }
     };
     let mut a = sending.value;
     a.updated_at = Utc::now();
@@ -612,9 +551,10 @@ async fn send_one(
     tracing::info!(activity = %a.id, mailbox = %mailbox.id, status = wire_name(&a.status), attempts = a.delivery_attempts, "outgoing email");
     if matches!(outcome, Outcome::Sent)
         && settings.save_outgoing_to_sent
-        && profile.incoming_protocol == IncomingProtocol::Imap
+        && !transport.c.keeps_sent_copy()
+        && SentFolder::available(session.profile.incoming_protocol)
         && let Ok((bytes, _)) = &built
-        && let Err(e) = save_sent_copy(store, mailbox, profile, opts, sent_folder, bytes).await
+        && let Err(e) = save_sent_copy(store, session, sent_folder, bytes).await
     {
         tracing::warn!(activity = %a.id, error = %e, "the copy in the Sent folder could not be saved");
     }
@@ -625,54 +565,37 @@ async fn send_one(
 /// connection fails before any recipient was given (the mailbox's problem); the second value
 /// says whether the connection can be used again.
 async fn transact(
-    c: &mut smtp::SmtpConnection,
+    c: &mut MailTransport,
     from: &str,
     message: &[u8],
     rcpts: &[String],
 ) -> Result<(Outcome, SendResult), Failure> {
-    let refused = |what: &str, r: &smtp::Reply| {
-        let said = format!("{what} refused: server said \"{}\"", r.display());
-        if r.is_transient_negative() {
-            Outcome::Retry(said)
-        } else {
-            Outcome::Failed(said)
-        }
-    };
-    // MAIL FROM, RCPT TO and DATA in one round trip when the server pipelines. A failure
-    // here is before the message was handed over: the mailbox's problem, the email waits.
-    match c
-        .envelope(from, rcpts)
+    // A failure before the message was handed over: the mailbox's problem, the email waits.
+    let submitted = c
+        .submit(from, rcpts, message)
         .await
-        .map_err(|e| Failure::from(&e))?
-    {
-        smtp::Envelope::Ready => {}
-        smtp::Envelope::RecipientRefused {
-            index,
-            reply,
+        .map_err(|e| Failure::from(&e))?;
+    Ok(match submitted {
+        Submission::Sent => (Outcome::Sent, SendResult::Done),
+        Submission::Refused {
+            reason,
+            transient,
             reusable,
+            ..
         } => {
+            let outcome = if transient {
+                Outcome::Retry(reason)
+            } else {
+                Outcome::Failed(reason)
+            };
             let next = if reusable {
                 SendResult::Done
             } else {
                 SendResult::ConnectionLost
             };
-            return Ok((
-                refused(&format!("RCPT TO:<{}>", rcpts[index]), &reply),
-                next,
-            ));
+            (outcome, next)
         }
-        smtp::Envelope::DataRefused(reply) => {
-            return Ok((refused("the message", &reply), SendResult::Done));
-        }
-    }
-    Ok(match c.message(message).await {
-        Ok(reply) if reply.code == 250 => (Outcome::Sent, SendResult::Done),
-        Ok(reply) if reply.is_positive() => (
-            Outcome::Unknown(format!("unexpected reply {}", reply.display())),
-            SendResult::ConnectionLost,
-        ),
-        Ok(reply) => (refused("the message", &reply), SendResult::Done),
-        Err(e) => (Outcome::Unknown(e.to_string()), SendResult::ConnectionLost),
+        Submission::Unknown { reason } => (Outcome::Unknown(reason), SendResult::ConnectionLost),
     })
 }
 
@@ -718,61 +641,35 @@ pub(crate) async fn build(
     )
 }
 
-async fn imap_session(
-    store: &Store,
-    mailbox: &Mailbox,
-    profile: &EmailServerProfile,
-    opts: &ConnectOptions,
-) -> Result<SyncSession, String> {
-    if profile.incoming_protocol != IncomingProtocol::Imap {
-        return Err("the profile does not use IMAP".into());
+/// The Sent folder of the session's mailbox; `Err` is what failed, in words.
+async fn open_sent_folder(store: &Store, session: &MailboxSession) -> Result<SentFolder, String> {
+    match session.sent_folder(store, SENT_FOLDER).await {
+        Ok(Ok(f)) => Ok(f),
+        Ok(Err(p)) => Err(p.message),
+        Err(e) => Err(e.to_string()),
     }
-    let session = MailboxSession {
-        mailbox: mailbox.clone(),
-        profile: profile.clone(),
-        settings: Default::default(),
-        opts: opts.clone(),
-    };
-    let server = session.address(Side::Incoming).map_err(|p| p.message)?;
-    let login: Login = session
-        .login(store, Side::Incoming)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|p| p.message)?;
-    SyncSession::connect(&server, &login, opts)
-        .await
-        .inspect_err(|e| _ = crate::oauth::refused(&login, Some(e)))
-        .map_err(|e| e.to_string())
 }
 
-/// Saves the copy of a sent message in the Sent folder over `session`, opening it (and the
+/// Saves the copy of a sent message in the Sent folder over `folder`, opening it (and the
 /// folder, if missing) when there is none. A kept connection that fails is replaced once: the
 /// server may have closed it while idle.
 async fn save_sent_copy(
     store: &Store,
-    mailbox: &Mailbox,
-    profile: &EmailServerProfile,
-    opts: &ConnectOptions,
-    session: &mut Option<SyncSession>,
+    session: &MailboxSession,
+    folder: &mut Option<SentFolder>,
     message: &[u8],
 ) -> Result<(), String> {
     // A kept connection gets one more try on a fresh one; a fresh one none.
-    let mut tries = if session.is_some() { 2 } else { 1 };
+    let mut tries = if folder.is_some() { 2 } else { 1 };
     loop {
-        let s = match session {
-            Some(s) => s,
-            None => {
-                let mut s = imap_session(store, mailbox, profile, opts).await?;
-                s.create_folder_if_missing(SENT_FOLDER)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                session.insert(s)
-            }
+        let f = match folder {
+            Some(f) => f,
+            None => folder.insert(open_sent_folder(store, session).await?),
         };
-        match s.append(SENT_FOLDER, &["\\Seen"], None, message).await {
-            Ok(_) => return Ok(()),
+        match f.save(message).await {
+            Ok(()) => return Ok(()),
             Err(e) => {
-                *session = None;
+                *folder = None;
                 tries -= 1;
                 if tries == 0 {
                     return Err(e.to_string());
@@ -785,22 +682,13 @@ async fn save_sent_copy(
 /// Whether a message with this Message-ID is in the Sent folder.
 async fn in_sent_folder(
     store: &Store,
-    mailbox: &Mailbox,
-    profile: &EmailServerProfile,
-    opts: &ConnectOptions,
+    session: &MailboxSession,
     mid: &str,
 ) -> Result<bool, String> {
-    let mut s = imap_session(store, mailbox, profile, opts).await?;
-    if let Err(e) = s.examine(SENT_FOLDER, false).await {
-        let _ = s.logout().await;
-        return Err(e.to_string());
-    }
-    let found = s
-        .uid_search_header("Message-ID", mid)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = s.logout().await;
-    Ok(!found.is_empty())
+    let mut f = open_sent_folder(store, session).await?;
+    let found = f.contains(mid).await.map_err(|e| e.to_string());
+    f.close().await;
+    found
 }
 
 /// Outgoing email as a [`crate::supervisor::Pipeline`]: one sender task per mailbox with email

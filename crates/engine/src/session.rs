@@ -8,6 +8,7 @@
 use crate::EngineConfig;
 use crate::policy::Failure;
 use crate::slots::ConnSlot;
+use serversync_connectors::transport::{MailTransport, SentFolder};
 use serversync_connectors::{ConnectError, ConnectOptions, Login, ServerAddr};
 use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
@@ -163,6 +164,63 @@ impl MailboxSession {
     ) -> Result<Option<ConnSlot>, StoreError> {
         let (scope, max) = self.slot_scope(side);
         ConnSlot::acquire_in(store, &scope, max, owner, config.lease_ttl).await
+    }
+
+    /// The mail transport (the outgoing server), connected and signed in under one of the
+    /// profile's outgoing connection slots: `Ok(None)` when every slot is in use. The slot is
+    /// the caller's to release.
+    pub async fn transport(
+        &self,
+        store: &Store,
+        config: &EngineConfig,
+        owner: &str,
+    ) -> Result<Result<Option<(MailTransport, ConnSlot)>, Failure>, StoreError> {
+        let server = match self.address(Side::Outgoing) {
+            Ok(s) => s,
+            Err(p) => return Ok(Err(p)),
+        };
+        let login = match self.login(store, Side::Outgoing).await? {
+            Ok(l) => l,
+            Err(p) => return Ok(Err(p)),
+        };
+        let Some(slot) = self.slot(store, config, Side::Outgoing, owner).await? else {
+            return Ok(Ok(None));
+        };
+        let protocol = self.profile.outgoing_protocol;
+        let connected = MailTransport::connect(protocol, &server, Some(&login), &self.opts).await;
+        match signed_in(&login, connected) {
+            Ok(t) => Ok(Ok(Some((t, slot)))),
+            Err(e) => {
+                slot.release(store).await;
+                Ok(Err(Failure::from(&e)))
+            }
+        }
+    }
+
+    /// The folder the copy of sent mail is kept in (`folder`, on the incoming server),
+    /// connected and signed in; a profile whose incoming server keeps none is a failure.
+    pub async fn sent_folder(
+        &self,
+        store: &Store,
+        folder: &str,
+    ) -> Result<Result<SentFolder, Failure>, StoreError> {
+        let protocol = self.profile.incoming_protocol;
+        if !SentFolder::available(protocol) {
+            return Ok(Err(Failure::config(
+                "connector_not_available",
+                "the profile does not use IMAP",
+            )));
+        }
+        let server = match self.address(Side::Incoming) {
+            Ok(s) => s,
+            Err(p) => return Ok(Err(p)),
+        };
+        let login = match self.login(store, Side::Incoming).await? {
+            Ok(l) => l,
+            Err(p) => return Ok(Err(p)),
+        };
+        let opened = SentFolder::open(protocol, &server, &login, &self.opts, folder).await;
+        Ok(signed_in(&login, opened).map_err(|e| Failure::from(&e)))
     }
 }
 

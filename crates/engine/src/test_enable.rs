@@ -6,13 +6,13 @@ use crate::EngineConfig;
 use crate::admin::alert;
 use crate::policy::{self, Direction, Failure};
 use crate::session::{MailboxSession, Side};
-use serversync_connectors::{ProbeReport, ServerAddr};
+use serversync_connectors::{ProbeReport, ServerAddr, probe};
 use serversync_model::MailboxId;
 use serversync_model::alert::Severity;
 use serversync_model::job::{JobItemResult, ServerCertificate};
 use serversync_model::mailbox::{DirectionStatus, Mailbox, RunStatus};
 use serversync_model::org::Organization;
-use serversync_model::profile::{EmailServerProfile, IncomingProtocol, OutgoingProtocol};
+use serversync_model::profile::EmailServerProfile;
 use serversync_model::settings::{ActMethod, IncomingMethod, OutgoingMethod};
 use serversync_model::wire_name;
 use serversync_store::{NewAuditEntry, Store, StoreError};
@@ -354,6 +354,14 @@ fn keep_certificate(
     }
 }
 
+/// A protocol without a connector in this version (Exchange, Graph).
+fn not_available() -> Failure {
+    Failure::config(
+        "connector_not_available",
+        "Exchange connectors are not available in this version yet",
+    )
+}
+
 fn summary(r: &ProbeReport) -> String {
     let mut caps: Vec<&str> = r
         .capabilities
@@ -398,15 +406,8 @@ async fn test_incoming(
     // A token the server refuses (revoked or expired early) is replaced once.
     let mut retried = false;
     let report = loop {
-        let report = match p.incoming_protocol {
-            IncomingProtocol::Imap => serversync_connectors::imap::probe(&a, &login, opts).await,
-            IncomingProtocol::Pop3 => serversync_connectors::pop3::probe(&a, &login, opts).await,
-            IncomingProtocol::Ews | IncomingProtocol::Graph => {
-                return Ok(Err(Failure::config(
-                    "connector_not_available",
-                    "Exchange connectors are not available in this version yet",
-                )));
-            }
+        let Some(report) = probe::incoming(p.incoming_protocol, &a, &login, opts).await else {
+            return Ok(Err(not_available()));
         };
         if !retried && crate::oauth::refused(&login, report.failure.as_ref()) {
             retried = true;
@@ -448,16 +449,10 @@ async fn test_outgoing(
     };
     let mut retried = false;
     let report = loop {
-        let report = match p.outgoing_protocol {
-            OutgoingProtocol::Smtp => {
-                serversync_connectors::smtp::probe(&a, Some(&login), &m.email, opts).await
-            }
-            OutgoingProtocol::Ews | OutgoingProtocol::Graph => {
-                return Ok(Err(Failure::config(
-                    "connector_not_available",
-                    "Exchange connectors are not available in this version yet",
-                )));
-            }
+        let Some(report) =
+            probe::outgoing(p.outgoing_protocol, &a, Some(&login), &m.email, opts).await
+        else {
+            return Ok(Err(not_available()));
         };
         if !retried && crate::oauth::refused(&login, report.failure.as_ref()) {
             retried = true;
