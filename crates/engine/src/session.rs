@@ -8,6 +8,7 @@
 use crate::EngineConfig;
 use crate::policy::Failure;
 use crate::slots::ConnSlot;
+use serversync_connectors::source::MailSource;
 use serversync_connectors::transport::{MailTransport, SentFolder};
 use serversync_connectors::{ConnectError, ConnectOptions, Login, ServerAddr};
 use serversync_model::MailboxId;
@@ -164,6 +165,22 @@ impl MailboxSession {
     ) -> Result<Option<ConnSlot>, StoreError> {
         let (scope, max) = self.slot_scope(side);
         ConnSlot::acquire_in(store, &scope, max, owner, config.lease_ttl).await
+    }
+
+    /// The mail source (the incoming server), connected and signed in. The caller holds a
+    /// connection slot ([`MailboxSession::slot`]) for as long as it keeps the source open.
+    pub async fn source(&self, store: &Store) -> Result<Result<MailSource, Failure>, StoreError> {
+        let server = match self.address(Side::Incoming) {
+            Ok(s) => s,
+            Err(p) => return Ok(Err(p)),
+        };
+        let login = match self.login(store, Side::Incoming).await? {
+            Ok(l) => l,
+            Err(p) => return Ok(Err(p)),
+        };
+        let protocol = self.profile.incoming_protocol;
+        let connected = MailSource::connect(protocol, &server, &login, &self.opts).await;
+        Ok(signed_in(&login, connected).map_err(|e| Failure::from(&e)))
     }
 
     /// The mail transport (the outgoing server), connected and signed in under one of the

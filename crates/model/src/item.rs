@@ -67,6 +67,16 @@ impl ItemSource {
         }
     }
 
+    /// The folder it was found in, for sources that have folders.
+    pub fn folder(&self) -> Option<&str> {
+        match self {
+            ItemSource::Imap { folder, .. }
+            | ItemSource::Ews { folder, .. }
+            | ItemSource::Graph { folder, .. } => Some(folder),
+            ItemSource::Pop3 { .. } | ItemSource::Router { .. } => None,
+        }
+    }
+
     /// The numbering its position belongs to, where the server renumbers folders (IMAP
     /// UIDVALIDITY).
     pub fn numbering(&self) -> Option<u32> {
@@ -174,11 +184,24 @@ mod tests {
                 "router:ffee",
             ),
         ];
-        for (source, tag, key) in cases {
-            assert_eq!(source.key("ffee"), key);
-            let v = serde_json::to_value(&source).unwrap();
-            assert_eq!(v["type"], tag, "{v}");
-            assert_eq!(serde_json::from_value::<ItemSource>(v).unwrap(), source);
+        for (source, tag, key) in &cases {
+            assert_eq!(source.key("ffee"), *key);
+            let v = serde_json::to_value(source).unwrap();
+            assert_eq!(v["type"], *tag, "{v}");
+            assert_eq!(&serde_json::from_value::<ItemSource>(v).unwrap(), source);
         }
+        // Where it is, for traces and for re-mapping a renumbered folder.
+        let imap = &cases[0].0;
+        assert_eq!(
+            (imap.folder(), imap.numbering(), imap.position().as_str()),
+            (Some("INBOX"), Some(3), "UID 17")
+        );
+        let pop3 = &cases[1].0;
+        assert_eq!(
+            (pop3.folder(), pop3.numbering(), pop3.position().as_str()),
+            (None, None, "UIDL u1")
+        );
+        assert_eq!(cases[2].0.folder(), Some("Inbox"));
+        assert_eq!(cases[2].0.numbering(), None);
     }
 }

@@ -120,10 +120,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Re-maps one message of a renumbered IMAP folder (its UIDVALIDITY changed) to what the
-    /// mailbox already has. `source` is the message's new place (folder, UIDVALIDITY, UID);
+    /// Re-maps one message of a renumbered folder (its numbering — IMAP UIDVALIDITY — changed)
+    /// to what the mailbox already has. `source` is the message's new place (folder, numbering,
+    /// position);
     /// `message_id` and `raw_sha256` are those of the bytes intake would record. An item of
-    /// the same mailbox and folder from an *earlier* UIDVALIDITY with the same Message-ID (or
+    /// the same mailbox and folder from an *earlier* numbering with the same Message-ID (or
     /// none on both) *and* the same content takes the new source, and `note(old source)` is
     /// appended to its trace; each old item is taken at most once, so distinct messages that
     /// share a Message-ID, or identical copies, each keep or get their own item. Written only
@@ -138,12 +139,7 @@ impl Store {
         raw_sha256: &str,
         note: impl FnOnce(&ItemSource) -> String,
     ) -> Result<Remap, StoreError> {
-        let ItemSource::Imap {
-            folder,
-            uid_validity,
-            ..
-        } = source
-        else {
+        let (Some(folder), Some(numbering)) = (source.folder(), source.numbering()) else {
             return Ok(Remap::Unmatched { same_message_id: 0 });
         };
         let key = source.key(raw_sha256);
@@ -178,7 +174,8 @@ impl Store {
                     cause: e.to_string(),
                 };
                 let mut item: MailItem = serde_json::from_str(&doc).map_err(corrupt)?;
-                let earlier = matches!(&item.source, ItemSource::Imap { folder: f, uid_validity: v, .. } if f == folder && v != uid_validity);
+                let earlier = item.source.folder() == Some(folder)
+                    && item.source.numbering().is_some_and(|n| n != numbering);
                 if !earlier || item.message_id.as_deref() != message_id {
                     continue;
                 }

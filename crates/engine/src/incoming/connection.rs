@@ -11,9 +11,8 @@ use super::{
     ConnSlot, Ctx, Reconnect, Stop, WaitEnd, check, may_hold_connection, poll_interval, renew, wait,
 };
 use crate::policy::Failure;
-use crate::session::{Side, signed_in};
-use serversync_connectors::ServerAddr;
-use serversync_connectors::source::{Change, INBOX, MailSource};
+use crate::session::Side;
+use serversync_connectors::source::{Change, INBOX};
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::EmailServerProfile;
 use serversync_model::{ErrorKind, FailureStep};
@@ -21,7 +20,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
-    let address = cx.session.address(Side::Incoming).map_err(Stop::Failed)?;
     let hold = may_hold_connection(cx).await?;
     let mut reconnect = Reconnect::default();
     // The start of the last full round: a "sync now" requested after it starts another.
@@ -42,7 +40,7 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
         };
         let opened = Instant::now();
         let progress = cx.progress.load(Ordering::Relaxed);
-        let r = connected(cx, &address, &slot, hold, &mut last_round).await;
+        let r = connected(cx, &slot, hold, &mut last_round).await;
         slot.release(cx.store).await;
         // How long the connection counts as having lived: a connection that stored messages
         // before it dropped was a working one (the network blipped mid-sync), so the next
@@ -132,22 +130,11 @@ pub(crate) fn tracked_folders(m: &Mailbox, p: &EmailServerProfile) -> Vec<String
 /// IDLE on the Inbox until something arrives, a renewal is due, or a full round is due.
 async fn connected(
     cx: &Ctx<'_>,
-    address: &ServerAddr,
     slot: &ConnSlot,
     hold: bool,
     last_round: &mut chrono::DateTime<chrono::Utc>,
 ) -> Result<Ended, Stop> {
-    let login = cx.login_now().await?;
-    let mut source = signed_in(
-        &login,
-        MailSource::connect(
-            cx.session.profile.incoming_protocol,
-            address,
-            &login,
-            &cx.session.opts,
-        )
-        .await,
-    )?;
+    let mut source = cx.session.source(cx.store).await?.map_err(Stop::Failed)?;
     let watch = hold && source.can_watch();
     let mut folders = source.folders(&tracked_folders(&cx.session.mailbox, &cx.session.profile));
     // The Inbox last, so it is the folder watched.

@@ -15,8 +15,8 @@ use crate::policy::{self, Direction};
 use crate::session::{MailboxSession, Side};
 pub(crate) use crate::slots::ConnSlot;
 use crate::slots::jitter_seed;
+use serversync_connectors::ConnectError;
 use serversync_connectors::source::MailSource;
-use serversync_connectors::{ConnectError, Login};
 use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
@@ -225,16 +225,6 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The login for a new connection. An OAuth profile's token is asked for again (the cache
-    /// answers while it has time left), so a session outliving its token reconnects with a new
-    /// one; a token the server refused is dropped from the cache (see [`signed_in`]).
-    async fn login_now(&self) -> Result<Login, Stop> {
-        self.session
-            .login(self.store, Side::Incoming)
-            .await?
-            .map_err(Stop::Failed)
-    }
-
     /// Largest message body read in full: the attachment limit plus room for the text parts;
     /// what is above it is dropped by intake with the reason recorded.
     pub fn max_message_bytes(&self) -> usize {
