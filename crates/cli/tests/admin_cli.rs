@@ -4,10 +4,11 @@
 
 use serde_json::Value;
 use serversync_testkit::TestEnv;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_serversync");
@@ -43,7 +44,12 @@ struct Server {
     /// The first administrator's token, from the log of the first start.
     token: Option<String>,
     dir: PathBuf,
+    /// The server's latest log lines, shown when the test fails.
+    log: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// Log lines of the server kept for a failing test's report.
+const LOG_KEPT: usize = 300;
 
 impl Server {
     /// Starts `serve` on a free port, trusting the test CA, and waits (bounded) for its
@@ -67,11 +73,13 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
+        let log: Arc<Mutex<VecDeque<String>>> = Default::default();
         let mut server = Server {
             child,
             url: String::new(),
             token: None,
             dir: dir.to_owned(),
+            log: log.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -92,8 +100,17 @@ impl Server {
                     .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                     .collect();
                 server.url = format!("http://{addr}");
-                // Keep draining the log so the server never blocks on a full pipe.
-                std::thread::spawn(move || while rx.recv().is_ok() {});
+                // Keep draining the log so the server never blocks on a full pipe; the
+                // latest lines are kept for the report of a failing test.
+                std::thread::spawn(move || {
+                    while let Ok(line) = rx.recv() {
+                        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                        if log.len() == LOG_KEPT {
+                            log.pop_front();
+                        }
+                        log.push_back(line);
+                    }
+                });
                 return server;
             }
         }
@@ -135,8 +152,15 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// A failed test never leaves a server behind.
+    /// A failed test never leaves a server behind, and shows what the server logged last.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("--- the server's last {} log lines ---", log.len());
+            for line in log.iter() {
+                eprintln!("{line}");
+            }
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

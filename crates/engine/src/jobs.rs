@@ -69,22 +69,29 @@ async fn run_inner(ctx: &JobContext, mut job: Job, lease: &LeaseGuard) -> Result
                 .collect();
             let store = ctx.store.clone();
             let config = ctx.config.clone();
+            // Each test runs as its own task: a test must never sit suspended inside a store
+            // transaction (holding SQLite's write lock) while this loop writes the job's
+            // progress, which would wait for that lock until the busy timeout.
             let mut results = futures::stream::iter(remaining)
                 .map(|m| {
                     let store = store.clone();
                     let config = config.clone();
-                    async move {
-                        (
-                            m,
-                            crate::test_enable::test_and_enable(&store, &config, m).await,
-                        )
-                    }
+                    let test = tokio::spawn(async move {
+                        crate::test_enable::test_and_enable(&store, &config, m).await
+                    });
+                    async move { (m, test.await) }
                 })
                 .buffer_unordered(ctx.config.test_concurrency.max(1));
             while let Some((m, r)) = results.next().await {
                 let item = match r {
-                    Ok(item) => item,
+                    Ok(Ok(item)) => item,
                     Err(e) => serversync_model::job::JobItemResult {
+                        mailbox_id: m,
+                        ok: false,
+                        message: format!("internal error: the test stopped ({e})"),
+                        certificates: Vec::new(),
+                    },
+                    Ok(Err(e)) => serversync_model::job::JobItemResult {
                         mailbox_id: m,
                         ok: false,
                         message: format!("internal error: {e}"),
