@@ -167,15 +167,24 @@ impl MailboxSession {
         ConnSlot::acquire_in(store, &scope, max, owner, config.lease_ttl).await
     }
 
-    /// The mail source (the incoming server), connected and signed in. The caller holds a
-    /// connection slot ([`MailboxSession::slot`]) for as long as it keeps the source open.
-    pub async fn source(&self, store: &Store) -> Result<Result<MailSource, Failure>, StoreError> {
-        let server = match self.address(Side::Incoming) {
+    /// The server on `side` and how to sign in to it.
+    async fn server_and_login(
+        &self,
+        store: &Store,
+        side: Side,
+    ) -> Result<Result<(ServerAddr, Login), Failure>, StoreError> {
+        let server = match self.address(side) {
             Ok(s) => s,
             Err(p) => return Ok(Err(p)),
         };
-        let login = match self.login(store, Side::Incoming).await? {
-            Ok(l) => l,
+        Ok(self.login(store, side).await?.map(|login| (server, login)))
+    }
+
+    /// The mail source (the incoming server), connected and signed in. The caller holds a
+    /// connection slot ([`MailboxSession::slot`]) for as long as it keeps the source open.
+    pub async fn source(&self, store: &Store) -> Result<Result<MailSource, Failure>, StoreError> {
+        let (server, login) = match self.server_and_login(store, Side::Incoming).await? {
+            Ok(x) => x,
             Err(p) => return Ok(Err(p)),
         };
         let protocol = self.profile.incoming_protocol;
@@ -192,12 +201,8 @@ impl MailboxSession {
         config: &EngineConfig,
         owner: &str,
     ) -> Result<Result<Option<(MailTransport, ConnSlot)>, Failure>, StoreError> {
-        let server = match self.address(Side::Outgoing) {
-            Ok(s) => s,
-            Err(p) => return Ok(Err(p)),
-        };
-        let login = match self.login(store, Side::Outgoing).await? {
-            Ok(l) => l,
+        let (server, login) = match self.server_and_login(store, Side::Outgoing).await? {
+            Ok(x) => x,
             Err(p) => return Ok(Err(p)),
         };
         let Some(slot) = self.slot(store, config, Side::Outgoing, owner).await? else {
@@ -228,12 +233,8 @@ impl MailboxSession {
                 "the profile does not use IMAP",
             )));
         }
-        let server = match self.address(Side::Incoming) {
-            Ok(s) => s,
-            Err(p) => return Ok(Err(p)),
-        };
-        let login = match self.login(store, Side::Incoming).await? {
-            Ok(l) => l,
+        let (server, login) = match self.server_and_login(store, Side::Incoming).await? {
+            Ok(x) => x,
             Err(p) => return Ok(Err(p)),
         };
         let opened = SentFolder::open(protocol, &server, &login, &self.opts, folder).await;
