@@ -3,7 +3,8 @@
 # missing: Dovecot (IMAP, POP3, LMTP), Postfix, Radicale, OpenSSL, the PostgreSQL server
 # binaries (when initdb/pg_ctl are not found: the fault-injection suite restarts a private
 # cluster even when a server is reachable), Python 3 with aiosmtpd (the scripted
-# SMTP peer of the fault tests), cargo-nextest and the Python openapi-spec-validator; for the
+# SMTP peer of the fault tests), xmllint (the EWS schema checks), cargo-nextest, the Python
+# openapi-spec-validator, exchangelib and pyspnego (the Exchange tests' independent EWS client and NTLM acceptor); for the
 # browser tests Debian's Chromium, Node.js and npm (when `node`/`npm` are missing) and the npm
 # packages of e2e/ (playwright-core, no browser download).
 # Idempotent: on a machine that has everything it changes nothing and needs no network.
@@ -35,7 +36,7 @@ have_pg_binaries() {
 
 missing=()
 for pkg in dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix radicale openssl postgresql-client iproute2 \
-    python3 python3-aiosmtpd; do
+    python3 python3-aiosmtpd libxml2-utils; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ! have_pg_binaries; then
@@ -89,6 +90,14 @@ fi
 if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
     log "installing openapi-spec-validator"
     python3 -m pip install --quiet openapi-spec-validator
+fi
+
+# The Exchange tests' independent peers (PyPI): exchangelib drives the EWS test double as an
+# EWS client of its own, and pyspnego's NTLM acceptor checks our NTLMv2 client (channel
+# binding included).
+if ! python3 -c 'import exchangelib, spnego' >/dev/null 2>&1; then
+    log "installing exchangelib and pyspnego"
+    python3 -m pip install --quiet 'exchangelib==5.6.0' 'pyspnego==0.12.4'
 fi
 
 # npm packages of the browser tests (e2e/package-lock.json): playwright-core drives Debian's
