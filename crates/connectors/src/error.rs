@@ -29,6 +29,13 @@ pub struct ConnectError {
     /// For a refused TLS certificate: what the server presented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<Box<CertificateInfo>>,
+    /// A code more specific than the step's (`impersonation_denied`,
+    /// `unsupported_exchange_version`, …), where the server's answer names the cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// How long the server asked to be left alone (throttling), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ConnectError {
@@ -38,7 +45,26 @@ impl ConnectError {
             kind,
             message: message.into(),
             certificate: None,
+            code: None,
+            retry_after_ms: None,
         }
+    }
+
+    /// With a code more specific than the step's.
+    pub fn with_code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_owned());
+        self
+    }
+
+    /// With the delay the server asked for.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after_ms = Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// The delay the server asked for, if it named one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after_ms.map(Duration::from_millis)
     }
 
     /// Whether trying again later can succeed without a person changing something.

@@ -102,6 +102,7 @@
 pub mod certificate;
 pub mod dsn;
 pub mod error;
+pub mod ews;
 pub mod http;
 pub mod imap;
 pub mod items;
@@ -109,6 +110,7 @@ pub mod lmtp;
 pub mod login;
 pub mod mime;
 pub mod net;
+pub mod ntlm;
 pub mod oauth;
 pub mod policy;
 pub mod pop3;

@@ -131,6 +131,20 @@ impl MailStream {
         }
     }
 
+    /// The DER bytes of the certificate the server presented (TLS only): what a channel
+    /// binding (`tls-server-end-point`) is computed from.
+    pub fn certificate_der(&self) -> Option<Vec<u8>> {
+        match self {
+            MailStream::Plain(_) => None,
+            MailStream::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec()),
+        }
+    }
+
     /// Protocol version and cipher suite, e.g. `TLSv1_3 / TLS13_AES_256_GCM_SHA384`.
     pub fn tls_summary(&self) -> Option<String> {
         match self {

@@ -86,14 +86,18 @@ impl Failure {
 }
 
 impl From<&ConnectError> for Failure {
-    /// Coded by the step that failed: `authentication_failed`, `tls_failed`, ...
+    /// Coded by the server's cause where the connector named one, else by the step that
+    /// failed: `authentication_failed`, `tls_failed`, ...
     fn from(e: &ConnectError) -> Self {
         Failure {
             kind: e.kind,
             step: Some(e.step),
-            code: format!("{}_failed", serversync_model::wire_name(&e.step)),
+            code: e
+                .code
+                .clone()
+                .unwrap_or_else(|| format!("{}_failed", serversync_model::wire_name(&e.step))),
             message: e.to_string(),
-            retry_after: None,
+            retry_after: e.retry_after(),
         }
     }
 }
