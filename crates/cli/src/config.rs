@@ -28,6 +28,24 @@ pub struct Config {
     pub network: NetworkSection,
     pub retention: RetentionSection,
     pub alerts: AlertsSection,
+    pub exchange: ExchangeSection,
+}
+
+/// `[exchange]`: how Exchange servers are found.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExchangeSection {
+    /// The HTTPS port Autodiscover asks at (`https://<domain>:<port>/autodiscover/…`); 443
+    /// unless Autodiscover is published elsewhere (or a test server runs).
+    pub autodiscover_port: u16,
+}
+
+impl Default for ExchangeSection {
+    fn default() -> Self {
+        Self {
+            autodiscover_port: 443,
+        }
+    }
 }
 
 /// Alert emails: how a failing profile's owner is emailed when their own mailbox cannot send.
@@ -324,6 +342,7 @@ impl Default for Config {
             network: NetworkSection::default(),
             retention: RetentionSection::default(),
             alerts: AlertsSection::default(),
+            exchange: ExchangeSection::default(),
         }
     }
 }
@@ -687,6 +706,7 @@ impl Config {
             },
             auth: self.auth(),
             retention: self.retention.config(),
+            autodiscover_port: self.exchange.autodiscover_port,
             alerts: serversync_engine::alerts_email::AlertsConfig {
                 smtp_relay: self.alerts.smtp_relay.as_ref().map(|r| {
                     serversync_engine::alerts_email::SmtpRelay {

@@ -12,35 +12,61 @@ use serversync_model::profile::{IncomingProtocol, OutgoingProtocol};
 
 use crate::error::ConnectError;
 use crate::login::Login;
-use crate::net::{ConnectOptions, ServerAddr};
+use crate::ews;
+use crate::net::ConnectOptions;
+use crate::server::Server;
 
-/// Probes the incoming server (the mail source) of `protocol`: [`crate::imap::probe`] or
-/// [`crate::pop3::probe`]. `None` when the protocol has no connector in this version.
+/// Probes the incoming server (the mail source) of `protocol`: [`crate::imap::probe`],
+/// [`crate::pop3::probe`] or [`crate::ews::probe::probe`]. `None` when the protocol has no
+/// connector in this version, or the server is not of its kind.
 pub async fn incoming(
     protocol: IncomingProtocol,
-    addr: &ServerAddr,
+    server: &Server,
     login: &Login,
     opts: &ConnectOptions,
 ) -> Option<ProbeReport> {
-    match protocol {
-        IncomingProtocol::Imap => Some(crate::imap::probe(addr, login, opts).await),
-        IncomingProtocol::Pop3 => Some(crate::pop3::probe(addr, login, opts).await),
-        IncomingProtocol::Ews | IncomingProtocol::Graph => None,
+    match (protocol, server) {
+        (IncomingProtocol::Imap, Server::Mail(addr)) => {
+            Some(crate::imap::probe(addr, login, opts).await)
+        }
+        (IncomingProtocol::Pop3, Server::Mail(addr)) => {
+            Some(crate::pop3::probe(addr, login, opts).await)
+        }
+        (IncomingProtocol::Ews, Server::Ews(t)) => {
+            Some(crate::ews::probe::probe(t, login, opts, ews::probe::Direction::Incoming).await)
+        }
+        _ => None,
     }
 }
 
 /// Probes the outgoing server (the mail transport) of `protocol` for sending as `sender`:
-/// [`crate::smtp::probe`]. `None` when the protocol has no connector in this version.
+/// [`crate::smtp::probe`] or [`crate::ews::probe::probe`]. `None` when the protocol has no
+/// connector in this version, or the server is not of its kind.
 pub async fn outgoing(
     protocol: OutgoingProtocol,
-    addr: &ServerAddr,
+    server: &Server,
     login: Option<&Login>,
     sender: &str,
     opts: &ConnectOptions,
 ) -> Option<ProbeReport> {
-    match protocol {
-        OutgoingProtocol::Smtp => Some(crate::smtp::probe(addr, login, sender, opts).await),
-        OutgoingProtocol::Ews | OutgoingProtocol::Graph => None,
+    match (protocol, server) {
+        (OutgoingProtocol::Smtp, Server::Mail(addr)) => {
+            Some(crate::smtp::probe(addr, login, sender, opts).await)
+        }
+        (OutgoingProtocol::Ews, Server::Ews(t)) => Some(match login {
+            Some(login) => {
+                crate::ews::probe::probe(t, login, opts, ews::probe::Direction::Outgoing).await
+            }
+            None => StepLog::new().finish(
+                Vec::new(),
+                Err(ConnectError::new(
+                    FailureStep::Authentication,
+                    serversync_model::ErrorKind::Config,
+                    "Exchange needs credentials to send: enter them in the profile or the mailbox",
+                )),
+            ),
+        }),
+        _ => None,
     }
 }
 
@@ -73,6 +99,10 @@ pub struct ProbeReport {
     /// The certificate was accepted because the profile pins its fingerprint.
     #[serde(default)]
     pub certificate_pinned: bool,
+    /// The endpoint reached, where the server was found rather than configured (the EWS
+    /// URL Autodiscover found, or the one configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 impl ProbeReport {
@@ -191,6 +221,7 @@ impl StepLog {
             failure,
             certificate,
             certificate_pinned: self.certificate_pinned,
+            endpoint: None,
         }
     }
 }

@@ -1,29 +1,38 @@
 //! The *mail source* role: where a mailbox's incoming mail is read from, whatever the
-//! protocol. A [`MailSource`] is a closed enum with one `match` per operation (IMAP and POP3
-//! today; EWS and Microsoft Graph are one arm each when they arrive):
+//! protocol. A [`MailSource`] is a closed enum with one `match` per operation (IMAP, POP3 and
+//! Exchange over EWS; Microsoft Graph is one arm when it arrives):
 //!
 //! - [`MailSource::open`] a folder from its committed, typed [`FolderCursor`]: what is new
 //!   after it (a page of [`Listed`] messages), or that nothing changed;
 //! - [`MailSource::fetch`] a page's messages (raw bytes, never marking them read);
 //! - [`Opened::committed`] / [`Opened::missing`] / [`Opened::finished`]: the next cursor once
 //!   the caller has committed what it fetched (the caller stores it; nothing here does);
-//! - [`MailSource::wait`] for a change (IMAP IDLE; a source without push says so with
-//!   [`MailSource::can_watch`] and is polled);
+//! - [`MailSource::wait`] for a change (IMAP IDLE, EWS streaming notifications; a source
+//!   without push says so with [`MailSource::can_watch`] and is polled);
 //! - acknowledge: [`MailSource::delete`] (POP3 `DELE`, carried out at [`MailSource::close`])
 //!   and [`MailSource::move_to_undeliverable`] (IMAP).
 //!
 //! The source knows nothing of the store: which messages are already kept, and whether the
 //! cursor may move, is the caller's (the engine's) decision.
 
+use crate::ews::events::EventStream;
+use crate::ews::ops::{self, FolderRef, SyncChange};
+use crate::ews::{self, EwsClient};
 use crate::imap::sync::{BodyFetch, IdleEvent, SyncSession};
-use crate::{
-    ConnectError, ConnectOptions, ErrorKind, FailureStep, Login, Result, ServerAddr, pop3,
-};
+use crate::server::{EwsTarget, Server};
+use crate::{ConnectError, ConnectOptions, ErrorKind, FailureStep, Login, Result, pop3};
 use serversync_model::Timestamp;
 use serversync_model::item::ItemSource;
 use serversync_model::profile::IncomingProtocol;
-use serversync_model::sync::{FolderCursor, ImapCursor};
+use serversync_model::sync::{FolderCursor, ImapCursor, ServerTokenCursor};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
+
+/// Changes asked for per `SyncFolderItems` (at most 512).
+const EWS_SYNC_PAGE: u32 = 200;
+/// Messages asked for per `GetItem`, and the most MIME bytes (by their listed sizes) in one.
+const EWS_GET_BATCH: usize = 16;
+const EWS_GET_BYTES: u64 = 24 << 20;
 
 /// The folder every source has.
 pub const INBOX: &str = "INBOX";
@@ -36,6 +45,23 @@ pub const UNDELIVERABLE: &str = "Undeliverable";
 pub enum MailSource {
     Imap(ImapSource),
     Pop3(Pop3Source),
+    Ews(EwsSource),
+}
+
+/// Exchange (EWS): folders read with `SyncFolderItems` (the `SyncState` is the cursor),
+/// messages with `GetItem` and their MIME content, new mail announced by streaming
+/// notifications on a second connection.
+pub struct EwsSource {
+    client: EwsClient,
+    target: EwsTarget,
+    login: Login,
+    opts: ConnectOptions,
+    /// Folder ids by name, found once per session.
+    folders: HashMap<String, FolderRef>,
+    /// The streaming notifications, once waited on.
+    events: Option<EventStream>,
+    /// The server refused notifications: waiting is timed polling.
+    no_events: bool,
 }
 
 /// IMAP: a [`SyncSession`] and whether the server offers CONDSTORE.
@@ -110,6 +136,8 @@ pub struct Opened {
     pub relisted: bool,
     /// IMAP: the folder's HIGHESTMODSEQ when opened.
     highest_modseq: Option<u64>,
+    /// EWS: the sync state once the whole page is committed.
+    next_token: Option<String>,
     /// Renumbered folders still being re-mapped since an earlier session.
     remapping: bool,
 }
@@ -123,8 +151,21 @@ impl Opened {
 
     /// The cursor once `upto` (and everything listed before it) is committed.
     pub fn committed(&self, cursor: &mut FolderCursor, upto: &Listed) {
-        if let FolderCursor::Imap(c) = cursor {
-            c.last_uid = Some(c.last_uid.map_or(upto.handle, |u| u.max(upto.handle)));
+        match cursor {
+            FolderCursor::Imap(c) => {
+                c.last_uid = Some(c.last_uid.map_or(upto.handle, |u| u.max(upto.handle)));
+            }
+            // A sync state covers its whole page: it moves when the page's last message is.
+            FolderCursor::ServerToken(_) => {
+                if let Some(token) = &self.next_token
+                    && self.listed.last().is_some_and(|l| l.handle == upto.handle)
+                {
+                    *cursor = FolderCursor::ServerToken(ServerTokenCursor {
+                        token: token.clone(),
+                    });
+                }
+            }
+            FolderCursor::Pop3 => {}
         }
     }
 
@@ -146,6 +187,9 @@ impl Opened {
             let below = page.iter().map(|l| l.handle).filter(|u| *u < first).max();
             c.last_uid = below.or_else(|| before.imap().and_then(|b| b.last_uid));
             c.highest_modseq = None;
+        } else if matches!(cursor, FolderCursor::ServerToken(_)) {
+            // The page is read again from the state before it.
+            *cursor = before.clone();
         }
     }
 
@@ -174,7 +218,10 @@ pub enum Change {
 
 /// Whether serversync can read mail over `protocol` in this version.
 pub fn available(protocol: IncomingProtocol) -> bool {
-    matches!(protocol, IncomingProtocol::Imap | IncomingProtocol::Pop3)
+    matches!(
+        protocol,
+        IncomingProtocol::Imap | IncomingProtocol::Pop3 | IncomingProtocol::Ews
+    )
 }
 
 fn not_available(protocol: IncomingProtocol) -> ConnectError {
@@ -189,13 +236,29 @@ fn not_available(protocol: IncomingProtocol) -> ConnectError {
 }
 
 impl MailSource {
-    /// Connects to `addr` and signs in with `login`.
+    /// Connects to `server` and signs in with `login`.
     pub async fn connect(
         protocol: IncomingProtocol,
-        addr: &ServerAddr,
+        server: &Server,
         login: &Login,
         opts: &ConnectOptions,
     ) -> Result<MailSource> {
+        let addr = match (protocol, server) {
+            (IncomingProtocol::Ews, Server::Ews(t)) => {
+                let client = ews::open(t, login, opts).await?;
+                return Ok(MailSource::Ews(EwsSource {
+                    client,
+                    target: t.clone(),
+                    login: login.clone(),
+                    opts: opts.clone(),
+                    folders: HashMap::new(),
+                    events: None,
+                    no_events: false,
+                }));
+            }
+            (_, Server::Mail(addr)) => addr,
+            (other, _) => return Err(not_available(other)),
+        };
         match protocol {
             IncomingProtocol::Imap => {
                 let session = SyncSession::connect(addr, login, opts).await?;
@@ -231,6 +294,15 @@ impl MailSource {
         match self {
             MailSource::Imap(s) => s.session.has_capability("IDLE"),
             MailSource::Pop3(_) => false,
+            MailSource::Ews(_) => true,
+        }
+    }
+
+    /// The server this source reached, once found (the EWS URL Autodiscover found).
+    pub fn endpoint(&self) -> Option<String> {
+        match self {
+            MailSource::Ews(s) => Some(s.client.url()),
+            _ => None,
         }
     }
 
@@ -247,7 +319,7 @@ impl MailSource {
     /// where the protocol has folders (POP3 has only the Inbox).
     pub fn folders(&self, tracked: &[String]) -> Vec<String> {
         let mut out = match self {
-            MailSource::Imap(_) => tracked.to_vec(),
+            MailSource::Imap(_) | MailSource::Ews(_) => tracked.to_vec(),
             MailSource::Pop3(_) => Vec::new(),
         };
         out.push(INBOX.to_owned());
@@ -265,6 +337,7 @@ impl MailSource {
         match self {
             MailSource::Imap(s) => s.open(folder, cursor).await,
             MailSource::Pop3(s) => s.open(folder).await,
+            MailSource::Ews(s) => s.open(folder, cursor).await,
         }
     }
 
@@ -293,6 +366,14 @@ impl MailSource {
                     max_bytes,
                 }
             }
+            MailSource::Ews(s) => Fetch::Ews {
+                client: &mut s.client,
+                page,
+                next: 0,
+                max_bytes,
+                ready: VecDeque::new(),
+                missing: Vec::new(),
+            },
             MailSource::Pop3(s) => {
                 // Room above the limit for the dot-stuffing and line-ending slack of RETR.
                 s.client
@@ -321,6 +402,7 @@ impl MailSource {
                 tokio::time::sleep(max).await;
                 Ok(Change::Nothing)
             }
+            MailSource::Ews(s) => s.wait(max).await,
         }
     }
 
@@ -343,6 +425,9 @@ impl MailSource {
         folder: &str,
         messages: &[ItemSource],
     ) -> Result<usize> {
+        if let MailSource::Ews(s) = self {
+            return s.move_to_undeliverable(folder, messages).await;
+        }
         let MailSource::Imap(s) = self else {
             return Ok(0);
         };
@@ -372,7 +457,158 @@ impl MailSource {
                 Ok(())
             }
             MailSource::Pop3(s) => s.client.quit().await,
+            MailSource::Ews(mut s) => {
+                if let Some(events) = s.events.take() {
+                    events.close().await;
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+impl EwsSource {
+    /// The folder named `name`: the Inbox, or a folder found by its display name.
+    async fn folder(&mut self, name: &str) -> Result<FolderRef> {
+        if name.eq_ignore_ascii_case(INBOX) {
+            return Ok(FolderRef::INBOX);
+        }
+        if let Some(f) = self.folders.get(name) {
+            return Ok(f.clone());
+        }
+        let found = ops::find_folder(&mut self.client, name).await?.ok_or_else(|| {
+            ConnectError::new(
+                FailureStep::Protocol,
+                ErrorKind::Config,
+                format!(
+                    "the mailbox has no folder named {name}: create it, or remove it from the \
+                     tracked folders"
+                ),
+            )
+            .with_code("folder_not_found")
+        })?;
+        let f = FolderRef::Id(found.id);
+        self.folders.insert(name.to_owned(), f.clone());
+        Ok(f)
+    }
+
+    async fn open(&mut self, folder: &str, cursor: Option<&FolderCursor>) -> Result<Opened> {
+        let f = self.folder(folder).await?;
+        let mut token = match cursor {
+            Some(FolderCursor::ServerToken(t)) => Some(t.token.clone()),
+            _ => None,
+        };
+        let page = match ops::sync_folder_items(&mut self.client, &f, token.as_deref(), EWS_SYNC_PAGE)
+            .await
+        {
+            Err(e) if e.code.as_deref() == Some("sync_state_invalid") && token.is_some() => {
+                // The server forgot the state: the folder is read from the start (each message
+                // is kept once, by its item id).
+                tracing::warn!(folder, "EWS sync state refused; reading the folder from the start");
+                token = None;
+                ops::sync_folder_items(&mut self.client, &f, None, EWS_SYNC_PAGE).await?
+            }
+            r => r?,
+        };
+        let listed: Vec<Listed> = page
+            .changes
+            .into_iter()
+            .filter_map(|c| match c {
+                SyncChange::Create(item) => Some(item),
+                _ => None,
+            })
+            .enumerate()
+            .map(|(i, item)| Listed {
+                source: ItemSource::Ews {
+                    folder: folder.to_owned(),
+                    item_id: item.id,
+                },
+                size: item.size.unwrap_or(0),
+                handle: u32::try_from(i).unwrap_or(u32::MAX),
+            })
+            .collect();
+        let before = FolderCursor::ServerToken(ServerTokenCursor {
+            token: token.unwrap_or_default(),
+        });
+        // A page with nothing new moves the cursor at once; otherwise its last message does.
+        let cursor = if listed.is_empty() {
+            FolderCursor::ServerToken(ServerTokenCursor {
+                token: page.sync_state.clone(),
+            })
+        } else {
+            before
+        };
+        Ok(Opened {
+            folder: folder.to_owned(),
+            state: FolderState::Changed,
+            cursor,
+            listed,
+            more: !page.last,
+            relisted: false,
+            highest_modseq: None,
+            next_token: Some(page.sync_state),
+            remapping: false,
+        })
+    }
+
+    /// Waits for new mail: streaming notifications on a connection of their own (subscribed
+    /// on first use), or, where the server refuses them, timed polling.
+    async fn wait(&mut self, max: Duration) -> Result<Change> {
+        if self.no_events {
+            tokio::time::sleep(max.min(Duration::from_secs(60))).await;
+            return Ok(Change::NewMail);
+        }
+        if self.events.is_none() {
+            match EventStream::start(&self.target, &self.login, &self.opts, &[FolderRef::INBOX])
+                .await
+            {
+                Ok(s) => self.events = Some(s),
+                Err(e) if e.kind == ErrorKind::Permanent || e.kind == ErrorKind::Config => {
+                    tracing::warn!(error = %e, "EWS streaming notifications refused; polling instead");
+                    self.no_events = true;
+                    return Ok(Change::NewMail);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(events) = self.events.as_mut() else {
+            return Ok(Change::Nothing);
+        };
+        match events.next(max).await {
+            Ok(Some(true)) => Ok(Change::NewMail),
+            Ok(Some(false)) => Ok(Change::Nothing),
+            Ok(None) => {
+                // The stream ended (its time is up, or the subscription expired): start again
+                // on the next wait, and read the folder meanwhile in case something arrived.
+                if let Some(e) = self.events.take() {
+                    e.close().await;
+                }
+                Ok(Change::NewMail)
+            }
+            Err(e) => {
+                self.events = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn move_to_undeliverable(
+        &mut self,
+        folder: &str,
+        messages: &[ItemSource],
+    ) -> Result<usize> {
+        let ids: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| match m {
+                ItemSource::Ews { item_id, .. } => Some(item_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        if folder == UNDELIVERABLE || ids.is_empty() {
+            return Ok(0);
+        }
+        let target = ops::folder_or_create(&mut self.client, UNDELIVERABLE).await?;
+        ops::move_items(&mut self.client, &ids, &FolderRef::Id(target.id)).await
     }
 }
 
@@ -413,6 +649,7 @@ impl ImapSource {
                 more: false,
                 relisted: false,
                 highest_modseq: status.highest_modseq,
+                next_token: None,
                 remapping: false,
             });
         }
@@ -443,6 +680,7 @@ impl ImapSource {
             more: listing.more,
             relisted: false,
             highest_modseq: status.highest_modseq,
+            next_token: None,
         })
     }
 }
@@ -473,9 +711,73 @@ impl Pop3Source {
             more: false,
             relisted: true,
             highest_modseq: None,
+            next_token: None,
             remapping: false,
         })
     }
+}
+
+/// Reads the next batch of `page` from `*next` into `ready`: MIME content for messages within
+/// `max_bytes`, the header alone for a larger one; a message the server no longer has is
+/// left out (it was deleted meanwhile), one it failed to give is `missing`.
+async fn ews_fetch_batch(
+    client: &mut EwsClient,
+    page: &[Listed],
+    next: &mut usize,
+    max_bytes: u64,
+    ready: &mut VecDeque<Fetched>,
+    missing: &mut Vec<usize>,
+) -> Result<()> {
+    let item_id = |l: &Listed| match &l.source {
+        ItemSource::Ews { item_id, .. } => item_id.clone(),
+        _ => String::new(),
+    };
+    if page[*next].size > max_bytes {
+        let index = *next;
+        *next += 1;
+        let header = ops::get_headers(client, &item_id(&page[index])).await?;
+        ready.push_back(Fetched {
+            source: page[index].source.clone(),
+            raw: header,
+            received: chrono::Utc::now(),
+            too_large: Some((page[index].size, max_bytes)),
+            index,
+        });
+        return Ok(());
+    }
+    let start = *next;
+    let mut bytes = 0u64;
+    while *next < page.len()
+        && *next - start < EWS_GET_BATCH
+        && page[*next].size <= max_bytes
+        && (*next == start || bytes + page[*next].size <= EWS_GET_BYTES)
+    {
+        bytes += page[*next].size;
+        *next += 1;
+    }
+    let ids: Vec<String> = page[start..*next].iter().map(item_id).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let got = ops::get_mime(client, &refs).await?;
+    for (offset, r) in got.into_iter().enumerate() {
+        let index = start + offset;
+        match r {
+            Ok(item) => ready.push_back(Fetched {
+                source: page[index].source.clone(),
+                raw: item.mime,
+                received: item.received.unwrap_or_else(chrono::Utc::now),
+                too_large: None,
+                index,
+            }),
+            Err(e) if e.message.contains("ErrorItemNotFound") => {
+                tracing::info!(item = %ids[offset], "EWS item deleted before it was read");
+            }
+            Err(e) => {
+                tracing::warn!(item = %ids[offset], error = %e, "EWS item not returned");
+                missing.push(index);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Messages being fetched: [`Fetch::next`] until `None`, then [`Fetch::missing`].
@@ -493,12 +795,37 @@ pub enum Fetch<'a> {
         next: usize,
         max_bytes: usize,
     },
+    Ews {
+        client: &'a mut EwsClient,
+        page: &'a [Listed],
+        /// The next position of the page to ask for.
+        next: usize,
+        max_bytes: usize,
+        ready: VecDeque<Fetched>,
+        missing: Vec<usize>,
+    },
 }
 
 impl Fetch<'_> {
     /// The next message, in the server's order.
     pub async fn next(&mut self) -> Result<Option<Fetched>> {
         match self {
+            Fetch::Ews {
+                client,
+                page,
+                next,
+                max_bytes,
+                ready,
+                missing,
+            } => loop {
+                if let Some(f) = ready.pop_front() {
+                    return Ok(Some(f));
+                }
+                if *next >= page.len() {
+                    return Ok(None);
+                }
+                ews_fetch_batch(client, page, next, *max_bytes as u64, ready, missing).await?;
+            },
             Fetch::Imap {
                 fetch,
                 page,
@@ -569,6 +896,7 @@ impl Fetch<'_> {
     /// Positions (in the page) of the messages the server did not return.
     pub fn missing(&self) -> Vec<usize> {
         match self {
+            Fetch::Ews { missing, .. } => missing.clone(),
             Fetch::Imap { fetch, page, .. } => {
                 let missing = fetch.missing();
                 page.iter()

@@ -12,17 +12,39 @@
 //!   ([`imap::sync::SyncSession`]): `APPEND` with `\Seen`, and `UID SEARCH HEADER Message-ID`
 //!   to find a message a worker may have sent before it died.
 //!
-//! Exchange (EWS) and Microsoft Graph have no connector in this version:
-//! [`MailTransport::available`] and [`SentFolder::available`] say so before connecting.
+//! - Exchange (EWS, [`EwsClient`]): `CreateItem` with the MIME content and
+//!   `MessageDisposition=SendAndSaveCopy`, so the server keeps the copy in Sent Items itself;
+//!   the Sent folder role finds a Message-ID there with `FindItem` on `InternetMessageId`.
+//!
+//! Microsoft Graph has no connector in this version: [`MailTransport::available`] and
+//! [`SentFolder::available`] say so before connecting.
 
 use serversync_model::profile::{IncomingProtocol, OutgoingProtocol};
 use serversync_model::{ErrorKind, FailureStep};
 
 use crate::error::ConnectError;
+use crate::ews::ops::{self, Disposition, FolderRef};
+use crate::ews::{self, EwsClient};
 use crate::imap::sync::SyncSession;
 use crate::login::Login;
-use crate::net::{ConnectOptions, ServerAddr};
+use crate::net::ConnectOptions;
+use crate::server::Server;
 use crate::smtp;
+use std::time::Duration;
+
+/// Waits for a throttled send at most this many times before handing the email back to be
+/// sent later.
+const THROTTLED_WAITS: u32 = 3;
+/// The longest single wait for a throttled send.
+const MAX_THROTTLED_WAIT: Duration = Duration::from_secs(60);
+
+fn wrong_server(what: &str) -> ConnectError {
+    ConnectError::new(
+        FailureStep::Protocol,
+        ErrorKind::Config,
+        format!("the profile's {what} server is not of its protocol's kind: check the profile"),
+    )
+}
 
 fn not_available(what: &str) -> ConnectError {
     ConnectError::new(
@@ -36,6 +58,15 @@ fn not_available(what: &str) -> ConnectError {
 #[derive(Debug)]
 pub enum MailTransport {
     Smtp(smtp::SmtpConnection),
+    Ews(EwsTransport),
+}
+
+/// Sending through Exchange Web Services.
+#[derive(Debug)]
+pub struct EwsTransport {
+    client: EwsClient,
+    /// Throttled sends waited out since the last [`MailTransport::take_waits`].
+    waits: Vec<String>,
 }
 
 /// What the server did with a submitted message (see [`MailTransport::submit`]).
@@ -77,28 +108,42 @@ impl MailTransport {
     /// Whether `protocol` has a mail transport connector in this version.
     pub fn available(protocol: OutgoingProtocol) -> bool {
         match protocol {
-            OutgoingProtocol::Smtp => true,
-            OutgoingProtocol::Ews | OutgoingProtocol::Graph => false,
+            OutgoingProtocol::Smtp | OutgoingProtocol::Ews => true,
+            OutgoingProtocol::Graph => false,
         }
     }
 
-    /// Connects to `addr` and signs in with `login` when one is given.
+    /// Connects to `server` and signs in with `login` when one is given (Exchange signs in
+    /// with its first request).
     pub async fn connect(
         protocol: OutgoingProtocol,
-        addr: &ServerAddr,
+        server: &Server,
         login: Option<&Login>,
         opts: &ConnectOptions,
     ) -> Result<MailTransport, ConnectError> {
-        match protocol {
-            OutgoingProtocol::Smtp => {
+        match (protocol, server) {
+            (OutgoingProtocol::Smtp, Server::Mail(addr)) => {
                 let mut c = smtp::connect(addr, opts).await?;
                 if let Some(login) = login {
                     c.login(login).await?;
                 }
                 Ok(MailTransport::Smtp(c))
             }
-            OutgoingProtocol::Ews => Err(not_available("Exchange (EWS)")),
-            OutgoingProtocol::Graph => Err(not_available("Microsoft Graph")),
+            (OutgoingProtocol::Ews, Server::Ews(t)) => {
+                let login = login.ok_or_else(|| {
+                    ConnectError::new(
+                        FailureStep::Authentication,
+                        ErrorKind::Config,
+                        "Exchange needs credentials to send: enter them in the profile or the mailbox",
+                    )
+                })?;
+                Ok(MailTransport::Ews(EwsTransport {
+                    client: ews::open(t, login, opts).await?,
+                    waits: Vec::new(),
+                }))
+            }
+            (OutgoingProtocol::Graph, _) => Err(not_available("Microsoft Graph")),
+            _ => Err(wrong_server("outgoing")),
         }
     }
 
@@ -113,6 +158,7 @@ impl MailTransport {
     ) -> Result<Submission, ConnectError> {
         match self {
             MailTransport::Smtp(c) => smtp_submit(c, from, rcpts, message).await,
+            MailTransport::Ews(t) => ews_submit(t, rcpts, message).await,
         }
     }
 
@@ -121,6 +167,16 @@ impl MailTransport {
     pub fn keeps_sent_copy(&self) -> bool {
         match self {
             MailTransport::Smtp(_) => false,
+            MailTransport::Ews(_) => true,
+        }
+    }
+
+    /// The throttling the last submissions waited out (`waited 5 s: Exchange asked…`), for
+    /// the email's trace; emptied by the call.
+    pub fn take_waits(&mut self) -> Vec<String> {
+        match self {
+            MailTransport::Smtp(_) => Vec::new(),
+            MailTransport::Ews(t) => std::mem::take(&mut t.waits),
         }
     }
 
@@ -130,8 +186,117 @@ impl MailTransport {
             MailTransport::Smtp(c) => {
                 let _ = c.quit().await;
             }
+            MailTransport::Ews(_) => {}
         }
     }
+}
+
+/// One message through Exchange: `CreateItem` with `SendAndSaveCopy` into Sent Items. The
+/// recipients are the message's own (To, Cc, and a `Bcc` field added for envelope recipients
+/// the header does not name; Exchange sends Bcc without showing it). Throttling is waited out
+/// up to [`THROTTLED_WAITS`] times.
+async fn ews_submit(
+    t: &mut EwsTransport,
+    rcpts: &[String],
+    message: &[u8],
+) -> Result<Submission, ConnectError> {
+    let mime = with_bcc(message, rcpts);
+    let body = ops::create_item_body(
+        &mime,
+        Disposition::SendAndSaveCopy,
+        &FolderRef::SENT_ITEMS,
+        t.client.acting(),
+    );
+    let mut waited = 0;
+    loop {
+        let refusal = match t.client.send_operation("CreateItem", &body).await {
+            ews::Sent::Answered(Ok(answer)) => {
+                match answer
+                    .messages()
+                    .first()
+                    .map(|m| ews::check(m, "CreateItem"))
+                {
+                    Some(Ok(())) => return Ok(Submission::Sent),
+                    Some(Err(e)) => e,
+                    None => {
+                        return Ok(Submission::Unknown {
+                            reason: "the CreateItem answer has no response message".into(),
+                        });
+                    }
+                }
+            }
+            ews::Sent::Answered(Err(e)) => e,
+            ews::Sent::NotSent(e) => return Err(e),
+            ews::Sent::NoAnswer(e) => {
+                return Ok(Submission::Unknown {
+                    reason: e.to_string(),
+                });
+            }
+        };
+        if refusal.kind == ErrorKind::Throttled && waited < THROTTLED_WAITS {
+            waited += 1;
+            let wait = refusal
+                .retry_after()
+                .unwrap_or(Duration::from_secs(5))
+                .min(MAX_THROTTLED_WAIT);
+            t.waits.push(format!(
+                "throttled, waited {} ms as Exchange asked: {}",
+                wait.as_millis(),
+                refusal.message
+            ));
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        if matches!(refusal.step, FailureStep::Authentication | FailureStep::Permission)
+            || matches!(refusal.kind, ErrorKind::Auth | ErrorKind::Config)
+        {
+            // The mailbox's problem (sign-in, rights, mailbox gone), not this email's.
+            return Err(refusal);
+        }
+        return Ok(Submission::Refused {
+            reason: format!("the message refused: Exchange said \"{}\"", refusal.message),
+            at: RefusedAt::Message,
+            reply: refusal.message.clone(),
+            transient: refusal.is_transient(),
+            reusable: true,
+        });
+    }
+}
+
+/// `message` with a `Bcc` field naming the `rcpts` its To, Cc and Bcc fields do not.
+fn with_bcc(message: &[u8], rcpts: &[String]) -> Vec<u8> {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| message.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(message.len());
+    let header = String::from_utf8_lossy(&message[..end]).to_ascii_lowercase();
+    let mut named = String::new();
+    let mut in_field = false;
+    for line in header.lines() {
+        if line.starts_with([' ', '\t']) {
+            if in_field {
+                named.push_str(line);
+            }
+            continue;
+        }
+        in_field = ["to:", "cc:", "bcc:"].iter().any(|f| line.starts_with(f));
+        if in_field {
+            named.push(' ');
+            named.push_str(line);
+        }
+    }
+    let hidden: Vec<&str> = rcpts
+        .iter()
+        .map(String::as_str)
+        .filter(|r| !named.contains(&r.to_ascii_lowercase()))
+        .collect();
+    if hidden.is_empty() {
+        return message.to_vec();
+    }
+    let mut out = format!("Bcc: {}\r\n", hidden.join(", ")).into_bytes();
+    out.extend_from_slice(message);
+    out
 }
 
 fn smtp_refused(what: &str, at: RefusedAt, r: &smtp::Reply, reusable: bool) -> Submission {
@@ -188,6 +353,8 @@ async fn smtp_submit(
 #[derive(Debug)]
 pub enum SentFolder {
     Imap(ImapSentFolder),
+    /// Exchange's Sent Items.
+    Ews(EwsClient),
 }
 
 /// The Sent folder over IMAP.
@@ -203,30 +370,34 @@ impl SentFolder {
     /// Whether a mailbox whose incoming server speaks `protocol` has a Sent folder connector.
     pub fn available(protocol: IncomingProtocol) -> bool {
         match protocol {
-            IncomingProtocol::Imap => true,
-            IncomingProtocol::Pop3 | IncomingProtocol::Ews | IncomingProtocol::Graph => false,
+            IncomingProtocol::Imap | IncomingProtocol::Ews => true,
+            IncomingProtocol::Pop3 | IncomingProtocol::Graph => false,
         }
     }
 
     /// Connects to `addr` and signs in with `login`, for the folder named `folder`. Nothing
     /// is changed on the server until the first [`SentFolder::save`], which creates the folder
     /// when it is missing; [`SentFolder::contains`] only reads.
+    /// Exchange keeps its own Sent Items, whatever `folder` says.
     pub async fn open(
         protocol: IncomingProtocol,
-        addr: &ServerAddr,
+        server: &Server,
         login: &Login,
         opts: &ConnectOptions,
         folder: &str,
     ) -> Result<SentFolder, ConnectError> {
-        match protocol {
-            IncomingProtocol::Imap => Ok(SentFolder::Imap(ImapSentFolder {
+        match (protocol, server) {
+            (IncomingProtocol::Imap, Server::Mail(addr)) => Ok(SentFolder::Imap(ImapSentFolder {
                 session: SyncSession::connect(addr, login, opts).await?,
                 folder: folder.to_owned(),
                 created: false,
             })),
-            IncomingProtocol::Pop3 => Err(not_available("POP3 Sent folder")),
-            IncomingProtocol::Ews => Err(not_available("Exchange (EWS)")),
-            IncomingProtocol::Graph => Err(not_available("Microsoft Graph")),
+            (IncomingProtocol::Ews, Server::Ews(t)) => {
+                Ok(SentFolder::Ews(ews::open(t, login, opts).await?))
+            }
+            (IncomingProtocol::Pop3, _) => Err(not_available("POP3 Sent folder")),
+            (IncomingProtocol::Graph, _) => Err(not_available("Microsoft Graph")),
+            _ => Err(wrong_server("incoming")),
         }
     }
 
@@ -241,6 +412,11 @@ impl SentFolder {
                 }
                 s.session
                     .append(&s.folder, &["\\Seen"], None, message)
+                    .await?;
+                Ok(())
+            }
+            SentFolder::Ews(c) => {
+                ops::create_item(c, message, Disposition::SaveOnly, &FolderRef::SENT_ITEMS)
                     .await?;
                 Ok(())
             }
@@ -259,6 +435,12 @@ impl SentFolder {
                     .await?;
                 Ok(!found.is_empty())
             }
+            SentFolder::Ews(c) => {
+                let found =
+                    ops::find_by_message_id(c, &FolderRef::SENT_ITEMS, &format!("<{message_id}>"))
+                        .await?;
+                Ok(!found.is_empty())
+            }
         }
     }
 
@@ -268,6 +450,7 @@ impl SentFolder {
             SentFolder::Imap(s) => {
                 let _ = s.session.logout().await;
             }
+            SentFolder::Ews(_) => {}
         }
     }
 }
@@ -277,18 +460,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_smtp_and_imap_are_available() {
+    fn graph_is_not_available_yet() {
         assert!(MailTransport::available(OutgoingProtocol::Smtp));
-        assert!(!MailTransport::available(OutgoingProtocol::Ews));
+        assert!(MailTransport::available(OutgoingProtocol::Ews));
         assert!(!MailTransport::available(OutgoingProtocol::Graph));
         assert!(SentFolder::available(IncomingProtocol::Imap));
         assert!(!SentFolder::available(IncomingProtocol::Pop3));
-        assert!(!SentFolder::available(IncomingProtocol::Ews));
+        assert!(SentFolder::available(IncomingProtocol::Ews));
+    }
+
+    #[test]
+    fn envelope_recipients_missing_from_the_header_become_bcc() {
+        let msg = b"From: a@x\r\nTo: Bob <bob@x>,\r\n Carol <carol@x>\r\nSubject: hi\r\n\r\nbody to: dave@x\r\n";
+        let rcpts = vec!["bob@x".to_owned(), "Carol@X".to_owned(), "dave@x".to_owned()];
+        let out = with_bcc(msg, &rcpts);
+        assert!(out.starts_with(b"Bcc: dave@x\r\nFrom: a@x"), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(with_bcc(msg, &rcpts[..2]), msg.to_vec());
     }
 
     #[tokio::test]
-    async fn exchange_is_refused_before_connecting() {
-        let addr = ServerAddr::new("mail.example.com", 587, crate::TlsMode::StartTls);
+    async fn graph_is_refused_before_connecting() {
+        let addr = Server::Mail(crate::ServerAddr::new(
+            "mail.example.com",
+            587,
+            crate::TlsMode::StartTls,
+        ));
         let opts =
             ConnectOptions::new(std::sync::Arc::new(crate::TlsTrust::system_only().unwrap()));
         let e = MailTransport::connect(OutgoingProtocol::Graph, &addr, None, &opts)

@@ -76,6 +76,7 @@ fn every_request_validates_against_the_published_schemas() {
         "Subscribe",
         "GetStreamingEvents",
         "Unsubscribe",
+        "ConvertId",
     ] {
         assert!(operations.contains(&op), "{op} is not validated");
     }

@@ -265,7 +265,12 @@ async fn relay(
         _ => None,
     };
     // The installation's relay is an SMTP server.
-    let mut c = MailTransport::connect(OutgoingProtocol::Smtp, &addr, login.as_ref(), &opts)
+    let mut c = MailTransport::connect(
+        OutgoingProtocol::Smtp,
+        &serversync_connectors::Server::Mail(addr),
+        login.as_ref(),
+        &opts,
+    )
         .await
         .map_err(|e| e.to_string())?;
     let outcome = match c

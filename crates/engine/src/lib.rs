@@ -78,6 +78,8 @@ pub struct EngineConfig {
     pub retention: RetentionConfig,
     /// How a failing profile's owner is emailed when their own mailbox cannot send.
     pub alerts: alerts_email::AlertsConfig,
+    /// The HTTPS port Exchange Autodiscover is asked at (`[exchange] autodiscover_port`).
+    pub autodiscover_port: u16,
 }
 
 impl EngineConfig {
@@ -93,6 +95,7 @@ impl EngineConfig {
             auth: AuthConfig::default(),
             retention: RetentionConfig::default(),
             alerts: alerts_email::AlertsConfig::default(),
+            autodiscover_port: 443,
         }
     }
 }

@@ -10,7 +10,9 @@ use crate::policy::Failure;
 use crate::slots::ConnSlot;
 use serversync_connectors::source::MailSource;
 use serversync_connectors::transport::{MailTransport, SentFolder};
-use serversync_connectors::{ConnectError, ConnectOptions, Login, ServerAddr};
+use serversync_connectors::ews::{Acting, autodiscover};
+use serversync_connectors::{ConnectError, ConnectOptions, EwsTarget, Login, Server, ServerAddr};
+use serversync_model::profile::{AuthenticationType, IncomingProtocol};
 use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::EmailServerProfile;
@@ -35,6 +37,8 @@ pub(crate) struct MailboxSession {
     pub settings: EmailSettings,
     /// Trust, network policy and the profile's connection timeout.
     pub opts: ConnectOptions,
+    /// Where Exchange Autodiscover asks.
+    pub autodiscover: autodiscover::Options,
 }
 
 impl MailboxSession {
@@ -54,6 +58,9 @@ impl MailboxSession {
         );
         MailboxSession {
             opts: config.connect_options(timeout),
+            autodiscover: autodiscover::Options {
+                port: config.autodiscover_port,
+            },
             mailbox,
             profile,
             settings,
@@ -82,17 +89,61 @@ impl MailboxSession {
         Ok(Ok(Self::new(config, mailbox, profile.value, settings)))
     }
 
-    /// The profile's server on `side`, with the certificates it pins.
-    pub fn address(&self, side: Side) -> Result<ServerAddr, Failure> {
+    /// The profile's server on `side`, with the certificates it pins: a mail server's
+    /// address, or for Exchange its EWS endpoint (the profile's URL; with auto-discover, the
+    /// URL found for this mailbox before, else none and Autodiscover finds it).
+    pub fn address(&self, side: Side) -> Result<Server, Failure> {
+        let p = &self.profile;
+        if p.incoming_protocol == IncomingProtocol::Ews {
+            let url = if p.auto_discover {
+                self.mailbox.telemetry.ews_url.clone()
+            } else {
+                Some(self.endpoint(side)?.location.trim().to_owned())
+            };
+            let acting = if p.authentication.credentials_on_mailbox() {
+                Acting::Own
+            } else if p.use_impersonation
+                || matches!(
+                    p.authentication,
+                    AuthenticationType::Impersonation | AuthenticationType::HybridModernAuth
+                )
+            {
+                Acting::Impersonate(self.mailbox.email.clone())
+            } else {
+                Acting::Delegate(self.mailbox.email.clone())
+            };
+            return Ok(Server::Ews(EwsTarget {
+                url,
+                email: self.mailbox.email.clone(),
+                protocol: p.auth_protocol,
+                acting,
+                autodiscover: self.autodiscover,
+                pinned: p.pinned_certificates.clone(),
+            }));
+        }
+        let e = self.endpoint(side)?;
+        Ok(Server::Mail(
+            ServerAddr::new(e.location.clone(), e.port, e.tls)
+                .with_pinned(self.profile.pinned_certificates.clone()),
+        ))
+    }
+
+    fn endpoint(&self, side: Side) -> Result<&serversync_model::profile::Endpoint, Failure> {
         let (ep, what) = match side {
             Side::Incoming => (self.profile.incoming.as_ref(), "incoming"),
-            Side::Outgoing => (self.profile.outgoing.as_ref(), "outgoing"),
+            Side::Outgoing => (
+                self.profile
+                    .outgoing
+                    .as_ref()
+                    .or(if self.profile.incoming_protocol == IncomingProtocol::Ews {
+                        self.profile.incoming.as_ref()
+                    } else {
+                        None
+                    }),
+                "outgoing",
+            ),
         };
-        ep.map(|e| {
-            ServerAddr::new(e.location.clone(), e.port, e.tls)
-                .with_pinned(self.profile.pinned_certificates.clone())
-        })
-        .ok_or_else(|| {
+        ep.ok_or_else(|| {
             Failure::config(
                 "location_missing",
                 format!(
@@ -172,7 +223,7 @@ impl MailboxSession {
         &self,
         store: &Store,
         side: Side,
-    ) -> Result<Result<(ServerAddr, Login), Failure>, StoreError> {
+    ) -> Result<Result<(Server, Login), Failure>, StoreError> {
         let server = match self.address(side) {
             Ok(s) => s,
             Err(p) => return Ok(Err(p)),
@@ -230,7 +281,7 @@ impl MailboxSession {
         if !SentFolder::available(protocol) {
             return Ok(Err(Failure::config(
                 "connector_not_available",
-                "the profile does not use IMAP",
+                "the profile's incoming server keeps no Sent folder (POP3)",
             )));
         }
         let (server, login) = match self.server_and_login(store, Side::Incoming).await? {

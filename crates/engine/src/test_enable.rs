@@ -6,7 +6,7 @@ use crate::EngineConfig;
 use crate::admin::alert;
 use crate::policy::{self, Direction, Failure};
 use crate::session::{MailboxSession, Side};
-use serversync_connectors::{ProbeReport, ServerAddr, probe};
+use serversync_connectors::{ProbeReport, Server, probe};
 use serversync_model::MailboxId;
 use serversync_model::alert::Severity;
 use serversync_model::job::{JobItemResult, ServerCertificate};
@@ -340,29 +340,38 @@ fn keep_certificate(
     out: &mut Vec<ServerCertificate>,
     direction: &str,
     p: &EmailServerProfile,
-    a: &ServerAddr,
+    a: &Server,
     r: &ProbeReport,
 ) {
     if let Some(c) = &r.certificate {
         out.push(ServerCertificate {
             direction: direction.into(),
             profile_id: p.id,
-            server: format!("{}:{}", a.host, a.port),
+            server: r.endpoint.clone().unwrap_or_else(|| a.describe()),
             certificate: c.clone(),
             pinned: r.certificate_pinned,
         });
     }
 }
 
-/// A protocol without a connector in this version (Exchange, Graph).
+/// A protocol without a connector in this version (Microsoft Graph).
 fn not_available() -> Failure {
     Failure::config(
         "connector_not_available",
-        "Exchange connectors are not available in this version yet",
+        "Exchange Online (Microsoft Graph) is not available in this version yet",
     )
 }
 
 fn summary(r: &ProbeReport) -> String {
+    if let Some(url) = &r.endpoint {
+        // Exchange: each step, as the administrator follows them.
+        let steps: Vec<String> = r
+            .steps
+            .iter()
+            .map(|s| format!("{} ({})", s.action, s.detail))
+            .collect();
+        return format!("at {url}: {}", steps.join(" → "));
+    }
     let mut caps: Vec<&str> = r
         .capabilities
         .iter()

@@ -91,6 +91,13 @@ pub struct Telemetry {
     /// When someone asked to synchronize now ("sync now"); a worker that sees it later than
     /// its last sync start runs a round at once, whatever the polling interval.
     pub sync_requested_at: Option<DateTime<Utc>>,
+    /// Exchange: the EWS URL Autodiscover found for this mailbox (used until a connection to
+    /// it fails, then looked up again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ews_url: Option<String>,
+    /// Exchange: what the server said it is (`ServerVersionInfo`) at the last test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -31,7 +31,7 @@ pub struct Discovered {
 }
 
 /// Where to look: the HTTPS port (443; tests run servers elsewhere).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     pub port: u16,
 }

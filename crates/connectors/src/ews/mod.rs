@@ -16,8 +16,10 @@
 
 pub mod autodiscover;
 pub mod codes;
+pub mod events;
 pub mod http;
 pub mod ops;
+pub mod probe;
 pub mod xml;
 
 use crate::ntlm::{self, ChannelBinding, NtlmIdentity};
@@ -203,6 +205,36 @@ fn back_off(el: &Element) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
+/// What became of a request that may change something (sending): the caller must not
+/// repeat one that may have been carried out.
+#[derive(Debug)]
+pub enum Sent {
+    /// It never reached the server, or the server refused the sign-in: nothing happened.
+    NotSent(ConnectError),
+    /// The server answered (a result, or a refusal it gave before doing anything).
+    Answered(Result<Answer>),
+    /// It was handed over and no clear answer came back: it may have been carried out.
+    NoAnswer(ConnectError),
+}
+
+/// Connects to `target`'s EWS (its URL, or the one Autodiscover finds) as `login`.
+pub async fn open(
+    target: &crate::server::EwsTarget,
+    login: &Login,
+    opts: &ConnectOptions,
+) -> Result<EwsClient> {
+    let url = match &target.url {
+        Some(u) => u.clone(),
+        None => {
+            autodiscover::discover(&target.email, &target.settings("", login), opts, target.autodiscover)
+                .await
+                .map_err(|(e, _)| e)?
+                .ews_url
+        }
+    };
+    EwsClient::connect(target.settings(&url, login), opts, &mut StepLog::new()).await
+}
+
 /// A signed-in EWS connection acting on one mailbox.
 pub struct EwsClient {
     target: Target,
@@ -283,6 +315,47 @@ impl EwsClient {
     /// HTTP error or a refused sign-in is the error.
     pub async fn call(&mut self, op: &str, body: &str) -> Result<Answer> {
         let envelope = Bytes::from(envelope(&self.settings.acting, body));
+        let resp = self.exchange(op, envelope, false).await?;
+        self.answer(op, resp)
+    }
+
+    /// Sends operation `op`, telling apart what was certainly not done from what may have
+    /// been (see [`Sent`]).
+    pub async fn send_operation(&mut self, op: &str, body: &str) -> Sent {
+        let envelope = Bytes::from(envelope(&self.settings.acting, body));
+        let resp = match self.exchange(op, envelope, false).await {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.step,
+                    FailureStep::Dns
+                        | FailureStep::TcpConnect
+                        | FailureStep::Tls
+                        | FailureStep::Authentication
+                ) =>
+            {
+                return Sent::NotSent(e);
+            }
+            Err(e) => return Sent::NoAnswer(e),
+        };
+        let faulted = resp.status == 500
+            && Element::parse(&resp.body).is_ok_and(|env| env.find("Fault").is_some());
+        match resp.status {
+            200 | 403 | 404 | 429 | 503 => Sent::Answered(self.answer(op, resp)),
+            500 if faulted => Sent::Answered(self.answer(op, resp)),
+            s if s >= 500 => Sent::NoAnswer(ConnectError::new(
+                FailureStep::Protocol,
+                ErrorKind::Transient,
+                format!("Exchange answered {op} with HTTP {s} without saying what it did"),
+            )),
+            _ => Sent::Answered(self.answer(op, resp)),
+        }
+    }
+
+    /// Like [`EwsClient::call`], as the signed-in account itself (no impersonation header):
+    /// the probe's sign-in step, which must not depend on the mailbox.
+    pub async fn call_as_account(&mut self, op: &str, body: &str) -> Result<Answer> {
+        let envelope = Bytes::from(envelope(&Acting::Own, body));
         let resp = self.exchange(op, envelope, false).await?;
         self.answer(op, resp)
     }
