@@ -20,6 +20,8 @@ use serversync_connectors::ntlm::{
 };
 
 const PASSWORD: &str = "Sync-Pa55word!";
+/// A password and (below) a user name beyond ASCII: UTF-16 and the upper-casing of NTOWFv2.
+const UNICODE_PASSWORD: &str = "Pässwörd-€-密码";
 const WORKSTATION: &str = "SERVERSYNC01";
 /// How long the acceptor may take to answer one message (Python start-up included).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,13 +51,17 @@ impl Acceptor {
         let users = dir.path().join("ntlm-users");
         std::fs::write(
             &users,
-            format!("CONTOSO:svc-sync:{PASSWORD}\n:svc-sync@contoso.com:{PASSWORD}\n"),
+            format!(
+                "CONTOSO:svc-sync:{PASSWORD}\n:svc-sync@contoso.com:{PASSWORD}\n\
+                 CONTOSO:jürgen.müller:{UNICODE_PASSWORD}\n"
+            ),
         )
         .unwrap();
         let mut command = Command::new("python3");
         command
             .arg(data("tests/ntlm_acceptor.py"))
             .env("NTLM_USER_FILE", &users)
+            .env("PYTHONIOENCODING", "utf-8")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -160,6 +166,17 @@ fn upn_user_signs_in() {
         Some(&binding("rsa-sha256")),
     );
     assert_eq!(answer, "OK svc-sync@contoso.com");
+}
+
+#[test]
+fn non_ascii_user_and_password_sign_in() {
+    let answer = handshake(
+        "CONTOSO\\jürgen.müller",
+        UNICODE_PASSWORD,
+        Some("rsa-sha256"),
+        Some(&binding("rsa-sha256")),
+    );
+    assert_eq!(answer, "OK CONTOSO\\jürgen.müller");
 }
 
 #[test]
