@@ -65,7 +65,7 @@ pub enum NtlmError {
     #[error("the server's NTLM challenge does not choose Unicode strings (NEGOTIATE_UNICODE)")]
     NoUnicode,
     /// A field of the authenticate message would be longer than NTLM's 16-bit lengths allow.
-    #[error("the NTLM {0} is too long for the authenticate message")]
+    #[error("the {0} is too long for an NTLM message (over 65,535 bytes)")]
     TooLong(&'static str),
     /// The system's random number generator failed (for the client challenge).
     #[error("the system random number generator failed")]
@@ -411,7 +411,7 @@ fn build_authenticate(
         (&lm_response, "LM response"),
         (
             &nt_response,
-            "NTLMv2 response (the server's target information is too long)",
+            "NTLMv2 response (with the server's target information)",
         ),
         (&domain, "domain name"),
         (&user, "user name"),
