@@ -41,6 +41,9 @@
 //!   (client-credentials and refresh-token grants) cached by a [`oauth::TokenProvider`]
 //!   until five minutes before they expire. A token signs in as [`Login::XOAuth2`]: SASL
 //!   XOAUTH2, or OAUTHBEARER when the server offers only that.
+//! - [`ntlm`]: NTLMv2 client messages for Exchange over HTTP, with the TLS channel binding
+//!   (`MsvAvChannelBindings`, RFC 5929 `tls-server-end-point`) that Extended Protection
+//!   requires, and a MIC; the caller refuses NTLM in FIPS mode.
 //!
 //! # Step classification
 //!
@@ -110,6 +113,7 @@ pub mod lmtp;
 pub mod login;
 pub mod mime;
 pub mod net;
+pub mod ntlm;
 pub mod oauth;
 pub mod policy;
 pub mod pop3;
