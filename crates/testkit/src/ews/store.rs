@@ -139,15 +139,24 @@ impl Mailbox {
             *counter += 1;
             *counter
         };
+        let mailbox_root = new_id("folder", next(), smtp);
         let root_id = new_id("folder", next(), smtp);
         let mut folders = vec![Folder {
-            id: root_id.clone(),
+            id: mailbox_root.clone(),
             change_key: 1,
             parent: None,
+            display_name: String::new(),
+            distinguished: Some("root".into()),
+            folder_class: None,
+        }];
+        folders.push(Folder {
+            id: root_id.clone(),
+            change_key: 1,
+            parent: Some(mailbox_root),
             display_name: "Top of Information Store".into(),
             distinguished: Some("msgfolderroot".into()),
             folder_class: Some("IPF.Note".into()),
-        }];
+        });
         for (dist, name) in STANDARD_FOLDERS {
             folders.push(Folder {
                 id: new_id("folder", next(), smtp),
