@@ -33,6 +33,7 @@ pub mod corpus;
 pub mod db;
 pub mod dovecot;
 pub mod env;
+pub mod ews;
 pub mod fault_proxy;
 pub mod oauth;
 pub mod postfix;

@@ -1,0 +1,154 @@
+"""Drives the EWS test double with exchangelib, an independent EWS client (its NTLM goes
+through requests_ntlm -> pyspnego, which sends the channel binding over HTTPS).
+
+Run by tests/ews_exchangelib.rs; settings come from environment variables, and the results
+are printed as one JSON object on the last line of stdout. Every check that fails raises, so
+the exit status tells the Rust test whether exchangelib got what it expected; the Rust test
+then compares the double's own state with the JSON.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import sys
+
+from exchangelib import (
+    IMPERSONATION,
+    NTLM,
+    Account,
+    Configuration,
+    Credentials,
+    FaultTolerance,
+    Message,
+)
+from exchangelib.autodiscover.discovery import Autodiscovery
+from exchangelib.autodiscover.protocol import AutodiscoverProtocol
+from exchangelib.errors import ErrorImpersonateUserDenied, UnauthorizedError
+
+env = os.environ
+EWS_URL = env["EWS_URL"]
+AUTODISCOVER_SVC = env["AUTODISCOVER_SVC"]
+MAILBOX = env["MAILBOX"]
+USER, PASSWORD = env["EWS_USER"], env["EWS_PASSWORD"]
+DENIED_USER, DENIED_PASSWORD = env["DENIED_USER"], env["DENIED_PASSWORD"]
+EXPECT_INBOX = int(env["EXPECT_INBOX"])
+PAGE = int(env["PAGE"])
+REDIRECT_FROM = env["REDIRECT_FROM"]
+# REQUESTS_CA_BUNDLE (set by the Rust test) makes requests trust the test CA.
+assert os.path.exists(env["REQUESTS_CA_BUNDLE"])
+
+if env.get("EWS_DEBUG"):
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+
+out = {}
+
+
+def config(user, password, version=None):
+    return Configuration(
+        service_endpoint=EWS_URL,
+        credentials=Credentials(user, password),
+        auth_type=NTLM,
+        version=version,
+        retry_policy=FaultTolerance(max_wait=5) if env.get("FAULT_TOLERANT") else None,
+    )
+
+
+# (a) No version preset: exchangelib guesses it (ConvertId) from ServerVersionInfo.
+account = Account(
+    primary_smtp_address=MAILBOX,
+    config=config(USER, PASSWORD),
+    autodiscover=False,
+    access_type=IMPERSONATION,
+)
+version = account.version
+out["version"] = {"build": str(version.build), "api_version": version.api_version}
+
+# (b) sync_items across several pages (the double caps MaxChangesReturned).
+inbox = account.inbox
+creates = []
+for change_type, item in inbox.sync_items(max_changes_returned=PAGE, only_fields=["subject", "message_id", "is_read"]):
+    assert change_type == "create", (change_type, item)
+    creates.append(item)
+assert len(creates) == EXPECT_INBOX, (len(creates), EXPECT_INBOX)
+state = inbox.item_sync_state
+assert state
+again = list(inbox.sync_items(sync_state=state, max_changes_returned=PAGE))
+assert again == [], again
+out["synced"] = [{"id": i.id, "subject": i.subject, "message_id": i.message_id, "is_read": i.is_read} for i in creates]
+
+# (c) GetItem with MimeContent, and FindItem by InternetMessageId.
+fetched = list(account.fetch(ids=[(i.id, i.changekey) for i in creates], only_fields=["mime_content", "message_id"]))
+assert len(fetched) == EXPECT_INBOX
+out["mime_sha256"] = {f.message_id: hashlib.sha256(f.mime_content).hexdigest() for f in fetched}
+first = creates[0]
+found = list(inbox.filter(message_id=first.message_id).only("subject"))
+assert [f.id for f in found] == [first.id], found
+one = inbox.get(id=first.id, changekey=first.changekey)
+assert one.subject == first.subject
+
+# A read flag set by UpdateItem shows up as a read flag change in the next sync.
+unread = next(i for i in creates if not i.is_read)
+one = inbox.get(id=unread.id, changekey=unread.changekey)
+one.is_read = True
+one.save(update_fields=["is_read"])
+flags = list(inbox.sync_items(sync_state=state))
+assert [c for c, _ in flags] == ["read_flag_change"], flags
+out["marked_read"] = unread.id
+
+# (d) Send a MIME message and keep a copy in Sent Items.
+mime = (
+    "From: {0}\r\nTo: bob@example.test\r\nSubject: sent by exchangelib\r\n"
+    "Message-ID: <exchangelib-1@example.test>\r\nMIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n\r\nHello from exchangelib.\r\n"
+).format(MAILBOX).encode()
+Message(account=account, folder=account.sent, mime_content=mime).send_and_save()
+sent_copies = list(account.sent.filter(message_id="<exchangelib-1@example.test>"))
+assert len(sent_copies) == 1, sent_copies
+out["sent_sha256"] = hashlib.sha256(mime).hexdigest()
+
+# (e) An account without the impersonation right is refused.
+try:
+    denied = Account(
+        primary_smtp_address=MAILBOX,
+        config=config(DENIED_USER, DENIED_PASSWORD, version=version),
+        autodiscover=False,
+        access_type=IMPERSONATION,
+    )
+    denied.inbox.total_count
+    raise AssertionError("impersonation without the right succeeded")
+except ErrorImpersonateUserDenied as e:
+    out["impersonation_denied"] = str(e)
+
+# (f) A wrong password fails sign-in.
+try:
+    wrong = Account(
+        primary_smtp_address=MAILBOX,
+        config=config(USER, PASSWORD + "-wrong", version=version),
+        autodiscover=False,
+        access_type=IMPERSONATION,
+    )
+    wrong.inbox.total_count
+    raise AssertionError("a wrong password signed in")
+except UnauthorizedError as e:
+    out["wrong_password"] = type(e).__name__
+
+# (g) Autodiscover. exchangelib 5.6 speaks SOAP autodiscover (GetUserSettings) only, starting
+# from the e-mail domain's DNS name; the double listens on localhost:PORT, so the discovery
+# steps are entered at step 1 with that host (DNS check skipped) instead of discover().
+ad_protocol = AutodiscoverProtocol(
+    config=Configuration(service_endpoint=AUTODISCOVER_SVC, credentials=Credentials(USER, PASSWORD), auth_type=NTLM)
+)
+settings = ad_protocol.get_user_settings(user=MAILBOX)
+assert settings.ews_url == EWS_URL, settings.ews_url
+out["autodiscover_ews_url"] = settings.ews_url
+discovery = Autodiscovery(email=MAILBOX, credentials=Credentials(USER, PASSWORD))
+discovery._ensure_valid_hostname = lambda url: None
+host = AUTODISCOVER_SVC.split("/")[2]
+ad_response = discovery._step_1(hostname=host)
+assert ad_response.ews_url == EWS_URL, ad_response
+redirected = ad_protocol.get_user_settings(user=REDIRECT_FROM)
+assert redirected.redirect_address == MAILBOX, redirected
+out["autodiscover_redirect"] = redirected.redirect_address
+
+print(json.dumps(out))

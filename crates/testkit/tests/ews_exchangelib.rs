@@ -1,0 +1,185 @@
+//! The EWS double driven by an independent client: exchangelib 5.6 (Python), whose NTLM goes
+//! through requests_ntlm and pyspnego with the TLS channel binding. The script
+//! (`ews_exchangelib.py`) checks what exchangelib sees; this test checks what the double holds
+//! afterwards. Needs `python3` with exchangelib (scripts/install-deps.sh installs it).
+
+use std::process::Command;
+
+use serversync_testkit::TlsFiles;
+use serversync_testkit::ews::{EwsConfig, EwsDouble};
+
+const MAILBOX: &str = "alice@example.test";
+const SVC: &str = "CONTOSO\\svc-sync";
+const PASSWORD: &str = "Sync-Pa55word!";
+const INBOX: usize = 7;
+const CAP: u32 = 3;
+
+fn message(n: usize) -> Vec<u8> {
+    format!(
+        "From: sender{n}@example.org\r\nTo: {MAILBOX}\r\nSubject: message {n} – ünïcode\r\n\
+         Message-ID: <m{n}@example.org>\r\nDate: Mon, 1 Dec 2026 10:0{n}:00 +0000\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbody {n}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchangelib_drives_the_double() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::ensure(dir.path()).unwrap();
+    let cfg = EwsConfig {
+        max_sync_items: CAP,
+        ..EwsConfig::default()
+    };
+    let ews = EwsDouble::start(&tls, cfg).await.unwrap();
+    ews.add_account(SVC, PASSWORD, true);
+    ews.add_account("CONTOSO\\no-rights", "Other-Pa55", false);
+    ews.add_mailbox(MAILBOX, None);
+    ews.add_mailbox("bob@example.test", Some("CONTOSO\\bob"));
+    ews.redirect_autodiscover("alice.old@example.test", MAILBOX);
+    for n in 0..INBOX {
+        ews.deliver(MAILBOX, "inbox", &message(n), n % 2 == 0);
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ews_exchangelib.py");
+    let (ews_url, svc_url, ca) = (
+        ews.ews_url(),
+        ews.autodiscover_svc_url(),
+        tls.ca_cert.display().to_string(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .env("EWS_URL", ews_url)
+            .env("AUTODISCOVER_SVC", svc_url)
+            .env("REQUESTS_CA_BUNDLE", ca)
+            .env("MAILBOX", MAILBOX)
+            .env("EWS_USER", SVC)
+            .env("EWS_PASSWORD", PASSWORD)
+            .env("DENIED_USER", "CONTOSO\\no-rights")
+            .env("DENIED_PASSWORD", "Other-Pa55")
+            .env("EXPECT_INBOX", INBOX.to_string())
+            .env("PAGE", "100")
+            .env("REDIRECT_FROM", "alice.old@example.test")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exchangelib script failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON result line");
+
+    // (a) The version came from our ServerVersionInfo (Exchange 2019, 15.2).
+    assert!(
+        result["version"]["build"]
+            .as_str()
+            .unwrap()
+            .starts_with("15.2."),
+        "{result}"
+    );
+    let requests = ews.requests();
+    assert!(
+        requests.iter().any(|r| r.operation == "ConvertId"),
+        "exchangelib guessed the version with ConvertId"
+    );
+    // Everything exchangelib did after the version guess was impersonated and anchored.
+    let get_folder = requests
+        .iter()
+        .find(|r| r.operation == "GetFolder" && r.authenticated_as.is_some())
+        .unwrap();
+    assert!(get_folder.body.contains("ExchangeImpersonation"));
+    assert!(
+        get_folder
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-anchormailbox" && v.eq_ignore_ascii_case(MAILBOX))
+    );
+    // NTLM signed the service account in (nothing was sent with Basic).
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.authenticated_as.as_deref() == Some(SVC))
+            .all(|r| !r
+                .headers
+                .iter()
+                .any(|(k, v)| k == "authorization" && v.starts_with("Basic")))
+    );
+
+    // (b) The sync went over several pages: the double capped MaxChangesReturned at 3.
+    let syncs = requests
+        .iter()
+        .filter(|r| r.operation == "SyncFolderItems" && r.authenticated_as.is_some())
+        .count();
+    assert!(
+        syncs >= INBOX.div_ceil(CAP as usize) + 1,
+        "{syncs} SyncFolderItems"
+    );
+    let inbox = ews.items(MAILBOX, "inbox");
+    assert_eq!(inbox.len(), INBOX);
+    let synced = result["synced"].as_array().unwrap();
+    for item in &inbox {
+        let s = synced
+            .iter()
+            .find(|s| s["id"] == item.id.as_str())
+            .expect("every inbox item was synced");
+        assert_eq!(
+            s["message_id"].as_str(),
+            item.internet_message_id.as_deref()
+        );
+    }
+
+    // (c) MimeContent came back byte for byte.
+    for item in &inbox {
+        let want = hex_sha256(&item.mime);
+        let mid = item.internet_message_id.as_deref().unwrap();
+        assert_eq!(
+            result["mime_sha256"][mid].as_str(),
+            Some(want.as_str()),
+            "{mid}"
+        );
+    }
+    // UpdateItem changed only the read flag of that one item; nothing else changed IsRead.
+    let marked = result["marked_read"].as_str().unwrap();
+    for (n, item) in inbox.iter().enumerate() {
+        let expected = item.id == marked || n % 2 == 0;
+        assert_eq!(item.is_read, expected, "{}", item.subject);
+    }
+
+    // (d) One message was sent, and its copy is in Sent Items.
+    let sent = ews.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        Some(hex_sha256(&sent[0]).as_str()),
+        result["sent_sha256"].as_str()
+    );
+    let copies = ews.items(MAILBOX, "sentitems");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].subject, "sent by exchangelib");
+    assert_eq!(copies[0].mime, sent[0]);
+
+    // (e), (f), (g) are asserted by the script; the double saw them too.
+    assert!(result["impersonation_denied"].is_string());
+    assert_eq!(result["wrong_password"], "UnauthorizedError");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.authenticated_as.as_deref() == Some("CONTOSO\\no-rights"))
+    );
+    assert_eq!(result["autodiscover_ews_url"], ews.ews_url().as_str());
+    assert_eq!(result["autodiscover_redirect"], MAILBOX);
+    assert!(requests.iter().any(|r| r.operation == "GetUserSettings"));
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
