@@ -34,6 +34,8 @@ fn now() -> serversync_model::Timestamp {
 struct Probed {
     outcomes: Vec<(Direction, Result<String, Failure>)>,
     certificates: Vec<ServerCertificate>,
+    /// Exchange: the EWS URL reached and the server's version, kept on the mailbox.
+    exchange: Option<(String, Option<String>)>,
 }
 
 /// What a test's outcome depends on: the mailbox without the fields the test and the workers
@@ -106,6 +108,12 @@ pub async fn test_and_enable(
         };
         let mut m = before.clone();
         let (all_ok, message, alert) = apply(&probed.outcomes, &mut m, profile.as_ref());
+        if let Some((url, version)) = &probed.exchange {
+            if profile.as_ref().is_some_and(|p| p.auto_discover) {
+                m.telemetry.ews_url = Some(url.clone());
+            }
+            m.telemetry.server_version = version.clone().or(m.telemetry.server_version);
+        }
         match store
             .update_audited(
                 &m,
@@ -189,6 +197,7 @@ async fn probe(
         ))
     };
     let mut certificates = Vec::new();
+    let mut exchange = None;
 
     match (&precheck, &profile) {
         (Some(p), _) => {
@@ -202,10 +211,10 @@ async fn probe(
             for d in &directions {
                 let r = match d {
                     Direction::Incoming => {
-                        test_incoming(store, &session, &mut certificates).await?
+                        test_incoming(store, &session, &mut certificates, &mut exchange).await?
                     }
                     Direction::Outgoing => {
-                        test_outgoing(store, &session, &mut certificates).await?
+                        test_outgoing(store, &session, &mut certificates, &mut exchange).await?
                     }
                     Direction::Act => Err(Failure::config(
                         "connector_not_available",
@@ -221,6 +230,7 @@ async fn probe(
     Ok(Probed {
         outcomes,
         certificates,
+        exchange,
     })
 }
 
@@ -392,10 +402,23 @@ fn summary(r: &ProbeReport) -> String {
     )
 }
 
+/// Keeps what an Exchange probe found: the EWS URL and the server's version.
+fn keep_exchange(out: &mut Option<(String, Option<String>)>, r: &ProbeReport) {
+    if let Some(url) = &r.endpoint {
+        let version = r
+            .capabilities
+            .iter()
+            .find(|c| c.starts_with("exchange"))
+            .cloned();
+        *out = Some((url.clone(), version));
+    }
+}
+
 async fn test_incoming(
     store: &Store,
     session: &MailboxSession,
     certificates: &mut Vec<ServerCertificate>,
+    exchange: &mut Option<(String, Option<String>)>,
 ) -> Result<Result<String, Failure>, StoreError> {
     let (m, p, opts) = (&session.mailbox, &session.profile, &session.opts);
     if m.incoming_method == IncomingMethod::EmailRouter {
@@ -429,6 +452,7 @@ async fn test_incoming(
         break report;
     };
     keep_certificate(certificates, "incoming", p, &a, &report);
+    keep_exchange(exchange, &report);
     let label = format!(
         "incoming ({})",
         wire_name(&p.incoming_protocol).to_uppercase()
@@ -443,6 +467,7 @@ async fn test_outgoing(
     store: &Store,
     session: &MailboxSession,
     certificates: &mut Vec<ServerCertificate>,
+    exchange: &mut Option<(String, Option<String>)>,
 ) -> Result<Result<String, Failure>, StoreError> {
     let (m, p, opts) = (&session.mailbox, &session.profile, &session.opts);
     if m.outgoing_method == OutgoingMethod::EmailRouter {
@@ -474,8 +499,13 @@ async fn test_outgoing(
         break report;
     };
     keep_certificate(certificates, "outgoing", p, &a, &report);
-    Ok(match probe_failure("outgoing (SMTP)", &report) {
+    keep_exchange(exchange, &report);
+    let label = format!(
+        "outgoing ({})",
+        wire_name(&p.outgoing_protocol).to_uppercase()
+    );
+    Ok(match probe_failure(&label, &report) {
         Some(problem) => Err(problem),
-        None => Ok(format!("outgoing (SMTP) {}", summary(&report))),
+        None => Ok(format!("{label} {}", summary(&report))),
     })
 }

@@ -135,6 +135,11 @@ async fn connected(
     last_round: &mut chrono::DateTime<chrono::Utc>,
 ) -> Result<Ended, Stop> {
     let mut source = cx.session.source(cx.store).await?.map_err(Stop::Failed)?;
+    if cx.session.profile.auto_discover
+        && let Some(url) = source.endpoint()
+    {
+        super::remember_endpoint(cx.store, cx.id, &url).await?;
+    }
     let watch = hold && source.can_watch();
     let mut folders = source.folders(&tracked_folders(&cx.session.mailbox, &cx.session.profile));
     // The Inbox last, so it is the folder watched.

@@ -178,6 +178,11 @@ pub(super) async fn sync_folder(
             return Err(Stop::Shutdown);
         }
         if missed || opened.more {
+            // A page with nothing new to store may still move the cursor (an EWS sync state
+            // past changes that are not new mail): keep it before reading on.
+            if written.as_ref() != Some(&cursor) {
+                store.put_cursor(lease, id, folder, cursor.clone()).await?;
+            }
             continue;
         }
         // Everything up to the state the folder was opened in is committed.

@@ -308,6 +308,24 @@ async fn bump_telemetry(
     Ok(())
 }
 
+/// Keeps the server endpoint a source found (the EWS URL Autodiscover found) on the mailbox,
+/// so the next connection goes straight there.
+async fn remember_endpoint(store: &Store, id: MailboxId, url: &str) -> Result<(), StoreError> {
+    for _ in 0..3 {
+        let s = store.fetch::<Mailbox>(&id.to_string()).await?;
+        if s.value.telemetry.ews_url.as_deref() == Some(url) {
+            return Ok(());
+        }
+        let mut m = s.value;
+        m.telemetry.ews_url = Some(url.to_owned());
+        match store.update(&m, Some(s.version)).await {
+            Err(StoreError::VersionMismatch { .. }) => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+    Ok(())
+}
+
 /// How long to wait before the next poll of a mailbox whose source cannot be watched (or the
 /// periodic full round while watching): the profile's minimum polling interval, but at least
 /// the protocol's own minimum (a minute for POP3, which lists the whole maildrop each time)
