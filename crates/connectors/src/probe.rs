@@ -11,8 +11,8 @@ use serversync_model::certificate::{CertificateInfo, normalize_sha256};
 use serversync_model::profile::{IncomingProtocol, OutgoingProtocol};
 
 use crate::error::ConnectError;
-use crate::login::Login;
 use crate::ews;
+use crate::login::Login;
 use crate::net::ConnectOptions;
 use crate::server::Server;
 

@@ -476,17 +476,19 @@ impl EwsSource {
         if let Some(f) = self.folders.get(name) {
             return Ok(f.clone());
         }
-        let found = ops::find_folder(&mut self.client, name).await?.ok_or_else(|| {
-            ConnectError::new(
-                FailureStep::Protocol,
-                ErrorKind::Config,
-                format!(
-                    "the mailbox has no folder named {name}: create it, or remove it from the \
+        let found = ops::find_folder(&mut self.client, name)
+            .await?
+            .ok_or_else(|| {
+                ConnectError::new(
+                    FailureStep::Protocol,
+                    ErrorKind::Config,
+                    format!(
+                        "the mailbox has no folder named {name}: create it, or remove it from the \
                      tracked folders"
-                ),
-            )
-            .with_code("folder_not_found")
-        })?;
+                    ),
+                )
+                .with_code("folder_not_found")
+            })?;
         let f = FolderRef::Id(found.id);
         self.folders.insert(name.to_owned(), f.clone());
         Ok(f)
@@ -498,18 +500,22 @@ impl EwsSource {
             Some(FolderCursor::ServerToken(t)) => Some(t.token.clone()),
             _ => None,
         };
-        let page = match ops::sync_folder_items(&mut self.client, &f, token.as_deref(), EWS_SYNC_PAGE)
-            .await
-        {
-            Err(e) if e.code.as_deref() == Some("sync_state_invalid") && token.is_some() => {
-                // The server forgot the state: the folder is read from the start (each message
-                // is kept once, by its item id).
-                tracing::warn!(folder, "EWS sync state refused; reading the folder from the start");
-                token = None;
-                ops::sync_folder_items(&mut self.client, &f, None, EWS_SYNC_PAGE).await?
-            }
-            r => r?,
-        };
+        let page =
+            match ops::sync_folder_items(&mut self.client, &f, token.as_deref(), EWS_SYNC_PAGE)
+                .await
+            {
+                Err(e) if e.code.as_deref() == Some("sync_state_invalid") && token.is_some() => {
+                    // The server forgot the state: the folder is read from the start (each message
+                    // is kept once, by its item id).
+                    tracing::warn!(
+                        folder,
+                        "EWS sync state refused; reading the folder from the start"
+                    );
+                    token = None;
+                    ops::sync_folder_items(&mut self.client, &f, None, EWS_SYNC_PAGE).await?
+                }
+                r => r?,
+            };
         let listed: Vec<Listed> = page
             .changes
             .into_iter()

@@ -55,6 +55,8 @@ fn not_available(what: &str) -> ConnectError {
 }
 
 /// Where a mail transport sends mail: connected and signed in.
+// One per connection, moved rarely: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum MailTransport {
     Smtp(smtp::SmtpConnection),
@@ -247,8 +249,10 @@ async fn ews_submit(
             tokio::time::sleep(wait).await;
             continue;
         }
-        if matches!(refusal.step, FailureStep::Authentication | FailureStep::Permission)
-            || matches!(refusal.kind, ErrorKind::Auth | ErrorKind::Config)
+        if matches!(
+            refusal.step,
+            FailureStep::Authentication | FailureStep::Permission
+        ) || matches!(refusal.kind, ErrorKind::Auth | ErrorKind::Config)
         {
             // The mailbox's problem (sign-in, rights, mailbox gone), not this email's.
             return Err(refusal);
@@ -416,8 +420,7 @@ impl SentFolder {
                 Ok(())
             }
             SentFolder::Ews(c) => {
-                ops::create_item(c, message, Disposition::SaveOnly, &FolderRef::SENT_ITEMS)
-                    .await?;
+                ops::create_item(c, message, Disposition::SaveOnly, &FolderRef::SENT_ITEMS).await?;
                 Ok(())
             }
         }
@@ -472,9 +475,17 @@ mod tests {
     #[test]
     fn envelope_recipients_missing_from_the_header_become_bcc() {
         let msg = b"From: a@x\r\nTo: Bob <bob@x>,\r\n Carol <carol@x>\r\nSubject: hi\r\n\r\nbody to: dave@x\r\n";
-        let rcpts = vec!["bob@x".to_owned(), "Carol@X".to_owned(), "dave@x".to_owned()];
+        let rcpts = vec![
+            "bob@x".to_owned(),
+            "Carol@X".to_owned(),
+            "dave@x".to_owned(),
+        ];
         let out = with_bcc(msg, &rcpts);
-        assert!(out.starts_with(b"Bcc: dave@x\r\nFrom: a@x"), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            out.starts_with(b"Bcc: dave@x\r\nFrom: a@x"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         assert_eq!(with_bcc(msg, &rcpts[..2]), msg.to_vec());
     }
 

@@ -271,8 +271,8 @@ async fn relay(
         login.as_ref(),
         &opts,
     )
-        .await
-        .map_err(|e| e.to_string())?;
+    .await
+    .map_err(|e| e.to_string())?;
     let outcome = match c
         .submit(&r.from, &[to.to_owned()], &msg)
         .await

@@ -8,14 +8,14 @@
 use crate::EngineConfig;
 use crate::policy::Failure;
 use crate::slots::ConnSlot;
+use serversync_connectors::ews::{Acting, autodiscover};
 use serversync_connectors::source::MailSource;
 use serversync_connectors::transport::{MailTransport, SentFolder};
-use serversync_connectors::ews::{Acting, autodiscover};
 use serversync_connectors::{ConnectError, ConnectOptions, EwsTarget, Login, Server, ServerAddr};
-use serversync_model::profile::{AuthenticationType, IncomingProtocol};
 use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::EmailServerProfile;
+use serversync_model::profile::{AuthenticationType, IncomingProtocol};
 use serversync_model::settings::EmailSettings;
 use serversync_store::{Store, StoreError};
 use std::time::Duration;
@@ -132,14 +132,13 @@ impl MailboxSession {
         let (ep, what) = match side {
             Side::Incoming => (self.profile.incoming.as_ref(), "incoming"),
             Side::Outgoing => (
-                self.profile
-                    .outgoing
-                    .as_ref()
-                    .or(if self.profile.incoming_protocol == IncomingProtocol::Ews {
+                self.profile.outgoing.as_ref().or(
+                    if self.profile.incoming_protocol == IncomingProtocol::Ews {
                         self.profile.incoming.as_ref()
                     } else {
                         None
-                    }),
+                    },
+                ),
                 "outgoing",
             ),
         };

@@ -125,7 +125,9 @@ fn read(envelope: &[u8]) -> Result<Read> {
         let code = msg.text_of("ResponseCode").unwrap_or_default();
         if matches!(
             code,
-            "ErrorSubscriptionNotFound" | "ErrorExpiredSubscription" | "ErrorMissedNotificationEvents"
+            "ErrorSubscriptionNotFound"
+                | "ErrorExpiredSubscription"
+                | "ErrorMissedNotificationEvents"
         ) {
             return Ok(Read::Ended);
         }
@@ -159,7 +161,9 @@ fn envelope_end(buf: &[u8]) -> Option<usize> {
         let at = from + pos;
         // Walk back over the prefix to the `</`.
         let mut i = at;
-        while i > 0 && (buf[i - 1].is_ascii_alphanumeric() || buf[i - 1] == b':' || buf[i - 1] == b'_') {
+        while i > 0
+            && (buf[i - 1].is_ascii_alphanumeric() || buf[i - 1] == b':' || buf[i - 1] == b'_')
+        {
             i -= 1;
         }
         if i >= 2 && &buf[i - 2..i] == b"</" {

@@ -226,10 +226,15 @@ pub async fn open(
     let url = match &target.url {
         Some(u) => u.clone(),
         None => {
-            autodiscover::discover(&target.email, &target.settings("", login), opts, target.autodiscover)
-                .await
-                .map_err(|(e, _)| e)?
-                .ews_url
+            autodiscover::discover(
+                &target.email,
+                &target.settings("", login),
+                opts,
+                target.autodiscover,
+            )
+            .await
+            .map_err(|(e, _)| e)?
+            .ews_url
         }
     };
     EwsClient::connect(target.settings(&url, login), opts, &mut StepLog::new()).await

@@ -524,7 +524,10 @@ pub fn every_request_body() -> Vec<(&'static str, String)> {
         ),
         ("GetStreamingEvents", get_streaming_events_body("sub1", 30)),
         ("Unsubscribe", unsubscribe_body("sub1")),
-        ("ConvertId", super::probe::convert_id_body("alice@contoso.com")),
+        (
+            "ConvertId",
+            super::probe::convert_id_body("alice@contoso.com"),
+        ),
         ("GetFolder", super::probe::sent_items_rights_body(&own)),
         ("GetFolder", super::probe::sent_items_rights_body(&delegate)),
     ]

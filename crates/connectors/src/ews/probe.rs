@@ -32,7 +32,10 @@ pub async fn probe(
     let mut log = StepLog::new();
     let mut capabilities = Vec::new();
     let result = run(target, login, opts, direction, &mut log, &mut capabilities).await;
-    let mut report = log.finish(capabilities, result.as_ref().map(|_| ()).map_err(Clone::clone));
+    let mut report = log.finish(
+        capabilities,
+        result.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
     if let Ok(url) = result {
         report.endpoint = Some(url);
     }
