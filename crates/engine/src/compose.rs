@@ -335,6 +335,7 @@ impl Admin {
             delivery_attempts: 0,
             send_error: None,
             router_claim: None,
+            send_trace: Vec::new(),
             created_at: now,
             updated_at: now,
         };

@@ -272,6 +272,11 @@ async fn run_until(
                 a.status = EmailStatus::Sent;
                 a.sent_at.get_or_insert_with(Utc::now);
                 a.send_error = None;
+                a.send_trace.push(
+                    "the worker sending it stopped before recording the result; its Message-ID \
+                     is in the Sent folder, so it is recorded as sent (not sent again)"
+                        .into(),
+                );
             }
             other => {
                 let why = match other {
@@ -514,6 +519,7 @@ async fn send_one(
     let mut a = sending.value;
     a.updated_at = Utc::now();
     a.delivery_attempts += 1;
+    a.send_trace.extend(transport.c.take_waits());
     match &outcome {
         Outcome::Sent => {
             a.status = EmailStatus::Sent;

@@ -489,6 +489,7 @@ pub fn new_activity(
         delivery_attempts: 0,
         send_error: None,
         router_claim: None,
+        send_trace: Vec::new(),
         created_at: now,
         updated_at: now,
     }

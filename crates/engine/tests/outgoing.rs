@@ -1139,6 +1139,7 @@ async fn stored_email(
             id: uuid::Uuid::new_v4().to_string(),
             until,
         }),
+        send_trace: Vec::new(),
         created_at: now,
         updated_at: now,
     };

@@ -172,6 +172,10 @@ pub struct EmailActivity {
     /// sending: it reports the result with the claim's id before `until`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_claim: Option<RouterClaim>,
+    /// What happened on the way out that a person may want to know: throttling waited out,
+    /// a Sent Items check after a crash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub send_trace: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

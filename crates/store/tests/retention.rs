@@ -393,6 +393,7 @@ fn activity(org: OrgId, item: &MailItem) -> EmailActivity {
         delivery_attempts: 0,
         send_error: None,
         router_claim: None,
+        send_trace: Vec::new(),
         created_at: now(),
         updated_at: now(),
     }

@@ -222,14 +222,19 @@ pub async fn sync_until(
     let task = tokio::spawn(engine.run(stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(60);
     let items = loop {
-        let items: Vec<MailItem> = store
-            .list_items(mailbox, None, 1000)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|s| s.value)
-            .collect();
+        let mut items: Vec<MailItem> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .list_items(mailbox, after.as_deref(), 1000)
+                .await
+                .unwrap();
+            items.extend(page.items.into_iter().map(|s| s.value));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
         if done(&items) {
             break items;
         }
