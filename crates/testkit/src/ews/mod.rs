@@ -687,7 +687,7 @@ async fn handle(
         }
         Err(refusal) => {
             record(None);
-            return refusal;
+            return *refusal;
         }
     };
     // Injected faults.
@@ -776,7 +776,7 @@ fn challenges(cfg: &EwsConfig) -> Vec<String> {
         .collect()
 }
 
-fn unauthorized(values: &[String]) -> Response<Body> {
+fn unauthorized(values: &[String]) -> Box<Response<Body>> {
     let mut r = respond(
         StatusCode::UNAUTHORIZED,
         "text/html",
@@ -787,7 +787,7 @@ fn unauthorized(values: &[String]) -> Response<Body> {
             r.headers_mut().append(header::WWW_AUTHENTICATE, v);
         }
     }
-    r
+    Box::new(r)
 }
 
 /// Signs a request in; `Err` is the 401 to send (an NTLM CHALLENGE or a refusal).
@@ -795,7 +795,7 @@ fn authenticate(
     state: &Shared,
     conn: &Conn,
     headers: &HeaderMap,
-) -> Result<String, Response<Body>> {
+) -> Result<String, Box<Response<Body>>> {
     let s = lock(state);
     let refuse = || unauthorized(&challenges(&s.cfg));
     let given = headers
@@ -840,9 +840,7 @@ fn authenticate(
                 _ => None,
             });
             account.ok_or_else(|| {
-                unauthorized(&[format!(
-                    "Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", error=\"invalid_token\""
-                )])
+                unauthorized(&["Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", error=\"invalid_token\"".to_string()])
             })
         }
         "ntlm" | "negotiate" if ntlm_binding.is_some() => {

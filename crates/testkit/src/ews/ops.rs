@@ -217,7 +217,7 @@ pub(super) async fn dispatch(
     let ctx = {
         let s = lock(state);
         let account = s.accounts.get(&who.to_lowercase());
-        let caller_impersonates = account.map_or(true, |a| a.impersonation);
+        let caller_impersonates = account.is_none_or(|a| a.impersonation);
         let own = account.and_then(|a| a.mailbox.clone());
         let imp = header.and_then(|h| h.path(&["ExchangeImpersonation", "ConnectingSID"]));
         let mailbox = match imp {
@@ -265,7 +265,7 @@ pub(super) async fn dispatch(
         "CreateFolder" => create_folder(&mut s, &ctx, op),
         "SyncFolderItems" => match sync_folder_items(&s, &ctx, op) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return *r,
         },
         "GetItem" => get_item(&s, &ctx, op),
         "FindItem" => find_item(&s, &ctx, op),
@@ -874,7 +874,7 @@ fn create_folder(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
 // ---------------------------------------------------------------------------------------------
 // SyncFolderItems
 
-fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Response<Body>> {
+fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Box<Response<Body>>> {
     const OP: &str = "SyncFolderItems";
     let v = s.cfg.version;
     let sh = shape(op.child("ItemShape"));
@@ -882,11 +882,11 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Re
     let max: u32 = match max_node.map(|n| n.text.trim().parse::<u32>()) {
         Some(Ok(n)) if (1..=512).contains(&n) => n,
         _ => {
-            return Err(schema_fault(
+            return Err(Box::new(schema_fault(
                 v,
                 "The 'MaxChangesReturned' element is invalid - The value must be an integer from 1 to 512.",
                 max_node.map_or(op.line, |n| n.line),
-            ));
+            )));
         }
     };
     let max = max.min(s.cfg.max_sync_items.max(1)) as usize;
@@ -935,10 +935,7 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Re
         let xml = match (known, now) {
             (false, None) => continue,
             (false, Some(i)) => format!("<t:Create>{}</t:Create>", item_xml(m, i, &sh, true)),
-            (true, None) => format!(
-                "<t:Delete>{}</t:Delete>",
-                format!("<t:ItemId Id=\"{}\"/>", esc(&c.item))
-            ),
+            (true, None) => format!("<t:Delete><t:ItemId Id=\"{}\"/></t:Delete>", esc(&c.item)),
             (true, Some(i)) if later.contains(&ChangeKind::Update) => {
                 format!("<t:Update>{}</t:Update>", item_xml(m, i, &sh, true))
             }
