@@ -1087,13 +1087,11 @@ async fn limits_and_bad_requests() {
 /// xmllint are not on this machine.
 #[tokio::test]
 async fn responses_are_schema_valid() {
-    let validate =
-        std::env::var("SERVERSYNC_EWS_SCHEMAS").unwrap_or_else(|_| "/work/shared/exchange".into());
-    let script = std::path::Path::new(&validate).join("validate.sh");
-    if !script.exists() || which("xmllint").is_none() {
-        eprintln!("skipped: no {} or no xmllint", script.display());
+    let Some(dir) = schemas() else {
+        eprintln!("skipped: no EWS schemas or no xmllint");
         return;
-    }
+    };
+    let script = dir.join("validate.sh");
     let s = setup(EwsConfig {
         max_sync_items: 2,
         ..EwsConfig::default()
@@ -1157,6 +1155,45 @@ async fn responses_are_schema_valid() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
+}
+
+/// With `schema_dir` set, a request Exchange's schemas reject gets ErrorSchemaValidation.
+#[tokio::test]
+async fn requests_are_schema_checked_when_asked() {
+    let Some(dir) = schemas() else {
+        eprintln!("skipped: no EWS schemas or no xmllint");
+        return;
+    };
+    let s = setup(EwsConfig {
+        schema_dir: Some(dir),
+        ..EwsConfig::default()
+    })
+    .await;
+    assert!(
+        call(&s, &as_alice(GET_INBOX))
+            .await
+            .body
+            .contains("NoError")
+    );
+    // FolderIds before FolderShape: out of schema order.
+    let r = call(
+        &s,
+        &as_alice(
+            "<m:GetFolder><m:FolderIds><t:DistinguishedFolderId Id=\"inbox\"/></m:FolderIds>\
+             <m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape></m:GetFolder>",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("ErrorSchemaValidation"), "{}", r.body);
+    assert!(r.body.contains("<t:Violation>"), "{}", r.body);
+}
+
+fn schemas() -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(
+        std::env::var("SERVERSYNC_EWS_SCHEMAS").unwrap_or_else(|_| "/work/shared/exchange".into()),
+    );
+    (dir.join("validate.sh").exists() && which("xmllint").is_some()).then_some(dir)
 }
 
 /// The `m:…Response` element of an envelope, with the namespaces it uses declared on it.

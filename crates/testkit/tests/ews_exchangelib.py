@@ -151,4 +151,28 @@ redirected = ad_protocol.get_user_settings(user=REDIRECT_FROM)
 assert redirected.redirect_address == MAILBOX, redirected
 out["autodiscover_redirect"] = redirected.redirect_address
 
+# (h) Notifications on Drafts: a pull subscription (GetEvents) and a streaming one
+# (GetStreamingEvents, which the double closes after a couple of seconds in this test).
+def draft(n):
+    return (
+        "From: {0}\r\nSubject: draft {1}\r\nMessage-ID: <draft-{1}@example.test>\r\n\r\ndraft\r\n"
+    ).format(MAILBOX, n).encode()
+
+
+drafts = account.drafts
+sub_id, watermark = drafts.subscribe_to_pull()
+Message(account=account, folder=drafts, mime_content=draft(1)).save()
+pulled = [type(e).__name__ for n in drafts.get_events(sub_id, watermark) for e in n.events]
+assert "CreatedEvent" in pulled, pulled
+drafts.unsubscribe(sub_id)
+out["pull_events"] = pulled
+stream_id = drafts.subscribe_to_streaming()
+Message(account=account, folder=drafts, mime_content=draft(2)).save()
+streamed = []
+for notification in drafts.get_streaming_events(stream_id, connection_timeout=1):
+    streamed += [type(e).__name__ for e in notification.events]
+assert "CreatedEvent" in streamed, streamed
+drafts.unsubscribe(stream_id)
+out["streaming_events"] = streamed
+
 print(json.dumps(out))

@@ -27,8 +27,18 @@ fn message(n: usize) -> Vec<u8> {
 async fn exchangelib_drives_the_double() {
     let dir = tempfile::tempdir().unwrap();
     let tls = TlsFiles::ensure(dir.path()).unwrap();
+    // With the EWS schemas at hand, every request exchangelib sends is also schema-checked.
+    let schemas = std::path::PathBuf::from(
+        std::env::var("SERVERSYNC_EWS_SCHEMAS").unwrap_or_else(|_| "/work/shared/exchange".into()),
+    );
     let cfg = EwsConfig {
         max_sync_items: CAP,
+        streaming_heartbeat: std::time::Duration::from_millis(500),
+        streaming_timeout_cap: Some(std::time::Duration::from_secs(3)),
+        schema_dir: schemas
+            .join("wrappers/ews-envelope.xsd")
+            .exists()
+            .then_some(schemas),
         ..EwsConfig::default()
     };
     let ews = EwsDouble::start(&tls, cfg).await.unwrap();
@@ -84,6 +94,12 @@ async fn exchangelib_drives_the_double() {
         "{result}"
     );
     let requests = ews.requests();
+    // EWS_DUMP=DIR writes every request exchangelib sent there (to look at, or to validate).
+    if let Ok(d) = std::env::var("EWS_DUMP") {
+        for (n, r) in requests.iter().enumerate() {
+            std::fs::write(format!("{d}/{n:03}-{}.xml", r.operation), &r.body).unwrap();
+        }
+    }
     assert!(
         requests.iter().any(|r| r.operation == "ConvertId"),
         "exchangelib guessed the version with ConvertId"
@@ -174,6 +190,24 @@ async fn exchangelib_drives_the_double() {
     assert_eq!(result["autodiscover_ews_url"], ews.ews_url().as_str());
     assert_eq!(result["autodiscover_redirect"], MAILBOX);
     assert!(requests.iter().any(|r| r.operation == "GetUserSettings"));
+
+    // (h) Notifications: pull and streaming subscriptions saw the drafts being created.
+    assert!(result["pull_events"].to_string().contains("CreatedEvent"));
+    assert!(
+        result["streaming_events"]
+            .to_string()
+            .contains("CreatedEvent")
+    );
+    assert_eq!(ews.items(MAILBOX, "drafts").len(), 2);
+    assert!(ews.subscriptions().is_empty(), "exchangelib unsubscribed");
+    for op in [
+        "Subscribe",
+        "GetEvents",
+        "GetStreamingEvents",
+        "Unsubscribe",
+    ] {
+        assert!(requests.iter().any(|r| r.operation == op), "{op}");
+    }
 }
 
 fn hex_sha256(b: &[u8]) -> String {

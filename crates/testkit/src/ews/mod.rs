@@ -30,6 +30,7 @@ mod store;
 mod xml;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -164,6 +165,10 @@ pub struct EwsConfig {
     pub streaming_heartbeat: Duration,
     /// Caps GetStreamingEvents' ConnectionTimeout (minutes) so tests see a `Closed` soon.
     pub streaming_timeout_cap: Option<Duration>,
+    /// The `shared/exchange` directory (its `wrappers/ews-envelope.xsd`). When set, every EWS
+    /// request is first validated against the EWS schemas with `xmllint` (about 0.15 s each),
+    /// and an invalid one gets `ErrorSchemaValidation`, as Exchange answers it.
+    pub schema_dir: Option<PathBuf>,
 }
 
 impl Default for EwsConfig {
@@ -181,6 +186,7 @@ impl Default for EwsConfig {
             netbios_domain: "CONTOSO".into(),
             streaming_heartbeat: Duration::from_secs(30),
             streaming_timeout_cap: None,
+            schema_dir: None,
         }
     }
 }
@@ -752,6 +758,15 @@ async fn handle(
         Endpoint::Pox => autodiscover::pox(&state, &doc),
         Endpoint::SoapAutodiscover => autodiscover::soap(&state, &doc),
         Endpoint::Ews => {
+            let (version, schema_dir) = {
+                let s = lock(&state);
+                (s.cfg.version, s.cfg.schema_dir.clone())
+            };
+            if let Some(dir) = schema_dir
+                && let Err((violation, line)) = schema_check(&dir, &body).await
+            {
+                return ops::schema_fault(version, &violation, line);
+            }
             let anchor = parts
                 .headers
                 .get("x-anchormailbox")
@@ -760,6 +775,48 @@ async fn handle(
             ops::dispatch(&state, &who, anchor.as_deref(), &doc).await
         }
     }
+}
+
+/// Validates a SOAP request with xmllint against `wrappers/ews-envelope.xsd` under `dir`;
+/// `Err` carries xmllint's first complaint and its line.
+async fn schema_check(dir: &std::path::Path, body: &[u8]) -> Result<(), (String, usize)> {
+    use tokio::io::AsyncWriteExt;
+    let xsd = dir.join("wrappers").join("ews-envelope.xsd");
+    let child = tokio::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(&xsd)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Err((format!("xmllint could not run: {e}"), 0)),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(body).await;
+    }
+    let out = match child.wait_with_output().await {
+        Ok(o) => o,
+        Err(e) => return Err((format!("xmllint failed: {e}"), 0)),
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let first = text
+        .lines()
+        .find(|l| l.starts_with("-:"))
+        .unwrap_or("the request does not match the EWS schemas");
+    let line = first
+        .split(':')
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    Err((first.trim_start_matches("-:").to_string(), line))
 }
 
 /// `WWW-Authenticate` values for the configured schemes, in order.
