@@ -86,7 +86,7 @@ impl ExchangeServerVersion {
             ExchangeServerVersion::Exchange2010Sp3 => (14, 3, 123, 4, "Exchange2010_SP2"),
             ExchangeServerVersion::Exchange2013Sp1 => (15, 0, 847, 32, "Exchange2013_SP1"),
             ExchangeServerVersion::Exchange2016 => (15, 1, 2507, 6, "V2017_07_11"),
-            ExchangeServerVersion::Exchange2019 => (15, 2, 1118, 7, "V2017_07_11"),
+            ExchangeServerVersion::Exchange2019 => (15, 2, 2562, 17, "V2017_07_11"),
             ExchangeServerVersion::ExchangeOnline => (15, 20, 5000, 10, "V2018_01_08"),
         }
     }
