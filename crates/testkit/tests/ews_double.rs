@@ -73,6 +73,7 @@ impl Http {
         let tcp = TcpStream::connect(("127.0.0.1", s.ews.port()))
             .await
             .unwrap();
+        tcp.set_nodelay(true).unwrap();
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -1080,6 +1081,57 @@ async fn limits_and_bad_requests() {
     assert!(r.body.contains("ErrorInvalidRequest"));
     let r = http.post("/owa/", &[basic(SVC, PW)], "").await;
     assert_eq!(r.status, 404);
+
+    // Every prefix of valid requests (broken XML, cut elements) gets an answer, never a
+    // dropped connection (a panic in the handler would drop it).
+    let sync = sync_request(Some(&B64.encode("ssd1|x|1")), 5, "AllProperties");
+    let get = as_alice(
+        "<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>\
+         <m:ItemIds><t:ItemId Id=\"AAMkAeA==\" ChangeKey=\"x\"/></m:ItemIds></m:GetItem>",
+    );
+    let mut http = Http::open(&s).await;
+    for body in [as_alice(GET_INBOX), sync, get] {
+        for cut in (0..body.len()).step_by(11) {
+            let r = http.post(EWS, &[basic(SVC, PW)], &body[..cut]).await;
+            assert!(r.status == 200 || r.status == 500, "{cut}: {}", r.status);
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let s = setup(EwsConfig {
+        header_timeout: Duration::from_millis(400),
+        body_timeout: Duration::from_millis(400),
+        ..EwsConfig::default()
+    })
+    .await;
+    // A request head that never ends: the connection is closed.
+    let mut http = Http::open(&s).await;
+    http.io
+        .get_mut()
+        .write_all(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let answer = http.reply().await;
+    assert!(answer.is_none_or(|r| r.status == 408), "closed or 408");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // A body that stops halfway: 408.
+    let mut http = Http::open(&s).await;
+    let body = as_alice(GET_INBOX);
+    let (user, pass) = basic(SVC, PW);
+    let head = format!(
+        "POST {EWS} HTTP/1.1\r\nHost: localhost\r\n{user}: {pass}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let io = http.io.get_mut();
+    io.write_all(head.as_bytes()).await.unwrap();
+    io.write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+    io.flush().await.unwrap();
+    assert_eq!(http.reply().await.unwrap().status, 408);
 }
 
 /// Responses of the double, checked against the EWS message schemas with xmllint

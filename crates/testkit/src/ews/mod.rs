@@ -58,9 +58,9 @@ pub use ntlm::NtlmError;
 /// Largest request body accepted (IIS's `maxAllowedContentLength` is larger, but EWS's
 /// `maxReceivedMessageSize` refuses bigger SOAP messages); larger ones get 413.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
-/// How long a client may take to send the request head.
+/// Default of [`EwsConfig::header_timeout`].
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a client may take to send the request body.
+/// Default of [`EwsConfig::body_timeout`].
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Exchange build the double claims to be (SOAP header `ServerVersionInfo`, the highest
@@ -169,6 +169,11 @@ pub struct EwsConfig {
     /// request is first validated against the EWS schemas with `xmllint` (about 0.15 s each),
     /// and an invalid one gets `ErrorSchemaValidation`, as Exchange answers it.
     pub schema_dir: Option<PathBuf>,
+    /// How long a client may take for the TLS handshake and for each request head (the
+    /// connection is then closed, like IIS's `headerWaitTimeout`).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request body (then 408).
+    pub body_timeout: Duration,
 }
 
 impl Default for EwsConfig {
@@ -187,6 +192,8 @@ impl Default for EwsConfig {
             streaming_heartbeat: Duration::from_secs(30),
             streaming_timeout_cap: None,
             schema_dir: None,
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
         }
     }
 }
@@ -373,6 +380,7 @@ impl EwsDouble {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind((HOST, 0)).await?;
         let port = listener.local_addr()?.port();
+        let header_timeout = cfg.header_timeout;
         let state: Shared = Arc::new(Mutex::new(DoubleState {
             cfg,
             port,
@@ -394,8 +402,9 @@ impl EwsDouble {
                 let (acceptor, app, mut stop) =
                     (acceptor.clone(), app.clone(), shutdown_rx.clone());
                 tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
                     let Ok(Ok(tls)) =
-                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await
+                        tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await
                     else {
                         return;
                     };
@@ -409,7 +418,7 @@ impl EwsDouble {
                     });
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http.timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT)
+                        .header_read_timeout(header_timeout)
                         .keep_alive(true);
                     let serve = http.serve_connection(TokioIo::new(tls), svc);
                     tokio::select! {
@@ -631,7 +640,8 @@ async fn handle(
             "Request Entity Too Large",
         );
     }
-    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    let body_timeout = lock(&state).cfg.body_timeout;
+    let body = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY)).await
     {
         Err(_) => return respond(StatusCode::REQUEST_TIMEOUT, "text/html", "Request Timeout"),
         Ok(Err(e)) => {
