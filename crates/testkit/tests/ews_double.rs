@@ -729,6 +729,37 @@ async fn item_operations() {
     assert!(r.body.contains("TotalItemsInView=\"1\""), "{}", r.body);
     s.ews.deliver(ALICE, "CRM", &mime(9), false);
     assert_eq!(s.ews.items(ALICE, "crm").len(), 1);
+
+    // SyncFolderHierarchy: everything below the root first, then only what is new.
+    let hierarchy = |state: &str| {
+        as_alice(&format!(
+            "<m:SyncFolderHierarchy><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape>{state}</m:SyncFolderHierarchy>"
+        ))
+    };
+    let r = call(&s, &hierarchy("")).await;
+    // msgfolderroot, the six standard folders and CRM.
+    assert_eq!(count(&r.body, "<t:Create>"), 8, "{}", r.body);
+    let state = text_of(&r.body, "SyncState").unwrap().to_string();
+    let r = call(
+        &s,
+        &hierarchy(&format!("<m:SyncState>{state}</m:SyncState>")),
+    )
+    .await;
+    assert_eq!(count(&r.body, "<t:Create>"), 0);
+    let sub = as_alice(
+        "<m:CreateFolder><m:ParentFolderId><t:DistinguishedFolderId Id=\"inbox\"/></m:ParentFolderId>\
+         <m:Folders><t:Folder><t:DisplayName>Leads</t:DisplayName></t:Folder></m:Folders></m:CreateFolder>",
+    );
+    assert!(call(&s, &sub).await.body.contains("NoError"));
+    let r = call(
+        &s,
+        &hierarchy(&format!("<m:SyncState>{state}</m:SyncState>")),
+    )
+    .await;
+    assert_eq!(count(&r.body, "<t:Create>"), 1);
+    assert!(r.body.contains("<t:DisplayName>Leads</t:DisplayName>"));
+    let r = call(&s, &hierarchy("<m:SyncState>eA==</m:SyncState>")).await;
+    assert!(r.body.contains("ErrorInvalidSyncStateData"));
     let r = call(
         &s,
         &soap(
@@ -1175,6 +1206,7 @@ async fn responses_are_schema_valid() {
         "<m:DeleteItem DeleteType=\"HardDelete\"><m:ItemIds><t:ItemId Id=\"AAMkAeA==\"/></m:ItemIds></m:DeleteItem>".into(),
         "<m:CreateFolder><m:ParentFolderId><t:DistinguishedFolderId Id=\"inbox\"/></m:ParentFolderId><m:Folders><t:Folder><t:DisplayName>Sub</t:DisplayName></t:Folder></m:Folders></m:CreateFolder>".into(),
         "<m:ConvertId DestinationFormat=\"EntryId\"><m:SourceIds><t:AlternateId Format=\"EwsId\" Id=\"DUMMY\" Mailbox=\"DUMMY\"/></m:SourceIds></m:ConvertId>".into(),
+        "<m:SyncFolderHierarchy><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape></m:SyncFolderHierarchy>".into(),
         subscribe("StreamingSubscriptionRequest").split("<soap:Body>").nth(1).unwrap().trim_end_matches("</soap:Body></soap:Envelope>").to_string(),
         format!("<m:GetEvents><m:SubscriptionId>{}</m:SubscriptionId><m:Watermark>{}</m:Watermark></m:GetEvents>", sub.0, sub.1),
         format!("<m:Unsubscribe><m:SubscriptionId>{}</m:SubscriptionId></m:Unsubscribe>", sub.0),

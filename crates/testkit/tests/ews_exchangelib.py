@@ -77,6 +77,11 @@ again = list(inbox.sync_items(sync_state=state, max_changes_returned=PAGE))
 assert again == [], again
 out["synced"] = [{"id": i.id, "subject": i.subject, "message_id": i.message_id, "is_read": i.is_read} for i in creates]
 
+# SyncFolderHierarchy below the message folder root.
+folders = sorted(f.name for change, f in account.msg_folder_root.sync_hierarchy() if change == "create")
+assert {"Inbox", "Sent Items", "Drafts", "Deleted Items"} <= set(folders), folders
+out["folders"] = folders
+
 # (c) GetItem with MimeContent, and FindItem by InternetMessageId.
 fetched = list(account.fetch(ids=[(i.id, i.changekey) for i in creates], only_fields=["mime_content", "message_id"]))
 assert len(fetched) == EXPECT_INBOX

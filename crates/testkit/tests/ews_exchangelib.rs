@@ -150,6 +150,14 @@ async fn exchangelib_drives_the_double() {
         );
     }
 
+    assert!(
+        result["folders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "Junk Email")
+    );
+
     // (c) MimeContent came back byte for byte.
     for item in &inbox {
         let want = hex_sha256(&item.mime);

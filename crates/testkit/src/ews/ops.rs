@@ -263,6 +263,7 @@ pub(super) async fn dispatch(
         "GetFolder" => get_folder(&s, &ctx, op),
         "FindFolder" => find_folder(&s, &ctx, op),
         "CreateFolder" => create_folder(&mut s, &ctx, op),
+        "SyncFolderHierarchy" => sync_folder_hierarchy(&s, &ctx, op),
         "SyncFolderItems" => match sync_folder_items(&s, &ctx, op) {
             Ok(b) => b,
             Err(r) => return *r,
@@ -857,8 +858,11 @@ fn create_folder(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
             folder_class: class.or_else(|| Some("IPF.Note".into())),
         };
         let ck = folder_ck(&folder);
+        s.seq += 1;
+        let seq = s.seq;
         if let Some(m) = s.mailboxes.get_mut(mb) {
             m.folders.push(folder);
+            m.folder_log.push((seq, id.clone()));
         }
         msgs.push(success(
             OP,
@@ -869,6 +873,59 @@ fn create_folder(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
         ));
     }
     wrap(OP, &msgs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SyncFolderHierarchy
+
+/// The folders below SyncFolderId (default: the mailbox root): all of them as `Create` at first,
+/// later the folders created since the SyncState.
+fn sync_folder_hierarchy(s: &DoubleState, ctx: &Ctx, op: &Node) -> String {
+    const OP: &str = "SyncFolderHierarchy";
+    let sh = shape(op.child("FolderShape"));
+    let result = (|| -> Result<String, E> {
+        let (mb, root) = match op.child("SyncFolderId") {
+            Some(n) => first_folder_ref(s, ctx, Some(n))?,
+            None => {
+                let mb = mailbox_key(ctx)?;
+                let root = s.mailboxes[&mb]
+                    .folder("root")
+                    .map(|f| f.id.clone())
+                    .ok_or_else(folder_not_found)?;
+                (mb, root)
+            }
+        };
+        let m = &s.mailboxes[&mb];
+        let since = match op.child_text("SyncState").filter(|t| !t.is_empty()) {
+            None => None,
+            Some(state) => Some(store::decode_hierarchy_state(state, &root).ok_or_else(|| {
+                e(
+                    "ErrorInvalidSyncStateData",
+                    "Synchronization state data is corrupt or otherwise invalid.",
+                )
+            })?),
+        };
+        let below = m.descendants(&root);
+        let changes: String = below
+            .iter()
+            .filter(|f| {
+                since.is_none_or(|seq| m.folder_log.iter().any(|(at, id)| *at > seq && *id == f.id))
+            })
+            .map(|f| format!("<t:Create>{}</t:Create>", folder_xml(m, f, &sh)))
+            .collect();
+        Ok(format!(
+            "<m:SyncState>{}</m:SyncState><m:IncludesLastFolderInRange>true</m:IncludesLastFolderInRange>\
+             <m:Changes>{changes}</m:Changes>",
+            store::encode_hierarchy_state(&root, s.seq)
+        ))
+    })();
+    wrap(
+        OP,
+        &[match result {
+            Ok(inner) => success(OP, &inner),
+            Err(err) => failure(OP, &err, ""),
+        }],
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
