@@ -1754,6 +1754,7 @@ async fn streaming(
                 continue;
             }
             tokio::select! {
+                _ = tx.closed() => return,
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(heartbeat) => {
                     if tx.send(streaming_chunk(v, "<m:ConnectionStatus>OK</m:ConnectionStatus>")).await.is_err() {
