@@ -1112,6 +1112,29 @@ async fn limits_and_bad_requests() {
     assert!(r.body.contains("ErrorInvalidRequest"));
     let r = http.post("/owa/", &[basic(SVC, PW)], "").await;
     assert_eq!(r.status, 404);
+    // A signed-in GET of the service URL is answered like IIS does (clients probe it).
+    let (user, pass) = basic(SVC, PW);
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{user}: {pass}\r\n\r\n");
+    http.io
+        .get_mut()
+        .write_all(get(EWS).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(http.reply().await.unwrap().status, 200);
+    let path = "/autodiscover/autodiscover.xml";
+    http.io
+        .get_mut()
+        .write_all(get(path).as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        http.reply()
+            .await
+            .unwrap()
+            .body
+            .contains("<ErrorCode>600</ErrorCode>")
+    );
 
     // Every prefix of valid requests (broken XML, cut elements) gets an answer, never a
     // dropped connection (a panic in the handler would drop it).

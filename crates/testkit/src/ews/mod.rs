@@ -706,6 +706,25 @@ async fn handle(
             return *refusal;
         }
     };
+    // What IIS and Exchange answer to other methods once signed in.
+    if parts.method != axum::http::Method::POST {
+        let get =
+            parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+        return match endpoint {
+            Endpoint::Ews if get => respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                "<html><head><title>Service</title></head><body><h1>Service</h1>\
+                 <p>You have created a service.</p></body></html>",
+            ),
+            Endpoint::Pox if get => autodiscover::pox_error(600, "Invalid Request"),
+            _ => respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/html",
+                "Method Not Allowed",
+            ),
+        };
+    }
     // Injected faults.
     let fault = {
         let mut s = lock(&state);
