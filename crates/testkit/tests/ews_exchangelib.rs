@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use serversync_testkit::TlsFiles;
-use serversync_testkit::ews::{EwsConfig, EwsDouble};
+use serversync_testkit::ews::{EwsConfig, EwsDouble, ExchangeServerVersion};
 
 const MAILBOX: &str = "alice@example.test";
 const SVC: &str = "CONTOSO\\svc-sync";
@@ -224,4 +224,92 @@ fn hex_sha256(b: &[u8]) -> String {
         .iter()
         .map(|x| format!("{x:02x}"))
         .collect()
+}
+
+/// exchangelib's version guess against older and newer servers: Exchange 2010 SP3 refuses its
+/// newer API versions with ErrorInvalidServerVersion until it steps down to Exchange2010_SP2;
+/// Exchange Online's odd `V2018_01_08` is read from the build number instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchangelib_guesses_the_server_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::ensure(dir.path()).unwrap();
+    for (version, build, api) in [
+        (
+            ExchangeServerVersion::Exchange2010Sp3,
+            "14.3.",
+            "Exchange2010_SP2",
+        ),
+        (
+            ExchangeServerVersion::Exchange2013Sp1,
+            "15.0.847",
+            "Exchange2013_SP1",
+        ),
+        (
+            ExchangeServerVersion::ExchangeOnline,
+            "15.20.",
+            "Exchange2016",
+        ),
+    ] {
+        let ews = EwsDouble::start(
+            &tls,
+            EwsConfig {
+                version,
+                ..EwsConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        ews.add_account(SVC, PASSWORD, true);
+        ews.add_mailbox(MAILBOX, None);
+        ews.deliver(MAILBOX, "inbox", &message(1), false);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ews_exchangelib.py");
+        let (ews_url, svc_url, ca) = (
+            ews.ews_url(),
+            ews.autodiscover_svc_url(),
+            tls.ca_cert.display().to_string(),
+        );
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("python3")
+                .arg(script)
+                .env("ONLY_VERSION", "1")
+                .env("EWS_URL", ews_url)
+                .env("AUTODISCOVER_SVC", svc_url)
+                .env("REQUESTS_CA_BUNDLE", ca)
+                .env("MAILBOX", MAILBOX)
+                .env("EWS_USER", SVC)
+                .env("EWS_PASSWORD", PASSWORD)
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{version:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+        assert!(
+            result["version"]["build"]
+                .as_str()
+                .unwrap()
+                .starts_with(build),
+            "{version:?}: {result}"
+        );
+        assert_eq!(result["version"]["api_version"], api, "{version:?}");
+        assert_eq!(result["inbox_total"], 1);
+        if version == ExchangeServerVersion::Exchange2010Sp3 {
+            let refused = ews
+                .requests()
+                .iter()
+                .filter(|r| r.operation == "ConvertId" && r.authenticated_as.is_some())
+                .count();
+            assert!(
+                refused > 1,
+                "exchangelib stepped down through refused versions"
+            );
+        }
+    }
 }

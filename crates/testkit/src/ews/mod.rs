@@ -101,7 +101,9 @@ impl ExchangeServerVersion {
     }
 }
 
-/// Rank of a `RequestServerVersion/@Version` value; `None` if it is not a schema value.
+/// Rank of a `RequestServerVersion/@Version` value; `None` if the double does not know it
+/// (answered like a too-new one, with ErrorInvalidServerVersion, which is what lets clients
+/// such as exchangelib step down through version names an older server has never heard of).
 fn version_rank(v: &str) -> Option<u8> {
     Some(match v {
         "Exchange2007" => 1,
@@ -111,7 +113,7 @@ fn version_rank(v: &str) -> Option<u8> {
         "Exchange2010_SP2" => 5,
         "Exchange2013" => 6,
         "Exchange2013_SP1" => 7,
-        "Exchange2015" => 8,
+        "Exchange2015" | "Exchange2015_SP1" => 8,
         "Exchange2016" => 9,
         v if v.starts_with("V20") && v.len() >= 5 => 10,
         _ => return None,

@@ -185,33 +185,15 @@ pub(super) async fn dispatch(
     let requested = header
         .and_then(|h| h.child("RequestServerVersion"))
         .and_then(|r| r.attr("Version"));
-    match requested.map(|r| (r, version_rank(r))) {
-        None => {
-            return soap_fault(
-                version,
-                "ErrorInvalidServerVersion",
-                "The specified server version is invalid.",
-                "",
-            );
-        }
-        Some((r, None)) => {
-            return schema_fault(
-                version,
-                &format!(
-                    "The 'Version' attribute is invalid - The value '{r}' is invalid according to its datatype 'http://schemas.microsoft.com/exchange/services/2006/types:ExchangeVersionType' - The Enumeration constraint failed."
-                ),
-                header.map_or(1, |h| h.line),
-            );
-        }
-        Some((_, Some(rank))) if rank > version.max_request_rank() => {
-            return soap_fault(
-                version,
-                "ErrorInvalidServerVersion",
-                "The specified server version is invalid.",
-                "",
-            );
-        }
-        _ => {}
+    // Missing, unknown or newer than this server: ErrorInvalidServerVersion (a SOAP fault).
+    let rank = requested.and_then(version_rank);
+    if rank.is_none_or(|rank| rank > version.max_request_rank()) {
+        return soap_fault(
+            version,
+            "ErrorInvalidServerVersion",
+            "The specified server version is invalid.",
+            "",
+        );
     }
     // Whose mailbox: ExchangeImpersonation, else the caller's own.
     let ctx = {
