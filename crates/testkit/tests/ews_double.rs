@@ -826,6 +826,13 @@ async fn injected_faults() {
         status: 503,
     });
     assert_eq!(call(&s, &as_alice(GET_INBOX)).await.status, 503);
+    s.ews.inject(Fault::Http {
+        operation: None,
+        status: 401,
+    });
+    let r = call(&s, &as_alice(GET_INBOX)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header_values("www-authenticate").len(), 2);
 
     s.ews.inject(Fault::ResponseCode {
         operation: Some("GetFolder".into()),

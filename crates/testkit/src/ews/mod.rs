@@ -744,6 +744,16 @@ async fn handle(
                 conn.kill.notify_one();
                 std::future::pending::<()>().await;
             }
+            Fault::Http { status: 401, .. } => {
+                // As when a password changed or a token expired: sign in again, on this
+                // connection too.
+                conn.ntlm
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .authenticated = None;
+                let offered = challenges(&lock(&state).cfg);
+                return *unauthorized(&offered);
+            }
             Fault::Http { status, .. } => {
                 let status =
                     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
