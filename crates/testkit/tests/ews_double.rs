@@ -612,6 +612,32 @@ async fn sync_folder_items_pages_and_reports_every_kind_of_change() {
     assert_eq!(now.iter().filter(|i| i.is_read).count(), 2);
 }
 
+/// Thousands of items page through at 512 a time, each exactly once.
+#[tokio::test]
+async fn sync_folder_items_at_scale() {
+    let s = setup(EwsConfig::default()).await;
+    for n in 0..3000 {
+        s.ews.deliver(ALICE, "inbox", &mime(n), n % 3 == 0);
+    }
+    let mut state: Option<String> = None;
+    let mut ids = std::collections::HashSet::new();
+    let mut pages = 0;
+    let t = Instant::now();
+    loop {
+        let r = call(&s, &sync_request(state.as_deref(), 512, "IdOnly")).await;
+        pages += 1;
+        for (id, _) in item_ids(&r.body) {
+            assert!(ids.insert(id), "an item came twice");
+        }
+        state = Some(text_of(&r.body, "SyncState").unwrap().to_string());
+        if text_of(&r.body, "IncludesLastItemInRange") == Some("true") {
+            break;
+        }
+    }
+    assert_eq!((ids.len(), pages), (3000, 6));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
 #[tokio::test]
 async fn item_operations() {
     let s = setup(EwsConfig::default()).await;

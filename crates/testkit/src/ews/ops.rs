@@ -1,6 +1,6 @@
 //! EWS operations: SOAP request → state change → SOAP response in Exchange's shapes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -955,27 +955,50 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Bo
         })
         .unwrap_or_default();
     let m = &s.mailboxes[&mb];
-    let mut seen = HashSet::new();
-    let mut changes = Vec::new();
-    let mut new_state = m.log.last().map_or(since, |c| c.seq.max(since));
-    let mut complete = true;
-    for c in m.log.iter().filter(|c| c.seq > since && c.folder == folder) {
-        if !seen.insert(c.item.as_str()) {
+    // One pass over the log: per item of this folder, was it there at `since`, was it changed
+    // beyond its read flag after it, and where does its first change after `since` sit.
+    struct Seen {
+        known: bool,
+        updated: bool,
+        first: u64,
+    }
+    let mut seen: HashMap<&str, Seen> = HashMap::new();
+    let mut order: Vec<(&str, u64)> = Vec::new();
+    for c in m.log.iter().filter(|c| c.folder == folder) {
+        let e = seen.entry(c.item.as_str()).or_insert(Seen {
+            known: false,
+            updated: false,
+            first: 0,
+        });
+        if c.seq <= since {
+            match c.kind {
+                ChangeKind::Create => e.known = true,
+                ChangeKind::Delete => e.known = false,
+                _ => {}
+            }
             continue;
         }
-        let known = m.known_at(&folder, &c.item, since);
-        let now = m.items.get(&c.item).filter(|i| i.folder == folder);
-        let later: Vec<ChangeKind> = m
-            .log
-            .iter()
-            .filter(|x| x.seq > since && x.folder == folder && x.item == c.item)
-            .map(|x| x.kind)
-            .collect();
-        let xml = match (known, now) {
+        if e.first == 0 {
+            e.first = c.seq;
+            order.push((c.item.as_str(), c.seq));
+        }
+        if c.kind == ChangeKind::Update {
+            e.updated = true;
+        }
+    }
+    let mut changes = Vec::new();
+    let mut new_state = since;
+    let mut complete = true;
+    for (item, first) in order {
+        let Some(info) = seen.get(item) else {
+            continue;
+        };
+        let now = m.items.get(item).filter(|i| i.folder == folder);
+        let xml = match (info.known, now) {
             (false, None) => continue,
             (false, Some(i)) => format!("<t:Create>{}</t:Create>", item_xml(m, i, &sh, true)),
-            (true, None) => format!("<t:Delete><t:ItemId Id=\"{}\"/></t:Delete>", esc(&c.item)),
-            (true, Some(i)) if later.contains(&ChangeKind::Update) => {
+            (true, None) => format!("<t:Delete><t:ItemId Id=\"{}\"/></t:Delete>", esc(item)),
+            (true, Some(i)) if info.updated => {
                 format!("<t:Update>{}</t:Update>", item_xml(m, i, &sh, true))
             }
             (true, Some(i)) => format!(
@@ -984,7 +1007,7 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Bo
                 i.is_read
             ),
         };
-        if ignore.contains(c.item.as_str()) {
+        if ignore.contains(item) {
             continue;
         }
         if changes.len() == max {
@@ -992,7 +1015,7 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Bo
             break;
         }
         changes.push(xml);
-        new_state = c.seq;
+        new_state = first;
     }
     if complete {
         new_state = m.log.last().map_or(since, |c| c.seq.max(since));

@@ -200,23 +200,6 @@ impl Mailbox {
     pub fn items_in<'a>(&'a self, folder: &'a str) -> impl Iterator<Item = &'a Item> + 'a {
         self.items.values().filter(move |i| i.folder == folder)
     }
-
-    /// Was `item` in `folder` at change sequence `seq`?
-    pub fn known_at(&self, folder: &str, item: &str, seq: u64) -> bool {
-        let mut known = false;
-        for c in self
-            .log
-            .iter()
-            .filter(|c| c.seq <= seq && c.folder == folder && c.item == item)
-        {
-            match c.kind {
-                ChangeKind::Create => known = true,
-                ChangeKind::Delete => known = false,
-                _ => {}
-            }
-        }
-        known
-    }
 }
 
 /// SyncState: opaque to the client; base64 of `ssd1|folder id|change sequence`.
