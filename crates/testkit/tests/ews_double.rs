@@ -391,6 +391,34 @@ async fn ntlm_legs_on_one_connection_with_channel_binding() {
             .await;
         assert_eq!(r.status, 401, "{pw} {binding:?}");
     }
+    // As modern clients sign in: key exchange and a MIC over the three messages.
+    let mut http = Http::open(&s).await;
+    let neg = ntlm::client_negotiate();
+    let r = http
+        .post(
+            EWS,
+            &[("Authorization", format!("NTLM {}", B64.encode(&neg)))],
+            &as_alice(GET_INBOX),
+        )
+        .await;
+    let challenge = B64
+        .decode(
+            r.header_values("www-authenticate")[0]
+                .strip_prefix("NTLM ")
+                .unwrap(),
+        )
+        .unwrap();
+    let auth =
+        ntlm::client_authenticate_with_mic(&neg, &challenge, "CONTOSO", "svc-sync", PW, Some(cbt))
+            .unwrap();
+    let r = http
+        .post(
+            EWS,
+            &[("Authorization", format!("NTLM {}", B64.encode(auth)))],
+            &as_alice(GET_INBOX),
+        )
+        .await;
+    assert_eq!(r.status, 200);
     // A garbage token is a 401, not a crash.
     let mut http = Http::open(&s).await;
     let r = http
