@@ -24,6 +24,10 @@
 //! OAuth sign-in tests start an [`OAuthServer`] (token and introspection endpoints) and a
 //! private Dovecot whose `oauth2` passdb asks it ([`DovecotOptions::oauth2_introspection_url`]).
 //!
+//! Exchange cannot run here: EWS tests start an [`ews::EwsDouble`], a protocol-faithful EWS
+//! server in memory (SOAP operations, autodiscover, Basic/NTLM/Bearer sign-in, injectable
+//! faults), over HTTPS with the test CA's certificate.
+//!
 //! Browser tests run playwright-core scripts from the repository's `e2e/` directory in
 //! Debian's headless Chromium through [`browser::run_script`]; they need none of the servers.
 

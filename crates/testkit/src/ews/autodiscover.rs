@@ -19,7 +19,7 @@ fn base(s: &DoubleState) -> String {
 
 /// A POX `<Error>` answer (HTTP 200, as Exchange sends it).
 pub(super) fn pox_error(code: u16, message: &str) -> Response<Body> {
-    let now = chrono::Utc::now().format("%H:%M:%S%.7f");
+    let now = chrono::Utc::now().format("%H:%M:%S%.6f");
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?><Autodiscover xmlns=\"{NS_RESPONSE}\">\
          <Response><Error Time=\"{now}\" Id=\"2477272013\"><ErrorCode>{code}</ErrorCode>\

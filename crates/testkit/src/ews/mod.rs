@@ -30,6 +30,7 @@ mod store;
 mod xml;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,9 +58,9 @@ pub use ntlm::NtlmError;
 /// Largest request body accepted (IIS's `maxAllowedContentLength` is larger, but EWS's
 /// `maxReceivedMessageSize` refuses bigger SOAP messages); larger ones get 413.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
-/// How long a client may take to send the request head.
+/// Default of [`EwsConfig::header_timeout`].
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a client may take to send the request body.
+/// Default of [`EwsConfig::body_timeout`].
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Exchange build the double claims to be (SOAP header `ServerVersionInfo`, the highest
@@ -85,7 +86,7 @@ impl ExchangeServerVersion {
             ExchangeServerVersion::Exchange2010Sp3 => (14, 3, 123, 4, "Exchange2010_SP2"),
             ExchangeServerVersion::Exchange2013Sp1 => (15, 0, 847, 32, "Exchange2013_SP1"),
             ExchangeServerVersion::Exchange2016 => (15, 1, 2507, 6, "V2017_07_11"),
-            ExchangeServerVersion::Exchange2019 => (15, 2, 1118, 7, "V2017_07_11"),
+            ExchangeServerVersion::Exchange2019 => (15, 2, 2562, 17, "V2017_07_11"),
             ExchangeServerVersion::ExchangeOnline => (15, 20, 5000, 10, "V2018_01_08"),
         }
     }
@@ -100,7 +101,9 @@ impl ExchangeServerVersion {
     }
 }
 
-/// Rank of a `RequestServerVersion/@Version` value; `None` if it is not a schema value.
+/// Rank of a `RequestServerVersion/@Version` value; `None` if the double does not know it
+/// (answered like a too-new one, with ErrorInvalidServerVersion, which is what lets clients
+/// such as exchangelib step down through version names an older server has never heard of).
 fn version_rank(v: &str) -> Option<u8> {
     Some(match v {
         "Exchange2007" => 1,
@@ -110,7 +113,7 @@ fn version_rank(v: &str) -> Option<u8> {
         "Exchange2010_SP2" => 5,
         "Exchange2013" => 6,
         "Exchange2013_SP1" => 7,
-        "Exchange2015" => 8,
+        "Exchange2015" | "Exchange2015_SP1" => 8,
         "Exchange2016" => 9,
         v if v.starts_with("V20") && v.len() >= 5 => 10,
         _ => return None,
@@ -164,6 +167,15 @@ pub struct EwsConfig {
     pub streaming_heartbeat: Duration,
     /// Caps GetStreamingEvents' ConnectionTimeout (minutes) so tests see a `Closed` soon.
     pub streaming_timeout_cap: Option<Duration>,
+    /// The `shared/exchange` directory (its `wrappers/ews-envelope.xsd`). When set, every EWS
+    /// request is first validated against the EWS schemas with `xmllint` (about 0.15 s each),
+    /// and an invalid one gets `ErrorSchemaValidation`, as Exchange answers it.
+    pub schema_dir: Option<PathBuf>,
+    /// How long a client may take for the TLS handshake and for each request head (the
+    /// connection is then closed, like IIS's `headerWaitTimeout`).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request body (then 408).
+    pub body_timeout: Duration,
 }
 
 impl Default for EwsConfig {
@@ -181,6 +193,9 @@ impl Default for EwsConfig {
             netbios_domain: "CONTOSO".into(),
             streaming_heartbeat: Duration::from_secs(30),
             streaming_timeout_cap: None,
+            schema_dir: None,
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
         }
     }
 }
@@ -367,6 +382,7 @@ impl EwsDouble {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind((HOST, 0)).await?;
         let port = listener.local_addr()?.port();
+        let header_timeout = cfg.header_timeout;
         let state: Shared = Arc::new(Mutex::new(DoubleState {
             cfg,
             port,
@@ -388,8 +404,9 @@ impl EwsDouble {
                 let (acceptor, app, mut stop) =
                     (acceptor.clone(), app.clone(), shutdown_rx.clone());
                 tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
                     let Ok(Ok(tls)) =
-                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await
+                        tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await
                     else {
                         return;
                     };
@@ -403,7 +420,7 @@ impl EwsDouble {
                     });
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http.timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT)
+                        .header_read_timeout(header_timeout)
                         .keep_alive(true);
                     let serve = http.serve_connection(TokioIo::new(tls), svc);
                     tokio::select! {
@@ -625,7 +642,8 @@ async fn handle(
             "Request Entity Too Large",
         );
     }
-    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    let body_timeout = lock(&state).cfg.body_timeout;
+    let body = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY)).await
     {
         Err(_) => return respond(StatusCode::REQUEST_TIMEOUT, "text/html", "Request Timeout"),
         Ok(Err(e)) => {
@@ -687,9 +705,28 @@ async fn handle(
         }
         Err(refusal) => {
             record(None);
-            return refusal;
+            return *refusal;
         }
     };
+    // What IIS and Exchange answer to other methods once signed in.
+    if parts.method != axum::http::Method::POST {
+        let get =
+            parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+        return match endpoint {
+            Endpoint::Ews if get => respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                "<html><head><title>Service</title></head><body><h1>Service</h1>\
+                 <p>You have created a service.</p></body></html>",
+            ),
+            Endpoint::Pox if get => autodiscover::pox_error(600, "Invalid Request"),
+            _ => respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/html",
+                "Method Not Allowed",
+            ),
+        };
+    }
     // Injected faults.
     let fault = {
         let mut s = lock(&state);
@@ -706,6 +743,16 @@ async fn handle(
             Fault::DropConnection { .. } => {
                 conn.kill.notify_one();
                 std::future::pending::<()>().await;
+            }
+            Fault::Http { status: 401, .. } => {
+                // As when a password changed or a token expired: sign in again, on this
+                // connection too.
+                conn.ntlm
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .authenticated = None;
+                let offered = challenges(&lock(&state).cfg);
+                return *unauthorized(&offered);
             }
             Fault::Http { status, .. } => {
                 let status =
@@ -752,6 +799,15 @@ async fn handle(
         Endpoint::Pox => autodiscover::pox(&state, &doc),
         Endpoint::SoapAutodiscover => autodiscover::soap(&state, &doc),
         Endpoint::Ews => {
+            let (version, schema_dir) = {
+                let s = lock(&state);
+                (s.cfg.version, s.cfg.schema_dir.clone())
+            };
+            if let Some(dir) = schema_dir
+                && let Err((violation, line)) = schema_check(&dir, &body).await
+            {
+                return ops::schema_fault(version, &violation, line);
+            }
             let anchor = parts
                 .headers
                 .get("x-anchormailbox")
@@ -760,6 +816,48 @@ async fn handle(
             ops::dispatch(&state, &who, anchor.as_deref(), &doc).await
         }
     }
+}
+
+/// Validates a SOAP request with xmllint against `wrappers/ews-envelope.xsd` under `dir`;
+/// `Err` carries xmllint's first complaint and its line.
+async fn schema_check(dir: &std::path::Path, body: &[u8]) -> Result<(), (String, usize)> {
+    use tokio::io::AsyncWriteExt;
+    let xsd = dir.join("wrappers").join("ews-envelope.xsd");
+    let child = tokio::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(&xsd)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Err((format!("xmllint could not run: {e}"), 0)),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(body).await;
+    }
+    let out = match child.wait_with_output().await {
+        Ok(o) => o,
+        Err(e) => return Err((format!("xmllint failed: {e}"), 0)),
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let first = text
+        .lines()
+        .find(|l| l.starts_with("-:"))
+        .unwrap_or("the request does not match the EWS schemas");
+    let line = first
+        .split(':')
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    Err((first.trim_start_matches("-:").to_string(), line))
 }
 
 /// `WWW-Authenticate` values for the configured schemes, in order.
@@ -776,7 +874,7 @@ fn challenges(cfg: &EwsConfig) -> Vec<String> {
         .collect()
 }
 
-fn unauthorized(values: &[String]) -> Response<Body> {
+fn unauthorized(values: &[String]) -> Box<Response<Body>> {
     let mut r = respond(
         StatusCode::UNAUTHORIZED,
         "text/html",
@@ -787,7 +885,7 @@ fn unauthorized(values: &[String]) -> Response<Body> {
             r.headers_mut().append(header::WWW_AUTHENTICATE, v);
         }
     }
-    r
+    Box::new(r)
 }
 
 /// Signs a request in; `Err` is the 401 to send (an NTLM CHALLENGE or a refusal).
@@ -795,7 +893,7 @@ fn authenticate(
     state: &Shared,
     conn: &Conn,
     headers: &HeaderMap,
-) -> Result<String, Response<Body>> {
+) -> Result<String, Box<Response<Body>>> {
     let s = lock(state);
     let refuse = || unauthorized(&challenges(&s.cfg));
     let given = headers
@@ -840,9 +938,7 @@ fn authenticate(
                 _ => None,
             });
             account.ok_or_else(|| {
-                unauthorized(&[format!(
-                    "Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", error=\"invalid_token\""
-                )])
+                unauthorized(&["Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", error=\"invalid_token\"".to_string()])
             })
         }
         "ntlm" | "negotiate" if ntlm_binding.is_some() => {

@@ -419,6 +419,30 @@ pub fn client_authenticate(
     password: &str,
     cbt: Option<[u8; 16]>,
 ) -> Result<Vec<u8>, NtlmError> {
+    build_authenticate(None, challenge_msg, domain, user, password, cbt)
+}
+
+/// Like [`client_authenticate`], but as modern clients do: with a random session key exchanged
+/// under RC4 (NEGOTIATE_KEY_EXCH) and a MIC over all three messages (MsvAvFlags 0x2).
+pub fn client_authenticate_with_mic(
+    negotiate: &[u8],
+    challenge_msg: &[u8],
+    domain: &str,
+    user: &str,
+    password: &str,
+    cbt: Option<[u8; 16]>,
+) -> Result<Vec<u8>, NtlmError> {
+    build_authenticate(Some(negotiate), challenge_msg, domain, user, password, cbt)
+}
+
+fn build_authenticate(
+    mic_over: Option<&[u8]>,
+    challenge_msg: &[u8],
+    domain: &str,
+    user: &str,
+    password: &str,
+    cbt: Option<[u8; 16]>,
+) -> Result<Vec<u8>, NtlmError> {
     if challenge_msg.get(..8) != Some(SIGNATURE) || u32_at(challenge_msg, 8) != Some(2) {
         return Err(NtlmError::Malformed("not a CHALLENGE message"));
     }
@@ -435,6 +459,9 @@ pub fn client_authenticate(
     if let Some(cbt) = cbt {
         pairs.push((av::CHANNEL_BINDINGS, cbt.to_vec()));
     }
+    if mic_over.is_some() {
+        pairs.push((av::FLAGS, 2u32.to_le_bytes().to_vec()));
+    }
     let mut blob = vec![1, 1, 0, 0, 0, 0, 0, 0];
     blob.extend_from_slice(&timestamp);
     blob.extend_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
@@ -450,10 +477,15 @@ pub fn client_authenticate(
     nt.extend_from_slice(&blob);
     let lm = vec![0u8; 24];
     let (d, u, w) = (utf16(domain), utf16(user), utf16("WORKSTATION"));
+    let session_key: [u8; 16] = *uuid::Uuid::new_v4().as_bytes();
+    let encrypted_key = match mic_over {
+        Some(_) => rc4(&hmac_md5(&key, &[&proof]), &session_key),
+        None => Vec::new(),
+    };
     let header = 88usize;
     let mut payload = Vec::new();
     let mut fields = Vec::new();
-    for part in [&lm, &nt, &d, &u, &w, &Vec::new()] {
+    for part in [&lm, &nt, &d, &u, &w, &encrypted_key] {
         fields.push((part.len(), header + payload.len()));
         payload.extend_from_slice(part);
     }
@@ -464,11 +496,18 @@ pub fn client_authenticate(
         m.extend_from_slice(&(len as u16).to_le_bytes());
         m.extend_from_slice(&(off as u32).to_le_bytes());
     }
-    let flags = NEGOTIATE_UNICODE | NEGOTIATE_NTLM | NEGOTIATE_EXTENDED_SESSIONSECURITY;
+    let mut flags = NEGOTIATE_UNICODE | NEGOTIATE_NTLM | NEGOTIATE_EXTENDED_SESSIONSECURITY;
+    if mic_over.is_some() {
+        flags |= NEGOTIATE_KEY_EXCH | NEGOTIATE_128;
+    }
     m.extend_from_slice(&flags.to_le_bytes());
     m.extend_from_slice(&[10, 0, 0x63, 0x45, 0, 0, 0, 15]);
     m.extend_from_slice(&[0; 16]);
     m.extend_from_slice(&payload);
+    if let Some(negotiate) = mic_over {
+        let mic = hmac_md5(&session_key, &[negotiate, challenge_msg, &m]);
+        m[72..88].copy_from_slice(&mic);
+    }
     Ok(m)
 }
 
@@ -521,6 +560,15 @@ mod tests {
             Err(NtlmError::BadChannelBinding)
         );
         assert!(verify(&neg, &ch, &plain, "pw", Binding::Optional(cbt)).is_ok());
+        // With a MIC and an exchanged session key; a flipped MIC byte is caught.
+        let mut with_mic =
+            client_authenticate_with_mic(&neg, &ch, "CONTOSO", "svc", "pw", Some(cbt)).unwrap();
+        assert!(verify(&neg, &ch, &with_mic, "pw", Binding::Required(cbt)).is_ok());
+        with_mic[80] ^= 1;
+        assert_eq!(
+            verify(&neg, &ch, &with_mic, "pw", Binding::Required(cbt)),
+            Err(NtlmError::BadMic)
+        );
         // Truncations never panic.
         for n in 0..auth.len() {
             let _ = verify(&neg, &ch, &auth[..n], "pw", Binding::Ignored);

@@ -1,6 +1,6 @@
 //! EWS operations: SOAP request → state change → SOAP response in Exchange's shapes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,39 +185,21 @@ pub(super) async fn dispatch(
     let requested = header
         .and_then(|h| h.child("RequestServerVersion"))
         .and_then(|r| r.attr("Version"));
-    match requested.map(|r| (r, version_rank(r))) {
-        None => {
-            return soap_fault(
-                version,
-                "ErrorInvalidServerVersion",
-                "The specified server version is invalid.",
-                "",
-            );
-        }
-        Some((r, None)) => {
-            return schema_fault(
-                version,
-                &format!(
-                    "The 'Version' attribute is invalid - The value '{r}' is invalid according to its datatype 'http://schemas.microsoft.com/exchange/services/2006/types:ExchangeVersionType' - The Enumeration constraint failed."
-                ),
-                header.map_or(1, |h| h.line),
-            );
-        }
-        Some((_, Some(rank))) if rank > version.max_request_rank() => {
-            return soap_fault(
-                version,
-                "ErrorInvalidServerVersion",
-                "The specified server version is invalid.",
-                "",
-            );
-        }
-        _ => {}
+    // Missing, unknown or newer than this server: ErrorInvalidServerVersion (a SOAP fault).
+    let rank = requested.and_then(version_rank);
+    if rank.is_none_or(|rank| rank > version.max_request_rank()) {
+        return soap_fault(
+            version,
+            "ErrorInvalidServerVersion",
+            "The specified server version is invalid.",
+            "",
+        );
     }
     // Whose mailbox: ExchangeImpersonation, else the caller's own.
     let ctx = {
         let s = lock(state);
         let account = s.accounts.get(&who.to_lowercase());
-        let caller_impersonates = account.map_or(true, |a| a.impersonation);
+        let caller_impersonates = account.is_none_or(|a| a.impersonation);
         let own = account.and_then(|a| a.mailbox.clone());
         let imp = header.and_then(|h| h.path(&["ExchangeImpersonation", "ConnectingSID"]));
         let mailbox = match imp {
@@ -263,9 +245,10 @@ pub(super) async fn dispatch(
         "GetFolder" => get_folder(&s, &ctx, op),
         "FindFolder" => find_folder(&s, &ctx, op),
         "CreateFolder" => create_folder(&mut s, &ctx, op),
+        "SyncFolderHierarchy" => sync_folder_hierarchy(&s, &ctx, op),
         "SyncFolderItems" => match sync_folder_items(&s, &ctx, op) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return *r,
         },
         "GetItem" => get_item(&s, &ctx, op),
         "FindItem" => find_item(&s, &ctx, op),
@@ -857,8 +840,11 @@ fn create_folder(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
             folder_class: class.or_else(|| Some("IPF.Note".into())),
         };
         let ck = folder_ck(&folder);
+        s.seq += 1;
+        let seq = s.seq;
         if let Some(m) = s.mailboxes.get_mut(mb) {
             m.folders.push(folder);
+            m.folder_log.push((seq, id.clone()));
         }
         msgs.push(success(
             OP,
@@ -872,9 +858,62 @@ fn create_folder(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// SyncFolderHierarchy
+
+/// The folders below SyncFolderId (default: the mailbox root): all of them as `Create` at first,
+/// later the folders created since the SyncState.
+fn sync_folder_hierarchy(s: &DoubleState, ctx: &Ctx, op: &Node) -> String {
+    const OP: &str = "SyncFolderHierarchy";
+    let sh = shape(op.child("FolderShape"));
+    let result = (|| -> Result<String, E> {
+        let (mb, root) = match op.child("SyncFolderId") {
+            Some(n) => first_folder_ref(s, ctx, Some(n))?,
+            None => {
+                let mb = mailbox_key(ctx)?;
+                let root = s.mailboxes[&mb]
+                    .folder("root")
+                    .map(|f| f.id.clone())
+                    .ok_or_else(folder_not_found)?;
+                (mb, root)
+            }
+        };
+        let m = &s.mailboxes[&mb];
+        let since = match op.child_text("SyncState").filter(|t| !t.is_empty()) {
+            None => None,
+            Some(state) => Some(store::decode_hierarchy_state(state, &root).ok_or_else(|| {
+                e(
+                    "ErrorInvalidSyncStateData",
+                    "Synchronization state data is corrupt or otherwise invalid.",
+                )
+            })?),
+        };
+        let below = m.descendants(&root);
+        let changes: String = below
+            .iter()
+            .filter(|f| {
+                since.is_none_or(|seq| m.folder_log.iter().any(|(at, id)| *at > seq && *id == f.id))
+            })
+            .map(|f| format!("<t:Create>{}</t:Create>", folder_xml(m, f, &sh)))
+            .collect();
+        Ok(format!(
+            "<m:SyncState>{}</m:SyncState><m:IncludesLastFolderInRange>true</m:IncludesLastFolderInRange>\
+             <m:Changes>{changes}</m:Changes>",
+            store::encode_hierarchy_state(&root, s.seq)
+        ))
+    })();
+    wrap(
+        OP,
+        &[match result {
+            Ok(inner) => success(OP, &inner),
+            Err(err) => failure(OP, &err, ""),
+        }],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
 // SyncFolderItems
 
-fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Response<Body>> {
+fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Box<Response<Body>>> {
     const OP: &str = "SyncFolderItems";
     let v = s.cfg.version;
     let sh = shape(op.child("ItemShape"));
@@ -882,11 +921,11 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Re
     let max: u32 = match max_node.map(|n| n.text.trim().parse::<u32>()) {
         Some(Ok(n)) if (1..=512).contains(&n) => n,
         _ => {
-            return Err(schema_fault(
+            return Err(Box::new(schema_fault(
                 v,
                 "The 'MaxChangesReturned' element is invalid - The value must be an integer from 1 to 512.",
                 max_node.map_or(op.line, |n| n.line),
-            ));
+            )));
         }
     };
     let max = max.min(s.cfg.max_sync_items.max(1)) as usize;
@@ -916,30 +955,50 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Re
         })
         .unwrap_or_default();
     let m = &s.mailboxes[&mb];
-    let mut seen = HashSet::new();
-    let mut changes = Vec::new();
-    let mut new_state = m.log.last().map_or(since, |c| c.seq.max(since));
-    let mut complete = true;
-    for c in m.log.iter().filter(|c| c.seq > since && c.folder == folder) {
-        if !seen.insert(c.item.as_str()) {
+    // One pass over the log: per item of this folder, was it there at `since`, was it changed
+    // beyond its read flag after it, and where does its first change after `since` sit.
+    struct Seen {
+        known: bool,
+        updated: bool,
+        first: u64,
+    }
+    let mut seen: HashMap<&str, Seen> = HashMap::new();
+    let mut order: Vec<(&str, u64)> = Vec::new();
+    for c in m.log.iter().filter(|c| c.folder == folder) {
+        let e = seen.entry(c.item.as_str()).or_insert(Seen {
+            known: false,
+            updated: false,
+            first: 0,
+        });
+        if c.seq <= since {
+            match c.kind {
+                ChangeKind::Create => e.known = true,
+                ChangeKind::Delete => e.known = false,
+                _ => {}
+            }
             continue;
         }
-        let known = m.known_at(&folder, &c.item, since);
-        let now = m.items.get(&c.item).filter(|i| i.folder == folder);
-        let later: Vec<ChangeKind> = m
-            .log
-            .iter()
-            .filter(|x| x.seq > since && x.folder == folder && x.item == c.item)
-            .map(|x| x.kind)
-            .collect();
-        let xml = match (known, now) {
+        if e.first == 0 {
+            e.first = c.seq;
+            order.push((c.item.as_str(), c.seq));
+        }
+        if c.kind == ChangeKind::Update {
+            e.updated = true;
+        }
+    }
+    let mut changes = Vec::new();
+    let mut new_state = since;
+    let mut complete = true;
+    for (item, first) in order {
+        let Some(info) = seen.get(item) else {
+            continue;
+        };
+        let now = m.items.get(item).filter(|i| i.folder == folder);
+        let xml = match (info.known, now) {
             (false, None) => continue,
             (false, Some(i)) => format!("<t:Create>{}</t:Create>", item_xml(m, i, &sh, true)),
-            (true, None) => format!(
-                "<t:Delete>{}</t:Delete>",
-                format!("<t:ItemId Id=\"{}\"/>", esc(&c.item))
-            ),
-            (true, Some(i)) if later.contains(&ChangeKind::Update) => {
+            (true, None) => format!("<t:Delete><t:ItemId Id=\"{}\"/></t:Delete>", esc(item)),
+            (true, Some(i)) if info.updated => {
                 format!("<t:Update>{}</t:Update>", item_xml(m, i, &sh, true))
             }
             (true, Some(i)) => format!(
@@ -948,7 +1007,7 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Re
                 i.is_read
             ),
         };
-        if ignore.contains(c.item.as_str()) {
+        if ignore.contains(item) {
             continue;
         }
         if changes.len() == max {
@@ -956,7 +1015,7 @@ fn sync_folder_items(s: &DoubleState, ctx: &Ctx, op: &Node) -> Result<String, Re
             break;
         }
         changes.push(xml);
-        new_state = c.seq;
+        new_state = first;
     }
     if complete {
         new_state = m.log.last().map_or(since, |c| c.seq.max(since));
@@ -1700,6 +1759,7 @@ async fn streaming(
                 continue;
             }
             tokio::select! {
+                _ = tx.closed() => return,
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(heartbeat) => {
                     if tx.send(streaming_chunk(v, "<m:ConnectionStatus>OK</m:ConnectionStatus>")).await.is_err() {

@@ -65,6 +65,8 @@ pub struct Mailbox {
     pub folders: Vec<Folder>,
     pub items: BTreeMap<String, Item>,
     pub log: Vec<Change>,
+    /// Folders created after the mailbox: (change sequence, folder id), for SyncFolderHierarchy.
+    pub folder_log: Vec<(u64, String)>,
 }
 
 /// An event queued for a subscription.
@@ -175,6 +177,7 @@ impl Mailbox {
             folders,
             items: BTreeMap::new(),
             log: Vec::new(),
+            folder_log: Vec::new(),
         }
     }
 
@@ -197,23 +200,6 @@ impl Mailbox {
     pub fn items_in<'a>(&'a self, folder: &'a str) -> impl Iterator<Item = &'a Item> + 'a {
         self.items.values().filter(move |i| i.folder == folder)
     }
-
-    /// Was `item` in `folder` at change sequence `seq`?
-    pub fn known_at(&self, folder: &str, item: &str, seq: u64) -> bool {
-        let mut known = false;
-        for c in self
-            .log
-            .iter()
-            .filter(|c| c.seq <= seq && c.folder == folder && c.item == item)
-        {
-            match c.kind {
-                ChangeKind::Create => known = true,
-                ChangeKind::Delete => known = false,
-                _ => {}
-            }
-        }
-        known
-    }
 }
 
 /// SyncState: opaque to the client; base64 of `ssd1|folder id|change sequence`.
@@ -223,13 +209,46 @@ pub fn encode_sync_state(folder: &str, seq: u64) -> String {
 
 /// Decodes a SyncState for `folder`; `None` if it is not one of ours or is for another folder.
 pub fn decode_sync_state(state: &str, folder: &str) -> Option<u64> {
+    decode_state("ssd1", state, folder)
+}
+
+/// SyncFolderHierarchy's SyncState: base64 of `shd1|root folder id|change sequence`.
+pub fn encode_hierarchy_state(root: &str, seq: u64) -> String {
+    B64.encode(format!("shd1|{root}|{seq}"))
+}
+
+/// Decodes a SyncFolderHierarchy SyncState for the hierarchy under `root`.
+pub fn decode_hierarchy_state(state: &str, root: &str) -> Option<u64> {
+    decode_state("shd1", state, root)
+}
+
+fn decode_state(kind: &str, state: &str, folder: &str) -> Option<u64> {
     let raw = B64.decode(state.trim()).ok()?;
     let raw = String::from_utf8(raw).ok()?;
     let mut parts = raw.splitn(3, '|');
-    if parts.next()? != "ssd1" || parts.next()? != folder {
+    if parts.next()? != kind || parts.next()? != folder {
         return None;
     }
     parts.next()?.parse().ok()
+}
+
+impl Mailbox {
+    /// Every folder below `root` (not `root` itself), parents before children.
+    pub fn descendants(&self, root: &str) -> Vec<&Folder> {
+        let mut out = Vec::new();
+        let mut queue = vec![root.to_string()];
+        while let Some(p) = queue.pop() {
+            for f in self
+                .folders
+                .iter()
+                .filter(|f| f.parent.as_deref() == Some(p.as_str()))
+            {
+                out.push(f);
+                queue.push(f.id.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Watermark: base64 of `wm1|sequence`.

@@ -196,7 +196,18 @@ impl Node {
     }
 }
 
-/// Escapes text or an attribute value.
+/// Escapes text or a double-quoted attribute value (`&`, `<`, `>`, `"`; apostrophes stay, as
+/// in Exchange's answers).
 pub fn esc(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
