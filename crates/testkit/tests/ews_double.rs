@@ -1251,14 +1251,10 @@ async fn slow_clients_are_cut_off() {
 }
 
 /// Responses of the double, checked against the EWS message schemas with xmllint
-/// (`shared/exchange/validate.sh`, bare response elements). Skipped when the schemas or
-/// xmllint are not on this machine.
+/// (`shared/exchange/validate.sh`, bare response elements).
 #[tokio::test]
 async fn responses_are_schema_valid() {
-    let Some(dir) = schemas() else {
-        eprintln!("skipped: no EWS schemas or no xmllint");
-        return;
-    };
+    let dir = serversync_testkit::ews::schema_dir();
     let script = dir.join("validate.sh");
     let s = setup(EwsConfig {
         max_sync_items: 2,
@@ -1329,10 +1325,7 @@ async fn responses_are_schema_valid() {
 /// With `schema_dir` set, a request Exchange's schemas reject gets ErrorSchemaValidation.
 #[tokio::test]
 async fn requests_are_schema_checked_when_asked() {
-    let Some(dir) = schemas() else {
-        eprintln!("skipped: no EWS schemas or no xmllint");
-        return;
-    };
+    let dir = serversync_testkit::ews::schema_dir();
     let s = setup(EwsConfig {
         schema_dir: Some(dir),
         ..EwsConfig::default()
@@ -1358,13 +1351,6 @@ async fn requests_are_schema_checked_when_asked() {
     assert!(r.body.contains("<t:Violation>"), "{}", r.body);
 }
 
-fn schemas() -> Option<std::path::PathBuf> {
-    let dir = std::path::PathBuf::from(
-        std::env::var("SERVERSYNC_EWS_SCHEMAS").unwrap_or_else(|_| "/work/shared/exchange".into()),
-    );
-    (dir.join("validate.sh").exists() && which("xmllint").is_some()).then_some(dir)
-}
-
 /// The `m:…Response` element of an envelope, with the namespaces it uses declared on it.
 fn response_element(envelope: &str) -> String {
     let body = envelope.split_once("<s:Body").unwrap().1;
@@ -1376,12 +1362,4 @@ fn response_element(envelope: &str) -> String {
         &inner[..close],
         &inner[close..]
     )
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.exists())
-    })
 }

@@ -27,18 +27,13 @@ fn message(n: usize) -> Vec<u8> {
 async fn exchangelib_drives_the_double() {
     let dir = tempfile::tempdir().unwrap();
     let tls = TlsFiles::ensure(dir.path()).unwrap();
-    // With the EWS schemas at hand, every request exchangelib sends is also schema-checked.
-    let schemas = std::path::PathBuf::from(
-        std::env::var("SERVERSYNC_EWS_SCHEMAS").unwrap_or_else(|_| "/work/shared/exchange".into()),
-    );
+    // Every request exchangelib sends is also schema-checked.
+    let schemas = serversync_testkit::ews::schema_dir();
     let cfg = EwsConfig {
         max_sync_items: CAP,
         streaming_heartbeat: std::time::Duration::from_millis(500),
         streaming_timeout_cap: Some(std::time::Duration::from_secs(3)),
-        schema_dir: schemas
-            .join("wrappers/ews-envelope.xsd")
-            .exists()
-            .then_some(schemas),
+        schema_dir: Some(schemas),
         ..EwsConfig::default()
     };
     let ews = EwsDouble::start(&tls, cfg).await.unwrap();

@@ -73,8 +73,10 @@ pub enum ExchangeServerVersion {
     Exchange2013Sp1,
     /// Exchange 2016 (15.1).
     Exchange2016,
-    /// Exchange 2019 (15.2).
+    /// Exchange 2019 CU15 (15.2.1748).
     Exchange2019,
+    /// Exchange Server Subscription Edition RTM (15.2.2562).
+    ExchangeSubscriptionEdition,
     /// Exchange Online (15.20), which reports the odd `Version="V2018_01_08"`.
     ExchangeOnline,
 }
@@ -86,7 +88,10 @@ impl ExchangeServerVersion {
             ExchangeServerVersion::Exchange2010Sp3 => (14, 3, 123, 4, "Exchange2010_SP2"),
             ExchangeServerVersion::Exchange2013Sp1 => (15, 0, 847, 32, "Exchange2013_SP1"),
             ExchangeServerVersion::Exchange2016 => (15, 1, 2507, 6, "V2017_07_11"),
-            ExchangeServerVersion::Exchange2019 => (15, 2, 2562, 17, "V2017_07_11"),
+            ExchangeServerVersion::Exchange2019 => (15, 2, 1748, 10, "V2017_07_11"),
+            ExchangeServerVersion::ExchangeSubscriptionEdition => {
+                (15, 2, 2562, 17, "V2017_07_11")
+            }
             ExchangeServerVersion::ExchangeOnline => (15, 20, 5000, 10, "V2018_01_08"),
         }
     }
@@ -339,6 +344,26 @@ struct Conn {
     kill: Notify,
 }
 
+/// Microsoft's EWS schemas and their validator (`validate.sh`), in `../shared/exchange`
+/// beside the project's root (`SERVERSYNC_EWS_SCHEMAS` overrides). Panics when they are
+/// missing: the schema checks never pass by being skipped.
+pub fn schema_dir() -> PathBuf {
+    let dir = std::env::var_os("SERVERSYNC_EWS_SCHEMAS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/exchange"
+            ))
+        });
+    assert!(
+        dir.join("validate.sh").exists() && dir.join("wrappers/ews-envelope.xsd").exists(),
+        "the EWS schemas are not at {}: ../shared must sit beside the project's root",
+        dir.display()
+    );
+    dir
+}
+
 /// A running EWS double; the server stops when it is dropped.
 pub struct EwsDouble {
     port: u16,
@@ -534,6 +559,18 @@ impl EwsDouble {
     /// mail delivery would, raising NewMailEvent and CreatedEvent; returns its ItemId.
     /// Panics if the mailbox or folder does not exist (a mistake in the test).
     pub fn deliver(&self, mailbox: &str, folder: &str, mime: &[u8], is_read: bool) -> String {
+        self.deliver_received(mailbox, folder, mime, is_read, chrono::Utc::now())
+    }
+
+    /// Like [`EwsDouble::deliver`], received by the server at `received` (`DateTimeReceived`).
+    pub fn deliver_received(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        mime: &[u8],
+        is_read: bool,
+        received: chrono::DateTime<chrono::Utc>,
+    ) -> String {
         let mut s = self.state();
         let mb_key = mailbox.to_lowercase();
         let folder_id = s
@@ -544,7 +581,14 @@ impl EwsDouble {
             .unwrap_or_else(|| panic!("no folder {folder} in {mailbox}"))
             .id
             .clone();
-        let id = ops::insert_item(&mut s, &mb_key, &folder_id, mime.to_vec(), is_read);
+        let id = ops::insert_item(
+            &mut s,
+            &mb_key,
+            &folder_id,
+            mime.to_vec(),
+            is_read,
+            received,
+        );
         ops::emit(&mut s, &mb_key, "NewMailEvent", &id, &folder_id, None);
         ops::emit(&mut s, &mb_key, "CreatedEvent", &id, &folder_id, None);
         id

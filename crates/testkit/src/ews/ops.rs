@@ -569,6 +569,7 @@ pub(super) fn insert_item(
     folder: &str,
     mime: Vec<u8>,
     is_read: bool,
+    received: chrono::DateTime<Utc>,
 ) -> String {
     s.counter += 1;
     s.seq += 1;
@@ -585,7 +586,7 @@ pub(super) fn insert_item(
         internet_message_id: store::mime_header(&mime, "Message-ID"),
         mime,
         is_read,
-        received: Utc::now(),
+        received,
         order: n,
     };
     m.items.insert(id.clone(), item);
@@ -1233,7 +1234,8 @@ fn create_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
                 )),
                 Some("SaveOnly") => {
                     let (mbk, folder) = folder_of(s, "drafts")?;
-                    let id = insert_item(s, &mbk, &folder, mime, is_read.unwrap_or(true));
+                    let id =
+                        insert_item(s, &mbk, &folder, mime, is_read.unwrap_or(true), Utc::now());
                     emit(s, &mbk, "CreatedEvent", &id, &folder, None);
                     let ck = item_ck(&s.mailboxes[&mbk].items[&id]);
                     Ok(format!(
@@ -1251,7 +1253,7 @@ fn create_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
                     let domain = s.cfg.domain.clone();
                     let mime = ensure_message_id(mime, &domain);
                     s.sent.push(mime.clone());
-                    let id = insert_item(s, &mbk, &folder, mime, true);
+                    let id = insert_item(s, &mbk, &folder, mime, true, Utc::now());
                     emit(s, &mbk, "CreatedEvent", &id, &folder, None);
                     Ok("<m:Items/>".into())
                 }
@@ -1376,11 +1378,12 @@ fn move_item(s: &mut DoubleState, ctx: &Ctx, op: &Node, copy: bool) -> String {
         let result = (|| -> Result<String, E> {
             let (to_mb, to_folder) = target.clone()?;
             let (mb, item) = find_item_id(s, ctx, id_node)?;
-            let (old_id, old_folder, mime, is_read) = (
+            let (old_id, old_folder, mime, is_read, received) = (
                 item.id.clone(),
                 item.folder.clone(),
                 item.mime.clone(),
                 item.is_read,
+                item.received,
             );
             if !copy {
                 if let Some(m) = s.mailboxes.get_mut(&mb) {
@@ -1388,7 +1391,7 @@ fn move_item(s: &mut DoubleState, ctx: &Ctx, op: &Node, copy: bool) -> String {
                 }
                 log_change(s, &mb, &old_folder, &old_id, ChangeKind::Delete);
             }
-            let new_id = insert_item(s, &to_mb, &to_folder, mime, is_read);
+            let new_id = insert_item(s, &to_mb, &to_folder, mime, is_read, received);
             let kind = if copy { "CopiedEvent" } else { "MovedEvent" };
             emit(
                 s,
@@ -1423,11 +1426,12 @@ fn delete_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
     for id_node in &ids {
         let result = (|| -> Result<(), E> {
             let (mb, item) = find_item_id(s, ctx, id_node)?;
-            let (id, folder, mime, is_read) = (
+            let (id, folder, mime, is_read, received) = (
                 item.id.clone(),
                 item.folder.clone(),
                 item.mime.clone(),
                 item.is_read,
+                item.received,
             );
             let trash = s.mailboxes[&mb]
                 .folder("deleteditems")
@@ -1438,7 +1442,7 @@ fn delete_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
             log_change(s, &mb, &folder, &id, ChangeKind::Delete);
             match trash.filter(|t| to_trash && *t != folder) {
                 Some(t) => {
-                    let new_id = insert_item(s, &mb, &t, mime, is_read);
+                    let new_id = insert_item(s, &mb, &t, mime, is_read, received);
                     emit(s, &mb, "MovedEvent", &new_id, &t, Some((&id, &folder)));
                 }
                 None => emit(s, &mb, "DeletedEvent", &id, &folder, None),
