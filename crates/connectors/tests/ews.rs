@@ -414,6 +414,25 @@ async fn sending_keeps_a_copy_in_sent_items_and_waits_out_throttling() {
     });
     let s = t.submit(ALICE, &rcpts, mail).await.unwrap();
     assert!(matches!(s, Submission::Unknown { .. }), "{s:?}");
+    assert_eq!(
+        f.double.sent().len(),
+        1,
+        "dropped before it was carried out"
+    );
+
+    // Carried out, then the answer lost: unknown here, and Sent Items tells it was sent.
+    f.double.inject(Fault::DropAfterServing {
+        operation: Some("CreateItem".into()),
+    });
+    let mail2 = b"From: alice@localhost\r\nTo: bob@example.net\r\nSubject: second\r\nMessage-ID: <q2@localhost>\r\n\r\nhello\r\n";
+    let mut t =
+        MailTransport::connect(OutgoingProtocol::Ews, &f.fixed(), Some(&service()), &f.opts)
+            .await
+            .unwrap();
+    let s = t.submit(ALICE, &rcpts, mail2).await.unwrap();
+    assert!(matches!(s, Submission::Unknown { .. }), "{s:?}");
+    assert_eq!(f.double.sent().len(), 2);
+    assert!(folder.contains("q2@localhost").await.unwrap());
 }
 
 #[tokio::test]

@@ -626,6 +626,9 @@ impl EmailServerProfile {
         if !self.auto_discover {
             for (field, ep) in [("incoming", &self.incoming), ("outgoing", &self.outgoing)] {
                 match ep {
+                    // Exchange sends over the same EWS URL it receives from.
+                    None if field == "outgoing"
+                        && self.outgoing_protocol == OutgoingProtocol::Ews => {}
                     None => e.push(
                         "required",
                         field,
@@ -683,12 +686,15 @@ impl EmailServerProfile {
                  compliant: use another provider or turn FIPS mode off",
             );
         }
-        if self.auth_protocol == AuthProtocol::Ntlm {
+        if matches!(
+            self.auth_protocol,
+            AuthProtocol::Ntlm | AuthProtocol::Negotiate
+        ) {
             e.push(
                 "not_fips_compliant",
                 "auth_protocol",
                 "FIPS 140-2 mode is on and NTLM uses algorithms FIPS does not approve: choose \
-                 negotiate (Kerberos), OAuth or basic over TLS",
+                 OAuth or basic over TLS",
             );
         }
         for (field, ep) in [("incoming", &self.incoming), ("outgoing", &self.outgoing)] {

@@ -89,9 +89,7 @@ impl ExchangeServerVersion {
             ExchangeServerVersion::Exchange2013Sp1 => (15, 0, 847, 32, "Exchange2013_SP1"),
             ExchangeServerVersion::Exchange2016 => (15, 1, 2507, 6, "V2017_07_11"),
             ExchangeServerVersion::Exchange2019 => (15, 2, 1748, 10, "V2017_07_11"),
-            ExchangeServerVersion::ExchangeSubscriptionEdition => {
-                (15, 2, 2562, 17, "V2017_07_11")
-            }
+            ExchangeServerVersion::ExchangeSubscriptionEdition => (15, 2, 2562, 17, "V2017_07_11"),
             ExchangeServerVersion::ExchangeOnline => (15, 20, 5000, 10, "V2018_01_08"),
         }
     }
@@ -238,6 +236,13 @@ pub enum Fault {
         /// Operation to match.
         operation: Option<String>,
     },
+    /// The request is carried out (a message sent, an item created), and then the connection
+    /// closes without the answer: what a client sees when the server or the network fails
+    /// right after the work was done.
+    DropAfterServing {
+        /// Operation to match.
+        operation: Option<String>,
+    },
     /// The answer comes this much later (the request is then served normally).
     Delay {
         /// Operation to match.
@@ -261,6 +266,7 @@ impl Fault {
             | Fault::SoapFault { operation }
             | Fault::Http { operation, .. }
             | Fault::DropConnection { operation }
+            | Fault::DropAfterServing { operation }
             | Fault::Delay { operation, .. }
             | Fault::ResponseCode { operation, .. } => operation.as_deref(),
         }
@@ -780,9 +786,11 @@ async fn handle(
             .position(|f| f.operation().is_none_or(|o| o == operation));
         i.map(|i| s.faults.remove(i))
     };
+    let mut drop_after = false;
     if let Some(fault) = fault {
         let version = lock(&state).cfg.version;
         match fault {
+            Fault::DropAfterServing { .. } => drop_after = true,
             Fault::Delay { ms, .. } => tokio::time::sleep(Duration::from_millis(ms)).await,
             Fault::DropConnection { .. } => {
                 conn.kill.notify_one();
@@ -857,7 +865,12 @@ async fn handle(
                 .get("x-anchormailbox")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            ops::dispatch(&state, &who, anchor.as_deref(), &doc).await
+            let answer = ops::dispatch(&state, &who, anchor.as_deref(), &doc).await;
+            if drop_after {
+                conn.kill.notify_one();
+                std::future::pending::<()>().await;
+            }
+            answer
         }
     }
 }
