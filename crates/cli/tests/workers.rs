@@ -7,105 +7,25 @@
 //!   arrives at most once (counted by Message-ID in the recipient's mailbox), and each one is
 //!   either sent and delivered or "outcome unknown" (the test reports how many).
 
+mod worker;
+
 use serversync_connectors::imap::sync::SyncSession;
 use serversync_connectors::{ConnectOptions, Login, ServerAddr, TlsMode, TlsTrust};
 use serversync_engine::Admin;
 use serversync_model::auth::Caller;
 use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
-use serversync_model::org::{Organization, Privilege, User};
+use serversync_model::org::Privilege;
 use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType};
-use serversync_model::settings::{EmailSettings, OutgoingMethod};
+use serversync_model::settings::OutgoingMethod;
 use serversync_model::{MailboxId, QueueId, Secret};
 use serversync_store::{Backend, Store};
 use serversync_testkit::{Dovecot, TEST_PASSWORD, TestEnv};
 use serversync_vault::MasterKey;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_serversync");
-/// Short leases so a killed worker's mailboxes are free again soon.
-const LEASE_TTL_SECONDS: u64 = 3;
-
-/// A running `serversync serve` whose log is collected in the background.
-struct Worker {
-    child: Child,
-}
-
-impl Worker {
-    fn start(dir: &Path, url: &str, key: &MasterKey) -> Worker {
-        let config = dir.join("serversync.toml");
-        std::fs::write(
-            &config,
-            format!("[engine]\ntick_ms = 100\nlease_ttl_seconds = {LEASE_TTL_SECONDS}\n"),
-        )
-        .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["--config"])
-            .arg(&config)
-            .args(["--data-dir"])
-            .arg(dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("SERVERSYNC_DATABASE_URL", url)
-            .env("SERVERSYNC_MASTER_KEY", key.to_base64())
-            .env("SERVERSYNC_LOG", "warn")
-            .env_remove("DATABASE_URL")
-            .env_remove("SERVERSYNC_LMTP_LISTEN")
-            .env(
-                "SERVERSYNC_TLS_EXTRA_CA_FILES",
-                &TestEnv::from_env().ca_cert,
-            )
-            // The test servers are on this machine.
-            .env("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8,::1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[serve] {line}");
-            }
-        });
-        Worker { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: no chance to release leases or finish anything.
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "serve stops within 30 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use worker::{LEASE_TTL_SECONDS, Worker, bootstrap, database, stored, total};
 
 async fn imap(port: u16, user: &str) -> SyncSession {
     SyncSession::connect(
@@ -133,28 +53,6 @@ async fn append(port: u16, user: &str, ids: &[String]) {
             .unwrap();
     }
     let _ = s.logout().await;
-}
-
-/// On a fresh store: the first administrator, the bootstrap organization and its email
-/// settings.
-async fn bootstrap(store: &Store) -> (User, Organization, EmailSettings) {
-    let (admin, _) = Admin::new(store.clone(), Default::default())
-        .bootstrap()
-        .await
-        .unwrap()
-        .expect("fresh store");
-    let org = store
-        .list_all::<Organization>(None, &[])
-        .await
-        .unwrap()
-        .remove(0)
-        .value;
-    let settings = store
-        .fetch::<EmailSettings>(&org.id.to_string())
-        .await
-        .unwrap()
-        .value;
-    (admin, org, settings)
 }
 
 /// The bootstrap organization, an IMAP profile on the private Dovecot, and one approved,
@@ -196,48 +94,6 @@ async fn mailboxes(store: &Store, port: u16, users: &[&str]) -> Vec<MailboxId> {
         ids.push(m.id);
     }
     ids
-}
-
-/// Message-IDs stored for a mailbox, with how often each occurs.
-async fn stored(store: &Store, m: MailboxId) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list_items(m, after.as_deref(), 1000).await.unwrap();
-        for i in &page.items {
-            *out.entry(i.value.message_id.clone().unwrap_or_default())
-                .or_insert(0) += 1;
-        }
-        match page.next {
-            Some(n) => after = Some(n),
-            None => return out,
-        }
-    }
-}
-
-async fn total(store: &Store, m: MailboxId) -> i64 {
-    store
-        .count_items(m)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, n)| n)
-        .sum()
-}
-
-/// A database for the test on `backend`, kept alive by the returned guard.
-async fn database(backend: Backend, dir: &Path) -> (Box<dyn std::any::Any + Send>, String) {
-    match backend {
-        Backend::Sqlite => (
-            Box::new(()),
-            format!("sqlite://{}", dir.join("serversync.db").display()),
-        ),
-        Backend::Postgres => {
-            let db = TestEnv::from_env().pg_database().await.unwrap();
-            let url = db.url().to_owned();
-            (Box::new(db), url)
-        }
-    }
 }
 
 const MESSAGES: usize = 5_000;

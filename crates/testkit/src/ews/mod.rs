@@ -243,6 +243,12 @@ pub enum Fault {
         /// Operation to match.
         operation: Option<String>,
     },
+    /// The request is carried out, and then no answer ever comes (the connection stays open):
+    /// a client still waiting is the moment to kill it.
+    HangAfterServing {
+        /// Operation to match.
+        operation: Option<String>,
+    },
     /// The answer comes this much later (the request is then served normally).
     Delay {
         /// Operation to match.
@@ -267,6 +273,7 @@ impl Fault {
             | Fault::Http { operation, .. }
             | Fault::DropConnection { operation }
             | Fault::DropAfterServing { operation }
+            | Fault::HangAfterServing { operation }
             | Fault::Delay { operation, .. }
             | Fault::ResponseCode { operation, .. } => operation.as_deref(),
         }
@@ -786,11 +793,12 @@ async fn handle(
             .position(|f| f.operation().is_none_or(|o| o == operation));
         i.map(|i| s.faults.remove(i))
     };
-    let mut drop_after = false;
+    let (mut drop_after, mut hang_after) = (false, false);
     if let Some(fault) = fault {
         let version = lock(&state).cfg.version;
         match fault {
             Fault::DropAfterServing { .. } => drop_after = true,
+            Fault::HangAfterServing { .. } => hang_after = true,
             Fault::Delay { ms, .. } => tokio::time::sleep(Duration::from_millis(ms)).await,
             Fault::DropConnection { .. } => {
                 conn.kill.notify_one();
@@ -868,6 +876,8 @@ async fn handle(
             let answer = ops::dispatch(&state, &who, anchor.as_deref(), &doc).await;
             if drop_after {
                 conn.kill.notify_one();
+            }
+            if drop_after || hang_after {
                 std::future::pending::<()>().await;
             }
             answer

@@ -1,0 +1,300 @@
+//! `serversync serve` against the Exchange test double (`serversync_testkit::ews`, HTTPS with
+//! NTLM and impersonation on 127.0.0.1), on SQLite and PostgreSQL:
+//! - killed with SIGKILL five times at random moments of a 2,000-message EWS sync and
+//!   restarted: exactly 2,000 messages are stored, none twice, none marked read;
+//! - killed with SIGKILL after Exchange carried out a send and before the worker heard back:
+//!   the restarted worker finds the Message-ID in Sent Items and records the email as sent —
+//!   it is never sent twice.
+
+mod worker;
+
+use serversync_model::auth::Caller;
+use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
+use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
+use serversync_model::org::Privilege;
+use serversync_model::profile::{AuthenticationType, EmailServerProfile, Endpoint, ServerType};
+use serversync_model::settings::{ActMethod, IncomingMethod, OutgoingMethod};
+use serversync_model::{MailboxId, Secret};
+use serversync_store::{Backend, Store};
+use serversync_testkit::TestEnv;
+use serversync_testkit::ews::{EwsConfig, EwsDouble, Fault};
+use serversync_vault::MasterKey;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use worker::{Worker, bootstrap, database, stored, total};
+
+const SERVICE: &str = "CONTOSO\\svc-sync";
+const PASSWORD: &str = "Sync-Pa55word!";
+const ALICE: &str = "alice@localhost";
+const MESSAGES: usize = 2_000;
+const KILLS: usize = 5;
+
+/// The double on the test environment's certificate (which `serve` trusts), with the service
+/// account and Alice's mailbox.
+async fn exchange(cfg: EwsConfig) -> EwsDouble {
+    let double = EwsDouble::start(&TestEnv::from_env().tls, cfg)
+        .await
+        .unwrap();
+    double.add_account(SERVICE, PASSWORD, true);
+    double.add_mailbox(ALICE, None);
+    double
+}
+
+/// An Exchange Server profile at the double's EWS URL (impersonation, NTLM by auto-detect) and
+/// Alice's approved mailbox on it, with incoming and outgoing email enabled.
+async fn mailbox(store: &Store, double: &EwsDouble) -> (Mailbox, Caller) {
+    let (admin, org, settings) = bootstrap(store).await;
+    let now = chrono::Utc::now();
+    let mut p = EmailServerProfile::new(
+        org.id,
+        "Exchange",
+        ServerType::ExchangeServer,
+        admin.id,
+        now,
+    );
+    p.authentication = AuthenticationType::Impersonation;
+    p.use_impersonation = true;
+    p.auto_discover = false;
+    p.incoming = Some(Endpoint {
+        location: double.ews_url(),
+        port: double.port(),
+        tls: serversync_model::profile::TlsMode::Implicit,
+    });
+    p.username = Some(SERVICE.into());
+    p.password = Some(
+        store
+            .put_secret(Some(org.id), &Secret::new(PASSWORD))
+            .await
+            .unwrap(),
+    );
+    p.validate(false).expect("a valid Exchange profile");
+    store.insert(&p).await.unwrap();
+    let mut m = Mailbox::new_with_defaults(
+        org.id,
+        MailboxRegarding::User(admin.id),
+        admin.id,
+        "Alice",
+        ALICE,
+        &settings,
+        now,
+    );
+    m.profile_id = Some(p.id);
+    m.approval = ApprovalStatus::Approved;
+    m.incoming_method = IncomingMethod::ServerSideSync;
+    m.outgoing_method = OutgoingMethod::ServerSideSync;
+    m.act_method = ActMethod::None;
+    m.incoming.enabled = true;
+    m.outgoing.enabled = true;
+    store.insert(&m).await.unwrap();
+    let caller = Caller {
+        user: admin,
+        privileges: [Privilege::ReadRecords, Privilege::WriteRecords]
+            .into_iter()
+            .collect(),
+    };
+    (m, caller)
+}
+
+fn message(id: &str) -> Vec<u8> {
+    format!(
+        "Message-ID: <{id}>\r\nFrom: Ann <ann@example.test>\r\nTo: {ALICE}\r\nSubject: message {id}\r\nDate: {}\r\n\r\nThis is message {id}.\r\n",
+        chrono::Utc::now().to_rfc2822()
+    )
+    .into_bytes()
+}
+
+async fn open(
+    backend: Backend,
+    dir: &std::path::Path,
+) -> (Box<dyn std::any::Any + Send>, String, MasterKey, Store) {
+    let (db, url) = database(backend, dir).await;
+    let key = MasterKey::generate().unwrap();
+    let store = Store::open(
+        &url,
+        MasterKey::from_base64(&key.to_base64(), serversync_vault::KeySource::Direct).unwrap(),
+    )
+    .await
+    .unwrap();
+    (db, url, key, store)
+}
+
+async fn kill9_during_ews_sync(backend: Backend) {
+    let dir = tempfile::Builder::new()
+        .prefix("ss-ews-kill9")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let double = exchange(EwsConfig {
+        max_sync_items: 100,
+        ..Default::default()
+    })
+    .await;
+    let expected: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("ews-kill9-{i:05}@example.test"))
+        .collect();
+    for (i, id) in expected.iter().enumerate() {
+        double.deliver(ALICE, "inbox", &message(id), i % 4 == 0);
+    }
+    let (_db, url, key, store) = open(backend, dir.path()).await;
+    let (m, _) = mailbox(&store, &double).await;
+    let m: MailboxId = m.id;
+
+    let stretch = MESSAGES / (KILLS + 1);
+    let mut killed_at = Vec::new();
+    for k in 0..KILLS {
+        let worker = Worker::start(dir.path(), &url, &key);
+        let random = uuid::Uuid::new_v4().as_u128() as usize % stretch;
+        let target = (k * stretch + random) as i64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let at = loop {
+            let n = total(&store, m).await;
+            if n >= target {
+                break n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the EWS sync did not reach {target} messages within 120 s (at {n})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        worker.kill9();
+        killed_at.push(at);
+    }
+    println!("{backend:?}: killed with SIGKILL at {killed_at:?} stored messages");
+    assert!(
+        killed_at.iter().all(|n| (*n as usize) < MESSAGES),
+        "every kill landed during the sync: {killed_at:?}"
+    );
+
+    let worker = Worker::start(dir.path(), &url, &key);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while total(&store, m).await < MESSAGES as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the EWS sync did not finish within 180 s of the last restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.terminate();
+
+    let got = stored(&store, m).await;
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let want: HashSet<&str> = expected.iter().map(String::as_str).collect();
+    let have: HashSet<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(have, want, "exactly the 2,000 messages in the Inbox");
+    assert_eq!(total(&store, m).await, MESSAGES as i64);
+    let inbox = double.items(ALICE, "inbox");
+    assert_eq!(inbox.len(), MESSAGES, "nothing removed");
+    assert_eq!(
+        inbox.iter().filter(|i| i.is_read).count(),
+        MESSAGES / 4,
+        "read state untouched"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_five_times_during_a_2000_message_ews_sync_sqlite() {
+    kill9_during_ews_sync(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_five_times_during_a_2000_message_ews_sync_postgres() {
+    kill9_during_ews_sync(Backend::Postgres).await
+}
+
+async fn kill9_between_send_and_record(backend: Backend) {
+    let dir = tempfile::Builder::new()
+        .prefix("ss-ews-send")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let double = exchange(EwsConfig::default()).await;
+    let (_db, url, key, store) = open(backend, dir.path()).await;
+    let (m, caller) = mailbox(&store, &double).await;
+    // Exchange sends the message and keeps its copy, then the answer never comes.
+    double.inject(Fault::HangAfterServing {
+        operation: Some("CreateItem".into()),
+    });
+    let a = serversync_engine::Admin::new(store.clone(), Default::default())
+        .compose_email(
+            &caller,
+            m.org_id,
+            NewEmail {
+                from_mailbox: m.id,
+                to: vec![Recipient::Address("bob@example.net".into())],
+                cc: Vec::new(),
+                bcc: Vec::new(),
+                subject: "Sent just before the crash".into(),
+                text_body: Some("Hello".into()),
+                html_body: None,
+                attachments: Vec::new(),
+                regarding: None,
+                send_after: None,
+                draft: false,
+                in_reply_to: None,
+            },
+        )
+        .await
+        .unwrap();
+    let worker = Worker::start(dir.path(), &url, &key);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while double.sent().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "Exchange was not asked to send within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sending = store
+        .fetch::<EmailActivity>(&a.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(
+        sending.status,
+        EmailStatus::Sending,
+        "the worker waits for the answer"
+    );
+    worker.kill9();
+
+    let worker = Worker::start(dir.path(), &url, &key);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let a = store
+            .fetch::<EmailActivity>(&a.id.to_string())
+            .await
+            .unwrap()
+            .value;
+        if a.status != EmailStatus::Sending && a.status != EmailStatus::PendingSend {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not resolved within 60 s: {:?}",
+            a.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.terminate();
+    assert_eq!(done.status, EmailStatus::Sent, "{:?}", done.send_error);
+    assert!(
+        done.send_trace.iter().any(|t| t.contains("Sent folder")),
+        "{:?}",
+        done.send_trace
+    );
+    assert_eq!(double.sent().len(), 1, "never sent twice");
+    assert_eq!(double.items(ALICE, "sentitems").len(), 1);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_between_an_ews_send_and_its_record_resolves_to_sent_sqlite() {
+    kill9_between_send_and_record(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_between_an_ews_send_and_its_record_resolves_to_sent_postgres() {
+    kill9_between_send_and_record(Backend::Postgres).await
+}
