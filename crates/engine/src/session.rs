@@ -238,8 +238,51 @@ impl MailboxSession {
             Err(p) => return Ok(Err(p)),
         };
         let protocol = self.profile.incoming_protocol;
-        let connected = MailSource::connect(protocol, &server, &login, &self.opts).await;
+        let mut connected = MailSource::connect(protocol, &server, &login, &self.opts).await;
+        if let (Err(e), Server::Ews(t)) = (&connected, &server)
+            && self.forget_found_endpoint(store, e).await?
+        {
+            // Found again by Autodiscover, at once.
+            let mut t = t.clone();
+            t.url = None;
+            connected = MailSource::connect(protocol, &Server::Ews(t), &login, &self.opts).await;
+        }
         Ok(signed_in(&login, connected).map_err(|e| Failure::from(&e)))
+    }
+
+    /// An EWS URL found by Autodiscover that cannot be reached any more (the mailbox moved, the
+    /// server was renamed) is forgotten, so the next connection looks it up again.
+    async fn forget_found_endpoint(
+        &self,
+        store: &Store,
+        e: &ConnectError,
+    ) -> Result<bool, StoreError> {
+        let unreachable = matches!(
+            e.step,
+            serversync_model::FailureStep::Dns
+                | serversync_model::FailureStep::TcpConnect
+                | serversync_model::FailureStep::Tls
+        ) || matches!(
+            e.code.as_deref(),
+            Some("ews_not_found" | "mailbox_on_other_site")
+        );
+        if !(self.profile.auto_discover && unreachable && self.mailbox.telemetry.ews_url.is_some())
+        {
+            return Ok(false);
+        }
+        tracing::info!(mailbox = %self.mailbox.id, error = %e, "the EWS URL found before is unreachable: looking it up again");
+        for _ in 0..3 {
+            let s = store.fetch::<Mailbox>(&self.mailbox.id.to_string()).await?;
+            let mut m = s.value;
+            if m.telemetry.ews_url.take().is_none() {
+                return Ok(true);
+            }
+            match store.update(&m, Some(s.version)).await {
+                Err(StoreError::VersionMismatch { .. }) => continue,
+                other => return other.map(|_| true),
+            }
+        }
+        Ok(true)
     }
 
     /// The mail transport (the outgoing server), connected and signed in under one of the

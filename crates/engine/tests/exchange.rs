@@ -439,3 +439,27 @@ async fn exchange_outgoing_with_a_sent_items_copy_sqlite() {
 async fn exchange_outgoing_with_a_sent_items_copy_postgres() {
     outgoing(Backend::Postgres).await
 }
+
+/// A mailbox whose EWS URL was found by Autodiscover before, and the server moved: the stale
+/// URL is looked up again at once, and mail keeps arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_autodiscovered_url_is_looked_up_again() {
+    let s = double(EwsConfig::default()).await;
+    let (_db, store) = common::open_store(Backend::Sqlite).await;
+    let m = s.mailbox(&store, SERVICE, ALICE, true).await;
+    let mut mm = reread(&store, m.id).await;
+    mm.incoming.enabled = true;
+    mm.telemetry.ews_url = Some("https://localhost:1/EWS/Exchange.asmx".into());
+    store.update(&mm, None).await.unwrap();
+    s.double.deliver(ALICE, "inbox", &filler(1), false);
+    let items = corpus_check::sync_until(&store, &s.config(), m.id, "mail after the move", |i| {
+        !i.is_empty()
+    })
+    .await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        reread(&store, m.id).await.telemetry.ews_url.as_deref(),
+        Some(s.double.ews_url().as_str())
+    );
+    store.close().await;
+}
