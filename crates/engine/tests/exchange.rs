@@ -463,3 +463,75 @@ async fn a_stale_autodiscovered_url_is_looked_up_again() {
     );
     store.close().await;
 }
+
+/// Hybrid Modern Authentication: the profile's app registration gets a token from the
+/// (test) identity provider for the Exchange server's origin, and the token signs in to EWS,
+/// acting on the mailbox through impersonation — for test and enable and for the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_modern_authentication_signs_in_with_an_entra_token() {
+    use serversync_model::profile::{AuthProtocol, OAuthSettings};
+    use serversync_testkit::ews::AuthScheme;
+    let s = double(EwsConfig {
+        auth: vec![AuthScheme::Bearer { tokens: Vec::new() }],
+        ..Default::default()
+    })
+    .await;
+    let idp = Arc::new(
+        serversync_testkit::oauth::OAuthServer::start(&s.tls, "hma-app", "hma-secret")
+            .await
+            .unwrap(),
+    );
+    idp.allow_client_credentials("hma-app");
+    let checker = idp.clone();
+    s.double
+        .accept_tokens(Arc::new(move |token: &str| checker.token_owner(token)));
+
+    let (_db, store) = common::open_store(Backend::Sqlite).await;
+    let m = s.mailbox(&store, SERVICE, ALICE, false).await;
+    let mut p = store
+        .fetch::<EmailServerProfile>(&m.profile_id.unwrap().to_string())
+        .await
+        .unwrap();
+    p.value.authentication = AuthenticationType::HybridModernAuth;
+    p.value.auth_protocol = AuthProtocol::OAuth;
+    p.value.username = None;
+    p.value.password = None;
+    p.value.oauth = Some(OAuthSettings {
+        tenant_id: Some("contoso.onmicrosoft.com".into()),
+        client_id: "hma-app".into(),
+        client_secret: Some(
+            store
+                .put_secret(Some(m.org_id), &Secret::new("hma-secret"))
+                .await
+                .unwrap(),
+        ),
+        authority: Default::default(),
+        token_endpoint: Some(idp.token_url().to_owned()),
+    });
+    p.value.validate(false).expect("a valid hybrid profile");
+    store.update(&p.value, Some(p.version)).await.unwrap();
+
+    let r = serversync_engine::test_enable::test_and_enable(&store, &s.config(), m.id)
+        .await
+        .unwrap();
+    assert!(r.ok, "{}", r.message);
+    assert!(r.message.contains("signed in with Bearer"), "{}", r.message);
+    let origin = format!("https://localhost:{}", s.double.port());
+    assert!(
+        idp.scopes()
+            .iter()
+            .all(|sc| *sc == format!("{origin}/.default")),
+        "{:?}",
+        idp.scopes()
+    );
+    assert!(!idp.scopes().is_empty());
+
+    s.double.deliver(ALICE, "inbox", &filler(7), false);
+    let items =
+        corpus_check::sync_until(&store, &s.config(), m.id, "mail over a bearer token", |i| {
+            !i.is_empty()
+        })
+        .await;
+    assert_eq!(items.len(), 1);
+    store.close().await;
+}

@@ -39,6 +39,8 @@ struct State {
     client_credentials_grants: usize,
     introspections: usize,
     issued: u64,
+    /// The `scope` of each client-credentials grant.
+    scopes: Vec<String>,
 }
 
 /// A running OAuth server; its tasks end when it is dropped.
@@ -165,6 +167,20 @@ impl OAuthServer {
     }
 
     /// Allows the client-credentials grant, issuing tokens for `user`.
+    /// The `scope` each client-credentials grant asked for, in order.
+    pub fn scopes(&self) -> Vec<String> {
+        self.state().scopes.clone()
+    }
+
+    /// The user an access token was issued to, while it is active.
+    pub fn token_owner(&self, token: &str) -> Option<String> {
+        self.state()
+            .access
+            .get(token)
+            .filter(|(_, active)| *active)
+            .map(|(user, _)| user.clone())
+    }
+
     pub fn allow_client_credentials(&self, user: &str) {
         self.state().service_user = Some(user.to_string());
     }
@@ -284,6 +300,7 @@ fn token(s: &mut State, form: &HashMap<String, String>) -> (u16, serde_json::Val
         "client_credentials" => match &s.service_user {
             Some(user) => {
                 s.client_credentials_grants += 1;
+                s.scopes.push(field("scope").to_owned());
                 user.clone()
             }
             None => {

@@ -58,12 +58,17 @@ impl Target {
 
     /// The URL again (for reports).
     pub fn url(&self) -> String {
+        format!("{}{}", self.origin(), self.path)
+    }
+
+    /// Scheme, host and port: `https://mail.contoso.com` (an OAuth token's audience).
+    pub fn origin(&self) -> String {
         let scheme = if self.addr.tls == TlsMode::None {
             "http"
         } else {
             "https"
         };
-        format!("{scheme}://{}{}", self.host_header, self.path)
+        format!("{scheme}://{}", self.host_header)
     }
 }
 

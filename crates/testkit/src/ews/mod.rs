@@ -334,7 +334,12 @@ struct DoubleState {
     counter: u64,
     seq: u64,
     subs: store::Subscriptions,
+    /// Accounts of bearer tokens an identity provider issued (`None`: not one of its tokens).
+    token_validator: Option<TokenValidator>,
 }
+
+/// Tells whose a bearer token is, e.g. by asking the test's OAuth server.
+pub type TokenValidator = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 type Shared = Arc<Mutex<DoubleState>>;
 
@@ -434,6 +439,7 @@ impl EwsDouble {
             counter: 0,
             seq: 0,
             subs: HashMap::new(),
+            token_validator: None,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -605,6 +611,12 @@ impl EwsDouble {
         ops::emit(&mut s, &mb_key, "NewMailEvent", &id, &folder_id, None);
         ops::emit(&mut s, &mb_key, "CreatedEvent", &id, &folder_id, None);
         id
+    }
+
+    /// Accepts bearer tokens `validator` vouches for (the account it names), besides the
+    /// configured ones: an identity provider's tokens (Hybrid Modern Authentication).
+    pub fn accept_tokens(&self, validator: TokenValidator) {
+        self.state().token_validator = Some(validator);
     }
 
     /// The items of a folder, oldest first.
@@ -997,13 +1009,18 @@ fn authenticate(
             }
         }
         "bearer" => {
-            let account = s.cfg.auth.iter().find_map(|a| match a {
-                AuthScheme::Bearer { tokens } => tokens
-                    .iter()
-                    .find(|(t, _)| t == token)
-                    .map(|(_, acct)| acct.clone()),
-                _ => None,
-            });
+            let account = s
+                .cfg
+                .auth
+                .iter()
+                .find_map(|a| match a {
+                    AuthScheme::Bearer { tokens } => tokens
+                        .iter()
+                        .find(|(t, _)| t == token)
+                        .map(|(_, acct)| acct.clone()),
+                    _ => None,
+                })
+                .or_else(|| s.token_validator.as_ref().and_then(|v| v(token)));
             account.ok_or_else(|| {
                 unauthorized(&["Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", error=\"invalid_token\"".to_string()])
             })
