@@ -741,11 +741,11 @@ async fn ews_fetch_batch(
     if page[*next].size > max_bytes {
         let index = *next;
         *next += 1;
-        let header = ops::get_headers(client, &item_id(&page[index])).await?;
+        let (header, received) = ops::get_headers(client, &item_id(&page[index])).await?;
         ready.push_back(Fetched {
             source: page[index].source.clone(),
             raw: header,
-            received: chrono::Utc::now(),
+            received: received.unwrap_or_else(chrono::Utc::now),
             too_large: Some((page[index].size, max_bytes)),
             index,
         });

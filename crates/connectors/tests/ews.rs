@@ -529,3 +529,31 @@ async fn every_request_sent_here_is_schema_valid() {
         assert!(seen.contains(op), "{op} was not sent: {seen:?}");
     }
 }
+
+#[tokio::test]
+async fn a_message_over_the_limit_is_read_by_its_header_with_its_received_time() {
+    let f = fixture(EwsConfig::default()).await;
+    let received = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let big = message(7, 300_000);
+    f.double
+        .deliver_received(ALICE, "inbox", &big, false, received);
+    f.double.deliver(ALICE, "inbox", &message(8, 1_000), false);
+    let mut source = MailSource::connect(IncomingProtocol::Ews, &f.fixed(), &service(), &f.opts)
+        .await
+        .unwrap();
+    let opened = source.open("INBOX", None).await.unwrap();
+    let page = opened.listed.clone();
+    assert_eq!(page.len(), 2);
+    let mut fetch = source.fetch(&page, 100_000).await.unwrap();
+    let first = fetch.next().await.unwrap().unwrap();
+    assert_eq!(first.too_large.map(|(_, limit)| limit), Some(100_000));
+    assert!(first.too_large.unwrap().0 >= 300_000);
+    let header = String::from_utf8_lossy(&first.raw);
+    assert!(header.contains("Subject: message 7"), "{header}");
+    assert!(!header.contains("line 7"), "only the header: {header}");
+    assert_eq!(first.received, received);
+    let second = fetch.next().await.unwrap().unwrap();
+    assert!(second.too_large.is_none());
+    assert_eq!(second.raw, message(8, 1_000));
+    assert!(fetch.next().await.unwrap().is_none());
+}

@@ -308,10 +308,15 @@ pub fn get_headers_body(id: &str) -> String {
     )
 }
 
-/// The message's header, rebuilt from its internet headers.
-pub async fn get_headers(c: &mut EwsClient, id: &str) -> Result<Vec<u8>> {
+/// The message's header, rebuilt from its internet headers, and when it was received.
+pub async fn get_headers(c: &mut EwsClient, id: &str) -> Result<(Vec<u8>, Option<DateTime<Utc>>)> {
     let answer = c.call("GetItem", &get_headers_body(id)).await?;
     let msg = single(&answer, "GetItem")?;
+    let received = msg
+        .child("Items")
+        .and_then(|i| i.children.first())
+        .and_then(item_ref)
+        .and_then(|r| r.received);
     let mut out = String::new();
     if let Some(h) = msg.find("InternetMessageHeaders") {
         for field in h.children_named("InternetMessageHeader") {
@@ -320,7 +325,7 @@ pub async fn get_headers(c: &mut EwsClient, id: &str) -> Result<Vec<u8>> {
         }
     }
     out.push_str("\r\n");
-    Ok(out.into_bytes())
+    Ok((out.into_bytes(), received))
 }
 
 /// What `CreateItem` does with a message.

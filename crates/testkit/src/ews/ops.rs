@@ -484,6 +484,17 @@ fn item_xml(mb: &store::Mailbox, i: &Item, sh: &Shape, allow_mime: bool) -> Stri
     if w("item:Size") {
         x.push_str(&format!("<t:Size>{}</t:Size>", i.mime.len()));
     }
+    if w("item:InternetMessageHeaders") {
+        x.push_str("<t:InternetMessageHeaders>");
+        for (name, value) in store::mime_headers(&i.mime) {
+            x.push_str(&format!(
+                "<t:InternetMessageHeader HeaderName=\"{}\">{}</t:InternetMessageHeader>",
+                esc(&name),
+                esc(&value)
+            ));
+        }
+        x.push_str("</t:InternetMessageHeaders>");
+    }
     if w("item:DateTimeSent") {
         x.push_str(&format!(
             "<t:DateTimeSent>{}</t:DateTimeSent>",

@@ -135,6 +135,31 @@ pub fn mime_header(mime: &[u8], name: &str) -> Option<String> {
     value
 }
 
+/// Every header field of a MIME message, unfolded, in order (`InternetMessageHeaders`).
+pub fn mime_headers(mime: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(mime);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .split("\n\n")
+        .next()
+        .unwrap_or("");
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in head.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = out.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            out.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
 impl Mailbox {
     pub fn new(smtp: &str, owner: Option<&str>, counter: &mut u64) -> Mailbox {
         let mut next = || {
