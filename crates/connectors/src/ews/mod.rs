@@ -273,7 +273,7 @@ impl EwsClient {
         opts: &ConnectOptions,
         log: &mut StepLog,
     ) -> Result<EwsClient> {
-        let target = Target::parse(&settings.url).map_err(|e| {
+        let mut target = Target::parse(&settings.url).map_err(|e| {
             ConnectError::new(
                 FailureStep::Dns,
                 ErrorKind::Config,
@@ -281,7 +281,6 @@ impl EwsClient {
             )
             .with_code("invalid_ews_url")
         })?;
-        let mut target = target;
         target.addr = target.addr.with_pinned(settings.pinned.clone());
         let conn = Conn::open(&target.addr, opts, log).await?;
         Ok(EwsClient {
@@ -319,8 +318,14 @@ impl EwsClient {
     /// Sends operation `op` (its element as XML) and returns the answer; a SOAP fault, an
     /// HTTP error or a refused sign-in is the error.
     pub async fn call(&mut self, op: &str, body: &str) -> Result<Answer> {
-        let envelope = Bytes::from(envelope(&self.settings.acting, body));
-        let resp = self.exchange(op, envelope, false).await?;
+        let acting = self.settings.acting.clone();
+        self.call_acting(&acting, op, body).await
+    }
+
+    async fn call_acting(&mut self, acting: &Acting, op: &str, body: &str) -> Result<Answer> {
+        let resp = self
+            .exchange(op, Bytes::from(envelope(acting, body)), false)
+            .await?;
         self.answer(op, resp)
     }
 
@@ -360,9 +365,7 @@ impl EwsClient {
     /// Like [`EwsClient::call`], as the signed-in account itself (no impersonation header):
     /// the probe's sign-in step, which must not depend on the mailbox.
     pub async fn call_as_account(&mut self, op: &str, body: &str) -> Result<Answer> {
-        let envelope = Bytes::from(envelope(&Acting::Own, body));
-        let resp = self.exchange(op, envelope, false).await?;
-        self.answer(op, resp)
+        self.call_acting(&Acting::Own, op, body).await
     }
 
     /// Posts `body` as it is (Autodiscover), signing in as for EWS; the raw response.
@@ -393,11 +396,11 @@ impl EwsClient {
         Ok(resp)
     }
 
+    /// The `Authorization` of a request on a connection already signed in: Basic and Bearer
+    /// sign every request; NTLM signed the connection.
     fn auth_header_for_known_scheme(&self) -> Result<Option<String>> {
         match self.scheme {
-            Some(Scheme::Basic) | Some(Scheme::Bearer) => self
-                .simple_auth(self.scheme.unwrap_or(Scheme::Basic))
-                .map(Some),
+            Some(s @ (Scheme::Basic | Scheme::Bearer)) => self.simple_auth(s).map(Some),
             _ => Ok(None),
         }
     }
