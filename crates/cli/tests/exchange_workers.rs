@@ -19,9 +19,8 @@ use serversync_store::{Backend, Store};
 use serversync_testkit::TestEnv;
 use serversync_testkit::ews::{EwsConfig, EwsDouble, Fault};
 use serversync_vault::MasterKey;
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use worker::{Worker, bootstrap, database, stored, total};
+use worker::{Worker, bootstrap, database, sync_through_kills};
 
 const SERVICE: &str = "CONTOSO\\svc-sync";
 const PASSWORD: &str = "Sync-Pa55word!";
@@ -138,52 +137,8 @@ async fn kill9_during_ews_sync(backend: Backend) {
     let (m, _) = mailbox(&store, &double).await;
     let m: MailboxId = m.id;
 
-    let stretch = MESSAGES / (KILLS + 1);
-    let mut killed_at = Vec::new();
-    for k in 0..KILLS {
-        let worker = Worker::start(dir.path(), &url, &key);
-        let random = uuid::Uuid::new_v4().as_u128() as usize % stretch;
-        let target = (k * stretch + random) as i64;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let at = loop {
-            let n = total(&store, m).await;
-            if n >= target {
-                break n;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the EWS sync did not reach {target} messages within 120 s (at {n})"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        worker.kill9();
-        killed_at.push(at);
-    }
+    let killed_at = sync_through_kills(dir.path(), &url, &key, &store, m, &expected, KILLS).await;
     println!("{backend:?}: killed with SIGKILL at {killed_at:?} stored messages");
-    assert!(
-        killed_at.iter().all(|n| (*n as usize) < MESSAGES),
-        "every kill landed during the sync: {killed_at:?}"
-    );
-
-    let worker = Worker::start(dir.path(), &url, &key);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while total(&store, m).await < MESSAGES as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "the EWS sync did not finish within 180 s of the last restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    worker.terminate();
-
-    let got = stored(&store, m).await;
-    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "stored more than once: {twice:?}");
-    let want: HashSet<&str> = expected.iter().map(String::as_str).collect();
-    let have: HashSet<&str> = got.keys().map(String::as_str).collect();
-    assert_eq!(have, want, "exactly the 2,000 messages in the Inbox");
-    assert_eq!(total(&store, m).await, MESSAGES as i64);
     let inbox = double.items(ALICE, "inbox");
     assert_eq!(inbox.len(), MESSAGES, "nothing removed");
     assert_eq!(

@@ -25,7 +25,7 @@ use serversync_vault::MasterKey;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker::{LEASE_TTL_SECONDS, Worker, bootstrap, database, stored, total};
+use worker::{LEASE_TTL_SECONDS, Worker, bootstrap, database, stored, sync_through_kills, total};
 
 async fn imap(port: u16, user: &str) -> SyncSession {
     SyncSession::connect(
@@ -122,55 +122,8 @@ async fn kill9_during_initial_sync(backend: Backend) {
     .unwrap();
     let m = mailboxes(&store, port, &[user]).await[0];
 
-    // Five kills, each at a random point of the sync: once the store holds a random number
-    // of messages in the next stretch of the corpus.
-    let stretch = MESSAGES / (KILLS + 1);
-    let mut killed_at = Vec::new();
-    for k in 0..KILLS {
-        let worker = Worker::start(dir.path(), &url, &key);
-        let random = uuid::Uuid::new_v4().as_u128() as usize % stretch;
-        let target = (k * stretch + random) as i64;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let at = loop {
-            let n = total(&store, m).await;
-            if n >= target {
-                break n;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sync did not reach {target} messages within 120 s (at {n})"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        worker.kill9();
-        killed_at.push(at);
-    }
+    let killed_at = sync_through_kills(dir.path(), &url, &key, &store, m, &expected, KILLS).await;
     println!("{backend:?}: killed with SIGKILL at {killed_at:?} stored messages");
-    assert!(
-        killed_at.iter().all(|n| (*n as usize) < MESSAGES),
-        "every kill landed during the sync: {killed_at:?}"
-    );
-
-    let worker = Worker::start(dir.path(), &url, &key);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while total(&store, m).await < MESSAGES as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "the sync did not finish within 180 s of the last restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Give a duplicate every chance to show up before stopping.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    worker.terminate();
-
-    let got = stored(&store, m).await;
-    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "stored more than once: {twice:?}");
-    let want: HashSet<&str> = expected.iter().map(String::as_str).collect();
-    let have: HashSet<&str> = got.keys().map(String::as_str).collect();
-    assert_eq!(have, want, "exactly the 5,000 messages on the server");
-    assert_eq!(total(&store, m).await, MESSAGES as i64);
 
     // Nothing was marked read on the server.
     let mut s = imap(port, user).await;

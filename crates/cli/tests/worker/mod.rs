@@ -159,3 +159,66 @@ pub async fn database(backend: Backend, dir: &Path) -> (Box<dyn std::any::Any + 
         }
     }
 }
+
+/// Syncs `expected` (Message-IDs) into mailbox `m` with `serve` killed by SIGKILL `kills`
+/// times, each once the store holds a random number of messages in the next stretch, then
+/// restarted to the end; asserts every message is stored exactly once and returns where the
+/// kills landed.
+pub async fn sync_through_kills(
+    dir: &Path,
+    url: &str,
+    key: &MasterKey,
+    store: &Store,
+    m: MailboxId,
+    expected: &[String],
+    kills: usize,
+) -> Vec<i64> {
+    let messages = expected.len();
+    let stretch = messages / (kills + 1);
+    let mut killed_at = Vec::new();
+    for k in 0..kills {
+        let worker = Worker::start(dir, url, key);
+        let random = uuid::Uuid::new_v4().as_u128() as usize % stretch;
+        let target = (k * stretch + random) as i64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let at = loop {
+            let n = total(store, m).await;
+            if n >= target {
+                break n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sync did not reach {target} messages within 120 s (at {n})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        worker.kill9();
+        killed_at.push(at);
+    }
+    assert!(
+        killed_at.iter().all(|n| (*n as usize) < messages),
+        "every kill landed during the sync: {killed_at:?}"
+    );
+
+    let worker = Worker::start(dir, url, key);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while total(store, m).await < messages as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the sync did not finish within 180 s of the last restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give a duplicate every chance to show up before stopping.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.terminate();
+
+    let got = stored(store, m).await;
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let want: std::collections::HashSet<&str> = expected.iter().map(String::as_str).collect();
+    let have: std::collections::HashSet<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(have, want, "exactly the {messages} messages on the server");
+    assert_eq!(total(store, m).await, messages as i64);
+    killed_at
+}
