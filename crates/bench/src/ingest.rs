@@ -20,6 +20,10 @@ pub struct Row {
     pub messages: usize,
     pub bytes: u64,
     pub usage: Usage,
+    /// serversync over EWS (from the Exchange test double), not IMAP.
+    pub ews: bool,
+    /// A remark shown under the table.
+    pub note: Option<String>,
 }
 
 /// Where the mailbox is and who reads it.
@@ -151,6 +155,8 @@ pub fn raw_row(src: &Source) -> Result<Row> {
         messages: src.messages,
         bytes: src.bytes,
         usage,
+        ews: false,
+        note: None,
     })
 }
 
@@ -235,6 +241,8 @@ pub fn fetchmail_row(src: &Source, dir: &Path) -> Result<Row> {
         messages: got,
         bytes: src.bytes,
         usage,
+        ews: false,
+        note: None,
     })
 }
 
@@ -287,6 +295,8 @@ pub fn mbsync_row(src: &Source, dir: &Path) -> Result<Row> {
         messages: got,
         bytes: src.bytes,
         usage,
+        ews: false,
+        note: None,
     })
 }
 
@@ -331,6 +341,8 @@ pub async fn serversync_row(
         messages: src.messages,
         bytes: src.bytes,
         usage,
+        ews: false,
+        note: None,
     })
 }
 

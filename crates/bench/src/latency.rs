@@ -27,7 +27,8 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-struct Feed {
+/// The API's change feed of the organization, read from where the last call stopped.
+pub struct Feed {
     client: reqwest::Client,
     url: String,
     token: String,
@@ -35,8 +36,18 @@ struct Feed {
 }
 
 impl Feed {
+    /// The change feed of `world`'s organization through `serve`'s API, from the start.
+    pub fn new(serve: &Serve, world: &World) -> Feed {
+        Feed {
+            client: reqwest::Client::new(),
+            url: serve.url(&format!("/api/v1/orgs/{}/changes", world.org_id())),
+            token: world.token.clone(),
+            after: 0,
+        }
+    }
+
     /// Subjects of email activities created since the last call.
-    async fn new_subjects(&mut self) -> Result<Vec<String>> {
+    pub async fn new_subjects(&mut self) -> Result<Vec<String>> {
         let page = api_json(
             self.client
                 .get(&self.url)
@@ -76,12 +87,7 @@ pub async fn run(
     let profile = world.profile(imaps, None).await?;
     world.mailbox(&profile, user, password, true, false).await?;
     let serve = Serve::start(bin, dir, &world, ca).await?;
-    let mut feed = Feed {
-        client: reqwest::Client::new(),
-        url: serve.url(&format!("/api/v1/orgs/{}/changes", world.org_id())),
-        token: world.token.clone(),
-        after: 0,
-    };
+    let mut feed = Feed::new(&serve, &world);
     // One SMTP connection to Postfix (TCP_NODELAY), kept for every probe.
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", smtp)).await?;
     tcp.set_nodelay(true)?;
@@ -117,19 +123,46 @@ pub async fn run(
 
     // The first message proves the mailbox is synchronizing and in IDLE before timing.
     send("latency warm-up").await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    'warm: loop {
-        for s in feed.new_subjects().await? {
-            if s == "latency warm-up" {
-                break 'warm;
-            }
+    await_subject(&mut feed, "latency warm-up", Duration::from_secs(60), poll).await?;
+    let samples = probes(&mut feed, send, count, interval, poll).await?;
+    serve.proc.stop(Duration::ZERO)?;
+    world.store.close().await;
+    Ok(Latency {
+        samples,
+        interval,
+        poll,
+    })
+}
+
+/// Waits until an email activity with `subject` appears in the change feed.
+pub async fn await_subject(
+    feed: &mut Feed,
+    subject: &str,
+    limit: Duration,
+    poll: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if feed.new_subjects().await?.iter().any(|s| s == subject) {
+            return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the warm-up message did not become an activity within 60 s");
+            bail!("the message {subject:?} did not become an activity within {limit:?}");
         }
         tokio::time::sleep(poll).await;
     }
+}
 
+/// Sends `count` probes (subjects `latency probe I`) one every `interval` with `send`, and
+/// times each from just before its `send` until its email activity appears in the change
+/// feed (polled every `poll`). Returns the latencies in milliseconds, sorted.
+pub async fn probes(
+    feed: &mut Feed,
+    mut send: impl AsyncFnMut(&str) -> Result<()>,
+    count: usize,
+    interval: Duration,
+    poll: Duration,
+) -> Result<Vec<f64>> {
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let mut seen: HashMap<String, Duration> = HashMap::new();
     let mut next_send = Instant::now();
@@ -157,16 +190,10 @@ pub async fn run(
         }
         tokio::time::sleep(poll).await;
     }
-    serve.proc.stop(Duration::ZERO)?;
-    world.store.close().await;
     let mut samples: Vec<f64> = (0..count)
         .map(|i| seen[&format!("latency probe {i}")].as_secs_f64() * 1000.0)
         .collect();
     ensure!(samples.len() == count);
     samples.sort_by(f64::total_cmp);
-    Ok(Latency {
-        samples,
-        interval,
-        poll,
-    })
+    Ok(samples)
 }

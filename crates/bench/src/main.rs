@@ -3,6 +3,7 @@
 //!
 //! Run it through `scripts/bench.sh`, which installs the peers and builds in release mode.
 
+mod ews;
 mod ingest;
 mod latency;
 mod mailgen;
@@ -76,7 +77,7 @@ pub struct RunArgs {
     /// Mailboxes enabled for the scale benchmark.
     #[arg(long, default_value_t = 2_000)]
     mailboxes: usize,
-    /// Benchmarks to run (all by default): ingest, latency, outgoing, scale.
+    /// Benchmarks to run (all by default): ingest, latency, ews, outgoing, scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The command line recorded in the report.
@@ -88,6 +89,8 @@ const BENCH_USER: &str = "bench@example.test";
 const LATENCY_USER: &str = "late@example.test";
 const SENDER: &str = "out@example.test";
 const SINK: &str = "sink@example.test";
+/// The mailbox of the EWS latency benchmark, in the Exchange test double.
+const EWS_LATENCY_USER: &str = "late@localhost";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -250,6 +253,73 @@ async fn run(args: RunArgs) -> Result<()> {
                 LATENCY_USER,
                 TEST_PASSWORD,
                 &ca,
+                args.probes,
+            )
+            .await?,
+        );
+    }
+
+    if wants(&args, "ews") {
+        // The same messages as the IMAP ingest (addressed to the same mailbox), in the Inbox
+        // of the in-process Exchange test double.
+        let double = ews::double(&tls, &[BENCH_USER]).await?;
+        eprintln!(
+            "bench: delivering {} messages into the Exchange double",
+            args.messages
+        );
+        let bytes = ews::seed(&double, BENCH_USER, args.messages, "bench");
+        if rep.avg_message.is_none() {
+            rep.avg_message = Some(bytes / args.messages.max(1) as u64);
+        }
+        eprintln!("bench: serversync over EWS on SQLite");
+        let sqlite = format!(
+            "sqlite://{}",
+            dir.join("ews-sqlite/serversync.db").display()
+        );
+        std::fs::create_dir_all(dir.join("ews-sqlite"))?;
+        rep.ingest.push(
+            ews::ingest_row(
+                &bin,
+                &double,
+                BENCH_USER,
+                args.messages,
+                bytes,
+                &dir.join("ews-sqlite"),
+                &sqlite,
+                "SQLite",
+                &ca,
+            )
+            .await?,
+        );
+        eprintln!("bench: serversync over EWS on PostgreSQL");
+        let pg_url = setup::pg_database(&pg.info().admin_url, "serversync_bench_ews")?;
+        rep.ingest.push(
+            ews::ingest_row(
+                &bin,
+                &double,
+                BENCH_USER,
+                args.messages,
+                bytes,
+                &dir.join("ews-pg"),
+                &pg_url,
+                "PostgreSQL",
+                &ca,
+            )
+            .await?,
+        );
+        drop(double);
+        eprintln!("bench: arrival latency over EWS, {} messages", args.probes);
+        let url = format!(
+            "sqlite://{}",
+            dir.join("ews-latency/serversync.db").display()
+        );
+        rep.ews_latency = Some(
+            ews::latency(
+                &bin,
+                &dir.join("ews-latency"),
+                &url,
+                &tls,
+                EWS_LATENCY_USER,
                 args.probes,
             )
             .await?,

@@ -16,6 +16,13 @@ pub fn children_cpu() -> f64 {
     t(u.user_time()) + t(u.system_time())
 }
 
+/// CPU seconds (user + system) of this process, all threads, so far.
+pub fn self_cpu() -> f64 {
+    let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(u.user_time()) + t(u.system_time())
+}
+
 /// Resident memory of a process now and at its peak, in KB (from /proc/PID/status).
 pub fn rss_kb(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

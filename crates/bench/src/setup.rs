@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use serversync_engine::Admin;
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
 use serversync_model::org::{Organization, User};
-use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType, TlsMode};
+use serversync_model::profile::{
+    AuthenticationType, EmailServerProfile, Endpoint, ServerType, TlsMode,
+};
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, OrgId, QueueId, Secret};
 use serversync_store::Store;
@@ -91,6 +93,45 @@ impl World {
         profile.advanced.max_concurrent_connections = 300;
         self.store.insert(&profile).await?;
         Ok(profile)
+    }
+
+    /// An Exchange Server profile at a fixed EWS URL (no Autodiscover), signing in as the
+    /// service account `user` (`DOMAIN\\user`) with impersonation.
+    pub async fn exchange_profile(
+        &self,
+        ews_url: &str,
+        port: u16,
+        user: &str,
+        password: &str,
+    ) -> Result<EmailServerProfile> {
+        let mut p = EmailServerProfile::new(
+            self.org.id,
+            "Exchange (test double)",
+            ServerType::ExchangeServer,
+            self.admin.id,
+            chrono::Utc::now(),
+        );
+        p.authentication = AuthenticationType::Impersonation;
+        p.use_impersonation = true;
+        p.auto_discover = false;
+        let ews = Endpoint {
+            location: ews_url.into(),
+            port,
+            tls: TlsMode::Implicit,
+        };
+        p.incoming = Some(ews.clone());
+        p.outgoing = Some(ews);
+        p.username = Some(user.into());
+        p.password = Some(
+            self.store
+                .put_secret(Some(self.org.id), &Secret::new(password))
+                .await?,
+        );
+        p.advanced.max_concurrent_connections = 300;
+        p.validate(false)
+            .map_err(|e| anyhow::anyhow!("the Exchange profile is not valid: {e:?}"))?;
+        self.store.insert(&p).await?;
+        Ok(p)
     }
 
     /// An approved mailbox signing in as `address`; a queue mailbox (tracks all email) unless
@@ -185,7 +226,7 @@ impl Serve {
                 .env("SERVERSYNC_MASTER_KEY", world.key.to_base64())
                 .env("SERVERSYNC_LOG", "warn")
                 .env("SERVERSYNC_TLS_EXTRA_CA_FILES", ca)
-                .env("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8")
+                .env("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8,::1")
                 .env_remove("DATABASE_URL")
                 .env_remove("SERVERSYNC_LMTP_LISTEN")
                 .stdin(Stdio::null())
