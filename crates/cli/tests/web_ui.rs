@@ -3,11 +3,16 @@
 //! seed flow — sign in, create an IMAP/SMTP profile, make it default, apply default email
 //! settings, approve, test & enable: success on the status fields and the alert — and the
 //! failure flow of a wrong password (the failing step on the mailbox, the alert for the profile
-//! owner) — and signing in with a password. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
+//! owner) — and signing in with a password. A second `serve` walks the Exchange Server flow
+//! against the Exchange test double (`serversync_testkit::ews`): an Exchange Server profile
+//! with Autodiscover and impersonation, test & enable succeeding over EWS (the URL
+//! Autodiscover found and the server version on the mailbox), then a wrong service-account
+//! password failing at the authentication step. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
 //! `docs/screenshots/` is refreshed), else to a temporary directory.
 
 use serversync_testkit::TestEnv;
 use serversync_testkit::browser::run_script;
+use serversync_testkit::ews::{EwsConfig, EwsDouble};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,10 +33,14 @@ impl Drop for Serve {
 /// The last lines `serve` logged, to show when the browser flow fails.
 type LogTail = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
 
-/// Starts `serve` on a free port in `dir`; returns it, its URL, the first token and the tail
-/// of its log.
-fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String, LogTail) {
-    let mut child = Command::new(BIN)
+/// Starts `serve` on a free port in `dir` (with the configuration file `config`, if any);
+/// returns it, its URL, the first token and the tail of its log.
+fn serve(dir: &Path, env: &TestEnv, config: Option<&Path>) -> (Serve, String, String, LogTail) {
+    let mut cmd = Command::new(BIN);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
         .arg("--data-dir")
         .arg(dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -98,7 +107,7 @@ fn serve(dir: &Path, env: &TestEnv) -> (Serve, String, String, LogTail) {
 async fn the_seed_flow_and_a_failure_in_the_browser() {
     let env = TestEnv::from_env();
     let dir = tempfile::tempdir().unwrap();
-    let (_serve, url, token, log) = serve(dir.path(), env);
+    let (_serve, url, token, log) = serve(dir.path(), env, None);
     const GOOD: &str = "carol@example.test";
     const BAD: &str = "bob@example.test";
     // Two users with mailboxes: one with the right password, one with a wrong one.
@@ -160,10 +169,7 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
     let shown: serde_json::Value = r.json().await.unwrap();
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["password"], "********", "never shown: {shown}");
-    let shots: PathBuf = match std::env::var_os("SERVERSYNC_SCREENSHOTS") {
-        Some(d) => PathBuf::from(d),
-        None => dir.path().join("screenshots"),
-    };
+    let shots = screenshots(dir.path());
     let out = run_script(
         Path::new("admin_center.mjs"),
         &[
@@ -201,4 +207,72 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
     }
+}
+
+/// The screenshots directory: `$SERVERSYNC_SCREENSHOTS`, else one in `dir`.
+fn screenshots(dir: &Path) -> PathBuf {
+    match std::env::var_os("SERVERSYNC_SCREENSHOTS") {
+        Some(d) => PathBuf::from(d),
+        None => dir.join("screenshots"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_server_profile_in_the_browser() {
+    const SERVICE: &str = "CONTOSO\\svc-sync";
+    const SERVICE_PASSWORD: &str = "Sync-Pa55word!";
+    // Its domain is the double's certificate name and resolves to this machine, so
+    // Autodiscover (https://localhost:<autodiscover_port>/autodiscover/…) finds the double.
+    const MAILBOX: &str = "alice@localhost";
+    let env = TestEnv::from_env();
+    let double = EwsDouble::start(&env.tls, EwsConfig::default())
+        .await
+        .unwrap();
+    double.add_account(SERVICE, SERVICE_PASSWORD, true);
+    double.add_mailbox(MAILBOX, None);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serversync.toml");
+    std::fs::write(
+        &config,
+        format!("[exchange]\nautodiscover_port = {}\n", double.port()),
+    )
+    .unwrap();
+    let (_serve, url, token, log) = serve(dir.path(), env, Some(&config));
+    let r = reqwest::Client::new()
+        .post(format!("{url}/api/v1/orgs/default/users"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"full_name": "Alice Exchange", "email": MAILBOX}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let shots = screenshots(dir.path());
+    let out = run_script(
+        Path::new("exchange.mjs"),
+        &[
+            ("BASE_URL", url.clone()),
+            ("TOKEN", token.clone()),
+            ("MAILBOX", MAILBOX.into()),
+            ("SERVICE", SERVICE.into()),
+            ("SERVICE_PASSWORD", SERVICE_PASSWORD.into()),
+            ("EWS_URL", double.ews_url()),
+            ("SCREENSHOTS", shots.display().to_string()),
+        ],
+        Duration::from_secs(180),
+    )
+    .unwrap();
+    println!("{}", out.stdout);
+    if let Err(e) = out.ensure_success() {
+        let log = log.lock().unwrap();
+        let log: Vec<&str> = log.iter().map(String::as_str).collect();
+        panic!(
+            "the Exchange browser flow failed: {e:#}\n--- the server's last log lines ---\n{}",
+            log.join("\n")
+        );
+    }
+    for name in ["exchange-profile", "exchange-mailbox-success"] {
+        let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
+    }
+    assert!(double.sent().is_empty(), "testing sends nothing");
 }

@@ -150,8 +150,8 @@ pub fn refill(sections: &mut [Section], form: &[(String, String)], p: &Problem) 
 }
 
 /// The API's JSON from a submitted form: values typed by their field's kind, empty values left
-/// out (so the API keeps or defaults them), checkboxes `true`/`false` (a hidden `false`
-/// precedes each checkbox).
+/// out (so the API keeps or defaults them) except an optional select's empty choice (`null`),
+/// checkboxes `true`/`false` (a hidden `false` precedes each checkbox).
 pub fn to_json(sections: &[Section], form: &[(String, String)]) -> Value {
     let mut root = Map::new();
     for f in sections.iter().flat_map(|s| s.fields.iter()) {
@@ -161,6 +161,10 @@ pub fn to_json(sections: &[Section], form: &[(String, String)]) -> Value {
         let raw = raw.trim();
         let v = match f.kind {
             Kind::Checkbox => Value::Bool(raw == "true"),
+            // An optional select's empty choice clears the value (`null` in the merge patch).
+            Kind::Select if raw.is_empty() && f.options.iter().any(|(v, _)| v.is_empty()) => {
+                Value::Null
+            }
             _ if raw.is_empty() => continue,
             Kind::Number => match raw.parse::<i64>() {
                 Ok(n) => Value::from(n),

@@ -330,7 +330,7 @@ async fn detail_page(
     })
     .collect();
     let t = &m.telemetry;
-    let telemetry = vec![
+    let mut telemetry = vec![
         ("Test completed on", when(m.test_completed_on)),
         ("Last sync started", when(t.last_sync_start)),
         ("Last successful sync", when(t.last_successful_sync)),
@@ -342,6 +342,13 @@ async fn detail_page(
         ),
         ("Postponed until", when(t.postponed_until)),
     ];
+    // Exchange: where Autodiscover (or the profile) pointed and what the server said it is.
+    if let Some(u) = &t.ews_url {
+        telemetry.push(("EWS URL", u.clone()));
+    }
+    if let Some(v) = &t.server_version {
+        telemetry.push(("Exchange server version", v.clone()));
+    }
     let last_error = t.last_error.as_ref().map(|e| {
         (
             e.step.map(|s| words(&s)).unwrap_or_else(|| "—".into()),

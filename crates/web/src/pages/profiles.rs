@@ -82,10 +82,17 @@ pub async fn list(State(web): State<Web>, s: Session, Query(q): Query<Notice>) -
                     .iter()
                     .filter(|m| m.value.profile_id == Some(p.id))
                     .count(),
+                incoming: match (&p.incoming, p.auto_discover) {
+                    (None, true) => "Autodiscover".into(),
+                    (i, _) => endpoint(i.as_ref()),
+                },
+                outgoing: match (&p.outgoing, p.server_type.is_exchange()) {
+                    (None, true) if p.auto_discover => "Autodiscover".into(),
+                    (None, true) => "The EWS URL".into(),
+                    (o, _) => endpoint(o.as_ref()),
+                },
                 name: p.name,
                 server_type: words(&p.server_type),
-                incoming: endpoint(p.incoming.as_ref()),
-                outgoing: endpoint(p.outgoing.as_ref()),
                 authentication: words(&p.authentication),
                 is_default: p.is_default,
             }
@@ -97,6 +104,29 @@ pub async fn list(State(web): State<Web>, s: Session, Query(q): Query<Notice>) -
         types: TYPES.to_vec(),
     })
 }
+
+/// Exchange Server's HTTP authentication protocols (`auth_protocol`).
+const AUTH_PROTOCOLS: &[(&str, &str)] = &[
+    ("auto_detect", "Auto-detect (NTLM, then Basic)"),
+    ("ntlm", "NTLM (Windows authentication)"),
+    ("negotiate", "Negotiate (NTLM)"),
+    ("basic", "Basic (over TLS)"),
+    // The model's wire name of `AuthProtocol::OAuth` (serde's snake_case of "OAuth").
+    ("o_auth", "OAuth (hybrid modern authentication)"),
+];
+
+/// Exchange Server versions a profile can name (`exchange_version`); empty: read from the
+/// server. The older versions are refused by the profile's validation, so they are not offered.
+const EXCHANGE_VERSIONS: &[(&str, &str)] = &[
+    ("", "Read from the server"),
+    ("exchange2013_sp1", "Exchange Server 2013 SP1"),
+    ("exchange2016", "Exchange Server 2016"),
+    ("exchange2019", "Exchange Server 2019"),
+    (
+        "exchange_subscription_edition",
+        "Exchange Server Subscription Edition",
+    ),
+];
 
 /// The form's sections for a server type.
 fn sections(t: ServerType, creating: bool) -> Vec<Section> {
@@ -213,22 +243,51 @@ fn sections(t: ServerType, creating: bool) -> Vec<Section> {
                 Field::new("oauth.client_secret", "Client secret", Kind::Password),
             ],
         )),
-        _ => out.push(Section::new(
-            "Server location",
-            "",
-            vec![
-                Field::new(
-                    "auto_discover",
-                    "Find the server through Autodiscover",
-                    Kind::Checkbox,
-                )
-                .hint("Recommended. Off: enter the EWS URL."),
-                Field::new("incoming.location", "EWS URL", Kind::Text)
-                    .hint("https://mail.example.com/EWS/Exchange.asmx"),
-                Field::new("username", "Service account user name", Kind::Text),
-                Field::new("password", "Service account password", Kind::Password),
-            ],
-        )),
+        _ => {
+            out.push(Section::new(
+                "Server location",
+                "",
+                vec![
+                    Field::new(
+                        "auto_discover",
+                        "Find the server through Autodiscover",
+                        Kind::Checkbox,
+                    )
+                    .hint("Recommended: each mailbox's EWS URL is looked up from its email address (https://<domain>, then https://autodiscover.<domain>). Off: enter the EWS URL."),
+                    Field::new("incoming.location", "EWS URL", Kind::Text)
+                        .hint("Only when Autodiscover is off, such as https://mail.example.com/EWS/Exchange.asmx. Email is sent over the same URL."),
+                    Field::new(
+                        "exchange_version",
+                        "Exchange version",
+                        Kind::Select,
+                    )
+                    .options(EXCHANGE_VERSIONS)
+                    .hint("Empty: read from the server at each test. Exchange Server 2013 SP1 or newer."),
+                ],
+            ));
+            out.push(Section::new(
+                "Service account",
+                "The account that signs in to Exchange (impersonation, or credentials in the profile).",
+                vec![
+                    Field::new("auth_protocol", "Authentication protocol", Kind::Select)
+                        .options(AUTH_PROTOCOLS)
+                        .hint("How the account signs in over HTTPS. FIPS mode refuses NTLM and Negotiate."),
+                    Field::new("use_impersonation", "Use impersonation", Kind::Checkbox).hint(
+                        "The service account holds the ApplicationImpersonation role; each \
+                         mailbox is opened as itself by its primary SMTP address.",
+                    ),
+                    Field::new("username", "Service account user name", Kind::Text)
+                        .hint("DOMAIN\\user or user@domain"),
+                    Field::new("password", "Service account password", Kind::Password).hint(
+                        if creating {
+                            "Stored encrypted; never shown again."
+                        } else {
+                            "Leave empty to keep the stored password."
+                        },
+                    ),
+                ],
+            ));
+        }
     }
     out.push(Section::new(
         "Advanced",
@@ -349,6 +408,7 @@ pub async fn create(
     };
     let mut secs = sections(st, true);
     let mut body = forms::to_json(&secs, &form);
+    ews_endpoint(st, &mut body);
     body["server_type"] = Value::String(t.clone());
     match web.api(&s, Method::POST, "/profiles", Some(body)).await {
         Ok(p) => done(
@@ -360,6 +420,36 @@ pub async fn create(
             form_again(&s, &t, secs, p, true, "/profiles", "")
         }
     }
+}
+
+/// Exchange Server's form has only the EWS URL: the endpoint's port and TLS come from the URL
+/// (https: implicit TLS, port 443 unless the URL names one; http: no TLS, port 80), and the
+/// outgoing endpoint is cleared, as email is sent over the same URL.
+fn ews_endpoint(t: ServerType, body: &mut Value) {
+    if !matches!(
+        t,
+        ServerType::ExchangeServer | ServerType::ExchangeServerHybrid
+    ) {
+        return;
+    }
+    let Some(url) = body["incoming"]["location"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let (tls, default_port, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => ("none", 80, rest),
+        Some((_, rest)) => ("implicit", 443, rest),
+        None => ("implicit", 443, url.as_str()),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // The port after the host (an IPv6 literal is in brackets).
+    let host_end = authority.rfind(']').unwrap_or(0);
+    let port = authority[host_end..]
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(default_port);
+    body["incoming"]["port"] = Value::from(port);
+    body["incoming"]["tls"] = Value::from(tls);
+    body["outgoing"] = Value::Null;
 }
 
 fn form_again(
@@ -435,7 +525,8 @@ pub async fn update(
         return error(&s, format!("unknown server type {t:?}"));
     };
     let mut secs = sections(st, false);
-    let body = forms::to_json(&secs, &form);
+    let mut body = forms::to_json(&secs, &form);
+    ews_endpoint(st, &mut body);
     match web
         .api(&s, Method::PATCH, &format!("/profiles/{id}"), Some(body))
         .await
@@ -506,7 +597,192 @@ pub async fn pin(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serversync_model::profile::AuthenticationType;
+    use serversync_model::profile::{AuthProtocol, AuthenticationType, ExchangeVersion};
+
+    fn submitted(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// JSON merge patch (RFC 7396), as the API applies the form's JSON to a new profile.
+    fn merge(target: &mut Value, patch: &Value) {
+        match patch {
+            Value::Object(p) => {
+                if !target.is_object() {
+                    *target = Value::Object(Default::default());
+                }
+                let t = target.as_object_mut().unwrap();
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            other => *target = other.clone(),
+        }
+    }
+
+    /// The profile the API makes of a posted Exchange Server form (secrets aside).
+    fn posted(form: &[(&str, &str)]) -> EmailServerProfile {
+        let secs = sections(ServerType::ExchangeServer, true);
+        let mut body = forms::to_json(&secs, &submitted(form));
+        ews_endpoint(ServerType::ExchangeServer, &mut body);
+        body.as_object_mut().unwrap().remove("password");
+        let base = EmailServerProfile::new(
+            serversync_model::OrgId::new(),
+            "",
+            ServerType::ExchangeServer,
+            serversync_model::UserId::new(),
+            chrono::Utc::now(),
+        );
+        let mut doc = serde_json::to_value(&base).unwrap();
+        merge(&mut doc, &body);
+        serde_json::from_value(doc).unwrap()
+    }
+
+    #[test]
+    fn an_exchange_server_profile_has_its_fields_and_posts_a_valid_profile() {
+        let form = sections(ServerType::ExchangeServer, true);
+        let field = |name: &str| {
+            form.iter()
+                .flat_map(|s| &s.fields)
+                .find(|f| f.name == name)
+                .unwrap_or_else(|| panic!("no {name} field"))
+        };
+        assert!(field("auto_discover").is_checkbox());
+        assert!(field("use_impersonation").is_checkbox());
+        assert!(
+            field("use_impersonation")
+                .hint
+                .contains("ApplicationImpersonation")
+        );
+        assert!(field("username").hint.contains("DOMAIN\\user"));
+        assert!(field("password").kind == Kind::Password);
+        assert_eq!(field("incoming.location").label, "EWS URL");
+        // Every choice is a wire name of the model.
+        let protocols = &field("auth_protocol").options;
+        assert_eq!(protocols.len(), 5);
+        for (v, _) in protocols {
+            serde_json::from_value::<AuthProtocol>(Value::String(v.clone()))
+                .unwrap_or_else(|e| panic!("{v}: {e}"));
+        }
+        let versions = &field("exchange_version").options;
+        assert_eq!(versions[0], ("".into(), "Read from the server".into()));
+        for (v, _) in &versions[1..] {
+            let version = serde_json::from_value::<ExchangeVersion>(Value::String(v.clone()))
+                .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert!(version.is_supported(), "{v}");
+        }
+        assert!(
+            sections(ServerType::ExchangeServerHybrid, false)
+                .iter()
+                .flat_map(|s| &s.fields)
+                .any(|f| f.name == "auth_protocol"),
+            "the hybrid type has the Exchange fields too"
+        );
+
+        // A new profile's defaults fill the form: Autodiscover on, auto-detect, version empty.
+        let mut filled = sections(ServerType::ExchangeServer, true);
+        let template = EmailServerProfile::new(
+            serversync_model::OrgId::new(),
+            "",
+            ServerType::ExchangeServer,
+            serversync_model::UserId::new(),
+            chrono::Utc::now(),
+        );
+        forms::fill(&mut filled, &serde_json::to_value(&template).unwrap());
+        let value = |name: &str| {
+            filled
+                .iter()
+                .flat_map(|s| &s.fields)
+                .find(|f| f.name == name)
+                .unwrap()
+                .value
+                .clone()
+        };
+        assert_eq!(value("auto_discover"), "true");
+        assert_eq!(value("auth_protocol"), "auto_detect");
+        assert_eq!(value("exchange_version"), "");
+
+        // Autodiscover, impersonation, the service account: valid as posted.
+        let p = posted(&[
+            ("name", "Exchange"),
+            ("authentication", "impersonation"),
+            ("auto_discover", "false"),
+            ("auto_discover", "true"),
+            ("incoming.location", ""),
+            ("exchange_version", ""),
+            ("auth_protocol", "ntlm"),
+            ("use_impersonation", "false"),
+            ("use_impersonation", "true"),
+            ("username", "CONTOSO\\svc-sync"),
+            ("password", "secret"),
+        ]);
+        assert!(p.auto_discover && p.use_impersonation);
+        assert_eq!(p.authentication, AuthenticationType::Impersonation);
+        assert_eq!(p.auth_protocol, AuthProtocol::Ntlm);
+        assert_eq!(p.exchange_version, None);
+        assert_eq!(p.username.as_deref(), Some("CONTOSO\\svc-sync"));
+        assert!(p.incoming.is_none() && p.outgoing.is_none());
+        p.validate(false).expect("valid");
+        assert!(
+            p.validate(true).is_err(),
+            "FIPS mode refuses NTLM: the form shows the API's message"
+        );
+
+        // Autodiscover off: the EWS URL alone, its port and TLS from the URL; a version.
+        let p = posted(&[
+            ("name", "Exchange"),
+            ("authentication", "impersonation"),
+            ("auto_discover", "false"),
+            (
+                "incoming.location",
+                "https://mail.contoso.test:8443/EWS/Exchange.asmx",
+            ),
+            ("exchange_version", "exchange2019"),
+            ("auth_protocol", "basic"),
+            ("use_impersonation", "true"),
+            ("username", "svc-sync@contoso.test"),
+        ]);
+        let ews = p.incoming.as_ref().expect("the EWS URL");
+        assert_eq!(
+            (ews.location.as_str(), ews.port, ews.tls),
+            (
+                "https://mail.contoso.test:8443/EWS/Exchange.asmx",
+                8443,
+                serversync_model::profile::TlsMode::Implicit
+            )
+        );
+        assert!(p.outgoing.is_none(), "sent over the same URL");
+        assert_eq!(p.exchange_version, Some(ExchangeVersion::Exchange2019));
+        p.validate(false)
+            .expect("valid without an outgoing location");
+        p.validate(true).expect("basic over TLS is FIPS-compliant");
+        let p = posted(&[
+            ("name", "Exchange"),
+            ("username", "svc"),
+            ("auto_discover", "false"),
+            (
+                "incoming.location",
+                "https://mail.contoso.test/EWS/Exchange.asmx",
+            ),
+        ]);
+        assert_eq!(p.incoming.unwrap().port, 443);
+
+        // Autodiscover off without a URL: the API names the field to fill.
+        let err = posted(&[
+            ("name", "Exchange"),
+            ("username", "svc"),
+            ("auto_discover", "false"),
+        ])
+        .validate(false)
+        .unwrap_err();
+        assert!(err.0.iter().any(|e| e.field == "incoming"), "{err}");
+    }
 
     #[test]
     fn an_imap_profile_can_be_set_up_for_gmail_oauth() {
