@@ -108,9 +108,13 @@ impl AuthenticationType {
 pub enum AuthProtocol {
     #[default]
     AutoDetect,
+    /// NTLM tokens under the `Negotiate` scheme (no Kerberos).
     Negotiate,
     Ntlm,
     Basic,
+    /// A bearer token (Hybrid Modern Authentication). `oauth` on the wire (`o_auth` is read
+    /// too).
+    #[serde(rename = "oauth", alias = "o_auth")]
     OAuth,
 }
 

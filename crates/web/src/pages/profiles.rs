@@ -112,7 +112,7 @@ const AUTH_PROTOCOLS: &[(&str, &str)] = &[
     ("negotiate", "Negotiate (NTLM)"),
     ("basic", "Basic (over TLS)"),
     // The model's wire name of `AuthProtocol::OAuth` (serde's snake_case of "OAuth").
-    ("o_auth", "OAuth (hybrid modern authentication)"),
+    ("oauth", "OAuth (hybrid modern authentication)"),
 ];
 
 /// Exchange Server versions a profile can name (`exchange_version`); empty: read from the
