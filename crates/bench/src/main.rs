@@ -94,6 +94,9 @@ const EWS_LATENCY_USER: &str = "late@localhost";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // reqwest's TLS needs a process-wide rustls provider; which one cargo's feature
+    // unification gives depends on what else is built with the benchmark (built alone, none).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -116,6 +116,17 @@ impl Report {
             )
             .replace("port 0", "port PORT"),
         );
+        if self.has_ews() {
+            let _ = writeln!(
+                o,
+                "- Exchange test double: `serversync_testkit::ews::EwsDouble` (Exchange 2019) \
+                 offering only NTLM with channel binding required; the service account `{}` \
+                 with the ApplicationImpersonation role; serversync's profile is an Exchange \
+                 Server profile at the double's fixed EWS URL (no Autodiscover), impersonation \
+                 on (`crates/bench/src/ews.rs`, `crates/bench/src/setup.rs`).",
+                crate::ews::SERVICE
+            );
+        }
     }
 
     fn rate(row: &ingest::Row) -> f64 {
