@@ -8,7 +8,7 @@
 // there; then the wrong password: the failing step on the mailbox and the alert for the
 // profile owner. Screenshots of the main pages go to $SCREENSHOTS.
 
-import { launch, newPage, screenshot, step } from './lib.mjs';
+import { launch, newPage, screenshot, step, jobDone as jobDoneOn, notice as noticeOn, selectRow } from './lib.mjs';
 
 const { BASE_URL, TOKEN, IMAPS_PORT, SUBMISSION_PORT, GOOD, BAD, ADMIN_EMAIL, ADMIN_PASSWORD } =
   process.env;
@@ -18,26 +18,9 @@ try {
   const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
   // Test & enable talks to real servers, and CI machines are busy: wait longer than default.
   page.setDefaultTimeout(30_000);
-  const notice = async (text) => {
-    await page.getByRole('status').filter({ hasText: text }).waitFor();
-  };
-  const select = async (email) => {
-    await page.getByLabel(`Select ${email}`).check();
-  };
-  /// Waits until the newest job is finished (the page polls through htmx).
-  const jobDone = async () => {
-    // htmx replaces the table every second while a job runs: look the cell up each time.
-    const newest = '#jobs tbody tr:first-child .job-status';
-    await page.waitForFunction(
-      (sel) => {
-        const el = document.querySelector(sel);
-        return el && !['queued', 'running'].includes(el.textContent.trim());
-      },
-      newest,
-      { timeout: 60_000, polling: 250 },
-    );
-    return (await page.locator(newest).textContent()).trim();
-  };
+  const notice = (text) => noticeOn(page, text);
+  const select = (email) => selectRow(page, email);
+  const jobDone = () => jobDoneOn(page);
 
   await step('the sign-in page asks for a token', async () => {
     await page.goto(`${BASE_URL}/`);

@@ -12,7 +12,7 @@
 // enable from the profile fails at the authentication step. Screenshots: exchange-profile,
 // exchange-mailbox-success, exchange-mailbox-failure.
 
-import { launch, newPage, screenshot, step } from './lib.mjs';
+import { launch, newPage, screenshot, step, jobDone as jobDoneOn, notice as noticeOn, selectRow } from './lib.mjs';
 
 const { BASE_URL, TOKEN, MAILBOX, SERVICE, SERVICE_PASSWORD, EWS_URL } = process.env;
 const PROFILE = 'Contoso Exchange';
@@ -21,25 +21,9 @@ let failed = false;
 try {
   const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
   page.setDefaultTimeout(30_000);
-  const notice = async (text) => {
-    await page.getByRole('status').filter({ hasText: text }).waitFor();
-  };
-  const select = async (email) => {
-    await page.getByLabel(`Select ${email}`).check();
-  };
-  /// Waits until the newest job is finished (the page polls through htmx).
-  const jobDone = async () => {
-    const newest = '#jobs tbody tr:first-child .job-status';
-    await page.waitForFunction(
-      (sel) => {
-        const el = document.querySelector(sel);
-        return el && !['queued', 'running'].includes(el.textContent.trim());
-      },
-      newest,
-      { timeout: 60_000, polling: 250 },
-    );
-    return (await page.locator(newest).textContent()).trim();
-  };
+  const notice = (text) => noticeOn(page, text);
+  const select = (email) => selectRow(page, email);
+  const jobDone = () => jobDoneOn(page);
   const openMailbox = async () => {
     await page.getByRole('link', { name: 'Mailboxes' }).click();
     await page.getByRole('link', { name: MAILBOX }).click();

@@ -128,3 +128,30 @@ export async function withBrowser(fn) {
     if (browser) await browser.close().catch(() => {});
   }
 }
+
+/** Waits for the page's status notice containing `text` (the flash after an action). */
+export async function notice(page, text) {
+  await page.getByRole('status').filter({ hasText: text }).waitFor();
+}
+
+/** Ticks the list row of `email`. */
+export async function selectRow(page, email) {
+  await page.getByLabel(`Select ${email}`).check();
+}
+
+/**
+ * Waits until the newest job on the jobs page is finished and returns its status. htmx
+ * replaces the table every second while a job runs, so the cell is looked up each time.
+ */
+export async function jobDone(page) {
+  const newest = '#jobs tbody tr:first-child .job-status';
+  await page.waitForFunction(
+    (sel) => {
+      const el = document.querySelector(sel);
+      return el && !['queued', 'running'].includes(el.textContent.trim());
+    },
+    newest,
+    { timeout: 60_000, polling: 250 },
+  );
+  return (await page.locator(newest).textContent()).trim();
+}
