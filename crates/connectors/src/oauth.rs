@@ -183,6 +183,11 @@ pub fn parse_token_response(
     let (error, description) = answer
         .map(|a| (a.error, a.error_description))
         .unwrap_or_default();
+    // Entra ID's descriptions run on with trace and correlation ids: the first line says it.
+    let description = description.map(|d| d.lines().next().unwrap_or_default().to_owned());
+    if let Some(e) = description.as_deref().and_then(entra_refusal) {
+        return Err(e);
+    }
     let said = match (error, description) {
         (Some(e), Some(d)) => format!("{} ({})", one_line(&e), one_line(&d)),
         (Some(e), None) => one_line(&e),
@@ -215,6 +220,71 @@ pub fn parse_token_response(
         kind,
         format!("the token endpoint refused {what}: {said}: {fix}"),
     ))
+}
+
+/// What Microsoft Entra ID's `AADSTS` code in a refusal means, with its own code and fix; the
+/// server's text is quoted. `None` for a description without a known code.
+fn entra_refusal(description: &str) -> Option<ConnectError> {
+    let d = description.trim_start();
+    let code: String = d
+        .strip_prefix("AADSTS")?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let (kind, ours, fix) = match code.as_str() {
+        "90002" | "900023" | "90072" => (
+            ErrorKind::Config,
+            "tenant_not_found",
+            "check the profile's directory (tenant) id: it is the tenant of the mailboxes, a              GUID or a domain such as contoso.onmicrosoft.com",
+        ),
+        "700016" => (
+            ErrorKind::Config,
+            "application_not_found",
+            "the application is not known in this tenant: check the application (client) id,              and for mailboxes of another tenant have that tenant's global or Exchange              administrator consent to the application",
+        ),
+        "7000215" => (
+            ErrorKind::Auth,
+            "invalid_client_secret",
+            "the client secret is wrong: enter the secret's value (not its id) from the app              registration's Certificates & secrets page",
+        ),
+        "7000222" => (
+            ErrorKind::Auth,
+            "client_secret_expired",
+            "the client secret has expired: create a new one in the app registration and enter              it in the profile",
+        ),
+        "700027" | "700023" => (
+            ErrorKind::Auth,
+            "invalid_client_assertion",
+            "the certificate's signed assertion was refused: upload the profile's certificate              to the app registration, or check the server's clock",
+        ),
+        "53003" | "50076" | "50079" | "50158" | "50074" => (
+            ErrorKind::Config,
+            "mfa_not_supported",
+            "conditional access or multi-factor authentication blocks the application;              server-side synchronization signs in without a person and cannot complete it:              exclude the application's service principal from the policy",
+        ),
+        "65001" | "500011" => (
+            ErrorKind::Config,
+            "consent_missing",
+            "grant admin consent to the application in the tenant (Mail.ReadWrite and Mail.Send              application permissions)",
+        ),
+        "1002012" | "70011" => (
+            ErrorKind::Config,
+            "invalid_scope",
+            "the requested scope is refused: check the profile's cloud (authority)",
+        ),
+        _ => return None,
+    };
+    Some(
+        ConnectError::new(
+            FailureStep::Authentication,
+            kind,
+            format!(
+                "Microsoft Entra ID refused the token request: {}: {fix}",
+                one_line(d)
+            ),
+        )
+        .with_code(ours),
+    )
 }
 
 /// Server text for a one-line message, bounded.
@@ -544,6 +614,37 @@ mod tests {
         let e = parse_token_response(200, br#"{"access_token":"a","token_type":"mac"}"#, "x")
             .unwrap_err();
         assert!(e.message.contains("bearer"), "{e}");
+    }
+
+    #[test]
+    fn entra_refusals_name_their_cause() {
+        let body = |code: &str, text: &str| {
+            format!(
+                r#"{{"error":"invalid_client","error_description":"AADSTS{code}: {text}\r\nTrace ID: 0b1c\r\nCorrelation ID: 9f2e\r\nTimestamp: 2026-12-05 10:00:00Z","error_codes":[{code}]}}"#
+            )
+        };
+        for (status, code, ours, kind) in [
+            (400, "90002", "tenant_not_found", ErrorKind::Config),
+            (400, "700016", "application_not_found", ErrorKind::Config),
+            (401, "7000215", "invalid_client_secret", ErrorKind::Auth),
+            (401, "7000222", "client_secret_expired", ErrorKind::Auth),
+            (400, "53003", "mfa_not_supported", ErrorKind::Config),
+            (400, "50076", "mfa_not_supported", ErrorKind::Config),
+        ] {
+            let e = parse_token_response(status, body(code, "text").as_bytes(), "x").unwrap_err();
+            assert_eq!(e.code.as_deref(), Some(ours), "{code}");
+            assert_eq!(
+                (e.step, e.kind),
+                (FailureStep::Authentication, kind),
+                "{code}"
+            );
+            assert!(e.message.contains(&format!("AADSTS{code}: text")), "{e}");
+            assert!(!e.message.contains("Trace ID"), "{e}");
+        }
+        // An unknown code keeps the general wording.
+        let e = parse_token_response(400, body("12345", "other").as_bytes(), "x").unwrap_err();
+        assert_eq!(e.code, None);
+        assert!(e.message.contains("AADSTS12345"), "{e}");
     }
 
     #[test]

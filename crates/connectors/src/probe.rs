@@ -35,6 +35,10 @@ pub async fn incoming(
         (IncomingProtocol::Ews, Server::Ews(t)) => {
             Some(crate::ews::probe::probe(t, login, opts, ews::probe::Direction::Incoming).await)
         }
+        (IncomingProtocol::Graph, Server::Graph(t)) => Some(
+            crate::graph::probe::probe(t, login, opts, crate::graph::probe::Direction::Incoming)
+                .await,
+        ),
         _ => None,
     }
 }
@@ -63,6 +67,20 @@ pub async fn outgoing(
                     FailureStep::Authentication,
                     serversync_model::ErrorKind::Config,
                     "Exchange needs credentials to send: enter them in the profile or the mailbox",
+                )),
+            ),
+        }),
+        (OutgoingProtocol::Graph, Server::Graph(t)) => Some(match login {
+            Some(login) => {
+                crate::graph::probe::probe(t, login, opts, crate::graph::probe::Direction::Outgoing)
+                    .await
+            }
+            None => StepLog::new().finish(
+                Vec::new(),
+                Err(ConnectError::new(
+                    FailureStep::Authentication,
+                    serversync_model::ErrorKind::Config,
+                    "Microsoft Graph needs the application's token to send",
                 )),
             ),
         }),

@@ -1,11 +1,13 @@
 //! [`Server`]: where a profile's connector connects — a mail server's address (IMAP, POP3,
-//! SMTP) or an Exchange endpoint (a fixed EWS URL, or one Autodiscover finds). Every role
+//! SMTP), an Exchange endpoint (a fixed EWS URL, or one Autodiscover finds) or Microsoft
+//! Graph (Exchange Online). Every role
 //! ([`crate::source::MailSource`], [`crate::transport::MailTransport`],
 //! [`crate::transport::SentFolder`], the probes) is opened with one, and the sign-in
 //! ([`crate::Login`]) beside it.
 
 use crate::ServerAddr;
 use crate::ews::{Acting, EwsSettings, autodiscover};
+pub use crate::graph::GraphTarget;
 use crate::login::Login;
 use serversync_model::profile::AuthProtocol;
 
@@ -16,6 +18,8 @@ pub enum Server {
     Mail(ServerAddr),
     /// Exchange Web Services.
     Ews(EwsTarget),
+    /// Microsoft Graph, for one Exchange Online mailbox.
+    Graph(GraphTarget),
 }
 
 /// An Exchange endpoint and how to act on the mailbox there.
@@ -55,6 +59,7 @@ impl Server {
                 .url
                 .clone()
                 .unwrap_or_else(|| format!("autodiscover for {}", t.email)),
+            Server::Graph(t) => format!("{} for {}", t.graph_url, t.mailbox),
         }
     }
 }

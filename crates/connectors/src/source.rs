@@ -1,16 +1,17 @@
 //! The *mail source* role: where a mailbox's incoming mail is read from, whatever the
-//! protocol. A [`MailSource`] is a closed enum with one `match` per operation (IMAP, POP3 and
-//! Exchange over EWS; Microsoft Graph is one arm when it arrives):
+//! protocol. A [`MailSource`] is a closed enum with one `match` per operation (IMAP, POP3,
+//! Exchange over EWS, Exchange Online over Microsoft Graph):
 //!
 //! - [`MailSource::open`] a folder from its committed, typed [`FolderCursor`]: what is new
 //!   after it (a page of [`Listed`] messages), or that nothing changed;
 //! - [`MailSource::fetch`] a page's messages (raw bytes, never marking them read);
 //! - [`Opened::committed`] / [`Opened::missing`] / [`Opened::finished`]: the next cursor once
 //!   the caller has committed what it fetched (the caller stores it; nothing here does);
-//! - [`MailSource::wait`] for a change (IMAP IDLE, EWS streaming notifications; a source
-//!   without push says so with [`MailSource::can_watch`] and is polled);
+//! - [`MailSource::wait`] for a change (IMAP IDLE, EWS streaming notifications, a Graph change
+//!   notification or a short delta poll; a source without push says so with
+//!   [`MailSource::can_watch`] and is polled);
 //! - acknowledge: [`MailSource::delete`] (POP3 `DELE`, carried out at [`MailSource::close`])
-//!   and [`MailSource::move_to_undeliverable`] (IMAP).
+//!   and [`MailSource::move_to_undeliverable`] (IMAP, EWS, Graph).
 //!
 //! The source knows nothing of the store: which messages are already kept, and whether the
 //! cursor may move, is the caller's (the engine's) decision.
@@ -18,6 +19,7 @@
 use crate::ews::events::EventStream;
 use crate::ews::ops::{self, FolderRef, SyncChange};
 use crate::ews::{self, EwsClient};
+use crate::graph::GraphClient;
 use crate::imap::sync::{BodyFetch, IdleEvent, SyncSession};
 use crate::server::{EwsTarget, Server};
 use crate::{ConnectError, ConnectOptions, ErrorKind, FailureStep, Login, Result, pop3};
@@ -30,6 +32,11 @@ use std::time::Duration;
 
 /// Changes asked for per `SyncFolderItems` (at most 512).
 const EWS_SYNC_PAGE: u32 = 200;
+/// Changes asked for per Graph delta page.
+const GRAPH_DELTA_PAGE: u32 = 100;
+/// How often a Graph mailbox's delta is read when no change notification wakes it first.
+pub const GRAPH_POLL: Duration = Duration::from_secs(15);
+
 /// Messages asked for per `GetItem`, and the most MIME bytes (by their listed sizes) in one.
 const EWS_GET_BATCH: usize = 16;
 const EWS_GET_BYTES: u64 = 24 << 20;
@@ -46,6 +53,26 @@ pub enum MailSource {
     Imap(ImapSource),
     Pop3(Pop3Source),
     Ews(EwsSource),
+    Graph(GraphSource),
+}
+
+/// Exchange Online (Microsoft Graph): folders read with `messages/delta` (the next or delta
+/// link is the cursor), messages with `$value`. New mail is found by reading the delta again:
+/// at once when a change notification wakes the mailbox ([`GraphSource::wake`]), else every
+/// [`GRAPH_POLL`].
+pub struct GraphSource {
+    client: GraphClient,
+    /// Folder ids by name, found once per session.
+    folders: HashMap<String, String>,
+    /// Notified when a change notification for this mailbox arrives.
+    wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+impl GraphSource {
+    /// Makes [`MailSource::wait`] return as soon as `wake` is notified.
+    pub fn set_wake(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        self.wake = Some(wake);
+    }
 }
 
 /// Exchange (EWS): folders read with `SyncFolderItems` (the `SyncState` is the cursor),
@@ -86,6 +113,8 @@ pub struct Listed {
     pub size: u64,
     /// The protocol's handle: the IMAP UID, the POP3 message number.
     handle: u32,
+    /// When the server received it, where the listing says (Graph).
+    received: Option<Timestamp>,
 }
 
 /// A fetched message.
@@ -220,7 +249,10 @@ pub enum Change {
 pub fn available(protocol: IncomingProtocol) -> bool {
     matches!(
         protocol,
-        IncomingProtocol::Imap | IncomingProtocol::Pop3 | IncomingProtocol::Ews
+        IncomingProtocol::Imap
+            | IncomingProtocol::Pop3
+            | IncomingProtocol::Ews
+            | IncomingProtocol::Graph
     )
 }
 
@@ -254,6 +286,15 @@ impl MailSource {
                     folders: HashMap::new(),
                     events: None,
                     no_events: false,
+                }));
+            }
+            (IncomingProtocol::Graph, Server::Graph(t)) => {
+                let client =
+                    GraphClient::connect(t, login, opts, &mut crate::StepLog::new()).await?;
+                return Ok(MailSource::Graph(GraphSource {
+                    client,
+                    folders: HashMap::new(),
+                    wake: None,
                 }));
             }
             (_, Server::Mail(addr)) => addr,
@@ -294,7 +335,7 @@ impl MailSource {
         match self {
             MailSource::Imap(s) => s.session.has_capability("IDLE"),
             MailSource::Pop3(_) => false,
-            MailSource::Ews(_) => true,
+            MailSource::Ews(_) | MailSource::Graph(_) => true,
         }
     }
 
@@ -319,7 +360,7 @@ impl MailSource {
     /// where the protocol has folders (POP3 has only the Inbox).
     pub fn folders(&self, tracked: &[String]) -> Vec<String> {
         let mut out = match self {
-            MailSource::Imap(_) | MailSource::Ews(_) => tracked.to_vec(),
+            MailSource::Imap(_) | MailSource::Ews(_) | MailSource::Graph(_) => tracked.to_vec(),
             MailSource::Pop3(_) => Vec::new(),
         };
         out.push(INBOX.to_owned());
@@ -338,6 +379,7 @@ impl MailSource {
             MailSource::Imap(s) => s.open(folder, cursor).await,
             MailSource::Pop3(s) => s.open(folder).await,
             MailSource::Ews(s) => s.open(folder, cursor).await,
+            MailSource::Graph(s) => s.open(folder, cursor).await,
         }
     }
 
@@ -366,6 +408,12 @@ impl MailSource {
                     max_bytes,
                 }
             }
+            MailSource::Graph(s) => Fetch::Graph {
+                client: &mut s.client,
+                page,
+                next: 0,
+                max_bytes,
+            },
             MailSource::Ews(s) => Fetch::Ews {
                 client: &mut s.client,
                 page,
@@ -403,6 +451,17 @@ impl MailSource {
                 Ok(Change::Nothing)
             }
             MailSource::Ews(s) => s.wait(max).await,
+            MailSource::Graph(s) => {
+                let nap = tokio::time::sleep(max.min(GRAPH_POLL));
+                match &s.wake {
+                    Some(w) => tokio::select! {
+                        _ = w.notified() => {}
+                        _ = nap => {}
+                    },
+                    None => nap.await,
+                }
+                Ok(Change::NewMail)
+            }
         }
     }
 
@@ -426,6 +485,9 @@ impl MailSource {
         messages: &[ItemSource],
     ) -> Result<usize> {
         if let MailSource::Ews(s) = self {
+            return s.move_to_undeliverable(folder, messages).await;
+        }
+        if let MailSource::Graph(s) = self {
             return s.move_to_undeliverable(folder, messages).await;
         }
         let MailSource::Imap(s) = self else {
@@ -457,6 +519,7 @@ impl MailSource {
                 Ok(())
             }
             MailSource::Pop3(s) => s.client.quit().await,
+            MailSource::Graph(_) => Ok(()),
             MailSource::Ews(mut s) => {
                 if let Some(events) = s.events.take() {
                     events.close().await;
@@ -464,6 +527,110 @@ impl MailSource {
                 Ok(())
             }
         }
+    }
+}
+
+impl GraphSource {
+    /// The id of the folder named `name` (the Inbox by its well-known name).
+    async fn folder(&mut self, name: &str) -> Result<String> {
+        if name.eq_ignore_ascii_case(INBOX) {
+            return Ok("inbox".to_owned());
+        }
+        if let Some(f) = self.folders.get(name) {
+            return Ok(f.clone());
+        }
+        let found = self.client.find_folder(name).await?.ok_or_else(|| {
+            ConnectError::new(
+                FailureStep::Protocol,
+                ErrorKind::Config,
+                format!(
+                    "the mailbox has no folder named {name}: create it, or remove it from the \
+                     tracked folders"
+                ),
+            )
+            .with_code("folder_not_found")
+        })?;
+        self.folders.insert(name.to_owned(), found.id.clone());
+        Ok(found.id)
+    }
+
+    async fn open(&mut self, folder: &str, cursor: Option<&FolderCursor>) -> Result<Opened> {
+        let id = self.folder(folder).await?;
+        let mut token = match cursor {
+            Some(FolderCursor::ServerToken(t)) if !t.token.is_empty() => Some(t.token.clone()),
+            _ => None,
+        };
+        let page = match &token {
+            Some(link) => match self.client.delta_from(link, GRAPH_DELTA_PAGE).await {
+                Err(e) if e.code.as_deref() == Some("sync_state_invalid") => {
+                    // The delta link expired: the folder is read from the start (each message
+                    // is kept once, by its id).
+                    tracing::warn!(folder, "Graph delta link expired; reading the folder again");
+                    token = None;
+                    self.client.delta_start(&id, GRAPH_DELTA_PAGE).await?
+                }
+                r => r?,
+            },
+            None => self.client.delta_start(&id, GRAPH_DELTA_PAGE).await?,
+        };
+        let listed: Vec<Listed> = page
+            .messages
+            .into_iter()
+            .filter(|m| !m.removed)
+            .enumerate()
+            .map(|(i, m)| Listed {
+                source: ItemSource::Graph {
+                    folder: folder.to_owned(),
+                    id: m.id,
+                },
+                size: 0,
+                handle: u32::try_from(i).unwrap_or(u32::MAX),
+                received: m.received,
+            })
+            .collect();
+        let before = FolderCursor::ServerToken(ServerTokenCursor {
+            token: token.unwrap_or_default(),
+        });
+        let cursor = if listed.is_empty() {
+            FolderCursor::ServerToken(ServerTokenCursor {
+                token: page.link.clone(),
+            })
+        } else {
+            before
+        };
+        Ok(Opened {
+            folder: folder.to_owned(),
+            state: FolderState::Changed,
+            cursor,
+            listed,
+            more: page.more,
+            relisted: false,
+            highest_modseq: None,
+            next_token: Some(page.link),
+            remapping: false,
+        })
+    }
+
+    async fn move_to_undeliverable(
+        &mut self,
+        folder: &str,
+        messages: &[ItemSource],
+    ) -> Result<usize> {
+        let ids: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| match m {
+                ItemSource::Graph { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        if folder == UNDELIVERABLE || ids.is_empty() {
+            return Ok(0);
+        }
+        let target = self.client.folder_or_create(UNDELIVERABLE).await?;
+        for id in &ids {
+            self.client.move_message(id, &target.id).await?;
+        }
+        Ok(ids.len())
     }
 }
 
@@ -531,6 +698,7 @@ impl EwsSource {
                 },
                 size: item.size.unwrap_or(0),
                 handle: u32::try_from(i).unwrap_or(u32::MAX),
+                received: None,
             })
             .collect();
         let before = FolderCursor::ServerToken(ServerTokenCursor {
@@ -675,6 +843,7 @@ impl ImapSource {
                 },
                 size: meta.size,
                 handle: meta.uid,
+                received: None,
             })
             .collect();
         Ok(Opened {
@@ -707,6 +876,7 @@ impl Pop3Source {
                 size: self.sizes.get(&l.number).copied().unwrap_or(0),
                 source: ItemSource::Pop3 { uidl: l.uid },
                 handle: l.number,
+                received: None,
             })
             .collect();
         Ok(Opened {
@@ -801,6 +971,12 @@ pub enum Fetch<'a> {
         next: usize,
         max_bytes: usize,
     },
+    Graph {
+        client: &'a mut GraphClient,
+        page: &'a [Listed],
+        next: usize,
+        max_bytes: usize,
+    },
     Ews {
         client: &'a mut EwsClient,
         page: &'a [Listed],
@@ -816,6 +992,44 @@ impl Fetch<'_> {
     /// The next message, in the server's order.
     pub async fn next(&mut self) -> Result<Option<Fetched>> {
         match self {
+            Fetch::Graph {
+                client,
+                page,
+                next,
+                max_bytes,
+            } => loop {
+                let Some(l) = page.get(*next) else {
+                    return Ok(None);
+                };
+                let index = *next;
+                *next += 1;
+                let id = match &l.source {
+                    ItemSource::Graph { id, .. } => id.as_str(),
+                    _ => "",
+                };
+                let Some(raw) = client.mime(id).await? else {
+                    tracing::info!(message = %id, "Graph message deleted before it was read");
+                    continue;
+                };
+                let received = l.received.unwrap_or_else(chrono::Utc::now);
+                if raw.len() > *max_bytes {
+                    let size = raw.len() as u64;
+                    return Ok(Some(Fetched {
+                        source: l.source.clone(),
+                        raw: header_of(&raw).to_vec(),
+                        received,
+                        too_large: Some((size, *max_bytes as u64)),
+                        index,
+                    }));
+                }
+                return Ok(Some(Fetched {
+                    source: l.source.clone(),
+                    raw,
+                    received,
+                    too_large: None,
+                    index,
+                }));
+            },
             Fetch::Ews {
                 client,
                 page,
@@ -911,7 +1125,18 @@ impl Fetch<'_> {
                     .map(|(i, _)| i)
                     .collect()
             }
-            Fetch::Pop3 { .. } => Vec::new(),
+            Fetch::Pop3 { .. } | Fetch::Graph { .. } => Vec::new(),
         }
     }
+}
+
+/// A message's header section, its blank line included (all of it when there is none).
+fn header_of(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
+        .unwrap_or(raw.len());
+    &raw[..end]
 }

@@ -16,8 +16,9 @@
 //!   `MessageDisposition=SendAndSaveCopy`, so the server keeps the copy in Sent Items itself;
 //!   the Sent folder role finds a Message-ID there with `FindItem` on `InternetMessageId`.
 //!
-//! Microsoft Graph has no connector in this version: [`MailTransport::available`] and
-//! [`SentFolder::available`] say so before connecting.
+//! - Exchange Online (Microsoft Graph, [`GraphClient`]): `sendMail` with the MIME message,
+//!   which Exchange Online saves in Sent Items; the Sent folder role finds a Message-ID there
+//!   by `internetMessageId`.
 
 use serversync_model::profile::{IncomingProtocol, OutgoingProtocol};
 use serversync_model::{ErrorKind, FailureStep};
@@ -25,6 +26,7 @@ use serversync_model::{ErrorKind, FailureStep};
 use crate::error::ConnectError;
 use crate::ews::ops::{self, Disposition, FolderRef};
 use crate::ews::{self, EwsClient};
+use crate::graph::{GraphClient, SendOutcome};
 use crate::imap::sync::SyncSession;
 use crate::login::Login;
 use crate::net::ConnectOptions;
@@ -61,6 +63,7 @@ fn not_available(what: &str) -> ConnectError {
 pub enum MailTransport {
     Smtp(smtp::SmtpConnection),
     Ews(EwsTransport),
+    Graph(GraphClient),
 }
 
 /// Sending through Exchange Web Services.
@@ -110,8 +113,7 @@ impl MailTransport {
     /// Whether `protocol` has a mail transport connector in this version.
     pub fn available(protocol: OutgoingProtocol) -> bool {
         match protocol {
-            OutgoingProtocol::Smtp | OutgoingProtocol::Ews => true,
-            OutgoingProtocol::Graph => false,
+            OutgoingProtocol::Smtp | OutgoingProtocol::Ews | OutgoingProtocol::Graph => true,
         }
     }
 
@@ -144,7 +146,18 @@ impl MailTransport {
                     waits: Vec::new(),
                 }))
             }
-            (OutgoingProtocol::Graph, _) => Err(not_available("Microsoft Graph")),
+            (OutgoingProtocol::Graph, Server::Graph(t)) => {
+                let login = login.ok_or_else(|| {
+                    ConnectError::new(
+                        FailureStep::Authentication,
+                        ErrorKind::Config,
+                        "Microsoft Graph needs the application's token to send",
+                    )
+                })?;
+                Ok(MailTransport::Graph(
+                    GraphClient::connect(t, login, opts, &mut crate::StepLog::new()).await?,
+                ))
+            }
             _ => Err(wrong_server("outgoing")),
         }
     }
@@ -161,6 +174,7 @@ impl MailTransport {
         match self {
             MailTransport::Smtp(c) => smtp_submit(c, from, rcpts, message).await,
             MailTransport::Ews(t) => ews_submit(t, rcpts, message).await,
+            MailTransport::Graph(c) => graph_submit(c, rcpts, message).await,
         }
     }
 
@@ -169,7 +183,7 @@ impl MailTransport {
     pub fn keeps_sent_copy(&self) -> bool {
         match self {
             MailTransport::Smtp(_) => false,
-            MailTransport::Ews(_) => true,
+            MailTransport::Ews(_) | MailTransport::Graph(_) => true,
         }
     }
 
@@ -179,6 +193,7 @@ impl MailTransport {
         match self {
             MailTransport::Smtp(_) => Vec::new(),
             MailTransport::Ews(t) => std::mem::take(&mut t.waits),
+            MailTransport::Graph(c) => c.take_waits(),
         }
     }
 
@@ -188,8 +203,44 @@ impl MailTransport {
             MailTransport::Smtp(c) => {
                 let _ = c.quit().await;
             }
-            MailTransport::Ews(_) => {}
+            MailTransport::Ews(_) | MailTransport::Graph(_) => {}
         }
+    }
+}
+
+/// One message through Microsoft Graph: `sendMail` with the MIME message (a `Bcc` field added
+/// for envelope recipients its header does not name), saved in Sent Items by Exchange Online.
+/// Throttling is waited out by the client, and its waits go into the trace.
+async fn graph_submit(
+    c: &mut GraphClient,
+    rcpts: &[String],
+    message: &[u8],
+) -> Result<Submission, ConnectError> {
+    match c.send_mime(&with_bcc(message, rcpts)).await {
+        SendOutcome::Sent => Ok(Submission::Sent),
+        SendOutcome::NotSent(e) => Err(e),
+        SendOutcome::Unknown(e) => Ok(Submission::Unknown {
+            reason: e.to_string(),
+        }),
+        SendOutcome::Refused(e)
+            if matches!(
+                e.step,
+                FailureStep::Authentication | FailureStep::Permission
+            ) || matches!(e.kind, ErrorKind::Auth | ErrorKind::Config) =>
+        {
+            // The mailbox's problem (token, consent, mailbox gone), not this email's.
+            Err(e)
+        }
+        SendOutcome::Refused(e) => Ok(Submission::Refused {
+            reason: format!(
+                "the message refused: Microsoft Graph said \"{}\"",
+                e.message
+            ),
+            at: RefusedAt::Message,
+            reply: e.message.clone(),
+            transient: e.is_transient(),
+            reusable: true,
+        }),
     }
 }
 
@@ -359,6 +410,8 @@ pub enum SentFolder {
     Imap(ImapSentFolder),
     /// Exchange's Sent Items.
     Ews(EwsClient),
+    /// Exchange Online's Sent Items, over Microsoft Graph.
+    Graph(GraphClient),
 }
 
 /// The Sent folder over IMAP.
@@ -374,8 +427,8 @@ impl SentFolder {
     /// Whether a mailbox whose incoming server speaks `protocol` has a Sent folder connector.
     pub fn available(protocol: IncomingProtocol) -> bool {
         match protocol {
-            IncomingProtocol::Imap | IncomingProtocol::Ews => true,
-            IncomingProtocol::Pop3 | IncomingProtocol::Graph => false,
+            IncomingProtocol::Imap | IncomingProtocol::Ews | IncomingProtocol::Graph => true,
+            IncomingProtocol::Pop3 => false,
         }
     }
 
@@ -400,7 +453,9 @@ impl SentFolder {
                 Ok(SentFolder::Ews(ews::open(t, login, opts).await?))
             }
             (IncomingProtocol::Pop3, _) => Err(not_available("POP3 Sent folder")),
-            (IncomingProtocol::Graph, _) => Err(not_available("Microsoft Graph")),
+            (IncomingProtocol::Graph, Server::Graph(t)) => Ok(SentFolder::Graph(
+                GraphClient::connect(t, login, opts, &mut crate::StepLog::new()).await?,
+            )),
             _ => Err(wrong_server("incoming")),
         }
     }
@@ -423,6 +478,8 @@ impl SentFolder {
                 ops::create_item(c, message, Disposition::SaveOnly, &FolderRef::SENT_ITEMS).await?;
                 Ok(())
             }
+            // sendMail saved it already; Graph has no way to add a sent message as such.
+            SentFolder::Graph(_) => Ok(()),
         }
     }
 
@@ -444,6 +501,7 @@ impl SentFolder {
                         .await?;
                 Ok(!found.is_empty())
             }
+            SentFolder::Graph(c) => c.sent_contains(&format!("<{message_id}>")).await,
         }
     }
 
@@ -453,7 +511,7 @@ impl SentFolder {
             SentFolder::Imap(s) => {
                 let _ = s.session.logout().await;
             }
-            SentFolder::Ews(_) => {}
+            SentFolder::Ews(_) | SentFolder::Graph(_) => {}
         }
     }
 }
@@ -463,10 +521,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn graph_is_not_available_yet() {
+    fn every_protocol_but_pop3_has_its_roles() {
         assert!(MailTransport::available(OutgoingProtocol::Smtp));
         assert!(MailTransport::available(OutgoingProtocol::Ews));
-        assert!(!MailTransport::available(OutgoingProtocol::Graph));
+        assert!(MailTransport::available(OutgoingProtocol::Graph));
+        assert!(SentFolder::available(IncomingProtocol::Graph));
         assert!(SentFolder::available(IncomingProtocol::Imap));
         assert!(!SentFolder::available(IncomingProtocol::Pop3));
         assert!(SentFolder::available(IncomingProtocol::Ews));
@@ -490,7 +549,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn graph_is_refused_before_connecting() {
+    async fn a_server_of_another_kind_is_refused_before_connecting() {
         let addr = Server::Mail(crate::ServerAddr::new(
             "mail.example.com",
             587,
@@ -502,7 +561,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!((e.step, e.kind), (FailureStep::Protocol, ErrorKind::Config));
-        assert!(e.message.contains("not available in this version yet"));
+        assert!(e.message.contains("not of its protocol's kind"), "{e}");
     }
 
     #[test]

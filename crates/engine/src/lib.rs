@@ -80,6 +80,11 @@ pub struct EngineConfig {
     pub alerts: alerts_email::AlertsConfig,
     /// The HTTPS port Exchange Autodiscover is asked at (`[exchange] autodiscover_port`).
     pub autodiscover_port: u16,
+    /// Microsoft Graph's root instead of the profile's cloud's (`[exchange] graph_url`): for a
+    /// cloud not listed, or a test double.
+    pub graph_url: Option<String>,
+    /// Microsoft Entra ID's root instead of the profile's cloud's (`[exchange] login_url`).
+    pub login_url: Option<String>,
 }
 
 impl EngineConfig {
@@ -96,6 +101,8 @@ impl EngineConfig {
             retention: RetentionConfig::default(),
             alerts: alerts_email::AlertsConfig::default(),
             autodiscover_port: 443,
+            graph_url: None,
+            login_url: None,
         }
     }
 }

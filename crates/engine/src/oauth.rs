@@ -12,14 +12,21 @@
 //! Microsoft Entra ID (`https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`, or the
 //! US Government or China cloud's, or the profile's `oauth.token_endpoint`), for the scope
 //! `<EWS origin>/.default`; the token then acts on each mailbox through impersonation.
-//! Server-to-server (Exchange Online) needs the Graph connector, which does not exist yet.
+//!
+//! Server-to-server authentication (`AuthenticationType::ServerToServer`, Exchange Online over
+//! Microsoft Graph) uses the same client-credentials grant for the scope
+//! `<Graph root>/.default` (`https://graph.microsoft.com/.default` in the public cloud); the
+//! token acts on every mailbox of the tenant the application is consented in (the mailbox's
+//! tenant: for cross-tenant sync, the other tenant's). Entra ID's refusals keep their
+//! `AADSTS` code and text and get a specific code (`invalid_client_secret`,
+//! `client_secret_expired`, `tenant_not_found`, `mfa_not_supported`, …).
 
 use crate::policy::Failure;
+use crate::session::MailboxSession;
 use serversync_connectors::oauth::{Grant, TokenProvider, TokenRequest};
-use serversync_connectors::{ConnectError, ConnectOptions, ErrorKind, FailureStep, Login};
-use serversync_model::Secret;
-use serversync_model::mailbox::Mailbox;
-use serversync_model::profile::{AuthenticationType, EmailServerProfile};
+use serversync_connectors::{ConnectError, ErrorKind, FailureStep, Login};
+use serversync_model::profile::{AuthenticationType, EmailServerProfile, OAuthSettings};
+use serversync_model::{Secret, SecretId};
 use serversync_store::{Store, StoreError};
 use std::sync::LazyLock;
 
@@ -30,19 +37,19 @@ static TOKENS: LazyLock<TokenProvider> = LazyLock::new(TokenProvider::new);
 /// cache or the token endpoint (through `opts`' trust and network policy).
 pub(crate) async fn login(
     store: &Store,
-    m: &Mailbox,
-    profile: &EmailServerProfile,
-    opts: &ConnectOptions,
+    session: &MailboxSession,
 ) -> Result<Result<Login, Failure>, StoreError> {
-    if profile.authentication == AuthenticationType::HybridModernAuth {
-        return hybrid(store, m, profile, opts).await;
-    }
-    if profile.authentication != AuthenticationType::GmailOAuth {
-        return Ok(Err(Failure::config(
-            "connector_not_available",
-            "server-to-server OAuth (Exchange Online over Microsoft Graph) is not available in \
-             this version yet",
-        )));
+    let (m, profile, opts) = (&session.mailbox, &session.profile, &session.opts);
+    match profile.authentication {
+        AuthenticationType::HybridModernAuth => return hybrid(store, session).await,
+        AuthenticationType::ServerToServer => return server_to_server(store, session).await,
+        AuthenticationType::GmailOAuth => {}
+        _ => {
+            return Ok(Err(Failure::config(
+                "credentials_missing",
+                "the profile's authentication type does not sign in with OAuth",
+            )));
+        }
     }
     let Some(o) = &profile.oauth else {
         return Ok(Err(Failure::config(
@@ -89,9 +96,43 @@ pub(crate) async fn login(
     )
 }
 
-/// The token endpoint of Microsoft Entra ID for `tenant` in the profile's cloud.
-fn entra_token_endpoint(o: &serversync_model::profile::OAuthSettings, tenant: &str) -> String {
+/// Microsoft Graph's root for the session's profile: the configured one, else its cloud's
+/// (automatic is the public cloud).
+pub(crate) fn graph_root(session: &MailboxSession) -> String {
+    use serversync_connectors::graph;
     use serversync_model::profile::OAuthAuthority;
+    if let Some(u) = session
+        .graph_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        return u.trim().trim_end_matches('/').to_owned();
+    }
+    match session.profile.oauth.as_ref().map(|o| o.authority) {
+        Some(OAuthAuthority::UsGovernment) => graph::US_GOVERNMENT,
+        Some(OAuthAuthority::China) => graph::CHINA,
+        _ => graph::PUBLIC,
+    }
+    .to_owned()
+}
+
+/// The token endpoint of Microsoft Entra ID for `tenant` in the profile's cloud.
+fn entra_token_endpoint(
+    session: &MailboxSession,
+    o: &serversync_model::profile::OAuthSettings,
+    tenant: &str,
+) -> String {
+    use serversync_model::profile::OAuthAuthority;
+    if let Some(login) = session
+        .login_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        return format!(
+            "{}/{tenant}/oauth2/v2.0/token",
+            login.trim().trim_end_matches('/')
+        );
+    }
     if let Some(t) = o
         .token_endpoint
         .as_deref()
@@ -110,31 +151,83 @@ fn entra_token_endpoint(o: &serversync_model::profile::OAuthSettings, tenant: &s
 
 /// Hybrid Modern Authentication: the app's own token for the on-premises EWS (its origin is
 /// the token's audience).
-async fn hybrid(
-    store: &Store,
-    m: &Mailbox,
-    profile: &EmailServerProfile,
-    opts: &ConnectOptions,
-) -> Result<Result<Login, Failure>, StoreError> {
-    let missing = |what: &str| {
-        Ok(Err(Failure::config(
+/// The profile's app registration: its settings, tenant and secret id; or what is missing.
+fn app_registration<'a>(
+    profile: &'a EmailServerProfile,
+    what: &str,
+) -> Result<(&'a OAuthSettings, &'a str, SecretId), Failure> {
+    let missing = |field: &str| {
+        Failure::config(
             "credentials_missing",
-            format!("hybrid modern authentication needs {what} in the email server profile"),
-        )))
+            format!("{what} needs {field} in the email server profile"),
+        )
     };
-    let Some(o) = &profile.oauth else {
-        return missing("the app registration (oauth.client_id, tenant and secret)");
-    };
-    let Some(tenant) = o
+    let o = profile
+        .oauth
+        .as_ref()
+        .ok_or_else(|| missing("the app registration (oauth.client_id, tenant and secret)"))?;
+    if o.client_id.trim().is_empty() {
+        return Err(missing("the application (client) id, oauth.client_id"));
+    }
+    let tenant = o
         .tenant_id
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty())
-    else {
-        return missing("the directory (tenant) id, oauth.tenant_id");
+        .ok_or_else(|| missing("the directory (tenant) id, oauth.tenant_id"))?;
+    let secret = o
+        .client_secret
+        .ok_or_else(|| missing("the app registration's secret, oauth.client_secret"))?;
+    Ok((o, tenant, secret))
+}
+
+/// Asks for (or reuses) the application's token for `scope` and signs in as `user` with it.
+async fn app_token(
+    store: &Store,
+    session: &MailboxSession,
+    (o, tenant, secret_id): (&OAuthSettings, &str, SecretId),
+    scope: String,
+    user: &str,
+) -> Result<Result<Login, Failure>, StoreError> {
+    let request = TokenRequest {
+        endpoint: entra_token_endpoint(session, o, tenant),
+        client_id: o.client_id.trim().to_string(),
+        client_secret: Some(store.get_secret(secret_id).await?),
+        grant: Grant::ClientCredentials { scope: Some(scope) },
     };
-    let Some(secret_id) = o.client_secret else {
-        return missing("the app registration's secret, oauth.client_secret");
+    let opts = &session.opts;
+    Ok(
+        match TOKENS
+            .token(&opts.trust, &opts.policy, opts.timeout, &request)
+            .await
+        {
+            Ok(token) => Ok(Login::xoauth2(user.to_owned(), token)),
+            Err(e) => Err(Failure::from(&e)),
+        },
+    )
+}
+
+/// Server-to-server authentication (Exchange Online): the application's token for Graph.
+async fn server_to_server(
+    store: &Store,
+    session: &MailboxSession,
+) -> Result<Result<Login, Failure>, StoreError> {
+    let app = match app_registration(&session.profile, "server-to-server authentication") {
+        Ok(a) => a,
+        Err(f) => return Ok(Err(f)),
+    };
+    let scope = format!("{}/.default", graph_root(session));
+    app_token(store, session, app, scope, &session.mailbox.email).await
+}
+
+async fn hybrid(
+    store: &Store,
+    session: &MailboxSession,
+) -> Result<Result<Login, Failure>, StoreError> {
+    let (m, profile) = (&session.mailbox, &session.profile);
+    let app = match app_registration(profile, "hybrid modern authentication") {
+        Ok(a) => a,
+        Err(f) => return Ok(Err(f)),
     };
     let url = if profile.auto_discover {
         m.telemetry.ews_url.clone()
@@ -143,7 +236,7 @@ async fn hybrid(
     };
     let Some(origin) = url
         .as_deref()
-        .and_then(|u| serversync_connectors::ews::http::Target::parse(u).ok())
+        .and_then(|u| serversync_connectors::https::Target::parse(u).ok())
         .map(|t| t.origin())
     else {
         return Ok(Err(Failure::config(
@@ -152,23 +245,7 @@ async fn hybrid(
              URL, which is not known yet: turn auto-discover off and enter the EWS URL",
         )));
     };
-    let request = TokenRequest {
-        endpoint: entra_token_endpoint(o, tenant),
-        client_id: o.client_id.trim().to_string(),
-        client_secret: Some(store.get_secret(secret_id).await?),
-        grant: Grant::ClientCredentials {
-            scope: Some(format!("{origin}/.default")),
-        },
-    };
-    Ok(
-        match TOKENS
-            .token(&opts.trust, &opts.policy, opts.timeout, &request)
-            .await
-        {
-            Ok(token) => Ok(Login::xoauth2(m.email.clone(), token)),
-            Err(e) => Err(Failure::from(&e)),
-        },
-    )
+    app_token(store, session, app, format!("{origin}/.default"), &m.email).await
 }
 
 /// After a connection failed: when `login` is a token the server refused (an authentication

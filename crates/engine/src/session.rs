@@ -11,7 +11,9 @@ use crate::slots::ConnSlot;
 use serversync_connectors::ews::{Acting, autodiscover};
 use serversync_connectors::source::MailSource;
 use serversync_connectors::transport::{MailTransport, SentFolder};
-use serversync_connectors::{ConnectError, ConnectOptions, EwsTarget, Login, Server, ServerAddr};
+use serversync_connectors::{
+    ConnectError, ConnectOptions, EwsTarget, GraphTarget, Login, Server, ServerAddr,
+};
 use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::EmailServerProfile;
@@ -39,6 +41,9 @@ pub(crate) struct MailboxSession {
     pub opts: ConnectOptions,
     /// Where Exchange Autodiscover asks.
     pub autodiscover: autodiscover::Options,
+    /// Microsoft Graph's and Entra ID's roots when the configuration overrides the cloud's.
+    pub graph_url: Option<String>,
+    pub login_url: Option<String>,
 }
 
 impl MailboxSession {
@@ -61,6 +66,8 @@ impl MailboxSession {
             autodiscover: autodiscover::Options {
                 port: config.autodiscover_port,
             },
+            graph_url: config.graph_url.clone(),
+            login_url: config.login_url.clone(),
             mailbox,
             profile,
             settings,
@@ -94,6 +101,13 @@ impl MailboxSession {
     /// URL found for this mailbox before, else none and Autodiscover finds it).
     pub fn address(&self, side: Side) -> Result<Server, Failure> {
         let p = &self.profile;
+        if p.incoming_protocol == IncomingProtocol::Graph {
+            return Ok(Server::Graph(GraphTarget {
+                graph_url: crate::oauth::graph_root(self),
+                mailbox: self.mailbox.email.clone(),
+                pinned: p.pinned_certificates.clone(),
+            }));
+        }
         if p.incoming_protocol == IncomingProtocol::Ews {
             let url = if p.auto_discover {
                 self.mailbox.telemetry.ews_url.clone()
@@ -163,7 +177,7 @@ impl MailboxSession {
     ) -> Result<Result<Login, Failure>, StoreError> {
         let (m, profile) = (&self.mailbox, &self.profile);
         if profile.authentication.is_oauth() {
-            return crate::oauth::login(store, m, profile, &self.opts).await;
+            return crate::oauth::login(store, self).await;
         }
         let (user, secret) = if profile.authentication.credentials_on_mailbox() {
             (

@@ -364,11 +364,11 @@ fn keep_certificate(
     }
 }
 
-/// A protocol without a connector in this version (Microsoft Graph).
+/// A profile whose server is not of its protocol's kind (no probe for the pair).
 fn not_available() -> Failure {
     Failure::config(
         "connector_not_available",
-        "Exchange Online (Microsoft Graph) is not available in this version yet",
+        "the profile's server is not of its protocol's kind: check the profile's server type",
     )
 }
 

@@ -72,7 +72,7 @@ impl EventStream {
                 }
                 Ok(Some(Err(e))) => {
                     self.body = None;
-                    return Err(super::http::http_failure("GetStreamingEvents", &e));
+                    return Err(crate::https::http_failure("GetStreamingEvents", &e));
                 }
                 Ok(Some(Ok(frame))) => frame,
             };

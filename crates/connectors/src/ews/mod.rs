@@ -17,18 +17,17 @@
 pub mod autodiscover;
 pub mod codes;
 pub mod events;
-pub mod http;
 pub mod ops;
 pub mod probe;
 pub mod xml;
 
+use crate::https::{self as http, Conn, Target};
 use crate::ntlm::{self, ChannelBinding, NtlmIdentity};
 use crate::probe::StepLog;
 use crate::{ConnectError, ConnectOptions, ErrorKind, FailureStep, Login, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use http::{Conn, Target};
 use http_body_util::Full;
 use serversync_model::profile::{AuthProtocol, ExchangeVersion};
 use std::time::Duration;

@@ -1,6 +1,6 @@
-//! One HTTP/1.1 connection to an EWS or Autodiscover endpoint: hyper's client connection
-//! over our own [`MailStream`], so DNS, TCP and TLS are the same classified steps as for
-//! IMAP, the network policy is checked on the resolved address, every request on the
+//! One HTTP/1.1 connection to an HTTPS endpoint (EWS, Autodiscover, Microsoft Graph): hyper's
+//! client connection over our own [`MailStream`], so DNS, TCP and TLS are the same classified
+//! steps as for IMAP, the network policy is checked on the resolved address, every request on the
 //! connection shares one TLS session (which NTLM needs: its three legs authenticate the
 //! connection), and the server's certificate is at hand for the channel binding.
 
@@ -116,7 +116,7 @@ impl Conn {
             .map_err(|e| http_failure("the HTTP connection", &e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "EWS connection ended");
+                tracing::debug!(error = %e, "HTTPS connection ended");
             }
         });
         Ok(Conn {
@@ -241,8 +241,8 @@ pub(crate) fn http_failure(what: &str, e: &hyper::Error) -> ConnectError {
             FailureStep::Protocol,
             ErrorKind::Permanent,
             format!(
-                "the answer to {what} is not HTTP ({e}): check that the URL points at an \
-                 Exchange server"
+                "the answer to {what} is not HTTP ({e}): check that the URL points at the \
+                 right server"
             ),
         );
     }
