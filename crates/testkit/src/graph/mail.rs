@@ -1007,7 +1007,7 @@ fn patch_message(s: &mut DoubleState, mb: usize, id: &str, body: &[u8]) -> Reply
 
 fn move_message(s: &mut DoubleState, mb: usize, id: &str, body: &[u8]) -> Reply {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let Some(dest) = v.get("destinationId").and_then(|d| d.as_str()) else {
+    let Some(dest) = param(&v, "destinationId").and_then(|d| d.as_str()) else {
         return gerr(
             400,
             "ErrorInvalidRequest",
@@ -1086,16 +1086,14 @@ fn send_mail(s: &mut DoubleState, mb: usize, headers: &HeaderMap, body: &[u8]) -
                 "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.",
             );
         };
-        let Some(msg) = v.get("message").or_else(|| v.get("Message")) else {
+        let Some(msg) = param(&v, "message") else {
             return gerr(
                 400,
                 "ErrorInvalidParameter",
                 "The value of the parameter 'Message' is empty.",
             );
         };
-        let save = v
-            .get("saveToSentItems")
-            .or_else(|| v.get("SaveToSentItems"))
+        let save = param(&v, "saveToSentItems")
             .and_then(|b| b.as_bool())
             .unwrap_or(true);
         let from = &s.mailboxes[mb];
@@ -1144,6 +1142,15 @@ fn send_mail(s: &mut DoubleState, mb: usize, headers: &HeaderMap, body: &[u8]) -
         subs::notify(s, mb, &f, &id, "created");
     }
     Reply::empty(202)
+}
+
+/// An action parameter: Graph matches parameter names case-insensitively (the CSDL says
+/// `DestinationId`, `Message`, `SaveToSentItems`; the docs write them camelCase).
+fn param<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
 }
 
 fn json_to_mime(msg: &Value, from_name: &str, from_addr: &str) -> Vec<u8> {

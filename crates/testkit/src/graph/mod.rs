@@ -1164,7 +1164,10 @@ fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<Caller, Reply> {
 /// Which [`Route`] a Graph request (path after `/v1.0`) is.
 fn route_of(method: &Method, rel: &str) -> Route {
     let path = rel.split('?').next().unwrap_or("").trim_matches('/');
-    let segs: Vec<String> = path.split('/').map(|s| s.to_ascii_lowercase()).collect();
+    let segs: Vec<String> = path
+        .split('/')
+        .map(|s| op_segment(&s.to_ascii_lowercase()))
+        .collect();
     let first = segs.first().map(String::as_str).unwrap_or("");
     match first {
         "$batch" => return Route::Batch,
@@ -1213,7 +1216,7 @@ fn dispatch<'a>(
         let segs: Vec<String> = path
             .trim_matches('/')
             .split('/')
-            .map(percent_decode)
+            .map(|s| op_segment(&percent_decode(s)))
             .collect();
         let first = segs
             .first()
@@ -1268,6 +1271,13 @@ fn enter_mailbox(state: &Shared, caller: &Caller, rel: &str) -> Result<Option<In
         Some(g) => Ok(Some(g)),
         None => Err(throttled_concurrency(429).with_header("Retry-After", "1")),
     }
+}
+
+/// Graph accepts bound functions and actions with or without `()` and the
+/// `microsoft.graph.` namespace (`delta`, `delta()`, `microsoft.graph.delta()`).
+fn op_segment(s: &str) -> String {
+    let s = s.strip_suffix("()").unwrap_or(s);
+    s.strip_prefix("microsoft.graph.").unwrap_or(s).to_string()
 }
 
 fn percent_decode(s: &str) -> String {
