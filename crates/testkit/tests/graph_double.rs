@@ -1411,3 +1411,86 @@ fn csdl_reads_graphs_metadata() {
         None
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_request_bodies_are_checked_against_the_csdl() {
+    let e = env(GraphConfig::default()).await;
+    let t = e.token().await;
+    // A misspelt property and an unknown action parameter are recorded, not just ignored.
+    let (s, _, _) = e
+        .call(
+            &t,
+            "POST",
+            &format!("/users/{ALICE}/sendMail"),
+            Some(json!({
+                "message": {"subject": "x", "toRecipient": [{"emailAddress": {"address": "b@example.org"}}],
+                            "toRecipients": [{"emailAddress": {"address": "b@example.org"}}]},
+                "saveToSent": true,
+            })),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let v = e.graph.schema_violations();
+    assert!(v.iter().any(|x| x.contains("toRecipient:")), "{v:?}");
+    assert!(v.iter().any(|x| x.contains("saveToSent")), "{v:?}");
+    assert_eq!(v.len(), 2, "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_retried_when_the_endpoint_fails() {
+    use axum::extract::{RawQuery, State};
+    let e = env(GraphConfig::default()).await;
+    let t = e.token().await;
+    // Validation passes; the first two notifications get 503, the third is accepted.
+    let calls: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let app = axum::Router::new()
+        .fallback(
+            |State(calls): State<Arc<Mutex<Vec<u16>>>>, RawQuery(q): RawQuery| async move {
+                if let Some(token) = q.and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "validationToken")
+                        .map(|(_, v)| v.into_owned())
+                }) {
+                    return (axum::http::StatusCode::OK, token);
+                }
+                let mut c = calls.lock().unwrap();
+                let status = if c.len() < 2 { 503 } else { 202 };
+                c.push(status);
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    String::new(),
+                )
+            },
+        )
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/n",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let exp = (chrono::Utc::now() + chrono::Duration::minutes(30)).to_rfc3339();
+    let (s, _, v) = e
+        .call(
+            &t,
+            "POST",
+            "/subscriptions",
+            Some(
+                json!({"changeType": "created", "notificationUrl": url, "expirationDateTime": exp,
+                        "resource": format!("users/{ALICE}/messages")}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    e.graph.deliver(ALICE, "junkemail", &message(5), false);
+    for _ in 0..80 {
+        if calls.lock().unwrap().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(*calls.lock().unwrap(), vec![503, 503, 202]);
+    e.assert_schema_clean();
+}

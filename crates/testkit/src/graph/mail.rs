@@ -700,6 +700,7 @@ fn list_folders(
 
 fn create_folder(s: &mut DoubleState, mb: usize, parent: &str, body: &[u8]) -> Reply {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    s.check_request("POST mailFolders", "microsoft.graph.mailFolder", &v);
     let Some(name) = v
         .get("displayName")
         .and_then(|n| n.as_str())
@@ -980,6 +981,7 @@ fn patch_message(s: &mut DoubleState, mb: usize, id: &str, body: &[u8]) -> Reply
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return gerr(400, "BadRequest", "Empty Payload. JSON content expected.");
     };
+    s.check_request("PATCH message", "microsoft.graph.message", &v);
     let seq = s.next_seq();
     let base = s.base();
     let m = &mut s.mailboxes[mb];
@@ -1007,6 +1009,7 @@ fn patch_message(s: &mut DoubleState, mb: usize, id: &str, body: &[u8]) -> Reply
 
 fn move_message(s: &mut DoubleState, mb: usize, id: &str, body: &[u8]) -> Reply {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    s.check_action("move", "microsoft.graph.message", &v);
     let Some(dest) = param(&v, "destinationId").and_then(|d| d.as_str()) else {
         return gerr(
             400,
@@ -1086,6 +1089,10 @@ fn send_mail(s: &mut DoubleState, mb: usize, headers: &HeaderMap, body: &[u8]) -
                 "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.",
             );
         };
+        s.check_action("sendMail", "microsoft.graph.user", &v);
+        if let Some(m) = param(&v, "message") {
+            s.check_request("sendMail", "microsoft.graph.message", m);
+        }
         let Some(msg) = param(&v, "message") else {
             return gerr(
                 400,

@@ -323,6 +323,38 @@ impl DoubleState {
         self.seq
     }
 
+    /// Checks a JSON request body a client sent against the CSDL type (when configured):
+    /// violations are recorded with a `request` prefix, so client tests see them too.
+    fn check_request(&mut self, what: &str, type_name: &str, body: &Value) {
+        let Some(csdl) = self.csdl.clone() else {
+            return;
+        };
+        let found = csdl.check(type_name, body);
+        self.violations
+            .extend(found.into_iter().map(|v| format!("request {what}: {v}")));
+    }
+
+    /// Checks the parameters of a bound action a client called (names as the CSDL declares
+    /// them, matched case-insensitively as Graph does).
+    fn check_action(&mut self, name: &str, binding: &str, body: &Value) {
+        let Some(csdl) = self.csdl.clone() else {
+            return;
+        };
+        let Some(params) = csdl.bound_operation(name, binding) else {
+            self.violations
+                .push(format!("request {name}: no such action bound to {binding}"));
+            return;
+        };
+        if let Some(map) = body.as_object() {
+            for k in map.keys() {
+                if !k.starts_with('@') && !params.iter().any(|p| p.eq_ignore_ascii_case(k)) {
+                    self.violations
+                        .push(format!("request {name}: {k} is not a parameter of {name}"));
+                }
+            }
+        }
+    }
+
     /// Checks a JSON body the double sends against the CSDL (when configured).
     fn check_schema(&mut self, what: &str, schema: &Schema, body: &Value) {
         let Some(csdl) = self.csdl.clone() else {

@@ -144,6 +144,7 @@ pub(super) async fn route(
             }
             if *method == Method::PATCH {
                 let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                s.check_request("PATCH subscription", "microsoft.graph.subscription", &v);
                 let Some(exp) = v
                     .get("expirationDateTime")
                     .and_then(|e| e.as_str())
@@ -202,6 +203,7 @@ async fn create(state: &Shared, caller: &Caller, body: &[u8]) -> Reply {
             "Unable to read JSON request payload.",
         );
     };
+    lock(state).check_request("POST subscriptions", "microsoft.graph.subscription", &v);
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     let (Some(change_type), Some(url), Some(resource), Some(exp)) = (
         field("changeType"),
