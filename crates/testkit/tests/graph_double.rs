@@ -555,6 +555,14 @@ async fn users_settings_and_folders() {
     assert_eq!(inbox["displayName"], "Inbox");
     let inbox_id = inbox["id"].as_str().unwrap();
     let (s, v) = e
+        .get(&t, &format!("/users('{ALICE}')/mailFolders('Inbox')"))
+        .await;
+    assert_eq!(
+        (s, v["id"].as_str().unwrap()),
+        (200, inbox_id),
+        "key in parentheses"
+    );
+    let (s, v) = e
         .get(&t, &format!("/users/{ALICE}/mailFolders/{inbox_id}"))
         .await;
     assert_eq!((s, v["displayName"].as_str().unwrap()), (200, "Inbox"));

@@ -1195,10 +1195,9 @@ fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<Caller, Reply> {
 
 /// Which [`Route`] a Graph request (path after `/v1.0`) is.
 fn route_of(method: &Method, rel: &str) -> Route {
-    let path = rel.split('?').next().unwrap_or("").trim_matches('/');
-    let segs: Vec<String> = path
-        .split('/')
-        .map(|s| op_segment(&s.to_ascii_lowercase()))
+    let segs: Vec<String> = path_segments(rel)
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
         .collect();
     let first = segs.first().map(String::as_str).unwrap_or("");
     match first {
@@ -1243,13 +1242,8 @@ fn dispatch<'a>(
     counted: bool,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + 'a>> {
     Box::pin(async move {
-        let path = rel.split('?').next().unwrap_or("");
         let query = query_of(rel);
-        let segs: Vec<String> = path
-            .trim_matches('/')
-            .split('/')
-            .map(|s| op_segment(&percent_decode(s)))
-            .collect();
+        let segs = path_segments(rel);
         let first = segs
             .first()
             .map(|s| s.to_ascii_lowercase())
@@ -1283,12 +1277,11 @@ fn dispatch<'a>(
 /// Counts a request against its mailbox's concurrency limit (`Ok(None)`: not a mailbox
 /// request); `Err` is the 429 to send.
 fn enter_mailbox(state: &Shared, caller: &Caller, rel: &str) -> Result<Option<InFlight>, Reply> {
-    let path = rel.split('?').next().unwrap_or("");
-    let mut segs = path.trim_matches('/').split('/');
+    let mut segs = path_segments(rel).into_iter();
     if !segs.next().is_some_and(|s| s.eq_ignore_ascii_case("users")) {
         return Ok(None);
     }
-    let Some(key) = segs.next().map(percent_decode) else {
+    let Some(key) = segs.next() else {
         return Ok(None);
     };
     let uid = {
@@ -1303,6 +1296,28 @@ fn enter_mailbox(state: &Shared, caller: &Caller, rel: &str) -> Result<Option<In
         Some(g) => Ok(Some(g)),
         None => Err(throttled_concurrency(429).with_header("Retry-After", "1")),
     }
+}
+
+/// The path of a Graph request (after `/v1.0`) as segments: percent-decoded, key
+/// parentheses split off (`mailFolders('inbox')` → `mailFolders`, `inbox`), operation
+/// segments normalized ([`op_segment`]).
+fn path_segments(rel: &str) -> Vec<String> {
+    let path = rel.split('?').next().unwrap_or("").trim_matches('/');
+    let mut out = Vec::new();
+    for raw in path.split('/') {
+        let seg = percent_decode(raw);
+        if !seg.ends_with("()")
+            && let Some((name, key)) = seg.split_once('(')
+            && let Some(key) = key.strip_suffix(')')
+            && !name.is_empty()
+        {
+            out.push(name.to_string());
+            out.push(key.trim_matches('\'').to_string());
+            continue;
+        }
+        out.push(op_segment(&seg));
+    }
+    out
 }
 
 /// Graph accepts bound functions and actions with or without `()` and the
