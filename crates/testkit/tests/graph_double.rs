@@ -1257,10 +1257,24 @@ async fn faults_and_mailbox_concurrency() {
         code: "ServerError".into(),
         message: "boom".into(),
     });
-    let (s, _) = e
+    let (s, v) = e
         .token_form(TENANT, &[("grant_type", "client_credentials")])
         .await;
-    assert_eq!(s, 500);
+    assert_eq!((s, v["error"].as_str().unwrap()), (500, "ServerError"));
+    assert_eq!(aadsts(&v), 50000);
+    e.graph.inject(Fault::Throttle {
+        route: Route::Token,
+        status: 429,
+        retry_after: Some(3),
+        mailbox_concurrency: false,
+    });
+    let (s, v) = e
+        .token_form(TENANT, &[("grant_type", "client_credentials")])
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (429, "temporarily_unavailable")
+    );
     // A fault for another route waits for its route.
     e.graph.inject(Fault::DropConnection {
         route: Route::SendMail,

@@ -908,6 +908,9 @@ async fn handle(
         )
     };
     if too_big {
+        // Read (and drop) a moderately oversized body first, so the client is not cut off
+        // mid-upload and sees the 413.
+        let _ = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, 4 * MAX_BODY)).await;
         record(b"", 413);
         return finish(&state, &ids, too_large(), "413");
     }
@@ -960,7 +963,7 @@ async fn handle(
             match apply_fault(f, &conn).await {
                 FaultOutcome::Reply(r) => {
                     record(&body, r.status);
-                    return finish(&state, &ids, r, "fault");
+                    return token::finish_entra(token::entra_fault(r));
                 }
                 FaultOutcome::Drop => {
                     record(&body, 0);

@@ -57,6 +57,30 @@ pub(super) fn entra_error(status: u16, error: &str, code: u32, text: &str) -> Re
     Reply::json(status, &body, None)
 }
 
+/// An injected fault on the token endpoint, in Entra's shape: `Fault::Http`'s code becomes
+/// `error` and its message the description (an `AADSTSn: ` prefix gives the code number);
+/// throttling becomes `temporarily_unavailable` with its `Retry-After`.
+pub(super) fn entra_fault(graph_reply: Reply) -> Reply {
+    let v: Value = serde_json::from_slice(&graph_reply.body).unwrap_or(Value::Null);
+    let code = v["error"]["code"].as_str().unwrap_or("server_error");
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    let (error, text) = match code {
+        "TooManyRequests" | "ApplicationThrottled" | "ServiceUnavailable" => (
+            "temporarily_unavailable",
+            "The service is temporarily unavailable. Try again later.",
+        ),
+        c => (c, message),
+    };
+    let (number, text) = text
+        .strip_prefix("AADSTS")
+        .and_then(|r| r.split_once(": "))
+        .and_then(|(n, t)| n.parse::<u32>().ok().map(|n| (n, t)))
+        .unwrap_or((50000, text));
+    let mut r = entra_error(graph_reply.status, error, number, text);
+    r.headers = graph_reply.headers;
+    r
+}
+
 fn unknown_tenant(tenant: &str) -> Reply {
     entra_error(
         400,
