@@ -1025,6 +1025,22 @@ async fn batch_serves_each_request_and_caps_at_twenty() {
     assert!(e.graph.messages(ALICE, "inbox")[0].is_read);
     assert_eq!(by("4")["status"], 404);
     assert_eq!(by("4")["body"]["error"]["code"], "ErrorItemNotFound");
+    let (s, _, v) = e
+        .call(
+            &t,
+            "POST",
+            "/$batch",
+            Some(
+                json!({"requests": [{"id": "1", "method": "POST", "url": "/$batch",
+                "headers": {"Content-Type": "application/json"}, "body": {"requests": []}}]}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v["responses"][0]["status"].as_u64()),
+        (200, Some(400)),
+        "no nesting"
+    );
     let many: Vec<Value> = (0..21)
         .map(|i| json!({"id": i.to_string(), "method": "GET", "url": format!("/users/{ALICE}")}))
         .collect();

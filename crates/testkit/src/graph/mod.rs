@@ -1435,7 +1435,15 @@ async fn batch(state: &Shared, caller: &Caller, body: &[u8]) -> Reply {
                 "Write request id : {id} does not contain Content-Type header or body.",
             );
         }
-        let mut reply = dispatch(state, caller, &method, &rel, &headers, &body, false).await;
+        let mut reply = if rel.trim_start_matches('/').starts_with("$batch") {
+            gerr(
+                400,
+                "BadRequest",
+                "Nested batch requests are not supported.",
+            )
+        } else {
+            dispatch(state, caller, &method, &rel, &headers, &body, false).await
+        };
         let ids = Ids {
             request_id: uuid::Uuid::new_v4().to_string(),
             client_request_id: None,
