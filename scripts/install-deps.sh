@@ -4,7 +4,8 @@
 # binaries (when initdb/pg_ctl are not found: the fault-injection suite restarts a private
 # cluster even when a server is reachable), Python 3 with aiosmtpd (the scripted
 # SMTP peer of the fault tests), xmllint (the EWS schema checks), cargo-nextest, the Python
-# openapi-spec-validator, exchangelib and pyspnego (the Exchange tests' independent EWS client and NTLM acceptor); for the
+# openapi-spec-validator, exchangelib and pyspnego (the Exchange tests' independent EWS client and NTLM acceptor),
+# msgraph-sdk and azure-identity (the Graph tests' independent client); for the
 # browser tests Debian's Chromium, Node.js and npm (when `node`/`npm` are missing) and the npm
 # packages of e2e/ (playwright-core, no browser download).
 # Idempotent: on a machine that has everything it changes nothing and needs no network.
@@ -98,6 +99,13 @@ fi
 if ! python3 -c 'import exchangelib, spnego' >/dev/null 2>&1; then
     log "installing exchangelib and pyspnego"
     python3 -m pip install --quiet 'exchangelib==5.6.0' 'pyspnego==0.12.4'
+fi
+
+# The Graph tests' independent client (PyPI): Microsoft's msgraph-sdk drives the Graph test
+# double, with an azure-identity (MSAL) client-secret credential against its token endpoint.
+if ! python3 -c 'import msgraph, azure.identity' >/dev/null 2>&1; then
+    log "installing msgraph-sdk and azure-identity"
+    python3 -m pip install --quiet 'msgraph-sdk==1.65.0' 'azure-identity==1.27.0'
 fi
 
 # npm packages of the browser tests (e2e/package-lock.json): playwright-core drives Debian's

@@ -26,7 +26,9 @@
 //!
 //! Exchange cannot run here: EWS tests start an [`ews::EwsDouble`], a protocol-faithful EWS
 //! server in memory (SOAP operations, autodiscover, Basic/NTLM/Bearer sign-in, injectable
-//! faults), over HTTPS with the test CA's certificate.
+//! faults), over HTTPS with the test CA's certificate. Microsoft Graph tests start a
+//! [`graph::GraphDouble`]: Graph v1.0 mail routes, change notifications and the Entra ID token
+//! endpoint, checked against Microsoft's CSDL.
 //!
 //! Browser tests run playwright-core scripts from the repository's `e2e/` directory in
 //! Debian's headless Chromium through [`browser::run_script`]; they need none of the servers.
@@ -39,6 +41,7 @@ pub mod dovecot;
 pub mod env;
 pub mod ews;
 pub mod fault_proxy;
+pub mod graph;
 pub mod oauth;
 pub mod postfix;
 pub mod postgres;
