@@ -38,12 +38,20 @@ pub struct ExchangeSection {
     /// The HTTPS port Autodiscover asks at (`https://<domain>:<port>/autodiscover/…`); 443
     /// unless Autodiscover is published elsewhere (or a test server runs).
     pub autodiscover_port: u16,
+    /// Microsoft Graph's root (`https://…`) instead of the profile's cloud's, for Exchange
+    /// Online: for a cloud not listed, or a test double.
+    pub graph_url: Option<String>,
+    /// Microsoft Entra ID's root (`https://…`, tokens at `<root>/<tenant>/oauth2/v2.0/token`)
+    /// instead of the profile's cloud's.
+    pub login_url: Option<String>,
 }
 
 impl Default for ExchangeSection {
     fn default() -> Self {
         Self {
             autodiscover_port: 443,
+            graph_url: None,
+            login_url: None,
         }
     }
 }
@@ -707,6 +715,8 @@ impl Config {
             auth: self.auth(),
             retention: self.retention.config(),
             autodiscover_port: self.exchange.autodiscover_port,
+            graph_url: self.exchange.graph_url.clone(),
+            login_url: self.exchange.login_url.clone(),
             alerts: serversync_engine::alerts_email::AlertsConfig {
                 smtp_relay: self.alerts.smtp_relay.as_ref().map(|r| {
                     serversync_engine::alerts_email::SmtpRelay {

@@ -518,6 +518,24 @@ impl EmailServerProfile {
                          auto_discover on",
                     );
                 }
+                if self.use_impersonation {
+                    e.push(
+                        "exchange_online_no_impersonation",
+                        "use_impersonation",
+                        "Exchange Online profiles act on mailboxes with the application's own \
+                         permissions, not impersonation: turn use_impersonation off",
+                    );
+                }
+                for (ep, field) in [(&self.incoming, "incoming"), (&self.outgoing, "outgoing")] {
+                    if ep.is_some() {
+                        e.push(
+                            "exchange_online_default_ports_only",
+                            field,
+                            "Exchange Online is reached at Microsoft Graph's own address on its \
+                             default port: leave the server location and port empty",
+                        );
+                    }
+                }
                 if self.exchange_version.is_some() {
                     e.push(
                         "exchange_version_not_applicable",
@@ -905,6 +923,20 @@ mod tests {
                 .unwrap_err()
                 .codes()
                 .contains(&"exchange_online_requires_autodiscover")
+        );
+        let mut bad = eo.clone();
+        bad.use_impersonation = true;
+        bad.incoming = Some(Endpoint {
+            location: "outlook.office365.com".into(),
+            port: 8443,
+            tls: TlsMode::Implicit,
+        });
+        let codes = bad.validate(false).unwrap_err();
+        assert!(codes.codes().contains(&"exchange_online_no_impersonation"));
+        assert!(
+            codes
+                .codes()
+                .contains(&"exchange_online_default_ports_only")
         );
 
         let mut ex = EmailServerProfile::new(

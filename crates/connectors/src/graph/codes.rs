@@ -105,13 +105,19 @@ pub fn classify(status: u16, body: &[u8], retry: Option<Duration>, what: &str) -
             "item_not_found",
             "the message is no longer in the mailbox".into(),
         ),
-        (404, _) => (
+        (404, "ErrorInvalidUser" | "Request_ResourceNotFound" | "ErrorNonExistentMailbox") => (
             FailureStep::Permission,
             Config,
             "mailbox_not_found",
             "Microsoft Graph knows no such user in the tenant: check the mailbox's email \
              address, and that the profile's tenant is the mailbox's"
                 .into(),
+        ),
+        (404, _) => (
+            Protocol,
+            Permanent,
+            "not_found",
+            "Microsoft Graph has no such object".into(),
         ),
         (410, _) => (
             Protocol,

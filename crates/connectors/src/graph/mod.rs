@@ -69,17 +69,6 @@ pub struct MailFolder {
     pub display_name: String,
 }
 
-/// The user a mailbox belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct User {
-    pub id: String,
-    #[serde(default)]
-    pub mail: Option<String>,
-    #[serde(default)]
-    pub user_principal_name: Option<String>,
-}
-
 /// One entry of a delta page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaMessage {
@@ -339,22 +328,6 @@ impl GraphClient {
                 "{what}: Graph's answer is not the expected JSON: {e}"
             ))
         })
-    }
-
-    /// The mailbox's user (`GET /users/{address}`): the mailbox exists in the tenant.
-    pub async fn user(&mut self) -> Result<User> {
-        let path = format!("{}?$select=id,mail,userPrincipalName", self.user_path);
-        self.get_json(&path, &[], "looking up the mailbox's user")
-            .await
-    }
-
-    /// The mailbox's settings (`GET /users/{address}/mailboxSettings`): the mailbox is in
-    /// Exchange Online (an on-premises one is `mailbox_not_in_exchange_online`).
-    pub async fn mailbox_settings(&mut self) -> Result<()> {
-        let path = format!("{}/mailboxSettings", self.user_path);
-        self.get_json::<serde_json::Value>(&path, &[], "reading the mailbox's settings")
-            .await
-            .map(drop)
     }
 
     /// A well-known folder (`inbox`, `sentitems`, …) or a folder by id.

@@ -41,30 +41,23 @@ async fn run(
     log: &mut StepLog,
 ) -> Result<()> {
     let mut client = GraphClient::connect(target, login, opts, log).await?;
-    log.run(
-        FailureStep::Permission,
-        format!("the mailbox {} exists in the tenant", target.mailbox),
-        client.user(),
-        |u| format!("user {}", u.id),
-    )
-    .await?;
-    log.run(
-        FailureStep::Permission,
-        "the mailbox is in Exchange Online (mailboxSettings)",
-        client.mailbox_settings(),
-        |_| "mailbox in Exchange Online".into(),
-    )
-    .await?;
+    let inbox = log
+        .run(
+            FailureStep::Permission,
+            format!(
+                "the mailbox {} exists in Exchange Online (mailFolders/inbox)",
+                target.mailbox
+            ),
+            client.folder_by_id("inbox"),
+            |_| "mailbox found".into(),
+        )
+        .await?;
     match direction {
         Direction::Incoming => {
             log.run(
                 FailureStep::Permission,
-                "read the Inbox (mailFolders/inbox, messages/delta)",
-                async {
-                    let inbox = client.folder_by_id("inbox").await?;
-                    client.delta_start(&inbox.id, 1).await?;
-                    Ok(())
-                },
+                "read the Inbox (messages/delta)",
+                client.delta_start(&inbox.id, 1),
                 |_| "Inbox readable".into(),
             )
             .await?;
