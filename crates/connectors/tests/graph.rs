@@ -274,7 +274,7 @@ async fn the_inbox_is_read_by_delta_in_pages_exactly_once_and_never_marked_read(
     })
     .await;
     for n in 0..10 {
-        f.double.deliver(ALICE, "inbox", &message(n), n % 2 == 0);
+        f.double.deliver(ALICE, "inbox", &message(n), n.is_multiple_of(2));
     }
     let login = f.login().await;
     let mut source =
@@ -305,7 +305,7 @@ async fn the_inbox_is_read_by_delta_in_pages_exactly_once_and_never_marked_read(
     // Read state untouched.
     for m in f.double.messages(ALICE, "inbox") {
         let n: usize = m.subject.split(' ').nth(1).unwrap().parse().unwrap();
-        assert_eq!(m.is_read, n < 10 && n % 2 == 0, "{}", m.subject);
+        assert_eq!(m.is_read, n < 10 && n.is_multiple_of(2), "{}", m.subject);
     }
 
     // An expired delta link: the folder is read again from the start (the engine keeps each
