@@ -274,7 +274,8 @@ async fn the_inbox_is_read_by_delta_in_pages_exactly_once_and_never_marked_read(
     })
     .await;
     for n in 0..10 {
-        f.double.deliver(ALICE, "inbox", &message(n), n.is_multiple_of(2));
+        f.double
+            .deliver(ALICE, "inbox", &message(n), n.is_multiple_of(2));
     }
     let login = f.login().await;
     let mut source =

@@ -402,8 +402,12 @@ fn summary(r: &ProbeReport) -> String {
     )
 }
 
-/// Keeps what an Exchange probe found: the EWS URL and the server's version.
+/// Keeps what an Exchange (EWS) probe found: the EWS URL and the server's version.
 fn keep_exchange(out: &mut Option<(String, Option<String>)>, r: &ProbeReport) {
+    if r.has_capability(serversync_connectors::graph::probe::CAPABILITY) {
+        // Graph's address is the cloud's, not the mailbox's.
+        return;
+    }
     if let Some(url) = &r.endpoint {
         let version = r
             .capabilities

@@ -14,6 +14,9 @@ use crate::probe::{ProbeReport, StepLog};
 use crate::{ConnectError, ConnectOptions, ErrorKind, FailureStep, Login, Result};
 use bytes::Bytes;
 
+/// What a Graph probe reports as its capability (Graph's version).
+pub const CAPABILITY: &str = "GRAPH=v1.0";
+
 /// Which direction is tested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -30,7 +33,9 @@ pub async fn probe(
 ) -> ProbeReport {
     let mut log = StepLog::new();
     let result = run(target, login, opts, direction, &mut log).await;
-    log.finish(vec!["GRAPH=v1.0".into()], result)
+    let mut report = log.finish(vec![CAPABILITY.into()], result);
+    report.endpoint = Some(format!("{}/v1.0", target.graph_url));
+    report
 }
 
 async fn run(

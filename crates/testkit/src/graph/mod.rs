@@ -703,6 +703,19 @@ impl GraphDouble {
     /// mail delivery would, and fires change notifications; returns the message id. Panics
     /// if the mailbox or folder does not exist (a mistake in the test).
     pub fn deliver(&self, address: &str, folder: &str, mime: &[u8], is_read: bool) -> String {
+        self.deliver_received(address, folder, mime, is_read, Utc::now())
+    }
+
+    /// Like [`GraphDouble::deliver`], received by the server at `received`
+    /// (`receivedDateTime`).
+    pub fn deliver_received(
+        &self,
+        address: &str,
+        folder: &str,
+        mime: &[u8],
+        is_read: bool,
+        received: DateTime<Utc>,
+    ) -> String {
         let mut s = self.state();
         let (mb, fid) = {
             let mb = mail::find_mailbox(&s.mailboxes, address, None)
@@ -713,7 +726,7 @@ impl GraphDouble {
                 .unwrap_or_else(|| panic!("no folder {folder} in {address}"));
             (mb, f.id.clone())
         };
-        let id = mail::insert(&mut s, mb, &fid, mime.to_vec(), is_read, Utc::now());
+        let id = mail::insert(&mut s, mb, &fid, mime.to_vec(), is_read, received);
         subs::notify(&mut s, mb, &fid, &id, "created");
         id
     }
