@@ -4,6 +4,7 @@
 
 mod auth;
 mod extract;
+pub mod graph;
 mod json;
 pub mod problem;
 pub mod v1;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
     let openapi = std::sync::Arc::new(v1::finish_document(&openapi));
     Router::new()
         .merge(api)
+        .merge(graph::routes())
         .route(
             "/api/v1/openapi.json",
             get(move || {

@@ -44,6 +44,9 @@ pub struct ExchangeSection {
     /// Microsoft Entra ID's root (`https://…`, tokens at `<root>/<tenant>/oauth2/v2.0/token`)
     /// instead of the profile's cloud's.
     pub login_url: Option<String>,
+    /// This installation's public HTTPS address (`https://crm.example.com`), where Microsoft
+    /// Graph posts change notifications for Exchange Online mailboxes; unset: they poll.
+    pub notification_url: Option<String>,
 }
 
 impl Default for ExchangeSection {
@@ -52,6 +55,7 @@ impl Default for ExchangeSection {
             autodiscover_port: 443,
             graph_url: None,
             login_url: None,
+            notification_url: None,
         }
     }
 }
@@ -717,6 +721,7 @@ impl Config {
             autodiscover_port: self.exchange.autodiscover_port,
             graph_url: self.exchange.graph_url.clone(),
             login_url: self.exchange.login_url.clone(),
+            notification_url: self.exchange.notification_url.clone(),
             alerts: serversync_engine::alerts_email::AlertsConfig {
                 smtp_relay: self.alerts.smtp_relay.as_ref().map(|r| {
                     serversync_engine::alerts_email::SmtpRelay {

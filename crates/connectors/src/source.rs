@@ -73,6 +73,11 @@ impl GraphSource {
     pub fn set_wake(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
         self.wake = Some(wake);
     }
+
+    /// The client, for subscriptions.
+    pub fn client(&mut self) -> &mut GraphClient {
+        &mut self.client
+    }
 }
 
 /// Exchange (EWS): folders read with `SyncFolderItems` (the `SyncState` is the cursor),
@@ -365,6 +370,14 @@ impl MailSource {
         };
         out.push(INBOX.to_owned());
         out
+    }
+
+    /// The Graph source, for what only Graph has (change-notification subscriptions).
+    pub fn graph(&mut self) -> Option<&mut GraphSource> {
+        match self {
+            MailSource::Graph(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// Whether [`MailSource::delete`] removes messages from the server.

@@ -13,6 +13,7 @@ pub mod alerts_email;
 mod bounces;
 pub mod compose;
 pub mod domains;
+pub mod graph_notify;
 mod health;
 mod incoming;
 pub mod intake;
@@ -85,6 +86,9 @@ pub struct EngineConfig {
     pub graph_url: Option<String>,
     /// Microsoft Entra ID's root instead of the profile's cloud's (`[exchange] login_url`).
     pub login_url: Option<String>,
+    /// This installation's public HTTPS address, where Microsoft Graph posts change
+    /// notifications (`[exchange] notification_url`); none: Exchange Online mailboxes poll.
+    pub notification_url: Option<String>,
 }
 
 impl EngineConfig {
@@ -103,6 +107,7 @@ impl EngineConfig {
             autodiscover_port: 443,
             graph_url: None,
             login_url: None,
+            notification_url: None,
         }
     }
 }

@@ -98,6 +98,26 @@ pub struct Telemetry {
     /// Exchange: what the server said it is (`ServerVersionInfo`) at the last test.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_version: Option<String>,
+    /// Exchange Online: the Microsoft Graph change-notification subscription on the Inbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_subscription: Option<GraphSubscription>,
+}
+
+/// A Microsoft Graph change-notification subscription (new mail in the Inbox): notifications
+/// only wake the mailbox's delta query, they are never taken as data.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphSubscription {
+    /// Graph's subscription id.
+    pub id: String,
+    /// When Graph ends it unless renewed (at most 4,230 minutes after creation or renewal).
+    pub expires_at: DateTime<Utc>,
+    /// SHA-256 (hex) of the `clientState` secret Graph echoes in each notification; the
+    /// secret itself is not kept.
+    pub client_state_sha256: String,
+    /// Why it could not be created or renewed the last time (delta polling carries on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -89,6 +89,16 @@ pub struct DeltaPage {
     pub more: bool,
 }
 
+/// A change-notification subscription as Graph answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub id: String,
+    pub expires: chrono::DateTime<chrono::Utc>,
+}
+
+/// The longest a subscription to messages may last (Graph's limit, in minutes).
+pub const MAX_SUBSCRIPTION_MINUTES: i64 = 4230;
+
 /// What became of a `sendMail`.
 #[derive(Debug)]
 pub enum SendOutcome {
@@ -587,6 +597,81 @@ impl GraphClient {
             }
         }
     }
+}
+
+impl GraphClient {
+    /// Subscribes to new messages in the Inbox: Graph first checks `notification_url` (the
+    /// validation handshake), then posts a notification there for every new message, with
+    /// `client_state`; lifecycle events go to `lifecycle_url`.
+    pub async fn subscribe(
+        &mut self,
+        notification_url: &str,
+        lifecycle_url: &str,
+        client_state: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Subscription> {
+        let body = serde_json::json!({
+            "changeType": "created",
+            "notificationUrl": notification_url,
+            "lifecycleNotificationUrl": lifecycle_url,
+            "resource": format!("users/{}/mailFolders('inbox')/messages", self.graph.mailbox.trim()),
+            "expirationDateTime": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "clientState": client_state,
+        })
+        .to_string();
+        let resp = self
+            .call(
+                hyper::Method::POST,
+                "/v1.0/subscriptions",
+                Some(("application/json", Bytes::from(body))),
+                &[],
+                MAX_JSON,
+                "subscribing to new mail",
+            )
+            .await?;
+        subscription_answer(&resp.body)
+    }
+
+    /// Moves the subscription's end to `expires`; one Graph no longer has is `not_found`.
+    pub async fn renew(
+        &mut self,
+        id: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Subscription> {
+        let body = serde_json::json!({
+            "expirationDateTime": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+        .to_string();
+        let resp = self
+            .call(
+                hyper::Method::PATCH,
+                &format!("/v1.0/subscriptions/{}", segment(id)),
+                Some(("application/json", Bytes::from(body))),
+                &[],
+                MAX_JSON,
+                "renewing the new-mail subscription",
+            )
+            .await?;
+        subscription_answer(&resp.body)
+    }
+}
+
+fn subscription_answer(body: &[u8]) -> Result<Subscription> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        id: String,
+        expiration_date_time: String,
+    }
+    let a: Answer = serde_json::from_slice(body).map_err(|e| {
+        protocol(format!(
+            "Graph's subscription answer is not as documented: {e}"
+        ))
+    })?;
+    let expires = chrono::DateTime::parse_from_rfc3339(&a.expiration_date_time)
+        .map_err(|e| protocol(format!("Graph's subscription expiry is not a date: {e}")))?
+        .with_timezone(&chrono::Utc);
+    Ok(Subscription { id: a.id, expires })
 }
 
 /// Graph's well-known folder name for a display name serversync uses, if any.

@@ -163,6 +163,9 @@ async fn connected(
         }
         full_round_due = false;
         loop {
+            if let Some(g) = source.graph() {
+                crate::graph_notify::ensure(cx.store, cx.config, cx.id, g).await?;
+            }
             let event = tokio::select! {
                 _ = cx.shutdown.cancelled() => {
                     let _ = source.close().await;
