@@ -51,6 +51,10 @@ pub struct TokenRequest {
     pub client_id: String,
     /// Sent in the form body (`client_secret_post`, what Google expects).
     pub client_secret: Option<Secret>,
+    /// A certificate and its private key (PEM, RSA): the client signs in with a
+    /// `private_key_jwt` assertion (RFC 7523) instead of a secret — what Microsoft Entra ID
+    /// calls a certificate credential.
+    pub client_certificate: Option<Secret>,
     pub grant: Grant,
 }
 
@@ -66,6 +70,7 @@ impl TokenRequest {
         field(&self.endpoint);
         field(&self.client_id);
         field(self.client_secret.as_ref().map_or("", |s| s.expose()));
+        field(self.client_certificate.as_ref().map_or("", |s| s.expose()));
         match &self.grant {
             Grant::ClientCredentials { scope } => {
                 field("client_credentials");
@@ -85,29 +90,35 @@ impl TokenRequest {
         key
     }
 
-    fn form(&self) -> Vec<(&'static str, &str)> {
-        let mut form = vec![("client_id", self.client_id.as_str())];
-        if let Some(s) = &self.client_secret {
-            form.push(("client_secret", s.expose()));
+    fn form(&self) -> Result<Vec<(&'static str, String)>, ConnectError> {
+        let mut form = vec![("client_id", self.client_id.clone())];
+        if let Some(pem) = &self.client_certificate {
+            form.push(("client_assertion_type", ASSERTION_TYPE.to_owned()));
+            form.push((
+                "client_assertion",
+                client_assertion(pem.expose(), &self.endpoint, &self.client_id)?,
+            ));
+        } else if let Some(s) = &self.client_secret {
+            form.push(("client_secret", s.expose().to_owned()));
         }
         let scope = match &self.grant {
             Grant::ClientCredentials { scope } => {
-                form.push(("grant_type", "client_credentials"));
+                form.push(("grant_type", "client_credentials".to_owned()));
                 scope
             }
             Grant::RefreshToken {
                 refresh_token,
                 scope,
             } => {
-                form.push(("grant_type", "refresh_token"));
-                form.push(("refresh_token", refresh_token.expose()));
+                form.push(("grant_type", "refresh_token".to_owned()));
+                form.push(("refresh_token", refresh_token.expose().to_owned()));
                 scope
             }
         };
         if let Some(s) = scope {
-            form.push(("scope", s));
+            form.push(("scope", s.clone()));
         }
-        form
+        Ok(form)
     }
 
     fn what(&self) -> &'static str {
@@ -116,6 +127,83 @@ impl TokenRequest {
             Grant::RefreshToken { .. } => "the refresh token",
         }
     }
+}
+
+/// RFC 7523's client assertion type.
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// How long a client assertion is valid.
+const ASSERTION_LIFETIME: i64 = 600;
+
+/// A `private_key_jwt` client assertion for `client_id` at `audience` (the token endpoint),
+/// signed RS256 by the private key in `pem`, naming its certificate by thumbprint (`x5t`,
+/// SHA-1 as Entra ID has long read it, and `x5t#S256`).
+pub fn client_assertion(
+    pem: &str,
+    audience: &str,
+    client_id: &str,
+) -> Result<String, ConnectError> {
+    use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+    use base64::Engine as _;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str| {
+        ConnectError::new(
+            FailureStep::Authentication,
+            ErrorKind::Config,
+            format!(
+                "the client certificate {what}: enter the certificate and its RSA private key \
+                 (PEM, unencrypted), as uploaded to the app registration"
+            ),
+        )
+        .with_code("invalid_client_certificate")
+    };
+    let cert = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| bad("has no CERTIFICATE block"))?;
+    let key = match PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| bad("has no PRIVATE KEY block"))?
+    {
+        PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
+        PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
+        _ => return Err(bad("key is not an RSA key")),
+    }
+    .map_err(|_| bad("key is not a usable RSA key"))?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let sha1 = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, cert.as_ref());
+    let sha256 = digest::digest(&digest::SHA256, cert.as_ref());
+    let header = serde_json::json!({
+        "alg": "RS256",
+        "typ": "JWT",
+        "x5t": b64.encode(sha1.as_ref()),
+        "x5t#S256": b64.encode(sha256.as_ref()),
+    });
+    let now = chrono::Utc::now().timestamp();
+    let mut jti = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut jti).map_err(|_| bad("could not be used (no randomness)"))?;
+    let claims = serde_json::json!({
+        "aud": audience,
+        "iss": client_id,
+        "sub": client_id,
+        "jti": b64.encode(jti),
+        "nbf": now,
+        "iat": now,
+        "exp": now + ASSERTION_LIFETIME,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let mut signature = vec![0u8; key.public_modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut signature,
+    )
+    .map_err(|_| bad("key could not sign"))?;
+    Ok(format!("{signing_input}.{}", b64.encode(signature)))
 }
 
 /// An access token and how long it is valid from when it was received.
@@ -329,7 +417,7 @@ pub async fn request_token(
     let response = client
         .post(url)
         .header("Accept", "application/json")
-        .form(&req.form())
+        .form(&req.form()?)
         .send()
         .await
         .map_err(|e| {
@@ -482,6 +570,7 @@ mod tests {
             endpoint: "https://oauth.example/token".into(),
             client_id: "client".into(),
             client_secret: Some(Secret::new("client-secret")),
+            client_certificate: None,
             grant: Grant::RefreshToken {
                 refresh_token: Secret::new(refresh),
                 scope: None,
@@ -650,10 +739,11 @@ mod tests {
     #[test]
     fn the_form_carries_the_grant_and_debug_hides_secrets() {
         let r = req("the-refresh-token");
-        let form = r.form();
-        assert!(form.contains(&("grant_type", "refresh_token")));
-        assert!(form.contains(&("refresh_token", "the-refresh-token")));
-        assert!(form.contains(&("client_secret", "client-secret")));
+        let form = r.form().unwrap();
+        let has = |k: &str, v: &str| form.iter().any(|(a, b)| *a == k && b == v);
+        assert!(has("grant_type", "refresh_token"));
+        assert!(has("refresh_token", "the-refresh-token"));
+        assert!(has("client_secret", "client-secret"));
         let dbg = format!("{r:?}");
         assert!(
             !dbg.contains("the-refresh-token") && !dbg.contains("client-secret"),
@@ -665,9 +755,10 @@ mod tests {
             },
             ..r
         };
-        let form = cc.form();
-        assert!(form.contains(&("grant_type", "client_credentials")));
-        assert!(form.contains(&("scope", "https://mail.example/.default")));
+        let form = cc.form().unwrap();
+        let has = |k: &str, v: &str| form.iter().any(|(a, b)| *a == k && b == v);
+        assert!(has("grant_type", "client_credentials"));
+        assert!(has("scope", "https://mail.example/.default"));
         assert!(!form.iter().any(|(k, _)| *k == "refresh_token"));
     }
 }

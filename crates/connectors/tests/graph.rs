@@ -68,6 +68,7 @@ impl Fixture {
             endpoint: self.double.token_url(tenant),
             client_id: client.into(),
             client_secret: Some(Secret::new(secret)),
+            client_certificate: None,
             grant: Grant::ClientCredentials {
                 scope: Some(format!("{}/.default", self.double.graph_url())),
             },

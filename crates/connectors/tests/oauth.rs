@@ -49,6 +49,7 @@ fn refresh(s: &Setup, token: &str, secret: &str) -> TokenRequest {
         endpoint: s.oauth.token_url().into(),
         client_id: CLIENT_ID.into(),
         client_secret: Some(Secret::new(secret)),
+        client_certificate: None,
         grant: Grant::RefreshToken {
             refresh_token: Secret::new(token),
             scope: None,

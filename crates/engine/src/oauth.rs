@@ -79,6 +79,7 @@ pub(crate) async fn login(
         endpoint: o.gmail_token_endpoint().to_string(),
         client_id: o.client_id.trim().to_string(),
         client_secret: Some(client_secret),
+        client_certificate: None,
         grant: Grant::RefreshToken {
             refresh_token,
             scope: None,
@@ -151,11 +152,19 @@ fn entra_token_endpoint(
 
 /// Hybrid Modern Authentication: the app's own token for the on-premises EWS (its origin is
 /// the token's audience).
-/// The profile's app registration: its settings, tenant and secret id; or what is missing.
+/// How the app registration proves itself: its secret, or its certificate (preferred when
+/// both are set).
+#[derive(Clone, Copy)]
+enum Credential {
+    Secret(SecretId),
+    Certificate(SecretId),
+}
+
+/// The profile's app registration: its settings, tenant and credential; or what is missing.
 fn app_registration<'a>(
     profile: &'a EmailServerProfile,
     what: &str,
-) -> Result<(&'a OAuthSettings, &'a str, SecretId), Failure> {
+) -> Result<(&'a OAuthSettings, &'a str, Credential), Failure> {
     let missing = |field: &str| {
         Failure::config(
             "credentials_missing",
@@ -175,24 +184,38 @@ fn app_registration<'a>(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| missing("the directory (tenant) id, oauth.tenant_id"))?;
-    let secret = o
-        .client_secret
-        .ok_or_else(|| missing("the app registration's secret, oauth.client_secret"))?;
-    Ok((o, tenant, secret))
+    let credential = match (o.client_certificate, o.client_secret) {
+        (Some(c), _) => Credential::Certificate(c),
+        (None, Some(s)) => Credential::Secret(s),
+        (None, None) => {
+            return Err(missing(
+                "the app registration's secret (oauth.client_secret) or certificate \
+                 (oauth.client_certificate)",
+            ));
+        }
+    };
+    Ok((o, tenant, credential))
 }
 
 /// Asks for (or reuses) the application's token for `scope` and signs in as `user` with it.
 async fn app_token(
     store: &Store,
     session: &MailboxSession,
-    (o, tenant, secret_id): (&OAuthSettings, &str, SecretId),
+    (o, tenant, credential): (&OAuthSettings, &str, Credential),
     scope: String,
     user: &str,
 ) -> Result<Result<Login, Failure>, StoreError> {
     let request = TokenRequest {
         endpoint: entra_token_endpoint(session, o, tenant),
         client_id: o.client_id.trim().to_string(),
-        client_secret: Some(store.get_secret(secret_id).await?),
+        client_secret: match credential {
+            Credential::Secret(id) => Some(store.get_secret(id).await?),
+            Credential::Certificate(_) => None,
+        },
+        client_certificate: match credential {
+            Credential::Certificate(id) => Some(store.get_secret(id).await?),
+            Credential::Secret(_) => None,
+        },
         grant: Grant::ClientCredentials { scope: Some(scope) },
     };
     let opts = &session.opts;

@@ -187,6 +187,10 @@ pub struct OAuthSettings {
     pub client_id: String,
     /// The client secret, encrypted in the secret store.
     pub client_secret: Option<SecretId>,
+    /// Instead of a secret: the app registration's certificate and its RSA private key (PEM),
+    /// encrypted in the secret store; tokens are then asked for with a signed assertion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<SecretId>,
     #[serde(default)]
     pub authority: OAuthAuthority,
     /// The token endpoint (`https://`), for Gmail OAuth; empty: Google's,
@@ -883,6 +887,7 @@ mod tests {
             tenant_id: Some("t".into()),
             client_id: "c".into(),
             client_secret: None,
+            client_certificate: None,
             authority: OAuthAuthority::Public,
             token_endpoint: None,
         });

@@ -21,6 +21,7 @@ pub(crate) const PROFILE_SECRETS: &[&[&str]] = &[
     &["password"],
     &["outgoing_password"],
     &["oauth", "client_secret"],
+    &["oauth", "client_certificate"],
 ];
 const READ_ONLY: &[&str] = &["id", "org_id", "created_at", "updated_at"];
 
@@ -31,6 +32,10 @@ fn take_secrets(body: &mut Body) -> Result<ProfileSecrets, Problem> {
         (&["password"][..], &mut s.password),
         (&["outgoing_password"], &mut s.outgoing_password),
         (&["oauth", "client_secret"], &mut s.oauth_client_secret),
+        (
+            &["oauth", "client_certificate"],
+            &mut s.oauth_client_certificate,
+        ),
     ] {
         match body.take_secret(path)? {
             Some(Some(v)) => *slot = Some(v),
@@ -78,7 +83,7 @@ pub async fn list_profiles(
 }
 
 #[utoipa::path(post, path = "/api/v1/orgs/{org}/profiles", tag = "profiles", params(("org" = String, Path)),
-    request_body(content = EmailServerProfile, description = "`name` and `server_type` (or `preset`: gmail, yahoo, outlook_com, exchange_online) are required; every other field takes its reference default. `password`, `outgoing_password` and `oauth.client_secret` take plaintext and are never returned."),
+    request_body(content = EmailServerProfile, description = "`name` and `server_type` (or `preset`: gmail, yahoo, outlook_com, exchange_online) are required; every other field takes its reference default. `password`, `outgoing_password`, `oauth.client_secret` and `oauth.client_certificate` (the app registration's certificate and RSA private key, PEM) take plaintext and are never returned."),
     responses((status = 201, body = EmailServerProfile), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_profile(
     State(s): State<AppState>,
@@ -188,6 +193,7 @@ pub async fn update_profile(
     next.outgoing_password = current.value.outgoing_password;
     if let (Some(n), Some(cur)) = (next.oauth.as_mut(), current.value.oauth.as_ref()) {
         n.client_secret = cur.client_secret;
+        n.client_certificate = cur.client_certificate;
     }
     let stored = s
         .admin

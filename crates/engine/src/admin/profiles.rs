@@ -16,6 +16,8 @@ pub struct ProfileSecrets {
     pub password: Option<Secret>,
     pub outgoing_password: Option<Secret>,
     pub oauth_client_secret: Option<Secret>,
+    /// The app registration's certificate and private key (PEM).
+    pub oauth_client_certificate: Option<Secret>,
 }
 
 impl Admin {
@@ -81,14 +83,25 @@ impl Admin {
             s.outgoing_password,
         )
         .await?;
-        if let Some(secret) = s.oauth_client_secret {
+        for (new, certificate) in [
+            (s.oauth_client_secret, false),
+            (s.oauth_client_certificate, true),
+        ] {
+            let Some(secret) = new else { continue };
             match p.oauth.as_mut() {
-                Some(o) => put(&self.store, org, &mut o.client_secret, Some(secret)).await?,
+                Some(o) => {
+                    let slot = if certificate {
+                        &mut o.client_certificate
+                    } else {
+                        &mut o.client_secret
+                    };
+                    put(&self.store, org, slot, Some(secret)).await?
+                }
                 None => {
                     return Err(invalid(
                         "required",
                         "oauth",
-                        "a client secret needs oauth settings (client_id, tenant_id)",
+                        "a client secret or certificate needs oauth settings (client_id, tenant_id)",
                     ));
                 }
             }
@@ -263,7 +276,8 @@ impl Admin {
         for sid in [
             p.password,
             p.outgoing_password,
-            p.oauth.and_then(|o| o.client_secret),
+            p.oauth.as_ref().and_then(|o| o.client_secret),
+            p.oauth.as_ref().and_then(|o| o.client_certificate),
         ]
         .into_iter()
         .flatten()
