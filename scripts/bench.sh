@@ -5,7 +5,7 @@
 # docs/benchmarks.md. Takes about 15 minutes on 2 cores.
 #
 #   scripts/bench.sh                          # everything, default sizes
-#   scripts/bench.sh --only ingest,latency    # some of: ingest, latency, ews, outgoing, scale
+#   scripts/bench.sh --only ingest,latency    # some of: ingest, latency, ews, graph, outgoing, scale
 #   scripts/bench.sh --messages 2000 --out /tmp/b.md   # smaller, elsewhere
 #
 # Environment: CARGO_TARGET_DIR is respected; SERVERSYNC_TEST_PG_URL / DATABASE_URL name a

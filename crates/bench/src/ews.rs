@@ -114,6 +114,7 @@ pub async fn ingest_row(
         bytes,
         usage,
         ews: true,
+        graph: false,
         note: Some(format!(
             "serversync over EWS on {backend}: the Exchange test double runs inside the \
              benchmark process, on the same two cores; that process used {own_cpu:.2} CPU s \

@@ -22,6 +22,8 @@ pub struct Row {
     pub usage: Usage,
     /// serversync over EWS (from the Exchange test double), not IMAP.
     pub ews: bool,
+    /// serversync over Microsoft Graph (from the Graph test double), not IMAP.
+    pub graph: bool,
     /// A remark shown under the table.
     pub note: Option<String>,
 }
@@ -156,6 +158,7 @@ pub fn raw_row(src: &Source) -> Result<Row> {
         bytes: src.bytes,
         usage,
         ews: false,
+        graph: false,
         note: None,
     })
 }
@@ -242,6 +245,7 @@ pub fn fetchmail_row(src: &Source, dir: &Path) -> Result<Row> {
         bytes: src.bytes,
         usage,
         ews: false,
+        graph: false,
         note: None,
     })
 }
@@ -296,6 +300,7 @@ pub fn mbsync_row(src: &Source, dir: &Path) -> Result<Row> {
         bytes: src.bytes,
         usage,
         ews: false,
+        graph: false,
         note: None,
     })
 }
@@ -342,6 +347,7 @@ pub async fn serversync_row(
         bytes: src.bytes,
         usage,
         ews: false,
+        graph: false,
         note: None,
     })
 }

@@ -4,6 +4,7 @@
 //! Run it through `scripts/bench.sh`, which installs the peers and builds in release mode.
 
 mod ews;
+mod graph;
 mod ingest;
 mod latency;
 mod mailgen;
@@ -77,7 +78,7 @@ pub struct RunArgs {
     /// Mailboxes enabled for the scale benchmark.
     #[arg(long, default_value_t = 2_000)]
     mailboxes: usize,
-    /// Benchmarks to run (all by default): ingest, latency, ews, outgoing, scale.
+    /// Benchmarks to run (all by default): ingest, latency, ews, graph, outgoing, scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The command line recorded in the report.
@@ -91,6 +92,8 @@ const SENDER: &str = "out@example.test";
 const SINK: &str = "sink@example.test";
 /// The mailbox of the EWS latency benchmark, in the Exchange test double.
 const EWS_LATENCY_USER: &str = "late@localhost";
+/// The mailbox of the Graph latency benchmark, in the Graph test double.
+const GRAPH_LATENCY_USER: &str = "late@example.test";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -323,6 +326,75 @@ async fn run(args: RunArgs) -> Result<()> {
                 &url,
                 &tls,
                 EWS_LATENCY_USER,
+                args.probes,
+            )
+            .await?,
+        );
+    }
+
+    if wants(&args, "graph") {
+        // The same messages as the IMAP ingest, in the Inbox of the in-process Graph double.
+        let double = graph::double(&tls, &[BENCH_USER]).await?;
+        eprintln!(
+            "bench: delivering {} messages into the Graph double",
+            args.messages
+        );
+        let bytes = graph::seed(&double, BENCH_USER, args.messages, "bench");
+        if rep.avg_message.is_none() {
+            rep.avg_message = Some(bytes / args.messages.max(1) as u64);
+        }
+        eprintln!("bench: serversync over Graph on SQLite");
+        let sqlite = format!(
+            "sqlite://{}",
+            dir.join("graph-sqlite/serversync.db").display()
+        );
+        std::fs::create_dir_all(dir.join("graph-sqlite"))?;
+        rep.ingest.push(
+            graph::ingest_row(
+                &bin,
+                &double,
+                BENCH_USER,
+                args.messages,
+                bytes,
+                &dir.join("graph-sqlite"),
+                &sqlite,
+                "SQLite",
+                &ca,
+            )
+            .await?,
+        );
+        eprintln!("bench: serversync over Graph on PostgreSQL");
+        let pg_url = setup::pg_database(&pg.info().admin_url, "serversync_bench_graph")?;
+        rep.ingest.push(
+            graph::ingest_row(
+                &bin,
+                &double,
+                BENCH_USER,
+                args.messages,
+                bytes,
+                &dir.join("graph-pg"),
+                &pg_url,
+                "PostgreSQL",
+                &ca,
+            )
+            .await?,
+        );
+        drop(double);
+        eprintln!(
+            "bench: arrival latency over Graph, {} messages",
+            args.probes
+        );
+        let url = format!(
+            "sqlite://{}",
+            dir.join("graph-latency/serversync.db").display()
+        );
+        rep.graph_latency = Some(
+            graph::latency(
+                &bin,
+                &dir.join("graph-latency"),
+                &url,
+                &tls,
+                GRAPH_LATENCY_USER,
                 args.probes,
             )
             .await?,

@@ -10,7 +10,8 @@ use serversync_engine::Admin;
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
 use serversync_model::org::{Organization, User};
 use serversync_model::profile::{
-    AuthenticationType, EmailServerProfile, Endpoint, ServerType, TlsMode,
+    AuthenticationType, EmailServerProfile, Endpoint, OAuthAuthority, OAuthSettings, ServerType,
+    TlsMode,
 };
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, OrgId, QueueId, Secret};
@@ -130,6 +131,41 @@ impl World {
         p.advanced.max_concurrent_connections = 300;
         p.validate(false)
             .map_err(|e| anyhow::anyhow!("the Exchange profile is not valid: {e:?}"))?;
+        self.store.insert(&p).await?;
+        Ok(p)
+    }
+
+    /// An Exchange Online profile: server-to-server authentication (client credentials) of app
+    /// `client` with `secret` in `tenant`, Graph found by the profile's cloud (the `[exchange]`
+    /// config points it at a test double).
+    pub async fn exchange_online_profile(
+        &self,
+        tenant: &str,
+        client: &str,
+        secret: &str,
+    ) -> Result<EmailServerProfile> {
+        let mut p = EmailServerProfile::new(
+            self.org.id,
+            "Exchange Online (test double)",
+            ServerType::ExchangeOnline,
+            self.admin.id,
+            chrono::Utc::now(),
+        );
+        p.authentication = AuthenticationType::ServerToServer;
+        p.auto_discover = true;
+        p.oauth = Some(OAuthSettings {
+            tenant_id: Some(tenant.into()),
+            client_id: client.into(),
+            client_secret: Some(
+                self.store
+                    .put_secret(Some(self.org.id), &Secret::new(secret))
+                    .await?,
+            ),
+            authority: OAuthAuthority::Public,
+            token_endpoint: None,
+        });
+        p.validate(false)
+            .map_err(|e| anyhow::anyhow!("the Exchange Online profile is not valid: {e:?}"))?;
         self.store.insert(&p).await?;
         Ok(p)
     }

@@ -27,10 +27,15 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(dir: &Path, url: &str, key: &MasterKey) -> Worker {
+        Worker::start_with(dir, url, key, "")
+    }
+
+    /// Like [`Worker::start`], with `extra` (TOML sections) appended to the config file.
+    pub fn start_with(dir: &Path, url: &str, key: &MasterKey, extra: &str) -> Worker {
         let config = dir.join("serversync.toml");
         std::fs::write(
             &config,
-            format!("[engine]\ntick_ms = 100\nlease_ttl_seconds = {LEASE_TTL_SECONDS}\n"),
+            format!("[engine]\ntick_ms = 100\nlease_ttl_seconds = {LEASE_TTL_SECONDS}\n{extra}"),
         )
         .unwrap();
         let mut child = Command::new(BIN)
@@ -173,11 +178,26 @@ pub async fn sync_through_kills(
     expected: &[String],
     kills: usize,
 ) -> Vec<i64> {
+    sync_through_kills_with(dir, url, key, store, m, expected, kills, "").await
+}
+
+/// [`sync_through_kills`] with `extra` appended to each worker's config ([`Worker::start_with`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn sync_through_kills_with(
+    dir: &Path,
+    url: &str,
+    key: &MasterKey,
+    store: &Store,
+    m: MailboxId,
+    expected: &[String],
+    kills: usize,
+    extra: &str,
+) -> Vec<i64> {
     let messages = expected.len();
     let stretch = messages / (kills + 1);
     let mut killed_at = Vec::new();
     for k in 0..kills {
-        let worker = Worker::start(dir, url, key);
+        let worker = Worker::start_with(dir, url, key, extra);
         let random = uuid::Uuid::new_v4().as_u128() as usize % stretch;
         let target = (k * stretch + random) as i64;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -200,7 +220,7 @@ pub async fn sync_through_kills(
         "every kill landed during the sync: {killed_at:?}"
     );
 
-    let worker = Worker::start(dir, url, key);
+    let worker = Worker::start_with(dir, url, key, extra);
     let deadline = Instant::now() + Duration::from_secs(180);
     while total(store, m).await < messages as i64 {
         assert!(
