@@ -7,7 +7,10 @@
 //! against the Exchange test double (`serversync_testkit::ews`): an Exchange Server profile
 //! with Autodiscover and impersonation, test & enable succeeding over EWS (the URL
 //! Autodiscover found and the server version on the mailbox), then a wrong service-account
-//! password failing at the authentication step. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
+//! password failing at the authentication step. A third walks the Exchange Online flow
+//! against the Microsoft Graph double (`serversync_testkit::graph`, `[exchange] graph_url` and
+//! `login_url`): the form of the app registration, test & enable succeeding, then a wrong client
+//! secret failing at authentication with Entra's AADSTS7000215. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
 //! `docs/screenshots/` is refreshed), else to a temporary directory.
 
 use serversync_testkit::TestEnv;
