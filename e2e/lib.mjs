@@ -155,3 +155,69 @@ export async function jobDone(page) {
   );
   return (await page.locator(newest).textContent()).trim();
 }
+
+/**
+ * The Exchange flows' common middle (Exchange Server and Exchange Online): `profile` made the
+ * default, email settings for email only (Exchange's appointments, contacts and tasks are not
+ * synchronized yet: test and enable would refuse the mailbox), `mailbox` approved and given the
+ * default email settings (whose own test & enable is let finish), then test & enable of
+ * `mailbox` from the list, which must succeed.
+ */
+export async function exchangeTestEnable(page, profile, mailbox) {
+  await step('make it the default profile', async () => {
+    await page.getByRole('link', { name: 'Server profiles' }).click();
+    await page.getByRole('button', { name: `Make ${profile} the default profile` }).click();
+    await notice(page, 'now the default');
+  });
+  await step('email settings: appointments, contacts and tasks not synchronized', async () => {
+    await page.getByRole('link', { name: 'Email settings' }).click();
+    await page.getByLabel('Appointments, contacts and tasks').selectOption('none');
+    await page.getByRole('button', { name: 'Save', exact: true }).click();
+    await notice(page, 'The email settings were saved.');
+  });
+  await step('approve the mailbox and apply the default email settings', async () => {
+    await page.getByRole('link', { name: 'Mailboxes' }).click();
+    await selectRow(page, mailbox);
+    await page.getByRole('button', { name: 'Approve email' }).click();
+    await notice(page, 'approved (1 mailbox(es))');
+    await selectRow(page, mailbox);
+    await page.getByRole('button', { name: 'Apply default email settings' }).click();
+    await notice(page, 'default email settings were applied (1 mailbox(es))');
+    // Applying the defaults queues a test & enable of its own: let it finish first.
+    await page.getByRole('link', { name: 'Jobs' }).click();
+    await jobDone(page);
+    await page.getByRole('link', { name: 'Mailboxes' }).click();
+  });
+  await step('test & enable: the job succeeds', async () => {
+    await selectRow(page, mailbox);
+    await page.getByRole('button', { name: 'Test & enable mailboxes' }).click();
+    await notice(page, 'Testing and enabling 1 mailbox(es)');
+    const status = await jobDone(page);
+    if (status !== 'succeeded') {
+      const why = await page.locator('#jobs tbody tr:first-child .error').allTextContents();
+      throw new Error(`the job ended ${status}: ${why.join(' | ')}`);
+    }
+  });
+}
+
+/**
+ * An Exchange flow's failure: `profile`'s secret field `label` set to a wrong value, test &
+ * enable of the profile's mailboxes, then `mailbox`'s page shows the authentication step
+ * failing (with `text`, when given) and an error alert. Screenshot: `shot`.
+ */
+export async function exchangeWrongSecret(page, { profile, mailbox, label, text, shot }) {
+  await page.getByRole('link', { name: 'Server profiles' }).click();
+  await page.getByRole('link', { name: profile }).click();
+  await page.getByLabel(label).fill('not-the-secret');
+  await page.getByRole('button', { name: 'Save', exact: true }).click();
+  await notice(page, 'The profile was saved.');
+  await page.getByRole('button', { name: 'Test & enable mailboxes of this profile' }).click();
+  const status = await jobDone(page);
+  if (status === 'succeeded') throw new Error('the job succeeded with a wrong secret');
+  await page.getByRole('link', { name: 'Mailboxes' }).click();
+  await page.getByRole('link', { name: mailbox }).click();
+  const failure = page.locator('#last-error').filter({ hasText: 'Failed step: authentication' });
+  await (text ? failure.filter({ hasText: text }) : failure).waitFor();
+  await page.locator('#alert-wall').filter({ hasText: 'error' }).waitFor();
+  await screenshot(page, shot);
+}

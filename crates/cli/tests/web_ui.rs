@@ -174,8 +174,8 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["password"], "********", "never shown: {shown}");
     let shots = screenshots(dir.path());
-    let out = run_script(
-        Path::new("admin_center.mjs"),
+    run_flow(
+        "admin_center.mjs",
         &[
             ("BASE_URL", url.clone()),
             ("TOKEN", token.clone()),
@@ -188,17 +188,9 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
             ("SCREENSHOTS", shots.display().to_string()),
         ],
         Duration::from_secs(240),
-    )
-    .unwrap();
-    println!("{}", out.stdout);
-    if let Err(e) = out.ensure_success() {
-        let log = log.lock().unwrap();
-        let log: Vec<&str> = log.iter().map(String::as_str).collect();
-        panic!(
-            "the browser flow failed: {e:#}\n--- the server's last log lines ---\n{}",
-            log.join("\n")
-        );
-    }
+        &log,
+        "the browser flow failed",
+    );
     for name in [
         "dashboard",
         "profiles",
@@ -210,6 +202,21 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
     ] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
+    }
+}
+
+/// Runs the browser flow `script` with `vars`; on its failure, panics with `what` failed, the
+/// script's error and the server's last log lines.
+fn run_flow(script: &str, vars: &[(&str, String)], timeout: Duration, log: &LogTail, what: &str) {
+    let out = run_script(Path::new(script), vars, timeout).unwrap();
+    println!("{}", out.stdout);
+    if let Err(e) = out.ensure_success() {
+        let log = log.lock().unwrap();
+        let log: Vec<&str> = log.iter().map(String::as_str).collect();
+        panic!(
+            "{what}: {e:#}\n--- the server's last log lines ---\n{}",
+            log.join("\n")
+        );
     }
 }
 
@@ -251,8 +258,8 @@ async fn an_exchange_server_profile_in_the_browser() {
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let shots = screenshots(dir.path());
-    let out = run_script(
-        Path::new("exchange.mjs"),
+    run_flow(
+        "exchange.mjs",
         &[
             ("BASE_URL", url.clone()),
             ("TOKEN", token.clone()),
@@ -263,17 +270,9 @@ async fn an_exchange_server_profile_in_the_browser() {
             ("SCREENSHOTS", shots.display().to_string()),
         ],
         Duration::from_secs(180),
-    )
-    .unwrap();
-    println!("{}", out.stdout);
-    if let Err(e) = out.ensure_success() {
-        let log = log.lock().unwrap();
-        let log: Vec<&str> = log.iter().map(String::as_str).collect();
-        panic!(
-            "the Exchange browser flow failed: {e:#}\n--- the server's last log lines ---\n{}",
-            log.join("\n")
-        );
-    }
+        &log,
+        "the Exchange browser flow failed",
+    );
     for name in ["exchange-profile", "exchange-mailbox-success"] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
@@ -350,8 +349,8 @@ async fn an_exchange_online_profile_in_the_browser() {
     let tenant_admin: serde_json::Value = r.json().await.unwrap();
     let tenant_token = tenant_admin["token"].as_str().expect("a token").to_owned();
     let shots = screenshots(dir.path());
-    let out = run_script(
-        Path::new("exchange_online.mjs"),
+    run_flow(
+        "exchange_online.mjs",
         &[
             ("BASE_URL", url.clone()),
             ("TOKEN", tenant_token),
@@ -362,17 +361,9 @@ async fn an_exchange_online_profile_in_the_browser() {
             ("SCREENSHOTS", shots.display().to_string()),
         ],
         Duration::from_secs(180),
-    )
-    .unwrap();
-    println!("{}", out.stdout);
-    if let Err(e) = out.ensure_success() {
-        let log = log.lock().unwrap();
-        let log: Vec<&str> = log.iter().map(String::as_str).collect();
-        panic!(
-            "the Exchange Online browser flow failed: {e:#}\n--- the server's last log lines ---\n{}",
-            log.join("\n")
-        );
-    }
+        &log,
+        "the Exchange Online browser flow failed",
+    );
     for name in [
         "exchange-online-profile",
         "exchange-online-mailbox-success",

@@ -638,6 +638,14 @@ mod tests {
         }
     }
 
+    /// The field `name` of a form.
+    fn field<'a>(form: &'a [Section], name: &str) -> &'a forms::Field {
+        form.iter()
+            .flat_map(|s| &s.fields)
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("no {name} field"))
+    }
+
     /// The profile the API makes of a posted Exchange Server form (secrets aside).
     fn posted(form: &[(&str, &str)]) -> EmailServerProfile {
         posted_as(ServerType::ExchangeServer, form)
@@ -667,12 +675,7 @@ mod tests {
     #[test]
     fn an_exchange_server_profile_has_its_fields_and_posts_a_valid_profile() {
         let form = sections(ServerType::ExchangeServer, true);
-        let field = |name: &str| {
-            form.iter()
-                .flat_map(|s| &s.fields)
-                .find(|f| f.name == name)
-                .unwrap_or_else(|| panic!("no {name} field"))
-        };
+        let field = |name: &str| field(&form, name);
         assert!(field("auto_discover").is_checkbox());
         assert!(field("use_impersonation").is_checkbox());
         assert!(
@@ -715,15 +718,7 @@ mod tests {
             chrono::Utc::now(),
         );
         forms::fill(&mut filled, &serde_json::to_value(&template).unwrap());
-        let value = |name: &str| {
-            filled
-                .iter()
-                .flat_map(|s| &s.fields)
-                .find(|f| f.name == name)
-                .unwrap()
-                .value
-                .clone()
-        };
+        let value = |name: &str| field(&filled, name).value.clone();
         assert_eq!(value("auto_discover"), "true");
         assert_eq!(value("auth_protocol"), "auto_detect");
         assert_eq!(value("exchange_version"), "");
@@ -807,11 +802,7 @@ mod tests {
     #[test]
     fn an_imap_profile_can_be_set_up_for_gmail_oauth() {
         let form = sections(ServerType::ImapSmtp, true);
-        let auth = form
-            .iter()
-            .flat_map(|s| &s.fields)
-            .find(|f| f.name == "authentication")
-            .unwrap();
+        let auth = field(&form, "authentication");
         assert!(
             auth.options.iter().any(|(v, _)| v == "gmail_oauth"),
             "{:?}",
@@ -861,12 +852,7 @@ mod tests {
         ] {
             assert!(!names.contains(&absent), "{absent} in {names:?}");
         }
-        let field = |name: &str| {
-            form.iter()
-                .flat_map(|s| &s.fields)
-                .find(|f| f.name == name)
-                .unwrap_or_else(|| panic!("no {name} field"))
-        };
+        let field = |name: &str| field(&form, name);
         assert_eq!(field("oauth.tenant_id").label, "Directory (tenant) id");
         assert_eq!(field("oauth.client_id").label, "Application (client) id");
         assert!(field("oauth.client_secret").kind == Kind::Password);
@@ -894,14 +880,7 @@ mod tests {
             chrono::Utc::now(),
         );
         forms::fill(&mut filled, &serde_json::to_value(&template).unwrap());
-        let value = |name: &str| {
-            filled
-                .iter()
-                .flat_map(|s| &s.fields)
-                .find(|f| f.name == name)
-                .map(|f| f.value.clone())
-                .unwrap()
-        };
+        let value = |name: &str| field(&filled, name).value.clone();
         assert_eq!(value("authentication"), "server_to_server");
         assert!(template.auto_discover);
 
@@ -952,12 +931,10 @@ mod tests {
             &submitted(&[("oauth.tenant_id", "  ")]),
             &problem,
         );
-        let marked = filled
-            .iter()
-            .flat_map(|s| &s.fields)
-            .find(|f| f.name == "oauth.tenant_id")
-            .unwrap();
-        assert!(marked.error.is_some(), "{problem:?}");
+        assert!(
+            field(&filled, "oauth.tenant_id").error.is_some(),
+            "{problem:?}"
+        );
 
         // A stored profile's secret is never shown back: the form says whether it is set.
         template.oauth = p.oauth.clone();
@@ -965,20 +942,12 @@ mod tests {
         stored["oauth"]["client_secret"] = Value::from("********");
         let mut edit = sections(ServerType::ExchangeOnline, false);
         forms::fill(&mut edit, &stored);
-        let secret = edit
-            .iter()
-            .flat_map(|s| &s.fields)
-            .find(|f| f.name == "oauth.client_secret")
-            .unwrap();
+        let secret = field(&edit, "oauth.client_secret");
         assert_eq!((secret.value.as_str(), secret.secret_state()), ("", "set"));
         assert!(secret.hint.contains("keep the stored secret"));
         stored["oauth"]["client_secret"] = Value::Null;
         forms::fill(&mut edit, &stored);
-        let secret = edit
-            .iter()
-            .flat_map(|s| &s.fields)
-            .find(|f| f.name == "oauth.client_secret")
-            .unwrap();
+        let secret = field(&edit, "oauth.client_secret");
         assert_eq!(secret.secret_state(), "not set");
     }
 }
