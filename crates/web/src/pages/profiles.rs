@@ -675,25 +675,24 @@ mod tests {
     #[test]
     fn an_exchange_server_profile_has_its_fields_and_posts_a_valid_profile() {
         let form = sections(ServerType::ExchangeServer, true);
-        let field = |name: &str| field(&form, name);
-        assert!(field("auto_discover").is_checkbox());
-        assert!(field("use_impersonation").is_checkbox());
+        assert!(field(&form, "auto_discover").is_checkbox());
+        assert!(field(&form, "use_impersonation").is_checkbox());
         assert!(
-            field("use_impersonation")
+            field(&form, "use_impersonation")
                 .hint
                 .contains("ApplicationImpersonation")
         );
-        assert!(field("username").hint.contains("DOMAIN\\user"));
-        assert!(field("password").kind == Kind::Password);
-        assert_eq!(field("incoming.location").label, "EWS URL");
+        assert!(field(&form, "username").hint.contains("DOMAIN\\user"));
+        assert!(field(&form, "password").kind == Kind::Password);
+        assert_eq!(field(&form, "incoming.location").label, "EWS URL");
         // Every choice is a wire name of the model.
-        let protocols = &field("auth_protocol").options;
+        let protocols = &field(&form, "auth_protocol").options;
         assert_eq!(protocols.len(), 5);
         for (v, _) in protocols {
             serde_json::from_value::<AuthProtocol>(Value::String(v.clone()))
                 .unwrap_or_else(|e| panic!("{v}: {e}"));
         }
-        let versions = &field("exchange_version").options;
+        let versions = &field(&form, "exchange_version").options;
         assert_eq!(versions[0], ("".into(), "Read from the server".into()));
         for (v, _) in &versions[1..] {
             let version = serde_json::from_value::<ExchangeVersion>(Value::String(v.clone()))
@@ -852,18 +851,23 @@ mod tests {
         ] {
             assert!(!names.contains(&absent), "{absent} in {names:?}");
         }
-        let field = |name: &str| field(&form, name);
-        assert_eq!(field("oauth.tenant_id").label, "Directory (tenant) id");
-        assert_eq!(field("oauth.client_id").label, "Application (client) id");
-        assert!(field("oauth.client_secret").kind == Kind::Password);
-        let auth: Vec<&str> = field("authentication")
+        assert_eq!(
+            field(&form, "oauth.tenant_id").label,
+            "Directory (tenant) id"
+        );
+        assert_eq!(
+            field(&form, "oauth.client_id").label,
+            "Application (client) id"
+        );
+        assert!(field(&form, "oauth.client_secret").kind == Kind::Password);
+        let auth: Vec<&str> = field(&form, "authentication")
             .options
             .iter()
             .map(|(v, _)| v.as_str())
             .collect();
         assert_eq!(auth, ["server_to_server"]);
         // Every authority is a wire name of the model.
-        let authorities = &field("oauth.authority").options;
+        let authorities = &field(&form, "oauth.authority").options;
         assert_eq!(authorities.len(), 4);
         for (v, _) in authorities {
             serde_json::from_value::<OAuthAuthority>(Value::String(v.clone()))
