@@ -8,7 +8,16 @@
 // there; then the wrong password: the failing step on the mailbox and the alert for the
 // profile owner. Screenshots of the main pages go to $SCREENSHOTS.
 
-import { launch, newPage, screenshot, step, jobDone as jobDoneOn, notice as noticeOn, selectRow } from './lib.mjs';
+import {
+  launch,
+  newPage,
+  screenshot,
+  step,
+  jobDone as jobDoneOn,
+  notice as noticeOn,
+  selectRow,
+  signIn,
+} from './lib.mjs';
 
 const { BASE_URL, TOKEN, IMAPS_PORT, SUBMISSION_PORT, GOOD, BAD, ADMIN_EMAIL, ADMIN_PASSWORD } =
   process.env;
@@ -32,11 +41,7 @@ try {
     await page.getByRole('button', { name: 'Sign in with the token' }).click();
     await page.getByRole('alert').filter({ hasText: 'not valid' }).waitFor();
   });
-  await step('sign in', async () => {
-    await page.getByLabel(/API token/).fill(TOKEN);
-    await page.getByRole('button', { name: 'Sign in with the token' }).click();
-    await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
-  });
+  await step('sign in', () => signIn(page, null, TOKEN));
   await step('a profile form with a mistake names the field', async () => {
     await page.getByRole('link', { name: 'Server profiles' }).click();
     await page.getByRole('link', { name: 'IMAP/SMTP server' }).click();

@@ -20,6 +20,8 @@ import {
   notice as noticeOn,
   exchangeTestEnable,
   exchangeWrongSecret,
+  openMailbox,
+  signIn,
 } from './lib.mjs';
 
 const { BASE_URL, TOKEN, MAILBOX, SERVICE, SERVICE_PASSWORD, EWS_URL } = process.env;
@@ -30,17 +32,8 @@ try {
   const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
   page.setDefaultTimeout(30_000);
   const notice = (text) => noticeOn(page, text);
-  const openMailbox = async () => {
-    await page.getByRole('link', { name: 'Mailboxes' }).click();
-    await page.getByRole('link', { name: MAILBOX }).click();
-  };
 
-  await step('sign in', async () => {
-    await page.goto(`${BASE_URL}/`);
-    await page.getByLabel(/API token/).fill(TOKEN);
-    await page.getByRole('button', { name: 'Sign in with the token' }).click();
-    await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
-  });
+  await step('sign in', () => signIn(page, BASE_URL, TOKEN));
   await step('create an Exchange Server profile with Autodiscover and impersonation', async () => {
     await page.getByRole('link', { name: 'Server profiles' }).click();
     await page.getByRole('link', { name: 'Exchange Server (EWS)' }).click();
@@ -69,7 +62,7 @@ try {
   });
   await exchangeTestEnable(page, PROFILE, MAILBOX);
   await step('the mailbox shows success, the EWS URL found and the server version', async () => {
-    await openMailbox();
+    await openMailbox(page, MAILBOX);
     const rows = page.locator('#status-fields tbody tr');
     await rows.filter({ hasText: 'Incoming email' }).locator('.status-success').waitFor();
     await rows.filter({ hasText: 'Outgoing email' }).locator('.status-success').waitFor();

@@ -22,6 +22,8 @@ import {
   notice as noticeOn,
   exchangeTestEnable,
   exchangeWrongSecret,
+  openMailbox,
+  signIn,
 } from './lib.mjs';
 
 const { BASE_URL, TOKEN, MAILBOX, TENANT, APP, SECRET } = process.env;
@@ -32,18 +34,9 @@ try {
   const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
   page.setDefaultTimeout(30_000);
   const notice = (text) => noticeOn(page, text);
-  const openMailbox = async () => {
-    await page.getByRole('link', { name: 'Mailboxes' }).click();
-    await page.getByRole('link', { name: MAILBOX }).click();
-  };
   const secretState = () => page.locator('#f-oauth-client_secret-state').textContent();
 
-  await step('sign in', async () => {
-    await page.goto(`${BASE_URL}/`);
-    await page.getByLabel(/API token/).fill(TOKEN);
-    await page.getByRole('button', { name: 'Sign in with the token' }).click();
-    await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
-  });
+  await step('sign in', () => signIn(page, BASE_URL, TOKEN));
   await step('the Exchange Online form: the app registration, nothing of EWS', async () => {
     await page.getByRole('link', { name: 'Server profiles' }).click();
     await page.getByRole('link', { name: 'Exchange Online (Microsoft 365)' }).click();
@@ -103,7 +96,7 @@ try {
   // Approving takes a tenant administrator: TOKEN is one's.
   await exchangeTestEnable(page, PROFILE, MAILBOX);
   await step('the mailbox shows success', async () => {
-    await openMailbox();
+    await openMailbox(page, MAILBOX);
     const rows = page.locator('#status-fields tbody tr');
     await rows.filter({ hasText: 'Incoming email' }).locator('.status-success').waitFor();
     await rows.filter({ hasText: 'Outgoing email' }).locator('.status-success').waitFor();

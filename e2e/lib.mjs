@@ -134,6 +134,20 @@ export async function notice(page, text) {
   await page.getByRole('status').filter({ hasText: text }).waitFor();
 }
 
+/** Signs in at `baseUrl` with the API token `token` and waits for the dashboard. */
+export async function signIn(page, baseUrl, token) {
+  if (baseUrl) await page.goto(`${baseUrl}/`);
+  await page.getByLabel(/API token/).fill(token);
+  await page.getByRole('button', { name: 'Sign in with the token' }).click();
+  await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
+}
+
+/** Opens the page of the mailbox `email` from the mailbox list. */
+export async function openMailbox(page, email) {
+  await page.getByRole('link', { name: 'Mailboxes' }).click();
+  await page.getByRole('link', { name: email }).click();
+}
+
 /** Ticks the list row of `email`. */
 export async function selectRow(page, email) {
   await page.getByLabel(`Select ${email}`).check();
@@ -214,8 +228,7 @@ export async function exchangeWrongSecret(page, { profile, mailbox, label, text,
   await page.getByRole('button', { name: 'Test & enable mailboxes of this profile' }).click();
   const status = await jobDone(page);
   if (status === 'succeeded') throw new Error('the job succeeded with a wrong secret');
-  await page.getByRole('link', { name: 'Mailboxes' }).click();
-  await page.getByRole('link', { name: mailbox }).click();
+  await openMailbox(page, mailbox);
   const failure = page.locator('#last-error').filter({ hasText: 'Failed step: authentication' });
   await (text ? failure.filter({ hasText: text }) : failure).waitFor();
   await page.locator('#alert-wall').filter({ hasText: 'error' }).waitFor();
