@@ -9,8 +9,7 @@
 // profile owner. Screenshots of the main pages go to $SCREENSHOTS.
 
 import {
-  launch,
-  newPage,
+  runAdminFlow,
   screenshot,
   step,
   jobDone as jobDoneOn,
@@ -21,12 +20,7 @@ import {
 
 const { BASE_URL, TOKEN, IMAPS_PORT, SUBMISSION_PORT, GOOD, BAD, ADMIN_EMAIL, ADMIN_PASSWORD } =
   process.env;
-const browser = await launch();
-let failed = false;
-try {
-  const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
-  // Test & enable talks to real servers, and CI machines are busy: wait longer than default.
-  page.setDefaultTimeout(30_000);
+await runAdminFlow('', async (page) => {
   const notice = (text) => noticeOn(page, text);
   const select = (email) => selectRow(page, email);
   const jobDone = () => jobDoneOn(page);
@@ -157,12 +151,4 @@ try {
     await page.getByRole('button', { name: 'Sign in', exact: true }).click();
     await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
   });
-} catch {
-  failed = true;
-  for (const [i, p] of browser.contexts().flatMap((c) => c.pages()).entries()) {
-    await screenshot(p, `FAILED-${i}`).catch(() => {});
-  }
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

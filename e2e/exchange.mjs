@@ -13,8 +13,7 @@
 // exchange-mailbox-success, exchange-mailbox-failure.
 
 import {
-  launch,
-  newPage,
+  runAdminFlow,
   screenshot,
   step,
   notice as noticeOn,
@@ -26,11 +25,7 @@ import {
 
 const { BASE_URL, TOKEN, MAILBOX, SERVICE, SERVICE_PASSWORD, EWS_URL } = process.env;
 const PROFILE = 'Contoso Exchange';
-const browser = await launch();
-let failed = false;
-try {
-  const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
-  page.setDefaultTimeout(30_000);
+await runAdminFlow('exchange', async (page) => {
   const notice = (text) => noticeOn(page, text);
 
   await step('sign in', () => signIn(page, BASE_URL, TOKEN));
@@ -91,12 +86,4 @@ try {
       shot: 'exchange-mailbox-failure',
     }),
   );
-} catch {
-  failed = true;
-  for (const [i, p] of browser.contexts().flatMap((c) => c.pages()).entries()) {
-    await screenshot(p, `FAILED-exchange-${i}`).catch(() => {});
-  }
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

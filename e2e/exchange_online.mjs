@@ -15,8 +15,7 @@
 // exchange-online-mailbox-failure.
 
 import {
-  launch,
-  newPage,
+  runAdminFlow,
   screenshot,
   step,
   notice as noticeOn,
@@ -28,11 +27,7 @@ import {
 
 const { BASE_URL, TOKEN, MAILBOX, TENANT, APP, SECRET } = process.env;
 const PROFILE = 'Contoso 365';
-const browser = await launch();
-let failed = false;
-try {
-  const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
-  page.setDefaultTimeout(30_000);
+await runAdminFlow('exchange-online', async (page) => {
   const notice = (text) => noticeOn(page, text);
   const secretState = () => page.locator('#f-oauth-client_secret-state').textContent();
 
@@ -116,12 +111,4 @@ try {
     await page.getByRole('link', { name: PROFILE }).click();
     if ((await secretState()) !== '(set)') throw new Error('the client secret is not shown as set');
   });
-} catch {
-  failed = true;
-  for (const [i, p] of browser.contexts().flatMap((c) => c.pages()).entries()) {
-    await screenshot(p, `FAILED-exchange-online-${i}`).catch(() => {});
-  }
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

@@ -134,6 +134,31 @@ export async function notice(page, text) {
   await page.getByRole('status').filter({ hasText: text }).waitFor();
 }
 
+/**
+ * Runs an admin center flow: `fn(page)` on a 1280×900 page of a fresh headless Chromium, with
+ * 30 s default waits (test & enable talks to real servers, and CI machines are busy). On an
+ * error every open page is screenshotted as `FAILED-<name>-<n>` (`FAILED-<n>` without a name).
+ * Exits the process: 0 on success, 1 on failure.
+ */
+export async function runAdminFlow(name, fn) {
+  const browser = await launch();
+  let failed = false;
+  try {
+    const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
+    page.setDefaultTimeout(30_000);
+    await fn(page);
+  } catch {
+    failed = true;
+    const prefix = name ? `FAILED-${name}` : 'FAILED';
+    for (const [i, p] of browser.contexts().flatMap((c) => c.pages()).entries()) {
+      await screenshot(p, `${prefix}-${i}`).catch(() => {});
+    }
+  } finally {
+    await browser.close();
+  }
+  process.exit(failed ? 1 : 0);
+}
+
 /** Signs in at `baseUrl` with the API token `token` and waits for the dashboard. */
 export async function signIn(page, baseUrl, token) {
   if (baseUrl) await page.goto(`${baseUrl}/`);
