@@ -8,16 +8,19 @@
 // there; then the wrong password: the failing step on the mailbox and the alert for the
 // profile owner. Screenshots of the main pages go to $SCREENSHOTS.
 
-import { launch, newPage, screenshot, step, jobDone as jobDoneOn, notice as noticeOn, selectRow } from './lib.mjs';
+import {
+  runAdminFlow,
+  screenshot,
+  step,
+  jobDone as jobDoneOn,
+  notice as noticeOn,
+  selectRow,
+  signIn,
+} from './lib.mjs';
 
 const { BASE_URL, TOKEN, IMAPS_PORT, SUBMISSION_PORT, GOOD, BAD, ADMIN_EMAIL, ADMIN_PASSWORD } =
   process.env;
-const browser = await launch();
-let failed = false;
-try {
-  const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
-  // Test & enable talks to real servers, and CI machines are busy: wait longer than default.
-  page.setDefaultTimeout(30_000);
+await runAdminFlow('', async (page) => {
   const notice = (text) => noticeOn(page, text);
   const select = (email) => selectRow(page, email);
   const jobDone = () => jobDoneOn(page);
@@ -32,11 +35,7 @@ try {
     await page.getByRole('button', { name: 'Sign in with the token' }).click();
     await page.getByRole('alert').filter({ hasText: 'not valid' }).waitFor();
   });
-  await step('sign in', async () => {
-    await page.getByLabel(/API token/).fill(TOKEN);
-    await page.getByRole('button', { name: 'Sign in with the token' }).click();
-    await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
-  });
+  await step('sign in', () => signIn(page, null, TOKEN));
   await step('a profile form with a mistake names the field', async () => {
     await page.getByRole('link', { name: 'Server profiles' }).click();
     await page.getByRole('link', { name: 'IMAP/SMTP server' }).click();
@@ -152,12 +151,4 @@ try {
     await page.getByRole('button', { name: 'Sign in', exact: true }).click();
     await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
   });
-} catch {
-  failed = true;
-  for (const [i, p] of browser.contexts().flatMap((c) => c.pages()).entries()) {
-    await screenshot(p, `FAILED-${i}`).catch(() => {});
-  }
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

@@ -134,6 +134,45 @@ export async function notice(page, text) {
   await page.getByRole('status').filter({ hasText: text }).waitFor();
 }
 
+/**
+ * Runs an admin center flow: `fn(page)` on a 1280×900 page of a fresh headless Chromium, with
+ * 30 s default waits (test & enable talks to real servers, and CI machines are busy). On an
+ * error every open page is screenshotted as `FAILED-<name>-<n>` (`FAILED-<n>` without a name).
+ * Exits the process: 0 on success, 1 on failure.
+ */
+export async function runAdminFlow(name, fn) {
+  const browser = await launch();
+  let failed = false;
+  try {
+    const page = await newPage(browser, { viewport: { width: 1280, height: 900 } });
+    page.setDefaultTimeout(30_000);
+    await fn(page);
+  } catch {
+    failed = true;
+    const prefix = name ? `FAILED-${name}` : 'FAILED';
+    for (const [i, p] of browser.contexts().flatMap((c) => c.pages()).entries()) {
+      await screenshot(p, `${prefix}-${i}`).catch(() => {});
+    }
+  } finally {
+    await browser.close();
+  }
+  process.exit(failed ? 1 : 0);
+}
+
+/** Signs in at `baseUrl` with the API token `token` and waits for the dashboard. */
+export async function signIn(page, baseUrl, token) {
+  if (baseUrl) await page.goto(`${baseUrl}/`);
+  await page.getByLabel(/API token/).fill(token);
+  await page.getByRole('button', { name: 'Sign in with the token' }).click();
+  await page.getByRole('heading', { name: 'Sync dashboard' }).waitFor();
+}
+
+/** Opens the page of the mailbox `email` from the mailbox list. */
+export async function openMailbox(page, email) {
+  await page.getByRole('link', { name: 'Mailboxes' }).click();
+  await page.getByRole('link', { name: email }).click();
+}
+
 /** Ticks the list row of `email`. */
 export async function selectRow(page, email) {
   await page.getByLabel(`Select ${email}`).check();
@@ -154,4 +193,69 @@ export async function jobDone(page) {
     { timeout: 60_000, polling: 250 },
   );
   return (await page.locator(newest).textContent()).trim();
+}
+
+/**
+ * The Exchange flows' common middle (Exchange Server and Exchange Online): `profile` made the
+ * default, email settings for email only (Exchange's appointments, contacts and tasks are not
+ * synchronized yet: test and enable would refuse the mailbox), `mailbox` approved and given the
+ * default email settings (whose own test & enable is let finish), then test & enable of
+ * `mailbox` from the list, which must succeed.
+ */
+export async function exchangeTestEnable(page, profile, mailbox) {
+  await step('make it the default profile', async () => {
+    await page.getByRole('link', { name: 'Server profiles' }).click();
+    await page.getByRole('button', { name: `Make ${profile} the default profile` }).click();
+    await notice(page, 'now the default');
+  });
+  await step('email settings: appointments, contacts and tasks not synchronized', async () => {
+    await page.getByRole('link', { name: 'Email settings' }).click();
+    await page.getByLabel('Appointments, contacts and tasks').selectOption('none');
+    await page.getByRole('button', { name: 'Save', exact: true }).click();
+    await notice(page, 'The email settings were saved.');
+  });
+  await step('approve the mailbox and apply the default email settings', async () => {
+    await page.getByRole('link', { name: 'Mailboxes' }).click();
+    await selectRow(page, mailbox);
+    await page.getByRole('button', { name: 'Approve email' }).click();
+    await notice(page, 'approved (1 mailbox(es))');
+    await selectRow(page, mailbox);
+    await page.getByRole('button', { name: 'Apply default email settings' }).click();
+    await notice(page, 'default email settings were applied (1 mailbox(es))');
+    // Applying the defaults queues a test & enable of its own: let it finish first.
+    await page.getByRole('link', { name: 'Jobs' }).click();
+    await jobDone(page);
+    await page.getByRole('link', { name: 'Mailboxes' }).click();
+  });
+  await step('test & enable: the job succeeds', async () => {
+    await selectRow(page, mailbox);
+    await page.getByRole('button', { name: 'Test & enable mailboxes' }).click();
+    await notice(page, 'Testing and enabling 1 mailbox(es)');
+    const status = await jobDone(page);
+    if (status !== 'succeeded') {
+      const why = await page.locator('#jobs tbody tr:first-child .error').allTextContents();
+      throw new Error(`the job ended ${status}: ${why.join(' | ')}`);
+    }
+  });
+}
+
+/**
+ * An Exchange flow's failure: `profile`'s secret field `label` set to a wrong value, test &
+ * enable of the profile's mailboxes, then `mailbox`'s page shows the authentication step
+ * failing (with `text`, when given) and an error alert. Screenshot: `shot`.
+ */
+export async function exchangeWrongSecret(page, { profile, mailbox, label, text, shot }) {
+  await page.getByRole('link', { name: 'Server profiles' }).click();
+  await page.getByRole('link', { name: profile }).click();
+  await page.getByLabel(label).fill('not-the-secret');
+  await page.getByRole('button', { name: 'Save', exact: true }).click();
+  await notice(page, 'The profile was saved.');
+  await page.getByRole('button', { name: 'Test & enable mailboxes of this profile' }).click();
+  const status = await jobDone(page);
+  if (status === 'succeeded') throw new Error('the job succeeded with a wrong secret');
+  await openMailbox(page, mailbox);
+  const failure = page.locator('#last-error').filter({ hasText: 'Failed step: authentication' });
+  await (text ? failure.filter({ hasText: text }) : failure).waitFor();
+  await page.locator('#alert-wall').filter({ hasText: 'error' }).waitFor();
+  await screenshot(page, shot);
 }

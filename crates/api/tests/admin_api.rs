@@ -575,6 +575,65 @@ both!(
             (403, Some("tenant_admin_required")),
             "{v}"
         );
+        // A new mailbox of the Exchange Online profile: refused to the approver without the
+        // flag, as problem+json naming the code, and left unapproved.
+        let olive = s
+            .user("Olive Online", "olive@example.test", &env.password)
+            .await;
+        let olive_id = olive["mailbox"]["id"].clone();
+        let mailbox_path = format!("{ORG}/mailboxes/{}", olive_id.as_str().unwrap());
+        s.ok(
+            "PATCH",
+            &mailbox_path,
+            Some(json!({"profile_id": eo["id"]})),
+        )
+        .await;
+        let (status, content_type, body) = s
+            .raw(
+                at["token"].as_str().unwrap(),
+                "POST",
+                &format!("{ORG}/mailboxes/approve"),
+                Some(json!({"mailbox_ids": [olive_id]}).to_string()),
+                "application/json",
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            content_type.starts_with("application/problem+json"),
+            "{content_type}"
+        );
+        let problem: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["code"], "tenant_admin_required", "{problem}");
+        assert_ne!(
+            s.ok("GET", &mailbox_path, None).await["approval"],
+            "approved"
+        );
+        // The same delegated role with tenant_exchange_admin (set by the installation
+        // administrator when creating the user) approves it.
+        let tenant_approver = s.ok("POST", &format!("{ORG}/users"), Some(json!({"full_name": "Tom Tenant", "email": "tom@example.test", "roles": ["mailbox_approver"], "tenant_exchange_admin": true}))).await;
+        let tt = s
+            .ok(
+                "POST",
+                &format!(
+                    "{ORG}/users/{}/tokens",
+                    tenant_approver["user"]["id"].as_str().unwrap()
+                ),
+                Some(json!({"name": "x"})),
+            )
+            .await;
+        let (status, v) = s
+            .call_as(
+                tt["token"].as_str().unwrap(),
+                "POST",
+                &format!("{ORG}/mailboxes/approve"),
+                Some(json!({"mailbox_ids": [olive_id]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            s.ok("GET", &mailbox_path, None).await["approval"],
+            "approved"
+        );
     }
 );
 

@@ -7,12 +7,16 @@
 //! against the Exchange test double (`serversync_testkit::ews`): an Exchange Server profile
 //! with Autodiscover and impersonation, test & enable succeeding over EWS (the URL
 //! Autodiscover found and the server version on the mailbox), then a wrong service-account
-//! password failing at the authentication step. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
+//! password failing at the authentication step. A third walks the Exchange Online flow
+//! against the Microsoft Graph double (`serversync_testkit::graph`, `[exchange] graph_url` and
+//! `login_url`): the form of the app registration, test & enable succeeding, then a wrong client
+//! secret failing at authentication with Entra's AADSTS7000215. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
 //! `docs/screenshots/` is refreshed), else to a temporary directory.
 
 use serversync_testkit::TestEnv;
 use serversync_testkit::browser::run_script;
 use serversync_testkit::ews::{EwsConfig, EwsDouble};
+use serversync_testkit::graph::{GraphConfig, GraphDouble, csdl_path};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -170,8 +174,8 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["password"], "********", "never shown: {shown}");
     let shots = screenshots(dir.path());
-    let out = run_script(
-        Path::new("admin_center.mjs"),
+    run_flow(
+        "admin_center.mjs",
         &[
             ("BASE_URL", url.clone()),
             ("TOKEN", token.clone()),
@@ -184,17 +188,9 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
             ("SCREENSHOTS", shots.display().to_string()),
         ],
         Duration::from_secs(240),
-    )
-    .unwrap();
-    println!("{}", out.stdout);
-    if let Err(e) = out.ensure_success() {
-        let log = log.lock().unwrap();
-        let log: Vec<&str> = log.iter().map(String::as_str).collect();
-        panic!(
-            "the browser flow failed: {e:#}\n--- the server's last log lines ---\n{}",
-            log.join("\n")
-        );
-    }
+        &log,
+        "the browser flow failed",
+    );
     for name in [
         "dashboard",
         "profiles",
@@ -206,6 +202,21 @@ async fn the_seed_flow_and_a_failure_in_the_browser() {
     ] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
+    }
+}
+
+/// Runs the browser flow `script` with `vars`; on its failure, panics with `what` failed, the
+/// script's error and the server's last log lines.
+fn run_flow(script: &str, vars: &[(&str, String)], timeout: Duration, log: &LogTail, what: &str) {
+    let out = run_script(Path::new(script), vars, timeout).unwrap();
+    println!("{}", out.stdout);
+    if let Err(e) = out.ensure_success() {
+        let log = log.lock().unwrap();
+        let log: Vec<&str> = log.iter().map(String::as_str).collect();
+        panic!(
+            "{what}: {e:#}\n--- the server's last log lines ---\n{}",
+            log.join("\n")
+        );
     }
 }
 
@@ -247,8 +258,8 @@ async fn an_exchange_server_profile_in_the_browser() {
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let shots = screenshots(dir.path());
-    let out = run_script(
-        Path::new("exchange.mjs"),
+    run_flow(
+        "exchange.mjs",
         &[
             ("BASE_URL", url.clone()),
             ("TOKEN", token.clone()),
@@ -259,18 +270,105 @@ async fn an_exchange_server_profile_in_the_browser() {
             ("SCREENSHOTS", shots.display().to_string()),
         ],
         Duration::from_secs(180),
+        &log,
+        "the Exchange browser flow failed",
+    );
+    for name in ["exchange-profile", "exchange-mailbox-success"] {
+        let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
+    }
+    assert!(double.sent().is_empty(), "testing sends nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_online_profile_in_the_browser() {
+    const TENANT: &str = "6f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e";
+    const APP: &str = "0a1b2c3d-1111-4222-8333-944455566677";
+    const SECRET: &str = "kQ8~app-secret-value";
+    const MAILBOX: &str = "alice@contoso.test";
+    let env = TestEnv::from_env();
+    let double = GraphDouble::start(
+        &env.tls,
+        GraphConfig {
+            csdl: Some(csdl_path()),
+            ..GraphConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    double.add_tenant(TENANT, "contoso.test");
+    double.add_app(TENANT, APP, SECRET, &["Mail.ReadWrite", "Mail.Send"]);
+    double.add_mailbox(TENANT, MAILBOX);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serversync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[exchange]\ngraph_url = \"{}\"\nlogin_url = \"{}\"\n",
+            double.graph_url(),
+            double.login_url()
+        ),
     )
     .unwrap();
-    println!("{}", out.stdout);
-    if let Err(e) = out.ensure_success() {
-        let log = log.lock().unwrap();
-        let log: Vec<&str> = log.iter().map(String::as_str).collect();
-        panic!(
-            "the Exchange browser flow failed: {e:#}\n--- the server's last log lines ---\n{}",
-            log.join("\n")
-        );
-    }
-    for name in ["exchange-profile", "exchange-mailbox-success"] {
+    let (_serve, url, token, log) = serve(dir.path(), env, Some(&config));
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value, token: &str| {
+        http.post(format!("{url}/api/v1/orgs/default{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/users",
+        serde_json::json!({"full_name": "Alice Online", "email": MAILBOX}),
+        &token,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // Approving a mailbox of an Exchange Online profile takes a tenant administrator: the
+    // installation administrator creates one (the flag is set when a user is created) and the
+    // browser signs in with a token of theirs.
+    let r = post(
+        "/users",
+        serde_json::json!({"full_name": "Tess Tenant", "email": "tess@contoso.test",
+            "roles": ["system_administrator"], "tenant_exchange_admin": true}),
+        &token,
+    )
+    .await
+    .unwrap();
+    let created: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(created["user"]["tenant_exchange_admin"], true, "{created}");
+    let r = post(
+        &format!("/users/{}/tokens", created["user"]["id"].as_str().unwrap()),
+        serde_json::json!({"name": "browser"}),
+        &token,
+    )
+    .await
+    .unwrap();
+    let tenant_admin: serde_json::Value = r.json().await.unwrap();
+    let tenant_token = tenant_admin["token"].as_str().expect("a token").to_owned();
+    let shots = screenshots(dir.path());
+    run_flow(
+        "exchange_online.mjs",
+        &[
+            ("BASE_URL", url.clone()),
+            ("TOKEN", tenant_token),
+            ("MAILBOX", MAILBOX.into()),
+            ("TENANT", TENANT.into()),
+            ("APP", APP.into()),
+            ("SECRET", SECRET.into()),
+            ("SCREENSHOTS", shots.display().to_string()),
+        ],
+        Duration::from_secs(180),
+        &log,
+        "the Exchange Online browser flow failed",
+    );
+    for name in [
+        "exchange-online-profile",
+        "exchange-online-mailbox-success",
+        "exchange-online-mailbox-failure",
+    ] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
     }

@@ -25,6 +25,8 @@ pub struct Field {
     pub options: Vec<(String, String)>,
     pub error: Option<String>,
     pub required: bool,
+    /// A write-only secret of a stored record: whether one is set (never its value).
+    pub secret_set: Option<bool>,
 }
 
 impl Field {
@@ -38,6 +40,7 @@ impl Field {
             options: Vec::new(),
             error: None,
             required: false,
+            secret_set: None,
         }
     }
     pub fn hint(mut self, h: &str) -> Field {
@@ -54,6 +57,14 @@ impl Field {
     pub fn required(mut self) -> Field {
         self.required = true;
         self
+    }
+    /// "set" or "not set" for a stored record's secret; empty otherwise.
+    pub fn secret_state(&self) -> &'static str {
+        match self.secret_set {
+            Some(true) => "set",
+            Some(false) => "not set",
+            None => "",
+        }
     }
     /// The HTML id (JSON paths have dots).
     pub fn id(&self) -> String {
@@ -107,15 +118,17 @@ impl Section {
     }
 }
 
-/// Fills each field from a JSON document (the current record).
+/// Fills each field from a JSON document (the current record); a secret's field stays empty
+/// and only says whether the record has one (the API shows a set secret redacted).
 pub fn fill(sections: &mut [Section], doc: &Value) {
     for f in sections.iter_mut().flat_map(|s| s.fields.iter_mut()) {
-        if f.kind == Kind::Password {
-            continue;
-        }
         let mut cur = doc;
         for part in f.name.split('.') {
             cur = &cur[part];
+        }
+        if f.kind == Kind::Password {
+            f.secret_set = Some(!cur.is_null());
+            continue;
         }
         f.value = match cur {
             Value::Null => continue,

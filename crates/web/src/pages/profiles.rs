@@ -128,6 +128,24 @@ const EXCHANGE_VERSIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Exchange Online's Microsoft identity clouds (`oauth.authority`).
+const AUTHORITIES: &[(&str, &str)] = &[
+    ("automatic", "Automatic"),
+    ("public", "Public (worldwide and GCC)"),
+    ("us_government", "US Government (GCC High, DoD)"),
+    ("china", "China (21Vianet)"),
+];
+
+/// A write-only secret's field (`what`: "password" or "secret"): never shown back, so an
+/// existing profile's form says whether one is set and that empty keeps it.
+fn secret(name: &str, label: &str, what: &str, creating: bool) -> Field {
+    Field::new(name, label, Kind::Password).hint(&if creating {
+        "Stored encrypted; never shown again.".to_owned()
+    } else {
+        format!("Leave empty to keep the stored {what}.")
+    })
+}
+
 /// The form's sections for a server type.
 fn sections(t: ServerType, creating: bool) -> Vec<Section> {
     let tls = [
@@ -213,8 +231,7 @@ fn sections(t: ServerType, creating: bool) -> Vec<Section> {
                 "Only when the authentication type is \"credentials specified in email server profile\".",
                 vec![
                     Field::new("username", "User name", Kind::Text),
-                    Field::new("password", "Password", Kind::Password)
-                        .hint(if creating { "Stored encrypted; never shown again." } else { "Leave empty to keep the stored password." }),
+                    secret("password", "Password", "password", creating),
                 ],
             ));
             out.push(Section::new(
@@ -222,25 +239,26 @@ fn sections(t: ServerType, creating: bool) -> Vec<Section> {
                 "Only when the authentication type is \"Gmail OAuth\": the OAuth client from Google Cloud (scope https://mail.google.com/). Each mailbox's password holds the refresh token its account granted.",
                 vec![
                     Field::new("oauth.client_id", "Client id", Kind::Text),
-                    Field::new("oauth.client_secret", "Client secret", Kind::Password).hint(
-                        if creating {
-                            "Stored encrypted; never shown again."
-                        } else {
-                            "Leave empty to keep the stored secret."
-                        },
-                    ),
+                    secret("oauth.client_secret", "Client secret", "secret", creating),
                     Field::new("oauth.token_endpoint", "Token endpoint", Kind::Text)
                         .hint("Empty: Google's, https://oauth2.googleapis.com/token."),
                 ],
             ));
         }
+        // Exchange Online: Microsoft Graph, found from the authority (Autodiscover on and fixed,
+        // no server locations, no impersonation); the app signs in server to server.
         ServerType::ExchangeOnline => out.push(Section::new(
-            "Microsoft 365 app registration",
-            "The app needs the Mail.ReadWrite and Mail.Send application permissions.",
+            "Microsoft Entra app registration",
+            "The app registered in the Microsoft 365 tenant, with the Mail.ReadWrite and Mail.Send application permissions (admin consent granted). Mailboxes are found through Microsoft Graph: no server locations.",
             vec![
-                Field::new("oauth.tenant_id", "Tenant id", Kind::Text).required(),
+                Field::new("oauth.tenant_id", "Directory (tenant) id", Kind::Text)
+                    .required()
+                    .hint("The tenant's GUID, or its domain such as contoso.onmicrosoft.com."),
                 Field::new("oauth.client_id", "Application (client) id", Kind::Text).required(),
-                Field::new("oauth.client_secret", "Client secret", Kind::Password),
+                secret("oauth.client_secret", "Client secret", "secret", creating),
+                Field::new("oauth.authority", "Authority", Kind::Select)
+                    .options(AUTHORITIES)
+                    .hint("The Microsoft cloud that issues the tokens. Automatic: found from the tenant."),
             ],
         )),
         _ => {
@@ -278,13 +296,7 @@ fn sections(t: ServerType, creating: bool) -> Vec<Section> {
                     ),
                     Field::new("username", "Service account user name", Kind::Text)
                         .hint("DOMAIN\\user or user@domain"),
-                    Field::new("password", "Service account password", Kind::Password).hint(
-                        if creating {
-                            "Stored encrypted; never shown again."
-                        } else {
-                            "Leave empty to keep the stored password."
-                        },
-                    ),
+                    secret("password", "Service account password", "password", creating),
                 ],
             ));
         }
@@ -626,16 +638,32 @@ mod tests {
         }
     }
 
+    /// The field `name` of a form.
+    fn field<'a>(form: &'a [Section], name: &str) -> &'a forms::Field {
+        form.iter()
+            .flat_map(|s| &s.fields)
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("no {name} field"))
+    }
+
     /// The profile the API makes of a posted Exchange Server form (secrets aside).
     fn posted(form: &[(&str, &str)]) -> EmailServerProfile {
-        let secs = sections(ServerType::ExchangeServer, true);
+        posted_as(ServerType::ExchangeServer, form)
+    }
+
+    /// The profile the API makes of a posted form of type `t` (secrets aside).
+    fn posted_as(t: ServerType, form: &[(&str, &str)]) -> EmailServerProfile {
+        let secs = sections(t, true);
         let mut body = forms::to_json(&secs, &submitted(form));
-        ews_endpoint(ServerType::ExchangeServer, &mut body);
+        ews_endpoint(t, &mut body);
         body.as_object_mut().unwrap().remove("password");
+        if let Some(oauth) = body.get_mut("oauth").and_then(Value::as_object_mut) {
+            oauth.remove("client_secret");
+        }
         let base = EmailServerProfile::new(
             serversync_model::OrgId::new(),
             "",
-            ServerType::ExchangeServer,
+            t,
             serversync_model::UserId::new(),
             chrono::Utc::now(),
         );
@@ -647,30 +675,24 @@ mod tests {
     #[test]
     fn an_exchange_server_profile_has_its_fields_and_posts_a_valid_profile() {
         let form = sections(ServerType::ExchangeServer, true);
-        let field = |name: &str| {
-            form.iter()
-                .flat_map(|s| &s.fields)
-                .find(|f| f.name == name)
-                .unwrap_or_else(|| panic!("no {name} field"))
-        };
-        assert!(field("auto_discover").is_checkbox());
-        assert!(field("use_impersonation").is_checkbox());
+        assert!(field(&form, "auto_discover").is_checkbox());
+        assert!(field(&form, "use_impersonation").is_checkbox());
         assert!(
-            field("use_impersonation")
+            field(&form, "use_impersonation")
                 .hint
                 .contains("ApplicationImpersonation")
         );
-        assert!(field("username").hint.contains("DOMAIN\\user"));
-        assert!(field("password").kind == Kind::Password);
-        assert_eq!(field("incoming.location").label, "EWS URL");
+        assert!(field(&form, "username").hint.contains("DOMAIN\\user"));
+        assert!(field(&form, "password").kind == Kind::Password);
+        assert_eq!(field(&form, "incoming.location").label, "EWS URL");
         // Every choice is a wire name of the model.
-        let protocols = &field("auth_protocol").options;
+        let protocols = &field(&form, "auth_protocol").options;
         assert_eq!(protocols.len(), 5);
         for (v, _) in protocols {
             serde_json::from_value::<AuthProtocol>(Value::String(v.clone()))
                 .unwrap_or_else(|e| panic!("{v}: {e}"));
         }
-        let versions = &field("exchange_version").options;
+        let versions = &field(&form, "exchange_version").options;
         assert_eq!(versions[0], ("".into(), "Read from the server".into()));
         for (v, _) in &versions[1..] {
             let version = serde_json::from_value::<ExchangeVersion>(Value::String(v.clone()))
@@ -695,15 +717,7 @@ mod tests {
             chrono::Utc::now(),
         );
         forms::fill(&mut filled, &serde_json::to_value(&template).unwrap());
-        let value = |name: &str| {
-            filled
-                .iter()
-                .flat_map(|s| &s.fields)
-                .find(|f| f.name == name)
-                .unwrap()
-                .value
-                .clone()
-        };
+        let value = |name: &str| field(&filled, name).value.clone();
         assert_eq!(value("auto_discover"), "true");
         assert_eq!(value("auth_protocol"), "auto_detect");
         assert_eq!(value("exchange_version"), "");
@@ -787,11 +801,7 @@ mod tests {
     #[test]
     fn an_imap_profile_can_be_set_up_for_gmail_oauth() {
         let form = sections(ServerType::ImapSmtp, true);
-        let auth = form
-            .iter()
-            .flat_map(|s| &s.fields)
-            .find(|f| f.name == "authentication")
-            .unwrap();
+        let auth = field(&form, "authentication");
         assert!(
             auth.options.iter().any(|(v, _)| v == "gmail_oauth"),
             "{:?}",
@@ -818,5 +828,130 @@ mod tests {
             json["oauth"].get("token_endpoint").is_none(),
             "empty: Google's"
         );
+    }
+    #[test]
+    fn an_exchange_online_profile_has_the_app_registration_and_nothing_of_ews() {
+        use serversync_model::profile::OAuthAuthority;
+        let form = sections(ServerType::ExchangeOnline, true);
+        let names: Vec<&str> = form
+            .iter()
+            .flat_map(|s| &s.fields)
+            .map(|f| f.name.as_str())
+            .collect();
+        for absent in [
+            "auto_discover",
+            "incoming.location",
+            "incoming.port",
+            "outgoing.location",
+            "use_impersonation",
+            "auth_protocol",
+            "username",
+            "password",
+            "exchange_version",
+        ] {
+            assert!(!names.contains(&absent), "{absent} in {names:?}");
+        }
+        assert_eq!(
+            field(&form, "oauth.tenant_id").label,
+            "Directory (tenant) id"
+        );
+        assert_eq!(
+            field(&form, "oauth.client_id").label,
+            "Application (client) id"
+        );
+        assert!(field(&form, "oauth.client_secret").kind == Kind::Password);
+        let auth: Vec<&str> = field(&form, "authentication")
+            .options
+            .iter()
+            .map(|(v, _)| v.as_str())
+            .collect();
+        assert_eq!(auth, ["server_to_server"]);
+        // Every authority is a wire name of the model.
+        let authorities = &field(&form, "oauth.authority").options;
+        assert_eq!(authorities.len(), 4);
+        for (v, _) in authorities {
+            serde_json::from_value::<OAuthAuthority>(Value::String(v.clone()))
+                .unwrap_or_else(|e| panic!("{v}: {e}"));
+        }
+
+        // A new profile's defaults: server to server, Autodiscover on (not on the form), automatic.
+        let mut filled = sections(ServerType::ExchangeOnline, true);
+        let mut template = EmailServerProfile::new(
+            serversync_model::OrgId::new(),
+            "",
+            ServerType::ExchangeOnline,
+            serversync_model::UserId::new(),
+            chrono::Utc::now(),
+        );
+        forms::fill(&mut filled, &serde_json::to_value(&template).unwrap());
+        let value = |name: &str| field(&filled, name).value.clone();
+        assert_eq!(value("authentication"), "server_to_server");
+        assert!(template.auto_discover);
+
+        // As posted: valid, Autodiscover still on, no server locations, no impersonation.
+        let p = posted_as(
+            ServerType::ExchangeOnline,
+            &[
+                ("name", "Contoso 365"),
+                ("authentication", "server_to_server"),
+                ("oauth.tenant_id", "6f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e"),
+                ("oauth.client_id", "0a1b2c3d-1111-4222-8333-944455566677"),
+                ("oauth.client_secret", "s3cret"),
+                ("oauth.authority", "us_government"),
+            ],
+        );
+        p.validate(false).unwrap();
+        assert_eq!(p.authentication, AuthenticationType::ServerToServer);
+        assert!(p.auto_discover && !p.use_impersonation);
+        assert!(p.incoming.is_none() && p.outgoing.is_none());
+        let oauth = p.oauth.as_ref().unwrap();
+        assert_eq!(
+            oauth.tenant_id.as_deref(),
+            Some("6f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e")
+        );
+        assert_eq!(oauth.authority, OAuthAuthority::UsGovernment);
+
+        // A blank tenant id: the API's problem names oauth.tenant_id, marked on its field.
+        let err = posted_as(
+            ServerType::ExchangeOnline,
+            &[
+                ("name", "Contoso 365"),
+                ("oauth.tenant_id", "  "),
+                ("oauth.client_id", "app"),
+            ],
+        )
+        .validate(false)
+        .unwrap_err();
+        let problem = Problem {
+            detail: err.to_string(),
+            fields: err
+                .0
+                .iter()
+                .map(|e| (e.field.clone(), e.message.clone()))
+                .collect(),
+        };
+        forms::refill(
+            &mut filled,
+            &submitted(&[("oauth.tenant_id", "  ")]),
+            &problem,
+        );
+        assert!(
+            field(&filled, "oauth.tenant_id").error.is_some(),
+            "{problem:?}"
+        );
+
+        // A stored profile's secret is never shown back: the form says whether it is set.
+        template.oauth = p.oauth.clone();
+        let mut stored = serde_json::to_value(&template).unwrap();
+        stored["oauth"]["client_secret"] = Value::from("********");
+        let mut edit = sections(ServerType::ExchangeOnline, false);
+        forms::fill(&mut edit, &stored);
+        let secret = field(&edit, "oauth.client_secret");
+        assert_eq!((secret.value.as_str(), secret.secret_state()), ("", "set"));
+        assert!(secret.hint.contains("keep the stored secret"));
+        stored["oauth"]["client_secret"] = Value::Null;
+        forms::fill(&mut edit, &stored);
+        let secret = field(&edit, "oauth.client_secret");
+        assert_eq!(secret.secret_state(), "not set");
     }
 }
