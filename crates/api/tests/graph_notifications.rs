@@ -55,6 +55,7 @@ async fn mailbox(store: &Store, admin: serversync_model::UserId) -> Mailbox {
         ),
         authority: OAuthAuthority::Public,
         token_endpoint: None,
+        client_certificate: None,
     });
     p.validate(false).unwrap();
     store.insert(&p).await.unwrap();

@@ -163,6 +163,7 @@ impl World {
             ),
             authority: OAuthAuthority::Public,
             token_endpoint: None,
+            client_certificate: None,
         });
         p.validate(false)
             .map_err(|e| anyhow::anyhow!("the Exchange Online profile is not valid: {e:?}"))?;

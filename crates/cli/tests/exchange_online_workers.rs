@@ -85,6 +85,7 @@ async fn mailbox(store: &Store) -> (Mailbox, Caller) {
         ),
         authority: OAuthAuthority::Public,
         token_endpoint: None,
+        client_certificate: None,
     });
     p.validate(false).expect("a valid Exchange Online profile");
     store.insert(&p).await.unwrap();

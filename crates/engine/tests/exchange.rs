@@ -507,6 +507,7 @@ async fn hybrid_modern_authentication_signs_in_with_an_entra_token() {
         ),
         authority: Default::default(),
         token_endpoint: Some(idp.token_url().to_owned()),
+        client_certificate: None,
     });
     p.value.validate(false).expect("a valid hybrid profile");
     store.update(&p.value, Some(p.version)).await.unwrap();

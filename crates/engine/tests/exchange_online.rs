@@ -115,6 +115,7 @@ impl Setup {
             ),
             authority: OAuthAuthority::Public,
             token_endpoint: None,
+            client_certificate: None,
         });
         p.validate(false).expect("a valid Exchange Online profile");
         store.insert(&p).await.unwrap();

@@ -106,6 +106,7 @@ async fn run(backend: Backend) {
         ),
         authority: Default::default(),
         token_endpoint: Some(oauth.token_url().into()),
+        client_certificate: None,
     });
     profile.validate(false).unwrap();
     store.insert(&profile).await.unwrap();
