@@ -410,3 +410,67 @@ async fn undeliverable_messages_are_moved_to_a_folder_created_for_them() {
     assert_eq!(f.double.messages(ALICE, "inbox").len(), 1);
     f.assert_schema_clean();
 }
+
+#[tokio::test]
+async fn a_certificate_credential_signs_in_instead_of_a_secret() {
+    let f = fixture(GraphConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("app.key"), dir.path().join("app.crt"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=serversync app", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert_pem = std::fs::read_to_string(&cert).unwrap();
+    let pem = format!("{cert_pem}{}", std::fs::read_to_string(&key).unwrap());
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    f.double
+        .add_app_certificate(TENANT, "cert-app", der.as_ref());
+    f.double
+        .add_app(TENANT, "cert-app", "unused-secret", MAIL_ROLES);
+    let req = TokenRequest {
+        client_secret: None,
+        client_certificate: Some(Secret::new(pem.clone())),
+        ..f.request(TENANT, "cert-app", "")
+    };
+    let token = f
+        .tokens
+        .token(&f.opts.trust, &f.opts.policy, f.opts.timeout, &req)
+        .await
+        .unwrap();
+    let r = f
+        .probe_in(ALICE, &Login::xoauth2(ALICE.to_owned(), token))
+        .await;
+    assert!(r.is_ok(), "{r:#?}");
+    let asked = f
+        .double
+        .requests()
+        .into_iter()
+        .find(|r| r.path.contains("/oauth2/v2.0/token"))
+        .unwrap();
+    let body = String::from_utf8_lossy(&asked.body).into_owned();
+    assert!(body.contains("client_assertion="), "{body}");
+    assert!(!body.contains("client_secret"), "{body}");
+    // A certificate the app registration does not hold is refused, named.
+    let other = TokenRequest {
+        client_id: APP.into(),
+        ..req
+    };
+    let e = f
+        .tokens
+        .token(&f.opts.trust, &f.opts.policy, f.opts.timeout, &other)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("invalid_client_assertion"), "{e}");
+}
