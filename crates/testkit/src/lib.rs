@@ -42,6 +42,7 @@ pub mod env;
 pub mod ews;
 pub mod fault_proxy;
 pub mod graph;
+mod https_server;
 pub mod oauth;
 pub mod postfix;
 pub mod postgres;

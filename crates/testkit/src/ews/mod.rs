@@ -34,21 +34,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::body::Body;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tower_service::Service as _;
 
 use crate::tls::{TLS_SERVER_NAME, TlsFiles};
 use crate::util::HOST;
@@ -362,6 +357,12 @@ struct Conn {
     kill: Notify,
 }
 
+impl crate::https_server::Connection for Conn {
+    fn kill(&self) -> &Notify {
+        &self.kill
+    }
+}
+
 /// Microsoft's EWS schemas and their validator (`validate.sh`), in `../shared/exchange`
 /// beside the project's root (`SERVERSYNC_EWS_SCHEMAS` overrides). Panics when they are
 /// missing: the schema checks never pass by being skipped.
@@ -408,21 +409,7 @@ impl EwsDouble {
     /// Starts the double on a free port of 127.0.0.1 (inside a tokio runtime), serving HTTPS
     /// with the `localhost` certificate of `tls`.
     pub async fn start(tls: &TlsFiles, cfg: EwsConfig) -> Result<EwsDouble> {
-        let certs = CertificateDer::pem_file_iter(&tls.server_cert)
-            .context("reading the server certificate")?
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the server certificate")?;
-        let leaf = certs.first().context("no server certificate")?.to_vec();
-        let key =
-            PrivateKeyDer::from_pem_file(&tls.server_key).context("reading the server key")?;
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (acceptor, leaf) = crate::https_server::acceptor(tls)?;
         let listener = TcpListener::bind((HOST, 0)).await?;
         let port = listener.local_addr()?.port();
         let header_timeout = cfg.header_timeout;
@@ -442,39 +429,8 @@ impl EwsDouble {
             token_validator: None,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, app, mut stop) =
-                    (acceptor.clone(), app.clone(), shutdown_rx.clone());
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await
-                    else {
-                        return;
-                    };
-                    let conn = Arc::new(Conn::default());
-                    let c = conn.clone();
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let mut req = req.map(Body::new);
-                        req.extensions_mut().insert(c.clone());
-                        let mut app = app.clone();
-                        async move { app.call(req).await }
-                    });
-                    let mut http = hyper::server::conn::http1::Builder::new();
-                    http.timer(TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .keep_alive(true);
-                    let serve = http.serve_connection(TokioIo::new(tls), svc);
-                    tokio::select! {
-                        _ = serve => {}
-                        _ = conn.kill.notified() => {}
-                        _ = stop.changed() => {}
-                    }
-                });
-            }
-        });
+        let (task, shutdown) =
+            crate::https_server::serve::<Conn>(listener, acceptor, app, header_timeout);
         Ok(EwsDouble {
             port,
             state,

@@ -39,15 +39,10 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use axum::{Extension, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tower_service::Service as _;
 
 use crate::tls::{TLS_SERVER_NAME, TlsFiles};
 use crate::util::HOST;
@@ -399,6 +394,12 @@ struct Conn {
     kill: Notify,
 }
 
+impl crate::https_server::Connection for Conn {
+    fn kill(&self) -> &Notify {
+        &self.kill
+    }
+}
+
 /// What a JSON response body is, for the CSDL check.
 #[derive(Debug, Clone)]
 enum Schema {
@@ -489,20 +490,7 @@ impl GraphDouble {
     /// with the `localhost` certificate of `tls`. Its outgoing requests (subscription
     /// validation, notifications) trust the test CA, and plain HTTP.
     pub async fn start(tls: &TlsFiles, cfg: GraphConfig) -> Result<GraphDouble> {
-        let certs = CertificateDer::pem_file_iter(&tls.server_cert)
-            .context("reading the server certificate")?
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the server certificate")?;
-        let key =
-            PrivateKeyDer::from_pem_file(&tls.server_key).context("reading the server key")?;
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (acceptor, _leaf) = crate::https_server::acceptor(tls)?;
         let csdl = match &cfg.csdl {
             Some(p) => Some(Arc::new(csdl::Csdl::load(p)?)),
             None => None,
@@ -533,39 +521,8 @@ impl GraphDouble {
             runtime: tokio::runtime::Handle::current(),
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, app, mut stop) =
-                    (acceptor.clone(), app.clone(), shutdown_rx.clone());
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await
-                    else {
-                        return;
-                    };
-                    let conn = Arc::new(Conn::default());
-                    let c = conn.clone();
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let mut req = req.map(Body::new);
-                        req.extensions_mut().insert(c.clone());
-                        let mut app = app.clone();
-                        async move { app.call(req).await }
-                    });
-                    let mut http = hyper::server::conn::http1::Builder::new();
-                    http.timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT)
-                        .keep_alive(true);
-                    let serve = http.serve_connection(TokioIo::new(tls), svc);
-                    tokio::select! {
-                        _ = serve => {}
-                        _ = conn.kill.notified() => {}
-                        _ = stop.changed() => {}
-                    }
-                });
-            }
-        });
+        let (task, shutdown) =
+            crate::https_server::serve::<Conn>(listener, acceptor, app, HEADER_TIMEOUT);
         Ok(GraphDouble {
             port,
             state,
