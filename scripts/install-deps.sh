@@ -37,7 +37,7 @@ have_pg_binaries() {
 
 missing=()
 for pkg in dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix radicale openssl postgresql-client iproute2 \
-    python3 python3-aiosmtpd libxml2-utils; do
+    python3 python3-aiosmtpd libxml2-utils dnsmasq-base; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ! have_pg_binaries; then

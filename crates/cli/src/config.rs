@@ -170,6 +170,9 @@ pub struct NetworkSection {
     /// Loopback, private, link-local, shared, multicast and reserved addresses are refused
     /// unless listed here; the check is on the resolved address, right before connecting.
     pub allow_ranges: Vec<String>,
+    /// A DNS server (IP, or IP:PORT) asked for every host name instead of the system
+    /// resolver, and for SRV records (Exchange Autodiscover).
+    pub nameserver: Option<String>,
 }
 
 impl RetentionSection {
@@ -448,6 +451,9 @@ impl Config {
         if let Some(v) = set("SERVERSYNC_NETWORK_ALLOW_RANGES") {
             cfg.network.allow_ranges = v.split(',').map(|r| r.trim().to_owned()).collect();
         }
+        if let Some(v) = set("SERVERSYNC_NETWORK_NAMESERVER") {
+            cfg.network.nameserver = Some(v);
+        }
         if let Some(v) = set("SERVERSYNC_WEBHOOKS_ALLOW_HTTP") {
             cfg.webhooks.allow_http = parse_bool("SERVERSYNC_WEBHOOKS_ALLOW_HTTP", &v)?;
         }
@@ -634,7 +640,26 @@ impl Config {
             .with_allow_ranges(ranges("network.allow_ranges", &self.network.allow_ranges)?)
             .with_plaintext_ranges(ranges("tls.plaintext_ranges", &self.tls.plaintext_ranges)?)
             .with_http_webhooks(self.webhooks.allow_http)
-            .with_fips(self.tls.fips))
+            .with_fips(self.tls.fips)
+            .with_nameserver(self.nameserver()?))
+    }
+
+    fn nameserver(&self) -> Result<Option<SocketAddr>> {
+        let Some(text) = self.network.nameserver.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        text.parse::<SocketAddr>()
+            .or_else(|_| {
+                text.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .map(Some)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "network.nameserver = {text:?} is not an address: use an IP address \
+                     (port 53) or IP:PORT such as 10.0.0.53 or [fd00::53]:53"
+                )
+            })
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr> {
@@ -1045,6 +1070,29 @@ mod tests {
         assert_eq!(p.refusal("10.1.2.3".parse().unwrap()), None);
         assert!(p.refusal("10.1.2.4".parse().unwrap()).is_some());
         assert!(p.allows_http_webhooks());
+        assert_eq!(p.nameserver(), None);
+        for (given, want) in [("10.0.0.53", "10.0.0.53:53"), ("[::1]:5353", "[::1]:5353")] {
+            let c = Config::load(
+                None,
+                &env(&[("SERVERSYNC_NETWORK_NAMESERVER", given)]),
+                &Overrides::default(),
+            )
+            .unwrap();
+            assert_eq!(c.network_policy().unwrap().nameserver(), want.parse().ok());
+        }
+        let err = format!(
+            "{:#}",
+            Config::load(
+                None,
+                &env(&[("SERVERSYNC_NETWORK_NAMESERVER", "dns.example.com")]),
+                &Overrides::default(),
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.starts_with("network.nameserver = \"dns.example.com\""),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[network]\nallow_ranges = [\"10.0.0.0/33\"]\n").unwrap();

@@ -51,6 +51,10 @@ pub fn client(
 }
 
 /// Resolves host names and keeps only the addresses the [`NetworkPolicy`] allows.
+/// A lookup at the configured nameserver gives up after this (the request's own timeout
+/// bounds it too).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct PolicyResolver {
     policy: Arc<NetworkPolicy>,
     purpose: Purpose,
@@ -62,7 +66,12 @@ impl reqwest::dns::Resolve for PolicyResolver {
         let purpose = self.purpose;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<_> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<_> = match policy.nameserver() {
+                Some(ns) => crate::dns::addresses(&host, 0, ns, LOOKUP_TIMEOUT)
+                    .await
+                    .map_err(|e| e.message)?,
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
             let mut refused = None;
             let allowed: Vec<_> = found
                 .into_iter()

@@ -205,15 +205,19 @@ impl AsyncWrite for MailStream {
     }
 }
 
-/// The DNS step: resolves `host:port` (an IP address resolves to itself).
-pub async fn resolve(addr: &ServerAddr, timeout: Duration) -> Result<Vec<SocketAddr>> {
-    let host = addr.host.trim();
+/// The DNS step: resolves `host:port` (an IP address resolves to itself) through the
+/// system resolver, or at the policy's nameserver when one is configured.
+pub async fn resolve(addr: &ServerAddr, opts: &ConnectOptions) -> Result<Vec<SocketAddr>> {
+    let (host, timeout) = (addr.host.trim(), opts.timeout);
     if host.is_empty() {
         return Err(ConnectError::new(
             FailureStep::Dns,
             ErrorKind::Config,
             "no server host name is configured: set the server location",
         ));
+    }
+    if let Some(nameserver) = opts.policy.nameserver() {
+        return crate::dns::addresses(host, addr.port, nameserver, timeout).await;
     }
     let lookup = tokio::net::lookup_host((host, addr.port));
     let found = match tokio::time::timeout(timeout, lookup).await {
@@ -382,7 +386,7 @@ pub(crate) async fn establish(
         .run(
             FailureStep::Dns,
             format!("resolve {}", addr.host),
-            resolve(addr, opts.timeout),
+            resolve(addr, opts),
             |found| {
                 found
                     .iter()

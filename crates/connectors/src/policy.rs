@@ -30,6 +30,8 @@ pub struct NetworkPolicy {
     plaintext_ranges: Vec<IpNet>,
     allow_http_webhooks: bool,
     fips: bool,
+    /// The DNS server asked instead of the system resolver (`[network] nameserver`).
+    nameserver: Option<std::net::SocketAddr>,
 }
 
 fn loopback() -> Vec<IpNet> {
@@ -46,6 +48,7 @@ impl Default for NetworkPolicy {
             plaintext_ranges: loopback(),
             allow_http_webhooks: false,
             fips: false,
+            nameserver: None,
         }
     }
 }
@@ -95,6 +98,17 @@ impl NetworkPolicy {
     pub fn with_fips(mut self, fips: bool) -> Self {
         self.fips = fips;
         self
+    }
+
+    /// Host names are looked up at `nameserver` (A and AAAA, [`crate::dns`]) instead of
+    /// through the system resolver; SRV records are asked there too.
+    pub fn with_nameserver(mut self, nameserver: Option<std::net::SocketAddr>) -> Self {
+        self.nameserver = nameserver;
+        self
+    }
+
+    pub fn nameserver(&self) -> Option<std::net::SocketAddr> {
+        self.nameserver
     }
 
     pub fn fips(&self) -> bool {

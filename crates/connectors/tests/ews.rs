@@ -14,10 +14,11 @@ use serversync_connectors::{
 };
 use serversync_model::profile::{AuthProtocol, IncomingProtocol, OutgoingProtocol};
 use serversync_model::sync::FolderCursor;
+use serversync_testkit::dnsmasq::{DnsRecord, Dnsmasq};
 use serversync_testkit::ews::{
     AuthScheme, ChannelBinding, EwsConfig, EwsDouble, ExchangeServerVersion, Fault,
 };
-use serversync_testkit::tls::TlsFiles;
+use serversync_testkit::tls::{DNS_TEST_HOST, TlsFiles};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -27,12 +28,19 @@ const SERVICE: &str = "CONTOSO\\svc-sync";
 const PASSWORD: &str = "Sync-Pa55word!";
 const ALICE: &str = "alice@localhost";
 
+/// A mailbox of the test DNS zone: its domain has no Autodiscover host, only an SRV record.
+const SRV_ALICE: &str = "alice@serversync.test";
+
 struct Fixture {
     double: EwsDouble,
     opts: ConnectOptions,
+    _dns: Dnsmasq,
     _dir: tempfile::TempDir,
 }
 
+/// The double, and a DNS server of our own asked for every name (so Autodiscover's lookups
+/// never leave this machine): `serversync.test` has only the SRV record
+/// `_autodiscover._tcp.serversync.test` naming the double, and `.invalid` names nothing.
 async fn fixture(cfg: EwsConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let tls = TlsFiles::ensure(dir.path()).unwrap();
@@ -40,13 +48,33 @@ async fn fixture(cfg: EwsConfig) -> Fixture {
     double.add_account(SERVICE, PASSWORD, true);
     double.add_account("CONTOSO\\no-rights", PASSWORD, false);
     double.add_mailbox(ALICE, None);
+    double.add_mailbox(SRV_ALICE, None);
+    let dns = Dnsmasq::start(
+        dir.path(),
+        &["serversync.test", "invalid"],
+        &[
+            DnsRecord::Srv {
+                name: "_autodiscover._tcp.serversync.test".into(),
+                target: DNS_TEST_HOST.into(),
+                port: double.port(),
+                priority: 0,
+                weight: 100,
+            },
+            DnsRecord::Host {
+                name: DNS_TEST_HOST.into(),
+                ip: "127.0.0.1".parse().unwrap(),
+            },
+        ],
+    )
+    .unwrap();
     let trust = Arc::new(TlsTrust::with_extra_ca_files([&tls.ca_cert]).unwrap());
     let opts = ConnectOptions::new(trust)
-        .with_policy(NetworkPolicy::loopback_allowed())
+        .with_policy(NetworkPolicy::loopback_allowed().with_nameserver(Some(dns.addr())))
         .with_timeout(Duration::from_secs(20));
     Fixture {
         double,
         opts,
+        _dns: dns,
         _dir: dir,
     }
 }
@@ -139,6 +167,27 @@ async fn test_and_enable_passes_with_a_fixed_url_and_with_autodiscover() {
     );
     assert!(discover.detail.contains("autodiscover"), "{discover:?}");
 
+    // A domain whose only Autodiscover entry is the SRV record: the domain and
+    // autodiscover.<domain> are tried first, then the host the record names.
+    let srv = Server::Ews(f.target(None, SRV_ALICE));
+    let r = f.probe_in(&srv, &service()).await;
+    assert!(r.is_ok(), "{r:#?}");
+    assert_eq!(r.endpoint.as_deref(), Some(f.double.ews_url().as_str()));
+    let detail = &r.steps[0].detail;
+    let order = [
+        "https://serversync.test:",
+        "https://autodiscover.serversync.test:",
+        "DNS SRV _autodiscover._tcp.serversync.test",
+        &format!("https://{DNS_TEST_HOST}:{}", f.double.port()),
+    ]
+    .map(|want| {
+        detail
+            .find(want)
+            .unwrap_or_else(|| panic!("{want} is not in {detail}"))
+    });
+    assert!(order.is_sorted(), "tried out of order: {detail}");
+    assert!(f.double.items(SRV_ALICE, "inbox").is_empty());
+
     // The outgoing test sends nothing and changes nothing.
     let before = f.double.items(ALICE, "sentitems").len();
     let r = probe::outgoing(
@@ -198,6 +247,10 @@ async fn test_and_enable_names_the_step_and_the_fix_of_each_failure() {
     assert!(msg.contains("could not be determined"), "{msg}");
     assert!(
         msg.contains("https://autodiscover.nowhere.invalid"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("DNS SRV _autodiscover._tcp.nowhere.invalid (no SRV record)"),
         "{msg}"
     );
     assert!(msg.contains("turn auto-discover off"), "{msg}");

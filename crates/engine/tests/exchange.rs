@@ -3,7 +3,9 @@
 //! - test and enable of an Exchange Server profile with a fixed URL and with Autodiscover
 //!   (the URL found and the server's version kept on the mailbox), and its failures named by
 //!   step and code: a wrong password, a service account without impersonation rights, a
-//!   mailbox that does not exist, an Exchange 2010 server, Autodiscover finding nothing;
+//!   mailbox that does not exist, an Exchange 2010 server, Autodiscover finding nothing, a
+//!   service account with multi-factor authentication; a profile whose mailboxes sign in
+//!   with their own credentials (no impersonation) tested and its mail read;
 //! - the intake corpus (malformed kinds included) with filler up to 2,000 messages stored
 //!   exactly once with the expected decisions, nothing marked read on the server;
 //! - an email activity sent with its copy in Sent Items, throttling waited out and written in
@@ -22,6 +24,7 @@ use serversync_model::profile::{AuthenticationType, EmailServerProfile, Endpoint
 use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod};
 use serversync_model::{FailureStep, MailboxId, Secret};
 use serversync_store::{Backend, Store};
+use serversync_testkit::dnsmasq::Dnsmasq;
 use serversync_testkit::ews::{EwsConfig, EwsDouble, ExchangeServerVersion, Fault};
 use serversync_testkit::tls::TlsFiles;
 use std::collections::HashMap;
@@ -31,10 +34,14 @@ use std::time::{Duration, Instant};
 const SERVICE: &str = "CONTOSO\\svc-sync";
 const PASSWORD: &str = "Sync-Pa55word!";
 const ALICE: &str = "alice@localhost";
+const BOB: &str = "bob@localhost";
+const BOB_USER: &str = "CONTOSO\\bob";
 
 struct Setup {
     double: EwsDouble,
     tls: TlsFiles,
+    /// Every host name is looked up here (never at the machine's resolver); it knows none.
+    dns: Dnsmasq,
     _dir: tempfile::TempDir,
 }
 
@@ -45,9 +52,11 @@ async fn double(cfg: EwsConfig) -> Setup {
     double.add_account(SERVICE, PASSWORD, true);
     double.add_account("CONTOSO\\no-rights", PASSWORD, false);
     double.add_mailbox(ALICE, None);
+    let dns = Dnsmasq::start(dir.path(), &["invalid"], &[]).unwrap();
     Setup {
         double,
         tls,
+        dns,
         _dir: dir,
     }
 }
@@ -55,7 +64,10 @@ async fn double(cfg: EwsConfig) -> Setup {
 impl Setup {
     fn config(&self) -> EngineConfig {
         EngineConfig {
-            network: Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
+            network: Arc::new(
+                serversync_connectors::NetworkPolicy::loopback_allowed()
+                    .with_nameserver(Some(self.dns.addr())),
+            ),
             tick: Duration::from_millis(100),
             lease_ttl: Duration::from_secs(6),
             autodiscover_port: self.double.port(),
@@ -238,6 +250,14 @@ async fn test_and_enable(backend: Backend) {
     let (r, m) = test_once(&s, backend, SERVICE, "ghost@localhost", false).await;
     failed_with(&r, &m, FailureStep::Permission, "mailbox_not_found");
 
+    // A service account with multi-factor authentication: its right password is refused
+    // with AADSTS50076, which a server-side service cannot answer.
+    s.double.add_account("CONTOSO\\mfa-sync", PASSWORD, true);
+    s.double.require_mfa("CONTOSO\\mfa-sync");
+    let (r, m) = test_once(&s, backend, "CONTOSO\\mfa-sync", ALICE, false).await;
+    failed_with(&r, &m, FailureStep::Authentication, "mfa_not_supported");
+    assert!(r.message.contains("multi-factor"), "{}", r.message);
+
     let (r, m) = test_once(&s, backend, SERVICE, "alice@nowhere.invalid", true).await;
     failed_with(&r, &m, FailureStep::Dns, "autodiscover_failed");
     assert!(
@@ -259,6 +279,83 @@ async fn test_and_enable(backend: Backend) {
         "unsupported_exchange_version",
     );
     assert!(r.message.contains("2013 SP1"), "{}", r.message);
+}
+
+/// A profile whose mailboxes sign in with their own credentials: Bob's mailbox is tested as
+/// Bob (no impersonation, no service account) and its mail read; a wrong mailbox password
+/// fails naming the mailbox's user.
+async fn own_credentials(backend: Backend) {
+    let s = double(EwsConfig::default()).await;
+    s.double.add_account(BOB_USER, "Bob-Pa55", false);
+    s.double.add_mailbox(BOB, Some(BOB_USER));
+    s.double.deliver(BOB, "inbox", &filler(1), false);
+    let (_db, store) = common::open_store(backend).await;
+    let m = s.mailbox(&store, SERVICE, BOB, false).await;
+    let mut p = store
+        .fetch::<EmailServerProfile>(&m.profile_id.unwrap().to_string())
+        .await
+        .unwrap();
+    p.value.authentication = AuthenticationType::CredentialsSpecifiedByUserOrQueue;
+    p.value.use_impersonation = false;
+    p.value.username = None;
+    p.value.password = None;
+    p.value.validate(false).expect("a valid profile");
+    store.update(&p.value, None).await.unwrap();
+    let org = Some(m.org_id);
+    let mut mm = reread(&store, m.id).await;
+    mm.username = Some(BOB_USER.into());
+    mm.password = Some(store.put_secret(org, &Secret::new("wrong")).await.unwrap());
+    store.update(&mm, None).await.unwrap();
+
+    let config = s.config();
+    let test = || serversync_engine::test_enable::test_and_enable(&store, &config, m.id);
+    let r = test().await.unwrap();
+    failed_with(
+        &r,
+        &reread(&store, m.id).await,
+        FailureStep::Authentication,
+        "authentication_failed",
+    );
+    assert!(r.message.contains(BOB_USER), "{}", r.message);
+
+    let mut mm = reread(&store, m.id).await;
+    mm.password = Some(
+        store
+            .put_secret(org, &Secret::new("Bob-Pa55"))
+            .await
+            .unwrap(),
+    );
+    store.update(&mm, None).await.unwrap();
+    let r = test().await.unwrap();
+    assert!(r.ok, "{}", r.message);
+    let signed_in: Vec<_> = s
+        .double
+        .requests()
+        .into_iter()
+        .filter_map(|q| q.authenticated_as.map(|who| (who, q.body)))
+        .collect();
+    assert!(!signed_in.is_empty());
+    for (who, body) in &signed_in {
+        assert_eq!(who, BOB_USER, "signed in as the mailbox's own user");
+        assert!(!body.contains("ExchangeImpersonation"), "{body}");
+    }
+
+    let items = corpus_check::sync_until(&store, &s.config(), m.id, "Bob's message", |items| {
+        !items.is_empty()
+    })
+    .await;
+    assert_eq!(items.len(), 1);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_own_credentials_sqlite() {
+    own_credentials(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_own_credentials_postgres() {
+    own_credentials(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,7 @@ pub mod accounts;
 pub mod browser;
 pub mod corpus;
 pub mod db;
+pub mod dnsmasq;
 pub mod dovecot;
 pub mod env;
 pub mod ews;

@@ -1,5 +1,6 @@
-//! A throwaway certificate authority and a server certificate for `localhost` / 127.0.0.1,
-//! made with the openssl command-line tool.
+//! A throwaway certificate authority and a server certificate for `localhost` / 127.0.0.1
+//! (and [`DNS_TEST_HOST`], a name only the tests' own DNS server knows), made with the
+//! openssl command-line tool.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,12 +16,17 @@ use crate::util::{mkdir, run_capture, system_program, write_file};
 /// Name the server certificate is issued for (use it as the TLS server name).
 pub const TLS_SERVER_NAME: &str = "localhost";
 
+/// A second name of the server certificate, for tests whose host names come from the test
+/// DNS server ([`crate::dnsmasq`]) rather than the system's.
+pub const DNS_TEST_HOST: &str = "exchange.serversync.test";
+
 /// PEM files of the test CA and the server certificate signed by it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TlsFiles {
     /// CA certificate to trust (PEM).
     pub ca_cert: PathBuf,
-    /// Server certificate (PEM, leaf only), valid for `localhost` and 127.0.0.1.
+    /// Server certificate (PEM, leaf only), valid for `localhost`, [`DNS_TEST_HOST`] and
+    /// 127.0.0.1.
     pub server_cert: PathBuf,
     /// Server private key (PEM, mode 0600).
     pub server_key: PathBuf,
@@ -71,7 +77,7 @@ impl TlsFiles {
             "basicConstraints=critical,CA:FALSE\n\
              keyUsage=critical,digitalSignature,keyEncipherment\n\
              extendedKeyUsage=serverAuth\n\
-             subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+             subjectAltName=DNS:localhost,DNS:exchange.serversync.test,IP:127.0.0.1\n",
             0o644,
         )?;
         run_capture(

@@ -3,10 +3,13 @@
 //! Candidates in the documented order (MS-OXDSCLI §3.1.5): `https://<domain>` and then
 //! `https://autodiscover.<domain>`; at each, the SOAP service (`/autodiscover/autodiscover.svc`,
 //! `GetUserSettings`, MS-OXWSADISC) and then the POX one (`/autodiscover/autodiscover.xml`).
-//! An answer that redirects to another address or URL is followed, at most
-//! [`MAX_REDIRECTS`] times. Every attempt is kept, with its outcome, for the test report.
-//! Not done: the Active Directory service connection point (serversync is not in the
-//! domain), the plain-HTTP redirect probe and the `_autodiscover._tcp` SRV record.
+//! When both find nothing, the DNS SRV record `_autodiscover._tcp.<domain>` names the host
+//! and port to ask the same way (best record first, [`crate::dns::srv`]; at the policy's
+//! nameserver, else the system's). An answer that redirects to another address or URL is
+//! followed, at most [`MAX_REDIRECTS`] times. Every attempt is kept, with its outcome, for
+//! the test report. Not done: the Active Directory service connection point (serversync is
+//! not in the domain) and the plain-HTTP redirect probe (MS-OXDSCLI lets a client skip it:
+//! it follows an unauthenticated redirect).
 
 use super::xml::{Element, escape};
 use super::{EwsClient, EwsSettings};
@@ -61,8 +64,16 @@ pub async fn discover(
     let mut queue = candidates(&address, options.port);
     let mut redirects = 0;
     let mut sign_in_refused: Option<ConnectError> = None;
-    while let Some(url) = queue.first().cloned() {
-        queue.remove(0);
+    let mut srv_asked = false;
+    loop {
+        if queue.is_empty() && !srv_asked {
+            srv_asked = true;
+            queue = srv_candidates(&address, opts, &mut attempts).await;
+        }
+        if queue.is_empty() {
+            break;
+        }
+        let url = queue.remove(0);
         let soap = url.ends_with(".svc");
         let outcome = attempt(&url, soap, &address, settings, opts).await;
         match outcome {
@@ -90,6 +101,7 @@ pub async fn discover(
                 });
                 address = to;
                 queue = candidates(&address, options.port);
+                srv_asked = false;
             }
             Ok(Found::RedirectUrl(to)) => {
                 redirects += 1;
@@ -132,8 +144,9 @@ pub async fn discover(
             format!(
                 "the mailbox location could not be determined for {email}: Autodiscover found \
                  nothing ({}). Publish autodiscover.{domain} (a DNS name for the Exchange \
-                 server's Autodiscover service), or turn auto-discover off in the profile and \
-                 enter the EWS URL (https://<server>/EWS/Exchange.asmx)",
+                 server's Autodiscover service) or an SRV record _autodiscover._tcp.{domain}, \
+                 or turn auto-discover off in the profile and enter the EWS URL \
+                 (https://<server>/EWS/Exchange.asmx)",
                 tried.join("; ")
             ),
         )
@@ -152,21 +165,63 @@ fn candidates(email: &str, port: u16) -> Vec<String> {
     if domain.is_empty() {
         return Vec::new();
     }
+    let mut out = at_host(&domain, port);
+    out.extend(at_host(&format!("autodiscover.{domain}"), port));
+    out
+}
+
+/// The SOAP and POX services at `host`.
+fn at_host(host: &str, port: u16) -> Vec<String> {
     let port = if port == 443 {
         String::new()
     } else {
         format!(":{port}")
     };
-    let mut out = Vec::new();
-    for host in [domain.clone(), format!("autodiscover.{domain}")] {
-        out.push(format!(
-            "https://{host}{port}/autodiscover/autodiscover.svc"
-        ));
-        out.push(format!(
-            "https://{host}{port}/autodiscover/autodiscover.xml"
-        ));
+    ["svc", "xml"]
+        .iter()
+        .map(|ext| format!("https://{host}{port}/autodiscover/autodiscover.{ext}"))
+        .collect()
+}
+
+/// The services at the hosts the SRV record of `email`'s domain names, best first; the
+/// lookup is recorded as an attempt.
+async fn srv_candidates(
+    email: &str,
+    opts: &ConnectOptions,
+    attempts: &mut Vec<Attempt>,
+) -> Vec<String> {
+    let domain = domain_of(email).trim().to_ascii_lowercase();
+    if domain.is_empty() {
+        return Vec::new();
     }
-    out
+    let name = format!("_autodiscover._tcp.{domain}");
+    let nameserver = opts
+        .policy
+        .nameserver()
+        .unwrap_or_else(crate::dns::system_nameserver);
+    let (outcome, urls) = match crate::dns::srv(&name, nameserver, opts.timeout).await {
+        Ok(records) if records.is_empty() => ("no SRV record".to_owned(), Vec::new()),
+        Ok(records) => (
+            format!(
+                "SRV record: {}",
+                records
+                    .iter()
+                    .map(|r| format!("{} port {}", r.target, r.port))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            records
+                .iter()
+                .flat_map(|r| at_host(&r.target.to_ascii_lowercase(), r.port))
+                .collect(),
+        ),
+        Err(e) => (e.message, Vec::new()),
+    };
+    attempts.push(Attempt {
+        url: format!("DNS SRV {name}"),
+        outcome,
+    });
+    urls
 }
 
 async fn attempt(

@@ -314,6 +314,8 @@ struct Account {
     password: String,
     impersonation: bool,
     mailbox: Option<String>,
+    /// Multi-factor authentication is required: a right password is still refused.
+    mfa: bool,
 }
 
 struct DoubleState {
@@ -483,8 +485,19 @@ impl EwsDouble {
                 password: password.to_string(),
                 impersonation,
                 mailbox,
+                mfa: false,
             },
         );
+    }
+
+    /// Makes `username` an account with multi-factor authentication turned on: signing in
+    /// with its right password is refused as Exchange Online refused legacy authentication
+    /// for such accounts (HTTP 401 naming `AADSTS50076`, "you must use multi-factor
+    /// authentication"); a wrong password is refused as usual.
+    pub fn require_mfa(&self, username: &str) {
+        if let Some(a) = self.state().accounts.get_mut(&username.to_lowercase()) {
+            a.mfa = true;
+        }
     }
 
     /// Grants or revokes the impersonation right of an account.
@@ -515,6 +528,7 @@ impl EwsDouble {
                             password: String::new(),
                             impersonation: false,
                             mailbox: Some(smtp.to_lowercase()),
+                            mfa: false,
                         },
                     );
                 }
@@ -923,6 +937,18 @@ fn unauthorized(values: &[String]) -> Box<Response<Body>> {
     Box::new(r)
 }
 
+/// The refusal of a right password for an account that must use multi-factor
+/// authentication.
+fn mfa_required(cfg: &EwsConfig) -> Box<Response<Body>> {
+    let mut r = unauthorized(&challenges(cfg));
+    *r.body_mut() = Body::from(
+        "AADSTS50076: Due to a configuration change made by your administrator, or because \
+         you moved to a new location, you must use multi-factor authentication to access \
+         '00000002-0000-0ff1-ce00-000000000000'.",
+    );
+    r
+}
+
 /// Signs a request in; `Err` is the 401 to send (an NTLM CHALLENGE or a refusal).
 fn authenticate(
     state: &Shared,
@@ -959,6 +985,9 @@ fn authenticate(
             let (user, password) = decoded.split_once(':').ok_or_else(refuse)?;
             match s.accounts.get(&user.to_lowercase()) {
                 Some(a) if !a.password.is_empty() && a.password == password => {
+                    if a.mfa {
+                        return Err(mfa_required(&s.cfg));
+                    }
                     Ok(a.username.clone())
                 }
                 _ => Err(refuse()),
@@ -1028,6 +1057,7 @@ fn authenticate(
                     let claimed = ntlm::claimed(&msg).map_err(|_| refuse())?;
                     let account = lookup_ntlm(&s.accounts, &claimed).ok_or_else(refuse)?;
                     match ntlm::verify(&neg, &ch, &msg, &account.password, binding) {
+                        Ok(_) if account.mfa => Err(mfa_required(&s.cfg)),
                         Ok(_) => {
                             legs.authenticated = Some(account.username.clone());
                             Ok(account.username.clone())
