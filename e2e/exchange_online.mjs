@@ -7,10 +7,12 @@
 //
 // sign in → new Exchange Online profile: only server-to-server authentication, no server
 // locations or impersonation; a blank directory (tenant) id is marked on its field; then the
-// tenant, the app, its secret (shown back only as "set") and the authority → make it default →
-// email settings without appointments, contacts and tasks → approve → apply default email
-// settings → test & enable: the status fields show success; then a wrong client secret: test &
-// enable from the profile fails at the authentication step with Entra's AADSTS7000215.
+// tenant, the app, its secret (shown back only as "set"; a text area takes a certificate
+// instead) and the authority → make it default → email settings without appointments,
+// contacts and tasks → approve → apply default email settings → test & enable: the status
+// fields show success, and the mailbox asks for no user name or password; then a wrong client
+// secret: test & enable from the profile fails at the authentication step with Entra's
+// AADSTS7000215.
 // Screenshots: exchange-online-profile, exchange-online-mailbox-success,
 // exchange-online-mailbox-failure.
 
@@ -55,6 +57,11 @@ await runAdminFlow('exchange-online', async (page) => {
     if (authorities.join() !== 'automatic,public,us_government,china') {
       throw new Error(`authorities: ${authorities}`);
     }
+    // A certificate can stand in for the secret: pasted as PEM into a text area.
+    const cert = page.getByLabel('Or: certificate and private key');
+    if ((await cert.evaluate((e) => e.tagName)) !== 'TEXTAREA') {
+      throw new Error('the certificate is not a text area');
+    }
   });
   await step('a blank directory (tenant) id is marked on its field', async () => {
     await page.getByLabel(/^Name/).fill(PROFILE);
@@ -96,6 +103,12 @@ await runAdminFlow('exchange-online', async (page) => {
     await rows.filter({ hasText: 'Incoming email' }).locator('.status-success').waitFor();
     await rows.filter({ hasText: 'Outgoing email' }).locator('.status-success').waitFor();
     await page.locator('#alert-wall tr').filter({ hasText: 'information' }).first().waitFor();
+    // The app signs in for every mailbox: nothing to enter on the mailbox.
+    for (const absent of ['User name', 'Password']) {
+      if ((await page.getByLabel(absent, { exact: true }).count()) !== 0) {
+        throw new Error(`the Exchange Online mailbox has a ${absent} field`);
+      }
+    }
     await screenshot(page, 'exchange-online-mailbox-success');
   });
   await step('a wrong client secret: test & enable fails at authentication (AADSTS7000215)', async () => {

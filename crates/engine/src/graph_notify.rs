@@ -23,12 +23,12 @@
 //! ([`MAX_BODY`]), and nothing in them is trusted beyond the subscription check.
 
 use crate::EngineConfig;
-use aws_lc_rs::digest;
 use serversync_connectors::graph::Subscription;
 use serversync_connectors::source::GraphSource;
 use serversync_model::MailboxId;
 use serversync_model::mailbox::{GraphSubscription, Mailbox};
 use serversync_store::{Store, StoreError};
+use serversync_vault::sha256_hex;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use tokio::sync::Notify;
@@ -120,26 +120,41 @@ fn parse(body: &[u8]) -> Result<Batch, Answer> {
     })
 }
 
-fn sha256_hex(s: &str) -> String {
-    digest::digest(&digest::SHA256, s.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// What the receiver reads of a posted body, for the fuzz target: `Err` with the field and
+/// message of the 400 answer, else for each notification whether it counts for a mailbox
+/// whose subscription is `sub`.
+#[doc(hidden)]
+pub fn read_batch(
+    body: &[u8],
+    sub: &GraphSubscription,
+) -> Result<Vec<bool>, (&'static str, String)> {
+    match parse(body) {
+        Ok(batch) => Ok(batch
+            .value
+            .iter()
+            .map(|n| from_subscription(sub, n))
+            .collect()),
+        Err(Answer::Invalid { field, message }) => Err((field, message)),
+        Err(other) => Err(("", format!("{other:?}"))),
+    }
 }
 
 /// Whether `n` comes from the mailbox's current subscription (its id and `clientState`).
 fn counts(m: &Mailbox, n: &serde_json::Value) -> bool {
-    let Some(sub) = &m.telemetry.graph_subscription else {
-        return false;
-    };
+    m.telemetry
+        .graph_subscription
+        .as_ref()
+        .is_some_and(|sub| from_subscription(sub, n))
+}
+
+fn from_subscription(sub: &GraphSubscription, n: &serde_json::Value) -> bool {
     let id = n.get("subscriptionId").and_then(|v| v.as_str());
     let state = n.get("clientState").and_then(|v| v.as_str());
     match (id, state) {
         (Some(id), Some(state)) if !sub.id.is_empty() && id == sub.id => {
             // Compared as digests: equal length, and the secret is not kept.
             aws_lc_rs::constant_time::verify_slices_are_equal(
-                sha256_hex(state).as_bytes(),
+                sha256_hex(state.as_bytes()).as_bytes(),
                 sub.client_state_sha256.as_bytes(),
             )
             .is_ok()
@@ -312,7 +327,7 @@ pub(crate) async fn ensure(
                     expires,
                 )
                 .await
-                .map(|sub: Subscription| (sub, sha256_hex(&state)))
+                .map(|sub: Subscription| (sub, sha256_hex(state.as_bytes())))
         }
     };
     let kept = match &outcome {
@@ -382,7 +397,7 @@ mod tests {
         m.telemetry.graph_subscription = Some(GraphSubscription {
             id: "s1".into(),
             expires_at: chrono::Utc::now(),
-            client_state_sha256: sha256_hex("secret"),
+            client_state_sha256: sha256_hex(b"secret"),
             error: None,
         });
         assert!(counts(&m, &n));

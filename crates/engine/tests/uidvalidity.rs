@@ -348,7 +348,21 @@ async fn a_recreated_folder_loses_no_message_that_shares_a_message_id(backend: B
         "the folder's five messages are stored",
         folder_items(&store, m.id).await.len() == 5
     );
-    let (v1, _) = folder_contents(port).await;
+    let (v1, first) = folder_contents(port).await;
+    // The folder is recreated only once its first reading is over (its cursor committed):
+    // deleted while being read, it would fail that round, and the retry's back-off outlast
+    // the wait below.
+    let first_last = first.iter().map(|(uid, _)| *uid).max();
+    eventually!(
+        30,
+        "the folder's first reading is committed",
+        store
+            .get_cursor(m.id, FOLDER)
+            .await
+            .unwrap()
+            .and_then(|c| c.into_imap())
+            .is_some_and(|c| c.uid_validity == Some(v1) && c.last_uid == first_last)
+    );
     let earlier: Vec<MailItem> = folder_items(&store, m.id).await;
 
     delete_folder(port, FOLDER).await;

@@ -11,6 +11,8 @@ pub enum Kind {
     Text,
     Number,
     Password,
+    /// A multi-line write-only secret (a PEM certificate and key): a text area.
+    SecretText,
     Checkbox,
     Select,
     DateTime,
@@ -84,6 +86,13 @@ impl Field {
             _ => "text",
         }
     }
+    /// A write-only secret: filled only with whether one is set, never refilled.
+    pub fn is_secret(&self) -> bool {
+        matches!(self.kind, Kind::Password | Kind::SecretText)
+    }
+    pub fn is_textarea(&self) -> bool {
+        self.kind == Kind::SecretText
+    }
     pub fn is_checkbox(&self) -> bool {
         self.kind == Kind::Checkbox
     }
@@ -126,7 +135,7 @@ pub fn fill(sections: &mut [Section], doc: &Value) {
         for part in f.name.split('.') {
             cur = &cur[part];
         }
-        if f.kind == Kind::Password {
+        if f.is_secret() {
             f.secret_set = Some(!cur.is_null());
             continue;
         }
@@ -147,7 +156,7 @@ pub fn fill(sections: &mut [Section], doc: &Value) {
 /// Fills the fields with what was submitted and marks the API's field problems.
 pub fn refill(sections: &mut [Section], form: &[(String, String)], p: &Problem) {
     for f in sections.iter_mut().flat_map(|s| s.fields.iter_mut()) {
-        if f.kind != Kind::Password
+        if !f.is_secret()
             && let Some((_, v)) = form.iter().rev().find(|(k, _)| *k == f.name)
         {
             f.value = v.clone();

@@ -16,6 +16,7 @@ use serversync_engine::admin::MailboxFilter;
 use serversync_model::mailbox::{
     ApprovalStatus, DirectionStatus, Mailbox, MailboxRegarding, RunStatus,
 };
+use serversync_model::profile::AuthenticationType;
 use serversync_model::{MailboxId, ProfileId};
 use std::collections::HashMap;
 
@@ -301,15 +302,20 @@ async fn detail_page(
         Ok(m) => m.value,
         Err(e) => return error(s, e),
     };
-    let profile = match m.profile_id {
-        Some(p) => web
-            .admin
-            .profile(s.org.id, p)
-            .await
-            .map(|p| p.name)
-            .unwrap_or_else(|_| p.to_string()),
-        None => "—".into(),
+    let stored_profile = match m.profile_id {
+        Some(p) => web.admin.profile(s.org.id, p).await.ok(),
+        None => None,
     };
+    let profile = match (&stored_profile, m.profile_id) {
+        (Some(p), _) => p.name.clone(),
+        (None, Some(id)) => id.to_string(),
+        (None, None) => "—".into(),
+    };
+    // A user name and password on the mailbox only where its profile signs in with them.
+    let own_credentials = stored_profile.as_ref().is_none_or(|p| {
+        p.authentication.credentials_on_mailbox()
+            || p.authentication == AuthenticationType::GmailOAuth
+    });
     let statuses = [
         ("Incoming email", words(&m.incoming_method), &m.incoming),
         ("Outgoing email", words(&m.outgoing_method), &m.outgoing),
@@ -388,13 +394,19 @@ async fn detail_page(
         .collect();
     items.reverse();
     items.truncate(50);
-    let sections = sections.unwrap_or_else(|| {
+    let mut sections = sections.unwrap_or_else(|| {
         let mut secs = edit_sections();
         if let Ok(doc) = serde_json::to_value(&m) {
             forms::fill(&mut secs, &doc);
         }
         secs
     });
+    if !own_credentials {
+        for sec in &mut sections {
+            sec.fields
+                .retain(|f| f.name != "username" && f.name != "password");
+        }
+    }
     let unprocessable = problem.is_some();
     let mut r = render(&DetailPage {
         page: Page::new(s, &format!("Mailbox {}", m.email), "mailboxes").with_notice(notice),

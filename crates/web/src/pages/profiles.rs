@@ -256,6 +256,11 @@ fn sections(t: ServerType, creating: bool) -> Vec<Section> {
                     .hint("The tenant's GUID, or its domain such as contoso.onmicrosoft.com."),
                 Field::new("oauth.client_id", "Application (client) id", Kind::Text).required(),
                 secret("oauth.client_secret", "Client secret", "secret", creating),
+                Field::new("oauth.client_certificate", "Or: certificate and private key", Kind::SecretText)
+                    .hint(&format!(
+                        "Instead of a secret: the certificate uploaded to the app registration and its RSA private key, both PEM, pasted together; tokens are then asked for with a signed assertion. {}",
+                        if creating { "Stored encrypted; never shown again." } else { "Leave empty to keep the stored certificate." }
+                    )),
                 Field::new("oauth.authority", "Authority", Kind::Select)
                     .options(AUTHORITIES)
                     .hint("The Microsoft cloud that issues the tokens. Automatic: found from the tenant."),
@@ -953,5 +958,27 @@ mod tests {
         forms::fill(&mut edit, &stored);
         let secret = field(&edit, "oauth.client_secret");
         assert_eq!(secret.secret_state(), "not set");
+
+        // The certificate instead of a secret: a text area, posted as the PEM text, and on a
+        // stored profile only "set" (its text is never put back into the page).
+        let cert = field(&form, "oauth.client_certificate");
+        assert!(cert.is_textarea() && cert.is_secret());
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----";
+        let json = forms::to_json(
+            &form,
+            &submitted(&[("oauth.client_certificate", &format!("{pem}\n"))]),
+        );
+        assert_eq!(json["oauth"]["client_certificate"], pem);
+        stored["oauth"]["client_certificate"] = Value::from("********");
+        forms::fill(&mut edit, &stored);
+        let cert = field(&edit, "oauth.client_certificate");
+        assert_eq!((cert.value.as_str(), cert.secret_state()), ("", "set"));
+        assert!(cert.hint.contains("keep the stored certificate"));
+        forms::refill(
+            &mut edit,
+            &submitted(&[("oauth.client_certificate", pem)]),
+            &Problem::default(),
+        );
+        assert!(field(&edit, "oauth.client_certificate").value.is_empty());
     }
 }
