@@ -138,10 +138,12 @@ fn probe(to: &str, subject: &str, n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Arrival latency over Graph, as shipped: no change notifications yet, so the mailbox is
-/// read by delta polling (every 15 s, `GRAPH_POLL` in the connectors). The mailbox
-/// synchronized, `count` messages delivered into the double's Inbox one every `interval`, each
-/// timed from just before its delivery until its email activity is in the change feed.
+/// Arrival latency over Graph with change notifications: `serve`'s own address is its
+/// `[exchange] notification_url`, so the worker subscribes to the Inbox at the double, which
+/// posts a notification to `serve` for each new message; the notification wakes the delta
+/// query. The mailbox synchronized (and subscribed), `count` messages delivered into the
+/// double's Inbox one every `interval`, each timed from just before its delivery until its
+/// email activity is in the change feed.
 pub async fn latency(
     bin: &Path,
     dir: &Path,
@@ -160,7 +162,8 @@ pub async fn latency(
     world
         .mailbox(&profile, address, SECRET, true, false)
         .await?;
-    let serve = Serve::start_with(bin, dir, &world, &tls.ca_cert, &config(&double)).await?;
+    let config = format!("{}notification_url = \"{{serve_url}}\"\n", config(&double));
+    let serve = Serve::start_with(bin, dir, &world, &tls.ca_cert, &config).await?;
     let mut feed = Feed::new(&serve, &world);
     let mut n = 0;
     let mut send = async |subject: &str| -> Result<()> {
@@ -174,6 +177,17 @@ pub async fn latency(
     if let Err(e) = await_subject(&mut feed, "latency warm-up", Duration::from_secs(60), poll).await
     {
         bail!("{e} (log: {})", dir.join("serve.log").display());
+    }
+    // Timed only once the subscription is live (else a message waits for the delta poll).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while double.subscriptions().is_empty() {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "no Graph subscription within 60 s (log: {})",
+                dir.join("serve.log").display()
+            );
+        }
+        tokio::time::sleep(poll).await;
     }
     let samples = probes(&mut feed, send, count, interval, poll).await?;
     serve.proc.stop(Duration::ZERO)?;

@@ -18,7 +18,8 @@ pub struct Report {
     pub latency: Option<Latency>,
     /// Arrival latency over EWS (streaming notifications from the Exchange test double).
     pub ews_latency: Option<Latency>,
-    /// Arrival latency over Microsoft Graph (delta polling of the Graph test double).
+    /// Arrival latency over Microsoft Graph (change notifications from the Graph test double
+    /// waking the delta query).
     pub graph_latency: Option<Latency>,
     pub outgoing: Vec<outgoing::Row>,
     pub scale: Option<scale::Scale>,
@@ -357,11 +358,12 @@ impl Report {
                 o,
                 "Exchange Online (Graph): {} messages delivered into the Inbox of the Graph test \
                  double (in the benchmark process), one every {} ms, after the mailbox was \
-                 synchronized. There are no change notifications yet: serversync reads the \
-                 Inbox's delta every 15 s, so a message waits for the next delta read (about \
-                 7.5 s on average, up to 15 s), then is fetched (`$value`) over HTTPS (SQLite \
-                 store). Timed from just before the delivery until the email activity appears \
-                 in the change feed (polled every {} ms).\n",
+                 synchronized and its Inbox subscription created. For each message the double \
+                 posts a change notification to `serve` (`[exchange] notification_url`, \
+                 HTTP on 127.0.0.1), which wakes the mailbox's delta query; the message is then \
+                 fetched (`$value`) over HTTPS (SQLite store). Without notifications the delta \
+                 is read every 15 s. Timed from just before the delivery until the email \
+                 activity appears in the change feed (polled every {} ms).\n",
                 l.samples.len(),
                 l.interval.as_millis(),
                 l.poll.as_millis(),
@@ -379,7 +381,7 @@ impl Report {
                 &self.ews_latency,
             ),
             (
-                "Graph latency (delta poll every 15 s, no notifications; Graph test double)",
+                "Graph change notifications → delta query (Graph test double)",
                 &self.graph_latency,
             ),
         ] {

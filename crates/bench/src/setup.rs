@@ -250,7 +250,12 @@ impl Serve {
     ) -> Result<Serve> {
         let port = serversync_testkit::util::free_ports(1)?[0];
         let cfg = dir.join("serversync.toml");
-        std::fs::write(&cfg, config)?;
+        // `{serve_url}` in the configuration: this server's own address (where Graph posts
+        // change notifications).
+        std::fs::write(
+            &cfg,
+            config.replace("{serve_url}", &format!("http://127.0.0.1:{port}")),
+        )?;
         let log = std::fs::File::create(dir.join("serve.log"))?;
         let proc = Watched::spawn(
             Command::new(bin)

@@ -50,11 +50,11 @@ pub fn client(
         .build()
 }
 
-/// Resolves host names and keeps only the addresses the [`NetworkPolicy`] allows.
 /// A lookup at the configured nameserver gives up after this (the request's own timeout
 /// bounds it too).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Resolves host names and keeps only the addresses the [`NetworkPolicy`] allows.
 pub struct PolicyResolver {
     policy: Arc<NetworkPolicy>,
     purpose: Purpose,

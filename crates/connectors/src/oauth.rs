@@ -323,37 +323,37 @@ fn entra_refusal(description: &str) -> Option<ConnectError> {
         "90002" | "900023" | "90072" => (
             ErrorKind::Config,
             "tenant_not_found",
-            "check the profile's directory (tenant) id: it is the tenant of the mailboxes, a              GUID or a domain such as contoso.onmicrosoft.com",
+            "check the profile's directory (tenant) id: it is the tenant of the mailboxes, a GUID or a domain such as contoso.onmicrosoft.com",
         ),
         "700016" => (
             ErrorKind::Config,
             "application_not_found",
-            "the application is not known in this tenant: check the application (client) id,              and for mailboxes of another tenant have that tenant's global or Exchange              administrator consent to the application",
+            "the application is not known in this tenant: check the application (client) id, and for mailboxes of another tenant have that tenant's global or Exchange administrator consent to the application",
         ),
         "7000215" => (
             ErrorKind::Auth,
             "invalid_client_secret",
-            "the client secret is wrong: enter the secret's value (not its id) from the app              registration's Certificates & secrets page",
+            "the client secret is wrong: enter the secret's value (not its id) from the app registration's Certificates & secrets page",
         ),
         "7000222" => (
             ErrorKind::Auth,
             "client_secret_expired",
-            "the client secret has expired: create a new one in the app registration and enter              it in the profile",
+            "the client secret has expired: create a new one in the app registration and enter it in the profile",
         ),
         "700027" | "700023" => (
             ErrorKind::Auth,
             "invalid_client_assertion",
-            "the certificate's signed assertion was refused: upload the profile's certificate              to the app registration, or check the server's clock",
+            "the certificate's signed assertion was refused: upload the profile's certificate to the app registration, or check the server's clock",
         ),
         "53003" | "50076" | "50079" | "50158" | "50074" => (
             ErrorKind::Config,
             "mfa_not_supported",
-            "conditional access or multi-factor authentication blocks the application;              server-side synchronization signs in without a person and cannot complete it:              exclude the application's service principal from the policy",
+            "conditional access or multi-factor authentication blocks the application; server-side synchronization signs in without a person and cannot complete it: exclude the application's service principal from the policy",
         ),
         "65001" | "500011" => (
             ErrorKind::Config,
             "consent_missing",
-            "grant admin consent to the application in the tenant (Mail.ReadWrite and Mail.Send              application permissions)",
+            "grant admin consent to the application in the tenant (Mail.ReadWrite and Mail.Send application permissions)",
         ),
         "1002012" | "70011" => (
             ErrorKind::Config,
@@ -373,6 +373,115 @@ fn entra_refusal(description: &str) -> Option<ConnectError> {
         )
         .with_code(ours),
     )
+}
+
+/// A tenant's cloud as Microsoft Entra ID's OpenID metadata describes it
+/// (`<authority>/<tenant>/v2.0/.well-known/openid-configuration`, which any cloud's
+/// authority answers for any tenant): where its tokens come from, and Microsoft Graph's root
+/// in that cloud (`https://` and its `msgraph_host`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraCloud {
+    pub token_endpoint: String,
+    pub graph_root: String,
+}
+
+/// Reads the OpenID metadata answer for `tenant`; a refusal (an unknown tenant is HTTP 400
+/// with `AADSTS90002`) fails at step `authentication` like a token request.
+pub fn parse_openid_metadata(
+    status: u16,
+    body: &[u8],
+    tenant: &str,
+) -> Result<EntraCloud, ConnectError> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        token_endpoint: Option<String>,
+        msgraph_host: Option<String>,
+    }
+    if !(200..300).contains(&status) {
+        return match parse_token_response(status, body, "the tenant's metadata") {
+            Err(e) => Err(e),
+            Ok(_) => Err(ConnectError::new(
+                FailureStep::Authentication,
+                ErrorKind::Permanent,
+                format!("Microsoft Entra ID answered HTTP {status} for the tenant {tenant}"),
+            )),
+        };
+    }
+    let bad = |what: &str| {
+        ConnectError::new(
+            FailureStep::Authentication,
+            ErrorKind::Permanent,
+            format!(
+                "Microsoft Entra ID's metadata for the tenant {} has no usable {what}: choose \
+                 the profile's authority (cloud) instead of automatic",
+                one_line(tenant)
+            ),
+        )
+    };
+    let m: Metadata = serde_json::from_slice(body).map_err(|_| bad("JSON"))?;
+    let token_endpoint = m
+        .token_endpoint
+        .filter(|t| t.starts_with("https://"))
+        .ok_or_else(|| bad("token_endpoint"))?;
+    let host = m
+        .msgraph_host
+        .map(|h| h.trim().trim_end_matches('/').to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@', '?', '#']))
+        .ok_or_else(|| bad("msgraph_host"))?;
+    Ok(EntraCloud {
+        token_endpoint,
+        graph_root: format!("https://{host}"),
+    })
+}
+
+/// Asks `authority` (`https://login.microsoftonline.com`, or a test server) for `tenant`'s
+/// cloud (no cache).
+pub async fn entra_cloud(
+    trust: &TlsTrust,
+    policy: &Arc<NetworkPolicy>,
+    timeout: Duration,
+    authority: &str,
+    tenant: &str,
+) -> Result<EntraCloud, ConnectError> {
+    let step = FailureStep::Authentication;
+    let url = format!(
+        "{}/{}/v2.0/.well-known/openid-configuration",
+        authority.trim().trim_end_matches('/'),
+        url::form_urlencoded::byte_serialize(tenant.trim().as_bytes()).collect::<String>()
+    );
+    let client = http::client(
+        trust,
+        policy.clone(),
+        http::TOKEN_ENDPOINTS,
+        concat!("serversync/", env!("CARGO_PKG_VERSION")),
+        timeout,
+    )
+    .map_err(|e| {
+        ConnectError::new(
+            step,
+            ErrorKind::Bug,
+            format!("cannot set up the HTTP client: {}", http::describe(&e)),
+        )
+    })?;
+    let fail = |e: reqwest::Error| {
+        ConnectError::new(
+            step,
+            ErrorKind::Transient,
+            format!(
+                "asking Microsoft Entra ID for the tenant's cloud ({url}): {}",
+                http::describe(&e)
+            ),
+        )
+    };
+    let response = client
+        .get(&url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .map_err(fail)?;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(fail)?;
+    parse_openid_metadata(status, &body, tenant)
 }
 
 /// Server text for a one-line message, bounded.
@@ -703,6 +812,24 @@ mod tests {
         let e = parse_token_response(200, br#"{"access_token":"a","token_type":"mac"}"#, "x")
             .unwrap_err();
         assert!(e.message.contains("bearer"), "{e}");
+    }
+
+    #[test]
+    fn openid_metadata_gives_the_token_endpoint_and_graph_root() {
+        let us = br#"{"token_endpoint":"https://login.microsoftonline.us/t1/oauth2/v2.0/token","cloud_instance_name":"microsoftonline.us","msgraph_host":"graph.microsoft.us"}"#;
+        assert_eq!(
+            parse_openid_metadata(200, us, "t1").unwrap(),
+            EntraCloud {
+                token_endpoint: "https://login.microsoftonline.us/t1/oauth2/v2.0/token".into(),
+                graph_root: "https://graph.microsoft.us".into(),
+            }
+        );
+        let unknown = br#"{"error":"invalid_tenant","error_description":"AADSTS90002: Tenant 'nope' not found. Check to make sure you have the correct tenant ID."}"#;
+        let e = parse_openid_metadata(400, unknown, "nope").unwrap_err();
+        assert_eq!(e.code.as_deref(), Some("tenant_not_found"), "{e}");
+        let odd = br#"{"token_endpoint":"https://x/t/oauth2/v2.0/token","msgraph_host":"evil.example/path"}"#;
+        let e = parse_openid_metadata(200, odd, "t").unwrap_err();
+        assert!(e.message.contains("msgraph_host"), "{e}");
     }
 
     #[test]

@@ -23,12 +23,14 @@
 
 use crate::policy::Failure;
 use crate::session::MailboxSession;
+use serversync_connectors::oauth::EntraCloud;
 use serversync_connectors::oauth::{Grant, TokenProvider, TokenRequest};
 use serversync_connectors::{ConnectError, ErrorKind, FailureStep, Login};
 use serversync_model::profile::{AuthenticationType, EmailServerProfile, OAuthSettings};
 use serversync_model::{Secret, SecretId};
 use serversync_store::{Store, StoreError};
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 /// The tokens of every mailbox this process signs in to, each under its own request.
 static TOKENS: LazyLock<TokenProvider> = LazyLock::new(TokenProvider::new);
@@ -97,8 +99,74 @@ pub(crate) async fn login(
     )
 }
 
+/// Entra ID's authority the metadata of an automatic profile's tenant is asked at.
+const DISCOVERY_AUTHORITY: &str = "https://login.microsoftonline.com";
+/// How long a tenant's cloud is remembered.
+const CLOUD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The clouds of tenants looked up, by authority and tenant, with when.
+type Clouds = HashMap<(String, String), (EntraCloud, std::time::Instant)>;
+static CLOUDS: LazyLock<Mutex<Clouds>> = LazyLock::new(Default::default);
+
+/// For an Exchange Online profile whose authority is automatic: the tenant's cloud from
+/// Entra ID's OpenID metadata (at the configured `login_url`, else at
+/// login.microsoftonline.com, which answers for every cloud's tenants), remembered for a day,
+/// kept on the session for [`graph_root`] and the token endpoint. Nothing to do for other
+/// profiles or when the tenant id is missing (signing in reports that).
+pub(crate) async fn discover_cloud(session: &MailboxSession) -> Result<(), Failure> {
+    use serversync_model::profile::OAuthAuthority;
+    let p = &session.profile;
+    let Some(o) = p.oauth.as_ref() else {
+        return Ok(());
+    };
+    let tenant = o.tenant_id.as_deref().map(str::trim).unwrap_or_default();
+    if p.authentication != AuthenticationType::ServerToServer
+        || o.authority != OAuthAuthority::Automatic
+        || tenant.is_empty()
+        || session.cloud.get().is_some()
+    {
+        return Ok(());
+    }
+    let authority = session
+        .login_url
+        .as_deref()
+        .map(|u| u.trim().trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+        .unwrap_or(DISCOVERY_AUTHORITY)
+        .to_owned();
+    let key = (authority.clone(), tenant.to_ascii_lowercase());
+    let known = {
+        let c = CLOUDS.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(&key)
+            .filter(|(_, at)| at.elapsed() < CLOUD_TTL)
+            .map(|(cloud, _)| cloud.clone())
+    };
+    let cloud = match known {
+        Some(c) => c,
+        None => {
+            let opts = &session.opts;
+            let cloud = serversync_connectors::oauth::entra_cloud(
+                &opts.trust,
+                &opts.policy,
+                opts.timeout,
+                &authority,
+                tenant,
+            )
+            .await
+            .map_err(|e| Failure::from(&e))?;
+            CLOUDS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, (cloud.clone(), std::time::Instant::now()));
+            cloud
+        }
+    };
+    let _ = session.cloud.set(cloud);
+    Ok(())
+}
+
 /// Microsoft Graph's root for the session's profile: the configured one, else its cloud's
-/// (automatic is the public cloud).
+/// (automatic: the one Entra ID's metadata named, else the public cloud).
 pub(crate) fn graph_root(session: &MailboxSession) -> String {
     use serversync_connectors::graph;
     use serversync_model::profile::OAuthAuthority;
@@ -108,6 +176,9 @@ pub(crate) fn graph_root(session: &MailboxSession) -> String {
         .filter(|u| !u.trim().is_empty())
     {
         return u.trim().trim_end_matches('/').to_owned();
+    }
+    if let Some(c) = session.cloud.get() {
+        return c.graph_root.clone();
     }
     match session.profile.oauth.as_ref().map(|o| o.authority) {
         Some(OAuthAuthority::UsGovernment) => graph::US_GOVERNMENT,
@@ -124,6 +195,9 @@ fn entra_token_endpoint(
     tenant: &str,
 ) -> String {
     use serversync_model::profile::OAuthAuthority;
+    if let Some(c) = session.cloud.get() {
+        return c.token_endpoint.clone();
+    }
     if let Some(login) = session
         .login_url
         .as_deref()
@@ -239,6 +313,9 @@ async fn server_to_server(
         Ok(a) => a,
         Err(f) => return Ok(Err(f)),
     };
+    if let Err(f) = discover_cloud(session).await {
+        return Ok(Err(f));
+    }
     let scope = format!("{}/.default", graph_root(session));
     app_token(store, session, app, scope, &session.mailbox.email).await
 }

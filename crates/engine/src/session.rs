@@ -44,6 +44,9 @@ pub(crate) struct MailboxSession {
     /// Microsoft Graph's and Entra ID's roots when the configuration overrides the cloud's.
     pub graph_url: Option<String>,
     pub login_url: Option<String>,
+    /// The cloud of an Exchange Online profile whose authority is automatic, once Entra ID's
+    /// metadata told it ([`crate::oauth::discover_cloud`]).
+    pub cloud: std::sync::OnceLock<serversync_connectors::oauth::EntraCloud>,
 }
 
 impl MailboxSession {
@@ -68,6 +71,7 @@ impl MailboxSession {
             },
             graph_url: config.graph_url.clone(),
             login_url: config.login_url.clone(),
+            cloud: std::sync::OnceLock::new(),
             mailbox,
             profile,
             settings,
@@ -237,6 +241,9 @@ impl MailboxSession {
         store: &Store,
         side: Side,
     ) -> Result<Result<(Server, Login), Failure>, StoreError> {
+        if let Err(f) = crate::oauth::discover_cloud(self).await {
+            return Ok(Err(f));
+        }
         let server = match self.address(side) {
             Ok(s) => s,
             Err(p) => return Ok(Err(p)),

@@ -245,6 +245,41 @@ async fn test_and_enable(backend: Backend) {
     let (r, m) = test_once(&s, backend, "mfa-app", "mfa-secret", ALICE).await;
     failed_with(&r, &m, FailureStep::Authentication, "mfa_not_supported");
     assert!(r.message.contains("multi-factor"), "{}", r.message);
+
+    // Authority "automatic" without a configured Graph root: the tenant's token endpoint and
+    // Graph host come from Entra ID's OpenID metadata; an unknown tenant fails there.
+    let automatic = EngineConfig {
+        graph_url: None,
+        ..s.config()
+    };
+    for (tenant, ok) in [("contoso.test", true), ("nowhere.test", false)] {
+        let (_db, store) = common::open_store(backend).await;
+        let m = s.mailbox(&store, APP, SECRET, ALICE).await;
+        let mut p = store
+            .fetch::<EmailServerProfile>(&m.profile_id.unwrap().to_string())
+            .await
+            .unwrap()
+            .value;
+        let o = p.oauth.as_mut().unwrap();
+        o.authority = OAuthAuthority::Automatic;
+        o.tenant_id = Some(tenant.into());
+        store.update(&p, None).await.unwrap();
+        let r = serversync_engine::test_enable::test_and_enable(&store, &automatic, m.id)
+            .await
+            .unwrap();
+        let m = reread(&store, m.id).await;
+        store.close().await;
+        if ok {
+            assert!(r.ok, "{}", r.message);
+        } else {
+            failed_with(&r, &m, FailureStep::Authentication, "tenant_not_found");
+        }
+        let asked = s.double.requests().into_iter().any(|q| {
+            q.method == "GET"
+                && q.path == format!("/{tenant}/v2.0/.well-known/openid-configuration")
+        });
+        assert!(asked, "the metadata of {tenant} was not asked for");
+    }
     assert!(
         s.double.schema_violations().is_empty(),
         "{:#?}",

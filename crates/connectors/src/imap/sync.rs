@@ -1281,7 +1281,7 @@ impl SyncSession {
             responses += 1;
             if responses > LIST_MAX_RESPONSES {
                 return Err(self.fail(ConnectError::protocol(format!(
-                    "the server sent more than {LIST_MAX_RESPONSES} responses to one {what}                      listing (no real folder holds that many messages): check the server"
+                    "the server sent more than {LIST_MAX_RESPONSES} responses to one {what} listing (no real folder holds that many messages): check the server"
                 ))));
             }
             let (r, _) = self
