@@ -109,7 +109,7 @@ pub async fn ingest_row(
         tool: "serversync".into(),
         how: format!(
             "Microsoft Graph over HTTPS (client credentials) from the Graph test double: \
-             delta, then each message's MIME ($value) → parsed, parties resolved, stored and \
+             delta, then the messages' MIME ($value, 20 per $batch) → parsed, parties resolved, stored and \
              tracked as activities in {backend}"
         ),
         messages,

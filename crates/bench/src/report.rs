@@ -235,8 +235,8 @@ impl Report {
                 o,
                 "The Graph rows: the same {} messages, delivered unread into the Inbox of the \
                  Graph test double (in the benchmark's memory), read by serversync over \
-                 Microsoft Graph (the Inbox's delta query page by page, then each message's \
-                 MIME by `$value`) from a fresh store, with an app-only token (client \
+                 Microsoft Graph (the Inbox's delta query page by page, then the page's \
+                 messages' MIME by `$value`, 20 to a `$batch` round trip) from a fresh store, with an app-only token (client \
                  credentials). Timed the same way as the IMAP rows: from the start of `serve` \
                  until every message is stored and tracked.\n",
                 self.messages
@@ -361,7 +361,7 @@ impl Report {
                  synchronized and its Inbox subscription created. For each message the double \
                  posts a change notification to `serve` (`[exchange] notification_url`, \
                  HTTP on 127.0.0.1), which wakes the mailbox's delta query; the message is then \
-                 fetched (`$value`) over HTTPS (SQLite store). Without notifications the delta \
+                 fetched (`$value` in a `$batch`) over HTTPS (SQLite store). Without notifications the delta \
                  is read every 15 s. Timed from just before the delivery until the email \
                  activity appears in the change feed (polled every {} ms).\n",
                 l.samples.len(),

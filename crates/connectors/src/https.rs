@@ -72,6 +72,9 @@ impl Target {
     }
 }
 
+/// The code of an answer over the size its request allowed.
+pub const TOO_LARGE: &str = "answer_too_large";
+
 /// A response read in full.
 #[derive(Debug)]
 pub struct Response {
@@ -170,6 +173,7 @@ impl Conn {
                                 max_body / (1024 * 1024)
                             ),
                         )
+                        .with_code(TOO_LARGE)
                     } else {
                         match e.downcast_ref::<hyper::Error>() {
                             Some(h) => http_failure(what, h),

@@ -426,6 +426,7 @@ impl MailSource {
                 page,
                 next: 0,
                 max_bytes,
+                ready: VecDeque::new(),
             },
             MailSource::Ews(s) => Fetch::Ews {
                 client: &mut s.client,
@@ -987,8 +988,11 @@ pub enum Fetch<'a> {
     Graph {
         client: &'a mut GraphClient,
         page: &'a [Listed],
+        /// The next position of the page to ask for.
         next: usize,
         max_bytes: usize,
+        /// Read by the last `$batch`, not handed out yet: position and MIME (`None`: gone).
+        ready: VecDeque<(usize, Option<Vec<u8>>)>,
     },
     Ews {
         client: &'a mut EwsClient,
@@ -1010,18 +1014,31 @@ impl Fetch<'_> {
                 page,
                 next,
                 max_bytes,
+                ready,
             } => loop {
-                let Some(l) = page.get(*next) else {
-                    return Ok(None);
+                if ready.is_empty() {
+                    if *next >= page.len() {
+                        return Ok(None);
+                    }
+                    // The next messages in one `$batch` round trip.
+                    let end = (*next + crate::graph::MAX_BATCH).min(page.len());
+                    let ids: Vec<&str> = page[*next..end]
+                        .iter()
+                        .map(|l| match &l.source {
+                            ItemSource::Graph { id, .. } => id.as_str(),
+                            _ => "",
+                        })
+                        .collect();
+                    let got = client.mime_batch(&ids).await?;
+                    ready.extend((*next..end).zip(got));
+                    *next = end;
+                }
+                let Some((index, raw)) = ready.pop_front() else {
+                    continue;
                 };
-                let index = *next;
-                *next += 1;
-                let id = match &l.source {
-                    ItemSource::Graph { id, .. } => id.as_str(),
-                    _ => "",
-                };
-                let Some(raw) = client.mime(id).await? else {
-                    tracing::info!(message = %id, "Graph message deleted before it was read");
+                let l = &page[index];
+                let Some(raw) = raw else {
+                    tracing::info!(source = ?l.source, "Graph message deleted before it was read");
                     continue;
                 };
                 let received = l.received.unwrap_or_else(chrono::Utc::now);

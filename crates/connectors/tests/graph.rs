@@ -291,6 +291,25 @@ async fn the_inbox_is_read_by_delta_in_pages_exactly_once_and_never_marked_read(
     let mut want: Vec<Vec<u8>> = (0..10).map(message).collect();
     want.sort();
     assert_eq!(bodies, want, "the MIME came back changed");
+    // Each delta page's messages in one `$batch` round trip, not one request each.
+    let value_gets = |f: &Fixture| {
+        f.double
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/$value"))
+            .count()
+    };
+    let batches = f
+        .double
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1.0/$batch")
+        .count();
+    assert_eq!(
+        (value_gets(&f), batches),
+        (0, 4),
+        "10 messages in pages of 3"
+    );
 
     // From the committed cursor: nothing, then only what arrived since.
     assert!(read_all(&mut source, &mut cursor).await.is_empty());
@@ -304,6 +323,19 @@ async fn the_inbox_is_read_by_delta_in_pages_exactly_once_and_never_marked_read(
             .all(|(id, _)| !first.iter().any(|(f, _)| f == id))
     );
 
+    // A message throttled inside the batch is read again on its own, once Graph allows.
+    f.double.inject(Fault::Throttle {
+        route: Route::Value,
+        status: 429,
+        retry_after: Some(1),
+        mailbox_concurrency: false,
+    });
+    f.double.deliver(ALICE, "inbox", &message(12), false);
+    let throttled = read_all(&mut source, &mut cursor).await;
+    assert_eq!(throttled.len(), 1);
+    assert_eq!(throttled[0].1, message(12));
+    assert_eq!(value_gets(&f), 1, "the throttled message alone");
+
     // Read state untouched.
     for m in f.double.messages(ALICE, "inbox") {
         let n: usize = m.subject.split(' ').nth(1).unwrap().parse().unwrap();
@@ -314,7 +346,7 @@ async fn the_inbox_is_read_by_delta_in_pages_exactly_once_and_never_marked_read(
     // message once, by its id).
     f.double.expire_delta_tokens(ALICE);
     let again = read_all(&mut source, &mut cursor).await;
-    assert_eq!(again.len(), 12);
+    assert_eq!(again.len(), 13);
     assert!(
         f.double.requests().iter().any(|r| r.status == 410),
         "the double never refused the delta link"

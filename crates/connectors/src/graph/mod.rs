@@ -27,6 +27,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Graph's root in the public cloud.
@@ -46,6 +47,10 @@ const FIRST_WAIT: Duration = Duration::from_secs(2);
 const MAX_JSON: usize = 16 << 20;
 /// The largest MIME message read (Exchange Online's largest message is 150 MB).
 const MAX_MIME: usize = 160 << 20;
+/// Requests in one `$batch` (Graph's limit).
+pub const MAX_BATCH: usize = 20;
+/// The largest `$batch` answer read; a batch of larger messages is read one by one.
+const MAX_BATCH_ANSWER: usize = 48 << 20;
 /// The largest message `sendMail` takes in MIME form (4 MB of request).
 pub const MAX_SEND: usize = 4 << 20;
 
@@ -500,6 +505,99 @@ impl GraphClient {
             Err(e) if e.code.as_deref() == Some("item_not_found") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The MIME of up to [`MAX_BATCH`] messages in one `$batch` round trip (Graph sends the
+    /// non-JSON `$value` bodies base64-encoded), in `ids`' order; `None` for a message gone.
+    /// Messages the batch could not give (throttled or unavailable there, or a batch answer
+    /// over [`MAX_BATCH_ANSWER`]) are read one by one with [`Self::mime`], which waits
+    /// throttling out; any other refusal of an item is its error.
+    pub async fn mime_batch(&mut self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            responses: Vec<Item>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            id: String,
+            status: u16,
+            #[serde(default)]
+            headers: HashMap<String, String>,
+            #[serde(default)]
+            body: serde_json::Value,
+        }
+        let user = self.user_path.trim_start_matches("/v1.0");
+        let requests: Vec<serde_json::Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                serde_json::json!({
+                    "id": n.to_string(),
+                    "method": "GET",
+                    "url": format!("{user}/messages/{}/$value", segment(id)),
+                })
+            })
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "requests": requests }))
+            .map_err(|e| protocol(format!("building a batch: {e}")))?;
+        let what = "reading messages ($batch)";
+        let answer = match self
+            .call(
+                hyper::Method::POST,
+                "/v1.0/$batch",
+                Some(("application/json", Bytes::from(body))),
+                &[],
+                MAX_BATCH_ANSWER,
+                what,
+            )
+            .await
+        {
+            Ok(r) => serde_json::from_slice::<Answer>(&r.body).map_err(|e| {
+                protocol(format!("{what}: Graph's answer is not a batch answer: {e}"))
+            })?,
+            Err(e) if e.code.as_deref() == Some(crate::https::TOO_LARGE) => Answer {
+                responses: Vec::new(),
+            },
+            Err(e) => return Err(e),
+        };
+        let mut out: Vec<Option<Option<Vec<u8>>>> = vec![None; ids.len()];
+        for item in answer.responses {
+            let Some(slot) = item.id.parse::<usize>().ok().and_then(|n| out.get_mut(n)) else {
+                continue;
+            };
+            if (200..300).contains(&item.status) {
+                let text = item.body.as_str().unwrap_or_default();
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|e| {
+                        protocol(format!("{what}: a message's body is not base64: {e}"))
+                    })?;
+                *slot = Some(Some(raw));
+                continue;
+            }
+            let body = serde_json::to_vec(&item.body).unwrap_or_default();
+            let retry = codes::retry_after(
+                item.headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                    .map(|(_, v)| v.as_str()),
+            );
+            let err = codes::classify(item.status, &body, retry, "reading a message");
+            match err.code.as_deref() {
+                Some("item_not_found") => *slot = Some(None),
+                // Read again below, one by one, waiting as asked.
+                _ if err.is_transient() => {}
+                _ => return Err(err),
+            }
+        }
+        let mut done = Vec::with_capacity(ids.len());
+        for (id, got) in ids.iter().zip(out) {
+            done.push(match got {
+                Some(raw) => raw,
+                None => self.mime(id).await?,
+            });
+        }
+        Ok(done)
     }
 
     /// Moves message `id` to the folder `folder_id`.

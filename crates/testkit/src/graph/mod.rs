@@ -1055,7 +1055,25 @@ fn take_fault(state: &Shared, route: Route) -> Option<Fault> {
 }
 
 async fn apply_fault(fault: Fault, _conn: &Conn) -> FaultOutcome {
+    if let Some(r) = fault_reply(&fault) {
+        return FaultOutcome::Reply(r);
+    }
     match fault {
+        Fault::Throttle { .. } | Fault::Http { .. } => unreachable!("answered above"),
+        Fault::DropConnection { .. } => FaultOutcome::Drop,
+        Fault::DropAfterServing { .. } => FaultOutcome::Continue(After::Drop),
+        Fault::HangAfterServing { .. } => FaultOutcome::Continue(After::Hang),
+        Fault::Delay { ms, .. } => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            FaultOutcome::Continue(After::None)
+        }
+    }
+}
+
+/// The answer of a fault that is an answer (throttling, an HTTP error); `None` for the
+/// connection faults.
+fn fault_reply(fault: &Fault) -> Option<Reply> {
+    match *fault {
         Fault::Throttle {
             status,
             retry_after,
@@ -1082,21 +1100,15 @@ async fn apply_fault(fault: Fault, _conn: &Conn) -> FaultOutcome {
             if let Some(secs) = retry_after {
                 r = r.with_header("Retry-After", secs.to_string());
             }
-            FaultOutcome::Reply(r)
+            Some(r)
         }
         Fault::Http {
             status,
-            code,
-            message,
+            ref code,
+            ref message,
             ..
-        } => FaultOutcome::Reply(gerr(status, &code, &message)),
-        Fault::DropConnection { .. } => FaultOutcome::Drop,
-        Fault::DropAfterServing { .. } => FaultOutcome::Continue(After::Drop),
-        Fault::HangAfterServing { .. } => FaultOutcome::Continue(After::Hang),
-        Fault::Delay { ms, .. } => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            FaultOutcome::Continue(After::None)
-        }
+        } => Some(gerr(status, code, message)),
+        _ => None,
     }
 }
 
@@ -1405,7 +1417,18 @@ async fn batch(state: &Shared, caller: &Caller, body: &[u8]) -> Reply {
                 "Write request id : {id} does not contain Content-Type header or body.",
             );
         }
-        let mut reply = if rel.trim_start_matches('/').starts_with("$batch") {
+        // A throttling or error fault of this request's route answers it inside the batch.
+        let fault = {
+            let mut s = lock(state);
+            let route = route_of(&method, &rel);
+            s.faults
+                .iter()
+                .position(|f| f.route() == route && fault_reply(f).is_some())
+                .map(|i| s.faults.remove(i))
+        };
+        let mut reply = if let Some(r) = fault.as_ref().and_then(fault_reply) {
+            r
+        } else if rel.trim_start_matches('/').starts_with("$batch") {
             gerr(
                 400,
                 "BadRequest",
