@@ -18,6 +18,8 @@ use crate::{ConnectError, ConnectOptions, ErrorKind, FailureStep, Result};
 
 /// Redirects followed before giving up (MS-OXDSCLI recommends 10).
 pub const MAX_REDIRECTS: usize = 10;
+/// SRV targets tried, best first (a DNS answer may list many).
+pub const MAX_SRV_TARGETS: usize = 4;
 
 /// One URL tried and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +214,7 @@ async fn srv_candidates(
             ),
             records
                 .iter()
+                .take(MAX_SRV_TARGETS)
                 .flat_map(|r| at_host(&r.target.to_ascii_lowercase(), r.port))
                 .collect(),
         ),
