@@ -449,20 +449,7 @@ pub async fn entra_cloud(
         authority.trim().trim_end_matches('/'),
         url::form_urlencoded::byte_serialize(tenant.trim().as_bytes()).collect::<String>()
     );
-    let client = http::client(
-        trust,
-        policy.clone(),
-        http::TOKEN_ENDPOINTS,
-        concat!("serversync/", env!("CARGO_PKG_VERSION")),
-        timeout,
-    )
-    .map_err(|e| {
-        ConnectError::new(
-            step,
-            ErrorKind::Bug,
-            format!("cannot set up the HTTP client: {}", http::describe(&e)),
-        )
-    })?;
+    let client = entra_client(trust, policy, timeout)?;
     let fail = |e: reqwest::Error| {
         ConnectError::new(
             step,
@@ -482,6 +469,28 @@ pub async fn entra_cloud(
     let status = response.status().as_u16();
     let body = response.bytes().await.map_err(fail)?;
     parse_openid_metadata(status, &body, tenant)
+}
+
+/// The HTTP client for token endpoints and their metadata.
+fn entra_client(
+    trust: &TlsTrust,
+    policy: &Arc<NetworkPolicy>,
+    timeout: Duration,
+) -> Result<reqwest::Client, ConnectError> {
+    http::client(
+        trust,
+        policy.clone(),
+        http::TOKEN_ENDPOINTS,
+        concat!("serversync/", env!("CARGO_PKG_VERSION")),
+        timeout,
+    )
+    .map_err(|e| {
+        ConnectError::new(
+            FailureStep::Authentication,
+            ErrorKind::Bug,
+            format!("cannot set up the HTTP client: {}", http::describe(&e)),
+        )
+    })
 }
 
 /// Server text for a one-line message, bounded.
@@ -599,20 +608,7 @@ impl TokenProvider {
         req: &TokenRequest,
     ) -> Result<Secret, ConnectError> {
         self.token_with(req, || async {
-            let client = http::client(
-                trust,
-                policy.clone(),
-                http::TOKEN_ENDPOINTS,
-                concat!("serversync/", env!("CARGO_PKG_VERSION")),
-                timeout,
-            )
-            .map_err(|e| {
-                ConnectError::new(
-                    FailureStep::Authentication,
-                    ErrorKind::Bug,
-                    format!("cannot set up the HTTP client: {}", http::describe(&e)),
-                )
-            })?;
+            let client = entra_client(trust, policy, timeout)?;
             request_token(&client, policy, req).await
         })
         .await
