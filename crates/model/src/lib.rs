@@ -15,6 +15,7 @@ pub mod ids;
 pub mod item;
 pub mod job;
 pub mod mailbox;
+pub mod merge;
 pub mod org;
 pub mod profile;
 pub mod secret;
