@@ -2,7 +2,7 @@
 # THE benchmark command: installs the peers (fetchmail, isync's mbsync) and the servers if
 # missing, builds serversync and the benchmark in release mode, runs every benchmark against
 # private Dovecot, Postfix and PostgreSQL instances on 127.0.0.1, and writes
-# docs/benchmarks.md. Takes about 35 minutes on 2 cores (the release build, then the Graph latency probes alone about 11).
+# docs/benchmarks.md. Takes about 30 minutes on 2 cores (the release build, then 18 minutes of runs, the Graph latency probes about 11 of them).
 #
 #   scripts/bench.sh                          # everything, default sizes
 #   scripts/bench.sh --only ingest,latency    # some of: ingest, latency, ews, graph, outgoing, scale
