@@ -6,7 +6,8 @@
 // sign in → new IMAP/SMTP profile → make it default → apply default email settings to the
 // mailboxes → approve → test & enable → the status fields show success and the alert is
 // there; then the wrong password: the failing step on the mailbox and the alert for the
-// profile owner. Screenshots of the main pages go to $SCREENSHOTS.
+// profile owner; the email settings' conflict policy saved. Screenshots of the main pages go
+// to $SCREENSHOTS.
 
 import {
   runAdminFlow,
@@ -121,6 +122,15 @@ await runAdminFlow('', async (page) => {
   await step('email settings and the audit log', async () => {
     await page.getByRole('link', { name: 'Email settings' }).click();
     await page.getByLabel('Server profile', { exact: true }).waitFor();
+    // The conflict policy of appointments, contacts and tasks: saved and shown back.
+    const conflicts = page.getByLabel('Two-way sync conflicts');
+    if ((await conflicts.inputValue()) !== 'latest_change_wins') {
+      throw new Error('the conflict policy does not default to the latest change');
+    }
+    await conflicts.selectOption('crm_wins');
+    await page.getByRole('button', { name: 'Save' }).click();
+    await notice('The email settings were saved.');
+    if ((await conflicts.inputValue()) !== 'crm_wins') throw new Error('the conflict policy was not saved');
     await screenshot(page, 'email-settings');
     await page.getByRole('link', { name: 'Audit log' }).click();
     await page.getByRole('heading', { name: 'Audit log' }).waitFor();

@@ -1,5 +1,6 @@
 //! Organization email settings: one per organization (REFERENCE.md part A).
 
+use crate::merge::ConflictPolicy;
 use crate::validate::check_range;
 use crate::{OrgId, ProfileId, ValidationErrors};
 use serde::{Deserialize, Serialize};
@@ -136,6 +137,9 @@ pub struct EmailSettings {
     /// Longest subject the mail server accepts (default 255).
     pub max_subject_length: u32,
     pub retry: RetryPolicy,
+    /// How two-way synchronization of appointments, contacts and tasks resolves a field
+    /// changed in the CRM and on the server since the last synchronization.
+    pub conflict_policy: ConflictPolicy,
 }
 
 impl Default for EmailSettings {
@@ -166,6 +170,7 @@ impl EmailSettings {
             save_outgoing_to_sent: true,
             max_subject_length: 255,
             retry: RetryPolicy::default(),
+            conflict_policy: ConflictPolicy::default(),
         }
     }
 

@@ -45,6 +45,12 @@ const TRACKING: [(&str, &str); 5] = [
     ("none", "No email messages"),
 ];
 
+const CONFLICTS: [(&str, &str); 3] = [
+    ("latest_change_wins", "The latest change wins"),
+    ("crm_wins", "CRM wins"),
+    ("server_wins", "The mail server wins"),
+];
+
 fn sections(profiles: Vec<(String, String)>) -> Vec<Section> {
     let mut profile = Field::new("default_profile_id", "Server profile", Kind::Select)
         .hint("The profile new mailboxes get, and \"apply default email settings\" sets.");
@@ -65,6 +71,13 @@ fn sections(profiles: Vec<(String, String)>) -> Vec<Section> {
                     Kind::Select,
                 )
                 .options(&ACT),
+                Field::new(
+                    "conflict_policy",
+                    "Two-way sync conflicts",
+                    Kind::Select,
+                )
+                .options(&CONFLICTS)
+                .hint("Appointments, contacts and tasks: when a field changed in CRM and in the mailbox since the last synchronization, which value is kept (the owner is alerted with both)."),
             ],
         ),
         Section::new(
