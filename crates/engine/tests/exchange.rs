@@ -9,20 +9,22 @@
 //! - the intake corpus (malformed kinds included) with filler up to 2,000 messages stored
 //!   exactly once with the expected decisions, nothing marked read on the server;
 //! - an email activity sent with its copy in Sent Items, throttling waited out and written in
-//!   its trace.
+//!   its trace;
+//! - the profile's connection limit held across mailboxes and workers (the double's port seen
+//!   from `ss`).
 
 mod common;
 mod corpus_check;
 
 use serversync_connectors::TlsTrust;
-use serversync_engine::{Admin, EngineConfig};
+use serversync_engine::{Admin, Engine, EngineConfig};
 use serversync_model::crm::EmailStatus;
 use serversync_model::item::{ItemSource, MailItem};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
 use serversync_model::org::{Organization, Privilege, User};
 use serversync_model::profile::{AuthenticationType, EmailServerProfile, Endpoint, ServerType};
 use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod};
-use serversync_model::{FailureStep, MailboxId, Secret};
+use serversync_model::{FailureStep, MailboxId, QueueId, Secret};
 use serversync_store::{Backend, Store};
 use serversync_testkit::dnsmasq::Dnsmasq;
 use serversync_testkit::ews::{EwsConfig, EwsDouble, ExchangeServerVersion, Fault};
@@ -345,6 +347,83 @@ async fn own_credentials(backend: Backend) {
     })
     .await;
     assert_eq!(items.len(), 1);
+    store.close().await;
+}
+
+/// The profile's connection limit holds across mailboxes and workers over EWS as over IMAP:
+/// three mailboxes impersonated through one profile allowing one connection, two engines on
+/// one store; the double's port never has more than one connection open, and every mailbox
+/// gets its mail. (With three connections allowed, each mailbox holds its own and streams.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_profile_connection_limit_holds_over_ews() {
+    let s = double(EwsConfig::default()).await;
+    let (_db, store) = common::open_store(Backend::Sqlite).await;
+    let first = s.mailbox(&store, SERVICE, ALICE, false).await;
+    let mut p = store
+        .fetch::<EmailServerProfile>(&first.profile_id.unwrap().to_string())
+        .await
+        .unwrap()
+        .value;
+    p.advanced.max_concurrent_connections = 1;
+    store.update(&p, None).await.unwrap();
+    let mut mailboxes = Vec::new();
+    for (n, email) in [ALICE, BOB, "carol@localhost"].into_iter().enumerate() {
+        if email != ALICE {
+            s.double.add_mailbox(email, None);
+        }
+        s.double.deliver(email, "inbox", &filler(n), false);
+        let mut m = if email == ALICE {
+            reread(&store, first.id).await
+        } else {
+            let mut m = first.clone();
+            m.id = MailboxId::new();
+            m.email = email.into();
+            m.regarding = MailboxRegarding::Queue(QueueId::new());
+            store.insert(&m).await.unwrap();
+            m
+        };
+        m.incoming.enabled = true;
+        store.update(&m, None).await.unwrap();
+        mailboxes.push(m.id);
+    }
+
+    let port = s.double.port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let engines: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(Engine::new(store.clone(), s.config()).run(stop.clone())))
+        .collect();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(common::established_connections(port));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        })
+    };
+    for id in &mailboxes {
+        let id = *id;
+        common::eventually!(60, "every mailbox gets its turn on the one connection", {
+            let items = store.list_all::<MailItem>(None, &[]).await.unwrap();
+            items.iter().any(|i| i.value.mailbox_id == id)
+        });
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    assert_eq!(
+        most, 1,
+        "the workers' connections were seen, never more than the profile's one at once"
+    );
+    stop.cancel();
+    for e in engines {
+        tokio::time::timeout(Duration::from_secs(20), e)
+            .await
+            .unwrap()
+            .unwrap();
+    }
     store.close().await;
 }
 

@@ -78,25 +78,6 @@ async fn has_item(store: &Store, m: MailboxId, message_id: &str) -> bool {
         .any(|i| i.message_id.as_deref() == Some(message_id))
 }
 
-/// Established TCP connections to the server's port (server side), from `ss`.
-fn established_connections(port: u16) -> usize {
-    let out = std::process::Command::new("ss")
-        .args([
-            "-Htn",
-            "state",
-            "established",
-            &format!("( sport = :{port} )"),
-        ])
-        .output()
-        .expect("ss (iproute2) runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 struct Setup {
     _dir: tempfile::TempDir,
     dovecot: Dovecot,
@@ -379,7 +360,7 @@ async fn a_profile_connection_limit_is_shared_by_mailboxes_and_workers() {
         std::thread::spawn(move || {
             let mut most = 0;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                most = most.max(established_connections(port));
+                most = most.max(common::established_connections(port));
                 std::thread::sleep(Duration::from_millis(5));
             }
             most

@@ -180,3 +180,23 @@ pub async fn open_store(backend: Backend) -> (Box<dyn std::any::Any + Send>, Sto
     let key = serversync_vault::MasterKey::generate().unwrap();
     (guard, Store::open(&url, key).await.unwrap())
 }
+
+/// Established TCP connections to the server's port (server side), from `ss`.
+#[allow(dead_code)]
+pub fn established_connections(port: u16) -> usize {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("ss (iproute2) runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
