@@ -114,10 +114,14 @@ fn parse(body: &[u8]) -> Result<Batch, Answer> {
             message: format!("the notification is larger than {} KB", MAX_BODY / 1024),
         });
     }
-    serde_json::from_slice(body).map_err(|e| Answer::Invalid {
-        field: "value",
-        message: format!("the body is not a Graph notification collection: {e}"),
-    })
+    // Read as a whole first: a struct alone skips unknown fields without checking them, so
+    // a body that is not JSON at all (invalid UTF-8 in an ignored string) would pass.
+    serde_json::from_slice::<serde_json::Value>(body)
+        .and_then(serde_json::from_value)
+        .map_err(|e| Answer::Invalid {
+            field: "value",
+            message: format!("the body is not a Graph notification collection: {e}"),
+        })
 }
 
 /// What the receiver reads of a posted body, for the fuzz target: `Err` with the field and
@@ -380,6 +384,26 @@ fn client_state() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `graph_notification` fuzz target: invalid UTF-8 in a field the batch does
+    /// not read made the body pass as JSON.
+    #[test]
+    fn a_body_that_is_not_json_is_refused_whatever_field_holds_the_fault() {
+        let body = b"{\"\": \"\xff\xff\", \"value\": []}";
+        let sub = GraphSubscription {
+            id: "s".into(),
+            expires_at: chrono::Utc::now(),
+            client_state_sha256: sha256_hex(b"c"),
+            error: None,
+        };
+        let (field, message) = read_batch(body, &sub).unwrap_err();
+        assert_eq!(field, "value");
+        assert!(
+            message.contains("not a Graph notification collection"),
+            "{message}"
+        );
+        assert_eq!(read_batch(b"{\"value\": []}", &sub), Ok(vec![]));
+    }
 
     #[test]
     fn only_the_mailboxs_subscription_counts() {
