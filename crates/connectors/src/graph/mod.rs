@@ -566,7 +566,10 @@ impl GraphClient {
                 continue;
             };
             if (200..300).contains(&item.status) {
-                let text = item.body.as_str().unwrap_or_default();
+                // Not base64 text: read on its own below.
+                let Some(text) = item.body.as_str() else {
+                    continue;
+                };
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(text.trim())
                     .map_err(|e| {
