@@ -392,18 +392,7 @@ async fn the_profile_connection_limit_holds_over_ews() {
     let engines: Vec<_> = (0..2)
         .map(|_| tokio::spawn(Engine::new(store.clone(), s.config()).run(stop.clone())))
         .collect();
-    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = {
-        let sampling = sampling.clone();
-        std::thread::spawn(move || {
-            let mut most = 0;
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                most = most.max(common::established_connections(port));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            most
-        })
-    };
+    let sampler = common::ConnectionSampler::start(port);
     for id in &mailboxes {
         let id = *id;
         common::eventually!(60, "every mailbox gets its turn on the one connection", {
@@ -411,8 +400,7 @@ async fn the_profile_connection_limit_holds_over_ews() {
             items.iter().any(|i| i.value.mailbox_id == id)
         });
     }
-    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let most = sampler.join().unwrap();
+    let most = sampler.most();
     assert_eq!(
         most, 1,
         "the workers' connections were seen, never more than the profile's one at once"

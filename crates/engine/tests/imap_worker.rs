@@ -354,18 +354,7 @@ async fn a_profile_connection_limit_is_shared_by_mailboxes_and_workers() {
         .map(|_| tokio::spawn(Engine::new(s.store.clone(), s.config.clone()).run(stop.clone())))
         .collect();
     // Watch the server's side: how many connections are open at once, sampled every 5 ms.
-    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = {
-        let sampling = sampling.clone();
-        std::thread::spawn(move || {
-            let mut most = 0;
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                most = most.max(common::established_connections(port));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            most
-        })
-    };
+    let sampler = common::ConnectionSampler::start(port);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut done = 0;
@@ -396,8 +385,7 @@ async fn a_profile_connection_limit_is_shared_by_mailboxes_and_workers() {
             has_item(&s.store, *id, "shared-2@example.test").await
         );
     }
-    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let most = sampler.join().unwrap();
+    let most = sampler.most();
     println!("most connections open at once: {most}");
     assert_eq!(
         most, 1,

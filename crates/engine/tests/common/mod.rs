@@ -182,8 +182,7 @@ pub async fn open_store(backend: Backend) -> (Box<dyn std::any::Any + Send>, Sto
 }
 
 /// Established TCP connections to the server's port (server side), from `ss`.
-#[allow(dead_code)]
-pub fn established_connections(port: u16) -> usize {
+fn established_connections(port: u16) -> usize {
     let out = std::process::Command::new("ss")
         .args([
             "-Htn",
@@ -199,4 +198,37 @@ pub fn established_connections(port: u16) -> usize {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Watches a server's side: how many connections are open to `port` at once, sampled every
+/// 5 ms on a thread of its own until [`ConnectionSampler::most`].
+#[allow(dead_code)]
+pub struct ConnectionSampler {
+    sampling: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+#[allow(dead_code)]
+impl ConnectionSampler {
+    pub fn start(port: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let sampling = std::sync::Arc::new(AtomicBool::new(true));
+        let on = sampling.clone();
+        let thread = std::thread::spawn(move || {
+            let mut most = 0;
+            while on.load(Ordering::Relaxed) {
+                most = most.max(established_connections(port));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            most
+        });
+        ConnectionSampler { sampling, thread }
+    }
+
+    /// Stops sampling: the most connections seen open at once.
+    pub fn most(self) -> usize {
+        self.sampling
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the sampler thread")
+    }
 }
