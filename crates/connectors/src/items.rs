@@ -46,6 +46,9 @@ pub struct ChangeSet {
     pub next: Option<ServerTokenCursor>,
     /// More changes follow: ask again from `next`.
     pub more: bool,
+    /// Items that changed but cannot be read (id, why): the syncer keeps them in its trace
+    /// and alerts instead of dropping them silently.
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// The outcome of a write with a version check.

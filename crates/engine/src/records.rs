@@ -561,6 +561,9 @@ async fn track_item(
                     full_name: address.clone(),
                     emails: vec![address.clone()],
                     account_id: None,
+                    company: None,
+                    job_title: None,
+                    phones: Vec::new(),
                     owner_id: owner,
                     created_at: now,
                 };

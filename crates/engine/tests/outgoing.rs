@@ -909,6 +909,9 @@ async fn replies_and_bounces_come_back(backend: Backend) {
         full_name: "Bob".into(),
         emails: vec![BOB.into()],
         account_id: None,
+        company: None,
+        job_title: None,
+        phones: Vec::new(),
         owner_id: t.caller.user.id,
         created_at: now,
     };

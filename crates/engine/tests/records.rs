@@ -74,6 +74,9 @@ async fn world(backend: Backend) -> World {
         full_name: "Ann Customer".into(),
         emails: vec!["Ann@Customer.test".into()],
         account_id: None,
+        company: None,
+        job_title: None,
+        phones: Vec::new(),
         owner_id: alice.id,
         created_at: now,
     };

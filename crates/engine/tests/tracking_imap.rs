@@ -82,6 +82,9 @@ async fn run(backend: Backend) {
         full_name: "Ann Customer".into(),
         emails: vec!["ann@customer.test".into()],
         account_id: None,
+        company: None,
+        job_title: None,
+        phones: Vec::new(),
         owner_id: alice_mb.owner_id,
         created_at: now,
     };

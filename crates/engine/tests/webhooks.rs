@@ -224,6 +224,9 @@ impl Setup {
                 full_name: format!("{tag} contact {i}"),
                 emails: vec![],
                 account_id: None,
+                company: None,
+                job_title: None,
+                phones: Vec::new(),
                 owner_id: owner,
                 created_at: now,
             };

@@ -39,6 +39,14 @@ pub struct Contact {
     pub full_name: String,
     pub emails: Vec<String>,
     pub account_id: Option<AccountId>,
+    /// The company the person works for, as written on their card.
+    #[serde(default)]
+    pub company: Option<String>,
+    #[serde(default)]
+    pub job_title: Option<String>,
+    /// Telephone numbers, in order.
+    #[serde(default)]
+    pub phones: Vec<String>,
     pub owner_id: UserId,
     pub created_at: DateTime<Utc>,
 }
@@ -290,8 +298,42 @@ pub struct Appointment {
     pub state: ActivityState,
     /// iCalendar UID, shared with the mail system.
     pub ical_uid: Option<String>,
+    /// The time zone the meeting was planned in (IANA name), kept so that a server showing
+    /// local times shows the organizer's.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// For a recurring series: the rule and its exceptions.
+    #[serde(default)]
+    pub recurrence: Option<Recurrence>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A recurring appointment's rule and its exceptions.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recurrence {
+    /// The iCalendar RRULE value (`FREQ=WEEKLY;COUNT=10`).
+    pub rule: String,
+    /// Cancelled occurrences (their original start).
+    #[serde(default)]
+    pub cancelled: Vec<DateTime<Utc>>,
+    /// Occurrences that differ from the series (moved, renamed).
+    #[serde(default)]
+    pub changed: Vec<Occurrence>,
+}
+
+/// One occurrence of a series that differs from it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Occurrence {
+    /// The occurrence's original start (iCalendar RECURRENCE-ID).
+    pub original_start: DateTime<Utc>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub subject: Option<String>,
+    pub location: Option<String>,
+    pub description: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

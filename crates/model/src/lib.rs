@@ -13,6 +13,7 @@ pub mod crm;
 pub mod error;
 pub mod ids;
 pub mod item;
+pub mod itemvalues;
 pub mod job;
 pub mod mailbox;
 pub mod merge;

@@ -189,6 +189,10 @@ pub struct RemoteLink {
     /// SHA-256 (hex) of the synchronized values as last written either way, to tell a real
     /// change from an echo.
     pub synced_hash: String,
+    /// The synchronized values both sides held after the last synchronization: the base of the
+    /// next three-way comparison (`model::merge::three_way`).
+    #[serde(default)]
+    pub synced_values: serde_json::Map<String, serde_json::Value>,
     /// Which way the last synchronization went.
     pub direction: SyncDirection,
 }
@@ -334,6 +338,7 @@ mod tests {
             remote_id: " ".into(),
             version_tag: None,
             synced_hash: "abc".into(),
+            synced_values: Default::default(),
             direction: SyncDirection::ToServer,
         };
         let e = link.validate().unwrap_err();
@@ -343,6 +348,7 @@ mod tests {
             record_id: "r".into(),
             remote_id: "AAMkAD…".into(),
             synced_hash: "a".repeat(64),
+            synced_values: Default::default(),
             ..link
         };
         assert!(ok.validate().is_ok());

@@ -43,7 +43,7 @@ fn record_exists(t: RecordType, org: &str, rec: &str) -> String {
 }
 
 const COLUMNS: &str = "org_id, mailbox_id, record_type, record_id, remote_id, version_tag, \
-                       synced_hash, direction, version, created_at, updated_at";
+                       synced_hash, synced_values, direction, version, created_at, updated_at";
 
 fn corrupt(id: String, cause: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -76,6 +76,8 @@ fn decode(r: &impl RowLike) -> Result<Stored<RemoteLink>, StoreError> {
             remote_id: r.text("remote_id")?,
             version_tag: r.opt_text("version_tag")?,
             synced_hash: r.text("synced_hash")?,
+            synced_values: serde_json::from_str(&r.text("synced_values")?)
+                .map_err(|e| corrupt(id.clone(), e))?,
             direction,
         },
         version: r.int("version")?,
@@ -125,11 +127,13 @@ impl Store {
             errors,
         })?;
         let now = now_ms();
+        let values = serde_json::Value::Object(link.synced_values.clone()).to_string();
         let sql = match expected {
             Expected::Version(_) => "UPDATE remote_links SET remote_id = $5, version_tag = $6, \
-                 synced_hash = $7, direction = $8, version = version + 1, updated_at = $9 \
+                 synced_hash = $7, direction = $8, version = version + 1, updated_at = $9, \
+                 synced_values = $10 \
                  WHERE org_id = $1 AND mailbox_id = $2 AND record_id = $4 AND record_type = $3 \
-                 AND version = $10 RETURNING version, created_at"
+                 AND version = $11 RETURNING version, created_at"
                 .to_owned(),
             Expected::New | Expected::Any => {
                 let on_conflict = if expected == Expected::New {
@@ -137,6 +141,7 @@ impl Store {
                 } else {
                     "DO UPDATE SET remote_id = excluded.remote_id, \
                      version_tag = excluded.version_tag, synced_hash = excluded.synced_hash, \
+                     synced_values = excluded.synced_values, \
                      direction = excluded.direction, version = remote_links.version + 1, \
                      updated_at = excluded.updated_at \
                      WHERE remote_links.org_id = excluded.org_id \
@@ -144,7 +149,7 @@ impl Store {
                 };
                 format!(
                     "INSERT INTO remote_links ({COLUMNS}) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9 \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $10, $8, 1, $9, $9 \
                      WHERE EXISTS (SELECT 1 FROM mailboxes WHERE id = $2 AND org_id = $1) \
                      AND EXISTS ({}) \
                      ON CONFLICT (mailbox_id, record_id) {on_conflict} \
@@ -163,7 +168,8 @@ impl Store {
                 .bind(&link.version_tag)
                 .bind(&link.synced_hash)
                 .bind(wire_name(&link.direction))
-                .bind(now);
+                .bind(now)
+                .bind(&values);
             if let Expected::Version(v) = expected {
                 q = q.bind(v);
             }

@@ -70,6 +70,9 @@ fn contact(org: OrgId, name: &str) -> Contact {
         full_name: name.into(),
         emails: vec![],
         account_id: None,
+        company: None,
+        job_title: None,
+        phones: Vec::new(),
         owner_id: UserId::new(),
         created_at: now(),
     }

@@ -93,6 +93,9 @@ fn contact(org: OrgId, name: &str) -> Contact {
         full_name: name.into(),
         emails: vec![],
         account_id: None,
+        company: None,
+        job_title: None,
+        phones: Vec::new(),
         owner_id: UserId::new(),
         created_at: now(),
     }
@@ -115,6 +118,8 @@ fn appointment(org: OrgId) -> Appointment {
         regarding: None,
         state: ActivityState::Open,
         ical_uid: Some("uid-1@example.test".into()),
+        time_zone: None,
+        recurrence: None,
         created_at: now(),
         updated_at: now(),
     }
@@ -129,6 +134,7 @@ fn link(org: OrgId, mailbox: MailboxId, t: RecordType, record: &str, remote: &st
         remote_id: remote.into(),
         version_tag: Some("\"etag-1\"".into()),
         synced_hash: "0".repeat(64),
+        synced_values: Default::default(),
         direction: SyncDirection::ToServer,
     }
 }
@@ -408,6 +414,7 @@ both!(
         let pulled = RemoteLink {
             version_tag: Some("\"etag-2\"".into()),
             synced_hash: "1".repeat(64),
+        synced_values: Default::default(),
             direction: SyncDirection::FromServer,
             ..l.clone()
         };
@@ -511,6 +518,7 @@ both!(
             .put_remote_link(
                 &RemoteLink {
                     synced_hash: "not a hash".into(),
+        synced_values: Default::default(),
                     ..link(org, m, RecordType::Task, "x", "y")
                 },
                 Expected::Any,

@@ -102,6 +102,9 @@ records!(
         full_name: r.name,
         emails: r.emails,
         account_id: r.account_id,
+        company: None,
+        job_title: None,
+        phones: Vec::new(),
         owner_id: owner,
         created_at: now
     }
