@@ -5,7 +5,8 @@
 # cluster even when a server is reachable), Python 3 with aiosmtpd (the scripted
 # SMTP peer of the fault tests), xmllint (the EWS schema checks), cargo-nextest, the Python
 # openapi-spec-validator, exchangelib and pyspnego (the Exchange tests' independent EWS client and NTLM acceptor),
-# msgraph-sdk and azure-identity (the Graph tests' independent client); for the
+# msgraph-sdk and azure-identity (the Graph tests' independent client), caldav (the two-way
+# sync tests' independent CalDAV client); for the
 # browser tests Debian's Chromium, Node.js and npm (when `node`/`npm` are missing) and the npm
 # packages of e2e/ (playwright-core, no browser download).
 # Idempotent: on a machine that has everything it changes nothing and needs no network.
@@ -106,6 +107,13 @@ fi
 if ! python3 -c 'import msgraph, azure.identity' >/dev/null 2>&1; then
     log "installing msgraph-sdk and azure-identity"
     python3 -m pip install --quiet 'msgraph-sdk==1.65.0' 'azure-identity==1.27.0'
+fi
+
+# The two-way sync tests' independent CalDAV client (PyPI): python-caldav reads back what
+# serversync wrote to Radicale and writes events and tasks serversync must pick up.
+if ! python3 -c 'import caldav' >/dev/null 2>&1; then
+    log "installing caldav"
+    python3 -m pip install --quiet 'caldav==3.6.0'
 fi
 
 # npm packages of the browser tests (e2e/package-lock.json): playwright-core drives Debian's

@@ -217,3 +217,70 @@ both!(
         assert_eq!(status, 404);
     }
 );
+
+// Appointments and tasks written through the API reach the feed (and so the webhooks): each
+// create, change and delete is one event with the record, tagged `api`.
+both!(appointment_and_task_writes_are_in_the_feed, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let start = s.ok("GET", &format!("{ORG}/changes"), None).await["next"]
+        .as_i64()
+        .unwrap();
+    let a = s
+        .ok(
+            "POST",
+            &format!("{ORG}/appointments"),
+            Some(json!({"subject": "Kick-off", "starts_at": "2026-03-02T09:00:00Z", "ends_at": "2026-03-02T10:00:00Z"})),
+        )
+        .await;
+    let a_path = format!("{ORG}/appointments/{}", a["id"].as_str().unwrap());
+    s.ok("PATCH", &a_path, Some(json!({"location": "Room 7"})))
+        .await;
+    let t = s
+        .ok(
+            "POST",
+            &format!("{ORG}/tasks"),
+            Some(json!({"subject": "Send the agenda"})),
+        )
+        .await;
+    let t_path = format!("{ORG}/tasks/{}", t["id"].as_str().unwrap());
+    s.ok("PATCH", &t_path, Some(json!({"percent_complete": 50})))
+        .await;
+    s.ok("DELETE", &t_path, None).await;
+    s.ok("DELETE", &a_path, None).await;
+
+    let page = s
+        .ok("GET", &format!("{ORG}/changes?after={start}"), None)
+        .await;
+    let items = page["items"].as_array().unwrap();
+    let seen: Vec<(&str, &str, i64)> = items
+        .iter()
+        .map(|c| {
+            (
+                c["event_type"].as_str().unwrap(),
+                c["record_id"].as_str().unwrap(),
+                c["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let (a_id, t_id) = (a["id"].as_str().unwrap(), t["id"].as_str().unwrap());
+    assert_eq!(
+        seen,
+        [
+            ("appointment.created", a_id, 1),
+            ("appointment.updated", a_id, 2),
+            ("task.created", t_id, 1),
+            ("task.updated", t_id, 2),
+            ("task.deleted", t_id, 2),
+            ("appointment.deleted", a_id, 2),
+        ]
+    );
+    for c in items {
+        assert_eq!(c["origin"], "api", "{c}");
+    }
+    assert_eq!(items[1]["record"]["location"], "Room 7");
+    assert_eq!(items[3]["record"]["percent_complete"], 50);
+    assert_eq!(
+        items[5]["record"]["subject"], "Kick-off",
+        "a delete carries the record as it was"
+    );
+});

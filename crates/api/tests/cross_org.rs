@@ -36,8 +36,9 @@ use std::time::Duration;
 /// One route: `"METHOD path"` exactly as in the OpenAPI document (a `?query` may follow the
 /// path), the fixture that its `{id}` stands for (`""`: none), and a request body that B's
 /// administrator may send (`""`: none). In paths, queries and bodies, `{user}`, `{mailbox}`,
-/// `{queue}`, `{profile}`, `{account}`, `{activity}`, `{alert}`, `{job}`, `{webhook}`,
-/// `{sha256}` and `{domain}` stand for B's resources (see [`Fixture`]).
+/// `{queue}`, `{profile}`, `{account}`, `{contact}`, `{appointment}`, `{task}`, `{activity}`,
+/// `{alert}`, `{job}`, `{webhook}`, `{sha256}` and `{domain}` stand for B's resources (see
+/// [`Fixture`]).
 type Route = (&'static str, &'static str, &'static str);
 
 const SELECTION: &str = r#"{"mailbox_ids": ["{mailbox}"]}"#;
@@ -86,6 +87,19 @@ const ROUTES: &[Route] = &[
     ("POST /api/v1/orgs/{org}/accounts", "", r#"{"name": "Zebra Account 2", "owner_id": "{user}"}"#),
     ("GET /api/v1/orgs/{org}/contacts", "", ""),
     ("POST /api/v1/orgs/{org}/contacts", "", r#"{"name": "Zebra Contact 2", "account_id": "{account}"}"#),
+    ("GET /api/v1/orgs/{org}/contacts/{id}", "contact", ""),
+    ("PATCH /api/v1/orgs/{org}/contacts/{id}", "contact", r#"{"job_title": "Zebra Keeper", "account_id": "{account}"}"#),
+    ("DELETE /api/v1/orgs/{org}/contacts/{id}", "contact", ""),
+    ("GET /api/v1/orgs/{org}/appointments?owner={user}", "", ""),
+    ("POST /api/v1/orgs/{org}/appointments", "", r#"{"subject": "Zebra meeting 2", "starts_at": "2026-03-02T09:00:00Z", "ends_at": "2026-03-02T10:00:00Z", "owner_id": "{user}"}"#),
+    ("GET /api/v1/orgs/{org}/appointments/{id}", "appointment", ""),
+    ("PATCH /api/v1/orgs/{org}/appointments/{id}", "appointment", r#"{"location": "Zebra room 2"}"#),
+    ("DELETE /api/v1/orgs/{org}/appointments/{id}", "appointment", ""),
+    ("GET /api/v1/orgs/{org}/tasks?owner={user}", "", ""),
+    ("POST /api/v1/orgs/{org}/tasks", "", r#"{"subject": "Zebra task 2", "regarding": {"type": "account", "id": "{account}"}}"#),
+    ("GET /api/v1/orgs/{org}/tasks/{id}", "task", ""),
+    ("PATCH /api/v1/orgs/{org}/tasks/{id}", "task", r#"{"percent_complete": 50}"#),
+    ("DELETE /api/v1/orgs/{org}/tasks/{id}", "task", ""),
     ("GET /api/v1/orgs/{org}/leads", "", ""),
     ("POST /api/v1/orgs/{org}/leads", "", r#"{"name": "Zebra Lead 2", "owner_id": "{user}"}"#),
     ("GET /api/v1/orgs/{org}/activities?mailbox={mailbox}", "", ""),
@@ -240,6 +254,16 @@ async fn org_b(s: &Instance) -> Fixture {
     )
     .await;
     b.ids.insert("contact", c["id"].as_str().unwrap().into());
+    let ap = post(
+        "appointments",
+        json!({"subject": "Zebra meeting", "starts_at": "2026-03-01T09:00:00Z",
+               "ends_at": "2026-03-01T10:00:00Z", "attendees": ["partner@b.test"]}),
+    )
+    .await;
+    b.ids
+        .insert("appointment", ap["id"].as_str().unwrap().into());
+    let t = post("tasks", json!({"subject": "Zebra follow-up"})).await;
+    b.ids.insert("task", t["id"].as_str().unwrap().into());
     let e = post(
         "activities",
         json!({"from_mailbox": b.ids["mailbox"], "to": ["partner@b.test"], "subject": "Zebra plans",
@@ -305,6 +329,9 @@ fn names_b(template: &str, id_of: &str) -> bool {
             "{queue}",
             "{profile}",
             "{account}",
+            "{contact}",
+            "{appointment}",
+            "{task}",
             "{activity}",
             "{alert}",
             "{job}",
@@ -353,7 +380,7 @@ both!(another_organization_gets_404_for_every_route, |backend| {
          in crates/api/tests/cross_org.rs — (\"METHOD path\", what {{id}} is, a body B's administrator may send):\n{}",
         missing
             .iter()
-            .map(|r| format!("    (\"{r}\", \"<user|mailbox|queue|profile|activity|alert|job|webhook|token or empty>\", \"<body or empty>\"),"))
+            .map(|r| format!("    (\"{r}\", \"<user|mailbox|queue|profile|contact|appointment|task|activity|alert|job|webhook|token or empty>\", \"<body or empty>\"),"))
             .collect::<Vec<_>>()
             .join("\n")
     );
@@ -519,6 +546,17 @@ both!(references_to_another_organization_are_refused, |backend| {
             json!({"mailbox": b.ids["mailbox"]}),
             "mailbox",
         ),
+        (
+            "appointments",
+            json!({"subject": "A", "starts_at": "2026-03-02T09:00:00Z", "ends_at": "2026-03-02T10:00:00Z",
+                   "regarding": {"type": "contact", "id": b.ids["contact"]}}),
+            "regarding",
+        ),
+        (
+            "tasks",
+            json!({"subject": "T", "owner_id": b.ids["user"]}),
+            "owner_id",
+        ),
     ] {
         let (status, v) = call("POST", path, body.clone()).await;
         assert_eq!(field_of(status, &v), field, "POST {path} {body}: {v}");
@@ -538,6 +576,16 @@ both!(references_to_another_organization_are_refused, |backend| {
     )
     .await;
     assert_eq!(status, 201, "{v}");
+    // Changing a contact of A to name B's account is refused the same way.
+    let (status, p) = s
+        .call_as(
+            &a.token,
+            "PATCH",
+            &format!("{base}/contacts/{}", v["id"].as_str().unwrap()),
+            Some(json!({"account_id": b.ids["account"]})),
+        )
+        .await;
+    assert_eq!(field_of(status, &p), "account_id", "{p}");
     let later = (chrono::Utc::now() + chrono::Duration::days(300)).to_rfc3339();
     let (status, v) = call(
         "POST",

@@ -1,5 +1,7 @@
-//! Reading email activities through the REST API, on SQLite and PostgreSQL: filters by mailbox,
-//! regarding record, conversation and time; the thread of an activity; attachment download.
+//! CRM records through the REST API, on SQLite and PostgreSQL. Email activities: filters by
+//! mailbox, regarding record, conversation and time; the thread of an activity; attachment
+//! download. Appointments, tasks and contacts: create, read, partial change (with the version
+//! read), list with filters, delete; bad input named by field; the privileges they take.
 
 mod common;
 
@@ -474,4 +476,510 @@ Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
         csp.contains("default-src 'none'") && csp.contains("sandbox"),
         "{csp}"
     );
+});
+
+/// The 422 problem's field (and that it is one).
+#[track_caller]
+fn field_of(status: u16, v: &Value) -> String {
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["status"], 422, "{v}");
+    v["field"].as_str().unwrap_or_default().to_owned()
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+both!(
+    appointments_are_created_read_changed_listed_and_deleted,
+    |backend| {
+        let s = Instance::start(backend, Trust::TestCa).await;
+        let bob = s.user("Bob", "bob@example.test", "pw").await;
+        let bob_id = bob["user"]["id"].as_str().unwrap();
+        let base = format!("{ORG}/appointments");
+
+        let a = s
+            .ok(
+                "POST",
+                &base,
+                Some(json!({
+                    "subject": "Quarterly review",
+                    "location": "Room 1",
+                    "starts_at": "2026-03-02T09:00:00Z",
+                    "ends_at": "2026-03-02T10:00:00Z",
+                    "time_zone": "Europe/Paris",
+                    "organizer": "ann@customer.test",
+                    "attendees": ["carl@customer.test", "dora@customer.test"],
+                    "recurrence": {"rule": "FREQ=WEEKLY;COUNT=4"},
+                })),
+            )
+            .await;
+        let id = a["id"].as_str().unwrap().to_owned();
+        let path = format!("{base}/{id}");
+        assert_eq!(a["version"], 1);
+        assert_eq!(a["state"], "open");
+        assert_eq!(a["organizer"]["address"], "ann@customer.test");
+        assert_eq!(a["attendees"][1]["address"], "dora@customer.test");
+        assert_eq!(a["recurrence"]["rule"], "FREQ=WEEKLY;COUNT=4");
+        let got = s.ok("GET", &path, None).await;
+        assert_eq!(got, a);
+
+        // A partial change keeps the other fields; with the version read, a stale one is refused.
+        let changed = s
+        .ok(
+            "PATCH",
+            &path,
+            Some(json!({"location": "Room 2", "attendees": ["dora@customer.test", "eve@customer.test"], "version": 1})),
+        )
+        .await;
+        assert_eq!(changed["version"], 2);
+        assert_eq!(changed["location"], "Room 2");
+        assert_eq!(changed["subject"], "Quarterly review");
+        assert_eq!(changed["time_zone"], "Europe/Paris");
+        let attendees: Vec<&str> = changed["attendees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["address"].as_str().unwrap())
+            .collect();
+        assert_eq!(attendees, ["dora@customer.test", "eve@customer.test"]);
+        let (status, v) = s
+            .call(
+                "PATCH",
+                &path,
+                Some(json!({"subject": "Late", "version": 1})),
+            )
+            .await;
+        assert_eq!((status, v["field"].as_str()), (409, Some("version")), "{v}");
+        let changed = s
+            .ok(
+                "PATCH",
+                &path,
+                Some(json!({"location": null, "recurrence": null, "state": "completed"})),
+            )
+            .await;
+        assert!(changed["location"].is_null(), "{changed}");
+        assert!(changed["recurrence"].is_null(), "{changed}");
+        assert_eq!(changed["state"], "completed");
+        assert_eq!(changed["version"], 3);
+
+        // A second one, Bob's, later and canceled; a task and an email are no appointments.
+        let b = s
+        .ok(
+            "POST",
+            &base,
+            Some(json!({"subject": "Site visit", "starts_at": "2026-03-05T13:00:00Z",
+                        "ends_at": "2026-03-05T15:00:00Z", "owner_id": bob_id, "state": "canceled"})),
+        )
+        .await;
+        let b_id = b["id"].as_str().unwrap().to_owned();
+        let task = s
+            .ok(
+                "POST",
+                &format!("{ORG}/tasks"),
+                Some(json!({"subject": "Call back"})),
+            )
+            .await;
+        let (status, _) = s
+            .call(
+                "GET",
+                &format!("{base}/{}", task["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "a task is not an appointment");
+        let (status, _) = s.call("GET", &format!("{ORG}/tasks/{id}"), None).await;
+        assert_eq!(status, 404, "an appointment is not a task");
+
+        let list = |q: String| {
+            let (s, url) = (&s, format!("{base}{q}"));
+            async move { ids(&s.ok("GET", &url, None).await) }
+        };
+        assert_eq!(list("".into()).await, [id.as_str(), b_id.as_str()]);
+        assert_eq!(list(format!("?owner={bob_id}")).await, [b_id.as_str()]);
+        assert_eq!(
+            list("?since=2026-03-03T00:00:00Z".into()).await,
+            [b_id.as_str()]
+        );
+        assert_eq!(
+            list("?until=2026-03-03T00:00:00Z".into()).await,
+            [id.as_str()]
+        );
+        assert_eq!(
+            list("?since=2026-03-02T09:00:00Z&until=2026-03-05T13:00:00Z".into()).await,
+            [id.as_str()]
+        );
+        assert_eq!(list("?state=canceled".into()).await, [b_id.as_str()]);
+        assert_eq!(list("?state=completed".into()).await, [id.as_str()]);
+        let p1 = s.ok("GET", &format!("{base}?limit=1"), None).await;
+        assert_eq!(ids(&p1), [id.as_str()]);
+        let p2 = s
+            .ok(
+                "GET",
+                &format!("{base}?limit=1&after={}", p1["next"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(ids(&p2), [b_id.as_str()]);
+        assert!(p2["next"].is_null());
+        expect_400(&s, &format!("{base}?since=monday"), "since").await;
+        expect_400(&s, &format!("{base}?state=postponed"), "state").await;
+        expect_400(&s, &format!("{base}?owner=bob"), "owner").await;
+        expect_400(&s, &format!("{base}?colour=red"), "colour").await;
+        expect_400(
+            &s,
+            &format!("{base}?since=2026-03-05T00:00:00Z&until=2026-03-01T00:00:00Z"),
+            "until",
+        )
+        .await;
+
+        // Bad input names the field.
+        let start = json!({"subject": "S", "starts_at": "2026-03-02T09:00:00Z", "ends_at": "2026-03-02T10:00:00Z"});
+        let with = |extra: Value| {
+            let mut b = start.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            b
+        };
+        for (body, field) in [
+            (with(json!({"ends_at": "2026-03-02T08:00:00Z"})), "ends_at"),
+            (with(json!({"time_zone": "Mars/Olympus_Mons"})), "time_zone"),
+            (
+                with(json!({"time_zone": "W. Europe Standard Time"})),
+                "time_zone",
+            ),
+            (with(json!({"colour": "red"})), "colour"),
+            (with(json!({"subject": " "})), "subject"),
+            (with(json!({"organizer": "nobody"})), "organizer"),
+            (
+                with(json!({"attendees": ["a@x.test", "b at x"]})),
+                "attendees[1]",
+            ),
+            (with(json!({"state": "postponed"})), "state"),
+            (with(json!({"starts_at": "tomorrow"})), "starts_at"),
+            (
+                with(json!({"recurrence": {"rule": "every monday"}})),
+                "recurrence.rule",
+            ),
+            (with(json!({"owner_id": uuid_zero()})), "owner_id"),
+            (
+                json!({"subject": "S", "starts_at": "2026-03-02T09:00:00Z"}),
+                "ends_at",
+            ),
+        ] {
+            let (status, v) = s.call("POST", &base, Some(body.clone())).await;
+            assert_eq!(field_of(status, &v), field, "{body}");
+        }
+        for (body, field) in [
+            (json!({"ends_at": "2026-03-01T00:00:00Z"}), "ends_at"),
+            (json!({"starts_at": "2026-03-02T11:00:00Z"}), "starts_at"),
+            (json!({"time_zone": "Nowhere/Special"}), "time_zone"),
+            (json!({"attendees": ["x"]}), "attendees[0]"),
+            (json!({"ical_uid": "mine"}), "ical_uid"),
+            (json!({"version": "three"}), "version"),
+        ] {
+            let (status, v) = s.call("PATCH", &path, Some(body.clone())).await;
+            assert_eq!(field_of(status, &v), field, "{body}");
+        }
+        assert_eq!(
+            s.ok("GET", &path, None).await["version"],
+            3,
+            "nothing written"
+        );
+
+        // Deleted: gone, and a second delete is a 404 too.
+        let (status, _) = s.call("DELETE", &path, None).await;
+        assert_eq!(status, 204);
+        for method in ["GET", "DELETE"] {
+            let (status, v) = s.call(method, &path, None).await;
+            assert_eq!(status, 404, "{method}: {v}");
+        }
+        let (status, _) = s.call("PATCH", &path, Some(json!({"subject": "x"}))).await;
+        assert_eq!(status, 404);
+        assert_eq!(list("".into()).await, [b_id.as_str()]);
+        expect_400(&s, &format!("{base}/not-an-id"), "id").await;
+    }
+);
+
+both!(
+    tasks_are_created_read_changed_listed_and_deleted,
+    |backend| {
+        let s = Instance::start(backend, Trust::TestCa).await;
+        let bob = s.user("Bob", "bob@example.test", "pw").await;
+        let bob_id = bob["user"]["id"].as_str().unwrap();
+        let base = format!("{ORG}/tasks");
+        let account = s
+            .ok(
+                "POST",
+                &format!("{ORG}/accounts"),
+                Some(json!({"name": "Contoso"})),
+            )
+            .await;
+        let t = s
+            .ok(
+                "POST",
+                &base,
+                Some(
+                    json!({"subject": "Send the quote", "due_at": "2026-03-06T17:00:00Z",
+                        "regarding": {"type": "account", "id": account["id"]}}),
+                ),
+            )
+            .await;
+        let id = t["id"].as_str().unwrap().to_owned();
+        let path = format!("{base}/{id}");
+        assert_eq!(
+            (t["state"].as_str(), t["percent_complete"].as_u64()),
+            (Some("open"), Some(0))
+        );
+        assert_eq!(s.ok("GET", &path, None).await, t);
+        let bobs = s
+            .ok(
+                "POST",
+                &base,
+                Some(json!({"subject": "Bob's", "owner_id": bob_id})),
+            )
+            .await;
+        let bobs_id = bobs["id"].as_str().unwrap().to_owned();
+
+        let (status, v) = s
+            .call("PATCH", &path, Some(json!({"percent_complete": 140})))
+            .await;
+        assert_eq!(field_of(status, &v), "percent_complete");
+        let done = s
+        .ok(
+            "PATCH",
+            &path,
+            Some(json!({"percent_complete": 100, "state": "completed", "due_at": null, "version": 1})),
+        )
+        .await;
+        assert_eq!(done["percent_complete"], 100);
+        assert_eq!(done["state"], "completed");
+        assert!(done["due_at"].is_null(), "{done}");
+        assert_eq!(done["subject"], "Send the quote");
+        assert_eq!(done["version"], 2);
+
+        assert_eq!(
+            ids(&s.ok("GET", &base, None).await),
+            [id.as_str(), bobs_id.as_str()]
+        );
+        assert_eq!(
+            ids(&s.ok("GET", &format!("{base}?state=completed"), None).await),
+            [id.as_str()]
+        );
+        assert_eq!(
+            ids(&s
+                .ok("GET", &format!("{base}?state=open&owner={bob_id}"), None)
+                .await),
+            [bobs_id.as_str()]
+        );
+        expect_400(&s, &format!("{base}?since=2026-03-01T00:00:00Z"), "since").await;
+
+        for (body, field) in [
+            (
+                json!({"subject": "S", "percent_complete": 140}),
+                "percent_complete",
+            ),
+            (
+                json!({"subject": "S", "percent_complete": -1}),
+                "percent_complete",
+            ),
+            (json!({"subject": "S", "priority": "high"}), "priority"),
+            (json!({"subject": ""}), "subject"),
+            (json!({"subject": "S", "due_at": "friday"}), "due_at"),
+            (
+                json!({"subject": "S", "regarding": {"type": "contact", "id": uuid_zero()}}),
+                "regarding",
+            ),
+            (json!({}), "subject"),
+        ] {
+            let (status, v) = s.call("POST", &base, Some(body.clone())).await;
+            assert_eq!(field_of(status, &v), field, "{body}");
+        }
+
+        let (status, _) = s.call("DELETE", &path, None).await;
+        assert_eq!(status, 204);
+        let (status, _) = s.call("GET", &path, None).await;
+        assert_eq!(status, 404);
+        assert_eq!(ids(&s.ok("GET", &base, None).await), [bobs_id.as_str()]);
+    }
+);
+
+both!(contacts_are_read_changed_and_deleted, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let base = format!("{ORG}/contacts");
+    let c = s
+        .ok(
+            "POST",
+            &base,
+            Some(json!({"name": "Ann Example", "emails": ["ann@customer.test"], "company": "Customer Ltd",
+                        "job_title": "Buyer", "phones": ["+1 555 0100"]})),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap().to_owned();
+    let path = format!("{base}/{id}");
+    assert_eq!(c["full_name"], "Ann Example");
+    assert_eq!(c["company"], "Customer Ltd");
+    assert_eq!(c["job_title"], "Buyer");
+    assert_eq!(c["phones"], json!(["+1 555 0100"]));
+    assert_eq!(s.ok("GET", &path, None).await, c);
+    // `full_name` is the record's own name for it.
+    let d = s
+        .ok("POST", &base, Some(json!({"full_name": "Dora Example"})))
+        .await;
+    assert_eq!(d["full_name"], "Dora Example");
+
+    let account = s
+        .ok(
+            "POST",
+            &format!("{ORG}/accounts"),
+            Some(json!({"name": "Customer Ltd"})),
+        )
+        .await;
+    let changed = s
+        .ok(
+            "PATCH",
+            &path,
+            Some(json!({"full_name": "Ann B. Example", "company": null, "phones": ["+1 555 0101", "+1 555 0102"],
+                        "account_id": account["id"], "version": 1})),
+        )
+        .await;
+    assert_eq!(changed["full_name"], "Ann B. Example");
+    assert!(changed["company"].is_null(), "{changed}");
+    assert_eq!(changed["job_title"], "Buyer");
+    assert_eq!(changed["emails"], json!(["ann@customer.test"]));
+    assert_eq!(changed["account_id"], account["id"]);
+    assert_eq!(changed["version"], 2);
+    let changed = s
+        .ok("PATCH", &path, Some(json!({"account_id": null})))
+        .await;
+    assert!(changed["account_id"].is_null(), "{changed}");
+
+    for (method, url, body, field) in [
+        (
+            "POST",
+            &base,
+            json!({"name": "X", "phones": ["call me"]}),
+            "phones[0]",
+        ),
+        (
+            "POST",
+            &base,
+            json!({"name": "X", "emails": ["x"]}),
+            "emails[0]",
+        ),
+        (
+            "POST",
+            &base,
+            json!({"name": "X", "nickname": "x"}),
+            "nickname",
+        ),
+        (
+            "POST",
+            &base,
+            json!({"name": "X", "account_id": uuid_zero()}),
+            "account_id",
+        ),
+        ("PATCH", &path, json!({"full_name": ""}), "full_name"),
+        (
+            "PATCH",
+            &path,
+            json!({"emails": ["ann@customer.test", "nope"]}),
+            "emails[1]",
+        ),
+        (
+            "PATCH",
+            &path,
+            json!({"account_id": uuid_zero()}),
+            "account_id",
+        ),
+        ("PATCH", &path, json!({"owner": "x"}), "owner"),
+        (
+            "PATCH",
+            &path,
+            json!({"full_name": "Late", "version": 1}),
+            "version",
+        ),
+    ] {
+        let (status, v) = s.call(method, url, Some(body.clone())).await;
+        if field == "version" {
+            assert_eq!((status, v["field"].as_str()), (409, Some("version")), "{v}");
+        } else {
+            assert_eq!(field_of(status, &v), field, "{method} {body}");
+        }
+    }
+
+    let (status, _) = s.call("DELETE", &path, None).await;
+    assert_eq!(status, 204);
+    let (status, _) = s.call("GET", &path, None).await;
+    assert_eq!(status, 404);
+    let (status, _) = s.call("DELETE", &path, None).await;
+    assert_eq!(status, 404);
+});
+
+// Reading and writing records takes the "read records" and "write records" privileges: a
+// mailbox approver has neither, a basic user both.
+both!(records_need_the_records_privileges, |backend| {
+    let s = Instance::start(backend, Trust::TestCa).await;
+    let token_of = |user: Value| {
+        let s = &s;
+        async move {
+            let t = s
+                .ok(
+                    "POST",
+                    &format!(
+                        "{ORG}/users/{}/tokens",
+                        user["user"]["id"].as_str().unwrap()
+                    ),
+                    Some(json!({"name": "t"})),
+                )
+                .await;
+            t["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let approver = s
+        .ok(
+            "POST",
+            &format!("{ORG}/users"),
+            Some(json!({"full_name": "Approver", "email": "approver@example.test", "roles": ["mailbox_approver"]})),
+        )
+        .await;
+    let approver = token_of(approver).await;
+    let basic = token_of(s.user("Basic Bea", "bea@example.test", "pw").await).await;
+    let appointment = json!({"subject": "S", "starts_at": "2026-03-02T09:00:00Z", "ends_at": "2026-03-02T10:00:00Z"});
+    let records = [
+        ("appointments", appointment.clone(), json!({"subject": "T"})),
+        ("tasks", json!({"subject": "S"}), json!({"subject": "T"})),
+        ("contacts", json!({"name": "S"}), json!({"full_name": "T"})),
+    ];
+    for (kind, new, change) in &records {
+        let r = s
+            .ok("POST", &format!("{ORG}/{kind}"), Some(new.clone()))
+            .await;
+        let path = format!("{ORG}/{kind}/{}", r["id"].as_str().unwrap());
+        for (method, url, body) in [
+            ("POST", format!("{ORG}/{kind}"), Some(new.clone())),
+            ("GET", format!("{ORG}/{kind}"), None),
+            ("GET", path.clone(), None),
+            ("PATCH", path.clone(), Some(change.clone())),
+            ("DELETE", path.clone(), None),
+        ] {
+            let (status, v) = s.call_as(&approver, method, &url, body.clone()).await;
+            assert_eq!(
+                (status, v["code"].as_str()),
+                (403, Some("missing_privilege")),
+                "{method} {url}: {v}"
+            );
+            let (status, v) = s.call_as(&basic, method, &url, body).await;
+            assert!(
+                (200..300).contains(&status),
+                "basic user: {method} {url}: {status} {v}"
+            );
+        }
+    }
 });

@@ -879,6 +879,22 @@ fn every_admin_subcommand_explains_itself() {
         &["jobs", "list"],
         &["jobs", "show"],
         &["audit"],
+        &["contacts"],
+        &["contacts", "get"],
+        &["contacts", "create"],
+        &["contacts", "update"],
+        &["contacts", "delete"],
+        &["appointments"],
+        &["appointments", "list"],
+        &["appointments", "get"],
+        &["appointments", "create"],
+        &["appointments", "update"],
+        &["appointments", "delete"],
+        &["tasks"],
+        &["tasks", "list"],
+        &["tasks", "create"],
+        &["tasks", "update"],
+        &["tasks", "delete"],
     ];
     for args in commands {
         let mut c = cmd(dir.path());
@@ -1271,5 +1287,204 @@ fn admin_cli_reads_activities_attachments_and_the_change_feed() {
     );
     ok(server.admin(&["webhooks", "delete", &hook_id]));
     assert!(!ok(server.admin(&["webhooks", "list"])).contains(&hook_id));
+    server.stop();
+}
+
+#[test]
+fn admin_cli_manages_appointments_tasks_and_contacts() {
+    let env = TestEnv::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), env);
+    ok(server.admin(&["domains", "assign", "example.test"]));
+    ok(server.admin(&["users", "create", "--name", "Bob", "--email", BOB]));
+
+    // Appointments: created (one of them Bob's), listed with filters, changed, deleted.
+    let out = ok(server.admin(&[
+        "appointments",
+        "create",
+        "--subject",
+        "Quarterly review",
+        "--start",
+        "2026-03-02T09:00:00Z",
+        "--end",
+        "2026-03-02T10:00:00Z",
+        "--time-zone",
+        "Europe/Paris",
+        "--organizer",
+        ALICE,
+        "--attendee",
+        "ann@customer.test",
+        "--attendee",
+        "carl@customer.test",
+        "--rrule",
+        "FREQ=WEEKLY;COUNT=4",
+    ]));
+    let id = out
+        .trim()
+        .strip_prefix("created appointment ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let visit = ok_json(server.admin(&[
+        "appointments",
+        "create",
+        "--subject",
+        "Site visit",
+        "--start",
+        "2026-03-05T13:00:00Z",
+        "--end",
+        "2026-03-05T15:00:00Z",
+        "--owner",
+        BOB,
+        "--json",
+    ]));
+    let visit_id = visit["id"].as_str().unwrap().to_owned();
+    let table = ok(server.admin(&["appointments", "list"]));
+    assert!(
+        table.contains("Quarterly review") && table.contains("2026-03-02 09:00:00"),
+        "{table}"
+    );
+    assert_eq!(id_in_row(&table, "Quarterly review"), id);
+    assert_eq!(id_in_row(&table, "Site visit"), visit_id);
+    let bobs = ok_json(server.admin(&["appointments", "list", "--owner", BOB, "--json"]));
+    assert_eq!(bobs["items"].as_array().unwrap().len(), 1, "{bobs}");
+    assert_eq!(bobs["items"][0]["id"], visit_id.as_str());
+    let later = ok(server.admin(&["appointments", "list", "--since", "2026-03-03T00:00:00Z"]));
+    assert!(
+        later.contains("Site visit") && !later.contains("Quarterly review"),
+        "{later}"
+    );
+    let shown = ok(server.admin(&["appointments", "get", &id]));
+    for want in [
+        "Europe/Paris",
+        "ann@customer.test",
+        "FREQ=WEEKLY;COUNT=4",
+        ALICE,
+    ] {
+        assert!(shown.contains(want), "{want} in:\n{shown}");
+    }
+    let out = ok(server.admin(&[
+        "appointments",
+        "update",
+        &id,
+        "--set",
+        "location=Room 2",
+        "--set",
+        "state=completed",
+        "--set",
+        "version=1",
+    ]));
+    assert_eq!(out.trim(), format!("updated appointment {id} (version 2)"));
+    let done = ok(server.admin(&["appointments", "list", "--state", "completed"]));
+    assert!(
+        done.contains("Room 2") && !done.contains("Site visit"),
+        "{done}"
+    );
+    let (err, _) = fails(server.admin(&[
+        "appointments",
+        "update",
+        &id,
+        "--set",
+        "ends_at=2026-03-01T00:00:00Z",
+    ]));
+    assert!(err.contains("ends_at"), "{err}");
+    let (err, _) = fails(server.admin(&[
+        "appointments",
+        "create",
+        "--subject",
+        "Nowhere",
+        "--start",
+        "2026-03-02T09:00:00Z",
+        "--end",
+        "2026-03-02T10:00:00Z",
+        "--time-zone",
+        "Mars/Olympus_Mons",
+    ]));
+    assert!(err.contains("time_zone"), "{err}");
+    assert_eq!(
+        ok(server.admin(&["appointments", "delete", &id])).trim(),
+        format!("deleted appointment {id}")
+    );
+    let table = ok(server.admin(&["appointments", "list"]));
+    assert!(!table.contains(&id) && table.contains(&visit_id), "{table}");
+    let (err, _) = fails(server.admin(&["appointments", "get", &id]));
+    assert!(err.contains("not found"), "{err}");
+
+    // Tasks.
+    let task = ok_json(server.admin(&[
+        "tasks",
+        "create",
+        "--subject",
+        "Send the quote",
+        "--due",
+        "2026-03-06T17:00:00Z",
+        "--json",
+    ]));
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    ok(server.admin(&[
+        "tasks",
+        "update",
+        &task_id,
+        "--set",
+        "percent_complete=100",
+        "--set",
+        "state=completed",
+    ]));
+    let table = ok(server.admin(&["tasks", "list", "--state", "completed"]));
+    assert!(
+        table.contains("Send the quote") && table.contains("100%"),
+        "{table}"
+    );
+    let (err, _) =
+        fails(server.admin(&["tasks", "update", &task_id, "--set", "percent_complete=140"]));
+    assert!(err.contains("percent_complete"), "{err}");
+    ok(server.admin(&["tasks", "delete", &task_id]));
+    assert!(ok(server.admin(&["tasks", "list"])).contains("no tasks"));
+
+    // Contacts.
+    let out = ok(server.admin(&[
+        "contacts",
+        "create",
+        "--name",
+        "Ann Example",
+        "--email",
+        "ann@customer.test",
+        "--company",
+        "Customer Ltd",
+        "--phone",
+        "+1 555 0100",
+    ]));
+    let contact = out
+        .trim()
+        .strip_prefix("created contact ")
+        .unwrap()
+        .to_owned();
+    ok(server.admin(&[
+        "contacts",
+        "update",
+        &contact,
+        "--set",
+        "job_title=Buyer",
+        "--set",
+        "company=null",
+    ]));
+    let c = ok_json(server.admin(&["contacts", "get", &contact, "--json"]));
+    assert_eq!(c["job_title"], "Buyer", "{c}");
+    assert!(c["company"].is_null(), "{c}");
+    assert_eq!(c["phones"][0], "+1 555 0100", "{c}");
+    assert!(ok(server.admin(&["contacts", "list"])).contains("Ann Example"));
+    ok(server.admin(&["contacts", "delete", &contact]));
+    assert!(!ok(server.admin(&["contacts", "list"])).contains("Ann Example"));
+
+    // Every write is in the change feed.
+    let feed = ok(server.admin(&["changes", "--json"]));
+    for event in [
+        "appointment.created",
+        "appointment.updated",
+        "appointment.deleted",
+        "task.deleted",
+        "contact.deleted",
+    ] {
+        assert!(feed.contains(event), "{event} in:\n{feed}");
+    }
     server.stop();
 }

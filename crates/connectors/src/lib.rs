@@ -103,6 +103,7 @@
 //! QRESYNC data are parsed rather than read from error text.
 
 pub mod certificate;
+pub mod dav;
 pub mod dns;
 pub mod dsn;
 pub mod error;

@@ -30,6 +30,7 @@ pub mod sign_in;
 mod slots;
 mod supervisor;
 pub mod test_enable;
+pub mod twoway;
 pub mod webhooks;
 
 use serversync_connectors::{ConnectOptions, NetworkPolicy, TlsTrust};
@@ -252,6 +253,15 @@ impl Engine {
                 config: self.config.clone(),
             },
         );
+        let mut items = supervisor::Supervisor::new(
+            store.clone(),
+            &self.worker_id,
+            ttl,
+            twoway::Items {
+                store: self.store.clone(),
+                config: self.config.clone(),
+            },
+        );
         let mut heartbeat: Option<serversync_store::LeaseGuard> = None;
         // The tracker (stored messages → activities): one pass at a time per worker; the
         // organizations are shared among workers by the `tracker:<org>` leases.
@@ -315,6 +325,7 @@ impl Engine {
             }
             outgoing.tick(workers, &workers_stop).await;
             hooks.tick(workers, &workers_stop).await;
+            items.tick(workers, &workers_stop).await;
             match jobs::claim(&ctx).await {
                 Ok(claimed) => {
                     for (job, lease) in claimed {
@@ -342,6 +353,7 @@ impl Engine {
         }
         outgoing.drain().await;
         hooks.drain().await;
+        items.drain().await;
         incoming.drain().await;
         match self.store.release_all_leases(&self.worker_id).await {
             Ok(n) => tracing::info!(worker = %self.worker_id, released = n, "engine stopped"),

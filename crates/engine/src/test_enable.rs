@@ -216,10 +216,7 @@ async fn probe(
                     Direction::Outgoing => {
                         test_outgoing(store, &session, &mut certificates, &mut exchange).await?
                     }
-                    Direction::Act => Err(Failure::config(
-                        "connector_not_available",
-                        "appointments, contacts and tasks synchronization is not available in this version yet: set act_method to none",
-                    )),
+                    Direction::Act => crate::twoway::test(store, &session).await?,
                 };
                 outcomes.push((*d, r));
             }

@@ -13,8 +13,9 @@
 //!
 //! Besides these, the server side carries [`META`] fields that are not merged: `uid` (the
 //! iCalendar/vCard UID), `categories` (the item's categories, where "Tracked to
-//! <organization>" marks an item the user wants in the CRM) and `stamp` (the organization
-//! that synchronizes the item).
+//! <organization>" marks an item the user wants in the CRM), `stamp` (the organization
+//! that synchronizes the item) and `modified` (when the server's copy last changed, RFC 3339,
+//! for the "latest change wins" policy).
 
 use crate::crm::{ActivityParty, ActivityState, Appointment, Contact, Occurrence, PartyRole};
 use crate::crm::{Recurrence, Task};
@@ -22,7 +23,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 /// Fields of a server item that are not merged into the CRM record.
-pub const META: [&str; 3] = ["uid", "categories", "stamp"];
+pub const META: [&str; 4] = ["uid", "categories", "stamp", "modified"];
 
 /// The category that marks a server item to be tracked in the CRM (as the reference names it).
 pub fn tracked_category(org_name: &str) -> String {
@@ -126,7 +127,11 @@ pub fn appointment_values(a: &Appointment) -> Map<String, Value> {
         ("time_zone", json!(a.time_zone)),
         (
             "organizer",
-            json!(a.organizer.as_ref().map(|p| p.address.trim().to_lowercase())),
+            json!(
+                a.organizer
+                    .as_ref()
+                    .map(|p| p.address.trim().to_lowercase())
+            ),
         ),
         ("attendees", json!(attendee_emails(a))),
         (
@@ -248,11 +253,21 @@ fn recurrence(values: &Map<String, Value>) -> Result<Option<Recurrence>, String>
         return Ok(None);
     };
     let mut cancelled = Vec::new();
-    for v in values.get("exdates").and_then(Value::as_array).into_iter().flatten() {
+    for v in values
+        .get("exdates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         cancelled.extend(parse_time(v, "exdates")?);
     }
     let mut changed = Vec::new();
-    for o in values.get("overrides").and_then(Value::as_array).into_iter().flatten() {
+    for o in values
+        .get("overrides")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let need = |f: &str| {
             parse_time(&o[f], &format!("overrides.{f}"))?
                 .ok_or_else(|| format!("overrides.{f}: a changed occurrence needs it"))
@@ -430,7 +445,10 @@ mod tests {
         let mut a = appointment();
         let e = apply_appointment(&mut a, &object(vec![("start", json!("tomorrow"))]));
         assert!(e.unwrap_err().starts_with("start:"));
-        let e = apply_appointment(&mut a, &object(vec![("end", json!("2026-12-10T08:00:00Z"))]));
+        let e = apply_appointment(
+            &mut a,
+            &object(vec![("end", json!("2026-12-10T08:00:00Z"))]),
+        );
         assert!(e.unwrap_err().contains("ends before it starts"));
     }
 
@@ -480,7 +498,10 @@ mod tests {
         };
         apply_task(
             &mut t,
-            &object(vec![("state", json!("completed")), ("percent_complete", json!(100))]),
+            &object(vec![
+                ("state", json!("completed")),
+                ("percent_complete", json!(100)),
+            ]),
         )
         .unwrap();
         assert_eq!(task_values(&t)["state"], "completed");

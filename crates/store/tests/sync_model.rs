@@ -414,7 +414,7 @@ both!(
         let pulled = RemoteLink {
             version_tag: Some("\"etag-2\"".into()),
             synced_hash: "1".repeat(64),
-        synced_values: Default::default(),
+            synced_values: Default::default(),
             direction: SyncDirection::FromServer,
             ..l.clone()
         };
@@ -518,7 +518,7 @@ both!(
             .put_remote_link(
                 &RemoteLink {
                     synced_hash: "not a hash".into(),
-        synced_values: Default::default(),
+                    synced_values: Default::default(),
                     ..link(org, m, RecordType::Task, "x", "y")
                 },
                 Expected::Any,

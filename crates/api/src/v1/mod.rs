@@ -2,11 +2,14 @@
 //! OpenAPI document at `/api/v1/openapi.json` covers exactly the routes that exist.
 
 mod admin;
+mod appointments;
+mod contacts;
 mod mailboxes;
 mod orgs;
 mod outgoing;
 mod profiles;
 mod records;
+mod tasks;
 mod webhooks;
 
 use crate::AppState;
@@ -111,7 +114,27 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::audit))
         .routes(routes!(admin::database_size))
         .routes(routes!(records::list_accounts, records::create_account))
-        .routes(routes!(records::list_contacts, records::create_contact))
+        .routes(routes!(contacts::list_contacts, contacts::create_contact))
+        .routes(routes!(
+            contacts::get_contact,
+            contacts::update_contact,
+            contacts::delete_contact
+        ))
+        .routes(routes!(
+            appointments::list_appointments,
+            appointments::create_appointment
+        ))
+        .routes(routes!(
+            appointments::get_appointment,
+            appointments::update_appointment,
+            appointments::delete_appointment
+        ))
+        .routes(routes!(tasks::list_tasks, tasks::create_task))
+        .routes(routes!(
+            tasks::get_task,
+            tasks::update_task,
+            tasks::delete_task
+        ))
         .routes(routes!(records::list_leads, records::create_lead))
         .routes(routes!(records::list_activities, outgoing::compose))
         .routes(routes!(outgoing::send))

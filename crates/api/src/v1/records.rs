@@ -1,5 +1,6 @@
-//! CRM records: accounts, contacts, leads, email activities (filters, thread, attachment
-//! download) and queue items.
+//! CRM records: accounts, leads, email activities (filters, thread, attachment download) and
+//! queue items; what the record routes share (validation of addresses, PATCH bodies). Contacts,
+//! appointments and tasks have modules of their own.
 
 use super::{ListPage, doc, org, page};
 use crate::AppState;
@@ -12,14 +13,12 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serversync_engine::admin::{ActivityFilter, AttachmentContent};
-use serversync_model::crm::{Account, Contact, EmailActivity, Lead, RecordRef};
+use serversync_model::crm::{Account, EmailActivity, Lead, RecordRef};
 use serversync_model::validate::is_email_address;
-use serversync_model::{
-    AccountId, ContactId, LeadId, MailboxId, QueueId, UserId, ValidationErrors,
-};
+use serversync_model::{AccountId, LeadId, MailboxId, QueueId, UserId, ValidationErrors};
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Deserialize, ToSchema)]
@@ -31,27 +30,80 @@ pub struct NewRecord {
     pub emails: Vec<String>,
     /// Default: the caller.
     pub owner_id: Option<UserId>,
-    /// Contacts: the account they belong to.
-    pub account_id: Option<AccountId>,
     /// Leads: the company.
     pub company: Option<String>,
 }
 
 fn check(r: &NewRecord) -> Result<(), Problem> {
     let mut e = ValidationErrors::default();
-    if r.name.trim().is_empty() {
-        e.push("required", "name", "enter a name");
-    }
-    for (i, m) in r.emails.iter().enumerate() {
-        if !is_email_address(m) {
-            e.push(
-                "invalid_email",
-                &format!("emails[{i}]"),
-                "enter an email address such as name@example.com",
-            );
-        }
-    }
+    required(&mut e, "name", &r.name);
+    emails(&mut e, "emails", &r.emails);
     e.into_result().map_err(|e| Problem::invalid(&e))
+}
+
+/// Refuses a blank required text.
+pub(super) fn required(e: &mut ValidationErrors, field: &str, value: &str) {
+    if value.trim().is_empty() {
+        e.push(
+            "required",
+            field,
+            format!("enter a {}", field.replace('_', " ")),
+        );
+    }
+}
+
+/// Refuses each entry of `list` that is not an email address, naming it (`emails[1]`).
+pub(super) fn emails(e: &mut ValidationErrors, field: &str, list: &[String]) {
+    for (i, m) in list.iter().enumerate() {
+        email(e, &format!("{field}[{i}]"), m);
+    }
+}
+
+pub(super) fn email(e: &mut ValidationErrors, field: &str, m: &str) {
+    if !is_email_address(m) {
+        e.push(
+            "invalid_email",
+            field,
+            "enter an email address such as name@example.com",
+        );
+    }
+}
+
+/// An optional text as stored: blank is none.
+pub(super) fn text(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+/// For PATCH bodies: `Some(None)` for an explicit `null` (clear the field), `None` when the
+/// field is absent (keep it). Used with `#[serde(default, deserialize_with = "nullable")]`.
+pub(super) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A list for a page of records, with its query problems named.
+pub(super) fn limit(l: Option<u32>) -> Result<u32, Problem> {
+    Paging {
+        after: None,
+        limit: l,
+    }
+    .limit()
+}
+
+/// Refuses `until` not later than `since`.
+pub(super) fn check_span(
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<(), Problem> {
+    match (since, until) {
+        (Some(a), Some(b)) if a >= b => Err(Problem::bad_request(
+            "out_of_range",
+            Some("until"),
+            "until must be later than since",
+        )),
+        _ => Ok(()),
+    }
 }
 
 macro_rules! records {
@@ -86,25 +138,6 @@ records!(
         org_id: org.id,
         name: r.name,
         emails: r.emails,
-        owner_id: owner,
-        created_at: now
-    }
-);
-records!(
-    list_contacts,
-    create_contact,
-    "/api/v1/orgs/{org}/contacts",
-    "records",
-    Contact,
-    |r, org, owner, now| Contact {
-        id: ContactId::new(),
-        org_id: org.id,
-        full_name: r.name,
-        emails: r.emails,
-        account_id: r.account_id,
-        company: None,
-        job_title: None,
-        phones: Vec::new(),
         owner_id: owner,
         created_at: now
     }
@@ -172,20 +205,8 @@ pub async fn list_activities(
     Q(q): Q<ActivityQuery>,
 ) -> ApiResult<Json<ListPage>> {
     let org = org(&s, &c, &o).await?;
-    let limit = Paging {
-        after: None,
-        limit: q.limit,
-    }
-    .limit()?;
-    if let (Some(a), Some(b)) = (q.since, q.until)
-        && a >= b
-    {
-        return Err(Problem::bad_request(
-            "out_of_range",
-            Some("until"),
-            "until must be later than since",
-        ));
-    }
+    let limit = limit(q.limit)?;
+    check_span(q.since, q.until)?;
     let f = ActivityFilter {
         mailbox: q.mailbox,
         regarding: q.regarding.as_deref().map(regarding).transpose()?,

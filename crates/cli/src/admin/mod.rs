@@ -157,10 +157,20 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: RecordsCommand,
     },
-    /// Contacts of the organization.
+    /// Contacts of the organization: list, get, create, update, delete.
     Contacts {
         #[command(subcommand)]
-        command: RecordsCommand,
+        command: ContactsCommand,
+    },
+    /// Appointments of the organization: list with filters, get, create, update, delete.
+    Appointments {
+        #[command(subcommand)]
+        command: AppointmentsCommand,
+    },
+    /// Tasks of the organization: list with filters, get, create, update, delete.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
     },
     /// Accounts of the organization.
     Accounts {
@@ -312,6 +322,206 @@ pub enum RecordsCommand {
         #[arg(long, value_name = "QUEUE")]
         queue: Option<String>,
     },
+}
+
+/// One record to change: `--set KEY=VALUE` per field.
+#[derive(Debug, Args)]
+pub struct RecordUpdateArgs {
+    /// The record's id.
+    pub id: String,
+    /// A field to change: KEY=VALUE (repeat); values are JSON when they parse (true, 50,
+    /// null, ["a@example.com"]), text otherwise; `KEY=null` clears an optional field. Add
+    /// version=N to refuse the change if someone else changed the record since version N.
+    #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+    pub sets: Vec<String>,
+}
+
+/// Paging of a list.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Records per page (1-1000).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub limit: u32,
+    /// The cursor printed for the next page.
+    #[arg(long, value_name = "CURSOR", conflicts_with = "all")]
+    pub after: Option<String>,
+    /// Every page.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    #[value(name = "open")]
+    Open,
+    #[value(name = "completed")]
+    Completed,
+    #[value(name = "canceled", alias = "cancelled")]
+    Canceled,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContactsCommand {
+    /// Every contact (every page).
+    List,
+    /// One contact (every field).
+    Get { id: String },
+    /// Create a contact.
+    Create(ContactCreateArgs),
+    /// Change a contact's fields: full_name, emails, company, job_title, phones, account_id.
+    /// Example: --set job_title=Buyer --set 'phones=["+1 555 0100"]'
+    Update(RecordUpdateArgs),
+    /// Delete a contact.
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ContactCreateArgs {
+    /// Full name.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// An email address; repeat for more.
+    #[arg(long = "email", value_name = "EMAIL")]
+    pub emails: Vec<String>,
+    #[arg(long, value_name = "COMPANY")]
+    pub company: Option<String>,
+    #[arg(long, value_name = "TITLE")]
+    pub job_title: Option<String>,
+    /// A telephone number; repeat for more.
+    #[arg(long = "phone", value_name = "NUMBER")]
+    pub phones: Vec<String>,
+    /// The account the contact belongs to (id).
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: Option<String>,
+    /// Owner (user id or email address). Default: you.
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppointmentsCommand {
+    /// Appointments in creation order, optionally filtered (one page unless --all).
+    List(AppointmentListArgs),
+    /// One appointment (every field).
+    Get { id: String },
+    /// Create an appointment.
+    Create(AppointmentCreateArgs),
+    /// Change an appointment's fields: subject, location, description, starts_at, ends_at,
+    /// all_day, time_zone, organizer, attendees, state, recurrence.
+    /// Example: --set location="Room 2" --set 'attendees=["ann@example.com"]'
+    Update(RecordUpdateArgs),
+    /// Delete an appointment.
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AppointmentListArgs {
+    /// Owned by this user (id or email address).
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
+    /// Starting at or after (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Starting before (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub state: Option<StateArg>,
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AppointmentCreateArgs {
+    #[arg(long, value_name = "TEXT")]
+    pub subject: String,
+    /// Start (RFC 3339, e.g. 2026-03-02T09:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub start: String,
+    /// End (RFC 3339), not before the start.
+    #[arg(long, value_name = "TIME")]
+    pub end: String,
+    #[arg(long, value_name = "TEXT")]
+    pub location: Option<String>,
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    #[arg(long)]
+    pub all_day: bool,
+    /// The IANA time zone it is planned in (e.g. Europe/Paris).
+    #[arg(long, value_name = "ZONE")]
+    pub time_zone: Option<String>,
+    /// The organizer's email address.
+    #[arg(long, value_name = "EMAIL")]
+    pub organizer: Option<String>,
+    /// An attendee's email address; repeat for more.
+    #[arg(long = "attendee", value_name = "EMAIL")]
+    pub attendees: Vec<String>,
+    /// Make it a recurring series: an iCalendar RRULE such as FREQ=WEEKLY;COUNT=10.
+    #[arg(long, value_name = "RRULE")]
+    pub rrule: Option<String>,
+    /// Default: open.
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub state: Option<StateArg>,
+    /// Owner (user id or email address). Default: you.
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
+    /// The record it is regarding, as TYPE:ID (contact:…, account:…, lead:…).
+    #[arg(long, value_name = "TYPE:ID")]
+    pub regarding: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Tasks in creation order, optionally filtered (one page unless --all).
+    List(TaskListArgs),
+    /// One task (every field).
+    Get { id: String },
+    /// Create a task.
+    Create(TaskCreateArgs),
+    /// Change a task's fields: subject, description, due_at, percent_complete, state.
+    /// Example: --set percent_complete=100 --set state=completed
+    Update(RecordUpdateArgs),
+    /// Delete a task.
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TaskListArgs {
+    /// Owned by this user (id or email address).
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub state: Option<StateArg>,
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskCreateArgs {
+    #[arg(long, value_name = "TEXT")]
+    pub subject: String,
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Due (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub due: Option<String>,
+    /// 0-100.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub percent_complete: Option<u8>,
+    /// Default: open.
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub state: Option<StateArg>,
+    /// Owner (user id or email address). Default: you.
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
+    /// The record it is regarding, as TYPE:ID (contact:…, account:…, lead:…).
+    #[arg(long, value_name = "TYPE:ID")]
+    pub regarding: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -960,7 +1170,9 @@ pub async fn run(cfg: Config, args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::QueueItems { command } => {
             records::records(&ctx, "queue-items", command).await
         }
-        AdminCommand::Contacts { command } => records::records(&ctx, "contacts", command).await,
+        AdminCommand::Contacts { command } => records::contacts(&ctx, command).await,
+        AdminCommand::Appointments { command } => records::appointments(&ctx, command).await,
+        AdminCommand::Tasks { command } => records::tasks(&ctx, command).await,
         AdminCommand::Accounts { command } => records::records(&ctx, "accounts", command).await,
         AdminCommand::Leads { command } => records::records(&ctx, "leads", command).await,
         AdminCommand::Changes(a) => records::changes(&ctx, a).await,

@@ -1,10 +1,11 @@
-//! `admin activities|queue-items|contacts|accounts|leads|changes`: CRM records, and composing
-//! and sending email.
+//! `admin activities|queue-items|contacts|appointments|tasks|accounts|leads|changes`: CRM
+//! records, and composing and sending email.
 
 use super::output::{self, Table, at, str_at, time};
 use super::{
-    ActivitiesCommand, ActivityListArgs, ChangesArgs, ComposeArgs, Ctx, RecordsCommand,
-    WebhooksCommand,
+    ActivitiesCommand, ActivityListArgs, AppointmentsCommand, ChangesArgs, ComposeArgs,
+    ContactsCommand, Ctx, PageArgs, RecordUpdateArgs, RecordsCommand, StateArg, TasksCommand,
+    WebhooksCommand, api_name, input,
 };
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -324,6 +325,283 @@ pub async fn records(ctx: &Ctx, kind: &str, c: RecordsCommand) -> Result<()> {
         }
     }
     t.print(kind);
+    Ok(())
+}
+
+/// `contacts list|get|create|update|delete`.
+pub async fn contacts(ctx: &Ctx, c: ContactsCommand) -> Result<()> {
+    const KIND: Kind = Kind {
+        path: "contacts",
+        name: "contact",
+    };
+    match c {
+        ContactsCommand::List => {
+            records(ctx, "contacts", RecordsCommand::List { queue: None }).await
+        }
+        ContactsCommand::Get { id } => get(ctx, KIND, &id).await,
+        ContactsCommand::Create(a) => {
+            let mut body = json!({
+                "name": a.name,
+                "emails": a.emails,
+                "phones": a.phones,
+                "company": a.company,
+                "job_title": a.job_title,
+                "account_id": a.account,
+            });
+            if let Some(o) = &a.owner {
+                body["owner_id"] = json!(super::orgs::resolve_user(ctx, o).await?);
+            }
+            create(ctx, KIND, &body).await
+        }
+        ContactsCommand::Update(a) => update(ctx, KIND, a).await,
+        ContactsCommand::Delete { id } => delete(ctx, KIND, &id).await,
+    }
+}
+
+/// `appointments list|get|create|update|delete`.
+pub async fn appointments(ctx: &Ctx, c: AppointmentsCommand) -> Result<()> {
+    const KIND: Kind = Kind {
+        path: "appointments",
+        name: "appointment",
+    };
+    match c {
+        AppointmentsCommand::List(a) => {
+            let mut q = filters(ctx, a.owner.as_deref(), a.state).await?;
+            for (k, v) in [("since", &a.since), ("until", &a.until)] {
+                if let Some(v) = v {
+                    q.push((k, v.clone()));
+                }
+            }
+            let (items, next) = page(ctx, KIND, q, &a.page).await?;
+            if ctx.json {
+                output::json(&json!({"items": items, "next": next}));
+                return Ok(());
+            }
+            let mut t = Table::new(&[
+                "ID",
+                "START",
+                "END",
+                "SUBJECT",
+                "LOCATION",
+                "STATE",
+                "ATTENDEES",
+                "OWNER",
+            ]);
+            for i in &items {
+                t.row(vec![
+                    at(i, "id"),
+                    time(i, "starts_at"),
+                    time(i, "ends_at"),
+                    truncate(&at(i, "subject"), SUBJECT_WIDTH),
+                    at(i, "location"),
+                    at(i, "state"),
+                    i.get("attendees")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+                        .to_string(),
+                    at(i, "owner_id"),
+                ]);
+            }
+            t.print("appointments");
+            more(KIND, next);
+            Ok(())
+        }
+        AppointmentsCommand::Get { id } => get(ctx, KIND, &id).await,
+        AppointmentsCommand::Create(a) => {
+            let mut body = json!({
+                "subject": a.subject,
+                "starts_at": a.start,
+                "ends_at": a.end,
+                "location": a.location,
+                "description": a.description,
+                "all_day": a.all_day,
+                "time_zone": a.time_zone,
+                "organizer": a.organizer,
+                "attendees": a.attendees,
+                "state": a.state.map(|s| api_name(&s)),
+            });
+            if let Some(rule) = a.rrule {
+                body["recurrence"] = json!({ "rule": rule });
+            }
+            owner_and_regarding(ctx, &mut body, a.owner.as_deref(), a.regarding.as_deref()).await?;
+            create(ctx, KIND, &body).await
+        }
+        AppointmentsCommand::Update(a) => update(ctx, KIND, a).await,
+        AppointmentsCommand::Delete { id } => delete(ctx, KIND, &id).await,
+    }
+}
+
+/// `tasks list|get|create|update|delete`.
+pub async fn tasks(ctx: &Ctx, c: TasksCommand) -> Result<()> {
+    const KIND: Kind = Kind {
+        path: "tasks",
+        name: "task",
+    };
+    match c {
+        TasksCommand::List(a) => {
+            let q = filters(ctx, a.owner.as_deref(), a.state).await?;
+            let (items, next) = page(ctx, KIND, q, &a.page).await?;
+            if ctx.json {
+                output::json(&json!({"items": items, "next": next}));
+                return Ok(());
+            }
+            let mut t = Table::new(&["ID", "DUE", "SUBJECT", "DONE", "STATE", "OWNER"]);
+            for i in &items {
+                t.row(vec![
+                    at(i, "id"),
+                    time(i, "due_at"),
+                    truncate(&at(i, "subject"), SUBJECT_WIDTH),
+                    format!("{}%", at(i, "percent_complete")),
+                    at(i, "state"),
+                    at(i, "owner_id"),
+                ]);
+            }
+            t.print("tasks");
+            more(KIND, next);
+            Ok(())
+        }
+        TasksCommand::Get { id } => get(ctx, KIND, &id).await,
+        TasksCommand::Create(a) => {
+            let mut body = json!({
+                "subject": a.subject,
+                "description": a.description,
+                "due_at": a.due,
+                "state": a.state.map(|s| api_name(&s)),
+            });
+            if let Some(p) = a.percent_complete {
+                body["percent_complete"] = json!(p);
+            }
+            owner_and_regarding(ctx, &mut body, a.owner.as_deref(), a.regarding.as_deref()).await?;
+            create(ctx, KIND, &body).await
+        }
+        TasksCommand::Update(a) => update(ctx, KIND, a).await,
+        TasksCommand::Delete { id } => delete(ctx, KIND, &id).await,
+    }
+}
+
+/// A record type of the API: its path segment and its name in messages.
+#[derive(Clone, Copy)]
+struct Kind {
+    path: &'static str,
+    name: &'static str,
+}
+
+/// The `owner` (resolved to a user id) and `state` filters of a list.
+async fn filters(
+    ctx: &Ctx,
+    owner: Option<&str>,
+    state: Option<StateArg>,
+) -> Result<Vec<(&'static str, String)>> {
+    let mut q = Vec::new();
+    if let Some(o) = owner {
+        q.push(("owner", super::orgs::resolve_user(ctx, o).await?));
+    }
+    if let Some(s) = state {
+        q.push(("state", api_name(&s)));
+    }
+    Ok(q)
+}
+
+/// One page (or, with `--all`, every page) of a list, and the cursor of the next page.
+async fn page(
+    ctx: &Ctx,
+    kind: Kind,
+    mut q: Vec<(&str, String)>,
+    p: &PageArgs,
+) -> Result<(Vec<Value>, Option<String>)> {
+    if p.all {
+        return Ok((ctx.api.list(&[kind.path], &q).await?, None));
+    }
+    q.push(("limit", p.limit.to_string()));
+    if let Some(c) = &p.after {
+        q.push(("after", c.clone()));
+    }
+    let page = ctx.api.get(&[kind.path], &q).await?;
+    let Some(Value::Array(items)) = page.get("items") else {
+        bail!("the server's answer has no `items` list");
+    };
+    Ok((
+        items.clone(),
+        page.get("next").and_then(Value::as_str).map(str::to_owned),
+    ))
+}
+
+fn more(kind: Kind, next: Option<String>) {
+    if let Some(n) = next {
+        eprintln!("more {}s follow: add --after {n} (or --all)", kind.name);
+    }
+}
+
+/// Sets `owner_id` (a user id or email address) and `regarding` (`TYPE:ID`) when given.
+async fn owner_and_regarding(
+    ctx: &Ctx,
+    body: &mut Value,
+    owner: Option<&str>,
+    regarding: Option<&str>,
+) -> Result<()> {
+    if let Some(o) = owner {
+        body["owner_id"] = json!(super::orgs::resolve_user(ctx, o).await?);
+    }
+    if let Some(r) = regarding {
+        let Some((t, id)) = r.split_once(':') else {
+            bail!("--regarding {r:?} is not TYPE:ID: write e.g. --regarding contact:<id>");
+        };
+        body["regarding"] = json!({"type": t, "id": id});
+    }
+    Ok(())
+}
+
+async fn get(ctx: &Ctx, kind: Kind, id: &str) -> Result<()> {
+    let r = ctx.api.get(&[kind.path, id], &[]).await?;
+    if ctx.json {
+        output::json(&r);
+    } else {
+        output::record(&r);
+    }
+    Ok(())
+}
+
+/// Creates a record from `body` (null fields left out) and prints its id.
+async fn create(ctx: &Ctx, kind: Kind, body: &Value) -> Result<()> {
+    let mut body = body.clone();
+    if let Some(o) = body.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    let r = ctx.api.post(&[kind.path], &body).await?;
+    if ctx.json {
+        output::json(&r);
+    } else {
+        println!("created {} {}", kind.name, at(&r, "id"));
+    }
+    Ok(())
+}
+
+async fn update(ctx: &Ctx, kind: Kind, a: RecordUpdateArgs) -> Result<()> {
+    let body = input::merge_patch(&a.sets)?;
+    let r = ctx
+        .api
+        .patch(&[kind.path, &a.id], &Value::Object(body))
+        .await?;
+    if ctx.json {
+        output::json(&r);
+    } else {
+        println!(
+            "updated {} {} (version {})",
+            kind.name,
+            at(&r, "id"),
+            at(&r, "version")
+        );
+    }
+    Ok(())
+}
+
+async fn delete(ctx: &Ctx, kind: Kind, id: &str) -> Result<()> {
+    ctx.api.delete(&[kind.path, id]).await?;
+    if ctx.json {
+        output::json(&json!({ "deleted": id }));
+    } else {
+        println!("deleted {} {id}", kind.name);
+    }
     Ok(())
 }
 

@@ -122,7 +122,7 @@ mod users;
 
 pub use mailboxes::MailboxFilter;
 pub use profiles::ProfileSecrets;
-pub use records::{ActivityFilter, AttachmentContent, RecordRefs};
+pub use records::{ActivityFilter, AttachmentContent, Record, RecordFilter, RecordRefs};
 pub use users::{NewUser, UserChanges};
 
 #[derive(Clone)]

@@ -1,12 +1,13 @@
-//! CRM records needed to try things: creating and listing records, email activities, their
-//! threads, attachments and queue items, and the references between records.
+//! CRM records: creating, reading, changing, deleting and listing accounts, contacts, leads,
+//! appointments and tasks; email activities, their threads, attachments and queue items; and
+//! the references between records.
 
-use super::{Admin, AdminError, Result, actor};
+use super::{Admin, AdminError, Result, actor, invalid};
 use serversync_model::auth::Caller;
-use serversync_model::crm::{Account, Contact, Lead, RecordRef};
+use serversync_model::crm::{Account, ActivityState, Appointment, Contact, Lead, RecordRef, Task};
 use serversync_model::org::{Privilege, Queue, User};
-use serversync_model::{OrgId, ValidationErrors};
-use serversync_store::{Col, NewAuditEntry, Page, Stored};
+use serversync_model::{OrgId, Timestamp, UserId, ValidationErrors};
+use serversync_store::{Col, Filter, NewAuditEntry, Page, Stored};
 
 impl Admin {
     /// Creates a CRM record after checking that every record it refers to
@@ -27,15 +28,138 @@ impl Admin {
             .await?)
     }
 
-    pub async fn list_records<E: serversync_store::Entity>(
+    pub async fn list_records<E: Record>(
         &self,
         c: &Caller,
         org: OrgId,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<E>> {
+        self.list_records_where(c, org, &RecordFilter::default(), after, limit)
+            .await
+    }
+
+    /// Records of type `E` of the organization matching `f`, in id (creation) order. `state`,
+    /// `since` and `until` apply to activities (appointments, tasks) only.
+    pub async fn list_records_where<E: Record>(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        f: &RecordFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<E>> {
         c.require(Privilege::ReadRecords)?;
-        Ok(self.store.list::<E>(Some(org), &[], after, limit).await?)
+        let mut filters = kind_filter::<E>();
+        if let Some(o) = f.owner {
+            filters.push(Filter::Eq("owner_id", Col::text(o)));
+        }
+        if E::KIND.is_none() {
+            for (field, given) in [
+                ("state", f.state.is_some()),
+                ("since", f.since.is_some()),
+                ("until", f.until.is_some()),
+            ] {
+                if given {
+                    return Err(invalid(
+                        "not_applicable",
+                        field,
+                        format!("{}s have no {field} to filter on", E::NAME),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = f.state {
+            filters.push(Filter::Eq(
+                "status",
+                Col::text(serversync_model::wire_name(&s)),
+            ));
+        }
+        if let Some(t) = f.since {
+            filters.push(Filter::AtLeast("occurred_at", t.timestamp_millis()));
+        }
+        if let Some(t) = f.until {
+            filters.push(Filter::Below("occurred_at", t.timestamp_millis()));
+        }
+        Ok(self
+            .store
+            .list_where(Some(org), &filters, after, limit)
+            .await?)
+    }
+
+    /// One record of type `E` of the organization: any other organization's, or a record of
+    /// another type, is not found.
+    pub async fn record<E: Record>(&self, c: &Caller, org: OrgId, id: &str) -> Result<Stored<E>> {
+        c.require(Privilege::ReadRecords)?;
+        self.find_record(org, id).await
+    }
+
+    async fn find_record<E: Record>(&self, org: OrgId, id: &str) -> Result<Stored<E>> {
+        let mut filters = kind_filter::<E>();
+        filters.push(Filter::Eq("id", Col::text(id)));
+        self.store
+            .list_where::<E>(Some(org), &filters, None, 1)
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .ok_or_else(|| AdminError::NotFound {
+                entity: E::NAME,
+                id: id.to_owned(),
+            })
+    }
+
+    /// Replaces a record of the organization with `record` (same id), only from version
+    /// `expected` when given. References that changed are checked as on creation.
+    pub async fn update_record<E: Record>(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        record: &E,
+        expected: Option<i64>,
+    ) -> Result<Stored<E>> {
+        c.require(Privilege::WriteRecords)?;
+        let before = self.find_record::<E>(org, &record.id()).await?;
+        if record.org_id() != Some(org) {
+            return Err(invalid(
+                "read_only",
+                "org_id",
+                "a record stays in its organization",
+            ));
+        }
+        let kept = before.value.refs();
+        let changed: Vec<_> = record
+            .refs()
+            .into_iter()
+            .filter(|r| !kept.contains(r))
+            .collect();
+        self.check_refs(org, &changed).await?;
+        Ok(self
+            .store
+            .update_audited(
+                record,
+                expected,
+                Some(NewAuditEntry::update(actor(c), &before.value, record)),
+            )
+            .await?)
+    }
+
+    /// Deletes a record of the organization (its `deleted` change goes to the feed).
+    pub async fn delete_record<E: Record>(&self, c: &Caller, org: OrgId, id: &str) -> Result<()> {
+        c.require(Privilege::WriteRecords)?;
+        let before = self.find_record::<E>(org, id).await?;
+        if self
+            .store
+            .delete::<E>(id, Some(NewAuditEntry::delete(actor(c), &before.value)))
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(AdminError::NotFound {
+                entity: E::NAME,
+                id: id.to_owned(),
+            })
+        }
     }
 
     /// Email activities of an organization matching `f`, in id (creation) order.
@@ -209,6 +333,60 @@ impl RecordRefs for Lead {
     fn refs(&self) -> Vec<(&'static str, RecordRef)> {
         vec![("owner_id", RecordRef::User(self.owner_id))]
     }
+}
+
+impl RecordRefs for Appointment {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)> {
+        let mut v = vec![("owner_id", RecordRef::User(self.owner_id))];
+        v.extend(self.regarding.map(|r| ("regarding", r)));
+        v
+    }
+}
+
+impl RecordRefs for Task {
+    fn refs(&self) -> Vec<(&'static str, RecordRef)> {
+        let mut v = vec![("owner_id", RecordRef::User(self.owner_id))];
+        v.extend(self.regarding.map(|r| ("regarding", r)));
+        v
+    }
+}
+
+/// A CRM record read, changed and deleted one at a time ([`Admin::record`],
+/// [`Admin::update_record`], [`Admin::delete_record`]) and listed with a [`RecordFilter`].
+pub trait Record: serversync_store::Entity + RecordRefs {
+    /// For records that share the `activities` table: their `kind` column, which every read
+    /// filters on (an appointment's id never reads a task).
+    const KIND: Option<&'static str> = None;
+}
+
+impl Record for Account {}
+impl Record for Contact {}
+impl Record for Lead {}
+impl Record for Appointment {
+    const KIND: Option<&'static str> = Some("appointment");
+}
+impl Record for Task {
+    const KIND: Option<&'static str> = Some("task");
+}
+
+fn kind_filter<E: Record>() -> Vec<Filter> {
+    E::KIND
+        .map(|k| Filter::Eq("kind", Col::text(k)))
+        .into_iter()
+        .collect()
+}
+
+/// Which records to list (every field optional; all given must match).
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    /// Owned by this user.
+    pub owner: Option<UserId>,
+    /// Activities in this state.
+    pub state: Option<ActivityState>,
+    /// Activities at or after (appointments: the start; tasks: the due time, else creation).
+    pub since: Option<Timestamp>,
+    /// Activities before (as `since`).
+    pub until: Option<Timestamp>,
 }
 
 impl Admin {

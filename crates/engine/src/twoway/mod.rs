@@ -1,0 +1,385 @@
+//! Appointments, contacts and tasks: two-way synchronization, one worker per user mailbox
+//! whose third delivery method is server-side synchronization and is enabled, holding the lease
+//! `items:<mailbox id>`, under the common [`crate::supervisor`].
+//!
+//! Each round opens the mailbox's item server — today a CalDAV/CardDAV server named by the
+//! profile (IMAP/POP3 profiles with `dav` settings), signed in as the mailbox's incoming
+//! account — finds its collections, and runs [`round::Round`]. Failures are recorded for the
+//! `act` direction by the retry policy like the other directions'. Rounds repeat every
+//! polling interval of the profile (at least [`MIN_INTERVAL`]).
+
+pub(crate) mod records;
+pub mod round;
+
+use crate::EngineConfig;
+use crate::policy::{Direction, Failure};
+use crate::session::{MailboxSession, Side};
+use round::{Round, RoundError, RoundReport};
+use serversync_connectors::dav::client::{CollectionKind, DavClient};
+use serversync_connectors::probe::StepLog;
+use serversync_model::MailboxId;
+use serversync_model::mailbox::{Mailbox, MailboxRegarding};
+use serversync_model::org::Organization;
+use serversync_model::profile::EmailServerProfile;
+use serversync_model::settings::ActMethod;
+use serversync_model::webhook::{ChangeOrigin, RecordType};
+use serversync_store::{LeaseGuard, Store, StoreError};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The shortest time between two rounds of one mailbox.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(30);
+
+pub(crate) fn resource(id: MailboxId) -> String {
+    format!("items:{id}")
+}
+
+/// Whether the profile has a two-way synchronizer here (CalDAV/CardDAV today).
+fn has_synchronizer(p: &EmailServerProfile) -> bool {
+    p.dav.is_some()
+}
+
+/// User mailboxes whose appointments, contacts and tasks this engine should synchronize now.
+pub(crate) async fn due(store: &Store) -> Result<Vec<MailboxId>, StoreError> {
+    let now = chrono::Utc::now();
+    let profiles: std::collections::HashSet<_> = store
+        .list_all::<EmailServerProfile>(None, &[])
+        .await?
+        .into_iter()
+        .filter(|p| has_synchronizer(&p.value))
+        .map(|p| p.value.id)
+        .collect();
+    Ok(store
+        .list_all::<Mailbox>(None, &[])
+        .await?
+        .into_iter()
+        .map(|s| s.value)
+        .filter(|m| {
+            m.act.enabled
+                && m.act_method == ActMethod::ServerSideSync
+                && matches!(m.regarding, MailboxRegarding::User(_))
+                && m.profile_id.is_some_and(|p| profiles.contains(&p))
+                && m.telemetry.postponed_until.is_none_or(|t| t <= now)
+        })
+        .map(|m| m.id)
+        .collect())
+}
+
+/// The pipeline of two-way synchronization.
+pub(crate) struct Items {
+    pub store: Store,
+    pub config: EngineConfig,
+}
+
+impl crate::supervisor::Pipeline for Items {
+    type Id = MailboxId;
+    const NAME: &'static str = "items";
+    const DRAIN: Duration = Duration::from_secs(10);
+    const FAIR_SHARE: bool = true;
+
+    async fn due(&self) -> Result<Vec<MailboxId>, StoreError> {
+        due(&self.store).await
+    }
+    fn resource(id: MailboxId) -> String {
+        resource(id)
+    }
+    fn run(
+        &self,
+        id: MailboxId,
+        lease: LeaseGuard,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        run(self.store.clone(), self.config.clone(), id, lease, stop)
+    }
+}
+
+async fn run(
+    store: Store,
+    config: EngineConfig,
+    id: MailboxId,
+    lease: LeaseGuard,
+    stop: CancellationToken,
+) {
+    loop {
+        let interval = match sync_once(&store, &config, id, &lease).await {
+            Ok((_, interval)) => {
+                if let Err(e) = crate::health::record_success(&store, id, Direction::Act).await {
+                    tracing::warn!(mailbox = %id, error = %e, "recording the success failed");
+                }
+                interval
+            }
+            Err(RunError::LeaseLost) => break,
+            Err(RunError::Failed(f)) => {
+                tracing::warn!(mailbox = %id, code = %f.code, "appointments, contacts and tasks: {}", f.message);
+                if let Err(e) =
+                    crate::health::record_failure(&store, &config, id, &f, Direction::Act).await
+                {
+                    tracing::error!(mailbox = %id, error = %e, "recording the failure failed");
+                }
+                break;
+            }
+        };
+        let renew = config.lease_ttl / 3;
+        let until = tokio::time::Instant::now() + interval;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = store.release_lease(&lease).await;
+                    return;
+                }
+                _ = tokio::time::sleep((until - now).min(renew)) => {}
+            }
+            if store.renew_lease(&lease, config.lease_ttl).await.is_err() {
+                return;
+            }
+        }
+        match store.get::<Mailbox>(&id.to_string()).await {
+            Ok(Some(m)) if m.value.act.enabled => {}
+            _ => break,
+        }
+    }
+    let _ = store.release_lease(&lease).await;
+}
+
+/// Why [`sync_once`] did not finish.
+#[derive(Debug)]
+pub enum RunError {
+    LeaseLost,
+    Failed(Failure),
+}
+
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LeaseLost { .. } => RunError::LeaseLost,
+            other => RunError::Failed(Failure {
+                retry_after: None,
+                code: "store_failed".into(),
+                kind: other.kind(),
+                step: None,
+                message: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// One round for mailbox `id` under `lease` (its `items:<id>` lease): what it did, and how
+/// long to wait before the next.
+pub async fn sync_once(
+    store: &Store,
+    config: &EngineConfig,
+    id: MailboxId,
+    lease: &LeaseGuard,
+) -> Result<(RoundReport, Duration), RunError> {
+    let session = match MailboxSession::load(store, config, id).await? {
+        Ok(s) => s,
+        Err(f) => return Err(RunError::Failed(f)),
+    };
+    let interval =
+        Duration::from_secs(u64::from(session.profile.advanced.min_polling_interval_minutes) * 60)
+            .max(MIN_INTERVAL);
+    let Some(dav) = session.profile.dav.clone() else {
+        return Err(RunError::Failed(Failure::config(
+            "connector_not_available",
+            "the profile names no CalDAV/CardDAV server for appointments, contacts and tasks",
+        )));
+    };
+    let login = match session.login(store, Side::Incoming).await? {
+        Ok(l) => l,
+        Err(f) => return Err(RunError::Failed(f)),
+    };
+    let fail = |e: serversync_connectors::ConnectError| RunError::Failed(Failure::from(&e));
+    let mut route: HashMap<RecordType, String> = HashMap::new();
+    let mut cal = DavClient::connect(&dav.caldav_url, &login, &session.opts, &mut StepLog::new())
+        .await
+        .map_err(fail)?;
+    let calendars = cal.discover(CollectionKind::Calendar).await.map_err(fail)?;
+    for kind in [RecordType::Appointment, RecordType::Task] {
+        if let Some(c) = calendars.iter().find(|c| c.holds(kind)) {
+            route.insert(kind, c.href.clone());
+        }
+    }
+    let card_url = dav.carddav_url.clone().unwrap_or(dav.caldav_url.clone());
+    let mut card = DavClient::connect(&card_url, &login, &session.opts, &mut StepLog::new())
+        .await
+        .map_err(fail)?;
+    let books = card
+        .discover(CollectionKind::AddressBook)
+        .await
+        .map_err(fail)?;
+    let org_name = store
+        .get::<Organization>(&session.mailbox.org_id.to_string())
+        .await?
+        .map(|o| o.value.name)
+        .unwrap_or_default();
+    let synced = store.with_origin(ChangeOrigin::Sync(id));
+    let now = chrono::Utc::now();
+    let mut report = RoundReport::default();
+    // Calendars (appointments and tasks) and the address book (contacts) are two servers'
+    // worth of connections: one round each, the CRM feed followed by the first only for its
+    // own record types. The feed position is per mailbox, so the contacts round follows it
+    // under its own cursor name.
+    let cal_route: HashMap<RecordType, String> = route.clone();
+    let mut book_route = HashMap::new();
+    if let Some(b) = books.first() {
+        book_route.insert(RecordType::Contact, b.href.clone());
+    }
+    for (client, route, feed) in [
+        (&mut cal, cal_route, round::FEED_CURSOR.to_owned()),
+        (
+            &mut card,
+            book_route,
+            format!("{}:contacts", round::FEED_CURSOR),
+        ),
+    ] {
+        if route.is_empty() {
+            continue;
+        }
+        let r = Round {
+            store: synced.clone(),
+            mailbox: &session.mailbox,
+            org_name: org_name.clone(),
+            policy: session.settings.conflict_policy,
+            lease,
+            server: client,
+            route,
+            now,
+            feed_cursor: feed,
+            report: RoundReport::default(),
+        }
+        .run()
+        .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(RoundError::Store(e)) => return Err(e.into()),
+            Err(RoundError::Server(e)) => return Err(fail(e)),
+            Err(RoundError::MassDelete(msg)) => {
+                return Err(RunError::Failed(Failure::config("mass_delete_held", msg)));
+            }
+        };
+        report.merge(r);
+    }
+    Ok((report, interval))
+}
+
+/// Test and enable for appointments, contacts and tasks: the mailbox's calendar and address
+/// book are found, and in each a probe item is created, read back and deleted (nothing is
+/// left behind; a probe that cannot be deleted is named in the failure).
+pub(crate) async fn test(
+    store: &Store,
+    session: &MailboxSession,
+) -> Result<Result<String, Failure>, StoreError> {
+    use serversync_connectors::items::{ItemStore, Written};
+    let Some(dav) = session.profile.dav.clone() else {
+        return Ok(Err(Failure::config(
+            "connector_not_available",
+            "two-way synchronization of appointments, contacts and tasks with Exchange is not \
+             available in this version yet; CalDAV/CardDAV servers are: set act_method to none, \
+             or name a CalDAV/CardDAV server in an IMAP/POP3 profile",
+        )));
+    };
+    let login = match session.login(store, Side::Incoming).await? {
+        Ok(l) => l,
+        Err(f) => return Ok(Err(f)),
+    };
+    let card_url = dav.carddav_url.clone().unwrap_or(dav.caldav_url.clone());
+    let mut found = Vec::new();
+    for (url, kind, record_types) in [
+        (
+            &dav.caldav_url,
+            CollectionKind::Calendar,
+            &[RecordType::Appointment, RecordType::Task][..],
+        ),
+        (
+            &card_url,
+            CollectionKind::AddressBook,
+            &[RecordType::Contact][..],
+        ),
+    ] {
+        let probe = async {
+            let mut client =
+                DavClient::connect(url, &login, &session.opts, &mut StepLog::new()).await?;
+            let collections = client.discover(kind).await?;
+            let mut lines = Vec::new();
+            for t in record_types {
+                let Some(c) = collections.iter().find(|c| c.holds(*t)) else {
+                    return Err(serversync_connectors::ConnectError::new(
+                        serversync_model::FailureStep::Permission,
+                        serversync_model::ErrorKind::Config,
+                        format!("the server has no collection for {t:?} items of this user"),
+                    )
+                    .with_code("dav_not_found"));
+                };
+                let now = chrono::Utc::now();
+                let values = probe_values(*t, now);
+                let (id, version) = match client.create(&c.href, *t, &values).await? {
+                    Written::Done { id, version } => (id, version),
+                    other => {
+                        return Err(serversync_connectors::ConnectError::new(
+                            serversync_model::FailureStep::Permission,
+                            serversync_model::ErrorKind::Config,
+                            format!("a test item could not be written to {}: {other:?}", c.href),
+                        )
+                        .with_code("dav_not_writable"));
+                    }
+                };
+                let read = client.get(&c.href, &id).await?;
+                let deleted = client.delete(&c.href, &id, &version).await?;
+                if read.is_none() || !matches!(deleted, Written::Done { .. } | Written::Gone) {
+                    return Err(serversync_connectors::ConnectError::new(
+                        serversync_model::FailureStep::Permission,
+                        serversync_model::ErrorKind::Config,
+                        format!(
+                            "the test item {id} could not be read back and deleted; delete it \
+                             by hand"
+                        ),
+                    )
+                    .with_code("dav_not_writable"));
+                }
+                lines.push(format!(
+                    "{} in {} readable and writable",
+                    kind_label(*t),
+                    c.href
+                ));
+            }
+            Ok::<_, serversync_connectors::ConnectError>(lines)
+        };
+        match probe.await {
+            Ok(lines) => found.extend(lines),
+            Err(e) => return Ok(Err(Failure::from(&e))),
+        }
+    }
+    Ok(Ok(found.join("; ")))
+}
+
+fn kind_label(t: RecordType) -> &'static str {
+    match t {
+        RecordType::Appointment => "appointments",
+        RecordType::Task => "tasks",
+        _ => "contacts",
+    }
+}
+
+/// The values of a test item (tomorrow, so it is no past meeting).
+fn probe_values(t: RecordType, now: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    use serversync_model::itemvalues::time;
+    let uid = format!("serversync-test-{}", uuid::Uuid::new_v4());
+    let start = now + chrono::Duration::days(1);
+    match t {
+        RecordType::Appointment => serde_json::json!({
+            "uid": uid, "subject": "serversync test (deleted at once)",
+            "start": time(start), "end": time(start + chrono::Duration::minutes(15)),
+        }),
+        RecordType::Task => serde_json::json!({
+            "uid": uid, "subject": "serversync test (deleted at once)", "state": "open",
+        }),
+        _ => serde_json::json!({
+            "uid": uid, "full_name": "serversync test (deleted at once)",
+        }),
+    }
+}
