@@ -24,6 +24,7 @@ use serversync_model::webhook::ChangeOrigin;
 use serversync_model::{ActivityId, ContactId};
 use serversync_store::{Backend, Col, LeaseGuard, Store};
 use serversync_testkit::TestEnv;
+use serversync_testkit::radicale::DavPeer;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,91 +40,10 @@ struct World {
     mailbox: Mailbox,
     org_name: String,
     lease: LeaseGuard,
-    dav: Dav,
+    dav: DavPeer,
+    password: String,
     calendar: String,
     book: String,
-}
-
-/// Plain HTTP to Radicale as [`USER`].
-struct Dav {
-    http: reqwest::Client,
-    base: String,
-    password: String,
-    log: std::path::PathBuf,
-}
-
-impl Dav {
-    fn req(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{}{}", self.base.trim_end_matches('/'), path),
-            )
-            .basic_auth(USER, Some(&self.password))
-    }
-
-    async fn mkcol(&self, path: &str, resourcetype: &str) {
-        let body = format!(
-            r#"<?xml version="1.0"?><d:mkcol xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav" xmlns:a="urn:ietf:params:xml:ns:carddav"><d:set><d:prop><d:resourcetype><d:collection/>{resourcetype}</d:resourcetype></d:prop></d:set></d:mkcol>"#
-        );
-        let r = self.req("MKCOL", path).body(body).send().await.unwrap();
-        assert!(r.status().is_success(), "MKCOL {path}: {}", r.status());
-    }
-
-    /// The collection's resources: (href, text).
-    async fn list(&self, collection: &str) -> Vec<(String, String)> {
-        let r = self
-            .req("PROPFIND", collection)
-            .header("Depth", "1")
-            .body(r#"<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop><d:getetag/></d:prop></d:propfind>"#)
-            .send()
-            .await
-            .unwrap();
-        let body = r.text().await.unwrap();
-        let mut out = Vec::new();
-        // `<href>`, `<D:href>`, `<d:href>`…: whatever prefix the server uses.
-        for part in body.split("href>").skip(1).step_by(2) {
-            let href = part.split('<').next().unwrap().to_owned();
-            if href.ends_with('/') {
-                continue; // the collection itself (its GET would be every item at once)
-            }
-            out.push((href.clone(), self.get(&href).await.0));
-        }
-        out.sort();
-        out
-    }
-
-    /// A resource's text and ETag.
-    async fn get(&self, href: &str) -> (String, String) {
-        let r = self.req("GET", href).send().await.unwrap();
-        assert!(r.status().is_success(), "GET {href}: {}", r.status());
-        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
-        (r.text().await.unwrap(), etag)
-    }
-
-    async fn put(&self, href: &str, text: &str, content_type: &str) {
-        let r = self
-            .req("PUT", href)
-            .header("Content-Type", content_type)
-            .body(text.replace('\n', "\r\n"))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "PUT {href}: {}", r.status());
-    }
-
-    async fn delete(&self, href: &str) {
-        let r = self.req("DELETE", href).send().await.unwrap();
-        assert!(r.status().is_success(), "DELETE {href}: {}", r.status());
-    }
-
-    /// How many requests of `method` for paths under `prefix` Radicale logged so far (other
-    /// tests use the same Radicale at the same time, in collections of their own).
-    fn logged(&self, method: &str, prefix: &str) -> usize {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.matches(&format!("{method} request for '{prefix}"))
-            .count()
-    }
 }
 
 fn minute(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -147,21 +67,11 @@ async fn world(backend: Backend, policy: ConflictPolicy) -> World {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let trust =
         Arc::new(serversync_connectors::TlsTrust::with_extra_ca_files([&env.ca_cert]).unwrap());
-    let dav = Dav {
-        http: reqwest::Client::builder()
-            .tls_backend_preconfigured((*trust.client_config()).clone())
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        base: env.radicale_url().to_owned(),
-        password: env.password.clone(),
-        log: env.radicale.log.clone(),
-    };
+    let dav = DavPeer::new(&env.radicale, USER, &env.password).unwrap();
     let calendar = format!("/{USER}/{run}-calendar/");
     let book = format!("/{USER}/{run}-contacts/");
-    dav.mkcol(&calendar, "<c:calendar/>").await;
-    dav.mkcol(&book, "<a:addressbook/>").await;
+    dav.mkcol(&calendar, true).await.unwrap();
+    dav.mkcol(&book, false).await.unwrap();
     let base = env.radicale_url().trim_end_matches('/');
     let p = store
         .fetch::<EmailServerProfile>(&m.profile_id.unwrap().to_string())
@@ -212,6 +122,7 @@ async fn world(backend: Backend, policy: ConflictPolicy) -> World {
         org_name,
         lease,
         dav,
+        password: env.password.clone(),
         calendar,
         book,
     }
@@ -289,6 +200,7 @@ impl World {
         self.dav
             .list(collection)
             .await
+            .unwrap()
             .into_iter()
             .find(|(_, text)| text.contains(needle))
     }
@@ -346,7 +258,7 @@ async fn each_side_reaches_the_other(backend: Backend) {
     assert_eq!(w.dav.logged("PUT", run), puts, "no write back");
 
     // Server → CRM: an update, a delete, and a new tracked contact (an untracked one stays out).
-    let (text, _) = w.dav.get(&href_e).await;
+    let (text, _) = w.dav.get(&href_e).await.unwrap();
     w.dav
         .put(
             &href_e,
@@ -358,19 +270,22 @@ async fn each_side_reaches_the_other(backend: Backend) {
                 .replace("\r\n", "\n"),
             "text/calendar",
         )
-        .await;
-    w.dav.delete(&href_t).await;
+        .await
+        .unwrap();
+    w.dav.delete(&href_t).await.unwrap();
     let tracked = format!(
         "BEGIN:VCARD\nVERSION:3.0\nUID:peer-1\nFN:Bo Chen\nEMAIL:bo@contoso.example\nCATEGORIES:Tracked to {}\nEND:VCARD\n",
         w.org_name
     );
     w.dav
         .put(&format!("{}peer-1.vcf", w.book), &tracked, "text/vcard")
-        .await;
+        .await
+        .unwrap();
     let untracked = "BEGIN:VCARD\nVERSION:3.0\nUID:peer-2\nFN:Private Person\nEND:VCARD\n";
     w.dav
         .put(&format!("{}peer-2.vcf", w.book), untracked, "text/vcard")
-        .await;
+        .await
+        .unwrap();
     let r = w.round().await;
     assert_eq!(
         (r.crm_updated, r.crm_deleted, r.crm_created),
@@ -421,7 +336,7 @@ async fn each_side_reaches_the_other(backend: Backend) {
         .unwrap();
     let r = w.round().await;
     assert_eq!((r.server_updated, r.server_deleted), (1, 1), "{r:?}");
-    let (card, _) = w.dav.get(&href_c).await;
+    let (card, _) = w.dav.get(&href_c).await.unwrap();
     assert!(card.contains("555 0100"), "{card}");
     assert!(w.resource_with(&w.calendar, "VEVENT").await.is_none());
 
@@ -453,7 +368,7 @@ async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
     let mut c = s.value;
     c.job_title = Some("Buyer".into());
     w.api.update(&c, Some(s.version)).await.unwrap();
-    let (text, _) = w.dav.get(&href).await;
+    let (text, _) = w.dav.get(&href).await.unwrap();
     w.dav
         .put(
             &href,
@@ -462,7 +377,8 @@ async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
                 .replace("\r\n", "\n"),
             "text/vcard",
         )
-        .await;
+        .await
+        .unwrap();
     let r = w.round().await;
     assert!(r.conflicts.is_empty(), "{r:?}");
     let c = w
@@ -472,7 +388,7 @@ async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
         .unwrap();
     assert_eq!(c.value.full_name, "Ann Lee-Smith");
     assert_eq!(c.value.job_title.as_deref(), Some("Buyer"));
-    let (text, _) = w.dav.get(&href).await;
+    let (text, _) = w.dav.get(&href).await.unwrap();
     assert!(
         text.contains("TITLE:Buyer") && text.contains("FN:Ann Lee-Smith"),
         "{text}"
@@ -484,7 +400,7 @@ async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
     c.value.company = Some("CRM Corp".into());
     w.api.update(&c.value, Some(c.version)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (text, _) = w.dav.get(&href).await;
+    let (text, _) = w.dav.get(&href).await.unwrap();
     let rev = Utc::now().format("%Y%m%dT%H%M%SZ");
     let mut lines: Vec<String> = text
         .lines()
@@ -494,7 +410,10 @@ async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
     let end = lines.iter().position(|l| l == "END:VCARD").unwrap();
     lines.insert(end, format!("REV:{rev}"));
     lines.insert(end, "ORG:Server Corp".into());
-    w.dav.put(&href, &lines.join("\n"), "text/vcard").await;
+    w.dav
+        .put(&href, &lines.join("\n"), "text/vcard")
+        .await
+        .unwrap();
     let r = w.round().await;
     assert_eq!(r.conflicts.len(), 1, "{r:?}");
     assert_eq!(r.conflicts[0].1.field, "company");
@@ -508,7 +427,7 @@ async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
         .await
         .unwrap();
     assert_eq!(c.value.company.as_deref(), Some(expected));
-    let (text, _) = w.dav.get(&href).await;
+    let (text, _) = w.dav.get(&href).await.unwrap();
     assert!(text.contains(&format!("ORG:{expected}")), "{text}");
     let alerts = w
         .store
@@ -588,7 +507,8 @@ async fn recurring_meetings_round_trip(backend: Backend) {
             &ics,
             "text/calendar",
         )
-        .await;
+        .await
+        .unwrap();
     assert_eq!(w.round().await.crm_created, 1);
     let all = w
         .store
@@ -637,7 +557,7 @@ async fn deletes_are_guarded(backend: Backend) {
     w.api.insert(&meeting).await.unwrap();
     w.round().await;
     let (href, _) = w.resource_with(&w.calendar, "Their meeting").await.unwrap();
-    w.dav.delete(&href).await;
+    w.dav.delete(&href).await.unwrap();
     let r = w.round().await;
     assert_eq!(r.crm_deleted, 0, "{r:?}");
     assert!(
@@ -656,7 +576,8 @@ async fn deletes_are_guarded(backend: Backend) {
     );
     w.dav
         .put(&format!("{}foreign-1.vcf", w.book), &foreign, "text/vcard")
-        .await;
+        .await
+        .unwrap();
     let r = w.round().await;
     assert_eq!(r.crm_created, 0, "{r:?}");
 
@@ -668,9 +589,9 @@ async fn deletes_are_guarded(backend: Backend) {
             .unwrap();
     }
     assert_eq!(w.round().await.server_created, 10);
-    for (href, text) in w.dav.list(&w.book).await {
+    for (href, text) in w.dav.list(&w.book).await.unwrap() {
         if text.contains("Person ") {
-            w.dav.delete(&href).await;
+            w.dav.delete(&href).await.unwrap();
         }
     }
     let e = twoway::sync_once(&w.store, &w.config, w.mailbox.id, &w.lease)
@@ -696,7 +617,7 @@ fn caldav_peer(w: &World, collection: &str, args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/caldav_peer.py");
     let out = std::process::Command::new("python3")
         .arg(script)
-        .args([env.radicale_url(), USER, &w.dav.password, collection])
+        .args([env.radicale_url(), USER, &w.password, collection])
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
@@ -825,11 +746,11 @@ async fn test_and_enable_probes_the_collections(backend: Backend) {
     assert_eq!(after.act.status, RunStatus::Success);
     assert!(after.act.enabled);
     assert!(
-        w.dav.list(&w.calendar).await.is_empty(),
+        w.dav.list(&w.calendar).await.unwrap().is_empty(),
         "no test item left behind"
     );
     assert!(
-        w.dav.list(&w.book).await.is_empty(),
+        w.dav.list(&w.book).await.unwrap().is_empty(),
         "no test card left behind"
     );
 

@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -222,4 +223,151 @@ fn configure(dir: &Path, accounts: &Accounts) -> Result<RadicaleInfo> {
         pid: None,
         root,
     })
+}
+
+/// A plain-HTTP CalDAV/CardDAV peer of a Radicale, for tests that look at the server without
+/// serversync's DAV client: make collections, list, read, write and delete resources as any
+/// other client would, and count the requests Radicale logged.
+pub struct DavPeer {
+    http: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+    log: PathBuf,
+}
+
+impl DavPeer {
+    /// A peer of `info`'s Radicale signed in as `user`.
+    pub fn new(info: &RadicaleInfo, user: &str, password: &str) -> Result<DavPeer> {
+        // Plain HTTP, but reqwest wants a TLS configuration (no crypto provider by default).
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        Ok(DavPeer {
+            http: reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            base: info.url.trim_end_matches('/').to_owned(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+            log: info.log.clone(),
+        })
+    }
+
+    fn req(&self, method: &str, path: &str) -> Result<reqwest::RequestBuilder> {
+        Ok(self
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes())?,
+                format!("{}{path}", self.base),
+            )
+            .basic_auth(&self.user, Some(&self.password)))
+    }
+
+    async fn send(&self, what: &str, r: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let r = r.send().await?;
+        if !r.status().is_success() {
+            bail!("{what}: {}", r.status());
+        }
+        Ok(r)
+    }
+
+    /// Makes a calendar (`calendar: true`) or an address book at `path`.
+    pub async fn mkcol(&self, path: &str, calendar: bool) -> Result<()> {
+        let rt = if calendar {
+            "<c:calendar/>"
+        } else {
+            "<a:addressbook/>"
+        };
+        let body = format!(
+            r#"<?xml version="1.0"?><d:mkcol xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav" xmlns:a="urn:ietf:params:xml:ns:carddav"><d:set><d:prop><d:resourcetype><d:collection/>{rt}</d:resourcetype></d:prop></d:set></d:mkcol>"#
+        );
+        self.send(
+            &format!("MKCOL {path}"),
+            self.req("MKCOL", path)?.body(body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The hrefs of the resources in `collection` (not the collection itself).
+    pub async fn hrefs(&self, collection: &str) -> Result<Vec<String>> {
+        let body = r#"<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop><d:getetag/></d:prop></d:propfind>"#;
+        let r = self
+            .send(
+                &format!("PROPFIND {collection}"),
+                self.req("PROPFIND", collection)?
+                    .header("Depth", "1")
+                    .body(body),
+            )
+            .await?;
+        let text = r.text().await?;
+        // `<href>`, `<D:href>`, `<d:href>`…: whatever prefix the server uses.
+        let mut hrefs: Vec<String> = text
+            .split("href>")
+            .skip(1)
+            .step_by(2)
+            .filter_map(|part| part.split('<').next())
+            .filter(|h| !h.ends_with('/'))
+            .map(str::to_owned)
+            .collect();
+        hrefs.sort();
+        Ok(hrefs)
+    }
+
+    /// Every resource of `collection` with its text, by href.
+    pub async fn list(&self, collection: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for href in self.hrefs(collection).await? {
+            let (text, _) = self.get(&href).await?;
+            out.push((href, text));
+        }
+        Ok(out)
+    }
+
+    /// A resource's text and ETag.
+    pub async fn get(&self, href: &str) -> Result<(String, String)> {
+        let r = self
+            .send(&format!("GET {href}"), self.req("GET", href)?)
+            .await?;
+        let etag = r
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok((r.text().await?, etag))
+    }
+
+    /// Writes a resource (`\n` line ends are sent as CRLF).
+    pub async fn put(&self, href: &str, text: &str, content_type: &str) -> Result<()> {
+        let body = text.replace("\r\n", "\n").replace('\n', "\r\n");
+        self.send(
+            &format!("PUT {href}"),
+            self.req("PUT", href)?
+                .header("Content-Type", content_type)
+                .body(body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, href: &str) -> Result<()> {
+        self.send(&format!("DELETE {href}"), self.req("DELETE", href)?)
+            .await?;
+        Ok(())
+    }
+
+    /// How many requests of `method` for paths under `prefix` Radicale logged so far (tests
+    /// share one Radicale, each in collections of its own).
+    pub fn logged(&self, method: &str, prefix: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.matches(&format!("{method} request for '{prefix}"))
+            .count()
+    }
 }
