@@ -342,6 +342,22 @@ async fn kill9_during_a_two_way_round(backend: Backend) {
         }
     }
     assert_eq!(links, 2 * EACH);
+    // The mailbox page's "recent decisions" come from the rounds `serve` ran.
+    let mb = s
+        .store
+        .fetch::<Mailbox>(&m.to_string())
+        .await
+        .unwrap()
+        .value;
+    let sync = mb.telemetry.items_sync.expect("the rounds' decisions");
+    assert!(
+        sync.decisions
+            .iter()
+            .any(|d| d.what.contains("created on the server")
+                || d.what.contains("created in the CRM")),
+        "{:?}",
+        sync.decisions
+    );
 }
 
 async fn mailbox(store: &Store) -> serversync_model::MailboxId {

@@ -101,6 +101,48 @@ pub struct Telemetry {
     /// Exchange Online: the Microsoft Graph change-notification subscription on the Inbox.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph_subscription: Option<GraphSubscription>,
+    /// Appointments, contacts and tasks: the recent decisions of the two-way synchronization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_sync: Option<ItemsSync>,
+}
+
+/// What the two-way synchronization of a mailbox's appointments, contacts and tasks did lately.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ItemsSync {
+    /// When a round last changed something on either side.
+    pub last_change_at: Option<DateTime<Utc>>,
+    /// The latest decisions, newest first (at most [`ItemsSync::KEPT`]).
+    pub decisions: Vec<ItemsDecision>,
+}
+
+/// One decision of the two-way synchronization ("contact \"Ann Lee\": phones written to the
+/// server").
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemsDecision {
+    pub at: DateTime<Utc>,
+    pub what: String,
+}
+
+impl ItemsSync {
+    /// Decisions kept on the mailbox.
+    pub const KEPT: usize = 50;
+
+    /// Adds a round's decisions (in the order they were made) at `at`.
+    pub fn record(&mut self, at: DateTime<Utc>, decisions: &[String]) {
+        if decisions.is_empty() {
+            return;
+        }
+        self.last_change_at = Some(at);
+        let new = decisions.iter().rev().map(|what| ItemsDecision {
+            at,
+            what: what.clone(),
+        });
+        let mut all: Vec<ItemsDecision> = new.chain(self.decisions.drain(..)).collect();
+        all.truncate(Self::KEPT);
+        self.decisions = all;
+    }
 }
 
 /// A Microsoft Graph change-notification subscription (new mail in the Inbox): notifications

@@ -842,3 +842,73 @@ both!(
         );
     }
 );
+
+// The mailbox page shows the third direction's recent decisions (the two-way syncer keeps them
+// on the mailbox; here they are put there directly).
+both!(
+    the_mailbox_page_shows_appointment_sync_decisions,
+    |backend| {
+        use serversync_model::mailbox::{Mailbox, MailboxRegarding};
+        use serversync_model::org::{Organization, User};
+        use serversync_model::settings::{ActMethod, EmailSettings};
+        let s = Site::start(backend).await;
+        let org = s
+            .store
+            .list_all::<Organization>(None, &[])
+            .await
+            .unwrap()
+            .remove(0)
+            .value;
+        let user = s
+            .store
+            .list_all::<User>(Some(org.id), &[])
+            .await
+            .unwrap()
+            .remove(0)
+            .value;
+        let settings = EmailSettings::new(org.id);
+        let now = chrono::Utc::now();
+        let mut m = Mailbox::new_with_defaults(
+            org.id,
+            MailboxRegarding::User(user.id),
+            user.id,
+            "Ann",
+            "ann@example.com",
+            &settings,
+            now,
+        );
+        m.act_method = ActMethod::ServerSideSync;
+        s.store.insert(&m).await.unwrap();
+        let cookie = s.sign_in_with_token(&s.token).await;
+        let page = s.get(&format!("/mailboxes/{}", m.id), &cookie).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(
+            page.body.contains("No changes synchronized yet."),
+            "{}",
+            page.body
+        );
+
+        let stored = s.store.fetch::<Mailbox>(&m.id.to_string()).await.unwrap();
+        let mut m = stored.value;
+        m.telemetry
+            .items_sync
+            .get_or_insert_with(Default::default)
+            .record(
+                now,
+                &[
+                    "contact \"Ann Lee\": phones written to the server".to_owned(),
+                    "contact \"Ann Lee\": conflict on company; the server's value kept".to_owned(),
+                ],
+            );
+        s.store.update(&m, Some(stored.version)).await.unwrap();
+        let page = s.get(&format!("/mailboxes/{}", m.id), &cookie).await;
+        let table = page
+            .body
+            .split("id=\"act-decisions\"")
+            .nth(1)
+            .expect("the decisions table");
+        let conflict = table.find("conflict on company").expect("the conflict");
+        let phones = table.find("phones written").expect("the write");
+        assert!(conflict < phones, "newest first: {table}");
+    }
+);

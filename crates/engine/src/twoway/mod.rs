@@ -103,9 +103,12 @@ async fn run(
 ) {
     loop {
         let interval = match sync_once(&store, &config, id, &lease).await {
-            Ok((_, interval)) => {
+            Ok((report, interval)) => {
                 if let Err(e) = crate::health::record_success(&store, id, Direction::Act).await {
                     tracing::warn!(mailbox = %id, error = %e, "recording the success failed");
+                }
+                if let Err(e) = record_decisions(&store, id, &report.decisions).await {
+                    tracing::warn!(mailbox = %id, error = %e, "recording the decisions failed");
                 }
                 interval
             }
@@ -144,6 +147,34 @@ async fn run(
         }
     }
     let _ = store.release_lease(&lease).await;
+}
+
+/// Keeps a round's decisions on the mailbox (its page shows the latest), when it made any.
+async fn record_decisions(
+    store: &Store,
+    id: MailboxId,
+    decisions: &[String],
+) -> Result<(), StoreError> {
+    if decisions.is_empty() {
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    for _ in 0..3 {
+        let Some(s) = store.get::<Mailbox>(&id.to_string()).await? else {
+            return Ok(());
+        };
+        let mut m = s.value;
+        m.telemetry
+            .items_sync
+            .get_or_insert_with(Default::default)
+            .record(now, decisions);
+        match store.update(&m, Some(s.version)).await {
+            // An administrator's edit meanwhile: read again.
+            Err(StoreError::VersionMismatch { .. }) => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+    Ok(())
 }
 
 /// Why [`sync_once`] did not finish.

@@ -253,6 +253,8 @@ struct DetailPage {
     telemetry: Vec<(&'static str, String)>,
     alerts: Vec<AlertRow>,
     items: Vec<ItemRow>,
+    /// Appointments, contacts and tasks: the latest decisions (when, what), newest first.
+    act_decisions: Vec<(String, String)>,
     sections: Vec<Section>,
     problem: Option<String>,
 }
@@ -394,6 +396,12 @@ async fn detail_page(
         .collect();
     items.reverse();
     items.truncate(50);
+    let act_decisions = t
+        .items_sync
+        .iter()
+        .flat_map(|s| s.decisions.iter())
+        .map(|d| (when(Some(d.at)), d.what.clone()))
+        .collect();
     let mut sections = sections.unwrap_or_else(|| {
         let mut secs = edit_sections();
         if let Ok(doc) = serde_json::to_value(&m) {
@@ -417,6 +425,7 @@ async fn detail_page(
         telemetry,
         alerts,
         items,
+        act_decisions,
         sections,
         problem,
     });
