@@ -789,6 +789,72 @@ async fn test_and_enable_probes_the_collections(backend: Backend) {
     );
 }
 
+/// Under the engine (the items pipeline), a change in the CRM reaches the server within
+/// seconds, long before the next polling round (30 s at least).
+async fn the_engine_follows_crm_changes(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    w.store.release_lease(&w.lease).await.unwrap();
+    let config = EngineConfig {
+        tick: Duration::from_millis(100),
+        lease_ttl: Duration::from_secs(6),
+        ..w.config.clone()
+    };
+    let engine = serversync_engine::Engine::new(w.store.clone(), config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    // The first round: nothing to do yet, but its position in the feed is committed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while w
+        .store
+        .get_cursor(w.mailbox.id, "crm-feed:contacts")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first round within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.api
+        .insert(&w.contact("Quick Change", "quick@fabrikam.example"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while w.resource_with(&w.book, "FN:Quick Change").await.is_none() {
+        if std::time::Instant::now() >= deadline {
+            let m = w
+                .store
+                .fetch::<Mailbox>(&w.mailbox.id.to_string())
+                .await
+                .unwrap();
+            panic!(
+                "the new contact did not reach the server within 15 s: {:?} {:?}",
+                m.value.act, m.value.telemetry
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let m = w
+        .store
+        .fetch::<Mailbox>(&w.mailbox.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    let sync = m
+        .telemetry
+        .items_sync
+        .expect("the round's decisions are kept");
+    assert!(
+        sync.decisions[0].what.contains("Quick Change"),
+        "{:?}",
+        sync.decisions
+    );
+}
+
 macro_rules! both {
     ($name:ident, $sqlite:ident, $pg:ident $(, $arg:expr)*) => {
         #[tokio::test]
@@ -844,4 +910,9 @@ both!(
     test_and_enable_probes_the_collections,
     test_enable_sqlite,
     test_enable_postgres
+);
+both!(
+    the_engine_follows_crm_changes,
+    engine_follows_crm_sqlite,
+    engine_follows_crm_postgres
 );

@@ -296,8 +296,8 @@ impl Admin {
         Ok(out)
     }
 
-    /// "Sync now": asks the engine to synchronize a mailbox's incoming email at once, whatever
-    /// its polling interval, and retries a mailbox postponed by the retry policy immediately
+    /// "Sync now": asks the engine to synchronize a mailbox's incoming email (and its
+    /// appointments, contacts and tasks) at once, whatever its polling interval, and retries a mailbox postponed by the retry policy immediately
     /// (its count of transient failures is kept). Allowed to the mailbox's owner and to those
     /// who may write mailboxes; the mailbox must be synchronized by serversync and enabled.
     pub async fn sync_now(&self, c: &Caller, org: OrgId, id: MailboxId) -> Result<Stored<Mailbox>> {
@@ -308,17 +308,20 @@ impl Admin {
                 c.require_mailbox_write()?;
             }
             let b = &s.value;
-            if b.incoming_method != IncomingMethod::ServerSideSync {
+            // Incoming email, or appointments, contacts and tasks: either is synchronized now.
+            let items = b.act_method == serversync_model::settings::ActMethod::ServerSideSync
+                && b.act.enabled;
+            if b.incoming_method != IncomingMethod::ServerSideSync && !items {
                 return Err(AdminError::WrongState {
                     code: "not_server_side_sync",
                     message: format!(
-                        "mailbox {} receives email by {}, not by server-side synchronization: there is nothing to synchronize",
+                        "mailbox {} receives email by {}, not by server-side synchronization, and does not synchronize appointments, contacts and tasks: there is nothing to synchronize",
                         b.email,
                         serversync_model::wire_name(&b.incoming_method)
                     ),
                 });
             }
-            if !b.incoming.enabled {
+            if !b.incoming.enabled && !items {
                 return Err(AdminError::WrongState {
                     code: "mailbox_not_enabled",
                     message: format!(

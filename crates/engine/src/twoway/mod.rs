@@ -6,7 +6,8 @@
 //! profile (IMAP/POP3 profiles with `dav` settings), signed in as the mailbox's incoming
 //! account — finds its collections, and runs [`round::Round`]. Failures are recorded for the
 //! `act` direction by the retry policy like the other directions'. Rounds repeat every
-//! polling interval of the profile (at least [`MIN_INTERVAL`]).
+//! polling interval of the profile (at least [`MIN_INTERVAL`]), and within seconds of a
+//! change in the CRM or a "sync now".
 
 pub(crate) mod records;
 pub mod round;
@@ -28,8 +29,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The shortest time between two rounds of one mailbox.
+/// The shortest time between two rounds of one mailbox that only look for changes on the
+/// server (a change in the CRM, or "sync now", starts a round sooner).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a waiting mailbox looks for changes in the CRM.
+const CRM_POLL: Duration = Duration::from_secs(2);
 
 pub(crate) fn resource(id: MailboxId) -> String {
     format!("items:{id}")
@@ -101,7 +105,18 @@ async fn run(
     lease: LeaseGuard,
     stop: CancellationToken,
 ) {
+    let org = match store.get::<Mailbox>(&id.to_string()).await {
+        Ok(Some(m)) => m.value.org_id,
+        _ => {
+            let _ = store.release_lease(&lease).await;
+            return;
+        }
+    };
     loop {
+        // The feed's position before the round: a change after it (someone's, or the round's
+        // own, which costs one quiet round more) starts the next round early.
+        let seen = store.latest_change_seq(org).await.unwrap_or(i64::MAX);
+        let round_started = chrono::Utc::now();
         let interval = match sync_once(&store, &config, id, &lease).await {
             Ok((report, interval)) => {
                 if let Err(e) = crate::health::record_success(&store, id, Direction::Act).await {
@@ -123,8 +138,10 @@ async fn run(
                 break;
             }
         };
-        let renew = config.lease_ttl / 3;
+        // Until the next round: the server is asked again after the interval, but a change
+        // in the CRM (the feed moved past what the round saw) or "sync now" starts one at once.
         let until = tokio::time::Instant::now() + interval;
+        let mut renewed = tokio::time::Instant::now();
         loop {
             let now = tokio::time::Instant::now();
             if now >= until {
@@ -135,10 +152,21 @@ async fn run(
                     let _ = store.release_lease(&lease).await;
                     return;
                 }
-                _ = tokio::time::sleep((until - now).min(renew)) => {}
+                _ = tokio::time::sleep((until - now).min(CRM_POLL)) => {}
             }
-            if store.renew_lease(&lease, config.lease_ttl).await.is_err() {
-                return;
+            if renewed.elapsed() >= config.lease_ttl / 3 {
+                if store.renew_lease(&lease, config.lease_ttl).await.is_err() {
+                    return;
+                }
+                renewed = tokio::time::Instant::now();
+            }
+            let crm_changed = store.latest_change_seq(org).await.is_ok_and(|n| n > seen);
+            let asked = matches!(
+                store.get::<Mailbox>(&id.to_string()).await,
+                Ok(Some(m)) if m.value.telemetry.sync_requested_at.is_some_and(|t| t > round_started)
+            );
+            if crm_changed || asked {
+                break;
             }
         }
         match store.get::<Mailbox>(&id.to_string()).await {
