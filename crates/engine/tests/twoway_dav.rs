@@ -340,6 +340,34 @@ async fn each_side_reaches_the_other(backend: Backend) {
     assert!(card.contains("555 0100"), "{card}");
     assert!(w.resource_with(&w.calendar, "VEVENT").await.is_none());
 
+    // A contact given to another user leaves this user's server (the reference's "logical
+    // delete"); the record stays in the CRM.
+    let colleague = serversync_model::org::User::new(
+        w.mailbox.org_id,
+        "Colleague",
+        "colleague@example.test",
+        Utc::now(),
+    );
+    w.store.insert(&colleague).await.unwrap();
+    let s = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    let mut c = s.value;
+    c.owner_id = colleague.id;
+    w.api.update(&c, Some(s.version)).await.unwrap();
+    let r = w.round().await;
+    assert_eq!(r.server_deleted, 1, "{r:?}");
+    assert!(w.resource_with(&w.book, "FN:Ann Lee").await.is_none());
+    assert!(
+        w.store
+            .get::<Contact>(&contact.id.to_string())
+            .await
+            .unwrap()
+            .is_some()
+    );
+
     // And again nothing echoes.
     let puts = (w.dav.logged("PUT", run), w.dav.logged("DELETE", run));
     let r = w.round().await;

@@ -712,7 +712,7 @@ impl<S: ItemStore> Round<'_, S> {
                 }
                 match records::load(&self.store, c.record_type, &c.record_id).await? {
                     Some(rec) => self.crm_upsert(rec).await?,
-                    None => self.crm_deleted(c.record_type, &c.record_id).await?,
+                    None => self.crm_deleted(c.record_type, &c.record_id, false).await?,
                 }
             }
             self.put_feed(last).await?;
@@ -743,6 +743,11 @@ impl<S: ItemStore> Round<'_, S> {
             .get_remote_link(self.mailbox.org_id, self.mailbox.id, &rec.value.id())
             .await?;
         if !rec.value.in_filter(self.mailbox, link.is_some()) {
+            if link.is_some() {
+                // Left the user's filter (given to someone else): the server's copy goes, as
+                // the reference's "logical delete" does; the record stays in the CRM.
+                return self.crm_deleted(kind, &rec.value.id(), true).await;
+            }
             return Ok(());
         }
         let Some(link) = link else {
@@ -814,7 +819,11 @@ impl<S: ItemStore> Round<'_, S> {
         Ok(())
     }
 
-    async fn crm_deleted(&mut self, kind: RecordType, record_id: &str) -> R<()> {
+    /// The record was deleted in the CRM (`logical`: it left the user's filter and stays in
+    /// the CRM): the server's copy is deleted, by the organizer only, unless the server
+    /// changed it since (then the record comes back, or for a logical delete the copy is
+    /// unlinked and kept).
+    async fn crm_deleted(&mut self, kind: RecordType, record_id: &str, logical: bool) -> R<()> {
         let (org, mbx) = (self.mailbox.org_id, self.mailbox.id);
         let Some(link) = self.store.get_remote_link(org, mbx, record_id).await? else {
             return Ok(());
@@ -852,6 +861,16 @@ impl<S: ItemStore> Round<'_, S> {
         let server = iv::synced_fields(&item.values);
         let server_changed = link.value.version_tag.as_deref() != Some(item.version.as_str())
             && hash(&server) != link.value.synced_hash;
+        if server_changed && logical {
+            self.store
+                .delete_remote_link(org, mbx, record_id, None)
+                .await?;
+            self.note(format!(
+                "{}: no longer the user's in the CRM but changed on the server; the server's copy is kept and unlinked",
+                item.id
+            ));
+            return Ok(());
+        }
         if merge::delete_outcome(server_changed) == merge::DeleteOutcome::Recreate {
             let mut rec = match CrmRecord::from_server(kind, self.mailbox, &item.id, &item.values) {
                 Ok(r) => r,
@@ -890,8 +909,13 @@ impl<S: ItemStore> Round<'_, S> {
                     .await?;
                 self.report.server_deleted += 1;
                 self.note(format!(
-                    "{}: deleted in the CRM; deleted on the server",
-                    item.id
+                    "{}: {} in the CRM; deleted on the server",
+                    item.id,
+                    if logical {
+                        "no longer the user's"
+                    } else {
+                        "deleted"
+                    }
                 ));
             }
             Written::Conflict { .. } => {
