@@ -213,8 +213,12 @@ impl<S: ItemStore> Round<'_, S> {
             .filter(|(_, c)| c.as_str() == collection)
             .map(|(k, _)| *k)
             .collect();
-        let linked = self.linked_count(collection).await?;
         let deleting = self.deletes_of_live_records(&set.deleted).await?;
+        let linked = if deleting > 0 {
+            self.linked_ids(collection).await?.len()
+        } else {
+            0
+        };
         if merge::mass_delete(linked, deleting) {
             let msg = format!(
                 "{deleting} of the {linked} synchronized items of {collection} look deleted on \
@@ -252,21 +256,23 @@ impl<S: ItemStore> Round<'_, S> {
         Ok(())
     }
 
-    async fn linked_count(&self, collection: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
+    /// The server ids of the items of `collection` linked in this mailbox.
+    async fn linked_ids(&self, collection: &str) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let page = self
                 .store
                 .list_remote_links(self.mailbox.org_id, self.mailbox.id, after.as_deref(), 1000)
                 .await?;
-            n += page
-                .iter()
-                .filter(|l| l.value.remote_id.starts_with(collection))
-                .count();
+            ids.extend(
+                page.iter()
+                    .filter(|l| l.value.remote_id.starts_with(collection))
+                    .map(|l| l.value.remote_id.clone()),
+            );
             match page.last() {
                 Some(l) if page.len() == 1000 => after = Some(l.value.record_id.clone()),
-                _ => return Ok(n),
+                _ => return Ok(ids),
             }
         }
     }
@@ -299,25 +305,12 @@ impl<S: ItemStore> Round<'_, S> {
         listed: &[RemoteItem],
     ) -> Result<Vec<String>, StoreError> {
         let listed: HashSet<&str> = listed.iter().map(|i| i.id.as_str()).collect();
-        let mut gone = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list_remote_links(self.mailbox.org_id, self.mailbox.id, after.as_deref(), 1000)
-                .await?;
-            for l in &page {
-                if l.value.remote_id.starts_with(collection)
-                    && !listed.contains(l.value.remote_id.as_str())
-                {
-                    gone.push(l.value.remote_id.clone());
-                }
-            }
-            match page.last() {
-                Some(l) if page.len() == 1000 => after = Some(l.value.record_id.clone()),
-                _ => return Ok(gone),
-            }
-        }
+        Ok(self
+            .linked_ids(collection)
+            .await?
+            .into_iter()
+            .filter(|id| !listed.contains(id.as_str()))
+            .collect())
     }
 
     /// Whether the item carries another organization's stamp and the mailbox synchronizes
