@@ -193,11 +193,8 @@ impl Setup {
     }
 
     /// How many resources each collection holds now.
-    async fn server_counts(&self) -> (usize, usize) {
-        (
-            self.peer.hrefs(&self.book).await.unwrap().len(),
-            self.peer.hrefs(&self.calendar).await.unwrap().len(),
-        )
+    fn server_counts(&self) -> (usize, usize) {
+        (self.peer.count(&self.book), self.peer.count(&self.calendar))
     }
 
     /// Progress of the round: records in the CRM plus resources on the server (2 × EACH
@@ -212,7 +209,7 @@ impl Setup {
             .count_where::<Appointment>(org, &kind)
             .await
             .unwrap();
-        let (sc, se) = self.server_counts().await;
+        let (sc, se) = self.server_counts();
         contacts as usize + events as usize + sc + se
     }
 
@@ -287,7 +284,7 @@ async fn kill9_during_a_two_way_round(backend: Backend) {
                 Instant::now() < deadline,
                 "the round did not reach {target} within 300 s (at {n})"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         worker.kill9();
         killed_at.push(at);
@@ -303,6 +300,25 @@ async fn kill9_during_a_two_way_round(backend: Backend) {
             Instant::now() < deadline,
             "the round did not finish within 300 s of the last restart (at {})",
             s.progress().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every item exists; the round ends when its positions are committed, which the mailbox
+    // shows as its "recent decisions".
+    let m = mailbox(&s.store).await;
+    while s
+        .store
+        .fetch::<Mailbox>(&m.to_string())
+        .await
+        .unwrap()
+        .value
+        .telemetry
+        .items_sync
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the round did not end within 300 s of the last restart"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -327,7 +343,6 @@ async fn kill9_during_a_two_way_round(backend: Backend) {
         &events,
     );
     // Every record is linked, once (one link per record and per server item).
-    let m = mailbox(&s.store).await;
     let (mut links, mut after) = (0, None::<String>);
     loop {
         let page = s

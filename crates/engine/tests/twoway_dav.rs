@@ -883,6 +883,40 @@ async fn the_engine_follows_crm_changes(backend: Backend) {
     );
 }
 
+/// A first round that outlasts the lease several times (hundreds of contacts, a lease of one
+/// second) keeps the lease, finishes, and commits its positions: the next round is quiet.
+async fn a_long_round_keeps_its_lease(backend: Backend) {
+    let mut w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    let ttl = Duration::from_secs(1);
+    w.config.lease_ttl = ttl;
+    w.store.release_lease(&w.lease).await.unwrap();
+    w.lease = w
+        .store
+        .acquire_lease(&format!("items:{}", w.mailbox.id), "test", ttl)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    const N: usize = 200;
+    for i in 0..N {
+        let c = w.contact(
+            &format!("Contact {i:03}"),
+            &format!("c{i}@fabrikam.example"),
+        );
+        w.api.insert(&c).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let r = w.round().await;
+    let took = started.elapsed();
+    assert_eq!(r.server_created, N, "{r:?}");
+    assert!(
+        took > 2 * ttl,
+        "the round ({took:?}) must outlast the lease ({ttl:?}) for this test to mean anything"
+    );
+    assert_eq!(w.dav.hrefs(&w.book).await.unwrap().len(), N);
+    let again = w.round().await;
+    assert!(quiet(&again), "{again:?}");
+}
+
 macro_rules! both {
     ($name:ident, $sqlite:ident, $pg:ident $(, $arg:expr)*) => {
         #[tokio::test]
@@ -943,4 +977,9 @@ both!(
     the_engine_follows_crm_changes,
     engine_follows_crm_sqlite,
     engine_follows_crm_postgres
+);
+both!(
+    a_long_round_keeps_its_lease,
+    long_round_sqlite,
+    long_round_postgres
 );

@@ -234,6 +234,8 @@ pub struct DavPeer {
     user: String,
     password: String,
     log: PathBuf,
+    /// Radicale's storage (`collections/collection-root`), where each resource is a file.
+    storage: PathBuf,
 }
 
 impl DavPeer {
@@ -256,6 +258,7 @@ impl DavPeer {
             user: user.to_owned(),
             password: password.to_owned(),
             log: info.log.clone(),
+            storage: info.root.join("collections").join("collection-root"),
         })
     }
 
@@ -318,6 +321,20 @@ impl DavPeer {
             .collect();
         hrefs.sort();
         Ok(hrefs)
+    }
+
+    /// How many resources `collection` holds, counted in Radicale's storage (one file each)
+    /// rather than asked over HTTP: cheap enough to poll without slowing the server down.
+    pub fn count(&self, collection: &str) -> usize {
+        let dir = self.storage.join(collection.trim_matches('/'));
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Every resource of `collection` with its text, by href.

@@ -127,7 +127,10 @@ async fn run(
                 }
                 interval
             }
-            Err(RunError::LeaseLost) => break,
+            Err(RunError::LeaseLost) => {
+                tracing::warn!(mailbox = %id, "appointments, contacts and tasks: the lease was lost during a round; another worker takes over");
+                break;
+            }
             Err(RunError::Failed(f)) => {
                 tracing::warn!(mailbox = %id, code = %f.code, "appointments, contacts and tasks: {}", f.message);
                 if let Err(e) =
@@ -228,8 +231,31 @@ impl From<StoreError> for RunError {
 }
 
 /// One round for mailbox `id` under `lease` (its `items:<id>` lease): what it did, and how
-/// long to wait before the next.
+/// long to wait before the next. The lease is renewed while the round runs (a first round of
+/// thousands of items outlasts it many times); if it is lost anyway, the round's next write of
+/// a position fails with [`RunError::LeaseLost`] and nothing past it is committed.
 pub async fn sync_once(
+    store: &Store,
+    config: &EngineConfig,
+    id: MailboxId,
+    lease: &LeaseGuard,
+) -> Result<(RoundReport, Duration), RunError> {
+    let renewing = async {
+        loop {
+            tokio::time::sleep(config.lease_ttl / 3).await;
+            if store.renew_lease(lease, config.lease_ttl).await.is_err() {
+                // Lost: the fenced writes of the round notice it.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = round_all(store, config, id, lease) => r,
+        _ = renewing => unreachable!("the renewal loop never ends"),
+    }
+}
+
+async fn round_all(
     store: &Store,
     config: &EngineConfig,
     id: MailboxId,
