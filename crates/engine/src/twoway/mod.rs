@@ -16,7 +16,9 @@ use crate::EngineConfig;
 use crate::policy::{Direction, Failure};
 use crate::session::{MailboxSession, Side};
 use round::{Round, RoundError, RoundReport};
+use serversync_connectors::ConnectError;
 use serversync_connectors::dav::client::{CollectionKind, DavClient};
+use serversync_connectors::items::{ItemStore, Written};
 use serversync_connectors::probe::StepLog;
 use serversync_model::MailboxId;
 use serversync_model::mailbox::{Mailbox, MailboxRegarding};
@@ -302,54 +304,73 @@ async fn round_all(
         .await?
         .map(|o| o.value.name)
         .unwrap_or_default();
-    let synced = store.with_origin(ChangeOrigin::Sync(id));
-    let now = chrono::Utc::now();
+    let ctx = RoundCtx {
+        store: store.with_origin(ChangeOrigin::Sync(id)),
+        session: &session,
+        org_name,
+        lease,
+        now: chrono::Utc::now(),
+    };
     let mut report = RoundReport::default();
     // Calendars (appointments and tasks) and the address book (contacts) are two servers'
     // worth of connections: one round each, the CRM feed followed by the first only for its
     // own record types. The feed position is per mailbox, so the contacts round follows it
     // under its own cursor name.
-    let cal_route: HashMap<RecordType, String> = route.clone();
     let mut book_route = HashMap::new();
     if let Some(b) = books.first() {
         book_route.insert(RecordType::Contact, b.href.clone());
     }
-    for (client, route, feed) in [
-        (&mut cal, cal_route, round::FEED_CURSOR.to_owned()),
-        (
-            &mut card,
-            book_route,
-            format!("{}:contacts", round::FEED_CURSOR),
-        ),
-    ] {
+    report.merge(ctx.run(&mut cal, route, round::FEED_CURSOR).await?);
+    let contacts_feed = format!("{}:contacts", round::FEED_CURSOR);
+    report.merge(ctx.run(&mut card, book_route, &contacts_feed).await?);
+    Ok((report, interval))
+}
+
+/// What every round of one pass shares, whatever the server.
+struct RoundCtx<'a> {
+    /// Writes with the origin `sync:<mailbox>`, so the feed never echoes them.
+    store: Store,
+    session: &'a MailboxSession,
+    org_name: String,
+    lease: &'a LeaseGuard,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+impl RoundCtx<'_> {
+    /// One [`Round`] against `server` for the record types of `route` (none: nothing to do),
+    /// following the CRM's feed under the cursor `feed`.
+    async fn run<S: ItemStore>(
+        &self,
+        server: &mut S,
+        route: HashMap<RecordType, String>,
+        feed: &str,
+    ) -> Result<RoundReport, RunError> {
         if route.is_empty() {
-            continue;
+            return Ok(RoundReport::default());
         }
         let r = Round {
-            store: synced.clone(),
-            mailbox: &session.mailbox,
-            org_name: org_name.clone(),
-            policy: session.settings.conflict_policy,
-            lease,
-            server: client,
+            store: self.store.clone(),
+            mailbox: &self.session.mailbox,
+            org_name: self.org_name.clone(),
+            policy: self.session.settings.conflict_policy,
+            lease: self.lease,
+            server,
             route,
-            now,
-            feed_cursor: feed,
+            now: self.now,
+            feed_cursor: feed.to_owned(),
             report: RoundReport::default(),
         }
         .run()
         .await;
-        let r = match r {
-            Ok(r) => r,
-            Err(RoundError::Store(e)) => return Err(e.into()),
-            Err(RoundError::Server(e)) => return Err(fail(e)),
+        match r {
+            Ok(r) => Ok(r),
+            Err(RoundError::Store(e)) => Err(e.into()),
+            Err(RoundError::Server(e)) => Err(RunError::Failed(Failure::from(&e))),
             Err(RoundError::MassDelete(msg)) => {
-                return Err(RunError::Failed(Failure::config("mass_delete_held", msg)));
+                Err(RunError::Failed(Failure::config("mass_delete_held", msg)))
             }
-        };
-        report.merge(r);
+        }
     }
-    Ok((report, interval))
 }
 
 /// Test and enable for appointments, contacts and tasks: the mailbox's calendar and address
@@ -359,7 +380,6 @@ pub(crate) async fn test(
     store: &Store,
     session: &MailboxSession,
 ) -> Result<Result<String, Failure>, StoreError> {
-    use serversync_connectors::items::{ItemStore, Written};
     let Some(dav) = session.profile.dav.clone() else {
         return Ok(Err(Failure::config(
             "connector_not_available",
@@ -390,49 +410,19 @@ pub(crate) async fn test(
             let mut client =
                 DavClient::connect(url, &login, &session.opts, &mut StepLog::new()).await?;
             let collections = client.discover(kind).await?;
-            let mut lines = Vec::new();
+            let mut targets = Vec::new();
             for t in record_types {
                 let Some(c) = collections.iter().find(|c| c.holds(*t)) else {
-                    return Err(serversync_connectors::ConnectError::new(
+                    return Err(ConnectError::new(
                         serversync_model::FailureStep::Permission,
                         serversync_model::ErrorKind::Config,
                         format!("the server has no collection for {t:?} items of this user"),
                     )
                     .with_code("dav_not_found"));
                 };
-                let now = chrono::Utc::now();
-                let values = probe_values(*t, now);
-                let (id, version) = match client.create(&c.href, *t, &values).await? {
-                    Written::Done { id, version } => (id, version),
-                    other => {
-                        return Err(serversync_connectors::ConnectError::new(
-                            serversync_model::FailureStep::Permission,
-                            serversync_model::ErrorKind::Config,
-                            format!("a test item could not be written to {}: {other:?}", c.href),
-                        )
-                        .with_code("dav_not_writable"));
-                    }
-                };
-                let read = client.get(&c.href, &id).await?;
-                let deleted = client.delete(&c.href, &id, &version).await?;
-                if read.is_none() || !matches!(deleted, Written::Done { .. } | Written::Gone) {
-                    return Err(serversync_connectors::ConnectError::new(
-                        serversync_model::FailureStep::Permission,
-                        serversync_model::ErrorKind::Config,
-                        format!(
-                            "the test item {id} could not be read back and deleted; delete it \
-                             by hand"
-                        ),
-                    )
-                    .with_code("dav_not_writable"));
-                }
-                lines.push(format!(
-                    "{} in {} readable and writable",
-                    kind_label(*t),
-                    c.href
-                ));
+                targets.push((*t, c.href.clone()));
             }
-            Ok::<_, serversync_connectors::ConnectError>(lines)
+            probe_collections(&mut client, &targets).await
         };
         match probe.await {
             Ok(lines) => found.extend(lines),
@@ -440,6 +430,46 @@ pub(crate) async fn test(
         }
     }
     Ok(Ok(found.join("; ")))
+}
+
+/// In each collection, a probe item of its record type is created, read back and deleted;
+/// one line per collection that passed.
+async fn probe_collections<S: ItemStore>(
+    client: &mut S,
+    collections: &[(RecordType, String)],
+) -> Result<Vec<String>, ConnectError> {
+    let refused = |message: String| {
+        ConnectError::new(
+            serversync_model::FailureStep::Permission,
+            serversync_model::ErrorKind::Config,
+            message,
+        )
+        .with_code("items_not_writable")
+    };
+    let mut lines = Vec::new();
+    for (t, href) in collections {
+        let values = probe_values(*t, chrono::Utc::now());
+        let (id, version) = match client.create(href, *t, &values).await? {
+            Written::Done { id, version } => (id, version),
+            other => {
+                return Err(refused(format!(
+                    "a test item could not be written to {href}: {other:?}"
+                )));
+            }
+        };
+        let read = client.get(href, &id).await?;
+        let deleted = client.delete(href, &id, &version).await?;
+        if read.is_none() || !matches!(deleted, Written::Done { .. } | Written::Gone) {
+            return Err(refused(format!(
+                "the test item {id} could not be read back and deleted; delete it by hand"
+            )));
+        }
+        lines.push(format!(
+            "{} in {href} readable and writable",
+            kind_label(*t)
+        ));
+    }
+    Ok(lines)
 }
 
 fn kind_label(t: RecordType) -> &'static str {
