@@ -912,3 +912,58 @@ both!(
         assert!(conflict < phones, "newest first: {table}");
     }
 );
+
+// The email settings page sets the organization's two-way conflict policy.
+both!(the_settings_page_sets_the_conflict_policy, |backend| {
+    use serversync_model::merge::ConflictPolicy;
+    use serversync_model::org::Organization;
+    use serversync_model::settings::EmailSettings;
+    let s = Site::start(backend).await;
+    let org = s
+        .store
+        .list_all::<Organization>(None, &[])
+        .await
+        .unwrap()
+        .remove(0)
+        .value;
+    let cookie = s.sign_in_with_token(&s.token).await;
+    let page = s.get("/settings", &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let select = page
+        .body
+        .split("name=\"conflict_policy\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</select>").next())
+        .expect("the conflict policy select");
+    assert!(
+        select.contains("<option value=\"latest_change_wins\" selected>"),
+        "the default is the latest change: {select}"
+    );
+    assert!(select.contains("value=\"crm_wins\"") && select.contains("value=\"server_wins\""));
+    let r = s
+        .send(
+            "POST",
+            "/settings",
+            Some(&cookie),
+            Some(&[
+                ("_csrf", &csrf(&page.body)),
+                ("conflict_policy", "crm_wins"),
+            ]),
+            CLIENT.into(),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let stored = s
+        .store
+        .fetch::<EmailSettings>(&org.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(stored.conflict_policy, ConflictPolicy::CrmWins);
+    let page = s.get("/settings", &cookie).await;
+    assert!(
+        page.body.contains("<option value=\"crm_wins\" selected>"),
+        "{}",
+        page.body
+    );
+});
