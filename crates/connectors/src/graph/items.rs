@@ -254,13 +254,17 @@ impl GraphItemStore {
         format!("{}/{}", self.client.user_path, segs.join("/"))
     }
 
+    /// The path of the collection's items (`…/calendar/events`, `…/contacts`,
+    /// `…/contactFolders/{id}/contacts`, `…/todo/lists/{id}/tasks`).
+    fn items_path(&self, collection: &str, kind: RecordType) -> String {
+        if collection.trim_matches('/') == "contacts" {
+            return self.coll_path(collection);
+        }
+        format!("{}/{}", self.coll_path(collection), items_segment(kind))
+    }
+
     fn item_path(&self, collection: &str, kind: RecordType, id: &str) -> String {
-        format!(
-            "{}/{}/{}",
-            self.coll_path(collection),
-            items_segment(kind),
-            segment(id)
-        )
+        format!("{}/{}", self.items_path(collection, kind), segment(id))
     }
 
     fn delta_start(&self, collection: &str, kind: RecordType) -> String {
@@ -281,11 +285,7 @@ impl GraphItemStore {
                     fmt(end)
                 )
             }
-            _ => format!(
-                "{}/{}/delta",
-                self.coll_path(collection),
-                items_segment(kind)
-            ),
+            _ => format!("{}/delta", self.items_path(collection, kind)),
         }
     }
 
@@ -431,9 +431,8 @@ impl GraphItemStore {
             )
         };
         let path = format!(
-            "{}/{}?$filter={}&{}",
-            self.coll_path(collection),
-            items_segment(kind),
+            "{}?$filter={}&{}",
+            self.items_path(collection, kind),
             segment(&filter),
             expand(kind)
         );
@@ -626,7 +625,7 @@ impl ItemStore for GraphItemStore {
         }
         let body = itemmap::from_values(kind, values, None)
             .map_err(|e| protocol(e).with_code("unmappable_values"))?;
-        let path = format!("{}/{}", self.coll_path(collection), items_segment(kind));
+        let path = self.items_path(collection, kind);
         let what = format!("creating an item in {collection}");
         // An event is idempotent by its transactionId; a contact or task is not.
         let idempotent = kind == RecordType::Appointment;
