@@ -572,17 +572,12 @@ fn list_containers(
             );
         }
     };
-    let mut ty = "";
     let value: Vec<Value> = m
         .items
         .containers
         .iter()
         .filter(|c| c.kind == kind && want_default.is_none_or(|d| c.default == d))
-        .map(|c| {
-            let (v, t) = container_json(c, ctx);
-            ty = t;
-            v
-        })
+        .map(|c| container_json(c, ctx).0)
         .collect();
     let ty = match kind {
         ItemKind::Event => "microsoft.graph.calendar",
@@ -1114,7 +1109,6 @@ fn occurrence_starts(
         {
             break;
         }
-        let weeks = (day - first).num_days().div_euclid(7);
         let hit = match p["type"].as_str().unwrap_or("") {
             "daily" => (day - first).num_days() % interval == 0,
             "weekly" => {
@@ -1133,7 +1127,6 @@ fn occurrence_starts(
             // Other patterns: the first occurrence only.
             _ => day == first,
         };
-        let _ = weeks;
         if hit && day.and_time(time) >= start {
             out.push(day.and_time(time));
         }
