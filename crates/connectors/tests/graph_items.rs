@@ -67,6 +67,11 @@ async fn fixture(cfg: GraphConfig) -> Fixture {
 
 impl Fixture {
     async fn store(&self) -> GraphItemStore {
+        self.store_and_token().await.0
+    }
+
+    /// The store and the access token it signs in with.
+    async fn store_and_token(&self) -> (GraphItemStore, String) {
         let req = TokenRequest {
             endpoint: self.double.token_url(TENANT),
             client_id: APP.into(),
@@ -80,6 +85,7 @@ impl Fixture {
             .token(&self.opts.trust, &self.opts.policy, self.opts.timeout, &req)
             .await
             .unwrap();
+        let token_text = token.expose().to_owned();
         let login = Login::xoauth2(ALICE.to_owned(), token);
         let target = GraphTarget {
             graph_url: self.double.graph_url(),
@@ -89,10 +95,11 @@ impl Fixture {
         let client = GraphClient::connect(&target, &login, &self.opts, &mut StepLog::new())
             .await
             .unwrap();
-        GraphItemStore::new(client).with_window(CalendarWindow::Fixed {
+        let store = GraphItemStore::new(client).with_window(CalendarWindow::Fixed {
             start: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
             end: Utc.with_ymd_and_hms(2027, 12, 31, 0, 0, 0).unwrap(),
-        })
+        });
+        (store, token_text)
     }
 
     /// Nothing either side sent strayed from Graph's metadata.
@@ -336,6 +343,13 @@ async fn delta_reports_creates_updates_and_deletes_since_a_token_in_pages() {
         .filter(|r| r.path.contains("/contacts/delta"))
         .count();
     assert_eq!(pages, 3, "five contacts in pages of two");
+    let batches = f
+        .double
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1.0/$batch")
+        .count();
+    assert_eq!(batches, 1, "the five are read again in one $batch");
     let token = all.next.clone().unwrap();
     assert!(token.token.contains("$deltatoken="), "{}", token.token);
 
@@ -558,14 +572,18 @@ async fn an_item_that_cannot_be_mapped_is_reported_unreadable() {
 #[tokio::test]
 async fn throttling_is_waited_out_and_refusals_are_classified() {
     let f = fixture(GraphConfig::default()).await;
-    let mut s = f.store().await;
+    let (mut s, token) = f.store_and_token().await;
+    assert!(
+        !format!("{s:?}").contains(&token),
+        "the token is never in Debug output"
+    );
     f.double.inject(Fault::Throttle {
         route: Route::Contacts,
         status: 429,
         retry_after: Some(0),
         mailbox_concurrency: true,
     });
-    done(
+    let (first, _) = done(
         s.create(
             "contacts",
             RecordType::Contact,
@@ -574,7 +592,45 @@ async fn throttling_is_waited_out_and_refusals_are_classified() {
         .await
         .unwrap(),
     );
-    assert_eq!(f.double.items(ALICE, "contacts").len(), 1);
+    done(
+        s.create(
+            "contacts",
+            RecordType::Contact,
+            &contact("con-9", "Fay Wong"),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(f.double.items(ALICE, "contacts").len(), 2);
+    // The delta request is throttled once, then the first item inside the $batch: both are
+    // waited out (the item read again on its own).
+    for route in [Route::Delta, Route::Contacts] {
+        f.double.inject(Fault::Throttle {
+            route,
+            status: 503,
+            retry_after: Some(0),
+            mailbox_concurrency: false,
+        });
+    }
+    let before = f.double.requests().len();
+    let set = s.changes("contacts", None).await.unwrap();
+    assert_eq!(set.changed.len(), 2, "{set:?}");
+    let seen: Vec<(String, u16, String)> = f.double.requests()[before..]
+        .iter()
+        .map(|r| (r.method.clone(), r.status, r.path.clone()))
+        .collect();
+    let encoded = url::form_urlencoded::byte_serialize(first.as_bytes()).collect::<String>();
+    assert!(
+        seen.iter()
+            .any(|(m, st, p)| m == "GET" && *st == 503 && p.contains("/contacts/delta")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|(m, st, p)| m == "GET"
+            && *st == 200
+            && p.contains(&format!("/contacts/{encoded}?"))),
+        "the throttled item was read on its own: {seen:#?}"
+    );
     // Without Tasks.ReadWrite.All the list cannot be found: consent is named.
     f.double
         .add_app(TENANT, APP, SECRET, &["Contacts.ReadWrite"]);

@@ -14,7 +14,7 @@
 //! keeps the window in the delta token). `@odata.nextLink` pages are followed
 //! ([`MAX_PAGES`] per call, then [`ChangeSet::more`]); the `@odata.deltaLink` is the cursor.
 //! Every changed item is read again with its extended properties (uid, stamp), which delta
-//! does not return. A delta link Graph no longer accepts (410 Gone, `syncStateNotFound`,
+//! does not return, [`MAX_BATCH`] at a time in one `$batch`. A delta link Graph no longer accepts (410 Gone, `syncStateNotFound`,
 //! `resyncRequired`, …) fails with [`DELTA_TOKEN_INVALID`], so the syncer reads the whole
 //! collection again.
 //!
@@ -41,7 +41,7 @@
 //! [`ChangeSet::unreadable`], never dropped.
 
 use super::itemmap::{self, APPLICATION, STAMP_PROPERTY, UID_PROPERTY};
-use super::{GraphClient, MAX_JSON, THROTTLE_TRIES, codes, literal, protocol, segment};
+use super::{GraphClient, MAX_BATCH, MAX_JSON, THROTTLE_TRIES, codes, literal, protocol, segment};
 use crate::https::Response;
 use crate::items::{ChangeSet, ItemStore, RemoteItem, Written};
 use crate::{ConnectError, Result};
@@ -384,6 +384,103 @@ impl GraphItemStore {
         Self::json(&resp, &what).map(Some)
     }
 
+    /// Up to [`MAX_BATCH`] items with their uid and stamp in one `$batch` round trip, in
+    /// `ids`' order (`None`: gone). Items the batch could not give (throttled or unavailable
+    /// there) are read one by one, which waits throttling out; any other refusal of an item is
+    /// its error.
+    async fn read_many(
+        &mut self,
+        collection: &str,
+        kind: RecordType,
+        ids: &[String],
+    ) -> Result<Vec<Option<Value>>> {
+        #[derive(Deserialize)]
+        struct Answer {
+            responses: Vec<Part>,
+        }
+        #[derive(Deserialize)]
+        struct Part {
+            id: String,
+            status: u16,
+            #[serde(default)]
+            headers: HashMap<String, String>,
+            #[serde(default)]
+            body: Value,
+        }
+        if ids.len() < 2 {
+            let mut out = Vec::new();
+            for id in ids {
+                out.push(self.read(collection, kind, id).await?);
+            }
+            return Ok(out);
+        }
+        let requests: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let path = self.item_path(collection, kind, id);
+                serde_json::json!({
+                    "id": n.to_string(),
+                    "method": "GET",
+                    "url": format!("{}?{}", path.trim_start_matches("/v1.0"), expand(kind)),
+                    "headers": {TEXT_BODIES.0: TEXT_BODIES.1},
+                })
+            })
+            .collect();
+        let body = serde_json::json!({ "requests": requests });
+        let what = format!(
+            "reading {} changed items of {collection} ($batch)",
+            ids.len()
+        );
+        let resp = self
+            .send(
+                hyper::Method::POST,
+                "/v1.0/$batch",
+                Some(&body),
+                &[],
+                true,
+                &what,
+            )
+            .await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(self.client.refusal(&resp, &what));
+        }
+        let answer: Answer = serde_json::from_slice(&resp.body)
+            .map_err(|e| protocol(format!("{what}: Graph's answer is not a batch answer: {e}")))?;
+        let mut out: Vec<Option<Option<Value>>> = vec![None; ids.len()];
+        for part in answer.responses {
+            let Some(slot) = part.id.parse::<usize>().ok().and_then(|n| out.get_mut(n)) else {
+                continue;
+            };
+            if (200..300).contains(&part.status) && part.body.is_object() {
+                *slot = Some(Some(part.body));
+                continue;
+            }
+            let body = serde_json::to_vec(&part.body).unwrap_or_default();
+            let retry = codes::retry_after(
+                part.headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                    .map(|(_, v)| v.as_str()),
+            );
+            let err = codes::classify(part.status, &body, retry, "reading a changed item");
+            match err.code.as_deref() {
+                Some("item_not_found" | "not_found") => *slot = Some(None),
+                // Read again below, one by one, waiting as asked.
+                _ if err.is_transient() => {}
+                _ => return Err(err),
+            }
+        }
+        let mut done = Vec::with_capacity(ids.len());
+        for (id, got) in ids.iter().zip(out) {
+            done.push(match got {
+                Some(entity) => entity,
+                None => self.read(collection, kind, id).await?,
+            });
+        }
+        Ok(done)
+    }
+
     async fn fetch(
         &mut self,
         collection: &str,
@@ -578,17 +675,16 @@ impl ItemStore for GraphItemStore {
             }
         }
         let mut reported: HashSet<String> = HashSet::new();
-        for id in changed {
-            if !reported.insert(id.clone()) {
-                continue;
-            }
-            // Gone between the delta and now: the next delta reports it.
-            let Some(entity) = self.read(collection, kind, &id).await? else {
-                continue;
-            };
-            match self.item(kind, entity) {
-                Ok(item) => set.changed.push(item),
-                Err(why) => set.unreadable.push((id, why)),
+        changed.retain(|id| reported.insert(id.clone()));
+        for chunk in changed.chunks(MAX_BATCH) {
+            let entities = self.read_many(collection, kind, chunk).await?;
+            for (id, entity) in chunk.iter().zip(entities) {
+                // Gone between the delta and now: the next delta reports it.
+                let Some(entity) = entity else { continue };
+                match self.item(kind, entity) {
+                    Ok(item) => set.changed.push(item),
+                    Err(why) => set.unreadable.push((id.clone(), why)),
+                }
             }
         }
         if since.is_some() {

@@ -120,7 +120,8 @@ pub enum Route {
     MailboxSettings,
     /// `/v1.0/users/{u}/mailFolders...` (folders, not messages).
     MailFolders,
-    /// `.../messages/delta`.
+    /// Any delta query (`.../messages/delta`, `contacts/delta`, `tasks/delta`,
+    /// `calendarView/delta`).
     Delta,
     /// `.../messages/{id}/$value`.
     Value,
@@ -134,11 +135,11 @@ pub enum Route {
     Subscriptions,
     /// `POST /v1.0/$batch`.
     Batch,
-    /// Calendars and events (`calendar`, `calendars`, `events`, `calendarView/delta`).
+    /// Calendars and events (`calendar`, `calendars`, `events`; not delta).
     Events,
-    /// Contact folders and contacts (delta included).
+    /// Contact folders and contacts (not delta).
     Contacts,
-    /// To Do lists and tasks (delta included).
+    /// To Do lists and tasks (not delta).
     Tasks,
     /// Any request.
     Any,
@@ -1277,13 +1278,13 @@ fn route_of(method: &Method, rel: &str) -> Route {
     }
     let rest: Vec<&str> = segs.iter().skip(2).map(String::as_str).collect();
     match rest.as_slice() {
+        [.., "delta"] => Route::Delta,
         ["calendar" | "calendars" | "events" | "calendarview", ..] => Route::Events,
         ["contacts" | "contactfolders", ..] => Route::Contacts,
         ["todo", ..] => Route::Tasks,
         [] => Route::User,
         ["mailboxsettings", ..] => Route::MailboxSettings,
         ["sendmail"] => Route::SendMail,
-        [.., "delta"] => Route::Delta,
         [.., "$value"] => Route::Value,
         [.., "move"] if method == Method::POST => Route::Move,
         ["mailfolders", _, "messages", ..] | ["messages", ..] => Route::Messages,
