@@ -639,3 +639,52 @@ async fn throttling_is_waited_out_and_refusals_are_classified() {
     assert_eq!(e.code.as_deref(), Some("consent_missing"), "{e}");
     assert!(s.changes("mailFolders/inbox", None).await.is_err());
 }
+
+#[tokio::test]
+async fn an_update_sends_only_what_changed() {
+    let f = fixture(GraphConfig::default()).await;
+    let mut s = f.store().await;
+    let values = appointment("evt-8", "Board meeting");
+    let (id, v1) = done(
+        s.create("calendar", RecordType::Appointment, &values)
+            .await
+            .unwrap(),
+    );
+    let mut renamed = values.clone();
+    renamed["subject"] = json!("Board meeting (agenda attached)");
+    let (_, v2) = done(s.update("calendar", &id, &v1, &renamed).await.unwrap());
+    let patches: Vec<Value> = f
+        .double
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(
+        patches[0],
+        json!({"subject": "Board meeting (agenda attached)"}),
+        "the attendees are not sent an update for a field that did not change"
+    );
+    // Nothing changed: nothing is written, the version stays.
+    let (_, v3) = done(s.update("calendar", &id, &v2, &renamed).await.unwrap());
+    assert_eq!(v3, v2);
+    assert_eq!(
+        f.double
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count(),
+        1
+    );
+    // ... unless the item moved on meanwhile: then it is a conflict.
+    assert!(
+        f.double
+            .update_item(ALICE, &id, json!({"location": {"displayName": "Room 9"}}))
+    );
+    match s.update("calendar", &id, &v2, &renamed).await.unwrap() {
+        Written::Conflict { current } => assert_eq!(current.values["location"], "Room 9"),
+        other => panic!("{other:?}"),
+    }
+    f.assert_schema_clean();
+}

@@ -461,6 +461,67 @@ pub fn from_values(
     Ok(Value::Object(out))
 }
 
+/// The Graph properties each group of values is written in (a group is sent when one of
+/// its values changed).
+fn groups(kind: RecordType) -> &'static [(&'static [&'static str], &'static [&'static str])] {
+    match kind {
+        RecordType::Appointment => &[
+            (&["subject"], &["subject"]),
+            (&["body"], &["description"]),
+            (&["location"], &["location"]),
+            (&["attendees"], &["attendees"]),
+            (&["categories"], &["categories"]),
+            (&["singleValueExtendedProperties"], &["stamp"]),
+            (
+                &["start", "end", "isAllDay"],
+                &["start", "end", "all_day", "time_zone"],
+            ),
+            (&["recurrence"], &["rrule", "start", "all_day", "time_zone"]),
+        ],
+        RecordType::Contact => &[
+            (&["displayName", "givenName", "surname"], &["full_name"]),
+            (&["emailAddresses"], &["emails"]),
+            (&["companyName"], &["company"]),
+            (&["jobTitle"], &["job_title"]),
+            (
+                &["businessPhones", "mobilePhone", "homePhones"],
+                &["phones"],
+            ),
+            (&["categories"], &["categories"]),
+            (&["singleValueExtendedProperties"], &["stamp"]),
+        ],
+        _ => &[
+            (&["title"], &["subject"]),
+            (&["body"], &["description"]),
+            (&["dueDateTime"], &["due"]),
+            (&["status"], &["state", "percent_complete"]),
+            (&["categories"], &["categories"]),
+        ],
+    }
+}
+
+/// The body of a `PATCH` that writes `values` over `existing` (the entity as last read): only
+/// the properties whose values changed, so an unchanged meeting's attendees are not sent an
+/// update and what another client changed meanwhile in other properties is not rewritten.
+/// Everything when `existing` cannot be read.
+pub fn patch_body(kind: RecordType, values: &Value, existing: &Value) -> Result<Value, String> {
+    let mut full = from_values(kind, values, Some(existing))?;
+    let (Ok(old), Ok(new)) = (to_values(kind, existing), to_values(kind, &full)) else {
+        return Ok(full);
+    };
+    let same = |fields: &[&str]| fields.iter().all(|f| old[*f] == new[*f]);
+    if let Some(map) = full.as_object_mut() {
+        for (props, fields) in groups(kind) {
+            if same(fields) {
+                for p in *props {
+                    map.remove(*p);
+                }
+            }
+        }
+    }
+    Ok(full)
+}
+
 fn write_event(
     v: &Value,
     existing: Option<&Value>,
@@ -968,6 +1029,26 @@ mod tests {
         }
         assert!(rrule_to_recurrence("FREQ=HOURLY", start, tz, "x", false).is_err());
         assert!(rrule_to_recurrence("FREQ=MONTHLY;BYSETPOS=2", start, tz, "x", false).is_err());
+    }
+
+    #[test]
+    fn a_patch_sends_only_what_changed() {
+        let v = event();
+        let stored = served(from_values(RecordType::Appointment, &v, None).unwrap());
+        let same = patch_body(RecordType::Appointment, &v, &stored).unwrap();
+        assert_eq!(same, json!({}), "nothing changed, nothing sent");
+        let mut moved = v.clone();
+        moved["subject"] = json!("Review (moved)");
+        moved["start"] = json!("2026-12-10T10:00:00Z");
+        moved["end"] = json!("2026-12-10T11:00:00Z");
+        let p = patch_body(RecordType::Appointment, &moved, &stored).unwrap();
+        let mut keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["end", "isAllDay", "recurrence", "start", "subject"],
+            "attendees are not sent again"
+        );
     }
 
     #[test]

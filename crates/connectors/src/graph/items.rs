@@ -29,7 +29,11 @@
 //! occurrence of it was seen in this session is reported only by its occurrences' ids.
 //! Events wholly outside the window are never listed, also not by a full listing.
 //!
-//! **Writes** carry `If-Match` with the version (`@odata.etag`): 412 is a
+//! **Writes** carry `If-Match` with the version (`@odata.etag`); an update sends only the
+//! properties whose values changed ([`itemmap::patch_body`]: Exchange mails attendees an
+//! update for every change of a meeting they are invited to, and a meeting's attendees are
+//! invited when it is created with them — Graph v1.0 has no way to create or change a meeting
+//! without mailing its attendees). 412 is a
 //! [`Written::Conflict`] with the item read again, 404 is [`Written::Gone`]. A create first
 //! looks for an item with the values' uid in the collection (an extended property
 //! [`UID_PROPERTY`] for events and contacts, `$filter=singleValueExtendedProperties/Any(…)`;
@@ -356,6 +360,50 @@ impl GraphItemStore {
         })
     }
 
+    /// Keeps the entity a write answered with as the item's last state. The answer to a write
+    /// carries no extended properties or linked resources: those written are merged in
+    /// (extended properties by id, over the previous state's).
+    fn remember(
+        &mut self,
+        kind: RecordType,
+        id: &str,
+        version: &str,
+        mut entity: Value,
+        written: &Value,
+        previous: Option<&Value>,
+    ) {
+        if entity.get("singleValueExtendedProperties").is_none() && kind != RecordType::Task {
+            let mut props: Vec<Value> = previous
+                .and_then(|p| p["singleValueExtendedProperties"].as_array().cloned())
+                .unwrap_or_default();
+            for w in written["singleValueExtendedProperties"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                props.retain(|p| {
+                    !p["id"]
+                        .as_str()
+                        .zip(w["id"].as_str())
+                        .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+                });
+                props.push(w.clone());
+            }
+            entity["singleValueExtendedProperties"] = Value::Array(props);
+        }
+        if entity.get("linkedResources").is_none() {
+            let links = written
+                .get("linkedResources")
+                .or_else(|| previous.and_then(|p| p.get("linkedResources")))
+                .cloned();
+            if let Some(l) = links {
+                entity["linkedResources"] = l;
+            }
+        }
+        self.seen
+            .insert(id.to_owned(), (version.to_owned(), entity));
+    }
+
     /// The item's entity with its uid and stamp (`None`: gone).
     async fn read(
         &mut self,
@@ -647,32 +695,45 @@ impl ItemStore for GraphItemStore {
         set.more = !done;
         // Removed from the view: deleted, or (events) out of the window, or an occurrence.
         let mut deleted: Vec<String> = Vec::new();
-        for id in removed {
-            if kind != RecordType::Appointment {
-                deleted.push(id);
-                continue;
-            }
-            match self.read(collection, kind, &id).await? {
-                Some(entity) => {
-                    let id = entity["seriesMasterId"]
-                        .as_str()
-                        .filter(|m| !m.is_empty())
-                        .map_or(id, str::to_owned);
-                    if !changed.contains(&id) {
-                        changed.push(id);
+        if kind == RecordType::Appointment {
+            let mut masters: Vec<String> = Vec::new();
+            for chunk in removed.chunks(MAX_BATCH) {
+                let entities = self.read_many(collection, kind, chunk).await?;
+                for (id, entity) in chunk.iter().zip(entities) {
+                    match entity {
+                        Some(entity) => {
+                            let id = entity["seriesMasterId"]
+                                .as_str()
+                                .filter(|m| !m.is_empty())
+                                .map_or_else(|| id.clone(), str::to_owned);
+                            if !changed.contains(&id) {
+                                changed.push(id);
+                            }
+                        }
+                        None => {
+                            if let Some(m) = self.occurrences.get(id)
+                                && !masters.contains(m)
+                            {
+                                masters.push(m.clone());
+                            }
+                            deleted.push(id.clone());
+                        }
                     }
                 }
-                None => {
-                    if let Some(master) = self.occurrences.get(&id).cloned()
-                        && !changed.contains(&master)
-                        && !deleted.contains(&master)
-                        && self.read(collection, kind, &master).await?.is_none()
-                    {
-                        deleted.push(master);
-                    }
-                    deleted.push(id);
+            }
+            // A series some of whose occurrences left: gone, or changed.
+            for m in masters {
+                if changed.contains(&m) {
+                    continue;
+                }
+                if self.read(collection, kind, &m).await?.is_some() {
+                    changed.push(m);
+                } else {
+                    deleted.push(m);
                 }
             }
+        } else {
+            deleted = removed;
         }
         let mut reported: HashSet<String> = HashSet::new();
         changed.retain(|id| reported.insert(id.clone()));
@@ -748,7 +809,7 @@ impl ItemStore for GraphItemStore {
             .or_else(|| entity["changeKey"].as_str())
             .unwrap_or_default()
             .to_owned();
-        self.seen.insert(id.clone(), (version.clone(), entity));
+        self.remember(kind, &id, &version, entity, &body, None);
         Ok(Written::Done { id, version })
     }
 
@@ -772,8 +833,19 @@ impl ItemStore for GraphItemStore {
                 None => return Ok(Written::Gone),
             },
         };
-        let body = itemmap::from_values(kind, values, Some(&existing))
+        let body = itemmap::patch_body(kind, values, &existing)
             .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+        if body.as_object().is_some_and(|b| b.is_empty()) {
+            // Nothing to write: the item only has to still be at that version.
+            return Ok(match self.fetch(collection, kind, id).await? {
+                Some(item) if item.version == if_version => Written::Done {
+                    id: id.to_owned(),
+                    version: item.version,
+                },
+                Some(current) => Written::Conflict { current },
+                None => Written::Gone,
+            });
+        }
         let path = self.item_path(collection, kind, id);
         let what = format!("updating the item {id}");
         let resp = self
@@ -794,7 +866,7 @@ impl ItemStore for GraphItemStore {
                     .or_else(|| entity["changeKey"].as_str())
                     .unwrap_or_default()
                     .to_owned();
-                self.seen.insert(id.to_owned(), (version.clone(), entity));
+                self.remember(kind, id, &version, entity, &body, Some(&existing));
                 Ok(Written::Done {
                     id: id.to_owned(),
                     version,
