@@ -4,7 +4,8 @@
 //! a gone item is `Gone`; delta reports creates, updates and deletes since a token, in pages;
 //! a forgotten delta token is the distinct `sync_token_invalid`; a repeated create finds the
 //! first item (the uid lookup, and Graph's `transactionId` for events); an item that cannot be
-//! mapped is reported unreadable. Every JSON body either side sent is checked against Graph's
+//! mapped is reported unreadable; an update sends only what changed; collections may be named
+//! by id; throttling is waited out. Every JSON body either side sent is checked against Graph's
 //! published CSDL by the double. Calendar windows are fixed dates: nothing reads the clock.
 
 use chrono::{TimeZone, Utc};
@@ -686,5 +687,51 @@ async fn an_update_sends_only_what_changed() {
         Written::Conflict { current } => assert_eq!(current.values["location"], "Room 9"),
         other => panic!("{other:?}"),
     }
+    f.assert_schema_clean();
+}
+
+#[tokio::test]
+async fn collections_may_be_named_by_id() {
+    let f = fixture(GraphConfig::default()).await;
+    let mut s = f.store().await;
+    let calendar = format!(
+        "calendars/{}",
+        f.double.default_container(ALICE, ItemKind::Event)
+    );
+    let folder = format!(
+        "contactFolders/{}",
+        f.double.default_container(ALICE, ItemKind::Contact)
+    );
+    for (coll, kind, values) in [
+        (
+            calendar.as_str(),
+            RecordType::Appointment,
+            appointment("evt-9", "By id"),
+        ),
+        (
+            folder.as_str(),
+            RecordType::Contact,
+            contact("con-10", "Gil Bates"),
+        ),
+    ] {
+        let (id, version) = done(s.create(coll, kind, &values).await.unwrap());
+        let set = s.changes(coll, None).await.unwrap();
+        assert_eq!(set.changed.len(), 1, "{coll}");
+        assert_eq!(set.changed[0].id, id);
+        assert_values(&set.changed[0].values, &values);
+        assert!(matches!(
+            s.create(coll, kind, &values).await.unwrap(),
+            Written::Conflict { .. }
+        ));
+        done(s.delete(coll, &id, &version).await.unwrap());
+        let after = s.changes(coll, set.next.as_ref()).await.unwrap();
+        assert_eq!(after.deleted, [id], "{coll}");
+    }
+    // A record type the collection does not hold is refused before anything is sent.
+    let e = s
+        .create(&calendar, RecordType::Contact, &contact("con-11", "X"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("invalid_collection"));
     f.assert_schema_clean();
 }
