@@ -1,7 +1,9 @@
 //! The Microsoft Graph + Entra ID test double driven with raw HTTP (reqwest): the token
 //! endpoint's errors, certificate assertions, users and folders, message delta paging,
 //! resumption and expiry, `$value`, move, sendMail in both forms, `$batch`, subscriptions with
-//! the validation handshake and notifications, faults and the mailbox concurrency limit.
+//! the validation handshake and notifications, faults and the mailbox concurrency limit;
+//! events, contacts and To Do tasks (transactionId, calendarView delta, If-Match, the
+//! extended-property `$filter`, 410 for an unknown delta token).
 //! Every JSON body the double sends is checked against Microsoft's CSDL (`schema_violations`
 //! must stay empty); the CSDL reader has unit tests of its own here.
 
@@ -1530,5 +1532,184 @@ async fn notifications_are_retried_when_the_endpoint_fails() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(*calls.lock().unwrap(), vec![503, 503, 202]);
+    e.assert_schema_clean();
+}
+
+/// Events, contacts and To Do tasks as Graph v1.0 serves them: defaults, transactionId,
+/// calendarView delta with occurrences, If-Match, extended-property `$filter`, 410 for an
+/// unknown delta token, permissions and faults.
+#[tokio::test]
+async fn items_speak_graph_v1() {
+    let e = env(GraphConfig::default()).await;
+    e.graph.add_app(
+        TENANT,
+        "items-app",
+        "items-secret",
+        &[
+            "Calendars.ReadWrite",
+            "Contacts.ReadWrite",
+            "Tasks.ReadWrite.All",
+        ],
+    );
+    let t = e.token_for("items-app", "items-secret").await;
+    let me = format!("/users/{ALICE}");
+    let (s, cal) = e.get(&t, &format!("{me}/calendar")).await;
+    assert_eq!(s, 200, "{cal}");
+    assert_eq!(cal["isDefaultCalendar"], true);
+    let (s, lists) = e
+        .get(
+            &t,
+            &format!("{me}/todo/lists?$filter=wellknownListName%20eq%20'defaultList'"),
+        )
+        .await;
+    assert_eq!(s, 200, "{lists}");
+    assert_eq!(lists["value"].as_array().unwrap().len(), 1);
+    assert_eq!(lists["value"][0]["wellknownListName"], "defaultList");
+
+    // A weekly series of three, with a transactionId and an extended property.
+    let prop = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name Color";
+    let event = json!({
+        "subject": "Series", "transactionId": "tx-1",
+        "start": {"dateTime": "2026-12-07T09:00:00", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-12-07T10:00:00", "timeZone": "UTC"},
+        "recurrence": {
+            "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"]},
+            "range": {"type": "numbered", "numberOfOccurrences": 3, "startDate": "2026-12-07"},
+        },
+        "singleValueExtendedProperties": [{"id": prop, "value": "blue"}],
+    });
+    let (s, _, created) = e
+        .call(&t, "POST", &format!("{me}/events"), Some(event.clone()))
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let etag = created["@odata.etag"].as_str().unwrap().to_string();
+    assert!(etag.starts_with("W/\""), "{etag}");
+    assert_eq!(created["type"], "seriesMaster");
+    assert!(
+        created.get("singleValueExtendedProperties").is_none(),
+        "extended properties only when expanded"
+    );
+    let (_, _, again) = e
+        .call(&t, "POST", &format!("{me}/events"), Some(event))
+        .await;
+    assert_eq!(
+        again["id"],
+        id.as_str(),
+        "transactionId returns the first event"
+    );
+    assert_eq!(e.graph.items(ALICE, "calendar").len(), 1);
+
+    // calendarView delta: the window is required, occurrences are listed, not the master.
+    let (s, v) = e.get(&t, &format!("{me}/calendarView/delta")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("ErrorInvalidParameter"))
+    );
+    let first = format!(
+        "{me}/calendarView/delta?startDateTime=2026-12-01T00:00:00Z&endDateTime=2027-01-31T00:00:00Z"
+    );
+    let (s, page) = e.get(&t, &first).await;
+    assert_eq!(s, 200, "{page}");
+    let occ = page["value"].as_array().unwrap();
+    assert_eq!(occ.len(), 3, "{page:#}");
+    for o in occ {
+        assert_eq!(o["type"], "occurrence");
+        assert_eq!(o["seriesMasterId"], id.as_str());
+        assert_ne!(o["id"], id.as_str());
+    }
+    assert_eq!(occ[2]["start"]["dateTime"], "2026-12-21T09:00:00.0000000");
+    let delta_link = page["@odata.deltaLink"].as_str().unwrap().to_string();
+
+    // If-Match: stale is 412, current writes and changes the etag.
+    let patch = |tag: &str| {
+        e.http
+            .patch(format!("{}/v1.0{me}/events/{id}", e.graph.graph_url()))
+            .bearer_auth(&t)
+            .header("If-Match", tag)
+            .json(&json!({"subject": "Series (renamed)"}))
+            .send()
+    };
+    let r = patch("W/\"c3RhbGU=\"").await.unwrap();
+    assert_eq!(r.status().as_u16(), 412);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "ErrorIrresolvableConflict");
+    let r = patch(&etag).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_ne!(v["@odata.etag"], etag.as_str());
+    assert_eq!(v["subject"], "Series (renamed)");
+    // The change shows in the view again, as occurrences.
+    let (s, since) = e.get(&t, &delta_link).await;
+    assert_eq!(s, 200);
+    assert_eq!(since["value"].as_array().unwrap().len(), 3);
+
+    // The extended-property $filter, and $expand to read it.
+    let filter = url::form_urlencoded::byte_serialize(
+        format!("singleValueExtendedProperties/Any(ep: ep/id eq '{prop}' and ep/value eq 'blue')")
+            .as_bytes(),
+    )
+    .collect::<String>();
+    let expand = url::form_urlencoded::byte_serialize(
+        format!("singleValueExtendedProperties($filter=id eq '{prop}')").as_bytes(),
+    )
+    .collect::<String>();
+    let (s, found) = e
+        .get(
+            &t,
+            &format!("{me}/events?$filter={filter}&$expand={expand}"),
+        )
+        .await;
+    assert_eq!(s, 200, "{found}");
+    assert_eq!(found["value"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        found["value"][0]["singleValueExtendedProperties"][0]["value"],
+        "blue"
+    );
+
+    // A delta token the server does not know: 410.
+    let (s, v) = e
+        .get(
+            &t,
+            &format!("{me}/contacts/delta?$deltatoken=bm90LWEtdG9rZW4"),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (410, Some("syncStateNotFound"))
+    );
+    // A token that is expired: 410 as well.
+    let (_, page) = e.get(&t, &format!("{me}/contacts/delta")).await;
+    let link = page["@odata.deltaLink"].as_str().unwrap().to_string();
+    e.graph.expire_delta_tokens(ALICE);
+    let (s, _) = e.get(&t, &link).await;
+    assert_eq!(s, 410);
+
+    // A task needs a title; the mail app has no consent for contacts.
+    let list = lists["value"][0]["id"].as_str().unwrap();
+    let (s, _, v) = e
+        .call(
+            &t,
+            "POST",
+            &format!("{me}/todo/lists/{list}/tasks"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let mail_token = e.token().await;
+    let (s, _) = e.get(&mail_token, &format!("{me}/contacts")).await;
+    assert_eq!(s, 403);
+
+    // Faults reach the item routes.
+    e.graph.inject(Fault::Http {
+        route: Route::Tasks,
+        status: 500,
+        code: "generalException".into(),
+        message: "boom".into(),
+    });
+    let (s, _) = e.get(&t, &format!("{me}/todo/lists/{list}/tasks")).await;
+    assert_eq!(s, 500);
+    let (s, _) = e.get(&t, &format!("{me}/todo/lists/{list}/tasks")).await;
+    assert_eq!(s, 200);
     e.assert_schema_clean();
 }

@@ -24,6 +24,12 @@ from kiota_authentication_azure.azure_identity_authentication_provider import (
 )
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.models.body_type import BodyType
+from msgraph.generated.models.contact import Contact
+from msgraph.generated.models.date_time_time_zone import DateTimeTimeZone
+from msgraph.generated.models.event import Event
+from msgraph.generated.models.linked_resource import LinkedResource
+from msgraph.generated.models.task_status import TaskStatus
+from msgraph.generated.models.todo_task import TodoTask
 from msgraph.generated.models.email_address import EmailAddress
 from msgraph.generated.models.item_body import ItemBody
 from msgraph.generated.models.message import Message
@@ -33,6 +39,10 @@ from msgraph.generated.models.subscription import Subscription
 from msgraph.generated.users.item.mail_folders.item.messages.delta.delta_request_builder import (
     DeltaRequestBuilder,
 )
+from msgraph.generated.users.item.calendar_view.delta.delta_request_builder import (
+    DeltaRequestBuilder as CalendarViewDelta,
+)
+from msgraph.generated.users.item.todo.lists.lists_request_builder import ListsRequestBuilder
 from msgraph.generated.users.item.messages.item.move.move_post_request_body import (
     MovePostRequestBody,
 )
@@ -185,7 +195,120 @@ async def main():
     out["moved"] = moved.id
     out["notification"] = n
     server.shutdown()
+
+    out["items"] = await items(me)
     print(json.dumps(out))
+
+
+async def follow(builder, config=None):
+    """Reads a delta query to its deltaLink: (entries, pages, deltaLink)."""
+    page = await builder.get(request_configuration=config)
+    entries, pages = list(page.value), 1
+    while page.odata_next_link:
+        page = await builder.with_url(page.odata_next_link).get()
+        entries += page.value
+        pages += 1
+    assert page.odata_delta_link, "the last delta page carries a deltaLink"
+    return entries, pages, page.odata_delta_link
+
+
+async def items(me):
+    """Appointments, contacts and To Do tasks: create, read back, delta, a stale If-Match."""
+    out = {}
+    # An event, created twice with one transactionId: Graph returns the first.
+    event = Event(
+        subject="Planning (msgraph-sdk)",
+        body=ItemBody(content_type=BodyType.Text, content="Agenda"),
+        start=DateTimeTimeZone(date_time="2026-12-10T09:00:00", time_zone="Europe/Berlin"),
+        end=DateTimeTimeZone(date_time="2026-12-10T10:00:00", time_zone="Europe/Berlin"),
+        transaction_id="msgraph-sdk-tx-1",
+    )
+    created = await me.events.post(event)
+    repeated = await me.events.post(event)
+    assert repeated.id == created.id, (repeated.id, created.id)
+    read = await me.events.by_event_id(created.id).get()
+    assert read.subject == "Planning (msgraph-sdk)", read.subject
+    assert read.start.time_zone == "Europe/Berlin", read.start.time_zone
+    assert read.body.content == "Agenda"
+    out["event"] = {"id": created.id, "type": read.type.value if read.type else None}
+
+    # A contact.
+    contact = await me.contacts.post(
+        Contact(
+            given_name="Ann",
+            surname="Lee",
+            display_name="Ann Lee",
+            email_addresses=[EmailAddress(address="ann@example.org", name="Ann Lee")],
+            business_phones=["+1 555 0100"],
+            company_name="Fabrikam",
+        )
+    )
+    c = await me.contacts.by_contact_id(contact.id).get()
+    assert c.display_name == "Ann Lee" and c.email_addresses[0].address == "ann@example.org"
+    assert c.business_phones == ["+1 555 0100"], c.business_phones
+    out["contact"] = {"id": contact.id}
+
+    # A task in the default To Do list.
+    lists = await me.todo.lists.get(
+        request_configuration=RequestConfiguration(
+            query_parameters=ListsRequestBuilder.ListsRequestBuilderGetQueryParameters(
+                filter="wellknownListName eq 'defaultList'"
+            )
+        )
+    )
+    assert len(lists.value) == 1, len(lists.value)
+    tasks = me.todo.lists.by_todo_task_list_id(lists.value[0].id).tasks
+    task = await tasks.post(
+        TodoTask(
+            title="Send the offer (msgraph-sdk)",
+            status=TaskStatus.NotStarted,
+            due_date_time=DateTimeTimeZone(date_time="2026-12-11T17:00:00", time_zone="UTC"),
+            linked_resources=[
+                LinkedResource(
+                    application_name="msgraph-sdk", external_id="sdk-task-1", display_name="SDK"
+                )
+            ],
+        )
+    )
+    t = await tasks.by_todo_task_id(task.id).get()
+    assert t.title == "Send the offer (msgraph-sdk)" and t.status == TaskStatus.NotStarted
+    out["task"] = {"id": task.id, "list": lists.value[0].id}
+
+    # Delta of each: everything, then only what changed since.
+    window = RequestConfiguration(
+        query_parameters=CalendarViewDelta.DeltaRequestBuilderGetQueryParameters(
+            start_date_time="2026-11-01T00:00:00Z", end_date_time="2027-12-31T00:00:00Z"
+        )
+    )
+    ev_entries, _, ev_link = await follow(me.calendar_view.delta, window)
+    assert [e.id for e in ev_entries] == [created.id], [e.id for e in ev_entries]
+    c_entries, _, c_link = await follow(me.contacts.delta)
+    assert [e.id for e in c_entries] == [contact.id]
+    t_entries, _, t_link = await follow(tasks.delta)
+    assert [e.id for e in t_entries] == [task.id]
+
+    await me.contacts.by_contact_id(contact.id).patch(Contact(job_title="Buyer"))
+    since = await me.contacts.delta.with_url(c_link).get()
+    assert [(e.id, e.job_title) for e in since.value] == [(contact.id, "Buyer")]
+    await tasks.by_todo_task_id(task.id).delete()
+    since = await tasks.delta.with_url(t_link).get()
+    assert [e.id for e in since.value] == [task.id]
+    assert "@removed" in since.value[0].additional_data, since.value[0].additional_data
+    since = await me.calendar_view.delta.with_url(ev_link).get()
+    assert since.value == [], since.value
+    out["delta"] = {"events": len(ev_entries), "contacts": len(c_entries), "tasks": len(t_entries)}
+
+    # A write against a stale version is refused with Graph's error.
+    headers = HeadersCollection()
+    headers.add("If-Match", 'W/"c3RhbGU="')
+    try:
+        await me.contacts.by_contact_id(contact.id).patch(
+            Contact(job_title="Stale"), request_configuration=RequestConfiguration(headers=headers)
+        )
+        raise AssertionError("a stale If-Match was accepted")
+    except ODataError as e:
+        out["stale"] = {"status": e.response_status_code, "code": e.error.code}
+    return out
 
 
 asyncio.run(main())

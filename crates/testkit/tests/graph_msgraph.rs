@@ -39,7 +39,14 @@ async fn msgraph_sdk_drives_the_double() {
         TENANT,
         APP,
         SECRET,
-        &["Mail.ReadWrite", "Mail.Send", "User.Read.All"],
+        &[
+            "Mail.ReadWrite",
+            "Mail.Send",
+            "User.Read.All",
+            "Calendars.ReadWrite",
+            "Contacts.ReadWrite",
+            "Tasks.ReadWrite.All",
+        ],
     );
     let uid = graph.add_mailbox(TENANT, MAILBOX);
     let inbox: Vec<String> = (0..INBOX)
@@ -125,6 +132,33 @@ async fn msgraph_sdk_drives_the_double() {
         result["notification"]["subscriptionId"],
         subs[0].id.as_str()
     );
+    // Appointments, contacts and To Do tasks: what the SDK made is what the double holds.
+    let items = &result["items"];
+    let events = graph.items(MAILBOX, "calendar");
+    assert_eq!(
+        events.len(),
+        1,
+        "a repeated transactionId made no second event"
+    );
+    assert_eq!(events[0]["id"], items["event"]["id"]);
+    assert_eq!(events[0]["transactionId"], "msgraph-sdk-tx-1");
+    assert_eq!(events[0]["start"]["timeZone"], "Europe/Berlin");
+    assert_eq!(items["event"]["type"], "singleInstance");
+    let contacts = graph.items(MAILBOX, "contacts");
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0]["id"], items["contact"]["id"]);
+    assert_eq!(
+        contacts[0]["jobTitle"], "Buyer",
+        "the stale PATCH changed nothing"
+    );
+    let list = format!("todo/lists/{}", items["task"]["list"].as_str().unwrap());
+    assert!(
+        graph.items(MAILBOX, &list).is_empty(),
+        "the task was deleted"
+    );
+    assert_eq!(items["delta"]["events"], 1);
+    assert_eq!(items["stale"]["status"], 412);
+    assert_eq!(items["stale"]["code"], "ErrorIrresolvableConflict");
     // Every Graph request carried the bearer token MSAL fetched from the double.
     let requests = graph.requests();
     assert!(

@@ -17,6 +17,8 @@
 //! with; every answer's size is bounded.
 
 pub mod codes;
+pub mod itemmap;
+pub mod items;
 pub mod probe;
 
 use crate::https::{Conn, Response, Target};

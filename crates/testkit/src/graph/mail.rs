@@ -72,6 +72,8 @@ pub(super) struct Mailbox {
     pub epoch: u64,
     /// Folder id → message id → (sequence of its last change, still in the folder).
     pub changes: HashMap<String, HashMap<String, (u64, bool)>>,
+    /// Calendars, contact folders, To Do lists and their items.
+    pub items: super::items::Items,
 }
 
 fn graph_id(prefix: &str) -> String {
@@ -106,6 +108,7 @@ impl Mailbox {
             messages: BTreeMap::new(),
             epoch: 0,
             changes: HashMap::new(),
+            items: super::items::Items::default(),
         }
     }
 
@@ -347,7 +350,7 @@ fn user_json(mb: &Mailbox) -> Value {
     })
 }
 
-fn page_size(s: &DoubleState, headers: &HeaderMap) -> (usize, Option<usize>) {
+pub(super) fn page_size(s: &DoubleState, headers: &HeaderMap) -> (usize, Option<usize>) {
     let prefer = headers
         .get_all("prefer")
         .iter()
@@ -456,6 +459,11 @@ pub(super) async fn route(
     let base = s.base();
     let uid = s.mailboxes[mb].user_id.clone();
     let sel = query.get("$select").map(String::as_str);
+    if let Some(reply) = super::items::route(
+        &mut s, caller, mb, method, &rest, &lower, query, headers, body,
+    ) {
+        return reply;
+    }
     match (method.clone(), lower.as_slice()) {
         (Method::GET, ["mailboxsettings"]) => {
             if !caller.has_any(&["MailboxSettings.Read", "MailboxSettings.ReadWrite"]) {

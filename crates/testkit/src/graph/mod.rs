@@ -24,6 +24,7 @@
 //! What it does not model is listed in `docs/testing.md` ("The Microsoft Graph test double").
 
 pub mod csdl;
+mod items;
 mod mail;
 mod subs;
 mod token;
@@ -106,6 +107,8 @@ pub fn csdl_path() -> PathBuf {
     path
 }
 
+pub use items::ItemKind;
+
 /// Which kind of request a [`Fault`] applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -117,7 +120,8 @@ pub enum Route {
     MailboxSettings,
     /// `/v1.0/users/{u}/mailFolders...` (folders, not messages).
     MailFolders,
-    /// `.../messages/delta`.
+    /// Any delta query (`.../messages/delta`, `contacts/delta`, `tasks/delta`,
+    /// `calendarView/delta`).
     Delta,
     /// `.../messages/{id}/$value`.
     Value,
@@ -131,6 +135,12 @@ pub enum Route {
     Subscriptions,
     /// `POST /v1.0/$batch`.
     Batch,
+    /// Calendars and events (`calendar`, `calendars`, `events`; not delta).
+    Events,
+    /// Contact folders and contacts (not delta).
+    Contacts,
+    /// To Do lists and tasks (not delta).
+    Tasks,
     /// Any request.
     Any,
 }
@@ -732,6 +742,81 @@ impl GraphDouble {
         }
     }
 
+    fn mailbox_index(s: &DoubleState, address: &str) -> usize {
+        mail::find_mailbox(&s.mailboxes, address, None)
+            .unwrap_or_else(|| panic!("no mailbox {address}"))
+    }
+
+    /// The id of the mailbox's default calendar, contact folder or To Do list.
+    pub fn default_container(&self, address: &str, kind: ItemKind) -> String {
+        let s = self.state();
+        let mb = Self::mailbox_index(&s, address);
+        s.mailboxes[mb].items.default_of(kind).id.clone()
+    }
+
+    /// The items of a collection (`calendar`, `calendars/{id}`, `contacts`,
+    /// `contactFolders/{id}`, `todo/lists/{id}`) as Graph answers them, with their extended
+    /// properties and linked resources. Panics on an unknown mailbox or collection.
+    pub fn items(&self, address: &str, collection: &str) -> Vec<Value> {
+        let s = self.state();
+        let mb = Self::mailbox_index(&s, address);
+        let (kind, c) = s.mailboxes[mb]
+            .items
+            .resolve(collection)
+            .unwrap_or_else(|| panic!("no collection {collection}"));
+        items::snapshot(&s, mb, kind, &c)
+    }
+
+    /// Creates an item in a collection as another client (Outlook, a phone) would, with the
+    /// JSON a `POST` would carry (not checked against the CSDL: a test may serve what Graph
+    /// would not); returns its id.
+    pub fn create_item(&self, address: &str, collection: &str, entity: Value) -> String {
+        let mut s = self.state();
+        let mb = Self::mailbox_index(&s, address);
+        let (kind, c) = s.mailboxes[mb]
+            .items
+            .resolve(collection)
+            .unwrap_or_else(|| panic!("no collection {collection}"));
+        items::create_as_other(&mut s, mb, kind, &c, entity)
+            .unwrap_or_else(|| panic!("the item was not created"))
+    }
+
+    /// Changes an item as another client would (a `PATCH` without `If-Match`); false when
+    /// there is no such item.
+    pub fn update_item(&self, address: &str, id: &str, changes: Value) -> bool {
+        let mut s = self.state();
+        let mb = Self::mailbox_index(&s, address);
+        items::patch_as_other(&mut s, mb, id, changes)
+    }
+
+    /// Deletes an item as another client would; false when there is no such item.
+    pub fn delete_item(&self, address: &str, id: &str) -> bool {
+        let mut s = self.state();
+        let mb = Self::mailbox_index(&s, address);
+        items::remove(&mut s, mb, id)
+    }
+
+    /// The kind and container id of an item, if it exists.
+    pub fn locate_item(&self, address: &str, id: &str) -> Option<(ItemKind, String)> {
+        let s = self.state();
+        let mb = Self::mailbox_index(&s, address);
+        items::locate(&s, mb, id)
+    }
+
+    /// The ids calendarView lists for event `id` between `start` and `end` (itself, or a
+    /// series' occurrences).
+    pub fn instance_ids(
+        &self,
+        address: &str,
+        id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Vec<String> {
+        let s = self.state();
+        let mb = Self::mailbox_index(&s, address);
+        items::instance_ids(&s, mb, id, (start, end))
+    }
+
     /// Every request received so far, in order (refused ones included).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state().requests.clone()
@@ -1193,10 +1278,13 @@ fn route_of(method: &Method, rel: &str) -> Route {
     }
     let rest: Vec<&str> = segs.iter().skip(2).map(String::as_str).collect();
     match rest.as_slice() {
+        [.., "delta"] => Route::Delta,
+        ["calendar" | "calendars" | "events" | "calendarview", ..] => Route::Events,
+        ["contacts" | "contactfolders", ..] => Route::Contacts,
+        ["todo", ..] => Route::Tasks,
         [] => Route::User,
         ["mailboxsettings", ..] => Route::MailboxSettings,
         ["sendmail"] => Route::SendMail,
-        [.., "delta"] => Route::Delta,
         [.., "$value"] => Route::Value,
         [.., "move"] if method == Method::POST => Route::Move,
         ["mailfolders", _, "messages", ..] | ["messages", ..] => Route::Messages,

@@ -1,0 +1,924 @@
+//! Exchange Online appointments, contacts and To Do tasks over Microsoft Graph v1.0: the
+//! [`ItemStore`] of a mailbox, on a [`GraphClient`] (its token, connection, throttling waits
+//! and error classification).
+//!
+//! **Collections** are paths under `/users/{mailbox}`: a calendar (`calendar`, the default one,
+//! or `calendars/{id}`), a contact folder (`contacts`, the default one, or
+//! `contactFolders/{id}`) or a To Do list (`todo/lists/{id}`). [`GraphItemStore::default_calendar`],
+//! [`GraphItemStore::default_contacts`] and [`GraphItemStore::default_task_list`] (the list
+//! whose `wellknownListName` is `defaultList`) find the defaults.
+//!
+//! **Changes** come from Graph's delta queries: `contacts/delta`, `tasks/delta` and, for
+//! events, `calendarView/delta` — v1.0's only event delta, bounded by a window
+//! ([`CalendarWindow`], by default 30 days back to 365 days ahead of the first request; Graph
+//! keeps the window in the delta token). `@odata.nextLink` pages are followed
+//! ([`MAX_PAGES`] per call, then [`ChangeSet::more`]); the `@odata.deltaLink` is the cursor.
+//! Every changed item is read again with its extended properties (uid, stamp), which delta
+//! does not return, [`MAX_BATCH`] at a time in one `$batch`. A delta link Graph no longer accepts (410 Gone, `syncStateNotFound`,
+//! `resyncRequired`, …) fails with [`DELTA_TOKEN_INVALID`], so the syncer reads the whole
+//! collection again.
+//!
+//! Limits of calendarView delta, mapped faithfully: it lists single events, occurrences and
+//! exceptions, not series masters. An occurrence or exception is reported as its series'
+//! master (read by `seriesMasterId`, once per call) with the master's recurrence; exceptions
+//! and cancelled occurrences are not mapped (`exdates`/`overrides` read empty). An entry
+//! `@removed` from the view is read again: an event that still exists only left the window
+//! (or is an occurrence of a series that still exists) and is reported as changed, not
+//! deleted; when a removed occurrence was seen earlier in this session its master is checked
+//! too, so a deleted series is reported by its master's id. A series deleted while no
+//! occurrence of it was seen in this session is reported only by its occurrences' ids.
+//! Events wholly outside the window are never listed, also not by a full listing.
+//!
+//! **Writes** carry `If-Match` with the version (`@odata.etag`); an update sends only the
+//! properties whose values changed ([`itemmap::patch_body`]: Exchange mails attendees an
+//! update for every change of a meeting they are invited to, and a meeting's attendees are
+//! invited when it is created with them — Graph v1.0 has no way to create or change a meeting
+//! without mailing its attendees). 412 is a
+//! [`Written::Conflict`] with the item read again, 404 is [`Written::Gone`]. A create first
+//! looks for an item with the values' uid in the collection (an extended property
+//! [`UID_PROPERTY`] for events and contacts, `$filter=singleValueExtendedProperties/Any(…)`;
+//! a `linkedResource` for tasks) and answers `Conflict` with it, as a repeated CalDAV `PUT`
+//! does; an event also carries `transactionId` = uid, so Graph itself returns the first event
+//! to a create repeated after a lost answer.
+//!
+//! Mapping: [`super::itemmap`]; an item that cannot be mapped is reported in
+//! [`ChangeSet::unreadable`], never dropped.
+
+use super::itemmap::{self, APPLICATION, STAMP_PROPERTY, UID_PROPERTY};
+use super::{GraphClient, MAX_BATCH, MAX_JSON, THROTTLE_TRIES, codes, literal, protocol, segment};
+use crate::https::Response;
+use crate::items::{ChangeSet, ItemStore, RemoteItem, Written};
+use crate::{ConnectError, Result};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use serversync_model::sync::ServerTokenCursor;
+use serversync_model::webhook::RecordType;
+use std::collections::{HashMap, HashSet};
+
+/// The error code of a delta link Graph no longer accepts: the same code as a CalDAV sync
+/// token the server forgot, so the syncer's fallback (a full listing) covers both.
+pub const DELTA_TOKEN_INVALID: &str = crate::dav::client::SYNC_TOKEN_INVALID;
+/// Delta pages followed in one [`ItemStore::changes`] call; then `more` is set.
+pub const MAX_PAGES: usize = 200;
+/// Items per delta page asked for (`Prefer: odata.maxpagesize`).
+pub const PAGE_SIZE: u32 = 100;
+
+/// Graph error codes (besides HTTP 410) that say a delta token is no longer valid.
+const INVALID_TOKEN_CODES: [&str; 5] = [
+    "syncStateNotFound",
+    "syncStateInvalid",
+    "resyncRequired",
+    "ErrorInvalidSyncState",
+    "SyncStateNotFound",
+];
+
+/// The time span a calendar's `calendarView/delta` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalendarWindow {
+    /// From `past_days` before to `ahead_days` after the moment the delta starts.
+    AroundNow { past_days: u32, ahead_days: u32 },
+    /// A fixed span (tests; or a deployment that wants one).
+    Fixed {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    },
+}
+
+/// 30 days back to 365 days ahead.
+pub const DEFAULT_WINDOW: CalendarWindow = CalendarWindow::AroundNow {
+    past_days: 30,
+    ahead_days: 365,
+};
+
+impl CalendarWindow {
+    fn span(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        match *self {
+            CalendarWindow::AroundNow {
+                past_days,
+                ahead_days,
+            } => {
+                let now = Utc::now();
+                (
+                    now - chrono::TimeDelta::days(past_days.into()),
+                    now + chrono::TimeDelta::days(ahead_days.into()),
+                )
+            }
+            CalendarWindow::Fixed { start, end } => (start, end),
+        }
+    }
+}
+
+/// What a collection path holds.
+fn kind_of(collection: &str) -> Result<RecordType> {
+    let segs: Vec<&str> = collection.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["calendar"] | ["calendars", _] => Ok(RecordType::Appointment),
+        ["contacts"] | ["contactFolders", _] => Ok(RecordType::Contact),
+        ["todo", "lists", _] => Ok(RecordType::Task),
+        _ => Err(protocol(format!(
+            "{collection:?} is not a Graph collection (calendar, calendars/{{id}}, contacts, \
+             contactFolders/{{id}} or todo/lists/{{id}})"
+        ))
+        .with_code("invalid_collection")),
+    }
+}
+
+fn items_segment(kind: RecordType) -> &'static str {
+    match kind {
+        RecordType::Appointment => "events",
+        RecordType::Contact => "contacts",
+        _ => "tasks",
+    }
+}
+
+/// The `$expand` that brings the uid and stamp with an item.
+fn expand(kind: RecordType) -> String {
+    let e = if kind == RecordType::Task {
+        "linkedResources".to_owned()
+    } else {
+        format!(
+            "singleValueExtendedProperties($filter=id eq {} or id eq {})",
+            literal(UID_PROPERTY),
+            literal(STAMP_PROPERTY)
+        )
+    };
+    format!("$expand={}", segment(&e))
+}
+
+const TEXT_BODIES: (&str, &str) = ("Prefer", "outlook.body-content-type=\"text\"");
+
+/// Appointments, contacts and tasks of one Exchange Online mailbox over Graph (see the
+/// module documentation).
+pub struct GraphItemStore {
+    client: GraphClient,
+    window: CalendarWindow,
+    page: u32,
+    /// The entity last read or written, by id, with its version: an update starts from it.
+    seen: HashMap<String, (String, Value)>,
+    /// Occurrence id → series master id, for the occurrences seen in this session.
+    occurrences: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for GraphItemStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphItemStore")
+            .field("client", &self.client)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    value: Vec<Value>,
+    #[serde(rename = "@odata.nextLink")]
+    next: Option<String>,
+    #[serde(rename = "@odata.deltaLink")]
+    delta: Option<String>,
+}
+
+impl GraphItemStore {
+    /// The item store of the mailbox `client` acts on, with [`DEFAULT_WINDOW`].
+    pub fn new(client: GraphClient) -> GraphItemStore {
+        GraphItemStore {
+            client,
+            window: DEFAULT_WINDOW,
+            page: PAGE_SIZE,
+            seen: HashMap::new(),
+            occurrences: HashMap::new(),
+        }
+    }
+
+    /// The span a new calendar delta covers.
+    pub fn with_window(mut self, window: CalendarWindow) -> GraphItemStore {
+        self.window = window;
+        self
+    }
+
+    /// Items per delta page asked for.
+    pub fn with_page_size(mut self, page: u32) -> GraphItemStore {
+        self.page = page.max(1);
+        self
+    }
+
+    /// The Graph client underneath.
+    pub fn client(&mut self) -> &mut GraphClient {
+        &mut self.client
+    }
+
+    /// The mailbox's default calendar (`calendar`), after checking it can be read.
+    pub async fn default_calendar(&mut self) -> Result<String> {
+        let path = format!("{}/calendar?$select=id,name", self.client.user_path);
+        let _: Value = self
+            .client
+            .get_json(&path, &[], "reading the default calendar")
+            .await?;
+        Ok("calendar".into())
+    }
+
+    /// The mailbox's default contact folder (`contacts`), after checking it can be read.
+    pub async fn default_contacts(&mut self) -> Result<String> {
+        let path = format!("{}/contacts?$top=1&$select=id", self.client.user_path);
+        let _: Value = self
+            .client
+            .get_json(&path, &[], "reading the default contacts")
+            .await?;
+        Ok("contacts".into())
+    }
+
+    /// The mailbox's default To Do list (`todo/lists/{id}`, the list whose
+    /// `wellknownListName` is `defaultList`).
+    pub async fn default_task_list(&mut self) -> Result<String> {
+        let filter = segment("wellknownListName eq 'defaultList'");
+        let path = format!("{}/todo/lists?$filter={filter}", self.client.user_path);
+        let list: Page = self
+            .client
+            .get_json(&path, &[], "looking up the default To Do list")
+            .await?;
+        let id = list
+            .value
+            .first()
+            .and_then(|l| l["id"].as_str())
+            .ok_or_else(|| {
+                protocol("the mailbox has no default To Do list (wellknownListName defaultList)")
+                    .with_code("not_found")
+            })?;
+        Ok(format!("todo/lists/{id}"))
+    }
+
+    fn coll_path(&self, collection: &str) -> String {
+        let segs: Vec<String> = collection
+            .trim_matches('/')
+            .split('/')
+            .map(segment)
+            .collect();
+        format!("{}/{}", self.client.user_path, segs.join("/"))
+    }
+
+    /// The path of the collection's items (`…/calendar/events`, `…/contacts`,
+    /// `…/contactFolders/{id}/contacts`, `…/todo/lists/{id}/tasks`).
+    fn items_path(&self, collection: &str, kind: RecordType) -> String {
+        if collection.trim_matches('/') == "contacts" {
+            return self.coll_path(collection);
+        }
+        format!("{}/{}", self.coll_path(collection), items_segment(kind))
+    }
+
+    fn item_path(&self, collection: &str, kind: RecordType, id: &str) -> String {
+        format!("{}/{}", self.items_path(collection, kind), segment(id))
+    }
+
+    fn delta_start(&self, collection: &str, kind: RecordType) -> String {
+        match kind {
+            RecordType::Appointment => {
+                let (start, end) = self.window.span();
+                let fmt = |t: DateTime<Utc>| {
+                    segment(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                };
+                let base = if collection.trim_matches('/') == "calendar" {
+                    self.client.user_path.clone()
+                } else {
+                    self.coll_path(collection)
+                };
+                format!(
+                    "{base}/calendarView/delta?startDateTime={}&endDateTime={}",
+                    fmt(start),
+                    fmt(end)
+                )
+            }
+            _ => format!("{}/delta", self.items_path(collection, kind)),
+        }
+    }
+
+    /// One request: throttling and unavailability are waited out (for a request that is not
+    /// `idempotent`, only answers that say nothing was done: 429 and 503); 404, 409, 410 and
+    /// 412 come back for the caller to read; any other refusal is the classified error.
+    async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&str, String)],
+        idempotent: bool,
+        what: &str,
+    ) -> Result<Response> {
+        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        let mut tries = 0;
+        loop {
+            let resp = self
+                .client
+                .once(&method, path, &body, extra, MAX_JSON, what)
+                .await?;
+            if (200..300).contains(&resp.status) || matches!(resp.status, 404 | 409 | 410 | 412) {
+                return Ok(resp);
+            }
+            let err = self.client.refusal(&resp, what);
+            let repeatable = idempotent || matches!(resp.status, 429 | 503);
+            if err.is_transient() && repeatable && tries < THROTTLE_TRIES {
+                self.client.wait_out(&err, tries).await;
+                tries += 1;
+                continue;
+            }
+            return Err(err);
+        }
+    }
+
+    /// Whether a 404 answer says the item is not there (not: the mailbox is not).
+    fn missing(&self, resp: &Response, what: &str) -> Result<bool> {
+        if resp.status != 404 {
+            return Ok(false);
+        }
+        let err = self.client.refusal(resp, what);
+        match err.code.as_deref() {
+            Some("item_not_found" | "not_found") => Ok(true),
+            _ => Err(err),
+        }
+    }
+
+    fn json(resp: &Response, what: &str) -> Result<Value> {
+        serde_json::from_slice(&resp.body)
+            .map_err(|e| protocol(format!("{what}: Graph's answer is not JSON: {e}")))
+    }
+
+    fn item(&mut self, kind: RecordType, entity: Value) -> std::result::Result<RemoteItem, String> {
+        let id = entity["id"].as_str().ok_or("no id")?.to_owned();
+        let version = entity["@odata.etag"]
+            .as_str()
+            .or_else(|| entity["changeKey"].as_str())
+            .ok_or("no @odata.etag")?
+            .to_owned();
+        let values = itemmap::to_values(kind, &entity)?;
+        self.seen.insert(id.clone(), (version.clone(), entity));
+        Ok(RemoteItem {
+            id,
+            version,
+            kind,
+            values,
+        })
+    }
+
+    /// Keeps the entity a write answered with as the item's last state. The answer to a write
+    /// carries no extended properties or linked resources: those written are merged in
+    /// (extended properties by id, over the previous state's).
+    fn remember(
+        &mut self,
+        kind: RecordType,
+        id: &str,
+        version: &str,
+        mut entity: Value,
+        written: &Value,
+        previous: Option<&Value>,
+    ) {
+        if entity.get("singleValueExtendedProperties").is_none() && kind != RecordType::Task {
+            let mut props: Vec<Value> = previous
+                .and_then(|p| p["singleValueExtendedProperties"].as_array().cloned())
+                .unwrap_or_default();
+            for w in written["singleValueExtendedProperties"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                props.retain(|p| {
+                    !p["id"]
+                        .as_str()
+                        .zip(w["id"].as_str())
+                        .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+                });
+                props.push(w.clone());
+            }
+            entity["singleValueExtendedProperties"] = Value::Array(props);
+        }
+        if entity.get("linkedResources").is_none() {
+            let links = written
+                .get("linkedResources")
+                .or_else(|| previous.and_then(|p| p.get("linkedResources")))
+                .cloned();
+            if let Some(l) = links {
+                entity["linkedResources"] = l;
+            }
+        }
+        self.seen
+            .insert(id.to_owned(), (version.to_owned(), entity));
+    }
+
+    /// The item's entity with its uid and stamp (`None`: gone).
+    async fn read(
+        &mut self,
+        collection: &str,
+        kind: RecordType,
+        id: &str,
+    ) -> Result<Option<Value>> {
+        let path = format!("{}?{}", self.item_path(collection, kind, id), expand(kind));
+        let what = format!("reading the item {id}");
+        let resp = self
+            .send(
+                hyper::Method::GET,
+                &path,
+                None,
+                &[(TEXT_BODIES.0, TEXT_BODIES.1.to_owned())],
+                true,
+                &what,
+            )
+            .await?;
+        if self.missing(&resp, &what)? {
+            return Ok(None);
+        }
+        if !(200..300).contains(&resp.status) {
+            return Err(self.client.refusal(&resp, &what));
+        }
+        Self::json(&resp, &what).map(Some)
+    }
+
+    /// Up to [`MAX_BATCH`] items with their uid and stamp in one `$batch` round trip, in
+    /// `ids`' order (`None`: gone). Items the batch could not give (throttled or unavailable
+    /// there) are read one by one, which waits throttling out; any other refusal of an item is
+    /// its error.
+    async fn read_many(
+        &mut self,
+        collection: &str,
+        kind: RecordType,
+        ids: &[String],
+    ) -> Result<Vec<Option<Value>>> {
+        #[derive(Deserialize)]
+        struct Answer {
+            responses: Vec<Part>,
+        }
+        #[derive(Deserialize)]
+        struct Part {
+            id: String,
+            status: u16,
+            #[serde(default)]
+            headers: HashMap<String, String>,
+            #[serde(default)]
+            body: Value,
+        }
+        if ids.len() < 2 {
+            let mut out = Vec::new();
+            for id in ids {
+                out.push(self.read(collection, kind, id).await?);
+            }
+            return Ok(out);
+        }
+        let requests: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let path = self.item_path(collection, kind, id);
+                serde_json::json!({
+                    "id": n.to_string(),
+                    "method": "GET",
+                    "url": format!("{}?{}", path.trim_start_matches("/v1.0"), expand(kind)),
+                    "headers": {TEXT_BODIES.0: TEXT_BODIES.1},
+                })
+            })
+            .collect();
+        let body = serde_json::json!({ "requests": requests });
+        let what = format!(
+            "reading {} changed items of {collection} ($batch)",
+            ids.len()
+        );
+        let resp = self
+            .send(
+                hyper::Method::POST,
+                "/v1.0/$batch",
+                Some(&body),
+                &[],
+                true,
+                &what,
+            )
+            .await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(self.client.refusal(&resp, &what));
+        }
+        let answer: Answer = serde_json::from_slice(&resp.body)
+            .map_err(|e| protocol(format!("{what}: Graph's answer is not a batch answer: {e}")))?;
+        let mut out: Vec<Option<Option<Value>>> = vec![None; ids.len()];
+        for part in answer.responses {
+            let Some(slot) = part.id.parse::<usize>().ok().and_then(|n| out.get_mut(n)) else {
+                continue;
+            };
+            if (200..300).contains(&part.status) && part.body.is_object() {
+                *slot = Some(Some(part.body));
+                continue;
+            }
+            let body = serde_json::to_vec(&part.body).unwrap_or_default();
+            let retry = codes::retry_after(
+                part.headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                    .map(|(_, v)| v.as_str()),
+            );
+            let err = codes::classify(part.status, &body, retry, "reading a changed item");
+            match err.code.as_deref() {
+                Some("item_not_found" | "not_found") => *slot = Some(None),
+                // Read again below, one by one, waiting as asked.
+                _ if err.is_transient() => {}
+                _ => return Err(err),
+            }
+        }
+        let mut done = Vec::with_capacity(ids.len());
+        for (id, got) in ids.iter().zip(out) {
+            done.push(match got {
+                Some(entity) => entity,
+                None => self.read(collection, kind, id).await?,
+            });
+        }
+        Ok(done)
+    }
+
+    async fn fetch(
+        &mut self,
+        collection: &str,
+        kind: RecordType,
+        id: &str,
+    ) -> Result<Option<RemoteItem>> {
+        let Some(entity) = self.read(collection, kind, id).await? else {
+            return Ok(None);
+        };
+        self.item(kind, entity).map(Some).map_err(|why| {
+            protocol(format!("the item {id} cannot be read: {why}")).with_code("unreadable_item")
+        })
+    }
+
+    async fn conflict_or_gone(
+        &mut self,
+        collection: &str,
+        kind: RecordType,
+        id: &str,
+    ) -> Result<Written> {
+        Ok(match self.fetch(collection, kind, id).await? {
+            Some(current) => Written::Conflict { current },
+            None => Written::Gone,
+        })
+    }
+
+    /// The item of `collection` that carries `uid`, if any.
+    async fn find_uid(
+        &mut self,
+        collection: &str,
+        kind: RecordType,
+        uid: &str,
+    ) -> Result<Option<RemoteItem>> {
+        let filter = if kind == RecordType::Task {
+            format!(
+                "linkedResources/any(r: r/applicationName eq {} and r/externalId eq {})",
+                literal(APPLICATION),
+                literal(uid)
+            )
+        } else {
+            format!(
+                "singleValueExtendedProperties/Any(ep: ep/id eq {} and ep/value eq {})",
+                literal(UID_PROPERTY),
+                literal(uid)
+            )
+        };
+        let path = format!(
+            "{}?$filter={}&{}",
+            self.items_path(collection, kind),
+            segment(&filter),
+            expand(kind)
+        );
+        let what = format!("looking for the item with uid {uid}");
+        let page: Page = self
+            .client
+            .get_json(&path, &[(TEXT_BODIES.0, TEXT_BODIES.1.to_owned())], &what)
+            .await?;
+        let Some(entity) = page.value.into_iter().next() else {
+            return Ok(None);
+        };
+        self.item(kind, entity).map(Some).map_err(|why| {
+            protocol(format!("the item with uid {uid} cannot be read: {why}"))
+                .with_code("unreadable_item")
+        })
+    }
+
+    fn token_invalid(&self, resp: &Response, collection: &str) -> Option<ConnectError> {
+        let code = codes::GraphError::parse(&resp.body).code;
+        let invalid = resp.status == 410
+            || (matches!(resp.status, 400 | 404 | 409)
+                && INVALID_TOKEN_CODES
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(&code)));
+        invalid.then(|| {
+            protocol(format!(
+                "Microsoft Graph no longer accepts the delta link of {collection} ({} {code}): \
+                 reading the collection from the start",
+                resp.status
+            ))
+            .with_code(DELTA_TOKEN_INVALID)
+        })
+    }
+}
+
+impl ItemStore for GraphItemStore {
+    async fn changes(
+        &mut self,
+        collection: &str,
+        since: Option<&ServerTokenCursor>,
+    ) -> Result<ChangeSet> {
+        let kind = kind_of(collection)?;
+        let mut path = match since {
+            Some(t) => self.client.own_path(&t.token)?,
+            None => self.delta_start(collection, kind),
+        };
+        let prefer = format!("odata.maxpagesize={}", self.page);
+        let what = format!("reading the changes of {collection}");
+        let mut set = ChangeSet::default();
+        let mut changed: Vec<String> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        let mut done = false;
+        for _ in 0..MAX_PAGES {
+            let resp = self
+                .send(
+                    hyper::Method::GET,
+                    &path,
+                    None,
+                    &[("Prefer", prefer.clone())],
+                    true,
+                    &what,
+                )
+                .await?;
+            if let Some(e) = self.token_invalid(&resp, collection) {
+                return Err(e);
+            }
+            if !(200..300).contains(&resp.status) {
+                return Err(self.client.refusal(&resp, &what));
+            }
+            let page: Page = serde_json::from_slice(&resp.body).map_err(|e| {
+                protocol(format!("{what}: Graph's answer is not a delta page: {e}"))
+            })?;
+            for entry in page.value {
+                let Some(id) = entry["id"].as_str().map(str::to_owned) else {
+                    continue;
+                };
+                let master = entry["seriesMasterId"]
+                    .as_str()
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned);
+                if entry.get("@removed").is_some() {
+                    changed.retain(|c| *c != id);
+                    if !removed.contains(&id) {
+                        removed.push(id);
+                    }
+                    continue;
+                }
+                let id = match master {
+                    Some(m) if kind == RecordType::Appointment => {
+                        self.occurrences.insert(id, m.clone());
+                        m
+                    }
+                    _ => id,
+                };
+                removed.retain(|r| *r != id);
+                if !changed.contains(&id) {
+                    changed.push(id);
+                }
+            }
+            if let Some(next) = page.next {
+                path = self.client.own_path(&next)?;
+                set.next = Some(ServerTokenCursor { token: next });
+                continue;
+            }
+            let delta = page.delta.ok_or_else(|| {
+                protocol(format!(
+                    "{what}: Graph's delta page has neither a next link nor a delta link"
+                ))
+            })?;
+            self.client.own_path(&delta)?;
+            set.next = Some(ServerTokenCursor { token: delta });
+            done = true;
+            break;
+        }
+        set.more = !done;
+        // Removed from the view: deleted, or (events) out of the window, or an occurrence.
+        let mut deleted: Vec<String> = Vec::new();
+        if kind == RecordType::Appointment {
+            let mut masters: Vec<String> = Vec::new();
+            for chunk in removed.chunks(MAX_BATCH) {
+                let entities = self.read_many(collection, kind, chunk).await?;
+                for (id, entity) in chunk.iter().zip(entities) {
+                    match entity {
+                        Some(entity) => {
+                            let id = entity["seriesMasterId"]
+                                .as_str()
+                                .filter(|m| !m.is_empty())
+                                .map_or_else(|| id.clone(), str::to_owned);
+                            if !changed.contains(&id) {
+                                changed.push(id);
+                            }
+                        }
+                        None => {
+                            if let Some(m) = self.occurrences.get(id)
+                                && !masters.contains(m)
+                            {
+                                masters.push(m.clone());
+                            }
+                            deleted.push(id.clone());
+                        }
+                    }
+                }
+            }
+            // A series some of whose occurrences left: gone, or changed.
+            for m in masters {
+                if changed.contains(&m) {
+                    continue;
+                }
+                if self.read(collection, kind, &m).await?.is_some() {
+                    changed.push(m);
+                } else {
+                    deleted.push(m);
+                }
+            }
+        } else {
+            deleted = removed;
+        }
+        let mut reported: HashSet<String> = HashSet::new();
+        changed.retain(|id| reported.insert(id.clone()));
+        for chunk in changed.chunks(MAX_BATCH) {
+            let entities = self.read_many(collection, kind, chunk).await?;
+            for (id, entity) in chunk.iter().zip(entities) {
+                // Gone between the delta and now: the next delta reports it.
+                let Some(entity) = entity else { continue };
+                match self.item(kind, entity) {
+                    Ok(item) => set.changed.push(item),
+                    Err(why) => set.unreadable.push((id.clone(), why)),
+                }
+            }
+        }
+        if since.is_some() {
+            set.deleted = deleted;
+        }
+        Ok(set)
+    }
+
+    async fn get(&mut self, collection: &str, id: &str) -> Result<Option<RemoteItem>> {
+        let kind = kind_of(collection)?;
+        self.fetch(collection, kind, id).await
+    }
+
+    async fn create(
+        &mut self,
+        collection: &str,
+        kind: RecordType,
+        values: &Value,
+    ) -> Result<Written> {
+        let coll_kind = kind_of(collection)?;
+        if coll_kind != kind {
+            return Err(protocol(format!(
+                "{collection} holds {coll_kind:?} items, not {kind:?}"
+            ))
+            .with_code("invalid_collection"));
+        }
+        let uid = values["uid"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| protocol("an item to create needs a uid"))?;
+        // Made before (a create repeated after a lost answer).
+        if let Some(current) = self.find_uid(collection, kind, uid).await? {
+            return Ok(Written::Conflict { current });
+        }
+        let body = itemmap::from_values(kind, values, None)
+            .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+        let path = self.items_path(collection, kind);
+        let what = format!("creating an item in {collection}");
+        // An event is idempotent by its transactionId; a contact or task is not.
+        let idempotent = kind == RecordType::Appointment;
+        let resp = self
+            .send(
+                hyper::Method::POST,
+                &path,
+                Some(&body),
+                &[],
+                idempotent,
+                &what,
+            )
+            .await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(self.client.refusal(&resp, &what));
+        }
+        let entity = Self::json(&resp, &what)?;
+        let id = entity["id"]
+            .as_str()
+            .ok_or_else(|| protocol(format!("{what}: the answer has no id")))?
+            .to_owned();
+        let version = entity["@odata.etag"]
+            .as_str()
+            .or_else(|| entity["changeKey"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        self.remember(kind, &id, &version, entity, &body, None);
+        Ok(Written::Done { id, version })
+    }
+
+    async fn update(
+        &mut self,
+        collection: &str,
+        id: &str,
+        if_version: &str,
+        values: &Value,
+    ) -> Result<Written> {
+        let kind = kind_of(collection)?;
+        let existing = match self.seen.get(id) {
+            Some((v, e)) if v == if_version => e.clone(),
+            _ => match self.fetch(collection, kind, id).await? {
+                Some(item) if item.version == if_version => self
+                    .seen
+                    .get(id)
+                    .map(|(_, e)| e.clone())
+                    .unwrap_or_default(),
+                Some(current) => return Ok(Written::Conflict { current }),
+                None => return Ok(Written::Gone),
+            },
+        };
+        let body = itemmap::patch_body(kind, values, &existing)
+            .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+        if body.as_object().is_some_and(|b| b.is_empty()) {
+            // Nothing to write: the item only has to still be at that version.
+            return Ok(match self.fetch(collection, kind, id).await? {
+                Some(item) if item.version == if_version => Written::Done {
+                    id: id.to_owned(),
+                    version: item.version,
+                },
+                Some(current) => Written::Conflict { current },
+                None => Written::Gone,
+            });
+        }
+        let path = self.item_path(collection, kind, id);
+        let what = format!("updating the item {id}");
+        let resp = self
+            .send(
+                hyper::Method::PATCH,
+                &path,
+                Some(&body),
+                &[("If-Match", if_version.to_owned())],
+                true,
+                &what,
+            )
+            .await?;
+        match resp.status {
+            200..=299 => {
+                let entity = Self::json(&resp, &what)?;
+                let version = entity["@odata.etag"]
+                    .as_str()
+                    .or_else(|| entity["changeKey"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                self.remember(kind, id, &version, entity, &body, Some(&existing));
+                Ok(Written::Done {
+                    id: id.to_owned(),
+                    version,
+                })
+            }
+            412 | 409 => self.conflict_or_gone(collection, kind, id).await,
+            404 if self.missing(&resp, &what)? => Ok(Written::Gone),
+            _ => Err(self.client.refusal(&resp, &what)),
+        }
+    }
+
+    async fn delete(&mut self, collection: &str, id: &str, if_version: &str) -> Result<Written> {
+        let kind = kind_of(collection)?;
+        let path = self.item_path(collection, kind, id);
+        let what = format!("deleting the item {id}");
+        let resp = self
+            .send(
+                hyper::Method::DELETE,
+                &path,
+                None,
+                &[("If-Match", if_version.to_owned())],
+                true,
+                &what,
+            )
+            .await?;
+        match resp.status {
+            200..=299 => {
+                self.seen.remove(id);
+                Ok(Written::Done {
+                    id: id.to_owned(),
+                    version: String::new(),
+                })
+            }
+            412 | 409 => self.conflict_or_gone(collection, kind, id).await,
+            404 if self.missing(&resp, &what)? => Ok(Written::Gone),
+            _ => Err(self.client.refusal(&resp, &what)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collections_name_their_kind() {
+        assert_eq!(kind_of("calendar").unwrap(), RecordType::Appointment);
+        assert_eq!(kind_of("calendars/AAMk=").unwrap(), RecordType::Appointment);
+        assert_eq!(kind_of("contacts").unwrap(), RecordType::Contact);
+        assert_eq!(kind_of("contactFolders/x").unwrap(), RecordType::Contact);
+        assert_eq!(kind_of("todo/lists/x").unwrap(), RecordType::Task);
+        assert!(kind_of("mailFolders/inbox").is_err());
+        assert!(expand(RecordType::Contact).contains("singleValueExtendedProperties"));
+    }
+}
