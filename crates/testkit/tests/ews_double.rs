@@ -792,8 +792,8 @@ async fn item_operations() {
         ))
     };
     let r = call(&s, &hierarchy("")).await;
-    // msgfolderroot, the six standard folders and CRM.
-    assert_eq!(count(&r.body, "<t:Create>"), 8, "{}", r.body);
+    // msgfolderroot, the six mail folders, Calendar, Contacts, Tasks and CRM.
+    assert_eq!(count(&r.body, "<t:Create>"), 11, "{}", r.body);
     let state = text_of(&r.body, "SyncState").unwrap().to_string();
     let r = call(
         &s,

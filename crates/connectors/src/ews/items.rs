@@ -747,13 +747,18 @@ fn appointment_fields(
     out.push(set(Path::Field("calendar:OptionalAttendees"), None));
     let rrule = text_value(&v["rrule"], "rrule")?;
     let local_start = zone.map_or(start.date_naive(), |z| start.with_timezone(&z).date_naive());
-    out.push(set(
-        Path::Field("calendar:Recurrence"),
-        match &rrule {
-            Some(r) => Some(recurrence_xml(r, start, local_start)?),
-            None => None,
-        },
-    ));
+    // Setting the recurrence of a series drops its exceptions on Exchange: an update leaves
+    // an unchanged series (same rule, same start) alone.
+    let unchanged = current.is_some_and(|c| c["rrule"] == v["rrule"] && c["start"] == v["start"]);
+    if !unchanged {
+        out.push(set(
+            Path::Field("calendar:Recurrence"),
+            match &rrule {
+                Some(r) => Some(recurrence_xml(r, start, local_start)?),
+                None => None,
+            },
+        ));
+    }
     // Exceptions of a series are occurrences of their own in EWS: only what the server
     // already has can be kept.
     for field in ["exdates", "overrides"] {
