@@ -322,16 +322,14 @@ pub(super) fn new_pim(element: &Node, owner: &Owner<'_>) -> Pim {
                 pim.put(leaf("PercentComplete", "0"));
             }
         }
-        "Contact" => {
-            if pim.field("DisplayName").is_none() {
-                let name: Vec<String> = ["GivenName", "Surname"]
-                    .iter()
-                    .filter_map(|f| pim.field(f).map(|n| n.text.trim().to_string()))
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                if !name.is_empty() {
-                    pim.put(leaf("DisplayName", &name.join(" ")));
-                }
+        "Contact" if pim.field("DisplayName").is_none() => {
+            let name: Vec<String> = ["GivenName", "Surname"]
+                .iter()
+                .filter_map(|f| pim.field(f).map(|n| n.text.trim().to_string()))
+                .filter(|s| !s.is_empty())
+                .collect();
+            if !name.is_empty() {
+                pim.put(leaf("DisplayName", &name.join(" ")));
             }
         }
         _ => {}
