@@ -304,6 +304,17 @@ async fn a_stale_change_key_conflicts_with_the_current_item_and_writes_nothing()
                 && r.body.contains("ChangeKey=")),
     );
     assert_ne!(v2, now.version);
+
+    // A change between serversync's read and its UpdateItem: Exchange answers
+    // ErrorIrresolvableConflict, and the store reads the item again.
+    f.double.inject(Fault::ResponseCode {
+        operation: Some("UpdateItem".into()),
+        code: "ErrorIrresolvableConflict".into(),
+    });
+    mine["subject"] = json!("Lost race");
+    let current = conflict(s.update("tasks", &id, &v2, &mine).await.unwrap());
+    assert_eq!(current.version, v2);
+    assert_eq!(current.values["subject"], "Renamed by serversync");
 }
 
 #[tokio::test]
