@@ -237,13 +237,19 @@ async fn exchangelib_drives_the_double() {
         "{person}"
     );
     assert!(ews.items(MAILBOX, "tasks").is_empty());
-    for op in ["CreateItem", "UpdateItem", "DeleteItem"] {
+    for (op, needle) in [
+        ("CreateItem", "<t:CalendarItem>"),
+        ("CreateItem", "<t:Contact>"),
+        ("CreateItem", "<t:Task>"),
+        ("UpdateItem", "<t:CalendarItem>"),
+        ("UpdateItem", "<t:Contact>"),
+        ("DeleteItem", "AffectedTaskOccurrences"),
+    ] {
         assert!(
             requests
                 .iter()
-                .any(|r| r.operation == op && r.body.contains("CalendarItem")
-                    || r.operation == op && r.body.contains("Task")),
-            "{op}"
+                .any(|r| r.operation == op && r.body.contains(needle)),
+            "{op} {needle}"
         );
     }
 }
