@@ -3,7 +3,7 @@
 //! envelope the client sends (with and without impersonation), through
 //! `../shared/exchange/validate.sh` (xmllint).
 
-use serversync_connectors::ews::{Acting, envelope, ops};
+use serversync_connectors::ews::{Acting, envelope, items, ops};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -45,7 +45,8 @@ fn validate(xml: &str) -> (bool, String) {
 
 #[test]
 fn every_request_validates_against_the_published_schemas() {
-    let bodies = ops::every_request_body();
+    let mut bodies = ops::every_request_body();
+    bodies.extend(items::every_request_body());
     let mut operations: Vec<&str> = bodies.iter().map(|(op, _)| *op).collect();
     operations.dedup();
     for acting in [
@@ -77,6 +78,8 @@ fn every_request_validates_against_the_published_schemas() {
         "GetStreamingEvents",
         "Unsubscribe",
         "ConvertId",
+        "UpdateItem",
+        "DeleteItem",
     ] {
         assert!(operations.contains(&op), "{op} is not validated");
     }

@@ -792,8 +792,8 @@ async fn item_operations() {
         ))
     };
     let r = call(&s, &hierarchy("")).await;
-    // msgfolderroot, the six standard folders and CRM.
-    assert_eq!(count(&r.body, "<t:Create>"), 8, "{}", r.body);
+    // msgfolderroot, the six mail folders, Calendar, Contacts, Tasks and CRM.
+    assert_eq!(count(&r.body, "<t:Create>"), 11, "{}", r.body);
     let state = text_of(&r.body, "SyncState").unwrap().to_string();
     let r = call(
         &s,
@@ -1272,6 +1272,48 @@ async fn responses_are_schema_valid() {
         )
     };
     s.ews.deliver(ALICE, "inbox", &mime(4), false);
+    // Calendar items, contacts, tasks and a distribution list, as other clients made them.
+    let meeting = s.ews.create_item(
+        ALICE,
+        "calendar",
+        "<CalendarItem><Subject>Review</Subject><Body BodyType=\"HTML\">&lt;p&gt;Agenda&lt;/p&gt;</Body>\
+         <Categories><String>Tracked to Contoso</String></Categories>\
+         <ExtendedProperty><ExtendedFieldURI PropertySetId=\"6a1e3b52-8c0f-4d7e-9b51-2f4c7d9e0a13\" PropertyName=\"serversync-uid\" PropertyType=\"String\"/><Value>u1</Value></ExtendedProperty>\
+         <Start>2026-12-10T09:00:00Z</Start><End>2026-12-10T10:00:00Z</End><Location>Room 1</Location>\
+         <RequiredAttendees><Attendee><Mailbox><EmailAddress>bob@example.test</EmailAddress></Mailbox></Attendee></RequiredAttendees>\
+         <Recurrence><WeeklyRecurrence><Interval>1</Interval><DaysOfWeek>Thursday</DaysOfWeek></WeeklyRecurrence>\
+         <NumberedRecurrence><StartDate>2026-12-10</StartDate><NumberOfOccurrences>4</NumberOfOccurrences></NumberedRecurrence></Recurrence>\
+         <DeletedOccurrences><DeletedOccurrence><Start>2026-12-17T09:00:00Z</Start></DeletedOccurrence></DeletedOccurrences>\
+         <StartTimeZone Id=\"W. Europe Standard Time\"/><EndTimeZone Id=\"W. Europe Standard Time\"/></CalendarItem>",
+    );
+    let person = s.ews.create_item(
+        ALICE,
+        "contacts",
+        "<Contact><GivenName>Ann</GivenName><Surname>Lee</Surname><CompanyName>Fabrikam</CompanyName>\
+         <EmailAddresses><Entry Key=\"EmailAddress1\">ann@example.test</Entry></EmailAddresses>\
+         <PhoneNumbers><Entry Key=\"BusinessPhone\">+1 555 0100</Entry></PhoneNumbers><JobTitle>Buyer</JobTitle></Contact>",
+    );
+    let todo = s.ews.create_item(
+        ALICE,
+        "tasks",
+        "<Task><Subject>Call</Subject><DueDate>2026-12-11T00:00:00Z</DueDate><PercentComplete>100</PercentComplete></Task>",
+    );
+    let list = s.ews.create_item(
+        ALICE,
+        "contacts",
+        "<DistributionList><DisplayName>Buyers</DisplayName></DistributionList>",
+    );
+    let uid_uri = "<t:ExtendedFieldURI PropertySetId=\"6a1e3b52-8c0f-4d7e-9b51-2f4c7d9e0a13\" PropertyName=\"serversync-uid\" PropertyType=\"String\"/>";
+    let pim_requests = [
+        format!("<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape><t:BodyType>Text</t:BodyType><t:AdditionalProperties>{uid_uri}</t:AdditionalProperties></m:ItemShape><m:ItemIds><t:ItemId Id=\"{meeting}\"/><t:ItemId Id=\"{person}\"/><t:ItemId Id=\"{todo}\"/><t:ItemId Id=\"{list}\"/></m:ItemIds></m:GetItem>"),
+        format!("<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI=\"item:Subject\"/><t:IndexedFieldURI FieldURI=\"contacts:EmailAddress\" FieldIndex=\"EmailAddress1\"/><t:FieldURI FieldURI=\"calendar:Organizer\"/></t:AdditionalProperties></m:ItemShape><m:ItemIds><t:ItemId Id=\"{person}\"/><t:ItemId Id=\"{meeting}\"/></m:ItemIds></m:GetItem>"),
+        "<m:SyncFolderItems><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape><m:SyncFolderId><t:DistinguishedFolderId Id=\"calendar\"/></m:SyncFolderId><m:MaxChangesReturned>100</m:MaxChangesReturned></m:SyncFolderItems>".into(),
+        format!("<m:FindItem Traversal=\"Shallow\"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:Restriction><t:IsEqualTo>{uid_uri}<t:FieldURIOrConstant><t:Constant Value=\"u1\"/></t:FieldURIOrConstant></t:IsEqualTo></m:Restriction><m:ParentFolderIds><t:DistinguishedFolderId Id=\"calendar\"/></m:ParentFolderIds></m:FindItem>"),
+        "<m:CreateItem SendMeetingInvitations=\"SendToNone\"><m:Items><t:CalendarItem><t:Subject>New</t:Subject><t:Start>2026-12-12T09:00:00Z</t:Start><t:End>2026-12-12T10:00:00Z</t:End></t:CalendarItem></m:Items></m:CreateItem>".into(),
+        format!("<m:UpdateItem ConflictResolution=\"NeverOverwrite\" SendMeetingInvitationsOrCancellations=\"SendToNone\"><m:ItemChanges><t:ItemChange><t:ItemId Id=\"{meeting}\"/><t:Updates><t:SetItemField><t:FieldURI FieldURI=\"item:Subject\"/><t:CalendarItem><t:Subject>Moved</t:Subject></t:CalendarItem></t:SetItemField><t:DeleteItemField><t:FieldURI FieldURI=\"calendar:Location\"/></t:DeleteItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"),
+        format!("<m:UpdateItem ConflictResolution=\"NeverOverwrite\"><m:ItemChanges><t:ItemChange><t:ItemId Id=\"{person}\" ChangeKey=\"stale\"/><t:Updates><t:SetItemField><t:FieldURI FieldURI=\"contacts:JobTitle\"/><t:Contact><t:JobTitle>x</t:JobTitle></t:Contact></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"),
+        format!("<m:DeleteItem DeleteType=\"MoveToDeletedItems\" AffectedTaskOccurrences=\"AllOccurrences\"><m:ItemIds><t:ItemId Id=\"{todo}\"/></m:ItemIds></m:DeleteItem>"),
+    ];
     let requests = [
         GET_INBOX.to_string(),
         "<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id=\"msgfolderroot\"/><t:DistinguishedFolderId Id=\"nosuch\"/></m:FolderIds></m:GetFolder>".into(),
@@ -1294,7 +1336,7 @@ async fn responses_are_schema_valid() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
-    for (n, body) in requests.iter().enumerate() {
+    for (n, body) in requests.iter().chain(pim_requests.iter()).enumerate() {
         let r = call(&s, &as_alice(body)).await;
         assert_eq!(r.status, 200, "{body}: {}", r.body);
         let element = response_element(&r.body);
@@ -1362,4 +1404,177 @@ fn response_element(envelope: &str) -> String {
         &inner[..close],
         &inner[close..]
     )
+}
+
+/// Calendar items, contacts and tasks as Exchange keeps them: what a CreateItem of each needs
+/// and what the server completes, stale ChangeKeys refused, extended properties returned only
+/// when asked for and searchable by FindItem, dictionaries set entry by entry, a task's
+/// status and percentage kept consistent, and changes by another client in SyncFolderItems.
+#[tokio::test]
+async fn calendar_items_contacts_and_tasks() {
+    let s = setup(EwsConfig::default()).await;
+    let uri = "<t:ExtendedFieldURI PropertySetId=\"6a1e3b52-8c0f-4d7e-9b51-2f4c7d9e0a13\" PropertyName=\"serversync-uid\" PropertyType=\"String\"/>";
+    let meeting = |attrs: &str| {
+        format!(
+            "<m:CreateItem{attrs}><m:SavedItemFolderId><t:DistinguishedFolderId Id=\"calendar\"/></m:SavedItemFolderId><m:Items><t:CalendarItem><t:Subject>Review</t:Subject><t:ExtendedProperty>{uri}<t:Value>u-1</t:Value></t:ExtendedProperty><t:Start>2026-12-10T09:00:00Z</t:Start><t:End>2026-12-10T10:00:00Z</t:End></t:CalendarItem></m:Items></m:CreateItem>"
+        )
+    };
+    // A calendar item needs SendMeetingInvitations.
+    let r = call(&s, &as_alice(&meeting(""))).await;
+    assert!(
+        r.body.contains("ErrorSendMeetingInvitationsRequired"),
+        "{}",
+        r.body
+    );
+    let r = call(
+        &s,
+        &as_alice(&meeting(" SendMeetingInvitations=\"SendToNone\"")),
+    )
+    .await;
+    assert!(r.body.contains("<t:CalendarItem><t:ItemId"), "{}", r.body);
+    let (id, ck) = item_ids(&r.body).remove(0);
+
+    // The server completed it: the organizer is the mailbox, a UID, a single item.
+    let get = |extra: &str| {
+        format!(
+            "<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape>{extra}</m:ItemShape><m:ItemIds><t:ItemId Id=\"{id}\"/></m:ItemIds></m:GetItem>"
+        )
+    };
+    let r = call(&s, &as_alice(&get(""))).await;
+    assert!(
+        r.body.contains(ALICE) && r.body.contains("<t:UID>"),
+        "{}",
+        r.body
+    );
+    assert_eq!(text_of(&r.body, "CalendarItemType"), Some("Single"));
+    assert!(
+        !r.body.contains("u-1"),
+        "extended properties only when asked for"
+    );
+    let r = call(
+        &s,
+        &as_alice(&get(&format!(
+            "<t:AdditionalProperties>{uri}</t:AdditionalProperties>"
+        ))),
+    )
+    .await;
+    assert!(r.body.contains("<t:Value>u-1</t:Value>"), "{}", r.body);
+
+    // FindItem on the extended property.
+    let find = |value: &str| {
+        format!(
+            "<m:FindItem Traversal=\"Shallow\"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:Restriction><t:IsEqualTo>{uri}<t:FieldURIOrConstant><t:Constant Value=\"{value}\"/></t:FieldURIOrConstant></t:IsEqualTo></m:Restriction><m:ParentFolderIds><t:DistinguishedFolderId Id=\"calendar\"/></m:ParentFolderIds></m:FindItem>"
+        )
+    };
+    let r = call(&s, &as_alice(&find("u-1"))).await;
+    assert_eq!(item_ids(&r.body).len(), 1, "{}", r.body);
+    assert_eq!(
+        item_ids(&call(&s, &as_alice(&find("u-2"))).await.body).len(),
+        0
+    );
+
+    // UpdateItem: a calendar item needs SendMeetingInvitationsOrCancellations; a stale
+    // ChangeKey is refused with NeverOverwrite.
+    let update = |attrs: &str, key: &str| {
+        format!(
+            "<m:UpdateItem ConflictResolution=\"NeverOverwrite\"{attrs}><m:ItemChanges><t:ItemChange><t:ItemId Id=\"{id}\" ChangeKey=\"{key}\"/><t:Updates><t:SetItemField><t:FieldURI FieldURI=\"calendar:Location\"/><t:CalendarItem><t:Location>Room 2</t:Location></t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"
+        )
+    };
+    let send = " SendMeetingInvitationsOrCancellations=\"SendToNone\"";
+    let r = call(&s, &as_alice(&update("", &ck))).await;
+    assert!(
+        r.body
+            .contains("ErrorSendMeetingInvitationsOrCancellationsRequired")
+    );
+    let r = call(&s, &as_alice(&update(send, &ck))).await;
+    assert!(r.body.contains("NoError"), "{}", r.body);
+    let r = call(&s, &as_alice(&update(send, &ck))).await;
+    assert!(r.body.contains("ErrorIrresolvableConflict"), "{}", r.body);
+    // Another client's change shows up in the next sync as an update.
+    let sync = |state: &str| {
+        format!(
+            "<m:SyncFolderItems><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:SyncFolderId><t:DistinguishedFolderId Id=\"calendar\"/></m:SyncFolderId>{state}<m:MaxChangesReturned>10</m:MaxChangesReturned></m:SyncFolderItems>"
+        )
+    };
+    let r = call(&s, &as_alice(&sync(""))).await;
+    assert_eq!(
+        count(&r.body, "<t:Create><t:CalendarItem>"),
+        1,
+        "{}",
+        r.body
+    );
+    let state = text_of(&r.body, "SyncState").unwrap().to_string();
+    s.ews
+        .change_item(ALICE, &id, &["<Location>Room 3</Location>"], &[]);
+    let r = call(
+        &s,
+        &as_alice(&sync(&format!("<m:SyncState>{state}</m:SyncState>"))),
+    )
+    .await;
+    assert_eq!(
+        count(&r.body, "<t:Update><t:CalendarItem>"),
+        1,
+        "{}",
+        r.body
+    );
+    // DeleteItem of a calendar item needs SendMeetingCancellations.
+    let delete = |attrs: &str| {
+        format!(
+            "<m:DeleteItem DeleteType=\"MoveToDeletedItems\"{attrs}><m:ItemIds><t:ItemId Id=\"{id}\"/></m:ItemIds></m:DeleteItem>"
+        )
+    };
+    let r = call(&s, &as_alice(&delete(""))).await;
+    assert!(r.body.contains("ErrorSendMeetingCancellationsRequired"));
+    let r = call(
+        &s,
+        &as_alice(&delete(" SendMeetingCancellations=\"SendToNone\"")),
+    )
+    .await;
+    assert!(r.body.contains("NoError"), "{}", r.body);
+    assert!(s.ews.items(ALICE, "calendar").is_empty());
+    assert_eq!(s.ews.items(ALICE, "deleteditems")[0].kind, "CalendarItem");
+
+    // A contact's addresses are set one entry at a time; its display name is composed.
+    let r = call(
+        &s,
+        &as_alice(
+            "<m:CreateItem MessageDisposition=\"SaveOnly\"><m:Items><t:Contact><t:GivenName>Ann</t:GivenName><t:EmailAddresses><t:Entry Key=\"EmailAddress1\">ann@example.test</t:Entry></t:EmailAddresses><t:Surname>Lee</t:Surname></t:Contact></m:Items></m:CreateItem>",
+        ),
+    )
+    .await;
+    let (cid, cck) = item_ids(&r.body).remove(0);
+    let r = call(
+        &s,
+        &as_alice(&format!(
+            "<m:UpdateItem ConflictResolution=\"NeverOverwrite\"><m:ItemChanges><t:ItemChange><t:ItemId Id=\"{cid}\" ChangeKey=\"{cck}\"/><t:Updates><t:SetItemField><t:IndexedFieldURI FieldURI=\"contacts:EmailAddress\" FieldIndex=\"EmailAddress2\"/><t:Contact><t:EmailAddresses><t:Entry Key=\"EmailAddress2\">a.lee@example.org</t:Entry></t:EmailAddresses></t:Contact></t:SetItemField><t:DeleteItemField><t:IndexedFieldURI FieldURI=\"contacts:EmailAddress\" FieldIndex=\"EmailAddress1\"/></t:DeleteItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"
+        )),
+    )
+    .await;
+    assert!(r.body.contains("NoError"), "{}", r.body);
+    let xml = s.ews.item_xml(ALICE, &cid).unwrap();
+    assert!(
+        xml.contains("<t:DisplayName>Ann Lee</t:DisplayName>"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<t:EmailAddresses><t:Entry Key=\"EmailAddress2\">a.lee@example.org</t:Entry></t:EmailAddresses>"),
+        "{xml}"
+    );
+
+    // A completed task is 100 % complete.
+    let r = call(
+        &s,
+        &as_alice(
+            "<m:CreateItem MessageDisposition=\"SaveOnly\"><m:Items><t:Task><t:Subject>Call</t:Subject><t:Status>Completed</t:Status></t:Task></m:Items></m:CreateItem>",
+        ),
+    )
+    .await;
+    let (tid, _) = item_ids(&r.body).remove(0);
+    let xml = s.ews.item_xml(ALICE, &tid).unwrap();
+    assert!(
+        xml.contains("<t:PercentComplete>100</t:PercentComplete>")
+            && xml.contains("<t:IsComplete>true</t:IsComplete>"),
+        "{xml}"
+    );
+    assert_eq!(s.ews.items(ALICE, "tasks")[0].kind, "Task");
 }

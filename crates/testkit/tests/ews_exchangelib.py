@@ -13,15 +13,27 @@ import logging
 import os
 import sys
 
+from datetime import timedelta
+from decimal import Decimal
+
 from exchangelib import (
     IMPERSONATION,
     NTLM,
     Account,
+    Attendee,
+    CalendarItem,
     Configuration,
+    Contact,
     Credentials,
+    EWSDateTime,
+    EWSTimeZone,
     FaultTolerance,
+    Mailbox,
     Message,
+    Task,
 )
+from exchangelib.indexed_properties import EmailAddress, PhoneNumber
+from exchangelib.items import ALL_OCCURRENCES, SEND_TO_NONE
 from exchangelib.autodiscover.discovery import Autodiscovery
 from exchangelib.autodiscover.protocol import AutodiscoverProtocol
 from exchangelib.errors import ErrorImpersonateUserDenied, UnauthorizedError
@@ -184,5 +196,92 @@ for notification in drafts.get_streaming_events(stream_id, connection_timeout=1)
 assert "CreatedEvent" in streamed, streamed
 drafts.unsubscribe(stream_id)
 out["streaming_events"] = streamed
+
+# (i) Calendar items, contacts and tasks: created, read back, followed with sync_items
+# (create, update, delete) in the calendar, contacts and tasks folders.
+def drain(folder, state=None):
+    changes = list(folder.sync_items(sync_state=state, max_changes_returned=PAGE))
+    return changes, folder.item_sync_state
+
+
+tz = EWSTimeZone("Europe/Berlin")
+start = EWSDateTime.now(tz).replace(minute=0, second=0, microsecond=0) + timedelta(days=2)
+states = {}
+for name, folder in [("calendar", account.calendar), ("contacts", account.contacts), ("tasks", account.tasks)]:
+    before, states[name] = drain(folder)
+    assert before == [], (name, before)
+
+meeting = CalendarItem(
+    account=account,
+    folder=account.calendar,
+    subject="Planning with exchangelib",
+    body="Agenda: budget",
+    start=start,
+    end=start + timedelta(hours=1),
+    location="Room 2",
+    categories=["Tracked to Contoso"],
+    required_attendees=[Attendee(mailbox=Mailbox(email_address="bob@example.test"), response_type="Unknown")],
+)
+meeting.save(send_meeting_invitations=SEND_TO_NONE)
+person = Contact(
+    account=account,
+    folder=account.contacts,
+    given_name="Dana",
+    surname="Park",
+    display_name="Dana Park",
+    company_name="Contoso",
+    job_title="Engineer",
+    email_addresses=[EmailAddress(label="EmailAddress1", email="dana@example.test")],
+    phone_numbers=[PhoneNumber(label="BusinessPhone", phone_number="+1 555 0102")],
+)
+person.save()
+todo = Task(
+    account=account,
+    folder=account.tasks,
+    subject="Send the minutes",
+    body="To everyone",
+    due_date=(start + timedelta(days=1)).date(),
+    percent_complete=Decimal(25),
+    status="InProgress",
+)
+todo.save()
+
+got = account.calendar.get(id=meeting.id)
+assert got.subject == "Planning with exchangelib", got.subject
+assert got.start == start and got.end == start + timedelta(hours=1), (got.start, got.end)
+assert got.location == "Room 2" and got.categories == ["Tracked to Contoso"], got
+assert [a.mailbox.email_address for a in got.required_attendees] == ["bob@example.test"], got.required_attendees
+assert got.organizer.email_address.lower() == MAILBOX, got.organizer
+assert got.uid, got
+got_person = account.contacts.get(id=person.id)
+assert got_person.display_name == "Dana Park" and got_person.company_name == "Contoso", got_person
+assert [e.email for e in got_person.email_addresses] == ["dana@example.test"], got_person.email_addresses
+assert [p.phone_number for p in got_person.phone_numbers] == ["+1 555 0102"], got_person.phone_numbers
+got_todo = account.tasks.get(id=todo.id)
+assert got_todo.subject == "Send the minutes" and got_todo.status == "InProgress", got_todo
+assert got_todo.percent_complete == Decimal(25), got_todo.percent_complete
+
+pim = {}
+for name, folder, item in [("calendar", account.calendar, meeting), ("contacts", account.contacts, person), ("tasks", account.tasks, todo)]:
+    changes, states[name] = drain(folder, states[name])
+    assert [(c, i.id) for c, i in changes] == [("create", item.id)], (name, changes)
+    pim[name] = item.id
+
+# Update the contact, move the meeting, delete the task; each folder's sync shows it.
+got_person.job_title = "Lead engineer"
+got_person.save(update_fields=["job_title"])
+got.start = start + timedelta(hours=2)
+got.end = start + timedelta(hours=3)
+got.save(update_fields=["start", "end"], send_meeting_invitations=SEND_TO_NONE)
+got_todo.delete(affected_task_occurrences=ALL_OCCURRENCES)
+changes, _ = drain(account.contacts, states["contacts"])
+assert [(c, i.id) for c, i in changes] == [("update", person.id)], changes
+assert changes[0][1].job_title == "Lead engineer", changes[0][1]
+changes, _ = drain(account.calendar, states["calendar"])
+assert [(c, i.id) for c, i in changes] == [("update", meeting.id)], changes
+assert changes[0][1].start == start + timedelta(hours=2), changes[0][1].start
+changes, _ = drain(account.tasks, states["tasks"])
+assert [c for c, _ in changes] == ["delete"] and changes[0][1].id == todo.id, changes
+out["pim"] = pim
 
 print(json.dumps(out))

@@ -211,6 +211,47 @@ async fn exchangelib_drives_the_double() {
     ] {
         assert!(requests.iter().any(|r| r.operation == op), "{op}");
     }
+
+    // (i) exchangelib's calendar item, contact and task are in their folders as it left them:
+    // the meeting moved, the contact's job title changed, the task deleted.
+    let calendar = ews.items(MAILBOX, "calendar");
+    assert_eq!(calendar.len(), 1);
+    assert_eq!(calendar[0].kind, "CalendarItem");
+    assert_eq!(calendar[0].id, result["pim"]["calendar"].as_str().unwrap());
+    let meeting = ews.item_xml(MAILBOX, &calendar[0].id).unwrap();
+    for want in [
+        "<t:Subject>Planning with exchangelib</t:Subject>",
+        "bob@example.test",
+        "<t:Location>Room 2</t:Location>",
+        "Tracked to Contoso",
+    ] {
+        assert!(meeting.contains(want), "{want} in {meeting}");
+    }
+    let contacts = ews.items(MAILBOX, "contacts");
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0].kind, "Contact");
+    let person = ews.item_xml(MAILBOX, &contacts[0].id).unwrap();
+    assert!(
+        person.contains("<t:JobTitle>Lead engineer</t:JobTitle>")
+            && person.contains("dana@example.test"),
+        "{person}"
+    );
+    assert!(ews.items(MAILBOX, "tasks").is_empty());
+    for (op, needle) in [
+        ("CreateItem", "<t:CalendarItem>"),
+        ("CreateItem", "<t:Contact>"),
+        ("CreateItem", "<t:Task>"),
+        ("UpdateItem", "<t:CalendarItem>"),
+        ("UpdateItem", "<t:Contact>"),
+        ("DeleteItem", "AffectedTaskOccurrences"),
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.operation == op && r.body.contains(needle)),
+            "{op} {needle}"
+        );
+    }
 }
 
 fn hex_sha256(b: &[u8]) -> String {

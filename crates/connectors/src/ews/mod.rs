@@ -17,6 +17,7 @@
 pub mod autodiscover;
 pub mod codes;
 pub mod events;
+pub mod items;
 pub mod ops;
 pub mod probe;
 pub mod xml;

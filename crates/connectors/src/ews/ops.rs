@@ -22,7 +22,7 @@ impl FolderRef {
     pub const ROOT: FolderRef = FolderRef::Distinguished("msgfolderroot");
 
     /// The folder's element; a well-known folder of a delegated mailbox names the mailbox.
-    fn xml(&self, acting: &Acting) -> String {
+    pub(crate) fn xml(&self, acting: &Acting) -> String {
         match (self, acting) {
             (FolderRef::Distinguished(id), Acting::Delegate(smtp)) => format!(
                 "<t:DistinguishedFolderId Id=\"{id}\"><t:Mailbox><t:EmailAddress>{}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>",

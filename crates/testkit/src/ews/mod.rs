@@ -26,6 +26,7 @@
 mod autodiscover;
 pub mod ntlm;
 mod ops;
+mod pim;
 mod store;
 mod xml;
 
@@ -292,6 +293,8 @@ pub struct DoubleItem {
     pub subject: String,
     /// Display name of the folder it is in.
     pub folder: String,
+    /// Its element: `Message`, `CalendarItem`, `Contact`, `Task`, `DistributionList`.
+    pub kind: String,
 }
 
 /// A request the double received.
@@ -610,8 +613,133 @@ impl EwsDouble {
                 internet_message_id: i.internet_message_id.clone(),
                 subject: i.subject.clone(),
                 folder: f.display_name.clone(),
+                kind: i
+                    .pim
+                    .as_ref()
+                    .map_or_else(|| "Message".to_string(), |p| p.kind.clone()),
             })
             .collect()
+    }
+
+    /// Creates a calendar item, contact, task or distribution list in `folder` as another
+    /// client (Outlook, a phone) would: `element` is its XML (`<CalendarItem><Subject>…`, any
+    /// namespace or none), completed as CreateItem completes it; raises CreatedEvent. Returns
+    /// its ItemId. Panics on a mistake in the test (no such mailbox or folder, bad XML).
+    pub fn create_item(&self, mailbox: &str, folder: &str, element: &str) -> String {
+        let node = xml::parse(element.as_bytes()).expect("the item's XML");
+        assert!(
+            pim::KINDS.contains(&node.name.as_str()),
+            "{} is not a calendar item, contact, task or distribution list",
+            node.name
+        );
+        let mut s = self.state();
+        let mb_key = mailbox.to_lowercase();
+        let m = s
+            .mailboxes
+            .get(&mb_key)
+            .unwrap_or_else(|| panic!("no mailbox {mailbox}"));
+        let folder_id = m
+            .folder(folder)
+            .unwrap_or_else(|| panic!("no folder {folder} in {mailbox}"))
+            .id
+            .clone();
+        let (smtp, name) = (m.smtp.clone(), m.display_name.clone());
+        let p = pim::new_pim(
+            &node,
+            &pim::Owner {
+                smtp: &smtp,
+                name: &name,
+            },
+        );
+        let id = ops::insert_item_with(
+            &mut s,
+            &mb_key,
+            &folder_id,
+            Vec::new(),
+            true,
+            chrono::Utc::now(),
+            Some(p),
+        );
+        ops::emit(&mut s, &mb_key, "CreatedEvent", &id, &folder_id, None);
+        id
+    }
+
+    /// Changes an item as another client would: each element of `properties` (XML such as
+    /// `<Subject>New</Subject>`, several wrapped in any one element) replaces the property of
+    /// that name, and each name in `remove` is deleted. The ChangeKey changes; the change is
+    /// logged for SyncFolderItems and raises ModifiedEvent. Panics when the item is not there.
+    pub fn change_item(&self, mailbox: &str, id: &str, properties: &[&str], remove: &[&str]) {
+        let mut s = self.state();
+        let mb_key = mailbox.to_lowercase();
+        let folder = {
+            let item = s
+                .mailboxes
+                .get_mut(&mb_key)
+                .and_then(|m| m.items.get_mut(id))
+                .unwrap_or_else(|| panic!("no item {id} in {mailbox}"));
+            let p = item.pim.as_mut().expect("a calendar item, contact or task");
+            for x in properties {
+                p.put(xml::parse(x.as_bytes()).expect("the property's XML"));
+            }
+            for name in remove {
+                p.remove(name);
+            }
+            item.subject = p
+                .field("Subject")
+                .map(|n| n.text.trim().to_string())
+                .unwrap_or_default();
+            item.version += 1;
+            item.modified = chrono::Utc::now();
+            item.folder.clone()
+        };
+        ops::log_change(&mut s, &mb_key, &folder, id, store::ChangeKind::Update);
+        ops::emit(&mut s, &mb_key, "ModifiedEvent", id, &folder, None);
+    }
+
+    /// Deletes an item for good as another client would (logged for SyncFolderItems, raises
+    /// DeletedEvent). Returns whether it was there.
+    pub fn remove_item(&self, mailbox: &str, id: &str) -> bool {
+        let mut s = self.state();
+        let mb_key = mailbox.to_lowercase();
+        let Some(item) = s
+            .mailboxes
+            .get_mut(&mb_key)
+            .and_then(|m| m.items.remove(id))
+        else {
+            return false;
+        };
+        ops::log_change(&mut s, &mb_key, &item.folder, id, store::ChangeKind::Delete);
+        ops::emit(&mut s, &mb_key, "DeletedEvent", id, &item.folder, None);
+        true
+    }
+
+    /// A calendar item, contact or task as stored: every property and every extended
+    /// property, in the schema's order (`None`: no such item, or a message).
+    pub fn item_xml(&self, mailbox: &str, id: &str) -> Option<String> {
+        let s = self.state();
+        let m = s.mailboxes.get(&mailbox.to_lowercase())?;
+        let i = m.items.get(id)?;
+        let p = i.pim.as_ref()?;
+        let uris: Vec<&xml::Node> = p
+            .extended
+            .iter()
+            .filter_map(|e| e.child("ExtendedFieldURI"))
+            .collect();
+        Some(pim::render(
+            p,
+            &i.id,
+            &store::change_key("M", i.version),
+            None,
+            i.received,
+            i.modified,
+            &pim::Wanted {
+                all: true,
+                names: Vec::new(),
+                indexed: Vec::new(),
+                extended: uris,
+                body_type: "Best",
+            },
+        ))
     }
 
     /// Queues a fault.

@@ -10,7 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
 
-use super::store::{self, Change, ChangeKind, Event, Item, Subscription};
+use super::pim;
+use super::store::{self, Change, ChangeKind, Event, Item, Pim, Subscription};
 use super::xml::{Node, esc};
 use super::{DoubleState, ExchangeServerVersion, Shared, XML_UTF8, lock, respond, version_rank};
 
@@ -395,6 +396,12 @@ struct Shape {
     base: Base,
     mime: bool,
     props: HashSet<String>,
+    /// IndexedFieldURIs: (FieldURI, FieldIndex).
+    indexed: Vec<(String, String)>,
+    /// ExtendedFieldURIs.
+    extended: Vec<Node>,
+    /// `BodyType` (`Best` when not said).
+    body_type: String,
 }
 
 fn shape(node: Option<&Node>) -> Shape {
@@ -407,14 +414,38 @@ fn shape(node: Option<&Node>) -> Shape {
         .and_then(|n| n.child_text("IncludeMimeContent"))
         .is_some_and(|t| t == "true" || t == "1");
     let mut props = HashSet::new();
+    let mut indexed = Vec::new();
+    let mut extended = Vec::new();
     if let Some(extra) = node.and_then(|n| n.child("AdditionalProperties")) {
-        for p in extra.children_named("FieldURI") {
-            if let Some(uri) = p.attr("FieldURI") {
-                props.insert(uri.to_string());
+        for p in &extra.children {
+            match p.name.as_str() {
+                "FieldURI" => {
+                    if let Some(uri) = p.attr("FieldURI") {
+                        props.insert(uri.to_string());
+                    }
+                }
+                "IndexedFieldURI" => {
+                    if let (Some(uri), Some(index)) = (p.attr("FieldURI"), p.attr("FieldIndex")) {
+                        indexed.push((uri.to_string(), index.to_string()));
+                    }
+                }
+                "ExtendedFieldURI" => extended.push(p.clone()),
+                _ => {}
             }
         }
     }
-    Shape { base, mime, props }
+    let body_type = node
+        .and_then(|n| n.child_text("BodyType"))
+        .unwrap_or("Best")
+        .to_string();
+    Shape {
+        base,
+        mime,
+        props,
+        indexed,
+        extended,
+        body_type,
+    }
 }
 
 const DEFAULT_ITEM: &[&str] = &[
@@ -454,7 +485,45 @@ fn folder_ck(f: &store::Folder) -> String {
     store::change_key("F", f.change_key)
 }
 
+/// A calendar item, contact, task or distribution list as `sh` asks for it.
+fn pim_xml(mb: &store::Mailbox, i: &Item, p: &Pim, sh: &Shape) -> String {
+    let wanted = pim::Wanted {
+        all: sh.base != Base::IdOnly,
+        names: sh
+            .props
+            .iter()
+            .filter_map(|u| u.rsplit(':').next())
+            .collect(),
+        indexed: sh
+            .indexed
+            .iter()
+            .map(|(u, k)| (u.as_str(), k.as_str()))
+            .collect(),
+        extended: sh.extended.iter().collect(),
+        body_type: match sh.body_type.as_str() {
+            "HTML" => "HTML",
+            "Text" => "Text",
+            _ => "Best",
+        },
+    };
+    let folder = mb
+        .folder_by_id(&i.folder)
+        .map(|f| (f.id.clone(), folder_ck(f)));
+    pim::render(
+        p,
+        &i.id,
+        &item_ck(i),
+        folder.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+        i.received,
+        i.modified,
+        &wanted,
+    )
+}
+
 fn item_xml(mb: &store::Mailbox, i: &Item, sh: &Shape, allow_mime: bool) -> String {
+    if let Some(p) = &i.pim {
+        return pim_xml(mb, i, p, sh);
+    }
     let w = |uri: &str| sh.wants(uri, DEFAULT_ITEM);
     let mut x = String::from("<t:Message>");
     if allow_mime && (sh.mime || sh.props.contains("item:MimeContent")) {
@@ -582,6 +651,19 @@ pub(super) fn insert_item(
     is_read: bool,
     received: chrono::DateTime<Utc>,
 ) -> String {
+    insert_item_with(s, mb, folder, mime, is_read, received, None)
+}
+
+/// Stores a new item (a message, or `pim`) and logs its creation; returns its id.
+pub(super) fn insert_item_with(
+    s: &mut DoubleState,
+    mb: &str,
+    folder: &str,
+    mime: Vec<u8>,
+    is_read: bool,
+    received: chrono::DateTime<Utc>,
+    pim: Option<Pim>,
+) -> String {
     s.counter += 1;
     s.seq += 1;
     let (n, seq) = (s.counter, s.seq);
@@ -593,12 +675,20 @@ pub(super) fn insert_item(
         id: id.clone(),
         version: 1,
         folder: folder.to_string(),
-        subject: store::mime_header(&mime, "Subject").unwrap_or_default(),
+        subject: match &pim {
+            Some(p) => p
+                .field("Subject")
+                .map(|n| n.text.trim().to_string())
+                .unwrap_or_default(),
+            None => store::mime_header(&mime, "Subject").unwrap_or_default(),
+        },
         internet_message_id: store::mime_header(&mime, "Message-ID"),
         mime,
         is_read,
         received,
         order: n,
+        pim,
+        modified: Utc::now(),
     };
     m.items.insert(id.clone(), item);
     m.log.push(Change {
@@ -610,7 +700,13 @@ pub(super) fn insert_item(
     id
 }
 
-fn log_change(s: &mut DoubleState, mb: &str, folder: &str, item: &str, kind: ChangeKind) {
+pub(super) fn log_change(
+    s: &mut DoubleState,
+    mb: &str,
+    folder: &str,
+    item: &str,
+    kind: ChangeKind,
+) {
     s.seq += 1;
     let seq = s.seq;
     if let Some(m) = s.mailboxes.get_mut(mb) {
@@ -1081,8 +1177,16 @@ fn get_item(s: &DoubleState, ctx: &Ctx, op: &Node) -> String {
 
 /// Evaluates a restriction on an item; `Err` for paths the double cannot search.
 fn matches(r: &Node, i: &Item) -> Result<bool, E> {
-    let field = |uri: &str| -> Result<String, E> {
-        Ok(match uri {
+    let field = |path: &Node| -> Result<Option<String>, E> {
+        if let Some(p) = &i.pim {
+            return Ok(pim::value_at(p, path));
+        }
+        if path.name == "ExtendedFieldURI" {
+            // Messages carry no extended properties here: the property is absent.
+            return Ok(None);
+        }
+        let uri = path.attr("FieldURI").unwrap_or("");
+        Ok(Some(match uri {
             "message:InternetMessageId" => i.internet_message_id.clone().unwrap_or_default(),
             "item:Subject" => i.subject.clone(),
             "message:IsRead" => i.is_read.to_string(),
@@ -1092,7 +1196,26 @@ fn matches(r: &Node, i: &Item) -> Result<bool, E> {
                     "The property can not be used with this type of restriction.",
                 ));
             }
-        })
+        }))
+    };
+    let operand = |r: &Node| -> Result<(Node, String), E> {
+        let path = r.children.iter().find(|c| {
+            matches!(
+                c.name.as_str(),
+                "FieldURI" | "IndexedFieldURI" | "ExtendedFieldURI"
+            )
+        });
+        let value = r
+            .path(&["FieldURIOrConstant", "Constant"])
+            .or_else(|| r.child("Constant"))
+            .and_then(|c| c.attr("Value"));
+        match (path, value) {
+            (Some(p), Some(v)) => Ok((p.clone(), v.to_string())),
+            _ => Err(e(
+                "ErrorInvalidRestriction",
+                "Restriction contains an invalid search expression.",
+            )),
+        }
     };
     match r.name.as_str() {
         "Restriction" | "Not" => {
@@ -1122,23 +1245,17 @@ fn matches(r: &Node, i: &Item) -> Result<bool, E> {
             Ok(false)
         }
         "IsEqualTo" | "IsNotEqualTo" => {
-            let (uri, want) = restriction_value(r).ok_or_else(|| {
-                e(
-                    "ErrorInvalidRestriction",
-                    "Restriction contains an invalid search expression.",
-                )
-            })?;
-            let eq = field(uri)? == want;
+            let (path, want) = operand(r)?;
+            // An absent property equals nothing (and is unequal to everything).
+            let eq = field(&path)?.is_some_and(|v| v == want);
             Ok(if r.name == "IsEqualTo" { eq } else { !eq })
         }
         "Contains" => {
-            let (uri, want) = restriction_value(r).ok_or_else(|| {
-                e(
-                    "ErrorInvalidRestriction",
-                    "Restriction contains an invalid search expression.",
-                )
-            })?;
-            Ok(field(uri)?.to_lowercase().contains(&want.to_lowercase()))
+            let (path, want) = operand(r)?;
+            Ok(field(&path)?
+                .unwrap_or_default()
+                .to_lowercase()
+                .contains(&want.to_lowercase()))
         }
         _ => Err(e(
             "ErrorUnsupportedQueryFilter",
@@ -1208,10 +1325,13 @@ fn create_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
     let mut msgs = Vec::new();
     for item in &items {
         let result = (|| -> Result<String, E> {
+            if pim::KINDS.contains(&item.name.as_str()) {
+                return create_pim(s, ctx, op, item, saved.clone());
+            }
             if item.name != "Message" {
                 return Err(e(
                     "ErrorInvalidItemForOperationCreateItem",
-                    "The CreateItem request is only supported for messages by this test double.",
+                    "The CreateItem request is only supported for messages, calendar items, contacts, tasks and distribution lists by this test double.",
                 ));
             }
             let mb = mailbox_key(ctx)?;
@@ -1286,6 +1406,57 @@ fn create_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
     wrap(OP, &msgs)
 }
 
+/// The mailbox's (SMTP address, display name).
+fn owner_of(s: &DoubleState, mb: &str) -> (String, String) {
+    s.mailboxes
+        .get(mb)
+        .map(|m| (m.smtp.clone(), m.display_name.clone()))
+        .unwrap_or_default()
+}
+
+/// Stores a calendar item, contact, task or distribution list (CreateItem).
+fn create_pim(
+    s: &mut DoubleState,
+    ctx: &Ctx,
+    op: &Node,
+    item: &Node,
+    saved: Option<Result<(String, String), E>>,
+) -> Result<String, E> {
+    if item.name == "CalendarItem" && op.attr("SendMeetingInvitations").is_none() {
+        return Err(e(
+            "ErrorSendMeetingInvitationsRequired",
+            "The SendMeetingInvitations attribute is required for calendar items.",
+        ));
+    }
+    let (mbk, folder) = match saved {
+        Some(r) => r?,
+        None => {
+            let mb = mailbox_key(ctx)?;
+            let f = s.mailboxes[&mb]
+                .folder(pim::default_folder(&item.name))
+                .map(|f| f.id.clone())
+                .ok_or_else(folder_not_found)?;
+            (mb, f)
+        }
+    };
+    let (smtp, name) = owner_of(s, &mbk);
+    let p = pim::new_pim(
+        item,
+        &pim::Owner {
+            smtp: &smtp,
+            name: &name,
+        },
+    );
+    let kind = p.kind.clone();
+    let id = insert_item_with(s, &mbk, &folder, Vec::new(), true, Utc::now(), Some(p));
+    emit(s, &mbk, "CreatedEvent", &id, &folder, None);
+    let ck = item_ck(&s.mailboxes[&mbk].items[&id]);
+    Ok(format!(
+        "<m:Items><t:{kind}>{}</t:{kind}></m:Items>",
+        id_attrs("ItemId", &id, &ck)
+    ))
+}
+
 fn update_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
     const OP: &str = "UpdateItem";
     let resolution = op.attr("ConflictResolution").unwrap_or("AutoResolve");
@@ -1310,12 +1481,45 @@ fn update_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
                     "The send or update operation could not be performed because the change key passed in the request does not match the current change key for the item.",
                 ));
             }
-            let mut read_only = true;
-            let mut changed = false;
             let updates = change
                 .child("Updates")
                 .map(|u| u.children.clone())
                 .unwrap_or_default();
+            if let Some(kind) = item.pim.as_ref().map(|p| p.kind.clone()) {
+                if kind == "CalendarItem"
+                    && op.attr("SendMeetingInvitationsOrCancellations").is_none()
+                {
+                    return Err(e(
+                        "ErrorSendMeetingInvitationsOrCancellationsRequired",
+                        "The SendMeetingInvitationsOrCancellations attribute is required for calendar items.",
+                    ));
+                }
+                let Some(item) = s.mailboxes.get_mut(&mb).and_then(|m| m.items.get_mut(&id)) else {
+                    return Err(not_found());
+                };
+                let mut p = item.pim.clone().unwrap_or_else(|| Pim {
+                    kind: kind.clone(),
+                    fields: Vec::new(),
+                    extended: Vec::new(),
+                });
+                pim::apply(&mut p, &updates).map_err(|(code, text)| e(code, text))?;
+                item.subject = p
+                    .field("Subject")
+                    .map(|n| n.text.trim().to_string())
+                    .unwrap_or_default();
+                item.pim = Some(p);
+                item.version += 1;
+                item.modified = Utc::now();
+                let ck = item_ck(item);
+                log_change(s, &mb, &folder, &id, ChangeKind::Update);
+                emit(s, &mb, "ModifiedEvent", &id, &folder, None);
+                return Ok(format!(
+                    "<m:Items><t:{kind}>{}</t:{kind}></m:Items><m:ConflictResults><t:Count>0</t:Count></m:ConflictResults>",
+                    id_attrs("ItemId", &id, &ck)
+                ));
+            }
+            let mut read_only = true;
+            let mut changed = false;
             let Some(item) = s.mailboxes.get_mut(&mb).and_then(|m| m.items.get_mut(&id)) else {
                 return Err(not_found());
             };
@@ -1389,12 +1593,13 @@ fn move_item(s: &mut DoubleState, ctx: &Ctx, op: &Node, copy: bool) -> String {
         let result = (|| -> Result<String, E> {
             let (to_mb, to_folder) = target.clone()?;
             let (mb, item) = find_item_id(s, ctx, id_node)?;
-            let (old_id, old_folder, mime, is_read, received) = (
+            let (old_id, old_folder, mime, is_read, received, kept) = (
                 item.id.clone(),
                 item.folder.clone(),
                 item.mime.clone(),
                 item.is_read,
                 item.received,
+                item.pim.clone(),
             );
             if !copy {
                 if let Some(m) = s.mailboxes.get_mut(&mb) {
@@ -1402,7 +1607,11 @@ fn move_item(s: &mut DoubleState, ctx: &Ctx, op: &Node, copy: bool) -> String {
                 }
                 log_change(s, &mb, &old_folder, &old_id, ChangeKind::Delete);
             }
-            let new_id = insert_item(s, &to_mb, &to_folder, mime, is_read, received);
+            let element = kept
+                .as_ref()
+                .map_or("Message", |p| p.kind.as_str())
+                .to_string();
+            let new_id = insert_item_with(s, &to_mb, &to_folder, mime, is_read, received, kept);
             let kind = if copy { "CopiedEvent" } else { "MovedEvent" };
             emit(
                 s,
@@ -1414,7 +1623,7 @@ fn move_item(s: &mut DoubleState, ctx: &Ctx, op: &Node, copy: bool) -> String {
             );
             let ck = item_ck(&s.mailboxes[&to_mb].items[&new_id]);
             Ok(format!(
-                "<m:Items><t:Message>{}</t:Message></m:Items>",
+                "<m:Items><t:{element}>{}</t:{element}></m:Items>",
                 id_attrs("ItemId", &new_id, &ck)
             ))
         })();
@@ -1437,13 +1646,29 @@ fn delete_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
     for id_node in &ids {
         let result = (|| -> Result<(), E> {
             let (mb, item) = find_item_id(s, ctx, id_node)?;
-            let (id, folder, mime, is_read, received) = (
+            let (id, folder, mime, is_read, received, kept) = (
                 item.id.clone(),
                 item.folder.clone(),
                 item.mime.clone(),
                 item.is_read,
                 item.received,
+                item.pim.clone(),
             );
+            match kept.as_ref().map(|p| p.kind.as_str()) {
+                Some("CalendarItem") if op.attr("SendMeetingCancellations").is_none() => {
+                    return Err(e(
+                        "ErrorSendMeetingCancellationsRequired",
+                        "The SendMeetingCancellations attribute is required for calendar items.",
+                    ));
+                }
+                Some("Task") if op.attr("AffectedTaskOccurrences").is_none() => {
+                    return Err(e(
+                        "ErrorAffectedTaskOccurrencesRequired",
+                        "The AffectedTaskOccurrences attribute is required for tasks.",
+                    ));
+                }
+                _ => {}
+            }
             let trash = s.mailboxes[&mb]
                 .folder("deleteditems")
                 .map(|f| f.id.clone());
@@ -1453,7 +1678,7 @@ fn delete_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
             log_change(s, &mb, &folder, &id, ChangeKind::Delete);
             match trash.filter(|t| to_trash && *t != folder) {
                 Some(t) => {
-                    let new_id = insert_item(s, &mb, &t, mime, is_read, received);
+                    let new_id = insert_item_with(s, &mb, &t, mime, is_read, received, kept);
                     emit(s, &mb, "MovedEvent", &new_id, &t, Some((&id, &folder)));
                 }
                 None => emit(s, &mb, "DeletedEvent", &id, &folder, None),

@@ -8,14 +8,20 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
 
-/// Distinguished folders every mailbox has: (distinguished id, display name, parent).
-pub const STANDARD_FOLDERS: &[(&str, &str)] = &[
-    ("inbox", "Inbox"),
-    ("sentitems", "Sent Items"),
-    ("drafts", "Drafts"),
-    ("deleteditems", "Deleted Items"),
-    ("outbox", "Outbox"),
-    ("junkemail", "Junk Email"),
+use super::xml::Node;
+
+/// Distinguished folders every mailbox has below msgfolderroot: (distinguished id, display
+/// name, folder class).
+pub const STANDARD_FOLDERS: &[(&str, &str, &str)] = &[
+    ("inbox", "Inbox", "IPF.Note"),
+    ("sentitems", "Sent Items", "IPF.Note"),
+    ("drafts", "Drafts", "IPF.Note"),
+    ("deleteditems", "Deleted Items", "IPF.Note"),
+    ("outbox", "Outbox", "IPF.Note"),
+    ("junkemail", "Junk Email", "IPF.Note"),
+    ("calendar", "Calendar", "IPF.Appointment"),
+    ("contacts", "Contacts", "IPF.Contact"),
+    ("tasks", "Tasks", "IPF.Task"),
 ];
 
 #[derive(Debug, Clone)]
@@ -39,6 +45,43 @@ pub struct Item {
     pub internet_message_id: Option<String>,
     pub received: DateTime<Utc>,
     pub order: u64,
+    /// A calendar item, contact, task or distribution list (`None`: a message, whose content
+    /// is `mime`).
+    pub pim: Option<Pim>,
+    /// When it last changed (`LastModifiedTime`).
+    pub modified: DateTime<Utc>,
+}
+
+/// The properties of an item that is not a message: the elements as a client sent them (and
+/// as the server completed them), in any order (rendered in the schema's).
+#[derive(Debug, Clone)]
+pub struct Pim {
+    /// The item's element: `CalendarItem`, `Contact`, `Task`, `DistributionList`.
+    pub kind: String,
+    /// Property elements by local name (`Subject`, `Start`, `EmailAddresses`, …), one each.
+    pub fields: Vec<Node>,
+    /// `ExtendedProperty` elements, one per property.
+    pub extended: Vec<Node>,
+}
+
+impl Pim {
+    /// The property element `name`.
+    pub fn field(&self, name: &str) -> Option<&Node> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Sets (replaces) a property element.
+    pub fn put(&mut self, node: Node) {
+        match self.fields.iter_mut().find(|f| f.name == node.name) {
+            Some(f) => *f = node,
+            None => self.fields.push(node),
+        }
+    }
+
+    /// Removes a property element.
+    pub fn remove(&mut self, name: &str) {
+        self.fields.retain(|f| f.name != name);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,14 +227,14 @@ impl Mailbox {
             distinguished: Some("msgfolderroot".into()),
             folder_class: Some("IPF.Note".into()),
         });
-        for (dist, name) in STANDARD_FOLDERS {
+        for (dist, name, class) in STANDARD_FOLDERS {
             folders.push(Folder {
                 id: new_id("folder", next(), smtp),
                 change_key: 1,
                 parent: Some(root_id.clone()),
                 display_name: (*name).into(),
                 distinguished: Some((*dist).into()),
-                folder_class: Some("IPF.Note".into()),
+                folder_class: Some((*class).into()),
             });
         }
         let local = smtp.split('@').next().unwrap_or(smtp);

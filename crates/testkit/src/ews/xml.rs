@@ -211,3 +211,26 @@ pub fn esc(s: &str) -> String {
     }
     out
 }
+
+/// Writes `node` back as XML, every element in the EWS types namespace (prefix `t:`, declared
+/// by the answer's envelope): how the double returns properties it stored as a client sent
+/// them.
+pub fn write(node: &Node) -> String {
+    let mut out = format!("<t:{}", node.name);
+    for (k, v) in &node.attrs {
+        out.push_str(&format!(" {k}=\"{}\"", esc(v)));
+    }
+    if node.children.is_empty() && node.text.is_empty() {
+        out.push_str("/>");
+        return out;
+    }
+    out.push('>');
+    if node.children.is_empty() {
+        out.push_str(&esc(&node.text));
+    }
+    for c in &node.children {
+        out.push_str(&write(c));
+    }
+    out.push_str(&format!("</t:{}>", node.name));
+    out
+}
