@@ -3,11 +3,13 @@
 //!
 //! Run it through `scripts/bench.sh`, which installs the peers and builds in release mode.
 
+mod dav;
 mod ews;
 mod graph;
 mod ingest;
 mod latency;
 mod mailgen;
+mod merge;
 mod outgoing;
 mod procstat;
 mod report;
@@ -56,6 +58,14 @@ enum Cmd {
         #[arg(long)]
         ca: PathBuf,
     },
+    /// Puts the benchmark sections of a partial run's page (`run --only … --out FROM`) into a
+    /// full page (INTO, rewritten in place): same-named sections replaced, new ones added.
+    Merge {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        into: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -78,7 +88,10 @@ pub struct RunArgs {
     /// Mailboxes enabled for the scale benchmark.
     #[arg(long, default_value_t = 2_000)]
     mailboxes: usize,
-    /// Benchmarks to run (all by default): ingest, latency, ews, graph, outgoing, scale.
+    /// Contacts, and appointments, each, synchronized by the CalDAV/CardDAV benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    dav_items: usize,
+    /// Benchmarks to run (all by default): ingest, latency, ews, graph, outgoing, dav, scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The command line recorded in the report.
@@ -125,6 +138,15 @@ fn main() -> Result<()> {
             &ca,
             count,
         )),
+        Cmd::Merge { from, into } => {
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let merged = merge::merge(&read(&into)?, &read(&from)?)?;
+            write_report(&into, &merged)?;
+            eprintln!("bench: merged {} into {}", from.display(), into.display());
+            Ok(())
+        }
         Cmd::Run(args) => rt.block_on(run(args)),
     }
 }
@@ -439,6 +461,68 @@ async fn run(args: RunArgs) -> Result<()> {
                 .await?,
             );
         }
+    }
+
+    if wants(&args, "dav") {
+        let n = args.dav_items;
+        eprintln!("bench: CalDAV/CardDAV, first sync of {n} contacts and {n} events");
+        let radicale = serversync_testkit::radicale::Radicale::start_with(
+            &dir.join("radicale"),
+            &Accounts {
+                users: vec![dav::CRM_USER.into(), dav::VDIR_USER.into()],
+                queue_mailboxes: Vec::new(),
+                password: TEST_PASSWORD.into(),
+            },
+        )?;
+        let server = dav::Radicale::new(radicale.info().clone(), TEST_PASSWORD)?;
+        rep.versions
+            .push(("Radicale".into(), dav::Radicale::version()));
+        rep.versions
+            .push(("vdirsyncer".into(), dav::vdirsyncer_version()));
+        let mut bench = dav::DavBench {
+            items: n,
+            ..Default::default()
+        };
+        eprintln!("bench: serversync on SQLite");
+        let sqlite = format!(
+            "sqlite://{}",
+            dir.join("dav-sqlite/serversync.db").display()
+        );
+        let row = dav::serversync_row(
+            &bin,
+            &dir.join("dav-sqlite"),
+            &sqlite,
+            "SQLite",
+            &server,
+            "sqlite",
+            imaps,
+            &ca,
+            n,
+        )
+        .await?;
+        bench.rows.push(row);
+        eprintln!("bench: serversync on PostgreSQL");
+        let pg_url = setup::pg_database(&pg.info().admin_url, "serversync_bench_dav")?;
+        let row = dav::serversync_row(
+            &bin,
+            &dir.join("dav-pg"),
+            &pg_url,
+            "PostgreSQL",
+            &server,
+            "pg",
+            imaps,
+            &ca,
+            n,
+        )
+        .await?;
+        bench.rows.push(row);
+        eprintln!("bench: vdirsyncer");
+        let (row, (vcf, ics)) =
+            dav::vdirsyncer_row(&dir.join("vdirsyncer"), &server, n, "sqlite").await?;
+        bench.rows.push(row);
+        (bench.vcard_bytes, bench.event_bytes) = (vcf, ics);
+        rep.dav = Some(bench);
+        drop(radicale);
     }
 
     if wants(&args, "scale") {

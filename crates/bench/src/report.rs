@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::RunArgs;
 use crate::latency::{Latency, percentile};
-use crate::{ingest, outgoing, scale};
+use crate::{dav, ingest, outgoing, scale};
 
 pub struct Report {
     pub command: String,
@@ -23,13 +23,15 @@ pub struct Report {
     pub graph_latency: Option<Latency>,
     pub outgoing: Vec<outgoing::Row>,
     pub scale: Option<scale::Scale>,
+    /// The first two-way sync of contacts and appointments with Radicale, beside vdirsyncer.
+    pub dav: Option<dav::DavBench>,
     pub total: Duration,
 }
 
 impl Report {
     pub fn new(args: &RunArgs) -> Report {
         let mut command = args.command.clone();
-        if !args.only.is_empty() {
+        if !args.only.is_empty() && !command.contains("--only") {
             command.push_str(&format!(" --only {}", args.only.join(",")));
         }
         Report {
@@ -44,6 +46,7 @@ impl Report {
             graph_latency: None,
             outgoing: Vec::new(),
             scale: None,
+            dav: None,
             total: Duration::ZERO,
         }
     }
@@ -96,6 +99,7 @@ impl Report {
         self.render_latency(&mut o);
         self.render_outgoing(&mut o);
         self.render_scale(&mut o);
+        self.render_dav(&mut o);
         self.render_targets(&mut o);
         self.render_commands(&mut o);
         o
@@ -152,6 +156,28 @@ impl Report {
                  `login_url`) (`crates/bench/src/graph.rs`, `crates/bench/src/setup.rs`).",
                 crate::graph::TENANT,
                 crate::graph::APP
+            );
+        }
+        if self.dav.is_some() {
+            let _ = writeln!(
+                o,
+                "- Radicale: `python3 -m radicale --config DIR/radicale.conf` \
+                 (`serversync_testkit::radicale`: htpasswd (plain) authentication, \
+                 `owner_only` rights, `multifilesystem` storage); serversync's profile is an \
+                 IMAP profile whose `dav` settings name the calendar and the address book by \
+                 URL, and its mailbox (the administrator's) has only appointments, contacts \
+                 and tasks on, by server-side synchronization (`crates/bench/src/dav.rs`, \
+                 `crates/bench/src/setup.rs`).\n\
+                 - vdirsyncer: `VDIRSYNCER_CONFIG=DIR/config vdirsyncer discover` (not timed), \
+                 then `{}` with\n\n```\n{}```",
+                dav::VDIRSYNCER_CMD,
+                dav::vdirsyncer_config(
+                    "DIR",
+                    "http://127.0.0.1:PORT/vdir@example.test/calendar/",
+                    "http://127.0.0.1:PORT/vdir@example.test/contacts/",
+                    dav::VDIR_USER,
+                    "PASSWORD"
+                ),
             );
         }
     }
@@ -470,6 +496,81 @@ impl Report {
             s.kb_per_mailbox(),
             s.idle_cpu * 100.0
         );
+    }
+
+    fn render_dav(&self, o: &mut String) {
+        let Some(d) = &self.dav else { return };
+        let _ = writeln!(
+            o,
+            "\n## Two-way sync (CalDAV/CardDAV): first sync of {n} contacts and {n} events\n\n\
+             {n} contacts (name, one or two email addresses, company, most with a job title and \
+             phone numbers; {vcf} bytes on average as a vCard) and {n} appointments (from 1 to \
+             360 days ahead, 30 to 90 minutes, 0 to 3 attendees, one in three with a \
+             description; {ics} bytes on average as a calendar object), synchronized for the \
+             first time into an empty calendar and an empty address book on a private \
+             Radicale (plain HTTP on 127.0.0.1, Basic authentication, one file per item). \
+             Every tool has collections of its own on the same Radicale, in the same run.\n\n\
+             serversync: the records are in the CRM store of a fresh database, owned by the \
+             user of one mailbox whose profile names the two collections. Timed from the start \
+             of `serve` until the mailbox's first two-way round is recorded as successful; \
+             every item is then counted on the server (PROPFIND, Depth 1). \
+             vdirsyncer: the same items (copies of the files Radicale stored for \
+             serversync's SQLite run) as `.vcf` and `.ics` files in two `filesystem` \
+             storages, each paired with one of its collections; `vdirsyncer discover` first (not timed), then \
+             `vdirsyncer sync` timed from start to exit, and the items counted the same way.\n\n\
+             | tool | what it does | contacts | events | seconds | items/s | CPU s | peak RSS MB |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|",
+            n = d.items,
+            vcf = d.vcard_bytes,
+            ics = d.event_bytes,
+        );
+        for r in &d.rows {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.1} |",
+                r.tool,
+                r.how,
+                r.contacts,
+                r.events,
+                r.usage.wall.as_secs_f64(),
+                r.rate(),
+                r.usage.cpu,
+                r.usage.peak_rss_kb as f64 / 1024.0
+            );
+        }
+        let notes: Vec<&str> = d.rows.iter().filter_map(|r| r.note.as_deref()).collect();
+        if !notes.is_empty() {
+            let _ = writeln!(o);
+            for n in notes {
+                let _ = writeln!(o, "- {n}");
+            }
+        }
+        let Some(peer) = d.rows.iter().find(|r| r.tool == "vdirsyncer") else {
+            return;
+        };
+        let lines: Vec<String> = d
+            .rows
+            .iter()
+            .filter(|r| r.tool == "serversync")
+            .map(|r| {
+                let store = if r.how.contains("PostgreSQL") {
+                    "PostgreSQL"
+                } else {
+                    "SQLite"
+                };
+                format!(
+                    "- serversync on {store}: {:.2}× vdirsyncer",
+                    r.rate() / peer.rate()
+                )
+            })
+            .collect();
+        if !lines.is_empty() {
+            let _ = writeln!(
+                o,
+                "\nRatios (items/s of serversync ÷ vdirsyncer's):\n\n{}",
+                lines.join("\n")
+            );
+        }
     }
 
     fn render_targets(&self, o: &mut String) {

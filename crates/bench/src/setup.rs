@@ -10,10 +10,10 @@ use serversync_engine::Admin;
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
 use serversync_model::org::{Organization, User};
 use serversync_model::profile::{
-    AuthenticationType, EmailServerProfile, Endpoint, OAuthAuthority, OAuthSettings, ServerType,
-    TlsMode,
+    AuthenticationType, DavSettings, EmailServerProfile, Endpoint, OAuthAuthority, OAuthSettings,
+    ServerType, TlsMode,
 };
-use serversync_model::settings::{EmailSettings, OutgoingMethod};
+use serversync_model::settings::{ActMethod, EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, OrgId, QueueId, Secret};
 use serversync_store::Store;
 use serversync_vault::{KeySource, MasterKey};
@@ -211,6 +211,68 @@ impl World {
         }
         self.store.insert(&m).await?;
         Ok(m.id)
+    }
+
+    /// An IMAP/SMTP profile whose appointments, contacts and tasks are synchronized with the
+    /// calendar at `caldav_url` and the address book at `carddav_url` (collection URLs).
+    pub async fn dav_profile(
+        &self,
+        imaps: u16,
+        caldav_url: &str,
+        carddav_url: &str,
+    ) -> Result<EmailServerProfile> {
+        let mut profile = EmailServerProfile::new(
+            self.org.id,
+            "Dovecot and Radicale",
+            ServerType::ImapSmtp,
+            self.admin.id,
+            chrono::Utc::now(),
+        );
+        profile.incoming = Some(Endpoint {
+            location: "127.0.0.1".into(),
+            port: imaps,
+            tls: TlsMode::Implicit,
+        });
+        profile.dav = Some(DavSettings {
+            caldav_url: caldav_url.into(),
+            carddav_url: Some(carddav_url.into()),
+        });
+        self.store.insert(&profile).await?;
+        Ok(profile)
+    }
+
+    /// The administrator's own approved mailbox signing in as `address`, with only its third
+    /// delivery method on: appointments, contacts and tasks by server-side synchronization
+    /// (no incoming or outgoing email).
+    pub async fn item_sync_mailbox(
+        &self,
+        profile: &EmailServerProfile,
+        address: &str,
+        password: &str,
+    ) -> Result<Mailbox> {
+        let mut m = Mailbox::new_with_defaults(
+            self.org.id,
+            MailboxRegarding::User(self.admin.id),
+            self.admin.id,
+            address,
+            address,
+            &self.settings,
+            chrono::Utc::now(),
+        );
+        m.profile_id = Some(profile.id);
+        m.approval = ApprovalStatus::Approved;
+        m.password = Some(
+            self.store
+                .put_secret(Some(self.org.id), &Secret::new(password))
+                .await?,
+        );
+        m.incoming.enabled = false;
+        m.outgoing_method = OutgoingMethod::None;
+        m.act_method = ActMethod::ServerSideSync;
+        m.act.enabled = true;
+        m.sync_with_this_org_only = true;
+        self.store.insert(&m).await?;
+        Ok(m)
     }
 
     /// How many messages of `mailbox` are stored, and whether the tracker has turned every
