@@ -236,7 +236,7 @@ impl MailboxSession {
     }
 
     /// The server on `side` and how to sign in to it.
-    async fn server_and_login(
+    pub(crate) async fn server_and_login(
         &self,
         store: &Store,
         side: Side,

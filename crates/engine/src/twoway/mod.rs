@@ -18,12 +18,15 @@ use crate::session::{MailboxSession, Side};
 use round::{Round, RoundError, RoundReport};
 use serversync_connectors::ConnectError;
 use serversync_connectors::dav::client::{CollectionKind, DavClient};
+use serversync_connectors::graph::GraphClient;
+use serversync_connectors::graph::items::GraphItemStore;
 use serversync_connectors::items::{ItemStore, Written};
 use serversync_connectors::probe::StepLog;
+use serversync_connectors::server::Server;
 use serversync_model::MailboxId;
 use serversync_model::mailbox::{Mailbox, MailboxRegarding};
 use serversync_model::org::Organization;
-use serversync_model::profile::EmailServerProfile;
+use serversync_model::profile::{DavSettings, EmailServerProfile, ServerType};
 use serversync_model::settings::ActMethod;
 use serversync_model::webhook::{ChangeOrigin, RecordType};
 use serversync_store::{LeaseGuard, Store, StoreError};
@@ -41,9 +44,55 @@ pub(crate) fn resource(id: MailboxId) -> String {
     format!("items:{id}")
 }
 
-/// Whether the profile has a two-way synchronizer here (CalDAV/CardDAV today).
+/// Which server a profile's appointments, contacts and tasks are synchronized with.
+enum ItemServer {
+    /// The CalDAV/CardDAV server its `dav` settings name (IMAP/POP3 profiles).
+    Dav(DavSettings),
+    /// The Exchange Online mailbox, over Microsoft Graph.
+    Graph,
+}
+
+fn item_server(p: &EmailServerProfile) -> Option<ItemServer> {
+    match (&p.dav, p.server_type) {
+        (Some(dav), _) => Some(ItemServer::Dav(dav.clone())),
+        (None, ServerType::ExchangeOnline) => Some(ItemServer::Graph),
+        _ => None,
+    }
+}
+
+/// Whether the profile has a two-way synchronizer here.
 fn has_synchronizer(p: &EmailServerProfile) -> bool {
-    p.dav.is_some()
+    item_server(p).is_some()
+}
+
+/// The Graph item store of the session's mailbox, signed in, and the collection of each
+/// record type (the default calendar, contact folder and To Do list).
+async fn graph_store(
+    store: &Store,
+    session: &MailboxSession,
+) -> Result<Result<(GraphItemStore, HashMap<RecordType, String>), Failure>, StoreError> {
+    let (server, login) = match session.server_and_login(store, Side::Incoming).await? {
+        Ok(x) => x,
+        Err(f) => return Ok(Err(f)),
+    };
+    let Server::Graph(target) = server else {
+        return Ok(Err(Failure::config(
+            "connector_not_available",
+            "the profile's mailbox is not reached over Microsoft Graph",
+        )));
+    };
+    let found = async {
+        let client =
+            GraphClient::connect(&target, &login, &session.opts, &mut StepLog::new()).await?;
+        let mut g = GraphItemStore::new(client);
+        let route = HashMap::from([
+            (RecordType::Appointment, g.default_calendar().await?),
+            (RecordType::Contact, g.default_contacts().await?),
+            (RecordType::Task, g.default_task_list().await?),
+        ]);
+        Ok::<_, ConnectError>((g, route))
+    };
+    Ok(found.await.map_err(|e| Failure::from(&e)))
 }
 
 /// User mailboxes whose appointments, contacts and tasks this engine should synchronize now.
@@ -270,11 +319,33 @@ async fn round_all(
     let interval =
         Duration::from_secs(u64::from(session.profile.advanced.min_polling_interval_minutes) * 60)
             .max(MIN_INTERVAL);
-    let Some(dav) = session.profile.dav.clone() else {
-        return Err(RunError::Failed(Failure::config(
-            "connector_not_available",
-            "the profile names no CalDAV/CardDAV server for appointments, contacts and tasks",
-        )));
+    let org_name = store
+        .get::<Organization>(&session.mailbox.org_id.to_string())
+        .await?
+        .map(|o| o.value.name)
+        .unwrap_or_default();
+    let ctx = RoundCtx {
+        store: store.with_origin(ChangeOrigin::Sync(id)),
+        session: &session,
+        org_name,
+        lease,
+        now: chrono::Utc::now(),
+    };
+    let dav = match item_server(&session.profile) {
+        Some(ItemServer::Dav(dav)) => dav,
+        Some(ItemServer::Graph) => {
+            let (mut g, route) = graph_store(store, &session)
+                .await?
+                .map_err(RunError::Failed)?;
+            let report = ctx.run(&mut g, route, round::FEED_CURSOR).await?;
+            return Ok((report, interval));
+        }
+        None => {
+            return Err(RunError::Failed(Failure::config(
+                "connector_not_available",
+                "the profile names no server for appointments, contacts and tasks",
+            )));
+        }
     };
     let login = match session.login(store, Side::Incoming).await? {
         Ok(l) => l,
@@ -299,18 +370,6 @@ async fn round_all(
         .discover(CollectionKind::AddressBook)
         .await
         .map_err(fail)?;
-    let org_name = store
-        .get::<Organization>(&session.mailbox.org_id.to_string())
-        .await?
-        .map(|o| o.value.name)
-        .unwrap_or_default();
-    let ctx = RoundCtx {
-        store: store.with_origin(ChangeOrigin::Sync(id)),
-        session: &session,
-        org_name,
-        lease,
-        now: chrono::Utc::now(),
-    };
     let mut report = RoundReport::default();
     // Calendars (appointments and tasks) and the address book (contacts) are two servers'
     // worth of connections: one round each, the CRM feed followed by the first only for its
@@ -380,13 +439,29 @@ pub(crate) async fn test(
     store: &Store,
     session: &MailboxSession,
 ) -> Result<Result<String, Failure>, StoreError> {
-    let Some(dav) = session.profile.dav.clone() else {
-        return Ok(Err(Failure::config(
-            "connector_not_available",
-            "two-way synchronization of appointments, contacts and tasks with Exchange is not \
-             available in this version yet; CalDAV/CardDAV servers are: set act_method to none, \
-             or name a CalDAV/CardDAV server in an IMAP/POP3 profile",
-        )));
+    let dav = match item_server(&session.profile) {
+        Some(ItemServer::Dav(dav)) => dav,
+        Some(ItemServer::Graph) => {
+            let (mut g, route) = match graph_store(store, session).await? {
+                Ok(x) => x,
+                Err(f) => return Ok(Err(f)),
+            };
+            let mut targets: Vec<(RecordType, String)> = route.into_iter().collect();
+            targets.sort_by_key(|(t, _)| kind_label(*t));
+            return Ok(probe_collections(&mut g, &targets)
+                .await
+                .map(|lines| lines.join("; "))
+                .map_err(|e| Failure::from(&e)));
+        }
+        None => {
+            return Ok(Err(Failure::config(
+                "connector_not_available",
+                "two-way synchronization of appointments, contacts and tasks with Exchange \
+                 Server (EWS) is not available in this version yet; Exchange Online and \
+                 CalDAV/CardDAV servers are: set act_method to none, or name a CalDAV/CardDAV \
+                 server in an IMAP/POP3 profile",
+            )));
+        }
     };
     let login = match session.login(store, Side::Incoming).await? {
         Ok(l) => l,

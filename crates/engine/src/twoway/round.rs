@@ -298,19 +298,18 @@ impl<S: ItemStore> Round<'_, S> {
         Ok(n)
     }
 
-    /// After a full listing: the linked items of `collection` that were not listed.
-    async fn unlisted(
-        &self,
-        collection: &str,
-        listed: &[RemoteItem],
-    ) -> Result<Vec<String>, StoreError> {
+    /// After a full listing: the linked items of `collection` that were not listed and are
+    /// gone when asked one by one (a listing may not cover everything: Graph lists a
+    /// calendar's events of a window of dates only).
+    async fn unlisted(&mut self, collection: &str, listed: &[RemoteItem]) -> R<Vec<String>> {
         let listed: HashSet<&str> = listed.iter().map(|i| i.id.as_str()).collect();
-        Ok(self
-            .linked_ids(collection)
-            .await?
-            .into_iter()
-            .filter(|id| !listed.contains(id.as_str()))
-            .collect())
+        let mut gone = Vec::new();
+        for id in self.linked_ids(collection).await? {
+            if !listed.contains(id.as_str()) && self.server.get(collection, &id).await?.is_none() {
+                gone.push(id);
+            }
+        }
+        Ok(gone)
     }
 
     /// Whether the item carries another organization's stamp and the mailbox synchronizes

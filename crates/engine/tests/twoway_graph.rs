@@ -1,0 +1,568 @@
+//! Two-way synchronization of appointments, contacts and tasks with Exchange Online over
+//! Microsoft Graph, against the Graph test double (`serversync_testkit::graph`: Graph v1.0
+//! over HTTPS on 127.0.0.1, every JSON body checked against Graph's published CSDL), on
+//! SQLite and PostgreSQL. No Exchange Online can run here; the double was checked against
+//! Microsoft's own msgraph-sdk (`crates/testkit/tests/graph_msgraph.rs`).
+//!
+//! What a test asserts on the server side it reads from the double's state as Graph would
+//! answer it; changes "on the server" are made as another client (Outlook) would. Dates are
+//! relative to the run.
+
+mod common;
+
+use chrono::{DateTime, Duration as Days, DurationRound, Utc};
+use serde_json::{Value, json};
+use serversync_connectors::TlsTrust;
+use serversync_engine::twoway::{self, round::RoundReport};
+use serversync_engine::{Admin, EngineConfig};
+use serversync_model::crm::{ActivityParty, ActivityState, Appointment, Contact, PartyRole, Task};
+use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding, RunStatus};
+use serversync_model::merge::ConflictPolicy;
+use serversync_model::org::Organization;
+use serversync_model::profile::{
+    AuthenticationType, EmailServerProfile, OAuthAuthority, OAuthSettings, ServerType,
+};
+use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod};
+use serversync_model::webhook::ChangeOrigin;
+use serversync_model::{ActivityId, ContactId, Secret};
+use serversync_store::{Backend, Col, LeaseGuard, Store};
+use serversync_testkit::graph::{GraphConfig, GraphDouble, ItemKind, csdl_path};
+use serversync_testkit::tls::TlsFiles;
+use std::sync::Arc;
+use std::time::Duration;
+
+const TENANT: &str = "6f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e";
+const APP: &str = "0a1b2c3d-1111-4222-8333-944455566677";
+const SECRET: &str = "kQ8~app-secret-value";
+const ALICE: &str = "alice@contoso.test";
+const ROLES: &[&str] = &[
+    "Calendars.ReadWrite",
+    "Contacts.ReadWrite",
+    "Tasks.ReadWrite.All",
+];
+
+struct World {
+    _guard: Box<dyn std::any::Any + Send>,
+    _dir: tempfile::TempDir,
+    double: GraphDouble,
+    store: Store,
+    /// Writes as the API makes them (origin `api`).
+    api: Store,
+    config: EngineConfig,
+    mailbox: Mailbox,
+    org_name: String,
+    lease: LeaseGuard,
+    /// The default To Do list's collection path.
+    tasks: String,
+}
+
+fn minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(Days::minutes(1)).unwrap()
+}
+
+async fn world(backend: Backend, policy: ConflictPolicy) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::ensure(dir.path()).unwrap();
+    let double = GraphDouble::start(
+        &tls,
+        GraphConfig {
+            csdl: Some(csdl_path()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    double.add_tenant(TENANT, "contoso.test");
+    double.add_app(TENANT, APP, SECRET, ROLES);
+    double.add_mailbox(TENANT, ALICE);
+    let (guard, store) = common::open_store(backend).await;
+    let (admin, _) = Admin::new(store.clone(), Default::default())
+        .bootstrap()
+        .await
+        .unwrap()
+        .expect("fresh store");
+    let org = store
+        .list_all::<Organization>(None, &[])
+        .await
+        .unwrap()
+        .remove(0)
+        .value;
+    let now = Utc::now();
+    let mut p = EmailServerProfile::new(
+        org.id,
+        "Exchange Online",
+        ServerType::ExchangeOnline,
+        admin.id,
+        now,
+    );
+    p.authentication = AuthenticationType::ServerToServer;
+    p.auto_discover = true;
+    p.oauth = Some(OAuthSettings {
+        tenant_id: Some(TENANT.into()),
+        client_id: APP.into(),
+        client_secret: Some(
+            store
+                .put_secret(Some(org.id), &Secret::new(SECRET))
+                .await
+                .unwrap(),
+        ),
+        authority: OAuthAuthority::Public,
+        token_endpoint: None,
+        client_certificate: None,
+    });
+    store.insert(&p).await.unwrap();
+    let st = store
+        .fetch::<EmailSettings>(&org.id.to_string())
+        .await
+        .unwrap();
+    let mut settings = st.value;
+    settings.conflict_policy = policy;
+    store.update(&settings, Some(st.version)).await.unwrap();
+    let mut m = Mailbox::new_with_defaults(
+        org.id,
+        MailboxRegarding::User(admin.id),
+        admin.id,
+        "Alice",
+        ALICE,
+        &settings,
+        now,
+    );
+    m.profile_id = Some(p.id);
+    m.approval = ApprovalStatus::Approved;
+    m.incoming_method = IncomingMethod::None;
+    m.outgoing_method = OutgoingMethod::None;
+    m.act_method = ActMethod::ServerSideSync;
+    m.act.enabled = true;
+    m.sync_with_this_org_only = true;
+    store.insert(&m).await.unwrap();
+    let config = EngineConfig {
+        network: Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
+        lease_ttl: Duration::from_secs(60),
+        graph_url: Some(double.graph_url()),
+        login_url: Some(double.login_url()),
+        ..EngineConfig::new(Arc::new(
+            TlsTrust::with_extra_ca_files([&tls.ca_cert]).unwrap(),
+        ))
+    };
+    let lease = store
+        .acquire_lease(&format!("items:{}", m.id), "test", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    let tasks = format!(
+        "todo/lists/{}",
+        double.default_container(ALICE, ItemKind::Task)
+    );
+    World {
+        _guard: guard,
+        _dir: dir,
+        double,
+        api: store.with_origin(ChangeOrigin::Api),
+        store,
+        config,
+        mailbox: m,
+        org_name: org.name,
+        lease,
+        tasks,
+    }
+}
+
+impl World {
+    async fn round(&self) -> RoundReport {
+        match twoway::sync_once(&self.store, &self.config, self.mailbox.id, &self.lease).await {
+            Ok((r, _)) => r,
+            Err(e) => panic!("the round failed: {e:?}"),
+        }
+    }
+
+    fn appointment(&self, subject: &str, starts_in: Days) -> Appointment {
+        let start = minute(Utc::now() + starts_in);
+        Appointment {
+            id: ActivityId::new(),
+            org_id: self.mailbox.org_id,
+            subject: subject.into(),
+            location: Some("Room 4".into()),
+            description: None,
+            starts_at: start,
+            ends_at: start + Days::hours(1),
+            all_day: false,
+            organizer: Some(ActivityParty {
+                role: PartyRole::From,
+                address: ALICE.into(),
+                display_name: None,
+                resolved: None,
+            }),
+            attendees: vec![],
+            owner_id: self.mailbox.owner_id,
+            regarding: None,
+            state: ActivityState::Open,
+            ical_uid: None,
+            time_zone: Some("Europe/Berlin".into()),
+            recurrence: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn task(&self, subject: &str) -> Task {
+        Task {
+            id: ActivityId::new(),
+            org_id: self.mailbox.org_id,
+            subject: subject.into(),
+            description: Some("call back".into()),
+            due_at: Some(
+                (Utc::now() + Days::days(3))
+                    .duration_trunc(Days::days(1))
+                    .unwrap(),
+            ),
+            percent_complete: 0,
+            owner_id: self.mailbox.owner_id,
+            regarding: None,
+            state: ActivityState::Open,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn contact(&self, name: &str, email: &str) -> Contact {
+        Contact {
+            id: ContactId::new(),
+            org_id: self.mailbox.org_id,
+            full_name: name.into(),
+            emails: vec![email.into()],
+            account_id: None,
+            company: Some("Fabrikam".into()),
+            job_title: None,
+            phones: vec![],
+            owner_id: self.mailbox.owner_id,
+            created_at: Utc::now(),
+        }
+    }
+
+    /// The item of `collection` whose `field` is `value`, as Graph answers it.
+    fn item(&self, collection: &str, field: &str, value: &str) -> Option<Value> {
+        self.double
+            .items(ALICE, collection)
+            .into_iter()
+            .find(|i| i[field].as_str() == Some(value))
+    }
+
+    fn tracked(&self) -> String {
+        format!("Tracked to {}", self.org_name)
+    }
+
+    /// Writes the double received (POST, PATCH, DELETE on items).
+    fn writes(&self) -> usize {
+        self.double
+            .requests()
+            .iter()
+            .filter(|r| {
+                matches!(r.method.as_str(), "POST" | "PATCH" | "DELETE")
+                    && !r.path.contains("$batch")
+                    && !r.path.contains("oauth2")
+            })
+            .count()
+    }
+
+    async fn crm_appointment(&self, subject: &str) -> Option<Appointment> {
+        self.store
+            .list_all::<Appointment>(
+                Some(self.mailbox.org_id),
+                &[("kind", Col::text("appointment"))],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|a| a.subject == subject)
+    }
+
+    async fn crm_task(&self, subject: &str) -> Option<Task> {
+        self.store
+            .list_all::<Task>(Some(self.mailbox.org_id), &[("kind", Col::text("task"))])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|t| t.subject == subject)
+    }
+
+    async fn crm_contact(&self, name: &str) -> Option<Contact> {
+        self.store
+            .list_all::<Contact>(Some(self.mailbox.org_id), &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|c| c.full_name == name)
+    }
+}
+
+fn quiet(r: &RoundReport) -> bool {
+    r.crm_created
+        + r.crm_updated
+        + r.crm_deleted
+        + r.server_created
+        + r.server_updated
+        + r.server_deleted
+        == 0
+}
+
+fn graph_time(t: DateTime<Utc>) -> Value {
+    json!({"dateTime": t.format("%Y-%m-%dT%H:%M:%S.0000000").to_string(), "timeZone": "UTC"})
+}
+
+/// Create, update and delete on each side reach the other within one round, for each of the
+/// three record types; the sync's own writes never come back.
+async fn each_side_reaches_the_other(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+
+    // CRM → server: created, with the tracking category and the organization's stamp.
+    let appt = w.appointment("Quarterly review", Days::days(2));
+    let task = w.task("Send the offer");
+    let contact = w.contact("Ann Lee", "ann@fabrikam.example");
+    w.api.insert(&appt).await.unwrap();
+    w.api.insert(&task).await.unwrap();
+    w.api.insert(&contact).await.unwrap();
+    let r = w.round().await;
+    assert_eq!(r.server_created, 3, "{r:?}");
+    let ev = w
+        .item("calendar", "subject", "Quarterly review")
+        .expect("the event");
+    assert_eq!(ev["start"]["timeZone"], "Europe/Berlin", "{ev}");
+    assert_eq!(ev["location"]["displayName"], "Room 4", "{ev}");
+    assert!(
+        ev["categories"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(w.tracked())),
+        "{ev}"
+    );
+    let c = w
+        .item("contacts", "displayName", "Ann Lee")
+        .expect("the contact");
+    assert_eq!(c["companyName"], "Fabrikam", "{c}");
+    assert_eq!(c["emailAddresses"][0]["address"], "ann@fabrikam.example");
+    assert!(w.item(&w.tasks, "title", "Send the offer").is_some());
+
+    // Nothing echoes: the next round writes nothing anywhere.
+    let before = w.writes();
+    let r = w.round().await;
+    assert!(quiet(&r), "{r:?}");
+    assert_eq!(w.writes(), before, "a quiet round writes nothing");
+
+    // Server → CRM: items tracked in Outlook become records; untracked ones do not.
+    let start = minute(Utc::now() + Days::days(4));
+    w.double.create_item(
+        ALICE,
+        "calendar",
+        json!({"subject": "Site visit", "start": graph_time(start),
+               "end": graph_time(start + Days::hours(2)), "categories": [w.tracked()]}),
+    );
+    w.double.create_item(
+        ALICE,
+        "calendar",
+        json!({"subject": "Dentist", "start": graph_time(start),
+               "end": graph_time(start + Days::hours(1))}),
+    );
+    w.double.create_item(
+        ALICE,
+        "contacts",
+        json!({"displayName": "Bo Chen", "companyName": "Contoso",
+               "emailAddresses": [{"address": "bo@contoso.example", "name": "Bo Chen"}],
+               "categories": [w.tracked()]}),
+    );
+    w.double.create_item(
+        ALICE,
+        &w.tasks,
+        json!({"title": "Prepare the demo", "categories": [w.tracked()]}),
+    );
+    let r = w.round().await;
+    assert_eq!(r.crm_created, 3, "{r:?}");
+    let visit = w.crm_appointment("Site visit").await.expect("the event");
+    assert_eq!(visit.starts_at, start);
+    assert_eq!(visit.owner_id, w.mailbox.owner_id);
+    assert!(w.crm_appointment("Dentist").await.is_none(), "untracked");
+    let bo = w.crm_contact("Bo Chen").await.expect("the contact");
+    assert_eq!(bo.emails, vec!["bo@contoso.example".to_owned()]);
+    assert!(w.crm_task("Prepare the demo").await.is_some());
+    assert!(quiet(&w.round().await));
+
+    // Updates, both ways.
+    let id = w.item("calendar", "subject", "Site visit").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        w.double
+            .update_item(ALICE, &id, json!({"location": {"displayName": "Plant 2"}}))
+    );
+    let s = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    let mut c = s.value;
+    c.job_title = Some("Buyer".into());
+    w.api.update(&c, Some(s.version)).await.unwrap();
+    let r = w.round().await;
+    assert_eq!((r.crm_updated, r.server_updated), (1, 1), "{r:?}");
+    let visit = w.crm_appointment("Site visit").await.unwrap();
+    assert_eq!(visit.location.as_deref(), Some("Plant 2"));
+    let c = w.item("contacts", "displayName", "Ann Lee").unwrap();
+    assert_eq!(c["jobTitle"], "Buyer", "{c}");
+    assert!(quiet(&w.round().await));
+
+    // Deletes, both ways.
+    w.api
+        .delete::<Appointment>(&appt.id.to_string(), None)
+        .await
+        .unwrap();
+    let bo_id = w.item("contacts", "displayName", "Bo Chen").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(w.double.delete_item(ALICE, &bo_id));
+    let r = w.round().await;
+    assert_eq!((r.server_deleted, r.crm_deleted), (1, 1), "{r:?}");
+    assert!(w.item("calendar", "subject", "Quarterly review").is_none());
+    assert!(w.crm_contact("Bo Chen").await.is_none());
+    assert!(quiet(&w.round().await));
+
+    let v = w.double.schema_violations();
+    assert!(v.is_empty(), "CSDL violations: {v:#?}");
+}
+
+/// The same field changed on both sides is decided by the policy, with an alert; items
+/// stamped by another organization are left alone.
+async fn conflicts_and_foreign_items(backend: Backend) {
+    let w = world(backend, ConflictPolicy::ServerWins).await;
+    let contact = w.contact("Ann Lee", "ann@fabrikam.example");
+    w.api.insert(&contact).await.unwrap();
+    w.round().await;
+    let id = w.item("contacts", "displayName", "Ann Lee").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    let mut c = s.value;
+    c.company = Some("CRM Corp".into());
+    w.api.update(&c, Some(s.version)).await.unwrap();
+    assert!(
+        w.double
+            .update_item(ALICE, &id, json!({"companyName": "Server Corp"}))
+    );
+    let r = w.round().await;
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    assert_eq!(r.conflicts[0].1.field, "company");
+    let c = w.crm_contact("Ann Lee").await.unwrap();
+    assert_eq!(c.company.as_deref(), Some("Server Corp"));
+    let item = w.item("contacts", "displayName", "Ann Lee").unwrap();
+    assert_eq!(item["companyName"], "Server Corp");
+    let alert = w
+        .store
+        .list_all::<serversync_model::alert::Alert>(Some(w.mailbox.org_id), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.value.code == "sync_conflict")
+        .expect("a conflict alert");
+    for needle in ["company", "CRM Corp", "Server Corp"] {
+        assert!(
+            alert.value.message.contains(needle),
+            "{}",
+            alert.value.message
+        );
+    }
+    assert!(quiet(&w.round().await));
+
+    // Another organization's synchronized item, tracked to us by mistake: left alone.
+    let start = minute(Utc::now() + Days::days(5));
+    let uid = "other-org-1@serversync";
+    w.double.create_item(
+        ALICE,
+        "calendar",
+        json!({"subject": "Their meeting", "start": graph_time(start),
+               "end": graph_time(start + Days::hours(1)), "categories": [w.tracked()],
+               "singleValueExtendedProperties": [
+                   {"id": serversync_connectors::graph::itemmap::UID_PROPERTY, "value": uid},
+                   {"id": serversync_connectors::graph::itemmap::STAMP_PROPERTY,
+                    "value": serversync_model::OrgId::new().to_string()}]}),
+    );
+    let r = w.round().await;
+    assert_eq!(r.crm_created, 0, "{r:?}");
+    assert!(w.crm_appointment("Their meeting").await.is_none());
+}
+
+/// Test and enable of an Exchange Online mailbox's third direction: a test event, contact
+/// and task are created, read back and deleted; without the permission, the failure names it.
+async fn test_and_enable_probes_the_folders(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    let s = w
+        .store
+        .fetch::<Mailbox>(&w.mailbox.id.to_string())
+        .await
+        .unwrap();
+    let mut m = s.value;
+    m.act.enabled = false;
+    w.store.update(&m, Some(s.version)).await.unwrap();
+    let r = serversync_engine::test_enable::test_and_enable(&w.store, &w.config, m.id)
+        .await
+        .unwrap();
+    assert!(r.ok, "{}", r.message);
+    for needle in [
+        "appointments in",
+        "tasks in",
+        "contacts in",
+        "readable and writable",
+    ] {
+        assert!(r.message.contains(needle), "{}", r.message);
+    }
+    let after = w
+        .store
+        .fetch::<Mailbox>(&m.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(after.act.status, RunStatus::Success);
+    assert!(after.act.enabled);
+    for collection in ["calendar", "contacts", w.tasks.as_str()] {
+        assert!(
+            w.double.items(ALICE, collection).is_empty(),
+            "no test item left behind in {collection}"
+        );
+    }
+}
+
+macro_rules! both {
+    ($name:ident, $sqlite:ident, $pg:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $name(Backend::Sqlite).await;
+        }
+        #[tokio::test]
+        async fn $pg() {
+            $name(Backend::Postgres).await;
+        }
+    };
+}
+
+both!(
+    each_side_reaches_the_other,
+    round_trip_sqlite,
+    round_trip_postgres
+);
+both!(
+    conflicts_and_foreign_items,
+    conflicts_sqlite,
+    conflicts_postgres
+);
+both!(
+    test_and_enable_probes_the_folders,
+    test_enable_sqlite,
+    test_enable_postgres
+);
