@@ -9,11 +9,13 @@
 
 mod common;
 
-use chrono::{DateTime, Duration as Days, DurationRound, Utc};
+use common::records::{self, minute, quiet};
+
+use chrono::{DateTime, Duration as Days, Utc};
 use serversync_engine::EngineConfig;
 use serversync_engine::twoway::{self, round::RoundReport};
 use serversync_model::crm::{
-    ActivityParty, ActivityState, Appointment, Contact, Occurrence, PartyRole, Recurrence, Task,
+    ActivityParty, Appointment, Contact, Occurrence, PartyRole, Recurrence, Task,
 };
 use serversync_model::mailbox::Mailbox;
 use serversync_model::merge::ConflictPolicy;
@@ -21,7 +23,6 @@ use serversync_model::org::Organization;
 use serversync_model::profile::{DavSettings, EmailServerProfile, Endpoint, TlsMode};
 use serversync_model::settings::{ActMethod, EmailSettings};
 use serversync_model::webhook::ChangeOrigin;
-use serversync_model::{ActivityId, ContactId};
 use serversync_store::{Backend, Col, LeaseGuard, Store};
 use serversync_testkit::TestEnv;
 use serversync_testkit::radicale::DavPeer;
@@ -44,10 +45,6 @@ struct World {
     password: String,
     calendar: String,
     book: String,
-}
-
-fn minute(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.duration_trunc(Days::minutes(1)).unwrap()
 }
 
 async fn world(backend: Backend, policy: ConflictPolicy) -> World {
@@ -136,66 +133,6 @@ impl World {
         }
     }
 
-    fn appointment(&self, subject: &str, starts_in: Days) -> Appointment {
-        let start = minute(Utc::now() + starts_in);
-        Appointment {
-            id: ActivityId::new(),
-            org_id: self.mailbox.org_id,
-            subject: subject.into(),
-            location: Some("Room 4".into()),
-            description: None,
-            starts_at: start,
-            ends_at: start + Days::hours(1),
-            all_day: false,
-            organizer: Some(ActivityParty {
-                role: PartyRole::From,
-                address: USER.into(),
-                display_name: None,
-                resolved: None,
-            }),
-            attendees: vec![],
-            owner_id: self.mailbox.owner_id,
-            regarding: None,
-            state: ActivityState::Open,
-            ical_uid: None,
-            time_zone: None,
-            recurrence: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
-
-    fn task(&self, subject: &str) -> Task {
-        Task {
-            id: ActivityId::new(),
-            org_id: self.mailbox.org_id,
-            subject: subject.into(),
-            description: Some("call back".into()),
-            due_at: Some(minute(Utc::now() + Days::days(3))),
-            percent_complete: 0,
-            owner_id: self.mailbox.owner_id,
-            regarding: None,
-            state: ActivityState::Open,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
-
-    fn contact(&self, name: &str, email: &str) -> Contact {
-        Contact {
-            id: ContactId::new(),
-            org_id: self.mailbox.org_id,
-            full_name: name.into(),
-            emails: vec![email.into()],
-            account_id: None,
-            company: Some("Fabrikam".into()),
-            job_title: None,
-            phones: vec![],
-            owner_id: self.mailbox.owner_id,
-            created_at: Utc::now(),
-        }
-    }
-
     async fn resource_with(&self, collection: &str, needle: &str) -> Option<(String, String)> {
         self.dav
             .list(collection)
@@ -206,23 +143,13 @@ impl World {
     }
 }
 
-fn quiet(r: &RoundReport) -> bool {
-    r.crm_created
-        + r.crm_updated
-        + r.crm_deleted
-        + r.server_created
-        + r.server_updated
-        + r.server_deleted
-        == 0
-}
-
 /// Create, update and delete on each side reach the other within one round, for each of the
 /// three record types; the sync's own writes never come back.
 async fn each_side_reaches_the_other(backend: Backend) {
     let w = world(backend, ConflictPolicy::LatestChangeWins).await;
-    let appt = w.appointment("Quarterly review", Days::days(2));
-    let task = w.task("Send the offer");
-    let contact = w.contact("Ann Lee", "ann@fabrikam.example");
+    let appt = records::appointment(&w.mailbox, "Quarterly review", Days::days(2));
+    let task = records::task(&w.mailbox, "Send the offer");
+    let contact = records::contact(&w.mailbox, "Ann Lee", "ann@fabrikam.example");
     w.api.insert(&appt).await.unwrap();
     w.api.insert(&task).await.unwrap();
     w.api.insert(&contact).await.unwrap();
@@ -382,7 +309,7 @@ async fn each_side_reaches_the_other(backend: Backend) {
 /// and both values; changes to different fields merge without a conflict.
 async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
     let w = world(backend, policy).await;
-    let contact = w.contact("Ann Lee", "ann@fabrikam.example");
+    let contact = records::contact(&w.mailbox, "Ann Lee", "ann@fabrikam.example");
     w.api.insert(&contact).await.unwrap();
     w.round().await;
     let (href, _) = w.resource_with(&w.book, "VCARD").await.unwrap();
@@ -482,7 +409,7 @@ async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
 /// both directions.
 async fn recurring_meetings_round_trip(backend: Backend) {
     let w = world(backend, ConflictPolicy::LatestChangeWins).await;
-    let mut appt = w.appointment("Weekly sync", Days::days(1));
+    let mut appt = records::appointment(&w.mailbox, "Weekly sync", Days::days(1));
     appt.time_zone = Some("Europe/Berlin".into());
     let first = appt.starts_at;
     appt.recurrence = Some(Recurrence {
@@ -569,7 +496,7 @@ async fn recurring_meetings_round_trip(backend: Backend) {
 async fn deletes_are_guarded(backend: Backend) {
     let w = world(backend, ConflictPolicy::LatestChangeWins).await;
     // A meeting organized by someone else, which the user attends.
-    let mut meeting = w.appointment("Their meeting", Days::days(2));
+    let mut meeting = records::appointment(&w.mailbox, "Their meeting", Days::days(2));
     meeting.organizer = Some(ActivityParty {
         role: PartyRole::From,
         address: "boss@contoso.example".into(),
@@ -612,7 +539,11 @@ async fn deletes_are_guarded(backend: Backend) {
     // Mass delete: ten linked contacts all gone from the server at once.
     for i in 0..10 {
         w.api
-            .insert(&w.contact(&format!("Person {i}"), &format!("p{i}@x.example")))
+            .insert(&records::contact(
+                &w.mailbox,
+                &format!("Person {i}"),
+                &format!("p{i}@x.example"),
+            ))
             .await
             .unwrap();
     }
@@ -663,10 +594,13 @@ fn caldav_peer(w: &World, collection: &str, args: &[&str]) -> String {
 async fn an_independent_client_agrees(backend: Backend) {
     let w = world(backend, ConflictPolicy::LatestChangeWins).await;
     w.api
-        .insert(&w.appointment("Kick-off", Days::days(4)))
+        .insert(&records::appointment(&w.mailbox, "Kick-off", Days::days(4)))
         .await
         .unwrap();
-    w.api.insert(&w.task("Prepare slides")).await.unwrap();
+    w.api
+        .insert(&records::task(&w.mailbox, "Prepare slides"))
+        .await
+        .unwrap();
     w.round().await;
     let read: serde_json::Value =
         serde_json::from_str(&caldav_peer(&w, &w.calendar, &["read"])).unwrap();
@@ -846,7 +780,11 @@ async fn the_engine_follows_crm_changes(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     w.api
-        .insert(&w.contact("Quick Change", "quick@fabrikam.example"))
+        .insert(&records::contact(
+            &w.mailbox,
+            "Quick Change",
+            "quick@fabrikam.example",
+        ))
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -898,7 +836,8 @@ async fn a_long_round_keeps_its_lease(backend: Backend) {
         .expect("the lease is free");
     const N: usize = 200;
     for i in 0..N {
-        let c = w.contact(
+        let c = records::contact(
+            &w.mailbox,
             &format!("Contact {i:03}"),
             &format!("c{i}@fabrikam.example"),
         );

@@ -10,12 +10,15 @@
 
 mod common;
 
-use chrono::{DateTime, Duration as Days, DurationRound, Utc};
+use common::records::{self, minute, quiet};
+
+use chrono::{DateTime, Duration as Days, Utc};
 use serde_json::{Value, json};
 use serversync_connectors::TlsTrust;
 use serversync_engine::twoway::{self, round::RoundReport};
 use serversync_engine::{Admin, EngineConfig};
-use serversync_model::crm::{ActivityParty, ActivityState, Appointment, Contact, PartyRole, Task};
+use serversync_model::Secret;
+use serversync_model::crm::{Appointment, Contact, Task};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding, RunStatus};
 use serversync_model::merge::ConflictPolicy;
 use serversync_model::org::Organization;
@@ -24,7 +27,6 @@ use serversync_model::profile::{
 };
 use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod};
 use serversync_model::webhook::ChangeOrigin;
-use serversync_model::{ActivityId, ContactId, Secret};
 use serversync_store::{Backend, Col, LeaseGuard, Store};
 use serversync_testkit::graph::{GraphConfig, GraphDouble, ItemKind, csdl_path};
 use serversync_testkit::tls::TlsFiles;
@@ -54,10 +56,6 @@ struct World {
     lease: LeaseGuard,
     /// The default To Do list's collection path.
     tasks: String,
-}
-
-fn minute(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.duration_trunc(Days::minutes(1)).unwrap()
 }
 
 async fn world(backend: Backend, policy: ConflictPolicy) -> World {
@@ -175,70 +173,6 @@ impl World {
         }
     }
 
-    fn appointment(&self, subject: &str, starts_in: Days) -> Appointment {
-        let start = minute(Utc::now() + starts_in);
-        Appointment {
-            id: ActivityId::new(),
-            org_id: self.mailbox.org_id,
-            subject: subject.into(),
-            location: Some("Room 4".into()),
-            description: None,
-            starts_at: start,
-            ends_at: start + Days::hours(1),
-            all_day: false,
-            organizer: Some(ActivityParty {
-                role: PartyRole::From,
-                address: ALICE.into(),
-                display_name: None,
-                resolved: None,
-            }),
-            attendees: vec![],
-            owner_id: self.mailbox.owner_id,
-            regarding: None,
-            state: ActivityState::Open,
-            ical_uid: None,
-            time_zone: Some("Europe/Berlin".into()),
-            recurrence: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
-
-    fn task(&self, subject: &str) -> Task {
-        Task {
-            id: ActivityId::new(),
-            org_id: self.mailbox.org_id,
-            subject: subject.into(),
-            description: Some("call back".into()),
-            due_at: Some(
-                (Utc::now() + Days::days(3))
-                    .duration_trunc(Days::days(1))
-                    .unwrap(),
-            ),
-            percent_complete: 0,
-            owner_id: self.mailbox.owner_id,
-            regarding: None,
-            state: ActivityState::Open,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
-
-    fn contact(&self, name: &str, email: &str) -> Contact {
-        Contact {
-            id: ContactId::new(),
-            org_id: self.mailbox.org_id,
-            full_name: name.into(),
-            emails: vec![email.into()],
-            account_id: None,
-            company: Some("Fabrikam".into()),
-            job_title: None,
-            phones: vec![],
-            owner_id: self.mailbox.owner_id,
-            created_at: Utc::now(),
-        }
-    }
-
     /// The item of `collection` whose `field` is `value`, as Graph answers it.
     fn item(&self, collection: &str, field: &str, value: &str) -> Option<Value> {
         self.double
@@ -298,16 +232,6 @@ impl World {
     }
 }
 
-fn quiet(r: &RoundReport) -> bool {
-    r.crm_created
-        + r.crm_updated
-        + r.crm_deleted
-        + r.server_created
-        + r.server_updated
-        + r.server_deleted
-        == 0
-}
-
 fn graph_time(t: DateTime<Utc>) -> Value {
     json!({"dateTime": t.format("%Y-%m-%dT%H:%M:%S.0000000").to_string(), "timeZone": "UTC"})
 }
@@ -318,9 +242,10 @@ async fn each_side_reaches_the_other(backend: Backend) {
     let w = world(backend, ConflictPolicy::LatestChangeWins).await;
 
     // CRM → server: created, with the tracking category and the organization's stamp.
-    let appt = w.appointment("Quarterly review", Days::days(2));
-    let task = w.task("Send the offer");
-    let contact = w.contact("Ann Lee", "ann@fabrikam.example");
+    let mut appt = records::appointment(&w.mailbox, "Quarterly review", Days::days(2));
+    appt.time_zone = Some("Europe/Berlin".into());
+    let task = records::task(&w.mailbox, "Send the offer");
+    let contact = records::contact(&w.mailbox, "Ann Lee", "ann@fabrikam.example");
     w.api.insert(&appt).await.unwrap();
     w.api.insert(&task).await.unwrap();
     w.api.insert(&contact).await.unwrap();
@@ -437,7 +362,7 @@ async fn each_side_reaches_the_other(backend: Backend) {
 /// stamped by another organization are left alone.
 async fn conflicts_and_foreign_items(backend: Backend) {
     let w = world(backend, ConflictPolicy::ServerWins).await;
-    let contact = w.contact("Ann Lee", "ann@fabrikam.example");
+    let contact = records::contact(&w.mailbox, "Ann Lee", "ann@fabrikam.example");
     w.api.insert(&contact).await.unwrap();
     w.round().await;
     let id = w.item("contacts", "displayName", "Ann Lee").unwrap()["id"]

@@ -232,3 +232,95 @@ impl ConnectionSampler {
         self.thread.join().expect("the sampler thread")
     }
 }
+
+/// Records a two-way test starts from, owned by `mailbox`'s owner (dates relative to now, to
+/// the minute).
+#[allow(dead_code)]
+pub mod records {
+    use chrono::{Duration as Days, DurationRound, Utc};
+    use serversync_engine::twoway::round::RoundReport;
+    use serversync_model::crm::{
+        ActivityParty, ActivityState, Appointment, Contact, PartyRole, Task,
+    };
+    use serversync_model::mailbox::Mailbox;
+    use serversync_model::{ActivityId, ContactId};
+
+    /// `t` to the minute (what the servers keep).
+    pub fn minute(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+        t.duration_trunc(Days::minutes(1)).unwrap()
+    }
+
+    /// An hour's meeting in Room 4 organized by the mailbox's user.
+    pub fn appointment(mailbox: &Mailbox, subject: &str, starts_in: Days) -> Appointment {
+        let start = minute(Utc::now() + starts_in);
+        Appointment {
+            id: ActivityId::new(),
+            org_id: mailbox.org_id,
+            subject: subject.into(),
+            location: Some("Room 4".into()),
+            description: None,
+            starts_at: start,
+            ends_at: start + Days::hours(1),
+            all_day: false,
+            organizer: Some(ActivityParty {
+                role: PartyRole::From,
+                address: mailbox.email.clone(),
+                display_name: None,
+                resolved: None,
+            }),
+            attendees: vec![],
+            owner_id: mailbox.owner_id,
+            regarding: None,
+            state: ActivityState::Open,
+            ical_uid: None,
+            time_zone: None,
+            recurrence: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    /// An open task due in three days.
+    pub fn task(mailbox: &Mailbox, subject: &str) -> Task {
+        Task {
+            id: ActivityId::new(),
+            org_id: mailbox.org_id,
+            subject: subject.into(),
+            description: Some("call back".into()),
+            due_at: Some(minute(Utc::now() + Days::days(3))),
+            percent_complete: 0,
+            owner_id: mailbox.owner_id,
+            regarding: None,
+            state: ActivityState::Open,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    /// A contact at Fabrikam.
+    pub fn contact(mailbox: &Mailbox, name: &str, email: &str) -> Contact {
+        Contact {
+            id: ContactId::new(),
+            org_id: mailbox.org_id,
+            full_name: name.into(),
+            emails: vec![email.into()],
+            account_id: None,
+            company: Some("Fabrikam".into()),
+            job_title: None,
+            phones: vec![],
+            owner_id: mailbox.owner_id,
+            created_at: Utc::now(),
+        }
+    }
+
+    /// Whether a round wrote nothing on either side.
+    pub fn quiet(r: &RoundReport) -> bool {
+        r.crm_created
+            + r.crm_updated
+            + r.crm_deleted
+            + r.server_created
+            + r.server_updated
+            + r.server_deleted
+            == 0
+    }
+}

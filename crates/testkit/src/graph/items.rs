@@ -37,7 +37,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{Map, Value, json};
 
-use super::mail::Mailbox;
+use super::mail::{DeltaNext, Mailbox, delta_page};
 use super::{Caller, DoubleState, Reply, Schema, gerr};
 
 /// What a container holds.
@@ -1276,33 +1276,33 @@ fn delta(
         }
     }
     let link_base = format!("{}/v1.0/users/{}/{}", ctx.base, ctx.uid, rest.join("/"));
-    let mut v = json!({
-        "@odata.context": format!("{}/v1.0/$metadata#Collection({})", ctx.base, kind.type_name().trim_start_matches("microsoft.graph.")),
-        "value": value,
-    });
-    if more {
-        let next = DeltaState {
-            since: list.last().map_or(st.since, |l| l.1),
-            ..st
-        };
-        v["@odata.nextLink"] = json!(format!("{link_base}?$skiptoken={}", next.encode()));
+    let next = if more {
+        DeltaNext::More(
+            DeltaState {
+                since: list.last().map_or(st.since, |l| l.1),
+                ..st
+            }
+            .encode(),
+        )
     } else {
-        let next = DeltaState {
-            since: st.upto,
-            upto: 0,
-            initial: false,
-            ..st
-        };
-        v["@odata.deltaLink"] = json!(format!("{link_base}?$deltatoken={}", next.encode()));
-    }
-    let mut r = Reply::json(200, &v, Some(Schema::Collection(kind.type_name())));
-    if let Some(p) = prefer {
-        r = r.with_header(
-            "Preference-Applied",
-            format!("odata.maxpagesize={}", p.min(size)),
-        );
-    }
-    r
+        DeltaNext::Done(
+            DeltaState {
+                since: st.upto,
+                upto: 0,
+                initial: false,
+                ..st
+            }
+            .encode(),
+        )
+    };
+    delta_page(
+        &ctx.base,
+        &link_base,
+        kind.type_name(),
+        value,
+        next,
+        prefer.map(|p| p.min(size)),
+    )
 }
 
 impl Ctx {

@@ -956,33 +956,70 @@ fn delta(
     let base = s.base();
     let uid = m.user_id.clone();
     let link_base = format!("{base}/v1.0/users/{uid}/mailFolders/{folder}/messages/delta");
-    let mut v = json!({
-        "@odata.context": format!("{base}/v1.0/$metadata#Collection(message)"),
-        "value": items,
-    });
-    if more {
-        let next = DeltaState {
-            since: list.last().map_or(st.since, |l| l.1),
-            ..st
-        };
-        v["@odata.nextLink"] = json!(format!("{link_base}?$skiptoken={}", next.encode()));
+    let next = if more {
+        DeltaNext::More(
+            DeltaState {
+                since: list.last().map_or(st.since, |l| l.1),
+                ..st
+            }
+            .encode(),
+        )
     } else {
-        let next = DeltaState {
-            since: st.upto,
-            upto: 0,
-            initial: false,
-            ..st
-        };
-        v["@odata.deltaLink"] = json!(format!("{link_base}?$deltatoken={}", next.encode()));
+        DeltaNext::Done(
+            DeltaState {
+                since: st.upto,
+                upto: 0,
+                initial: false,
+                ..st
+            }
+            .encode(),
+        )
+    };
+    delta_page(
+        &base,
+        &link_base,
+        "microsoft.graph.message",
+        items,
+        next,
+        prefer.map(|p| p.min(size)),
+    )
+}
+
+/// Where a delta page leads: the next page's state, or (the last page) the delta state.
+pub(super) enum DeltaNext {
+    More(String),
+    Done(String),
+}
+
+/// A delta page of `type_name` entities: `value`, then `@odata.nextLink` or
+/// `@odata.deltaLink` (`link_base` with the encoded state), and the page size applied when
+/// the client asked for one (`Prefer: odata.maxpagesize`).
+pub(super) fn delta_page(
+    base: &str,
+    link_base: &str,
+    type_name: &'static str,
+    value: Vec<Value>,
+    next: DeltaNext,
+    applied: Option<usize>,
+) -> Reply {
+    let entity = type_name.trim_start_matches("microsoft.graph.");
+    let mut v = json!({
+        "@odata.context": format!("{base}/v1.0/$metadata#Collection({entity})"),
+        "value": value,
+    });
+    match next {
+        DeltaNext::More(state) => {
+            v["@odata.nextLink"] = json!(format!("{link_base}?$skiptoken={state}"));
+        }
+        DeltaNext::Done(state) => {
+            v["@odata.deltaLink"] = json!(format!("{link_base}?$deltatoken={state}"));
+        }
     }
-    let mut r = Reply::json(200, &v, Some(Schema::Collection("microsoft.graph.message")));
-    if let Some(p) = prefer {
-        r = r.with_header(
-            "Preference-Applied",
-            format!("odata.maxpagesize={}", p.min(size)),
-        );
+    let r = Reply::json(200, &v, Some(Schema::Collection(type_name)));
+    match applied {
+        Some(n) => r.with_header("Preference-Applied", format!("odata.maxpagesize={n}")),
+        None => r,
     }
-    r
 }
 
 fn patch_message(s: &mut DoubleState, mb: usize, id: &str, body: &[u8]) -> Reply {
