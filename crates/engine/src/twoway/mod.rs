@@ -2,9 +2,10 @@
 //! whose third delivery method is server-side synchronization and is enabled, holding the lease
 //! `items:<mailbox id>`, under the common [`crate::supervisor`].
 //!
-//! Each round opens the mailbox's item server — today a CalDAV/CardDAV server named by the
-//! profile (IMAP/POP3 profiles with `dav` settings), signed in as the mailbox's incoming
-//! account — finds its collections, and runs [`round::Round`]. Failures are recorded for the
+//! Each round opens the mailbox's item server — a CalDAV/CardDAV server named by the profile
+//! (IMAP/POP3 profiles with `dav` settings), Exchange Online over Microsoft Graph, or Exchange
+//! over EWS, signed in as the mailbox's incoming account — finds its collections, and runs
+//! [`round::Round`]. Failures are recorded for the
 //! `act` direction by the retry policy like the other directions'. Rounds repeat every
 //! polling interval of the profile (at least [`MIN_INTERVAL`]), and within seconds of a
 //! change in the CRM or a "sync now".
@@ -18,6 +19,7 @@ use crate::session::{MailboxSession, Side};
 use round::{Round, RoundError, RoundReport};
 use serversync_connectors::ConnectError;
 use serversync_connectors::dav::client::{CollectionKind, DavClient};
+use serversync_connectors::ews::items::EwsItemStore;
 use serversync_connectors::graph::GraphClient;
 use serversync_connectors::graph::items::GraphItemStore;
 use serversync_connectors::items::{ItemStore, Written};
@@ -26,7 +28,7 @@ use serversync_connectors::server::Server;
 use serversync_model::MailboxId;
 use serversync_model::mailbox::{Mailbox, MailboxRegarding};
 use serversync_model::org::Organization;
-use serversync_model::profile::{DavSettings, EmailServerProfile, ServerType};
+use serversync_model::profile::{DavSettings, EmailServerProfile, IncomingProtocol};
 use serversync_model::settings::ActMethod;
 use serversync_model::webhook::{ChangeOrigin, RecordType};
 use serversync_store::{LeaseGuard, Store, StoreError};
@@ -50,12 +52,15 @@ enum ItemServer {
     Dav(DavSettings),
     /// The Exchange Online mailbox, over Microsoft Graph.
     Graph,
+    /// The Exchange mailbox, over Exchange Web Services.
+    Ews,
 }
 
 fn item_server(p: &EmailServerProfile) -> Option<ItemServer> {
-    match (&p.dav, p.server_type) {
+    match (&p.dav, p.incoming_protocol) {
         (Some(dav), _) => Some(ItemServer::Dav(dav.clone())),
-        (None, ServerType::ExchangeOnline) => Some(ItemServer::Graph),
+        (None, IncomingProtocol::Graph) => Some(ItemServer::Graph),
+        (None, IncomingProtocol::Ews) => Some(ItemServer::Ews),
         _ => None,
     }
 }
@@ -65,32 +70,59 @@ fn has_synchronizer(p: &EmailServerProfile) -> bool {
     item_server(p).is_some()
 }
 
-/// The Graph item store of the session's mailbox, signed in, and the collection of each
-/// record type (the default calendar, contact folder and To Do list).
-async fn graph_store(
+/// An Exchange mailbox's item store, signed in, and the folder of each record type.
+enum ExchangeStore {
+    /// Exchange Online over Graph: the default calendar, contact folder and To Do list.
+    Graph(GraphItemStore),
+    /// Exchange over EWS: the distinguished calendar, contacts and tasks folders.
+    Ews(EwsItemStore),
+}
+
+/// The Exchange item store of the session's mailbox (Graph or EWS, as the profile's incoming
+/// protocol says), signed in, and the collection of each record type.
+async fn exchange_store(
     store: &Store,
     session: &MailboxSession,
-) -> Result<Result<(GraphItemStore, HashMap<RecordType, String>), Failure>, StoreError> {
+) -> Result<Result<(ExchangeStore, HashMap<RecordType, String>), Failure>, StoreError> {
     let (server, login) = match session.server_and_login(store, Side::Incoming).await? {
         Ok(x) => x,
         Err(f) => return Ok(Err(f)),
     };
-    let Server::Graph(target) = server else {
-        return Ok(Err(Failure::config(
-            "connector_not_available",
-            "the profile's mailbox is not reached over Microsoft Graph",
-        )));
-    };
     let found = async {
-        let client =
-            GraphClient::connect(&target, &login, &session.opts, &mut StepLog::new()).await?;
-        let mut g = GraphItemStore::new(client);
-        let route = HashMap::from([
-            (RecordType::Appointment, g.default_calendar().await?),
-            (RecordType::Contact, g.default_contacts().await?),
-            (RecordType::Task, g.default_task_list().await?),
-        ]);
-        Ok::<_, ConnectError>((g, route))
+        match server {
+            Server::Graph(target) => {
+                let client =
+                    GraphClient::connect(&target, &login, &session.opts, &mut StepLog::new())
+                        .await?;
+                let mut g = GraphItemStore::new(client);
+                let route = HashMap::from([
+                    (RecordType::Appointment, g.default_calendar().await?),
+                    (RecordType::Contact, g.default_contacts().await?),
+                    (RecordType::Task, g.default_task_list().await?),
+                ]);
+                Ok((ExchangeStore::Graph(g), route))
+            }
+            Server::Ews(target) => {
+                let client =
+                    serversync_connectors::ews::open(&target, &login, &session.opts).await?;
+                let route = [
+                    RecordType::Appointment,
+                    RecordType::Contact,
+                    RecordType::Task,
+                ]
+                .into_iter()
+                .filter_map(|t| Some((t, EwsItemStore::collection_for(t)?.to_owned())))
+                .collect();
+                Ok((ExchangeStore::Ews(EwsItemStore::new(client)), route))
+            }
+            Server::Mail(_) => Err(ConnectError::new(
+                serversync_model::FailureStep::Protocol,
+                serversync_model::ErrorKind::Config,
+                "the profile's mailbox is reached over IMAP/POP3, which holds no appointments, \
+                 contacts or tasks",
+            )
+            .with_code("connector_not_available")),
+        }
     };
     Ok(found.await.map_err(|e| Failure::from(&e)))
 }
@@ -333,11 +365,14 @@ async fn round_all(
     };
     let dav = match item_server(&session.profile) {
         Some(ItemServer::Dav(dav)) => dav,
-        Some(ItemServer::Graph) => {
-            let (mut g, route) = graph_store(store, &session)
+        Some(ItemServer::Graph | ItemServer::Ews) => {
+            let (server, route) = exchange_store(store, &session)
                 .await?
                 .map_err(RunError::Failed)?;
-            let report = ctx.run(&mut g, route, round::FEED_CURSOR).await?;
+            let report = match server {
+                ExchangeStore::Graph(mut g) => ctx.run(&mut g, route, round::FEED_CURSOR).await?,
+                ExchangeStore::Ews(mut e) => ctx.run(&mut e, route, round::FEED_CURSOR).await?,
+            };
             return Ok((report, interval));
         }
         None => {
@@ -441,25 +476,26 @@ pub(crate) async fn test(
 ) -> Result<Result<String, Failure>, StoreError> {
     let dav = match item_server(&session.profile) {
         Some(ItemServer::Dav(dav)) => dav,
-        Some(ItemServer::Graph) => {
-            let (mut g, route) = match graph_store(store, session).await? {
+        Some(ItemServer::Graph | ItemServer::Ews) => {
+            let (server, route) = match exchange_store(store, session).await? {
                 Ok(x) => x,
                 Err(f) => return Ok(Err(f)),
             };
             let mut targets: Vec<(RecordType, String)> = route.into_iter().collect();
             targets.sort_by_key(|(t, _)| kind_label(*t));
-            return Ok(probe_collections(&mut g, &targets)
-                .await
+            let probed = match server {
+                ExchangeStore::Graph(mut g) => probe_collections(&mut g, &targets).await,
+                ExchangeStore::Ews(mut e) => probe_collections(&mut e, &targets).await,
+            };
+            return Ok(probed
                 .map(|lines| lines.join("; "))
                 .map_err(|e| Failure::from(&e)));
         }
         None => {
             return Ok(Err(Failure::config(
                 "connector_not_available",
-                "two-way synchronization of appointments, contacts and tasks with Exchange \
-                 Server (EWS) is not available in this version yet; Exchange Online and \
-                 CalDAV/CardDAV servers are: set act_method to none, or name a CalDAV/CardDAV \
-                 server in an IMAP/POP3 profile",
+                "the profile names no server for appointments, contacts and tasks: set \
+                 act_method to none, or name a CalDAV/CardDAV server in the IMAP/POP3 profile",
             )));
         }
     };

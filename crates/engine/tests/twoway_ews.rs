@@ -1,0 +1,504 @@
+//! Two-way synchronization of appointments, contacts and tasks with Exchange Server over EWS,
+//! against the Exchange test double (`serversync_testkit::ews`: EWS over HTTPS on 127.0.0.1,
+//! every request checked against Microsoft's published schemas — an invalid one fails the
+//! round as `ErrorSchemaValidation`), on SQLite and PostgreSQL. No Exchange Server can run
+//! here; the double was checked against exchangelib (`crates/testkit/tests/ews_exchangelib.rs`).
+//!
+//! What a test asserts on the server side it reads from the double's store as EWS would
+//! answer it; changes "on the server" are made as another client (Outlook) would. Dates are
+//! relative to the run.
+
+mod common;
+
+use common::records::{self, minute, quiet};
+
+use chrono::{DateTime, Duration as Days, Utc};
+use serversync_connectors::TlsTrust;
+use serversync_connectors::ews::items::{PROPERTY_SET, STAMP_PROPERTY};
+use serversync_engine::twoway::{self, round::RoundReport};
+use serversync_engine::{Admin, EngineConfig};
+use serversync_model::Secret;
+use serversync_model::crm::{Appointment, Contact, Task};
+use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding, RunStatus};
+use serversync_model::merge::ConflictPolicy;
+use serversync_model::org::Organization;
+use serversync_model::profile::{AuthenticationType, EmailServerProfile, Endpoint, ServerType};
+use serversync_model::settings::{ActMethod, EmailSettings, IncomingMethod, OutgoingMethod};
+use serversync_model::webhook::ChangeOrigin;
+use serversync_store::{Backend, Col, LeaseGuard, Store};
+use serversync_testkit::ews::{EwsConfig, EwsDouble};
+use serversync_testkit::tls::TlsFiles;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SERVICE: &str = "CONTOSO\\svc-sync";
+const PASSWORD: &str = "Sync-Pa55word!";
+const ALICE: &str = "alice@localhost";
+
+struct World {
+    _guard: Box<dyn std::any::Any + Send>,
+    _dir: tempfile::TempDir,
+    double: EwsDouble,
+    store: Store,
+    /// Writes as the API makes them (origin `api`).
+    api: Store,
+    config: EngineConfig,
+    mailbox: Mailbox,
+    org_name: String,
+    lease: LeaseGuard,
+}
+
+async fn world(backend: Backend, policy: ConflictPolicy) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::ensure(dir.path()).unwrap();
+    let double = EwsDouble::start(
+        &tls,
+        EwsConfig {
+            schema_dir: Some(serversync_testkit::ews::schema_dir()),
+            ..EwsConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    double.add_account(SERVICE, PASSWORD, true);
+    double.add_mailbox(ALICE, None);
+    let (guard, store) = common::open_store(backend).await;
+    let (admin, _) = Admin::new(store.clone(), Default::default())
+        .bootstrap()
+        .await
+        .unwrap()
+        .expect("fresh store");
+    let org = store
+        .list_all::<Organization>(None, &[])
+        .await
+        .unwrap()
+        .remove(0)
+        .value;
+    let now = Utc::now();
+    let mut p = EmailServerProfile::new(
+        org.id,
+        "Exchange",
+        ServerType::ExchangeServer,
+        admin.id,
+        now,
+    );
+    p.authentication = AuthenticationType::Impersonation;
+    p.use_impersonation = true;
+    p.auto_discover = false;
+    let ews = Endpoint {
+        location: double.ews_url(),
+        port: double.port(),
+        tls: serversync_model::profile::TlsMode::Implicit,
+    };
+    p.incoming = Some(ews.clone());
+    p.outgoing = Some(ews);
+    p.username = Some(SERVICE.into());
+    p.password = Some(
+        store
+            .put_secret(Some(org.id), &Secret::new(PASSWORD))
+            .await
+            .unwrap(),
+    );
+    p.validate(false).expect("a valid Exchange profile");
+    store.insert(&p).await.unwrap();
+    let st = store
+        .fetch::<EmailSettings>(&org.id.to_string())
+        .await
+        .unwrap();
+    let mut settings = st.value;
+    settings.conflict_policy = policy;
+    store.update(&settings, Some(st.version)).await.unwrap();
+    let mut m = Mailbox::new_with_defaults(
+        org.id,
+        MailboxRegarding::User(admin.id),
+        admin.id,
+        "Alice",
+        ALICE,
+        &settings,
+        now,
+    );
+    m.profile_id = Some(p.id);
+    m.approval = ApprovalStatus::Approved;
+    m.incoming_method = IncomingMethod::None;
+    m.outgoing_method = OutgoingMethod::None;
+    m.act_method = ActMethod::ServerSideSync;
+    m.act.enabled = true;
+    m.sync_with_this_org_only = true;
+    store.insert(&m).await.unwrap();
+    let config = EngineConfig {
+        network: Arc::new(serversync_connectors::NetworkPolicy::loopback_allowed()),
+        lease_ttl: Duration::from_secs(60),
+        ..EngineConfig::new(Arc::new(
+            TlsTrust::with_extra_ca_files([&tls.ca_cert]).unwrap(),
+        ))
+    };
+    let lease = store
+        .acquire_lease(&format!("items:{}", m.id), "test", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    World {
+        _guard: guard,
+        _dir: dir,
+        double,
+        api: store.with_origin(ChangeOrigin::Api),
+        store,
+        config,
+        mailbox: m,
+        org_name: org.name,
+        lease,
+    }
+}
+
+impl World {
+    async fn round(&self) -> RoundReport {
+        match twoway::sync_once(&self.store, &self.config, self.mailbox.id, &self.lease).await {
+            Ok((r, _)) => r,
+            Err(e) => panic!("the round failed: {e:?}"),
+        }
+    }
+
+    /// The id and stored XML (every property, as EWS answers it) of the item of `folder`
+    /// that holds the text `value` as the whole content of one of its properties.
+    fn item(&self, folder: &str, value: &str) -> Option<(String, String)> {
+        let needle = format!(">{value}<");
+        self.double.items(ALICE, folder).into_iter().find_map(|i| {
+            let xml = self.double.item_xml(ALICE, &i.id)?;
+            xml.contains(&needle).then_some((i.id, xml))
+        })
+    }
+
+    fn id(&self, folder: &str, value: &str) -> String {
+        self.item(folder, value)
+            .unwrap_or_else(|| panic!("no item {value} in {folder}"))
+            .0
+    }
+
+    fn tracked(&self) -> String {
+        format!("Tracked to {}", self.org_name)
+    }
+
+    /// The item writes the double received.
+    fn writes(&self) -> usize {
+        self.double
+            .requests()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.operation.as_str(),
+                    "CreateItem" | "UpdateItem" | "DeleteItem"
+                )
+            })
+            .count()
+    }
+
+    async fn crm_appointment(&self, subject: &str) -> Option<Appointment> {
+        self.store
+            .list_all::<Appointment>(
+                Some(self.mailbox.org_id),
+                &[("kind", Col::text("appointment"))],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|a| a.subject == subject)
+    }
+
+    async fn crm_task(&self, subject: &str) -> Option<Task> {
+        self.store
+            .list_all::<Task>(Some(self.mailbox.org_id), &[("kind", Col::text("task"))])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|t| t.subject == subject)
+    }
+
+    async fn crm_contact(&self, name: &str) -> Option<Contact> {
+        self.store
+            .list_all::<Contact>(Some(self.mailbox.org_id), &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|c| c.full_name == name)
+    }
+}
+
+fn ews_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn categories(c: &str) -> String {
+    format!("<Categories><String>{c}</String></Categories>")
+}
+
+/// Create, update and delete on each side reach the other within one round, for each of the
+/// three record types; the sync's own writes never come back.
+async fn each_side_reaches_the_other(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+
+    // CRM → server: created, with the tracking category and the organization's stamp.
+    let mut appt = records::appointment(&w.mailbox, "Quarterly review", Days::days(2));
+    appt.time_zone = Some("Europe/Berlin".into());
+    let task = records::task(&w.mailbox, "Send the offer");
+    let contact = records::contact(&w.mailbox, "Ann Lee", "ann@fabrikam.example");
+    w.api.insert(&appt).await.unwrap();
+    w.api.insert(&task).await.unwrap();
+    w.api.insert(&contact).await.unwrap();
+    let r = w.round().await;
+    assert_eq!(r.server_created, 3, "{r:?}");
+    let (_, ev) = w.item("calendar", "Quarterly review").expect("the event");
+    for needle in [
+        "W. Europe Standard Time".to_owned(),
+        ">Room 4<".to_owned(),
+        format!(">{}<", w.tracked()),
+        STAMP_PROPERTY.to_owned(),
+        w.mailbox.org_id.to_string(),
+    ] {
+        assert!(ev.contains(&needle), "{needle} in {ev}");
+    }
+    let (_, c) = w.item("contacts", "Ann Lee").expect("the contact");
+    for needle in [">Fabrikam<", ">ann@fabrikam.example<"] {
+        assert!(c.contains(needle), "{needle} in {c}");
+    }
+    assert!(w.item("tasks", "Send the offer").is_some());
+
+    // Nothing echoes: the next round writes nothing anywhere.
+    let before = w.writes();
+    let r = w.round().await;
+    assert!(quiet(&r), "{r:?}");
+    assert_eq!(w.writes(), before, "a quiet round writes nothing");
+
+    // Server → CRM: items tracked in Outlook become records; untracked ones do not.
+    let start = minute(Utc::now() + Days::days(4));
+    let event = |subject: &str, hours: i64, extra: &str| {
+        format!(
+            "<CalendarItem><Subject>{subject}</Subject>{extra}<Start>{}</Start>\
+             <End>{}</End></CalendarItem>",
+            ews_time(start),
+            ews_time(start + Days::hours(hours)),
+        )
+    };
+    w.double.create_item(
+        ALICE,
+        "calendar",
+        &event("Site visit", 2, &categories(&w.tracked())),
+    );
+    w.double
+        .create_item(ALICE, "calendar", &event("Dentist", 1, ""));
+    w.double.create_item(
+        ALICE,
+        "contacts",
+        &format!(
+            "<Contact>{}<DisplayName>Bo Chen</DisplayName><CompanyName>Contoso</CompanyName>\
+             <EmailAddresses><Entry Key=\"EmailAddress1\">bo@contoso.example</Entry>\
+             </EmailAddresses></Contact>",
+            categories(&w.tracked())
+        ),
+    );
+    w.double.create_item(
+        ALICE,
+        "tasks",
+        &format!(
+            "<Task><Subject>Prepare the demo</Subject>{}</Task>",
+            categories(&w.tracked())
+        ),
+    );
+    let r = w.round().await;
+    assert_eq!(r.crm_created, 3, "{r:?}");
+    let visit = w.crm_appointment("Site visit").await.expect("the event");
+    assert_eq!(visit.starts_at, start);
+    assert_eq!(visit.owner_id, w.mailbox.owner_id);
+    assert!(w.crm_appointment("Dentist").await.is_none(), "untracked");
+    let bo = w.crm_contact("Bo Chen").await.expect("the contact");
+    assert_eq!(bo.emails, vec!["bo@contoso.example".to_owned()]);
+    assert_eq!(bo.company.as_deref(), Some("Contoso"));
+    assert!(w.crm_task("Prepare the demo").await.is_some());
+    assert!(quiet(&w.round().await));
+
+    // Updates, both ways.
+    let id = w.id("calendar", "Site visit");
+    w.double
+        .change_item(ALICE, &id, &["<Location>Plant 2</Location>"], &[]);
+    let s = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    let mut c = s.value;
+    c.job_title = Some("Buyer".into());
+    w.api.update(&c, Some(s.version)).await.unwrap();
+    let r = w.round().await;
+    assert_eq!((r.crm_updated, r.server_updated), (1, 1), "{r:?}");
+    let visit = w.crm_appointment("Site visit").await.unwrap();
+    assert_eq!(visit.location.as_deref(), Some("Plant 2"));
+    let (_, c) = w.item("contacts", "Ann Lee").unwrap();
+    assert!(c.contains(">Buyer<"), "{c}");
+    assert!(quiet(&w.round().await));
+
+    // Deletes, both ways.
+    w.api
+        .delete::<Appointment>(&appt.id.to_string(), None)
+        .await
+        .unwrap();
+    assert!(w.double.remove_item(ALICE, &w.id("contacts", "Bo Chen")));
+    let r = w.round().await;
+    assert_eq!((r.server_deleted, r.crm_deleted), (1, 1), "{r:?}");
+    assert!(w.item("calendar", "Quarterly review").is_none());
+    assert!(w.crm_contact("Bo Chen").await.is_none());
+    assert!(quiet(&w.round().await));
+}
+
+/// The same field changed on both sides is decided by the policy, with an alert; items
+/// stamped by another organization are left alone.
+async fn conflicts_and_foreign_items(backend: Backend) {
+    let w = world(backend, ConflictPolicy::ServerWins).await;
+    let contact = records::contact(&w.mailbox, "Ann Lee", "ann@fabrikam.example");
+    w.api.insert(&contact).await.unwrap();
+    w.round().await;
+    let id = w.id("contacts", "Ann Lee");
+    let s = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    let mut c = s.value;
+    c.company = Some("CRM Corp".into());
+    w.api.update(&c, Some(s.version)).await.unwrap();
+    w.double
+        .change_item(ALICE, &id, &["<CompanyName>Server Corp</CompanyName>"], &[]);
+    let r = w.round().await;
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    assert_eq!(r.conflicts[0].1.field, "company");
+    let c = w.crm_contact("Ann Lee").await.unwrap();
+    assert_eq!(c.company.as_deref(), Some("Server Corp"));
+    let (_, item) = w.item("contacts", "Ann Lee").unwrap();
+    assert!(item.contains(">Server Corp<"), "{item}");
+    let alert = w
+        .store
+        .list_all::<serversync_model::alert::Alert>(Some(w.mailbox.org_id), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.value.code == "sync_conflict")
+        .expect("a conflict alert");
+    for needle in ["company", "CRM Corp", "Server Corp"] {
+        assert!(
+            alert.value.message.contains(needle),
+            "{}",
+            alert.value.message
+        );
+    }
+    assert!(quiet(&w.round().await));
+
+    // Another organization's synchronized item, tracked to us by mistake: left alone.
+    let start = minute(Utc::now() + Days::days(5));
+    w.double.create_item(
+        ALICE,
+        "calendar",
+        &format!(
+            "<CalendarItem><Subject>Their meeting</Subject>{}<ExtendedProperty>\
+             <ExtendedFieldURI PropertySetId=\"{PROPERTY_SET}\" PropertyName=\"{STAMP_PROPERTY}\" \
+             PropertyType=\"String\"/><Value>{}</Value></ExtendedProperty>\
+             <Start>{}</Start><End>{}</End></CalendarItem>",
+            categories(&w.tracked()),
+            serversync_model::OrgId::new(),
+            ews_time(start),
+            ews_time(start + Days::hours(1)),
+        ),
+    );
+    let r = w.round().await;
+    assert_eq!(r.crm_created, 0, "{r:?}");
+    assert!(w.crm_appointment("Their meeting").await.is_none());
+}
+
+/// Test and enable of an Exchange Server mailbox's third direction: a test appointment,
+/// contact and task are created, read back and deleted; a service account that may not
+/// impersonate the mailbox is named as the failure.
+async fn test_and_enable_probes_the_folders(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    let s = w
+        .store
+        .fetch::<Mailbox>(&w.mailbox.id.to_string())
+        .await
+        .unwrap();
+    let mut m = s.value;
+    m.act.enabled = false;
+    w.store.update(&m, Some(s.version)).await.unwrap();
+    let r = serversync_engine::test_enable::test_and_enable(&w.store, &w.config, m.id)
+        .await
+        .unwrap();
+    assert!(r.ok, "{}", r.message);
+    for needle in [
+        "appointments in calendar",
+        "tasks in tasks",
+        "contacts in contacts",
+        "readable and writable",
+    ] {
+        assert!(r.message.contains(needle), "{}", r.message);
+    }
+    let after = w
+        .store
+        .fetch::<Mailbox>(&m.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(after.act.status, RunStatus::Success);
+    assert!(after.act.enabled);
+    for folder in ["calendar", "contacts", "tasks"] {
+        assert!(
+            w.double.items(ALICE, folder).is_empty(),
+            "no test item left behind in {folder}"
+        );
+    }
+
+    w.double.set_impersonation(SERVICE, false);
+    let r = serversync_engine::test_enable::test_and_enable(&w.store, &w.config, m.id)
+        .await
+        .unwrap();
+    assert!(!r.ok, "{}", r.message);
+    let after = w
+        .store
+        .fetch::<Mailbox>(&m.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    let e = after.telemetry.last_error.expect("the failure is recorded");
+    assert_eq!(
+        e.step,
+        Some(serversync_model::FailureStep::Permission),
+        "{}",
+        e.message
+    );
+}
+
+macro_rules! both {
+    ($name:ident, $sqlite:ident, $pg:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $name(Backend::Sqlite).await;
+        }
+        #[tokio::test]
+        async fn $pg() {
+            $name(Backend::Postgres).await;
+        }
+    };
+}
+
+both!(
+    each_side_reaches_the_other,
+    round_trip_sqlite,
+    round_trip_postgres
+);
+both!(
+    conflicts_and_foreign_items,
+    conflicts_sqlite,
+    conflicts_postgres
+);
+both!(
+    test_and_enable_probes_the_folders,
+    test_enable_sqlite,
+    test_enable_postgres
+);
