@@ -16,6 +16,7 @@ use chrono::{DateTime, Duration as Days, DurationRound, Utc};
 use serversync_model::crm::{ActivityParty, ActivityState, Appointment, Contact, PartyRole};
 use serversync_model::mailbox::{Mailbox, RunStatus};
 use serversync_model::webhook::RecordType;
+use serversync_store::Col;
 use serversync_model::{ActivityId, ContactId, OrgId, UserId};
 use serversync_testkit::radicale::RadicaleInfo;
 
@@ -392,37 +393,14 @@ pub async fn serversync_row(
     let (own_cpu, radicale_cpu) = (self_cpu(), dav.cpu());
     let serve = Serve::start(bin, dir, &world, ca).await?;
     let started = serve.proc.started;
-    let limit = Duration::from_secs(3600);
-    let mut shown = Instant::now();
-    loop {
-        let m = world
-            .store
-            .fetch::<Mailbox>(&mailbox.id.to_string())
-            .await?
-            .value;
-        match m.act.status {
-            RunStatus::Success => break,
-            RunStatus::Failure => bail!(
-                "serversync's two-way round on {backend} failed: {:?} (log: {})",
-                m.telemetry.last_error,
-                dir.join("serve.log").display()
-            ),
-            RunStatus::NotRun => {}
-        }
-        if started.elapsed() > limit {
-            bail!("serversync on {backend}: the first round did not finish within {limit:?}");
-        }
-        if shown.elapsed() > Duration::from_secs(15) {
-            eprintln!(
-                "bench: {backend}: {:.0} s, on the server: {} events, {} contacts",
-                started.elapsed().as_secs_f64(),
-                dav.on_disk(CRM_USER, &cal_name),
-                dav.on_disk(CRM_USER, &book_name)
-            );
-            shown = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_round(&world, &mailbox, backend, dir, started, || {
+        format!(
+            ", on the server: {} events, {} contacts",
+            dav.on_disk(CRM_USER, &cal_name),
+            dav.on_disk(CRM_USER, &book_name)
+        )
+    })
+    .await?;
     let wall = started.elapsed();
     let own_cpu = self_cpu() - own_cpu;
     let radicale_cpu = dav.cpu() - radicale_cpu;
@@ -451,6 +429,246 @@ pub async fn serversync_row(
         )),
     };
     Ok(row)
+}
+
+/// Waits (at most an hour) until `mailbox`'s first two-way round is recorded, showing the
+/// time and `progress` every 15 s; fails when the round failed.
+async fn wait_for_round(
+    world: &World,
+    mailbox: &Mailbox,
+    backend: &str,
+    dir: &Path,
+    started: Instant,
+    progress: impl Fn() -> String,
+) -> Result<()> {
+    let limit = Duration::from_secs(3600);
+    let mut shown = Instant::now();
+    loop {
+        let m = world
+            .store
+            .fetch::<Mailbox>(&mailbox.id.to_string())
+            .await?
+            .value;
+        match m.act.status {
+            RunStatus::Success => return Ok(()),
+            RunStatus::Failure => bail!(
+                "serversync's two-way round on {backend} failed: {:?} (log: {})",
+                m.telemetry.last_error,
+                dir.join("serve.log").display()
+            ),
+            RunStatus::NotRun => {}
+        }
+        if started.elapsed() > limit {
+            bail!("serversync on {backend}: the first round did not finish within {limit:?}");
+        }
+        if shown.elapsed() > Duration::from_secs(15) {
+            eprintln!(
+                "bench: {backend}: {:.0} s{}",
+                started.elapsed().as_secs_f64(),
+                progress()
+            );
+            shown = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---- first sync from the server ----
+
+/// Items `0..n` as they would be on a user's server after years of use: calendar objects and
+/// vCards of the same people and meetings as [`contact`] and [`appointment`], each marked
+/// "Tracked to `org_name`" (what makes serversync take an item into the CRM), written by
+/// serversync's own CalDAV/CardDAV mapping. `(file name, text)` for the calendar, then the
+/// address book.
+pub fn server_items(
+    n: usize,
+    org_name: &str,
+    organizer: &str,
+    now: DateTime<Utc>,
+) -> Result<(Vec<(String, String)>, Vec<(String, String)>)> {
+    use serversync_connectors::dav::mapping::from_values;
+    use serversync_model::itemvalues::{appointment_values, contact_values, tracked_category};
+    let (org, owner) = (OrgId::new(), UserId::new());
+    let meta = |mut v: serde_json::Map<String, serde_json::Value>, uid: String| {
+        v.insert("uid".into(), uid.into());
+        v.insert(
+            "categories".into(),
+            serde_json::json!([tracked_category(org_name)]),
+        );
+        serde_json::Value::Object(v)
+    };
+    let (mut events, mut cards) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let a = appointment(i, org, owner, organizer, now);
+        let values = meta(appointment_values(&a), format!("bench-event-{i}@example.test"));
+        events.push((
+            format!("event-{i}.ics"),
+            from_values(RecordType::Appointment, &values, None)?,
+        ));
+        let values = meta(
+            contact_values(&contact(i, org, owner)),
+            format!("bench-contact-{i}@example.test"),
+        );
+        cards.push((
+            format!("contact-{i}.vcf"),
+            from_values(RecordType::Contact, &values, None)?,
+        ));
+    }
+    Ok((events, cards))
+}
+
+/// Puts `items` into `user`'s (empty, just made) collection `name` as files in Radicale's
+/// storage, as its `multifilesystem` keeps them (Radicale reads the directory on every
+/// request); returns their average size.
+fn seed(dav: &Radicale, user: &str, name: &str, items: &[(String, String)]) -> Result<usize> {
+    let dir = dav.collection_dir(user, name);
+    let mut bytes = 0;
+    for (file, text) in items {
+        std::fs::write(dir.join(file), text).with_context(|| format!("seeding {file}"))?;
+        bytes += text.len();
+    }
+    Ok(bytes / items.len().max(1))
+}
+
+/// serversync's first synchronization of `items` events and `items` contacts that are on the
+/// server already (seeded into `tag`'s collections, each tracked to the store's organization)
+/// into the CRM of a fresh store: `serve` timed from its start until the mailbox's first
+/// two-way round is recorded as successful, then the CRM's records are counted.
+#[allow(clippy::too_many_arguments)]
+pub async fn serversync_down_row(
+    bin: &Path,
+    dir: &Path,
+    url: &str,
+    backend: &str,
+    dav: &Radicale,
+    tag: &str,
+    imaps: u16,
+    ca: &Path,
+    items: usize,
+) -> Result<(Row, Seeded)> {
+    std::fs::create_dir_all(dir)?;
+    let world = World::new(url).await?;
+    let (cal_name, book_name) = (format!("{tag}-down-calendar"), format!("{tag}-down-contacts"));
+    let cal = dav
+        .make(CRM_USER, &cal_name, RecordType::Appointment)
+        .await?;
+    let book = dav.make(CRM_USER, &book_name, RecordType::Contact).await?;
+    let (events, cards) = server_items(items, &world.org.name, CRM_USER, Utc::now())?;
+    let seeded = Seeded {
+        event_bytes: seed(dav, CRM_USER, &cal_name, &events)?,
+        vcard_bytes: seed(dav, CRM_USER, &book_name, &cards)?,
+        org_name: world.org.name.clone(),
+    };
+    drop((events, cards));
+    let profile = world.dav_profile(imaps, &cal, &book).await?;
+    let mailbox = world
+        .item_sync_mailbox(&profile, CRM_USER, &dav.password)
+        .await?;
+    let (own_cpu, radicale_cpu) = (self_cpu(), dav.cpu());
+    let serve = Serve::start(bin, dir, &world, ca).await?;
+    let started = serve.proc.started;
+    wait_for_round(&world, &mailbox, backend, dir, started, String::new).await?;
+    let wall = started.elapsed();
+    let own_cpu = self_cpu() - own_cpu;
+    let radicale_cpu = dav.cpu() - radicale_cpu;
+    let usage = serve.proc.stop(wall)?;
+    let org = Some(world.org.id);
+    let events = world
+        .store
+        .list_all::<Appointment>(org, &[("kind", Col::text("appointment"))])
+        .await?
+        .len();
+    let contacts = world.store.list_all::<Contact>(org, &[]).await?.len();
+    ensure!(
+        events == items && contacts == items,
+        "serversync on {backend}: {events} appointments and {contacts} contacts in the CRM, \
+         {items} each expected"
+    );
+    world.store.close().await;
+    Ok((
+        Row {
+            tool: "serversync".into(),
+            how: format!(
+                "CalDAV and CardDAV → CRM records in {backend} (`serve`, one two-way round: \
+                 calendar, then address book)"
+            ),
+            contacts,
+            events,
+            usage,
+            note: Some(format!(
+                "serversync on {backend}: Radicale used {radicale_cpu:.2} CPU s during this \
+                 run; the benchmark process (polling the mailbox's status every 100 ms) \
+                 {own_cpu:.2} CPU s."
+            )),
+        },
+        seeded,
+    ))
+}
+
+/// What [`serversync_down_row`] put on the server.
+pub struct Seeded {
+    /// Average size in bytes of a vCard and of a calendar object.
+    pub vcard_bytes: usize,
+    pub event_bytes: usize,
+    /// The organization the items are tracked to.
+    pub org_name: String,
+}
+
+/// vdirsyncer's first synchronization of the same items (seeded the same way into its own
+/// collections, tracked to `org_name`) into two empty `filesystem` storages: `vdirsyncer
+/// discover` (not timed), then `vdirsyncer sync` timed from start to exit, then the files
+/// counted.
+pub async fn vdirsyncer_down_row(
+    dir: &Path,
+    dav: &Radicale,
+    items: usize,
+    org_name: &str,
+) -> Result<Row> {
+    for d in ["status", "contacts", "calendar"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let cal = dav
+        .make(VDIR_USER, "down-calendar", RecordType::Appointment)
+        .await?;
+    let book = dav
+        .make(VDIR_USER, "down-contacts", RecordType::Contact)
+        .await?;
+    let (events, cards) = server_items(items, org_name, CRM_USER, Utc::now())?;
+    seed(dav, VDIR_USER, "down-calendar", &events)?;
+    seed(dav, VDIR_USER, "down-contacts", &cards)?;
+    drop((events, cards));
+    let config = dir.join("config");
+    std::fs::write(
+        &config,
+        vdirsyncer_config(
+            &dir.display().to_string(),
+            &cal,
+            &book,
+            VDIR_USER,
+            &dav.password,
+        ),
+    )?;
+    let radicale_cpu = dav.cpu();
+    let usage = run_vdirsyncer(dir, &config)?;
+    let radicale_cpu = dav.cpu() - radicale_cpu;
+    let files = |sub: &str| -> Result<usize> { Ok(std::fs::read_dir(dir.join(sub))?.count()) };
+    let (events, contacts) = (files("calendar")?, files("contacts")?);
+    ensure!(
+        events == items && contacts == items,
+        "vdirsyncer: {events} events and {contacts} contacts in its storages, {items} each expected"
+    );
+    Ok(Row {
+        tool: "vdirsyncer".into(),
+        how: "CardDAV and CalDAV → `.vcf` and `.ics` files (`filesystem` storages), \
+              `vdirsyncer sync` (both pairs at once)"
+            .into(),
+        contacts,
+        events,
+        usage,
+        note: Some(format!(
+            "vdirsyncer: Radicale used {radicale_cpu:.2} CPU s during this run."
+        )),
+    })
 }
 
 // ---- vdirsyncer ----
@@ -485,6 +703,36 @@ fn vdirsyncer(dir: &Path, config: &Path, args: &[&str]) -> Command {
         .env("HOME", dir)
         .stdin(Stdio::null());
     cmd
+}
+
+/// `vdirsyncer discover` (not timed), then `vdirsyncer sync`, timed from start to exit, with
+/// `config` (logs in `dir`).
+fn run_vdirsyncer(dir: &Path, config: &Path) -> Result<Usage> {
+    let log = |name: &str| -> Result<std::fs::File> {
+        std::fs::File::create(dir.join(name)).with_context(|| format!("creating {name}"))
+    };
+    let out = vdirsyncer(dir, config, &["discover"])
+        .stdout(log("discover.log")?)
+        .stderr(log("discover.err")?)
+        .status()
+        .context("running vdirsyncer (is it installed? scripts/bench.sh installs it)")?;
+    ensure!(
+        out.success(),
+        "vdirsyncer discover failed: {out} (see {})",
+        dir.join("discover.err").display()
+    );
+    let (status, usage) = Watched::spawn(
+        vdirsyncer(dir, config, &["sync"])
+            .stdout(log("sync.log")?)
+            .stderr(log("sync.err")?),
+    )?
+    .wait(Duration::from_secs(3600))?;
+    ensure!(
+        status.success(),
+        "vdirsyncer sync failed: {status} (see {})",
+        dir.join("sync.err").display()
+    );
+    Ok(usage)
 }
 
 pub fn vdirsyncer_version() -> String {
@@ -528,32 +776,9 @@ pub async fn vdirsyncer_row(
             &dav.password,
         ),
     )?;
-    let log = |name: &str| -> Result<std::fs::File> {
-        std::fs::File::create(dir.join(name)).with_context(|| format!("creating {name}"))
-    };
-    let out = vdirsyncer(dir, &config, &["discover"])
-        .stdout(log("discover.log")?)
-        .stderr(log("discover.err")?)
-        .status()
-        .context("running vdirsyncer (is it installed? scripts/bench.sh installs it)")?;
-    ensure!(
-        out.success(),
-        "vdirsyncer discover failed: {out} (see {})",
-        dir.join("discover.err").display()
-    );
     let radicale_cpu = dav.cpu();
-    let (status, usage) = Watched::spawn(
-        vdirsyncer(dir, &config, &["sync"])
-            .stdout(log("sync.log")?)
-            .stderr(log("sync.err")?),
-    )?
-    .wait(Duration::from_secs(3600))?;
+    let usage = run_vdirsyncer(dir, &config)?;
     let radicale_cpu = dav.cpu() - radicale_cpu;
-    ensure!(
-        status.success(),
-        "vdirsyncer sync failed: {status} (see {})",
-        dir.join("sync.err").display()
-    );
     let (events, contacts) = (
         dav.count(VDIR_USER, &cal).await?,
         dav.count(VDIR_USER, &book).await?,
@@ -603,6 +828,23 @@ mod tests {
         let emails: std::collections::HashSet<String> = (0..10_000).map(|i| person(i).1).collect();
         assert_eq!(emails.len(), 10_000);
         assert!(emails.iter().all(|e| e.is_ascii()), "plain addresses");
+    }
+
+    #[test]
+    fn the_server_items_are_tracked_and_read_back_as_written() {
+        use serversync_connectors::dav::mapping::to_values;
+        let now = Utc::now();
+        let (events, cards) = server_items(3, "Contoso", CRM_USER, now).unwrap();
+        assert_eq!((events.len(), cards.len()), (3, 3));
+        let v = to_values(RecordType::Appointment, &events[1].1).unwrap();
+        let a = appointment(1, OrgId::new(), UserId::new(), CRM_USER, now);
+        assert_eq!(v["subject"], a.subject.as_str());
+        assert_eq!(v["uid"], "bench-event-1@example.test");
+        assert_eq!(v["categories"], serde_json::json!(["Tracked to Contoso"]));
+        let v = to_values(RecordType::Contact, &cards[2].1).unwrap();
+        assert_eq!(v["full_name"], person(2).0.as_str());
+        assert_eq!(v["categories"], serde_json::json!(["Tracked to Contoso"]));
+        assert_ne!(events[0].0, events[1].0, "one file per item");
     }
 
     #[test]

@@ -91,7 +91,12 @@ pub struct RunArgs {
     /// Contacts, and appointments, each, synchronized by the CalDAV/CardDAV benchmark.
     #[arg(long, default_value_t = 10_000)]
     dav_items: usize,
-    /// Benchmarks to run (all by default): ingest, latency, ews, graph, outgoing, dav, scale.
+    /// Contacts, and appointments, each, already on the server for the CalDAV/CardDAV
+    /// first sync from the server (`dav-down`).
+    #[arg(long, default_value_t = 10_000)]
+    dav_down_items: usize,
+    /// Benchmarks to run (all by default): ingest, latency, ews, graph, outgoing, dav,
+    /// dav-down, scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The command line recorded in the report.
@@ -522,6 +527,77 @@ async fn run(args: RunArgs) -> Result<()> {
         bench.rows.push(row);
         (bench.vcard_bytes, bench.event_bytes) = (vcf, ics);
         rep.dav = Some(bench);
+        drop(radicale);
+    }
+
+    if wants(&args, "dav-down") {
+        let n = args.dav_down_items;
+        eprintln!("bench: CalDAV/CardDAV, first sync of {n} contacts and {n} events from the server");
+        let radicale = serversync_testkit::radicale::Radicale::start_with(
+            &dir.join("radicale-down"),
+            &Accounts {
+                users: vec![dav::CRM_USER.into(), dav::VDIR_USER.into()],
+                queue_mailboxes: Vec::new(),
+                password: TEST_PASSWORD.into(),
+            },
+        )?;
+        let server = dav::Radicale::new(radicale.info().clone(), TEST_PASSWORD)?;
+        for (what, version) in [
+            ("Radicale", dav::Radicale::version()),
+            ("vdirsyncer", dav::vdirsyncer_version()),
+        ] {
+            if !rep.versions.iter().any(|(k, _)| k == what) {
+                rep.versions.push((what.into(), version));
+            }
+        }
+        let mut bench = dav::DavBench {
+            items: n,
+            ..Default::default()
+        };
+        eprintln!("bench: serversync on SQLite");
+        let sqlite = format!(
+            "sqlite://{}",
+            dir.join("dav-down-sqlite/serversync.db").display()
+        );
+        let (row, seeded) = dav::serversync_down_row(
+            &bin,
+            &dir.join("dav-down-sqlite"),
+            &sqlite,
+            "SQLite",
+            &server,
+            "sqlite",
+            imaps,
+            &ca,
+            n,
+        )
+        .await?;
+        bench.rows.push(row);
+        (bench.vcard_bytes, bench.event_bytes) = (seeded.vcard_bytes, seeded.event_bytes);
+        eprintln!("bench: serversync on PostgreSQL");
+        let pg_url = setup::pg_database(&pg.info().admin_url, "serversync_bench_dav_down")?;
+        let (row, _) = dav::serversync_down_row(
+            &bin,
+            &dir.join("dav-down-pg"),
+            &pg_url,
+            "PostgreSQL",
+            &server,
+            "pg",
+            imaps,
+            &ca,
+            n,
+        )
+        .await?;
+        bench.rows.push(row);
+        eprintln!("bench: vdirsyncer");
+        let row = dav::vdirsyncer_down_row(
+            &dir.join("vdirsyncer-down"),
+            &server,
+            n,
+            &seeded.org_name,
+        )
+        .await?;
+        bench.rows.push(row);
+        rep.dav_down = Some(bench);
         drop(radicale);
     }
 
