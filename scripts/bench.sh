@@ -5,9 +5,10 @@
 # and writes docs/benchmarks.md. Takes about 30 minutes on 2 cores (the release build, then 18 minutes of runs, the Graph latency probes about 11 of them).
 #
 #   scripts/bench.sh                          # everything, default sizes
-#   scripts/bench.sh --only ingest,latency    # some of: ingest, latency, ews, graph, outgoing, dav, scale
+#   scripts/bench.sh --only ingest,latency    # some of: ingest, latency, ews, graph, outgoing, dav, dav-down, scale
 #   scripts/bench.sh --messages 2000 --out /tmp/b.md   # smaller, elsewhere
 #   scripts/bench.sh --only dav --dav-items 500 --out /tmp/dav.md
+#   scripts/bench.sh --only dav-down --dav-down-items 10000 --out /tmp/down.md
 #   scripts/bench.sh merge --from /tmp/dav.md  # put a partial run's sections into docs/benchmarks.md
 #
 # Environment: CARGO_TARGET_DIR is respected; SERVERSYNC_TEST_PG_URL / DATABASE_URL name a

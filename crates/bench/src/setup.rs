@@ -328,7 +328,11 @@ impl Serve {
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
                 .env("SERVERSYNC_DATABASE_URL", &world.url)
                 .env("SERVERSYNC_MASTER_KEY", world.key.to_base64())
-                .env("SERVERSYNC_LOG", "warn")
+                // BENCH_SERVE_LOG: a more verbose filter, to see where a run's time goes.
+                .env(
+                    "SERVERSYNC_LOG",
+                    std::env::var("BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .env("SERVERSYNC_TLS_EXTRA_CA_FILES", ca)
                 .env("SERVERSYNC_NETWORK_ALLOW_RANGES", "127.0.0.0/8,::1")
                 .env_remove("DATABASE_URL")
