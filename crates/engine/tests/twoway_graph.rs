@@ -18,7 +18,9 @@ use serversync_connectors::TlsTrust;
 use serversync_engine::twoway::{self, round::RoundReport};
 use serversync_engine::{Admin, EngineConfig};
 use serversync_model::Secret;
-use serversync_model::crm::{ActivityParty, Appointment, Contact, PartyRole, Task};
+use serversync_model::crm::{
+    ActivityParty, Appointment, Contact, Occurrence, PartyRole, Recurrence, Task,
+};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding, RunStatus};
 use serversync_model::merge::ConflictPolicy;
 use serversync_model::org::Organization;
@@ -230,6 +232,11 @@ impl World {
             .map(|s| s.value)
             .find(|c| c.full_name == name)
     }
+}
+
+/// A time as values (and Graph's `originalStart`) write it.
+fn iv_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn graph_time(t: DateTime<Utc>) -> Value {
@@ -599,6 +606,147 @@ async fn deletes_are_guarded(backend: Backend) {
     );
 }
 
+/// A recurring meeting with one moved and one cancelled occurrence round-trips unchanged, in
+/// both directions (CRM → server → CRM and server → CRM → server). The series run in UTC, so
+/// no daylight-saving change between their occurrences can move them (the zones of a series
+/// are covered with fixed dates in the connector's tests).
+async fn recurring_meetings_round_trip(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    let window = |id: &str| {
+        w.double.instances(
+            ALICE,
+            id,
+            Utc::now() - Days::days(30),
+            Utc::now() + Days::days(365),
+        )
+    };
+
+    // From the CRM.
+    let mut appt = records::appointment(&w.mailbox, "Weekly sync", Days::days(1));
+    let first = appt.starts_at;
+    appt.recurrence = Some(Recurrence {
+        rule: "FREQ=WEEKLY;COUNT=6".into(),
+        cancelled: vec![first + Days::weeks(2)],
+        changed: vec![Occurrence {
+            original_start: first + Days::weeks(1),
+            starts_at: first + Days::weeks(1) + Days::hours(2),
+            ends_at: first + Days::weeks(1) + Days::hours(3),
+            subject: Some("Weekly sync (later)".into()),
+            location: None,
+            description: None,
+        }],
+    });
+    w.api.insert(&appt).await.unwrap();
+    assert_eq!(w.round().await.server_created, 1);
+    let ev = w
+        .item("calendar", "subject", "Weekly sync")
+        .expect("the series");
+    assert_eq!(ev["type"], "seriesMaster", "{ev}");
+    let id = ev["id"].as_str().unwrap().to_owned();
+    let instances = window(&id);
+    assert_eq!(instances.len(), 5, "one cancelled: {instances:#?}");
+    let cancelled = first + Days::weeks(2);
+    assert!(
+        instances
+            .iter()
+            .all(|i| i["originalStart"] != json!(iv_time(cancelled))),
+        "{instances:#?}"
+    );
+    let ex: Vec<&Value> = instances
+        .iter()
+        .filter(|i| i["type"] == "exception")
+        .collect();
+    assert_eq!(ex.len(), 1, "{instances:#?}");
+    assert_eq!(ex[0]["subject"], "Weekly sync (later)");
+    assert_eq!(
+        ex[0]["originalStart"],
+        json!(iv_time(first + Days::weeks(1)))
+    );
+    assert_eq!(
+        ex[0]["start"],
+        graph_time(first + Days::weeks(1) + Days::hours(2))
+    );
+    let before = w.writes();
+    let r = w.round().await;
+    assert!(quiet(&r), "unchanged: nothing to write {r:?}");
+    assert_eq!(w.writes(), before);
+    let back = w.crm_appointment("Weekly sync").await.unwrap();
+    assert_eq!(back.recurrence, appt.recurrence, "read back unchanged");
+
+    // From the server: another client's series, tracked, with a moved and a cancelled
+    // occurrence.
+    let start = minute(Utc::now() + Days::days(7));
+    let sid = w.double.create_item(
+        ALICE,
+        "calendar",
+        json!({"subject": "Standup", "start": graph_time(start),
+               "end": graph_time(start + Days::minutes(15)), "categories": [w.tracked()],
+               "recurrence": {
+                   "pattern": {"type": "daily", "interval": 1},
+                   "range": {"type": "numbered", "numberOfOccurrences": 5,
+                             "startDate": start.format("%Y-%m-%d").to_string(),
+                             "recurrenceTimeZone": "UTC"}}}),
+    );
+    let at = |t: DateTime<Utc>| {
+        window(&sid)
+            .into_iter()
+            .find(|i| i["originalStart"] == json!(iv_time(t)))
+            .and_then(|i| i["id"].as_str().map(str::to_owned))
+            .expect("the occurrence")
+    };
+    let moved = at(start + Days::days(1));
+    assert!(w.double.update_item(
+        ALICE,
+        &moved,
+        json!({"subject": "Standup (moved)",
+               "start": graph_time(start + Days::days(1) + Days::hours(1)),
+               "end": graph_time(start + Days::days(1) + Days::hours(1) + Days::minutes(15))})
+    ));
+    let gone = at(start + Days::days(2));
+    assert!(w.double.delete_item(ALICE, &gone));
+    assert_eq!(w.round().await.crm_created, 1);
+    let standup = w.crm_appointment("Standup").await.expect("the series");
+    let rec = standup.recurrence.as_ref().expect("its recurrence");
+    assert_eq!(rec.rule, "FREQ=DAILY;COUNT=5");
+    assert_eq!(rec.cancelled, vec![start + Days::days(2)]);
+    assert_eq!(rec.changed.len(), 1, "{rec:?}");
+    assert_eq!(rec.changed[0].original_start, start + Days::days(1));
+    assert_eq!(
+        rec.changed[0].starts_at,
+        start + Days::days(1) + Days::hours(1)
+    );
+    assert_eq!(rec.changed[0].subject.as_deref(), Some("Standup (moved)"));
+    assert!(quiet(&w.round().await), "unchanged both ways");
+
+    // And back: a change in the CRM is written without touching the exceptions.
+    let s = w
+        .store
+        .fetch::<Appointment>(&standup.id.to_string())
+        .await
+        .unwrap();
+    let mut a = s.value;
+    a.location = Some("Room 7".into());
+    w.api.update(&a, Some(s.version)).await.unwrap();
+    let r = w.round().await;
+    assert_eq!(r.server_updated, 1, "{r:?}");
+    let instances = window(&sid);
+    assert_eq!(instances.len(), 4, "still cancelled: {instances:#?}");
+    let ex: Vec<&Value> = instances
+        .iter()
+        .filter(|i| i["type"] == "exception")
+        .collect();
+    assert_eq!(ex.len(), 1, "{instances:#?}");
+    assert_eq!(ex[0]["subject"], "Standup (moved)");
+    let r = w.round().await;
+    assert!(quiet(&r), "{r:?}");
+    let again = w.crm_appointment("Standup").await.unwrap();
+    assert_eq!(again.recurrence, standup.recurrence);
+    assert_eq!(again.location.as_deref(), Some("Room 7"));
+
+    let v = w.double.schema_violations();
+    assert!(v.is_empty(), "CSDL violations: {v:#?}");
+}
+
 /// Test and enable of an Exchange Online mailbox's third direction: a test event, contact
 /// and task are created, read back and deleted; without the permission, the failure names it.
 async fn test_and_enable_probes_the_folders(backend: Backend) {
@@ -689,4 +837,9 @@ both!(
     deletes_are_guarded,
     deletes_guarded_sqlite,
     deletes_guarded_postgres
+);
+both!(
+    recurring_meetings_round_trip,
+    recurring_sqlite,
+    recurring_postgres
 );
