@@ -735,3 +735,217 @@ async fn collections_may_be_named_by_id() {
     assert_eq!(e.code.as_deref(), Some("invalid_collection"));
     f.assert_schema_clean();
 }
+
+/// A weekly series of six on Thursdays at 09:00 Berlin (08:00 UTC), from 2026-12-10.
+fn series(uid: &str, subject: &str) -> Value {
+    let mut v = appointment(uid, subject);
+    v["rrule"] = json!("FREQ=WEEKLY;COUNT=6");
+    v["attendees"] = json!([]);
+    v
+}
+
+/// The ids of the series' instances on the double, by original start (UTC, RFC 3339).
+fn occurrence_ids(f: &Fixture, id: &str) -> Vec<(String, String)> {
+    f.double
+        .instances(
+            ALICE,
+            id,
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2027, 12, 31, 0, 0, 0).unwrap(),
+        )
+        .iter()
+        .map(|i| {
+            (
+                i["originalStart"].as_str().unwrap().to_owned(),
+                i["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn occurrence(f: &Fixture, id: &str, original: &str) -> String {
+    occurrence_ids(f, id)
+        .into_iter()
+        .find(|(o, _)| o == original)
+        .unwrap_or_else(|| panic!("no occurrence at {original}"))
+        .1
+}
+
+/// A series with one moved (and renamed) and one cancelled occurrence, made on the server
+/// by another client, reads with those exceptions — from delta and from `get`, the instance
+/// lists of several series in one `$batch` round trip.
+#[tokio::test]
+async fn a_series_reads_with_its_moved_and_cancelled_occurrences() {
+    let f = fixture(GraphConfig::default()).await;
+    let mut s = f.store().await;
+    let graph = |local: &str| json!({"dateTime": local, "timeZone": "Europe/Berlin"});
+    let make = |subject: &str| {
+        f.double.create_item(
+            ALICE,
+            "calendar",
+            json!({
+                "subject": subject, "location": {"displayName": "Room 1"},
+                "start": graph("2026-12-10T09:00:00"), "end": graph("2026-12-10T10:00:00"),
+                "recurrence": {
+                    "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["thursday"],
+                                "firstDayOfWeek": "monday"},
+                    "range": {"type": "numbered", "numberOfOccurrences": 6,
+                              "startDate": "2026-12-10", "recurrenceTimeZone": "Europe/Berlin"},
+                },
+            }),
+        )
+    };
+    let id = make("Review");
+    let other = make("Standup");
+    let moved = occurrence(&f, &id, "2026-12-17T08:00:00Z");
+    assert!(f.double.update_item(
+        ALICE,
+        &moved,
+        json!({"subject": "Review (later)",
+               "start": graph("2026-12-17T11:00:00"), "end": graph("2026-12-17T12:00:00")})
+    ));
+    let cancelled = occurrence(&f, &id, "2026-12-24T08:00:00Z");
+    assert!(f.double.delete_item(ALICE, &cancelled));
+    let gone = occurrence(&f, &other, "2027-01-14T08:00:00Z");
+    assert!(f.double.delete_item(ALICE, &gone));
+
+    let before = f.double.requests().len();
+    let set = s.changes("calendar", None).await.unwrap();
+    assert!(set.unreadable.is_empty(), "{:?}", set.unreadable);
+    let item = set
+        .changed
+        .iter()
+        .find(|i| i.id == id)
+        .expect("the series, by its master");
+    assert_eq!(item.values["rrule"], "FREQ=WEEKLY;COUNT=6");
+    assert_eq!(item.values["exdates"], json!(["2026-12-24T08:00:00Z"]));
+    assert_eq!(
+        item.values["overrides"],
+        json!([{"recurrence_id": "2026-12-17T08:00:00Z", "start": "2026-12-17T10:00:00Z",
+                "end": "2026-12-17T11:00:00Z", "subject": "Review (later)"}])
+    );
+    let standup = set.changed.iter().find(|i| i.id == other).unwrap();
+    assert_eq!(standup.values["exdates"], json!(["2027-01-14T08:00:00Z"]));
+    assert_eq!(standup.values["overrides"], json!([]));
+    let sent = &f.double.requests()[before..];
+    assert!(
+        !sent.iter().any(|r| r.path.contains("/instances")),
+        "the instance lists go in a $batch: {:?}",
+        sent.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    assert!(
+        sent.iter().any(|r| r.path.contains("$batch")
+            && String::from_utf8_lossy(&r.body).contains("/instances"))
+    );
+
+    let got = s.get("calendar", &id).await.unwrap().expect("the series");
+    assert_eq!(got.values["exdates"], item.values["exdates"]);
+    assert_eq!(got.values["overrides"], item.values["overrides"]);
+    f.assert_schema_clean();
+}
+
+/// Values with a moved and a cancelled occurrence are written to the series' instances on
+/// create and update, and read back the same; restoring an occurrence the server cancelled is
+/// refused (`unmappable_values`) before anything is written.
+#[tokio::test]
+async fn a_series_is_written_with_its_exceptions() {
+    let f = fixture(GraphConfig::default()).await;
+    let mut s = f.store().await;
+    let mut v = series("s-1", "Review");
+    v["exdates"] = json!(["2026-12-24T08:00:00Z"]);
+    v["overrides"] = json!([{"recurrence_id": "2026-12-17T08:00:00Z",
+        "start": "2026-12-17T10:00:00Z", "end": "2026-12-17T11:00:00Z",
+        "subject": "Review (later)"}]);
+    let Written::Done { id, version } = s
+        .create("calendar", RecordType::Appointment, &v)
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+    let on_server = occurrence_ids(&f, &id);
+    assert_eq!(on_server.len(), 5, "one cancelled: {on_server:?}");
+    assert!(!on_server.iter().any(|(o, _)| o == "2026-12-24T08:00:00Z"));
+    let exceptions: Vec<Value> = f
+        .double
+        .instances(
+            ALICE,
+            &id,
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2027, 12, 31, 0, 0, 0).unwrap(),
+        )
+        .into_iter()
+        .filter(|i| i["type"] == "exception")
+        .collect();
+    assert_eq!(exceptions.len(), 1, "{exceptions:?}");
+    assert_eq!(exceptions[0]["originalStart"], "2026-12-17T08:00:00Z");
+    assert_eq!(exceptions[0]["subject"], "Review (later)");
+    assert_eq!(
+        exceptions[0]["start"]["dateTime"], "2026-12-17T11:00:00.0000000",
+        "in the series' zone"
+    );
+    let got = s.get("calendar", &id).await.unwrap().unwrap();
+    assert_eq!(
+        got.version, version,
+        "the version after the instance writes"
+    );
+    for k in ["rrule", "exdates", "overrides", "subject", "start", "end"] {
+        assert_eq!(got.values[k], v[k], "{k}");
+    }
+
+    // An update: one more cancelled, the moved one moved back.
+    let mut v2 = v.clone();
+    v2["exdates"] = json!(["2026-12-24T08:00:00Z", "2026-12-31T08:00:00Z"]);
+    v2["overrides"] = json!([]);
+    let Written::Done {
+        version: v2_version,
+        ..
+    } = s.update("calendar", &id, &got.version, &v2).await.unwrap()
+    else {
+        panic!("updated");
+    };
+    let got = s.get("calendar", &id).await.unwrap().unwrap();
+    assert_eq!(got.version, v2_version);
+    assert_eq!(got.values["exdates"], v2["exdates"]);
+    assert_eq!(got.values["overrides"], json!([]));
+    assert_eq!(occurrence_ids(&f, &id).len(), 4);
+
+    // Restoring a cancelled occurrence: refused, nothing written.
+    let writes = |f: &Fixture| {
+        f.double
+            .requests()
+            .iter()
+            .filter(|r| matches!(r.method.as_str(), "PATCH" | "DELETE"))
+            .count()
+    };
+    let before = writes(&f);
+    let mut v3 = v2.clone();
+    v3["exdates"] = json!(["2026-12-24T08:00:00Z"]);
+    v3["subject"] = json!("Review (renamed)");
+    let err = s
+        .update("calendar", &id, &got.version, &v3)
+        .await
+        .expect_err("a cancelled occurrence cannot come back");
+    assert_eq!(err.code.as_deref(), Some("unmappable_values"), "{err:?}");
+    assert!(
+        err.message.contains("2026-12-31T08:00:00Z"),
+        "{}",
+        err.message
+    );
+    assert_eq!(writes(&f), before, "nothing written");
+    // An occurrence's own description cannot be written either.
+    let mut v4 = series("s-2", "Other");
+    v4["overrides"] = json!([{"recurrence_id": "2026-12-17T08:00:00Z",
+        "start": "2026-12-17T08:00:00Z", "end": "2026-12-17T09:00:00Z", "description": "x"}]);
+    let err = s
+        .create("calendar", RecordType::Appointment, &v4)
+        .await
+        .expect_err("refused");
+    assert!(
+        err.message.contains("overrides.description"),
+        "{}",
+        err.message
+    );
+    assert_eq!(f.double.items(ALICE, "calendar").len(), 1, "not created");
+    f.assert_schema_clean();
+}

@@ -18,7 +18,9 @@ use serversync_connectors::TlsTrust;
 use serversync_engine::twoway::{self, round::RoundReport};
 use serversync_engine::{Admin, EngineConfig};
 use serversync_model::Secret;
-use serversync_model::crm::{Appointment, Contact, Task};
+use serversync_model::crm::{
+    ActivityParty, Appointment, Contact, Occurrence, PartyRole, Recurrence, Task,
+};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding, RunStatus};
 use serversync_model::merge::ConflictPolicy;
 use serversync_model::org::Organization;
@@ -232,6 +234,11 @@ impl World {
     }
 }
 
+/// A time as values (and Graph's `originalStart`) write it.
+fn iv_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 fn graph_time(t: DateTime<Utc>) -> Value {
     json!({"dateTime": t.format("%Y-%m-%dT%H:%M:%S.0000000").to_string(), "timeZone": "UTC"})
 }
@@ -423,6 +430,323 @@ async fn conflicts_and_foreign_items(backend: Backend) {
     assert!(w.crm_appointment("Their meeting").await.is_none());
 }
 
+/// The same field changed on both sides: each policy decides, with an alert naming the field
+/// and both values; changes to different fields merge without a conflict.
+async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
+    let w = world(backend, policy).await;
+    let contact = records::contact(&w.mailbox, "Ann Lee", "ann@fabrikam.example");
+    w.api.insert(&contact).await.unwrap();
+    assert_eq!(w.round().await.server_created, 1);
+    let id = w.item("contacts", "displayName", "Ann Lee").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Different fields: the CRM changes the job title, the server (Outlook) the name.
+    let s = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    let mut c = s.value;
+    c.job_title = Some("Buyer".into());
+    w.api.update(&c, Some(s.version)).await.unwrap();
+    assert!(w.double.update_item(
+        ALICE,
+        &id,
+        json!({"displayName": "Ann Lee-Smith", "givenName": "Ann", "surname": "Lee-Smith"})
+    ));
+    let r = w.round().await;
+    assert!(r.conflicts.is_empty(), "{r:?}");
+    let c = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(c.value.full_name, "Ann Lee-Smith");
+    assert_eq!(c.value.job_title.as_deref(), Some("Buyer"));
+    let item = w.item("contacts", "id", &id).unwrap();
+    assert_eq!(
+        (&item["displayName"], &item["jobTitle"]),
+        (&json!("Ann Lee-Smith"), &json!("Buyer")),
+        "{item}"
+    );
+    assert!(quiet(&w.round().await));
+
+    // The same field: the company, to different values on each side (the server's change is
+    // made after the CRM's, with a later lastModifiedDateTime, so "latest change wins" keeps
+    // the server's).
+    let mut c = c.clone();
+    c.value.company = Some("CRM Corp".into());
+    w.api.update(&c.value, Some(c.version)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        w.double
+            .update_item(ALICE, &id, json!({"companyName": "Server Corp"}))
+    );
+    let r = w.round().await;
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    assert_eq!(r.conflicts[0].1.field, "company");
+    let expected = match policy {
+        ConflictPolicy::CrmWins => "CRM Corp",
+        ConflictPolicy::ServerWins | ConflictPolicy::LatestChangeWins => "Server Corp",
+    };
+    let c = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(c.value.company.as_deref(), Some(expected));
+    let item = w.item("contacts", "id", &id).unwrap();
+    assert_eq!(item["companyName"], expected, "{item}");
+    let alerts = w
+        .store
+        .list_all::<serversync_model::alert::Alert>(Some(w.mailbox.org_id), &[])
+        .await
+        .unwrap();
+    let alert = alerts
+        .iter()
+        .find(|a| a.value.code == "sync_conflict")
+        .expect("a conflict alert");
+    for needle in ["company", "CRM Corp", "Server Corp"] {
+        assert!(
+            alert.value.message.contains(needle),
+            "{}",
+            alert.value.message
+        );
+    }
+    assert_eq!(alert.value.recipients, vec![w.mailbox.owner_id]);
+    // Settled: the next round is quiet.
+    assert!(quiet(&w.round().await));
+    let v = w.double.schema_violations();
+    assert!(v.is_empty(), "CSDL violations: {v:#?}");
+}
+
+/// A delete by an attendee does not propagate: a meeting someone else organizes, deleted
+/// (declined) in the attendee's Outlook, stays in the CRM — whether it came from the CRM or
+/// from the server.
+async fn deletes_are_guarded(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    let boss = ActivityParty {
+        role: PartyRole::From,
+        address: "boss@contoso.example".into(),
+        display_name: None,
+        resolved: None,
+    };
+    // In the CRM first: a meeting organized by someone else, which the user attends.
+    let mut meeting = records::appointment(&w.mailbox, "Their meeting", Days::days(2));
+    meeting.organizer = Some(boss.clone());
+    meeting.attendees = vec![ActivityParty {
+        role: PartyRole::To,
+        address: ALICE.into(),
+        display_name: None,
+        resolved: None,
+    }];
+    w.api.insert(&meeting).await.unwrap();
+    assert_eq!(w.round().await.server_created, 1);
+    let id = w.item("calendar", "subject", "Their meeting").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // On the server first: an invitation from the boss in Alice's calendar, tracked.
+    let start = minute(Utc::now() + Days::days(3));
+    let invite = w.double.create_item(
+        ALICE,
+        "calendar",
+        json!({"subject": "Board prep", "start": graph_time(start),
+               "end": graph_time(start + Days::hours(1)), "categories": [w.tracked()],
+               "organizer": {"emailAddress": {"address": "boss@contoso.example"}},
+               "attendees": [{"emailAddress": {"address": ALICE}, "type": "required"}]}),
+    );
+    let r = w.round().await;
+    assert_eq!(r.crm_created, 1, "{r:?}");
+    let prep = w
+        .crm_appointment("Board prep")
+        .await
+        .expect("the invitation");
+    assert_eq!(
+        prep.organizer.as_ref().map(|o| o.address.as_str()),
+        Some("boss@contoso.example")
+    );
+
+    // Alice deletes both in Outlook: neither delete reaches the CRM.
+    assert!(w.double.delete_item(ALICE, &id));
+    assert!(w.double.delete_item(ALICE, &invite));
+    let r = w.round().await;
+    assert_eq!(r.crm_deleted, 0, "{r:?}");
+    for (subject, record) in [("Their meeting", meeting.id), ("Board prep", prep.id)] {
+        assert!(
+            w.store
+                .get::<Appointment>(&record.to_string())
+                .await
+                .unwrap()
+                .is_some(),
+            "{subject} is still in the CRM"
+        );
+    }
+    // The user's own meeting, deleted in Outlook, is deleted in the CRM (the guard is the
+    // organizer, not every delete).
+    let own = records::appointment(&w.mailbox, "My meeting", Days::days(2));
+    w.api.insert(&own).await.unwrap();
+    assert_eq!(w.round().await.server_created, 1);
+    let own_id = w.item("calendar", "subject", "My meeting").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(w.double.delete_item(ALICE, &own_id));
+    let r = w.round().await;
+    assert_eq!(r.crm_deleted, 1, "{r:?}");
+    assert!(
+        w.store
+            .get::<Appointment>(&own.id.to_string())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A recurring meeting with one moved and one cancelled occurrence round-trips unchanged, in
+/// both directions (CRM → server → CRM and server → CRM → server). The series run in UTC, so
+/// no daylight-saving change between their occurrences can move them (the zones of a series
+/// are covered with fixed dates in the connector's tests).
+async fn recurring_meetings_round_trip(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    let window = |id: &str| {
+        w.double.instances(
+            ALICE,
+            id,
+            Utc::now() - Days::days(30),
+            Utc::now() + Days::days(365),
+        )
+    };
+
+    // From the CRM.
+    let mut appt = records::appointment(&w.mailbox, "Weekly sync", Days::days(1));
+    let first = appt.starts_at;
+    appt.recurrence = Some(Recurrence {
+        rule: "FREQ=WEEKLY;COUNT=6".into(),
+        cancelled: vec![first + Days::weeks(2)],
+        changed: vec![Occurrence {
+            original_start: first + Days::weeks(1),
+            starts_at: first + Days::weeks(1) + Days::hours(2),
+            ends_at: first + Days::weeks(1) + Days::hours(3),
+            subject: Some("Weekly sync (later)".into()),
+            location: None,
+            description: None,
+        }],
+    });
+    w.api.insert(&appt).await.unwrap();
+    assert_eq!(w.round().await.server_created, 1);
+    let ev = w
+        .item("calendar", "subject", "Weekly sync")
+        .expect("the series");
+    assert_eq!(ev["type"], "seriesMaster", "{ev}");
+    let id = ev["id"].as_str().unwrap().to_owned();
+    let instances = window(&id);
+    assert_eq!(instances.len(), 5, "one cancelled: {instances:#?}");
+    let cancelled = first + Days::weeks(2);
+    assert!(
+        instances
+            .iter()
+            .all(|i| i["originalStart"] != json!(iv_time(cancelled))),
+        "{instances:#?}"
+    );
+    let ex: Vec<&Value> = instances
+        .iter()
+        .filter(|i| i["type"] == "exception")
+        .collect();
+    assert_eq!(ex.len(), 1, "{instances:#?}");
+    assert_eq!(ex[0]["subject"], "Weekly sync (later)");
+    assert_eq!(
+        ex[0]["originalStart"],
+        json!(iv_time(first + Days::weeks(1)))
+    );
+    assert_eq!(
+        ex[0]["start"],
+        graph_time(first + Days::weeks(1) + Days::hours(2))
+    );
+    let before = w.writes();
+    let r = w.round().await;
+    assert!(quiet(&r), "unchanged: nothing to write {r:?}");
+    assert_eq!(w.writes(), before);
+    let back = w.crm_appointment("Weekly sync").await.unwrap();
+    assert_eq!(back.recurrence, appt.recurrence, "read back unchanged");
+
+    // From the server: another client's series, tracked, with a moved and a cancelled
+    // occurrence.
+    let start = minute(Utc::now() + Days::days(7));
+    let sid = w.double.create_item(
+        ALICE,
+        "calendar",
+        json!({"subject": "Standup", "start": graph_time(start),
+               "end": graph_time(start + Days::minutes(15)), "categories": [w.tracked()],
+               "recurrence": {
+                   "pattern": {"type": "daily", "interval": 1},
+                   "range": {"type": "numbered", "numberOfOccurrences": 5,
+                             "startDate": start.format("%Y-%m-%d").to_string(),
+                             "recurrenceTimeZone": "UTC"}}}),
+    );
+    let at = |t: DateTime<Utc>| {
+        window(&sid)
+            .into_iter()
+            .find(|i| i["originalStart"] == json!(iv_time(t)))
+            .and_then(|i| i["id"].as_str().map(str::to_owned))
+            .expect("the occurrence")
+    };
+    let moved = at(start + Days::days(1));
+    assert!(w.double.update_item(
+        ALICE,
+        &moved,
+        json!({"subject": "Standup (moved)",
+               "start": graph_time(start + Days::days(1) + Days::hours(1)),
+               "end": graph_time(start + Days::days(1) + Days::hours(1) + Days::minutes(15))})
+    ));
+    let gone = at(start + Days::days(2));
+    assert!(w.double.delete_item(ALICE, &gone));
+    assert_eq!(w.round().await.crm_created, 1);
+    let standup = w.crm_appointment("Standup").await.expect("the series");
+    let rec = standup.recurrence.as_ref().expect("its recurrence");
+    assert_eq!(rec.rule, "FREQ=DAILY;COUNT=5");
+    assert_eq!(rec.cancelled, vec![start + Days::days(2)]);
+    assert_eq!(rec.changed.len(), 1, "{rec:?}");
+    assert_eq!(rec.changed[0].original_start, start + Days::days(1));
+    assert_eq!(
+        rec.changed[0].starts_at,
+        start + Days::days(1) + Days::hours(1)
+    );
+    assert_eq!(rec.changed[0].subject.as_deref(), Some("Standup (moved)"));
+    assert!(quiet(&w.round().await), "unchanged both ways");
+
+    // And back: a change in the CRM is written without touching the exceptions.
+    let s = w
+        .store
+        .fetch::<Appointment>(&standup.id.to_string())
+        .await
+        .unwrap();
+    let mut a = s.value;
+    a.location = Some("Room 7".into());
+    w.api.update(&a, Some(s.version)).await.unwrap();
+    let r = w.round().await;
+    assert_eq!(r.server_updated, 1, "{r:?}");
+    let instances = window(&sid);
+    assert_eq!(instances.len(), 4, "still cancelled: {instances:#?}");
+    let ex: Vec<&Value> = instances
+        .iter()
+        .filter(|i| i["type"] == "exception")
+        .collect();
+    assert_eq!(ex.len(), 1, "{instances:#?}");
+    assert_eq!(ex[0]["subject"], "Standup (moved)");
+    let r = w.round().await;
+    assert!(quiet(&r), "{r:?}");
+    let again = w.crm_appointment("Standup").await.unwrap();
+    assert_eq!(again.recurrence, standup.recurrence);
+    assert_eq!(again.location.as_deref(), Some("Room 7"));
+
+    let v = w.double.schema_violations();
+    assert!(v.is_empty(), "CSDL violations: {v:#?}");
+}
+
 /// Test and enable of an Exchange Online mailbox's third direction: a test event, contact
 /// and task are created, read back and deleted; without the permission, the failure names it.
 async fn test_and_enable_probes_the_folders(backend: Backend) {
@@ -464,14 +788,14 @@ async fn test_and_enable_probes_the_folders(backend: Backend) {
 }
 
 macro_rules! both {
-    ($name:ident, $sqlite:ident, $pg:ident) => {
+    ($name:ident, $sqlite:ident, $pg:ident $(, $arg:expr)*) => {
         #[tokio::test]
         async fn $sqlite() {
-            $name(Backend::Sqlite).await;
+            $name(Backend::Sqlite $(, $arg)*).await;
         }
         #[tokio::test]
         async fn $pg() {
-            $name(Backend::Postgres).await;
+            $name(Backend::Postgres $(, $arg)*).await;
         }
     };
 }
@@ -490,4 +814,32 @@ both!(
     test_and_enable_probes_the_folders,
     test_enable_sqlite,
     test_enable_postgres
+);
+both!(
+    conflicts_follow_the_policy,
+    latest_change_wins_sqlite,
+    latest_change_wins_postgres,
+    ConflictPolicy::LatestChangeWins
+);
+both!(
+    conflicts_follow_the_policy,
+    crm_wins_sqlite,
+    crm_wins_postgres,
+    ConflictPolicy::CrmWins
+);
+both!(
+    conflicts_follow_the_policy,
+    server_wins_sqlite,
+    server_wins_postgres,
+    ConflictPolicy::ServerWins
+);
+both!(
+    deletes_are_guarded,
+    deletes_guarded_sqlite,
+    deletes_guarded_postgres
+);
+both!(
+    recurring_meetings_round_trip,
+    recurring_sqlite,
+    recurring_postgres
 );

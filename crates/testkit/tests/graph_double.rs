@@ -1713,3 +1713,158 @@ async fn items_speak_graph_v1() {
     assert_eq!(s, 200);
     e.assert_schema_clean();
 }
+
+/// A series' instances: `events/{id}/instances` lists occurrences over a range (paged by
+/// `$top`, `$select` honoured); an occurrence patched becomes an exception with its
+/// `originalStart`, one deleted is no longer listed; either changes the master (new etag,
+/// listed by delta again); a new pattern drops the exceptions.
+#[tokio::test]
+async fn series_instances_are_listed_changed_and_cancelled() {
+    let e = env(GraphConfig::default()).await;
+    e.graph
+        .add_app(TENANT, "cal-app", "cal-secret", &["Calendars.ReadWrite"]);
+    let t = e.token_for("cal-app", "cal-secret").await;
+    let me = format!("/users/{ALICE}");
+    let event = json!({
+        "subject": "Weekly", "location": {"displayName": "Room 1"},
+        "start": {"dateTime": "2026-12-07T09:00:00", "timeZone": "Europe/Berlin"},
+        "end": {"dateTime": "2026-12-07T10:00:00", "timeZone": "Europe/Berlin"},
+        "recurrence": {
+            "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"]},
+            "range": {"type": "numbered", "numberOfOccurrences": 4, "startDate": "2026-12-07"},
+        },
+    });
+    let (s, _, created) = e
+        .call(&t, "POST", &format!("{me}/events"), Some(event))
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let etag = created["@odata.etag"].as_str().unwrap().to_string();
+    let range = "startDateTime=2026-12-01T00:00:00Z&endDateTime=2027-01-31T00:00:00Z";
+
+    // The range is required.
+    let (s, v) = e.get(&t, &format!("{me}/events/{id}/instances")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("ErrorInvalidParameter"))
+    );
+    // Pages of $top, with a next link; $select keeps what was asked.
+    let (s, page) = e
+        .get(
+            &t,
+            &format!(
+                "{me}/events/{id}/instances?{range}&$top=3&$select=id,type,originalStart,start"
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{page}");
+    let first = page["value"].as_array().unwrap().clone();
+    assert_eq!(first.len(), 3, "{page:#}");
+    assert!(
+        first[0].get("subject").is_none(),
+        "not selected: {}",
+        first[0]
+    );
+    assert_eq!(first[0]["type"], "occurrence");
+    assert_eq!(
+        first[0]["originalStart"], "2026-12-07T08:00:00Z",
+        "Berlin is UTC+1"
+    );
+    let next = page["@odata.nextLink"]
+        .as_str()
+        .expect("a next link")
+        .to_string();
+    let (s, rest) = e.get(&t, &next).await;
+    assert_eq!(s, 200, "{rest}");
+    assert_eq!(rest["value"].as_array().unwrap().len(), 1);
+    assert!(rest.get("@odata.nextLink").is_none());
+    let (_, delta) = e.get(&t, &format!("{me}/calendarView/delta?{range}")).await;
+    let delta_link = delta["@odata.deltaLink"].as_str().unwrap().to_string();
+
+    // Move the second occurrence and rename it; cancel the third.
+    let second = first[1]["id"].as_str().unwrap().to_string();
+    let third = first[2]["id"].as_str().unwrap().to_string();
+    let (s, _, moved) = e
+        .call(
+            &t,
+            "PATCH",
+            &format!("{me}/events/{second}"),
+            Some(json!({
+                "subject": "Weekly (later)",
+                "start": {"dateTime": "2026-12-14T11:00:00", "timeZone": "Europe/Berlin"},
+                "end": {"dateTime": "2026-12-14T12:00:00", "timeZone": "Europe/Berlin"},
+            })),
+        )
+        .await;
+    assert_eq!(s, 200, "{moved}");
+    assert_eq!(moved["type"], "exception");
+    assert_eq!(moved["seriesMasterId"], id.as_str());
+    let (s, _, _) = e
+        .call(&t, "DELETE", &format!("{me}/events/{third}"), None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _, _) = e
+        .call(&t, "DELETE", &format!("{me}/events/{third}"), None)
+        .await;
+    assert_eq!(s, 404, "a cancelled occurrence is gone");
+    let (s, got) = e.get(&t, &format!("{me}/events/{second}")).await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["subject"], "Weekly (later)");
+
+    let (_, page) = e
+        .get(&t, &format!("{me}/events/{id}/instances?{range}"))
+        .await;
+    let all = page["value"].as_array().unwrap();
+    assert_eq!(all.len(), 3, "the cancelled one is not listed: {page:#}");
+    let ex = all
+        .iter()
+        .find(|i| i["type"] == "exception")
+        .expect("the exception");
+    assert_eq!(ex["originalStart"], "2026-12-14T08:00:00Z");
+    assert_eq!(ex["start"]["dateTime"], "2026-12-14T11:00:00.0000000");
+    assert_eq!(ex["location"]["displayName"], "Room 1", "the master's");
+    assert!(all.iter().all(|i| i["id"] != third.as_str()));
+    assert_eq!(
+        e.graph
+            .instances(
+                ALICE,
+                &id,
+                "2026-12-01T00:00:00Z".parse().unwrap(),
+                "2027-01-31T00:00:00Z".parse().unwrap()
+            )
+            .len(),
+        3
+    );
+
+    // The master changed: a new etag, and the series is listed by delta again.
+    let (_, master) = e.get(&t, &format!("{me}/events/{id}")).await;
+    assert_ne!(master["@odata.etag"], etag.as_str());
+    let (s, since) = e.get(&t, &delta_link).await;
+    assert_eq!(s, 200);
+    let listed = since["value"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|i| i["seriesMasterId"] == id.as_str()),
+        "{since:#}"
+    );
+
+    // A new pattern drops the exceptions.
+    let (s, _, _) = e
+        .call(
+            &t,
+            "PATCH",
+            &format!("{me}/events/{id}"),
+            Some(json!({"recurrence": {
+                "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"]},
+                "range": {"type": "numbered", "numberOfOccurrences": 5, "startDate": "2026-12-07"},
+            }})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, page) = e
+        .get(&t, &format!("{me}/events/{id}/instances?{range}"))
+        .await;
+    let all = page["value"].as_array().unwrap();
+    assert_eq!(all.len(), 5, "{page:#}");
+    assert!(all.iter().all(|i| i["type"] == "occurrence"));
+    e.assert_schema_clean();
+}

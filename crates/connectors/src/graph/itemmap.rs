@@ -20,10 +20,20 @@
 //! What is not mapped, by kind:
 //! - event: `organizer` is read, never written (Graph makes the mailbox the organizer);
 //!   `state` `canceled` is read from `isCancelled`, never written (cancelling is Graph's
-//!   `cancel` action, which mails the attendees); `exdates` and `overrides` are not written and
-//!   read as empty (calendarView delta gives occurrences, not the series' exceptions);
-//!   an `rrule` Graph's `patternedRecurrence` cannot express (`BYSETPOS`, `BYHOUR`, several
+//!   `cancel` action, which mails the attendees); an `rrule` Graph's `patternedRecurrence` cannot express (`BYSETPOS`, `BYHOUR`, several
 //!   `BYMONTHDAY`s, `FREQ=HOURLY`…) cannot be written (an error).
+//! - a series' exceptions: Graph keeps them as instances of their own, not in the master. The
+//!   caller reads the instances of a series master (`GET events/{id}/instances` over a span)
+//!   and puts them into the entity as [`INSTANCES`]; [`to_values`] then reads `exdates` (the
+//!   pattern's occurrences in the span that are not listed, [`pattern_starts`]) and
+//!   `overrides` (instances of type `exception`: `originalStart` → `recurrence_id`, their
+//!   `start`/`end`, and `subject`/`location` where they differ from the master's; an
+//!   exception that differs in nothing is not one). Without [`INSTANCES`] both read empty.
+//!   Exceptions outside the span are not read; an exception moved out of the span reads as
+//!   cancelled. [`exception_writes`] says what to write to the instances so the server holds
+//!   the values' exceptions: a cancel (`DELETE` of the occurrence) or a change (`PATCH` of
+//!   `start`, `end`, `subject`, `location`). Graph cannot restore a cancelled occurrence, nor
+//!   write an occurrence's own `description`: values that ask for either are an error.
 //! - contact: at most three `emails` (Graph's `emailAddresses` holds three; the rest are not
 //!   written); `phones` read as `businessPhones`, then `mobilePhone`, then `homePhones`; a
 //!   write keeps a number in the field it was read from and puts new numbers in
@@ -56,6 +66,10 @@ pub const STAMP_PROPERTY: &str =
     "String {3f0c5a8e-9d41-4b6a-a7e2-51c9d2b6e804} Name serversyncStamp";
 /// The `applicationName` of the `linkedResource` that carries a task's uid and stamp.
 pub const APPLICATION: &str = "serversync";
+/// The key under which a series master's entity carries its instances as read:
+/// `{"start": …, "end": …, "value": [instances]}` (the span they were listed over, RFC 3339,
+/// and the answer's `value`). An annotation of ours, never sent to Graph.
+pub const INSTANCES: &str = "@serversync.instances";
 
 /// Windows time-zone names Graph uses and their IANA zone (CLDR's `windowsZones`, territory
 /// `001`), for the zones most mailboxes use. Others are read as an error.
@@ -328,9 +342,369 @@ fn event_values(e: &Value, out: &mut Map<String, Value>) -> Result<(), String> {
         }),
     );
     out.insert("rrule".into(), opt(rrule));
-    out.insert("exdates".into(), json!([]));
-    out.insert("overrides".into(), json!([]));
+    let (exdates, overrides) = match e.get(INSTANCES) {
+        Some(inst) if e["recurrence"].is_object() => series_exceptions(e, inst, start, end)?,
+        _ => (Vec::new(), Vec::new()),
+    };
+    out.insert(
+        "exdates".into(),
+        Value::Array(exdates.into_iter().map(time).collect()),
+    );
+    out.insert("overrides".into(), Value::Array(overrides));
     Ok(())
+}
+
+/// The zone a series' pattern runs in: the range's `recurrenceTimeZone`, else the zone the
+/// event was written in, else its `start`'s.
+fn series_zone(e: &Value) -> Tz {
+    [
+        &e["recurrence"]["range"]["recurrenceTimeZone"],
+        &e["originalStartTimeZone"],
+        &e["start"]["timeZone"],
+    ]
+    .into_iter()
+    .filter_map(Value::as_str)
+    .find_map(zone)
+    .unwrap_or(Tz::UTC)
+}
+
+/// An instance's `start`/`end` as UTC (an all-day one at midnight UTC, as values keep it).
+fn instance_time(v: &Value, field: &str, all_day: bool) -> Result<DateTime<Utc>, String> {
+    let (local, tz) = read_dttz(v, field)?.ok_or_else(|| format!("{field}: missing"))?;
+    Ok(if all_day {
+        local.date().and_time(Default::default()).and_utc()
+    } else {
+        local_to_utc(tz, local)
+    })
+}
+
+/// The original start of an instance: its `originalStart`, else (an occurrence) its start.
+fn original_start(i: &Value, all_day: bool) -> Result<DateTime<Utc>, String> {
+    match i["originalStart"].as_str() {
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| format!("originalStart: {s:?} is not a time ({e})")),
+        None => instance_time(&i["start"], "start", all_day),
+    }
+}
+
+/// The exdates and overrides of series master `e` (starting at `start`, ending at `end`)
+/// from its instances as read (`inst`, see [`INSTANCES`]).
+fn series_exceptions(
+    e: &Value,
+    inst: &Value,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<(Vec<DateTime<Utc>>, Vec<Value>), String> {
+    let span = |k: &str| {
+        parse_values_time(&inst[k], &format!("{INSTANCES}.{k}"))?
+            .ok_or_else(|| format!("{INSTANCES}.{k}: missing"))
+    };
+    let (from, to) = (span("start")?, span("end")?);
+    let all_day = e["isAllDay"].as_bool().unwrap_or(false);
+    let length = end - start;
+    let listed = inst["value"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut originals = Vec::new();
+    let mut overrides: Vec<(DateTime<Utc>, Value)> = Vec::new();
+    let master_subject = text(&e["subject"]);
+    let master_location = text(&e["location"]["displayName"]);
+    for i in listed {
+        let original = original_start(i, all_day)?;
+        originals.push(original);
+        if i["type"].as_str() != Some("exception") {
+            continue;
+        }
+        let s = instance_time(&i["start"], "start", all_day)?;
+        let t = instance_time(&i["end"], "end", all_day)?;
+        let subject = text(&i["subject"]).filter(|x| Some(x) != master_subject.as_ref());
+        let location =
+            text(&i["location"]["displayName"]).filter(|x| Some(x) != master_location.as_ref());
+        if s == original && t == original + length && subject.is_none() && location.is_none() {
+            continue; // an exception that is the occurrence again
+        }
+        let mut o = Map::new();
+        o.insert("recurrence_id".into(), time(original));
+        o.insert("start".into(), time(s));
+        o.insert("end".into(), time(t));
+        if let Some(x) = subject {
+            o.insert("subject".into(), json!(x));
+        }
+        if let Some(x) = location {
+            o.insert("location".into(), json!(x));
+        }
+        overrides.push((original, Value::Object(o)));
+    }
+    overrides.sort_by_key(|(t, _)| *t);
+    overrides.dedup_by_key(|(t, _)| *t);
+    let mut exdates: Vec<DateTime<Utc>> = pattern_starts(e, start, to)?
+        .into_iter()
+        .filter(|s| *s < to && *s + length > from && !originals.contains(s))
+        .collect();
+    exdates.sort();
+    exdates.dedup();
+    Ok((exdates, overrides.into_iter().map(|(_, o)| o).collect()))
+}
+
+/// The starts (UTC) of the occurrences of series master `e`'s pattern that begin before
+/// `until`, at most 5,000: daily, weekly, absolute and relative monthly and yearly patterns
+/// with a numbered, end-date or no-end range, in the series' zone. `start` is the master's
+/// start (UTC).
+pub fn pattern_starts(
+    e: &Value,
+    start: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<DateTime<Utc>>, String> {
+    let rec = &e["recurrence"];
+    let p = &rec["pattern"];
+    let r = &rec["range"];
+    let all_day = e["isAllDay"].as_bool().unwrap_or(false);
+    let tz = series_zone(e);
+    let local_start = if all_day {
+        start.naive_utc()
+    } else {
+        start.with_timezone(&tz).naive_local()
+    };
+    let to_utc = |l: NaiveDateTime| {
+        if all_day {
+            l.and_utc()
+        } else {
+            local_to_utc(tz, l)
+        }
+    };
+    let date = |v: &Value| {
+        v.as_str()
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+    };
+    let first = date(&r["startDate"]).unwrap_or(local_start.date());
+    let interval = i64::try_from(p["interval"].as_u64().unwrap_or(1).max(1)).unwrap_or(1);
+    let range = r["type"].as_str().unwrap_or("noEnd");
+    let count = (range == "numbered").then(|| r["numberOfOccurrences"].as_u64().unwrap_or(1));
+    let end_date = if range == "endDate" {
+        Some(date(&r["endDate"]).ok_or("recurrence: the range has no endDate")?)
+    } else {
+        None
+    };
+    let days: Vec<Weekday> = strings(&p["daysOfWeek"])
+        .iter()
+        .filter_map(|d| day_by_graph(d).map(|x| x.1))
+        .collect();
+    let index = p["index"].as_str().unwrap_or("first");
+    let index = INDEXES
+        .iter()
+        .find(|(_, s)| s.eq_ignore_ascii_case(index))
+        .map_or(1, |(n, _)| *n);
+    let relative = |d: NaiveDate| {
+        days.contains(&d.weekday())
+            && if index == -1 {
+                (d + chrono::TimeDelta::days(7)).month() != d.month()
+            } else {
+                i64::from((d.day() - 1) / 7 + 1) == i64::from(index)
+            }
+    };
+    let month_of = p["month"].as_u64().unwrap_or(first.month().into());
+    let day_of = p["dayOfMonth"].as_u64().unwrap_or(first.day().into());
+    let months = |d: NaiveDate| {
+        i64::from((d.year() - first.year()) * 12 + d.month() as i32 - first.month() as i32)
+    };
+    let week_start = p["firstDayOfWeek"]
+        .as_str()
+        .and_then(day_by_graph)
+        .map_or(Weekday::Sun, |x| x.1);
+    let first_week = first
+        - chrono::TimeDelta::days(
+            ((7 + first.weekday().num_days_from_monday() - week_start.num_days_from_monday()) % 7)
+                .into(),
+        );
+    let kind = p["type"].as_str().unwrap_or("");
+    let time = local_start.time();
+    let mut out = Vec::new();
+    let mut hits = 0u64;
+    let mut day = first;
+    // At most a hundred years of days.
+    for _ in 0..36_600 {
+        if out.len() >= 5_000
+            || count.is_some_and(|c| hits >= c)
+            || end_date.is_some_and(|e| day > e)
+            || to_utc(day.and_time(time)) >= until
+        {
+            break;
+        }
+        let hit = match kind {
+            "daily" => (day - first).num_days() % interval == 0,
+            "weekly" => {
+                (day - first_week).num_days().div_euclid(7) % interval == 0
+                    && days.contains(&day.weekday())
+            }
+            "absoluteMonthly" => months(day) % interval == 0 && u64::from(day.day()) == day_of,
+            "relativeMonthly" => months(day) % interval == 0 && relative(day),
+            "absoluteYearly" => {
+                months(day) % (12 * interval) == 0
+                    && u64::from(day.month()) == month_of
+                    && u64::from(day.day()) == day_of
+            }
+            "relativeYearly" => {
+                u64::from(day.month()) == month_of
+                    && i64::from(day.year() - first.year()) % interval == 0
+                    && relative(day)
+            }
+            other => return Err(format!("recurrence: the pattern {other:?} is not known")),
+        };
+        if hit {
+            hits += 1;
+            out.push(to_utc(day.and_time(time)));
+        }
+        day += chrono::TimeDelta::days(1);
+    }
+    Ok(out)
+}
+
+/// A write to one instance of a series, by its original start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstanceWrite {
+    /// Delete (cancel) the occurrence.
+    Cancel(DateTime<Utc>),
+    /// `PATCH` the occurrence with this body.
+    Change(DateTime<Utc>, Value),
+}
+
+impl InstanceWrite {
+    /// The original start of the occurrence written.
+    pub fn original_start(&self) -> DateTime<Utc> {
+        match self {
+            InstanceWrite::Cancel(t) | InstanceWrite::Change(t, _) => *t,
+        }
+    }
+}
+
+fn override_key(o: &Value) -> Value {
+    let mut k = Map::new();
+    for f in [
+        "recurrence_id",
+        "start",
+        "end",
+        "subject",
+        "location",
+        "description",
+    ] {
+        if let Some(v) = o.get(f).filter(|v| !v.is_null()) {
+            k.insert(f.into(), v.clone());
+        }
+    }
+    Value::Object(k)
+}
+
+fn values_times(v: &Value, field: &str) -> Result<Vec<DateTime<Utc>>, String> {
+    let mut out = Vec::new();
+    for t in v[field].as_array().into_iter().flatten() {
+        out.extend(parse_values_time(t, field)?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// What to write to the instances of a series so that it holds the exceptions of `values`,
+/// given the exceptions it has (`have`: the values read from the server, or empty ones for a
+/// series just created or whose pattern is rewritten). An error names what Graph cannot do:
+/// restore an occurrence cancelled on the server, or give an occurrence its own description.
+pub fn exception_writes(values: &Value, have: &Value) -> Result<Vec<InstanceWrite>, String> {
+    if text(&values["rrule"]).is_none() {
+        return Ok(Vec::new());
+    }
+    let want_ex = values_times(values, "exdates")?;
+    let have_ex = values_times(have, "exdates")?;
+    let restored: Vec<String> = have_ex
+        .iter()
+        .filter(|t| !want_ex.contains(t))
+        .map(|t| time(*t).as_str().unwrap_or_default().to_owned())
+        .collect();
+    if !restored.is_empty() {
+        return Err(format!(
+            "exdates: the occurrence(s) of {} cancelled on the server cannot be restored over              Microsoft Graph (a cancelled occurrence cannot be un-cancelled)",
+            restored.join(", ")
+        ));
+    }
+    let overrides = |v: &Value| -> Result<Vec<(DateTime<Utc>, Value)>, String> {
+        let mut out = Vec::new();
+        for o in v["overrides"].as_array().into_iter().flatten() {
+            let rid = parse_values_time(&o["recurrence_id"], "overrides.recurrence_id")?
+                .ok_or("overrides.recurrence_id: a changed occurrence needs it")?;
+            out.push((rid, o.clone()));
+        }
+        Ok(out)
+    };
+    let want_ov = overrides(values)?;
+    let have_ov = overrides(have)?;
+    let all_day = values["all_day"].as_bool().unwrap_or(false);
+    let zone_name = text(&values["time_zone"]).filter(|z| zone(z).is_some());
+    let tz = zone_name.as_deref().and_then(zone).unwrap_or(Tz::UTC);
+    let tz_name = zone_name.unwrap_or_else(|| "UTC".into());
+    let at = |t: DateTime<Utc>| {
+        let local = if all_day {
+            t.date_naive().and_time(Default::default())
+        } else {
+            t.with_timezone(&tz).naive_local()
+        };
+        json!({"dateTime": format_local(local), "timeZone": tz_name})
+    };
+    let start = parse_values_time(&values["start"], "start")?.ok_or("start: an event needs one")?;
+    let end = parse_values_time(&values["end"], "end")?.ok_or("end: an event needs one")?;
+    let length = end - start;
+    let master_subject = text(&values["subject"]).unwrap_or_default();
+    let master_location = text(&values["location"]).unwrap_or_default();
+    let mut writes = Vec::new();
+    for t in &want_ex {
+        if !have_ex.contains(t) {
+            writes.push(InstanceWrite::Cancel(*t));
+        }
+    }
+    for (rid, o) in &want_ov {
+        if want_ex.contains(rid) {
+            continue;
+        }
+        if text(&o["description"]).is_some() {
+            return Err(format!(
+                "overrides.description: the occurrence of {} has a description of its own,                  which is not written over Microsoft Graph",
+                time(*rid).as_str().unwrap_or_default()
+            ));
+        }
+        let same = have_ov
+            .iter()
+            .any(|(h, ho)| h == rid && override_key(ho) == override_key(o));
+        if same {
+            continue;
+        }
+        let s = parse_values_time(&o["start"], "overrides.start")?
+            .ok_or("overrides.start: a changed occurrence needs it")?;
+        let e = parse_values_time(&o["end"], "overrides.end")?
+            .ok_or("overrides.end: a changed occurrence needs it")?;
+        writes.push(InstanceWrite::Change(
+            *rid,
+            json!({
+                "start": at(s), "end": at(e),
+                "subject": text(&o["subject"]).unwrap_or_else(|| master_subject.clone()),
+                "location": {"displayName":
+                    text(&o["location"]).unwrap_or_else(|| master_location.clone())},
+            }),
+        ));
+    }
+    // An exception the values no longer have: the occurrence as the pattern has it again.
+    for (rid, _) in &have_ov {
+        if want_ov.iter().any(|(w, _)| w == rid) || want_ex.contains(rid) {
+            continue;
+        }
+        writes.push(InstanceWrite::Change(
+            *rid,
+            json!({
+                "start": at(*rid), "end": at(*rid + length),
+                "subject": master_subject, "location": {"displayName": master_location},
+            }),
+        ));
+    }
+    Ok(writes)
 }
 
 /// An `itemBody`'s text (HTML reduced to its text, in case Graph ignored

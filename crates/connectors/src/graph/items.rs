@@ -20,8 +20,12 @@
 //!
 //! Limits of calendarView delta, mapped faithfully: it lists single events, occurrences and
 //! exceptions, not series masters. An occurrence or exception is reported as its series'
-//! master (read by `seriesMasterId`, once per call) with the master's recurrence; exceptions
-//! and cancelled occurrences are not mapped (`exdates`/`overrides` read empty). An entry
+//! master (read by `seriesMasterId`, once per call) with the master's recurrence. A series
+//! master's exceptions are read from `events/{id}/instances` over the window (one request per
+//! series, [`MAX_BATCH`] series to a `$batch`, `@odata.nextLink` pages followed; also for
+//! [`ItemStore::get`]): cancelled occurrences are the pattern's occurrences in the window
+//! that are not listed (`exdates`), changed ones the instances of type `exception`
+//! (`overrides`), see [`itemmap`]. An entry
 //! `@removed` from the view is read again: an event that still exists only left the window
 //! (or is an occurrence of a series that still exists) and is reported as changed, not
 //! deleted; when a removed occurrence was seen earlier in this session its master is checked
@@ -41,10 +45,19 @@
 //! does; an event also carries `transactionId` = uid, so Graph itself returns the first event
 //! to a create repeated after a lost answer.
 //!
+//! **Exceptions of a series** are written after the master (create or update): the series'
+//! instances are listed again, each occurrence to cancel is deleted (`DELETE events/{id}` of
+//! the occurrence) and each changed one patched (`start`, `end`, `subject`, `location`); the
+//! master is then read again, so the version returned is the one after those writes (a
+//! change to an occurrence changes its master). What Graph cannot do — restore an occurrence
+//! cancelled on the server, give an occurrence a description of its own — is refused with
+//! `unmappable_values` before anything is written. A new pattern drops a series' exceptions on
+//! Exchange, so they are written again after it.
+//!
 //! Mapping: [`super::itemmap`]; an item that cannot be mapped is reported in
 //! [`ChangeSet::unreadable`], never dropped.
 
-use super::itemmap::{self, APPLICATION, STAMP_PROPERTY, UID_PROPERTY};
+use super::itemmap::{self, APPLICATION, INSTANCES, InstanceWrite, STAMP_PROPERTY, UID_PROPERTY};
 use super::{GraphClient, MAX_BATCH, MAX_JSON, THROTTLE_TRIES, codes, literal, protocol, segment};
 use crate::https::Response;
 use crate::items::{ChangeSet, ItemStore, RemoteItem, Written};
@@ -148,6 +161,28 @@ fn expand(kind: RecordType) -> String {
 }
 
 const TEXT_BODIES: (&str, &str) = ("Prefer", "outlook.body-content-type=\"text\"");
+
+/// Instances asked for per page of `events/{id}/instances`.
+pub const INSTANCES_PAGE: u32 = 100;
+/// The properties of an instance read.
+const INSTANCE_SELECT: &str = "id,type,seriesMasterId,originalStart,start,end,subject,location";
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `values` without exceptions (what a series has once created or given a new pattern).
+fn without_exceptions(values: &Value) -> Value {
+    let mut v = values.clone();
+    v["exdates"] = serde_json::json!([]);
+    v["overrides"] = serde_json::json!([]);
+    v
+}
+
+/// Whether an event entity is a series master.
+fn is_series(entity: &Value) -> bool {
+    entity["type"].as_str() == Some("seriesMaster") || entity["recurrence"].is_object()
+}
 
 /// Appointments, contacts and tasks of one Exchange Online mailbox over Graph (see the
 /// module documentation).
@@ -535,9 +570,12 @@ impl GraphItemStore {
         kind: RecordType,
         id: &str,
     ) -> Result<Option<RemoteItem>> {
-        let Some(entity) = self.read(collection, kind, id).await? else {
+        let Some(mut entity) = self.read(collection, kind, id).await? else {
             return Ok(None);
         };
+        if kind == RecordType::Appointment {
+            self.add_instances(collection, &mut [&mut entity]).await?;
+        }
         self.item(kind, entity).map(Some).map_err(|why| {
             protocol(format!("the item {id} cannot be read: {why}")).with_code("unreadable_item")
         })
@@ -586,13 +624,274 @@ impl GraphItemStore {
             .client
             .get_json(&path, &[(TEXT_BODIES.0, TEXT_BODIES.1.to_owned())], &what)
             .await?;
-        let Some(entity) = page.value.into_iter().next() else {
+        let Some(mut entity) = page.value.into_iter().next() else {
             return Ok(None);
         };
+        if kind == RecordType::Appointment {
+            self.add_instances(collection, &mut [&mut entity]).await?;
+        }
         self.item(kind, entity).map(Some).map_err(|why| {
             protocol(format!("the item with uid {uid} cannot be read: {why}"))
                 .with_code("unreadable_item")
         })
+    }
+
+    /// The path listing series `id`'s instances between `from` and `to`.
+    fn instances_path(
+        &self,
+        collection: &str,
+        id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> String {
+        format!(
+            "{}/instances?startDateTime={}&endDateTime={}&$select={INSTANCE_SELECT}&$top={INSTANCES_PAGE}",
+            self.item_path(collection, RecordType::Appointment, id),
+            segment(&rfc3339(from)),
+            segment(&rfc3339(to)),
+        )
+    }
+
+    /// An instance listing's instances, its `@odata.nextLink` pages followed (`page`: the
+    /// first page's JSON).
+    async fn instance_pages(&mut self, mut page: Value, what: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            out.extend(page["value"].as_array().cloned().unwrap_or_default());
+            let Some(next) = page["@odata.nextLink"].as_str().map(str::to_owned) else {
+                return Ok(out);
+            };
+            let path = self.client.own_path(&next)?;
+            let resp = self
+                .send(hyper::Method::GET, &path, None, &[], true, what)
+                .await?;
+            if !(200..300).contains(&resp.status) {
+                return Err(self.client.refusal(&resp, what));
+            }
+            page = Self::json(&resp, what)?;
+        }
+        Err(protocol(format!(
+            "{what}: more than {MAX_PAGES} pages of instances"
+        )))
+    }
+
+    /// Series `id`'s instances between `from` and `to` (`None`: the series is gone).
+    async fn instances(
+        &mut self,
+        collection: &str,
+        id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<Vec<Value>>> {
+        let path = self.instances_path(collection, id, from, to);
+        let what = format!("listing the occurrences of the series {id}");
+        let resp = self
+            .send(hyper::Method::GET, &path, None, &[], true, &what)
+            .await?;
+        if self.missing(&resp, &what)? {
+            return Ok(None);
+        }
+        if !(200..300).contains(&resp.status) {
+            return Err(self.client.refusal(&resp, &what));
+        }
+        let page = Self::json(&resp, &what)?;
+        self.instance_pages(page, &what).await.map(Some)
+    }
+
+    /// Puts the instances of each series master among `entities` into it ([`INSTANCES`]),
+    /// listed over the window, [`MAX_BATCH`] series to a `$batch` round trip. A series gone
+    /// meanwhile keeps no instances (the next delta reports it).
+    async fn add_instances(&mut self, collection: &str, entities: &mut [&mut Value]) -> Result<()> {
+        #[derive(Deserialize)]
+        struct Answer {
+            responses: Vec<Part>,
+        }
+        #[derive(Deserialize)]
+        struct Part {
+            id: String,
+            status: u16,
+            #[serde(default)]
+            headers: HashMap<String, String>,
+            #[serde(default)]
+            body: Value,
+        }
+        let (from, to) = self.window.span();
+        let span = |list: Vec<Value>| serde_json::json!({"start": rfc3339(from), "end": rfc3339(to), "value": list});
+        let mut series: Vec<&mut Value> = entities
+            .iter_mut()
+            .map(|e| &mut **e)
+            .filter(|e| is_series(e) && e["id"].is_string())
+            .collect();
+        for chunk in series.chunks_mut(MAX_BATCH) {
+            let ids: Vec<String> = chunk
+                .iter()
+                .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            let mut got: Vec<Option<Option<Vec<Value>>>> = vec![None; ids.len()];
+            if ids.len() > 1 {
+                let requests: Vec<Value> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(n, id)| {
+                        let path = self.instances_path(collection, id, from, to);
+                        serde_json::json!({
+                            "id": n.to_string(),
+                            "method": "GET",
+                            "url": path.trim_start_matches("/v1.0"),
+                        })
+                    })
+                    .collect();
+                let body = serde_json::json!({ "requests": requests });
+                let what = format!(
+                    "listing the occurrences of {} series of {collection} ($batch)",
+                    ids.len()
+                );
+                let resp = self
+                    .send(
+                        hyper::Method::POST,
+                        "/v1.0/$batch",
+                        Some(&body),
+                        &[],
+                        true,
+                        &what,
+                    )
+                    .await?;
+                if !(200..300).contains(&resp.status) {
+                    return Err(self.client.refusal(&resp, &what));
+                }
+                let answer: Answer = serde_json::from_slice(&resp.body).map_err(|e| {
+                    protocol(format!("{what}: Graph's answer is not a batch answer: {e}"))
+                })?;
+                for part in answer.responses {
+                    let Some(n) = part.id.parse::<usize>().ok().filter(|n| *n < ids.len()) else {
+                        continue;
+                    };
+                    if (200..300).contains(&part.status) && part.body.is_object() {
+                        let what = format!("listing the occurrences of the series {}", ids[n]);
+                        got[n] = Some(Some(self.instance_pages(part.body, &what).await?));
+                        continue;
+                    }
+                    let body = serde_json::to_vec(&part.body).unwrap_or_default();
+                    let retry = codes::retry_after(
+                        part.headers
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                            .map(|(_, v)| v.as_str()),
+                    );
+                    let err = codes::classify(
+                        part.status,
+                        &body,
+                        retry,
+                        "listing the occurrences of a series",
+                    );
+                    match err.code.as_deref() {
+                        Some("item_not_found" | "not_found") => got[n] = Some(None),
+                        // Listed again below, one by one, waiting as asked.
+                        _ if err.is_transient() => {}
+                        _ => return Err(err),
+                    }
+                }
+            }
+            for (n, entity) in chunk.iter_mut().enumerate() {
+                let list = match got[n].take() {
+                    Some(l) => l,
+                    None => self.instances(collection, &ids[n], from, to).await?,
+                };
+                if let Some(list) = list {
+                    entity[INSTANCES] = span(list);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After the master `id` of a series was written with `values`: writes the exceptions
+    /// the values have and the series lacks (see [`itemmap::exception_writes`]) to its
+    /// instances, and answers the master's version after them (`None`: nothing written).
+    async fn write_exceptions(
+        &mut self,
+        collection: &str,
+        id: &str,
+        values: &Value,
+    ) -> Result<Option<String>> {
+        if values["rrule"].as_str().is_none_or(str::is_empty) {
+            return Ok(None);
+        }
+        let Some((_, master)) = self.seen.get(id).cloned() else {
+            return Ok(None);
+        };
+        // Over the window and every occurrence the values name.
+        let (mut from, mut to) = self.window.span();
+        for field in ["exdates", "overrides"] {
+            for v in values[field].as_array().into_iter().flatten() {
+                let t = v.get("recurrence_id").unwrap_or(v);
+                if let Some(t) = t
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                {
+                    let t = t.with_timezone(&Utc);
+                    from = from.min(t - chrono::TimeDelta::days(1));
+                    to = to.max(t + chrono::TimeDelta::days(1));
+                }
+            }
+        }
+        let Some(list) = self.instances(collection, id, from, to).await? else {
+            return Ok(None); // gone: the next delta says so
+        };
+        let mut entity = master;
+        entity[INSTANCES] =
+            serde_json::json!({"start": rfc3339(from), "end": rfc3339(to), "value": list});
+        let have = itemmap::to_values(RecordType::Appointment, &entity)
+            .map_err(|e| protocol(format!("the series {id} cannot be read: {e}")))?;
+        let writes = itemmap::exception_writes(values, &have)
+            .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+        if writes.is_empty() {
+            return Ok(None);
+        }
+        for w in writes {
+            let original = w.original_start();
+            let instance = list.iter().find(|i| {
+                let at = i["originalStart"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                at == Some(original)
+            });
+            let at = rfc3339(original);
+            let Some(occurrence) = instance.and_then(|i| i["id"].as_str()) else {
+                return Err(protocol(format!(
+                    "the series {id} has no occurrence at {at} to {}",
+                    if matches!(w, InstanceWrite::Cancel(_)) {
+                        "cancel"
+                    } else {
+                        "change"
+                    }
+                ))
+                .with_code("unmappable_values"));
+            };
+            let path = self.item_path(collection, RecordType::Appointment, occurrence);
+            let (method, body, what) = match &w {
+                InstanceWrite::Cancel(_) => (
+                    hyper::Method::DELETE,
+                    None,
+                    format!("cancelling the occurrence at {at} of the series {id}"),
+                ),
+                InstanceWrite::Change(_, b) => (
+                    hyper::Method::PATCH,
+                    Some(b),
+                    format!("changing the occurrence at {at} of the series {id}"),
+                ),
+            };
+            let resp = self.send(method, &path, body, &[], true, &what).await?;
+            if !(200..300).contains(&resp.status) {
+                return Err(self.client.refusal(&resp, &what));
+            }
+        }
+        // A change to an occurrence changes its master: its version after the writes.
+        match self.fetch(collection, RecordType::Appointment, id).await? {
+            Some(item) => Ok(Some(item.version)),
+            None => Ok(None),
+        }
     }
 
     fn token_invalid(&self, resp: &Response, collection: &str) -> Option<ConnectError> {
@@ -738,7 +1037,11 @@ impl ItemStore for GraphItemStore {
         let mut reported: HashSet<String> = HashSet::new();
         changed.retain(|id| reported.insert(id.clone()));
         for chunk in changed.chunks(MAX_BATCH) {
-            let entities = self.read_many(collection, kind, chunk).await?;
+            let mut entities = self.read_many(collection, kind, chunk).await?;
+            if kind == RecordType::Appointment {
+                let mut found: Vec<&mut Value> = entities.iter_mut().flatten().collect();
+                self.add_instances(collection, &mut found).await?;
+            }
             for (id, entity) in chunk.iter().zip(entities) {
                 // Gone between the delta and now: the next delta reports it.
                 let Some(entity) = entity else { continue };
@@ -782,6 +1085,11 @@ impl ItemStore for GraphItemStore {
         }
         let body = itemmap::from_values(kind, values, None)
             .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+        if kind == RecordType::Appointment {
+            // Refused before anything is written: a new series has no exceptions yet.
+            itemmap::exception_writes(values, &without_exceptions(values))
+                .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+        }
         let path = self.items_path(collection, kind);
         let what = format!("creating an item in {collection}");
         // An event is idempotent by its transactionId; a contact or task is not.
@@ -810,6 +1118,10 @@ impl ItemStore for GraphItemStore {
             .unwrap_or_default()
             .to_owned();
         self.remember(kind, &id, &version, entity, &body, None);
+        let version = match self.write_exceptions(collection, &id, values).await? {
+            Some(v) if kind == RecordType::Appointment => v,
+            _ => version,
+        };
         Ok(Written::Done { id, version })
     }
 
@@ -835,13 +1147,31 @@ impl ItemStore for GraphItemStore {
         };
         let body = itemmap::patch_body(kind, values, &existing)
             .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+        if kind == RecordType::Appointment {
+            // Refused before anything is written, against the exceptions the series has as
+            // last read (none once a new pattern is written: Exchange drops them).
+            let have = if body.get("recurrence").is_some() || existing.get(INSTANCES).is_none() {
+                None
+            } else {
+                itemmap::to_values(kind, &existing).ok()
+            };
+            let have = have.unwrap_or_else(|| without_exceptions(values));
+            itemmap::exception_writes(values, &have)
+                .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+        }
         if body.as_object().is_some_and(|b| b.is_empty()) {
             // Nothing to write: the item only has to still be at that version.
             return Ok(match self.fetch(collection, kind, id).await? {
-                Some(item) if item.version == if_version => Written::Done {
-                    id: id.to_owned(),
-                    version: item.version,
-                },
+                Some(item) if item.version == if_version => {
+                    let version = match self.write_exceptions(collection, id, values).await? {
+                        Some(v) => v,
+                        None => item.version,
+                    };
+                    Written::Done {
+                        id: id.to_owned(),
+                        version,
+                    }
+                }
                 Some(current) => Written::Conflict { current },
                 None => Written::Gone,
             });
@@ -867,6 +1197,10 @@ impl ItemStore for GraphItemStore {
                     .unwrap_or_default()
                     .to_owned();
                 self.remember(kind, id, &version, entity, &body, Some(&existing));
+                let version = match self.write_exceptions(collection, id, values).await? {
+                    Some(v) if kind == RecordType::Appointment => v,
+                    _ => version,
+                };
                 Ok(Written::Done {
                     id: id.to_owned(),
                     version,

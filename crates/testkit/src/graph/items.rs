@@ -22,6 +22,14 @@
 //!   first occurrence), never the series master; a single event moved out of the window is
 //!   `@removed`. A token the double did not issue for that collection, or one issued before
 //!   [`super::GraphDouble::expire_delta_tokens`], answers 410 `syncStateNotFound`.
+//! - Series: `GET events/{id}/instances?startDateTime=…&endDateTime=…` (also under `calendar`
+//!   and `calendars/{id}`) lists the occurrences and exceptions overlapping the range
+//!   (`$select`, `$top` — 10 by default — and `$skip` with `@odata.nextLink`); each has its
+//!   own id (`GET`, `PATCH`, `DELETE` on `events/{id}`), `seriesMasterId` and `originalStart`.
+//!   A `PATCH` makes the occurrence an exception (type `exception`: `start`, `end`, `subject`,
+//!   `location`, `body`, `isAllDay`, `categories` over the master's), a `DELETE` cancels it
+//!   (no longer listed); either changes the master (new `@odata.etag`, listed by delta). A
+//!   `PATCH` of the master's `recurrence` drops its exceptions, as Exchange does.
 //!
 //! Simplifications: times are kept and answered in the zone they were written in (Graph
 //! answers in UTC unless `Prefer: outlook.timezone` asks otherwise; `originalStartTimeZone`
@@ -106,6 +114,17 @@ pub(super) struct Item {
     pub version: u64,
     pub created: DateTime<Utc>,
     pub modified: DateTime<Utc>,
+    /// A series' exceptions, by the original (local) start of their occurrence.
+    pub exceptions: BTreeMap<NaiveDateTime, Exception>,
+}
+
+/// What became of one occurrence of a series.
+#[derive(Debug, Clone)]
+pub(super) enum Exception {
+    /// Deleted: no longer listed.
+    Cancelled,
+    /// Changed: the properties written to it (over the master's).
+    Changed(Map<String, Value>),
 }
 
 impl Item {
@@ -255,6 +274,8 @@ enum Tail {
     /// The items (`GET` list, `POST`).
     Items,
     Item(String),
+    /// A series' instances (`GET events/{id}/instances`).
+    Instances(String),
     Delta,
 }
 
@@ -286,6 +307,7 @@ fn target(items: &Items, rest: &[&str], lower: &[&str]) -> Option<Result<Target,
             [] => Some(Tail::Items),
             ["delta"] => Some(Tail::Delta),
             [_] => Some(Tail::Item(orig[0].to_owned())),
+            [_, "instances"] => Some(Tail::Instances(orig[0].to_owned())),
             _ => None,
         }
     };
@@ -438,7 +460,17 @@ pub(super) fn route(
                     ));
                     Reply::json(200, &v, Some(Schema::Entity(t.kind.type_name())))
                 }
-                None => item_not_found(),
+                None => match occurrence(m, &ctx, t.container.as_deref(), &id) {
+                    Some(v) => Reply::json(200, &v, Some(Schema::Entity(t.kind.type_name()))),
+                    None => item_not_found(),
+                },
+            }
+        }
+        (Method::GET, Tail::Instances(id)) => {
+            let m = &s.mailboxes[mb];
+            match find(m, t.kind, t.container.as_deref(), &id) {
+                Some(item) if t.kind == ItemKind::Event => list_instances(item, query, &ctx),
+                _ => item_not_found(),
             }
         }
         (Method::PATCH, Tail::Item(id)) => {
@@ -458,30 +490,34 @@ pub(super) fn route(
                 &v,
             );
             let m = &s.mailboxes[mb];
-            let Some(item) = find(m, t.kind, t.container.as_deref(), &id) else {
-                return Some(item_not_found());
+            let id = match find(m, t.kind, t.container.as_deref(), &id) {
+                Some(item) => item.id.clone(),
+                None if occurrence(m, &ctx, t.container.as_deref(), &id).is_some() => id,
+                None => return Some(item_not_found()),
             };
+            let etag = series_of(m, &id).map(Item::etag);
             if if_match
                 .as_deref()
-                .is_some_and(|e| e.trim() != "*" && e.trim() != item.etag())
+                .is_some_and(|e| e.trim() != "*" && Some(e.trim()) != etag.as_deref())
             {
                 return Some(conflict());
             }
-            let id = item.id.clone();
             patch(s, mb, &id, v, &ctx)
         }
         (Method::DELETE, Tail::Item(id)) => {
             let m = &s.mailboxes[mb];
-            let Some(item) = find(m, t.kind, t.container.as_deref(), &id) else {
-                return Some(item_not_found());
+            let id = match find(m, t.kind, t.container.as_deref(), &id) {
+                Some(item) => item.id.clone(),
+                None if occurrence(m, &ctx, t.container.as_deref(), &id).is_some() => id,
+                None => return Some(item_not_found()),
             };
+            let etag = series_of(m, &id).map(Item::etag);
             if if_match
                 .as_deref()
-                .is_some_and(|e| e.trim() != "*" && e.trim() != item.etag())
+                .is_some_and(|e| e.trim() != "*" && Some(e.trim()) != etag.as_deref())
             {
                 return Some(conflict());
             }
-            let id = item.id.clone();
             remove(s, mb, &id);
             Reply::empty(204)
         }
@@ -804,6 +840,7 @@ fn create(
         version: 1,
         created: now,
         modified: now,
+        exceptions: BTreeMap::new(),
     };
     absorb(&mut item, v);
     let id = item.id.clone();
@@ -821,11 +858,18 @@ fn create(
 }
 
 fn patch(s: &mut DoubleState, mb: usize, id: &str, v: Value, ctx: &Ctx) -> Reply {
+    if let Some((master, original)) = parse_occurrence_id(id) {
+        return patch_occurrence(s, mb, &master, original, id, v, ctx);
+    }
     let seq = s.next_seq();
     let items = &mut s.mailboxes[mb].items;
     let Some(item) = items.items.get_mut(id) else {
         return item_not_found();
     };
+    if v.get("recurrence").is_some() {
+        // A new pattern: Exchange drops the series' exceptions.
+        item.exceptions.clear();
+    }
     absorb(item, v);
     item.version += 1;
     item.modified = Utc::now().max(item.modified);
@@ -836,6 +880,9 @@ fn patch(s: &mut DoubleState, mb: usize, id: &str, v: Value, ctx: &Ctx) -> Reply
 }
 
 pub(super) fn remove(s: &mut DoubleState, mb: usize, id: &str) -> bool {
+    if let Some((master, original)) = parse_occurrence_id(id) {
+        return cancel_occurrence(s, mb, &master, original);
+    }
     let seq = s.next_seq();
     let items = &mut s.mailboxes[mb].items;
     let Some(item) = items.items.remove(id) else {
@@ -1135,8 +1182,85 @@ fn occurrence_starts(
     out
 }
 
+/// The id of the occurrence of series `master` originally at `start` (local).
+fn occurrence_id(master: &str, start: NaiveDateTime) -> String {
+    format!(
+        "AAMkAGOcc{}",
+        B64URL.encode(format!("{master}|{}", start.format(WINDOW_FMT)))
+    )
+}
+
+/// The series and original start an occurrence id names.
+fn parse_occurrence_id(id: &str) -> Option<(String, NaiveDateTime)> {
+    let raw = B64URL.decode(id.strip_prefix("AAMkAGOcc")?).ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (master, start) = raw.rsplit_once('|')?;
+    Some((
+        master.to_owned(),
+        NaiveDateTime::parse_from_str(start, WINDOW_FMT).ok()?,
+    ))
+}
+
+/// The series an item id belongs to (itself, or an occurrence's master).
+fn series_of<'a>(m: &'a Mailbox, id: &str) -> Option<&'a Item> {
+    match parse_occurrence_id(id) {
+        Some((master, _)) => m.items.items.get(&master),
+        None => m.items.items.get(id),
+    }
+}
+
+/// `local` in the zone `zone` names (IANA or UTC; others read as UTC), as a UTC instant.
+fn instant(local: NaiveDateTime, zone: &str) -> DateTime<Utc> {
+    let tz: chrono_tz::Tz = zone.parse().unwrap_or(chrono_tz::UTC);
+    local
+        .and_local_timezone(tz)
+        .earliest()
+        .map_or_else(|| local.and_utc(), |t| t.with_timezone(&Utc))
+}
+
+/// A series' instances with an original start up to `until`, cancelled ones left out: (start,
+/// end, JSON as Graph answers it — type `occurrence` or `exception`, `seriesMasterId`,
+/// `originalStart`).
+fn series_instances(
+    item: &Item,
+    v: &Value,
+    until: NaiveDateTime,
+) -> Vec<(NaiveDateTime, NaiveDateTime, Value)> {
+    let (Some(start), Some(end)) = (local(&v["start"]), local(&v["end"])) else {
+        return vec![];
+    };
+    let zone = v["start"]["timeZone"].as_str().unwrap_or("UTC").to_owned();
+    let length = end - start;
+    let mut out = Vec::new();
+    for s in occurrence_starts(&v["recurrence"], start, until) {
+        let mut o = v.clone();
+        o["id"] = json!(occurrence_id(&item.id, s));
+        o["type"] = json!("occurrence");
+        o["seriesMasterId"] = json!(item.id);
+        o["recurrence"] = Value::Null;
+        o["originalStart"] = json!(ts(&instant(s, &zone)));
+        o["start"]["dateTime"] = json!(fmt_local(s));
+        o["end"]["dateTime"] = json!(fmt_local(s + length));
+        match item.exceptions.get(&s) {
+            Some(Exception::Cancelled) => continue,
+            Some(Exception::Changed(props)) => {
+                o["type"] = json!("exception");
+                for (k, val) in props {
+                    o[k.as_str()] = val.clone();
+                }
+            }
+            None => {}
+        }
+        let (Some(a), Some(b)) = (local(&o["start"]), local(&o["end"])) else {
+            continue;
+        };
+        out.push((a, b, o));
+    }
+    out
+}
+
 /// What calendarView lists of an event inside `window`: the event itself, or a series'
-/// occurrences (JSON as Graph answers them).
+/// occurrences and exceptions (JSON as Graph answers them).
 fn instances(item: &Item, ctx: &Ctx, window: (NaiveDateTime, NaiveDateTime)) -> Vec<Value> {
     let v = entity_json(item, ctx, None);
     let (Some(start), Some(end)) = (local(&v["start"]), local(&v["end"])) else {
@@ -1151,24 +1275,157 @@ fn instances(item: &Item, ctx: &Ctx, window: (NaiveDateTime, NaiveDateTime)) -> 
             vec![]
         };
     }
-    let length = end - start;
-    occurrence_starts(&v["recurrence"], start, window.1)
+    series_instances(item, &v, window.1)
         .into_iter()
-        .filter(|s| overlaps(*s, *s + length))
-        .map(|s| {
-            let mut o = v.clone();
-            o["id"] = json!(format!(
-                "AAMkAGOcc{}",
-                B64URL.encode(format!("{}|{}", item.id, s.format(WINDOW_FMT)))
-            ));
-            o["type"] = json!("occurrence");
-            o["seriesMasterId"] = json!(item.id);
-            o["recurrence"] = Value::Null;
-            o["start"]["dateTime"] = json!(fmt_local(s));
-            o["end"]["dateTime"] = json!(fmt_local(s + length));
-            o
-        })
+        .filter(|(s, e, _)| overlaps(*s, *e))
+        .map(|(_, _, o)| o)
         .collect()
+}
+
+/// The occurrence or exception `id` names, if its series is in `container` (any when `None`)
+/// and it was not cancelled.
+fn occurrence(m: &Mailbox, ctx: &Ctx, container: Option<&str>, id: &str) -> Option<Value> {
+    let (master, original) = parse_occurrence_id(id)?;
+    let item = find(m, ItemKind::Event, container, &master)?;
+    let v = entity_json(item, ctx, None);
+    if !v["recurrence"].is_object() {
+        return None;
+    }
+    series_instances(item, &v, original)
+        .into_iter()
+        .map(|(_, _, o)| o)
+        .find(|o| o["id"].as_str() == Some(id))
+}
+
+/// `GET events/{id}/instances`: the occurrences and exceptions of a series between
+/// `startDateTime` and `endDateTime` (both required), `$select`, `$top` (10 by default, as
+/// Graph pages) and `$skip` with `@odata.nextLink`.
+fn list_instances(item: &Item, query: &HashMap<String, String>, ctx: &Ctx) -> Reply {
+    let (Some(a), Some(b)) = (
+        query.get("startDateTime").and_then(|v| parse_query_time(v)),
+        query.get("endDateTime").and_then(|v| parse_query_time(v)),
+    ) else {
+        return gerr(
+            400,
+            "ErrorInvalidParameter",
+            "This request requires a time window specified by the query string parameters \
+             StartDateTime and EndDateTime.",
+        );
+    };
+    let all = instances(item, ctx, (a, b));
+    let top = query
+        .get("$top")
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(10)
+        .clamp(1, 1000);
+    let skip = query
+        .get("$skip")
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(0);
+    let sel = query.get("$select").map(String::as_str);
+    let value: Vec<Value> = all
+        .iter()
+        .skip(skip)
+        .take(top)
+        .map(|i| select(i.clone(), sel))
+        .collect();
+    let mut v = json!({
+        "@odata.context": format!("{}/v1.0/$metadata#users('{}')/events('{}')/instances", ctx.base, ctx.uid, item.id),
+        "value": value,
+    });
+    if skip + top < all.len() {
+        let mut q: Vec<(String, String)> = query
+            .iter()
+            .filter(|(k, _)| *k != "$skip")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        q.sort();
+        q.push(("$skip".into(), (skip + top).to_string()));
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(q)
+            .finish();
+        v["@odata.nextLink"] = json!(format!(
+            "{}/v1.0/users/{}/events/{}/instances?{qs}",
+            ctx.base, ctx.uid, item.id
+        ));
+    }
+    Reply::json(200, &v, Some(Schema::Collection("microsoft.graph.event")))
+}
+
+/// A change to one occurrence: it becomes an exception, and the series counts as changed.
+fn patch_occurrence(
+    s: &mut DoubleState,
+    mb: usize,
+    master: &str,
+    original: NaiveDateTime,
+    id: &str,
+    v: Value,
+    ctx: &Ctx,
+) -> Reply {
+    if occurrence(&s.mailboxes[mb], ctx, None, id).is_none() {
+        return item_not_found();
+    }
+    let seq = s.next_seq();
+    let items = &mut s.mailboxes[mb].items;
+    let Some(item) = items.items.get_mut(master) else {
+        return item_not_found();
+    };
+    let mut props = match item.exceptions.remove(&original) {
+        Some(Exception::Changed(p)) => p,
+        _ => Map::new(),
+    };
+    for (k, val) in v.as_object().cloned().unwrap_or_default() {
+        if matches!(
+            k.as_str(),
+            "start" | "end" | "subject" | "location" | "body" | "isAllDay" | "categories"
+        ) {
+            let mut val = val;
+            if let Some(t) = local(&val).filter(|_| matches!(k.as_str(), "start" | "end")) {
+                val["dateTime"] = json!(fmt_local(t));
+            }
+            props.insert(k, val);
+        }
+    }
+    item.exceptions.insert(original, Exception::Changed(props));
+    item.version += 1;
+    item.modified = Utc::now().max(item.modified);
+    let container = item.container.clone();
+    items.log(&container, master, seq, true);
+    match occurrence(&s.mailboxes[mb], ctx, None, id) {
+        Some(out) => Reply::json(200, &out, Some(Schema::Entity("microsoft.graph.event"))),
+        None => item_not_found(),
+    }
+}
+
+/// Deletes one occurrence of a series; false when there is none.
+fn cancel_occurrence(
+    s: &mut DoubleState,
+    mb: usize,
+    master: &str,
+    original: NaiveDateTime,
+) -> bool {
+    let ctx = Ctx::of(s, mb);
+    if occurrence(
+        &s.mailboxes[mb],
+        &ctx,
+        None,
+        &occurrence_id(master, original),
+    )
+    .is_none()
+    {
+        return false;
+    }
+    let seq = s.next_seq();
+    let items = &mut s.mailboxes[mb].items;
+    let Some(item) = items.items.get_mut(master) else {
+        return false;
+    };
+    item.exceptions.insert(original, Exception::Cancelled);
+    item.version += 1;
+    item.modified = Utc::now().max(item.modified);
+    let container = item.container.clone();
+    items.log(&container, master, seq, true);
+    true
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1364,6 +1621,24 @@ pub(super) fn locate(s: &DoubleState, mb: usize, id: &str) -> Option<(ItemKind, 
         .items
         .get(id)
         .map(|i| (i.kind, i.container.clone()))
+}
+
+/// For tests: the instances (occurrences and exceptions) of a series in a window, as
+/// `GET events/{id}/instances` answers them.
+pub(super) fn instances_json(
+    s: &DoubleState,
+    mb: usize,
+    id: &str,
+    window: (DateTime<Utc>, DateTime<Utc>),
+) -> Vec<Value> {
+    let ctx = Ctx::of(s, mb);
+    s.mailboxes[mb]
+        .items
+        .items
+        .get(id)
+        .filter(|i| i.props.get("recurrence").is_some_and(Value::is_object))
+        .map(|i| instances(i, &ctx, (window.0.naive_utc(), window.1.naive_utc())))
+        .unwrap_or_default()
 }
 
 /// For tests: the ids of the instances calendarView lists for an event in a window.

@@ -781,15 +781,16 @@ impl GraphDouble {
             .unwrap_or_else(|| panic!("the item was not created"))
     }
 
-    /// Changes an item as another client would (a `PATCH` without `If-Match`); false when
-    /// there is no such item.
+    /// Changes an item as another client would (a `PATCH` without `If-Match`; on an
+    /// occurrence's id, it becomes an exception); false when there is no such item.
     pub fn update_item(&self, address: &str, id: &str, changes: Value) -> bool {
         let mut s = self.state();
         let mb = Self::mailbox_index(&s, address);
         items::patch_as_other(&mut s, mb, id, changes)
     }
 
-    /// Deletes an item as another client would; false when there is no such item.
+    /// Deletes an item as another client would (on an occurrence's id, cancels that
+    /// occurrence); false when there is no such item.
     pub fn delete_item(&self, address: &str, id: &str) -> bool {
         let mut s = self.state();
         let mb = Self::mailbox_index(&s, address);
@@ -815,6 +816,21 @@ impl GraphDouble {
         let s = self.state();
         let mb = Self::mailbox_index(&s, address);
         items::instance_ids(&s, mb, id, (start, end))
+    }
+
+    /// The occurrences and exceptions of series `id` between `start` and `end`, as
+    /// `GET events/{id}/instances` answers them (cancelled occurrences are absent; an
+    /// exception has type `exception` and its `originalStart`). Empty for a single event.
+    pub fn instances(
+        &self,
+        address: &str,
+        id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Vec<Value> {
+        let s = self.state();
+        let mb = Self::mailbox_index(&s, address);
+        items::instances_json(&s, mb, id, (start, end))
     }
 
     /// Every request received so far, in order (refused ones included).
