@@ -25,6 +25,7 @@
 
 mod autodiscover;
 pub mod ntlm;
+mod occurrences;
 mod ops;
 mod pim;
 mod store;
