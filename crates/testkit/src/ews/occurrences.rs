@@ -459,21 +459,29 @@ pub(super) fn modify(
             "EndDate is earlier than StartDate",
         ));
     }
-    // Not onto or past the day of a neighbour (where it is now, moved or not).
+    // Not onto or past the day of a neighbour that is still there (where it is now, moved
+    // or not).
     if let Some(i) = index_of(pim, original) {
         let z = zone(pim);
         let day = start.with_timezone(&z).date_naive();
-        let at = |i: i64| {
-            original_start(pim, i).ok().map(|o| {
+        let gone = deleted(pim);
+        let at = |i: i64| -> Option<Option<NaiveDate>> {
+            let o = original_start(pim, i).ok()?;
+            Some((!gone.contains(&o)).then(|| {
                 modified(pim, o)
                     .and_then(|m| m.child_text("Start"))
                     .and_then(parse_time)
                     .unwrap_or(o)
                     .with_timezone(&z)
                     .date_naive()
-            })
+            }))
         };
-        if at(i - 1).is_some_and(|p| day <= p) || at(i + 1).is_some_and(|n| day >= n) {
+        let previous = (1..i).rev().find_map(|j| at(j).flatten());
+        let next = (i + 1..i + 1000)
+            .map_while(at)
+            .flatten()
+            .next();
+        if previous.is_some_and(|p| day <= p) || next.is_some_and(|n| day >= n) {
             return Err(CROSSING);
         }
     }
