@@ -663,6 +663,43 @@ async fn recurring_meetings_round_trip(backend: Backend) {
     let before = w.writes();
     assert!(quiet(&w.round().await));
     assert_eq!(w.writes(), before);
+
+    // Restoring a cancelled occurrence in the CRM: EWS cannot; the round goes on, an alert
+    // names the meeting and why, nothing is written and the CRM keeps its values.
+    let s = w
+        .store
+        .fetch::<Appointment>(&a.id.to_string())
+        .await
+        .unwrap();
+    let mut a = s.value;
+    a.recurrence
+        .as_mut()
+        .unwrap()
+        .cancelled
+        .retain(|t| *t != start + Days::days(3));
+    w.api.update(&a, Some(s.version)).await.unwrap();
+    let before = w.writes();
+    let r = w.round().await;
+    assert_eq!(r.server_updated, 0, "{r:?}");
+    assert_eq!(w.writes(), before);
+    let alert = w
+        .store
+        .list_all::<serversync_model::alert::Alert>(Some(w.mailbox.org_id), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.value.code == "item_unmappable")
+        .expect("an alert");
+    for needle in ["Standup", "exdates", "cannot restore"] {
+        assert!(
+            alert.value.message.contains(needle),
+            "{}",
+            alert.value.message
+        );
+    }
+    let xml = w.double.item_xml(ALICE, &master).unwrap();
+    assert_eq!(xml.matches("<t:DeletedOccurrence>").count(), 2, "{xml}");
+    assert_eq!(crm_series(&w, "Standup").await.cancelled, vec![start + Days::days(2)]);
 }
 
 /// The same field changed on both sides: each policy decides, with an alert naming the field
