@@ -577,7 +577,10 @@ async fn a_series_with_a_moved_and_a_cancelled_occurrence_is_written_and_reads_b
             .unwrap(),
     );
     let got = s.get("calendar", &id).await.unwrap().unwrap();
-    assert_eq!(got.version, v1, "the version is the master's after its occurrences");
+    assert_eq!(
+        got.version, v1,
+        "the version is the master's after its occurrences"
+    );
     same(&v, &got.values);
     let xml = f.double.item_xml(ALICE, &id).unwrap();
     for needle in [
@@ -602,7 +605,8 @@ async fn a_series_with_a_moved_and_a_cancelled_occurrence_is_written_and_reads_b
     assert!(
         occurrence_writes[0].contains("InstanceIndex=\"2\"")
             && occurrence_writes[0].contains("UpdateItem")
-            && occurrence_writes[0].contains("SendMeetingInvitationsOrCancellations=\"SendToNone\""),
+            && occurrence_writes[0]
+                .contains("SendMeetingInvitationsOrCancellations=\"SendToNone\""),
         "{occurrence_writes:?}"
     );
     assert!(
@@ -653,7 +657,9 @@ async fn a_series_with_a_moved_and_a_cancelled_occurrence_is_written_and_reads_b
 
     // Meeting messages as the store is set: a future meeting's occurrences are announced.
     let mut s = f.store().await;
-    s.set_meeting_messages(serversync_connectors::ews::items::MeetingMessages::SendToAllAndSaveCopy);
+    s.set_meeting_messages(
+        serversync_connectors::ews::items::MeetingMessages::SendToAllAndSaveCopy,
+    );
     let mut v3 = v.clone();
     v3["uid"] = json!("a-series-3");
     done(

@@ -572,7 +572,10 @@ async fn recurring_meetings_round_trip(backend: Backend) {
         &master,
         2,
         &[
-            &format!("<Start>{}</Start>", ews_time(start + Days::days(1) + Days::hours(1))),
+            &format!(
+                "<Start>{}</Start>",
+                ews_time(start + Days::days(1) + Days::hours(1))
+            ),
             &format!(
                 "<End>{}</End>",
                 ews_time(start + Days::days(1) + Days::hours(1) + Days::minutes(15))
@@ -699,7 +702,10 @@ async fn recurring_meetings_round_trip(backend: Backend) {
     }
     let xml = w.double.item_xml(ALICE, &master).unwrap();
     assert_eq!(xml.matches("<t:DeletedOccurrence>").count(), 2, "{xml}");
-    assert_eq!(crm_series(&w, "Standup").await.cancelled, vec![start + Days::days(2)]);
+    assert_eq!(
+        crm_series(&w, "Standup").await.cancelled,
+        vec![start + Days::days(2)]
+    );
 }
 
 /// The same field changed on both sides: each policy decides, with an alert naming the field

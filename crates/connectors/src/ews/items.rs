@@ -364,11 +364,10 @@ impl EwsItemStore {
                 ),
             };
             let answer = self.client.call(op, &body).await?;
-            let msg = answer
-                .messages()
-                .into_iter()
-                .next()
-                .ok_or_else(|| protocol(format!("the answer to {op} has no response message")))?;
+            let msg =
+                answer.messages().into_iter().next().ok_or_else(|| {
+                    protocol(format!("the answer to {op} has no response message"))
+                })?;
             // Cancelled already (an earlier attempt): done.
             if op == "DeleteItem"
                 && msg.text_of("ResponseCode")
@@ -1441,7 +1440,9 @@ fn series_zone(v: &Value, current: Option<&Value>) -> Tz {
             .and_then(|z| z.parse::<Tz>().ok())
     };
     match &v["time_zone"] {
-        Value::Null => current.and_then(|c| known(&c["time_zone"])).unwrap_or(Tz::UTC),
+        Value::Null => current
+            .and_then(|c| known(&c["time_zone"]))
+            .unwrap_or(Tz::UTC),
         z => known(z).unwrap_or(Tz::UTC),
     }
 }
@@ -1498,8 +1499,8 @@ pub fn exception_writes(
     let zone = series_zone(v, current);
     let local = start.with_timezone(&zone);
     let xml = recurrence_xml(&rrule, start, local.date_naive())?;
-    let rec = Element::parse(xml.replace("t:", "").as_bytes())
-        .map_err(|e| format!("rrule: {e}"))?;
+    let rec =
+        Element::parse(xml.replace("t:", "").as_bytes()).map_err(|e| format!("rrule: {e}"))?;
     let series = super::occurrences::Series::parse(&rec).map_err(|e| format!("rrule: {e}"))?;
     let index = |t: DateTime<Utc>, field: &str| {
         super::occurrences::instance_index(&series, zone, local.time(), t).ok_or_else(|| {
@@ -1591,7 +1592,10 @@ pub fn update_occurrence_body(master: &str, w: &OccurrenceWrite, send: bool) -> 
         ),
         set("calendar:Start", Some(el("Start", &utc(*start)))),
         set("calendar:End", Some(el("End", &utc(*end)))),
-        set("calendar:Location", location.as_deref().map(|l| el("Location", l))),
+        set(
+            "calendar:Location",
+            location.as_deref().map(|l| el("Location", l)),
+        ),
     ]
     .concat();
     Some(format!(
@@ -2452,7 +2456,10 @@ pub fn every_request_body() -> Vec<(&'static str, String)> {
         location: Some("Room 2 & <3>".into()),
         description: subject.map(|_| "Moved\nearlier".to_owned()),
     };
-    for (w, send) in [(change(Some("Review (moved)")), false), (change(None), true)] {
+    for (w, send) in [
+        (change(Some("Review (moved)")), false),
+        (change(None), true),
+    ] {
         out.push((
             "UpdateItem",
             update_occurrence_body("AAMk1", &w, send).unwrap_or_default(),

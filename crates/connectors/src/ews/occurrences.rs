@@ -187,8 +187,7 @@ impl Series {
     }
 
     fn months_since_start(&self, day: NaiveDate) -> i64 {
-        (i64::from(day.year()) - i64::from(self.start_date.year())) * 12
-            + i64::from(day.month())
+        (i64::from(day.year()) - i64::from(self.start_date.year())) * 12 + i64::from(day.month())
             - i64::from(self.start_date.month())
     }
 
@@ -277,7 +276,12 @@ pub fn instant(zone: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
 
 /// The 1-based index of the occurrence starting at `at` of a series whose occurrences start
 /// at `time` (local, in `zone`); `None` when no occurrence starts then.
-pub fn instance_index(series: &Series, zone: Tz, time: NaiveTime, at: DateTime<Utc>) -> Option<u32> {
+pub fn instance_index(
+    series: &Series,
+    zone: Tz,
+    time: NaiveTime,
+    at: DateTime<Utc>,
+) -> Option<u32> {
     for (i, d) in series.dates().enumerate() {
         let t = instant(zone, d.and_time(time))?;
         if t == at {
@@ -321,10 +325,7 @@ mod tests {
             "<Recurrence><RelativeMonthlyRecurrence><Interval>1</Interval><DaysOfWeek>Friday</DaysOfWeek><DayOfWeekIndex>Last</DayOfWeekIndex></RelativeMonthlyRecurrence><EndDateRecurrence><StartDate>2026-12-01</StartDate><EndDate>2027-02-28</EndDate></EndDateRecurrence></Recurrence>",
         );
         let got: Vec<NaiveDate> = last_friday.dates().collect();
-        assert_eq!(
-            got,
-            vec![d("2026-12-25"), d("2027-01-29"), d("2027-02-26")]
-        );
+        assert_eq!(got, vec![d("2026-12-25"), d("2027-01-29"), d("2027-02-26")]);
         let monthly = series(
             "<Recurrence><AbsoluteMonthlyRecurrence><Interval>1</Interval><DayOfMonth>31</DayOfMonth></AbsoluteMonthlyRecurrence><NumberedRecurrence><StartDate>2027-01-31</StartDate><NumberOfOccurrences>3</NumberOfOccurrences></NumberedRecurrence></Recurrence>",
         );

@@ -129,7 +129,10 @@ struct Series {
 
 impl Series {
     fn of(rec: &Node) -> Option<Series> {
-        let range = rec.children.iter().find(|c| c.child("StartDate").is_some())?;
+        let range = rec
+            .children
+            .iter()
+            .find(|c| c.child("StartDate").is_some())?;
         let p = rec
             .children
             .iter()
@@ -216,9 +219,7 @@ impl Series {
             "AbsoluteMonthlyRecurrence" => {
                 self.months(d) % self.interval == 0 && d.day() == self.day_of_month
             }
-            "RelativeMonthlyRecurrence" => {
-                self.months(d) % self.interval == 0 && self.relative(d)
-            }
+            "RelativeMonthlyRecurrence" => self.months(d) % self.interval == 0 && self.relative(d),
             "AbsoluteYearlyRecurrence" => d.month() == self.month && d.day() == self.day_of_month,
             "RelativeYearlyRecurrence" => d.month() == self.month && self.relative(d),
             _ => false,
@@ -322,7 +323,7 @@ pub(super) fn deleted(pim: &Pim) -> Vec<DateTime<Utc>> {
         .unwrap_or_default()
 }
 
-pub(super) fn modified<'a>(pim: &'a Pim, original: DateTime<Utc>) -> Option<&'a Node> {
+pub(super) fn modified(pim: &Pim, original: DateTime<Utc>) -> Option<&Node> {
     pim.field("ModifiedOccurrences")?.children.iter().find(|o| {
         o.child_text("OriginalStart")
             .and_then(parse_time)
@@ -393,9 +394,9 @@ fn remove_modified(pim: &mut Pim, original: DateTime<Utc>) {
     }
 }
 
-/// The occurrence of `master` (id `master_id`) that originally starts at `original`, as a
-/// calendar item of its own: the master's properties with the occurrence's over them.
-pub(super) fn occurrence(pim: &Pim, master_id: &str, original: DateTime<Utc>) -> Pim {
+/// The occurrence of the series `pim` that originally starts at `original`, as a calendar
+/// item of its own: the master's properties with the occurrence's over them.
+pub(super) fn occurrence(pim: &Pim, original: DateTime<Utc>) -> Pim {
     let mut occ = pim.clone();
     for f in [
         "Recurrence",
@@ -427,7 +428,6 @@ pub(super) fn occurrence(pim: &Pim, master_id: &str, original: DateTime<Utc>) ->
         },
     ));
     occ.put(leaf("IsRecurring", "true"));
-    let _ = master_id;
     occ
 }
 
@@ -440,7 +440,7 @@ pub(super) fn modify(
     original: DateTime<Utc>,
     apply: impl FnOnce(&mut Pim) -> Result<(), Refusal>,
 ) -> Result<String, Refusal> {
-    let before = occurrence(pim, master_id, original);
+    let before = occurrence(pim, original);
     let mut after = before.clone();
     apply(&mut after)?;
     for f in ["Recurrence", "ModifiedOccurrences", "DeletedOccurrences"] {
@@ -477,10 +477,7 @@ pub(super) fn modify(
             }))
         };
         let previous = (1..i).rev().find_map(|j| at(j).flatten());
-        let next = (i + 1..i + 1000)
-            .map_while(at)
-            .flatten()
-            .next();
+        let next = (i + 1..i + 1000).map_while(at).flatten().next();
         if previous.is_some_and(|p| day <= p) || next.is_some_and(|n| day >= n) {
             return Err(CROSSING);
         }

@@ -1211,10 +1211,7 @@ fn get_item(s: &DoubleState, ctx: &Ctx, op: &Node) -> String {
                 let i = &m.items[&master];
                 let mut occ = i.clone();
                 occ.id = occurrences::occurrence_id(&master, original);
-                occ.pim = i
-                    .pim
-                    .as_ref()
-                    .map(|p| occurrences::occurrence(p, &master, original));
+                occ.pim = i.pim.as_ref().map(|p| occurrences::occurrence(p, original));
                 msgs.push(success(
                     OP,
                     &format!("<m:Items>{}</m:Items>", item_xml(m, &occ, &sh, false)),
@@ -1562,10 +1559,9 @@ fn update_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
                     return Err(not_found());
                 };
                 let mut p = item.pim.clone().ok_or_else(not_found)?;
-                let occ = occurrences::modify(&mut p, &master, original, |o| {
-                    pim::apply(o, &updates)
-                })
-                .map_err(refused)?;
+                let occ =
+                    occurrences::modify(&mut p, &master, original, |o| pim::apply(o, &updates))
+                        .map_err(refused)?;
                 item.pim = Some(p);
                 item.version += 1;
                 item.modified = Utc::now();
