@@ -532,12 +532,150 @@ async fn a_series_another_client_made_reads_with_its_exceptions_and_keeps_them()
     assert_eq!(now.values["subject"], "Standup (team)");
     assert_eq!(now.values["exdates"], v["exdates"]);
     assert_eq!(now.values["time_zone"], "Europe/Berlin");
-    // Changing the exceptions is refused (not silently dropped).
+    // A new exception is written; restoring a cancelled occurrence is refused (EWS cannot),
+    // not silently dropped.
     let mut more = now.values.clone();
     more["exdates"] = json!([d(2, 0), d(3, 0)]);
+    done(
+        s.update("calendar", &id, &now.version, &more)
+            .await
+            .unwrap(),
+    );
+    let now = s.get("calendar", &id).await.unwrap().unwrap();
+    assert_eq!(now.values["exdates"], json!([d(2, 0), d(3, 0)]));
+    assert_eq!(now.values["overrides"], v["overrides"]);
+    let mut fewer = now.values.clone();
+    fewer["exdates"] = json!([d(3, 0)]);
+    let writes = f.count("UpdateItem") + f.count("DeleteItem");
     let e = s
-        .update("calendar", &id, &now.version, &more)
+        .update("calendar", &id, &now.version, &fewer)
         .await
         .unwrap_err();
     assert_eq!(e.code.as_deref(), Some("unmappable_values"), "{e:?}");
+    assert!(e.message.contains("cannot restore"), "{e:?}");
+    assert_eq!(f.count("UpdateItem") + f.count("DeleteItem"), writes);
+}
+
+/// A series written from values with one moved (and renamed) and one cancelled occurrence:
+/// the server holds them as its own exceptions (DeleteItem and UpdateItem of an
+/// OccurrenceItemId, by instance index) and they read back equal; more exceptions are written
+/// by an update; values EWS cannot hold write nothing.
+#[tokio::test]
+async fn a_series_with_a_moved_and_a_cancelled_occurrence_is_written_and_reads_back_equal() {
+    let f = fixture().await;
+    let mut s = f.store().await;
+    let first = at(3, 0);
+    let week = |n: i64, h: i64| t(first + Duration::weeks(n) + Duration::hours(h));
+    let mut v = appointment("a-series");
+    v["rrule"] = json!("FREQ=WEEKLY;COUNT=6");
+    v["exdates"] = json!([week(2, 0)]);
+    v["overrides"] = json!([{"recurrence_id": week(1, 0), "start": week(1, 2), "end": week(1, 3),
+        "subject": "Quarterly review (later)", "location": "Room 9"}]);
+    let (id, v1) = done(
+        s.create("calendar", RecordType::Appointment, &v)
+            .await
+            .unwrap(),
+    );
+    let got = s.get("calendar", &id).await.unwrap().unwrap();
+    assert_eq!(
+        got.version, v1,
+        "the version is the master's after its occurrences"
+    );
+    same(&v, &got.values);
+    let xml = f.double.item_xml(ALICE, &id).unwrap();
+    for needle in [
+        format!("<t:DeletedOccurrence><t:Start>{}</t:Start>", week(2, 0)),
+        format!(
+            "<t:Start>{}</t:Start><t:End>{}</t:End><t:OriginalStart>{}</t:OriginalStart>",
+            week(1, 2),
+            week(1, 3),
+            week(1, 0)
+        ),
+    ] {
+        assert!(xml.contains(&needle), "{needle} in {xml}");
+    }
+    let occurrence_writes: Vec<String> = f
+        .double
+        .requests()
+        .into_iter()
+        .filter(|r| r.body.contains("OccurrenceItemId"))
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(occurrence_writes.len(), 2, "{occurrence_writes:?}");
+    assert!(
+        occurrence_writes[0].contains("InstanceIndex=\"2\"")
+            && occurrence_writes[0].contains("UpdateItem")
+            && occurrence_writes[0]
+                .contains("SendMeetingInvitationsOrCancellations=\"SendToNone\""),
+        "{occurrence_writes:?}"
+    );
+    assert!(
+        occurrence_writes[1].contains("InstanceIndex=\"3\"")
+            && occurrence_writes[1].contains("DeleteItem")
+            && occurrence_writes[1].contains("SendMeetingCancellations=\"SendToNone\""),
+        "{occurrence_writes:?}"
+    );
+    // The changes read the same.
+    let set = s.changes("calendar", None).await.unwrap();
+    assert_eq!(set.changed.len(), 1, "{set:?}");
+    same(&v, &set.changed[0].values);
+    assert_eq!(set.changed[0].version, v1);
+
+    // An update: the moved one moves again, and a fifth is cancelled.
+    let mut v2 = got.values.clone();
+    v2["overrides"][0]["start"] = json!(week(1, 4));
+    v2["overrides"][0]["end"] = json!(week(1, 5));
+    v2["exdates"] = json!([week(2, 0), week(4, 0)]);
+    let (_, ver2) = done(s.update("calendar", &id, &v1, &v2).await.unwrap());
+    let got = s.get("calendar", &id).await.unwrap().unwrap();
+    assert_eq!(got.version, ver2);
+    same(&v2, &got.values);
+
+    // What EWS cannot hold writes nothing: an occurrence returned to the series, an exdate
+    // that is no occurrence (on create too).
+    let writes = || f.count("CreateItem") + f.count("UpdateItem") + f.count("DeleteItem");
+    let before = writes();
+    let mut undo = got.values.clone();
+    undo["overrides"] = json!([]);
+    let e = s.update("calendar", &id, &ver2, &undo).await.unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("unmappable_values"), "{e:?}");
+    let mut off = got.values.clone();
+    off["exdates"] = json!([week(2, 0), week(4, 0), week(3, 1)]);
+    let e = s.update("calendar", &id, &ver2, &off).await.unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("unmappable_values"), "{e:?}");
+    assert!(e.message.contains("not an occurrence"), "{e:?}");
+    let mut bad = v.clone();
+    bad["uid"] = json!("a-series-2");
+    bad["exdates"] = json!([week(9, 0)]);
+    let e = s
+        .create("calendar", RecordType::Appointment, &bad)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("unmappable_values"), "{e:?}");
+    assert_eq!(writes(), before);
+    assert_eq!(f.double.items(ALICE, "calendar").len(), 1);
+
+    // Meeting messages as the store is set: a future meeting's occurrences are announced.
+    let mut s = f.store().await;
+    s.set_meeting_messages(
+        serversync_connectors::ews::items::MeetingMessages::SendToAllAndSaveCopy,
+    );
+    let mut v3 = v.clone();
+    v3["uid"] = json!("a-series-3");
+    done(
+        s.create("calendar", RecordType::Appointment, &v3)
+            .await
+            .unwrap(),
+    );
+    let last: Vec<String> = f
+        .double
+        .requests()
+        .into_iter()
+        .filter(|r| r.body.contains("OccurrenceItemId"))
+        .map(|r| r.body)
+        .skip(4)
+        .collect();
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert!(last[0].contains("SendMeetingInvitationsOrCancellations=\"SendToChangedAndSaveCopy\""));
+    assert!(last[1].contains("SendMeetingCancellations=\"SendToAllAndSaveCopy\""));
 }

@@ -18,7 +18,7 @@ use serversync_connectors::ews::items::{PROPERTY_SET, STAMP_PROPERTY};
 use serversync_engine::twoway::{self, round::RoundReport};
 use serversync_engine::{Admin, EngineConfig};
 use serversync_model::Secret;
-use serversync_model::crm::{Appointment, Contact, Task};
+use serversync_model::crm::{Appointment, Contact, Occurrence, Recurrence, Task};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding, RunStatus};
 use serversync_model::merge::ConflictPolicy;
 use serversync_model::org::Organization;
@@ -474,15 +474,393 @@ async fn test_and_enable_probes_the_folders(backend: Backend) {
     );
 }
 
+/// The requests of an operation the double received that name an occurrence.
+fn occurrence_writes(w: &World) -> usize {
+    w.double
+        .requests()
+        .iter()
+        .filter(|r| r.body.contains("OccurrenceItemId"))
+        .count()
+}
+
+async fn crm_series(w: &World, subject: &str) -> Recurrence {
+    w.crm_appointment(subject)
+        .await
+        .unwrap_or_else(|| panic!("{subject} in the CRM"))
+        .recurrence
+        .expect("a series")
+}
+
+/// A recurring meeting with one moved and one cancelled occurrence round-trips unchanged, in
+/// both directions: CRM → server → CRM and server → CRM → server.
+async fn recurring_meetings_round_trip(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    let mut appt = records::appointment(&w.mailbox, "Weekly sync", Days::days(1));
+    appt.time_zone = Some("Europe/Berlin".into());
+    let first = appt.starts_at;
+    let series = Recurrence {
+        rule: "FREQ=WEEKLY;COUNT=6".into(),
+        cancelled: vec![first + Days::weeks(2)],
+        changed: vec![Occurrence {
+            original_start: first + Days::weeks(1),
+            starts_at: first + Days::weeks(1) + Days::hours(2),
+            ends_at: first + Days::weeks(1) + Days::hours(3),
+            subject: Some("Weekly sync (later)".into()),
+            location: Some("Room 9".into()),
+            description: None,
+        }],
+    };
+    appt.recurrence = Some(series.clone());
+    w.api.insert(&appt).await.unwrap();
+    let r = w.round().await;
+    assert_eq!(r.server_created, 1, "{r:?}");
+    let (id, xml) = w.item("calendar", "Weekly sync").expect("the series");
+    for needle in [
+        format!(
+            "<t:DeletedOccurrence><t:Start>{}</t:Start>",
+            ews_time(first + Days::weeks(2))
+        ),
+        format!(
+            "<t:Start>{}</t:Start><t:End>{}</t:End><t:OriginalStart>{}</t:OriginalStart>",
+            ews_time(first + Days::weeks(1) + Days::hours(2)),
+            ews_time(first + Days::weeks(1) + Days::hours(3)),
+            ews_time(first + Days::weeks(1)),
+        ),
+        "W. Europe Standard Time".to_owned(),
+    ] {
+        assert!(xml.contains(&needle), "{needle} in {xml}");
+    }
+    assert_eq!(occurrence_writes(&w), 2, "one UpdateItem, one DeleteItem");
+    // Nothing echoes: the next round writes nothing anywhere.
+    let before = w.writes();
+    assert!(quiet(&w.round().await), "unchanged: nothing to write");
+    assert_eq!(w.writes(), before);
+    assert_eq!(crm_series(&w, "Weekly sync").await, series);
+    // The server's copy reads back equal: a change of another field on the server changes
+    // that field only.
+    w.double
+        .change_item(ALICE, &id, &["<Location>Room 5</Location>"], &[]);
+    let r = w.round().await;
+    assert_eq!((r.crm_updated, r.server_updated), (1, 0), "{r:?}");
+    let back = w.crm_appointment("Weekly sync").await.unwrap();
+    assert_eq!(back.location.as_deref(), Some("Room 5"));
+    assert_eq!(back.recurrence.as_ref(), Some(&series));
+    let before = w.writes();
+    assert!(quiet(&w.round().await));
+    assert_eq!(w.writes(), before);
+
+    // From the server: another client's series, tracked, with a moved (and renamed) and a
+    // cancelled occurrence.
+    let start = minute(Utc::now() + Days::days(7));
+    let master = w.double.create_item(
+        ALICE,
+        "calendar",
+        &format!(
+            "<CalendarItem><Subject>Standup</Subject>{}<Start>{}</Start><End>{}</End>\
+             <Recurrence><DailyRecurrence><Interval>1</Interval></DailyRecurrence>\
+             <NumberedRecurrence><StartDate>{}</StartDate><NumberOfOccurrences>5</NumberOfOccurrences>\
+             </NumberedRecurrence></Recurrence></CalendarItem>",
+            categories(&w.tracked()),
+            ews_time(start),
+            ews_time(start + Days::minutes(15)),
+            start.format("%Y-%m-%d"),
+        ),
+    );
+    w.double.cancel_occurrence(ALICE, &master, 3);
+    w.double.change_occurrence(
+        ALICE,
+        &master,
+        2,
+        &[
+            &format!(
+                "<Start>{}</Start>",
+                ews_time(start + Days::days(1) + Days::hours(1))
+            ),
+            &format!(
+                "<End>{}</End>",
+                ews_time(start + Days::days(1) + Days::hours(1) + Days::minutes(15))
+            ),
+            "<Subject>Standup (moved)</Subject>",
+        ],
+    );
+    let r = w.round().await;
+    assert_eq!(r.crm_created, 1, "{r:?}");
+    let rec = crm_series(&w, "Standup").await;
+    assert_eq!(rec.rule, "FREQ=DAILY;COUNT=5");
+    assert_eq!(rec.cancelled, vec![start + Days::days(2)]);
+    assert_eq!(
+        rec.changed,
+        vec![Occurrence {
+            original_start: start + Days::days(1),
+            starts_at: start + Days::days(1) + Days::hours(1),
+            ends_at: start + Days::days(1) + Days::hours(1) + Days::minutes(15),
+            subject: Some("Standup (moved)".into()),
+            location: None,
+            description: None,
+        }]
+    );
+    let (before, occ) = (w.writes(), occurrence_writes(&w));
+    assert!(quiet(&w.round().await), "unchanged both ways");
+    assert_eq!(w.writes(), before);
+    // Back to the server: a change of another field in the CRM is written, the server's
+    // exceptions stay as they are and nothing is written to an occurrence.
+    let s = w
+        .store
+        .list_all::<Appointment>(
+            Some(w.mailbox.org_id),
+            &[("kind", Col::text("appointment"))],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.value.subject == "Standup")
+        .unwrap();
+    let mut a = s.value;
+    a.location = Some("Huddle room".into());
+    w.api.update(&a, Some(s.version)).await.unwrap();
+    let r = w.round().await;
+    assert_eq!((r.server_updated, r.crm_updated), (1, 0), "{r:?}");
+    assert_eq!(occurrence_writes(&w), occ);
+    let xml = w.double.item_xml(ALICE, &master).unwrap();
+    for needle in [
+        ">Huddle room<".to_owned(),
+        format!(
+            "<t:DeletedOccurrence><t:Start>{}</t:Start>",
+            ews_time(start + Days::days(2))
+        ),
+        format!(
+            "<t:OriginalStart>{}</t:OriginalStart>",
+            ews_time(start + Days::days(1))
+        ),
+    ] {
+        assert!(xml.contains(&needle), "{needle} in {xml}");
+    }
+    let before = w.writes();
+    assert!(quiet(&w.round().await));
+    assert_eq!(w.writes(), before);
+    assert_eq!(crm_series(&w, "Standup").await, rec);
+
+    // A new exception made in the CRM reaches the server: the fourth occurrence is cancelled.
+    let s = w
+        .store
+        .fetch::<Appointment>(&a.id.to_string())
+        .await
+        .unwrap();
+    let mut a = s.value;
+    a.recurrence
+        .as_mut()
+        .unwrap()
+        .cancelled
+        .push(start + Days::days(3));
+    w.api.update(&a, Some(s.version)).await.unwrap();
+    let r = w.round().await;
+    assert_eq!(r.server_updated, 1, "{r:?}");
+    let xml = w.double.item_xml(ALICE, &master).unwrap();
+    assert!(
+        xml.contains(&format!(
+            "<t:DeletedOccurrence><t:Start>{}</t:Start>",
+            ews_time(start + Days::days(3))
+        )),
+        "{xml}"
+    );
+    let before = w.writes();
+    assert!(quiet(&w.round().await));
+    assert_eq!(w.writes(), before);
+
+    // Restoring a cancelled occurrence in the CRM: EWS cannot; the round goes on, an alert
+    // names the meeting and why, nothing is written and the CRM keeps its values.
+    let s = w
+        .store
+        .fetch::<Appointment>(&a.id.to_string())
+        .await
+        .unwrap();
+    let mut a = s.value;
+    a.recurrence
+        .as_mut()
+        .unwrap()
+        .cancelled
+        .retain(|t| *t != start + Days::days(3));
+    w.api.update(&a, Some(s.version)).await.unwrap();
+    let before = w.writes();
+    let r = w.round().await;
+    assert_eq!(r.server_updated, 0, "{r:?}");
+    assert_eq!(w.writes(), before);
+    let alert = w
+        .store
+        .list_all::<serversync_model::alert::Alert>(Some(w.mailbox.org_id), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.value.code == "item_unmappable")
+        .expect("an alert");
+    for needle in ["Standup", "exdates", "cannot restore"] {
+        assert!(
+            alert.value.message.contains(needle),
+            "{}",
+            alert.value.message
+        );
+    }
+    let xml = w.double.item_xml(ALICE, &master).unwrap();
+    assert_eq!(xml.matches("<t:DeletedOccurrence>").count(), 2, "{xml}");
+    assert_eq!(
+        crm_series(&w, "Standup").await.cancelled,
+        vec![start + Days::days(2)]
+    );
+}
+
+/// The same field changed on both sides: each policy decides, with an alert naming the field
+/// and both values; changes to different fields merge without a conflict.
+async fn conflicts_follow_the_policy(backend: Backend, policy: ConflictPolicy) {
+    let w = world(backend, policy).await;
+    let contact = records::contact(&w.mailbox, "Ann Lee", "ann@fabrikam.example");
+    w.api.insert(&contact).await.unwrap();
+    w.round().await;
+    let id = w.id("contacts", "Ann Lee");
+
+    // Different fields: the CRM changes the job title, the server the name.
+    let s = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    let mut c = s.value;
+    c.job_title = Some("Buyer".into());
+    w.api.update(&c, Some(s.version)).await.unwrap();
+    w.double.change_item(
+        ALICE,
+        &id,
+        &["<DisplayName>Ann Lee-Smith</DisplayName>"],
+        &[],
+    );
+    let r = w.round().await;
+    assert!(r.conflicts.is_empty(), "{r:?}");
+    let c = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(c.value.full_name, "Ann Lee-Smith");
+    assert_eq!(c.value.job_title.as_deref(), Some("Buyer"));
+    let (_, xml) = w.item("contacts", "Ann Lee-Smith").expect("the contact");
+    assert!(xml.contains(">Buyer<"), "{xml}");
+    let before = w.writes();
+    assert!(quiet(&w.round().await));
+    assert_eq!(w.writes(), before);
+
+    // The same field: the company, to different values on each side (the server's change is
+    // made after the CRM's, so "latest change wins" keeps the server's).
+    let mut c = c.clone();
+    c.value.company = Some("CRM Corp".into());
+    w.api.update(&c.value, Some(c.version)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    w.double
+        .change_item(ALICE, &id, &["<CompanyName>Server Corp</CompanyName>"], &[]);
+    let r = w.round().await;
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    assert_eq!(r.conflicts[0].1.field, "company");
+    let expected = match policy {
+        ConflictPolicy::CrmWins => "CRM Corp",
+        ConflictPolicy::ServerWins | ConflictPolicy::LatestChangeWins => "Server Corp",
+    };
+    let c = w
+        .store
+        .fetch::<Contact>(&contact.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(c.value.company.as_deref(), Some(expected));
+    let (_, xml) = w.item("contacts", "Ann Lee-Smith").unwrap();
+    assert!(xml.contains(&format!(">{expected}<")), "{xml}");
+    let alert = w
+        .store
+        .list_all::<serversync_model::alert::Alert>(Some(w.mailbox.org_id), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.value.code == "sync_conflict")
+        .expect("a conflict alert");
+    for needle in ["company", "CRM Corp", "Server Corp"] {
+        assert!(
+            alert.value.message.contains(needle),
+            "{}",
+            alert.value.message
+        );
+    }
+    assert_eq!(alert.value.recipients, vec![w.mailbox.owner_id]);
+    // Settled: the next round is quiet and writes nothing.
+    let before = w.writes();
+    assert!(quiet(&w.round().await));
+    assert_eq!(w.writes(), before);
+}
+
+/// A meeting the user attends (its organizer is someone else): deleted on the server it stays
+/// in the CRM, deleted in the CRM it stays on the server; the organizer's own meeting goes both
+/// ways.
+async fn deletes_are_guarded(backend: Backend) {
+    let w = world(backend, ConflictPolicy::LatestChangeWins).await;
+    let start = minute(Utc::now() + Days::days(3));
+    let invitation = |subject: &str| {
+        format!(
+            "<CalendarItem><Subject>{subject}</Subject>{}<Start>{}</Start><End>{}</End>\
+             <RequiredAttendees><Attendee><Mailbox><EmailAddress>{ALICE}</EmailAddress>\
+             </Mailbox></Attendee></RequiredAttendees></CalendarItem>",
+            categories(&w.tracked()),
+            ews_time(start),
+            ews_time(start + Days::hours(1)),
+        )
+    };
+    let boss = "<Organizer><Mailbox><Name>Boss</Name><EmailAddress>boss@contoso.example</EmailAddress>\
+                <RoutingType>SMTP</RoutingType></Mailbox></Organizer>";
+    // Attendee's copies in the mailbox (the organizer is someone else), and one of the user's
+    // own meetings.
+    let theirs = w
+        .double
+        .create_item(ALICE, "calendar", &invitation("Their meeting"));
+    w.double.change_item(ALICE, &theirs, &[boss], &[]);
+    let other = w
+        .double
+        .create_item(ALICE, "calendar", &invitation("Their review"));
+    w.double.change_item(ALICE, &other, &[boss], &[]);
+    let own = w
+        .double
+        .create_item(ALICE, "calendar", &invitation("My meeting"));
+    let r = w.round().await;
+    assert_eq!(r.crm_created, 3, "{r:?}");
+    let meeting = w.crm_appointment("Their meeting").await.unwrap();
+    assert_eq!(
+        meeting.organizer.as_ref().map(|o| o.address.as_str()),
+        Some("boss@contoso.example")
+    );
+
+    // Deleted on the server (the user removed the invitation): kept in the CRM.
+    assert!(w.double.remove_item(ALICE, &theirs));
+    assert!(w.double.remove_item(ALICE, &own));
+    let r = w.round().await;
+    assert_eq!(r.crm_deleted, 1, "only the user's own meeting: {r:?}");
+    assert!(w.crm_appointment("Their meeting").await.is_some());
+    assert!(w.crm_appointment("My meeting").await.is_none());
+
+    // Deleted in the CRM: the attendee's copy stays on the server.
+    let review = w.crm_appointment("Their review").await.unwrap();
+    w.api
+        .delete::<Appointment>(&review.id.to_string(), None)
+        .await
+        .unwrap();
+    let before = w.writes();
+    let r = w.round().await;
+    assert_eq!(r.server_deleted, 0, "{r:?}");
+    assert_eq!(w.writes(), before, "no DeleteItem");
+    assert!(w.item("calendar", "Their review").is_some());
+}
+
 macro_rules! both {
-    ($name:ident, $sqlite:ident, $pg:ident) => {
+    ($name:ident, $sqlite:ident, $pg:ident $(, $arg:expr)*) => {
         #[tokio::test]
         async fn $sqlite() {
-            $name(Backend::Sqlite).await;
+            $name(Backend::Sqlite $(, $arg)*).await;
         }
         #[tokio::test]
         async fn $pg() {
-            $name(Backend::Postgres).await;
+            $name(Backend::Postgres $(, $arg)*).await;
         }
     };
 }
@@ -501,4 +879,32 @@ both!(
     test_and_enable_probes_the_folders,
     test_enable_sqlite,
     test_enable_postgres
+);
+both!(
+    recurring_meetings_round_trip,
+    recurring_sqlite,
+    recurring_postgres
+);
+both!(
+    conflicts_follow_the_policy,
+    latest_change_wins_sqlite,
+    latest_change_wins_postgres,
+    ConflictPolicy::LatestChangeWins
+);
+both!(
+    conflicts_follow_the_policy,
+    crm_wins_sqlite,
+    crm_wins_postgres,
+    ConflictPolicy::CrmWins
+);
+both!(
+    conflicts_follow_the_policy,
+    server_wins_sqlite,
+    server_wins_postgres,
+    ConflictPolicy::ServerWins
+);
+both!(
+    deletes_are_guarded,
+    deletes_guarded_sqlite,
+    deletes_guarded_postgres
 );

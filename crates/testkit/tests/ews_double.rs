@@ -1313,6 +1313,10 @@ async fn responses_are_schema_valid() {
         format!("<m:UpdateItem ConflictResolution=\"NeverOverwrite\" SendMeetingInvitationsOrCancellations=\"SendToNone\"><m:ItemChanges><t:ItemChange><t:ItemId Id=\"{meeting}\"/><t:Updates><t:SetItemField><t:FieldURI FieldURI=\"item:Subject\"/><t:CalendarItem><t:Subject>Moved</t:Subject></t:CalendarItem></t:SetItemField><t:DeleteItemField><t:FieldURI FieldURI=\"calendar:Location\"/></t:DeleteItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"),
         format!("<m:UpdateItem ConflictResolution=\"NeverOverwrite\"><m:ItemChanges><t:ItemChange><t:ItemId Id=\"{person}\" ChangeKey=\"stale\"/><t:Updates><t:SetItemField><t:FieldURI FieldURI=\"contacts:JobTitle\"/><t:Contact><t:JobTitle>x</t:JobTitle></t:Contact></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"),
         format!("<m:DeleteItem DeleteType=\"MoveToDeletedItems\" AffectedTaskOccurrences=\"AllOccurrences\"><m:ItemIds><t:ItemId Id=\"{todo}\"/></m:ItemIds></m:DeleteItem>"),
+        // Occurrences of the series: moved, read, cancelled, and errors.
+        format!("<m:UpdateItem MessageDisposition=\"SaveOnly\" ConflictResolution=\"AlwaysOverwrite\" SendMeetingInvitationsOrCancellations=\"SendToNone\"><m:ItemChanges><t:ItemChange><t:OccurrenceItemId RecurringMasterId=\"{meeting}\" InstanceIndex=\"3\"/><t:Updates><t:SetItemField><t:FieldURI FieldURI=\"item:Subject\"/><t:CalendarItem><t:Subject>Later</t:Subject></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI=\"calendar:Start\"/><t:CalendarItem><t:Start>2026-12-24T11:00:00Z</t:Start></t:CalendarItem></t:SetItemField><t:SetItemField><t:FieldURI FieldURI=\"calendar:End\"/><t:CalendarItem><t:End>2026-12-24T12:00:00Z</t:End></t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"),
+        format!("<m:DeleteItem DeleteType=\"MoveToDeletedItems\" SendMeetingCancellations=\"SendToNone\"><m:ItemIds><t:OccurrenceItemId RecurringMasterId=\"{meeting}\" InstanceIndex=\"4\"/><t:OccurrenceItemId RecurringMasterId=\"{meeting}\" InstanceIndex=\"9\"/></m:ItemIds></m:DeleteItem>"),
+        format!("<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id=\"{meeting}\"/><t:OccurrenceItemId RecurringMasterId=\"{meeting}\" InstanceIndex=\"3\"/><t:OccurrenceItemId RecurringMasterId=\"{meeting}\" InstanceIndex=\"1\"/><t:OccurrenceItemId RecurringMasterId=\"{meeting}\" InstanceIndex=\"2\"/></m:ItemIds></m:GetItem>"),
     ];
     let requests = [
         GET_INBOX.to_string(),
@@ -1577,4 +1581,211 @@ async fn calendar_items_contacts_and_tasks() {
         "{xml}"
     );
     assert_eq!(s.ews.items(ALICE, "tasks")[0].kind, "Task");
+}
+
+/// Occurrences of a series ([MS-OXWSMTGS]): DeleteItem of an `OccurrenceItemId` cancels one
+/// (a DeletedOccurrence at its original start, counted in the series' time zone; the master's
+/// ChangeKey changes and SyncFolderItems reports it updated); UpdateItem of one moves and
+/// renames it (a ModifiedOccurrence with its Start, End and OriginalStart; GetItem of its
+/// ItemId shows what it has of its own); errors as Exchange answers them. Requests are
+/// schema-checked.
+#[tokio::test]
+async fn occurrences_of_a_series() {
+    let s = setup(EwsConfig {
+        schema_dir: Some(serversync_testkit::ews::schema_dir()),
+        ..EwsConfig::default()
+    })
+    .await;
+    // Thursdays at 10:00 in Berlin, four times, across the start of summer time (28 March
+    // 2027): 09:00Z twice, then 08:00Z.
+    let zone = "<StartTimeZone Id=\"W. Europe Standard Time\"/><EndTimeZone Id=\"W. Europe Standard Time\"/>";
+    let master = s.ews.create_item(
+        ALICE,
+        "calendar",
+        &format!(
+            "<CalendarItem><Subject>Standup</Subject><Location>Room 1</Location>\
+             <Start>2027-03-18T09:00:00Z</Start><End>2027-03-18T09:30:00Z</End>\
+             <Recurrence><WeeklyRecurrence><Interval>1</Interval><DaysOfWeek>Thursday</DaysOfWeek>\
+             </WeeklyRecurrence><NumberedRecurrence><StartDate>2027-03-18</StartDate>\
+             <NumberOfOccurrences>4</NumberOfOccurrences></NumberedRecurrence></Recurrence>{zone}</CalendarItem>"
+        ),
+    );
+    let single = s.ews.create_item(
+        ALICE,
+        "calendar",
+        "<CalendarItem><Subject>Once</Subject><Start>2027-03-18T09:00:00Z</Start><End>2027-03-18T10:00:00Z</End></CalendarItem>",
+    );
+    let get = |ids: &str| {
+        as_alice(&format!(
+            "<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape><m:ItemIds>{ids}</m:ItemIds></m:GetItem>"
+        ))
+    };
+    let item_id = |id: &str| format!("<t:ItemId Id=\"{id}\"/>");
+    let occ = |master: &str, n: i32| {
+        format!("<t:OccurrenceItemId RecurringMasterId=\"{master}\" InstanceIndex=\"{n}\"/>")
+    };
+    let sync = |state: Option<&str>| {
+        as_alice(&format!(
+            "<m:SyncFolderItems><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>\
+             <m:SyncFolderId><t:DistinguishedFolderId Id=\"calendar\"/></m:SyncFolderId>{}\
+             <m:MaxChangesReturned>100</m:MaxChangesReturned></m:SyncFolderItems>",
+            state
+                .map(|s| format!("<m:SyncState>{s}</m:SyncState>"))
+                .unwrap_or_default()
+        ))
+    };
+    let delete = |ids: &str, attrs: &str| {
+        as_alice(&format!(
+            "<m:DeleteItem DeleteType=\"MoveToDeletedItems\"{attrs}><m:ItemIds>{ids}</m:ItemIds></m:DeleteItem>"
+        ))
+    };
+    let none = " SendMeetingCancellations=\"SendToNone\"";
+    let r = call(&s, &get(&item_id(&master))).await;
+    let ck0 = item_ids(&r.body).remove(0).1;
+    let r = call(&s, &sync(None)).await;
+    let state = text_of(&r.body, "SyncState").unwrap().to_string();
+
+    // Cancel the third (1 April, after the clocks changed: 08:00Z).
+    let r = call(&s, &delete(&occ(&master, 3), "")).await;
+    assert!(
+        r.body.contains("ErrorSendMeetingCancellationsRequired"),
+        "{}",
+        r.body
+    );
+    let r = call(&s, &delete(&occ(&master, 3), none)).await;
+    assert!(r.body.contains("NoError"), "{}", r.body);
+    let r = call(&s, &get(&item_id(&master))).await;
+    assert!(
+        r.body.contains(
+            "<t:DeletedOccurrences><t:DeletedOccurrence><t:Start>2027-04-01T08:00:00Z</t:Start>"
+        ),
+        "{}",
+        r.body
+    );
+    let ck1 = item_ids(&r.body).remove(0).1;
+    assert_ne!(ck1, ck0, "the master's ChangeKey changes");
+    assert_eq!(
+        s.ews.items(ALICE, "deleteditems").len(),
+        0,
+        "an occurrence is not moved anywhere"
+    );
+    let r = call(&s, &sync(Some(&state))).await;
+    assert_eq!(count(&r.body, "<t:Update>"), 1, "{}", r.body);
+    assert!(r.body.contains(&master), "{}", r.body);
+
+    // Errors: deleted before, past the end, below the start, not a series.
+    for (ids, code) in [
+        (
+            occ(&master, 3),
+            "ErrorCalendarOccurrenceIsDeletedFromRecurrence",
+        ),
+        (
+            occ(&master, 5),
+            "ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange",
+        ),
+        (
+            occ(&master, 0),
+            "ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange",
+        ),
+        (
+            occ(&single, 1),
+            "ErrorCalendarCannotUseIdForRecurringMasterId",
+        ),
+    ] {
+        let r = call(&s, &delete(&ids, none)).await;
+        assert_eq!(text_of(&r.body, "ResponseCode"), Some(code), "{ids}");
+        let r = call(&s, &get(&ids)).await;
+        assert_eq!(text_of(&r.body, "ResponseCode"), Some(code), "{ids}");
+    }
+
+    // Move the second three hours later and rename it.
+    let update = |id: &str, start: &str, end: &str, attrs: &str| {
+        as_alice(&format!(
+            "<m:UpdateItem MessageDisposition=\"SaveOnly\" ConflictResolution=\"AlwaysOverwrite\"{attrs}><m:ItemChanges><t:ItemChange>{id}<t:Updates>\
+             <t:SetItemField><t:FieldURI FieldURI=\"item:Subject\"/><t:CalendarItem><t:Subject>Standup (late)</t:Subject></t:CalendarItem></t:SetItemField>\
+             <t:SetItemField><t:FieldURI FieldURI=\"calendar:Start\"/><t:CalendarItem><t:Start>{start}</t:Start></t:CalendarItem></t:SetItemField>\
+             <t:SetItemField><t:FieldURI FieldURI=\"calendar:End\"/><t:CalendarItem><t:End>{end}</t:End></t:CalendarItem></t:SetItemField>\
+             </t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"
+        ))
+    };
+    let send = " SendMeetingInvitationsOrCancellations=\"SendToNone\"";
+    let r = call(
+        &s,
+        &update(
+            &occ(&master, 2),
+            "2027-03-25T12:00:00Z",
+            "2027-03-25T12:30:00Z",
+            "",
+        ),
+    )
+    .await;
+    assert!(
+        r.body
+            .contains("ErrorSendMeetingInvitationsOrCancellationsRequired"),
+        "{}",
+        r.body
+    );
+    let r = call(
+        &s,
+        &update(
+            &occ(&master, 2),
+            "2027-03-25T12:00:00Z",
+            "2027-03-25T12:30:00Z",
+            send,
+        ),
+    )
+    .await;
+    assert!(r.body.contains("NoError"), "{}", r.body);
+    let occurrence = item_ids(&r.body).remove(0).0;
+    let r = call(&s, &get(&item_id(&master))).await;
+    assert!(
+        r.body.contains(&format!(
+            "<t:ModifiedOccurrences><t:Occurrence><t:ItemId Id=\"{occurrence}\"/>\
+             <t:Start>2027-03-25T12:00:00Z</t:Start><t:End>2027-03-25T12:30:00Z</t:End>\
+             <t:OriginalStart>2027-03-25T09:00:00Z</t:OriginalStart></t:Occurrence></t:ModifiedOccurrences>"
+        )),
+        "{}",
+        r.body
+    );
+    assert_eq!(count(&r.body, "Standup (late)"), 0, "{}", r.body);
+    assert_ne!(item_ids(&r.body).remove(0).1, ck1);
+    // The occurrence by its ItemId and by its index: its own subject, the series' location.
+    for ids in [item_id(&occurrence), occ(&master, 2)] {
+        let r = call(&s, &get(&ids)).await;
+        assert_eq!(text_of(&r.body, "Subject"), Some("Standup (late)"), "{ids}");
+        assert_eq!(text_of(&r.body, "Location"), Some("Room 1"));
+        assert_eq!(text_of(&r.body, "CalendarItemType"), Some("Exception"));
+        assert_eq!(
+            text_of(&r.body, "OriginalStart"),
+            Some("2027-03-25T09:00:00Z")
+        );
+        assert!(!r.body.contains("<t:Recurrence>"), "{}", r.body);
+    }
+    let r = call(&s, &get(&occ(&master, 4))).await;
+    assert_eq!(text_of(&r.body, "CalendarItemType"), Some("Occurrence"));
+    assert_eq!(text_of(&r.body, "Start"), Some("2027-04-08T08:00:00Z"));
+    assert_eq!(text_of(&r.body, "Subject"), Some("Standup"));
+    // Not onto the day of a neighbour (the first, onto the second's day).
+    let r = call(
+        &s,
+        &update(
+            &occ(&master, 1),
+            "2027-03-25T07:00:00Z",
+            "2027-03-25T07:30:00Z",
+            send,
+        ),
+    )
+    .await;
+    assert_eq!(
+        text_of(&r.body, "ResponseCode"),
+        Some("ErrorOccurrenceCrossingBoundary")
+    );
+    // Deleting the changed occurrence by its ItemId cancels it.
+    let r = call(&s, &delete(&item_id(&occurrence), none)).await;
+    assert!(r.body.contains("NoError"), "{}", r.body);
+    let r = call(&s, &get(&item_id(&master))).await;
+    assert_eq!(count(&r.body, "<t:DeletedOccurrence>"), 2, "{}", r.body);
+    assert!(!r.body.contains("ModifiedOccurrences"), "{}", r.body);
+    let r = call(&s, &get(&item_id(&occurrence))).await;
+    assert_eq!(text_of(&r.body, "ResponseCode"), Some("ErrorItemNotFound"));
 }

@@ -47,14 +47,27 @@
 //! | `organizer`, `state` | `Organizer`, `IsCancelled`: read only (Exchange sets the organizer; cancelling is `CancelCalendarItem`, not an update) |
 //! | `attendees` | `RequiredAttendees` (read: required and optional; written: all as required) |
 //! | `rrule` | `Recurrence` (daily, weekly, absolute/relative monthly and yearly; numbered, end-date or no-end range) |
-//! | `exdates`, `overrides` | `DeletedOccurrences`, `ModifiedOccurrences` (read only: start and end of a changed occurrence) |
+//! | `exdates`, `overrides` | `DeletedOccurrences`, `ModifiedOccurrences` (start and end; a changed occurrence's own `Subject`, `Location`, `Body` read by its ItemId); written occurrence by occurrence (below) |
 //! | `full_name`, `emails`, `company`, `job_title`, `phones` | `DisplayName` (+ `GivenName`/`Surname` split at the last space), `EmailAddresses` (EmailAddress1‥3), `CompanyName`, `JobTitle`, `PhoneNumbers` ([`PHONE_KEYS`] in order) |
 //! | `due`, `percent_complete`, `state` | `DueDate`, `PercentComplete`, `Status` (`completed` ↔ Completed, `canceled` ↔ Deferred, `open` ↔ NotStarted / InProgress / WaitingOnOthers) |
 //! | `categories`, `uid`, `stamp`, `modified` | `Categories`; [`UID_PROPERTY`] (else an appointment's `UID`); [`STAMP_PROPERTY`]; `LastModifiedTime` |
 //!
+//! - **Exceptions:** after the master's `CreateItem`/`UpdateItem`, each exdate the server's
+//!   item lacks is `DeleteItem` of an `OccurrenceItemId` (`RecurringMasterId` the master,
+//!   `InstanceIndex` the occurrence's 1-based place in the pattern, counted by
+//!   [`super::occurrences`] in the series' time zone), each new or changed override an
+//!   `UpdateItem` of one (`Start`, `End`, `Subject`, `Location`, `Body`; the series' own
+//!   where the override names none), sending meeting messages as the master's write does.
+//!   The answer's version is the master's ChangeKey after them. Writing the recurrence itself
+//!   (a new rule or start) drops the server's exceptions, so all are written again.
+//!   **Race:** an occurrence has no ChangeKey to check here (`AlwaysOverwrite`); the master's
+//!   was checked by its own write just before.
+//!
 //! Values that cannot be written (an RRULE part EWS has no pattern for, more than three
-//! emails, exdates or overrides the server's item does not already have) fail with the code
-//! `unmappable_values`: nothing is written, nothing is dropped silently.
+//! emails, an exdate or override that is no occurrence of the series, an occurrence the server
+//! has cancelled or changed that the values return to the series — EWS cannot restore one)
+//! fail with the code `unmappable_values` before anything is written: nothing is dropped
+//! silently.
 
 use super::ops::{self, FolderRef, SyncChange};
 use super::xml::{Element, escape};
@@ -235,6 +248,8 @@ impl EwsItemStore {
             )));
         }
         let mut out = Vec::new();
+        // Changed occurrences to read for what they have of their own: (item, ItemId).
+        let mut occurrences: Vec<(usize, String, DateTime<Utc>)> = Vec::new();
         for (msg, id) in msgs.into_iter().zip(ids) {
             if msg.attr("ResponseClass") == Some("Error") {
                 if msg.text_of("ResponseCode") == Some("ErrorItemNotFound") {
@@ -255,7 +270,37 @@ impl EwsItemStore {
                 out.push(Err(format!("the GetItem answer for {id} has no item")));
                 continue;
             };
+            for o in item
+                .child("ModifiedOccurrences")
+                .map(|m| m.children.as_slice())
+                .unwrap_or_default()
+            {
+                let oid = o.child("ItemId").and_then(|i| i.attr("Id"));
+                if let (Some(oid), Ok(Some(original))) = (oid, ews_time(o, "OriginalStart")) {
+                    occurrences.push((out.len(), oid.to_owned(), original));
+                }
+            }
             out.push(read_item(item).map(Some));
+        }
+        for batch in occurrences.chunks(GET_BATCH) {
+            let ids: Vec<&str> = batch.iter().map(|(_, id, _)| id.as_str()).collect();
+            let answer = self
+                .client
+                .call("GetItem", &get_occurrences_body(&ids))
+                .await?;
+            for ((n, _, original), msg) in batch.iter().zip(answer.messages()) {
+                // An occurrence that cannot be read keeps its times only.
+                if msg.attr("ResponseClass") == Some("Error") {
+                    continue;
+                }
+                let (Some(occ), Some(Ok(Some(item)))) = (
+                    msg.child("Items").and_then(|i| i.children.first()),
+                    out.get_mut(*n),
+                ) else {
+                    continue;
+                };
+                add_occurrence_details(&mut item.values, *original, occ);
+            }
         }
         Ok(out)
     }
@@ -295,6 +340,54 @@ impl EwsItemStore {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// Cancels and changes occurrences of the series `master` (just written); answers the
+    /// master's ChangeKey after them.
+    async fn write_occurrences(
+        &mut self,
+        master: &str,
+        writes: &[OccurrenceWrite],
+        send: bool,
+    ) -> Result<String> {
+        for w in writes {
+            let (op, index, body) = match w {
+                OccurrenceWrite::Cancel { index } => (
+                    "DeleteItem",
+                    *index,
+                    delete_occurrence_body(master, *index, send),
+                ),
+                OccurrenceWrite::Change { index, .. } => (
+                    "UpdateItem",
+                    *index,
+                    update_occurrence_body(master, w, send).unwrap_or_default(),
+                ),
+            };
+            let answer = self.client.call(op, &body).await?;
+            let msg =
+                answer.messages().into_iter().next().ok_or_else(|| {
+                    protocol(format!("the answer to {op} has no response message"))
+                })?;
+            // Cancelled already (an earlier attempt): done.
+            if op == "DeleteItem"
+                && msg.text_of("ResponseCode")
+                    == Some("ErrorCalendarOccurrenceIsDeletedFromRecurrence")
+            {
+                continue;
+            }
+            check(
+                msg,
+                &format!("{op} of occurrence {index} of the series (its master is written)"),
+            )?;
+        }
+        let answer = self
+            .client
+            .call("GetItem", &get_change_key_body(master))
+            .await?;
+        let msg = single(&answer, "GetItem")?;
+        item_id_of(msg)
+            .map(|(_, key)| key)
+            .ok_or_else(|| protocol("the GetItem answer names no item"))
     }
 
     /// Whether a meeting write sends messages.
@@ -759,19 +852,8 @@ fn appointment_fields(
             },
         ));
     }
-    // Exceptions of a series are occurrences of their own in EWS: only what the server
-    // already has can be kept.
-    for field in ["exdates", "overrides"] {
-        let want = &v[field];
-        let empty = want.is_null() || want.as_array().is_some_and(Vec::is_empty);
-        let have = current.map(|c| &c[field]);
-        if !empty && have != Some(want) {
-            return Err(format!(
-                "{field}: changing the exceptions of a recurring series is not supported over \
-                 EWS yet"
-            ));
-        }
-    }
+    // Exceptions of a series are occurrences of their own in EWS, written after the master
+    // (`exception_writes`).
     if let Some(w) = windows {
         out.push(set(
             Path::Field("calendar:StartTimeZone"),
@@ -1272,6 +1354,277 @@ fn rrule_of(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Exceptions of a series: occurrences cancelled or changed one by one
+
+/// A changed occurrence of the values (`overrides`), with what it inherits made absent.
+#[derive(Debug, Clone, PartialEq)]
+struct Override {
+    original: DateTime<Utc>,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    subject: Option<String>,
+    location: Option<String>,
+    description: Option<String>,
+}
+
+/// One write of an occurrence after its series' (`OccurrenceItemId` of the master).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OccurrenceWrite {
+    /// `DeleteItem` of occurrence `index` (1-based, in the pattern).
+    Cancel { index: u32 },
+    /// `UpdateItem` of occurrence `index` to these (the series' subject, location and
+    /// description where the override names none).
+    Change {
+        index: u32,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        subject: Option<String>,
+        location: Option<String>,
+        description: Option<String>,
+    },
+}
+
+fn exdates_of(v: &Value) -> std::result::Result<Vec<DateTime<Utc>>, String> {
+    let mut out = Vec::new();
+    for x in v["exdates"].as_array().into_iter().flatten() {
+        out.push(time_value(x, "exdates")?.ok_or("exdates: a time is missing")?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn overrides_of(v: &Value) -> std::result::Result<Vec<Override>, String> {
+    let series = |f: &str| text_value(&v[f], f).ok().flatten();
+    let mut out: Vec<Override> = Vec::new();
+    match &v["overrides"] {
+        Value::Null => {}
+        Value::Array(list) => {
+            for o in list {
+                let need = |f: &str| -> std::result::Result<DateTime<Utc>, String> {
+                    time_value(&o[f], &format!("overrides.{f}"))?
+                        .ok_or_else(|| format!("overrides.{f}: a changed occurrence needs it"))
+                };
+                // What equals the series' is inherited: absent.
+                let own = |f: &str| -> std::result::Result<Option<String>, String> {
+                    let t = text_value(&o[f], &format!("overrides.{f}"))?;
+                    Ok(t.filter(|t| Some(t) != series(f).as_ref()))
+                };
+                let (start, end) = (need("start")?, need("end")?);
+                if end < start {
+                    return Err("overrides.end: the occurrence ends before it starts".into());
+                }
+                out.push(Override {
+                    original: need("recurrence_id")?,
+                    start,
+                    end,
+                    subject: own("subject")?,
+                    location: own("location")?,
+                    description: own("description")?,
+                });
+            }
+        }
+        other => return Err(format!("overrides: {other} is not a list")),
+    }
+    out.sort_by_key(|o| o.original);
+    out.dedup_by_key(|o| o.original);
+    Ok(out)
+}
+
+/// The zone a series' occurrences are counted in: the one written to (or kept on) the
+/// server when Exchange knows it, else UTC.
+fn series_zone(v: &Value, current: Option<&Value>) -> Tz {
+    let known = |z: &Value| {
+        z.as_str()
+            .filter(|z| windows_zone(z).is_some())
+            .and_then(|z| z.parse::<Tz>().ok())
+    };
+    match &v["time_zone"] {
+        Value::Null => current
+            .and_then(|c| known(&c["time_zone"]))
+            .unwrap_or(Tz::UTC),
+        z => known(z).unwrap_or(Tz::UTC),
+    }
+}
+
+/// What must be written occurrence by occurrence after the master for `v`'s exceptions
+/// (`current`: the server's item, whose exceptions are kept unless its recurrence is
+/// rewritten). An exception EWS cannot make — an occurrence the server has cancelled or
+/// changed that the values return to the series, a time that is no occurrence — is the error.
+pub fn exception_writes(
+    v: &Value,
+    current: Option<&Value>,
+) -> std::result::Result<Vec<OccurrenceWrite>, String> {
+    let want_ex = exdates_of(v)?;
+    let want_ov = overrides_of(v)?;
+    // Setting the recurrence (a new series, a new rule or start) drops the server's
+    // exceptions: then every one of the values is new.
+    let kept = current.filter(|c| c["rrule"] == v["rrule"] && c["start"] == v["start"]);
+    let (have_ex, have_ov) = match kept {
+        Some(c) => (exdates_of(c)?, overrides_of(c)?),
+        None => (Vec::new(), Vec::new()),
+    };
+    if want_ex.is_empty() && want_ov.is_empty() && have_ex.is_empty() && have_ov.is_empty() {
+        return Ok(Vec::new());
+    }
+    for h in &have_ex {
+        if !want_ex.contains(h) {
+            return Err(format!(
+                "exdates: the occurrence of {} is cancelled on the server and the values \
+                 restore it; EWS cannot restore a cancelled occurrence (restore it in Outlook)",
+                utc(*h)
+            ));
+        }
+    }
+    for h in &have_ov {
+        if !want_ex.contains(&h.original) && !want_ov.iter().any(|o| o.original == h.original) {
+            return Err(format!(
+                "overrides: the occurrence of {} is changed on the server and the values \
+                 return it to the series; EWS cannot undo a changed occurrence (change it \
+                 back in Outlook)",
+                utc(h.original)
+            ));
+        }
+    }
+    let rrule = text_value(&v["rrule"], "rrule")?;
+    let Some(rrule) = rrule else {
+        let f = if want_ex.is_empty() {
+            "overrides"
+        } else {
+            "exdates"
+        };
+        return Err(format!("{f}: exceptions need a recurring series (rrule)"));
+    };
+    let start = time_value(&v["start"], "start")?.ok_or("start: an appointment needs a start")?;
+    let zone = series_zone(v, current);
+    let local = start.with_timezone(&zone);
+    let xml = recurrence_xml(&rrule, start, local.date_naive())?;
+    let rec =
+        Element::parse(xml.replace("t:", "").as_bytes()).map_err(|e| format!("rrule: {e}"))?;
+    let series = super::occurrences::Series::parse(&rec).map_err(|e| format!("rrule: {e}"))?;
+    let index = |t: DateTime<Utc>, field: &str| {
+        super::occurrences::instance_index(&series, zone, local.time(), t).ok_or_else(|| {
+            format!(
+                "{field}: {} is not an occurrence of the series ({rrule} from {}, {zone})",
+                utc(t),
+                utc(start)
+            )
+        })
+    };
+    let mut out: Vec<(u32, OccurrenceWrite)> = Vec::new();
+    for x in &want_ex {
+        let i = index(*x, "exdates")?;
+        if !have_ex.contains(x) {
+            out.push((i, OccurrenceWrite::Cancel { index: i }));
+        }
+    }
+    let series_text = |f: &str| text_value(&v[f], f).ok().flatten();
+    for o in &want_ov {
+        let i = index(o.original, "overrides.recurrence_id")?;
+        if want_ex.contains(&o.original) || have_ov.contains(o) {
+            continue;
+        }
+        out.push((
+            i,
+            OccurrenceWrite::Change {
+                index: i,
+                start: o.start,
+                end: o.end,
+                subject: o.subject.clone().or_else(|| series_text("subject")),
+                location: o.location.clone().or_else(|| series_text("location")),
+                description: o.description.clone().or_else(|| series_text("description")),
+            },
+        ));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, w)| w).collect())
+}
+
+/// The `OccurrenceItemId` of occurrence `index` of `master`.
+fn occurrence_id(master: &str, index: u32) -> String {
+    format!(
+        "<t:OccurrenceItemId RecurringMasterId=\"{}\" InstanceIndex=\"{index}\"/>",
+        escape(master)
+    )
+}
+
+/// `DeleteItem` of occurrence `index` of `master` (a cancelled occurrence).
+pub fn delete_occurrence_body(master: &str, index: u32, send: bool) -> String {
+    format!(
+        "<m:DeleteItem DeleteType=\"MoveToDeletedItems\" SendMeetingCancellations=\"{}\"><m:ItemIds>{}</m:ItemIds></m:DeleteItem>",
+        if send {
+            "SendToAllAndSaveCopy"
+        } else {
+            "SendToNone"
+        },
+        occurrence_id(master, index)
+    )
+}
+
+/// `UpdateItem` of occurrence `index` of `master` (a moved or changed occurrence). The
+/// occurrence has no ChangeKey of its own to give: the master's was checked by its write.
+pub fn update_occurrence_body(master: &str, w: &OccurrenceWrite, send: bool) -> Option<String> {
+    let OccurrenceWrite::Change {
+        index,
+        start,
+        end,
+        subject,
+        location,
+        description,
+    } = w
+    else {
+        return None;
+    };
+    let set = |uri: &str, x: Option<String>| match x {
+        Some(x) => format!(
+            "<t:SetItemField>{}<t:CalendarItem>{x}</t:CalendarItem></t:SetItemField>",
+            field_uri(uri)
+        ),
+        None => format!("<t:DeleteItemField>{}</t:DeleteItemField>", field_uri(uri)),
+    };
+    let updates = [
+        set("item:Subject", subject.as_deref().map(|s| el("Subject", s))),
+        set(
+            "item:Body",
+            description
+                .as_deref()
+                .map(|d| format!("<t:Body BodyType=\"Text\">{}</t:Body>", escape(d))),
+        ),
+        set("calendar:Start", Some(el("Start", &utc(*start)))),
+        set("calendar:End", Some(el("End", &utc(*end)))),
+        set(
+            "calendar:Location",
+            location.as_deref().map(|l| el("Location", l)),
+        ),
+    ]
+    .concat();
+    Some(format!(
+        "<m:UpdateItem MessageDisposition=\"SaveOnly\" ConflictResolution=\"AlwaysOverwrite\" SendMeetingInvitationsOrCancellations=\"{}\"><m:ItemChanges><t:ItemChange>{}<t:Updates>{updates}</t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>",
+        if send {
+            "SendToChangedAndSaveCopy"
+        } else {
+            "SendToNone"
+        },
+        occurrence_id(master, *index)
+    ))
+}
+
+/// `GetItem` of changed occurrences (by the ItemIds `ModifiedOccurrences` gives): what an
+/// occurrence may have of its own besides its times.
+pub fn get_occurrences_body(ids: &[&str]) -> String {
+    let ids: String = ids
+        .iter()
+        .map(|id| format!("<t:ItemId Id=\"{}\"/>", escape(id)))
+        .collect();
+    format!(
+        "<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:BodyType>Text</t:BodyType><t:AdditionalProperties>{}{}{}</t:AdditionalProperties></m:ItemShape><m:ItemIds>{ids}</m:ItemIds></m:GetItem>",
+        field_uri("item:Subject"),
+        field_uri("item:Body"),
+        field_uri("calendar:Location")
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
 // Time zones: IANA ↔ Windows
 
 /// (Windows id, IANA zones; the first is the one read).
@@ -1663,6 +2016,32 @@ fn appointment_values(
     Ok(())
 }
 
+/// Adds what a changed occurrence (`occ`, read by its ItemId) has of its own — subject,
+/// location, description differing from the series' — to its override in `values`.
+fn add_occurrence_details(values: &mut Value, original: DateTime<Utc>, occ: &Element) {
+    let series = values.clone();
+    let own = [
+        ("subject", opt_text(occ, "Subject")),
+        ("location", opt_text(occ, "Location")),
+        ("description", body_text(occ)),
+    ];
+    let Some(o) = values["overrides"]
+        .as_array_mut()
+        .and_then(|list| {
+            list.iter_mut()
+                .find(|o| o["recurrence_id"].as_str() == Some(utc(original).as_str()))
+        })
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for (f, v) in own {
+        if !v.is_null() && v != series[f] {
+            o.insert(f.into(), v);
+        }
+    }
+}
+
 fn dictionary(item: &Element, name: &str, keys: &[&str]) -> Vec<String> {
     let Some(d) = item.child(name) else {
         return Vec::new();
@@ -1863,6 +2242,10 @@ impl ItemStore for EwsItemStore {
         let folder = folder_of(collection);
         let send = self.sends(kind, values);
         let body = create_body(&folder, kind, values, send, &self.acting()).map_err(unmappable)?;
+        let writes = match kind {
+            RecordType::Appointment => exception_writes(values, None).map_err(unmappable)?,
+            _ => Vec::new(),
+        };
         // Made before (a create repeated after a lost answer): that item, not a second one.
         if let Some(existing) = self.find_by_uid(&folder, uid).await?.into_iter().next() {
             return self.conflict_or_gone(collection, &existing).await;
@@ -1871,6 +2254,10 @@ impl ItemStore for EwsItemStore {
         let msg = single(&answer, "CreateItem")?;
         let (id, version) =
             item_id_of(msg).ok_or_else(|| protocol("the CreateItem answer names no item"))?;
+        let version = match writes.is_empty() {
+            true => version,
+            false => self.write_occurrences(&id, &writes, send).await?,
+        };
         Ok(Written::Done { id, version })
     }
 
@@ -1888,6 +2275,12 @@ impl ItemStore for EwsItemStore {
             Some(c) => c,
         };
         let send = self.sends(current.kind, values);
+        let writes = match current.kind {
+            RecordType::Appointment => {
+                exception_writes(values, Some(&current.values)).map_err(unmappable)?
+            }
+            _ => Vec::new(),
+        };
         let body = update_body(
             id,
             if_version,
@@ -1921,6 +2314,10 @@ impl ItemStore for EwsItemStore {
         }
         let (new_id, version) =
             item_id_of(msg).ok_or_else(|| protocol("the UpdateItem answer names no item"))?;
+        let version = match writes.is_empty() {
+            true => version,
+            false => self.write_occurrences(&new_id, &writes, send).await?,
+        };
         Ok(Written::Done {
             id: new_id,
             version,
@@ -2047,7 +2444,27 @@ pub fn every_request_body() -> Vec<(&'static str, String)> {
         ),
         ("DeleteItem", delete_body("AAMk1", "CQAA", false)),
         ("DeleteItem", delete_body("AAMk1", "CQAA", true)),
+        ("DeleteItem", delete_occurrence_body("AAMk1", 3, false)),
+        ("DeleteItem", delete_occurrence_body("AAMk1", 3, true)),
+        ("GetItem", get_occurrences_body(&["AAMk2", "AAMk3"])),
     ];
+    let change = |subject: Option<&str>| OccurrenceWrite::Change {
+        index: 2,
+        start: "2026-12-17T10:00:00Z".parse().unwrap_or_default(),
+        end: "2026-12-17T11:00:00Z".parse().unwrap_or_default(),
+        subject: subject.map(str::to_owned),
+        location: Some("Room 2 & <3>".into()),
+        description: subject.map(|_| "Moved\nearlier".to_owned()),
+    };
+    for (w, send) in [
+        (change(Some("Review (moved)")), false),
+        (change(None), true),
+    ] {
+        out.push((
+            "UpdateItem",
+            update_occurrence_body("AAMk1", &w, send).unwrap_or_default(),
+        ));
+    }
     let mut push = |op: &'static str, body: std::result::Result<String, String>| {
         out.push((op, body.expect("representative values map")));
     };
@@ -2189,21 +2606,61 @@ mod tests {
     }
 
     #[test]
+    fn exceptions_become_occurrence_writes_by_instance_index() {
+        let mut v = json!({"uid": "a", "subject": "Standup", "location": "Room 1",
+            "start": "2026-12-10T08:00:00Z", "end": "2026-12-10T08:15:00Z",
+            "time_zone": "Europe/Berlin", "rrule": "FREQ=WEEKLY;COUNT=6",
+            "exdates": ["2026-12-24T08:00:00Z"],
+            "overrides": [{"recurrence_id": "2026-12-17T08:00:00Z", "start": "2026-12-17T10:00:00Z",
+                "end": "2026-12-17T10:15:00Z", "subject": "Standup (late)", "location": "Room 1"}]});
+        let w = exception_writes(&v, None).unwrap();
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            w,
+            vec![
+                OccurrenceWrite::Change {
+                    index: 2,
+                    start: t("2026-12-17T10:00:00Z"),
+                    end: t("2026-12-17T10:15:00Z"),
+                    subject: Some("Standup (late)".into()),
+                    location: Some("Room 1".into()),
+                    description: None,
+                },
+                OccurrenceWrite::Cancel { index: 3 },
+            ]
+        );
+        // What the server has already is not written again; a new exception is.
+        let mut server = v.clone();
+        server["overrides"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("location");
+        v["exdates"] = json!(["2026-12-24T08:00:00Z", "2027-01-07T08:00:00Z"]);
+        let w = exception_writes(&v, Some(&server)).unwrap();
+        assert_eq!(w, vec![OccurrenceWrite::Cancel { index: 5 }]);
+        // A new rule rewrites the series: every exception again.
+        server["rrule"] = json!("FREQ=WEEKLY;COUNT=7");
+        assert_eq!(exception_writes(&v, Some(&server)).unwrap().len(), 3);
+    }
+
+    #[test]
     fn unwritable_values_name_their_field() {
         let folder = FolderRef::Distinguished("contacts");
         let many = json!({"uid": "c", "emails": ["a@x", "b@x", "c@x", "d@x"]});
         let e = create_body(&folder, RecordType::Contact, &many, false, &Acting::Own);
         assert!(e.unwrap_err().starts_with("emails:"));
-        let exdates = json!({"uid": "a", "start": "2026-12-10T09:00:00Z", "end": "2026-12-10T10:00:00Z",
-            "rrule": "FREQ=DAILY", "exdates": ["2026-12-11T09:00:00Z"]});
-        let e = create_body(
-            &folder,
-            RecordType::Appointment,
-            &exdates,
-            false,
-            &Acting::Own,
-        );
-        assert!(e.unwrap_err().starts_with("exdates:"));
+        // An exdate that is no occurrence; an occurrence cancelled on the server that the
+        // values restore.
+        let series = json!({"uid": "a", "start": "2026-12-10T09:00:00Z", "end": "2026-12-10T10:00:00Z",
+            "rrule": "FREQ=DAILY", "exdates": ["2026-12-11T10:00:00Z"]});
+        let e = exception_writes(&series, None).unwrap_err();
+        assert!(e.starts_with("exdates:"), "{e}");
+        let mut server = series.clone();
+        server["exdates"] = json!(["2026-12-11T09:00:00Z"]);
+        let mut restored = series.clone();
+        restored["exdates"] = json!([]);
+        let e = exception_writes(&restored, Some(&server)).unwrap_err();
+        assert!(e.contains("cannot restore a cancelled occurrence"), "{e}");
         assert_eq!(
             windows_zone("Europe/Amsterdam"),
             Some("W. Europe Standard Time")

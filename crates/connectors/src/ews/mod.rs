@@ -18,6 +18,7 @@ pub mod autodiscover;
 pub mod codes;
 pub mod events;
 pub mod items;
+pub mod occurrences;
 pub mod ops;
 pub mod probe;
 pub mod xml;

@@ -13,7 +13,11 @@
 //! without the changes this syncer made itself (origin `sync:<mailbox>`), so nothing echoes:
 //! records in the user's filter are created (with a UID derived from the record, so a create
 //! repeated after a crash finds its first attempt), merged and updated with the version they
-//! were read at, deleted (only by the organizer, never a past meeting).
+//! were read at, deleted (only by the organizer, never a past meeting). Values the server
+//! cannot hold (the store's `unmappable_values`: an Exchange contact with a fourth email, an
+//! occurrence cancelled over EWS restored in the CRM) are not written: an `item_unmappable`
+//! alert names the record and why, the rest of the round goes on, and the CRM's values stay a
+//! change to write.
 //!
 //! **Crash safety.** Every write is idempotent and the positions (server token, feed sequence)
 //! are committed, fenced by the lease, only after the writes they cover: a round cut off at
@@ -25,6 +29,7 @@ use super::records::{self, CrmRecord};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use serversync_connectors::ConnectError;
+use serversync_connectors::ews::items::UNMAPPABLE_VALUES;
 use serversync_connectors::items::{ItemStore, RemoteItem, Written};
 use serversync_model::alert::Severity;
 use serversync_model::itemvalues as iv;
@@ -557,6 +562,8 @@ impl<S: ItemStore> Round<'_, S> {
                 }
             }
             let past = rec.value.is_past(self.now);
+            // Not written: a past meeting, or values the server cannot hold.
+            let mut unwritten = past;
             if !m.to_server.is_empty() && !past {
                 let mut values = item.values.clone();
                 if let Some(o) = values.as_object_mut() {
@@ -567,9 +574,22 @@ impl<S: ItemStore> Round<'_, S> {
                 match self
                     .server
                     .update(collection, &item.id, &item.version, &values)
-                    .await?
+                    .await
                 {
-                    Written::Done { version, .. } => {
+                    Err(e) if e.code.as_deref() == Some(UNMAPPABLE_VALUES) => {
+                        let line = format!(
+                            "{} \"{title}\": {} not written to the server of {}: {}",
+                            kind_name(rec.value.kind()),
+                            m.to_server.keys().cloned().collect::<Vec<_>>().join(", "),
+                            self.mailbox.email,
+                            e.message
+                        );
+                        self.alert("item_unmappable", line.clone()).await?;
+                        self.note(line);
+                        unwritten = true;
+                    }
+                    Err(e) => return Err(e.into()),
+                    Ok(Written::Done { version, .. }) => {
                         item.version = version;
                         self.report.server_updated += 1;
                         self.note(format!(
@@ -578,11 +598,11 @@ impl<S: ItemStore> Round<'_, S> {
                             m.to_server.keys().cloned().collect::<Vec<_>>().join(", ")
                         ));
                     }
-                    Written::Conflict { current } => {
+                    Ok(Written::Conflict { current }) => {
                         item = current;
                         continue;
                     }
-                    Written::Gone => {
+                    Ok(Written::Gone) => {
                         // Its delete comes with the server's next changes.
                         self.note(format!(
                             "{}: deleted on the server during the round",
@@ -593,9 +613,10 @@ impl<S: ItemStore> Round<'_, S> {
                 }
             }
             let mut synced = m.synced.clone();
-            if past && !m.to_server.is_empty() {
-                // Not written to a past meeting: the base keeps the server's values, so the
-                // difference is not taken for a change on the server later.
+            if unwritten && !m.to_server.is_empty() {
+                // Not written (a past meeting, values the server cannot hold): the base keeps
+                // the server's values, so the difference is not taken for a change on the
+                // server later, and the CRM's stays a change to write.
                 for k in m.to_server.keys() {
                     match server.get(k) {
                         Some(v) => synced.insert(k.clone(), v.clone()),
@@ -775,10 +796,25 @@ impl<S: ItemStore> Round<'_, S> {
             "categories".into(),
             Value::Array(vec![Value::String(iv::tracked_category(&self.org_name))]),
         );
-        let written = self
+        let written = match self
             .server
             .create(collection, rec.kind(), &Value::Object(values))
-            .await?;
+            .await
+        {
+            Err(e) if e.code.as_deref() == Some(UNMAPPABLE_VALUES) => {
+                let line = format!(
+                    "{} \"{}\": not created on the server of {}: {}",
+                    kind_name(rec.kind()),
+                    rec.title(),
+                    self.mailbox.email,
+                    e.message
+                );
+                self.alert("item_unmappable", line.clone()).await?;
+                self.note(line);
+                return Ok(());
+            }
+            other => other?,
+        };
         let (id, version, base) = match written {
             Written::Done { id, version } => {
                 self.report.server_created += 1;

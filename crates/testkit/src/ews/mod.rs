@@ -25,6 +25,7 @@
 
 mod autodiscover;
 pub mod ntlm;
+mod occurrences;
 mod ops;
 mod pim;
 mod store;
@@ -694,6 +695,65 @@ impl EwsDouble {
         };
         ops::log_change(&mut s, &mb_key, &folder, id, store::ChangeKind::Update);
         ops::emit(&mut s, &mb_key, "ModifiedEvent", id, &folder, None);
+    }
+
+    /// Cancels occurrence `index` (1-based) of the series `master` as another client would
+    /// (DeleteItem of an OccurrenceItemId): a DeletedOccurrence, the master's ChangeKey
+    /// changes, logged and raised as the master's ModifiedEvent. Panics when the item is no
+    /// series or the index is none of its occurrences.
+    pub fn cancel_occurrence(&self, mailbox: &str, master: &str, index: u32) {
+        self.change_series(mailbox, master, index, |p, original| {
+            occurrences::cancel(p, original)
+        });
+    }
+
+    /// Changes occurrence `index` (1-based) of the series `master` as another client would
+    /// (UpdateItem of an OccurrenceItemId): each element of `properties` (`<Start>…</Start>`,
+    /// `<Subject>…</Subject>`) replaces the occurrence's property of that name; it becomes a
+    /// ModifiedOccurrence. Panics as [`EwsDouble::cancel_occurrence`] does.
+    pub fn change_occurrence(&self, mailbox: &str, master: &str, index: u32, properties: &[&str]) {
+        let nodes: Vec<xml::Node> = properties
+            .iter()
+            .map(|x| xml::parse(x.as_bytes()).expect("the property's XML"))
+            .collect();
+        let id = master.to_string();
+        self.change_series(mailbox, master, index, move |p, original| {
+            occurrences::modify(p, &id, original, |o| {
+                for n in nodes {
+                    o.put(n);
+                }
+                Ok(())
+            })
+            .map(|_| ())
+        });
+    }
+
+    fn change_series(
+        &self,
+        mailbox: &str,
+        master: &str,
+        index: u32,
+        change: impl FnOnce(&mut store::Pim, chrono::DateTime<chrono::Utc>) -> Result<(), pim::Refusal>,
+    ) {
+        let mut s = self.state();
+        let mb_key = mailbox.to_lowercase();
+        let folder = {
+            let item = s
+                .mailboxes
+                .get_mut(&mb_key)
+                .and_then(|m| m.items.get_mut(master))
+                .unwrap_or_else(|| panic!("no item {master} in {mailbox}"));
+            let mut p = item.pim.clone().expect("a calendar item");
+            let original = occurrences::resolve(&p, &index.to_string())
+                .unwrap_or_else(|e| panic!("occurrence {index}: {e:?}"));
+            change(&mut p, original).unwrap_or_else(|e| panic!("occurrence {index}: {e:?}"));
+            item.pim = Some(p);
+            item.version += 1;
+            item.modified = chrono::Utc::now();
+            item.folder.clone()
+        };
+        ops::log_change(&mut s, &mb_key, &folder, master, store::ChangeKind::Update);
+        ops::emit(&mut s, &mb_key, "ModifiedEvent", master, &folder, None);
     }
 
     /// Deletes an item for good as another client would (logged for SyncFolderItems, raises

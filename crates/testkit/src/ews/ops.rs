@@ -10,6 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
 
+use super::occurrences;
 use super::pim;
 use super::store::{self, Change, ChangeKind, Event, Item, Pim, Subscription};
 use super::xml::{Node, esc};
@@ -380,6 +381,55 @@ fn find_item_id<'a>(
         .and_then(|m| m.items.get(id))
         .map(|i| (mb, i))
         .ok_or_else(not_found)
+}
+
+fn refused((code, text): pim::Refusal) -> E {
+    e(code, text)
+}
+
+/// The occurrence an `OccurrenceItemId` (or an occurrence's `ItemId`) names: (mailbox,
+/// master id, original start). `None`: the id names an item, not an occurrence.
+fn find_occurrence(
+    s: &DoubleState,
+    ctx: &Ctx,
+    id_node: &Node,
+) -> Result<Option<(String, String, DateTime<Utc>)>, E> {
+    let master_node = |id: &str| Node {
+        name: "ItemId".into(),
+        attrs: vec![("Id".into(), id.to_string())],
+        ..Node::default()
+    };
+    match id_node.name.as_str() {
+        "OccurrenceItemId" => {
+            let master = master_node(id_node.attr("RecurringMasterId").unwrap_or(""));
+            let (mb, item) = find_item_id(s, ctx, &master)?;
+            let p = item
+                .pim
+                .as_ref()
+                .ok_or_else(|| refused(occurrences::NOT_A_SERIES))?;
+            let original = occurrences::resolve(p, id_node.attr("InstanceIndex").unwrap_or(""))
+                .map_err(refused)?;
+            Ok(Some((mb, item.id.clone(), original)))
+        }
+        "ItemId" => {
+            let Some((master, original)) = id_node
+                .attr("Id")
+                .and_then(occurrences::decode_occurrence_id)
+            else {
+                return Ok(None);
+            };
+            let (mb, item) = find_item_id(s, ctx, &master_node(&master))?;
+            let p = item.pim.as_ref().ok_or_else(not_found)?;
+            let exists = !occurrences::deleted(p).contains(&original)
+                && (occurrences::modified(p, original).is_some()
+                    || occurrences::index_of(p, original).is_some());
+            if !exists {
+                return Err(not_found());
+            }
+            Ok(Some((mb, item.id.clone(), original)))
+        }
+        _ => Ok(None),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1154,6 +1204,25 @@ fn get_item(s: &DoubleState, ctx: &Ctx, op: &Node) -> String {
         .unwrap_or_default();
     let mut msgs = Vec::new();
     for id in ids {
+        match find_occurrence(s, ctx, id) {
+            Ok(None) => {}
+            Ok(Some((mb, master, original))) => {
+                let m = &s.mailboxes[&mb];
+                let i = &m.items[&master];
+                let mut occ = i.clone();
+                occ.id = occurrences::occurrence_id(&master, original);
+                occ.pim = i.pim.as_ref().map(|p| occurrences::occurrence(p, original));
+                msgs.push(success(
+                    OP,
+                    &format!("<m:Items>{}</m:Items>", item_xml(m, &occ, &sh, false)),
+                ));
+                continue;
+            }
+            Err(err) => {
+                msgs.push(failure(OP, &err, "<m:Items/>"));
+                continue;
+            }
+        }
         msgs.push(match find_item_id(s, ctx, id) {
             Ok((mb, i)) => success(
                 OP,
@@ -1469,7 +1538,41 @@ fn update_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
         let result = (|| -> Result<String, E> {
             let id_node = change
                 .child("ItemId")
+                .or_else(|| change.child("OccurrenceItemId"))
                 .ok_or_else(|| e("ErrorInvalidIdEmpty", "Id must be non-empty."))?;
+            if let Some((mb, master, original)) = find_occurrence(s, ctx, id_node)? {
+                if op.attr("SendMeetingInvitationsOrCancellations").is_none() {
+                    return Err(e(
+                        "ErrorSendMeetingInvitationsOrCancellationsRequired",
+                        "The SendMeetingInvitationsOrCancellations attribute is required for calendar items.",
+                    ));
+                }
+                let updates = change
+                    .child("Updates")
+                    .map(|u| u.children.clone())
+                    .unwrap_or_default();
+                let Some(item) = s
+                    .mailboxes
+                    .get_mut(&mb)
+                    .and_then(|m| m.items.get_mut(&master))
+                else {
+                    return Err(not_found());
+                };
+                let mut p = item.pim.clone().ok_or_else(not_found)?;
+                let occ =
+                    occurrences::modify(&mut p, &master, original, |o| pim::apply(o, &updates))
+                        .map_err(refused)?;
+                item.pim = Some(p);
+                item.version += 1;
+                item.modified = Utc::now();
+                let (ck, folder) = (item_ck(item), item.folder.clone());
+                log_change(s, &mb, &folder, &master, ChangeKind::Update);
+                emit(s, &mb, "ModifiedEvent", &master, &folder, None);
+                return Ok(format!(
+                    "<m:Items><t:CalendarItem>{}</t:CalendarItem></m:Items><m:ConflictResults><t:Count>0</t:Count></m:ConflictResults>",
+                    id_attrs("ItemId", &occ, &ck)
+                ));
+            }
             let (mb, item) = find_item_id(s, ctx, id_node)?;
             let (id, folder, current_ck) = (item.id.clone(), item.folder.clone(), item_ck(item));
             if let Some(ck) = id_node.attr("ChangeKey")
@@ -1645,6 +1748,30 @@ fn delete_item(s: &mut DoubleState, ctx: &Ctx, op: &Node) -> String {
     let mut msgs = Vec::new();
     for id_node in &ids {
         let result = (|| -> Result<(), E> {
+            if let Some((mb, master, original)) = find_occurrence(s, ctx, id_node)? {
+                if op.attr("SendMeetingCancellations").is_none() {
+                    return Err(e(
+                        "ErrorSendMeetingCancellationsRequired",
+                        "The SendMeetingCancellations attribute is required for calendar items.",
+                    ));
+                }
+                let Some(item) = s
+                    .mailboxes
+                    .get_mut(&mb)
+                    .and_then(|m| m.items.get_mut(&master))
+                else {
+                    return Err(not_found());
+                };
+                let mut p = item.pim.clone().ok_or_else(not_found)?;
+                occurrences::cancel(&mut p, original).map_err(refused)?;
+                item.pim = Some(p);
+                item.version += 1;
+                item.modified = Utc::now();
+                let folder = item.folder.clone();
+                log_change(s, &mb, &folder, &master, ChangeKind::Update);
+                emit(s, &mb, "ModifiedEvent", &master, &folder, None);
+                return Ok(());
+            }
             let (mb, item) = find_item_id(s, ctx, id_node)?;
             let (id, folder, mime, is_read, received, kept) = (
                 item.id.clone(),

@@ -555,6 +555,11 @@ pub(super) fn render(
                     x.push_str(&write(&parent(dict, entries)));
                 }
             }
+            "ModifiedOccurrences" if w.wants("ModifiedOccurrences") => {
+                if let Some(n) = pim.field("ModifiedOccurrences") {
+                    x.push_str(&write(&super::occurrences::rendered(n)));
+                }
+            }
             other if w.wants(other) => {
                 if let Some(n) = pim.field(other) {
                     x.push_str(&write(n));
