@@ -967,3 +967,143 @@ both!(the_settings_page_sets_the_conflict_policy, |backend| {
         page.body
     );
 });
+
+/// The text of the table cell after the row header `th` (the first one on the page).
+fn cell_after(html: &str, th: &str) -> String {
+    let head = format!("<th scope=\"row\">{th}</th><td>");
+    let rest = html
+        .split(&head)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no row {th}: {html}"));
+    rest.split("</td>").next().unwrap().to_owned()
+}
+
+/// The mailbox of a new user Ann of the default organization, tested and enabled
+/// `watched_for` ago; returns it and the organization's settings.
+async fn watched_mailbox(
+    s: &Site,
+    watched_for: chrono::Duration,
+) -> (
+    serversync_model::mailbox::Mailbox,
+    serversync_model::settings::EmailSettings,
+) {
+    use serversync_model::mailbox::Mailbox;
+    s.user(
+        "default",
+        "Ann Watched",
+        "ann@example.test",
+        &["basic_user"],
+        "ann's long password",
+    )
+    .await;
+    let root = s.admin.authenticate(&s.token).await.unwrap();
+    let org = root.user.org_id;
+    let settings = s.admin.settings(org).await.unwrap().value;
+    let stored = s
+        .admin
+        .list_mailboxes(&root, org, &Default::default(), None, 100)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|m| m.value.email == "ann@example.test")
+        .expect("ann's mailbox");
+    let mut m: Mailbox = stored.value;
+    m.approval = serversync_model::mailbox::ApprovalStatus::Approved;
+    m.test_completed_on = Some(chrono::Utc::now() - watched_for);
+    s.store.update(&m, Some(stored.version)).await.unwrap();
+    (m, settings)
+}
+
+/// Takes a message in through the real intake, received by the server at `received_at`.
+async fn take_in(
+    s: &Site,
+    m: &serversync_model::mailbox::Mailbox,
+    settings: &serversync_model::settings::EmailSettings,
+    uid: u32,
+    from: &str,
+    subject: &str,
+    received_at: chrono::DateTime<chrono::Utc>,
+) {
+    let raw = format!(
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <m{uid}-{}@example.test>\r\n\
+         Date: {}\r\n\r\nHello\r\n",
+        m.email,
+        m.id,
+        received_at.to_rfc2822()
+    );
+    serversync_engine::intake::take_in(
+        &s.store,
+        m,
+        settings,
+        None,
+        serversync_model::item::ItemSource::Imap {
+            folder: "INBOX".into(),
+            uid_validity: 1,
+            uid,
+        },
+        raw.as_bytes(),
+        received_at,
+    )
+    .await
+    .unwrap();
+}
+
+// Arrival latency counts only mail that arrived while the mailbox was watched: the first
+// synchronization's history (received years ago, taken in now) is left out and said so, and
+// the figures read in human units.
+both!(the_latency_counts_only_live_arrivals, |backend| {
+    let s = Site::start(backend).await;
+    let (m, settings) = watched_mailbox(&s, chrono::Duration::hours(1)).await;
+    let now = chrono::Utc::now();
+    // History: received three years and two years ago, before the mailbox was watched.
+    for (uid, days) in [(1, 3 * 365), (2, 2 * 365)] {
+        take_in(
+            &s,
+            &m,
+            &settings,
+            uid,
+            "old@example.test",
+            "Old",
+            now - chrono::Duration::days(days),
+        )
+        .await;
+    }
+    let cookie = s.sign_in_with_token(&s.token).await;
+    let page = s.get("/", &cookie).await;
+    assert!(
+        page.body
+            .contains("No live arrival stored in the last 24 hours."),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("2 older messages taken in by a first synchronization are not counted."),
+        "{}",
+        page.body
+    );
+    // Live: received three seconds before it was taken in.
+    for uid in 3..6 {
+        take_in(
+            &s,
+            &m,
+            &settings,
+            uid,
+            "new@example.test",
+            "New",
+            chrono::Utc::now() - chrono::Duration::seconds(3),
+        )
+        .await;
+    }
+    let page = s.get("/", &cookie).await;
+    assert_eq!(cell_after(&page.body, "Messages"), "3", "{}", page.body);
+    for p in ["p50", "p95", "p99"] {
+        let shown = cell_after(&page.body, p);
+        let secs: f64 = shown
+            .strip_suffix(" s")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{p} reads {shown:?}, not seconds"));
+        assert!((3.0..60.0).contains(&secs), "{p}: {shown}");
+    }
+});
