@@ -7,6 +7,7 @@ pub mod mailboxes;
 pub mod monitor;
 pub mod orgs;
 pub mod profiles;
+pub mod records;
 pub mod settings;
 pub mod tokens;
 
@@ -87,6 +88,24 @@ pub fn error(s: &Session, e: impl std::fmt::Display) -> Response {
 struct ErrorPage {
     page: Page,
     message: String,
+}
+
+/// A page for an error of the engine with the status a browser should see: 404 for a record
+/// that is not there (or is another organization's), 403 for a missing privilege, else 400.
+pub fn fail(s: &Session, e: serversync_engine::AdminError) -> Response {
+    use serversync_engine::AdminError;
+    let status = match &e {
+        AdminError::NotFound { .. } => StatusCode::NOT_FOUND,
+        AdminError::Denied(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    with_status(error(s, e), status)
+}
+
+/// `r` with `status`.
+pub fn with_status(mut r: Response, status: StatusCode) -> Response {
+    *r.status_mut() = status;
+    r
 }
 
 /// A time as the pages show it, or a dash.
