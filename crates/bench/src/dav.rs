@@ -16,8 +16,8 @@ use chrono::{DateTime, Duration as Days, DurationRound, Utc};
 use serversync_model::crm::{ActivityParty, ActivityState, Appointment, Contact, PartyRole};
 use serversync_model::mailbox::{Mailbox, RunStatus};
 use serversync_model::webhook::RecordType;
-use serversync_store::Col;
 use serversync_model::{ActivityId, ContactId, OrgId, UserId};
+use serversync_store::Col;
 use serversync_testkit::radicale::RadicaleInfo;
 
 use crate::procstat::{Usage, Watched, cpu_seconds, self_cpu};
@@ -500,7 +500,10 @@ pub fn server_items(
     let (mut events, mut cards) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let a = appointment(i, org, owner, organizer, now);
-        let values = meta(appointment_values(&a), format!("bench-event-{i}@example.test"));
+        let values = meta(
+            appointment_values(&a),
+            format!("bench-event-{i}@example.test"),
+        );
         events.push((
             format!("event-{i}.ics"),
             from_values(RecordType::Appointment, &values, None)?,
@@ -548,7 +551,10 @@ pub async fn serversync_down_row(
 ) -> Result<(Row, Seeded)> {
     std::fs::create_dir_all(dir)?;
     let world = World::new(url).await?;
-    let (cal_name, book_name) = (format!("{tag}-down-calendar"), format!("{tag}-down-contacts"));
+    let (cal_name, book_name) = (
+        format!("{tag}-down-calendar"),
+        format!("{tag}-down-contacts"),
+    );
     let cal = dav
         .make(CRM_USER, &cal_name, RecordType::Appointment)
         .await?;

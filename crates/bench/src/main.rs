@@ -532,7 +532,9 @@ async fn run(args: RunArgs) -> Result<()> {
 
     if wants(&args, "dav-down") {
         let n = args.dav_down_items;
-        eprintln!("bench: CalDAV/CardDAV, first sync of {n} contacts and {n} events from the server");
+        eprintln!(
+            "bench: CalDAV/CardDAV, first sync of {n} contacts and {n} events from the server"
+        );
         let radicale = serversync_testkit::radicale::Radicale::start_with(
             &dir.join("radicale-down"),
             &Accounts {
@@ -589,13 +591,9 @@ async fn run(args: RunArgs) -> Result<()> {
         .await?;
         bench.rows.push(row);
         eprintln!("bench: vdirsyncer");
-        let row = dav::vdirsyncer_down_row(
-            &dir.join("vdirsyncer-down"),
-            &server,
-            n,
-            &seeded.org_name,
-        )
-        .await?;
+        let row =
+            dav::vdirsyncer_down_row(&dir.join("vdirsyncer-down"), &server, n, &seeded.org_name)
+                .await?;
         bench.rows.push(row);
         rep.dav_down = Some(bench);
         drop(radicale);

@@ -71,6 +71,17 @@ pub enum Filter {
     Below(&'static str, i64),
     /// The entity links to this id (see [`Entity::LINKS`]).
     LinkedTo(String),
+    /// The text column contains the value (case as stored; `%`, `_` and `\` in the value match
+    /// themselves).
+    Contains(&'static str, String),
+}
+
+/// The order of a listing: by id (time-ordered) ascending after a cursor, or descending
+/// before one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Oldest,
+    Newest,
 }
 
 /// An entity as stored, with its optimistic-concurrency version and timestamps.
@@ -548,13 +559,45 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<E>, StoreError> {
+        self.list_ordered(org, filters, after, limit, Order::Oldest)
+            .await
+    }
+
+    /// Like [`Store::list_where`], newest first: `limit` at a time before the cursor `before`
+    /// (the page's `next` is the cursor of the next, older, page).
+    pub async fn list_newest<E: Entity>(
+        &self,
+        org: Option<OrgId>,
+        filters: &[Filter],
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<E>, StoreError> {
+        self.list_ordered(org, filters, before, limit, Order::Newest)
+            .await
+    }
+
+    async fn list_ordered<E: Entity>(
+        &self,
+        org: Option<OrgId>,
+        filters: &[Filter],
+        after: Option<&str>,
+        limit: u32,
+        order: Order,
+    ) -> Result<Page<E>, StoreError> {
         let limit = limit.clamp(1, 1000);
         let mut sql = format!(
             "SELECT id, doc, version, created_at, updated_at FROM {}{}",
             E::TABLE,
-            where_clause::<E>(org, filters, after)
+            where_clause_ordered::<E>(org, filters, after, order)
         );
-        sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
+        sql.push_str(&format!(
+            " ORDER BY id{} LIMIT {}",
+            match order {
+                Order::Oldest => "",
+                Order::Newest => " DESC",
+            },
+            limit + 1
+        ));
         let mut items: Vec<Stored<E>> = dispatch!(&self.db, pool => {
             let q = bind_filters!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), E, org, filters, after);
             let rows = q.fetch_all(pool).await?;
@@ -612,6 +655,16 @@ impl Store {
 /// ` WHERE …` for a listing's organization, filters and keyset position (`$n` parameters in
 /// the order [`bind_filters!`] binds them), or nothing when there is no condition.
 fn where_clause<E: Entity>(org: Option<OrgId>, filters: &[Filter], after: Option<&str>) -> String {
+    where_clause_ordered::<E>(org, filters, after, Order::Oldest)
+}
+
+/// [`where_clause`], with the keyset position before the cursor for [`Order::Newest`].
+fn where_clause_ordered<E: Entity>(
+    org: Option<OrgId>,
+    filters: &[Filter],
+    after: Option<&str>,
+    order: Order,
+) -> String {
     let mut conds = Vec::new();
     let mut n = 0;
     let mut next_param = || {
@@ -629,6 +682,9 @@ fn where_clause<E: Entity>(org: Option<OrgId>, filters: &[Filter], after: Option
             Filter::Eq(name, _) => conds.push(format!("{name} = {}", next_param())),
             Filter::AtLeast(name, _) => conds.push(format!("{name} >= {}", next_param())),
             Filter::Below(name, _) => conds.push(format!("{name} < {}", next_param())),
+            Filter::Contains(name, _) => {
+                conds.push(format!("{name} LIKE {} ESCAPE '\\'", next_param()))
+            }
             Filter::LinkedTo(_) => match E::LINKS {
                 Some((table, own, other)) => conds.push(format!(
                     "id IN (SELECT {own} FROM {table} WHERE {other} = {})",
@@ -639,13 +695,31 @@ fn where_clause<E: Entity>(org: Option<OrgId>, filters: &[Filter], after: Option
         }
     }
     if after.is_some() {
-        conds.push(format!("id > {}", next_param()));
+        let op = match order {
+            Order::Oldest => ">",
+            Order::Newest => "<",
+        };
+        conds.push(format!("id {op} {}", next_param()));
     }
     if conds.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", conds.join(" AND "))
     }
+}
+
+/// `%value%` for `LIKE … ESCAPE '\'`, the value's own `%`, `_` and `\` escaped.
+fn like_pattern(v: &str) -> String {
+    let mut p = String::with_capacity(v.len() + 2);
+    p.push('%');
+    for c in v.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 /// Binds the parameters of [`where_clause`] to a query, in its order.
@@ -660,6 +734,7 @@ macro_rules! bind_filters {
                 Filter::Eq(_, Col::Text(None) | Col::Int(None)) => {}
                 Filter::Eq(_, c) => q = bind_col!(q, c),
                 Filter::AtLeast(_, v) | Filter::Below(_, v) => q = q.bind(*v),
+                Filter::Contains(_, v) => q = q.bind(like_pattern(v)),
                 Filter::LinkedTo(v) => {
                     if <$e as Entity>::LINKS.is_some() {
                         q = q.bind(v.clone());
@@ -745,6 +820,7 @@ entity!(EmailActivity, "activities", "email activity", feed EmailActivity, |s| S
     "tracking_token" => Col::opt_text(s.tracking_token.as_ref()),
     "subject_key" => Col::opt_text(Some(serversync_model::track::normalize_subject(&s.subject)).filter(|k| !k.is_empty())),
     "occurred_at" => Col::Int(Some(s.received_at.or(s.sent_at).unwrap_or(s.created_at).timestamp_millis())),
+    "from_addr" => Col::opt_text(s.parties.iter().find(|p| p.role == serversync_model::crm::PartyRole::From).map(|p| p.address.to_lowercase())),
     "send_mailbox" => Col::opt_text(s.send_due().map(|(m, _)| m)),
     "due_at" => Col::Int(s.send_due().map(|(_, t)| t.timestamp_millis())),
 ], links ("activity_mailboxes", "activity_id", "mailbox_id") => s.mailbox_ids.iter().map(|m| m.to_string()).collect());

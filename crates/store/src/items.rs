@@ -82,8 +82,8 @@ impl Store {
             let mut tx = pool.begin().await?;
             for ((item, blobs), doc) in items.iter().zip(&docs) {
                 let n = sqlx::query(
-                    "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256, raw_kept) \
-                     VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
+                    "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256, raw_kept, from_addr, received_ms) \
+                     VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
                 )
                 .bind(item.id.to_string())
                 .bind(item.org_id.to_string())
@@ -95,6 +95,8 @@ impl Store {
                 .bind(serversync_model::wire_name(&item.decision))
                 .bind(&item.raw_sha256)
                 .bind(item.raw_kept)
+                .bind(item.from.as_ref().map(|f| f.to_lowercase()))
+                .bind(item.received_at.timestamp_millis())
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -339,6 +341,14 @@ impl Entity for MailItem {
             ("message_id", Col::opt_text(self.message_id.as_ref())),
             ("raw_sha256", Col::text(&self.raw_sha256)),
             ("raw_kept", Col::Bool(self.raw_kept)),
+            (
+                "from_addr",
+                Col::opt_text(self.from.as_ref().map(|f| f.to_lowercase())),
+            ),
+            (
+                "received_ms",
+                Col::Int(Some(self.received_at.timestamp_millis())),
+            ),
             (
                 "decision",
                 Col::text(serversync_model::wire_name(&self.decision)),

@@ -18,6 +18,8 @@ pub struct Problem {
     pub detail: String,
     /// Messages by field path (`incoming.port`, `advanced.max_sends_per_minute`…).
     pub fields: BTreeMap<String, String>,
+    /// The API's HTTP status (0 when the request never reached it).
+    pub status: u16,
 }
 
 impl Problem {
@@ -72,6 +74,7 @@ impl Web {
                 .as_str()
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("the server answered {status}")),
+            status: status.as_u16(),
             ..Default::default()
         };
         for e in v["errors"].as_array().into_iter().flatten() {

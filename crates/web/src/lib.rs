@@ -18,6 +18,7 @@
 
 mod api;
 mod charts;
+mod names;
 mod pages;
 mod session;
 
@@ -64,6 +65,12 @@ pub fn router_behind(admin: Admin, api: Router, trusted_proxies: Vec<IpAddr>) ->
         .route("/settings", get(pages::settings::form))
         .route("/mailboxes", get(pages::mailboxes::list))
         .route("/mailboxes/{id}", get(pages::mailboxes::detail))
+        .route("/items/{id}", get(pages::records::item))
+        .route("/activities", get(pages::records::activities))
+        .route("/activities/{id}", get(pages::records::activity))
+        .route("/outgoing", get(pages::records::outgoing))
+        .route("/queue-items", get(pages::records::queue_items))
+        .route("/records/{kind}/{id}", get(pages::records::record))
         .route("/alerts", get(pages::monitor::alerts))
         .route("/jobs", get(pages::monitor::jobs))
         .route("/jobs/table", get(pages::monitor::jobs_table))
@@ -102,6 +109,7 @@ fn posts() -> Vec<(&'static str, MethodRouter<Web>)> {
         ("/mailboxes/{id}", post(pages::mailboxes::update)),
         ("/mailboxes/{id}/sync-now", post(pages::mailboxes::sync_now)),
         ("/tokens/{id}/revoke", post(pages::tokens::revoke)),
+        ("/activities/{id}/send", post(pages::records::send_again)),
     ]
 }
 

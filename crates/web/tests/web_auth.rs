@@ -967,3 +967,518 @@ both!(the_settings_page_sets_the_conflict_policy, |backend| {
         page.body
     );
 });
+
+/// The text of the table cell after the row header `th` (the first one on the page).
+fn cell_after(html: &str, th: &str) -> String {
+    let head = format!("<th scope=\"row\">{th}</th><td>");
+    let rest = html
+        .split(&head)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no row {th}: {html}"));
+    rest.split("</td>").next().unwrap().to_owned()
+}
+
+/// The mailbox of a new user Ann of the default organization, tested and enabled
+/// `watched_for` ago; returns it and the organization's settings.
+async fn watched_mailbox(
+    s: &Site,
+    watched_for: chrono::Duration,
+) -> (
+    serversync_model::mailbox::Mailbox,
+    serversync_model::settings::EmailSettings,
+) {
+    use serversync_model::mailbox::Mailbox;
+    s.user(
+        "default",
+        "Ann Watched",
+        "ann@example.test",
+        &["basic_user"],
+        "ann's long password",
+    )
+    .await;
+    let root = s.admin.authenticate(&s.token).await.unwrap();
+    let org = root.user.org_id;
+    let settings = s.admin.settings(org).await.unwrap().value;
+    let stored = s
+        .admin
+        .list_mailboxes(&root, org, &Default::default(), None, 100)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|m| m.value.email == "ann@example.test")
+        .expect("ann's mailbox");
+    let mut m: Mailbox = stored.value;
+    m.approval = serversync_model::mailbox::ApprovalStatus::Approved;
+    m.tracking = serversync_model::settings::TrackingFilter::AllEmail;
+    m.test_completed_on = Some(chrono::Utc::now() - watched_for);
+    s.store.update(&m, Some(stored.version)).await.unwrap();
+    (m, settings)
+}
+
+/// Takes a message in through the real intake, received by the server at `received_at`.
+async fn take_in(
+    s: &Site,
+    m: &serversync_model::mailbox::Mailbox,
+    settings: &serversync_model::settings::EmailSettings,
+    uid: u32,
+    from: &str,
+    subject: &str,
+    received_at: chrono::DateTime<chrono::Utc>,
+) {
+    let raw = format!(
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <m{uid}-{}@example.test>\r\n\
+         Date: {}\r\n\r\nHello\r\n",
+        m.email,
+        m.id,
+        received_at.to_rfc2822()
+    );
+    serversync_engine::intake::take_in(
+        &s.store,
+        m,
+        settings,
+        None,
+        serversync_model::item::ItemSource::Imap {
+            folder: "INBOX".into(),
+            uid_validity: 1,
+            uid,
+        },
+        raw.as_bytes(),
+        received_at,
+    )
+    .await
+    .unwrap();
+}
+
+// Arrival latency counts only mail that arrived while the mailbox was watched: the first
+// synchronization's history (received years ago, taken in now) is left out and said so, and
+// the figures read in human units.
+both!(the_latency_counts_only_live_arrivals, |backend| {
+    let s = Site::start(backend).await;
+    let (m, settings) = watched_mailbox(&s, chrono::Duration::hours(1)).await;
+    let now = chrono::Utc::now();
+    // History: received three years and two years ago, before the mailbox was watched.
+    for (uid, days) in [(1, 3 * 365), (2, 2 * 365)] {
+        take_in(
+            &s,
+            &m,
+            &settings,
+            uid,
+            "old@example.test",
+            "Old",
+            now - chrono::Duration::days(days),
+        )
+        .await;
+    }
+    let cookie = s.sign_in_with_token(&s.token).await;
+    let page = s.get("/", &cookie).await;
+    assert!(
+        page.body
+            .contains("No live arrival stored in the last 24 hours."),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("2 older messages taken in by a first synchronization are not counted."),
+        "{}",
+        page.body
+    );
+    // Live: received three seconds before it was taken in.
+    for uid in 3..6 {
+        take_in(
+            &s,
+            &m,
+            &settings,
+            uid,
+            "new@example.test",
+            "New",
+            chrono::Utc::now() - chrono::Duration::seconds(3),
+        )
+        .await;
+    }
+    let page = s.get("/", &cookie).await;
+    assert_eq!(cell_after(&page.body, "Messages"), "3", "{}", page.body);
+    for p in ["p50", "p95", "p99"] {
+        let shown = cell_after(&page.body, p);
+        let secs: f64 = shown
+            .strip_suffix(" s")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{p} reads {shown:?}, not seconds"));
+        assert!((3.0..60.0).contains(&secs), "{p}: {shown}");
+    }
+});
+
+/// How many rows the table with `id` has in its body.
+fn rows_of(html: &str, id: &str) -> usize {
+    html.split(&format!("id=\"{id}\""))
+        .nth(1)
+        .and_then(|t| t.split("</tbody>").next())
+        .and_then(|t| t.split("<tbody>").nth(1))
+        .map(|t| t.matches("<tr>").count())
+        .unwrap_or(0)
+}
+
+/// The first `href` of a link whose target starts with `prefix`.
+fn link_to(html: &str, prefix: &str) -> String {
+    let at = html
+        .find(&format!("href=\"{prefix}"))
+        .unwrap_or_else(|| panic!("no link to {prefix}…: {html}"));
+    let rest = &html[at + 6..];
+    rest[..rest.find('"').unwrap()].replace("&amp;", "&")
+}
+
+/// Whether `html` shows a UUID as text (outside of attribute values).
+fn shows_a_uuid(html: &str) -> Option<String> {
+    let text: String = html
+        .split('<')
+        .filter_map(|t| t.split_once('>').map(|(_, after)| after))
+        .collect::<Vec<_>>()
+        .join(" ");
+    text.split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+        .find(|w| w.len() == 36 && w.matches('-').count() == 4)
+        .map(str::to_owned)
+}
+
+// The mailbox page lists items a page at a time with filters, one line each with the trace on
+// demand and records named instead of ids; a click leads from an item to its activity, from
+// the activity to the item and the sender's record; the outgoing queue shows a waiting email
+// with its reason and a failed one with the server's reply, and "send again" (by the sender)
+// puts it back in pending send. Another organization's administrator gets 404 for every one
+// of these pages and for "send again".
+both!(the_crm_pages_link_items_activities_and_records, |backend| {
+    use serversync_model::crm::{Contact, Direction, EmailActivity, EmailStatus};
+    use serversync_model::{ActivityId, ContactId};
+    let s = Site::start(backend).await;
+    let (m, settings) = watched_mailbox(&s, chrono::Duration::hours(1)).await;
+    let carl = Contact {
+        id: ContactId::new(),
+        org_id: m.org_id,
+        full_name: "Carl Contact".into(),
+        emails: vec!["carl@example.test".into()],
+        account_id: None,
+        company: None,
+        job_title: None,
+        phones: Vec::new(),
+        owner_id: m.owner_id,
+        created_at: chrono::Utc::now(),
+    };
+    s.store.insert(&carl).await.unwrap();
+    let now = chrono::Utc::now();
+    // 28 messages of history from Carl, two live ones from a stranger.
+    for uid in 1..=28 {
+        let at = now - chrono::Duration::days(3 * 365) + chrono::Duration::days(uid as i64);
+        take_in(
+            &s,
+            &m,
+            &settings,
+            uid,
+            "carl@example.test",
+            &format!("History {uid}"),
+            at,
+        )
+        .await;
+    }
+    for uid in 29..=30 {
+        take_in(
+            &s,
+            &m,
+            &settings,
+            uid,
+            "stranger@example.test",
+            &format!("Live {uid}"),
+            chrono::Utc::now(),
+        )
+        .await;
+    }
+    while serversync_engine::records::run_once(
+        &s.store,
+        "web-test",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+        > 0
+    {}
+
+    let cookie = s.sign_in_with_token(&s.token).await;
+    let mailbox = format!("/mailboxes/{}", m.id);
+    let page = s.get(&mailbox, &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(rows_of(&page.body, "items-table"), 25, "pages of 25");
+    assert!(
+        page.body.contains("Live 30") && !page.body.contains("History 5<"),
+        "newest first"
+    );
+    assert!(
+        page.body
+            .contains("<details><summary>tracked as activity <a href=\"/activities/"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(">Ann Watched</a>"), "the user by name");
+    if let Some(id) = shows_a_uuid(&page.body) {
+        panic!("the page shows the id {id}");
+    }
+    let older = s
+        .get(&link_to(&page.body, &format!("{mailbox}?before=")), &cookie)
+        .await;
+    assert_eq!(rows_of(&older.body, "items-table"), 5, "{}", older.body);
+    assert!(older.body.contains("History 1<") && !older.body.contains("rel=\"next\""));
+    let strangers = s
+        .get(&format!("{mailbox}?from=stranger%40example.test"), &cookie)
+        .await;
+    assert_eq!(rows_of(&strangers.body, "items-table"), 2);
+    let by_domain = s
+        .get(
+            &format!("{mailbox}?from=example.test&decision=stored"),
+            &cookie,
+        )
+        .await;
+    assert_eq!(rows_of(&by_domain.body, "items-table"), 25);
+    let failed = s.get(&format!("{mailbox}?decision=failed"), &cookie).await;
+    assert!(
+        failed.body.contains("No message matches."),
+        "{}",
+        failed.body
+    );
+    let day =
+        (now - chrono::Duration::days(3 * 365) + chrono::Duration::days(3)).format("%Y-%m-%d");
+    let one_day = s
+        .get(&format!("{mailbox}?since={day}&until={day}"), &cookie)
+        .await;
+    assert_eq!(rows_of(&one_day.body, "items-table"), 1, "{}", one_day.body);
+    assert!(one_day.body.contains("History 3<"));
+
+    // Item → activity → item and the sender's record.
+    let activity = link_to(&strangers.body, "/activities/");
+    let a_page = s.get(&activity, &cookie).await;
+    assert_eq!(a_page.status, 200, "{}", a_page.body);
+    let item = link_to(&a_page.body, "/items/");
+    let i_page = s.get(&item, &cookie).await;
+    assert_eq!(i_page.status, 200, "{}", i_page.body);
+    assert!(
+        i_page.body.contains("id=\"item-activity\"")
+            && i_page.body.contains(&format!("href=\"{activity}\""))
+    );
+    let from_carl = s.get("/activities?from=carl%40example.test", &cookie).await;
+    assert_eq!(
+        rows_of(&from_carl.body, "activities"),
+        0,
+        "the table has a class, not an id"
+    );
+    assert_eq!(from_carl.body.matches("<a href=\"/activities/").count(), 25);
+    let carl_activity = link_to(&from_carl.body, "/activities/");
+    let c_page = s.get(&carl_activity, &cookie).await;
+    let record = format!("/records/contact/{}", carl.id);
+    assert!(
+        c_page
+            .body
+            .contains(&format!("<a href=\"{record}\">Carl Contact</a>")),
+        "{}",
+        c_page.body
+    );
+    let r_page = s.get(&record, &cookie).await;
+    assert_eq!(r_page.status, 200, "{}", r_page.body);
+    assert!(
+        r_page.body.contains("Contact Carl Contact") && r_page.body.contains("History 28"),
+        "{}",
+        r_page.body
+    );
+    let by_subject = s.get("/activities?subject=history+27", &cookie).await;
+    assert_eq!(
+        by_subject.body.matches("<a href=\"/activities/").count(),
+        1,
+        "{}",
+        by_subject.body
+    );
+    let by_id = s
+        .get(
+            &format!("/activities?message_id=%3Cm12-{}%40example.test%3E", m.id),
+            &cookie,
+        )
+        .await;
+    assert!(
+        by_id.body.contains("History 12<")
+            && by_id.body.matches("<a href=\"/activities/").count() == 1,
+        "{}",
+        by_id.body
+    );
+
+    // The outgoing queue: one email waiting, one refused by the server.
+    let aid: ActivityId = carl_activity
+        .trim_start_matches("/activities/")
+        .parse()
+        .unwrap();
+    let base = s
+        .admin
+        .email_activity(
+            &s.admin.authenticate(&s.token).await.unwrap(),
+            m.org_id,
+            aid,
+        )
+        .await
+        .unwrap();
+    let outgoing = |subject: &str, status: EmailStatus, error: Option<&str>| {
+        let mut a: EmailActivity = base.clone();
+        a.id = ActivityId::new();
+        a.subject = subject.into();
+        a.direction = Direction::Outgoing;
+        a.status = status;
+        a.message_id = Some(format!("{}@out.example.test", a.id));
+        a.conversation_id = None;
+        a.item_ids = Vec::new();
+        a.received_at = None;
+        a.send_after = Some(chrono::Utc::now() + chrono::Duration::days(2));
+        a.send_error = error.map(str::to_owned);
+        a.delivery_attempts = u32::from(error.is_some()) * 3;
+        a
+    };
+    let waiting = outgoing("Waits for later", EmailStatus::PendingSend, None);
+    let refused = outgoing(
+        "Refused by the server",
+        EmailStatus::Failed,
+        Some("550 5.1.1 <nobody@example.test>: Recipient address rejected"),
+    );
+    s.store.insert(&waiting).await.unwrap();
+    s.store.insert(&refused).await.unwrap();
+    let ann = s
+        .sign_in(
+            "default",
+            "ann@example.test",
+            "ann's long password",
+            CLIENT.into(),
+        )
+        .await;
+    let ann = session_cookie(&ann).unwrap_or_else(|| panic!("{} {}", ann.status, ann.body));
+    let out = s.get("/outgoing", &ann).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    let pending = out
+        .body
+        .split("id=\"pending\"")
+        .nth(1)
+        .unwrap()
+        .split("</section>")
+        .next()
+        .unwrap();
+    let row = pending
+        .split("<tr>")
+        .find(|r| r.contains("Waits for later"))
+        .expect("the waiting email");
+    assert!(
+        !row.contains("due now") && row.matches("<td>").count() >= 5,
+        "a reason: {row}"
+    );
+    let failed = out
+        .body
+        .split("id=\"failed\"")
+        .nth(1)
+        .unwrap()
+        .split("</section>")
+        .next()
+        .unwrap();
+    assert!(
+        failed.contains("Refused by the server")
+            && failed
+                .contains("550 5.1.1 &#60;nobody@example.test&#62;: Recipient address rejected"),
+        "{failed}"
+    );
+
+    // Another organization's administrator finds none of it.
+    s.ok(
+        "POST",
+        "/api/v1/orgs",
+        Some(serde_json::json!({"name": "acme", "display_name": "Acme"})),
+    )
+    .await;
+    s.user(
+        "acme",
+        "Olga Other",
+        "olga@acme.test",
+        &["system_administrator"],
+        "olga's long password",
+    )
+    .await;
+    let olga = s
+        .sign_in(
+            "acme",
+            "olga@acme.test",
+            "olga's long password",
+            CLIENT.into(),
+        )
+        .await;
+    let olga = session_cookie(&olga).unwrap_or_else(|| panic!("{} {}", olga.status, olga.body));
+    for path in [
+        mailbox.clone(),
+        activity.clone(),
+        item.clone(),
+        record.clone(),
+        format!("/records/user/{}", m.owner_id),
+        format!("/activities/{}", refused.id),
+    ] {
+        let r = s.get(&path, &olga).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert!(
+            !r.body.contains("Carl") && !r.body.contains("Refused"),
+            "{path}"
+        );
+    }
+    let out = s.get("/outgoing", &olga).await;
+    assert!(!out.body.contains("Refused by the server"));
+    let page = s.get("/outgoing", &olga).await;
+    let r = s
+        .send(
+            "POST",
+            &format!("/activities/{}/send", refused.id),
+            Some(&olga),
+            Some(&[("_csrf", &csrf(&page.body))]),
+            CLIENT.into(),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let still = s
+        .store
+        .fetch::<EmailActivity>(&refused.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(still.status, EmailStatus::Failed);
+
+    // Send again, by its sender.
+    let out = s.get("/outgoing", &ann).await;
+    let r = s
+        .send(
+            "POST",
+            &format!("/activities/{}/send", refused.id),
+            Some(&ann),
+            Some(&[("_csrf", &csrf(&out.body))]),
+            CLIENT.into(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.location().starts_with("/outgoing?done=")),
+        (303, true),
+        "{}",
+        r.body
+    );
+    let again = s
+        .store
+        .fetch::<EmailActivity>(&refused.id.to_string())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(
+        (again.status, again.send_error),
+        (EmailStatus::PendingSend, None)
+    );
+    let out = s.get("/outgoing", &ann).await;
+    let failed = out
+        .body
+        .split("id=\"failed\"")
+        .nth(1)
+        .unwrap()
+        .split("</section>")
+        .next()
+        .unwrap();
+    assert!(!failed.contains("Refused by the server"), "{failed}");
+});

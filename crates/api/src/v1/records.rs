@@ -213,6 +213,7 @@ pub async fn list_activities(
         conversation: q.conversation,
         since: q.since,
         until: q.until,
+        ..Default::default()
     };
     Ok(Json(page(
         s.admin

@@ -120,6 +120,7 @@ mod settings;
 mod tokens;
 mod users;
 
+pub use items::ItemFilter;
 pub use mailboxes::MailboxFilter;
 pub use profiles::ProfileSecrets;
 pub use records::{ActivityFilter, AttachmentContent, Record, RecordFilter, RecordRefs};

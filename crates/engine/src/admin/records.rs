@@ -171,30 +171,27 @@ impl Admin {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<serversync_model::crm::EmailActivity>> {
-        use serversync_store::{Col, Filter};
         c.require(Privilege::ReadRecords)?;
-        let mut filters = vec![Filter::Eq("kind", Col::text("email"))];
-        if let Some(m) = f.mailbox {
-            filters.push(Filter::LinkedTo(m.to_string()));
-        }
-        if let Some(r) = f.regarding {
-            filters.push(Filter::Eq(
-                "regarding_id",
-                Col::text(serversync_model::wire_name(&r)),
-            ));
-        }
-        if let Some(conv) = &f.conversation {
-            filters.push(Filter::Eq("conversation_id", Col::text(conv)));
-        }
-        if let Some(t) = f.since {
-            filters.push(Filter::AtLeast("occurred_at", t.timestamp_millis()));
-        }
-        if let Some(t) = f.until {
-            filters.push(Filter::Below("occurred_at", t.timestamp_millis()));
-        }
         Ok(self
             .store
-            .list_where(Some(org), &filters, after, limit)
+            .list_where(Some(org), &activity_filters(f), after, limit)
+            .await?)
+    }
+
+    /// [`Admin::list_email_activities`], newest first, `limit` at a time before the cursor
+    /// `before` (the admin center's pages).
+    pub async fn email_activities_newest(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        f: &ActivityFilter,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<serversync_model::crm::EmailActivity>> {
+        c.require(Privilege::ReadRecords)?;
+        Ok(self
+            .store
+            .list_newest(Some(org), &activity_filters(f), before, limit)
             .await?)
     }
 
@@ -442,6 +439,66 @@ impl Admin {
     }
 }
 
+/// The store's conditions for an [`ActivityFilter`].
+fn activity_filters(f: &ActivityFilter) -> Vec<Filter> {
+    let mut filters = vec![Filter::Eq("kind", Col::text("email"))];
+    if let Some(m) = f.mailbox {
+        filters.push(Filter::LinkedTo(m.to_string()));
+    }
+    if let Some(r) = f.regarding {
+        filters.push(Filter::Eq(
+            "regarding_id",
+            Col::text(serversync_model::wire_name(&r)),
+        ));
+    }
+    if let Some(conv) = &f.conversation {
+        filters.push(Filter::Eq("conversation_id", Col::text(conv)));
+    }
+    if let Some(t) = f.since {
+        filters.push(Filter::AtLeast("occurred_at", t.timestamp_millis()));
+    }
+    if let Some(t) = f.until {
+        filters.push(Filter::Below("occurred_at", t.timestamp_millis()));
+    }
+    if let Some(s) = f.status {
+        filters.push(Filter::Eq(
+            "status",
+            Col::text(serversync_model::wire_name(&s)),
+        ));
+    }
+    if let Some(from) = f.from.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        filters.push(address_filter("from_addr", from));
+    }
+    if let Some(subject) = &f.subject {
+        let key = serversync_model::track::normalize_subject(subject);
+        if !key.is_empty() {
+            filters.push(Filter::Contains("subject_key", key));
+        }
+    }
+    if let Some(id) = &f.message_id {
+        let id = id.trim().trim_start_matches('<').trim_end_matches('>');
+        if !id.is_empty() {
+            filters.push(Filter::Eq("message_id", Col::text(id)));
+        }
+    }
+    filters
+}
+
+/// A sender filter: a whole address matches exactly, anything else (a name part, a domain)
+/// wherever it appears in the address. Addresses are stored lower-case.
+pub(crate) fn address_filter(column: &'static str, given: &str) -> Filter {
+    let given = given.trim().to_lowercase();
+    let whole = given.contains('@')
+        && !given.starts_with('@')
+        && !given.ends_with('@')
+        && !given.contains(char::is_whitespace);
+    if whole {
+        Filter::Eq(column, Col::text(given))
+    } else {
+        Filter::Contains(column, given)
+    }
+}
+
 /// Which email activities to list (every field optional; all given must match).
 #[derive(Debug, Clone, Default)]
 pub struct ActivityFilter {
@@ -455,6 +512,15 @@ pub struct ActivityFilter {
     pub since: Option<serversync_model::Timestamp>,
     /// Received (else sent, else created) before.
     pub until: Option<serversync_model::Timestamp>,
+    /// In this status.
+    pub status: Option<serversync_model::crm::EmailStatus>,
+    /// From this address (a whole address), or from addresses containing this text.
+    pub from: Option<String>,
+    /// Whose subject contains this text (compared as normalized subjects: no `Re:`/`Fwd:`,
+    /// case and runs of white space ignored).
+    pub subject: Option<String>,
+    /// With this Message-ID (angle brackets optional).
+    pub message_id: Option<String>,
 }
 
 /// The bytes of an attachment, or why they are not there.

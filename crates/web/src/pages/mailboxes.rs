@@ -4,6 +4,7 @@
 use super::forms::{self, Field, Kind, Section, value};
 use super::{Page, action, done, error, render, when, words};
 use crate::Web;
+use crate::names::{Names, ids_in, tracked_activity};
 use crate::session::Session;
 use askama::Template;
 use axum::Form;
@@ -12,7 +13,7 @@ use axum::http::Method;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
-use serversync_engine::admin::MailboxFilter;
+use serversync_engine::admin::{ItemFilter, MailboxFilter};
 use serversync_model::mailbox::{
     ApprovalStatus, DirectionStatus, Mailbox, MailboxRegarding, RunStatus,
 };
@@ -219,11 +220,32 @@ pub async fn bulk(
 }
 
 pub struct ItemRow {
+    pub id: String,
     pub received: String,
     pub from: String,
     pub subject: String,
     pub decision: String,
-    pub trace: String,
+    /// HTML: the last step of the trace (the decision), records named.
+    pub last: String,
+    /// HTML: every step of the trace, records named.
+    pub trace: Vec<String>,
+    /// The email activity it was tracked as (href).
+    pub activity: Option<String>,
+}
+
+/// The item list's filters and page on a mailbox's page.
+#[derive(Deserialize, Default)]
+pub struct ItemsQuery {
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    before: Option<String>,
+    done: Option<String>,
 }
 
 pub struct AlertRow {
@@ -252,7 +274,14 @@ struct DetailPage {
     last_error: Option<(String, String, String)>,
     telemetry: Vec<(&'static str, String)>,
     alerts: Vec<AlertRow>,
+    /// More alerts than shown.
+    more_alerts: bool,
     items: Vec<ItemRow>,
+    iq: ItemsQuery,
+    /// The query of the next (older) page of items.
+    older: Option<String>,
+    /// The filters' query, for "Newest".
+    filters: String,
     /// Appointments, contacts and tasks: the latest decisions (when, what), newest first.
     act_decisions: Vec<(String, String)>,
     sections: Vec<Section>,
@@ -284,10 +313,8 @@ fn edit_sections() -> Vec<Section> {
     )]
 }
 
-#[derive(Deserialize)]
-pub struct Notice {
-    done: Option<String>,
-}
+/// Alerts shown on a mailbox's page (the newest; the rest are on the alerts page).
+const ALERTS_SHOWN: usize = 10;
 
 async fn detail_page(
     web: &Web,
@@ -295,14 +322,17 @@ async fn detail_page(
     id: &str,
     sections: Option<Vec<Section>>,
     problem: Option<String>,
-    notice: Option<String>,
+    iq: ItemsQuery,
 ) -> Response {
     let Ok(mid) = id.parse::<MailboxId>() else {
-        return error(s, format!("{id:?} is not a mailbox id"));
+        return super::with_status(
+            error(s, format!("{id:?} is not a mailbox id")),
+            axum::http::StatusCode::NOT_FOUND,
+        );
     };
     let m = match web.admin.mailbox(&s.caller, s.org.id, mid).await {
         Ok(m) => m.value,
-        Err(e) => return error(s, e),
+        Err(e) => return super::fail(s, e),
     };
     let stored_profile = match m.profile_id {
         Some(p) => web.admin.profile(s.org.id, p).await.ok(),
@@ -379,23 +409,70 @@ async fn detail_page(
         })
         .collect();
     alerts.reverse();
-    let mut items: Vec<ItemRow> = web
+    let more_alerts = alerts.len() > ALERTS_SHOWN;
+    alerts.truncate(ALERTS_SHOWN);
+    // Items: newest first, a page at a time, filtered; each trace with its records named.
+    let f = ItemFilter {
+        decision: serde_json::from_value(json!(iq.decision)).ok(),
+        from: Some(iq.from.clone()),
+        since: super::records::day(&iq.since),
+        until: super::records::day(&iq.until).map(|d| d + chrono::Duration::days(1)),
+    };
+    let page = match web
         .admin
-        .items(&s.caller, s.org.id, mid, None, None, 1000)
+        .items_newest(
+            &s.caller,
+            s.org.id,
+            mid,
+            &f,
+            iq.before.as_deref(),
+            super::records::PAGE_SIZE,
+        )
         .await
-        .map(|p| p.items)
-        .unwrap_or_default()
+    {
+        Ok(p) => p,
+        Err(e) => return super::fail(s, e),
+    };
+    let mut names = Names::default();
+    let refs: Vec<_> = page
+        .items
+        .iter()
+        .flat_map(|i| i.value.trace.iter().flat_map(|l| ids_in(l)))
+        .collect();
+    names.load(web, s, &refs).await;
+    let items: Vec<ItemRow> = page
+        .items
         .into_iter()
+        .map(|i| i.value)
         .map(|i| ItemRow {
-            received: when(Some(i.value.received_at)),
-            from: i.value.from.unwrap_or_default(),
-            subject: i.value.subject.unwrap_or_default(),
-            decision: words(&i.value.decision),
-            trace: i.value.trace.join("; "),
+            id: i.id.to_string(),
+            received: when(Some(i.received_at)),
+            from: i.from.clone().unwrap_or_default(),
+            subject: i.subject.clone().unwrap_or_default(),
+            decision: words(&i.decision),
+            last: i
+                .trace
+                .last()
+                .map(|l| names.trace_line(l))
+                .unwrap_or_default(),
+            activity: tracked_activity(&i.trace).map(|a| format!("/activities/{a}")),
+            trace: i.trace.iter().map(|l| names.trace_line(l)).collect(),
         })
         .collect();
-    items.reverse();
-    items.truncate(50);
+    let filters = super::records::keep(&[
+        ("decision", &iq.decision),
+        ("from", &iq.from),
+        ("since", &iq.since),
+        ("until", &iq.until),
+    ]);
+    let older = page.next.map(|n| {
+        let before = super::records::keep(&[("before", &n)]);
+        if filters.is_empty() {
+            before
+        } else {
+            format!("{filters}&{before}")
+        }
+    });
     let act_decisions = t
         .items_sync
         .iter()
@@ -416,6 +493,7 @@ async fn detail_page(
         }
     }
     let unprocessable = problem.is_some();
+    let notice = iq.done.clone();
     let mut r = render(&DetailPage {
         page: Page::new(s, &format!("Mailbox {}", m.email), "mailboxes").with_notice(notice),
         m,
@@ -424,7 +502,11 @@ async fn detail_page(
         last_error,
         telemetry,
         alerts,
+        more_alerts,
         items,
+        iq,
+        older,
+        filters,
         act_decisions,
         sections,
         problem,
@@ -439,9 +521,9 @@ pub async fn detail(
     State(web): State<Web>,
     s: Session,
     Path(id): Path<String>,
-    Query(q): Query<Notice>,
+    Query(q): Query<ItemsQuery>,
 ) -> Response {
-    detail_page(&web, &s, &id, None, None, q.done).await
+    detail_page(&web, &s, &id, None, None, q).await
 }
 
 pub async fn update(
@@ -459,7 +541,15 @@ pub async fn update(
         Ok(_) => done(&format!("/mailboxes/{id}"), "The mailbox was saved."),
         Err(p) => {
             forms::refill(&mut secs, &form, &p);
-            detail_page(&web, &s, &id, Some(secs), Some(p.detail), None).await
+            detail_page(
+                &web,
+                &s,
+                &id,
+                Some(secs),
+                Some(p.detail),
+                ItemsQuery::default(),
+            )
+            .await
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod mailboxes;
 pub mod monitor;
 pub mod orgs;
 pub mod profiles;
+pub mod records;
 pub mod settings;
 pub mod tokens;
 
@@ -89,10 +90,53 @@ struct ErrorPage {
     message: String,
 }
 
+/// A page for an error of the engine with the status a browser should see: 404 for a record
+/// that is not there (or is another organization's), 403 for a missing privilege, else 400.
+pub fn fail(s: &Session, e: serversync_engine::AdminError) -> Response {
+    use serversync_engine::AdminError;
+    let status = match &e {
+        AdminError::NotFound { .. } => StatusCode::NOT_FOUND,
+        AdminError::Denied(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    with_status(error(s, e), status)
+}
+
+/// `r` with `status`.
+pub fn with_status(mut r: Response, status: StatusCode) -> Response {
+    *r.status_mut() = status;
+    r
+}
+
 /// A time as the pages show it, or a dash.
 pub fn when(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| "—".into())
+}
+
+/// A duration as a person reads it: `850 ms`, `4.2 s`, `42 s`, `3 min`, `5 h`, `2 days`,
+/// `3 years` (rounded down to the unit shown; negative durations count as none).
+pub fn duration(ms: i64) -> String {
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+    const DAY: i64 = 24 * HOUR;
+    let ms = ms.max(0);
+    let plural = |n: i64, unit: &str| {
+        if n == 1 {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
+    match ms {
+        _ if ms < 1000 => format!("{ms} ms"),
+        _ if ms < 10_000 => format!("{:.1} s", (ms / 100) as f64 / 10.0),
+        _ if ms < MIN => format!("{} s", ms / 1000),
+        _ if ms < HOUR => format!("{} min", ms / MIN),
+        _ if ms < 2 * DAY => format!("{} h", ms / HOUR),
+        _ if ms < 730 * DAY => plural(ms / DAY, "day"),
+        _ => plural(ms / (365 * DAY), "year"),
+    }
 }
 
 /// The wire name of an enum value, spaces for underscores (`pending_approval` → `pending approval`).
@@ -120,4 +164,39 @@ pub fn done(to: &str, notice: &str) -> Response {
     let sep = if to.contains('?') { '&' } else { '?' };
     let q = serde_urlencoded::to_string([("done", notice)]).unwrap_or_default();
     axum::response::Redirect::to(&format!("{to}{sep}{q}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_read_as_a_person_says_them() {
+        let cases = [
+            (-5, "0 ms"),
+            (0, "0 ms"),
+            (850, "850 ms"),
+            (999, "999 ms"),
+            (1_000, "1.0 s"),
+            (4_249, "4.2 s"),
+            (9_999, "9.9 s"),
+            (10_000, "10 s"),
+            (59_999, "59 s"),
+            (60_000, "1 min"),
+            (3 * 60_000 + 30_000, "3 min"),
+            (59 * 60_000, "59 min"),
+            (3_600_000, "1 h"),
+            (47 * 3_600_000, "47 h"),
+            (2 * 86_400_000, "2 days"),
+            (729 * 86_400_000, "729 days"),
+            (730 * 86_400_000, "2 years"),
+            // What the issue saw: 1,276,056 minutes of history.
+            (1_276_056 * 60_000, "2 years"),
+            (1_512_607 * 60_000, "2 years"),
+            (4 * 365 * 86_400_000, "4 years"),
+        ];
+        for (ms, shown) in cases {
+            assert_eq!(duration(ms), shown, "{ms} ms");
+        }
+    }
 }

@@ -934,6 +934,7 @@ mod tests {
                 .iter()
                 .map(|e| (e.field.clone(), e.message.clone()))
                 .collect(),
+            status: 422,
         };
         forms::refill(
             &mut filled,
