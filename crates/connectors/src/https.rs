@@ -149,6 +149,18 @@ impl Conn {
         what: &str,
     ) -> Result<Response> {
         let timeout = self.timeout;
+        self.send_within(req, max_body, what, timeout).await
+    }
+
+    /// [`Conn::send`] within `timeout` instead of the connection's (a request whose answer
+    /// grows with what the server holds, such as a whole collection's listing).
+    pub async fn send_within(
+        &mut self,
+        req: hyper::Request<Full<Bytes>>,
+        max_body: usize,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Response> {
         let work = async {
             self.sender
                 .ready()

@@ -51,6 +51,10 @@ pub struct ChangeSet {
     pub unreadable: Vec<(String, String)>,
 }
 
+/// The error code of values a server cannot hold (a fourth email on an Exchange contact, an
+/// occurrence cancelled over EWS or Graph restored): refused before anything is written.
+pub const UNMAPPABLE_VALUES: &str = "unmappable_values";
+
 /// The outcome of a write with a version check.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Written {

@@ -38,6 +38,9 @@ use std::collections::HashMap;
 
 /// Largest answer read (a multiget of 100 resources, a sync report of a big collection).
 pub const MAX_ANSWER: usize = 32 * 1024 * 1024;
+/// How long a listing (`REPORT`, `PROPFIND`) may take at least, whatever the connection
+/// timeout: its answer grows with the collection.
+pub const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Resources fetched per multiget.
 pub const MULTIGET: usize = 100;
 /// Truncated sync answers followed before the round stops (and resumes from the last token).
@@ -253,7 +256,14 @@ impl DavClient {
             .conn
             .as_mut()
             .ok_or_else(|| protocol("no connection"))?;
-        let r = conn.send(req, MAX_ANSWER, what).await;
+        // A listing's answer grows with the collection, and a server may build all of it
+        // before the first byte (Radicale takes over 30 s for 10,000 items it has not cached).
+        let timeout = if matches!(method, "REPORT" | "PROPFIND") {
+            self.opts.timeout.max(LISTING_TIMEOUT)
+        } else {
+            self.opts.timeout
+        };
+        let r = conn.send_within(req, MAX_ANSWER, what, timeout).await;
         if r.is_err() {
             self.conn = None;
         }
@@ -766,7 +776,7 @@ impl ItemStore for DavClient {
             segment(uid)
         );
         let text = mapping::from_values(kind, values, None)
-            .map_err(|e| protocol(e.to_string()).with_code("unmappable_values"))?;
+            .map_err(|e| protocol(e.to_string()).with_code(crate::items::UNMAPPABLE_VALUES))?;
         let ct = if kind == RecordType::Contact {
             "text/vcard; charset=utf-8"
         } else {
@@ -812,7 +822,7 @@ impl ItemStore for DavClient {
         let kind = kind_of_text(&existing)
             .ok_or_else(|| protocol(format!("{id} is neither a VEVENT, a VTODO nor a VCARD")))?;
         let text = mapping::from_values(kind, values, Some(&existing))
-            .map_err(|e| protocol(e.to_string()).with_code("unmappable_values"))?;
+            .map_err(|e| protocol(e.to_string()).with_code(crate::items::UNMAPPABLE_VALUES))?;
         let ct = if kind == RecordType::Contact {
             "text/vcard; charset=utf-8"
         } else {
@@ -872,5 +882,84 @@ mod tests {
         assert_eq!(normalize_href("http://h:1/x/y/"), "/x/y/");
         assert_eq!(normalize_href("/bad%zz"), "/bad%zz");
         assert_eq!(segment("a b/c@d"), "a%20b%2Fc@d");
+    }
+
+    /// A server that answers every request after `delay`: a sync report of 207 with one item,
+    /// anything else 404.
+    async fn slow_server(delay: std::time::Duration) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + length {
+                            continue;
+                        }
+                        let report = text.starts_with("REPORT");
+                        buf.clear();
+                        tokio::time::sleep(delay).await;
+                        let (status, body) = if report {
+                            (
+                                "207 Multi-Status",
+                                "<?xml version=\"1.0\"?><d:multistatus xmlns:d=\"DAV:\"><d:response><d:href>/c/a.vcf</d:href><d:propstat><d:prop><d:getetag>\"1\"</d:getetag></d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response><d:sync-token>t1</d:sync-token></d:multistatus>",
+                            )
+                        } else {
+                            ("404 Not Found", "")
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A listing may take longer than the connection timeout (its answer grows with the
+    /// collection); a single item's request may not.
+    #[tokio::test]
+    async fn listings_get_longer_than_the_connection_timeout() {
+        let addr = slow_server(std::time::Duration::from_millis(1500)).await;
+        let opts =
+            ConnectOptions::new(std::sync::Arc::new(crate::TlsTrust::system_only().unwrap()))
+                .with_policy(crate::NetworkPolicy::loopback_allowed())
+                .with_timeout(std::time::Duration::from_secs(1));
+        let login = Login::password("u", crate::Secret::new("p"));
+        let url = format!("http://{addr}/c/");
+        let mut c = DavClient::connect(&url, &login, &opts, &mut StepLog::new())
+            .await
+            .unwrap();
+        let set = c.changes("/c/", None).await;
+        assert!(set.is_ok(), "the sync report waited: {set:?}");
+        let e = c.get("/c/", "/c/a.vcf").await.unwrap_err();
+        assert!(e.message.contains("no answer to"), "{e:?}");
     }
 }

@@ -96,8 +96,7 @@ pub const GET_BATCH: usize = 50;
 pub const SYNC_PAGE: u32 = 512;
 /// Pages of one `changes` call before it stops (`more`) and resumes from where it got.
 const MAX_PAGES: usize = 200;
-/// The error code of values that cannot be written to EWS.
-pub const UNMAPPABLE_VALUES: &str = "unmappable_values";
+pub use crate::items::UNMAPPABLE_VALUES;
 
 /// Phone keys (`PhoneNumberKeyType`) the `phones` list is written to, in order.
 pub const PHONE_KEYS: [&str; 16] = [

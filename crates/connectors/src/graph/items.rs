@@ -844,7 +844,7 @@ impl GraphItemStore {
         let have = itemmap::to_values(RecordType::Appointment, &entity)
             .map_err(|e| protocol(format!("the series {id} cannot be read: {e}")))?;
         let writes = itemmap::exception_writes(values, &have)
-            .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+            .map_err(|e| protocol(e).with_code(crate::items::UNMAPPABLE_VALUES))?;
         if writes.is_empty() {
             return Ok(None);
         }
@@ -867,7 +867,7 @@ impl GraphItemStore {
                         "change"
                     }
                 ))
-                .with_code("unmappable_values"));
+                .with_code(crate::items::UNMAPPABLE_VALUES));
             };
             let path = self.item_path(collection, RecordType::Appointment, occurrence);
             let (method, body, what) = match &w {
@@ -1084,11 +1084,11 @@ impl ItemStore for GraphItemStore {
             return Ok(Written::Conflict { current });
         }
         let body = itemmap::from_values(kind, values, None)
-            .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+            .map_err(|e| protocol(e).with_code(crate::items::UNMAPPABLE_VALUES))?;
         if kind == RecordType::Appointment {
             // Refused before anything is written: a new series has no exceptions yet.
             itemmap::exception_writes(values, &without_exceptions(values))
-                .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+                .map_err(|e| protocol(e).with_code(crate::items::UNMAPPABLE_VALUES))?;
         }
         let path = self.items_path(collection, kind);
         let what = format!("creating an item in {collection}");
@@ -1146,7 +1146,7 @@ impl ItemStore for GraphItemStore {
             },
         };
         let body = itemmap::patch_body(kind, values, &existing)
-            .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+            .map_err(|e| protocol(e).with_code(crate::items::UNMAPPABLE_VALUES))?;
         if kind == RecordType::Appointment {
             // Refused before anything is written, against the exceptions the series has as
             // last read (none once a new pattern is written: Exchange drops them).
@@ -1157,7 +1157,7 @@ impl ItemStore for GraphItemStore {
             };
             let have = have.unwrap_or_else(|| without_exceptions(values));
             itemmap::exception_writes(values, &have)
-                .map_err(|e| protocol(e).with_code("unmappable_values"))?;
+                .map_err(|e| protocol(e).with_code(crate::items::UNMAPPABLE_VALUES))?;
         }
         if body.as_object().is_some_and(|b| b.is_empty()) {
             // Nothing to write: the item only has to still be at that version.
