@@ -1365,7 +1365,10 @@ both!(the_crm_pages_link_items_activities_and_records, |backend| {
         .split("<tr>")
         .find(|r| r.contains("Waits for later"))
         .expect("the waiting email");
-    assert!(row.contains("scheduled to be sent at"), "a reason: {row}");
+    assert!(
+        row.contains("the mailbox ann@example.test has no email server profile"),
+        "a reason: {row}"
+    );
     let failed = out
         .body
         .split("id=\"failed\"")
