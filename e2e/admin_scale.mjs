@@ -1,7 +1,9 @@
 // issue 20's "Must show" in headless Chromium, against a `serversync serve` holding thousands
 // of tracked messages (started by crates/cli/tests/web_ui.rs, which passes BASE_URL, TOKEN,
 // MAILBOX, HISTORY and LIVE — how many messages of history and how many live arrivals —,
-// CONTACT, LIVE_SUBJECT (how the live arrivals' subjects begin), WAITING_SUBJECT, WAITING_REASON, FAILED_SUBJECT and FAILED_REPLY).
+// CONTACT, LIVE_SUBJECT (how the live arrivals' subjects begin), WAITING_SUBJECT, WAITING_REASON,
+// FAILED_SUBJECT, FAILED_REPLY, and LONG_SUBJECT, part of a subject without a place to break that
+// LONG_SUBJECTS messages have).
 //
 // The dashboard's latency in human units counting only the live arrivals; the mailbox page
 // under two screens; a click from an item to its activity, back to the item and on to the
@@ -22,6 +24,8 @@ const {
   WAITING_REASON,
   FAILED_SUBJECT,
   FAILED_REPLY,
+  LONG_SUBJECT,
+  LONG_SUBJECTS,
 } = process.env;
 
 /** Throws unless the page fits the window's width and the navigation reaches its bottom. */
@@ -122,6 +126,18 @@ await runAdminFlow('scale', async (page) => {
     await page.getByRole('link', { name: 'Older', exact: true }).waitFor();
     await fitsTheWindow(page, 'the activities page');
     await screenshot(page, 'scale-activities');
+  });
+  await step('a subject without a place to break keeps the pages in the window', async () => {
+    await page.getByLabel('Subject').fill(LONG_SUBJECT);
+    await page.getByRole('button', { name: 'Search' }).click();
+    const rows = page.locator('table.activities tbody tr');
+    await rows.filter({ hasText: LONG_SUBJECT }).first().waitFor();
+    const n = await rows.count();
+    if (n !== Number(LONG_SUBJECTS)) throw new Error(`${n} activities found, not ${LONG_SUBJECTS}`);
+    await fitsTheWindow(page, 'the activities found');
+    await rows.first().getByRole('link').first().click();
+    await page.getByRole('heading', { name: LONG_SUBJECT }).waitFor();
+    await fitsTheWindow(page, 'the activity with a long subject');
   });
   await step("the outgoing queue: a waiting email's reason and a refused one's reply", async () => {
     await page.getByRole('link', { name: 'Outgoing queue' }).click();

@@ -10,8 +10,11 @@
 //! password failing at the authentication step. A third walks the Exchange Online flow
 //! against the Microsoft Graph double (`serversync_testkit::graph`, `[exchange] graph_url` and
 //! `login_url`): the form of the app registration, test & enable succeeding, then a wrong client
-//! secret failing at authentication with Entra's AADSTS7000215. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
-//! `docs/screenshots/` is refreshed), else to a temporary directory.
+//! secret failing at authentication with Entra's AADSTS7000215. A fourth holds 5,000 messages
+//! of history and five live arrivals from a private Dovecot and two emails in the outgoing
+//! queue, and walks issue 20's "Must show" (`e2e/admin_scale.mjs`). Their screenshots go to
+//! `$SERVERSYNC_SCREENSHOTS` when set (that is how `docs/screenshots/` is refreshed), else to
+//! a temporary directory.
 
 use serversync_testkit::TestEnv;
 use serversync_testkit::browser::run_script;
@@ -410,7 +413,7 @@ fn corpus_message(
 /// The sender and subject of history message `n`: every third from a contact, the rest from
 /// forty strangers; one subject without a place to break, as some mail has.
 fn history_shape(n: usize) -> (String, String) {
-    let from = if n % 3 == 0 {
+    let from = if n.is_multiple_of(3) {
         let (name, email) = CONTACTS[n / 3 % CONTACTS.len()];
         format!("{name} <{email}>")
     } else {
@@ -721,6 +724,14 @@ async fn five_thousand_messages_in_the_browser() {
             ("WAITING_REASON", format!("{BOB} is not approved")),
             ("FAILED_SUBJECT", "Welcome aboard".into()),
             ("FAILED_REPLY", reply.clone()),
+            ("LONG_SUBJECT", "quarterly-figures-final-version".into()),
+            (
+                "LONG_SUBJECTS",
+                (0..HISTORY)
+                    .filter(|n| history_shape(*n).1.contains("quarterly-figures"))
+                    .count()
+                    .to_string(),
+            ),
             ("SCREENSHOTS", shots.display().to_string()),
         ],
         Duration::from_secs(120),
