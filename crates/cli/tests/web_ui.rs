@@ -10,8 +10,11 @@
 //! password failing at the authentication step. A third walks the Exchange Online flow
 //! against the Microsoft Graph double (`serversync_testkit::graph`, `[exchange] graph_url` and
 //! `login_url`): the form of the app registration, test & enable succeeding, then a wrong client
-//! secret failing at authentication with Entra's AADSTS7000215. Its screenshots go to `$SERVERSYNC_SCREENSHOTS` when set (that is how
-//! `docs/screenshots/` is refreshed), else to a temporary directory.
+//! secret failing at authentication with Entra's AADSTS7000215. A fourth holds 5,000 messages
+//! of history and five live arrivals from a private Dovecot and two emails in the outgoing
+//! queue, and walks issue 20's "Must show" (`e2e/admin_scale.mjs`). Their screenshots go to
+//! `$SERVERSYNC_SCREENSHOTS` when set (that is how `docs/screenshots/` is refreshed), else to
+//! a temporary directory.
 
 use serversync_testkit::TestEnv;
 use serversync_testkit::browser::run_script;
@@ -373,4 +376,379 @@ async fn an_exchange_online_profile_in_the_browser() {
         assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
     }
     assert!(double.sent().is_empty(), "testing sends nothing");
+}
+
+/// Messages of history in the scale flow's mailbox, received years back.
+const HISTORY: usize = 5_000;
+/// Messages arriving while the mailbox is watched.
+const LIVE: usize = 5;
+/// Senders that are CRM contacts (name, address); the others are strangers.
+const CONTACTS: [(&str, &str); 4] = [
+    ("Dora Customer", "dora@customer.test"),
+    ("Erik Buyer", "erik@buyer.test"),
+    ("Fatima Partner", "fatima@partner.test"),
+    ("Gustav Supplier", "gustav@supplier.test"),
+];
+
+/// A plain message of the corpus: `n`'s sender, subject and size vary.
+fn corpus_message(
+    n: usize,
+    from: &str,
+    subject: &str,
+    date: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let lines = (0..(n % 7) * 3)
+        .map(|l| {
+            format!("Line {l} of the notes for the order {n}: widgets, gadgets and sprockets.\r\n")
+        })
+        .collect::<String>();
+    format!(
+        "From: {from}\r\nTo: Carol Scale <carol@example.test>\r\nSubject: {subject}\r\n\
+         Message-ID: <scale-{n}@seed.example.test>\r\nDate: {}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nHello Carol,\r\n\r\n{lines}Regards\r\n",
+        date.to_rfc2822()
+    )
+}
+
+/// The sender and subject of history message `n`: every third from a contact, the rest from
+/// forty strangers; one subject without a place to break, as some mail has.
+fn history_shape(n: usize) -> (String, String) {
+    let from = if n.is_multiple_of(3) {
+        let (name, email) = CONTACTS[n / 3 % CONTACTS.len()];
+        format!("{name} <{email}>")
+    } else {
+        format!("Vendor {k} Sales <sales{k}@vendor{k}.test>", k = n % 40)
+    };
+    let subject = match n % 5 {
+        0 => format!("Order {n} for widgets"),
+        1 => format!("Re: Invoice INV-{n}"),
+        2 => format!("Meeting notes, week {}", n % 52 + 1),
+        3 => format!("Question about the delivery of order {}", n - 3),
+        _ if n % 1000 == 4 => format!(
+            "Report https://files.vendor.test/reports/{n}/quarterly-figures-final-version-2-reviewed.pdf"
+        ),
+        _ => format!("Fwd: Price list {n}"),
+    };
+    (from, subject)
+}
+
+/// Writes `HISTORY` messages into `user`'s Maildir as mail received over the last three years:
+/// Dovecot takes a Maildir file's modification time as the message's INTERNALDATE and gives
+/// UIDs in the order of the names, which begin with that time.
+fn seed_history(dovecot: &serversync_testkit::DovecotInfo, user: &str) {
+    let cur = dovecot.maildir(user).join("cur");
+    std::fs::create_dir_all(&cur).unwrap();
+    for sub in ["new", "tmp"] {
+        std::fs::create_dir_all(dovecot.maildir(user).join(sub)).unwrap();
+    }
+    let now = chrono::Utc::now();
+    let span = chrono::Duration::days(3 * 365) - chrono::Duration::days(2);
+    for n in 0..HISTORY {
+        let at = now - chrono::Duration::days(3 * 365) + span / HISTORY as i32 * n as i32;
+        let (from, subject) = history_shape(n);
+        let path = cur.join(format!("{}.M{n}P1.seed:2,", at.timestamp()));
+        std::fs::write(&path, corpus_message(n, &from, &subject, at)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(at.into())
+            .unwrap();
+    }
+    serversync_testkit::util::chown_recursive(
+        &dovecot.mail_root,
+        dovecot.mail_uid,
+        dovecot.mail_gid,
+    )
+    .unwrap();
+}
+
+/// Polls `what` every 250 ms until it is `Some`, for at most `limit`.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// issue 20's "Must show" in the browser: `serve` holding 5,000 messages of history (years
+/// back, taken in by the first synchronization of a private Dovecot) and five live arrivals;
+/// an email waiting with its reason and one refused by Postfix (`e2e/admin_scale.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_messages_in_the_browser() {
+    const CAROL: &str = "carol@example.test";
+    const BOB: &str = "bob@example.test";
+    let started = Instant::now();
+    let env = TestEnv::from_env();
+    let dir = tempfile::Builder::new()
+        .prefix("ss-admin-scale")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dovecot = serversync_testkit::Dovecot::start_with(
+        &dir.path().join("dovecot"),
+        &serversync_testkit::DovecotOptions {
+            tls: Some(env.tls.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    seed_history(dovecot.info(), CAROL);
+    let data = dir.path().join("serve");
+    std::fs::create_dir_all(&data).unwrap();
+    let (_serve, url, token, log) = serve(&data, env, None);
+    let http = reqwest::Client::new();
+    let api =
+        |method: reqwest::Method, path: &str, token: &str, body: Option<serde_json::Value>| {
+            let req = http
+                .request(method, format!("{url}/api/v1/orgs/default{path}"))
+                .bearer_auth(token);
+            let req = match body {
+                Some(b) => req.json(&b),
+                None => req,
+            };
+            let path = path.to_owned();
+            async move {
+                let r = req.send().await.unwrap();
+                let status = r.status();
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                assert!(status.is_success(), "{path}: {status} {v}");
+                v
+            }
+        };
+    use reqwest::Method;
+    // Users' mailboxes track all email; the senders who are contacts exist before any arrives.
+    api(
+        Method::PATCH,
+        "/email-settings",
+        &token,
+        Some(serde_json::json!({"default_user_tracking": "all_email"})),
+    )
+    .await;
+    for (name, email) in CONTACTS {
+        api(
+            Method::POST,
+            "/contacts",
+            &token,
+            Some(serde_json::json!({"name": name, "emails": [email]})),
+        )
+        .await;
+    }
+    let profile = api(
+        Method::POST,
+        "/profiles",
+        &token,
+        Some(serde_json::json!({
+            "name": "Scale servers",
+            "server_type": "imap_smtp",
+            "incoming": {"location": "localhost", "port": dovecot.info().imaps_port, "tls": "implicit"},
+            "outgoing": {"location": "localhost", "port": env.submission_port(), "tls": "start_tls"},
+        })),
+    )
+    .await;
+    let pid = profile["id"].as_str().unwrap();
+    api(
+        Method::POST,
+        &format!("/profiles/{pid}/default"),
+        &token,
+        None,
+    )
+    .await;
+    let mut tokens = Vec::new();
+    for (name, email) in [("Carol Scale", CAROL), ("Bob Waiting", BOB)] {
+        let u = api(
+            Method::POST,
+            "/users",
+            &token,
+            Some(serde_json::json!({"full_name": name, "email": email, "mailbox_password": env.password})),
+        )
+        .await;
+        let t = api(
+            Method::POST,
+            &format!("/users/{}/tokens", u["user"]["id"].as_str().unwrap()),
+            &token,
+            Some(serde_json::json!({"name": "scale"})),
+        )
+        .await;
+        tokens.push((
+            u["mailbox"]["id"].as_str().unwrap().to_owned(),
+            t["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let [(carol, carol_token), (bob, bob_token)] = <[_; 2]>::try_from(tokens).unwrap();
+    // Carol's address approved and her mailbox tested and enabled; Bob's is left unapproved.
+    api(
+        Method::POST,
+        "/mailboxes/approve",
+        &token,
+        Some(serde_json::json!({"mailbox_ids": [carol]})),
+    )
+    .await;
+    let job = api(
+        Method::POST,
+        "/mailboxes/test-enable",
+        &token,
+        Some(serde_json::json!({"mailbox_ids": [carol]})),
+    )
+    .await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let job = until(Duration::from_secs(60), "test & enable", || {
+        let get = api(Method::GET, &format!("/jobs/{job_id}"), &token, None);
+        async move {
+            let j = get.await;
+            (!["queued", "running"].contains(&j["status"].as_str().unwrap())).then_some(j)
+        }
+    })
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let processed = || {
+        let get = api(Method::GET, &format!("/mailboxes/{carol}"), &token, None);
+        async move {
+            get.await["telemetry"]["items_processed"]
+                .as_u64()
+                .unwrap_or(0) as usize
+        }
+    };
+    until(Duration::from_secs(150), "the history taken in", || {
+        let n = processed();
+        async move { (n.await >= HISTORY).then_some(()) }
+    })
+    .await;
+    println!("history taken in after {:?}", started.elapsed());
+    // Live arrivals: delivered into the Inbox now, after test & enable.
+    for k in 1..=LIVE {
+        let raw = corpus_message(
+            HISTORY + k,
+            "Dora Customer <dora@customer.test>",
+            &format!("Live order {k}"),
+            chrono::Utc::now(),
+        );
+        dovecot.info().deliver(CAROL, raw.as_bytes()).unwrap();
+    }
+    until(
+        Duration::from_secs(60),
+        "the live messages taken in",
+        || {
+            let n = processed();
+            async move { (n.await >= HISTORY + LIVE).then_some(()) }
+        },
+    )
+    .await;
+    // Every message tracked as an email activity.
+    until(Duration::from_secs(90), "every message tracked", || {
+        let (api, carol, token) = (&api, &carol, &token);
+        async move {
+            let mut count = 0;
+            let mut after = String::new();
+            loop {
+                let page = api(
+                    Method::GET,
+                    &format!("/activities?mailbox={carol}&limit=1000{after}"),
+                    token,
+                    None,
+                )
+                .await;
+                count += page["items"].as_array().unwrap().len();
+                match page["next"].as_str() {
+                    Some(n) => after = format!("&after={n}"),
+                    None => break,
+                }
+            }
+            (count >= HISTORY + LIVE).then_some(())
+        }
+    })
+    .await;
+    println!(
+        "history and live mail tracked after {:?}",
+        started.elapsed()
+    );
+
+    // The outgoing queue: Bob's email waits for his address's approval; Carol's to an address
+    // Postfix does not know is refused at RCPT.
+    let waiting = api(
+        Method::POST,
+        "/activities",
+        &bob_token,
+        Some(
+            serde_json::json!({"from_mailbox": bob, "to": ["dora@customer.test"],
+            "subject": "Quote for 500 widgets", "text_body": "Dear Dora, …"}),
+        ),
+    )
+    .await;
+    assert_eq!(waiting["status"], "pending_send", "{waiting}");
+    let refused = api(
+        Method::POST,
+        "/activities",
+        &carol_token,
+        Some(
+            serde_json::json!({"from_mailbox": carol, "to": ["nobody@example.test"],
+            "subject": "Welcome aboard", "text_body": "Hello."}),
+        ),
+    )
+    .await;
+    let refused_id = refused["id"].as_str().unwrap().to_owned();
+    let reply = until(Duration::from_secs(60), "the refused email failed", || {
+        let get = api(
+            Method::GET,
+            &format!("/activities/{refused_id}"),
+            &token,
+            None,
+        );
+        async move {
+            let a = get.await;
+            (a["status"] == "failed").then(|| a["send_error"].as_str().unwrap_or("").to_owned())
+        }
+    })
+    .await;
+    assert!(reply.contains("5.1.1"), "Postfix's reply: {reply}");
+
+    let shots = screenshots(dir.path());
+    run_flow(
+        "admin_scale.mjs",
+        &[
+            ("BASE_URL", url.clone()),
+            ("TOKEN", token.clone()),
+            ("MAILBOX", CAROL.into()),
+            ("HISTORY", HISTORY.to_string()),
+            ("LIVE", LIVE.to_string()),
+            ("CONTACT", CONTACTS[0].0.into()),
+            ("LIVE_SUBJECT", "Live order ".into()),
+            ("WAITING_SUBJECT", "Quote for 500 widgets".into()),
+            ("WAITING_REASON", format!("{BOB} is not approved")),
+            ("FAILED_SUBJECT", "Welcome aboard".into()),
+            ("FAILED_REPLY", reply.clone()),
+            ("LONG_SUBJECT", "quarterly-figures-final-version".into()),
+            (
+                "LONG_SUBJECTS",
+                (0..HISTORY)
+                    .filter(|n| history_shape(*n).1.contains("quarterly-figures"))
+                    .count()
+                    .to_string(),
+            ),
+            ("SCREENSHOTS", shots.display().to_string()),
+        ],
+        Duration::from_secs(120),
+        &log,
+        "the browser flow at scale failed",
+    );
+    for name in [
+        "scale-dashboard",
+        "scale-mailbox",
+        "scale-activity",
+        "scale-item",
+        "scale-record",
+        "scale-outgoing",
+        "scale-activities",
+    ] {
+        let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{name}.png is a PNG");
+    }
+    println!("the whole flow took {:?}", started.elapsed());
 }

@@ -71,7 +71,8 @@ pub fn columns(title: &str, slots: &[(String, u64, u64)]) -> String {
         if i % 3 == 0 {
             let _ = write!(
                 s,
-                r#"<text x="{x}" y="{}">{}</text>"#,
+                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+                x + cw / 2,
                 base + 16,
                 esc(label)
             );

@@ -314,7 +314,7 @@ fn edit_sections() -> Vec<Section> {
 }
 
 /// Alerts shown on a mailbox's page (the newest; the rest are on the alerts page).
-const ALERTS_SHOWN: usize = 10;
+const ALERTS_SHOWN: usize = 3;
 
 async fn detail_page(
     web: &Web,
@@ -372,7 +372,10 @@ async fn detail_page(
         ("Test completed on", when(m.test_completed_on)),
         ("Last sync started", when(t.last_sync_start)),
         ("Last successful sync", when(t.last_successful_sync)),
-        ("Items processed", t.items_processed.to_string()),
+        (
+            "Items processed",
+            super::count(usize::try_from(t.items_processed).unwrap_or(usize::MAX)),
+        ),
         ("Items failed", t.items_failed.to_string()),
         (
             "Transient failures in a row",

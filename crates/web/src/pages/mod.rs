@@ -139,6 +139,19 @@ pub fn duration(ms: i64) -> String {
     }
 }
 
+/// A count with thousands separated (`5005` → `5,005`).
+pub fn count(n: impl std::borrow::Borrow<usize>) -> String {
+    let digits = n.borrow().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The wire name of an enum value, spaces for underscores (`pending_approval` → `pending approval`).
 pub fn words<T: serde::Serialize>(v: &T) -> String {
     serversync_model::wire_name(v).replace('_', " ")
@@ -168,7 +181,21 @@ pub fn done(to: &str, notice: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::duration;
+    use super::{count, duration};
+
+    #[test]
+    fn counts_have_their_thousands_separated() {
+        for (n, shown) in [
+            (0, "0"),
+            (999, "999"),
+            (1_000, "1,000"),
+            (5_005, "5,005"),
+            (123_456, "123,456"),
+            (1_234_567, "1,234,567"),
+        ] {
+            assert_eq!(count(n), shown);
+        }
+    }
 
     #[test]
     fn durations_read_as_a_person_says_them() {
