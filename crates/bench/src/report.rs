@@ -535,7 +535,7 @@ impl Report {
         let Some(d) = &self.dav_down else { return };
         let _ = writeln!(
             o,
-            "\n## Two-way sync (CalDAV/CardDAV): first sync of {n} contacts and {n} events from the server\n\n\
+            "\n## Two-way sync from the server (CalDAV/CardDAV): first sync of {n} contacts and {n} events already there\n\n\
              The same kinds of contacts and appointments ({vcf} bytes on average as a vCard, \
              {ics} bytes as a calendar object), this time already on the server: written by \
              serversync's CalDAV/CardDAV mapping as files into a calendar and an address book \
