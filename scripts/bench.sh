@@ -5,7 +5,7 @@
 # and writes docs/benchmarks.md. Takes about 30 minutes on 2 cores (the release build, then 18 minutes of runs, the Graph latency probes about 11 of them).
 #
 #   scripts/bench.sh                          # everything, default sizes
-#   scripts/bench.sh --only ingest,latency    # some of: ingest, latency, ews, graph, outgoing, dav, dav-down, scale
+#   scripts/bench.sh --only ingest,latency    # some of: ingest, latency, ews, graph, outgoing, dav, dav-down, pages, scale
 #   scripts/bench.sh --messages 2000 --out /tmp/b.md   # smaller, elsewhere
 #   scripts/bench.sh --only dav --dav-items 500 --out /tmp/dav.md
 #   scripts/bench.sh --only dav-down --dav-down-items 10000 --out /tmp/down.md

@@ -11,6 +11,7 @@ mod latency;
 mod mailgen;
 mod merge;
 mod outgoing;
+mod pages;
 mod procstat;
 mod report;
 mod scale;
@@ -95,8 +96,11 @@ pub struct RunArgs {
     /// first sync from the server (`dav-down`).
     #[arg(long, default_value_t = 10_000)]
     dav_down_items: usize,
+    /// Email activities in the organization for the admin center's pages.
+    #[arg(long, default_value_t = 100_000)]
+    activities: usize,
     /// Benchmarks to run (all by default): ingest, latency, ews, graph, outgoing, dav,
-    /// dav-down, scale.
+    /// dav-down, pages, scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The command line recorded in the report.
@@ -597,6 +601,27 @@ async fn run(args: RunArgs) -> Result<()> {
         bench.rows.push(row);
         rep.dav_down = Some(bench);
         drop(radicale);
+    }
+
+    if wants(&args, "pages") {
+        let n = args.activities;
+        eprintln!("bench: the admin center's pages at {n} email activities");
+        let mut bench = pages::PagesBench {
+            activities: n,
+            ..Default::default()
+        };
+        let sqlite = format!(
+            "sqlite://{}",
+            dir.join("pages-sqlite/serversync.db").display()
+        );
+        bench
+            .rows
+            .extend(pages::run(&bin, &dir.join("pages-sqlite"), &sqlite, "SQLite", &ca, n).await?);
+        let pg_url = setup::pg_database(&pg.info().admin_url, "serversync_bench_pages")?;
+        bench
+            .rows
+            .extend(pages::run(&bin, &dir.join("pages-pg"), &pg_url, "PostgreSQL", &ca, n).await?);
+        rep.pages = Some(bench);
     }
 
     if wants(&args, "scale") {

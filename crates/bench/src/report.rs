@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::RunArgs;
 use crate::latency::{Latency, percentile};
-use crate::{dav, ingest, outgoing, scale};
+use crate::{dav, ingest, outgoing, pages, scale};
 
 pub struct Report {
     pub command: String,
@@ -27,6 +27,8 @@ pub struct Report {
     pub dav: Option<dav::DavBench>,
     /// The first sync of contacts and appointments already on Radicale, beside vdirsyncer.
     pub dav_down: Option<dav::DavBench>,
+    /// The admin center's pages at N email activities.
+    pub pages: Option<pages::PagesBench>,
     pub total: Duration,
 }
 
@@ -50,6 +52,7 @@ impl Report {
             scale: None,
             dav: None,
             dav_down: None,
+            pages: None,
             total: Duration::ZERO,
         }
     }
@@ -104,6 +107,7 @@ impl Report {
         self.render_scale(&mut o);
         self.render_dav(&mut o);
         self.render_dav_down(&mut o);
+        self.render_pages(&mut o);
         self.render_targets(&mut o);
         self.render_commands(&mut o);
         o
@@ -560,6 +564,37 @@ impl Report {
             ics = d.event_bytes,
         );
         Self::render_dav_rows(o, d);
+    }
+
+    fn render_pages(&self, o: &mut String) {
+        let Some(b) = &self.pages else { return };
+        let _ = writeln!(
+            o,
+            "\n## Admin center: pages at {n} email activities\n\n\
+             A fresh store per backend with 1,000 contacts and {n} email activities (received \
+             mail over three years, two in three from those contacts, one in 50 sent, one in \
+             500 waiting and one in 500 failed), written directly; then `serve` starts and each \
+             page is asked for {k} times with the administrator's session (two more before, \
+             not timed), one request at a time, over HTTP on 127.0.0.1. Times are from sending \
+             the request to the last byte of the answer. The target is every page within \
+             300 ms.\n\n\
+             | store | page | path | p50 ms | p95 ms | max ms | KB |\n|---|---|---|---:|---:|---:|---:|",
+            n = b.activities,
+            k = pages::SAMPLES,
+        );
+        for r in &b.rows {
+            let _ = writeln!(
+                o,
+                "| {} | {} | `{}` | {:.1} | {:.1} | {:.1} | {:.0} |",
+                r.backend, r.page, r.path, r.p50_ms, r.p95_ms, r.max_ms, r.kb
+            );
+        }
+        let worst = b.worst_p95();
+        let _ = writeln!(
+            o,
+            "\nSlowest page's p95: {worst:.0} ms — the target of 300 ms is {}.",
+            if worst <= 300.0 { "met" } else { "**missed**" }
+        );
     }
 
     /// The rows of a CalDAV/CardDAV table, their notes, and serversync's ratios to vdirsyncer.
