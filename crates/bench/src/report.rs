@@ -573,7 +573,8 @@ impl Report {
             "\n## Admin center: pages at {n} email activities\n\n\
              A fresh store per backend with 1,000 contacts and {n} email activities (received \
              mail over three years, two in three from those contacts, one in 50 sent, one in \
-             500 waiting and one in 500 failed), written directly; then `serve` starts and each \
+             500 waiting and one in 500 failed), written directly (on PostgreSQL then `ANALYZE`d, \
+             as autovacuum does soon after a load); then `serve` starts and each \
              page is asked for {k} times with the administrator's session (two more before, \
              not timed), one request at a time, over HTTP on 127.0.0.1. Times are from sending \
              the request to the last byte of the answer. The target is every page within \

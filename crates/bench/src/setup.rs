@@ -399,21 +399,27 @@ where
     }
 }
 
+/// Runs `sql` with psql on the database at `url`.
+pub fn psql(url: &str, sql: &str) -> Result<()> {
+    let psql = serversync_testkit::postgres::pg_program("psql")?;
+    let out = Command::new(&psql)
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// A fresh PostgreSQL database `name` (dropped first if it exists) on the server at
 /// `admin_url`, made with `psql`; returns its URL.
 pub fn pg_database(admin_url: &str, name: &str) -> Result<String> {
-    let psql = serversync_testkit::postgres::pg_program("psql")?;
     for sql in [
         format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
         format!("CREATE DATABASE \"{name}\""),
     ] {
-        let out = Command::new(&psql)
-            .args([admin_url, "-v", "ON_ERROR_STOP=1", "-qc", &sql])
-            .output()
-            .context("running psql")?;
-        if !out.status.success() {
-            bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        psql(admin_url, &sql)?;
     }
     let (base, _) = admin_url
         .rsplit_once('/')
