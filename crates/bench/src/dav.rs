@@ -475,6 +475,9 @@ async fn wait_for_round(
 
 // ---- first sync from the server ----
 
+/// Items as files: `(file name, text)`.
+pub type Files = Vec<(String, String)>;
+
 /// Items `0..n` as they would be on a user's server after years of use: calendar objects and
 /// vCards of the same people and meetings as [`contact`] and [`appointment`], each marked
 /// "Tracked to `org_name`" (what makes serversync take an item into the CRM), written by
@@ -485,7 +488,7 @@ pub fn server_items(
     org_name: &str,
     organizer: &str,
     now: DateTime<Utc>,
-) -> Result<(Vec<(String, String)>, Vec<(String, String)>)> {
+) -> Result<(Files, Files)> {
     use serversync_connectors::dav::mapping::from_values;
     use serversync_model::itemvalues::{appointment_values, contact_values, tracked_category};
     let (org, owner) = (OrgId::new(), UserId::new());

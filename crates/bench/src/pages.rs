@@ -76,7 +76,7 @@ fn activity(i: usize, n: usize, org: OrgId, owner: UserId, contacts: &[Contact])
     let now = Utc::now();
     let at = now - chrono::Duration::minutes(((n - i) as i64) * (3 * 365 * 24 * 60) / n as i64);
     let c = &contacts[i % contacts.len()];
-    let (from, resolved) = if i % 3 == 0 {
+    let (from, resolved) = if i.is_multiple_of(3) {
         (
             format!("someone{}@unknown{}.example", i % 997, i % 13),
             None,
