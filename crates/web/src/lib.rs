@@ -65,6 +65,7 @@ pub fn router_behind(admin: Admin, api: Router, trusted_proxies: Vec<IpAddr>) ->
         .route("/settings", get(pages::settings::form))
         .route("/mailboxes", get(pages::mailboxes::list))
         .route("/mailboxes/{id}", get(pages::mailboxes::detail))
+        .route("/mailboxes/{id}/links", get(pages::mailboxes::links))
         .route("/items/{id}", get(pages::records::item))
         .route("/activities", get(pages::records::activities))
         .route("/activities/{id}", get(pages::records::activity))

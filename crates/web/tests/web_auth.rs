@@ -913,6 +913,205 @@ both!(
     }
 );
 
+// A mailbox's synchronized appointments, contacts and tasks: each link with its record (a
+// contact's name linking to its page), the last change's way and the server item, and the
+// conflicts the synchronization reported. Another organization's administrator gets 404.
+both!(
+    the_links_page_shows_synchronized_items_and_conflicts,
+    |backend| {
+        use serversync_model::alert::{Alert, Severity};
+        use serversync_model::mailbox::{Mailbox, MailboxRegarding};
+        use serversync_model::org::{Organization, User};
+        use serversync_model::settings::{ActMethod, EmailSettings};
+        use serversync_model::sync::{RemoteLink, SyncDirection};
+        use serversync_model::webhook::RecordType;
+        let s = Site::start(backend).await;
+        let org = s
+            .store
+            .list_all::<Organization>(None, &[])
+            .await
+            .unwrap()
+            .remove(0)
+            .value;
+        let user = s
+            .store
+            .list_all::<User>(Some(org.id), &[])
+            .await
+            .unwrap()
+            .remove(0)
+            .value;
+        let mut m = Mailbox::new_with_defaults(
+            org.id,
+            MailboxRegarding::User(user.id),
+            user.id,
+            "Ann",
+            "ann@example.com",
+            &EmailSettings::new(org.id),
+            chrono::Utc::now(),
+        );
+        m.act_method = ActMethod::ServerSideSync;
+        s.store.insert(&m).await.unwrap();
+        let cookie = s.sign_in_with_token(&s.token).await;
+        let path = format!("/mailboxes/{}/links", m.id);
+        let page = s.get(&path, &cookie).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(
+            page.body.contains("No item synchronized yet."),
+            "{}",
+            page.body
+        );
+
+        // The records the links point at.
+        let now = chrono::Utc::now();
+        let contact = serversync_model::crm::Contact {
+            id: serversync_model::ContactId::new(),
+            org_id: org.id,
+            full_name: "Ann Lee".into(),
+            emails: vec!["ann@fabrikam.example".into()],
+            account_id: None,
+            company: None,
+            job_title: None,
+            phones: Vec::new(),
+            owner_id: user.id,
+            created_at: now,
+        };
+        s.store.insert(&contact).await.unwrap();
+        let appointment = serversync_model::crm::Appointment {
+            id: serversync_model::ActivityId::new(),
+            org_id: org.id,
+            subject: "Quarterly review".into(),
+            location: None,
+            description: None,
+            starts_at: now + chrono::Duration::days(2),
+            ends_at: now + chrono::Duration::days(2) + chrono::Duration::hours(1),
+            all_day: false,
+            organizer: None,
+            attendees: Vec::new(),
+            owner_id: user.id,
+            regarding: None,
+            state: serversync_model::crm::ActivityState::Open,
+            ical_uid: None,
+            time_zone: None,
+            recurrence: None,
+            created_at: now,
+            updated_at: now,
+        };
+        s.store.insert(&appointment).await.unwrap();
+        let contact_id = contact.id.to_string();
+        for (kind, id, field, title, remote, direction) in [
+            (
+                RecordType::Contact,
+                contact_id.clone(),
+                "full_name",
+                "Ann Lee",
+                "/dav/ann/contacts/ann-lee.vcf",
+                SyncDirection::FromServer,
+            ),
+            (
+                RecordType::Appointment,
+                appointment.id.to_string(),
+                "subject",
+                "Quarterly review",
+                "AAMkQuarterly",
+                SyncDirection::ToServer,
+            ),
+        ] {
+            let mut values = serde_json::Map::new();
+            values.insert(field.into(), title.into());
+            s.store
+                .put_remote_link(
+                    &RemoteLink {
+                        org_id: org.id,
+                        mailbox_id: m.id,
+                        record_type: kind,
+                        record_id: id,
+                        remote_id: remote.into(),
+                        version_tag: Some("\"1\"".into()),
+                        synced_hash: "0".repeat(64),
+                        synced_values: values,
+                        direction,
+                    },
+                    serversync_store::Expected::Any,
+                )
+                .await
+                .unwrap();
+        }
+        let mut alert = Alert::new(
+        org.id,
+        Severity::Warning,
+        "sync_conflict",
+        "contact \"Ann Lee\": company changed on both sides (CRM: CRM Corp, server: Server Corp); the server's value kept".into(),
+        vec![user.id],
+    );
+        alert.mailbox_id = Some(m.id);
+        s.store.insert(&alert).await.unwrap();
+
+        let page = s.get(&path, &cookie).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let links = page
+            .body
+            .split("id=\"links\"")
+            .nth(1)
+            .expect("the links table");
+        assert!(
+            links.contains(&format!(
+                "<a href=\"/records/contact/{contact_id}\">Ann Lee</a>"
+            )),
+            "{links}"
+        );
+        for needle in [
+            "Quarterly review",
+            "AAMkQuarterly",
+            "server → CRM",
+            "CRM → server",
+        ] {
+            assert!(links.contains(needle), "{needle}: {links}");
+        }
+        let conflicts = page
+            .body
+            .split("id=\"conflicts\"")
+            .nth(1)
+            .expect("the conflicts");
+        assert!(
+            conflicts.contains("CRM Corp") && conflicts.contains("Server Corp"),
+            "{conflicts}"
+        );
+        let mailbox_page = s.get(&format!("/mailboxes/{}", m.id), &cookie).await;
+        assert!(
+            mailbox_page.body.contains(&format!("href=\"{path}\"")),
+            "{}",
+            mailbox_page.body
+        );
+
+        s.ok(
+            "POST",
+            "/api/v1/orgs",
+            Some(serde_json::json!({"name": "acme", "display_name": "Acme"})),
+        )
+        .await;
+        s.user(
+            "acme",
+            "Olga Other",
+            "olga@acme.test",
+            &["system_administrator"],
+            "olga's long password",
+        )
+        .await;
+        let olga = s
+            .sign_in(
+                "acme",
+                "olga@acme.test",
+                "olga's long password",
+                CLIENT.into(),
+            )
+            .await;
+        let olga = session_cookie(&olga).unwrap_or_else(|| panic!("{} {}", olga.status, olga.body));
+        let r = s.get(&path, &olga).await;
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert!(!r.body.contains("Quarterly review"));
+    }
+);
+
 // The email settings page sets the organization's two-way conflict policy.
 both!(the_settings_page_sets_the_conflict_policy, |backend| {
     use serversync_model::merge::ConflictPolicy;

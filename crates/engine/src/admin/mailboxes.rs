@@ -34,6 +34,22 @@ impl Admin {
         }
     }
 
+    /// The links of mailbox `id`'s synchronized appointments, contacts and tasks to their
+    /// server items, in record-id order, `limit` at a time after the record id `after`; for
+    /// a caller who may read the mailbox and records.
+    pub async fn remote_links(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        id: MailboxId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Stored<serversync_model::sync::RemoteLink>>> {
+        self.mailbox(c, org, id).await?;
+        c.require(Privilege::ReadRecords)?;
+        Ok(self.store.list_remote_links(org, id, after, limit).await?)
+    }
+
     pub async fn list_mailboxes(
         &self,
         c: &Caller,

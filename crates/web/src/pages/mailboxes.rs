@@ -562,3 +562,133 @@ pub async fn sync_now(State(web): State<Web>, s: Session, Path(id): Path<String>
     let notice = "Synchronization was requested: the mailbox syncs within seconds.";
     action(&web, &s, &format!("{to}/sync-now"), &to, notice).await
 }
+
+/// Links shown per page.
+const LINKS_PAGE: u32 = 50;
+
+#[derive(Deserialize, Default)]
+pub struct LinksQuery {
+    after: Option<String>,
+}
+
+pub struct LinkRow {
+    kind: &'static str,
+    title: String,
+    /// HTML: the record's name, a link to its page where it has one.
+    record: String,
+    direction: &'static str,
+    remote: String,
+}
+
+#[derive(Template)]
+#[template(path = "links.html")]
+struct LinksPage {
+    page: Page,
+    mailbox_id: String,
+    mailbox: String,
+    conflicts: Vec<(String, String)>,
+    rows: Vec<LinkRow>,
+    first_page: bool,
+    next: Option<String>,
+}
+
+/// A mailbox's two-way links (record ↔ server item, the last change's way) and the conflicts
+/// and unwritable values its synchronization reported.
+pub async fn links(
+    State(web): State<Web>,
+    s: Session,
+    Path(id): Path<String>,
+    Query(q): Query<LinksQuery>,
+) -> Response {
+    use serversync_model::sync::SyncDirection;
+    use serversync_model::webhook::RecordType;
+    let Ok(mid) = id.parse::<MailboxId>() else {
+        return super::with_status(
+            error(&s, format!("{id:?} is not a mailbox id")),
+            axum::http::StatusCode::NOT_FOUND,
+        );
+    };
+    let m = match web.admin.mailbox(&s.caller, s.org.id, mid).await {
+        Ok(m) => m.value,
+        Err(e) => return super::fail(&s, e),
+    };
+    let mut links = match web
+        .admin
+        .remote_links(&s.caller, s.org.id, mid, q.after.as_deref(), LINKS_PAGE + 1)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return super::fail(&s, e),
+    };
+    let next = if links.len() > LINKS_PAGE as usize {
+        links.truncate(LINKS_PAGE as usize);
+        links.last().map(|l| l.value.record_id.clone())
+    } else {
+        None
+    };
+    let rows = links
+        .into_iter()
+        .map(|l| {
+            let l = l.value;
+            let text = |k: &str| l.synced_values.get(k).and_then(|v| v.as_str());
+            let title = text("subject")
+                .or(text("full_name"))
+                .unwrap_or("(no title)")
+                .to_owned();
+            let (kind, record) = match l.record_type {
+                RecordType::Contact => (
+                    "contact",
+                    format!(
+                        "<a href=\"/records/contact/{}\">{}</a>",
+                        crate::names::esc(&l.record_id),
+                        crate::names::esc(&title)
+                    ),
+                ),
+                RecordType::Appointment => ("appointment", crate::names::esc(&title)),
+                RecordType::Task => ("task", crate::names::esc(&title)),
+                _ => ("record", crate::names::esc(&title)),
+            };
+            LinkRow {
+                kind,
+                title,
+                record,
+                direction: match l.direction {
+                    SyncDirection::ToServer => "CRM → server",
+                    SyncDirection::FromServer => "server → CRM",
+                },
+                remote: l.remote_id,
+            }
+        })
+        .collect();
+    let conflicts = web
+        .admin
+        .list_alerts(&s.caller, s.org.id, Some(mid), None, 1000)
+        .await
+        .map(|p| {
+            let mut c: Vec<_> = p
+                .items
+                .into_iter()
+                .map(|a| a.value)
+                .filter(|a| matches!(a.code.as_str(), "sync_conflict" | "item_unmappable"))
+                .collect();
+            c.sort_by_key(|a| std::cmp::Reverse(a.created_at));
+            c.into_iter()
+                .take(50)
+                .map(|a| (when(Some(a.created_at)), a.message))
+                .collect()
+        })
+        .unwrap_or_default();
+    render(&LinksPage {
+        page: Page::new(
+            &s,
+            &format!("Synchronized items of {}", m.email),
+            "mailboxes",
+        ),
+        mailbox_id: mid.to_string(),
+        mailbox: m.email,
+        conflicts,
+        rows,
+        first_page: q.after.is_none(),
+        next,
+    })
+}
