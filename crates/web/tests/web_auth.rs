@@ -1112,6 +1112,66 @@ both!(
     }
 );
 
+// The mailbox page shows its newest alerts, however many it has had.
+both!(the_mailbox_page_shows_the_newest_alerts, |backend| {
+    use serversync_model::alert::{Alert, Severity};
+    use serversync_model::mailbox::{Mailbox, MailboxRegarding};
+    use serversync_model::org::{Organization, User};
+    use serversync_model::settings::EmailSettings;
+    let s = Site::start(backend).await;
+    let org = s
+        .store
+        .list_all::<Organization>(None, &[])
+        .await
+        .unwrap()
+        .remove(0)
+        .value;
+    let user = s
+        .store
+        .list_all::<User>(Some(org.id), &[])
+        .await
+        .unwrap()
+        .remove(0)
+        .value;
+    let m = Mailbox::new_with_defaults(
+        org.id,
+        MailboxRegarding::User(user.id),
+        user.id,
+        "Ann",
+        "ann@example.com",
+        &EmailSettings::new(org.id),
+        chrono::Utc::now(),
+    );
+    s.store.insert(&m).await.unwrap();
+    for n in 0..520 {
+        let mut a = Alert::new(
+            org.id,
+            Severity::Warning,
+            "connection_failed",
+            format!("failure number {n:04}"),
+            vec![user.id],
+        );
+        a.mailbox_id = Some(m.id);
+        s.store.insert(&a).await.unwrap();
+    }
+    let cookie = s.sign_in_with_token(&s.token).await;
+    let page = s.get(&format!("/mailboxes/{}", m.id), &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let newest = page
+        .body
+        .find("failure number 0519")
+        .expect("the newest alert");
+    let next = page
+        .body
+        .find("failure number 0518")
+        .expect("the one before");
+    assert!(newest < next, "newest first");
+    assert!(
+        !page.body.contains("failure number 0499"),
+        "only the newest are shown"
+    );
+});
+
 // The email settings page sets the organization's two-way conflict policy.
 both!(the_settings_page_sets_the_conflict_policy, |backend| {
     use serversync_model::merge::ConflictPolicy;

@@ -32,6 +32,30 @@ impl Admin {
         Ok(page)
     }
 
+    /// The newest `limit` alerts of `mailbox` the caller may see, newest first.
+    pub async fn newest_alerts(
+        &self,
+        c: &Caller,
+        org: OrgId,
+        mailbox: MailboxId,
+        limit: u32,
+    ) -> Result<Vec<Alert>> {
+        let filters = [serversync_store::Filter::Eq(
+            "mailbox_id",
+            Col::text(mailbox),
+        )];
+        let page = self
+            .store
+            .list_newest::<Alert>(Some(org), &filters, None, limit)
+            .await?;
+        Ok(page
+            .items
+            .into_iter()
+            .map(|a| a.value)
+            .filter(|a| c.has(Privilege::ReadMailboxes) || a.recipients.contains(&c.user.id))
+            .collect())
+    }
+
     pub async fn dismiss_alert(&self, c: &Caller, org: OrgId, id: AlertId) -> Result<Alert> {
         let s = match self.store.get::<Alert>(&id.to_string()).await? {
             Some(a)

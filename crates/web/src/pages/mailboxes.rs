@@ -397,21 +397,20 @@ async fn detail_page(
             e.message.clone(),
         )
     });
+    // The newest ones (one more than shown, to know whether there are more).
     let mut alerts: Vec<AlertRow> = web
         .admin
-        .list_alerts(&s.caller, s.org.id, Some(mid), None, 500)
+        .newest_alerts(&s.caller, s.org.id, mid, ALERTS_SHOWN as u32 + 1)
         .await
-        .map(|p| p.items)
         .unwrap_or_default()
         .into_iter()
         .map(|a| AlertRow {
-            when: when(Some(a.value.created_at)),
-            severity: serversync_model::wire_name(&a.value.severity),
-            step: a.value.step.map(|s| words(&s)).unwrap_or_default(),
-            message: a.value.message,
+            when: when(Some(a.created_at)),
+            severity: serversync_model::wire_name(&a.severity),
+            step: a.step.map(|s| words(&s)).unwrap_or_default(),
+            message: a.message,
         })
         .collect();
-    alerts.reverse();
     let more_alerts = alerts.len() > ALERTS_SHOWN;
     alerts.truncate(ALERTS_SHOWN);
     // Items: newest first, a page at a time, filtered; each trace with its records named.
@@ -662,22 +661,14 @@ pub async fn links(
         .collect();
     let conflicts = web
         .admin
-        .list_alerts(&s.caller, s.org.id, Some(mid), None, 1000)
+        .newest_alerts(&s.caller, s.org.id, mid, 1000)
         .await
-        .map(|p| {
-            let mut c: Vec<_> = p
-                .items
-                .into_iter()
-                .map(|a| a.value)
-                .filter(|a| matches!(a.code.as_str(), "sync_conflict" | "item_unmappable"))
-                .collect();
-            c.sort_by_key(|a| std::cmp::Reverse(a.created_at));
-            c.into_iter()
-                .take(50)
-                .map(|a| (when(Some(a.created_at)), a.message))
-                .collect()
-        })
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| matches!(a.code.as_str(), "sync_conflict" | "item_unmappable"))
+        .take(50)
+        .map(|a| (when(Some(a.created_at)), a.message))
+        .collect();
     render(&LinksPage {
         page: Page::new(
             &s,
