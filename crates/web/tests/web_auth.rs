@@ -1170,6 +1170,17 @@ both!(the_mailbox_page_shows_the_newest_alerts, |backend| {
         !page.body.contains("failure number 0499"),
         "only the newest are shown"
     );
+    let link = format!("/alerts?mailbox={}", m.id);
+    assert!(page.body.contains(&link), "{}", page.body);
+    let all = s.get(&link, &cookie).await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    let newest = all
+        .body
+        .find("failure number 0519")
+        .expect("the newest alert");
+    let older = all.body.find("failure number 0100").expect("an older one");
+    assert!(newest < older, "newest first");
+    assert!(!all.body.contains("failure number 0019"), "the latest 500");
 });
 
 // The email settings page sets the organization's two-way conflict policy.

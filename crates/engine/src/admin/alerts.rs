@@ -32,18 +32,18 @@ impl Admin {
         Ok(page)
     }
 
-    /// The newest `limit` alerts of `mailbox` the caller may see, newest first.
+    /// The newest `limit` alerts the caller may see (of `mailbox`, when given), newest first.
     pub async fn newest_alerts(
         &self,
         c: &Caller,
         org: OrgId,
-        mailbox: MailboxId,
+        mailbox: Option<MailboxId>,
         limit: u32,
     ) -> Result<Vec<Alert>> {
-        let filters = [serversync_store::Filter::Eq(
-            "mailbox_id",
-            Col::text(mailbox),
-        )];
+        let filters: Vec<serversync_store::Filter> = mailbox
+            .map(|m| serversync_store::Filter::Eq("mailbox_id", Col::text(m)))
+            .into_iter()
+            .collect();
         let page = self
             .store
             .list_newest::<Alert>(Some(org), &filters, None, limit)

@@ -400,7 +400,7 @@ async fn detail_page(
     // The newest ones (one more than shown, to know whether there are more).
     let mut alerts: Vec<AlertRow> = web
         .admin
-        .newest_alerts(&s.caller, s.org.id, mid, ALERTS_SHOWN as u32 + 1)
+        .newest_alerts(&s.caller, s.org.id, Some(mid), ALERTS_SHOWN as u32 + 1)
         .await
         .unwrap_or_default()
         .into_iter()
@@ -661,7 +661,7 @@ pub async fn links(
         .collect();
     let conflicts = web
         .admin
-        .newest_alerts(&s.caller, s.org.id, mid, 1000)
+        .newest_alerts(&s.caller, s.org.id, Some(mid), 1000)
         .await
         .unwrap_or_default()
         .into_iter()

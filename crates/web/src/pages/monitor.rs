@@ -28,15 +28,30 @@ pub struct AlertRow {
 struct AlertsPage {
     page: Page,
     rows: Vec<AlertRow>,
+    filtered: bool,
 }
 
-pub async fn alerts(State(web): State<Web>, s: Session) -> Response {
+/// Alerts shown on the page, newest first.
+const ALERTS_PAGE: u32 = 500;
+
+#[derive(serde::Deserialize, Default)]
+pub struct AlertsQuery {
+    /// Only this mailbox's alerts.
+    mailbox: Option<String>,
+}
+
+pub async fn alerts(
+    State(web): State<Web>,
+    s: Session,
+    axum::extract::Query(q): axum::extract::Query<AlertsQuery>,
+) -> Response {
+    let mailbox = q.mailbox.as_deref().and_then(|m| m.parse().ok());
     let found = match web
         .admin
-        .list_alerts(&s.caller, s.org.id, None, None, 1000)
+        .newest_alerts(&s.caller, s.org.id, mailbox, ALERTS_PAGE)
         .await
     {
-        Ok(p) => p.items,
+        Ok(a) => a,
         Err(e) => return error(&s, e),
     };
     let emails: HashMap<_, _> = web
@@ -50,27 +65,24 @@ pub async fn alerts(State(web): State<Web>, s: Session) -> Response {
                 .collect()
         })
         .unwrap_or_default();
-    let mut rows: Vec<AlertRow> = found
+    let rows: Vec<AlertRow> = found
         .into_iter()
-        .map(|a| {
-            let a = a.value;
-            AlertRow {
-                when: when(Some(a.created_at)),
-                severity: serversync_model::wire_name(&a.severity),
-                mailbox_id: a.mailbox_id.map(|m| m.to_string()).unwrap_or_default(),
-                mailbox: a
-                    .mailbox_id
-                    .and_then(|m| emails.get(&m).cloned())
-                    .unwrap_or_default(),
-                step: a.step.map(|s| words(&s)).unwrap_or_default(),
-                message: a.message,
-            }
+        .map(|a| AlertRow {
+            when: when(Some(a.created_at)),
+            severity: serversync_model::wire_name(&a.severity),
+            mailbox_id: a.mailbox_id.map(|m| m.to_string()).unwrap_or_default(),
+            mailbox: a
+                .mailbox_id
+                .and_then(|m| emails.get(&m).cloned())
+                .unwrap_or_default(),
+            step: a.step.map(|s| words(&s)).unwrap_or_default(),
+            message: a.message,
         })
         .collect();
-    rows.reverse();
     render(&AlertsPage {
         page: Page::new(&s, "Alerts", "alerts"),
         rows,
+        filtered: mailbox.is_some(),
     })
 }
 
