@@ -193,36 +193,15 @@ impl World {
     }
 
     async fn crm_appointment(&self, subject: &str) -> Option<Appointment> {
-        self.store
-            .list_all::<Appointment>(
-                Some(self.mailbox.org_id),
-                &[("kind", Col::text("appointment"))],
-            )
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.value)
-            .find(|a| a.subject == subject)
+        records::crm_appointment(&self.store, self.mailbox.org_id, subject).await
     }
 
     async fn crm_task(&self, subject: &str) -> Option<Task> {
-        self.store
-            .list_all::<Task>(Some(self.mailbox.org_id), &[("kind", Col::text("task"))])
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.value)
-            .find(|t| t.subject == subject)
+        records::crm_task(&self.store, self.mailbox.org_id, subject).await
     }
 
     async fn crm_contact(&self, name: &str) -> Option<Contact> {
-        self.store
-            .list_all::<Contact>(Some(self.mailbox.org_id), &[])
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.value)
-            .find(|c| c.full_name == name)
+        records::crm_contact(&self.store, self.mailbox.org_id, name).await
     }
 }
 

@@ -243,7 +243,41 @@ pub mod records {
         ActivityParty, ActivityState, Appointment, Contact, PartyRole, Task,
     };
     use serversync_model::mailbox::Mailbox;
-    use serversync_model::{ActivityId, ContactId};
+    use serversync_model::{ActivityId, ContactId, OrgId};
+    use serversync_store::{Col, Store};
+
+    /// The organization's appointment with this subject, as the CRM holds it.
+    pub async fn crm_appointment(store: &Store, org: OrgId, subject: &str) -> Option<Appointment> {
+        store
+            .list_all::<Appointment>(Some(org), &[("kind", Col::text("appointment"))])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|a| a.subject == subject)
+    }
+
+    /// The organization's task with this subject.
+    pub async fn crm_task(store: &Store, org: OrgId, subject: &str) -> Option<Task> {
+        store
+            .list_all::<Task>(Some(org), &[("kind", Col::text("task"))])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|t| t.subject == subject)
+    }
+
+    /// The organization's contact with this name.
+    pub async fn crm_contact(store: &Store, org: OrgId, name: &str) -> Option<Contact> {
+        store
+            .list_all::<Contact>(Some(org), &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .find(|c| c.full_name == name)
+    }
 
     /// `t` to the minute (what the servers keep).
     pub fn minute(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
