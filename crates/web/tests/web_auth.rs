@@ -230,6 +230,70 @@ impl Site {
             .await
     }
 
+    /// The session cookie of the administrator of another organization ("acme"), made now.
+    async fn other_org_admin(&self) -> String {
+        self.ok(
+            "POST",
+            "/api/v1/orgs",
+            Some(serde_json::json!({"name": "acme", "display_name": "Acme"})),
+        )
+        .await;
+        self.user(
+            "acme",
+            "Olga Other",
+            "olga@acme.test",
+            &["system_administrator"],
+            "olga's long password",
+        )
+        .await;
+        let r = self
+            .sign_in(
+                "acme",
+                "olga@acme.test",
+                "olga's long password",
+                CLIENT.into(),
+            )
+            .await;
+        session_cookie(&r).unwrap_or_else(|| panic!("{} {}", r.status, r.body))
+    }
+
+    /// A mailbox of the first organization's first user ("ann@example.com"), stored, with
+    /// the appointments, contacts and tasks method `act`.
+    async fn user_mailbox(
+        &self,
+        act: serversync_model::settings::ActMethod,
+    ) -> serversync_model::mailbox::Mailbox {
+        use serversync_model::mailbox::{Mailbox, MailboxRegarding};
+        use serversync_model::org::{Organization, User};
+        use serversync_model::settings::EmailSettings;
+        let org = self
+            .store
+            .list_all::<Organization>(None, &[])
+            .await
+            .unwrap()
+            .remove(0)
+            .value;
+        let user = self
+            .store
+            .list_all::<User>(Some(org.id), &[])
+            .await
+            .unwrap()
+            .remove(0)
+            .value;
+        let mut m = Mailbox::new_with_defaults(
+            org.id,
+            MailboxRegarding::User(user.id),
+            user.id,
+            "Ann",
+            "ann@example.com",
+            &EmailSettings::new(org.id),
+            chrono::Utc::now(),
+        );
+        m.act_method = act;
+        self.store.insert(&m).await.unwrap();
+        m
+    }
+
     /// Signs in with an API token; returns the session cookie (`ss_session=…`).
     async fn sign_in_with_token(&self, token: &str) -> String {
         let r = self
@@ -920,37 +984,12 @@ both!(
     the_links_page_shows_synchronized_items_and_conflicts,
     |backend| {
         use serversync_model::alert::{Alert, Severity};
-        use serversync_model::mailbox::{Mailbox, MailboxRegarding};
-        use serversync_model::org::{Organization, User};
-        use serversync_model::settings::{ActMethod, EmailSettings};
+        use serversync_model::settings::ActMethod;
         use serversync_model::sync::{RemoteLink, SyncDirection};
         use serversync_model::webhook::RecordType;
         let s = Site::start(backend).await;
-        let org = s
-            .store
-            .list_all::<Organization>(None, &[])
-            .await
-            .unwrap()
-            .remove(0)
-            .value;
-        let user = s
-            .store
-            .list_all::<User>(Some(org.id), &[])
-            .await
-            .unwrap()
-            .remove(0)
-            .value;
-        let mut m = Mailbox::new_with_defaults(
-            org.id,
-            MailboxRegarding::User(user.id),
-            user.id,
-            "Ann",
-            "ann@example.com",
-            &EmailSettings::new(org.id),
-            chrono::Utc::now(),
-        );
-        m.act_method = ActMethod::ServerSideSync;
-        s.store.insert(&m).await.unwrap();
+        let m = s.user_mailbox(ActMethod::ServerSideSync).await;
+        let (org_id, user_id) = (m.org_id, m.owner_id);
         let cookie = s.sign_in_with_token(&s.token).await;
         let path = format!("/mailboxes/{}/links", m.id);
         let page = s.get(&path, &cookie).await;
@@ -965,20 +1004,20 @@ both!(
         let now = chrono::Utc::now();
         let contact = serversync_model::crm::Contact {
             id: serversync_model::ContactId::new(),
-            org_id: org.id,
+            org_id,
             full_name: "Ann Lee".into(),
             emails: vec!["ann@fabrikam.example".into()],
             account_id: None,
             company: None,
             job_title: None,
             phones: Vec::new(),
-            owner_id: user.id,
+            owner_id: user_id,
             created_at: now,
         };
         s.store.insert(&contact).await.unwrap();
         let appointment = serversync_model::crm::Appointment {
             id: serversync_model::ActivityId::new(),
-            org_id: org.id,
+            org_id,
             subject: "Quarterly review".into(),
             location: None,
             description: None,
@@ -987,7 +1026,7 @@ both!(
             all_day: false,
             organizer: None,
             attendees: Vec::new(),
-            owner_id: user.id,
+            owner_id: user_id,
             regarding: None,
             state: serversync_model::crm::ActivityState::Open,
             ical_uid: None,
@@ -1021,7 +1060,7 @@ both!(
             s.store
                 .put_remote_link(
                     &RemoteLink {
-                        org_id: org.id,
+                        org_id,
                         mailbox_id: m.id,
                         record_type: kind,
                         record_id: id,
@@ -1037,11 +1076,11 @@ both!(
                 .unwrap();
         }
         let mut alert = Alert::new(
-        org.id,
+        org_id,
         Severity::Warning,
         "sync_conflict",
         "contact \"Ann Lee\": company changed on both sides (CRM: CRM Corp, server: Server Corp); the server's value kept".into(),
-        vec![user.id],
+        vec![user_id],
     );
         alert.mailbox_id = Some(m.id);
         s.store.insert(&alert).await.unwrap();
@@ -1083,29 +1122,7 @@ both!(
             mailbox_page.body
         );
 
-        s.ok(
-            "POST",
-            "/api/v1/orgs",
-            Some(serde_json::json!({"name": "acme", "display_name": "Acme"})),
-        )
-        .await;
-        s.user(
-            "acme",
-            "Olga Other",
-            "olga@acme.test",
-            &["system_administrator"],
-            "olga's long password",
-        )
-        .await;
-        let olga = s
-            .sign_in(
-                "acme",
-                "olga@acme.test",
-                "olga's long password",
-                CLIENT.into(),
-            )
-            .await;
-        let olga = session_cookie(&olga).unwrap_or_else(|| panic!("{} {}", olga.status, olga.body));
+        let olga = s.other_org_admin().await;
         let r = s.get(&path, &olga).await;
         assert_eq!(r.status, 404, "{}", r.body);
         assert!(!r.body.contains("Quarterly review"));
@@ -1115,41 +1132,18 @@ both!(
 // The mailbox page shows its newest alerts, however many it has had.
 both!(the_mailbox_page_shows_the_newest_alerts, |backend| {
     use serversync_model::alert::{Alert, Severity};
-    use serversync_model::mailbox::{Mailbox, MailboxRegarding};
-    use serversync_model::org::{Organization, User};
-    use serversync_model::settings::EmailSettings;
     let s = Site::start(backend).await;
-    let org = s
-        .store
-        .list_all::<Organization>(None, &[])
-        .await
-        .unwrap()
-        .remove(0)
-        .value;
-    let user = s
-        .store
-        .list_all::<User>(Some(org.id), &[])
-        .await
-        .unwrap()
-        .remove(0)
-        .value;
-    let m = Mailbox::new_with_defaults(
-        org.id,
-        MailboxRegarding::User(user.id),
-        user.id,
-        "Ann",
-        "ann@example.com",
-        &EmailSettings::new(org.id),
-        chrono::Utc::now(),
-    );
-    s.store.insert(&m).await.unwrap();
+    let m = s
+        .user_mailbox(serversync_model::settings::ActMethod::None)
+        .await;
+    let (org_id, user_id) = (m.org_id, m.owner_id);
     for n in 0..520 {
         let mut a = Alert::new(
-            org.id,
+            org_id,
             Severity::Warning,
             "connection_failed",
             format!("failure number {n:04}"),
-            vec![user.id],
+            vec![user_id],
         );
         a.mailbox_id = Some(m.id);
         s.store.insert(&a).await.unwrap();
@@ -1655,29 +1649,7 @@ both!(the_crm_pages_link_items_activities_and_records, |backend| {
     );
 
     // Another organization's administrator finds none of it.
-    s.ok(
-        "POST",
-        "/api/v1/orgs",
-        Some(serde_json::json!({"name": "acme", "display_name": "Acme"})),
-    )
-    .await;
-    s.user(
-        "acme",
-        "Olga Other",
-        "olga@acme.test",
-        &["system_administrator"],
-        "olga's long password",
-    )
-    .await;
-    let olga = s
-        .sign_in(
-            "acme",
-            "olga@acme.test",
-            "olga's long password",
-            CLIENT.into(),
-        )
-        .await;
-    let olga = session_cookie(&olga).unwrap_or_else(|| panic!("{} {}", olga.status, olga.body));
+    let olga = s.other_org_admin().await;
     for path in [
         mailbox.clone(),
         activity.clone(),

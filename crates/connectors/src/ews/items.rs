@@ -967,7 +967,8 @@ fn task_fields(v: &Value, out: &mut Vec<Field>) -> std::result::Result<(), Strin
 // ---------------------------------------------------------------------------------------------
 // Recurrence: RRULE ↔ EWS patterns
 
-const DAYS: [(&str, &str, Weekday); 7] = [
+/// Days: iCalendar's code, EWS's name (also `ews::occurrences`).
+pub(super) const DAYS: [(&str, &str, Weekday); 7] = [
     ("MO", "Monday", Weekday::Mon),
     ("TU", "Tuesday", Weekday::Tue),
     ("WE", "Wednesday", Weekday::Wed),
@@ -976,7 +977,7 @@ const DAYS: [(&str, &str, Weekday); 7] = [
     ("SA", "Saturday", Weekday::Sat),
     ("SU", "Sunday", Weekday::Sun),
 ];
-const MONTHS: [&str; 12] = [
+pub(super) const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",
@@ -990,7 +991,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const INDEXES: [(i32, &str); 5] = [
+pub(super) const INDEXES: [(i32, &str); 5] = [
     (1, "First"),
     (2, "Second"),
     (3, "Third"),

@@ -7,6 +7,7 @@
 //! iCalendar's WKST), absolute and relative monthly and yearly. An absolute day of the month
 //! that a month does not have (the 31st in April) is skipped, as iCalendar does.
 
+use super::items::{DAYS, INDEXES, MONTHS};
 use super::xml::Element;
 use chrono::{
     DateTime, Datelike, Days, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday,
@@ -49,32 +50,8 @@ pub struct Series {
 }
 
 fn weekday(name: &str) -> Option<Weekday> {
-    Some(match name {
-        "Monday" => Weekday::Mon,
-        "Tuesday" => Weekday::Tue,
-        "Wednesday" => Weekday::Wed,
-        "Thursday" => Weekday::Thu,
-        "Friday" => Weekday::Fri,
-        "Saturday" => Weekday::Sat,
-        "Sunday" => Weekday::Sun,
-        _ => return None,
-    })
+    DAYS.iter().find(|(_, n, _)| *n == name).map(|(_, _, w)| *w)
 }
-
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
 
 fn date(s: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d").ok()
@@ -117,12 +94,11 @@ impl Series {
             .collect::<Result<Vec<_>, _>>()?;
         let index = match pattern.text_of("DayOfWeekIndex") {
             None => 0,
-            Some("First") => 1,
-            Some("Second") => 2,
-            Some("Third") => 3,
-            Some("Fourth") => 4,
-            Some("Last") => -1,
-            Some(other) => return Err(format!("DayOfWeekIndex {other:?}")),
+            Some(name) => INDEXES
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(i, _)| *i)
+                .ok_or_else(|| format!("DayOfWeekIndex {name:?}"))?,
         };
         let start_date = range
             .text_of("StartDate")

@@ -184,6 +184,40 @@ fn is_series(entity: &Value) -> bool {
     entity["type"].as_str() == Some("seriesMaster") || entity["recurrence"].is_object()
 }
 
+/// One answer of a `$batch`.
+#[derive(Deserialize)]
+struct BatchPart {
+    id: String,
+    status: u16,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+    #[serde(default)]
+    body: Value,
+}
+
+impl BatchPart {
+    /// `Some(Some(body))`: answered; `Some(None)`: the item is gone; `None`: throttled or
+    /// unavailable in the batch, to be asked again on its own. Any other refusal is its error.
+    fn outcome(self, what: &str) -> Result<Option<Option<Value>>> {
+        if (200..300).contains(&self.status) && self.body.is_object() {
+            return Ok(Some(Some(self.body)));
+        }
+        let body = serde_json::to_vec(&self.body).unwrap_or_default();
+        let retry = codes::retry_after(
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                .map(|(_, v)| v.as_str()),
+        );
+        let err = codes::classify(self.status, &body, retry, what);
+        match err.code.as_deref() {
+            Some("item_not_found" | "not_found") => Ok(Some(None)),
+            _ if err.is_transient() => Ok(None),
+            _ => Err(err),
+        }
+    }
+}
+
 /// Appointments, contacts and tasks of one Exchange Online mailbox over Graph (see the
 /// module documentation).
 pub struct GraphItemStore {
@@ -467,6 +501,36 @@ impl GraphItemStore {
         Self::json(&resp, &what).map(Some)
     }
 
+    /// Sends `requests` (each with its index as `id`) as one `$batch`; the answers with the
+    /// index of their request.
+    async fn batch(&mut self, requests: Vec<Value>, what: &str) -> Result<Vec<(usize, BatchPart)>> {
+        #[derive(Deserialize)]
+        struct Answer {
+            responses: Vec<BatchPart>,
+        }
+        let body = serde_json::json!({ "requests": requests });
+        let resp = self
+            .send(
+                hyper::Method::POST,
+                "/v1.0/$batch",
+                Some(&body),
+                &[],
+                true,
+                what,
+            )
+            .await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(self.client.refusal(&resp, what));
+        }
+        let answer: Answer = serde_json::from_slice(&resp.body)
+            .map_err(|e| protocol(format!("{what}: Graph's answer is not a batch answer: {e}")))?;
+        Ok(answer
+            .responses
+            .into_iter()
+            .filter_map(|p| Some((p.id.parse().ok()?, p)))
+            .collect())
+    }
+
     /// Up to [`MAX_BATCH`] items with their uid and stamp in one `$batch` round trip, in
     /// `ids`' order (`None`: gone). Items the batch could not give (throttled or unavailable
     /// there) are read one by one, which waits throttling out; any other refusal of an item is
@@ -477,19 +541,6 @@ impl GraphItemStore {
         kind: RecordType,
         ids: &[String],
     ) -> Result<Vec<Option<Value>>> {
-        #[derive(Deserialize)]
-        struct Answer {
-            responses: Vec<Part>,
-        }
-        #[derive(Deserialize)]
-        struct Part {
-            id: String,
-            status: u16,
-            #[serde(default)]
-            headers: HashMap<String, String>,
-            #[serde(default)]
-            body: Value,
-        }
         if ids.len() < 2 {
             let mut out = Vec::new();
             for id in ids {
@@ -510,48 +561,15 @@ impl GraphItemStore {
                 })
             })
             .collect();
-        let body = serde_json::json!({ "requests": requests });
         let what = format!(
             "reading {} changed items of {collection} ($batch)",
             ids.len()
         );
-        let resp = self
-            .send(
-                hyper::Method::POST,
-                "/v1.0/$batch",
-                Some(&body),
-                &[],
-                true,
-                &what,
-            )
-            .await?;
-        if !(200..300).contains(&resp.status) {
-            return Err(self.client.refusal(&resp, &what));
-        }
-        let answer: Answer = serde_json::from_slice(&resp.body)
-            .map_err(|e| protocol(format!("{what}: Graph's answer is not a batch answer: {e}")))?;
         let mut out: Vec<Option<Option<Value>>> = vec![None; ids.len()];
-        for part in answer.responses {
-            let Some(slot) = part.id.parse::<usize>().ok().and_then(|n| out.get_mut(n)) else {
-                continue;
-            };
-            if (200..300).contains(&part.status) && part.body.is_object() {
-                *slot = Some(Some(part.body));
-                continue;
-            }
-            let body = serde_json::to_vec(&part.body).unwrap_or_default();
-            let retry = codes::retry_after(
-                part.headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-                    .map(|(_, v)| v.as_str()),
-            );
-            let err = codes::classify(part.status, &body, retry, "reading a changed item");
-            match err.code.as_deref() {
-                Some("item_not_found" | "not_found") => *slot = Some(None),
-                // Read again below, one by one, waiting as asked.
-                _ if err.is_transient() => {}
-                _ => return Err(err),
+        for (n, part) in self.batch(requests, &what).await? {
+            if let Some(slot) = out.get_mut(n) {
+                // Read again below, one by one (waiting as asked), when the batch could not.
+                *slot = part.outcome("reading a changed item")?;
             }
         }
         let mut done = Vec::with_capacity(ids.len());
@@ -702,19 +720,6 @@ impl GraphItemStore {
     /// listed over the window, [`MAX_BATCH`] series to a `$batch` round trip. A series gone
     /// meanwhile keeps no instances (the next delta reports it).
     async fn add_instances(&mut self, collection: &str, entities: &mut [&mut Value]) -> Result<()> {
-        #[derive(Deserialize)]
-        struct Answer {
-            responses: Vec<Part>,
-        }
-        #[derive(Deserialize)]
-        struct Part {
-            id: String,
-            status: u16,
-            #[serde(default)]
-            headers: HashMap<String, String>,
-            #[serde(default)]
-            body: Value,
-        }
         let (from, to) = self.window.span();
         let span = |list: Vec<Value>| serde_json::json!({"start": rfc3339(from), "end": rfc3339(to), "value": list});
         let mut series: Vec<&mut Value> = entities
@@ -741,55 +746,23 @@ impl GraphItemStore {
                         })
                     })
                     .collect();
-                let body = serde_json::json!({ "requests": requests });
                 let what = format!(
                     "listing the occurrences of {} series of {collection} ($batch)",
                     ids.len()
                 );
-                let resp = self
-                    .send(
-                        hyper::Method::POST,
-                        "/v1.0/$batch",
-                        Some(&body),
-                        &[],
-                        true,
-                        &what,
-                    )
-                    .await?;
-                if !(200..300).contains(&resp.status) {
-                    return Err(self.client.refusal(&resp, &what));
-                }
-                let answer: Answer = serde_json::from_slice(&resp.body).map_err(|e| {
-                    protocol(format!("{what}: Graph's answer is not a batch answer: {e}"))
-                })?;
-                for part in answer.responses {
-                    let Some(n) = part.id.parse::<usize>().ok().filter(|n| *n < ids.len()) else {
+                for (n, part) in self.batch(requests, &what).await? {
+                    if n >= ids.len() {
                         continue;
+                    }
+                    // Listed again below, one by one (waiting as asked), when the batch could not.
+                    got[n] = match part.outcome("listing the occurrences of a series")? {
+                        Some(Some(page)) => {
+                            let what = format!("listing the occurrences of the series {}", ids[n]);
+                            Some(Some(self.instance_pages(page, &what).await?))
+                        }
+                        Some(None) => Some(None),
+                        None => None,
                     };
-                    if (200..300).contains(&part.status) && part.body.is_object() {
-                        let what = format!("listing the occurrences of the series {}", ids[n]);
-                        got[n] = Some(Some(self.instance_pages(part.body, &what).await?));
-                        continue;
-                    }
-                    let body = serde_json::to_vec(&part.body).unwrap_or_default();
-                    let retry = codes::retry_after(
-                        part.headers
-                            .iter()
-                            .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-                            .map(|(_, v)| v.as_str()),
-                    );
-                    let err = codes::classify(
-                        part.status,
-                        &body,
-                        retry,
-                        "listing the occurrences of a series",
-                    );
-                    match err.code.as_deref() {
-                        Some("item_not_found" | "not_found") => got[n] = Some(None),
-                        // Listed again below, one by one, waiting as asked.
-                        _ if err.is_transient() => {}
-                        _ => return Err(err),
-                    }
                 }
             }
             for (n, entity) in chunk.iter_mut().enumerate() {
