@@ -1,7 +1,7 @@
 //! The append-only audit log.
 
 use crate::entity::Entity;
-use crate::{Store, StoreError, dispatch, from_ms};
+use crate::{Store, StoreError, dispatch, dispatch_read, from_ms};
 use serversync_model::OrgId;
 use serversync_model::audit::{Actor, AuditEntry};
 use sqlx::Row;
@@ -130,7 +130,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let limit = i64::from(limit.clamp(1, 1000));
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             let mut q = sqlx::query(sql).bind(seq).bind(limit);
             if let Some(o) = org {
                 q = q.bind(o.to_string());

@@ -16,7 +16,7 @@
 //!   previous change committed: per organization, `seq` order is commit order. Readers filter by
 //!   organization, so interleaving with other organizations' `seq` values does not matter.
 
-use crate::{Store, StoreError, dispatch, from_ms};
+use crate::{Store, StoreError, dispatch_read, from_ms};
 use serversync_model::OrgId;
 use serversync_model::webhook::{Change, ChangeOp, ChangeOrigin, RecordType};
 use sqlx::Row;
@@ -108,7 +108,7 @@ impl Store {
         let limit = i64::from(limit.clamp(1, 1000));
         // `origin <> ''` (no origin is empty) when nothing is excluded: one statement.
         let exclude = exclude.map(|o| o.to_string()).unwrap_or_default();
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             let rows = sqlx::query(
                 "SELECT seq, record_type, record_id, op, version, at, doc, origin FROM changes \
                  WHERE org_id = $1 AND seq > $2 AND origin <> $4 ORDER BY seq LIMIT $3",
@@ -153,7 +153,7 @@ impl Store {
 
     /// The newest committed change of `org` (0 when there is none).
     pub async fn latest_change_seq(&self, org: OrgId) -> Result<i64, StoreError> {
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             let n: Option<i64> = sqlx::query("SELECT MAX(seq) AS n FROM changes WHERE org_id = $1")
                 .bind(org.to_string())
                 .fetch_one(pool)

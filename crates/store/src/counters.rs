@@ -1,7 +1,7 @@
 //! Per-organization counters (table `counters`): the tracking-token counter, and the
 //! per-minute send counters behind a mailbox's send-rate limit.
 
-use crate::{Store, StoreError, dispatch};
+use crate::{Store, StoreError, dispatch, dispatch_read};
 use serversync_model::OrgId;
 use sqlx::Row;
 
@@ -25,7 +25,7 @@ impl Store {
 
     /// The current value of a counter (0 when never advanced).
     pub async fn counter(&self, org: OrgId, name: &str) -> Result<u64, StoreError> {
-        let v: Option<i64> = dispatch!(&self.db, pool => {
+        let v: Option<i64> = dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT value FROM counters WHERE org_id = $1 AND name = $2")
                 .bind(org.to_string())
                 .bind(name)

@@ -4,7 +4,7 @@
 //! from input); every value is a bound parameter. That is what `AssertSqlSafe` asserts.
 
 use crate::changes::{lock_feed_in, record_change_in};
-use crate::{Store, StoreError, audit::NewAuditEntry, dispatch, from_ms, now_ms};
+use crate::{Store, StoreError, audit::NewAuditEntry, dispatch, dispatch_read, from_ms, now_ms};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serversync_model::alert::Alert;
@@ -376,7 +376,7 @@ impl Store {
             "SELECT id, doc, version, created_at, updated_at FROM {} WHERE id = $1",
             E::TABLE
         );
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?;
             row.map(|r| decode::<E>(r.try_get("id")?, r.try_get::<&str, _>("doc")?, r.try_get("version")?, r.try_get("created_at")?, r.try_get("updated_at")?)).transpose()
         })
@@ -598,7 +598,7 @@ impl Store {
             },
             limit + 1
         ));
-        let mut items: Vec<Stored<E>> = dispatch!(&self.db, pool => {
+        let mut items: Vec<Stored<E>> = dispatch_read!(&self.db, pool => {
             let q = bind_filters!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), E, org, filters, after);
             let rows = q.fetch_all(pool).await?;
             rows.iter()
@@ -626,7 +626,7 @@ impl Store {
             E::TABLE,
             where_clause::<E>(org, filters, None)
         );
-        let n: i64 = dispatch!(&self.db, pool => {
+        let n: i64 = dispatch_read!(&self.db, pool => {
             let q = bind_filters!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())), E, org, filters, None::<&str>);
             q.fetch_one(pool).await?
         });

@@ -2,7 +2,7 @@
 
 use crate::LeaseGuard;
 use crate::entity::{Col, Entity, EntityWrite, run_write_in};
-use crate::{Store, StoreError, dispatch, now_ms};
+use crate::{Store, StoreError, dispatch, dispatch_read, now_ms};
 use serversync_model::item::{ItemDecision, ItemSource, MailItem};
 use serversync_model::{ActivityId, ItemId, MailboxId, OrgId};
 use sqlx::Row;
@@ -250,7 +250,7 @@ impl Store {
                 "SELECT source_key, decision FROM mail_items WHERE mailbox_id = $1 AND source_key IN ({})",
                 placeholders.join(", ")
             );
-            let rows: Vec<(String, String)> = dispatch!(&self.db, pool => {
+            let rows: Vec<(String, String)> = dispatch_read!(&self.db, pool => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(mailbox.to_string());
                 for k in chunk {
                     q = q.bind(k);
@@ -276,7 +276,7 @@ impl Store {
 
     /// The bytes stored under a SHA-256.
     pub async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(dispatch!(&self.db, pool => {
+        Ok(dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT data FROM blobs WHERE sha256 = $1")
                 .bind(sha256)
                 .fetch_optional(pool)
@@ -313,7 +313,7 @@ impl Store {
 
     /// How many items a mailbox has per decision (for telemetry and tests).
     pub async fn count_items(&self, mailbox: MailboxId) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(dispatch!(&self.db, pool => {
+        Ok(dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT decision, COUNT(*) AS n FROM mail_items WHERE mailbox_id = $1 GROUP BY decision ORDER BY decision")
                 .bind(mailbox.to_string())
                 .fetch_all(pool)
@@ -360,7 +360,7 @@ impl Entity for MailItem {
 impl Store {
     /// Organizations that have stored items the tracker has not finished with.
     pub async fn orgs_with_untracked_items(&self) -> Result<Vec<OrgId>, StoreError> {
-        let ids: Vec<String> = dispatch!(&self.db, pool => {
+        let ids: Vec<String> = dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT DISTINCT org_id FROM mail_items WHERE tracked_at IS NULL AND decision = 'stored'")
                 .fetch_all(pool)
                 .await?
@@ -386,7 +386,7 @@ impl Store {
         org: OrgId,
         limit: u32,
     ) -> Result<Vec<MailItem>, StoreError> {
-        let rows: Vec<(String, String)> = dispatch!(&self.db, pool => {
+        let rows: Vec<(String, String)> = dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT id, doc FROM mail_items WHERE org_id = $1 AND tracked_at IS NULL AND decision = 'stored' ORDER BY id LIMIT $2")
                 .bind(org.to_string())
                 .bind(i64::from(limit.clamp(1, 1000)))

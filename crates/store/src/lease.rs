@@ -4,7 +4,7 @@
 //! previous lease has run out, returning the new epoch. Each acquisition
 //! increments the epoch, so writes made under an older lease can be refused.
 
-use crate::{Store, StoreError, dispatch, from_ms, now_ms};
+use crate::{Store, StoreError, dispatch, dispatch_read, from_ms, now_ms};
 use serversync_model::sync::Lease;
 use sqlx::Row;
 use std::time::Duration;
@@ -104,7 +104,7 @@ impl Store {
     /// How many leases whose resource starts with `prefix` are held now (e.g. `worker:` for
     /// the live workers, which hold a heartbeat lease each).
     pub async fn count_live_leases(&self, prefix: &str) -> Result<u64, StoreError> {
-        let n: i64 = dispatch!(&self.db, pool => {
+        let n: i64 = dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT COUNT(*) AS n FROM leases WHERE substr(resource, 1, $1) = $2 AND lease_until > $3")
                 .bind(prefix.chars().count() as i32)
                 .bind(prefix)
@@ -117,7 +117,7 @@ impl Store {
     }
 
     pub async fn get_lease(&self, resource: &str) -> Result<Option<Lease>, StoreError> {
-        Ok(dispatch!(&self.db, pool => {
+        Ok(dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT resource, owner, epoch, lease_until FROM leases WHERE resource = $1")
                 .bind(resource)
                 .fetch_optional(pool)

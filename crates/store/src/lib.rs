@@ -55,20 +55,51 @@ pub enum Backend {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDb),
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the backend's pool; the body is compiled once per backend.
+/// SQLite's two pools: every write goes through the one connection of `writer`, so writers
+/// queue in the pool (first come, first served) instead of meeting in SQLite's lock — no
+/// writer spins in the busy handler or fails with "database is locked" when a read
+/// transaction cannot be upgraded — and reads that need no transaction run on `readers`
+/// (read-only connections: in WAL mode they read the last commit while the writer writes).
+#[derive(Debug, Clone)]
+pub(crate) struct SqliteDb {
+    pub(crate) writer: SqlitePool,
+    pub(crate) readers: SqlitePool,
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool — on SQLite the single writer's — ;
+/// the body is compiled once per backend. Every statement that writes, and every transaction,
+/// goes through this one.
 macro_rules! dispatch {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::Db::Sqlite($pool) => $body,
+            $crate::Db::Sqlite(db) => {
+                let $pool = &db.writer;
+                $body
+            }
             $crate::Db::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use dispatch;
+
+/// Like [`dispatch!`], for a body that only reads, outside any transaction: on SQLite `$pool`
+/// is the readers' pool, so reads never queue behind the writer.
+macro_rules! dispatch_read {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Db::Sqlite(db) => {
+                let $pool = &db.readers;
+                $body
+            }
+            $crate::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use dispatch_read;
 
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
@@ -228,8 +259,14 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                // Kept open for good: the WAL and its index stay, for the read-only readers.
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                // Writers wait their turn here, not in SQLite's busy handler.
+                .acquire_timeout(Duration::from_secs(60))
                 // A connection must never go back to the pool inside a transaction: when a
                 // write fails with SQLITE_FULL (a full disk) SQLite can leave the transaction
                 // open, and that connection then holds the write lock for good — every other
@@ -247,9 +284,20 @@ impl Store {
                         Ok(conn.execute("ROLLBACK").await.is_ok())
                     })
                 })
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await
                 .map_err(unreachable)?;
+            // An in-memory database is private to its connection: there, reads go to the
+            // writer too.
+            let readers = if path.starts_with(':') || path.contains("mode=memory") {
+                writer.clone()
+            } else {
+                SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(opts.read_only(true).create_if_missing(false))
+                    .await
+                    .map_err(unreachable)?
+            };
             // A database created by an earlier version may still be readable by others.
             for suffix in ["", "-wal", "-shm"] {
                 let f = format!("{path}{suffix}");
@@ -258,7 +306,7 @@ impl Store {
                         .map_err(|e| private(e, format!("cannot make {f} private (mode 0600)")))?;
                 }
             }
-            Db::Sqlite(pool)
+            Db::Sqlite(SqliteDb { writer, readers })
         };
         Ok(Store {
             db,
@@ -278,7 +326,7 @@ impl Store {
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let r = match &self.db {
-            Db::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await,
+            Db::Sqlite(db) => SQLITE_MIGRATIONS.run(&db.writer).await,
             Db::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await,
         };
         r.map_err(|e| StoreError::Migration(e.to_string()))
@@ -292,7 +340,13 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        dispatch!(&self.db, pool => pool.close().await)
+        match &self.db {
+            Db::Sqlite(db) => {
+                db.readers.close().await;
+                db.writer.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
     }
 
     /// The master key this store seals with.

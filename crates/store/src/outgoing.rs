@@ -3,7 +3,7 @@
 //! in due order. Neither reads an email that is not due, however many wait.
 
 use crate::entity::decode;
-use crate::{Page, Store, StoreError, Stored, dispatch};
+use crate::{Page, Store, StoreError, Stored, dispatch_read};
 use serversync_model::crm::{EmailActivity, EmailStatus};
 use serversync_model::{MailboxId, Timestamp, wire_name};
 use sqlx::Row;
@@ -32,7 +32,7 @@ impl Store {
         status: EmailStatus,
         now: Timestamp,
     ) -> Result<Vec<MailboxId>, StoreError> {
-        let rows: Vec<String> = dispatch!(&self.db, pool => {
+        let rows: Vec<String> = dispatch_read!(&self.db, pool => {
             sqlx::query(DUE_MAILBOXES)
                 .bind(wire_name(&status))
                 .bind(now.timestamp_millis())
@@ -67,7 +67,7 @@ impl Store {
             sql.push_str(" AND (due_at, id) > ($4, $5)");
         }
         sql.push_str(&format!(" ORDER BY due_at, id LIMIT {}", limit + 1));
-        let mut rows: Vec<(Stored<EmailActivity>, i64)> = dispatch!(&self.db, pool => {
+        let mut rows: Vec<(Stored<EmailActivity>, i64)> = dispatch_read!(&self.db, pool => {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(wire_name(&status))
                 .bind(mailbox.to_string())

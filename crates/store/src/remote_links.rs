@@ -8,7 +8,7 @@
 //! optimistic-concurrency `version`, so two writers cannot overwrite each other unseen.
 
 use crate::entity::conflict;
-use crate::{Store, StoreError, Stored, dispatch, from_ms, now_ms};
+use crate::{Store, StoreError, Stored, dispatch, dispatch_read, from_ms, now_ms};
 use serversync_model::sync::{RemoteLink, SyncDirection};
 use serversync_model::webhook::RecordType;
 use serversync_model::{MailboxId, OrgId, wire_name};
@@ -209,7 +209,7 @@ impl Store {
         }
         let (org, mailbox) = (link.org_id.to_string(), link.mailbox_id.to_string());
         let check = record_exists(link.record_type, "$1", "$2");
-        let (mailbox_ok, record_ok): (bool, bool) = dispatch!(&self.db, pool => {
+        let (mailbox_ok, record_ok): (bool, bool) = dispatch_read!(&self.db, pool => {
             let m = sqlx::query("SELECT 1 FROM mailboxes WHERE id = $1 AND org_id = $2")
                 .bind(&mailbox)
                 .bind(&org)
@@ -266,7 +266,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM remote_links WHERE org_id = $1 AND mailbox_id = $2 AND record_id = $3"
         );
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(org.to_string())
                 .bind(mailbox.to_string())
@@ -288,7 +288,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM remote_links WHERE org_id = $1 AND mailbox_id = $2 AND remote_id = $3"
         );
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(org.to_string())
                 .bind(mailbox.to_string())
@@ -314,7 +314,7 @@ impl Store {
             "SELECT {COLUMNS} FROM remote_links WHERE org_id = $1 AND mailbox_id = $2 \
              AND record_id > $3 ORDER BY record_id LIMIT $4"
         );
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(org.to_string())
                 .bind(mailbox.to_string())

@@ -192,7 +192,8 @@ impl Store {
     /// How large the database is (see [`DatabaseSize`]).
     pub async fn database_size(&self) -> Result<DatabaseSize, StoreError> {
         match &self.db {
-            crate::Db::Sqlite(pool) => {
+            crate::Db::Sqlite(db) => {
+                let pool = &db.readers;
                 let pragma = |name: &'static str| async move {
                     let sql = format!("PRAGMA {name}");
                     let row = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -1,6 +1,6 @@
 //! Secrets sealed under the master key, and master-key checks and rotation.
 
-use crate::{Store, StoreError, dispatch, now_ms};
+use crate::{Store, StoreError, dispatch, dispatch_read, now_ms};
 use serversync_model::{OrgId, Secret, SecretId};
 use serversync_vault::{MasterKey, Sealed};
 use sqlx::Row;
@@ -62,7 +62,7 @@ impl Store {
 
     /// Opens a stored secret.
     pub async fn get_secret(&self, id: SecretId) -> Result<Secret, StoreError> {
-        let sealed = dispatch!(&self.db, pool => {
+        let sealed = dispatch_read!(&self.db, pool => {
             let row = sqlx::query("SELECT key_id, nonce, ciphertext FROM secrets WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
@@ -179,7 +179,7 @@ impl Store {
 
     /// Key id recorded in the database (the fingerprint of the key that sealed its secrets).
     pub async fn stored_key_id(&self) -> Result<Option<String>, StoreError> {
-        Ok(dispatch!(&self.db, pool => {
+        Ok(dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT key_id FROM keyring WHERE id = 1").fetch_optional(pool).await?
                 .map(|r| r.try_get::<String, _>("key_id")).transpose()?
         }))

@@ -1,7 +1,7 @@
 //! Per-folder synchronization cursors, written only under a valid lease. A cursor is typed by
 //! protocol ([`FolderCursor`]); rows in the shape written before that read as IMAP cursors.
 
-use crate::{LeaseGuard, Store, StoreError, dispatch, now_ms};
+use crate::{LeaseGuard, Store, StoreError, dispatch, dispatch_read, now_ms};
 use serversync_model::MailboxId;
 use serversync_model::sync::FolderCursor;
 use sqlx::Row;
@@ -12,7 +12,7 @@ impl Store {
         mailbox: MailboxId,
         folder: &str,
     ) -> Result<Option<FolderCursor>, StoreError> {
-        let doc: Option<String> = dispatch!(&self.db, pool => {
+        let doc: Option<String> = dispatch_read!(&self.db, pool => {
             sqlx::query("SELECT doc FROM folder_state WHERE mailbox_id = $1 AND folder = $2")
                 .bind(mailbox.to_string())
                 .bind(folder)

@@ -2,7 +2,8 @@
 //! the delivery log. The delivery worker's writes are fenced by its lease `webhook:<id>`.
 
 use crate::{
-    LeaseGuard, Store, StoreError, Stored, audit::NewAuditEntry, dispatch, from_ms, now_ms,
+    LeaseGuard, Store, StoreError, Stored, audit::NewAuditEntry, dispatch, dispatch_read, from_ms,
+    now_ms,
 };
 use serversync_model::webhook::{WebhookDelivery, WebhookEndpoint, WebhookState, WebhookStatus};
 use serversync_model::{OrgId, WebhookId, wire_name};
@@ -115,7 +116,7 @@ impl Store {
     }
 
     pub async fn webhook_status(&self, id: WebhookId) -> Result<Option<WebhookStatus>, StoreError> {
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             let row = sqlx::query(
                 "SELECT state, cursor_seq, failures, next_attempt_at, last_error, paused_at FROM webhook_state WHERE webhook_id = $1",
             )
@@ -138,7 +139,7 @@ impl Store {
 
     /// Active endpoints with changes after their cursor (whether or not a retry is due yet).
     pub async fn webhooks_due(&self) -> Result<Vec<DueWebhook>, StoreError> {
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             let rows = sqlx::query(
                 "SELECT s.webhook_id, s.org_id FROM webhook_state s WHERE s.state = $1 \
                  AND EXISTS (SELECT 1 FROM changes c WHERE c.org_id = s.org_id AND c.seq > s.cursor_seq) \
@@ -273,7 +274,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
         let limit = i64::from(limit.clamp(1, 1000));
-        dispatch!(&self.db, pool => {
+        dispatch_read!(&self.db, pool => {
             let rows = sqlx::query(
                 "SELECT id, event_id, seq, at, attempt, ok, status, error, duration_ms FROM webhook_deliveries \
                  WHERE webhook_id = $1 AND id > $2 ORDER BY id LIMIT $3",
