@@ -15,6 +15,7 @@ mod pages;
 mod procstat;
 mod report;
 mod scale;
+mod scaleout;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -100,7 +101,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 100_000)]
     activities: usize,
     /// Benchmarks to run (all by default): ingest, latency, ews, graph, outgoing, dav,
-    /// dav-down, pages, scale.
+    /// dav-down, pages, scale, scaleout.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The command line recorded in the report.
@@ -205,6 +206,9 @@ async fn run(args: RunArgs) -> Result<()> {
         password: TEST_PASSWORD.into(),
     };
     users.extend((0..scale_n).map(scale::account));
+    if wants(&args, "scaleout") {
+        users.extend((0..scaleout::MAILBOXES).map(scaleout::account));
+    }
     eprintln!(
         "bench: starting Dovecot, Postfix and PostgreSQL under {}",
         dir.display()
@@ -637,6 +641,37 @@ async fn run(args: RunArgs) -> Result<()> {
                 TEST_PASSWORD,
                 &ca,
                 args.mailboxes,
+            )
+            .await?,
+        );
+    }
+
+    if wants(&args, "scaleout") {
+        // The ingest's messages spread over the scale-out accounts.
+        let info = dovecot.info();
+        let per = args.messages / scaleout::MAILBOXES;
+        let mut bytes = 0;
+        for i in 0..scaleout::MAILBOXES {
+            let account = scaleout::account(i);
+            bytes += mailgen::seed_maildir(
+                &info.maildir(&account),
+                info.mail_uid,
+                info.mail_gid,
+                per,
+                &account,
+                &scaleout::tag(i),
+            )?;
+        }
+        rep.scaleout = Some(
+            scaleout::run(
+                &bin,
+                &dir.join("scaleout"),
+                &pg.info().admin_url,
+                imaps,
+                TEST_PASSWORD,
+                &ca,
+                per * scaleout::MAILBOXES,
+                bytes,
             )
             .await?,
         );

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::RunArgs;
 use crate::latency::{Latency, percentile};
-use crate::{dav, ingest, outgoing, pages, scale};
+use crate::{dav, ingest, outgoing, pages, scale, scaleout};
 
 pub struct Report {
     pub command: String,
@@ -23,6 +23,8 @@ pub struct Report {
     pub graph_latency: Option<Latency>,
     pub outgoing: Vec<outgoing::Row>,
     pub scale: Option<scale::Scale>,
+    /// The ingest over 20 mailboxes with 1, 2 and 4 serve processes, and a takeover.
+    pub scaleout: Option<scaleout::ScaleOut>,
     /// The first two-way sync of contacts and appointments with Radicale, beside vdirsyncer.
     pub dav: Option<dav::DavBench>,
     /// The first sync of contacts and appointments already on Radicale, beside vdirsyncer.
@@ -50,6 +52,7 @@ impl Report {
             graph_latency: None,
             outgoing: Vec::new(),
             scale: None,
+            scaleout: None,
             dav: None,
             dav_down: None,
             pages: None,
@@ -105,6 +108,9 @@ impl Report {
         self.render_latency(&mut o);
         self.render_outgoing(&mut o);
         self.render_scale(&mut o);
+        if let Some(s) = &self.scaleout {
+            s.render(&mut o);
+        }
         self.render_dav(&mut o);
         self.render_dav_down(&mut o);
         self.render_pages(&mut o);
