@@ -192,5 +192,6 @@ pub async fn latency(
         samples,
         interval,
         poll,
+        floor: None,
     })
 }

@@ -196,5 +196,6 @@ pub async fn latency(
         samples,
         interval,
         poll,
+        floor: None,
     })
 }

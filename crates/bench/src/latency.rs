@@ -11,11 +11,14 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use crate::outgoing::reply;
 use crate::setup::{Serve, World, api_json};
 
-/// Latencies in milliseconds, in submission order.
+/// Latencies in milliseconds, sorted.
 pub struct Latency {
     pub samples: Vec<f64>,
     pub interval: Duration,
     pub poll: Duration,
+    /// The floor, for IMAP: the same messages timed until a bare IDLE client on its own
+    /// connection to the same Inbox was told of them (`* N EXISTS`), in milliseconds, sorted.
+    pub floor: Option<Vec<f64>>,
 }
 
 /// `p` in 0..=100 of the sorted samples (nearest rank).
@@ -124,14 +127,112 @@ pub async fn run(
     // The first message proves the mailbox is synchronizing and in IDLE before timing.
     send("latency warm-up").await?;
     await_subject(&mut feed, "latency warm-up", Duration::from_secs(60), poll).await?;
-    let samples = probes(&mut feed, send, count, interval, poll).await?;
+    let idle = BareIdle::start(imaps, user, password, ca).await?;
+    let (samples, sent) = probes_timed(&mut feed, send, count, interval, poll).await?;
+    let floor = idle.finish(&sent).await?;
     serve.proc.stop(Duration::ZERO)?;
     world.store.close().await;
     Ok(Latency {
         samples,
         interval,
         poll,
+        floor: Some(floor),
     })
+}
+
+/// A bare IMAP client in IDLE on the Inbox, noting when the server announces each new
+/// message: Dovecot's own notification delay, the floor for serversync's IDLE path.
+struct BareIdle {
+    task: tokio::task::JoinHandle<Result<Vec<Instant>>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl BareIdle {
+    async fn start(port: u16, user: &str, password: &str, ca: &Path) -> Result<BareIdle> {
+        use tokio::io::AsyncBufReadExt;
+        let tls = crate::ingest::tls_connect(port, ca).await?;
+        let mut s = BufReader::new(tls);
+        let mut line = String::new();
+        let mut exists = 0u64;
+        for (tag, cmd) in [
+            ("a", format!("LOGIN \"{user}\" \"{password}\"")),
+            ("b", "EXAMINE INBOX".to_owned()),
+        ] {
+            s.get_mut()
+                .write_all(format!("{tag} {cmd}\r\n").as_bytes())
+                .await?;
+            loop {
+                line.clear();
+                ensure!(
+                    s.read_line(&mut line).await? > 0,
+                    "IMAP closed during {tag}"
+                );
+                if let Some(n) = exists_count(&line) {
+                    exists = n;
+                }
+                if line.starts_with(&format!("{tag} ")) {
+                    ensure!(line.starts_with(&format!("{tag} OK")), "{cmd}: {line}");
+                    break;
+                }
+            }
+        }
+        s.get_mut().write_all(b"c IDLE\r\n").await?;
+        line.clear();
+        s.read_line(&mut line).await?;
+        ensure!(line.starts_with('+'), "IDLE: {line}");
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                line.clear();
+                tokio::select! {
+                    r = s.read_line(&mut line) => {
+                        ensure!(r? > 0, "the bare IDLE connection closed");
+                        if let Some(n) = exists_count(&line) {
+                            let now = Instant::now();
+                            while exists < n {
+                                seen.push(now);
+                                exists += 1;
+                            }
+                        }
+                    }
+                    _ = &mut stopped => break,
+                }
+            }
+            let _ = s.get_mut().write_all(b"DONE\r\nd LOGOUT\r\n").await;
+            Ok(seen)
+        });
+        Ok(BareIdle { task, stop })
+    }
+
+    /// The floor of each probe sent at `sent[i]`: the `i`-th message announced after the
+    /// start (matched in arrival order), in milliseconds, sorted.
+    async fn finish(self, sent: &[Instant]) -> Result<Vec<f64>> {
+        let _ = self.stop.send(());
+        let seen = self.task.await??;
+        ensure!(
+            seen.len() >= sent.len(),
+            "the bare IDLE client was told of {} of {} messages",
+            seen.len(),
+            sent.len()
+        );
+        let mut floor: Vec<f64> = sent
+            .iter()
+            .zip(&seen)
+            .map(|(s, e)| e.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+            .collect();
+        floor.sort_by(f64::total_cmp);
+        Ok(floor)
+    }
+}
+
+/// N of an untagged `* N EXISTS`.
+fn exists_count(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("* ")?;
+    let (n, what) = rest.split_once(' ')?;
+    what.trim_end()
+        .eq_ignore_ascii_case("EXISTS")
+        .then(|| n.parse().ok())?
 }
 
 /// Waits until an email activity with `subject` appears in the change feed.
@@ -158,11 +259,22 @@ pub async fn await_subject(
 /// feed (polled every `poll`). Returns the latencies in milliseconds, sorted.
 pub async fn probes(
     feed: &mut Feed,
-    mut send: impl AsyncFnMut(&str) -> Result<()>,
+    send: impl AsyncFnMut(&str) -> Result<()>,
     count: usize,
     interval: Duration,
     poll: Duration,
 ) -> Result<Vec<f64>> {
+    Ok(probes_timed(feed, send, count, interval, poll).await?.0)
+}
+
+/// [`probes`], also returning when each probe was sent, in order.
+pub async fn probes_timed(
+    feed: &mut Feed,
+    mut send: impl AsyncFnMut(&str) -> Result<()>,
+    count: usize,
+    interval: Duration,
+    poll: Duration,
+) -> Result<(Vec<f64>, Vec<Instant>)> {
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let mut seen: HashMap<String, Duration> = HashMap::new();
     let mut next_send = Instant::now();
@@ -195,5 +307,8 @@ pub async fn probes(
         .collect();
     ensure!(samples.len() == count);
     samples.sort_by(f64::total_cmp);
-    Ok(samples)
+    let sent = (0..count)
+        .map(|i| sent[&format!("latency probe {i}")])
+        .collect();
+    Ok((samples, sent))
 }
