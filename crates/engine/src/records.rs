@@ -25,8 +25,8 @@
 //! skipped.
 
 use serversync_model::crm::{
-    ActivityParty, Attachment, Contact, Direction, EmailActivity, EmailStatus, Lead,
-    PartyRole, QueueItem, RecordRef, dedupe_key,
+    ActivityParty, Attachment, Contact, Direction, EmailActivity, EmailStatus, Lead, PartyRole,
+    QueueItem, RecordRef, dedupe_key,
 };
 use serversync_model::item::MailItem;
 use serversync_model::mailbox::{Mailbox, MailboxRegarding};
@@ -116,12 +116,13 @@ async fn track_items(
     let mut dir = Directory::load(store, org, items).await?;
     let mut mailboxes: HashMap<_, Option<Mailbox>> = HashMap::new();
     for item in items {
-        if !mailboxes.contains_key(&item.mailbox_id) {
-            let m = store
-                .get::<Mailbox>(&item.mailbox_id.to_string())
-                .await?
-                .map(|s| s.value);
-            mailboxes.insert(item.mailbox_id, m);
+        if let std::collections::hash_map::Entry::Vacant(e) = mailboxes.entry(item.mailbox_id) {
+            e.insert(
+                store
+                    .get::<Mailbox>(&item.mailbox_id.to_string())
+                    .await?
+                    .map(|s| s.value),
+            );
         }
     }
     let mut pending = Pending::default();
@@ -250,7 +251,11 @@ impl Known {
     }
 
     /// The committed activities whose `key` is `value`.
-    fn with_key(&self, key: ActivityKey, value: &str) -> impl Iterator<Item = &(EmailActivity, i64)> {
+    fn with_key(
+        &self,
+        key: ActivityKey,
+        value: &str,
+    ) -> impl Iterator<Item = &(EmailActivity, i64)> {
         self.by_key
             .get(&(key, value.to_owned()))
             .into_iter()
@@ -281,7 +286,10 @@ impl Known {
                 &item.references,
             );
             if let Some(k) = &key {
-                wanted.entry(ActivityKey::MessageId).or_default().insert(k.clone());
+                wanted
+                    .entry(ActivityKey::MessageId)
+                    .or_default()
+                    .insert(k.clone());
             }
             let mut subject = None;
             let mut keys = Vec::new();
@@ -308,18 +316,17 @@ impl Known {
         let subjects: Vec<String> = per_item
             .into_iter()
             .filter_map(|(key, keys, subject)| {
-                let correlated = keys.iter().any(|(k, v)| {
-                    self.with_key(*k, v)
-                        .any(|(a, _)| a.dedupe_key() != key)
-                });
+                let correlated = keys
+                    .iter()
+                    .any(|(k, v)| self.with_key(*k, v).any(|(a, _)| a.dedupe_key() != key));
                 subject.filter(|_| !correlated)
             })
             .collect();
-        self.fetch(store, org, ActivityKey::SubjectKey, subjects).await?;
+        self.fetch(store, org, ActivityKey::SubjectKey, subjects)
+            .await?;
         if queues && !self.activities.is_empty() {
             let ids: Vec<ActivityId> = self.activities.keys().copied().collect();
-            self.queued
-                .extend(store.queue_items_of(org, &ids).await?);
+            self.queued.extend(store.queue_items_of(org, &ids).await?);
             self.queue_known.extend(ids);
         }
         Ok(())

@@ -345,7 +345,14 @@ macro_rules! run_write_in {
             }
         };
         if let Some((version, _)) = row {
-            $crate::entity::write_links_in!($tx, w.links, &w.id, w.org.clone(), &w.link_ids, &w.link_cols);
+            $crate::entity::write_links_in!(
+                $tx,
+                w.links,
+                &w.id,
+                w.org.clone(),
+                &w.link_ids,
+                &w.link_cols
+            );
             if let Some((org, rt)) = &w.feed {
                 let op = if w.update.is_some() {
                     serversync_model::webhook::ChangeOp::Updated

@@ -118,7 +118,11 @@ both!(address_index_follows_every_write, |store| {
         created_at: now(),
     };
     store.insert(&account).await.unwrap();
-    let mut c1 = contact(org.id, ada.id, &[" <Ann@Example.test> ", "ann@example.test"]);
+    let mut c1 = contact(
+        org.id,
+        ada.id,
+        &[" <Ann@Example.test> ", "ann@example.test"],
+    );
     store.insert(&c1).await.unwrap();
     let c2 = contact(org.id, ada.id, &["ann@example.test", "bob@example.test"]);
     store.insert(&c2).await.unwrap();
@@ -201,9 +205,24 @@ both!(address_index_follows_every_write, |store| {
     );
 
     // Deleted: gone from the index.
-    assert!(store.delete::<Contact>(&c2.id.to_string(), None).await.unwrap());
-    assert!(store.delete::<Lead>(&lead.id.to_string(), None).await.unwrap());
-    assert!(store.delete::<Queue>(&queue.id.to_string(), None).await.unwrap());
+    assert!(
+        store
+            .delete::<Contact>(&c2.id.to_string(), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete::<Lead>(&lead.id.to_string(), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete::<Queue>(&queue.id.to_string(), None)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         records(&store, org.id, "ann@example.test").await,
         vec![RecordRef::Account(account.id)]
@@ -272,7 +291,11 @@ both!(activities_and_queue_items_many_keys_at_once, |store| {
     assert_eq!(ids(found), vec![a1.id, a2.id]);
     assert_eq!(
         ids(store
-            .email_activities_in(org.id, ActivityKey::Conversation, &["<c@x>".into(), "<d@x>".into()])
+            .email_activities_in(
+                org.id,
+                ActivityKey::Conversation,
+                &["<c@x>".into(), "<d@x>".into()]
+            )
             .await
             .unwrap()),
         vec![a1.id, a2.id, a3.id]
