@@ -314,8 +314,30 @@ pub async fn serversync_row(
     url: &str,
     backend: &str,
 ) -> Result<Row> {
+    serversync_row_with_contacts(bin, src, dir, url, backend, 0).await
+}
+
+/// Contacts in the organization of the "resolution at scale" rows.
+pub const CONTACTS: usize = 100_000;
+
+/// Like [`serversync_row`], with `contacts` contacts in the organization before `serve`
+/// starts (seeded directly in the store, not timed): the first 150 have the address of every
+/// other one of the generated messages' 300 senders, the rest addresses no message uses.
+pub async fn serversync_row_with_contacts(
+    bin: &Path,
+    src: &Source<'_>,
+    dir: &Path,
+    url: &str,
+    backend: &str,
+    contacts: usize,
+) -> Result<Row> {
     std::fs::create_dir_all(dir)?;
     let world = World::new(url).await?;
+    if contacts > 0 {
+        let t = Instant::now();
+        seed_contacts(&world.store, world.org.id, world.admin.id, contacts).await?;
+        eprintln!("bench: seeded {contacts} contacts in {:?}", t.elapsed());
+    }
     let profile = world.profile(src.port, None).await?;
     let mailbox = world
         .mailbox(&profile, src.user, src.password, true, false)
@@ -341,7 +363,12 @@ pub async fn serversync_row(
     Ok(Row {
         tool: "serversync".into(),
         how: format!(
-            "IMAP over TLS → parsed, parties resolved, stored and tracked as activities in {backend}"
+            "IMAP over TLS → parsed, parties resolved, stored and tracked as activities in {backend}{}",
+            if contacts > 0 {
+                format!(", {} contacts in the organization", thousands(contacts))
+            } else {
+                String::new()
+            }
         ),
         messages: src.messages,
         bytes: src.bytes,
@@ -350,6 +377,74 @@ pub async fn serversync_row(
         graph: false,
         note: None,
     })
+}
+
+/// `100000` as `100,000`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `n` contacts of `owner` in `org`, written a thousand to a transaction (each with its
+/// address-index row and change-feed entry, as any insert): the first 150 have the address of
+/// every other generated sender (`sender0`, `sender2`, …), the others their own.
+pub async fn seed_contacts(
+    store: &serversync_store::Store,
+    org: serversync_model::OrgId,
+    owner: serversync_model::UserId,
+    n: usize,
+) -> Result<()> {
+    use serversync_model::crm::Contact;
+    let now = chrono::Utc::now();
+    let mut writes = Vec::with_capacity(1000);
+    for i in 0..n {
+        let email = if i < crate::mailgen::SENDERS / 2 {
+            crate::mailgen::sender(2 * i).1
+        } else {
+            format!("customer{i}@clients{}.test", i % 97)
+        };
+        let c = Contact {
+            id: serversync_model::ContactId::new(),
+            org_id: org,
+            full_name: format!("Customer {i}"),
+            emails: vec![email],
+            account_id: None,
+            company: None,
+            job_title: None,
+            phones: Vec::new(),
+            owner_id: owner,
+            created_at: now,
+        };
+        writes.push(serversync_store::EntityWrite::insert(&c)?);
+        if writes.len() == 1000 || i + 1 == n {
+            store.write_all_audited(&writes, Vec::new()).await?;
+            writes.clear();
+        }
+    }
+    Ok(())
+}
+
+/// The note under the ingest table comparing serversync with `contacts` contacts in the
+/// organization to serversync with none, on the same store in the same run.
+pub fn contacts_note(empty: &Row, full: &Row, backend: &str) -> String {
+    let rate = |r: &Row| r.messages as f64 / r.usage.wall.as_secs_f64();
+    format!(
+        "Resolution at scale on {backend}: with {} contacts in the organization serversync \
+         ingests {:.0} messages/s, {:.2}× its {:.0} messages/s with an empty organization \
+         ({:+.1} %).",
+        thousands(CONTACTS),
+        rate(full),
+        rate(full) / rate(empty),
+        rate(empty),
+        (rate(full) / rate(empty) - 1.0) * 100.0
+    )
 }
 
 /// Warms Dovecot's index and the page cache so that no tool pays for the first read.

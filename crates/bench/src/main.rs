@@ -262,16 +262,40 @@ async fn run(args: RunArgs) -> Result<()> {
             dir.join("ingest-sqlite/serversync.db").display()
         );
         std::fs::create_dir_all(dir.join("ingest-sqlite"))?;
-        rep.ingest.push(
+        let empty_sqlite =
             ingest::serversync_row(&bin, &src, &dir.join("ingest-sqlite"), &sqlite, "SQLite")
-                .await?,
-        );
+                .await?;
+        rep.ingest.push(empty_sqlite.clone());
         eprintln!("bench: serversync on PostgreSQL");
         let pg_url = setup::pg_database(&pg.info().admin_url, "serversync_bench_ingest")?;
-        rep.ingest.push(
+        let empty_pg =
             ingest::serversync_row(&bin, &src, &dir.join("ingest-pg"), &pg_url, "PostgreSQL")
-                .await?,
-        );
+                .await?;
+        rep.ingest.push(empty_pg.clone());
+        // Resolution at scale: the same ingest with 100,000 contacts in the organization.
+        for (backend, empty) in [("SQLite", &empty_sqlite), ("PostgreSQL", &empty_pg)] {
+            eprintln!(
+                "bench: serversync on {backend}, {} contacts in the organization",
+                ingest::CONTACTS
+            );
+            let sub = dir.join(format!("ingest-contacts-{}", backend.to_lowercase()));
+            std::fs::create_dir_all(&sub)?;
+            let url = match backend {
+                "SQLite" => format!("sqlite://{}", sub.join("serversync.db").display()),
+                _ => setup::pg_database(&pg.info().admin_url, "serversync_bench_ingest_contacts")?,
+            };
+            let mut row = ingest::serversync_row_with_contacts(
+                &bin,
+                &src,
+                &sub,
+                &url,
+                backend,
+                ingest::CONTACTS,
+            )
+            .await?;
+            row.note = Some(ingest::contacts_note(empty, &row, backend));
+            rep.ingest.push(row);
+        }
         eprintln!("bench: mbsync");
         rep.ingest
             .push(ingest::mbsync_row(&src, &dir.join("mbsync"))?);

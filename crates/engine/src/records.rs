@@ -24,14 +24,12 @@
 //! by an id cursor because item ids do not follow commit order: nothing committed late is
 //! skipped.
 
-use crate::activities::email_activities;
 use serversync_model::crm::{
-    Account, ActivityParty, Attachment, Contact, Direction, EmailActivity, EmailStatus, Lead,
-    PartyRole, QueueItem, RecordRef, dedupe_key,
+    ActivityParty, Attachment, Contact, Direction, EmailActivity, EmailStatus, Lead, PartyRole,
+    QueueItem, RecordRef, dedupe_key,
 };
 use serversync_model::item::MailItem;
 use serversync_model::mailbox::{Mailbox, MailboxRegarding};
-use serversync_model::org::{Queue, User};
 use serversync_model::settings::{AutoCreateRecord, EmailSettings};
 use serversync_model::track::{
     Candidate, CorrelationStep, Resolution, correlation_steps, evaluate_filter, find_token,
@@ -41,9 +39,9 @@ use serversync_model::webhook::ChangeOrigin;
 use serversync_model::{
     ActivityId, AttachmentId, ContactId, ItemId, LeadId, OrgId, QueueId, QueueItemId, UserId,
 };
-use serversync_store::{Col, Entity, EntityWrite, LeaseGuard, Store, StoreError};
+use serversync_store::{ActivityKey, Col, Entity, EntityWrite, LeaseGuard, Store, StoreError};
 use serversync_vault::sha256_hex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 /// Items handled per batch (the lease is renewed between batches).
@@ -115,23 +113,33 @@ async fn track_items(
     one_by_one: bool,
 ) -> Result<(), StoreError> {
     let settings = crate::org_settings(store, org).await?;
-    let mut dir = Directory::load(store, org).await?;
+    let mut dir = Directory::load(store, org, items).await?;
     let mut mailboxes: HashMap<_, Option<Mailbox>> = HashMap::new();
-    let mut pending = Pending::default();
     for item in items {
-        let mailbox = match mailboxes.get(&item.mailbox_id) {
-            Some(m) => m.clone(),
-            None => {
-                let m = store
+        if let std::collections::hash_map::Entry::Vacant(e) = mailboxes.entry(item.mailbox_id) {
+            e.insert(
+                store
                     .get::<Mailbox>(&item.mailbox_id.to_string())
                     .await?
-                    .map(|s| s.value);
-                mailboxes.insert(item.mailbox_id, m.clone());
-                m
-            }
-        };
-        // The bounce handler writes on its own: what the batch did so far goes first.
-        if crate::bounces::maybe_bounce(item) {
+                    .map(|s| s.value),
+            );
+        }
+    }
+    let mut pending = Pending::default();
+    let queues = mailboxes
+        .values()
+        .flatten()
+        .any(|m| matches!(m.regarding, MailboxRegarding::Queue(_)));
+    pending
+        .known
+        .prefetch(store, org, &settings, items, queues)
+        .await?;
+    for item in items {
+        let mailbox = mailboxes.get(&item.mailbox_id).cloned().flatten();
+        // The bounce handler writes on its own: what the batch did so far goes first, and
+        // what the batch read before may be older than what it writes.
+        let bounce = crate::bounces::maybe_bounce(item);
+        if bounce {
             pending.commit(store, lease).await?;
         }
         let mut tries = 0;
@@ -143,6 +151,9 @@ async fn track_items(
                     None,
                 ),
             };
+            if bounce {
+                pending.known = Known::default();
+            }
             pending.finished.push((item.id, activity, lines));
             if !one_by_one {
                 break;
@@ -163,43 +174,202 @@ async fn track_items(
 /// by the batch).
 type Seen = (EmailActivity, Option<i64>);
 
+/// The committed email activities a batch has read (each with the version read), indexed by
+/// their correlation keys, and the keys whose every committed activity is among them; the
+/// queue items of the activities whose queue items were read. Filled for the whole batch
+/// with one query per key kind ([`Known::prefetch`]); a key not read yet is read on its own
+/// when asked for. Whatever the batch commits is added as committed; after a failed commit
+/// or a bounce (whose handler writes on its own) it is emptied, so everything is read again.
+#[derive(Default)]
+struct Known {
+    activities: HashMap<ActivityId, (EmailActivity, i64)>,
+    by_key: HashMap<(ActivityKey, String), BTreeSet<ActivityId>>,
+    complete: HashSet<(ActivityKey, String)>,
+    queued: HashSet<(QueueId, ActivityId)>,
+    queue_known: HashSet<ActivityId>,
+}
+
+/// The correlation keys of an activity (the values of its indexed lookup columns).
+fn activity_keys(a: &EmailActivity) -> Vec<(ActivityKey, String)> {
+    let cols = a.columns();
+    ActivityKey::ALL
+        .into_iter()
+        .filter_map(|k| {
+            cols.iter().find_map(|(name, v)| match v {
+                Col::Text(Some(v)) if *name == k.column() => Some((k, v.clone())),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+/// Whether the activity's `key` column is `value` (as the store's column would say).
+fn has_key(a: &EmailActivity, key: ActivityKey, value: &str) -> bool {
+    a.columns()
+        .iter()
+        .any(|(name, v)| *name == key.column() && *v == Col::text(value))
+}
+
+impl Known {
+    /// Takes `a`, read (or written) at `version`, as the committed state.
+    fn learn(&mut self, a: EmailActivity, version: i64) {
+        if let Some((old, _)) = self.activities.get(&a.id) {
+            for k in activity_keys(old) {
+                if let Some(ids) = self.by_key.get_mut(&k) {
+                    ids.remove(&a.id);
+                }
+            }
+        }
+        for k in activity_keys(&a) {
+            self.by_key.entry(k).or_default().insert(a.id);
+        }
+        self.activities.insert(a.id, (a, version));
+    }
+
+    /// Reads the committed activities of every value of `key` not read yet (one query).
+    async fn fetch(
+        &mut self,
+        store: &Store,
+        org: OrgId,
+        key: ActivityKey,
+        values: impl IntoIterator<Item = String>,
+    ) -> Result<(), StoreError> {
+        let values: Vec<String> = values
+            .into_iter()
+            .filter(|v| !self.complete.contains(&(key, v.clone())))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if values.is_empty() {
+            return Ok(());
+        }
+        for a in store.email_activities_in(org, key, &values).await? {
+            self.learn(a.value, a.version);
+        }
+        self.complete.extend(values.into_iter().map(|v| (key, v)));
+        Ok(())
+    }
+
+    /// The committed activities whose `key` is `value`.
+    fn with_key(
+        &self,
+        key: ActivityKey,
+        value: &str,
+    ) -> impl Iterator<Item = &(EmailActivity, i64)> {
+        self.by_key
+            .get(&(key, value.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.activities.get(id))
+    }
+
+    /// Reads, for the whole batch, the activities its items will look up — their own
+    /// Message-ID (or content key), the Message-IDs they answer, their tracking tokens and
+    /// conversations, then the subject keys of the items none of those correlates — and, with
+    /// `queues`, those activities' queue items: one query per key kind.
+    async fn prefetch(
+        &mut self,
+        store: &Store,
+        org: OrgId,
+        settings: &EmailSettings,
+        items: &[MailItem],
+        queues: bool,
+    ) -> Result<(), StoreError> {
+        let mut wanted: BTreeMap<ActivityKey, BTreeSet<String>> = BTreeMap::new();
+        let mut per_item = Vec::with_capacity(items.len());
+        for item in items {
+            let (_, key) = message_keys(item);
+            let steps = correlation_steps(
+                settings,
+                item.subject.as_deref(),
+                item.in_reply_to.as_deref(),
+                &item.references,
+            );
+            if let Some(k) = &key {
+                wanted
+                    .entry(ActivityKey::MessageId)
+                    .or_default()
+                    .insert(k.clone());
+            }
+            let mut subject = None;
+            let mut keys = Vec::new();
+            for step in steps {
+                let k = match step {
+                    CorrelationStep::MessageId(m) => (ActivityKey::MessageId, m),
+                    CorrelationStep::TrackingToken(t) => (ActivityKey::TrackingToken, t),
+                    CorrelationStep::Conversation(c) => (ActivityKey::Conversation, c),
+                    CorrelationStep::SmartMatch(s) => {
+                        subject = Some(s);
+                        continue;
+                    }
+                };
+                wanted.entry(k.0).or_default().insert(k.1.clone());
+                keys.push(k);
+            }
+            per_item.push((key, keys, subject));
+        }
+        for (k, values) in wanted {
+            self.fetch(store, org, k, values).await?;
+        }
+        // Smart matching is the last step: only for the items no earlier step correlates
+        // with what is committed (the others read their subject key when they get to it).
+        let subjects: Vec<String> = per_item
+            .into_iter()
+            .filter_map(|(key, keys, subject)| {
+                let correlated = keys
+                    .iter()
+                    .any(|(k, v)| self.with_key(*k, v).any(|(a, _)| a.dedupe_key() != key));
+                subject.filter(|_| !correlated)
+            })
+            .collect();
+        self.fetch(store, org, ActivityKey::SubjectKey, subjects)
+            .await?;
+        if queues && !self.activities.is_empty() {
+            let ids: Vec<ActivityId> = self.activities.keys().copied().collect();
+            self.queued.extend(store.queue_items_of(org, &ids).await?);
+            self.queue_known.extend(ids);
+        }
+        Ok(())
+    }
+}
+
 /// What a batch has decided and not yet committed: the activities it creates or changes and
 /// the queue items it creates — which its later items must see as if written — and the items
-/// it is done with, with the activity each was tracked as and their trace lines.
+/// it is done with, with the activity each was tracked as and their trace lines; and what it
+/// read of the committed state.
 #[derive(Default)]
 struct Pending {
     /// By id, as the batch leaves them.
     activities: BTreeMap<ActivityId, Seen>,
     queue_items: Vec<QueueItem>,
     finished: Vec<(ItemId, Option<ActivityId>, Vec<String>)>,
+    known: Known,
 }
 
 impl Pending {
-    /// The organization's email activities whose `column` is `value`, as the batch will
+    /// The organization's email activities whose `key` column is `value`, as the batch will
     /// leave them: the committed ones with the batch's own changes, in id order, each with
     /// the committed version it was read at (`None`: created by the batch).
     async fn email_activities(
-        &self,
+        &mut self,
         store: &Store,
         org: OrgId,
-        column: &'static str,
+        key: ActivityKey,
         value: &str,
     ) -> Result<Vec<Seen>, StoreError> {
-        let mut found: Vec<Seen> = email_activities(store, org, column, value)
-            .await?
-            .into_iter()
-            .filter(|a| !self.activities.contains_key(&a.value.id))
-            .map(|a| (a.value, Some(a.version)))
+        self.known
+            .fetch(store, org, key, [value.to_owned()])
+            .await?;
+        let mut found: Vec<Seen> = self
+            .known
+            .with_key(key, value)
+            .filter(|(a, _)| !self.activities.contains_key(&a.id))
+            .map(|(a, v)| (a.clone(), Some(*v)))
             .collect();
-        let wanted = Col::text(value);
         found.extend(
             self.activities
                 .values()
-                .filter(|(a, _)| {
-                    a.columns()
-                        .iter()
-                        .any(|(name, v)| *name == column && *v == wanted)
-                })
+                .filter(|(a, _)| has_key(a, key, value))
                 .cloned(),
         );
         found.sort_by_key(|(a, _)| a.id.to_string());
@@ -218,8 +388,15 @@ impl Pending {
             .queue_items
             .iter()
             .any(|q| q.queue_id == queue && q.activity_id == activity)
+            || self.known.queued.contains(&(queue, activity))
         {
             return Ok(true);
+        }
+        // Not committed yet, or its queue items were read: in no queue but the batch's.
+        if matches!(self.activities.get(&activity), Some((_, None)))
+            || self.known.queue_known.contains(&activity)
+        {
+            return Ok(false);
         }
         Ok(!store
             .list::<QueueItem>(
@@ -236,7 +413,8 @@ impl Pending {
             .is_empty())
     }
 
-    /// Commits what is pending in one transaction (nothing when nothing is).
+    /// Commits what is pending in one transaction (nothing when nothing is); what it wrote is
+    /// then known as committed (a failed commit empties what was known).
     async fn commit(&mut self, store: &Store, lease: &LeaseGuard) -> Result<(), StoreError> {
         let activities = std::mem::take(&mut self.activities);
         let queue_items = std::mem::take(&mut self.queue_items);
@@ -255,50 +433,53 @@ impl Pending {
             writes.push(EntityWrite::insert(q)?);
         }
         // The activities and queue items the tracker makes are tagged as its own on the feed.
-        store
+        let r = store
             .with_origin(ChangeOrigin::Tracker)
             .commit_tracking(lease, &writes, &finished)
-            .await
+            .await;
+        if r.is_err() {
+            self.known = Known::default();
+            return r;
+        }
+        for (a, version) in activities.into_values() {
+            if version.is_none() {
+                self.known.queue_known.insert(a.id);
+            }
+            // An insert is version 1, an update from `v` is `v + 1`.
+            self.known.learn(a, version.map_or(1, |v| v + 1));
+        }
+        self.known
+            .queued
+            .extend(queue_items.iter().map(|q| (q.queue_id, q.activity_id)));
+        Ok(())
     }
 }
 
-/// The organization's email-enabled records by lower-cased address, in creation order.
+/// The email-enabled records of a batch's addresses by normalized address, in creation
+/// order (users, queues, contacts, accounts, leads, each oldest first), from the address
+/// index; disabled users are left out.
 struct Directory {
     by_address: HashMap<String, Vec<Candidate>>,
 }
 
 impl Directory {
-    async fn load(store: &Store, org: OrgId) -> Result<Self, StoreError> {
+    /// The records of every sender and recipient address of `items` (one query).
+    async fn load(store: &Store, org: OrgId, items: &[MailItem]) -> Result<Self, StoreError> {
         let mut d = Directory {
             by_address: HashMap::new(),
         };
-        for u in store.list_all::<User>(Some(org), &[]).await? {
-            let u = u.value;
-            if !u.disabled {
-                d.add(&u.email, RecordRef::User(u.id), Some(u.id));
-            }
+        let addresses: Vec<String> = items
+            .iter()
+            .flat_map(|i| i.from.iter().chain(i.to.iter()).chain(i.cc.iter()))
+            .map(|a| normalize_address(a))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if addresses.is_empty() {
+            return Ok(d);
         }
-        for q in store.list_all::<Queue>(Some(org), &[]).await? {
-            d.add(
-                &q.value.email,
-                RecordRef::Queue(q.value.id),
-                Some(q.value.owner_id),
-            );
-        }
-        for c in store.list_all::<Contact>(Some(org), &[]).await? {
-            for e in &c.value.emails {
-                d.add(e, RecordRef::Contact(c.value.id), Some(c.value.owner_id));
-            }
-        }
-        for a in store.list_all::<Account>(Some(org), &[]).await? {
-            for e in &a.value.emails {
-                d.add(e, RecordRef::Account(a.value.id), Some(a.value.owner_id));
-            }
-        }
-        for l in store.list_all::<Lead>(Some(org), &[]).await? {
-            for e in &l.value.emails {
-                d.add(e, RecordRef::Lead(l.value.id), Some(l.value.owner_id));
-            }
+        for m in store.address_matches(org, &addresses).await? {
+            d.add(&m.address, m.record, m.owner_id);
         }
         Ok(d)
     }
@@ -357,7 +538,7 @@ fn content_key(item: &MailItem) -> String {
 /// message (`key`) do not count.
 async fn correlate(
     store: &Store,
-    pending: &Pending,
+    pending: &mut Pending,
     org: OrgId,
     steps: &[CorrelationStep],
     key: Option<&str>,
@@ -367,24 +548,24 @@ async fn correlate(
     for step in steps {
         let found = match step {
             CorrelationStep::MessageId(m) => pending
-                .email_activities(store, org, "message_id", m)
+                .email_activities(store, org, ActivityKey::MessageId, m)
                 .await?
                 .into_iter()
                 .find(|a| other(a)),
             CorrelationStep::TrackingToken(t) => pending
-                .email_activities(store, org, "tracking_token", t)
+                .email_activities(store, org, ActivityKey::TrackingToken, t)
                 .await?
                 .into_iter()
                 .find(|a| other(a)),
             CorrelationStep::Conversation(c) => pending
-                .email_activities(store, org, "conversation_id", c)
+                .email_activities(store, org, ActivityKey::Conversation, c)
                 .await?
                 .into_iter()
                 .rev()
                 .find(|a| other(a)),
             CorrelationStep::SmartMatch(s) => {
                 let cands: Vec<(Seen, Vec<String>)> = pending
-                    .email_activities(store, org, "subject_key", s)
+                    .email_activities(store, org, ActivityKey::SubjectKey, s)
                     .await?
                     .into_iter()
                     .filter(|a| other(a))
@@ -609,7 +790,7 @@ async fn track_item(
     let existing = match &key {
         Some(k) => {
             pending
-                .email_activities(store, org, "message_id", k)
+                .email_activities(store, org, ActivityKey::MessageId, k)
                 .await?
         }
         None => Vec::new(),

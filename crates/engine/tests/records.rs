@@ -630,3 +630,124 @@ async fn crash_and_auto_create_sqlite() {
 async fn crash_and_auto_create_postgres() {
     crash_and_auto_create(Backend::Postgres).await;
 }
+
+/// A batch reads the committed state once (activities by key, their queue items, the
+/// addresses' records) and sees its own decisions: a message tracked in an earlier batch is
+/// linked to the later mailboxes and put in the queue once, a reply in the same batch answers
+/// it; a contact's changed address and a disabled user are what the next batch resolves.
+async fn batches_see_committed_state(backend: Backend) {
+    let w = world(backend).await;
+    let first = message(
+        Some("order-1@customer.test"),
+        "Ann <ann@customer.test>",
+        "alice@example.test, bob@example.test, support@example.test",
+        "Order",
+        "",
+    );
+    w.deliver(&w.alice_mb, &first).await;
+    assert_eq!(w.track().await, 1);
+    let original = w.activities().await.remove(0);
+
+    let b = w.deliver(&w.bob_mb, &first).await;
+    let q = w.deliver(&w.queue_mb, &first).await;
+    let reply = message(
+        Some("order-2@example.test"),
+        "alice@example.test",
+        "ann@customer.test",
+        "Re: Order",
+        "In-Reply-To: <order-1@customer.test>\r\n",
+    );
+    let r = w.deliver(&w.alice_mb, &reply).await;
+    assert_eq!(w.track().await, 3);
+    assert_eq!(tracked_as(&w.item(&b).await), original.id);
+    assert_eq!(tracked_as(&w.item(&q).await), original.id);
+    let stored = w
+        .store
+        .fetch::<EmailActivity>(&original.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(stored.version, 2, "linked twice, written once");
+    let mut linked = stored.value.mailbox_ids.clone();
+    linked.sort();
+    let mut expected = vec![w.alice_mb.id, w.bob_mb.id, w.queue_mb.id];
+    expected.sort();
+    assert_eq!(linked, expected);
+    let qi = w
+        .store
+        .list_all::<QueueItem>(Some(w.org), &[])
+        .await
+        .unwrap();
+    assert_eq!(qi.len(), 1);
+    assert_eq!(qi[0].value.activity_id, original.id);
+    let rt = w.item(&r).await.trace;
+    assert!(
+        rt.iter()
+            .any(|l| l.starts_with(&format!("answers activity {}", original.id))),
+        "{rt:#?}"
+    );
+    assert_eq!(w.activities().await.len(), 2);
+
+    // The queue mailbox sees the message again (another copy): still one queue item.
+    let again = message(
+        Some("order-1@customer.test"),
+        "Ann <ann@customer.test>",
+        "support@example.test",
+        "Order",
+        "X-Copy: 2\r\n",
+    );
+    let q2 = w.deliver(&w.queue_mb, &again).await;
+    assert_eq!(w.track().await, 1);
+    assert_eq!(tracked_as(&w.item(&q2).await), original.id);
+    assert_eq!(
+        w.store
+            .list_all::<QueueItem>(Some(w.org), &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Ann's address changes and Bob is disabled: the next batch resolves what is stored now.
+    let mut ann = w.ann.clone();
+    ann.emails = vec!["ann@new.test".into()];
+    w.store.update(&ann, None).await.unwrap();
+    let mut bob = w.bob.clone();
+    bob.disabled = true;
+    w.store.update(&bob, None).await.unwrap();
+    let third = message(
+        Some("order-3@new.test"),
+        "ann@new.test",
+        "alice@example.test, bob@example.test",
+        "Another",
+        "",
+    );
+    let t = w.deliver(&w.alice_mb, &third).await;
+    assert_eq!(w.track().await, 1);
+    let act = w.activity(tracked_as(&w.item(&t).await)).await;
+    let party = |role, addr: &str| {
+        act.parties
+            .iter()
+            .find(|p| p.role == role && p.address == addr)
+            .unwrap_or_else(|| panic!("{role:?} {addr}: {:#?}", act.parties))
+            .resolved
+    };
+    assert_eq!(
+        party(PartyRole::From, "ann@new.test"),
+        Some(RecordRef::Contact(w.ann.id))
+    );
+    assert_eq!(
+        party(PartyRole::To, "alice@example.test"),
+        Some(RecordRef::User(w.alice.id))
+    );
+    assert_eq!(party(PartyRole::To, "bob@example.test"), None);
+}
+
+#[tokio::test]
+async fn batches_see_committed_state_sqlite() {
+    batches_see_committed_state(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn batches_see_committed_state_postgres() {
+    batches_see_committed_state(Backend::Postgres).await;
+}

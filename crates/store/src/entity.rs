@@ -58,6 +58,11 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync {
     fn linked_ids(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Further columns written on each of the entity's link rows, the same on every one
+    /// (see [`Entity::LINKS`]; the address index keeps the record's type and owner there).
+    fn link_columns(&self) -> Vec<(&'static str, Col)> {
+        Vec::new()
+    }
 }
 
 /// A condition of [`Store::list_where`].
@@ -141,20 +146,29 @@ fn to_doc<E: Entity>(e: &E) -> Result<String, StoreError> {
 
 /// Replaces the link rows of entity `$id` (see [`Entity::LINKS`]) inside transaction `$tx`.
 macro_rules! write_links_in {
-    ($tx:expr, $links:expr, $id:expr, $org:expr, $ids:expr) => {
+    ($tx:expr, $links:expr, $id:expr, $org:expr, $ids:expr, $cols:expr) => {
         if let Some((table, own, other)) = $links {
             let del = format!("DELETE FROM {table} WHERE {own} = $1");
             sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind($id).execute(&mut *$tx).await?;
+            let cols: &[(&'static str, $crate::entity::Col)] = $cols;
+            let mut names = String::new();
+            let mut params = String::new();
+            for (i, (n, _)) in cols.iter().enumerate() {
+                names.push_str(&format!(", {n}"));
+                params.push_str(&format!(", ${}", i + 4));
+            }
             let ins = format!(
-                "INSERT INTO {table} ({own}, {other}, org_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+                "INSERT INTO {table} ({own}, {other}, org_id{names}) VALUES ($1, $2, $3{params}) ON CONFLICT DO NOTHING"
             );
             for l in $ids {
-                sqlx::query(sqlx::AssertSqlSafe(ins.as_str()))
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(ins.as_str()))
                     .bind($id)
                     .bind(l.clone())
-                    .bind($org.clone())
-                    .execute(&mut *$tx)
-                    .await?;
+                    .bind($org.clone());
+                for (_, c) in cols {
+                    q = $crate::entity::bind_col!(q, c);
+                }
+                q.execute(&mut *$tx).await?;
             }
         }
     };
@@ -186,6 +200,7 @@ pub struct EntityWrite {
     pub(crate) org: Option<String>,
     pub(crate) links: Option<(&'static str, &'static str, &'static str)>,
     pub(crate) link_ids: Vec<String>,
+    pub(crate) link_cols: Vec<(&'static str, Col)>,
     /// The organization and record type of the change feed, for fed entities.
     pub(crate) feed: Option<(String, RecordType)>,
     pub(crate) entity: &'static str,
@@ -247,6 +262,7 @@ impl EntityWrite {
             org,
             links: E::LINKS,
             link_ids: e.linked_ids(),
+            link_cols: e.link_columns(),
             entity: E::NAME,
             update,
         })
@@ -329,7 +345,14 @@ macro_rules! run_write_in {
             }
         };
         if let Some((version, _)) = row {
-            $crate::entity::write_links_in!($tx, w.links, &w.id, w.org.clone(), &w.link_ids);
+            $crate::entity::write_links_in!(
+                $tx,
+                w.links,
+                &w.id,
+                w.org.clone(),
+                &w.link_ids,
+                &w.link_cols
+            );
             if let Some((org, rt)) = &w.feed {
                 let op = if w.update.is_some() {
                     serversync_model::webhook::ChangeOp::Updated
@@ -754,15 +777,19 @@ use bind_filters;
 
 macro_rules! entity {
     ($t:ty, $table:literal, $name:literal, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
-        entity!($t, $table, $name, None, |$s| $org, [$($col => $val),*], None, |_s| Vec::new());
+        entity!($t, $table, $name, None, |$s| $org, [$($col => $val),*], None, |_s| Vec::new(), |_s| Vec::new());
     };
     ($t:ty, $table:literal, $name:literal, feed $rt:ident, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?]) => {
-        entity!($t, $table, $name, Some(RecordType::$rt), |$s| $org, [$($col => $val),*], None, |_s| Vec::new());
+        entity!($t, $table, $name, Some(RecordType::$rt), |$s| $org, [$($col => $val),*], None, |_s| Vec::new(), |_s| Vec::new());
     };
     ($t:ty, $table:literal, $name:literal, feed $rt:ident, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?], links $links:expr => $ids:expr) => {
-        entity!($t, $table, $name, Some(RecordType::$rt), |$s| $org, [$($col => $val),*], Some($links), |$s| $ids);
+        entity!($t, $table, $name, Some(RecordType::$rt), |$s| $org, [$($col => $val),*], Some($links), |$s| $ids, |_s| Vec::new());
     };
-    ($t:ty, $table:literal, $name:literal, $feed:expr, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?], $links:expr, |$ls:ident| $ids:expr) => {
+    // A record with email addresses the tracker resolves: its rows in the address index.
+    ($t:ty, $table:literal, $name:literal, $feed:expr, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?], addresses $kind:literal => |$a:ident| $addrs:expr, owner $owner:expr, disabled $dis:expr) => {
+        entity!($t, $table, $name, $feed, |$s| $org, [$($col => $val),*], Some(crate::lookups::ADDRESS_LINKS), |$a| crate::lookups::address_ids($addrs), |$a| crate::lookups::address_columns($kind, $owner, $dis));
+    };
+    ($t:ty, $table:literal, $name:literal, $feed:expr, |$s:ident| $org:expr, [$($col:literal => $val:expr),* $(,)?], $links:expr, |$ls:ident| $ids:expr, |$lc:ident| $lcols:expr) => {
         impl Entity for $t {
             const TABLE: &'static str = $table;
             const NAME: &'static str = $name;
@@ -772,6 +799,11 @@ macro_rules! entity {
             fn linked_ids(&self) -> Vec<String> {
                 let $ls = self;
                 $ids
+            }
+            #[allow(unused_variables)]
+            fn link_columns(&self) -> Vec<(&'static str, Col)> {
+                let $lc = self;
+                $lcols
             }
             fn id(&self) -> String {
                 self.id.to_string()
@@ -791,8 +823,10 @@ macro_rules! entity {
 }
 
 entity!(Organization, "organizations", "organization", |s| None, ["name" => Col::text(&s.name)]);
-entity!(User, "users", "user", |s| Some(s.org_id), ["email" => Col::text(s.email.to_lowercase())]);
-entity!(Queue, "queues", "queue", |s| Some(s.org_id), ["email" => Col::text(s.email.to_lowercase())]);
+entity!(User, "users", "user", None, |s| Some(s.org_id), ["email" => Col::text(s.email.to_lowercase())],
+    addresses "user" => |a| std::iter::once(&a.email), owner Some(a.id), disabled a.disabled);
+entity!(Queue, "queues", "queue", None, |s| Some(s.org_id), ["email" => Col::text(s.email.to_lowercase())],
+    addresses "queue" => |a| std::iter::once(&a.email), owner Some(a.owner_id), disabled false);
 entity!(Role, "roles", "role", |s| Some(s.org_id), ["name" => Col::text(&s.name)]);
 entity!(EmailServerProfile, "profiles", "email server profile", |s| Some(s.org_id), [
     "name" => Col::text(&s.name),
@@ -807,9 +841,12 @@ entity!(Mailbox, "mailboxes", "mailbox", |s| Some(s.org_id), [
     "approval" => Col::text(wire_name(&s.approval)),
     "overall_status" => Col::text(wire_name(&s.overall_status())),
 ]);
-entity!(Account, "accounts", "account", feed Account, |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
-entity!(Contact, "contacts", "contact", feed Contact, |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
-entity!(Lead, "leads", "lead", feed Lead, |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)]);
+entity!(Account, "accounts", "account", Some(RecordType::Account), |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)],
+    addresses "account" => |a| &a.emails, owner Some(a.owner_id), disabled false);
+entity!(Contact, "contacts", "contact", Some(RecordType::Contact), |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)],
+    addresses "contact" => |a| &a.emails, owner Some(a.owner_id), disabled false);
+entity!(Lead, "leads", "lead", Some(RecordType::Lead), |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)],
+    addresses "lead" => |a| &a.emails, owner Some(a.owner_id), disabled false);
 entity!(EmailActivity, "activities", "email activity", feed EmailActivity, |s| Some(s.org_id), [
     "kind" => Col::text("email"),
     "status" => Col::text(wire_name(&s.status)),
