@@ -173,6 +173,17 @@ async fn connected(
             next_full = tokio::time::Instant::now() + every;
         }
         sync_folder(cx, &mut source, &inbox, slot).await?;
+        // A renumbered Inbox counts as stable again only after a round that finds nothing
+        // new: until then, rounds keep the polling interval.
+        if cx
+            .store
+            .get_cursor(cx.id, &inbox)
+            .await?
+            .and_then(|c| c.into_imap())
+            .is_some_and(|c| c.uid_validity_changes > 0)
+        {
+            next_full = next_full.min(tokio::time::Instant::now() + poll_interval(cx));
+        }
         renew(cx, Some(slot)).await?;
         if !watch {
             // POP3 removes the messages marked for deletion here.
