@@ -197,12 +197,24 @@ mod tests {
         let (_d, store) = store().await;
         let ttl = Duration::from_secs(60);
         let leases = Leases::new("me", ttl);
-        let a = store.acquire_lease("mailbox:a", "me", ttl).await.unwrap().unwrap();
-        let b = store.acquire_lease("mailbox:b", "me", ttl).await.unwrap().unwrap();
+        let a = store
+            .acquire_lease("mailbox:a", "me", ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = store
+            .acquire_lease("mailbox:b", "me", ttl)
+            .await
+            .unwrap()
+            .unwrap();
         let (ka, kb) = (leases.keep(&a), leases.keep(&b));
         // b is released behind the task's back and taken by another worker.
         store.release_lease(&b).await.unwrap();
-        store.acquire_lease("mailbox:b", "other", ttl).await.unwrap().unwrap();
+        store
+            .acquire_lease("mailbox:b", "other", ttl)
+            .await
+            .unwrap()
+            .unwrap();
         leases.renew_once(&store).await;
         assert!(!ka.is_lost(), "a is still held");
         assert!(kb.is_lost(), "b was taken over");
@@ -212,7 +224,11 @@ mod tests {
             .expect("the loss is told at once");
         assert_eq!(leases.len(), 1, "only a is renewed from now on");
         assert!(
-            store.acquire_lease("mailbox:a", "other", ttl).await.unwrap().is_none(),
+            store
+                .acquire_lease("mailbox:a", "other", ttl)
+                .await
+                .unwrap()
+                .is_none(),
             "a is still this worker's"
         );
         // A task that ends drops its registration: nothing is renewed for it any more.

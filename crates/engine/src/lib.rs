@@ -229,11 +229,7 @@ impl Engine {
         let leases = leases::Leases::new(&self.worker_id, ttl);
         // It runs until the incoming sessions are drained.
         let renew_stop = CancellationToken::new();
-        let renewer = tokio::spawn(
-            leases
-                .clone()
-                .run(self.store.clone(), renew_stop.clone()),
-        );
+        let renewer = tokio::spawn(leases.clone().run(self.store.clone(), renew_stop.clone()));
         // The pipelines with one task per unit of work (mailbox, sending mailbox, endpoint),
         // each under its lease.
         let mut incoming = supervisor::Supervisor::new(
