@@ -166,16 +166,18 @@ fn wants(args: &RunArgs, what: &str) -> bool {
 }
 
 /// Dovecot limits for thousands of IDLE connections: login processes in high-performance
-/// mode, an IMAP process per connection allowed.
+/// mode, and IMAP processes serving up to 100 connections each (a process per connection
+/// would be 10,000 processes for the 10,000-mailbox run).
 fn dovecot_limits(mailboxes: usize) -> String {
     let n = mailboxes + 200;
     format!(
         "\nservice imap-login {{\n  service_count = 0\n  client_limit = {n}\n  process_limit = 8\n  process_min_avail = 2\n}}\n\
-         service imap {{\n  process_limit = {n}\n}}\n\
+         service imap {{\n  client_limit = 100\n  process_limit = {p}\n}}\n\
          service anvil {{\n  client_limit = {c}\n}}\n\
          service stats {{\n  client_limit = {c}\n}}\n\
          service auth {{\n  client_limit = {c}\n}}\n",
-        c = 2 * n + 100
+        c = 2 * n + 100,
+        p = n / 100 + 50
     )
 }
 

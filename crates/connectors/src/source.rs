@@ -450,6 +450,35 @@ impl MailSource {
         })
     }
 
+    /// Whether [`Self::wait_until`] can wait long (up to IMAP's 29-minute IDLE) and still end
+    /// cleanly when interrupted; other sources are waited on in short steps.
+    pub fn waits_long(&self) -> bool {
+        matches!(self, MailSource::Imap(_))
+    }
+
+    /// [`Self::wait`] that ends early, with [`Change::Nothing`], when `interrupt` completes.
+    /// IMAP ends its IDLE with `DONE` and the session stays usable; for other sources the
+    /// wait is abandoned.
+    pub async fn wait_until(
+        &mut self,
+        max: Duration,
+        interrupt: impl std::future::Future<Output = ()>,
+    ) -> Result<Change> {
+        match self {
+            MailSource::Imap(s) => Ok(match s.session.idle_until(max, interrupt).await? {
+                IdleEvent::Exists(_) => Change::NewMail,
+                IdleEvent::Closed(why) => Change::Closed(why),
+                IdleEvent::Expunge | IdleEvent::FlagsChanged | IdleEvent::Timeout => {
+                    Change::Nothing
+                }
+            }),
+            other => tokio::select! {
+                r = other.wait(max) => r,
+                () = interrupt => Ok(Change::Nothing),
+            },
+        }
+    }
+
     /// Waits up to `max` for a change of the folder opened last.
     pub async fn wait(&mut self, max: Duration) -> Result<Change> {
         match self {

@@ -18,6 +18,7 @@ mod health;
 mod incoming;
 pub mod intake;
 mod jobs;
+mod leases;
 pub mod lmtp;
 mod oauth;
 pub mod outgoing;
@@ -223,6 +224,12 @@ impl Engine {
         let mut running = tokio::task::JoinSet::new();
         let workers_stop = shutdown.child_token();
         let (store, ttl) = (&self.store, self.config.lease_ttl);
+        // The long-held leases (a mailbox's, its connection slot's) renewed together, by one
+        // task, instead of each by its own timer.
+        let leases = leases::Leases::new(&self.worker_id, ttl);
+        // It runs until the incoming sessions are drained.
+        let renew_stop = CancellationToken::new();
+        let renewer = tokio::spawn(leases.clone().run(self.store.clone(), renew_stop.clone()));
         // The pipelines with one task per unit of work (mailbox, sending mailbox, endpoint),
         // each under its lease.
         let mut incoming = supervisor::Supervisor::new(
@@ -233,6 +240,8 @@ impl Engine {
                 store: self.store.clone(),
                 config: self.config.clone(),
                 stored: self.wake.clone(),
+                leases: leases.clone(),
+                shared: Default::default(),
             },
         );
         let mut outgoing = supervisor::Supervisor::new(
@@ -355,6 +364,8 @@ impl Engine {
         hooks.drain().await;
         items.drain().await;
         incoming.drain().await;
+        renew_stop.cancel();
+        let _ = renewer.await;
         match self.store.release_all_leases(&self.worker_id).await {
             Ok(n) => tracing::info!(worker = %self.worker_id, released = n, "engine stopped"),
             Err(e) => {

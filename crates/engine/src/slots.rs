@@ -32,6 +32,11 @@ impl ConnSlot {
         Ok(None)
     }
 
+    /// The slot's lease.
+    pub fn lease(&self) -> &LeaseGuard {
+        &self.0
+    }
+
     pub async fn renew(&self, store: &Store, ttl: Duration) -> Result<(), StoreError> {
         store.renew_lease(&self.0, ttl).await
     }

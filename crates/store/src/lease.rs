@@ -9,6 +9,10 @@ use serversync_model::sync::Lease;
 use sqlx::Row;
 use std::time::Duration;
 
+/// Leases renewed by one statement of [`Store::renew_leases`] (two parameters each; SQLite
+/// allows 32,766 parameters, PostgreSQL 65,535).
+pub const RENEW_CHUNK: usize = 1000;
+
 /// Proof of holding a lease: resource, owner and epoch. Pass it to fenced writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseGuard {
@@ -75,6 +79,42 @@ impl Store {
                 epoch: g.epoch,
             })
         }
+    }
+
+    /// Renews many leases of `owner` at once — one statement per [`RENEW_CHUNK`] leases —
+    /// each only if it is still held under the same epoch and has not run out. Returns the
+    /// leases renewed; the others were lost (taken over, released or expired), and writes
+    /// fenced by them fail.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        held: &[(String, i64)],
+        ttl: Duration,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut renewed = Vec::with_capacity(held.len());
+        for chunk in held.chunks(RENEW_CHUNK) {
+            let now = now_ms();
+            let until = now + ttl.as_millis() as i64;
+            let pairs = (0..chunk.len())
+                .map(|i| format!("(${}, ${})", 4 + 2 * i, 5 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE leases SET lease_until = $1 WHERE owner = $2 AND lease_until > $3 \
+                 AND (resource, epoch) IN (VALUES {pairs}) RETURNING resource, epoch"
+            );
+            dispatch!(&self.db, pool => {
+                // Only placeholders are formatted in; every value is bound.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(until).bind(owner).bind(now);
+                for (resource, epoch) in chunk {
+                    q = q.bind(resource).bind(*epoch);
+                }
+                for r in q.fetch_all(pool).await? {
+                    renewed.push((r.try_get::<String, _>("resource")?, r.try_get::<i64, _>("epoch")?));
+                }
+            });
+        }
+        Ok(renewed)
     }
 
     /// Gives a lease up at once (clean shutdown), so another worker can take it immediately.

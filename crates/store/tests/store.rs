@@ -599,6 +599,79 @@ both!(leases_fence_stale_owners, |store, db, k| {
     let _ = (db, k);
 });
 
+both!(
+    lease_renewal_of_many_in_one_call_reports_the_lost,
+    |store, db, k| {
+        let ttl = Duration::from_secs(60);
+        // More than one statement's worth (1,000 leases each), so the chunks are exercised too.
+        let n = 1005;
+        let mut held = Vec::new();
+        for i in 0..n {
+            let g = store
+                .acquire_lease(&format!("mailbox:bulk{i}"), "worker-a", ttl)
+                .await
+                .unwrap()
+                .expect("free lease");
+            held.push((g.resource, g.epoch));
+        }
+        // Lease 0 expires (acquired again with no time left, then taken by b); lease 1 is
+        // released; lease 3 is asked for under an older epoch than the one held.
+        store
+            .release_lease(&serversync_store::LeaseGuard {
+                resource: held[0].0.clone(),
+                owner: "worker-a".into(),
+                epoch: held[0].1,
+            })
+            .await
+            .unwrap();
+        store
+            .acquire_lease(&held[0].0, "worker-b", ttl)
+            .await
+            .unwrap()
+            .expect("released, so free");
+        store
+            .release_lease(&serversync_store::LeaseGuard {
+                resource: held[1].0.clone(),
+                owner: "worker-a".into(),
+                epoch: held[1].1,
+            })
+            .await
+            .unwrap();
+        let mut asked = held.clone();
+        asked[3].1 -= 1;
+        let renewed = store.renew_leases("worker-a", &asked, ttl).await.unwrap();
+        let renewed: std::collections::HashSet<_> = renewed.into_iter().collect();
+        assert_eq!(renewed.len(), n - 3, "all but the three lost");
+        for (i, lease) in asked.iter().enumerate() {
+            assert_eq!(
+                renewed.contains(lease),
+                ![0, 1, 3].contains(&i),
+                "lease {i}"
+            );
+        }
+        // b's lease is untouched and still b's.
+        let l0 = store.get_lease(&held[0].0).await.unwrap().unwrap();
+        assert_eq!((l0.owner.as_str(), l0.epoch), ("worker-b", held[0].1 + 1));
+        // The renewed ones are still held: nobody else can take them.
+        assert!(
+            store
+                .acquire_lease(&held[n - 1].0, "worker-b", ttl)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Renewing nothing is no statement and no error.
+        assert!(
+            store
+                .renew_leases("worker-a", &[], ttl)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let _ = (db, k);
+    }
+);
+
 both!(item_decisions_per_mailbox, |store, db, k| {
     use serversync_model::MailboxId;
     use serversync_model::item::ItemDecision;

@@ -548,6 +548,17 @@ impl SyncSession {
     /// fails the session as Transient). A server `BYE` or a closed connection gives
     /// [`IdleEvent::Closed`].
     pub async fn idle(&mut self, max_wait: Duration) -> Result<IdleEvent> {
+        self.idle_until(max_wait, std::future::pending()).await
+    }
+
+    /// [`Self::idle`] that also ends — with `DONE`, in step with the server, so the session
+    /// stays usable — as soon as `interrupt` completes (shutdown, a lost lease, a "sync now"):
+    /// the caller can wait up to [`MAX_IDLE`] without waking up in between.
+    pub async fn idle_until(
+        &mut self,
+        max_wait: Duration,
+        interrupt: impl std::future::Future<Output = ()>,
+    ) -> Result<IdleEvent> {
         let start = Instant::now();
         if self.failed.is_some()
             && let Some(reason) = self.closed_reason()
@@ -555,7 +566,9 @@ impl SyncSession {
             return Ok(IdleEvent::Closed(reason));
         }
         self.begin().await?;
-        let r = self.idle_inner(start, max_wait.min(MAX_IDLE)).await;
+        let r = self
+            .idle_inner(start, max_wait.min(MAX_IDLE), interrupt)
+            .await;
         self.end(r)
     }
 
@@ -1319,7 +1332,12 @@ impl SyncSession {
         })
     }
 
-    async fn idle_inner(&mut self, start: Instant, max_wait: Duration) -> Result<IdleEvent> {
+    async fn idle_inner(
+        &mut self,
+        start: Instant,
+        max_wait: Duration,
+        interrupt: impl std::future::Future<Output = ()>,
+    ) -> Result<IdleEvent> {
         self.require_selected("IDLE")?;
         if !self.has_capability("IDLE") {
             return Err(ConnectError::new(
@@ -1357,8 +1375,15 @@ impl SyncSession {
         }
         let deadline = start + max_wait;
         let mut ended_by_server = false;
+        let mut interrupt = std::pin::pin!(interrupt);
         while self.events.is_empty() {
-            let r = match self.read_opt(what, Wait::Until(deadline)).await {
+            // The line reader is cancel-safe: an interrupt between lines loses nothing.
+            let read = tokio::select! {
+                biased;
+                r = self.read_opt(what, Wait::Until(deadline)) => r,
+                () = &mut interrupt => break,
+            };
+            let r = match read {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => return self.closed_or(e),

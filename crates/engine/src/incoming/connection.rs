@@ -8,16 +8,23 @@
 
 use super::folder::sync_folder;
 use super::{
-    ConnSlot, Ctx, Reconnect, Stop, WaitEnd, check, may_hold_connection, poll_interval, renew, wait,
+    ConnSlot, Ctx, Reconnect, Stop, WaitEnd, check, held, may_hold_connection, poll_interval,
+    renew, wait,
 };
+use crate::leases::Kept;
 use crate::policy::Failure;
 use crate::session::Side;
 use serversync_connectors::source::{Change, INBOX};
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::EmailServerProfile;
 use serversync_model::{ErrorKind, FailureStep};
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// While waiting in IDLE with no other folder to read, the Inbox is read again this often
+/// anyway (a safety net for a server whose IDLE missed a notification); the IDLE command is
+/// re-issued then, within RFC 2177's 29 minutes.
+const IDLE_FULL_ROUND: Duration = Duration::from_secs(28 * 60);
 
 pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
     let hold = may_hold_connection(cx).await?;
@@ -40,7 +47,9 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
         };
         let opened = Instant::now();
         let progress = cx.progress.load(Ordering::Relaxed);
-        let r = connected(cx, &slot, hold, &mut last_round).await;
+        let slot_kept = cx.held.leases.keep(slot.lease());
+        let r = connected(cx, &slot, &slot_kept, hold, &mut last_round).await;
+        drop(slot_kept);
         slot.release(cx.store).await;
         // How long the connection counts as having lived: a connection that stored messages
         // before it dropped was a working one (the network blipped mid-sync), so the next
@@ -127,10 +136,13 @@ pub(crate) fn tracked_folders(m: &Mailbox, p: &EmailServerProfile) -> Vec<String
 }
 
 /// One connection: rounds over every tracked folder, then (when the connection may be held)
-/// IDLE on the Inbox until something arrives, a renewal is due, or a full round is due.
+/// IDLE on the Inbox until something arrives, a full round is due, or the session is woken
+/// (shutdown, a lost lease, a change of the mailbox or profile). The leases are renewed by the
+/// engine meanwhile, so IDLE is not interrupted for them.
 async fn connected(
     cx: &Ctx<'_>,
     slot: &ConnSlot,
+    slot_kept: &Kept,
     hold: bool,
     last_round: &mut chrono::DateTime<chrono::Utc>,
 ) -> Result<Ended, Stop> {
@@ -152,9 +164,26 @@ async fn connected(
             for folder in &folders {
                 sync_folder(cx, &mut source, folder, slot).await?;
             }
-            next_full = tokio::time::Instant::now() + poll_interval(cx);
+            // With nothing but the Inbox to read, IDLE tells of new mail.
+            let every = if folders.is_empty() && source.waits_long() {
+                IDLE_FULL_ROUND.max(poll_interval(cx))
+            } else {
+                poll_interval(cx)
+            };
+            next_full = tokio::time::Instant::now() + every;
         }
         sync_folder(cx, &mut source, &inbox, slot).await?;
+        // A renumbered Inbox counts as stable again only after a round that finds nothing
+        // new: until then, rounds keep the polling interval.
+        if cx
+            .store
+            .get_cursor(cx.id, &inbox)
+            .await?
+            .and_then(|c| c.into_imap())
+            .is_some_and(|c| c.uid_validity_changes > 0)
+        {
+            next_full = next_full.min(tokio::time::Instant::now() + poll_interval(cx));
+        }
         renew(cx, Some(slot)).await?;
         if !watch {
             // POP3 removes the messages marked for deletion here.
@@ -166,18 +195,43 @@ async fn connected(
             if let Some(g) = source.graph() {
                 crate::graph_notify::ensure(cx.store, cx.config, cx.id, g).await?;
             }
-            let event = tokio::select! {
-                _ = cx.shutdown.cancelled() => {
-                    let _ = source.close().await;
-                    return Ok(Ended::Stop(Stop::Shutdown));
-                }
-                event = source.wait(cx.renew_every()) => event?,
+            // IMAP waits in one IDLE until the next full round and ends it cleanly when
+            // woken; other sources wait in steps and look for changes after each.
+            let long = source.waits_long();
+            let max = if long {
+                next_full.saturating_duration_since(tokio::time::Instant::now())
+            } else {
+                cx.renew_every()
             };
-            renew(cx, Some(slot)).await?;
+            let woken = AtomicBool::new(false);
+            let interrupt = async {
+                tokio::select! {
+                    _ = cx.shutdown.cancelled() => {}
+                    _ = cx.held.kept.lost() => {}
+                    _ = slot_kept.lost() => {}
+                    _ = cx.held.wake.notified(), if long => woken.store(true, Ordering::Relaxed),
+                }
+            };
+            let event = source.wait_until(max, interrupt).await?;
+            if cx.shutdown.is_cancelled() {
+                let _ = source.close().await;
+                return Ok(Ended::Stop(Stop::Shutdown));
+            }
+            if slot_kept.is_lost() {
+                return Err(Stop::LeaseLost);
+            }
+            held(cx)?;
             match event {
                 Change::NewMail => break,
                 Change::Closed(why) => return Ok(Ended::Dropped(why)),
                 Change::Nothing => {}
+            }
+            if long && !woken.load(Ordering::Relaxed) {
+                if tokio::time::Instant::now() >= next_full {
+                    full_round_due = true;
+                    break;
+                }
+                continue;
             }
             match check(cx, *last_round).await? {
                 WaitEnd::Reconfigured => {

@@ -10,6 +10,7 @@ mod connection;
 mod folder;
 
 use crate::EngineConfig;
+use crate::leases::{Kept, Leases};
 use crate::policy::Failure;
 use crate::policy::{self, Direction};
 use crate::session::{MailboxSession, Side};
@@ -17,18 +18,28 @@ pub(crate) use crate::slots::ConnSlot;
 use crate::slots::jitter_seed;
 use serversync_connectors::ConnectError;
 use serversync_connectors::source::MailSource;
-use serversync_model::MailboxId;
 use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::{EmailServerProfile, IncomingProtocol};
 use serversync_model::settings::IncomingMethod;
+use serversync_model::{MailboxId, ProfileId};
 use serversync_store::{LeaseGuard, Store, StoreError};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) fn resource(id: MailboxId) -> String {
     format!("mailbox:{id}")
+}
+
+/// One look at every mailbox: the due ones, and what the running sessions are compared with.
+struct Look {
+    due: Vec<Mailbox>,
+    /// Per mailbox, its version and its profile's (-1: none): a change wakes its session.
+    versions: HashMap<MailboxId, (i64, i64)>,
+    /// Enabled mailboxes per profile.
+    sharing: HashMap<ProfileId, usize>,
 }
 
 /// Mailboxes whose incoming email this engine should synchronize now: enabled, server-side
@@ -38,23 +49,36 @@ pub(crate) fn resource(id: MailboxId) -> String {
 /// A mailbox enabled for incoming email by the "forward mailbox" method (stored before that
 /// method was refused) is not left silent: its incoming direction is disabled with an alert
 /// naming the method.
-pub(crate) async fn due(
-    store: &Store,
-    config: &crate::EngineConfig,
-) -> Result<Vec<Mailbox>, StoreError> {
+async fn look(store: &Store, config: &crate::EngineConfig) -> Result<Look, StoreError> {
     let now = chrono::Utc::now();
-    let synced_profiles: std::collections::HashSet<_> = store
-        .list_all::<EmailServerProfile>(None, &[])
-        .await?
+    let profiles = store.list_all::<EmailServerProfile>(None, &[]).await?;
+    let profile_versions: HashMap<ProfileId, i64> =
+        profiles.iter().map(|p| (p.value.id, p.version)).collect();
+    let synced_profiles: std::collections::HashSet<_> = profiles
         .into_iter()
         .filter(|p| has_synchronizer(p.value.incoming_protocol))
         .map(|p| p.value.id)
         .collect();
+    let mut versions = HashMap::new();
+    let mut sharing: HashMap<ProfileId, usize> = HashMap::new();
     let mailboxes: Vec<Mailbox> = store
         .list_all::<Mailbox>(None, &[])
         .await?
         .into_iter()
-        .map(|s| s.value)
+        .map(|s| {
+            let profile = s
+                .value
+                .profile_id
+                .and_then(|p| profile_versions.get(&p).copied())
+                .unwrap_or(-1);
+            versions.insert(s.value.id, (s.version, profile));
+            if s.value.incoming.enabled
+                && let Some(p) = s.value.profile_id
+            {
+                *sharing.entry(p).or_default() += 1;
+            }
+            s.value
+        })
         .collect();
     for m in &mailboxes {
         if m.incoming.enabled && m.incoming_method == IncomingMethod::ForwardMailbox {
@@ -68,7 +92,7 @@ pub(crate) async fn due(
             .await?;
         }
     }
-    Ok(mailboxes
+    let due = mailboxes
         .into_iter()
         .filter(|m| {
             m.incoming.enabled
@@ -76,7 +100,12 @@ pub(crate) async fn due(
                 && m.profile_id.is_some_and(|p| synced_profiles.contains(&p))
                 && m.telemetry.postponed_until.is_none_or(|t| t <= now)
         })
-        .collect())
+        .collect();
+    Ok(Look {
+        due,
+        versions,
+        sharing,
+    })
 }
 
 fn has_synchronizer(p: IncomingProtocol) -> bool {
@@ -90,6 +119,41 @@ pub(crate) struct Incoming {
     pub config: EngineConfig,
     /// Woken whenever a session stored new messages (the tracker picks them up).
     pub stored: Arc<Notify>,
+    /// The engine-wide renewal of the mailbox and connection-slot leases.
+    pub leases: Leases,
+    pub shared: Arc<Shared>,
+}
+
+/// What the sessions of this engine share, so an idle session has no timer of its own: the
+/// engine's look for due mailboxes (every tick, and at once on "sync now") wakes a session
+/// whose mailbox or profile changed, and it then checks what changed.
+#[derive(Default)]
+pub(crate) struct Shared {
+    wakers: Mutex<HashMap<MailboxId, Arc<Notify>>>,
+    /// The versions of each mailbox and its profile at the last look.
+    seen: Mutex<HashMap<MailboxId, (i64, i64)>>,
+    /// Enabled mailboxes per profile at the last look.
+    sharing: Mutex<HashMap<ProfileId, usize>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Remembers what this look saw, and wakes the sessions whose mailbox or profile changed
+    /// (or whose mailbox is gone) since the last one.
+    fn saw(&self, look: &mut Look) {
+        *locked(&self.sharing) = std::mem::take(&mut look.sharing);
+        let mut seen = locked(&self.seen);
+        for (id, wake) in locked(&self.wakers).iter() {
+            let now = look.versions.get(id);
+            if now.is_none() || seen.get(id) != now {
+                wake.notify_one();
+            }
+        }
+        *seen = std::mem::take(&mut look.versions);
+    }
 }
 
 impl crate::supervisor::Pipeline for Incoming {
@@ -99,11 +163,9 @@ impl crate::supervisor::Pipeline for Incoming {
     const FAIR_SHARE: bool = true;
 
     async fn due(&self) -> Result<Vec<MailboxId>, StoreError> {
-        Ok(due(&self.store, &self.config)
-            .await?
-            .into_iter()
-            .map(|m| m.id)
-            .collect())
+        let mut look = look(&self.store, &self.config).await?;
+        self.shared.saw(&mut look);
+        Ok(look.due.into_iter().map(|m| m.id).collect())
     }
     fn resource(id: MailboxId) -> String {
         resource(id)
@@ -121,6 +183,8 @@ impl crate::supervisor::Pipeline for Incoming {
             lease,
             stop,
             self.stored.clone(),
+            self.leases.clone(),
+            self.shared.clone(),
         )
     }
 }
@@ -168,6 +232,7 @@ impl From<StoreError> for Stop {
 }
 
 /// Runs one mailbox until shutdown, a lost lease, or a failure (recorded per the policy).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     store: Store,
     config: EngineConfig,
@@ -175,10 +240,27 @@ pub(crate) async fn run(
     lease: LeaseGuard,
     shutdown: CancellationToken,
     stored: Arc<Notify>,
+    leases: Leases,
+    shared: Arc<Shared>,
 ) {
-    let stop = match session(&store, &config, id, &lease, &shutdown, &stored).await {
+    let kept = leases.keep(&lease);
+    let wake = Arc::new(Notify::new());
+    locked(&shared.wakers).insert(id, wake.clone());
+    let held = Held {
+        leases: &leases,
+        kept: &kept,
+        wake: &wake,
+        shared: &shared,
+    };
+    let stop = match session(&store, &config, id, &lease, &shutdown, &stored, held).await {
         Ok(stop) | Err(stop) => stop,
     };
+    {
+        let mut wakers = locked(&shared.wakers);
+        if wakers.get(&id).is_some_and(|w| Arc::ptr_eq(w, &wake)) {
+            wakers.remove(&id);
+        }
+    }
     if let Stop::Failed(p) = stop {
         tracing::warn!(mailbox = %id, code = %p.code, "incoming sync failed: {}", p.message);
         if let Err(e) =
@@ -202,7 +284,19 @@ pub(crate) async fn run(
             }
         }
     }
+    drop(kept);
     let _ = store.release_lease(&lease).await;
+}
+
+/// A session's share of the engine-wide state.
+#[derive(Clone, Copy)]
+pub(super) struct Held<'a> {
+    pub leases: &'a Leases,
+    /// The mailbox lease, renewed by the engine; lost → the session stops.
+    pub kept: &'a Kept,
+    /// Woken when the mailbox or its profile changed.
+    pub wake: &'a Notify,
+    pub shared: &'a Shared,
 }
 
 /// What a protocol's session works with: the mailbox as it was when the session started, its
@@ -222,6 +316,7 @@ pub(super) struct Ctx<'a> {
     /// that dropped after making progress was healthy, not a server hanging up after sign-in;
     /// one that keeps dropping at the same message makes none and backs off as before.
     pub progress: std::sync::atomic::AtomicU64,
+    pub held: Held<'a>,
 }
 
 impl Ctx<'_> {
@@ -248,6 +343,7 @@ async fn session(
     lease: &LeaseGuard,
     shutdown: &CancellationToken,
     stored: &Notify,
+    held: Held<'_>,
 ) -> Result<Stop, Stop> {
     let session = MailboxSession::load(store, config, id)
         .await?
@@ -262,6 +358,7 @@ async fn session(
         session,
         stored,
         progress: Default::default(),
+        held,
     };
     if !has_synchronizer(protocol) {
         return Err(Stop::Failed(Failure::config(
@@ -345,6 +442,13 @@ pub(super) async fn may_hold_connection(cx: &Ctx<'_>) -> Result<bool, StoreError
         return Ok(true);
     }
     let (_, max) = cx.session.slot_scope(Side::Incoming);
+    // The engine's last look counted them (one listing for all sessions, not one each).
+    if let Some(n) = locked(&cx.held.shared.sharing)
+        .get(&cx.session.profile.id)
+        .copied()
+    {
+        return Ok(n <= max as usize);
+    }
     let sharing = cx
         .store
         .list_all::<Mailbox>(None, &[])
@@ -355,11 +459,23 @@ pub(super) async fn may_hold_connection(cx: &Ctx<'_>) -> Result<bool, StoreError
     Ok(sharing <= max as usize)
 }
 
-/// Renews the mailbox lease (and the connection slot, when one is held).
+/// Fails with [`StoreError::LeaseLost`] when the mailbox lease is gone (the engine renews it),
+/// and renews the connection slot, when one is held, during long work on the connection.
 pub(super) async fn renew(cx: &Ctx<'_>, slot: Option<&ConnSlot>) -> Result<(), StoreError> {
-    cx.store.renew_lease(cx.lease, cx.config.lease_ttl).await?;
+    held(cx)?;
     if let Some(s) = slot {
         s.renew(cx.store, cx.config.lease_ttl).await?;
+    }
+    Ok(())
+}
+
+/// Fails with [`StoreError::LeaseLost`] when the engine's renewal found the mailbox lease gone.
+pub(super) fn held(cx: &Ctx<'_>) -> Result<(), StoreError> {
+    if cx.held.kept.is_lost() {
+        return Err(StoreError::LeaseLost {
+            resource: cx.lease.resource.clone(),
+            epoch: cx.lease.epoch,
+        });
     }
     Ok(())
 }
@@ -376,8 +492,9 @@ pub(super) enum WaitEnd {
     Shutdown,
 }
 
-/// Waits up to `how_long` (no connection held), renewing the lease every renewal period and
-/// watching for "sync now", reconfiguration and shutdown.
+/// Waits up to `how_long` (no connection held) for "sync now", reconfiguration, shutdown or
+/// the loss of the lease, without waking up in between: the engine renews the lease and wakes
+/// the session when its mailbox or profile changed.
 pub(super) async fn wait(
     cx: &Ctx<'_>,
     how_long: Duration,
@@ -385,19 +502,15 @@ pub(super) async fn wait(
 ) -> Result<WaitEnd, StoreError> {
     let until = tokio::time::Instant::now() + how_long;
     loop {
-        let now = tokio::time::Instant::now();
-        if now >= until {
-            return Ok(WaitEnd::Elapsed);
-        }
-        let step = (until - now).min(cx.renew_every());
+        held(cx)?;
         tokio::select! {
             _ = cx.shutdown.cancelled() => return Ok(WaitEnd::Shutdown),
-            _ = tokio::time::sleep(step) => {}
-        }
-        renew(cx, None).await?;
-        match check(cx, since).await? {
-            WaitEnd::Elapsed => {}
-            other => return Ok(other),
+            _ = tokio::time::sleep_until(until) => return Ok(WaitEnd::Elapsed),
+            _ = cx.held.kept.lost() => {}
+            _ = cx.held.wake.notified() => match check(cx, since).await? {
+                WaitEnd::Elapsed => {}
+                other => return Ok(other),
+            },
         }
     }
 }
