@@ -15,7 +15,7 @@
 //! is a bound parameter.
 
 use crate::entity::{Col, decode};
-use crate::{Store, StoreError, Stored, dispatch};
+use crate::{Store, StoreError, Stored, dispatch_read};
 use serversync_model::crm::{EmailActivity, RecordRef};
 use serversync_model::track::normalize_address;
 use serversync_model::{ActivityId, OrgId, QueueId, UserId};
@@ -145,7 +145,7 @@ impl Store {
                  WHERE org_id = $1 AND disabled = $2 AND address IN ({})",
                 placeholders(3, chunk.len())
             );
-            let rows: Vec<(String, String, String, Option<String>)> = dispatch!(&self.db, pool => {
+            let rows: Vec<(String, String, String, Option<String>)> = dispatch_read!(&self.db, pool => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                     .bind(org.to_string())
                     .bind(false);
@@ -201,7 +201,7 @@ impl Store {
                 key.column(),
                 placeholders(2, chunk.len())
             );
-            let rows: Vec<(String, Stored<EmailActivity>)> = dispatch!(&self.db, pool => {
+            let rows: Vec<(String, Stored<EmailActivity>)> = dispatch_read!(&self.db, pool => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(org.to_string());
                 for v in chunk {
                     q = q.bind(v.as_str());
@@ -235,7 +235,7 @@ impl Store {
                 "SELECT queue_id, activity_id FROM queue_items WHERE org_id = $1 AND activity_id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let rows: Vec<(String, String)> = dispatch!(&self.db, pool => {
+            let rows: Vec<(String, String)> = dispatch_read!(&self.db, pool => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(org.to_string());
                 for a in chunk {
                     q = q.bind(a.to_string());
