@@ -19,9 +19,9 @@
 use crate::{Entity, Store, StoreError, dispatch, from_ms};
 use serversync_model::OrgId;
 use serversync_model::crm::{Account, Appointment, Contact, EmailActivity, Lead, QueueItem, Task};
-use std::collections::HashMap;
 use serversync_model::webhook::{Change, ChangeOp, ChangeOrigin, RecordType};
 use sqlx::Row;
+use std::collections::HashMap;
 
 pub(crate) const LOCK_FEED: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
@@ -152,7 +152,10 @@ impl Store {
         let mut wanted: HashMap<RecordType, Vec<String>> = HashMap::new();
         for (c, doc) in &rows {
             if doc.is_empty() {
-                wanted.entry(c.record_type).or_default().push(c.record_id.clone());
+                wanted
+                    .entry(c.record_type)
+                    .or_default()
+                    .push(c.record_id.clone());
             }
         }
         let mut now: HashMap<(RecordType, String), serde_json::Value> = HashMap::new();

@@ -39,16 +39,20 @@ const RECORD_EXISTS: &str = "((record_type IN ('email_activity', 'appointment', 
 /// Takes the inline bodies out of a document of the earlier shape: the new document and the
 /// bodies (text, HTML); `None` when it has none inline.
 #[allow(clippy::type_complexity)]
-fn take_bodies(doc: &str) -> Result<Option<(String, Option<String>, Option<String>)>, serde_json::Error> {
+fn take_bodies(
+    doc: &str,
+) -> Result<Option<(String, Option<String>, Option<String>)>, serde_json::Error> {
     let mut v: serde_json::Value = serde_json::from_str(doc)?;
     let Some(obj) = v.as_object_mut() else {
         return Ok(None);
     };
     let mut take = |k: &str| match obj.get_mut(k) {
-        Some(serde_json::Value::String(_)) => match obj.insert(k.to_owned(), serde_json::Value::Null) {
-            Some(serde_json::Value::String(s)) => Some(s),
-            _ => None,
-        },
+        Some(serde_json::Value::String(_)) => {
+            match obj.insert(k.to_owned(), serde_json::Value::Null) {
+                Some(serde_json::Value::String(s)) => Some(s),
+                _ => None,
+            }
+        }
         _ => None,
     };
     let text = take("text_body");
@@ -80,20 +84,32 @@ impl Store {
                 .map(|r| Ok((r.try_get("name")?, r.try_get("cursor")?, r.try_get("done")?)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
-        let Some((step, cursor)) = STEPS.iter().find_map(|step| {
-            match progress.iter().find(|(n, _, _)| n == step) {
-                Some((_, _, true)) => None,
-                Some((_, c, false)) => Some((*step, c.clone())),
-                None => Some((*step, String::new())),
-            }
-        }) else {
+        let Some((step, cursor)) =
+            STEPS
+                .iter()
+                .find_map(|step| match progress.iter().find(|(n, _, _)| n == step) {
+                    Some((_, _, true)) => None,
+                    Some((_, c, false)) => Some((*step, c.clone())),
+                    None => Some((*step, String::new())),
+                })
+        else {
             return Ok(true);
         };
         match step {
-            "0020_items" => self.move_bodies("mail_items", "mail item", "", step, &cursor, limit).await?,
-            "0020_activities" => {
-                self.move_bodies("activities", "email activity", " AND kind = 'email'", step, &cursor, limit)
+            "0020_items" => {
+                self.move_bodies("mail_items", "mail item", "", step, &cursor, limit)
                     .await?
+            }
+            "0020_activities" => {
+                self.move_bodies(
+                    "activities",
+                    "email activity",
+                    " AND kind = 'email'",
+                    step,
+                    &cursor,
+                    limit,
+                )
+                .await?
             }
             _ => self.empty_change_docs(step, &cursor, limit).await?,
         }
@@ -110,7 +126,9 @@ impl Store {
         cursor: &str,
         limit: i64,
     ) -> Result<(), StoreError> {
-        let select = format!("SELECT id, doc, version FROM {table} WHERE id > $1{only} ORDER BY id LIMIT $2");
+        let select = format!(
+            "SELECT id, doc, version FROM {table} WHERE id > $1{only} ORDER BY id LIMIT $2"
+        );
         let update = format!(
             "UPDATE {table} SET doc = $1, text_sha256 = $2, html_sha256 = $3 WHERE id = $4 AND version = $5"
         );

@@ -113,11 +113,13 @@ pub(crate) fn body_of(
             id: id.to_owned(),
             cause: format!("body blob {sha} is missing"),
         }),
-        (Some(sha), Some(d)) => String::from_utf8(d).map(Some).map_err(|e| StoreError::Corrupt {
-            entity,
-            id: id.to_owned(),
-            cause: format!("body blob {sha}: {e}"),
-        }),
+        (Some(sha), Some(d)) => String::from_utf8(d)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                entity,
+                id: id.to_owned(),
+                cause: format!("body blob {sha}: {e}"),
+            }),
     }
 }
 
@@ -169,11 +171,8 @@ macro_rules! decode_row {
             }
             if <$e as $crate::entity::Entity>::TRACE_TAIL {
                 let tail: Option<&str> = sqlx::Row::try_get(r, "trace_tail")?;
-                let lines = $crate::entity::trace_tail_of(
-                    <$e as $crate::entity::Entity>::NAME,
-                    &id,
-                    tail,
-                )?;
+                let lines =
+                    $crate::entity::trace_tail_of(<$e as $crate::entity::Entity>::NAME, &id, tail)?;
                 if !lines.is_empty() {
                     $crate::entity::Entity::extend_trace(&mut s.value, lines);
                 }
@@ -191,7 +190,10 @@ pub(crate) fn body_sha(body: &str) -> String {
 
 /// The columns written for `e`: its own, plus the body references with [`Entity::BODIES`];
 /// and the bodies to store as blobs (SHA-256, text).
-fn write_cols<E: Entity>(e: &E) -> (Vec<(&'static str, Col)>, Vec<(String, String)>) {
+/// Bodies to store as blobs with a row: (SHA-256, text).
+type Bodies = Vec<(String, String)>;
+
+fn write_cols<E: Entity>(e: &E) -> (Vec<(&'static str, Col)>, Bodies) {
     let mut cols = e.columns();
     let mut blobs = Vec::new();
     if E::BODIES {
@@ -433,7 +435,10 @@ impl EntityWrite {
                     Col::Text(Some(sha)) if *n == col => Some(sha),
                     _ => None,
                 })?;
-                self.blobs.iter().find(|(s, _)| s == sha).map(|(_, b)| b.clone())
+                self.blobs
+                    .iter()
+                    .find(|(s, _)| s == sha)
+                    .map(|(_, b)| b.clone())
             };
             s.value.set_bodies(body("text_sha256"), body("html_sha256"));
         }
@@ -702,7 +707,11 @@ impl Store {
         let sql = format!(
             "DELETE FROM {} WHERE id = $1 RETURNING org_id, doc, version{}",
             E::TABLE,
-            if E::BODIES { ", text_sha256, html_sha256" } else { "" }
+            if E::BODIES {
+                ", text_sha256, html_sha256"
+            } else {
+                ""
+            }
         );
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
@@ -1068,14 +1077,42 @@ impl Entity for EmailActivity {
             ("status", Col::text(wire_name(&s.status))),
             ("owner_id", Col::text(s.owner_id)),
             ("message_id", Col::opt_text(s.dedupe_key())),
-            ("regarding_id", Col::opt_text(s.regarding.map(|r| wire_name(&r)))),
+            (
+                "regarding_id",
+                Col::opt_text(s.regarding.map(|r| wire_name(&r))),
+            ),
             ("conversation_id", Col::opt_text(s.conversation_id.as_ref())),
             ("tracking_token", Col::opt_text(s.tracking_token.as_ref())),
-            ("subject_key", Col::opt_text(Some(serversync_model::track::normalize_subject(&s.subject)).filter(|k| !k.is_empty()))),
-            ("occurred_at", Col::Int(Some(s.received_at.or(s.sent_at).unwrap_or(s.created_at).timestamp_millis()))),
-            ("from_addr", Col::opt_text(s.parties.iter().find(|p| p.role == serversync_model::crm::PartyRole::From).map(|p| p.address.to_lowercase()))),
+            (
+                "subject_key",
+                Col::opt_text(
+                    Some(serversync_model::track::normalize_subject(&s.subject))
+                        .filter(|k| !k.is_empty()),
+                ),
+            ),
+            (
+                "occurred_at",
+                Col::Int(Some(
+                    s.received_at
+                        .or(s.sent_at)
+                        .unwrap_or(s.created_at)
+                        .timestamp_millis(),
+                )),
+            ),
+            (
+                "from_addr",
+                Col::opt_text(
+                    s.parties
+                        .iter()
+                        .find(|p| p.role == serversync_model::crm::PartyRole::From)
+                        .map(|p| p.address.to_lowercase()),
+                ),
+            ),
             ("send_mailbox", Col::opt_text(s.send_due().map(|(m, _)| m))),
-            ("due_at", Col::Int(s.send_due().map(|(_, t)| t.timestamp_millis()))),
+            (
+                "due_at",
+                Col::Int(s.send_due().map(|(_, t)| t.timestamp_millis())),
+            ),
         ]
     }
     fn bodies(&self) -> [Option<&str>; 2] {

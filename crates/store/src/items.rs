@@ -76,7 +76,11 @@ impl Store {
                     cause: e.to_string(),
                 })?;
                 let [text, html] = item.bodies();
-                Ok((doc, text.map(|t| (body_sha(t), t)), html.map(|h| (body_sha(h), h))))
+                Ok((
+                    doc,
+                    text.map(|t| (body_sha(t), t)),
+                    html.map(|h| (body_sha(h), h)),
+                ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let now = now_ms();

@@ -64,7 +64,11 @@ async fn sql(url: &str, statement: &str) -> u64 {
 /// How many rows of `table` match `cond` (counted by a no-op update, which both backends
 /// report).
 async fn count(url: &str, table: &str, set: &str, cond: &str) -> u64 {
-    sql(url, &format!("UPDATE {table} SET {set} = {set} WHERE {cond}")).await
+    sql(
+        url,
+        &format!("UPDATE {table} SET {set} = {set} WHERE {cond}"),
+    )
+    .await
 }
 
 /// A SQL string literal.
@@ -135,7 +139,10 @@ fn item(org: OrgId, mailbox: MailboxId, n: u32, raw: &[u8]) -> MailItem {
         html_body: (n % 2 == 1).then(|| body(&format!("<p>html {n}</p>"), 300)),
         attachments: Vec::new(),
         decision: ItemDecision::Stored,
-        trace: vec![format!("fetched uid {n}"), "stored: no filter applies".into()],
+        trace: vec![
+            format!("fetched uid {n}"),
+            "stored: no filter applies".into(),
+        ],
         created_at: at,
     }
 }
@@ -175,7 +182,13 @@ fn activity(item: &MailItem) -> EmailActivity {
 
 /// Writes an item with its raw message the way the previous release's `insert_items` and
 /// `commit_tracking` did: the whole record — bodies, whole trace — in the document.
-async fn old_item(url: &str, backend: Backend, item: &MailItem, raw: &[u8], tracked: Option<ActivityId>) {
+async fn old_item(
+    url: &str,
+    backend: Backend,
+    item: &MailItem,
+    raw: &[u8],
+    tracked: Option<ActivityId>,
+) {
     sql(
         url,
         &format!(
@@ -219,7 +232,11 @@ fn c_str(item: &MailItem) -> String {
 /// insert or update did, at `version`.
 async fn old_activity(url: &str, a: &EmailActivity, version: i64) {
     let doc = serde_json::to_string(a).unwrap();
-    sql(url, &format!("DELETE FROM activities WHERE id = {}", q(&a.id.to_string()))).await;
+    sql(
+        url,
+        &format!("DELETE FROM activities WHERE id = {}", q(&a.id.to_string())),
+    )
+    .await;
     sql(
         url,
         &format!(
@@ -238,7 +255,14 @@ async fn old_activity(url: &str, a: &EmailActivity, version: i64) {
         ),
     )
     .await;
-    sql(url, &format!("DELETE FROM activity_mailboxes WHERE activity_id = {}", q(&a.id.to_string()))).await;
+    sql(
+        url,
+        &format!(
+            "DELETE FROM activity_mailboxes WHERE activity_id = {}",
+            q(&a.id.to_string())
+        ),
+    )
+    .await;
     for m in &a.mailbox_ids {
         sql(
             url,
@@ -335,7 +359,11 @@ async fn write_previous(url: &str, backend: Backend, n: u32) -> Previous {
 /// Everything reads back as the previous release wrote it.
 async fn reads_back(store: &Store, p: &Previous) {
     for it in &p.items {
-        let got = store.get::<MailItem>(&it.id.to_string()).await.unwrap().unwrap();
+        let got = store
+            .get::<MailItem>(&it.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&got.value, it, "item {}", it.id);
     }
     let listed = store.list_items(p.mailbox, None, 1000).await.unwrap();
@@ -367,9 +395,19 @@ async fn reads_back(store: &Store, p: &Previous) {
     assert_eq!(
         seen,
         vec![
-            (RecordType::EmailActivity, kept.clone(), ChangeOp::Created, 1),
+            (
+                RecordType::EmailActivity,
+                kept.clone(),
+                ChangeOp::Created,
+                1
+            ),
             (RecordType::EmailActivity, kept, ChangeOp::Updated, 2),
-            (RecordType::EmailActivity, deleted.clone(), ChangeOp::Created, 1),
+            (
+                RecordType::EmailActivity,
+                deleted.clone(),
+                ChangeOp::Created,
+                1
+            ),
             (RecordType::EmailActivity, deleted, ChangeOp::Deleted, 1),
         ]
     );
@@ -379,17 +417,21 @@ async fn reads_back(store: &Store, p: &Previous) {
     assert_eq!(changes[1].record, kept_json);
     assert!(
         changes[0].record == kept_json
-            || changes[0].record == serde_json::to_value({
-                let mut v1 = p.kept.clone();
-                v1.mailbox_ids.truncate(1);
-                v1
-            })
-            .unwrap()
+            || changes[0].record
+                == serde_json::to_value({
+                    let mut v1 = p.kept.clone();
+                    v1.mailbox_ids.truncate(1);
+                    v1
+                })
+                .unwrap()
     );
     assert_eq!(changes[2].record, deleted_json);
     assert_eq!(changes[3].record, deleted_json);
     for (it, raw) in p.items.iter().zip(&p.raws) {
-        assert_eq!(store.get_blob(&it.raw_sha256).await.unwrap().as_deref(), Some(&raw[..]));
+        assert_eq!(
+            store.get_blob(&it.raw_sha256).await.unwrap().as_deref(),
+            Some(&raw[..])
+        );
     }
 }
 
@@ -397,24 +439,52 @@ async fn reads_back(store: &Store, p: &Previous) {
 /// that exist keep no copy.
 async fn moved(url: &str, store: &Store, p: &Previous) {
     let n = p.items.len() as u64;
-    assert_eq!(count(url, "mail_items", "version", "length(doc) < 1500").await, n);
-    assert_eq!(count(url, "mail_items", "version", "doc LIKE '%line 1:%'").await, 0);
-    assert_eq!(count(url, "mail_items", "version", "text_sha256 IS NOT NULL").await, n);
+    assert_eq!(
+        count(url, "mail_items", "version", "length(doc) < 1500").await,
+        n
+    );
+    assert_eq!(
+        count(url, "mail_items", "version", "doc LIKE '%line 1:%'").await,
+        0
+    );
+    assert_eq!(
+        count(url, "mail_items", "version", "text_sha256 IS NOT NULL").await,
+        n
+    );
     let odd = p.items.iter().filter(|i| i.html_body.is_some()).count() as u64;
-    assert_eq!(count(url, "mail_items", "version", "html_sha256 IS NOT NULL").await, odd);
-    assert_eq!(count(url, "activities", "version", "length(doc) < 1500").await, 1);
-    assert_eq!(count(url, "activities", "version", "text_sha256 IS NOT NULL").await, 1);
+    assert_eq!(
+        count(url, "mail_items", "version", "html_sha256 IS NOT NULL").await,
+        odd
+    );
+    assert_eq!(
+        count(url, "activities", "version", "length(doc) < 1500").await,
+        1
+    );
+    assert_eq!(
+        count(url, "activities", "version", "text_sha256 IS NOT NULL").await,
+        1
+    );
     for it in &p.items {
         let text = it.text_body.as_deref().unwrap();
         assert_eq!(
-            store.get_blob(&sha256_hex(text.as_bytes())).await.unwrap().as_deref(),
+            store
+                .get_blob(&sha256_hex(text.as_bytes()))
+                .await
+                .unwrap()
+                .as_deref(),
             Some(text.as_bytes())
         );
     }
     // The kept activity's two rows read the record; the deleted one's keep their documents.
     assert_eq!(count(url, "changes", "version", "doc = ''").await, 2);
     assert_eq!(
-        count(url, "changes", "version", &format!("doc <> '' AND record_id = {}", q(&p.deleted.id.to_string()))).await,
+        count(
+            url,
+            "changes",
+            "version",
+            &format!("doc <> '' AND record_id = {}", q(&p.deleted.id.to_string()))
+        )
+        .await,
         2
     );
 }
@@ -422,14 +492,20 @@ async fn moved(url: &str, store: &Store, p: &Previous) {
 both!(previous_release_upgrades, |backend, url| {
     previous_release(&url).await;
     let p = write_previous(&url, backend, 5).await;
-    let store = Store::open(&url, MasterKey::generate().unwrap()).await.unwrap();
+    let store = Store::open(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
     reads_back(&store, &p).await;
     moved(&url, &store, &p).await;
 
     // Marking an item tracked now writes its trace's tail, never its document.
     let it = &p.items[2];
     let lease = store
-        .acquire_lease(&format!("tracker:{}", p.org), "test", Duration::from_secs(60))
+        .acquire_lease(
+            &format!("tracker:{}", p.org),
+            "test",
+            Duration::from_secs(60),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -439,22 +515,42 @@ both!(previous_release_upgrades, |backend, url| {
         .commit_tracking(
             &lease,
             &[serversync_store::EntityWrite::insert(&a).unwrap()],
-            &[(it.id, Some(a.id), vec!["tracked later as new activity".into()])],
+            &[(
+                it.id,
+                Some(a.id),
+                vec!["tracked later as new activity".into()],
+            )],
         )
         .await
         .unwrap();
-    assert_eq!(count(&url, "mail_items", "version", "doc LIKE '%tracked later%'").await, 0);
-    let got = store.get::<MailItem>(&it.id.to_string()).await.unwrap().unwrap().value;
+    assert_eq!(
+        count(&url, "mail_items", "version", "doc LIKE '%tracked later%'").await,
+        0
+    );
+    let got = store
+        .get::<MailItem>(&it.id.to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
     let mut want = it.clone();
     want.trace.push("tracked later as new activity".into());
     assert_eq!(got, want);
     // The new activity shares the item's body blobs and its change row reads it.
-    assert_eq!(count(&url, "activities", "version", "length(doc) < 1500").await, 2);
+    assert_eq!(
+        count(&url, "activities", "version", "length(doc) < 1500").await,
+        2
+    );
     let changes = store.changes_after(p.org, 4, 100).await.unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].record, serde_json::to_value(&a).unwrap());
     // Deleted: the delete row keeps the whole last document, bodies included.
-    assert!(store.delete::<EmailActivity>(&a.id.to_string(), None).await.unwrap());
+    assert!(
+        store
+            .delete::<EmailActivity>(&a.id.to_string(), None)
+            .await
+            .unwrap()
+    );
     let changes = store.changes_after(p.org, 4, 100).await.unwrap();
     assert_eq!(changes.len(), 2);
     assert_eq!(changes[0].record, serde_json::to_value(&a).unwrap());
@@ -466,15 +562,22 @@ both!(interrupted_migration_resumes, |backend, url| {
     previous_release(&url).await;
     let p = write_previous(&url, backend, 7).await;
     // The new schema, then one batch of two rows only, as if the process were killed after it.
-    let store = Store::connect(&url, MasterKey::generate().unwrap()).await.unwrap();
+    let store = Store::connect(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
     store.migrate_schema_to(i64::MAX).await.unwrap();
     assert!(!store.migrate_data_batch(2).await.unwrap());
-    assert_eq!(count(&url, "mail_items", "version", "text_sha256 IS NOT NULL").await, 2);
+    assert_eq!(
+        count(&url, "mail_items", "version", "text_sha256 IS NOT NULL").await,
+        2
+    );
     // Half moved, half not: everything reads the same.
     reads_back(&store, &p).await;
     store.close().await;
     // Started again: resumes and finishes.
-    let store = Store::open(&url, MasterKey::generate().unwrap()).await.unwrap();
+    let store = Store::open(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
     reads_back(&store, &p).await;
     moved(&url, &store, &p).await;
     let blobs = count(&url, "blobs", "size", "TRUE").await;
