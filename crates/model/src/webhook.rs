@@ -119,7 +119,9 @@ pub struct Change {
     /// The record's version after the change (for a delete: the version deleted).
     pub version: i64,
     pub at: DateTime<Utc>,
-    /// The record as written (for a delete: as it was before).
+    /// The record as it is when the feed is read — possibly newer than `version`: a later
+    /// change of it follows in the feed (for a delete, or a record deleted since: its last
+    /// document; should that be gone too, `{"id": …}` alone).
     pub record: serde_json::Value,
     /// Who made the change (`api`, `sync:<mailbox id>`, `tracker`, `system`).
     #[serde(default)]

@@ -16,10 +16,12 @@
 //!   previous change committed: per organization, `seq` order is commit order. Readers filter by
 //!   organization, so interleaving with other organizations' `seq` values does not matter.
 
-use crate::{Store, StoreError, dispatch_read, from_ms};
+use crate::{Entity, Store, StoreError, dispatch_read, from_ms};
 use serversync_model::OrgId;
+use serversync_model::crm::{Account, Appointment, Contact, EmailActivity, Lead, QueueItem, Task};
 use serversync_model::webhook::{Change, ChangeOp, ChangeOrigin, RecordType};
 use sqlx::Row;
+use std::collections::HashMap;
 
 pub(crate) const LOCK_FEED: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
@@ -108,7 +110,7 @@ impl Store {
         let limit = i64::from(limit.clamp(1, 1000));
         // `origin <> ''` (no origin is empty) when nothing is excluded: one statement.
         let exclude = exclude.map(|o| o.to_string()).unwrap_or_default();
-        dispatch_read!(&self.db, pool => {
+        let rows: Vec<(Change, String)> = dispatch_read!(&self.db, pool => {
             let rows = sqlx::query(
                 "SELECT seq, record_type, record_id, op, version, at, doc, origin FROM changes \
                  WHERE org_id = $1 AND seq > $2 AND origin <> $4 ORDER BY seq LIMIT $3",
@@ -123,14 +125,14 @@ impl Store {
                 let seq: i64 = r.try_get("seq")?;
                 let record_type: RecordType = parse(r.try_get("record_type")?, seq)?;
                 let op: ChangeOp = parse(r.try_get("op")?, seq)?;
-                let doc: &str = r.try_get("doc")?;
+                let doc: String = r.try_get("doc")?;
                 let origin: &str = r.try_get("origin")?;
                 let origin: ChangeOrigin = origin.parse().map_err(|cause| StoreError::Corrupt {
                     entity: "change",
                     id: seq.to_string(),
                     cause,
                 })?;
-                Ok(Change {
+                Ok((Change {
                     seq,
                     event_id: Change::event_id_for(seq),
                     event_type: Change::event_type_for(record_type, op),
@@ -140,15 +142,129 @@ impl Store {
                     op,
                     version: r.try_get("version")?,
                     at: from_ms(r.try_get("at")?),
-                    record: serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
-                        entity: "change",
-                        id: seq.to_string(),
-                        cause: e.to_string(),
-                    })?,
+                    record: serde_json::Value::Null,
                     origin,
+                }, doc))
+            }).collect::<Result<_, StoreError>>()?
+        });
+        // Rows that keep no document (creates and updates since migration 0020) get the record
+        // as it is now; a record deleted since, its last document from its delete row.
+        let mut wanted: HashMap<RecordType, Vec<String>> = HashMap::new();
+        for (c, doc) in &rows {
+            if doc.is_empty() {
+                wanted
+                    .entry(c.record_type)
+                    .or_default()
+                    .push(c.record_id.clone());
+            }
+        }
+        let mut now: HashMap<(RecordType, String), serde_json::Value> = HashMap::new();
+        for (rt, ids) in wanted {
+            for (id, v) in self.records_now(rt, &ids).await? {
+                now.insert((rt, id), v);
+            }
+            let gone: Vec<String> = ids
+                .into_iter()
+                .filter(|id| !now.contains_key(&(rt, id.clone())))
+                .collect();
+            if !gone.is_empty() {
+                for (id, v) in self.deleted_docs(org, &gone).await? {
+                    now.insert((rt, id), v);
+                }
+            }
+        }
+        rows.into_iter()
+            .map(|(mut c, doc)| {
+                c.record = if doc.is_empty() {
+                    now.get(&(c.record_type, c.record_id.clone()))
+                        .cloned()
+                        // Nothing left to read (its delete row was pruned): what identifies it.
+                        .unwrap_or_else(|| serde_json::json!({ "id": c.record_id }))
+                } else {
+                    serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt {
+                        entity: "change",
+                        id: c.seq.to_string(),
+                        cause: e.to_string(),
+                    })?
+                };
+                Ok(c)
+            })
+            .collect()
+    }
+
+    /// The records of type `rt` with these ids that exist, as JSON (bodies included).
+    async fn records_now(
+        &self,
+        rt: RecordType,
+        ids: &[String],
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        async fn read<E: Entity>(
+            store: &Store,
+            ids: &[String],
+        ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+            store
+                .get_many::<E>(ids)
+                .await?
+                .into_iter()
+                .map(|s| {
+                    let v = serde_json::to_value(&s.value).map_err(|e| StoreError::Corrupt {
+                        entity: E::NAME,
+                        id: s.value.id(),
+                        cause: e.to_string(),
+                    })?;
+                    Ok((s.value.id(), v))
                 })
-            }).collect()
-        })
+                .collect()
+        }
+        match rt {
+            RecordType::Account => read::<Account>(self, ids).await,
+            RecordType::Contact => read::<Contact>(self, ids).await,
+            RecordType::Lead => read::<Lead>(self, ids).await,
+            RecordType::EmailActivity => read::<EmailActivity>(self, ids).await,
+            RecordType::Appointment => read::<Appointment>(self, ids).await,
+            RecordType::Task => read::<Task>(self, ids).await,
+            RecordType::QueueItem => read::<QueueItem>(self, ids).await,
+        }
+    }
+
+    /// The last documents kept by the delete rows of these records of `org`.
+    async fn deleted_docs(
+        &self,
+        org: OrgId,
+        ids: &[String],
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        const CHUNK: usize = 500;
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(CHUNK) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT seq, record_id, doc FROM changes WHERE org_id = $1 AND op = 'deleted' AND doc <> '' \
+                 AND record_id IN ({}) ORDER BY seq",
+                placeholders.join(", ")
+            );
+            let rows: Vec<(i64, String, String)> = dispatch_read!(&self.db, pool => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(org.to_string());
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get("seq")?, r.try_get("record_id")?, r.try_get("doc")?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            });
+            for (seq, id, doc) in rows {
+                let v = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt {
+                    entity: "change",
+                    id: seq.to_string(),
+                    cause: e.to_string(),
+                })?;
+                // In seq order: the last delete wins.
+                out.insert(id, v);
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// The newest committed change of `org` (0 when there is none).

@@ -63,6 +63,155 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync {
     fn link_columns(&self) -> Vec<(&'static str, Col)> {
         Vec::new()
     }
+    /// Email bodies are stored once, as content-addressed blobs referenced by the row's
+    /// `text_sha256` and `html_sha256` columns, not in its document (see [`Entity::bodies`]).
+    /// Every read puts them back. `false` (the default): the document is the whole record.
+    const BODIES: bool = false;
+    /// Trace lines appended after the row was written are kept in its `trace_tail` column (a
+    /// JSON array) and put back after the document's own on every read.
+    const TRACE_TAIL: bool = false;
+    /// The bodies kept as blobs (text, HTML), with [`Entity::BODIES`].
+    fn bodies(&self) -> [Option<&str>; 2] {
+        [None, None]
+    }
+    /// Puts back the bodies read from blobs where the document has none.
+    fn set_bodies(&mut self, _text: Option<String>, _html: Option<String>) {}
+    /// Puts back the trace lines kept in `trace_tail`, after the document's own.
+    fn extend_trace(&mut self, _lines: Vec<String>) {}
+    /// The document stored in the row: the record without what is kept elsewhere.
+    fn doc(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
+    }
+}
+
+/// The columns every read of `E` selects: the document, its version and timestamps, and for
+/// entities with parts kept outside the document ([`Entity::BODIES`], [`Entity::TRACE_TAIL`])
+/// those parts, read in the same statement (the bodies by correlated sub-queries on `blobs`).
+pub(crate) fn select_list<E: Entity>() -> String {
+    let mut s = String::from("id, doc, version, created_at, updated_at");
+    if E::BODIES {
+        let t = E::TABLE;
+        s.push_str(&format!(
+            ", {t}.text_sha256 AS text_sha256, {t}.html_sha256 AS html_sha256, \
+             (SELECT data FROM blobs WHERE blobs.sha256 = {t}.text_sha256) AS text_data, \
+             (SELECT data FROM blobs WHERE blobs.sha256 = {t}.html_sha256) AS html_data"
+        ));
+    }
+    if E::TRACE_TAIL {
+        s.push_str(", trace_tail");
+    }
+    s
+}
+
+/// A body read back from its blob: `None` when the row references none (the document holds
+/// it, as rows of the earlier shape do); an error when the referenced blob is missing.
+pub(crate) fn body_of(
+    entity: &'static str,
+    id: &str,
+    sha: Option<String>,
+    data: Option<Vec<u8>>,
+) -> Result<Option<String>, StoreError> {
+    match (sha, data) {
+        (None, _) => Ok(None),
+        (Some(sha), None) => Err(StoreError::Corrupt {
+            entity,
+            id: id.to_owned(),
+            cause: format!("body blob {sha} is missing"),
+        }),
+        (Some(sha), Some(d)) => String::from_utf8(d)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                entity,
+                id: id.to_owned(),
+                cause: format!("body blob {sha}: {e}"),
+            }),
+    }
+}
+
+/// The trace lines kept in a row's `trace_tail` column.
+pub(crate) fn trace_tail_of(
+    entity: &'static str,
+    id: &str,
+    tail: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    match tail {
+        None | Some("") => Ok(Vec::new()),
+        Some(t) => serde_json::from_str(t).map_err(|e| StoreError::Corrupt {
+            entity,
+            id: id.to_owned(),
+            cause: format!("trace_tail: {e}"),
+        }),
+    }
+}
+
+/// Decodes a row selected with [`select_list`] into a `Stored<E>`, its outside parts put back;
+/// evaluates to a `Result`.
+macro_rules! decode_row {
+    ($e:ty, $r:expr) => {{
+        let r = $r;
+        (|| -> Result<$crate::entity::Stored<$e>, $crate::StoreError> {
+            let id: String = sqlx::Row::try_get(r, "id")?;
+            let mut s = $crate::entity::decode::<$e>(
+                id.clone(),
+                sqlx::Row::try_get::<&str, _>(r, "doc")?,
+                sqlx::Row::try_get(r, "version")?,
+                sqlx::Row::try_get(r, "created_at")?,
+                sqlx::Row::try_get(r, "updated_at")?,
+            )?;
+            if <$e as $crate::entity::Entity>::BODIES {
+                let name = <$e as $crate::entity::Entity>::NAME;
+                let text = $crate::entity::body_of(
+                    name,
+                    &id,
+                    sqlx::Row::try_get(r, "text_sha256")?,
+                    sqlx::Row::try_get(r, "text_data")?,
+                )?;
+                let html = $crate::entity::body_of(
+                    name,
+                    &id,
+                    sqlx::Row::try_get(r, "html_sha256")?,
+                    sqlx::Row::try_get(r, "html_data")?,
+                )?;
+                $crate::entity::Entity::set_bodies(&mut s.value, text, html);
+            }
+            if <$e as $crate::entity::Entity>::TRACE_TAIL {
+                let tail: Option<&str> = sqlx::Row::try_get(r, "trace_tail")?;
+                let lines =
+                    $crate::entity::trace_tail_of(<$e as $crate::entity::Entity>::NAME, &id, tail)?;
+                if !lines.is_empty() {
+                    $crate::entity::Entity::extend_trace(&mut s.value, lines);
+                }
+            }
+            Ok(s)
+        })()
+    }};
+}
+pub(crate) use decode_row;
+
+/// SHA-256 (hex) of a body, its blob's key.
+pub(crate) fn body_sha(body: &str) -> String {
+    serversync_vault::sha256_hex(body.as_bytes())
+}
+
+/// The columns written for `e`: its own, plus the body references with [`Entity::BODIES`];
+/// and the bodies to store as blobs (SHA-256, text).
+/// Bodies to store as blobs with a row: (SHA-256, text).
+type Bodies = Vec<(String, String)>;
+
+fn write_cols<E: Entity>(e: &E) -> (Vec<(&'static str, Col)>, Bodies) {
+    let mut cols = e.columns();
+    let mut blobs = Vec::new();
+    if E::BODIES {
+        let [text, html] = e.bodies();
+        for (name, body) in [("text_sha256", text), ("html_sha256", html)] {
+            let sha = body.map(body_sha);
+            if let (Some(sha), Some(b)) = (&sha, body) {
+                blobs.push((sha.clone(), b.to_owned()));
+            }
+            cols.push((name, Col::Text(sha)));
+        }
+    }
+    (cols, blobs)
 }
 
 /// A condition of [`Store::list_where`].
@@ -137,7 +286,7 @@ pub(crate) fn decode<E: Entity>(
 }
 
 fn to_doc<E: Entity>(e: &E) -> Result<String, StoreError> {
-    serde_json::to_string(e).map_err(|err| StoreError::Corrupt {
+    e.doc().map_err(|err| StoreError::Corrupt {
         entity: E::NAME,
         id: e.id(),
         cause: err.to_string(),
@@ -194,7 +343,10 @@ pub(crate) fn conflict(entity: &'static str, err: sqlx::Error) -> StoreError {
 #[derive(Debug)]
 pub struct EntityWrite {
     pub(crate) sql: String,
+    /// The stored document: the record without what is kept outside it.
     pub(crate) doc: String,
+    /// Bodies stored as blobs with the row (SHA-256, text), see [`Entity::BODIES`].
+    pub(crate) blobs: Vec<(String, String)>,
     pub(crate) cols: Vec<(&'static str, Col)>,
     pub(crate) id: String,
     pub(crate) org: Option<String>,
@@ -210,7 +362,7 @@ pub struct EntityWrite {
 
 impl EntityWrite {
     pub fn insert<E: Entity>(e: &E) -> Result<Self, StoreError> {
-        let cols = e.columns();
+        let (cols, blobs) = write_cols(e);
         let mut names = vec!["id", "org_id", "doc", "version", "created_at", "updated_at"];
         names.extend(cols.iter().map(|(n, _)| *n));
         let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
@@ -220,11 +372,11 @@ impl EntityWrite {
             names.join(", "),
             params.join(", ")
         );
-        Self::new(e, sql, cols, None)
+        Self::new(e, sql, cols, blobs, None)
     }
 
     pub fn update<E: Entity>(e: &E, expected_version: Option<i64>) -> Result<Self, StoreError> {
-        let cols = e.columns();
+        let (cols, blobs) = write_cols(e);
         let mut sets = vec![
             "doc = $1".to_owned(),
             "version = version + 1".to_owned(),
@@ -243,19 +395,21 @@ impl EntityWrite {
             sql.push_str(&format!(" AND version = ${}", id_param + 1));
         }
         sql.push_str(" RETURNING version, created_at");
-        Self::new(e, sql, cols, Some(expected_version))
+        Self::new(e, sql, cols, blobs, Some(expected_version))
     }
 
     fn new<E: Entity>(
         e: &E,
         sql: String,
         cols: Vec<(&'static str, Col)>,
+        blobs: Vec<(String, String)>,
         update: Option<Option<i64>>,
     ) -> Result<Self, StoreError> {
         let org = e.org_id().map(|o| o.to_string());
         Ok(EntityWrite {
             sql,
             doc: to_doc(e)?,
+            blobs,
             cols,
             id: e.id(),
             feed: E::FEED.zip(org.clone()).map(|(rt, o)| (o, rt)),
@@ -290,7 +444,21 @@ impl EntityWrite {
         created: i64,
         now: i64,
     ) -> Result<Stored<E>, StoreError> {
-        decode::<E>(self.id.clone(), &self.doc, version, created, now)
+        let mut s = decode::<E>(self.id.clone(), &self.doc, version, created, now)?;
+        if E::BODIES {
+            let body = |col: &str| {
+                let sha = self.cols.iter().find_map(|(n, c)| match c {
+                    Col::Text(Some(sha)) if *n == col => Some(sha),
+                    _ => None,
+                })?;
+                self.blobs
+                    .iter()
+                    .find(|(s, _)| s == sha)
+                    .map(|(_, b)| b.clone())
+            };
+            s.value.set_bodies(body("text_sha256"), body("html_sha256"));
+        }
+        Ok(s)
     }
 }
 
@@ -302,6 +470,18 @@ macro_rules! run_write_in {
         let w: &$crate::entity::EntityWrite = $w;
         if let Some((org, _)) = &w.feed {
             $crate::changes::lock_feed_in!($store, $tx, org);
+        }
+        // The bodies, stored once: a body already stored (the item's, for the activity made
+        // from it) is not written again. Kept (`attachment`): retention never removes them.
+        for (sha, body) in &w.blobs {
+            sqlx::query($crate::items::INSERT_BLOB)
+                .bind(sha)
+                .bind(body.len() as i64)
+                .bind(body.as_bytes())
+                .bind($now)
+                .bind(true)
+                .execute(&mut *$tx)
+                .await?;
         }
         let row = match w.update {
             None => {
@@ -359,9 +539,8 @@ macro_rules! run_write_in {
                 } else {
                     serversync_model::webhook::ChangeOp::Created
                 };
-                $crate::changes::record_change_in!(
-                    $store, $tx, org, *rt, &w.id, op, version, &w.doc
-                );
+                // No copy of the document: the feed reads the record (see `changes`).
+                $crate::changes::record_change_in!($store, $tx, org, *rt, &w.id, op, version, "");
             }
         }
         row
@@ -396,13 +575,43 @@ impl Store {
 
     pub async fn get<E: Entity>(&self, id: &str) -> Result<Option<Stored<E>>, StoreError> {
         let sql = format!(
-            "SELECT id, doc, version, created_at, updated_at FROM {} WHERE id = $1",
+            "SELECT {} FROM {} WHERE id = $1",
+            select_list::<E>(),
             E::TABLE
         );
         dispatch_read!(&self.db, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?;
-            row.map(|r| decode::<E>(r.try_get("id")?, r.try_get::<&str, _>("doc")?, r.try_get("version")?, r.try_get("created_at")?, r.try_get("updated_at")?)).transpose()
+            row.map(|r| decode_row!(E, &r)).transpose()
         })
+    }
+
+    /// The entities with these ids that exist (in no particular order), read in chunks.
+    pub(crate) async fn get_many<E: Entity>(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Stored<E>>, StoreError> {
+        /// Placeholders per query: well under SQLite's and PostgreSQL's bind limits.
+        const CHUNK: usize = 500;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {} FROM {} WHERE id IN ({})",
+                select_list::<E>(),
+                E::TABLE,
+                placeholders.join(", ")
+            );
+            dispatch_read!(&self.db, pool => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                for r in q.fetch_all(pool).await? {
+                    out.push(decode_row!(E, &r)?);
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// Like [`Store::get`], but a missing entity is an error.
@@ -519,8 +728,13 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let org_sql = format!("SELECT org_id FROM {} WHERE id = $1", E::TABLE);
         let sql = format!(
-            "DELETE FROM {} WHERE id = $1 RETURNING org_id, doc, version",
-            E::TABLE
+            "DELETE FROM {} WHERE id = $1 RETURNING org_id, doc, version{}",
+            E::TABLE,
+            if E::BODIES {
+                ", text_sha256, html_sha256"
+            } else {
+                ""
+            }
         );
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
@@ -542,8 +756,35 @@ impl Store {
                 return Ok(false);
             };
             let org: String = row.try_get("org_id")?;
-            let doc: String = row.try_get("doc")?;
+            let mut doc: String = row.try_get("doc")?;
             let version: i64 = row.try_get("version")?;
+            if E::BODIES {
+                // The deleted record's last document, whole: its row is gone, so the feed
+                // cannot read it later.
+                let mut bodies = Vec::new();
+                for col in ["text_sha256", "html_sha256"] {
+                    let sha: Option<String> = row.try_get(col)?;
+                    let data: Option<Vec<u8>> = match &sha {
+                        Some(sha) => sqlx::query("SELECT data FROM blobs WHERE sha256 = $1")
+                            .bind(sha)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .map(|r| r.try_get::<Vec<u8>, _>("data"))
+                            .transpose()?,
+                        None => None,
+                    };
+                    bodies.push(crate::entity::body_of(E::NAME, id, sha, data)?);
+                }
+                let mut e = decode::<E>(id.to_owned(), &doc, version, 0, 0)?.value;
+                let html = bodies.pop().flatten();
+                let text = bodies.pop().flatten();
+                e.set_bodies(text, html);
+                doc = serde_json::to_string(&e).map_err(|err| StoreError::Corrupt {
+                    entity: E::NAME,
+                    id: id.to_owned(),
+                    cause: err.to_string(),
+                })?;
+            }
             if let Some((table, own, _)) = E::LINKS {
                 let del = format!("DELETE FROM {table} WHERE {own} = $1");
                 sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind(id).execute(&mut *tx).await?;
@@ -609,7 +850,8 @@ impl Store {
     ) -> Result<Page<E>, StoreError> {
         let limit = limit.clamp(1, 1000);
         let mut sql = format!(
-            "SELECT id, doc, version, created_at, updated_at FROM {}{}",
+            "SELECT {} FROM {}{}",
+            select_list::<E>(),
             E::TABLE,
             where_clause_ordered::<E>(org, filters, after, order)
         );
@@ -625,7 +867,7 @@ impl Store {
             let q = bind_filters!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), E, org, filters, after);
             let rows = q.fetch_all(pool).await?;
             rows.iter()
-                .map(|r| decode::<E>(r.try_get("id")?, r.try_get::<&str, _>("doc")?, r.try_get("version")?, r.try_get("created_at")?, r.try_get("updated_at")?))
+                .map(|r| decode_row!(E, r))
                 .collect::<Result<Vec<_>, StoreError>>()?
         });
         let next = if items.len() > limit as usize {
@@ -847,20 +1089,89 @@ entity!(Contact, "contacts", "contact", Some(RecordType::Contact), |s| Some(s.or
     addresses "contact" => |a| &a.emails, owner Some(a.owner_id), disabled false);
 entity!(Lead, "leads", "lead", Some(RecordType::Lead), |s| Some(s.org_id), ["owner_id" => Col::text(s.owner_id)],
     addresses "lead" => |a| &a.emails, owner Some(a.owner_id), disabled false);
-entity!(EmailActivity, "activities", "email activity", feed EmailActivity, |s| Some(s.org_id), [
-    "kind" => Col::text("email"),
-    "status" => Col::text(wire_name(&s.status)),
-    "owner_id" => Col::text(s.owner_id),
-    "message_id" => Col::opt_text(s.dedupe_key()),
-    "regarding_id" => Col::opt_text(s.regarding.map(|r| wire_name(&r))),
-    "conversation_id" => Col::opt_text(s.conversation_id.as_ref()),
-    "tracking_token" => Col::opt_text(s.tracking_token.as_ref()),
-    "subject_key" => Col::opt_text(Some(serversync_model::track::normalize_subject(&s.subject)).filter(|k| !k.is_empty())),
-    "occurred_at" => Col::Int(Some(s.received_at.or(s.sent_at).unwrap_or(s.created_at).timestamp_millis())),
-    "from_addr" => Col::opt_text(s.parties.iter().find(|p| p.role == serversync_model::crm::PartyRole::From).map(|p| p.address.to_lowercase())),
-    "send_mailbox" => Col::opt_text(s.send_due().map(|(m, _)| m)),
-    "due_at" => Col::Int(s.send_due().map(|(_, t)| t.timestamp_millis())),
-], links ("activity_mailboxes", "activity_id", "mailbox_id") => s.mailbox_ids.iter().map(|m| m.to_string()).collect());
+/// An email activity: its bodies are blobs (stored once, shared with the mail item it was made
+/// from), so its document — rewritten whenever a mailbox is linked — stays small.
+impl Entity for EmailActivity {
+    const TABLE: &'static str = "activities";
+    const NAME: &'static str = "email activity";
+    const FEED: Option<RecordType> = Some(RecordType::EmailActivity);
+    const LINKS: Option<(&'static str, &'static str, &'static str)> =
+        Some(("activity_mailboxes", "activity_id", "mailbox_id"));
+    const BODIES: bool = true;
+    fn linked_ids(&self) -> Vec<String> {
+        self.mailbox_ids.iter().map(|m| m.to_string()).collect()
+    }
+    fn id(&self) -> String {
+        self.id.to_string()
+    }
+    fn org_id(&self) -> Option<OrgId> {
+        Some(self.org_id)
+    }
+    fn columns(&self) -> Vec<(&'static str, Col)> {
+        let s = self;
+        vec![
+            ("kind", Col::text("email")),
+            ("status", Col::text(wire_name(&s.status))),
+            ("owner_id", Col::text(s.owner_id)),
+            ("message_id", Col::opt_text(s.dedupe_key())),
+            (
+                "regarding_id",
+                Col::opt_text(s.regarding.map(|r| wire_name(&r))),
+            ),
+            ("conversation_id", Col::opt_text(s.conversation_id.as_ref())),
+            ("tracking_token", Col::opt_text(s.tracking_token.as_ref())),
+            (
+                "subject_key",
+                Col::opt_text(
+                    Some(serversync_model::track::normalize_subject(&s.subject))
+                        .filter(|k| !k.is_empty()),
+                ),
+            ),
+            (
+                "occurred_at",
+                Col::Int(Some(
+                    s.received_at
+                        .or(s.sent_at)
+                        .unwrap_or(s.created_at)
+                        .timestamp_millis(),
+                )),
+            ),
+            (
+                "from_addr",
+                Col::opt_text(
+                    s.parties
+                        .iter()
+                        .find(|p| p.role == serversync_model::crm::PartyRole::From)
+                        .map(|p| p.address.to_lowercase()),
+                ),
+            ),
+            ("send_mailbox", Col::opt_text(s.send_due().map(|(m, _)| m))),
+            (
+                "due_at",
+                Col::Int(s.send_due().map(|(_, t)| t.timestamp_millis())),
+            ),
+        ]
+    }
+    fn bodies(&self) -> [Option<&str>; 2] {
+        [self.text_body.as_deref(), self.html_body.as_deref()]
+    }
+    fn set_bodies(&mut self, text: Option<String>, html: Option<String>) {
+        // A body inline in the document wins: only a writer of the earlier shape puts one there.
+        if self.text_body.is_none() {
+            self.text_body = text;
+        }
+        if self.html_body.is_none() {
+            self.html_body = html;
+        }
+    }
+    fn doc(&self) -> serde_json::Result<String> {
+        serde_json::to_string(&EmailActivity {
+            text_body: None,
+            html_body: None,
+            ..self.clone()
+        })
+    }
+}
 entity!(Appointment, "activities", "appointment", feed Appointment, |s| Some(s.org_id), [
     "kind" => Col::text("appointment"),
     "status" => Col::text(wire_name(&s.state)),

@@ -1,7 +1,7 @@
 //! Item-level records and the content-addressed blob store for raw messages and attachments.
 
 use crate::LeaseGuard;
-use crate::entity::{Col, Entity, EntityWrite, run_write_in};
+use crate::entity::{Col, Entity, EntityWrite, body_sha, decode_row, run_write_in, select_list};
 use crate::{Store, StoreError, dispatch, dispatch_read, now_ms};
 use serversync_model::item::{ItemDecision, ItemSource, MailItem};
 use serversync_model::{ActivityId, ItemId, MailboxId, OrgId};
@@ -66,24 +66,31 @@ impl Store {
         &self,
         items: &[ItemRow<'_>],
     ) -> Result<Vec<ItemInsert>, StoreError> {
+        // The document without the bodies, which are blobs referenced by SHA-256.
         let docs = items
             .iter()
             .map(|(item, _)| {
-                serde_json::to_string(item).map_err(|e| StoreError::Corrupt {
+                let doc = item.doc().map_err(|e| StoreError::Corrupt {
                     entity: "mail item",
                     id: item.id.to_string(),
                     cause: e.to_string(),
-                })
+                })?;
+                let [text, html] = item.bodies();
+                Ok((
+                    doc,
+                    text.map(|t| (body_sha(t), t)),
+                    html.map(|h| (body_sha(h), h)),
+                ))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let now = now_ms();
         let mut out = Vec::with_capacity(items.len());
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            for ((item, blobs), doc) in items.iter().zip(&docs) {
+            for ((item, blobs), (doc, text, html)) in items.iter().zip(&docs) {
                 let n = sqlx::query(
-                    "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256, raw_kept, from_addr, received_ms) \
-                     VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
+                    "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256, raw_kept, from_addr, received_ms, text_sha256, html_sha256) \
+                     VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
                 )
                 .bind(item.id.to_string())
                 .bind(item.org_id.to_string())
@@ -97,10 +104,23 @@ impl Store {
                 .bind(item.raw_kept)
                 .bind(item.from.as_ref().map(|f| f.to_lowercase()))
                 .bind(item.received_at.timestamp_millis())
+                .bind(text.as_ref().map(|(sha, _)| sha))
+                .bind(html.as_ref().map(|(sha, _)| sha))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
                 if n == 1 {
+                    // The bodies, once each, kept (never a raw copy retention may remove).
+                    for (sha, body) in text.iter().chain(html.iter()) {
+                        sqlx::query(INSERT_BLOB)
+                            .bind(sha)
+                            .bind(body.len() as i64)
+                            .bind(body.as_bytes())
+                            .bind(now)
+                            .bind(true)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     for (sha, data) in blobs.iter() {
                         // Every blob but the raw message itself is an attachment.
                         sqlx::query(INSERT_BLOB)
@@ -160,16 +180,16 @@ impl Store {
             }
             // Same content first (indexed); the Message-ID and folder are compared on the
             // decoded rows, of which there are few.
-            let rows: Vec<(String, String)> = sqlx::query("SELECT id, doc FROM mail_items WHERE mailbox_id = $1 AND raw_sha256 = $2 ORDER BY id")
+            let rows: Vec<(String, String, Option<String>)> = sqlx::query("SELECT id, doc, trace_tail FROM mail_items WHERE mailbox_id = $1 AND raw_sha256 = $2 ORDER BY id")
                 .bind(mailbox.to_string())
                 .bind(raw_sha256)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<String, _>("doc")?)))
+                .map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<String, _>("doc")?, r.try_get::<Option<String>, _>("trace_tail")?)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
             let mut mapped = None;
-            for (id, doc) in rows {
+            for (id, doc, tail) in rows {
                 let corrupt = |e: serde_json::Error| StoreError::Corrupt {
                     entity: "mail item",
                     id: id.clone(),
@@ -183,12 +203,17 @@ impl Store {
                 }
                 let old_key = std::mem::replace(&mut item.source_key, key.clone());
                 let old = std::mem::replace(&mut item.source, source.clone());
+                // The note goes after every trace line so far: at the end of `trace_tail`.
+                let mut tail = crate::entity::trace_tail_of("mail item", &id, tail.as_deref())?;
                 if let Some(note) = note.take() {
-                    item.trace.push(note(&old));
+                    tail.push(note(&old));
                 }
+                let tail = serde_json::to_string(&tail).map_err(corrupt)?;
+                // Written back in the shape it was read (bodies inline in an earlier row's
+                // document), so nothing is lost here.
                 let doc = serde_json::to_string(&item).map_err(corrupt)?;
                 let n = sqlx::query(
-                    "UPDATE mail_items SET doc = $1, source_key = $2, version = version + 1, updated_at = $3 \
+                    "UPDATE mail_items SET doc = $1, source_key = $2, version = version + 1, updated_at = $3, trace_tail = $9 \
                      WHERE id = $4 AND source_key = $5 \
                      AND EXISTS (SELECT 1 FROM leases WHERE resource = $6 AND owner = $7 AND epoch = $8 AND lease_until > $3)",
                 )
@@ -200,6 +225,7 @@ impl Store {
                 .bind(&lease.resource)
                 .bind(&lease.owner)
                 .bind(lease.epoch)
+                .bind(&tail)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -353,7 +379,34 @@ impl Entity for MailItem {
                 "decision",
                 Col::text(serversync_model::wire_name(&self.decision)),
             ),
+            // A whole item written through the generic path carries its whole trace in its
+            // document.
+            ("trace_tail", Col::Text(None)),
         ]
+    }
+    const BODIES: bool = true;
+    const TRACE_TAIL: bool = true;
+    fn bodies(&self) -> [Option<&str>; 2] {
+        [self.text_body.as_deref(), self.html_body.as_deref()]
+    }
+    fn set_bodies(&mut self, text: Option<String>, html: Option<String>) {
+        // A body inline in the document wins: only a writer of the earlier shape puts one there.
+        if self.text_body.is_none() {
+            self.text_body = text;
+        }
+        if self.html_body.is_none() {
+            self.html_body = html;
+        }
+    }
+    fn extend_trace(&mut self, lines: Vec<String>) {
+        self.trace.extend(lines);
+    }
+    fn doc(&self) -> serde_json::Result<String> {
+        serde_json::to_string(&MailItem {
+            text_body: None,
+            html_body: None,
+            ..self.clone()
+        })
     }
 }
 
@@ -386,25 +439,20 @@ impl Store {
         org: OrgId,
         limit: u32,
     ) -> Result<Vec<MailItem>, StoreError> {
-        let rows: Vec<(String, String)> = dispatch_read!(&self.db, pool => {
-            sqlx::query("SELECT id, doc FROM mail_items WHERE org_id = $1 AND tracked_at IS NULL AND decision = 'stored' ORDER BY id LIMIT $2")
+        let sql = format!(
+            "SELECT {} FROM mail_items WHERE org_id = $1 AND tracked_at IS NULL AND decision = 'stored' ORDER BY id LIMIT $2",
+            select_list::<MailItem>()
+        );
+        dispatch_read!(&self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(org.to_string())
                 .bind(i64::from(limit.clamp(1, 1000)))
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<String, _>("doc")?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?
-        });
-        rows.into_iter()
-            .map(|(id, doc)| {
-                serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt {
-                    entity: "mail item",
-                    id,
-                    cause: e.to_string(),
-                })
-            })
-            .collect()
+                .map(|r| decode_row!(MailItem, r).map(|s| s.value))
+                .collect()
+        })
     }
 
     /// Commits a batch of the tracker's work in one transaction (one commit for the batch, not
@@ -462,33 +510,33 @@ enum Finish {
     Lost,
 }
 
-/// Appends `$lines` to item `$item`'s trace and marks it tracked (as activity `$activity`, an
+/// Appends `$lines` to item `$item`'s trace (its `trace_tail`) and marks it tracked (as activity `$activity`, an
 /// `Option`) inside the open transaction `$tx`, fenced by `$lease`; evaluates to a [`Finish`].
 macro_rules! finish_in {
     ($tx:ident, $lease:expr, $item:expr, $activity:expr, $lines:expr, $now:expr) => {{
         let id = $item.to_string();
-        let row = sqlx::query("SELECT doc FROM mail_items WHERE id = $1 AND tracked_at IS NULL")
+        // Only the trace's tail is read and written, never the document (issue 19).
+        let row = sqlx::query("SELECT trace_tail FROM mail_items WHERE id = $1 AND tracked_at IS NULL")
             .bind(&id)
             .fetch_optional(&mut *$tx)
             .await?;
         match row {
             None => Finish::Already,
             Some(r) => {
-                let doc: String = r.try_get("doc")?;
-                let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+                let tail: Option<String> = r.try_get("trace_tail")?;
+                let mut lines = $crate::entity::trace_tail_of("mail item", &id, tail.as_deref())?;
+                lines.extend($lines.iter().cloned());
+                let tail = serde_json::to_string(&lines).map_err(|e| StoreError::Corrupt {
                     entity: "mail item",
                     id: id.clone(),
                     cause: e.to_string(),
-                };
-                let mut value: MailItem = serde_json::from_str(&doc).map_err(corrupt)?;
-                value.trace.extend($lines.iter().cloned());
-                let doc = serde_json::to_string(&value).map_err(corrupt)?;
+                })?;
                 let n = sqlx::query(
-                    "UPDATE mail_items SET doc = $1, tracked_at = $2, updated_at = $2, version = version + 1, activity_id = $7 \
+                    "UPDATE mail_items SET trace_tail = $1, tracked_at = $2, updated_at = $2, version = version + 1, activity_id = $7 \
                      WHERE id = $3 AND tracked_at IS NULL \
                      AND EXISTS (SELECT 1 FROM leases WHERE resource = $4 AND owner = $5 AND epoch = $6 AND lease_until > $2)",
                 )
-                .bind(&doc)
+                .bind(&tail)
                 .bind($now)
                 .bind(&id)
                 .bind(&$lease.resource)

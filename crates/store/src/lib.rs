@@ -13,6 +13,7 @@
 mod audit;
 mod changes;
 mod counters;
+mod data_migration;
 mod entity;
 mod error;
 mod items;
@@ -325,11 +326,24 @@ impl Store {
         }
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations: the SQL migrations, then the data migrations that move
+    /// existing rows into the new shape batch by batch (resumable; see `data_migration`).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let r = match &self.db {
             Db::Sqlite(db) => SQLITE_MIGRATIONS.run(&db.writer).await,
             Db::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await,
+        };
+        r.map_err(|e| StoreError::Migration(e.to_string()))?;
+        self.migrate_data().await
+    }
+
+    /// Applies the SQL migrations up to `version` only, and no data migration: builds a
+    /// database as an earlier release left it, for upgrade tests.
+    #[doc(hidden)]
+    pub async fn migrate_schema_to(&self, version: i64) -> Result<(), StoreError> {
+        let r = match &self.db {
+            Db::Sqlite(db) => SQLITE_MIGRATIONS.run_to(version, &db.writer).await,
+            Db::Postgres(p) => POSTGRES_MIGRATIONS.run_to(version, p).await,
         };
         r.map_err(|e| StoreError::Migration(e.to_string()))
     }

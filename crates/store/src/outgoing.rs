@@ -2,7 +2,6 @@
 //! see `EmailActivity::send_due`): which mailboxes have email due, and a mailbox's due email
 //! in due order. Neither reads an email that is not due, however many wait.
 
-use crate::entity::decode;
 use crate::{Page, Store, StoreError, Stored, dispatch_read};
 use serversync_model::crm::{EmailActivity, EmailStatus};
 use serversync_model::{MailboxId, Timestamp, wire_name};
@@ -60,9 +59,11 @@ impl Store {
         let after = after
             .and_then(|a| a.split_once(':'))
             .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_owned())));
-        let mut sql = "SELECT id, doc, version, created_at, updated_at, due_at FROM activities \
-             WHERE status = $1 AND send_mailbox IS NOT NULL AND send_mailbox = $2 AND due_at <= $3"
-            .to_owned();
+        let mut sql = format!(
+            "SELECT {}, due_at FROM activities \
+             WHERE status = $1 AND send_mailbox IS NOT NULL AND send_mailbox = $2 AND due_at <= $3",
+            crate::entity::select_list::<EmailActivity>()
+        );
         if after.is_some() {
             sql.push_str(" AND (due_at, id) > ($4, $5)");
         }
@@ -80,13 +81,7 @@ impl Store {
                 .iter()
                 .map(|r| {
                     Ok((
-                        decode::<EmailActivity>(
-                            r.try_get("id")?,
-                            r.try_get::<&str, _>("doc")?,
-                            r.try_get("version")?,
-                            r.try_get("created_at")?,
-                            r.try_get("updated_at")?,
-                        )?,
+                        crate::entity::decode_row!(EmailActivity, r)?,
                         r.try_get::<i64, _>("due_at")?,
                     ))
                 })

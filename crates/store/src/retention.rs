@@ -5,7 +5,8 @@
 //!
 //! What is never removed: a change the webhook endpoints of its organization have not all
 //! delivered; a raw copy of a message not tracked as an activity, or whose activity is gone; a
-//! blob still referenced by another item's raw copy or by any attachment.
+//! blob still referenced by another item's raw copy, by any attachment or as a body (bodies and
+//! attachments are stored with `blobs.attachment` set: kept).
 
 use crate::{Backend, Store, StoreError, dispatch, now_ms};
 use serversync_model::item::MailItem;
@@ -130,7 +131,7 @@ impl Store {
         let n = dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let rows = sqlx::query(
-                "SELECT m.id, m.doc, m.raw_sha256 FROM mail_items m \
+                "SELECT m.id, m.doc, m.trace_tail, m.raw_sha256 FROM mail_items m \
                  WHERE m.raw_kept AND m.activity_id IS NOT NULL AND m.created_at < $1 \
                  AND EXISTS (SELECT 1 FROM activities a WHERE a.id = m.activity_id) \
                  ORDER BY m.created_at LIMIT $2",
@@ -149,17 +150,23 @@ impl Store {
                     cause: e.to_string(),
                 };
                 let mut item: MailItem = serde_json::from_str(&doc).map_err(corrupt)?;
+                let tail: Option<String> = r.try_get("trace_tail")?;
+                let mut tail = crate::entity::trace_tail_of("mail item", &id, tail.as_deref())?;
                 if item.raw_kept {
                     item.raw_kept = false;
-                    item.trace.push(note.to_owned());
+                    tail.push(note.to_owned());
                 }
+                // The document keeps the shape it was read in (the bodies of an earlier row
+                // inline); the note goes to the end of the trace, in `trace_tail`.
                 let doc = serde_json::to_string(&item).map_err(corrupt)?;
+                let tail = serde_json::to_string(&tail).map_err(corrupt)?;
                 sqlx::query(
-                    "UPDATE mail_items SET doc = $1, raw_kept = FALSE, updated_at = $2, version = version + 1 WHERE id = $3",
+                    "UPDATE mail_items SET doc = $1, raw_kept = FALSE, updated_at = $2, version = version + 1, trace_tail = $4 WHERE id = $3",
                 )
                 .bind(&doc)
                 .bind(now)
                 .bind(&id)
+                .bind(&tail)
                 .execute(&mut *tx)
                 .await?;
                 if let Some(sha) = r.try_get::<Option<String>, _>("raw_sha256")? {
