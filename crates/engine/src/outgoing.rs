@@ -486,9 +486,7 @@ async fn send_due(
             if gave_back {
                 // Emails went back to pending send (the connection was lost before their
                 // turn): record that, and read the queue again from its start.
-                if let Some(session) = session {
-                    round.flush(store, session).await?;
-                }
+                round.flush(store, session).await?;
                 again = true;
                 break;
             }

@@ -3,7 +3,7 @@
 //! in due order. Neither reads an email that is not due, however many wait.
 
 use crate::entity::{EntityWrite, decode, run_write_in};
-use crate::{Entity, Page, Store, StoreError, Stored, dispatch, now_ms};
+use crate::{Col, Entity, Page, Store, StoreError, Stored, dispatch, now_ms};
 use serversync_model::crm::{EmailActivity, EmailStatus};
 use serversync_model::{MailboxId, Timestamp, wire_name};
 use sqlx::Row;
