@@ -661,7 +661,13 @@ async fn append_all_stores_every_message_with_its_flags_in_one_command() {
     let messages: Vec<Vec<u8>> = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| message(id, &format!("multi {i}"), &eight_bit_body(300 * (i + 1), i as u32)))
+        .map(|(i, id)| {
+            message(
+                id,
+                &format!("multi {i}"),
+                &eight_bit_body(300 * (i + 1), i as u32),
+            )
+        })
         .collect();
     let all: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     assert!(
@@ -679,10 +685,17 @@ async fn append_all_stores_every_message_with_its_flags_in_one_command() {
     let uids: Vec<u32> = listed.iter().map(|m| m.uid).collect();
     let got = collect(&mut s, &uids, FetchOptions::default()).await;
     for (m, want) in got.iter().zip(&messages) {
-        assert!(m.body == *want, "message {} differs from what was appended", m.uid);
+        assert!(
+            m.body == *want,
+            "message {} differs from what was appended",
+            m.uid
+        );
     }
     for id in &ids {
-        assert_eq!(s.uid_search_header("Message-ID", id).await.unwrap().len(), 1);
+        assert_eq!(
+            s.uid_search_header("Message-ID", id).await.unwrap().len(),
+            1
+        );
     }
 
     // A folder that does not exist: the server refuses the command, nothing is stored.

@@ -735,10 +735,7 @@ async fn send_block(
         }
         (next, gave_back)
     };
-    let (result, ()) = tokio::join!(
-        send,
-        save_sent_copies(store, session, sent_folder, &copies)
-    );
+    let (result, ()) = tokio::join!(send, save_sent_copies(store, session, sent_folder, &copies));
     Ok(result)
 }
 

@@ -291,14 +291,22 @@ async fn a_block_left_in_sending_is_never_sent_again(backend: Backend) {
     let subject = format!("Block {}", uuid::Uuid::new_v4());
     let mut block = Vec::new();
     for i in 0..outgoing::BLOCK {
-        block.push(t.compose(BOB, &format!("{subject} #{i}"), "in the block").await);
+        block.push(
+            t.compose(BOB, &format!("{subject} #{i}"), "in the block")
+                .await,
+        );
     }
     let after = t.compose(BOB, &format!("{subject} after"), "next").await;
     // The dead worker's block, committed as the sender does: one commit for all of them.
     let stored: Vec<_> = {
         let mut v = Vec::new();
         for a in &block {
-            v.push(t.store.fetch::<EmailActivity>(&a.id.to_string()).await.unwrap());
+            v.push(
+                t.store
+                    .fetch::<EmailActivity>(&a.id.to_string())
+                    .await
+                    .unwrap(),
+            );
         }
         v
     };
@@ -312,10 +320,19 @@ async fn a_block_left_in_sending_is_never_sent_again(backend: Backend) {
         })
         .collect();
     let writes: Vec<_> = marked.iter().zip(&stored).collect();
-    assert!(t.store.update_each(&writes).await.unwrap().iter().all(Option::is_some));
+    assert!(
+        t.store
+            .update_each(&writes)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_some)
+    );
     // The first three were handed over and their copies saved before the worker died.
     let mut s = imap(ALICE, &t.trust).await;
-    s.create_folder_if_missing(outgoing::SENT_FOLDER).await.unwrap();
+    s.create_folder_if_missing(outgoing::SENT_FOLDER)
+        .await
+        .unwrap();
     for a in &marked[..3] {
         let copy = format!(
             "Message-ID: <{}>\r\nFrom: {ALICE}\r\nTo: {BOB}\r\nSubject: {}\r\n\r\nin the block\r\n",
@@ -375,6 +392,7 @@ async fn a_block_left_in_sending_is_never_sent_again_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_email_of_a_long_round_has_one_read_copy_in_sent() {
     let t = setup(Backend::Sqlite).await;
+    t.sends_per_minute(1000).await;
     let subject = format!("Round {}", uuid::Uuid::new_v4());
     let n = outgoing::BLOCK * 2 + 3;
     let mut ids = Vec::new();
@@ -401,7 +419,11 @@ async fn every_email_of_a_long_round_has_one_read_copy_in_sent() {
         assert!(Instant::now() < deadline, "not in bob's INBOX within 60 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(find(BOB, "INBOX", &last, &t.trust).await.len(), 1, "delivered once");
+    assert_eq!(
+        find(BOB, "INBOX", &last, &t.trust).await.len(),
+        1,
+        "delivered once"
+    );
 }
 
 /// "Process email only for approved users" decides whether approval matters for sending

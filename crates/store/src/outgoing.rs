@@ -135,7 +135,10 @@ impl Store {
         writes
             .iter()
             .zip(rows)
-            .map(|(w, row)| row.map(|(v, created)| w.stored(v, created, now)).transpose())
+            .map(|(w, row)| {
+                row.map(|(v, created)| w.stored(v, created, now))
+                    .transpose()
+            })
             .collect()
     }
 }
