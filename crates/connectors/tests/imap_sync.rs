@@ -649,3 +649,62 @@ async fn a_fetch_dropped_midway_leaves_the_session_usable() {
     assert_eq!(all.len(), 30);
     s.logout().await.unwrap();
 }
+
+/// Several Sent copies in one MULTIAPPEND (RFC 3502; Dovecot offers it with LITERAL+): every
+/// message is stored byte for byte, in order, each with `\Seen`; a missing folder refuses the
+/// whole command and stores nothing, and the session stays usable.
+#[tokio::test]
+async fn append_all_stores_every_message_with_its_flags_in_one_command() {
+    let mut s = session(CAROL).await;
+    let folder = private_folder(&mut s).await;
+    let ids: Vec<String> = (0..5).map(|i| mid(&format!("multi{i}"))).collect();
+    let messages: Vec<Vec<u8>> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            message(
+                id,
+                &format!("multi {i}"),
+                &eight_bit_body(300 * (i + 1), i as u32),
+            )
+        })
+        .collect();
+    let all: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    assert!(
+        s.can_append_all(&all),
+        "Dovecot offers MULTIAPPEND and LITERAL+: {:?}",
+        s.capabilities()
+    );
+    s.append_all(&folder, &["\\Seen"], &all).await.unwrap();
+
+    s.select(&folder, true).await.unwrap();
+    assert_eq!(s.exists(), Some(5));
+    let listed = s.uid_list(1).await.unwrap();
+    assert_eq!(listed.len(), 5);
+    assert!(listed.iter().all(|m| m.has_flag("\\Seen")), "{listed:?}");
+    let uids: Vec<u32> = listed.iter().map(|m| m.uid).collect();
+    let got = collect(&mut s, &uids, FetchOptions::default()).await;
+    for (m, want) in got.iter().zip(&messages) {
+        assert!(
+            m.body == *want,
+            "message {} differs from what was appended",
+            m.uid
+        );
+    }
+    for id in &ids {
+        assert_eq!(
+            s.uid_search_header("Message-ID", id).await.unwrap().len(),
+            1
+        );
+    }
+
+    // A folder that does not exist: the server refuses the command, nothing is stored.
+    let missing = format!("T-missing-{}", uuid::Uuid::new_v4().simple());
+    let e = s.append_all(&missing, &["\\Seen"], &all).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Config, "{e}");
+    assert_eq!(s.exists(), Some(5));
+    assert!(s.create_folder_if_missing(&missing).await.unwrap());
+    s.select(&missing, true).await.unwrap();
+    assert_eq!(s.exists(), Some(0), "all or nothing");
+    s.logout().await.unwrap();
+}

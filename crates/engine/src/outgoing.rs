@@ -26,7 +26,7 @@ use serversync_model::mailbox::Mailbox;
 use serversync_model::profile::EmailServerProfile;
 use serversync_model::settings::{EmailSettings, OutgoingMethod};
 use serversync_model::{MailboxId, OrgId, wire_name};
-use serversync_store::{LeaseGuard, Store, StoreError};
+use serversync_store::{LeaseGuard, Store, StoreError, Stored};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -296,40 +296,147 @@ async fn run_until(
             Err(e) => return Err(e),
         }
     }
+    let mut round = Round {
+        done: Vec::new(),
+        allowance: Allowance::default(),
+        sent_folder: None,
+    };
+    let r = send_due(store, config, id, lease, stop, session.as_ref(), &mut round).await;
+    // What was sent is recorded even when the round stopped on an error: it is what happened.
+    let flushed = match &session {
+        Some(session) => round.flush(store, session).await,
+        None => Ok(()),
+    };
+    if let Some(s) = round.sent_folder.take() {
+        s.close().await;
+    }
+    if let Some(session) = &session {
+        round.allowance.give_back(store, &session.mailbox).await?;
+    }
+    r?;
+    flushed?;
+    // Counters of minutes long gone.
+    let old = format!("sends:{}:", Utc::now().timestamp() / 60 - 2);
+    store.prune_counters("sends:", &old).await?;
+    Ok(())
+}
+
+/// Emails marked `sending` in one commit, then handed to the server one after another on
+/// the open connection. A worker killed midway leaves at most this many in `sending`: the
+/// next lease holder finds each in the Sent folder (sent) or makes it `outcome_unknown`.
+pub const BLOCK: usize = 16;
+
+/// What a round carries from one block to the next.
+struct Round {
+    /// The results of the block sent last, not committed yet: they are written in the same
+    /// commit as the next block's `sending` (or at the end of the round).
+    done: Vec<Finished>,
+    /// Sends of this minute taken from the rate counter and not used yet.
+    allowance: Allowance,
+    /// The connection that saves the Sent copies, opened for the first and kept for the round.
+    sent_folder: Option<SentFolder>,
+}
+
+/// One email handed to the server (or given back to pending send), its result not yet
+/// committed.
+struct Finished {
+    /// The activity as it is to be recorded.
+    a: EmailActivity,
+    /// As it was committed in `sending` (the version the result is written from).
+    sending: Stored<EmailActivity>,
+    /// The message to save in the Sent folder once the result is committed.
+    copy: Option<Vec<u8>>,
+}
+
+impl Round {
+    /// Commits the carried results together with `marks` (emails to mark `sending`, each
+    /// from the version it was read at); answers, for each mark, the stored email or `None`
+    /// when it changed meanwhile (it is not sent), and the Sent copies now due.
+    async fn commit(
+        &mut self,
+        store: &Store,
+        marks: &[(EmailActivity, Stored<EmailActivity>)],
+    ) -> Result<(Vec<Option<Stored<EmailActivity>>>, Vec<Vec<u8>>), StoreError> {
+        let done = std::mem::take(&mut self.done);
+        let mut writes: Vec<(&EmailActivity, &Stored<EmailActivity>)> =
+            done.iter().map(|f| (&f.a, &f.sending)).collect();
+        writes.extend(marks.iter().map(|(a, s)| (a, s)));
+        let mut answers = store.update_each(&writes).await?;
+        let marked = answers.split_off(done.len());
+        let mut copies = Vec::new();
+        for (f, answer) in done.into_iter().zip(answers) {
+            if answer.is_none() {
+                tracing::warn!(activity = %f.a.id, status = wire_name(&f.a.status), "the email was changed while it was being sent: its result is not recorded");
+            } else {
+                tracing::info!(activity = %f.a.id, mailbox = ?f.a.mailbox_ids.first(), status = wire_name(&f.a.status), attempts = f.a.delivery_attempts, "outgoing email");
+            }
+            copies.extend(f.copy);
+        }
+        Ok((marked, copies))
+    }
+
+    /// Commits the carried results and saves their Sent copies.
+    async fn flush(&mut self, store: &Store, session: &MailboxSession) -> Result<(), StoreError> {
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let (_, copies) = self.commit(store, &[]).await?;
+        save_sent_copies(store, session, &mut self.sent_folder, &copies).await;
+        Ok(())
+    }
+}
+
+/// The mailbox's due email, page after page, block after block.
+async fn send_due(
+    store: &Store,
+    config: &EngineConfig,
+    id: MailboxId,
+    lease: &LeaseGuard,
+    stop: &CancellationToken,
+    session: Option<&MailboxSession>,
+    round: &mut Round,
+) -> Result<(), StoreError> {
     let now = Utc::now();
     let mut transport: Option<Transport> = None;
     // The lease (and the connection's slot) are renewed when a quarter of their time is gone,
     // not for every email: each renewal is a write.
     let mut renewed = std::time::Instant::now();
     store.renew_lease(lease, config.lease_ttl).await?;
-    // The connection that saves the Sent copies, opened for the first and kept for the round.
-    let mut sent_folder: Option<SentFolder> = None;
     // Page after page of the mailbox's due email (100 at a time, the earliest due first)
     // until none is left or sending has to stop: a long queue goes out in one round, not a
     // page per tick, and email scheduled for later is never read.
     let mut after: Option<String> = None;
-    'round: loop {
+    let r = 'round: loop {
         let pending = store
             .send_due_emails(EmailStatus::PendingSend, id, now, after.as_deref(), 100)
             .await?;
-        for s in pending.items {
+        let mut due: std::collections::VecDeque<_> = pending
+            .items
+            .into_iter()
+            .filter(|s| {
+                let a = &s.value;
+                a.direction == Direction::Outgoing
+                    && a.mailbox_ids.first() == Some(&id)
+                    && a.send_after.is_none_or(|t| t <= now)
+            })
+            .collect();
+        let mut again = false;
+        while !due.is_empty() {
             if stop.is_cancelled() {
-                break 'round;
+                break 'round Ok(());
             }
-            let a = &s.value;
-            if a.direction != Direction::Outgoing
-                || a.mailbox_ids.first() != Some(&id)
-                || a.send_after.is_some_and(|t| t > now)
-            {
-                continue;
-            }
-            let Some(session) = &session else {
+            let Some(session) = session else {
                 tracing::warn!(mailbox = %id, "the mailbox has no email server profile: email waits");
-                break 'round;
+                break 'round Ok(());
             };
-            if !within_rate(store, &session.mailbox, &session.profile).await? {
+            let want = due.len().min(BLOCK);
+            let granted = round
+                .allowance
+                .take(store, &session.mailbox, &session.profile, want)
+                .await?;
+            if granted == 0 {
                 tracing::info!(mailbox = %id, limit = session.profile.advanced.max_sends_per_minute, "send rate limit reached: the rest waits for the next minute");
-                break 'round;
+                break 'round Ok(());
             }
             let renew = renewed.elapsed() >= config.lease_ttl / 4;
             if renew {
@@ -350,48 +457,65 @@ async fn run_until(
                         transport.insert(Transport { c, slot })
                     }
                     // Every connection slot of the profile is in use: the next round tries again.
-                    Ok(None) => break,
+                    Ok(None) => break 'round Ok(()),
                     Err(problem) => {
                         // Not the email's fault: it waits (no attempt counted) while the
                         // mailbox's policy retries, postpones or disables sending with an alert.
-                        mailbox_failed(store, config, id, &problem).await?;
-                        break 'round;
+                        break 'round Err(problem);
                     }
                 },
             };
             if renew {
                 c.slot.renew(store, config.lease_ttl).await?;
             }
-            match send_one(store, session, s, c, &mut sent_folder).await? {
+            let block: Vec<_> = due.drain(..granted).collect();
+            let (result, gave_back) = send_block(store, session, block, c, round, stop).await?;
+            match result {
                 SendResult::Done => {}
                 SendResult::ConnectionLost => {
                     if let Some(c) = transport.take() {
                         c.slot.release(store).await;
                     }
                 }
-                SendResult::MailboxFailed(problem) => {
-                    if let Some(c) = transport.take() {
-                        c.close(store).await;
-                    }
-                    mailbox_failed(store, config, id, &problem).await?;
-                    break 'round;
-                }
+                SendResult::MailboxFailed(problem) => break 'round Err(problem),
             }
+            if granted < want {
+                tracing::info!(mailbox = %id, limit = session.profile.advanced.max_sends_per_minute, "send rate limit reached: the rest waits for the next minute");
+                break 'round Ok(());
+            }
+            if gave_back {
+                // Emails went back to pending send (the connection was lost before their
+                // turn): record that, and read the queue again from its start.
+                round.flush(store, session).await?;
+                again = true;
+                break;
+            }
+        }
+        if again {
+            after = None;
+            continue;
         }
         match pending.next {
             Some(next) => after = Some(next),
-            None => break,
+            None => break Ok(()),
+        }
+    };
+    match r {
+        Ok(()) => {
+            if let Some(c) = transport.take() {
+                c.close(store).await;
+            }
+        }
+        Err(problem) => {
+            if let Some(c) = transport.take() {
+                c.close(store).await;
+            }
+            if let Some(session) = session {
+                round.flush(store, session).await?;
+            }
+            mailbox_failed(store, config, id, &problem).await?;
         }
     }
-    if let Some(c) = transport.take() {
-        c.close(store).await;
-    }
-    if let Some(s) = sent_folder {
-        s.close().await;
-    }
-    // Counters of minutes long gone.
-    let old = format!("sends:{}:", Utc::now().timestamp() / 60 - 2);
-    store.prune_counters("sends:", &old).await?;
     Ok(())
 }
 
@@ -428,21 +552,66 @@ impl Transport {
     }
 }
 
-/// Whether the mailbox may send one more email this minute (the profile's
-/// `max_sends_per_minute`; counted across workers): serversync is not a bulk mailer.
-async fn within_rate(
-    store: &Store,
-    mailbox: &Mailbox,
-    profile: &EmailServerProfile,
-) -> Result<bool, StoreError> {
-    let limit = profile.advanced.max_sends_per_minute;
-    if limit == 0 {
-        return Ok(true);
+/// Sends of the current minute taken from the mailbox's rate counter (the profile's
+/// `max_sends_per_minute`; counted across workers: serversync is not a bulk mailer) a block
+/// at a time, one counter write per block instead of one per email.
+#[derive(Default)]
+struct Allowance {
+    /// The minute the sends were taken in (unix minutes).
+    minute: i64,
+    /// Taken and not used yet.
+    left: u64,
+}
+
+impl Allowance {
+    /// How many of the next `want` emails may go now (0: the limit is reached this minute).
+    async fn take(
+        &mut self,
+        store: &Store,
+        mailbox: &Mailbox,
+        profile: &EmailServerProfile,
+        want: usize,
+    ) -> Result<usize, StoreError> {
+        let limit = u64::from(profile.advanced.max_sends_per_minute);
+        if limit == 0 {
+            return Ok(want);
+        }
+        let now = Utc::now();
+        let minute = now.timestamp() / 60;
+        if minute != self.minute {
+            // What was left of an earlier minute counts for that minute only.
+            self.minute = minute;
+            self.left = 0;
+        }
+        let want = want as u64;
+        if self.left < want {
+            let n = want - self.left;
+            let v = store
+                .add_counter(mailbox.org_id, &rate_counter(mailbox.id, now), n as i64)
+                .await?;
+            let before = (v - n as i64).max(0) as u64;
+            self.left += n.min(limit.saturating_sub(before));
+        }
+        let granted = self.left.min(want);
+        self.left -= granted;
+        Ok(granted as usize)
     }
-    let n = store
-        .next_counter(mailbox.org_id, &rate_counter(mailbox.id, Utc::now()))
-        .await?;
-    Ok(n <= u64::from(limit))
+
+    /// Gives the unused sends of this minute back to the counter.
+    async fn give_back(&mut self, store: &Store, mailbox: &Mailbox) -> Result<(), StoreError> {
+        let now = Utc::now();
+        if self.left > 0 && now.timestamp() / 60 == self.minute {
+            store
+                .add_counter(
+                    mailbox.org_id,
+                    &rate_counter(mailbox.id, now),
+                    -(self.left as i64),
+                )
+                .await?;
+        }
+        self.left = 0;
+        Ok(())
+    }
 }
 
 /// The counter of a mailbox's sends in the minute of `at`.
@@ -479,48 +648,100 @@ pub fn retry_delay(interval_seconds: u32, attempts: u32) -> chrono::Duration {
     chrono::Duration::seconds(base.saturating_mul(factor).min(3600).max(base.min(3600)))
 }
 
-async fn send_one(
+/// Sends one block: the results of the previous block and this block's `sending` in one
+/// commit; then each email over SMTP, in turn, while the previous block's Sent copies are
+/// saved over IMAP. The results stay in `round.done` for the next commit. Also answers
+/// whether emails went back to pending send untried (the connection was lost or the
+/// mailbox failed before their turn).
+async fn send_block(
     store: &Store,
     session: &MailboxSession,
-    s: serversync_store::Stored<EmailActivity>,
+    block: Vec<Stored<EmailActivity>>,
     transport: &mut Transport,
-    sent_folder: &mut Option<SentFolder>,
-) -> Result<SendResult, StoreError> {
+    round: &mut Round,
+    stop: &CancellationToken,
+) -> Result<(SendResult, bool), StoreError> {
     let (mailbox, settings) = (&session.mailbox, &session.settings);
-    // Fenced: only if nobody changed the activity meanwhile (the caller renewed the lease).
-    let mut a = s.value;
-    a.status = EmailStatus::Sending;
-    if a.message_id.is_none() {
-        a.message_id = Some(message_id_for(&a.id, &mailbox.email));
-    }
-    a.updated_at = Utc::now();
-    let built = build(mailbox, settings, &a, store).await;
-    let sending = match store.update(&a, Some(s.version)).await {
-        Ok(v) => v,
-        Err(StoreError::VersionMismatch { .. }) => return Ok(SendResult::Done),
-        Err(e) => return Err(e),
-    };
-    let (outcome, next) = match &built {
-        Err(e) => (Outcome::Failed(e.clone()), SendResult::Done),
-        Ok((bytes, rcpts)) => {
-            match transact(&mut transport.c, &mailbox.email, bytes, rcpts).await {
-                Ok(o) => o,
-                Err(problem) => {
-                    // Before any recipient was given: the mailbox's failure, not this email's.
-                    let mut a = sending.value;
-                    a.status = EmailStatus::PendingSend;
-                    a.updated_at = Utc::now();
-                    store.update(&a, Some(sending.version)).await?;
-                    return Ok(SendResult::MailboxFailed(problem));
-                }
-            }
+    let mut marks = Vec::with_capacity(block.len());
+    let mut built = Vec::with_capacity(block.len());
+    for s in block {
+        let mut a = s.value.clone();
+        a.status = EmailStatus::Sending;
+        if a.message_id.is_none() {
+            a.message_id = Some(message_id_for(&a.id, &mailbox.email));
         }
+        a.updated_at = Utc::now();
+        built.push(build(mailbox, settings, &a, store).await);
+        marks.push((a, s));
+    }
+    // `sending` is committed before any of these is handed to the server.
+    let (marked, copies) = round.commit(store, &marks).await?;
+    let keep_copy = settings.save_outgoing_to_sent
+        && !transport.c.keeps_sent_copy()
+        && SentFolder::available(session.profile.incoming_protocol);
+    let Round {
+        done, sent_folder, ..
+    } = round;
+    let send = async {
+        let mut next = SendResult::Done;
+        let mut gave_back = false;
+        for (sending, built) in marked.into_iter().zip(built) {
+            // Changed by someone meanwhile (cancelled, edited): not sent.
+            let Some(sending) = sending else { continue };
+            let mut a = sending.value.clone();
+            a.updated_at = Utc::now();
+            if !matches!(next, SendResult::Done) || stop.is_cancelled() {
+                // Not handed over: back to pending send, no attempt counted.
+                a.status = EmailStatus::PendingSend;
+                gave_back = true;
+                done.push(Finished {
+                    a,
+                    sending,
+                    copy: None,
+                });
+                continue;
+            }
+            let outcome = match &built {
+                Err(e) => Outcome::Failed(e.clone()),
+                Ok((bytes, rcpts)) => {
+                    match transact(&mut transport.c, &mailbox.email, bytes, rcpts).await {
+                        Ok((o, n)) => {
+                            next = n;
+                            o
+                        }
+                        Err(problem) => {
+                            // Before any recipient was given: the mailbox's failure, not
+                            // this email's; it waits in pending send.
+                            a.status = EmailStatus::PendingSend;
+                            next = SendResult::MailboxFailed(problem);
+                            done.push(Finished {
+                                a,
+                                sending,
+                                copy: None,
+                            });
+                            continue;
+                        }
+                    }
+                }
+            };
+            a.delivery_attempts += 1;
+            a.send_trace.extend(transport.c.take_waits());
+            record(&mut a, &outcome, settings);
+            let copy = match (&outcome, built) {
+                (Outcome::Sent, Ok((bytes, _))) if keep_copy => Some(bytes),
+                _ => None,
+            };
+            done.push(Finished { a, sending, copy });
+        }
+        (next, gave_back)
     };
-    let mut a = sending.value;
-    a.updated_at = Utc::now();
-    a.delivery_attempts += 1;
-    a.send_trace.extend(transport.c.take_waits());
-    match &outcome {
+    let (result, ()) = tokio::join!(send, save_sent_copies(store, session, sent_folder, &copies));
+    Ok(result)
+}
+
+/// Sets the email's status and error for the outcome of its submission.
+fn record(a: &mut EmailActivity, outcome: &Outcome, settings: &EmailSettings) {
+    match outcome {
         Outcome::Sent => {
             a.status = EmailStatus::Sent;
             a.sent_at = Some(Utc::now());
@@ -552,19 +773,6 @@ async fn send_one(
             a.send_error = Some(why.clone());
         }
     }
-    // The result is recorded even if the lease was lost meanwhile: it is what happened.
-    store.update(&a, Some(sending.version)).await?;
-    tracing::info!(activity = %a.id, mailbox = %mailbox.id, status = wire_name(&a.status), attempts = a.delivery_attempts, "outgoing email");
-    if matches!(outcome, Outcome::Sent)
-        && settings.save_outgoing_to_sent
-        && !transport.c.keeps_sent_copy()
-        && SentFolder::available(session.profile.incoming_protocol)
-        && let Ok((bytes, _)) = &built
-        && let Err(e) = save_sent_copy(store, session, sent_folder, bytes).await
-    {
-        tracing::warn!(activity = %a.id, error = %e, "the copy in the Sent folder could not be saved");
-    }
-    Ok(next)
 }
 
 /// One mail transaction on an open connection. `Err` when the sender is refused or the
@@ -656,14 +864,49 @@ async fn open_sent_folder(store: &Store, session: &MailboxSession) -> Result<Sen
     }
 }
 
-/// Saves the copy of a sent message in the Sent folder over `folder`, opening it (and the
-/// folder, if missing) when there is none. A kept connection that fails is replaced once: the
-/// server may have closed it while idle.
+/// Saves the copies of sent messages in the Sent folder over `folder` (opened, and the folder
+/// created, when missing): all in one MULTIAPPEND when the server offers it, else one by one.
+/// A copy that cannot be saved is logged: the email was sent all the same.
+async fn save_sent_copies(
+    store: &Store,
+    session: &MailboxSession,
+    folder: &mut Option<SentFolder>,
+    copies: &[Vec<u8>],
+) {
+    if copies.is_empty() {
+        return;
+    }
+    let all: Vec<&[u8]> = copies.iter().map(Vec::as_slice).collect();
+    if folder.is_none() {
+        match open_sent_folder(store, session).await {
+            Ok(f) => *folder = Some(f),
+            Err(e) => {
+                tracing::warn!(mailbox = %session.mailbox.id, error = %e, copies = all.len(), "the copies in the Sent folder could not be saved");
+                return;
+            }
+        }
+    }
+    let together = all.len() > 1 && folder.as_ref().is_some_and(|f| f.can_save_all(&all));
+    let groups: Vec<&[&[u8]]> = if together {
+        vec![&all[..]]
+    } else {
+        all.chunks(1).collect()
+    };
+    for group in groups {
+        if let Err(e) = save_sent_copy(store, session, folder, group).await {
+            tracing::warn!(mailbox = %session.mailbox.id, error = %e, copies = group.len(), "the copy in the Sent folder could not be saved");
+        }
+    }
+}
+
+/// Saves the copies of sent messages (one, or several the server stores in one command)
+/// over `folder`, opening it when there is none. A kept connection that fails is replaced
+/// once: the server may have closed it while idle.
 async fn save_sent_copy(
     store: &Store,
     session: &MailboxSession,
     folder: &mut Option<SentFolder>,
-    message: &[u8],
+    messages: &[&[u8]],
 ) -> Result<(), String> {
     // A kept connection gets one more try on a fresh one; a fresh one none.
     let mut tries = if folder.is_some() { 2 } else { 1 };
@@ -672,7 +915,7 @@ async fn save_sent_copy(
             Some(f) => f,
             None => folder.insert(open_sent_folder(store, session).await?),
         };
-        match f.save(message).await {
+        match f.save_all(messages).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 *folder = None;

@@ -282,6 +282,150 @@ async fn never_sends_twice_after_a_crash_postgres() {
     never_sends_twice_after_a_crash(Backend::Postgres).await
 }
 
+/// A worker marks a whole block `sending` in one commit, so one killed midway leaves several
+/// there: of a block of BLOCK emails, those whose copy is in the Sent folder (handed over and
+/// saved) become sent, the others outcome unknown; none is sent again or counted as a new
+/// attempt, and the next email in pending send then goes out as usual.
+async fn a_block_left_in_sending_is_never_sent_again(backend: Backend) {
+    let t = setup(backend).await;
+    let subject = format!("Block {}", uuid::Uuid::new_v4());
+    let mut block = Vec::new();
+    for i in 0..outgoing::BLOCK {
+        block.push(
+            t.compose(BOB, &format!("{subject} #{i}"), "in the block")
+                .await,
+        );
+    }
+    let after = t.compose(BOB, &format!("{subject} after"), "next").await;
+    // The dead worker's block, committed as the sender does: one commit for all of them.
+    let stored: Vec<_> = {
+        let mut v = Vec::new();
+        for a in &block {
+            v.push(
+                t.store
+                    .fetch::<EmailActivity>(&a.id.to_string())
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    let marked: Vec<EmailActivity> = stored
+        .iter()
+        .map(|s| {
+            let mut a = s.value.clone();
+            a.status = EmailStatus::Sending;
+            a.message_id = Some(outgoing::message_id_for(&a.id, ALICE));
+            a
+        })
+        .collect();
+    let writes: Vec<_> = marked.iter().zip(&stored).collect();
+    assert!(
+        t.store
+            .update_each(&writes)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_some)
+    );
+    // The first three were handed over and their copies saved before the worker died.
+    let mut s = imap(ALICE, &t.trust).await;
+    s.create_folder_if_missing(outgoing::SENT_FOLDER)
+        .await
+        .unwrap();
+    for a in &marked[..3] {
+        let copy = format!(
+            "Message-ID: <{}>\r\nFrom: {ALICE}\r\nTo: {BOB}\r\nSubject: {}\r\n\r\nin the block\r\n",
+            a.message_id.as_ref().unwrap(),
+            a.subject
+        );
+        s.append(outgoing::SENT_FOLDER, &["\\Seen"], None, copy.as_bytes())
+            .await
+            .unwrap();
+    }
+    let _ = s.logout().await;
+
+    t.send_round().await;
+    for (i, a) in marked.iter().enumerate() {
+        let now = t.activity(a.id).await;
+        assert_eq!(now.delivery_attempts, 0, "not sent again");
+        if i < 3 {
+            assert_eq!(now.status, EmailStatus::Sent, "{:?}", now.send_error);
+        } else {
+            assert_eq!(now.status, EmailStatus::OutcomeUnknown);
+            let why = now.send_error.unwrap();
+            assert!(why.contains("not sent again"), "{why}");
+        }
+    }
+    let next = t.activity(after.id).await;
+    assert_eq!(next.status, EmailStatus::Sent, "{:?}", next.send_error);
+    assert_eq!(next.delivery_attempts, 1);
+    // Nothing of the block reached bob; the next one did.
+    let next_mid = next.message_id.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while find(BOB, "INBOX", &next_mid, &t.trust).await.is_empty() {
+        assert!(Instant::now() < deadline, "not in bob's INBOX within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for a in &marked {
+        assert!(
+            find(BOB, "INBOX", a.message_id.as_ref().unwrap(), &t.trust)
+                .await
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_left_in_sending_is_never_sent_again_sqlite() {
+    a_block_left_in_sending_is_never_sent_again(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_left_in_sending_is_never_sent_again_postgres() {
+    a_block_left_in_sending_is_never_sent_again(Backend::Postgres).await
+}
+
+/// More than a block of emails in one round: each is delivered to bob once, and each has
+/// exactly one copy in alice's Sent folder, marked read (the copies go several to a command,
+/// MULTIAPPEND, on the kept IMAP connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_email_of_a_long_round_has_one_read_copy_in_sent() {
+    let t = setup(Backend::Sqlite).await;
+    t.sends_per_minute(1000).await;
+    let subject = format!("Round {}", uuid::Uuid::new_v4());
+    let n = outgoing::BLOCK * 2 + 3;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(t.compose(BOB, &format!("{subject} #{i}"), "hello").await.id);
+    }
+    t.send_round().await;
+    let mut s = imap(ALICE, &t.trust).await;
+    s.examine(outgoing::SENT_FOLDER, false).await.unwrap();
+    for id in &ids {
+        let a = t.activity(*id).await;
+        assert_eq!(a.status, EmailStatus::Sent, "{:?}", a.send_error);
+        assert_eq!(a.delivery_attempts, 1);
+        let mid = a.message_id.unwrap();
+        let uids = s.uid_search_header("Message-ID", &mid).await.unwrap();
+        assert_eq!(uids.len(), 1, "one copy of {mid}");
+        let listed = s.uid_list(uids[0]).await.unwrap();
+        assert!(listed[0].has_flag("\\Seen"), "{listed:?}");
+    }
+    let _ = s.logout().await;
+    let last = t.activity(ids[n - 1]).await.message_id.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while find(BOB, "INBOX", &last, &t.trust).await.is_empty() {
+        assert!(Instant::now() < deadline, "not in bob's INBOX within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        find(BOB, "INBOX", &last, &t.trust).await.len(),
+        1,
+        "delivered once"
+    );
+}
+
 /// "Process email only for approved users" decides whether approval matters for sending
 /// too. A mailbox that was never approved: while the setting is on, its email waits and the
 /// reason says approval is needed; once the setting is off, nothing waits on approval (the

@@ -23,6 +23,24 @@ impl Store {
         Ok(v as u64)
     }
 
+    /// Advances the organization's counter `name` by `n` (a block of values taken at once;
+    /// a negative `n` gives back what was taken and not used) and returns its new value.
+    /// Atomic: the blocks of two callers never overlap.
+    pub async fn add_counter(&self, org: OrgId, name: &str, n: i64) -> Result<i64, StoreError> {
+        Ok(dispatch!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO counters (org_id, name, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (org_id, name) DO UPDATE SET value = counters.value + $3 RETURNING value",
+            )
+            .bind(org.to_string())
+            .bind(name)
+            .bind(n)
+            .fetch_one(pool)
+            .await?
+            .try_get::<i64, _>("value")?
+        }))
+    }
+
     /// The current value of a counter (0 when never advanced).
     pub async fn counter(&self, org: OrgId, name: &str) -> Result<u64, StoreError> {
         let v: Option<i64> = dispatch_read!(&self.db, pool => {

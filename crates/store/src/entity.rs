@@ -398,6 +398,22 @@ impl EntityWrite {
         Self::new(e, sql, cols, blobs, Some(expected_version))
     }
 
+    /// Like [`EntityWrite::update`] from the stored `previous` value: when the entity links
+    /// to the same ids as before, its link rows are left as they are rather than deleted and
+    /// written again (most updates — a status, a result — change no link).
+    pub fn update_from<E: Entity>(
+        previous: &E,
+        e: &E,
+        expected_version: Option<i64>,
+    ) -> Result<Self, StoreError> {
+        let mut w = Self::update(e, expected_version)?;
+        if w.links.is_some() && previous.linked_ids() == w.link_ids {
+            w.links = None;
+            w.link_ids.clear();
+        }
+        Ok(w)
+    }
+
     fn new<E: Entity>(
         e: &E,
         sql: String,
@@ -438,7 +454,7 @@ impl EntityWrite {
     }
 
     /// The stored form once written as `version` (`created`, `now`: unix ms).
-    fn stored<E: Entity>(
+    pub(crate) fn stored<E: Entity>(
         &self,
         version: i64,
         created: i64,

@@ -2,7 +2,8 @@
 //! see `EmailActivity::send_due`): which mailboxes have email due, and a mailbox's due email
 //! in due order. Neither reads an email that is not due, however many wait.
 
-use crate::{Page, Store, StoreError, Stored, dispatch_read};
+use crate::entity::{EntityWrite, run_write_in};
+use crate::{Col, Entity, Page, Store, StoreError, Stored, dispatch, dispatch_read, now_ms};
 use serversync_model::crm::{EmailActivity, EmailStatus};
 use serversync_model::{MailboxId, Timestamp, wire_name};
 use sqlx::Row;
@@ -97,5 +98,43 @@ impl Store {
             items: rows.into_iter().map(|(s, _)| s).collect(),
             next,
         })
+    }
+
+    /// Several updates in one transaction (one commit), each only from the version it was
+    /// read at (`previous`): an update that finds another version (someone changed the
+    /// entity meanwhile) is left out — its answer is `None` — and the others are written.
+    /// Link rows are rewritten only for an entity whose links changed
+    /// ([`EntityWrite::update_from`]).
+    pub async fn update_each<E: Entity>(
+        &self,
+        updates: &[(&E, &Stored<E>)],
+    ) -> Result<Vec<Option<Stored<E>>>, StoreError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let writes = updates
+            .iter()
+            .map(|(e, previous)| {
+                EntityWrite::update_from(&previous.value, *e, Some(previous.version))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = now_ms();
+        let rows: Vec<Option<(i64, i64)>> = dispatch!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let mut rows = Vec::with_capacity(writes.len());
+            for w in &writes {
+                rows.push(run_write_in!(self, tx, w, now));
+            }
+            tx.commit().await?;
+            rows
+        });
+        writes
+            .iter()
+            .zip(rows)
+            .map(|(w, row)| {
+                row.map(|(v, created)| w.stored(v, created, now))
+                    .transpose()
+            })
+            .collect()
     }
 }

@@ -2,12 +2,13 @@
 
 use serversync_model::alert::{Alert, Severity};
 use serversync_model::audit::Actor;
+use serversync_model::crm::{Direction, EmailActivity, EmailStatus};
 use serversync_model::mailbox::{ApprovalStatus, Mailbox, MailboxRegarding};
 use serversync_model::org::{BuiltinRole, Organization, User};
 use serversync_model::profile::{EmailServerProfile, Endpoint, ServerType, TlsMode};
 use serversync_model::settings::EmailSettings;
 use serversync_model::sync::{FolderCursor, ImapCursor};
-use serversync_model::{AlertId, OrgId, Secret};
+use serversync_model::{ActivityId, AlertId, OrgId, Secret, UserId};
 use serversync_store::{Backend, Col, NewAuditEntry, Store, StoreError};
 use serversync_testkit::{PgDatabase, TestEnv};
 use serversync_vault::MasterKey;
@@ -894,4 +895,164 @@ both!(concurrent_writers_all_succeed, |store, db, k| {
             ["stored".to_owned(), format!("done {}", it.id)]
         );
     }
+});
+
+/// An outgoing email of `mailbox`, in pending send.
+fn outgoing_email(org: OrgId, mailbox: serversync_model::MailboxId) -> EmailActivity {
+    EmailActivity {
+        id: ActivityId::new(),
+        org_id: org,
+        subject: "block".into(),
+        text_body: Some("hello".into()),
+        html_body: None,
+        direction: Direction::Outgoing,
+        status: EmailStatus::PendingSend,
+        owner_id: UserId::new(),
+        parties: vec![],
+        attachments: vec![],
+        regarding: None,
+        tracking_token: None,
+        message_id: None,
+        in_reply_to: None,
+        references: vec![],
+        content_key: None,
+        conversation_id: None,
+        mailbox_ids: vec![mailbox],
+        item_ids: vec![],
+        sent_at: None,
+        received_at: None,
+        send_after: None,
+        delivery_attempts: 0,
+        send_error: None,
+        router_claim: None,
+        send_trace: Vec::new(),
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+// A block of outgoing email marked in one commit: each update only from the version it was
+// read at (one changed meanwhile is left out, the others are written), each with its change
+// feed entry; the listing by mailbox stays right whether the links changed or not.
+both!(
+    update_each_writes_a_block_and_leaves_out_what_changed,
+    |store, db, k| {
+        use serversync_model::MailboxId;
+        use serversync_store::Filter;
+        let org = OrgId::new();
+        let (m1, m2) = (MailboxId::new(), MailboxId::new());
+        let mut stored = Vec::new();
+        for _ in 0..4 {
+            stored.push(store.insert(&outgoing_email(org, m1)).await.unwrap());
+        }
+        let seq_before = store.changes_after(org, 0, 1000).await.unwrap().len();
+        // Someone edits the third meanwhile.
+        let mut edited = stored[2].value.clone();
+        edited.subject = "edited".into();
+        store
+            .update(&edited, Some(stored[2].version))
+            .await
+            .unwrap();
+        // The block: all four to sending; the last one also moves to another mailbox.
+        let mut next: Vec<EmailActivity> = stored
+            .iter()
+            .map(|s| {
+                let mut a = s.value.clone();
+                a.status = EmailStatus::Sending;
+                a
+            })
+            .collect();
+        next[3].mailbox_ids = vec![m2];
+        let writes: Vec<_> = next.iter().zip(&stored).collect();
+        let answers = store.update_each(&writes).await.unwrap();
+        assert_eq!(answers.len(), 4);
+        assert!(answers[2].is_none(), "changed meanwhile: left out");
+        for i in [0, 1, 3] {
+            let s = answers[i].as_ref().expect("written");
+            assert_eq!(s.version, stored[i].version + 1);
+            assert_eq!(s.value.status, EmailStatus::Sending);
+        }
+        for (i, s) in stored.iter().enumerate() {
+            let now = store
+                .fetch::<EmailActivity>(&s.value.id.to_string())
+                .await
+                .unwrap()
+                .value;
+            if i == 2 {
+                assert_eq!(now.status, EmailStatus::PendingSend);
+                assert_eq!(now.subject, "edited", "the edit is kept");
+            } else {
+                assert_eq!(now.status, EmailStatus::Sending);
+            }
+        }
+        // One feed entry per write: the edit and the three updates.
+        assert_eq!(
+            store.changes_after(org, 0, 1000).await.unwrap().len(),
+            seq_before + 4
+        );
+        let listed = |m: MailboxId| {
+            let store = store.clone();
+            async move {
+                let mut ids: Vec<String> = store
+                    .list_where::<EmailActivity>(
+                        Some(org),
+                        &[Filter::LinkedTo(m.to_string())],
+                        None,
+                        100,
+                    )
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .map(|s| s.value.id.to_string())
+                    .collect();
+                ids.sort();
+                ids
+            }
+        };
+        let mut want1: Vec<String> = stored[..3].iter().map(|s| s.value.id.to_string()).collect();
+        want1.sort();
+        assert_eq!(listed(m1).await, want1, "unchanged links are kept");
+        assert_eq!(
+            listed(m2).await,
+            [stored[3].value.id.to_string()],
+            "changed links follow"
+        );
+        // Nothing to write: no commit, no answer.
+        assert!(
+            store
+                .update_each::<EmailActivity>(&[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let _ = (db, k);
+    }
+);
+
+// Counters taken in blocks (the per-minute send counter): concurrent takers never get
+// overlapping blocks, and what is given back is subtracted.
+both!(counter_blocks_never_overlap, |store, db, k| {
+    let org = OrgId::new();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..10 {
+                let end = s.add_counter(org, "sends:1:m", 5).await.unwrap();
+                got.extend(end - 4..=end);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=200).collect::<Vec<i64>>());
+    assert_eq!(store.add_counter(org, "sends:1:m", -3).await.unwrap(), 197);
+    assert_eq!(store.counter(org, "sends:1:m").await.unwrap(), 197);
+    let _ = (db, k);
 });

@@ -615,6 +615,36 @@ impl SyncSession {
         self.end(r)
     }
 
+    /// Whether [`SyncSession::append_all`] can store these messages in one command: the
+    /// server offers MULTIAPPEND (RFC 3502) and non-synchronizing literals (LITERAL+, or
+    /// LITERAL- for messages of at most 4096 bytes), so the whole command is one write and
+    /// one answer.
+    pub fn can_append_all(&self, messages: &[&[u8]]) -> bool {
+        self.has_capability("MULTIAPPEND")
+            && (self.has_capability("LITERAL+")
+                || (self.has_capability("LITERAL-") && messages.iter().all(|m| m.len() <= 4096)))
+    }
+
+    /// Stores several messages with the same flags in one `APPEND folder (flags) {n+} …
+    /// (flags) {m+} …` (MULTIAPPEND, RFC 3502: all are stored or none); one round trip for
+    /// all of them. Only when [`SyncSession::can_append_all`]; otherwise one `APPEND` each.
+    pub async fn append_all(
+        &mut self,
+        folder: &str,
+        flags: &[&str],
+        messages: &[&[u8]],
+    ) -> Result<()> {
+        if messages.len() < 2 || !self.can_append_all(messages) {
+            for m in messages {
+                self.append(folder, flags, None, m).await?;
+            }
+            return Ok(());
+        }
+        self.begin().await?;
+        let r = self.append_all_inner(folder, flags, messages).await;
+        self.end(r)
+    }
+
     /// UIDs in the selected folder whose header `name` contains `value` (`UID SEARCH
     /// HEADER name value`; servers match substrings, case-insensitively: compare the
     /// fetched header when it must be exact).
@@ -1658,6 +1688,40 @@ impl SyncSession {
                     .next()
                     .map(|uid| AppendUid { uid_validity, uid })
             }))
+    }
+
+    async fn append_all_inner(
+        &mut self,
+        folder: &str,
+        flags: &[&str],
+        messages: &[&[u8]],
+    ) -> Result<()> {
+        let what = format!("APPEND of {} messages to {folder}", messages.len());
+        check_flags(&what, flags)?;
+        let tag = self.tag();
+        let total: usize = messages.iter().map(|m| m.len() + 32).sum();
+        let mut out = Vec::with_capacity(total + 64);
+        out.extend_from_slice(format!("{tag} APPEND {}", Self::folder_arg(folder)?).as_bytes());
+        for m in messages {
+            if flags.is_empty() {
+                out.extend_from_slice(format!(" {{{}+}}\r\n", m.len()).as_bytes());
+            } else {
+                out.extend_from_slice(
+                    format!(" ({}) {{{}+}}\r\n", flags.join(" "), m.len()).as_bytes(),
+                );
+            }
+            out.extend_from_slice(m);
+        }
+        out.extend_from_slice(b"\r\n");
+        self.write(&out, &what).await?;
+        let (untagged, done) = self.collect(&tag, &what).await?;
+        for r in untagged {
+            self.note(r);
+        }
+        if done.status != Status::Ok {
+            return Err(Self::folder_refusal(&what, folder, &done));
+        }
+        Ok(())
     }
 
     async fn search_header_inner(&mut self, name: &str, value: &str) -> Result<Vec<u32>> {
