@@ -249,6 +249,14 @@ pub async fn run(
 }
 
 impl ScaleOut {
+    /// The takeover time and its bound (the lease TTL plus one tick).
+    pub fn takeover_against_bound(&self) -> (Duration, Duration) {
+        (
+            self.takeover.takeover,
+            Duration::from_secs(LEASE_TTL_S) + Duration::from_millis(TICK_MS),
+        )
+    }
+
     pub fn render(&self, o: &mut String) {
         let mb = self.bytes as f64 / 1e6;
         let _ = writeln!(
@@ -281,7 +289,7 @@ impl ScaleOut {
             );
         }
         let t = &self.takeover;
-        let bound = Duration::from_secs(LEASE_TTL_S) + Duration::from_millis(TICK_MS);
+        let (_, bound) = self.takeover_against_bound();
         let _ = writeln!(
             o,
             "\nTakeover: two processes on a fresh database; when a third of the messages were \
