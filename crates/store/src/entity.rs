@@ -490,14 +490,7 @@ macro_rules! run_write_in {
         // The bodies, stored once: a body already stored (the item's, for the activity made
         // from it) is not written again. Kept (`attachment`): retention never removes them.
         for (sha, body) in &w.blobs {
-            sqlx::query($crate::items::INSERT_BLOB)
-                .bind(sha)
-                .bind(body.len() as i64)
-                .bind(body.as_bytes())
-                .bind($now)
-                .bind(true)
-                .execute(&mut *$tx)
-                .await?;
+            $crate::items::store_blob_in!($tx, sha, body.as_bytes(), $now, true);
         }
         let row = match w.update {
             None => {

@@ -89,11 +89,26 @@ impl StoreError {
         }
     }
 
+    /// PostgreSQL ended the transaction for contention — a deadlock it broke (`40P01`) or a
+    /// serialization failure (`40001`): nothing was written, and running it again succeeds.
+    pub fn is_contention(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(d)) => {
+                matches!(d.code().as_deref(), Some("40P01" | "40001"))
+            }
+            _ => false,
+        }
+    }
+
     /// How the retry policy should treat this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Unreachable { .. } => ErrorKind::Transient,
-            _ if self.is_storage_full() || self.is_connection_lost() || self.is_busy() => {
+            _ if self.is_storage_full()
+                || self.is_connection_lost()
+                || self.is_busy()
+                || self.is_contention() =>
+            {
                 ErrorKind::Transient
             }
             StoreError::Database(e) => match e {

@@ -19,6 +19,35 @@ pub type ItemRow<'a> = (&'a MailItem, &'a [(&'a str, &'a [u8])]);
 pub(crate) const INSERT_BLOB: &str = "INSERT INTO blobs (sha256, size, data, created_at, attachment) VALUES ($1, $2, $3, $4, $5) \
      ON CONFLICT (sha256) DO UPDATE SET attachment = TRUE WHERE excluded.attachment AND NOT blobs.attachment";
 
+/// Stores a blob inside the open transaction `$tx` (SHA-256, bytes, now, whether it is an
+/// attachment or body, kept for good). One already kept is neither written nor locked: bodies
+/// and attachments shared by many messages (the same signature image, the same text in several
+/// mailboxes) would otherwise have every transaction storing them queue on one row lock
+/// (`DO UPDATE … WHERE` locks even when it changes nothing) — and, in the wrong order, deadlock.
+/// A kept blob is never removed, so there is no race with the pruner to guard against.
+macro_rules! store_blob_in {
+    ($tx:ident, $sha:expr, $data:expr, $now:expr, $attachment:expr) => {{
+        let (sha, data, attachment): (&str, &[u8], bool) = ($sha, $data, $attachment);
+        let kept = attachment
+            && sqlx::query("SELECT 1 AS one FROM blobs WHERE sha256 = $1 AND attachment")
+                .bind(sha)
+                .fetch_optional(&mut *$tx)
+                .await?
+                .is_some();
+        if !kept {
+            sqlx::query($crate::items::INSERT_BLOB)
+                .bind(sha)
+                .bind(data.len() as i64)
+                .bind(data)
+                .bind($now)
+                .bind(attachment)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+pub(crate) use store_blob_in;
+
 /// What happened to an item handed to [`Store::insert_item`].
 #[derive(Debug)]
 pub enum ItemInsert {
@@ -85,6 +114,7 @@ impl Store {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let now = now_ms();
         let mut out = Vec::with_capacity(items.len());
+        let mut new_blobs: std::collections::BTreeMap<&str, (&[u8], bool)> = Default::default();
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             for ((item, blobs), (doc, text, html)) in items.iter().zip(&docs) {
@@ -110,32 +140,26 @@ impl Store {
                 .await?
                 .rows_affected();
                 if n == 1 {
-                    // The bodies, once each, kept (never a raw copy retention may remove).
+                    // The bodies, once each, kept (never a raw copy retention may remove);
+                    // every blob but the raw message itself is an attachment.
                     for (sha, body) in text.iter().chain(html.iter()) {
-                        sqlx::query(INSERT_BLOB)
-                            .bind(sha)
-                            .bind(body.len() as i64)
-                            .bind(body.as_bytes())
-                            .bind(now)
-                            .bind(true)
-                            .execute(&mut *tx)
-                            .await?;
+                        new_blobs.insert(sha.as_str(), (body.as_bytes(), true));
                     }
                     for (sha, data) in blobs.iter() {
-                        // Every blob but the raw message itself is an attachment.
-                        sqlx::query(INSERT_BLOB)
-                            .bind(*sha)
-                            .bind(data.len() as i64)
-                            .bind(*data)
-                            .bind(now)
-                            .bind(*sha != item.raw_sha256)
-                            .execute(&mut *tx)
-                            .await?;
+                        let attachment = *sha != item.raw_sha256;
+                        let e = new_blobs.entry(*sha).or_insert((*data, attachment));
+                        e.1 |= attachment;
                     }
                     out.push(ItemInsert::Inserted);
                 } else {
                     out.push(ItemInsert::Duplicate);
                 }
+            }
+            // The batch's blobs after its items, in SHA-256 order: two transactions storing
+            // the same new blobs (the same attachment or body in several mailboxes) wait for
+            // each other in one order, never in a cycle (PostgreSQL's deadlock).
+            for (sha, (data, attachment)) in &new_blobs {
+                store_blob_in!(tx, sha, data, now, *attachment);
             }
             tx.commit().await?;
         });
@@ -556,17 +580,13 @@ use finish_in;
 impl Store {
     /// Stores attachments (content-addressed, so storing one twice keeps one copy).
     pub async fn put_blobs(&self, blobs: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        // In SHA-256 order, like intake's (see `insert_items`).
+        let sorted: std::collections::BTreeMap<&str, &[u8]> = blobs.iter().copied().collect();
+        let now = now_ms();
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            for (sha, data) in blobs {
-                sqlx::query(INSERT_BLOB)
-                    .bind(*sha)
-                    .bind(data.len() as i64)
-                    .bind(*data)
-                    .bind(now_ms())
-                    .bind(true)
-                    .execute(&mut *tx)
-                    .await?;
+            for (sha, data) in &sorted {
+                store_blob_in!(tx, sha, data, now, true);
             }
             tx.commit().await?;
         });

@@ -1056,3 +1056,45 @@ both!(counter_blocks_never_overlap, |store, db, k| {
     assert_eq!(store.counter(org, "sends:1:m").await.unwrap(), 197);
     let _ = (db, k);
 });
+
+// A deadlock PostgreSQL broke (40P01) is contention, not a bug: the retry policy runs the work
+// again instead of disabling the mailbox (two `serve` processes storing the same new blobs in
+// opposite orders met one in the scale-out benchmark).
+#[tokio::test]
+async fn a_broken_deadlock_is_transient() {
+    use sqlx::Connection;
+    let db = Db::new(Backend::Postgres).await;
+    let mut a = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    let mut b = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 0), (2, 0)",
+    )
+    .execute(&mut a)
+    .await
+    .unwrap();
+    let mut ta = a.begin().await.unwrap();
+    let mut tb = b.begin().await.unwrap();
+    let lock = |id: i32| format!("UPDATE t SET n = n + 1 WHERE id = {id}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(lock(1)))
+        .execute(&mut *ta)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(lock(2)))
+        .execute(&mut *tb)
+        .await
+        .unwrap();
+    let (ra, rb) = tokio::join!(
+        sqlx::raw_sql(sqlx::AssertSqlSafe(lock(2))).execute(&mut *ta),
+        sqlx::raw_sql(sqlx::AssertSqlSafe(lock(1))).execute(&mut *tb),
+    );
+    let err = match (ra, rb) {
+        (Err(e), _) | (_, Err(e)) => StoreError::from(e),
+        _ => panic!("PostgreSQL let both transactions through"),
+    };
+    assert!(err.is_contention(), "{err}");
+    assert_eq!(
+        err.kind(),
+        serversync_model::error::ErrorKind::Transient,
+        "{err}"
+    );
+}
