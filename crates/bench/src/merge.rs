@@ -7,6 +7,8 @@
 //! partial run replace the bullets of the same tool and add the new ones; its machine and
 //! versions rows are added where the page has none of that name (a row the page has with
 //! another value is named in the provenance line instead of overwriting the full run's).
+//! The targets the partial run measured replace the page's rows of the same target (the
+//! others, and the rows it adds, stay in order).
 //! The page's header lists each merged section with the command and the time of its run.
 
 use anyhow::{Result, bail};
@@ -75,6 +77,46 @@ fn rows(body: &str) -> Vec<(String, String)> {
         })
         .filter(|(k, _)| k != "what")
         .collect()
+}
+
+/// The table of `page` (a section body: text, a table, text) with the rows of `update`'s
+/// table: a row whose first cell the page has replaces it, the others go after the last row.
+fn merge_table(page: &str, update: &str) -> String {
+    let first = |l: &str| {
+        l.trim()
+            .trim_matches('|')
+            .split('|')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    let is_row = |l: &str| l.starts_with('|') && !l.starts_with("|---");
+    let new: Vec<&str> = update.lines().filter(|l| is_row(l)).skip(1).collect();
+    let mut lines: Vec<String> = page.lines().map(str::to_owned).collect();
+    let mut added = Vec::new();
+    for row in new {
+        match lines
+            .iter_mut()
+            .skip(1)
+            .find(|l| is_row(l) && first(l) == first(row))
+        {
+            Some(slot) => *slot = row.to_owned(),
+            None => added.push(row.to_owned()),
+        }
+    }
+    let last = lines
+        .iter()
+        .rposition(|l| is_row(l))
+        .unwrap_or(lines.len().saturating_sub(1));
+    for (n, row) in added.into_iter().enumerate() {
+        lines.insert(last + 1 + n, row);
+    }
+    let mut out = lines.join("\n");
+    if page.ends_with('\n') {
+        out.push('\n');
+    }
+    out
 }
 
 /// Top-level bullets (`- name: …` with their continuation lines), keyed by the name.
@@ -168,6 +210,10 @@ pub fn merge(base: &str, update: &str) -> Result<String> {
         }
         page.sections[i].1 = body;
     }
+    // Targets: the update's rows replace the page's of the same target; new ones are added.
+    if let (Some(i), Some(j)) = (page.find(TARGETS), new.find(TARGETS)) {
+        page.sections[i].1 = merge_table(&page.sections[i].1, &new.sections[j].1);
+    }
     // The header: which sections come from which later run.
     let (lead, mut list) = match page.header.split_once(LATER_RUNS) {
         Some((lead, rest)) => {
@@ -200,6 +246,16 @@ pub fn merge(base: &str, update: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_rows_are_replaced_by_name_and_new_ones_added() {
+        let page = "\n| target | wanted | measured | |\n|---|---|---|---|\n| a | ≥ 1 | 0.5 | **missed** |\n| b | ≤ 2 | 1 | met |\n\nWhat bounds it.\n";
+        let update = "\n| target | wanted | measured | |\n|---|---|---|---|\n| b | ≤ 2 | 3 | **missed** |\n| c | ≤ 5 | 4 | met |\n";
+        assert_eq!(
+            merge_table(page, update),
+            "\n| target | wanted | measured | |\n|---|---|---|---|\n| a | ≥ 1 | 0.5 | **missed** |\n| b | ≤ 2 | 3 | **missed** |\n| c | ≤ 5 | 4 | met |\n\nWhat bounds it.\n"
+        );
+    }
 
     const FULL: &str = "# Benchmarks\n\nProduced by `scripts/bench.sh` on 2026-12-05 22:22 (UTC): \
         every figure.\n\n## Machine and versions\n\n| what | version |\n|---|---|\n\
