@@ -235,13 +235,7 @@ async fn one_activity_per_message(backend: Backend) {
     assert_eq!(act.owner_id, w.alice.id, "the first mailbox's owner");
     assert_eq!(act.subject, "Offer");
     // Parties resolved by address, case-insensitively.
-    let party = |role, addr: &str| {
-        act.parties
-            .iter()
-            .find(|p| p.role == role && p.address == addr)
-            .unwrap_or_else(|| panic!("{role:?} {addr}: {:#?}", act.parties))
-            .resolved
-    };
+    let party = |role, addr: &str| resolved_party(act, role, addr);
     assert_eq!(
         party(PartyRole::From, "ann@customer.test"),
         Some(RecordRef::Contact(w.ann.id))
@@ -518,6 +512,15 @@ async fn user_to_user(backend: Backend) {
     assert_eq!(tracked_as(&w.item(&a).await), tracked_as(&w.item(&b).await));
 }
 
+/// What the activity's party `addr` in `role` resolved to (the party must be there).
+fn resolved_party(act: &EmailActivity, role: PartyRole, addr: &str) -> Option<RecordRef> {
+    act.parties
+        .iter()
+        .find(|p| p.role == role && p.address == addr)
+        .unwrap_or_else(|| panic!("{role:?} {addr}: {:#?}", act.parties))
+        .resolved
+}
+
 #[tokio::test]
 async fn one_activity_per_message_sqlite() {
     one_activity_per_message(Backend::Sqlite).await;
@@ -724,13 +727,7 @@ async fn batches_see_committed_state(backend: Backend) {
     let t = w.deliver(&w.alice_mb, &third).await;
     assert_eq!(w.track().await, 1);
     let act = w.activity(tracked_as(&w.item(&t).await)).await;
-    let party = |role, addr: &str| {
-        act.parties
-            .iter()
-            .find(|p| p.role == role && p.address == addr)
-            .unwrap_or_else(|| panic!("{role:?} {addr}: {:#?}", act.parties))
-            .resolved
-    };
+    let party = |role, addr: &str| resolved_party(&act, role, addr);
     assert_eq!(
         party(PartyRole::From, "ann@new.test"),
         Some(RecordRef::Contact(w.ann.id))

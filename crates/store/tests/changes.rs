@@ -6,30 +6,12 @@ use serversync_model::org::{Organization, User};
 use serversync_model::webhook::{ChangeOp, RecordType, WebhookEndpoint, WebhookState};
 use serversync_model::{AccountId, ContactId, LeadId, OrgId, Secret, UserId, WebhookId};
 use serversync_store::{Backend, NewAuditEntry, NewDelivery, Store, StoreError};
-use serversync_testkit::{PgDatabase, TestEnv};
 use serversync_vault::MasterKey;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDatabase),
-}
-
-impl Db {
-    async fn new(backend: Backend) -> Db {
-        match backend {
-            Backend::Sqlite => Db::Sqlite(tempfile::tempdir().unwrap()),
-            Backend::Postgres => Db::Postgres(TestEnv::from_env().pg_database().await.unwrap()),
-        }
-    }
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("serversync.db").display()),
-            Db::Postgres(db) => db.url().to_owned(),
-        }
-    }
-}
+mod common;
+use common::Db;
 
 fn key(b64: &str) -> MasterKey {
     MasterKey::from_base64(b64, serversync_vault::KeySource::Direct).unwrap()

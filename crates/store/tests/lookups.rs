@@ -9,29 +9,10 @@ use serversync_model::{
     AccountId, ActivityId, ContactId, LeadId, OrgId, QueueId, QueueItemId, UserId,
 };
 use serversync_store::{ActivityKey, AddressMatch, Backend, Store};
-use serversync_testkit::{PgDatabase, TestEnv};
 use serversync_vault::MasterKey;
 
-/// Keeps the database of one test alive.
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDatabase),
-}
-
-impl Db {
-    async fn new(backend: Backend) -> Db {
-        match backend {
-            Backend::Sqlite => Db::Sqlite(tempfile::tempdir().unwrap()),
-            Backend::Postgres => Db::Postgres(TestEnv::from_env().pg_database().await.unwrap()),
-        }
-    }
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("serversync.db").display()),
-            Db::Postgres(db) => db.url().to_owned(),
-        }
-    }
-}
+mod common;
+use common::Db;
 
 macro_rules! both {
     ($name:ident, |$store:ident| $body:block) => {

@@ -13,29 +13,12 @@ use serversync_model::{
     ActivityId, ContactId, ItemId, MailboxId, OrgId, Secret, TokenId, UserId, WebhookId,
 };
 use serversync_store::{Backend, NewAuditEntry, NewDelivery, Store};
-use serversync_testkit::{PgDatabase, TestEnv, days_ago_ms, execute_sql};
+use serversync_testkit::{days_ago_ms, execute_sql};
 use serversync_vault::{MasterKey, sha256_hex};
 use std::time::Duration;
 
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDatabase),
-}
-
-impl Db {
-    async fn new(backend: Backend) -> Db {
-        match backend {
-            Backend::Sqlite => Db::Sqlite(tempfile::tempdir().unwrap()),
-            Backend::Postgres => Db::Postgres(TestEnv::from_env().pg_database().await.unwrap()),
-        }
-    }
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("serversync.db").display()),
-            Db::Postgres(db) => db.url().to_owned(),
-        }
-    }
-}
+mod common;
+use common::Db;
 
 macro_rules! both {
     ($name:ident, |$store:ident, $url:ident| $body:block) => {

@@ -10,36 +10,11 @@ use serversync_model::settings::EmailSettings;
 use serversync_model::sync::{FolderCursor, ImapCursor};
 use serversync_model::{ActivityId, AlertId, OrgId, Secret, UserId};
 use serversync_store::{Backend, Col, NewAuditEntry, Store, StoreError};
-use serversync_testkit::{PgDatabase, TestEnv};
 use serversync_vault::MasterKey;
 use std::time::Duration;
 
-/// Keeps the database of one test alive.
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDatabase),
-}
-
-impl Db {
-    async fn new(backend: Backend) -> Db {
-        match backend {
-            Backend::Sqlite => Db::Sqlite(tempfile::tempdir().unwrap()),
-            Backend::Postgres => Db::Postgres(TestEnv::from_env().pg_database().await.unwrap()),
-        }
-    }
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("serversync.db").display()),
-            Db::Postgres(db) => db.url().to_owned(),
-        }
-    }
-    fn sqlite_file(&self) -> Option<std::path::PathBuf> {
-        match self {
-            Db::Sqlite(dir) => Some(dir.path().join("serversync.db")),
-            Db::Postgres(_) => None,
-        }
-    }
-}
+mod common;
+use common::Db;
 
 fn key(b64: &str) -> MasterKey {
     MasterKey::from_base64(b64, serversync_vault::KeySource::Direct).unwrap()

@@ -13,29 +13,11 @@ use serversync_model::sync::{
 use serversync_model::webhook::{ChangeOp, ChangeOrigin, RecordType};
 use serversync_model::{ActivityId, ContactId, ItemId, MailboxId, OrgId, UserId};
 use serversync_store::{Backend, Expected, ItemInsert, Store, StoreError};
-use serversync_testkit::{PgDatabase, TestEnv};
 use serversync_vault::MasterKey;
 use std::time::Duration;
 
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDatabase),
-}
-
-impl Db {
-    async fn new(backend: Backend) -> Db {
-        match backend {
-            Backend::Sqlite => Db::Sqlite(tempfile::tempdir().unwrap()),
-            Backend::Postgres => Db::Postgres(TestEnv::from_env().pg_database().await.unwrap()),
-        }
-    }
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("serversync.db").display()),
-            Db::Postgres(db) => db.url().to_owned(),
-        }
-    }
-}
+mod common;
+use common::Db;
 
 macro_rules! both {
     ($name:ident, |$backend:ident, $db:ident| $body:block) => {

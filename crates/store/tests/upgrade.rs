@@ -11,29 +11,12 @@ use serversync_model::item::{ItemDecision, ItemSource, MailItem};
 use serversync_model::webhook::{ChangeOp, RecordType};
 use serversync_model::{ActivityId, ItemId, MailboxId, OrgId, UserId, wire_name};
 use serversync_store::{Backend, Store};
-use serversync_testkit::{PgDatabase, TestEnv, execute_sql};
+use serversync_testkit::execute_sql;
 use serversync_vault::{MasterKey, sha256_hex};
 use std::time::Duration;
 
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDatabase),
-}
-
-impl Db {
-    async fn new(backend: Backend) -> Db {
-        match backend {
-            Backend::Sqlite => Db::Sqlite(tempfile::tempdir().unwrap()),
-            Backend::Postgres => Db::Postgres(TestEnv::from_env().pg_database().await.unwrap()),
-        }
-    }
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("serversync.db").display()),
-            Db::Postgres(db) => db.url().to_owned(),
-        }
-    }
-}
+mod common;
+use common::Db;
 
 macro_rules! both {
     ($name:ident, |$backend:ident, $url:ident| $body:block) => {
