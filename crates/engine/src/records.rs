@@ -39,7 +39,7 @@ use serversync_model::webhook::ChangeOrigin;
 use serversync_model::{
     ActivityId, AttachmentId, ContactId, ItemId, LeadId, OrgId, QueueId, QueueItemId, UserId,
 };
-use serversync_store::{ActivityKey, Col, Entity, EntityWrite, LeaseGuard, Store, StoreError};
+use serversync_store::{ActivityKey, Col, EntityWrite, LeaseGuard, Store, StoreError};
 use serversync_vault::sha256_hex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -191,23 +191,15 @@ struct Known {
 
 /// The correlation keys of an activity (the values of its indexed lookup columns).
 fn activity_keys(a: &EmailActivity) -> Vec<(ActivityKey, String)> {
-    let cols = a.columns();
     ActivityKey::ALL
         .into_iter()
-        .filter_map(|k| {
-            cols.iter().find_map(|(name, v)| match v {
-                Col::Text(Some(v)) if *name == k.column() => Some((k, v.clone())),
-                _ => None,
-            })
-        })
+        .filter_map(|k| Some((k, k.of(a)?)))
         .collect()
 }
 
 /// Whether the activity's `key` column is `value` (as the store's column would say).
 fn has_key(a: &EmailActivity, key: ActivityKey, value: &str) -> bool {
-    a.columns()
-        .iter()
-        .any(|(name, v)| *name == key.column() && *v == Col::text(value))
+    key.of(a).as_deref() == Some(value)
 }
 
 impl Known {

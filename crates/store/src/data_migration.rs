@@ -15,7 +15,7 @@
 //! - `changes`: a create or update row of a record that still exists keeps no document any
 //!   more (the feed reads the record); deletes, and rows of records gone since, keep theirs.
 
-use crate::items::INSERT_BLOB;
+use crate::items::{Blobs, store_blobs_in};
 use crate::{Store, StoreError, dispatch, entity::body_sha, now_ms};
 use sqlx::Row;
 
@@ -154,16 +154,12 @@ impl Store {
                 };
                 let text = text.map(|t| (body_sha(&t), t));
                 let html = html.map(|h| (body_sha(&h), h));
-                for (sha, body) in text.iter().chain(html.iter()) {
-                    sqlx::query(INSERT_BLOB)
-                        .bind(sha)
-                        .bind(body.len() as i64)
-                        .bind(body.as_bytes())
-                        .bind(now)
-                        .bind(true)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                let blobs: Blobs<'_> = text
+                    .iter()
+                    .chain(html.iter())
+                    .map(|(sha, body)| (sha.as_str(), (body.as_bytes(), true)))
+                    .collect();
+                store_blobs_in!(tx, &blobs, now);
                 // Not the record's change: its version stays. A row written since it was read
                 // is left as it was written.
                 sqlx::query(sqlx::AssertSqlSafe(update.as_str()))

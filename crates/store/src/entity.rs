@@ -4,6 +4,7 @@
 //! from input); every value is a bound parameter. That is what `AssertSqlSafe` asserts.
 
 use crate::changes::{lock_feed_in, record_change_in};
+use crate::lookups::ActivityKey;
 use crate::{Store, StoreError, audit::NewAuditEntry, dispatch, dispatch_read, from_ms, now_ms};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -295,27 +296,28 @@ fn to_doc<E: Entity>(e: &E) -> Result<String, StoreError> {
 
 /// Replaces the link rows of entity `$id` (see [`Entity::LINKS`]) inside transaction `$tx`.
 macro_rules! write_links_in {
-    ($tx:expr, $links:expr, $id:expr, $org:expr, $ids:expr, $cols:expr) => {
+    ($tx:expr, $links:expr, $id:expr, $org:expr, $ids:expr, $cols:expr, $fresh:expr) => {
         if let Some((table, own, other)) = $links {
-            let del = format!("DELETE FROM {table} WHERE {own} = $1");
-            sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind($id).execute(&mut *$tx).await?;
-            let cols: &[(&'static str, $crate::entity::Col)] = $cols;
-            let mut names = String::new();
-            let mut params = String::new();
-            for (i, (n, _)) in cols.iter().enumerate() {
-                names.push_str(&format!(", {n}"));
-                params.push_str(&format!(", ${}", i + 4));
+            // A row just inserted has none to replace.
+            if !$fresh {
+                let del = format!("DELETE FROM {table} WHERE {own} = $1");
+                sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind($id).execute(&mut *$tx).await?;
             }
-            let ins = format!(
-                "INSERT INTO {table} ({own}, {other}, org_id{names}) VALUES ($1, $2, $3{params}) ON CONFLICT DO NOTHING"
-            );
-            for l in $ids {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(ins.as_str()))
-                    .bind($id)
-                    .bind(l.clone())
-                    .bind($org.clone());
-                for (_, c) in cols {
-                    q = $crate::entity::bind_col!(q, c);
+            let cols: &[(&'static str, $crate::entity::Col)] = $cols;
+            let ids: &[String] = $ids;
+            let names: String = cols.iter().map(|(n, _)| format!(", {n}")).collect();
+            // One statement for all of the links (a few hundred at most per record).
+            for chunk in ids.chunks(200) {
+                let ins = format!(
+                    "INSERT INTO {table} ({own}, {other}, org_id{names}) VALUES {} ON CONFLICT DO NOTHING",
+                    $crate::value_rows(1, chunk.len(), 3 + cols.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(ins.as_str()));
+                for l in chunk {
+                    q = q.bind($id).bind(l.clone()).bind($org.clone());
+                    for (_, c) in cols {
+                        q = $crate::entity::bind_col!(q, c);
+                    }
                 }
                 q.execute(&mut *$tx).await?;
             }
@@ -361,6 +363,14 @@ pub struct EntityWrite {
 }
 
 impl EntityWrite {
+    /// The bodies stored with the row, as blobs kept for good.
+    pub(crate) fn blob_set(&self) -> crate::items::Blobs<'_> {
+        self.blobs
+            .iter()
+            .map(|(sha, body)| (sha.as_str(), (body.as_bytes(), true)))
+            .collect()
+    }
+
     pub fn insert<E: Entity>(e: &E) -> Result<Self, StoreError> {
         let (cols, blobs) = write_cols(e);
         let mut names = vec!["id", "org_id", "doc", "version", "created_at", "updated_at"];
@@ -482,16 +492,10 @@ impl EntityWrite {
 /// `Some((version, created_at))`, or `None` when an update found no row (or not the
 /// expected version).
 macro_rules! run_write_in {
-    ($store:expr, $tx:ident, $w:expr, $now:expr) => {{
+    // The write alone: its organization's feed is locked and its bodies are stored already
+    // ([`crate::entity::prepare_writes_in`], for many writes in one transaction).
+    (prepared: $store:expr, $tx:ident, $w:expr, $now:expr) => {{
         let w: &$crate::entity::EntityWrite = $w;
-        if let Some((org, _)) = &w.feed {
-            $crate::changes::lock_feed_in!($store, $tx, org);
-        }
-        // The bodies, stored once: a body already stored (the item's, for the activity made
-        // from it) is not written again. Kept (`attachment`): retention never removes them.
-        for (sha, body) in &w.blobs {
-            $crate::items::store_blob_in!($tx, sha, body.as_bytes(), $now, true);
-        }
         let row = match w.update {
             None => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(w.sql.as_str()))
@@ -540,7 +544,8 @@ macro_rules! run_write_in {
                 &w.id,
                 w.org.clone(),
                 &w.link_ids,
-                &w.link_cols
+                &w.link_cols,
+                w.update.is_none()
             );
             if let Some((org, rt)) = &w.feed {
                 let op = if w.update.is_some() {
@@ -554,8 +559,40 @@ macro_rules! run_write_in {
         }
         row
     }};
+    ($store:expr, $tx:ident, $w:expr, $now:expr) => {{
+        let w: &$crate::entity::EntityWrite = $w;
+        if let Some((org, _)) = &w.feed {
+            $crate::changes::lock_feed_in!($store, $tx, org);
+        }
+        // The bodies, stored once: a body already stored (the item's, for the activity made
+        // from it) is not written again. Kept (`attachment`): retention never removes them.
+        $crate::items::store_blobs_in!($tx, &w.blob_set(), $now);
+        $crate::entity::run_write_in!(prepared: $store, $tx, w, $now)
+    }};
 }
 pub(crate) use run_write_in;
+
+/// Before many writes in the open transaction `$tx` ([`run_write_in!`] with `prepared:`):
+/// locks the feed of each of their organizations once, in order, and stores all their
+/// bodies with one set of blob statements.
+macro_rules! prepare_writes_in {
+    ($store:expr, $tx:ident, $writes:expr, $now:expr) => {{
+        let writes: &[$crate::entity::EntityWrite] = $writes;
+        let orgs: std::collections::BTreeSet<&String> = writes
+            .iter()
+            .filter_map(|w| w.feed.as_ref().map(|(org, _)| org))
+            .collect();
+        for org in orgs {
+            $crate::changes::lock_feed_in!($store, $tx, org);
+        }
+        let mut blobs = $crate::items::Blobs::new();
+        for w in writes {
+            blobs.extend(w.blob_set());
+        }
+        $crate::items::store_blobs_in!($tx, &blobs, $now);
+    }};
+}
+pub(crate) use prepare_writes_in;
 
 impl Store {
     /// Inserts a new entity.
@@ -687,8 +724,9 @@ impl Store {
         let now = now_ms();
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
+            prepare_writes_in!(self, tx, writes, now);
             for w in writes {
-                if run_write_in!(self, tx, w, now).is_none() {
+                if run_write_in!(prepared: self, tx, w, now).is_none() {
                     return Err(w.not_written());
                 }
             }
@@ -1122,20 +1160,20 @@ impl Entity for EmailActivity {
             ("kind", Col::text("email")),
             ("status", Col::text(wire_name(&s.status))),
             ("owner_id", Col::text(s.owner_id)),
-            ("message_id", Col::opt_text(s.dedupe_key())),
+            ("message_id", Col::opt_text(ActivityKey::MessageId.of(s))),
             (
                 "regarding_id",
                 Col::opt_text(s.regarding.map(|r| wire_name(&r))),
             ),
-            ("conversation_id", Col::opt_text(s.conversation_id.as_ref())),
-            ("tracking_token", Col::opt_text(s.tracking_token.as_ref())),
             (
-                "subject_key",
-                Col::opt_text(
-                    Some(serversync_model::track::normalize_subject(&s.subject))
-                        .filter(|k| !k.is_empty()),
-                ),
+                "conversation_id",
+                Col::opt_text(ActivityKey::Conversation.of(s)),
             ),
+            (
+                "tracking_token",
+                Col::opt_text(ActivityKey::TrackingToken.of(s)),
+            ),
+            ("subject_key", Col::opt_text(ActivityKey::SubjectKey.of(s))),
             (
                 "occurred_at",
                 Col::Int(Some(

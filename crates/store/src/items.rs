@@ -1,7 +1,9 @@
 //! Item-level records and the content-addressed blob store for raw messages and attachments.
 
 use crate::LeaseGuard;
-use crate::entity::{Col, Entity, EntityWrite, body_sha, decode_row, run_write_in, select_list};
+use crate::entity::{
+    Col, Entity, EntityWrite, body_sha, decode_row, prepare_writes_in, run_write_in, select_list,
+};
 use crate::{Store, StoreError, dispatch, dispatch_read, now_ms};
 use serversync_model::item::{ItemDecision, ItemSource, MailItem};
 use serversync_model::{ActivityId, ItemId, MailboxId, OrgId};
@@ -11,42 +13,90 @@ use std::collections::HashMap;
 /// An item to store and its blobs (SHA-256, content): raw message, attachments.
 pub type ItemRow<'a> = (&'a MailItem, &'a [(&'a str, &'a [u8])]);
 
-/// Stores a blob once (parameters: SHA-256, size, data, created_at, whether it is an
-/// attachment). A blob stored again as an attachment is marked so, and the existing row is
+/// How a blob insert stores a blob once. A blob stored again as an attachment is marked so, and the existing row is
 /// locked either way (`DO UPDATE … WHERE` locks even when it changes nothing): on PostgreSQL
 /// the pruner, which locks a blob before removing it, then either sees the new reference or
 /// has removed the row first, in which case the insert writes it anew.
-pub(crate) const INSERT_BLOB: &str = "INSERT INTO blobs (sha256, size, data, created_at, attachment) VALUES ($1, $2, $3, $4, $5) \
-     ON CONFLICT (sha256) DO UPDATE SET attachment = TRUE WHERE excluded.attachment AND NOT blobs.attachment";
+pub(crate) const BLOB_CONFLICT: &str = "ON CONFLICT (sha256) DO UPDATE SET attachment = TRUE WHERE excluded.attachment AND NOT blobs.attachment";
 
-/// Stores a blob inside the open transaction `$tx` (SHA-256, bytes, now, whether it is an
-/// attachment or body, kept for good). One already kept is neither written nor locked: bodies
-/// and attachments shared by many messages (the same signature image, the same text in several
-/// mailboxes) would otherwise have every transaction storing them queue on one row lock
-/// (`DO UPDATE … WHERE` locks even when it changes nothing) — and, in the wrong order, deadlock.
-/// A kept blob is never removed, so there is no race with the pruner to guard against.
-macro_rules! store_blob_in {
-    ($tx:ident, $sha:expr, $data:expr, $now:expr, $attachment:expr) => {{
-        let (sha, data, attachment): (&str, &[u8], bool) = ($sha, $data, $attachment);
-        let kept = attachment
-            && sqlx::query("SELECT 1 AS one FROM blobs WHERE sha256 = $1 AND attachment")
-                .bind(sha)
-                .fetch_optional(&mut *$tx)
-                .await?
-                .is_some();
-        if !kept {
-            sqlx::query($crate::items::INSERT_BLOB)
-                .bind(sha)
-                .bind(data.len() as i64)
-                .bind(data)
-                .bind($now)
-                .bind(attachment)
-                .execute(&mut *$tx)
-                .await?;
+/// Blobs to store in one transaction, by SHA-256 (so in SHA-256 order): content, and
+/// whether it is an attachment or body, kept for good (else a raw message retention may
+/// remove).
+pub(crate) type Blobs<'a> = std::collections::BTreeMap<&'a str, (&'a [u8], bool)>;
+
+/// Rows of one multi-row item insert (16 parameters each).
+const ITEM_ROWS: usize = 64;
+
+/// Rows of one multi-row blob insert, and the bytes it may carry.
+pub(crate) const BLOB_ROWS: usize = 64;
+pub(crate) const BLOB_BYTES: usize = 8 << 20;
+
+/// Stores `$blobs` ([`Blobs`]) inside the open transaction `$tx` with a few statements for the
+/// whole set: one query finds those kept already, multi-row inserts write the others, in
+/// SHA-256 order. One already kept is neither written nor locked: bodies and attachments
+/// shared by many messages (the same signature image, the same text in several mailboxes)
+/// would otherwise have every transaction storing them queue on one row lock (`DO UPDATE …
+/// WHERE` locks even when it changes nothing) — and, in another order, deadlock. A kept blob
+/// is never removed, so there is no race with the pruner to guard against.
+macro_rules! store_blobs_in {
+    ($tx:ident, $blobs:expr, $now:expr) => {{
+        let blobs: &$crate::items::Blobs<'_> = $blobs;
+        let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let asked: Vec<&str> = blobs
+            .iter()
+            .filter(|(_, (_, attachment))| *attachment)
+            .map(|(sha, _)| *sha)
+            .collect();
+        for chunk in asked.chunks(500) {
+            let sql = format!(
+                "SELECT sha256 FROM blobs WHERE attachment AND sha256 IN ({})",
+                $crate::placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for sha in chunk {
+                q = q.bind(*sha);
+            }
+            for r in q.fetch_all(&mut *$tx).await? {
+                kept.insert(sqlx::Row::try_get(&r, "sha256")?);
+            }
+        }
+        let todo: Vec<(&str, &[u8], bool)> = blobs
+            .iter()
+            .filter(|(sha, _)| !kept.contains(**sha))
+            .map(|(sha, (data, attachment))| (*sha, *data, *attachment))
+            .collect();
+        let mut rest = todo.as_slice();
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len()
+                && n < $crate::items::BLOB_ROWS
+                && (n == 0 || bytes + rest[n].1.len() <= $crate::items::BLOB_BYTES)
+            {
+                bytes += rest[n].1.len();
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let sql = format!(
+                "INSERT INTO blobs (sha256, size, data, created_at, attachment) VALUES {} {}",
+                $crate::value_rows(1, chunk.len(), 5),
+                $crate::items::BLOB_CONFLICT
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (sha, data, attachment) in chunk {
+                q = q
+                    .bind(*sha)
+                    .bind(data.len() as i64)
+                    .bind(*data)
+                    .bind($now)
+                    .bind(*attachment);
+            }
+            q.execute(&mut *$tx).await?;
         }
     }};
 }
-pub(crate) use store_blob_in;
+pub(crate) use store_blobs_in;
 
 /// What happened to an item handed to [`Store::insert_item`].
 #[derive(Debug)]
@@ -113,56 +163,73 @@ impl Store {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let now = now_ms();
-        let mut out = Vec::with_capacity(items.len());
-        let mut new_blobs: std::collections::BTreeMap<&str, (&[u8], bool)> = Default::default();
+        let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            for ((item, blobs), (doc, text, html)) in items.iter().zip(&docs) {
-                let n = sqlx::query(
+            // Many rows a statement; those inserted (not already kept) come back.
+            let rows: Vec<_> = items.iter().zip(&docs).collect();
+            for chunk in rows.chunks(ITEM_ROWS) {
+                let sql = format!(
                     "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256, raw_kept, from_addr, received_ms, text_sha256, html_sha256) \
-                     VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (mailbox_id, source_key) DO NOTHING",
-                )
-                .bind(item.id.to_string())
-                .bind(item.org_id.to_string())
-                .bind(doc)
-                .bind(now)
-                .bind(item.mailbox_id.to_string())
-                .bind(&item.source_key)
-                .bind(item.message_id.as_deref())
-                .bind(serversync_model::wire_name(&item.decision))
-                .bind(&item.raw_sha256)
-                .bind(item.raw_kept)
-                .bind(item.from.as_ref().map(|f| f.to_lowercase()))
-                .bind(item.received_at.timestamp_millis())
-                .bind(text.as_ref().map(|(sha, _)| sha))
-                .bind(html.as_ref().map(|(sha, _)| sha))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 1 {
-                    // The bodies, once each, kept (never a raw copy retention may remove);
-                    // every blob but the raw message itself is an attachment.
-                    for (sha, body) in text.iter().chain(html.iter()) {
-                        new_blobs.insert(sha.as_str(), (body.as_bytes(), true));
-                    }
-                    for (sha, data) in blobs.iter() {
-                        let attachment = *sha != item.raw_sha256;
-                        let e = new_blobs.entry(*sha).or_insert((*data, attachment));
-                        e.1 |= attachment;
-                    }
-                    out.push(ItemInsert::Inserted);
-                } else {
-                    out.push(ItemInsert::Duplicate);
+                     VALUES {} ON CONFLICT (mailbox_id, source_key) DO NOTHING RETURNING id",
+                    crate::value_rows(1, chunk.len(), 16)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for ((item, _), (doc, text, html)) in chunk {
+                    q = q
+                        .bind(item.id.to_string())
+                        .bind(item.org_id.to_string())
+                        .bind(doc)
+                        .bind(1_i64)
+                        .bind(now)
+                        .bind(now)
+                        .bind(item.mailbox_id.to_string())
+                        .bind(&item.source_key)
+                        .bind(item.message_id.as_deref())
+                        .bind(serversync_model::wire_name(&item.decision))
+                        .bind(&item.raw_sha256)
+                        .bind(item.raw_kept)
+                        .bind(item.from.as_ref().map(|f| f.to_lowercase()))
+                        .bind(item.received_at.timestamp_millis())
+                        .bind(text.as_ref().map(|(sha, _)| sha))
+                        .bind(html.as_ref().map(|(sha, _)| sha));
+                }
+                for r in q.fetch_all(&mut *tx).await? {
+                    inserted.insert(r.try_get("id")?);
                 }
             }
-            // The batch's blobs after its items, in SHA-256 order: two transactions storing
-            // the same new blobs (the same attachment or body in several mailboxes) wait for
-            // each other in one order, never in a cycle (PostgreSQL's deadlock).
-            for (sha, (data, attachment)) in &new_blobs {
-                store_blob_in!(tx, sha, data, now, *attachment);
+            // The new items' bodies, once each, kept (never a raw copy retention may remove);
+            // every blob but the raw message itself is an attachment. After the items, in
+            // SHA-256 order: two transactions storing the same new blobs (the same attachment
+            // or body in several mailboxes) wait for each other in one order, never in a
+            // cycle (PostgreSQL's deadlock).
+            let mut new_blobs = Blobs::new();
+            for ((item, blobs), (_, text, html)) in items.iter().zip(&docs) {
+                if !inserted.contains(&item.id.to_string()) {
+                    continue;
+                }
+                for (sha, body) in text.iter().chain(html.iter()) {
+                    new_blobs.insert(sha.as_str(), (body.as_bytes(), true));
+                }
+                for (sha, data) in blobs.iter() {
+                    let attachment = *sha != item.raw_sha256;
+                    let e = new_blobs.entry(*sha).or_insert((*data, attachment));
+                    e.1 |= attachment;
+                }
             }
+            store_blobs_in!(tx, &new_blobs, now);
             tx.commit().await?;
         });
+        let out = items
+            .iter()
+            .map(|(item, _)| {
+                if inserted.contains(&item.id.to_string()) {
+                    ItemInsert::Inserted
+                } else {
+                    ItemInsert::Duplicate
+                }
+            })
+            .collect();
         Ok(out)
     }
 
@@ -494,15 +561,16 @@ impl Store {
         let now = now_ms();
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
+            prepare_writes_in!(self, tx, writes, now);
             for w in writes {
-                if run_write_in!(self, tx, w, now).is_none() {
+                if run_write_in!(prepared: self, tx, w, now).is_none() {
                     return Err(w.not_written());
                 }
             }
-            for (item, activity, lines) in finished {
-                match finish_in!(tx, lease, *item, activity, lines, now) {
+            for chunk in finished.chunks(FINISH_ROWS) {
+                match finish_in!(tx, lease, chunk, now) {
                     Finish::Done => {}
-                    Finish::Already => {
+                    Finish::Already(item) => {
                         return Err(StoreError::Conflict {
                             entity: "mail item",
                             detail: format!("item {item} was already tracked"),
@@ -524,53 +592,84 @@ fn lease_lost(lease: &LeaseGuard) -> StoreError {
     }
 }
 
-/// How marking an item tracked went.
+/// Items marked tracked by one statement.
+const FINISH_ROWS: usize = 100;
+
+/// How marking items tracked went.
 #[derive(Debug)]
 enum Finish {
     Done,
-    /// It was marked already.
-    Already,
+    /// This one was marked already: nothing may be written.
+    Already(String),
     /// The lease is gone: nothing was written.
     Lost,
 }
 
-/// Appends `$lines` to item `$item`'s trace (its `trace_tail`) and marks it tracked (as activity `$activity`, an
-/// `Option`) inside the open transaction `$tx`, fenced by `$lease`; evaluates to a [`Finish`].
+/// Appends to each item's trace (its `trace_tail`) its lines and marks it tracked (as its
+/// activity, if any) inside the open transaction `$tx`, fenced by `$lease`, for a slice of
+/// `(ItemId, Option<ActivityId>, Vec<String>)`: one query reads the tails, one statement
+/// writes them all. Evaluates to a [`Finish`].
 macro_rules! finish_in {
-    ($tx:ident, $lease:expr, $item:expr, $activity:expr, $lines:expr, $now:expr) => {{
-        let id = $item.to_string();
-        // Only the trace's tail is read and written, never the document (issue 19).
-        let row = sqlx::query("SELECT trace_tail FROM mail_items WHERE id = $1 AND tracked_at IS NULL")
-            .bind(&id)
-            .fetch_optional(&mut *$tx)
-            .await?;
-        match row {
-            None => Finish::Already,
-            Some(r) => {
-                let tail: Option<String> = r.try_get("trace_tail")?;
-                let mut lines = $crate::entity::trace_tail_of("mail item", &id, tail.as_deref())?;
-                lines.extend($lines.iter().cloned());
-                let tail = serde_json::to_string(&lines).map_err(|e| StoreError::Corrupt {
-                    entity: "mail item",
-                    id: id.clone(),
-                    cause: e.to_string(),
-                })?;
-                let n = sqlx::query(
-                    "UPDATE mail_items SET trace_tail = $1, tracked_at = $2, updated_at = $2, version = version + 1, activity_id = $7 \
-                     WHERE id = $3 AND tracked_at IS NULL \
-                     AND EXISTS (SELECT 1 FROM leases WHERE resource = $4 AND owner = $5 AND epoch = $6 AND lease_until > $2)",
-                )
-                .bind(&tail)
-                .bind($now)
-                .bind(&id)
-                .bind(&$lease.resource)
-                .bind(&$lease.owner)
-                .bind($lease.epoch)
-                .bind($activity.map(|a| a.to_string()))
-                .execute(&mut *$tx)
-                .await?
-                .rows_affected();
-                if n == 1 { Finish::Done } else { Finish::Lost }
+    ($tx:ident, $lease:expr, $items:expr, $now:expr) => {{
+        let items: &[(ItemId, Option<ActivityId>, Vec<String>)] = $items;
+        let ids: Vec<String> = items.iter().map(|(id, _, _)| id.to_string()).collect();
+        // Only the traces' tails are read and written, never the documents (issue 19).
+        let sql = format!(
+            "SELECT id, trace_tail FROM mail_items WHERE tracked_at IS NULL AND id IN ({})",
+            $crate::placeholders(1, ids.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in &ids {
+            q = q.bind(id);
+        }
+        let mut tails: HashMap<String, Option<String>> = HashMap::new();
+        for r in q.fetch_all(&mut *$tx).await? {
+            tails.insert(r.try_get("id")?, r.try_get("trace_tail")?);
+        }
+        match ids.iter().find(|id| !tails.contains_key(*id)) {
+            Some(id) => Finish::Already(id.clone()),
+            None => {
+                // UPDATE … SET x = CASE id WHEN … END for every item at once.
+                let n = ids.len();
+                let mut binds: Vec<Option<String>> = Vec::with_capacity(3 * n);
+                let (mut tail_case, mut activity_case) = (String::new(), String::new());
+                for ((id, (_, activity, lines)), i) in ids.iter().zip(items).zip(0..) {
+                    let mut all = $crate::entity::trace_tail_of(
+                        "mail item",
+                        id,
+                        tails.get(id).cloned().flatten().as_deref(),
+                    )?;
+                    all.extend(lines.iter().cloned());
+                    let tail = serde_json::to_string(&all).map_err(|e| StoreError::Corrupt {
+                        entity: "mail item",
+                        id: id.clone(),
+                        cause: e.to_string(),
+                    })?;
+                    let p = 5 + 3 * i;
+                    tail_case.push_str(&format!(" WHEN ${p} THEN ${}", p + 1));
+                    activity_case.push_str(&format!(" WHEN ${p} THEN ${}", p + 2));
+                    binds.extend([Some(id.clone()), Some(tail), activity.map(|a| a.to_string())]);
+                }
+                let sql = format!(
+                    "UPDATE mail_items SET trace_tail = CASE id{tail_case} END, activity_id = CASE id{activity_case} END, \
+                     tracked_at = $1, updated_at = $1, version = version + 1 \
+                     WHERE tracked_at IS NULL AND id IN ({}) \
+                     AND EXISTS (SELECT 1 FROM leases WHERE resource = $2 AND owner = $3 AND epoch = $4 AND lease_until > $1)",
+                    (0..n).map(|i| format!("${}", 5 + 3 * i)).collect::<Vec<_>>().join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind($now)
+                    .bind(&$lease.resource)
+                    .bind(&$lease.owner)
+                    .bind($lease.epoch);
+                for b in binds {
+                    q = q.bind(b);
+                }
+                if q.execute(&mut *$tx).await?.rows_affected() == n as u64 {
+                    Finish::Done
+                } else {
+                    Finish::Lost
+                }
             }
         }
     }};
@@ -581,13 +680,14 @@ impl Store {
     /// Stores attachments (content-addressed, so storing one twice keeps one copy).
     pub async fn put_blobs(&self, blobs: &[(&str, &[u8])]) -> Result<(), StoreError> {
         // In SHA-256 order, like intake's (see `insert_items`).
-        let sorted: std::collections::BTreeMap<&str, &[u8]> = blobs.iter().copied().collect();
+        let blobs: Blobs<'_> = blobs
+            .iter()
+            .map(|(sha, data)| (*sha, (*data, true)))
+            .collect();
         let now = now_ms();
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            for (sha, data) in &sorted {
-                store_blob_in!(tx, sha, data, now, true);
-            }
+            store_blobs_in!(tx, &blobs, now);
             tx.commit().await?;
         });
         Ok(())

@@ -15,7 +15,7 @@
 //! is a bound parameter.
 
 use crate::entity::{Col, decode};
-use crate::{Store, StoreError, Stored, dispatch_read};
+use crate::{Store, StoreError, Stored, dispatch_read, placeholders};
 use serversync_model::crm::{EmailActivity, RecordRef};
 use serversync_model::track::normalize_address;
 use serversync_model::{ActivityId, OrgId, QueueId, UserId};
@@ -88,14 +88,17 @@ impl ActivityKey {
             ActivityKey::SubjectKey => "subject_key",
         }
     }
-}
 
-/// `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    /// The activity's value of this key: what its [`ActivityKey::column`] holds.
+    pub fn of(self, a: &EmailActivity) -> Option<String> {
+        match self {
+            ActivityKey::MessageId => a.dedupe_key(),
+            ActivityKey::TrackingToken => a.tracking_token.clone(),
+            ActivityKey::Conversation => a.conversation_id.clone(),
+            ActivityKey::SubjectKey => Some(serversync_model::track::normalize_subject(&a.subject))
+                .filter(|k| !k.is_empty()),
+        }
+    }
 }
 
 fn record_ref(kind: &str, id: &str) -> Result<RecordRef, StoreError> {

@@ -2,7 +2,7 @@
 //! see `EmailActivity::send_due`): which mailboxes have email due, and a mailbox's due email
 //! in due order. Neither reads an email that is not due, however many wait.
 
-use crate::entity::{EntityWrite, run_write_in};
+use crate::entity::{EntityWrite, prepare_writes_in, run_write_in};
 use crate::{Col, Entity, Page, Store, StoreError, Stored, dispatch, dispatch_read, now_ms};
 use serversync_model::crm::{EmailActivity, EmailStatus};
 use serversync_model::{MailboxId, Timestamp, wire_name};
@@ -122,8 +122,9 @@ impl Store {
         let rows: Vec<Option<(i64, i64)>> = dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             let mut rows = Vec::with_capacity(writes.len());
+            prepare_writes_in!(self, tx, &writes, now);
             for w in &writes {
-                rows.push(run_write_in!(self, tx, w, now));
+                rows.push(run_write_in!(prepared: self, tx, w, now));
             }
             tx.commit().await?;
             rows
