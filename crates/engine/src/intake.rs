@@ -112,8 +112,51 @@ async fn take_in_inner(
         .unwrap_or(IntakeOutcome::Duplicate))
 }
 
-/// An item, its attachments (SHA-256, content) and the raw message when it is kept.
-type Prepared = (MailItem, Vec<(String, Vec<u8>)>, Option<Vec<u8>>);
+/// A message parsed and decided, ready to store: the item, its attachments (SHA-256,
+/// content) and the raw message when it is kept. Made anywhere (the IMAP sync makes them on
+/// the blocking pool while it fetches the next messages), stored by an [`IntakeBatch`].
+pub struct Prepared {
+    item: MailItem,
+    blobs: Vec<(String, Vec<u8>)>,
+    raw: Option<Vec<u8>>,
+}
+
+impl Prepared {
+    /// Parses and decides one message (see [`prepare_item`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mailbox: &Mailbox,
+        settings: &EmailSettings,
+        profile: Option<&EmailServerProfile>,
+        source: ItemSource,
+        raw: Vec<u8>,
+        received_at: Timestamp,
+        too_large: Option<(u64, u64)>,
+    ) -> Self {
+        let (item, blobs) = prepare_item(
+            mailbox,
+            settings,
+            profile,
+            source,
+            &raw,
+            received_at,
+            too_large,
+        );
+        let raw = item.raw_kept.then_some(raw);
+        Prepared { item, blobs, raw }
+    }
+
+    /// Puts `line` first in the trace (how it was found before intake decided, e.g. by the
+    /// re-mapping of a renumbered folder).
+    pub fn note(&mut self, line: String) {
+        self.item.trace.insert(0, line);
+    }
+
+    fn bytes(&self) -> usize {
+        self.raw.as_ref().map_or(0, Vec::len)
+            + self.blobs.iter().map(|(_, d)| d.len()).sum::<usize>()
+    }
+}
 
 /// Messages parsed and decided, stored together in one transaction by
 /// [`IntakeBatch::store`] (one commit for many fetched messages rather than one each).
@@ -137,26 +180,21 @@ impl IntakeBatch {
         received_at: Timestamp,
         too_large: Option<(u64, u64)>,
     ) {
-        let (item, blobs) = prepare_item(
+        self.push(Prepared::new(
             mailbox,
             settings,
             profile,
             source,
-            &raw,
+            raw,
             received_at,
             too_large,
-        );
-        self.bytes += raw.len() + blobs.iter().map(|(_, d)| d.len()).sum::<usize>();
-        let raw = item.raw_kept.then_some(raw);
-        self.items.push((item, blobs, raw));
+        ));
     }
 
-    /// Puts `line` first in the trace of the message added last (how it was found before
-    /// intake decided, e.g. by the re-mapping of a renumbered folder).
-    pub fn note_last(&mut self, line: String) {
-        if let Some((item, _, _)) = self.items.last_mut() {
-            item.trace.insert(0, line);
-        }
+    /// Adds a message prepared elsewhere.
+    pub fn push(&mut self, prepared: Prepared) {
+        self.bytes += prepared.bytes();
+        self.items.push(prepared);
     }
 
     /// Bytes held (raw messages and attachments), to bound a batch.
@@ -178,7 +216,7 @@ impl IntakeBatch {
         }
         let blobs: Vec<Vec<(&str, &[u8])>> = items
             .iter()
-            .map(|(item, blobs, raw)| {
+            .map(|Prepared { item, blobs, raw }| {
                 let mut all: Vec<(&str, &[u8])> = blobs
                     .iter()
                     .map(|(s, d)| (s.as_str(), d.as_slice()))
@@ -192,7 +230,7 @@ impl IntakeBatch {
         let rows: Vec<ItemRow<'_>> = items
             .iter()
             .zip(&blobs)
-            .map(|((item, _, _), b)| (item, b.as_slice()))
+            .map(|(p, b)| (&p.item, b.as_slice()))
             .collect();
         let inserted = store.insert_items(&rows).await?;
         drop(rows);
@@ -200,7 +238,7 @@ impl IntakeBatch {
         Ok(items
             .into_iter()
             .zip(inserted)
-            .map(|((item, _, _), r)| match r {
+            .map(|(Prepared { item, .. }, r)| match r {
                 ItemInsert::Inserted => {
                     count_item(&item);
                     IntakeOutcome::Recorded(Box::new(item))

@@ -10,12 +10,15 @@
 //! message re-mapped to the item kept before by Message-ID and content ([`remap`]).
 
 use super::{ConnSlot, Ctx, Stop, bump_telemetry, renew};
-use crate::intake::{IntakeBatch, IntakeOutcome};
+use crate::intake::{IntakeBatch, IntakeOutcome, Prepared};
 use crate::policy::Failure;
 use serversync_connectors::mime;
-use serversync_connectors::source::{FolderState, Listed, MailSource, Opened};
+use serversync_connectors::source::{Fetched, FolderState, Listed, MailSource, Opened};
 use serversync_model::item::{ItemDecision, ItemSource};
 use serversync_model::mailbox::Mailbox;
+use serversync_model::profile::EmailServerProfile;
+use serversync_model::settings::EmailSettings;
+use serversync_model::sync::FolderCursor;
 use serversync_model::{ErrorKind, FailureStep};
 use serversync_store::Remap;
 use serversync_vault::sha256_hex;
@@ -28,8 +31,9 @@ const PAGE: usize = 200;
 /// Renumberings in a row (without a stable round between) before syncing stops with an alert
 /// instead of re-reading the folder yet again.
 const MAX_RENUMBERINGS: u32 = 5;
-/// Raw bytes gathered before a batch of fetched messages is stored, whatever its count.
-const INTAKE_BATCH_BYTES: usize = 16 << 20;
+/// Raw bytes gathered before a batch of fetched messages is stored, whatever its count (a
+/// page being stored and the next being read are held at once).
+const INTAKE_BATCH_BYTES: usize = 8 << 20;
 
 /// Brings `folder` up to date over `source`.
 pub(super) async fn sync_folder(
@@ -82,94 +86,52 @@ pub(super) async fn sync_folder(
         let mut cursor = opened.cursor.clone();
         let mut missed = false;
         let mut stopped = false;
+        let intake = Intake::new(&m, cx);
+        // A pipeline: while one page's messages are stored and the cursor moved past them,
+        // the next page is fetched (and its messages parsed on the blocking pool).
+        let mut read: Option<PageRead> = None;
         for page in new.chunks(PAGE) {
             let before = cursor.clone();
-            let mut fetch = source.fetch(page, cx.max_message_bytes()).await?;
-            let mut gathered = Gathered::default();
-            let mut processed = 0u64;
-            loop {
-                if cx.shutdown.is_cancelled() {
-                    stopped = true;
-                    break;
-                }
-                if renewed.elapsed() >= cx.renew_every() {
-                    renew(cx, Some(slot)).await?;
-                    renewed = Instant::now();
-                }
-                let msg = match fetch.next().await {
-                    Ok(Some(msg)) => msg,
-                    Ok(None) => break,
-                    Err(e) => {
-                        // What arrived whole before the connection failed is kept.
-                        gathered.store(cx).await?;
-                        return Err(e.into());
-                    }
-                };
-                let (keep, note) = if opened.remapping() {
-                    match remap(cx, &opened, &msg.source, &msg.raw).await? {
-                        Some(line) => (true, Some(line)),
-                        None => (false, None),
-                    }
-                } else {
-                    (true, None)
-                };
-                if keep {
-                    gathered.batch.add(
-                        &m,
-                        &cx.session.settings,
-                        Some(&cx.session.profile),
-                        msg.source,
-                        msg.raw,
-                        msg.received,
-                        msg.too_large,
-                    );
-                    if let Some(line) = note {
-                        gathered.batch.note_last(line);
-                    }
-                    gathered.pending.push(msg.index);
-                    if gathered.batch.bytes() >= INTAKE_BATCH_BYTES {
-                        gathered.store(cx).await?;
-                    }
-                }
-                opened.committed(&mut cursor, &page[msg.index]);
-                processed += 1;
+            let (committed, next) = tokio::join!(
+                commit_page(cx, folder, read.take(), &mut written, started),
+                read_page(
+                    cx,
+                    source,
+                    &opened,
+                    &intake,
+                    page,
+                    &mut cursor,
+                    &mut renewed,
+                    slot
+                ),
+            );
+            finish_page(cx, source, folder, committed?, &mut to_delete).await?;
+            let mut next = next?;
+            if let Some(e) = next.failed_fetch.take() {
+                // What arrived whole before the connection failed is kept (the cursor stays).
+                next.gathered.store(cx).await?;
+                return Err(e.into());
             }
-            gathered.store(cx).await?;
-            let missing = fetch.missing();
-            drop(fetch);
-            to_delete.extend(gathered.deletable.iter().map(|i| page[*i].clone()));
-            if !missing.is_empty() && !stopped {
+            stopped = next.stopped;
+            if !next.missing.is_empty() && !stopped {
                 // Never move the cursor past a message that was not stored: stop below the
                 // first one missing; it is listed again right away.
-                opened.missing(&mut cursor, page, &missing, &before);
-                store.put_cursor(lease, id, folder, cursor.clone()).await?;
-                written = Some(cursor.clone());
-                tracing::warn!(mailbox = %id, folder, missing = missing.len(), "the server did not return every message; reading again");
+                opened.missing(&mut cursor, page, &next.missing, &before);
+                next.cursor = cursor.clone();
+                tracing::warn!(mailbox = %id, folder, missing = next.missing.len(), "the server did not return every message; reading again");
+                let committed = commit_page(cx, folder, Some(next), &mut written, started).await;
+                finish_page(cx, source, folder, committed?, &mut to_delete).await?;
                 missed = true;
                 break;
             }
-            // The messages are committed: only now may the cursor move (fenced by the lease).
-            if written.as_ref() != Some(&cursor) {
-                store.put_cursor(lease, id, folder, cursor.clone()).await?;
-                written = Some(cursor.clone());
-            }
-            cx.progress.fetch_add(1, Ordering::Relaxed);
-            bump_telemetry(store, id, started, processed, gathered.failed.len() as u64).await?;
-            if processed > 0 {
-                cx.stored.notify_one();
-            }
-            if !gathered.failed.is_empty()
-                && cx.session.profile.advanced.move_failed_to_undeliverable
-            {
-                let moved = source
-                    .move_to_undeliverable(folder, &gathered.failed)
-                    .await?;
-                tracing::info!(mailbox = %id, folder, moved, "failed messages moved to Undeliverable");
-            }
+            next.cursor = cursor.clone();
+            read = Some(next);
             if stopped {
                 break;
             }
         }
+        let committed = commit_page(cx, folder, read.take(), &mut written, started).await;
+        finish_page(cx, source, folder, committed?, &mut to_delete).await?;
         if delete && !to_delete.is_empty() {
             source.delete(&to_delete).await?;
             tracing::info!(mailbox = %id, deleted = to_delete.len(), "processed messages marked for deletion on the server");
@@ -230,28 +192,229 @@ fn may_delete(decision: ItemDecision) -> bool {
     matches!(decision, ItemDecision::Stored | ItemDecision::Failed)
 }
 
+/// What the sessions of one folder's pages need to prepare a message for intake: the mailbox
+/// as it is now, the organization's settings and the profile, shared with the blocking pool.
+struct Intake {
+    shared: std::sync::Arc<(Mailbox, EmailSettings, EmailServerProfile)>,
+}
+
+impl Intake {
+    fn new(m: &Mailbox, cx: &Ctx<'_>) -> Self {
+        Intake {
+            shared: std::sync::Arc::new((
+                m.clone(),
+                cx.session.settings.clone(),
+                cx.session.profile.clone(),
+            )),
+        }
+    }
+
+    /// Parses and decides `msg` on the blocking pool (the fetch goes on meanwhile); `note`
+    /// goes first in its trace.
+    fn prepare(&self, msg: Fetched, note: Option<String>) -> tokio::task::JoinHandle<Prepared> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mailbox, settings, profile) = &*shared;
+            let mut prepared = Prepared::new(
+                mailbox,
+                settings,
+                Some(profile),
+                msg.source,
+                msg.raw,
+                msg.received,
+                msg.too_large,
+            );
+            if let Some(line) = note {
+                prepared.note(line);
+            }
+            prepared
+        })
+    }
+}
+
+/// One page as read: its messages (being) parsed, and where reading stopped.
+struct PageRead {
+    gathered: Gathered,
+    /// Messages taken from the server (stored now or before, or re-mapped).
+    processed: u64,
+    /// Positions in the page the server did not return.
+    missing: Vec<usize>,
+    /// Shutdown was asked for while reading.
+    stopped: bool,
+    /// The connection failed after these messages.
+    failed_fetch: Option<serversync_connectors::ConnectError>,
+    /// The cursor once the page is committed.
+    cursor: FolderCursor,
+}
+
+/// Fetches `page`, handing each message to the blocking pool to be parsed; gathered
+/// messages are stored early only when they hold more than [`INTAKE_BATCH_BYTES`].
+#[allow(clippy::too_many_arguments)]
+async fn read_page(
+    cx: &Ctx<'_>,
+    source: &mut MailSource,
+    opened: &Opened,
+    intake: &Intake,
+    page: &[Listed],
+    cursor: &mut FolderCursor,
+    renewed: &mut Instant,
+    slot: &ConnSlot,
+) -> Result<PageRead, Stop> {
+    let mut read = PageRead {
+        gathered: Gathered::default(),
+        processed: 0,
+        missing: Vec::new(),
+        stopped: false,
+        failed_fetch: None,
+        cursor: cursor.clone(),
+    };
+    let mut fetch = source.fetch(page, cx.max_message_bytes()).await?;
+    loop {
+        if cx.shutdown.is_cancelled() {
+            read.stopped = true;
+            break;
+        }
+        if renewed.elapsed() >= cx.renew_every() {
+            renew(cx, Some(slot)).await?;
+            *renewed = Instant::now();
+        }
+        let msg = match fetch.next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(e) => {
+                read.failed_fetch = Some(e);
+                return Ok(read);
+            }
+        };
+        let index = msg.index;
+        let (keep, note) = if opened.remapping() {
+            match remap(cx, opened, &msg.source, &msg.raw).await? {
+                Some(line) => (true, Some(line)),
+                None => (false, None),
+            }
+        } else {
+            (true, None)
+        };
+        if keep {
+            read.gathered.bytes += msg.raw.len();
+            read.gathered
+                .parsing
+                .push((page[index].clone(), intake.prepare(msg, note)));
+            if read.gathered.bytes >= INTAKE_BATCH_BYTES {
+                read.gathered.store(cx).await?;
+            }
+        }
+        opened.committed(cursor, &page[index]);
+        read.processed += 1;
+    }
+    read.missing = fetch.missing();
+    Ok(read)
+}
+
+/// What became of a committed page: its failed messages and those that may be deleted.
+#[derive(Default)]
+struct Committed {
+    failed: Vec<ItemSource>,
+    deletable: Vec<Listed>,
+}
+
+/// Stores a page read by [`read_page`] in one transaction, and only then moves the cursor past
+/// it (fenced by the lease) and counts it.
+async fn commit_page(
+    cx: &Ctx<'_>,
+    folder: &str,
+    read: Option<PageRead>,
+    written: &mut Option<FolderCursor>,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Result<Committed, Stop> {
+    let Some(mut read) = read else {
+        return Ok(Committed::default());
+    };
+    read.gathered.store(cx).await?;
+    if written.as_ref() != Some(&read.cursor) {
+        cx.store
+            .put_cursor(cx.lease, cx.id, folder, read.cursor.clone())
+            .await?;
+        *written = Some(read.cursor);
+    }
+    cx.progress.fetch_add(1, Ordering::Relaxed);
+    let g = read.gathered;
+    bump_telemetry(
+        cx.store,
+        cx.id,
+        started,
+        read.processed,
+        g.failed.len() as u64,
+    )
+    .await?;
+    if read.processed > 0 {
+        cx.stored.notify_one();
+    }
+    Ok(Committed {
+        failed: g.failed,
+        deletable: g.deletable,
+    })
+}
+
+/// After a page is committed: its messages that may be deleted are noted, and those that
+/// failed go to the Undeliverable folder when the profile says so.
+async fn finish_page(
+    cx: &Ctx<'_>,
+    source: &mut MailSource,
+    folder: &str,
+    committed: Committed,
+    to_delete: &mut Vec<Listed>,
+) -> Result<(), Stop> {
+    to_delete.extend(committed.deletable);
+    if !committed.failed.is_empty() && cx.session.profile.advanced.move_failed_to_undeliverable {
+        let moved = source
+            .move_to_undeliverable(folder, &committed.failed)
+            .await?;
+        tracing::info!(mailbox = %cx.id, folder, moved, "failed messages moved to Undeliverable");
+    }
+    Ok(())
+}
+
 /// Fetched messages gathered for one transaction, and what became of those stored.
 #[derive(Default)]
 struct Gathered {
-    batch: IntakeBatch,
-    /// Positions in the page of the messages in `batch`, in order.
-    pending: Vec<usize>,
+    /// Each message as listed, and its parse on the blocking pool.
+    parsing: Vec<(Listed, tokio::task::JoinHandle<Prepared>)>,
+    /// Raw bytes of `parsing`, to bound a batch.
+    bytes: usize,
     /// Messages recorded as failed (for the Undeliverable folder).
     failed: Vec<ItemSource>,
-    /// Positions of messages committed now that may be deleted.
-    deletable: Vec<usize>,
+    /// Messages committed now that may be deleted.
+    deletable: Vec<Listed>,
 }
 
 impl Gathered {
     /// Stores the gathered messages in one transaction, counting the new ones as progress.
-    async fn store(&mut self, cx: &Ctx<'_>) -> Result<(), serversync_store::StoreError> {
-        let outcomes = self.batch.store(cx.store).await?;
-        for (index, outcome) in self.pending.drain(..).zip(outcomes) {
+    async fn store(&mut self, cx: &Ctx<'_>) -> Result<(), Stop> {
+        let mut batch = IntakeBatch::default();
+        let mut listed = Vec::with_capacity(self.parsing.len());
+        for (l, parse) in self.parsing.drain(..) {
+            let prepared = parse.await.map_err(|e| {
+                Stop::Failed(Failure::coded(
+                    "intake_panicked",
+                    ErrorKind::Transient,
+                    FailureStep::Protocol,
+                    format!(
+                        "parsing a fetched message stopped unexpectedly ({e}); it is fetched again"
+                    ),
+                ))
+            })?;
+            batch.push(prepared);
+            listed.push(l);
+        }
+        self.bytes = 0;
+        let outcomes = batch.store(cx.store).await?;
+        for (l, outcome) in listed.into_iter().zip(outcomes) {
             if let IntakeOutcome::Recorded(item) = outcome {
                 // New work committed (a message fetched again is not progress).
                 cx.progress.fetch_add(1, Ordering::Relaxed);
                 if may_delete(item.decision) {
-                    self.deletable.push(index);
+                    self.deletable.push(l);
                 }
                 if item.decision == ItemDecision::Failed {
                     self.failed.push(item.source.clone());
