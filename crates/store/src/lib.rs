@@ -71,6 +71,55 @@ pub(crate) enum Db {
 pub(crate) struct SqliteDb {
     pub(crate) writer: SqlitePool,
     pub(crate) readers: SqlitePool,
+    /// Copies the WAL into the database file on its own connection (none in memory).
+    checkpointer: Option<Arc<Checkpointer>>,
+}
+
+/// How often the checkpointer copies what the WAL holds into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// The writer does not checkpoint (`wal_autocheckpoint = 0`): copying the WAL into the
+/// database file — as much work as the write itself for large messages — would run inside a
+/// commit on the writer's thread, and every writer behind it would wait. A task does it
+/// instead, every [`CHECKPOINT_EVERY`], on a connection of its own (a passive checkpoint: it
+/// never blocks the writer or the readers). Stopped when the last handle of the store is
+/// dropped or the store is closed.
+#[derive(Debug)]
+struct Checkpointer {
+    pool: SqlitePool,
+    task: tokio::task::AbortHandle,
+}
+
+impl Checkpointer {
+    fn start(pool: SqlitePool) -> Self {
+        let task = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    if pool.is_closed() {
+                        return;
+                    }
+                    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&pool)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "checkpointing the SQLite WAL failed; trying again");
+                    }
+                }
+            }
+        })
+        .abort_handle();
+        Checkpointer { pool, task }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool — on SQLite the single writer's — ;
@@ -287,19 +336,25 @@ impl Store {
                         Ok(conn.execute("ROLLBACK").await.is_ok())
                     })
                 })
-                .connect_with(opts.clone())
+                .connect_with(opts.clone().pragma("wal_autocheckpoint", "0"))
                 .await
                 .map_err(unreachable)?;
             // An in-memory database is private to its connection: there, reads go to the
-            // writer too.
-            let readers = if path.starts_with(':') || path.contains("mode=memory") {
-                writer.clone()
+            // writer too, and there is no WAL.
+            let (readers, checkpointer) = if path.starts_with(':') || path.contains("mode=memory") {
+                (writer.clone(), None)
             } else {
-                SqlitePoolOptions::new()
+                let checkpointer = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone().create_if_missing(false))
+                    .await
+                    .map_err(unreachable)?;
+                let readers = SqlitePoolOptions::new()
                     .max_connections(8)
                     .connect_with(opts.read_only(true).create_if_missing(false))
                     .await
-                    .map_err(unreachable)?
+                    .map_err(unreachable)?;
+                (readers, Some(Arc::new(Checkpointer::start(checkpointer))))
             };
             // A database created by an earlier version may still be readable by others.
             for suffix in ["", "-wal", "-shm"] {
@@ -309,7 +364,11 @@ impl Store {
                         .map_err(|e| private(e, format!("cannot make {f} private (mode 0600)")))?;
                 }
             }
-            Db::Sqlite(SqliteDb { writer, readers })
+            Db::Sqlite(SqliteDb {
+                writer,
+                readers,
+                checkpointer,
+            })
         };
         Ok(Store {
             db,
@@ -359,6 +418,10 @@ impl Store {
         match &self.db {
             Db::Sqlite(db) => {
                 db.readers.close().await;
+                if let Some(c) = &db.checkpointer {
+                    c.task.abort();
+                    c.pool.close().await;
+                }
                 db.writer.close().await;
             }
             Db::Postgres(pool) => pool.close().await,

@@ -1073,3 +1073,37 @@ async fn a_broken_deadlock_is_transient() {
         "{err}"
     );
 }
+
+// The SQLite writer never checkpoints (copying the WAL into the database file inside a
+// commit would hold up every writer behind it); the store's checkpointer does, on its own
+// connection, soon after: what was written reaches the database file.
+#[tokio::test]
+async fn sqlite_writes_reach_the_database_file_without_the_writer_checkpointing() {
+    let db = Db::new(Backend::Sqlite).await;
+    let k = MasterKey::generate().unwrap().to_base64();
+    let store = Store::open(&db.url(), key(&k)).await.unwrap();
+    let file = db.sqlite_file().unwrap();
+    let before = std::fs::metadata(&file).unwrap().len();
+    let data: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 256 * 1024]).collect();
+    let shas: Vec<String> = (0..data.len()).map(|i| format!("{i:064x}")).collect();
+    let blobs: Vec<(&str, &[u8])> = shas
+        .iter()
+        .zip(&data)
+        .map(|(s, d)| (s.as_str(), d.as_slice()))
+        .collect();
+    store.put_blobs(&blobs).await.unwrap();
+    let wanted = before + 16 * 256 * 1024;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let len = std::fs::metadata(&file).unwrap().len();
+        if len >= wanted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file is {len} bytes 20 s after 4 MB were committed (wanted {wanted}): the WAL was not checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.close().await;
+}
