@@ -181,6 +181,32 @@ fn dovecot_limits(mailboxes: usize) -> String {
     )
 }
 
+/// Dovecot watches each idling mailbox with inotify: one instance per IMAP process (a hundred
+/// connections each, see [`dovecot_limits`]) and two watches per mailbox. The kernel's
+/// defaults (128 instances per user) stop a few thousand mailboxes short; raised here, for
+/// this machine, when they are lower (as root; a warning otherwise).
+fn raise_inotify_limits(mailboxes: usize) {
+    for (name, wanted) in [
+        ("max_user_instances", mailboxes / 50 + 256),
+        ("max_user_watches", mailboxes * 4 + 65_536),
+    ] {
+        let path = format!("/proc/sys/fs/inotify/{name}");
+        let now: usize = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if now >= wanted {
+            continue;
+        }
+        match std::fs::write(&path, wanted.to_string()) {
+            Ok(()) => eprintln!("bench: fs.inotify.{name} raised from {now} to {wanted}"),
+            Err(e) => eprintln!(
+                "bench: warning: cannot raise fs.inotify.{name} from {now} to {wanted} ({e}); Dovecot may not watch every idling mailbox"
+            ),
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     let started = Instant::now();
     let bin = std::fs::canonicalize(&args.serversync).with_context(|| {
@@ -210,6 +236,9 @@ async fn run(args: RunArgs) -> Result<()> {
     users.extend((0..scale_n).map(scale::account));
     if wants(&args, "scaleout") {
         users.extend((0..scaleout::MAILBOXES).map(scaleout::account));
+    }
+    if scale_n > 0 {
+        raise_inotify_limits(scale_n);
     }
     eprintln!(
         "bench: starting Dovecot, Postfix and PostgreSQL under {}",

@@ -594,6 +594,110 @@ macro_rules! prepare_writes_in {
 }
 pub(crate) use prepare_writes_in;
 
+/// Inserts new records of one kind inside the open transaction `$tx`, many rows a statement:
+/// `$writes` are inserts with the same statement and link columns, their feeds locked and
+/// bodies stored ([`prepare_writes_in!`]). The rows, then their link rows, then their
+/// change-feed entries, each a few statements for the whole set.
+macro_rules! insert_many_in {
+    ($store:expr, $tx:ident, $writes:expr, $now:expr) => {{
+        let writes: &[&$crate::entity::EntityWrite] = $writes;
+        if let Some(first) = writes.first() {
+            let per_row = 6 + first.cols.len();
+            let head = first.sql.split(" VALUES ").next().unwrap_or_default();
+            for chunk in writes.chunks((30_000 / per_row).clamp(1, 100)) {
+                let sql = format!("{head} VALUES {}", $crate::value_rows(1, chunk.len(), per_row));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for w in chunk {
+                    q = q.bind(&w.id).bind(&w.org).bind(&w.doc).bind(1_i64).bind($now).bind($now);
+                    for (_, c) in &w.cols {
+                        q = $crate::entity::bind_col!(q, c);
+                    }
+                }
+                q.execute(&mut *$tx)
+                    .await
+                    .map_err(|e| $crate::entity::conflict(first.entity, e))?;
+            }
+            if let Some((table, own, other)) = first.links {
+                let names: String = first.link_cols.iter().map(|(n, _)| format!(", {n}")).collect();
+                let per_link = 3 + first.link_cols.len();
+                let links: Vec<(&$crate::entity::EntityWrite, &String)> = writes
+                    .iter()
+                    .flat_map(|w| w.link_ids.iter().map(move |l| (*w, l)))
+                    .collect();
+                for chunk in links.chunks((30_000 / per_link).clamp(1, 200)) {
+                    let ins = format!(
+                        "INSERT INTO {table} ({own}, {other}, org_id{names}) VALUES {} ON CONFLICT DO NOTHING",
+                        $crate::value_rows(1, chunk.len(), per_link)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(ins));
+                    for (w, l) in chunk {
+                        q = q.bind(&w.id).bind(*l).bind(&w.org);
+                        for (_, c) in &w.link_cols {
+                            q = $crate::entity::bind_col!(q, c);
+                        }
+                    }
+                    q.execute(&mut *$tx).await?;
+                }
+            }
+            let fed: Vec<(&$crate::entity::EntityWrite, &(String, serversync_model::webhook::RecordType))> = writes
+                .iter()
+                .filter_map(|w| w.feed.as_ref().map(|f| (*w, f)))
+                .collect();
+            for chunk in fed.chunks(500) {
+                let sql = format!(
+                    "{} VALUES {}",
+                    $crate::changes::INSERT_CHANGE.split(" VALUES ").next().unwrap_or_default(),
+                    $crate::value_rows(1, chunk.len(), 8)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (w, (org, rt)) in chunk {
+                    // No copy of the document: the feed reads the record (see `changes`).
+                    q = q
+                        .bind(org)
+                        .bind(serversync_model::wire_name(rt))
+                        .bind(&w.id)
+                        .bind(serversync_model::wire_name(&serversync_model::webhook::ChangeOp::Created))
+                        .bind(1_i64)
+                        .bind($crate::now_ms())
+                        .bind("")
+                        .bind($store.origin.to_string());
+                }
+                q.execute(&mut *$tx).await?;
+            }
+        }
+    }};
+}
+pub(crate) use insert_many_in;
+
+/// Runs many writes inside the open transaction `$tx`: feeds locked and bodies stored once
+/// ([`prepare_writes_in!`]), the inserts of each kind many rows a statement
+/// ([`insert_many_in!`]), then the updates one by one. Returns from the enclosing function
+/// with the write's error when an update finds no row at its expected version.
+macro_rules! run_writes_in {
+    ($store:expr, $tx:ident, $writes:expr, $now:expr) => {{
+        let writes: &[$crate::entity::EntityWrite] = $writes;
+        $crate::entity::prepare_writes_in!($store, $tx, writes, $now);
+        // Inserts grouped by statement and link columns, in the order each kind first comes.
+        let mut kinds: Vec<(String, Vec<&$crate::entity::EntityWrite>)> = Vec::new();
+        for w in writes.iter().filter(|w| w.update.is_none()) {
+            let key = format!("{}|{:?}", w.sql, w.link_cols.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+            match kinds.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, g)) => g.push(w),
+                None => kinds.push((key, vec![w])),
+            }
+        }
+        for (_, g) in &kinds {
+            $crate::entity::insert_many_in!($store, $tx, g, $now);
+        }
+        for w in writes.iter().filter(|w| w.update.is_some()) {
+            if $crate::entity::run_write_in!(prepared: $store, $tx, w, $now).is_none() {
+                return Err(w.not_written());
+            }
+        }
+    }};
+}
+pub(crate) use run_writes_in;
+
 impl Store {
     /// Inserts a new entity.
     pub async fn insert<E: Entity>(&self, e: &E) -> Result<Stored<E>, StoreError> {
@@ -724,12 +828,7 @@ impl Store {
         let now = now_ms();
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            prepare_writes_in!(self, tx, writes, now);
-            for w in writes {
-                if run_write_in!(prepared: self, tx, w, now).is_none() {
-                    return Err(w.not_written());
-                }
-            }
+            run_writes_in!(self, tx, writes, now);
             for a in audit {
                 crate::audit::append_in!(tx, a);
             }

@@ -1,9 +1,7 @@
 //! Item-level records and the content-addressed blob store for raw messages and attachments.
 
 use crate::LeaseGuard;
-use crate::entity::{
-    Col, Entity, EntityWrite, body_sha, decode_row, prepare_writes_in, run_write_in, select_list,
-};
+use crate::entity::{Col, Entity, EntityWrite, body_sha, decode_row, run_writes_in, select_list};
 use crate::{Store, StoreError, dispatch, dispatch_read, now_ms};
 use serversync_model::item::{ItemDecision, ItemSource, MailItem};
 use serversync_model::{ActivityId, ItemId, MailboxId, OrgId};
@@ -561,12 +559,7 @@ impl Store {
         let now = now_ms();
         dispatch!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            prepare_writes_in!(self, tx, writes, now);
-            for w in writes {
-                if run_write_in!(prepared: self, tx, w, now).is_none() {
-                    return Err(w.not_written());
-                }
-            }
+            run_writes_in!(self, tx, writes, now);
             for chunk in finished.chunks(FINISH_ROWS) {
                 match finish_in!(tx, lease, chunk, now) {
                     Finish::Done => {}
