@@ -167,12 +167,15 @@ fn wants(args: &RunArgs, what: &str) -> bool {
 
 /// Dovecot limits for thousands of IDLE connections: login processes in high-performance
 /// mode, and IMAP processes serving up to 100 connections each (a process per connection
-/// would be 10,000 processes for the 10,000-mailbox run).
+/// would be 10,000 processes for the 10,000-mailbox run). `service_count = 0` lets an IMAP
+/// process take more than one connection (Dovecot's default, 1, ends it after its first,
+/// whatever `client_limit` says); every account has the same system user here, which Dovecot
+/// requires for that.
 fn dovecot_limits(mailboxes: usize) -> String {
     let n = mailboxes + 200;
     format!(
         "\nservice imap-login {{\n  service_count = 0\n  client_limit = {n}\n  process_limit = 8\n  process_min_avail = 2\n}}\n\
-         service imap {{\n  client_limit = 100\n  process_limit = {p}\n}}\n\
+         service imap {{\n  service_count = 0\n  client_limit = 100\n  process_limit = {p}\n}}\n\
          service anvil {{\n  client_limit = {c}\n}}\n\
          service stats {{\n  client_limit = {c}\n}}\n\
          service auth {{\n  client_limit = {c}\n}}\n",

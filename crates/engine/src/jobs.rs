@@ -39,6 +39,9 @@ pub(crate) async fn claim(ctx: &JobContext) -> Result<Vec<(Job, LeaseGuard)>, St
     Ok(out)
 }
 
+/// How often a running job's progress is written.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) async fn run(ctx: JobContext, job: Job, lease: LeaseGuard) {
     let id = job.id;
     if let Err(e) = run_inner(&ctx, job, &lease).await {
@@ -61,11 +64,13 @@ async fn run_inner(ctx: &JobContext, mut job: Job, lease: &LeaseGuard) -> Result
 
     match job.kind {
         JobKind::TestAndEnable => {
+            let done: std::collections::HashSet<_> =
+                job.results.iter().map(|r| r.mailbox_id).collect();
             let remaining: Vec<_> = job
                 .mailbox_ids
                 .iter()
                 .copied()
-                .filter(|m| !job.results.iter().any(|r| r.mailbox_id == *m))
+                .filter(|m| !done.contains(m))
                 .collect();
             let store = ctx.store.clone();
             let config = ctx.config.clone();
@@ -82,6 +87,11 @@ async fn run_inner(ctx: &JobContext, mut job: Job, lease: &LeaseGuard) -> Result
                     async move { (m, test.await) }
                 })
                 .buffer_unordered(ctx.config.test_concurrency.max(1));
+            // Progress is written at most every PROGRESS_EVERY (and at the end), not after
+            // each mailbox: the job's document holds every result, and rewriting it per
+            // result made enabling 10,000 mailboxes quadratic. A result not written yet when
+            // the worker stops is tested again by the worker that resumes the job.
+            let mut written = std::time::Instant::now();
             while let Some((m, r)) = results.next().await {
                 let item = match r {
                     Ok(Ok(item)) => item,
@@ -98,10 +108,13 @@ async fn run_inner(ctx: &JobContext, mut job: Job, lease: &LeaseGuard) -> Result
                         certificates: Vec::new(),
                     },
                 };
-                ctx.store.renew_lease(lease, ctx.config.lease_ttl).await?;
                 job.results.push(item);
                 job.done = job.results.len() as u32;
-                ctx.store.update(&job, None).await?;
+                if written.elapsed() >= PROGRESS_EVERY {
+                    ctx.store.renew_lease(lease, ctx.config.lease_ttl).await?;
+                    ctx.store.update(&job, None).await?;
+                    written = std::time::Instant::now();
+                }
             }
         }
         JobKind::ApplyDefaultSettings | JobKind::KeyRotation => {}

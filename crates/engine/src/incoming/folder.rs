@@ -210,10 +210,25 @@ impl Intake {
     }
 
     /// Parses and decides `msg` on the blocking pool (the fetch goes on meanwhile); `note`
-    /// goes first in its trace.
-    fn prepare(&self, msg: Fetched, note: Option<String>) -> tokio::task::JoinHandle<Prepared> {
+    /// goes first in its trace. At most one message per core is parsed at once in the whole
+    /// process: a fetch that outruns parsing waits here (and the blocking pool does not grow
+    /// a thread, and a heap, per message in flight).
+    async fn prepare(
+        &self,
+        msg: Fetched,
+        note: Option<String>,
+    ) -> tokio::task::JoinHandle<Prepared> {
+        static PARSERS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+            std::sync::OnceLock::new();
+        let parsers = PARSERS.get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            std::sync::Arc::new(tokio::sync::Semaphore::new(cores))
+        });
+        // Never closed, so a permit always comes.
+        let permit = parsers.clone().acquire_owned().await.ok();
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let (mailbox, settings, profile) = &*shared;
             let mut prepared = Prepared::new(
                 mailbox,
@@ -299,7 +314,7 @@ async fn read_page(
             read.gathered.bytes += msg.raw.len();
             read.gathered
                 .parsing
-                .push((page[index].clone(), intake.prepare(msg, note)));
+                .push((page[index].clone(), intake.prepare(msg, note).await));
             if read.gathered.bytes >= INTAKE_BATCH_BYTES {
                 read.gathered.store(cx).await?;
             }
