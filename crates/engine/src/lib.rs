@@ -19,6 +19,7 @@ mod incoming;
 pub mod intake;
 mod jobs;
 mod leases;
+mod listing;
 pub mod lmtp;
 mod oauth;
 pub mod outgoing;
@@ -230,6 +231,9 @@ impl Engine {
         // It runs until the incoming sessions are drained.
         let renew_stop = CancellationToken::new();
         let renewer = tokio::spawn(leases.clone().run(self.store.clone(), renew_stop.clone()));
+        // Every mailbox and profile, listed again only when changed: incoming and two-way
+        // sync look at them on every tick.
+        let listing = std::sync::Arc::new(listing::Listing::default());
         // The pipelines with one task per unit of work (mailbox, sending mailbox, endpoint),
         // each under its lease.
         let mut incoming = supervisor::Supervisor::new(
@@ -241,6 +245,7 @@ impl Engine {
                 config: self.config.clone(),
                 stored: self.wake.clone(),
                 leases: leases.clone(),
+                listing: listing.clone(),
                 shared: Default::default(),
             },
         );
@@ -269,6 +274,7 @@ impl Engine {
             twoway::Items {
                 store: self.store.clone(),
                 config: self.config.clone(),
+                listing,
             },
         );
         let mut heartbeat: Option<serversync_store::LeaseGuard> = None;

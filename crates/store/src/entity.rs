@@ -1045,6 +1045,26 @@ impl Store {
     }
 
     /// Every entity matching the filters (for small sets such as roles).
+    /// A fingerprint of every row of `E` (how many, the sum of their versions, the latest
+    /// created and updated): an insert, an update or a delete changes it. One aggregate query,
+    /// for a caller that keeps a listing and reads it again only when this changes.
+    pub async fn fingerprint<E: Entity>(&self) -> Result<[i64; 4], StoreError> {
+        let sql = format!(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(version), 0) AS BIGINT) AS v, \
+             COALESCE(MAX(created_at), 0) AS c, COALESCE(MAX(updated_at), 0) AS u FROM {}",
+            E::TABLE
+        );
+        dispatch_read!(&self.db, pool => {
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).fetch_one(pool).await?;
+            Ok([
+                r.try_get::<i64, _>("n")?,
+                r.try_get::<i64, _>("v")?,
+                r.try_get::<i64, _>("c")?,
+                r.try_get::<i64, _>("u")?,
+            ])
+        })
+    }
+
     pub async fn list_all<E: Entity>(
         &self,
         org: Option<OrgId>,

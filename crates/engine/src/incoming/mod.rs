@@ -11,6 +11,7 @@ mod folder;
 
 use crate::EngineConfig;
 use crate::leases::{Kept, Leases};
+use crate::listing::Listing;
 use crate::policy::Failure;
 use crate::policy::{self, Direction};
 use crate::session::{MailboxSession, Side};
@@ -35,7 +36,7 @@ pub(crate) fn resource(id: MailboxId) -> String {
 
 /// One look at every mailbox: the due ones, and what the running sessions are compared with.
 struct Look {
-    due: Vec<Mailbox>,
+    due: Vec<MailboxId>,
     /// Per mailbox, its version and its profile's (-1: none): a change wakes its session.
     versions: HashMap<MailboxId, (i64, i64)>,
     /// Enabled mailboxes per profile.
@@ -49,38 +50,39 @@ struct Look {
 /// A mailbox enabled for incoming email by the "forward mailbox" method (stored before that
 /// method was refused) is not left silent: its incoming direction is disabled with an alert
 /// naming the method.
-async fn look(store: &Store, config: &crate::EngineConfig) -> Result<Look, StoreError> {
+async fn look(
+    store: &Store,
+    config: &crate::EngineConfig,
+    listing: &Listing,
+) -> Result<Look, StoreError> {
     let now = chrono::Utc::now();
-    let profiles = store.list_all::<EmailServerProfile>(None, &[]).await?;
-    let profile_versions: HashMap<ProfileId, i64> =
-        profiles.iter().map(|p| (p.value.id, p.version)).collect();
-    let synced_profiles: std::collections::HashSet<_> = profiles
-        .into_iter()
+    let listed = listing.get(store).await?;
+    let profile_versions: HashMap<ProfileId, i64> = listed
+        .profiles
+        .iter()
+        .map(|p| (p.value.id, p.version))
+        .collect();
+    let synced_profiles: std::collections::HashSet<_> = listed
+        .profiles
+        .iter()
         .filter(|p| has_synchronizer(p.value.incoming_protocol))
         .map(|p| p.value.id)
         .collect();
     let mut versions = HashMap::new();
     let mut sharing: HashMap<ProfileId, usize> = HashMap::new();
-    let mailboxes: Vec<Mailbox> = store
-        .list_all::<Mailbox>(None, &[])
-        .await?
-        .into_iter()
-        .map(|s| {
-            let profile = s
-                .value
-                .profile_id
-                .and_then(|p| profile_versions.get(&p).copied())
-                .unwrap_or(-1);
-            versions.insert(s.value.id, (s.version, profile));
-            if s.value.incoming.enabled
-                && let Some(p) = s.value.profile_id
-            {
-                *sharing.entry(p).or_default() += 1;
-            }
-            s.value
-        })
-        .collect();
-    for m in &mailboxes {
+    let mut due = Vec::new();
+    for s in listed.mailboxes.iter() {
+        let m = &s.value;
+        let profile = m
+            .profile_id
+            .and_then(|p| profile_versions.get(&p).copied())
+            .unwrap_or(-1);
+        versions.insert(m.id, (s.version, profile));
+        if m.incoming.enabled
+            && let Some(p) = m.profile_id
+        {
+            *sharing.entry(p).or_default() += 1;
+        }
         if m.incoming.enabled && m.incoming_method == IncomingMethod::ForwardMailbox {
             crate::health::record_failure(
                 store,
@@ -91,16 +93,14 @@ async fn look(store: &Store, config: &crate::EngineConfig) -> Result<Look, Store
             )
             .await?;
         }
+        if m.incoming.enabled
+            && m.incoming_method == IncomingMethod::ServerSideSync
+            && m.profile_id.is_some_and(|p| synced_profiles.contains(&p))
+            && m.telemetry.postponed_until.is_none_or(|t| t <= now)
+        {
+            due.push(m.id);
+        }
     }
-    let due = mailboxes
-        .into_iter()
-        .filter(|m| {
-            m.incoming.enabled
-                && m.incoming_method == IncomingMethod::ServerSideSync
-                && m.profile_id.is_some_and(|p| synced_profiles.contains(&p))
-                && m.telemetry.postponed_until.is_none_or(|t| t <= now)
-        })
-        .collect();
     Ok(Look {
         due,
         versions,
@@ -121,6 +121,8 @@ pub(crate) struct Incoming {
     pub stored: Arc<Notify>,
     /// The engine-wide renewal of the mailbox and connection-slot leases.
     pub leases: Leases,
+    /// Every mailbox and profile, read again only when changed.
+    pub listing: Arc<Listing>,
     pub shared: Arc<Shared>,
 }
 
@@ -163,9 +165,9 @@ impl crate::supervisor::Pipeline for Incoming {
     const FAIR_SHARE: bool = true;
 
     async fn due(&self) -> Result<Vec<MailboxId>, StoreError> {
-        let mut look = look(&self.store, &self.config).await?;
+        let mut look = look(&self.store, &self.config, &self.listing).await?;
         self.shared.saw(&mut look);
-        Ok(look.due.into_iter().map(|m| m.id).collect())
+        Ok(look.due)
     }
     fn resource(id: MailboxId) -> String {
         resource(id)

@@ -14,6 +14,7 @@ pub(crate) mod records;
 pub mod round;
 
 use crate::EngineConfig;
+use crate::listing::Listing;
 use crate::policy::{Direction, Failure};
 use crate::session::{MailboxSession, Side};
 use round::{Round, RoundError, RoundReport};
@@ -128,20 +129,19 @@ async fn exchange_store(
 }
 
 /// User mailboxes whose appointments, contacts and tasks this engine should synchronize now.
-pub(crate) async fn due(store: &Store) -> Result<Vec<MailboxId>, StoreError> {
+pub(crate) async fn due(store: &Store, listing: &Listing) -> Result<Vec<MailboxId>, StoreError> {
     let now = chrono::Utc::now();
-    let profiles: std::collections::HashSet<_> = store
-        .list_all::<EmailServerProfile>(None, &[])
-        .await?
-        .into_iter()
+    let listed = listing.get(store).await?;
+    let profiles: std::collections::HashSet<_> = listed
+        .profiles
+        .iter()
         .filter(|p| has_synchronizer(&p.value))
         .map(|p| p.value.id)
         .collect();
-    Ok(store
-        .list_all::<Mailbox>(None, &[])
-        .await?
-        .into_iter()
-        .map(|s| s.value)
+    Ok(listed
+        .mailboxes
+        .iter()
+        .map(|s| &s.value)
         .filter(|m| {
             m.act.enabled
                 && m.act_method == ActMethod::ServerSideSync
@@ -157,6 +157,8 @@ pub(crate) async fn due(store: &Store) -> Result<Vec<MailboxId>, StoreError> {
 pub(crate) struct Items {
     pub store: Store,
     pub config: EngineConfig,
+    /// Every mailbox and profile, read again only when changed.
+    pub listing: std::sync::Arc<Listing>,
 }
 
 impl crate::supervisor::Pipeline for Items {
@@ -166,7 +168,7 @@ impl crate::supervisor::Pipeline for Items {
     const FAIR_SHARE: bool = true;
 
     async fn due(&self) -> Result<Vec<MailboxId>, StoreError> {
-        due(&self.store).await
+        due(&self.store, &self.listing).await
     }
     fn resource(id: MailboxId) -> String {
         resource(id)
