@@ -170,12 +170,13 @@ fn wants(args: &RunArgs, what: &str) -> bool {
 /// would be 10,000 processes for the 10,000-mailbox run). `service_count = 0` lets an IMAP
 /// process take more than one connection (Dovecot's default, 1, ends it after its first,
 /// whatever `client_limit` says); every account has the same system user here, which Dovecot
-/// requires for that.
+/// requires for that. No address-space limit (`vsz_limit = 0`): a login process terminating
+/// TLS for a thousand connections outgrows the default 256 MB and is killed with all of them.
 fn dovecot_limits(mailboxes: usize) -> String {
     let n = mailboxes + 200;
     format!(
-        "\nservice imap-login {{\n  service_count = 0\n  client_limit = {n}\n  process_limit = 8\n  process_min_avail = 2\n}}\n\
-         service imap {{\n  service_count = 0\n  client_limit = 100\n  process_limit = {p}\n}}\n\
+        "\nservice imap-login {{\n  service_count = 0\n  client_limit = {n}\n  process_limit = 8\n  process_min_avail = 8\n  vsz_limit = 0\n}}\n\
+         service imap {{\n  service_count = 0\n  client_limit = 100\n  process_limit = {p}\n  vsz_limit = 0\n}}\n\
          service anvil {{\n  client_limit = {c}\n}}\n\
          service stats {{\n  client_limit = {c}\n}}\n\
          service auth {{\n  client_limit = {c}\n}}\n",
@@ -741,7 +742,9 @@ async fn run(args: RunArgs) -> Result<()> {
     drop(postfix);
     drop(dovecot);
     drop(pg);
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("SERVERSYNC_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 

@@ -1107,3 +1107,68 @@ async fn sqlite_writes_reach_the_database_file_without_the_writer_checkpointing(
     }
     store.close().await;
 }
+
+// A table's fingerprint (the engine lists every mailbox again only when it changes) changes
+// with every insert, update and delete — also a delete and an insert that leave the count
+// and the sum of versions as they were.
+both!(
+    a_table_fingerprint_changes_with_every_write,
+    |store, db, k| {
+        let (org, admin) = org_and_admin(&store).await;
+        let settings = EmailSettings::new(org.id);
+        let mailbox = |name: &str| {
+            Mailbox::new_with_defaults(
+                org.id,
+                MailboxRegarding::User(admin.id),
+                admin.id,
+                name,
+                &format!("{name}@example.test"),
+                &settings,
+                now(),
+            )
+        };
+        let empty = store.fingerprint::<Mailbox>().await.unwrap();
+        let a = mailbox("a");
+        store.insert(&a).await.unwrap();
+        let one = store.fingerprint::<Mailbox>().await.unwrap();
+        assert_ne!(one, empty, "an insert changes it");
+        assert_eq!(
+            store.fingerprint::<Mailbox>().await.unwrap(),
+            one,
+            "nothing written: unchanged"
+        );
+        let mut changed = a.clone();
+        changed.name = "renamed".into();
+        store.update(&changed, None).await.unwrap();
+        let updated = store.fingerprint::<Mailbox>().await.unwrap();
+        assert_ne!(updated, one, "an update changes it");
+        let b = mailbox("b");
+        store.insert(&b).await.unwrap();
+        let two = store.fingerprint::<Mailbox>().await.unwrap();
+        // One out, another in: as many rows, the same sum of versions (both at version 1).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            store
+                .delete::<Mailbox>(&b.id.to_string(), None)
+                .await
+                .unwrap()
+        );
+        let c = mailbox("c");
+        store.insert(&c).await.unwrap();
+        let swapped = store.fingerprint::<Mailbox>().await.unwrap();
+        assert_eq!(swapped[..2], two[..2]);
+        assert_ne!(swapped, two, "a delete and an insert change it");
+        assert!(
+            store
+                .delete::<Mailbox>(&c.id.to_string(), None)
+                .await
+                .unwrap()
+        );
+        assert_ne!(
+            store.fingerprint::<Mailbox>().await.unwrap(),
+            swapped,
+            "a delete changes it"
+        );
+        let _ = (db, k);
+    }
+);

@@ -27,15 +27,17 @@ use std::time::{Duration, Instant};
 const IDLE_FULL_ROUND: Duration = Duration::from_secs(28 * 60);
 
 pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
-    let hold = may_hold_connection(cx).await?;
+    let hold = Box::pin(may_hold_connection(cx)).await?;
     let mut reconnect = Reconnect::default();
     // The start of the last full round: a "sync now" requested after it starts another.
     let mut last_round = chrono::DateTime::<chrono::Utc>::MIN_UTC;
     let mut first = true;
     loop {
-        let Some(slot) = cx
-            .session
-            .slot(cx.store, cx.config, Side::Incoming, &cx.lease.owner)
+        let Some(slot) =
+            Box::pin(
+                cx.session
+                    .slot(cx.store, cx.config, Side::Incoming, &cx.lease.owner),
+            )
             .await?
         else {
             // Every connection slot of the profile is in use: wait for one.
@@ -50,7 +52,7 @@ pub(super) async fn session(cx: &Ctx<'_>) -> Result<Stop, Stop> {
         let slot_kept = cx.held.leases.keep(slot.lease());
         let r = connected(cx, &slot, &slot_kept, hold, &mut last_round).await;
         drop(slot_kept);
-        slot.release(cx.store).await;
+        Box::pin(slot.release(cx.store)).await;
         // How long the connection counts as having lived: a connection that stored messages
         // before it dropped was a working one (the network blipped mid-sync), so the next
         // one is opened soon instead of backing off as for a server that hangs up at once.
@@ -146,11 +148,15 @@ async fn connected(
     hold: bool,
     last_round: &mut chrono::DateTime<chrono::Utc>,
 ) -> Result<Ended, Stop> {
-    let mut source = cx.session.source(cx.store).await?.map_err(Stop::Failed)?;
+    // The one-off steps run boxed: an idle session's future then holds only what waiting
+    // needs (thousands of sessions idle at once), not the largest step's state.
+    let mut source = Box::pin(cx.session.source(cx.store))
+        .await?
+        .map_err(Stop::Failed)?;
     if cx.session.profile.auto_discover
         && let Some(url) = source.endpoint()
     {
-        super::remember_endpoint(cx.store, cx.id, &url).await?;
+        Box::pin(super::remember_endpoint(cx.store, cx.id, &url)).await?;
     }
     let watch = hold && source.can_watch();
     let mut folders = source.folders(&tracked_folders(&cx.session.mailbox, &cx.session.profile));
@@ -162,7 +168,7 @@ async fn connected(
         if full_round_due {
             *last_round = chrono::Utc::now();
             for folder in &folders {
-                sync_folder(cx, &mut source, folder, slot).await?;
+                Box::pin(sync_folder(cx, &mut source, folder, slot)).await?;
             }
             // With nothing but the Inbox to read, IDLE tells of new mail.
             let every = if folders.is_empty() && source.waits_long() {
@@ -172,19 +178,17 @@ async fn connected(
             };
             next_full = tokio::time::Instant::now() + every;
         }
-        sync_folder(cx, &mut source, &inbox, slot).await?;
+        Box::pin(sync_folder(cx, &mut source, &inbox, slot)).await?;
         // A renumbered Inbox counts as stable again only after a round that finds nothing
         // new: until then, rounds keep the polling interval.
-        if cx
-            .store
-            .get_cursor(cx.id, &inbox)
+        if Box::pin(cx.store.get_cursor(cx.id, &inbox))
             .await?
             .and_then(|c| c.into_imap())
             .is_some_and(|c| c.uid_validity_changes > 0)
         {
             next_full = next_full.min(tokio::time::Instant::now() + poll_interval(cx));
         }
-        renew(cx, Some(slot)).await?;
+        Box::pin(renew(cx, Some(slot))).await?;
         if !watch {
             // POP3 removes the messages marked for deletion here.
             source.close().await?;
@@ -193,7 +197,7 @@ async fn connected(
         full_round_due = false;
         loop {
             if let Some(g) = source.graph() {
-                crate::graph_notify::ensure(cx.store, cx.config, cx.id, g).await?;
+                Box::pin(crate::graph_notify::ensure(cx.store, cx.config, cx.id, g)).await?;
             }
             // IMAP waits in one IDLE until the next full round and ends it cleanly when
             // woken; other sources wait in steps and look for changes after each.
@@ -233,7 +237,7 @@ async fn connected(
                 }
                 continue;
             }
-            match check(cx, *last_round).await? {
+            match Box::pin(check(cx, *last_round)).await? {
                 WaitEnd::Reconfigured => {
                     let _ = source.close().await;
                     return Ok(Ended::Stop(Stop::Reconfigured));

@@ -265,8 +265,15 @@ pub(crate) async fn run(
     }
     if let Stop::Failed(p) = stop {
         tracing::warn!(mailbox = %id, code = %p.code, "incoming sync failed: {}", p.message);
-        if let Err(e) =
-            crate::health::record_failure(&store, &config, id, &p, Direction::Incoming).await
+        // Boxed, like every one-off step: see `connection::connected`.
+        if let Err(e) = Box::pin(crate::health::record_failure(
+            &store,
+            &config,
+            id,
+            &p,
+            Direction::Incoming,
+        ))
+        .await
         {
             tracing::error!(mailbox = %id, error = %e, "recording the failure failed");
             // Nothing postpones the mailbox then (a full disk takes the record too): wait the
@@ -347,7 +354,7 @@ async fn session(
     stored: &Notify,
     held: Held<'_>,
 ) -> Result<Stop, Stop> {
-    let session = MailboxSession::load(store, config, id)
+    let session = Box::pin(MailboxSession::load(store, config, id))
         .await?
         .map_err(Stop::Failed)?;
     let protocol = session.profile.incoming_protocol;
