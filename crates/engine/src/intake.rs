@@ -96,7 +96,7 @@ async fn take_in_inner(
     too_large: Option<(u64, u64)>,
 ) -> Result<IntakeOutcome, StoreError> {
     let mut batch = IntakeBatch::default();
-    batch.add(
+    batch.push(Prepared::new(
         mailbox,
         settings,
         profile,
@@ -104,7 +104,7 @@ async fn take_in_inner(
         raw.to_vec(),
         received_at,
         too_large,
-    );
+    ));
     Ok(batch
         .store(store)
         .await?
@@ -151,11 +151,6 @@ impl Prepared {
     pub fn note(&mut self, line: String) {
         self.item.trace.insert(0, line);
     }
-
-    fn bytes(&self) -> usize {
-        self.raw.as_ref().map_or(0, Vec::len)
-            + self.blobs.iter().map(|(_, d)| d.len()).sum::<usize>()
-    }
 }
 
 /// Messages parsed and decided, stored together in one transaction by
@@ -163,54 +158,18 @@ impl Prepared {
 #[derive(Default)]
 pub struct IntakeBatch {
     items: Vec<Prepared>,
-    bytes: usize,
 }
 
 impl IntakeBatch {
-    /// Parses and decides one message (see [`prepare_item`]); stored by the next
-    /// [`IntakeBatch::store`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        mailbox: &Mailbox,
-        settings: &EmailSettings,
-        profile: Option<&EmailServerProfile>,
-        source: ItemSource,
-        raw: Vec<u8>,
-        received_at: Timestamp,
-        too_large: Option<(u64, u64)>,
-    ) {
-        self.push(Prepared::new(
-            mailbox,
-            settings,
-            profile,
-            source,
-            raw,
-            received_at,
-            too_large,
-        ));
-    }
-
-    /// Adds a message prepared elsewhere.
+    /// Adds a parsed and decided message; stored by the next [`IntakeBatch::store`].
     pub fn push(&mut self, prepared: Prepared) {
-        self.bytes += prepared.bytes();
         self.items.push(prepared);
-    }
-
-    /// Bytes held (raw messages and attachments), to bound a batch.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 
     /// Stores every message added since the last call in one transaction; what became of
     /// each, in the order they were added. Empty afterwards.
     pub async fn store(&mut self, store: &Store) -> Result<Vec<IntakeOutcome>, StoreError> {
         let items = std::mem::take(&mut self.items);
-        self.bytes = 0;
         if items.is_empty() {
             return Ok(Vec::new());
         }

@@ -192,8 +192,8 @@ fn may_delete(decision: ItemDecision) -> bool {
     matches!(decision, ItemDecision::Stored | ItemDecision::Failed)
 }
 
-/// What the sessions of one folder's pages need to prepare a message for intake: the mailbox
-/// as it is now, the organization's settings and the profile, shared with the blocking pool.
+/// What preparing a fetched message for intake needs — the mailbox as it is now, the
+/// organization's settings and the profile — shared with the blocking pool.
 struct Intake {
     shared: std::sync::Arc<(Mailbox, EmailSettings, EmailServerProfile)>,
 }
