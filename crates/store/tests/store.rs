@@ -1114,21 +1114,25 @@ async fn sqlite_writes_reach_the_database_file_without_the_writer_checkpointing(
 both!(
     a_table_fingerprint_changes_with_every_write,
     |store, db, k| {
-        let (org, admin) = org_and_admin(&store).await;
+        let (org, _) = org_and_admin(&store).await;
         let settings = EmailSettings::new(org.id);
-        let mailbox = |name: &str| {
+        // A mailbox of a new user (one mailbox per user).
+        let mailbox = async |name: &str| {
+            let email = format!("{name}@example.test");
+            let u = User::new(org.id, name, &email, now());
+            store.insert(&u).await.unwrap();
             Mailbox::new_with_defaults(
                 org.id,
-                MailboxRegarding::User(admin.id),
-                admin.id,
+                MailboxRegarding::User(u.id),
+                u.id,
                 name,
-                &format!("{name}@example.test"),
+                &email,
                 &settings,
                 now(),
             )
         };
         let empty = store.fingerprint::<Mailbox>().await.unwrap();
-        let a = mailbox("a");
+        let a = mailbox("a").await;
         store.insert(&a).await.unwrap();
         let one = store.fingerprint::<Mailbox>().await.unwrap();
         assert_ne!(one, empty, "an insert changes it");
@@ -1142,7 +1146,7 @@ both!(
         store.update(&changed, None).await.unwrap();
         let updated = store.fingerprint::<Mailbox>().await.unwrap();
         assert_ne!(updated, one, "an update changes it");
-        let b = mailbox("b");
+        let b = mailbox("b").await;
         store.insert(&b).await.unwrap();
         let two = store.fingerprint::<Mailbox>().await.unwrap();
         // One out, another in: as many rows, the same sum of versions (both at version 1).
@@ -1153,7 +1157,7 @@ both!(
                 .await
                 .unwrap()
         );
-        let c = mailbox("c");
+        let c = mailbox("c").await;
         store.insert(&c).await.unwrap();
         let swapped = store.fingerprint::<Mailbox>().await.unwrap();
         assert_eq!(swapped[..2], two[..2]);
