@@ -294,38 +294,57 @@ fn to_doc<E: Entity>(e: &E) -> Result<String, StoreError> {
     })
 }
 
-/// Replaces the link rows of entity `$id` (see [`Entity::LINKS`]) inside transaction `$tx`.
+/// Replaces the link rows of the write `$w` (see [`Entity::LINKS`]) inside transaction `$tx`
+/// (an insert's row has none to replace).
 macro_rules! write_links_in {
-    ($tx:expr, $links:expr, $id:expr, $org:expr, $ids:expr, $cols:expr, $fresh:expr) => {
-        if let Some((table, own, other)) = $links {
-            // A row just inserted has none to replace.
-            if !$fresh {
-                let del = format!("DELETE FROM {table} WHERE {own} = $1");
-                sqlx::query(sqlx::AssertSqlSafe(del.as_str())).bind($id).execute(&mut *$tx).await?;
-            }
-            let cols: &[(&'static str, $crate::entity::Col)] = $cols;
-            let ids: &[String] = $ids;
-            let names: String = cols.iter().map(|(n, _)| format!(", {n}")).collect();
-            // One statement for all of the links (a few hundred at most per record).
-            for chunk in ids.chunks(200) {
+    ($tx:ident, $w:expr) => {{
+        let w: &$crate::entity::EntityWrite = $w;
+        if let Some((table, own, _)) = w.links
+            && w.update.is_some()
+        {
+            let del = format!("DELETE FROM {table} WHERE {own} = $1");
+            sqlx::query(sqlx::AssertSqlSafe(del.as_str()))
+                .bind(&w.id)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        $crate::entity::insert_links_in!($tx, &[w]);
+    }};
+}
+
+/// Inserts the link rows of writes of one kind (the same [`Entity::LINKS`] and link columns)
+/// inside transaction `$tx`, many rows a statement.
+macro_rules! insert_links_in {
+    ($tx:ident, $writes:expr) => {{
+        let writes: &[&$crate::entity::EntityWrite] = $writes;
+        if let Some(first) = writes.first()
+            && let Some((table, own, other)) = first.links
+        {
+            let names: String = first.link_cols.iter().map(|(n, _)| format!(", {n}")).collect();
+            let per_link = 3 + first.link_cols.len();
+            let links: Vec<(&$crate::entity::EntityWrite, &String)> = writes
+                .iter()
+                .flat_map(|w| w.link_ids.iter().map(move |l| (*w, l)))
+                .collect();
+            for chunk in links.chunks((30_000 / per_link).clamp(1, 200)) {
                 let ins = format!(
                     "INSERT INTO {table} ({own}, {other}, org_id{names}) VALUES {} ON CONFLICT DO NOTHING",
-                    $crate::value_rows(1, chunk.len(), 3 + cols.len())
+                    $crate::value_rows(1, chunk.len(), per_link)
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(ins.as_str()));
-                for l in chunk {
-                    q = q.bind($id).bind(l.clone()).bind($org.clone());
-                    for (_, c) in cols {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(ins));
+                for (w, l) in chunk {
+                    q = q.bind(&w.id).bind(*l).bind(&w.org);
+                    for (_, c) in &w.link_cols {
                         q = $crate::entity::bind_col!(q, c);
                     }
                 }
                 q.execute(&mut *$tx).await?;
             }
         }
-    };
+    }};
 }
 
-pub(crate) use {bind_col, write_links_in};
+pub(crate) use {bind_col, insert_links_in, write_links_in};
 
 /// Turns a unique-constraint violation into a readable conflict.
 pub(crate) fn conflict(entity: &'static str, err: sqlx::Error) -> StoreError {
@@ -538,15 +557,7 @@ macro_rules! run_write_in {
             }
         };
         if let Some((version, _)) = row {
-            $crate::entity::write_links_in!(
-                $tx,
-                w.links,
-                &w.id,
-                w.org.clone(),
-                &w.link_ids,
-                &w.link_cols,
-                w.update.is_none()
-            );
+            $crate::entity::write_links_in!($tx, w);
             if let Some((org, rt)) = &w.feed {
                 let op = if w.update.is_some() {
                     serversync_model::webhook::ChangeOp::Updated
@@ -605,10 +616,19 @@ macro_rules! insert_many_in {
             let per_row = 6 + first.cols.len();
             let head = first.sql.split(" VALUES ").next().unwrap_or_default();
             for chunk in writes.chunks((30_000 / per_row).clamp(1, 100)) {
-                let sql = format!("{head} VALUES {}", $crate::value_rows(1, chunk.len(), per_row));
+                let sql = format!(
+                    "{head} VALUES {}",
+                    $crate::value_rows(1, chunk.len(), per_row)
+                );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for w in chunk {
-                    q = q.bind(&w.id).bind(&w.org).bind(&w.doc).bind(1_i64).bind($now).bind($now);
+                    q = q
+                        .bind(&w.id)
+                        .bind(&w.org)
+                        .bind(&w.doc)
+                        .bind(1_i64)
+                        .bind($now)
+                        .bind($now);
                     for (_, c) in &w.cols {
                         q = $crate::entity::bind_col!(q, c);
                     }
@@ -617,36 +637,21 @@ macro_rules! insert_many_in {
                     .await
                     .map_err(|e| $crate::entity::conflict(first.entity, e))?;
             }
-            if let Some((table, own, other)) = first.links {
-                let names: String = first.link_cols.iter().map(|(n, _)| format!(", {n}")).collect();
-                let per_link = 3 + first.link_cols.len();
-                let links: Vec<(&$crate::entity::EntityWrite, &String)> = writes
-                    .iter()
-                    .flat_map(|w| w.link_ids.iter().map(move |l| (*w, l)))
-                    .collect();
-                for chunk in links.chunks((30_000 / per_link).clamp(1, 200)) {
-                    let ins = format!(
-                        "INSERT INTO {table} ({own}, {other}, org_id{names}) VALUES {} ON CONFLICT DO NOTHING",
-                        $crate::value_rows(1, chunk.len(), per_link)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(ins));
-                    for (w, l) in chunk {
-                        q = q.bind(&w.id).bind(*l).bind(&w.org);
-                        for (_, c) in &w.link_cols {
-                            q = $crate::entity::bind_col!(q, c);
-                        }
-                    }
-                    q.execute(&mut *$tx).await?;
-                }
-            }
-            let fed: Vec<(&$crate::entity::EntityWrite, &(String, serversync_model::webhook::RecordType))> = writes
+            $crate::entity::insert_links_in!($tx, writes);
+            let fed: Vec<(
+                &$crate::entity::EntityWrite,
+                &(String, serversync_model::webhook::RecordType),
+            )> = writes
                 .iter()
                 .filter_map(|w| w.feed.as_ref().map(|f| (*w, f)))
                 .collect();
             for chunk in fed.chunks(500) {
                 let sql = format!(
                     "{} VALUES {}",
-                    $crate::changes::INSERT_CHANGE.split(" VALUES ").next().unwrap_or_default(),
+                    $crate::changes::INSERT_CHANGE
+                        .split(" VALUES ")
+                        .next()
+                        .unwrap_or_default(),
                     $crate::value_rows(1, chunk.len(), 8)
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -656,7 +661,9 @@ macro_rules! insert_many_in {
                         .bind(org)
                         .bind(serversync_model::wire_name(rt))
                         .bind(&w.id)
-                        .bind(serversync_model::wire_name(&serversync_model::webhook::ChangeOp::Created))
+                        .bind(serversync_model::wire_name(
+                            &serversync_model::webhook::ChangeOp::Created,
+                        ))
                         .bind(1_i64)
                         .bind($crate::now_ms())
                         .bind("")
