@@ -9,6 +9,10 @@ use serversync_vault::MasterKey;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The most PostgreSQL connections the API and the admin center use at once (besides the
+/// engine's own pool).
+const API_POOL_CONNECTIONS: u32 = 8;
+
 /// Loads the master key and opens (migrating) the store, finishing a key rotation that was
 /// interrupted after its database commit.
 pub async fn open_store(cfg: &Config) -> Result<Store> {
@@ -78,7 +82,11 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let engine = Engine::new(store.clone(), cfg.engine()?);
-    let admin = engine.admin();
+    // The API and the admin center get database connections of their own (PostgreSQL): when
+    // many mailboxes reconnect at once their sessions can hold every connection of the
+    // engine's pool, and the administrator must still be able to look and act.
+    let api_store = store.with_own_pool(API_POOL_CONNECTIONS);
+    let admin = engine.admin_on(&api_store);
     let waker = engine.waker();
     if let Some((user, token)) = admin
         .bootstrap()
@@ -121,7 +129,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
 
     let api = serversync_api::router(serversync_api::AppState {
-        store: store.clone(),
+        store: api_store,
         metrics,
         admin: admin.clone(),
         metrics_token: cfg.server.metrics_token.clone(),

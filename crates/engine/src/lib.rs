@@ -164,7 +164,13 @@ impl Engine {
     /// The administration service, wired to wake this engine when it queues a job. Its
     /// record writes are tagged `api` on the change feed.
     pub fn admin(&self) -> Admin {
-        let store = self.store.with_origin(ChangeOrigin::Api);
+        self.admin_on(&self.store)
+    }
+
+    /// [`Engine::admin`] over `store`: the same database through another handle, e.g. one
+    /// with a connection pool of its own ([`Store::with_own_pool`]).
+    pub fn admin_on(&self, store: &Store) -> Admin {
+        let store = store.with_origin(ChangeOrigin::Api);
         Admin::sharing(store, self.wake.clone(), self.sign_in.clone())
             .with_network(self.config.network.clone())
     }

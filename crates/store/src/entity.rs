@@ -329,7 +329,7 @@ macro_rules! insert_links_in {
             for chunk in links.chunks((30_000 / per_link).clamp(1, 200)) {
                 let ins = format!(
                     "INSERT INTO {table} ({own}, {other}, org_id{names}) VALUES {} ON CONFLICT DO NOTHING",
-                    $crate::value_rows(1, chunk.len(), per_link)
+                    $crate::only_value_rows(&*$tx, chunk.len(), per_link)
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(ins));
                 for (w, l) in chunk {
@@ -618,7 +618,7 @@ macro_rules! insert_many_in {
             for chunk in writes.chunks((30_000 / per_row).clamp(1, 100)) {
                 let sql = format!(
                     "{head} VALUES {}",
-                    $crate::value_rows(1, chunk.len(), per_row)
+                    $crate::only_value_rows(&*$tx, chunk.len(), per_row)
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for w in chunk {
@@ -652,7 +652,7 @@ macro_rules! insert_many_in {
                         .split(" VALUES ")
                         .next()
                         .unwrap_or_default(),
-                    $crate::value_rows(1, chunk.len(), 8)
+                    $crate::only_value_rows(&*$tx, chunk.len(), 8)
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (w, (org, rt)) in chunk {

@@ -48,7 +48,7 @@ macro_rules! store_blobs_in {
         for chunk in asked.chunks(500) {
             let sql = format!(
                 "SELECT sha256 FROM blobs WHERE attachment AND sha256 IN ({})",
-                $crate::placeholders(1, chunk.len())
+                $crate::only_placeholders(&*$tx, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for sha in chunk {
@@ -78,7 +78,7 @@ macro_rules! store_blobs_in {
             rest = tail;
             let sql = format!(
                 "INSERT INTO blobs (sha256, size, data, created_at, attachment) VALUES {} {}",
-                $crate::value_rows(1, chunk.len(), 5),
+                $crate::only_value_rows(&*$tx, chunk.len(), 5),
                 $crate::items::BLOB_CONFLICT
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -170,7 +170,7 @@ impl Store {
                 let sql = format!(
                     "INSERT INTO mail_items (id, org_id, doc, version, created_at, updated_at, mailbox_id, source_key, message_id, decision, raw_sha256, raw_kept, from_addr, received_ms, text_sha256, html_sha256) \
                      VALUES {} ON CONFLICT (mailbox_id, source_key) DO NOTHING RETURNING id",
-                    crate::value_rows(1, chunk.len(), 16)
+                    crate::only_value_rows(&*tx, chunk.len(), 16)
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for ((item, _), (doc, text, html)) in chunk {
@@ -609,7 +609,7 @@ macro_rules! finish_in {
         // Only the traces' tails are read and written, never the documents (issue 19).
         let sql = format!(
             "SELECT id, trace_tail FROM mail_items WHERE tracked_at IS NULL AND id IN ({})",
-            $crate::placeholders(1, ids.len())
+            $crate::only_placeholders(&*$tx, ids.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in &ids {

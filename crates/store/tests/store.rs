@@ -1074,6 +1074,33 @@ async fn a_broken_deadlock_is_transient() {
     );
 }
 
+// The API's store has connections of its own: while the engine's sessions hold every
+// connection of the engine's pool (1,100 mailboxes reconnecting at once did, in the scale
+// benchmark, and the API answered 503), the API still reads and writes.
+#[tokio::test]
+async fn a_store_with_its_own_pool_answers_while_the_other_pool_is_exhausted() {
+    let db = Db::new(Backend::Postgres).await;
+    let store = Store::open(&db.url(), MasterKey::generate().unwrap())
+        .await
+        .unwrap();
+    let api = store.with_own_pool(2);
+    let held = store.hold_connections(16).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), store.ping())
+            .await
+            .is_err(),
+        "the engine's pool has a 17th connection: this test holds nothing"
+    );
+    let (org, _) = org_and_admin(&api).await;
+    let got = api
+        .fetch::<Organization>(&org.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(got.value.name, org.name);
+    drop(held);
+    store.ping().await.unwrap();
+}
+
 // The SQLite writer never checkpoints (copying the WAL into the database file inside a
 // commit would hold up every writer behind it); the store's checkpointer does, on its own
 // connection, soon after: what was written reaches the database file.
@@ -1105,6 +1132,53 @@ async fn sqlite_writes_reach_the_database_file_without_the_writer_checkpointing(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    store.close().await;
+}
+
+// Mail written without a pause (an initial synchronization) must not grow the WAL without
+// bound: SQLite starts the WAL again only when a checkpoint copied all of it before the
+// writer's next transaction, which a continuous writer never leaves time for (the ingest
+// benchmark's WAL reached 900 MB for 240 MB of mail). The checkpointer has it started again.
+#[tokio::test]
+async fn the_sqlite_wal_is_started_again_while_writes_never_pause() {
+    let db = Db::new(Backend::Sqlite).await;
+    let k = MasterKey::generate().unwrap().to_base64();
+    let store = Store::open(&db.url(), key(&k)).await.unwrap();
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.sqlite_file().unwrap().display()));
+    let chunk = 256 * 1024;
+    let started = std::time::Instant::now();
+    let mut written = 0usize;
+    let mut n = 0u64;
+    // At least 192 MB over 2.5 s (five of the checkpointer's ticks), or 640 MB.
+    while written < 640 << 20
+        && (written < 192 << 20 || started.elapsed() < Duration::from_millis(2500))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "writing 192 MB took more than 2 minutes"
+        );
+        let data: Vec<Vec<u8>> = (0..16)
+            .map(|i| {
+                let mut d = vec![(n % 251) as u8; chunk];
+                d[..8].copy_from_slice(&(n * 16 + i).to_be_bytes());
+                d
+            })
+            .collect();
+        let shas: Vec<String> = (0..16).map(|i| format!("{:064x}", n * 16 + i)).collect();
+        let blobs: Vec<(&str, &[u8])> = shas
+            .iter()
+            .zip(&data)
+            .map(|(s, d)| (s.as_str(), d.as_slice()))
+            .collect();
+        store.put_blobs(&blobs).await.unwrap();
+        written += 16 * chunk;
+        n += 1;
+    }
+    let size = std::fs::metadata(&wal).unwrap().len() as usize;
+    assert!(
+        size < written / 2,
+        "the WAL file is {size} bytes after {written} bytes were written without a pause: it was never started again"
+    );
     store.close().await;
 }
 
