@@ -79,7 +79,7 @@ impl Store {
     /// Appends an audit entry on its own.
     pub async fn append_audit(&self, a: NewAuditEntry) -> Result<(), StoreError> {
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             append_in!(tx, a);
             tx.commit().await?;
         });

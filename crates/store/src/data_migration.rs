@@ -134,7 +134,7 @@ impl Store {
         );
         let now = now_ms();
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let rows: Vec<(String, String, i64)> = sqlx::query(sqlx::AssertSqlSafe(select.as_str()))
                 .bind(cursor)
                 .bind(limit)
@@ -196,7 +196,7 @@ impl Store {
             "UPDATE changes SET doc = '' WHERE seq > $1 AND seq <= $2 AND op <> 'deleted' AND doc <> '' AND {RECORD_EXISTS}"
         );
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let seqs: Vec<i64> = sqlx::query("SELECT seq FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2")
                 .bind(after)
                 .bind(limit)

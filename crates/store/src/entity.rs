@@ -720,7 +720,7 @@ impl Store {
         let w = EntityWrite::insert(e)?;
         let now = now_ms();
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             run_write_in!(self, tx, &w, now);
             if let Some(a) = audit {
                 crate::audit::append_in!(tx, a);
@@ -797,7 +797,7 @@ impl Store {
         let w = EntityWrite::update(e, expected_version)?;
         let now = now_ms();
         let row: Option<(i64, i64)> = dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let row = run_write_in!(self, tx, &w, now);
             if row.is_some() {
                 if let Some(a) = audit {
@@ -834,7 +834,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             run_writes_in!(self, tx, writes, now);
             for a in audit {
                 crate::audit::append_in!(tx, a);
@@ -855,7 +855,7 @@ impl Store {
         }
         let sql = format!("DELETE FROM {} WHERE id = $1", E::TABLE);
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let n = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).execute(&mut *tx).await?.rows_affected();
             if let Some((table, own, _)) = E::LINKS {
                 let del = format!("DELETE FROM {table} WHERE {own} = $1");
@@ -890,7 +890,7 @@ impl Store {
             }
         );
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             if self.backend() == crate::Backend::Postgres {
                 // The organization's feed lock comes before the row lock (see `changes`).
                 let org: Option<String> = sqlx::query(sqlx::AssertSqlSafe(org_sql.as_str()))

@@ -163,7 +163,7 @@ impl Store {
         let now = now_ms();
         let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             // Many rows a statement; those inserted (not already kept) come back.
             let rows: Vec<_> = items.iter().zip(&docs).collect();
             for chunk in rows.chunks(ITEM_ROWS) {
@@ -257,7 +257,7 @@ impl Store {
         let mut note = Some(note);
         let now = now_ms();
         let out = dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let known = sqlx::query("SELECT 1 AS one FROM mail_items WHERE mailbox_id = $1 AND source_key = $2")
                 .bind(mailbox.to_string())
                 .bind(&key)
@@ -558,7 +558,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             run_writes_in!(self, tx, writes, now);
             for chunk in finished.chunks(FINISH_ROWS) {
                 match finish_in!(tx, lease, chunk, now) {
@@ -679,7 +679,7 @@ impl Store {
             .collect();
         let now = now_ms();
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             store_blobs_in!(tx, &blobs, now);
             tx.commit().await?;
         });

@@ -535,6 +535,21 @@ pub(crate) fn value_rows(first: usize, rows: usize, cols: usize) -> String {
         .join(", ")
 }
 
+/// Begins a write transaction on `pool` (the writer's on SQLite). On SQLite it takes the
+/// write lock at once (`BEGIN IMMEDIATE`), waiting in SQLite's busy handler while another
+/// process holds it (a CLI command, or another process's checkpointer starting the WAL
+/// again). A deferred transaction that reads first could not wait there: SQLite answers its
+/// first write "database is locked" at once rather than risk a deadlock.
+pub(crate) async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    if DB::NAME == "SQLite" {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    } else {
+        pool.begin().await
+    }
+}
+
 /// Whether statements sent on `conn` go to SQLite.
 fn on_sqlite<C: sqlx::Connection>(_: &C) -> bool {
     <C::Database as sqlx::Database>::NAME == "SQLite"

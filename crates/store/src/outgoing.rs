@@ -120,7 +120,7 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
         let rows: Vec<Option<(i64, i64)>> = dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let mut rows = Vec::with_capacity(writes.len());
             prepare_writes_in!(self, tx, &writes, now);
             for w in &writes {

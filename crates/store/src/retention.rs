@@ -129,7 +129,7 @@ impl Store {
         let now = now_ms();
         let postgres = self.backend() == Backend::Postgres;
         let n = dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let rows = sqlx::query(
                 "SELECT m.id, m.doc, m.trace_tail, m.raw_sha256 FROM mail_items m \
                  WHERE m.raw_kept AND m.activity_id IS NOT NULL AND m.created_at < $1 \

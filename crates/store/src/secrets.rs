@@ -127,7 +127,7 @@ impl Store {
         let old = self.key.clone();
         let check = new_key.seal(KEY_CHECK, KEY_CHECK_AAD)?;
         let count = dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let rows = sqlx::query("SELECT id, key_id, nonce, ciphertext FROM secrets ORDER BY id")
                 .fetch_all(&mut *tx)
                 .await?;

@@ -63,7 +63,7 @@ impl Store {
         })?;
         let now = now_ms();
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             sqlx::query("INSERT INTO webhooks (id, org_id, doc, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)")
                 .bind(e.id.to_string())
                 .bind(e.org_id.to_string())
@@ -102,7 +102,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let id = e.id.to_string();
         dispatch!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::begin(pool).await?;
             let n = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(&id).execute(&mut *tx).await?.rows_affected();
             sqlx::query("DELETE FROM webhook_state WHERE webhook_id = $1").bind(&id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1").bind(&id).execute(&mut *tx).await?;
