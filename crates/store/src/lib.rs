@@ -354,8 +354,11 @@ impl Store {
                 // on such a connection, which is then closed (and so rolled back).
                 .after_release(|conn, _| {
                     Box::pin(async move {
-                        use sqlx::Executor;
-                        if conn.execute("BEGIN").await.is_err() {
+                        use sqlx::{Connection, Executor};
+                        // SQLite may roll a transaction back by itself (on SQLITE_FULL); sqlx
+                        // then still counts it open, and would refuse the next `BEGIN
+                        // IMMEDIATE` on this connection for good.
+                        if conn.is_in_transaction() || conn.execute("BEGIN").await.is_err() {
                             tracing::warn!(
                                 "closing an SQLite connection left inside a transaction"
                             );
