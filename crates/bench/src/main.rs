@@ -170,7 +170,10 @@ fn wants(args: &RunArgs, what: &str) -> bool {
 /// would be 10,000 processes for the 10,000-mailbox run). `service_count = 0` lets an IMAP
 /// process take more than one connection (Dovecot's default, 1, ends it after its first,
 /// whatever `client_limit` says); every account has the same system user here, which Dovecot
-/// requires for that. No address-space limit (`vsz_limit = 0`): a login process terminating
+/// requires for that. Only the scale section's own Dovecot: in an IMAP process serving
+/// several connections, Dovecot 2.3 stops telling a connection that re-issues IDLE on a
+/// mailbox another connection of the process also idles on (it falls back to checking every
+/// 30 s), which turned the arrival-latency figures into 20–30 s. No address-space limit (`vsz_limit = 0`): a login process terminating
 /// TLS for a thousand connections outgrows the default 256 MB and is killed with all of them.
 fn dovecot_limits(mailboxes: usize) -> String {
     let n = mailboxes + 200;
@@ -223,11 +226,6 @@ async fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let tls = TlsFiles::ensure(&dir.join("tls"))?;
     let ca = tls.ca_cert.clone();
-    let scale_n = if wants(&args, "scale") {
-        args.mailboxes
-    } else {
-        0
-    };
     let mut users: Vec<String> = [BENCH_USER, LATENCY_USER, SENDER, SINK]
         .iter()
         .map(|s| s.to_string())
@@ -237,12 +235,8 @@ async fn run(args: RunArgs) -> Result<()> {
         queue_mailboxes: Vec::new(),
         password: TEST_PASSWORD.into(),
     };
-    users.extend((0..scale_n).map(scale::account));
     if wants(&args, "scaleout") {
         users.extend((0..scaleout::MAILBOXES).map(scaleout::account));
-    }
-    if scale_n > 0 {
-        raise_inotify_limits(scale_n);
     }
     eprintln!(
         "bench: starting Dovecot, Postfix and PostgreSQL under {}",
@@ -257,7 +251,6 @@ async fn run(args: RunArgs) -> Result<()> {
                 password: TEST_PASSWORD.into(),
             },
             tls: Some(tls.clone()),
-            extra_config: dovecot_limits(scale_n),
             ..Default::default()
         },
     )?;
@@ -689,6 +682,21 @@ async fn run(args: RunArgs) -> Result<()> {
 
     if wants(&args, "scale") {
         eprintln!("bench: {} mailboxes idling", args.mailboxes);
+        raise_inotify_limits(args.mailboxes);
+        // A Dovecot of its own, with one account per mailbox and the limits for them.
+        let scale_dovecot = Dovecot::start_with(
+            &dir.join("dovecot-scale"),
+            &DovecotOptions {
+                accounts: Accounts {
+                    users: (0..args.mailboxes).map(scale::account).collect(),
+                    queue_mailboxes: Vec::new(),
+                    password: TEST_PASSWORD.into(),
+                },
+                tls: Some(tls.clone()),
+                extra_config: dovecot_limits(args.mailboxes),
+                ..Default::default()
+            },
+        )?;
         // Thousands of mailboxes are a server deployment: PostgreSQL (see benchmarks-notes.md).
         let url = setup::pg_database(&pg.info().admin_url, "serversync_bench_scale")?;
         rep.scale = Some(
@@ -696,7 +704,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 &bin,
                 &dir.join("scale"),
                 &url,
-                imaps,
+                scale_dovecot.info().imaps_port,
                 TEST_PASSWORD,
                 &ca,
                 args.mailboxes,

@@ -353,7 +353,7 @@ pub async fn tls_handshake(
     let connector = tokio_rustls::TlsConnector::from(config);
     match tokio::time::timeout(opts.timeout, connector.connect(name, tcp)).await {
         Ok(Ok(tls)) => {
-            if let Some((cert, true)) = check.presented() {
+            if let Some((cert, true)) = check.take_presented() {
                 tracing::info!(
                     server = %addr,
                     sha256 = %crate::certificate::describe(&cert).sha256,
@@ -364,7 +364,7 @@ pub async fn tls_handshake(
         }
         Ok(Err(e)) => {
             let presented = check
-                .presented()
+                .take_presented()
                 .map(|(c, _)| crate::certificate::describe(&c));
             Err(tls_failure(host, &e, presented))
         }

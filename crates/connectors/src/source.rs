@@ -52,7 +52,9 @@ pub const UNDELIVERABLE: &str = "Undeliverable";
 pub enum MailSource {
     Imap(ImapSource),
     Pop3(Pop3Source),
-    Ews(EwsSource),
+    /// Boxed: the largest source by far, and every idle IMAP session's future would
+    /// otherwise be as large.
+    Ews(Box<EwsSource>),
     Graph(GraphSource),
 }
 
@@ -283,7 +285,7 @@ impl MailSource {
         let addr = match (protocol, server) {
             (IncomingProtocol::Ews, Server::Ews(t)) => {
                 let client = ews::open(t, login, opts).await?;
-                return Ok(MailSource::Ews(EwsSource {
+                return Ok(MailSource::Ews(Box::new(EwsSource {
                     client,
                     target: t.clone(),
                     login: login.clone(),
@@ -291,7 +293,7 @@ impl MailSource {
                     folders: HashMap::new(),
                     events: None,
                     no_events: false,
-                }));
+                })));
             }
             (IncomingProtocol::Graph, Server::Graph(t)) => {
                 let client =
@@ -472,8 +474,10 @@ impl MailSource {
                     Change::Nothing
                 }
             }),
+            // Boxed: the HTTP sources' waits are several KB, and an IMAP session's future,
+            // held by every idle mailbox, would otherwise be as large.
             other => tokio::select! {
-                r = other.wait(max) => r,
+                r = Box::pin(other.wait(max)) => r,
                 () = interrupt => Ok(Change::Nothing),
             },
         }

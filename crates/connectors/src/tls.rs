@@ -172,9 +172,10 @@ pub(crate) struct CertCheck {
 }
 
 impl CertCheck {
-    /// The certificate the server presented, and whether a pin accepted it.
-    pub(crate) fn presented(&self) -> Option<(CertificateDer<'static>, bool)> {
-        self.seen.lock().ok()?.clone()
+    /// The certificate the server presented, and whether a pin accepted it; taken, so a
+    /// connection that lives on (an idle mailbox's) does not keep a copy.
+    pub(crate) fn take_presented(&self) -> Option<(CertificateDer<'static>, bool)> {
+        self.seen.lock().ok()?.take()
     }
 }
 

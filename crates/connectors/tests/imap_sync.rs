@@ -673,7 +673,7 @@ async fn append_all_stores_every_message_with_its_flags_in_one_command() {
     assert!(
         s.can_append_all(&all),
         "Dovecot offers MULTIAPPEND and LITERAL+: {:?}",
-        s.capabilities()
+        s.capabilities().collect::<Vec<_>>()
     );
     s.append_all(&folder, &["\\Seen"], &all).await.unwrap();
 

@@ -150,6 +150,21 @@ impl Drop for Checkpointer {
     }
 }
 
+/// A PostgreSQL pool of at most `max` connections. A connection given back drops the buffers
+/// a large statement grew (sqlx keeps them otherwise): a test-and-enable job's document or an
+/// ingest batch of 16 MB would stay allocated on every connection that ever carried one.
+fn pg_pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                sqlx::Connection::shrink_buffers(conn);
+                Ok(true)
+            })
+        })
+}
+
 /// Runs `$body` with `$pool` bound to the backend's pool — on SQLite the single writer's — ;
 /// the body is compiled once per backend. Every statement that writes, and every transaction,
 /// goes through this one.
@@ -298,9 +313,7 @@ impl Store {
                 // every activity, 70 ms at 100,000 activities for a status that has none
                 // (the pages benchmark found it), where the value's own plan takes 0.1 ms.
                 .options([("plan_cache_mode", "force_custom_plan")]);
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
+            let pool = pg_pool_options(16)
                 .connect_with(opts)
                 .await
                 .map_err(unreachable)?;
@@ -489,9 +502,7 @@ impl Store {
         match &self.db {
             Db::Postgres(pool) => Store {
                 db: Db::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(max_connections.max(1))
-                        .acquire_timeout(Duration::from_secs(10))
+                    pg_pool_options(max_connections.max(1))
                         .connect_lazy_with((*pool.connect_options()).clone()),
                 ),
                 ..self.clone()

@@ -85,7 +85,9 @@ const UIDS_PER_COMMAND: usize = 1000;
 #[derive(Debug)]
 pub struct SyncSession {
     conn: Conn,
-    capabilities: Vec<String>,
+    /// The server's capabilities, space-separated: one allocation (thousands of idle
+    /// sessions each hold them).
+    capabilities: String,
     next_tag: u32,
     selected: Option<Selected>,
     qresync: bool,
@@ -342,7 +344,7 @@ impl SyncSession {
         let stream = wire.into_stream()?;
         Ok(SyncSession {
             conn: Conn::new(stream, timeout),
-            capabilities,
+            capabilities: capabilities.join(" "),
             next_tag: 0,
             selected: None,
             qresync: false,
@@ -361,13 +363,13 @@ impl SyncSession {
         SyncSession::new(session, opts.timeout)
     }
 
-    pub fn capabilities(&self) -> &[String] {
-        &self.capabilities
+    pub fn capabilities(&self) -> impl Iterator<Item = &str> {
+        self.capabilities.split(' ').filter(|c| !c.is_empty())
     }
 
     /// Case-insensitive capability test (`IDLE`, `CONDSTORE`, `QRESYNC`, `MOVE`, …).
     pub fn has_capability(&self, name: &str) -> bool {
-        has(&self.capabilities, name)
+        self.capabilities().any(|c| c.eq_ignore_ascii_case(name))
     }
 
     pub fn is_tls(&self) -> bool {
@@ -808,7 +810,7 @@ impl SyncSession {
                     Response::Status(st) if st.status == Status::Bye => {
                         self.bye = Some(st.clone());
                     }
-                    Response::Capability(caps) => self.capabilities = caps.clone(),
+                    Response::Capability(caps) => self.capabilities = caps.join(" "),
                     _ => {}
                 }
                 Ok(Some((resp, size)))

@@ -191,7 +191,7 @@ async fn connected(
         Box::pin(renew(cx, Some(slot))).await?;
         if !watch {
             // POP3 removes the messages marked for deletion here.
-            source.close().await?;
+            Box::pin(source.close()).await?;
             return Ok(Ended::RoundDone);
         }
         full_round_due = false;
@@ -208,17 +208,19 @@ async fn connected(
                 cx.renew_every()
             };
             let woken = AtomicBool::new(false);
-            let interrupt = async {
+            // Pinned here and passed by reference: the wait's futures then hold a pointer,
+            // not each a copy of it.
+            let interrupt = std::pin::pin!(async {
                 tokio::select! {
                     _ = cx.shutdown.cancelled() => {}
                     _ = cx.held.kept.lost() => {}
                     _ = slot_kept.lost() => {}
                     _ = cx.held.wake.notified(), if long => woken.store(true, Ordering::Relaxed),
                 }
-            };
+            });
             let event = source.wait_until(max, interrupt).await?;
             if cx.shutdown.is_cancelled() {
-                let _ = source.close().await;
+                let _ = Box::pin(source.close()).await;
                 return Ok(Ended::Stop(Stop::Shutdown));
             }
             if slot_kept.is_lost() {
@@ -239,7 +241,7 @@ async fn connected(
             }
             match Box::pin(check(cx, *last_round)).await? {
                 WaitEnd::Reconfigured => {
-                    let _ = source.close().await;
+                    let _ = Box::pin(source.close()).await;
                     return Ok(Ended::Stop(Stop::Reconfigured));
                 }
                 WaitEnd::SyncRequested => {

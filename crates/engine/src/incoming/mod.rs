@@ -234,8 +234,9 @@ impl From<StoreError> for Stop {
 }
 
 /// Runs one mailbox until shutdown, a lost lease, or a failure (recorded per the policy).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run(
+// Not an `async fn` (clippy's manual_async_fn): see the comment on the block below.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+pub(crate) fn run(
     store: Store,
     config: EngineConfig,
     id: MailboxId,
@@ -244,57 +245,62 @@ pub(crate) async fn run(
     stored: Arc<Notify>,
     leases: Leases,
     shared: Arc<Shared>,
-) {
-    let kept = leases.keep(&lease);
-    let wake = Arc::new(Notify::new());
-    locked(&shared.wakers).insert(id, wake.clone());
-    let held = Held {
-        leases: &leases,
-        kept: &kept,
-        wake: &wake,
-        shared: &shared,
-    };
-    let stop = match session(&store, &config, id, &lease, &shutdown, &stored, held).await {
-        Ok(stop) | Err(stop) => stop,
-    };
-    {
-        let mut wakers = locked(&shared.wakers);
-        if wakers.get(&id).is_some_and(|w| Arc::ptr_eq(w, &wake)) {
-            wakers.remove(&id);
-        }
-    }
-    if let Stop::Failed(p) = stop {
-        tracing::warn!(mailbox = %id, code = %p.code, "incoming sync failed: {}", p.message);
-        // Boxed, like every one-off step: see `connection::connected`.
-        if let Err(e) = Box::pin(crate::health::record_failure(
-            &store,
-            &config,
-            id,
-            &p,
-            Direction::Incoming,
-        ))
-        .await
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // An async block, not an `async fn`: the block holds its captures once, where an
+    // `async fn` keeps a second copy of its arguments (the engine configuration) in every
+    // idle mailbox's task.
+    async move {
+        let kept = leases.keep(&lease);
+        let wake = Arc::new(Notify::new());
+        locked(&shared.wakers).insert(id, wake.clone());
+        let held = Held {
+            leases: &leases,
+            kept: &kept,
+            wake: &wake,
+            shared: &shared,
+        };
+        let stop = match session(&store, &config, id, &lease, &shutdown, &stored, held).await {
+            Ok(stop) | Err(stop) => stop,
+        };
         {
-            tracing::error!(mailbox = %id, error = %e, "recording the failure failed");
-            // Nothing postpones the mailbox then (a full disk takes the record too): wait the
-            // retry interval here, so the engine does not reconnect to the mail server every
-            // tick while the database cannot take the messages.
-            let interval = match store.get::<Mailbox>(&id.to_string()).await {
-                Ok(Some(m)) => crate::org_settings(&store, m.value.org_id)
-                    .await
-                    .map(|s| s.retry.interval_seconds)
-                    .unwrap_or(60),
-                _ => 60,
-            };
-            let wait = Duration::from_secs(interval.max(1).into());
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {}
+            let mut wakers = locked(&shared.wakers);
+            if wakers.get(&id).is_some_and(|w| Arc::ptr_eq(w, &wake)) {
+                wakers.remove(&id);
             }
         }
+        if let Stop::Failed(p) = stop {
+            tracing::warn!(mailbox = %id, code = %p.code, "incoming sync failed: {}", p.message);
+            // Boxed, like every one-off step: see `connection::connected`.
+            if let Err(e) = Box::pin(crate::health::record_failure(
+                &store,
+                &config,
+                id,
+                &p,
+                Direction::Incoming,
+            ))
+            .await
+            {
+                tracing::error!(mailbox = %id, error = %e, "recording the failure failed");
+                // Nothing postpones the mailbox then (a full disk takes the record too): wait the
+                // retry interval here, so the engine does not reconnect to the mail server every
+                // tick while the database cannot take the messages.
+                let interval = match store.get::<Mailbox>(&id.to_string()).await {
+                    Ok(Some(m)) => crate::org_settings(&store, m.value.org_id)
+                        .await
+                        .map(|s| s.retry.interval_seconds)
+                        .unwrap_or(60),
+                    _ => 60,
+                };
+                let wait = Duration::from_secs(interval.max(1).into());
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        drop(kept);
+        let _ = store.release_lease(&lease).await;
     }
-    drop(kept);
-    let _ = store.release_lease(&lease).await;
 }
 
 /// A session's share of the engine-wide state.

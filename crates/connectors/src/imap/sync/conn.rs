@@ -16,8 +16,10 @@ use crate::net::MailStream;
 
 /// Read buffer sizes. A session starts with the small one and doubles it, up to the large
 /// one, while reads fill it (a bulk fetch: fewer, larger reads); waiting for a response with
-/// a deadline (IDLE) it goes back to the small one, so thousands of idle sessions do not each
-/// hold the large one.
+/// a deadline (IDLE) it holds the smallest, enough for the short lines a server sends then
+/// (`* 12 EXISTS`; a longer response is read in several pieces), so thousands of idle
+/// sessions do not each hold a large one.
+const IDLE_BUF: usize = 512;
 const MIN_BUF: usize = 8 * 1024;
 const MAX_BUF: usize = 128 * 1024;
 /// Largest chunk written at once (each chunk has its own timeout).
@@ -100,9 +102,9 @@ impl Conn {
         self.end = 0;
         // The buffer is empty: it can be resized for free.
         let size = match wait {
-            Wait::Until(_) => MIN_BUF,
-            Wait::Inactivity if self.filled => (self.buf.len() * 2).min(MAX_BUF),
-            Wait::Inactivity => self.buf.len(),
+            Wait::Until(_) => IDLE_BUF,
+            Wait::Inactivity if self.filled => (self.buf.len() * 2).clamp(MIN_BUF, MAX_BUF),
+            Wait::Inactivity => self.buf.len().max(MIN_BUF),
         };
         if size != self.buf.len() {
             self.buf = vec![0; size].into_boxed_slice();
@@ -273,6 +275,34 @@ mod tests {
         assert_eq!(line, b"* 3 EXISTS");
         let line = conn.read_line(1000, Wait::Inactivity).await.unwrap();
         assert_eq!(line, b"* 4 EXISTS");
+    }
+
+    #[tokio::test]
+    async fn a_long_response_to_a_waiting_session_arrives_whole_and_waiting_holds_a_small_buffer() {
+        let (mut conn, mut server) = pair().await;
+        let flags: Vec<String> = (0..400).map(|i| format!("$Label{i}")).collect();
+        let long = format!("* 1 FETCH (UID 7 FLAGS ({}))", flags.join(" "));
+        assert!(long.len() > 4 * IDLE_BUF);
+        server
+            .write_all(format!("{long}\r\n* 2 EXISTS\r\n").as_bytes())
+            .await
+            .unwrap();
+        let until = || Wait::Until(Instant::now() + Duration::from_secs(5));
+        let line = conn.read_line(1 << 20, until()).await.unwrap();
+        assert_eq!(line, long.as_bytes());
+        let line = conn.read_line(1000, until()).await.unwrap();
+        assert_eq!(line, b"* 2 EXISTS");
+        // Nothing more comes: the session waits holding only the idle buffer.
+        let r =
+            tokio::time::timeout(Duration::from_millis(50), conn.read_line(1000, until())).await;
+        assert!(r.is_err(), "nothing was sent: {r:?}");
+        assert_eq!(conn.buf.len(), IDLE_BUF);
+        // A bulk read afterwards gets the larger buffer back.
+        server.write_all(&vec![b'x'; 40_000]).await.unwrap();
+        server.write_all(b"\r\n").await.unwrap();
+        let line = conn.read_line(1 << 20, Wait::Inactivity).await.unwrap();
+        assert_eq!(line.len(), 40_000);
+        assert!(conn.buf.len() > MIN_BUF, "buffer {}", conn.buf.len());
     }
 
     #[tokio::test]
