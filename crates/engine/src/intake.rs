@@ -161,8 +161,12 @@ pub struct IntakeBatch {
 }
 
 impl IntakeBatch {
-    /// Adds a parsed and decided message; stored by the next [`IntakeBatch::store`].
-    pub fn push(&mut self, prepared: Prepared) {
+    /// Adds a parsed and decided message; stored by the next [`IntakeBatch::store`]. The
+    /// item's id is given here: ids are time-ordered, and messages parsed side by side finish
+    /// in any order, while they are added in the folder's order — items list in the order the
+    /// server holds them.
+    pub fn push(&mut self, mut prepared: Prepared) {
+        prepared.item.id = ItemId::new();
         self.items.push(prepared);
     }
 
@@ -537,4 +541,66 @@ pub async fn find_router_mailbox(
         settings,
         profile,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serversync_model::mailbox::MailboxRegarding;
+    use serversync_model::{OrgId, UserId};
+
+    // Messages parsed side by side finish in any order; their items must still list in the
+    // folder's order (an administrator reads the mailbox's items in that order).
+    #[test]
+    fn items_take_their_ids_in_the_order_they_are_added() {
+        let org = OrgId::new();
+        let settings = EmailSettings::new(org);
+        let mailbox = Mailbox::new_with_defaults(
+            org,
+            MailboxRegarding::User(UserId::new()),
+            UserId::new(),
+            "A",
+            "a@example.test",
+            &settings,
+            chrono::Utc::now(),
+        );
+        let prepare = |uid: u32| {
+            let raw = format!(
+                "From: s{uid}@example.test\r\nTo: a@example.test\r\nSubject: {uid}\r\n\r\nbody\r\n"
+            );
+            Prepared::new(
+                &mailbox,
+                &settings,
+                None,
+                ItemSource::Imap {
+                    folder: "INBOX".into(),
+                    uid_validity: 1,
+                    uid,
+                },
+                raw.into_bytes(),
+                chrono::Utc::now(),
+                None,
+            )
+        };
+        // Parsed (and decided) in the reverse of the folder's order.
+        let third = prepare(3);
+        let second = prepare(2);
+        let first = prepare(1);
+        let mut batch = IntakeBatch::default();
+        for p in [first, second, third] {
+            batch.push(p);
+        }
+        let uids: Vec<u32> = {
+            let mut items: Vec<&MailItem> = batch.items.iter().map(|p| &p.item).collect();
+            items.sort_by_key(|i| i.id);
+            items
+                .iter()
+                .map(|i| match i.source {
+                    ItemSource::Imap { uid, .. } => uid,
+                    _ => 0,
+                })
+                .collect()
+        };
+        assert_eq!(uids, [1, 2, 3]);
+    }
 }
