@@ -11,7 +11,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::procstat::{Usage, Watched};
 use crate::setup::{Serve, World, wait_until};
-use serversync_vault::{KeySource, MasterKey};
 
 /// One row of the ingest table.
 #[derive(Debug, Clone)]
@@ -337,15 +336,9 @@ pub async fn serversync_row_with_contacts(
     if contacts > 0 {
         let t = Instant::now();
         seed_contacts(&world.store, world.org.id, world.admin.id, contacts).await?;
-        // Closed and opened again: on SQLite the last connection's close copies the seeding's
-        // WAL (tens of MB) into the database file, which `serve` would otherwise do on the
-        // clock — contacts written long before the mail arrives are in the file by then.
-        world.store.close().await;
-        world.store = serversync_store::Store::open(
-            url,
-            MasterKey::from_base64(&world.key.to_base64(), KeySource::Direct)?,
-        )
-        .await?;
+        // The seeding's WAL (tens of MB) into the database file now, not by `serve` on the
+        // clock: contacts written long before the mail arrives are in the file by then.
+        world.reopen_store().await?;
         eprintln!("bench: seeded {contacts} contacts in {:?}", t.elapsed());
     }
     let profile = world.profile(src.port, None).await?;

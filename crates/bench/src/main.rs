@@ -173,8 +173,9 @@ fn wants(args: &RunArgs, what: &str) -> bool {
 /// requires for that. Only the scale section's own Dovecot: in an IMAP process serving
 /// several connections, Dovecot 2.3 stops telling a connection that re-issues IDLE on a
 /// mailbox another connection of the process also idles on (it falls back to checking every
-/// 30 s), which turned the arrival-latency figures into 20–30 s. No address-space limit (`vsz_limit = 0`): a login process terminating
-/// TLS for a thousand connections outgrows the default 256 MB and is killed with all of them.
+/// 30 s), which turned the arrival-latency figures into 20–30 s. No address-space limit
+/// (`vsz_limit = 0`): a login process terminating TLS for a thousand connections outgrows the
+/// default 256 MB and is killed with all of them.
 fn dovecot_limits(mailboxes: usize) -> String {
     let n = mailboxes + 200;
     format!(

@@ -32,15 +32,19 @@ pub struct World {
     pub token: String,
 }
 
+async fn open_store(url: &str, key: &MasterKey) -> Result<Store> {
+    Store::open(
+        url,
+        MasterKey::from_base64(&key.to_base64(), KeySource::Direct)?,
+    )
+    .await
+    .with_context(|| format!("opening the store at {url}"))
+}
+
 impl World {
     pub async fn new(url: &str) -> Result<World> {
         let key = MasterKey::generate()?;
-        let store = Store::open(
-            url,
-            MasterKey::from_base64(&key.to_base64(), KeySource::Direct)?,
-        )
-        .await
-        .with_context(|| format!("opening the store at {url}"))?;
+        let store = open_store(url, &key).await?;
         let (admin, token) = Admin::new(store.clone(), Default::default())
             .bootstrap()
             .await?
@@ -63,6 +67,14 @@ impl World {
             settings,
             token,
         })
+    }
+
+    /// Closes the store and opens it again: on SQLite the last connection's close copies the
+    /// WAL into the database file.
+    pub async fn reopen_store(&mut self) -> Result<()> {
+        self.store.close().await;
+        self.store = open_store(&self.url, &self.key).await?;
+        Ok(())
     }
 
     pub fn org_id(&self) -> OrgId {

@@ -684,8 +684,10 @@ fn unexpected_tag(got: &str, want: &str) -> ConnectError {
     ))
 }
 
-fn has(capabilities: &[String], name: &str) -> bool {
-    capabilities.iter().any(|c| c.eq_ignore_ascii_case(name))
+fn has<S: AsRef<str>>(capabilities: impl IntoIterator<Item = S>, name: &str) -> bool {
+    capabilities
+        .into_iter()
+        .any(|c| c.as_ref().eq_ignore_ascii_case(name))
 }
 
 /// An IMAP quoted string, or `None` when the value needs a literal (CR, LF, NUL or 8-bit).

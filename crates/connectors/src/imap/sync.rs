@@ -369,7 +369,7 @@ impl SyncSession {
 
     /// Case-insensitive capability test (`IDLE`, `CONDSTORE`, `QRESYNC`, `MOVE`, …).
     pub fn has_capability(&self, name: &str) -> bool {
-        self.capabilities().any(|c| c.eq_ignore_ascii_case(name))
+        has(self.capabilities(), name)
     }
 
     pub fn is_tls(&self) -> bool {
