@@ -15,7 +15,7 @@
 //! - `changes`: a create or update row of a record that still exists keeps no document any
 //!   more (the feed reads the record); deletes, and rows of records gone since, keep theirs.
 
-use crate::items::{Blobs, store_blobs_in};
+use crate::items::{BlobIn, Blobs, store_blobs_in};
 use crate::{Store, StoreError, dispatch, entity::body_sha, now_ms};
 use sqlx::Row;
 
@@ -157,7 +157,7 @@ impl Store {
                 let blobs: Blobs<'_> = text
                     .iter()
                     .chain(html.iter())
-                    .map(|(sha, body)| (sha.as_str(), (body.as_bytes(), true)))
+                    .map(|(sha, body)| (sha.as_str(), BlobIn::body(body.as_bytes())))
                     .collect();
                 store_blobs_in!(tx, &blobs, now);
                 // Not the record's change: its version stays. A row written since it was read

@@ -386,7 +386,7 @@ impl EntityWrite {
     pub(crate) fn blob_set(&self) -> crate::items::Blobs<'_> {
         self.blobs
             .iter()
-            .map(|(sha, body)| (sha.as_str(), (body.as_bytes(), true)))
+            .map(|(sha, body)| (sha.as_str(), crate::items::BlobIn::body(body.as_bytes())))
             .collect()
     }
 

@@ -49,6 +49,13 @@ pub enum StoreError {
     Vault(#[from] VaultError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A pack file beside an SQLite database (raw messages and attachments) failed.
+    #[error("{what} the blob pack file {path} failed: {cause}")]
+    BlobFile {
+        path: String,
+        what: &'static str,
+        cause: std::io::Error,
+    },
 }
 
 impl StoreError {
@@ -60,6 +67,10 @@ impl StoreError {
             StoreError::Database(sqlx::Error::Database(d)) => {
                 matches!(d.code().as_deref(), Some("13" | "53100"))
                     || d.message().contains("database or disk is full")
+            }
+            StoreError::BlobFile { cause, .. } => {
+                cause.kind() == std::io::ErrorKind::StorageFull
+                    || cause.kind() == std::io::ErrorKind::QuotaExceeded
             }
             _ => false,
         }
@@ -118,6 +129,9 @@ impl StoreError {
                 | sqlx::Error::WorkerCrashed => ErrorKind::Transient,
                 _ => ErrorKind::Bug,
             },
+            // A file the disk could not write or read now (I/O, permissions fixed by the
+            // admin): tried again later.
+            StoreError::BlobFile { .. } => ErrorKind::Transient,
             StoreError::BadUrl { .. } | StoreError::WrongMasterKey { .. } => ErrorKind::Config,
             StoreError::NotFound { .. }
             | StoreError::Conflict { .. }

@@ -11,16 +11,57 @@ use std::collections::HashMap;
 /// An item to store and its blobs (SHA-256, content): raw message, attachments.
 pub type ItemRow<'a> = (&'a MailItem, &'a [(&'a str, &'a [u8])]);
 
-/// How a blob insert stores a blob once. A blob stored again as an attachment is marked so, and the existing row is
-/// locked either way (`DO UPDATE … WHERE` locks even when it changes nothing): on PostgreSQL
-/// the pruner, which locks a blob before removing it, then either sees the new reference or
-/// has removed the row first, in which case the insert writes it anew.
-pub(crate) const BLOB_CONFLICT: &str = "ON CONFLICT (sha256) DO UPDATE SET attachment = TRUE WHERE excluded.attachment AND NOT blobs.attachment";
+/// How a blob insert stores a blob once. A blob stored again as an attachment is marked so,
+/// and the existing row is locked either way (`DO UPDATE … WHERE` locks even when it changes
+/// nothing): on PostgreSQL the pruner, which locks a blob before removing it, then either sees
+/// the new reference or has removed the row first, in which case the insert writes it anew.
+/// A blob kept in a pack file (see [`crate::packs`]) stored again inline — as an email's body,
+/// which every read of the activity selects from the database — moves into the row.
+pub(crate) const BLOB_CONFLICT: &str = "ON CONFLICT (sha256) DO UPDATE SET \
+     attachment = (blobs.attachment OR excluded.attachment), \
+     data = CASE WHEN blobs.pack IS NOT NULL AND excluded.pack IS NULL THEN excluded.data ELSE blobs.data END, \
+     pack_offset = CASE WHEN excluded.pack IS NULL THEN NULL ELSE blobs.pack_offset END, \
+     pack = CASE WHEN excluded.pack IS NULL THEN NULL ELSE blobs.pack END \
+     WHERE (excluded.attachment AND NOT blobs.attachment) OR (blobs.pack IS NOT NULL AND excluded.pack IS NULL)";
 
-/// Blobs to store in one transaction, by SHA-256 (so in SHA-256 order): content, and
-/// whether it is an attachment or body, kept for good (else a raw message retention may
-/// remove).
-pub(crate) type Blobs<'a> = std::collections::BTreeMap<&'a str, (&'a [u8], bool)>;
+/// A blob to store: its bytes; whether it is kept for good (an attachment or a body; else a
+/// raw message, which retention may remove); whether it is an email's body (always in the
+/// database: every read of an activity selects it); and where a pack file holds it already
+/// (see [`crate::packs`]), for the row to point at instead of holding the bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlobIn<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) kept: bool,
+    pub(crate) body: bool,
+    pub(crate) packed: Option<(&'a str, i64)>,
+}
+
+impl<'a> BlobIn<'a> {
+    /// An email's body, kept, in the database.
+    pub(crate) fn body(data: &'a [u8]) -> Self {
+        BlobIn {
+            data,
+            kept: true,
+            body: true,
+            packed: None,
+        }
+    }
+
+    /// The bytes the row's insert carries (none when a pack holds them).
+    pub(crate) fn bound_len(&self) -> usize {
+        if self.packed.is_some() {
+            0
+        } else {
+            self.data.len()
+        }
+    }
+}
+
+/// Blobs to store in one transaction, by SHA-256 (so in SHA-256 order).
+pub(crate) type Blobs<'a> = std::collections::BTreeMap<&'a str, BlobIn<'a>>;
+
+/// An item's document as stored, and its bodies (SHA-256, text).
+type ItemDoc<'a> = (String, Option<(String, &'a str)>, Option<(String, &'a str)>);
 
 /// Rows of one multi-row item insert (16 parameters each).
 const ITEM_ROWS: usize = 64;
@@ -39,15 +80,16 @@ pub(crate) const BLOB_BYTES: usize = 8 << 20;
 macro_rules! store_blobs_in {
     ($tx:ident, $blobs:expr, $now:expr) => {{
         let blobs: &$crate::items::Blobs<'_> = $blobs;
-        let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Kept already, and whether in a pack.
+        let mut kept: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
         let asked: Vec<&str> = blobs
             .iter()
-            .filter(|(_, (_, attachment))| *attachment)
+            .filter(|(_, b)| b.kept)
             .map(|(sha, _)| *sha)
             .collect();
         for chunk in asked.chunks(500) {
             let sql = format!(
-                "SELECT sha256 FROM blobs WHERE attachment AND sha256 IN ({})",
+                "SELECT sha256, pack IS NOT NULL AS packed FROM blobs WHERE attachment AND sha256 IN ({})",
                 $crate::only_placeholders(&*$tx, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -55,13 +97,17 @@ macro_rules! store_blobs_in {
                 q = q.bind(*sha);
             }
             for r in q.fetch_all(&mut *$tx).await? {
-                kept.insert(sqlx::Row::try_get(&r, "sha256")?);
+                kept.insert(
+                    sqlx::Row::try_get(&r, "sha256")?,
+                    sqlx::Row::try_get(&r, "packed")?,
+                );
             }
         }
-        let todo: Vec<(&str, &[u8], bool)> = blobs
+        // A body kept only in a pack is stored again, to move into the row.
+        let todo: Vec<(&str, &$crate::items::BlobIn<'_>)> = blobs
             .iter()
-            .filter(|(sha, _)| !kept.contains(**sha))
-            .map(|(sha, (data, attachment))| (*sha, *data, *attachment))
+            .filter(|(sha, b)| kept.get(**sha).is_none_or(|packed| b.body && *packed))
+            .map(|(sha, b)| (*sha, b))
             .collect();
         let mut rest = todo.as_slice();
         while !rest.is_empty() {
@@ -69,26 +115,30 @@ macro_rules! store_blobs_in {
             let mut bytes = 0;
             while n < rest.len()
                 && n < $crate::items::BLOB_ROWS
-                && (n == 0 || bytes + rest[n].1.len() <= $crate::items::BLOB_BYTES)
+                && (n == 0 || bytes + rest[n].1.bound_len() <= $crate::items::BLOB_BYTES)
             {
-                bytes += rest[n].1.len();
+                bytes += rest[n].1.bound_len();
                 n += 1;
             }
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             let sql = format!(
-                "INSERT INTO blobs (sha256, size, data, created_at, attachment) VALUES {} {}",
-                $crate::only_value_rows(&*$tx, chunk.len(), 5),
+                "INSERT INTO blobs (sha256, size, data, created_at, attachment, pack, pack_offset) VALUES {} {}",
+                $crate::only_value_rows(&*$tx, chunk.len(), 7),
                 $crate::items::BLOB_CONFLICT
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (sha, data, attachment) in chunk {
+            for (sha, b) in chunk {
+                // In a pack: the row holds where, not the bytes.
+                let data: &[u8] = if b.packed.is_some() { &[] } else { b.data };
                 q = q
                     .bind(*sha)
-                    .bind(data.len() as i64)
-                    .bind(*data)
+                    .bind(b.data.len() as i64)
+                    .bind(data)
                     .bind($now)
-                    .bind(*attachment);
+                    .bind(b.kept)
+                    .bind(b.packed.map(|(pack, _)| pack))
+                    .bind(b.packed.map(|(_, offset)| offset));
             }
             q.execute(&mut *$tx).await?;
         }
@@ -160,6 +210,7 @@ impl Store {
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let packed = self.pack_blobs(items, &docs).await?;
         let now = now_ms();
         let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
         dispatch!(&self.db, pool => {
@@ -207,12 +258,17 @@ impl Store {
                     continue;
                 }
                 for (sha, body) in text.iter().chain(html.iter()) {
-                    new_blobs.insert(sha.as_str(), (body.as_bytes(), true));
+                    new_blobs.insert(sha.as_str(), BlobIn::body(body.as_bytes()));
                 }
                 for (sha, data) in blobs.iter() {
                     let attachment = *sha != item.raw_sha256;
-                    let e = new_blobs.entry(*sha).or_insert((*data, attachment));
-                    e.1 |= attachment;
+                    let e = new_blobs.entry(*sha).or_insert(BlobIn {
+                        data,
+                        kept: attachment,
+                        body: false,
+                        packed: packed.get(*sha).map(|(pack, at)| (pack.as_str(), *at)),
+                    });
+                    e.kept |= attachment;
                 }
             }
             store_blobs_in!(tx, &new_blobs, now);
@@ -229,6 +285,77 @@ impl Store {
             })
             .collect();
         Ok(out)
+    }
+
+    /// On a file-backed SQLite store: appends the batch's raw messages and attachments not
+    /// stored yet to this handle's pack file, durably, before the batch's transaction (see
+    /// [`crate::packs`]); where each went. Bodies stay in the database. A blob found stored
+    /// already is not appended again; one stored by another writer meanwhile is kept as that
+    /// writer stored it, and this copy's bytes stay unreferenced.
+    async fn pack_blobs(
+        &self,
+        items: &[ItemRow<'_>],
+        docs: &[ItemDoc<'_>],
+    ) -> Result<HashMap<String, (String, i64)>, StoreError> {
+        let crate::Db::Sqlite(db) = &self.db else {
+            return Ok(HashMap::new());
+        };
+        let Some(packs) = &db.packs else {
+            return Ok(HashMap::new());
+        };
+        let bodies: std::collections::HashSet<&str> = docs
+            .iter()
+            .flat_map(|(_, text, html)| [text, html])
+            .filter_map(|b| b.as_ref().map(|(sha, _)| sha.as_str()))
+            .collect();
+        let mut todo: Vec<(&str, &[u8])> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (_, blobs) in items {
+            for (sha, data) in blobs.iter() {
+                if !bodies.contains(sha) && seen.insert(*sha) {
+                    todo.push((*sha, *data));
+                }
+            }
+        }
+        let mut stored = std::collections::HashSet::new();
+        for chunk in todo.chunks(500) {
+            let sql = format!(
+                "SELECT sha256 FROM blobs WHERE sha256 IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (sha, _) in chunk {
+                q = q.bind(*sha);
+            }
+            for r in q.fetch_all(&db.readers).await? {
+                stored.insert(r.try_get::<String, _>("sha256")?);
+            }
+        }
+        todo.retain(|(sha, _)| !stored.contains(*sha));
+        if todo.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut bytes = Vec::with_capacity(todo.iter().map(|(_, d)| d.len()).sum());
+        for (_, data) in &todo {
+            bytes.extend_from_slice(data);
+        }
+        let packs = packs.clone();
+        let (pack, start) = tokio::task::spawn_blocking(move || packs.append(&bytes))
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                entity: "blob pack",
+                id: String::new(),
+                cause: format!("appending stopped: {e}"),
+            })??;
+        let mut at = start;
+        Ok(todo
+            .into_iter()
+            .map(|(sha, data)| {
+                let loc = (pack.clone(), at);
+                at += data.len() as i64;
+                (sha.to_owned(), loc)
+            })
+            .collect())
     }
 
     /// Re-maps one message of a renumbered folder (its numbering — IMAP UIDVALIDITY — changed)
@@ -391,14 +518,46 @@ impl Store {
 
     /// The bytes stored under a SHA-256.
     pub async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(dispatch_read!(&self.db, pool => {
-            sqlx::query("SELECT data FROM blobs WHERE sha256 = $1")
+        let row = dispatch_read!(&self.db, pool => {
+            sqlx::query("SELECT data, pack, pack_offset, size FROM blobs WHERE sha256 = $1")
                 .bind(sha256)
                 .fetch_optional(pool)
                 .await?
-                .map(|r| r.try_get::<Vec<u8>, _>("data"))
+                .map(|r| {
+                    Ok::<_, sqlx::Error>((
+                        r.try_get::<Vec<u8>, _>("data")?,
+                        r.try_get::<Option<String>, _>("pack")?,
+                        r.try_get::<Option<i64>, _>("pack_offset")?,
+                        r.try_get::<i64, _>("size")?,
+                    ))
+                })
                 .transpose()?
-        }))
+        });
+        let Some((data, pack, offset, size)) = row else {
+            return Ok(None);
+        };
+        let (Some(pack), Some(offset)) = (pack, offset) else {
+            return Ok(Some(data));
+        };
+        let packs = match &self.db {
+            crate::Db::Sqlite(db) => db.packs.clone(),
+            crate::Db::Postgres(_) => None,
+        };
+        let Some(packs) = packs else {
+            return Err(StoreError::Corrupt {
+                entity: "blob",
+                id: sha256.to_owned(),
+                cause: format!("it is in pack {pack}, and this database has no pack files"),
+            });
+        };
+        let data = tokio::task::spawn_blocking(move || packs.read(&pack, offset, size))
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                entity: "blob",
+                id: sha256.to_owned(),
+                cause: format!("reading stopped: {e}"),
+            })??;
+        Ok(Some(data))
     }
 
     /// Items of a mailbox, oldest first.
@@ -675,7 +834,15 @@ impl Store {
         // In SHA-256 order, like intake's (see `insert_items`).
         let blobs: Blobs<'_> = blobs
             .iter()
-            .map(|(sha, data)| (*sha, (*data, true)))
+            .map(|(sha, data)| {
+                let b = BlobIn {
+                    data,
+                    kept: true,
+                    body: false,
+                    packed: None,
+                };
+                (*sha, b)
+            })
             .collect();
         let now = now_ms();
         dispatch!(&self.db, pool => {

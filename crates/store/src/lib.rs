@@ -20,6 +20,7 @@ mod items;
 mod lease;
 mod lookups;
 mod outgoing;
+mod packs;
 mod remote_links;
 mod retention;
 mod secrets;
@@ -73,6 +74,8 @@ pub(crate) struct SqliteDb {
     pub(crate) readers: SqlitePool,
     /// Copies the WAL into the database file on its own connection (none in memory).
     checkpointer: Option<Arc<Checkpointer>>,
+    /// Raw messages and attachments in pack files beside the database (none in memory).
+    pub(crate) packs: Option<Arc<packs::Packs>>,
 }
 
 /// How often the checkpointer copies what the WAL holds into the database file.
@@ -397,30 +400,32 @@ impl Store {
                 .map_err(unreachable)?;
             // An in-memory database is private to its connection: there, reads go to the
             // writer too, and there is no WAL.
-            let (readers, checkpointer) = if path.starts_with(':') || path.contains("mode=memory") {
-                (writer.clone(), None)
-            } else {
-                let checkpointer = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(opts.clone().create_if_missing(false))
-                    .await
-                    .map_err(unreachable)?;
-                let readers = SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(
-                        opts.read_only(true)
-                            .create_if_missing(false)
-                            // Reads are small lookups, and the kernel caches the file too:
-                            // 512 KB of pages each instead of 2 MB (eight of them).
-                            .pragma("cache_size", "-512"),
+            let (readers, checkpointer, packs) =
+                if path.starts_with(':') || path.contains("mode=memory") {
+                    (writer.clone(), None, None)
+                } else {
+                    let checkpointer = SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .connect_with(opts.clone().create_if_missing(false))
+                        .await
+                        .map_err(unreachable)?;
+                    let readers = SqlitePoolOptions::new()
+                        .max_connections(8)
+                        .connect_with(
+                            opts.read_only(true)
+                                .create_if_missing(false)
+                                // Reads are small lookups, and the kernel caches the file too:
+                                // 512 KB of pages each instead of 2 MB (eight of them).
+                                .pragma("cache_size", "-512"),
+                        )
+                        .await
+                        .map_err(unreachable)?;
+                    (
+                        readers,
+                        Some(Arc::new(Checkpointer::start(checkpointer, writer.clone()))),
+                        Some(Arc::new(packs::Packs::beside(file))),
                     )
-                    .await
-                    .map_err(unreachable)?;
-                (
-                    readers,
-                    Some(Arc::new(Checkpointer::start(checkpointer, writer.clone()))),
-                )
-            };
+                };
             // A database created by an earlier version may still be readable by others.
             for suffix in ["", "-wal", "-shm"] {
                 let f = format!("{path}{suffix}");
@@ -433,6 +438,7 @@ impl Store {
                 writer,
                 readers,
                 checkpointer,
+                packs,
             })
         };
         Ok(Store {

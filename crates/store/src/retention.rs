@@ -18,8 +18,9 @@ use std::collections::BTreeSet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseSize {
     pub backend: Backend,
-    /// Everything the database takes on disk: SQLite's file (pages × page size) plus its
-    /// write-ahead log; PostgreSQL's `pg_database_size`.
+    /// Everything the database takes on disk: SQLite's file (pages × page size), its
+    /// write-ahead log and its pack files (raw messages and attachments: see `packs`);
+    /// PostgreSQL's `pg_database_size`.
     pub bytes: u64,
     /// SQLite: the write-ahead log (`<file>-wal`), included in `bytes`.
     pub wal_bytes: Option<u64>,
@@ -128,6 +129,8 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let now = now_ms();
         let postgres = self.backend() == Backend::Postgres;
+        // Ranges of pack files (see `packs`) whose blobs were removed: freed once committed.
+        let mut freed: Vec<(String, i64, i64)> = Vec::new();
         let n = dispatch!(&self.db, pool => {
             let mut tx = crate::begin(pool).await?;
             let rows = sqlx::query(
@@ -182,17 +185,30 @@ impl Store {
                         .fetch_optional(&mut *tx)
                         .await?;
                 }
-                sqlx::query(
+                let gone = sqlx::query(
                     "DELETE FROM blobs WHERE sha256 = $1 AND NOT attachment \
-                     AND NOT EXISTS (SELECT 1 FROM mail_items WHERE raw_sha256 = $1 AND raw_kept)",
+                     AND NOT EXISTS (SELECT 1 FROM mail_items WHERE raw_sha256 = $1 AND raw_kept) \
+                     RETURNING pack, pack_offset, size",
                 )
                 .bind(sha)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+                if let Some(r) = gone
+                    && let (Some(pack), Some(offset)) = (r.try_get("pack")?, r.try_get("pack_offset")?)
+                {
+                    freed.push((pack, offset, r.try_get("size")?));
+                }
             }
             tx.commit().await?;
             rows.len() as u64
         });
+        if let crate::Db::Sqlite(db) = &self.db
+            && let Some(packs) = db.packs.clone()
+            && !freed.is_empty()
+        {
+            // A crash before this leaves the ranges allocated: disk space only.
+            let _ = tokio::task::spawn_blocking(move || packs.punch(&freed)).await;
+        }
         Ok(n)
     }
 
@@ -223,9 +239,15 @@ impl Store {
                     true => 0,
                     false => std::fs::metadata(format!("{file}-wal")).map_or(0, |m| m.len()),
                 };
+                let packs = match db.packs.clone() {
+                    Some(p) => tokio::task::spawn_blocking(move || p.disk_bytes())
+                        .await
+                        .unwrap_or(0),
+                    None => 0,
+                };
                 Ok(DatabaseSize {
                     backend: Backend::Sqlite,
-                    bytes: pages * page + wal,
+                    bytes: pages * page + wal + packs,
                     wal_bytes: Some(wal),
                     free_bytes: Some(free * page),
                 })

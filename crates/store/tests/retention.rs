@@ -583,6 +583,49 @@ both!(
     }
 );
 
+// On SQLite a raw message is kept in a pack file (see the store's `packs`): removing it frees
+// its range of the file (a hole punched), so the disk space comes back.
+#[tokio::test]
+async fn a_removed_raw_message_gives_its_pack_space_back() {
+    use std::os::unix::fs::MetadataExt;
+    let db = Db::new(Backend::Sqlite).await;
+    let url = db.url();
+    let store = Store::open(&url, MasterKey::generate().unwrap())
+        .await
+        .unwrap();
+    let o = org(&store, "packs").await;
+    let raw = b"Subject: big\r\n\r\n".repeat(128 * 1024);
+    let big = item(o, MailboxId::new(), "big", &raw, None);
+    store_and_track(&store, &big, &raw, None, true).await;
+    let mut dir = db.sqlite_file().unwrap().into_os_string();
+    dir.push("-blobs");
+    let allocated = || -> u64 {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+            .sum()
+    };
+    let before = allocated();
+    assert!(before >= raw.len() as u64, "{before} bytes in packs");
+
+    age_items(&url, &[big.id], 100).await;
+    let note = "raw message removed: test retention";
+    assert_eq!(
+        store
+            .prune_raw_copies(days_ago(90), 100, note)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.get_blob(&big.raw_sha256).await.unwrap(), None);
+    let after = allocated();
+    assert!(
+        before - after >= raw.len() as u64 - 8192,
+        "{before} bytes allocated before, {after} after removing {} bytes",
+        raw.len()
+    );
+}
+
 both!(expired_web_sessions_go, |store, url| {
     let _ = &url;
     let o = org(&store, "sessions").await;

@@ -1135,6 +1135,112 @@ async fn sqlite_writes_reach_the_database_file_without_the_writer_checkpointing(
     store.close().await;
 }
 
+/// The pack files beside an SQLite database (`<file>-blobs/*.pack`).
+fn pack_files(db: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut dir = db.as_os_str().to_owned();
+    dir.push("-blobs");
+    let mut files: Vec<_> = std::fs::read_dir(std::path::PathBuf::from(dir))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+// A file-backed SQLite store keeps raw messages and attachments in pack files beside the
+// database, written once outside the writer (not through the WAL and again by the
+// checkpoint): the database holds none of their bytes, every handle reads them back, each
+// handle (process) appends to a pack of its own, and the database's size counts them. An
+// email's body stays in the database, even when the same bytes are a packed attachment.
+#[tokio::test]
+async fn sqlite_keeps_raw_messages_and_attachments_in_pack_files() {
+    use serversync_vault::sha256_hex;
+    use std::os::unix::fs::PermissionsExt;
+    let db = Db::new(Backend::Sqlite).await;
+    let k = MasterKey::generate().unwrap().to_base64();
+    let store = Store::open(&db.url(), key(&k)).await.unwrap();
+    let file = db.sqlite_file().unwrap();
+    let (org, _) = org_and_admin(&store).await;
+    let mb = serversync_model::MailboxId::new();
+    let marker = b"raw-message-bytes-only-in-the-pack ";
+    let raw: Vec<u8> = marker.repeat(300 * 1024 / marker.len());
+    let text = "an attached text file that is also an email's body\n".repeat(2000);
+    let (raw_sha, att_sha) = (sha256_hex(&raw), sha256_hex(text.as_bytes()));
+    let mut first = stored_item(org.id, mb, "1");
+    first.raw_sha256 = raw_sha.clone();
+    first.raw_kept = true;
+    first.text_body = Some("hello".into());
+    store
+        .insert_item(&first, &[(&raw_sha, &raw), (&att_sha, text.as_bytes())])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.get_blob(&raw_sha).await.unwrap().as_deref(),
+        Some(&raw[..])
+    );
+    assert_eq!(
+        store.get_blob(&att_sha).await.unwrap().as_deref(),
+        Some(text.as_bytes())
+    );
+    let mut in_db = std::fs::read(&file).unwrap();
+    in_db.extend(std::fs::read(format!("{}-wal", file.display())).unwrap_or_default());
+    assert!(
+        !in_db.windows(marker.len()).any(|w| w == marker),
+        "the raw message's bytes are in the database file or its WAL"
+    );
+    let packs = pack_files(&file);
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let meta = std::fs::metadata(&packs[0]).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
+    assert!(meta.len() >= (raw.len() + text.len()) as u64);
+    assert!(store.database_size().await.unwrap().bytes >= meta.len());
+
+    // Another handle on the same database — another process — writes a pack of its own;
+    // each reads what the other wrote.
+    let other = Store::open(&db.url(), key(&k)).await.unwrap();
+    let raw2 = b"a second message ".repeat(4096);
+    let mut second = stored_item(org.id, mb, "2");
+    second.raw_sha256 = sha256_hex(&raw2);
+    other
+        .insert_item(&second, &[(&second.raw_sha256, &raw2)])
+        .await
+        .unwrap();
+    assert_eq!(pack_files(&file).len(), 2);
+    assert_eq!(
+        store.get_blob(&second.raw_sha256).await.unwrap().as_deref(),
+        Some(&raw2[..])
+    );
+    assert_eq!(
+        other.get_blob(&raw_sha).await.unwrap().as_deref(),
+        Some(&raw[..])
+    );
+
+    // A body with the bytes of the packed attachment reads back whole (bodies are selected
+    // from the database with every read of the record).
+    let mut third = stored_item(org.id, mb, "3");
+    third.text_body = Some(text.clone());
+    store.insert_item(&third, &[]).await.unwrap();
+    let read = store
+        .get::<serversync_model::item::MailItem>(&third.id.to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let body = read.text_body.unwrap_or_default();
+    assert!(
+        body == text,
+        "the body read back is {} bytes, not the attachment's {}",
+        body.len(),
+        text.len()
+    );
+    assert_eq!(
+        store.get_blob(&att_sha).await.unwrap().as_deref(),
+        Some(text.as_bytes())
+    );
+    other.close().await;
+    store.close().await;
+}
+
 // Another process writing to the SQLite database (a CLI command, or its checkpointer starting
 // the WAL again) holds SQLite's write lock for a while: the store's transactions wait for it
 // instead of failing with "database is locked" (the ingest benchmark's tracker did, when the
