@@ -400,32 +400,34 @@ impl Store {
                 .map_err(unreachable)?;
             // An in-memory database is private to its connection: there, reads go to the
             // writer too, and there is no WAL.
-            let (readers, checkpointer, packs) =
-                if path.starts_with(':') || path.contains("mode=memory") {
-                    (writer.clone(), None, None)
-                } else {
-                    let checkpointer = SqlitePoolOptions::new()
-                        .max_connections(1)
-                        .connect_with(opts.clone().create_if_missing(false))
-                        .await
-                        .map_err(unreachable)?;
-                    let readers = SqlitePoolOptions::new()
-                        .max_connections(8)
-                        .connect_with(
-                            opts.read_only(true)
-                                .create_if_missing(false)
-                                // Reads are small lookups, and the kernel caches the file too:
-                                // 512 KB of pages each instead of 2 MB (eight of them).
-                                .pragma("cache_size", "-512"),
-                        )
-                        .await
-                        .map_err(unreachable)?;
-                    (
-                        readers,
-                        Some(Arc::new(Checkpointer::start(checkpointer, writer.clone()))),
-                        Some(Arc::new(packs::Packs::beside(file))),
+            let (readers, checkpointer) = if path.starts_with(':') || path.contains("mode=memory") {
+                (writer.clone(), None)
+            } else {
+                let checkpointer = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone().create_if_missing(false))
+                    .await
+                    .map_err(unreachable)?;
+                let readers = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(
+                        opts.read_only(true)
+                            .create_if_missing(false)
+                            // Reads are small lookups, and the kernel caches the file too:
+                            // 512 KB of pages each instead of 2 MB (eight of them).
+                            .pragma("cache_size", "-512"),
                     )
-                };
+                    .await
+                    .map_err(unreachable)?;
+                (
+                    readers,
+                    Some(Arc::new(Checkpointer::start(checkpointer, writer.clone()))),
+                )
+            };
+            // Raw messages and attachments beside the file (none in memory).
+            let packs = checkpointer
+                .as_ref()
+                .map(|_| Arc::new(packs::Packs::beside(file)));
             // A database created by an earlier version may still be readable by others.
             for suffix in ["", "-wal", "-shm"] {
                 let f = format!("{path}{suffix}");

@@ -100,7 +100,7 @@ impl Packs {
     /// The `size` bytes at `offset` of pack `name`. Blocking.
     pub(crate) fn read(&self, name: &str, offset: i64, size: i64) -> Result<Vec<u8>, StoreError> {
         let io = |e: std::io::Error| self.error(name, "reading", e);
-        let file = File::open(self.path(&checked(name)?)).map_err(io)?;
+        let file = File::open(self.path(checked(name)?)).map_err(io)?;
         let mut buf = vec![0; usize::try_from(size).unwrap_or(0)];
         file.read_exact_at(&mut buf, u64::try_from(offset).unwrap_or(0))
             .map_err(io)?;
@@ -114,15 +114,15 @@ impl Packs {
             let r = checked(name).and_then(|n| {
                 let file = std::fs::OpenOptions::new()
                     .write(true)
-                    .open(self.path(&n))
-                    .map_err(|e| self.error(&n, "opening", e))?;
+                    .open(self.path(n))
+                    .map_err(|e| self.error(n, "opening", e))?;
                 rustix::fs::fallocate(
                     &file,
                     rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
                     u64::try_from(*offset).unwrap_or(0),
                     u64::try_from(*size).unwrap_or(0),
                 )
-                .map_err(|e| self.error(&n, "freeing a range of", e.into()))
+                .map_err(|e| self.error(n, "freeing a range of", e.into()))
             });
             if let Err(e) = r {
                 tracing::warn!(error = %e, "a removed blob's space in its pack file was not freed");
@@ -155,9 +155,9 @@ impl Packs {
 
 /// A pack name as this module makes them (hex digits): a name read from the database never
 /// reaches outside the pack directory.
-fn checked(name: &str) -> Result<String, StoreError> {
+fn checked(name: &str) -> Result<&str, StoreError> {
     if !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(name.to_owned())
+        Ok(name)
     } else {
         Err(StoreError::Corrupt {
             entity: "blob",

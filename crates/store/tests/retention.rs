@@ -597,12 +597,10 @@ async fn a_removed_raw_message_gives_its_pack_space_back() {
     let raw = b"Subject: big\r\n\r\n".repeat(128 * 1024);
     let big = item(o, MailboxId::new(), "big", &raw, None);
     store_and_track(&store, &big, &raw, None, true).await;
-    let mut dir = db.sqlite_file().unwrap().into_os_string();
-    dir.push("-blobs");
     let allocated = || -> u64 {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        db.pack_files()
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().blocks() * 512)
             .sum()
     };
     let before = allocated();

@@ -1135,17 +1135,6 @@ async fn sqlite_writes_reach_the_database_file_without_the_writer_checkpointing(
     store.close().await;
 }
 
-/// The pack files beside an SQLite database (`<file>-blobs/*.pack`).
-fn pack_files(db: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut dir = db.as_os_str().to_owned();
-    dir.push("-blobs");
-    let mut files: Vec<_> = std::fs::read_dir(std::path::PathBuf::from(dir))
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
 // A file-backed SQLite store keeps raw messages and attachments in pack files beside the
 // database, written once outside the writer (not through the WAL and again by the
 // checkpoint): the database holds none of their bytes, every handle reads them back, each
@@ -1188,7 +1177,7 @@ async fn sqlite_keeps_raw_messages_and_attachments_in_pack_files() {
         !in_db.windows(marker.len()).any(|w| w == marker),
         "the raw message's bytes are in the database file or its WAL"
     );
-    let packs = pack_files(&file);
+    let packs = db.pack_files();
     assert_eq!(packs.len(), 1, "{packs:?}");
     let meta = std::fs::metadata(&packs[0]).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
@@ -1205,7 +1194,7 @@ async fn sqlite_keeps_raw_messages_and_attachments_in_pack_files() {
         .insert_item(&second, &[(&second.raw_sha256, &raw2)])
         .await
         .unwrap();
-    assert_eq!(pack_files(&file).len(), 2);
+    assert_eq!(db.pack_files().len(), 2);
     assert_eq!(
         store.get_blob(&second.raw_sha256).await.unwrap().as_deref(),
         Some(&raw2[..])

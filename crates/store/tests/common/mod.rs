@@ -33,4 +33,20 @@ impl Db {
             Db::Postgres(_) => None,
         }
     }
+
+    /// The pack files beside the SQLite database (`<file>-blobs/*.pack`), sorted; none yet
+    /// (or on PostgreSQL): empty.
+    #[allow(dead_code)] // not every test file looks at the packs
+    pub fn pack_files(&self) -> Vec<std::path::PathBuf> {
+        let Some(file) = self.sqlite_file() else {
+            return Vec::new();
+        };
+        let mut dir = file.into_os_string();
+        dir.push("-blobs");
+        let mut files: Vec<_> = std::fs::read_dir(std::path::PathBuf::from(dir))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
 }
