@@ -821,12 +821,13 @@ async fn the_engine_follows_crm_changes(backend: Backend) {
     );
 }
 
-/// A first round that outlasts the lease several times (hundreds of contacts, a lease of two
-/// seconds — one second was lost to a loaded machine's scheduling, not to the code) keeps the
-/// lease, finishes, and commits its positions: the next round is quiet.
+/// A first round that outlasts the lease (hundreds of contacts, a lease of three seconds,
+/// renewed every second; two seconds, renewed every 0.67 s, ran out on a loaded CI machine
+/// before a renewal came) keeps the lease,
+/// finishes, and commits its positions: the next round is quiet.
 async fn a_long_round_keeps_its_lease(backend: Backend) {
     let mut w = world(backend, ConflictPolicy::LatestChangeWins).await;
-    let ttl = Duration::from_secs(2);
+    let ttl = Duration::from_secs(3);
     w.config.lease_ttl = ttl;
     w.store.release_lease(&w.lease).await.unwrap();
     w.lease = w
@@ -849,7 +850,7 @@ async fn a_long_round_keeps_its_lease(backend: Backend) {
     let took = started.elapsed();
     assert_eq!(r.server_created, N, "{r:?}");
     assert!(
-        took > 2 * ttl,
+        took > ttl,
         "the round ({took:?}) must outlast the lease ({ttl:?}) for this test to mean anything"
     );
     assert_eq!(w.dav.hrefs(&w.book).await.unwrap().len(), N);

@@ -101,8 +101,11 @@ const WAL_SIZE_LIMIT: &str = "67108864";
 /// [`WAL_RESTART_FRAMES`] a restarting checkpoint follows the passive one, queued on the
 /// writer like any write (a checkpoint of its own connection would take SQLite's write lock
 /// from under the writer, whose transactions then fail with "database is locked"): it copies
-/// the little written since, waits for the readers to leave the WAL (milliseconds), and the
-/// next write starts the WAL again, SQLite cutting the file back to [`WAL_SIZE_LIMIT`].
+/// what the passive one left (usually the little written since; on a loaded machine, where
+/// the passive copy never catches up with a writer that does not pause, more — the writers
+/// then wait for it, which bounds the WAL), waits for the readers to leave the WAL
+/// (milliseconds), and the next write starts the WAL again, SQLite cutting the file back to
+/// [`WAL_SIZE_LIMIT`].
 /// Stopped when the last handle of the store is dropped or the store is closed.
 #[derive(Debug)]
 struct Checkpointer {
@@ -137,8 +140,8 @@ impl Checkpointer {
         let r = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(pool)
             .await?;
-        let (frames, copied): (i64, i64) = (r.try_get(1)?, r.try_get(2)?);
-        if frames >= WAL_RESTART_FRAMES && copied == frames {
+        let frames: i64 = r.try_get(1)?;
+        if frames >= WAL_RESTART_FRAMES {
             sqlx::query("PRAGMA wal_checkpoint(RESTART)")
                 .execute(writer)
                 .await?;

@@ -328,9 +328,15 @@ pub async fn sync_once(
     let renewing = async {
         loop {
             tokio::time::sleep(config.lease_ttl / 3).await;
-            if store.renew_lease(lease, config.lease_ttl).await.is_err() {
+            match store.renew_lease(lease, config.lease_ttl).await {
+                Ok(()) => {}
                 // Lost: the fenced writes of the round notice it.
-                std::future::pending::<()>().await;
+                Err(StoreError::LeaseLost { .. }) => std::future::pending::<()>().await,
+                // A busy or briefly unreachable database: the next try, a third of the
+                // lease later, still comes before it runs out.
+                Err(e) => {
+                    tracing::warn!(mailbox = %id, error = %e, "renewing the lease failed; trying again")
+                }
             }
         }
     };
