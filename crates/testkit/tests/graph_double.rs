@@ -1331,7 +1331,7 @@ async fn faults_and_mailbox_concurrency() {
     for _ in 0..4 {
         e.graph.inject(Fault::Delay {
             route: Route::Messages,
-            ms: 1500,
+            ms: 3000,
         });
     }
     let mut slow = Vec::new();
@@ -1351,7 +1351,15 @@ async fn faults_and_mailbox_concurrency() {
                 .as_u16()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until all four are being served (a loaded machine starts them late).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.graph.in_flight() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the four slow requests were not all in flight within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (s, h, v) = e
         .call(
             &t,

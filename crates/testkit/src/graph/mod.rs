@@ -723,6 +723,11 @@ impl GraphDouble {
             .collect()
     }
 
+    /// Requests being served now, over every app and mailbox.
+    pub fn in_flight(&self) -> usize {
+        self.state().inflight.values().sum()
+    }
+
     /// MIME of every message sent with sendMail, in order.
     pub fn sent(&self) -> Vec<Vec<u8>> {
         self.state().sent.clone()
