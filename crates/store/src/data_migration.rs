@@ -157,7 +157,7 @@ impl Store {
                 let blobs: Blobs<'_> = text
                     .iter()
                     .chain(html.iter())
-                    .map(|(sha, body)| (sha.as_str(), BlobIn::body(body.as_bytes())))
+                    .map(|(sha, body)| (sha.as_str(), BlobIn::kept(body.as_bytes())))
                     .collect();
                 store_blobs_in!(tx, &blobs, now);
                 // Not the record's change: its version stays. A row written since it was read

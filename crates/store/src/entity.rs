@@ -85,18 +85,27 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync {
     }
 }
 
+/// Where a pack file holds a blob, as one column: `pack:offset:size`, NULL when the row holds
+/// the bytes (see [`crate::packs`]).
+pub(crate) const PACK_LOC: &str = "blobs.pack || ':' || blobs.pack_offset || ':' || blobs.size";
+
 /// The columns every read of `E` selects: the document, its version and timestamps, and for
 /// entities with parts kept outside the document ([`Entity::BODIES`], [`Entity::TRACE_TAIL`])
-/// those parts, read in the same statement (the bodies by correlated sub-queries on `blobs`).
+/// those parts, read in the same statement (the bodies, or where a pack file holds them, by
+/// correlated sub-queries on `blobs`).
 pub(crate) fn select_list<E: Entity>() -> String {
     let mut s = String::from("id, doc, version, created_at, updated_at");
     if E::BODIES {
         let t = E::TABLE;
         s.push_str(&format!(
-            ", {t}.text_sha256 AS text_sha256, {t}.html_sha256 AS html_sha256, \
-             (SELECT data FROM blobs WHERE blobs.sha256 = {t}.text_sha256) AS text_data, \
-             (SELECT data FROM blobs WHERE blobs.sha256 = {t}.html_sha256) AS html_data"
+            ", {t}.text_sha256 AS text_sha256, {t}.html_sha256 AS html_sha256"
         ));
+        for part in ["text", "html"] {
+            s.push_str(&format!(
+                ", (SELECT data FROM blobs WHERE blobs.sha256 = {t}.{part}_sha256) AS {part}_data, \
+                 (SELECT {PACK_LOC} FROM blobs WHERE blobs.sha256 = {t}.{part}_sha256) AS {part}_loc"
+            ));
+        }
     }
     if E::TRACE_TAIL {
         s.push_str(", trace_tail");
@@ -104,29 +113,54 @@ pub(crate) fn select_list<E: Entity>() -> String {
     s
 }
 
-/// A body read back from its blob: `None` when the row references none (the document holds
-/// it, as rows of the earlier shape do); an error when the referenced blob is missing.
+/// A body's blob as selected: its SHA-256 (`None` when the row references none: the document
+/// holds it, as rows of the earlier shape do), the row's bytes, and where a pack file holds
+/// them instead ([`PACK_LOC`]).
+pub(crate) struct BodyBlob {
+    pub(crate) sha: Option<String>,
+    pub(crate) data: Option<Vec<u8>>,
+    pub(crate) loc: Option<String>,
+}
+
+/// A body read back from its blob, from the row or from the pack file holding it (a read of a
+/// few kilobytes, from the page cache as a rule, on the calling thread); an error when the
+/// referenced blob is missing.
 pub(crate) fn body_of(
     entity: &'static str,
     id: &str,
-    sha: Option<String>,
-    data: Option<Vec<u8>>,
+    blob: BodyBlob,
+    packs: Option<&crate::packs::Packs>,
 ) -> Result<Option<String>, StoreError> {
-    match (sha, data) {
-        (None, _) => Ok(None),
-        (Some(sha), None) => Err(StoreError::Corrupt {
-            entity,
-            id: id.to_owned(),
-            cause: format!("body blob {sha} is missing"),
-        }),
-        (Some(sha), Some(d)) => String::from_utf8(d)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                entity,
-                id: id.to_owned(),
-                cause: format!("body blob {sha}: {e}"),
-            }),
-    }
+    let Some(sha) = blob.sha else {
+        return Ok(None);
+    };
+    let corrupt = |cause: String| StoreError::Corrupt {
+        entity,
+        id: id.to_owned(),
+        cause,
+    };
+    let data = match (blob.loc, blob.data) {
+        (Some(loc), _) => {
+            let packs = packs.ok_or_else(|| {
+                corrupt(format!(
+                    "body blob {sha} is in a pack file, and this database has none"
+                ))
+            })?;
+            let mut at = loc.rsplitn(3, ':');
+            let (Some(size), Some(offset), Some(pack)) = (at.next(), at.next(), at.next()) else {
+                return Err(corrupt(format!("body blob {sha}: pack location {loc:?}")));
+            };
+            let (Ok(offset), Ok(size)) = (offset.parse(), size.parse()) else {
+                return Err(corrupt(format!("body blob {sha}: pack location {loc:?}")));
+            };
+            packs.read(pack, offset, size)?
+        }
+        (None, Some(d)) => d,
+        (None, None) => return Err(corrupt(format!("body blob {sha} is missing"))),
+    };
+    String::from_utf8(data)
+        .map(Some)
+        .map_err(|e| corrupt(format!("body blob {sha}: {e}")))
 }
 
 /// The trace lines kept in a row's `trace_tail` column.
@@ -148,7 +182,7 @@ pub(crate) fn trace_tail_of(
 /// Decodes a row selected with [`select_list`] into a `Stored<E>`, its outside parts put back;
 /// evaluates to a `Result`.
 macro_rules! decode_row {
-    ($e:ty, $r:expr) => {{
+    ($e:ty, $r:expr, $packs:expr) => {{
         let r = $r;
         (|| -> Result<$crate::entity::Stored<$e>, $crate::StoreError> {
             let id: String = sqlx::Row::try_get(r, "id")?;
@@ -161,18 +195,16 @@ macro_rules! decode_row {
             )?;
             if <$e as $crate::entity::Entity>::BODIES {
                 let name = <$e as $crate::entity::Entity>::NAME;
-                let text = $crate::entity::body_of(
-                    name,
-                    &id,
-                    sqlx::Row::try_get(r, "text_sha256")?,
-                    sqlx::Row::try_get(r, "text_data")?,
-                )?;
-                let html = $crate::entity::body_of(
-                    name,
-                    &id,
-                    sqlx::Row::try_get(r, "html_sha256")?,
-                    sqlx::Row::try_get(r, "html_data")?,
-                )?;
+                let body = |[sha, data, loc]: [&str; 3]| {
+                    let blob = $crate::entity::BodyBlob {
+                        sha: sqlx::Row::try_get(r, sha)?,
+                        data: sqlx::Row::try_get(r, data)?,
+                        loc: sqlx::Row::try_get(r, loc)?,
+                    };
+                    $crate::entity::body_of(name, &id, blob, $packs)
+                };
+                let text = body(["text_sha256", "text_data", "text_loc"])?;
+                let html = body(["html_sha256", "html_data", "html_loc"])?;
                 $crate::entity::Entity::set_bodies(&mut s.value, text, html);
             }
             if <$e as $crate::entity::Entity>::TRACE_TAIL {
@@ -386,7 +418,7 @@ impl EntityWrite {
     pub(crate) fn blob_set(&self) -> crate::items::Blobs<'_> {
         self.blobs
             .iter()
-            .map(|(sha, body)| (sha.as_str(), crate::items::BlobIn::body(body.as_bytes())))
+            .map(|(sha, body)| (sha.as_str(), crate::items::BlobIn::kept(body.as_bytes())))
             .collect()
     }
 
@@ -738,7 +770,7 @@ impl Store {
         );
         dispatch_read!(&self.db, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?;
-            row.map(|r| decode_row!(E, &r)).transpose()
+            row.map(|r| decode_row!(E, &r, self.packs())).transpose()
         })
     }
 
@@ -764,7 +796,7 @@ impl Store {
                     q = q.bind(id);
                 }
                 for r in q.fetch_all(pool).await? {
-                    out.push(decode_row!(E, &r)?);
+                    out.push(decode_row!(E, &r, self.packs())?);
                 }
             });
         }
@@ -917,16 +949,18 @@ impl Store {
                 let mut bodies = Vec::new();
                 for col in ["text_sha256", "html_sha256"] {
                     let sha: Option<String> = row.try_get(col)?;
-                    let data: Option<Vec<u8>> = match &sha {
-                        Some(sha) => sqlx::query("SELECT data FROM blobs WHERE sha256 = $1")
-                            .bind(sha)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .map(|r| r.try_get::<Vec<u8>, _>("data"))
-                            .transpose()?,
-                        None => None,
+                    let (data, loc) = match &sha {
+                        Some(sha) => {
+                            let sql = format!("SELECT data, {PACK_LOC} AS loc FROM blobs WHERE sha256 = $1");
+                            match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(sha).fetch_optional(&mut *tx).await? {
+                                Some(r) => (Some(r.try_get::<Vec<u8>, _>("data")?), r.try_get::<Option<String>, _>("loc")?),
+                                None => (None, None),
+                            }
+                        }
+                        None => (None, None),
                     };
-                    bodies.push(crate::entity::body_of(E::NAME, id, sha, data)?);
+                    let blob = crate::entity::BodyBlob { sha, data, loc };
+                    bodies.push(crate::entity::body_of(E::NAME, id, blob, self.packs())?);
                 }
                 let mut e = decode::<E>(id.to_owned(), &doc, version, 0, 0)?.value;
                 let html = bodies.pop().flatten();
@@ -1020,7 +1054,7 @@ impl Store {
             let q = bind_filters!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), E, org, filters, after);
             let rows = q.fetch_all(pool).await?;
             rows.iter()
-                .map(|r| decode_row!(E, r))
+                .map(|r| decode_row!(E, r, self.packs()))
                 .collect::<Result<Vec<_>, StoreError>>()?
         });
         let next = if items.len() > limit as usize {

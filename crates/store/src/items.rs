@@ -15,34 +15,25 @@ pub type ItemRow<'a> = (&'a MailItem, &'a [(&'a str, &'a [u8])]);
 /// and the existing row is locked either way (`DO UPDATE … WHERE` locks even when it changes
 /// nothing): on PostgreSQL the pruner, which locks a blob before removing it, then either sees
 /// the new reference or has removed the row first, in which case the insert writes it anew.
-/// A blob kept in a pack file (see [`crate::packs`]) stored again inline — as an email's body,
-/// which every read of the activity selects from the database — moves into the row.
-pub(crate) const BLOB_CONFLICT: &str = "ON CONFLICT (sha256) DO UPDATE SET \
-     attachment = (blobs.attachment OR excluded.attachment), \
-     data = CASE WHEN blobs.pack IS NOT NULL AND excluded.pack IS NULL THEN excluded.data ELSE blobs.data END, \
-     pack_offset = CASE WHEN excluded.pack IS NULL THEN NULL ELSE blobs.pack_offset END, \
-     pack = CASE WHEN excluded.pack IS NULL THEN NULL ELSE blobs.pack END \
-     WHERE (excluded.attachment AND NOT blobs.attachment) OR (blobs.pack IS NOT NULL AND excluded.pack IS NULL)";
+/// A row stays as it was stored, whether it holds the bytes or a pack file does.
+pub(crate) const BLOB_CONFLICT: &str = "ON CONFLICT (sha256) DO UPDATE SET attachment = TRUE WHERE excluded.attachment AND NOT blobs.attachment";
 
 /// A blob to store: its bytes; whether it is kept for good (an attachment or a body; else a
-/// raw message, which retention may remove); whether it is an email's body (always in the
-/// database: every read of an activity selects it); and where a pack file holds it already
-/// (see [`crate::packs`]), for the row to point at instead of holding the bytes.
+/// raw message, which retention may remove); and where a pack file holds it already (see
+/// [`crate::packs`]), for the row to point at instead of holding the bytes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BlobIn<'a> {
     pub(crate) data: &'a [u8],
     pub(crate) kept: bool,
-    pub(crate) body: bool,
     pub(crate) packed: Option<(&'a str, i64)>,
 }
 
 impl<'a> BlobIn<'a> {
-    /// An email's body, kept, in the database.
-    pub(crate) fn body(data: &'a [u8]) -> Self {
+    /// Bytes kept for good (a body), held by the row.
+    pub(crate) fn kept(data: &'a [u8]) -> Self {
         BlobIn {
             data,
             kept: true,
-            body: true,
             packed: None,
         }
     }
@@ -80,8 +71,7 @@ pub(crate) const BLOB_BYTES: usize = 8 << 20;
 macro_rules! store_blobs_in {
     ($tx:ident, $blobs:expr, $now:expr) => {{
         let blobs: &$crate::items::Blobs<'_> = $blobs;
-        // Kept already, and whether in a pack.
-        let mut kept: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
         let asked: Vec<&str> = blobs
             .iter()
             .filter(|(_, b)| b.kept)
@@ -89,7 +79,7 @@ macro_rules! store_blobs_in {
             .collect();
         for chunk in asked.chunks(500) {
             let sql = format!(
-                "SELECT sha256, pack IS NOT NULL AS packed FROM blobs WHERE attachment AND sha256 IN ({})",
+                "SELECT sha256 FROM blobs WHERE attachment AND sha256 IN ({})",
                 $crate::only_placeholders(&*$tx, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -97,16 +87,12 @@ macro_rules! store_blobs_in {
                 q = q.bind(*sha);
             }
             for r in q.fetch_all(&mut *$tx).await? {
-                kept.insert(
-                    sqlx::Row::try_get(&r, "sha256")?,
-                    sqlx::Row::try_get(&r, "packed")?,
-                );
+                kept.insert(sqlx::Row::try_get(&r, "sha256")?);
             }
         }
-        // A body kept only in a pack is stored again, to move into the row.
         let todo: Vec<(&str, &$crate::items::BlobIn<'_>)> = blobs
             .iter()
-            .filter(|(sha, b)| kept.get(**sha).is_none_or(|packed| b.body && *packed))
+            .filter(|(sha, _)| !kept.contains(**sha))
             .map(|(sha, b)| (*sha, b))
             .collect();
         let mut rest = todo.as_slice();
@@ -257,18 +243,16 @@ impl Store {
                 if !inserted.contains(&item.id.to_string()) {
                     continue;
                 }
-                for (sha, body) in text.iter().chain(html.iter()) {
-                    new_blobs.insert(sha.as_str(), BlobIn::body(body.as_bytes()));
-                }
-                for (sha, data) in blobs.iter() {
-                    let attachment = *sha != item.raw_sha256;
-                    let e = new_blobs.entry(*sha).or_insert(BlobIn {
+                let bodies = text.iter().chain(html.iter());
+                let bodies = bodies.map(|(sha, body)| (sha.as_str(), body.as_bytes(), true));
+                let others = blobs.iter().map(|(sha, data)| (*sha, *data, *sha != item.raw_sha256));
+                for (sha, data, kept) in bodies.chain(others) {
+                    let e = new_blobs.entry(sha).or_insert(BlobIn {
                         data,
-                        kept: attachment,
-                        body: false,
-                        packed: packed.get(*sha).map(|(pack, at)| (pack.as_str(), *at)),
+                        kept,
+                        packed: packed.get(sha).map(|(pack, at)| (pack.as_str(), *at)),
                     });
-                    e.kept |= attachment;
+                    e.kept |= kept;
                 }
             }
             store_blobs_in!(tx, &new_blobs, now);
@@ -287,11 +271,11 @@ impl Store {
         Ok(out)
     }
 
-    /// On a file-backed SQLite store: appends the batch's raw messages and attachments not
-    /// stored yet to this handle's pack file, durably, before the batch's transaction (see
-    /// [`crate::packs`]); where each went. Bodies stay in the database. A blob found stored
-    /// already is not appended again; one stored by another writer meanwhile is kept as that
-    /// writer stored it, and this copy's bytes stay unreferenced.
+    /// On a file-backed SQLite store: appends the batch's bodies, raw messages and attachments
+    /// not stored yet to this handle's pack file, durably, before the batch's transaction (see
+    /// [`crate::packs`]); where each went. A blob found stored already is not appended again;
+    /// one stored by another writer meanwhile is kept as that writer stored it, and this copy's
+    /// bytes stay unreferenced.
     async fn pack_blobs(
         &self,
         items: &[ItemRow<'_>],
@@ -303,20 +287,17 @@ impl Store {
         let Some(packs) = &db.packs else {
             return Ok(HashMap::new());
         };
-        let bodies: std::collections::HashSet<&str> = docs
+        let bodies = docs
             .iter()
             .flat_map(|(_, text, html)| [text, html])
-            .filter_map(|b| b.as_ref().map(|(sha, _)| sha.as_str()))
-            .collect();
-        let mut todo: Vec<(&str, &[u8])> = Vec::new();
+            .flatten()
+            .map(|(sha, body)| (sha.as_str(), body.as_bytes()));
+        let others = items.iter().flat_map(|(_, blobs)| blobs.iter().copied());
         let mut seen = std::collections::HashSet::new();
-        for (_, blobs) in items {
-            for (sha, data) in blobs.iter() {
-                if !bodies.contains(sha) && seen.insert(*sha) {
-                    todo.push((*sha, *data));
-                }
-            }
-        }
+        let mut todo: Vec<(&str, &[u8])> = bodies
+            .chain(others)
+            .filter(|(sha, _)| seen.insert(*sha))
+            .collect();
         let mut stored = std::collections::HashSet::new();
         for chunk in todo.chunks(500) {
             let sql = format!(
@@ -698,7 +679,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|r| decode_row!(MailItem, r).map(|s| s.value))
+                .map(|r| decode_row!(MailItem, r, self.packs()).map(|s| s.value))
                 .collect()
         })
     }
@@ -834,15 +815,7 @@ impl Store {
         // In SHA-256 order, like intake's (see `insert_items`).
         let blobs: Blobs<'_> = blobs
             .iter()
-            .map(|(sha, data)| {
-                let b = BlobIn {
-                    data,
-                    kept: true,
-                    body: false,
-                    packed: None,
-                };
-                (*sha, b)
-            })
+            .map(|(sha, data)| (*sha, BlobIn::kept(data)))
             .collect();
         let now = now_ms();
         dispatch!(&self.db, pool => {

@@ -238,6 +238,14 @@ impl Store {
         self.origin
     }
 
+    /// The pack files of a file-backed SQLite store (see [`packs`]).
+    pub(crate) fn packs(&self) -> Option<&packs::Packs> {
+        match &self.db {
+            Db::Sqlite(db) => db.packs.as_deref(),
+            Db::Postgres(_) => None,
+        }
+    }
+
     /// Whether storing synchronized mail is failing for lack of disk space (since when, and
     /// the database's error), until a cursor is committed again.
     pub fn storage_full(&self) -> Option<StorageFull> {

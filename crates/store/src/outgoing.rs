@@ -82,7 +82,7 @@ impl Store {
                 .iter()
                 .map(|r| {
                     Ok((
-                        crate::entity::decode_row!(EmailActivity, r)?,
+                        crate::entity::decode_row!(EmailActivity, r, self.packs())?,
                         r.try_get::<i64, _>("due_at")?,
                     ))
                 })

@@ -1,6 +1,7 @@
-//! Pack files: on a file-backed SQLite store, raw messages and attachments are kept in
-//! append-only files beside the database (`<database>-blobs/<name>.pack`), and their `blobs`
-//! row holds where (`pack`, `pack_offset`) instead of the bytes.
+//! Pack files: on a file-backed SQLite store, the raw messages, bodies and attachments that
+//! intake stores are kept in append-only files beside the database
+//! (`<database>-blobs/<name>.pack`), and their `blobs` row holds where (`pack`, `pack_offset`)
+//! instead of the bytes.
 //!
 //! Why: through SQLite every byte is written twice (the WAL, then the database file by the
 //! checkpoint), on the one writer's thread that every other write waits for. A pack is written
@@ -12,7 +13,8 @@
 //! Each store handle appends to a pack of its own (a new name per process and per
 //! [`PACK_LIMIT`]), so two processes on one database never write the same file. Removing a
 //! blob (raw-message retention) frees its range with `fallocate(PUNCH_HOLE)`; the file keeps
-//! its length, sparse. Bodies stay in the database: every read of an activity selects them.
+//! its length, sparse. A read of an item or an activity reads its packed bodies here (a
+//! few kilobytes each, from the page cache as a rule), beside the row's query.
 
 use crate::StoreError;
 use std::fs::File;

@@ -1135,13 +1135,13 @@ async fn sqlite_writes_reach_the_database_file_without_the_writer_checkpointing(
     store.close().await;
 }
 
-// A file-backed SQLite store keeps raw messages and attachments in pack files beside the
-// database, written once outside the writer (not through the WAL and again by the
-// checkpoint): the database holds none of their bytes, every handle reads them back, each
-// handle (process) appends to a pack of its own, and the database's size counts them. An
-// email's body stays in the database, even when the same bytes are a packed attachment.
+// A file-backed SQLite store keeps the raw messages, bodies and attachments that intake
+// stores in pack files beside the database, written once outside the writer (not through the
+// WAL and again by the checkpoint): the database holds none of their bytes, every handle reads
+// them back — the bodies with every read of the item or of an activity sharing them — each
+// handle (process) appends to a pack of its own, and the database's size counts them.
 #[tokio::test]
-async fn sqlite_keeps_raw_messages_and_attachments_in_pack_files() {
+async fn sqlite_keeps_raw_messages_bodies_and_attachments_in_pack_files() {
     use serversync_vault::sha256_hex;
     use std::os::unix::fs::PermissionsExt;
     let db = Db::new(Backend::Sqlite).await;
@@ -1153,11 +1153,13 @@ async fn sqlite_keeps_raw_messages_and_attachments_in_pack_files() {
     let marker = b"raw-message-bytes-only-in-the-pack ";
     let raw: Vec<u8> = marker.repeat(300 * 1024 / marker.len());
     let text = "an attached text file that is also an email's body\n".repeat(2000);
+    let body_marker = "the body's bytes only in the pack ";
     let (raw_sha, att_sha) = (sha256_hex(&raw), sha256_hex(text.as_bytes()));
     let mut first = stored_item(org.id, mb, "1");
     first.raw_sha256 = raw_sha.clone();
     first.raw_kept = true;
-    first.text_body = Some("hello".into());
+    first.text_body = Some(body_marker.repeat(100));
+    first.html_body = Some(format!("<p>{}</p>", body_marker.repeat(50)));
     store
         .insert_item(&first, &[(&raw_sha, &raw), (&att_sha, text.as_bytes())])
         .await
@@ -1173,9 +1175,46 @@ async fn sqlite_keeps_raw_messages_and_attachments_in_pack_files() {
     );
     let mut in_db = std::fs::read(&file).unwrap();
     in_db.extend(std::fs::read(format!("{}-wal", file.display())).unwrap_or_default());
+    for (what, m) in [
+        ("raw message", &marker[..]),
+        ("body", body_marker.as_bytes()),
+    ] {
+        assert!(
+            !in_db.windows(m.len()).any(|w| w == m),
+            "the {what}'s bytes are in the database file or its WAL"
+        );
+    }
+    let read = store
+        .get::<serversync_model::item::MailItem>(&first.id.to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        (read.text_body, read.html_body),
+        (first.text_body.clone(), first.html_body.clone())
+    );
+    // An activity tracked from the item shares its bodies (stored once) and reads them back.
+    let mut activity = outgoing_email(org.id, mb);
+    activity.text_body = first.text_body.clone();
+    activity.html_body = first.html_body.clone();
+    store.insert(&activity).await.unwrap();
+    let read = store
+        .get::<EmailActivity>(&activity.id.to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        (read.text_body, read.html_body),
+        (first.text_body.clone(), first.html_body.clone())
+    );
+    // Deleting it reads the bodies too (the change feed keeps the last record whole).
     assert!(
-        !in_db.windows(marker.len()).any(|w| w == marker),
-        "the raw message's bytes are in the database file or its WAL"
+        store
+            .delete::<EmailActivity>(&activity.id.to_string(), None)
+            .await
+            .unwrap()
     );
     let packs = db.pack_files();
     assert_eq!(packs.len(), 1, "{packs:?}");
@@ -1204,8 +1243,7 @@ async fn sqlite_keeps_raw_messages_and_attachments_in_pack_files() {
         Some(&raw[..])
     );
 
-    // A body with the bytes of the packed attachment reads back whole (bodies are selected
-    // from the database with every read of the record).
+    // A body with the bytes of the packed attachment reads back whole.
     let mut third = stored_item(org.id, mb, "3");
     third.text_body = Some(text.clone());
     store.insert_item(&third, &[]).await.unwrap();
