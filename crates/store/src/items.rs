@@ -316,18 +316,8 @@ impl Store {
         if todo.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut bytes = Vec::with_capacity(todo.iter().map(|(_, d)| d.len()).sum());
-        for (_, data) in &todo {
-            bytes.extend_from_slice(data);
-        }
-        let packs = packs.clone();
-        let (pack, start) = tokio::task::spawn_blocking(move || packs.append(&bytes))
-            .await
-            .map_err(|e| StoreError::Corrupt {
-                entity: "blob pack",
-                id: String::new(),
-                cause: format!("appending stopped: {e}"),
-            })??;
+        let parts: Vec<&[u8]> = todo.iter().map(|(_, data)| *data).collect();
+        let (pack, start) = packs.append(&parts).await?;
         let mut at = start;
         Ok(todo
             .into_iter()

@@ -54,10 +54,15 @@ impl Packs {
         self.dir.join(format!("{name}.pack"))
     }
 
-    /// Appends `bytes` (a batch's blobs, one after the other) to this handle's pack and makes
-    /// them durable; the pack's name and where they start. Blocking: call from the blocking
-    /// pool.
-    pub(crate) fn append(&self, bytes: &[u8]) -> Result<(String, i64), StoreError> {
+    /// Appends `parts` (a batch's blobs) one after the other to this handle's pack and makes
+    /// them durable; the pack's name and where they start. The bytes are written from where
+    /// they are, on the calling thread (into the page cache: a copy like any other, and no
+    /// second copy of the batch for another thread), and synced (`fdatasync`, the wait on the
+    /// disk) on the blocking pool.
+    pub(crate) async fn append(
+        self: &Arc<Self>,
+        parts: &[&[u8]],
+    ) -> Result<(String, i64), StoreError> {
         // The range is taken under the lock, written and synced outside it: batches of
         // several mailboxes append side by side.
         let (name, file, start) = {
@@ -67,12 +72,26 @@ impl Packs {
                 _ => cur.insert(self.create()?),
             };
             let start = c.len;
-            c.len += bytes.len() as u64;
+            c.len += parts.iter().map(|p| p.len() as u64).sum::<u64>();
             (c.name.clone(), c.file.clone(), start)
         };
-        let io = |e: std::io::Error| self.error(&name, "writing", e);
-        file.write_all_at(bytes, start).map_err(io)?;
-        file.sync_data().map_err(io)?;
+        let mut at = start;
+        for part in parts {
+            file.write_all_at(part, at)
+                .map_err(|e| self.error(&name, "writing", e))?;
+            at += part.len() as u64;
+        }
+        let (packs, synced) = (self.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            file.sync_data()
+                .map_err(|e| packs.error(&synced, "writing", e))
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            entity: "blob pack",
+            id: name.clone(),
+            cause: format!("syncing stopped: {e}"),
+        })??;
         Ok((name, start as i64))
     }
 
