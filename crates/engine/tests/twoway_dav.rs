@@ -823,8 +823,8 @@ async fn the_engine_follows_crm_changes(backend: Backend) {
 
 /// A first round that outlasts the lease (hundreds of contacts, a lease of three seconds,
 /// renewed every second; two seconds, renewed every 0.67 s, ran out on a loaded CI machine
-/// before a renewal came) keeps the lease,
-/// finishes, and commits its positions: the next round is quiet.
+/// before a renewal came) keeps the lease, finishes, and commits its positions: the next
+/// round is quiet.
 async fn a_long_round_keeps_its_lease(backend: Backend) {
     let mut w = world(backend, ConflictPolicy::LatestChangeWins).await;
     let ttl = Duration::from_secs(3);
