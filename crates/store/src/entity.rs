@@ -5,6 +5,7 @@
 
 use crate::changes::{lock_feed_in, record_change_in};
 use crate::lookups::ActivityKey;
+use crate::packs::PACK_LOC;
 use crate::{Store, StoreError, audit::NewAuditEntry, dispatch, dispatch_read, from_ms, now_ms};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -85,10 +86,6 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync {
     }
 }
 
-/// Where a pack file holds a blob, as one column: `pack:offset:size`, NULL when the row holds
-/// the bytes (see [`crate::packs`]).
-pub(crate) const PACK_LOC: &str = "blobs.pack || ':' || blobs.pack_offset || ':' || blobs.size";
-
 /// The columns every read of `E` selects: the document, its version and timestamps, and for
 /// entities with parts kept outside the document ([`Entity::BODIES`], [`Entity::TRACE_TAIL`])
 /// those parts, read in the same statement (the bodies, or where a pack file holds them, by
@@ -115,7 +112,7 @@ pub(crate) fn select_list<E: Entity>() -> String {
 
 /// A body's blob as selected: its SHA-256 (`None` when the row references none: the document
 /// holds it, as rows of the earlier shape do), the row's bytes, and where a pack file holds
-/// them instead ([`PACK_LOC`]).
+/// them instead ([`crate::packs::PACK_LOC`]).
 pub(crate) struct BodyBlob {
     pub(crate) sha: Option<String>,
     pub(crate) data: Option<Vec<u8>>,
@@ -129,7 +126,7 @@ pub(crate) fn body_of(
     entity: &'static str,
     id: &str,
     blob: BodyBlob,
-    packs: Option<&crate::packs::Packs>,
+    packs: Option<&std::sync::Arc<crate::packs::Packs>>,
 ) -> Result<Option<String>, StoreError> {
     let Some(sha) = blob.sha else {
         return Ok(None);
@@ -139,25 +136,11 @@ pub(crate) fn body_of(
         id: id.to_owned(),
         cause,
     };
-    let data = match (blob.loc, blob.data) {
-        (Some(loc), _) => {
-            let packs = packs.ok_or_else(|| {
-                corrupt(format!(
-                    "body blob {sha} is in a pack file, and this database has none"
-                ))
-            })?;
-            let mut at = loc.rsplitn(3, ':');
-            let (Some(size), Some(offset), Some(pack)) = (at.next(), at.next(), at.next()) else {
-                return Err(corrupt(format!("body blob {sha}: pack location {loc:?}")));
-            };
-            let (Ok(offset), Ok(size)) = (offset.parse(), size.parse()) else {
-                return Err(corrupt(format!("body blob {sha}: pack location {loc:?}")));
-            };
-            packs.read(pack, offset, size)?
-        }
-        (None, Some(d)) => d,
-        (None, None) => return Err(corrupt(format!("body blob {sha} is missing"))),
+    let Some(data) = blob.data else {
+        return Err(corrupt(format!("body blob {sha} is missing")));
     };
+    let packs = packs.map(std::sync::Arc::as_ref);
+    let data = crate::packs::bytes_of(packs, &sha, data, blob.loc.as_deref())?;
     String::from_utf8(data)
         .map(Some)
         .map_err(|e| corrupt(format!("body blob {sha}: {e}")))

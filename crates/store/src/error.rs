@@ -49,7 +49,7 @@ pub enum StoreError {
     Vault(#[from] VaultError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// A pack file beside an SQLite database (raw messages and attachments) failed.
+    /// A pack file beside an SQLite database (raw messages, bodies, attachments) failed.
     #[error("{what} the blob pack file {path} failed: {cause}")]
     BlobFile {
         path: String,

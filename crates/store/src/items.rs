@@ -1,4 +1,5 @@
-//! Item-level records and the content-addressed blob store for raw messages and attachments.
+//! Item-level records and the content-addressed blob store for raw messages, bodies and
+//! attachments.
 
 use crate::LeaseGuard;
 use crate::entity::{Col, Entity, EntityWrite, body_sha, decode_row, run_writes_in, select_list};
@@ -487,47 +488,32 @@ impl Store {
         Ok(found)
     }
 
-    /// The bytes stored under a SHA-256.
+    /// The bytes stored under a SHA-256 (read from its pack file, when one holds them, on the
+    /// blocking pool).
     pub async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sql = format!(
+            "SELECT data, {} AS loc FROM blobs WHERE sha256 = $1",
+            crate::packs::PACK_LOC
+        );
         let row = dispatch_read!(&self.db, pool => {
-            sqlx::query("SELECT data, pack, pack_offset, size FROM blobs WHERE sha256 = $1")
+            sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(sha256)
                 .fetch_optional(pool)
                 .await?
-                .map(|r| {
-                    Ok::<_, sqlx::Error>((
-                        r.try_get::<Vec<u8>, _>("data")?,
-                        r.try_get::<Option<String>, _>("pack")?,
-                        r.try_get::<Option<i64>, _>("pack_offset")?,
-                        r.try_get::<i64, _>("size")?,
-                    ))
-                })
+                .map(|r| Ok::<_, sqlx::Error>((r.try_get::<Vec<u8>, _>("data")?, r.try_get::<Option<String>, _>("loc")?)))
                 .transpose()?
         });
-        let Some((data, pack, offset, size)) = row else {
+        let Some((data, loc)) = row else {
             return Ok(None);
         };
-        let (Some(pack), Some(offset)) = (pack, offset) else {
+        if loc.is_none() {
             return Ok(Some(data));
-        };
-        let packs = match &self.db {
-            crate::Db::Sqlite(db) => db.packs.clone(),
-            crate::Db::Postgres(_) => None,
-        };
-        let Some(packs) = packs else {
-            return Err(StoreError::Corrupt {
-                entity: "blob",
-                id: sha256.to_owned(),
-                cause: format!("it is in pack {pack}, and this database has no pack files"),
-            });
-        };
-        let data = tokio::task::spawn_blocking(move || packs.read(&pack, offset, size))
-            .await
-            .map_err(|e| StoreError::Corrupt {
-                entity: "blob",
-                id: sha256.to_owned(),
-                cause: format!("reading stopped: {e}"),
-            })??;
+        }
+        let (packs, sha) = (self.packs().cloned(), sha256.to_owned());
+        let data = crate::packs::blocking(sha256, move || {
+            crate::packs::bytes_of(packs.as_deref(), &sha, data, loc.as_deref())
+        })
+        .await?;
         Ok(Some(data))
     }
 

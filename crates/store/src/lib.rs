@@ -74,7 +74,8 @@ pub(crate) struct SqliteDb {
     pub(crate) readers: SqlitePool,
     /// Copies the WAL into the database file on its own connection (none in memory).
     checkpointer: Option<Arc<Checkpointer>>,
-    /// Raw messages and attachments in pack files beside the database (none in memory).
+    /// Raw messages, bodies and attachments in pack files beside the database (none in
+    /// memory).
     pub(crate) packs: Option<Arc<packs::Packs>>,
 }
 
@@ -239,9 +240,9 @@ impl Store {
     }
 
     /// The pack files of a file-backed SQLite store (see [`packs`]).
-    pub(crate) fn packs(&self) -> Option<&packs::Packs> {
+    pub(crate) fn packs(&self) -> Option<&Arc<packs::Packs>> {
         match &self.db {
-            Db::Sqlite(db) => db.packs.as_deref(),
+            Db::Sqlite(db) => db.packs.as_ref(),
             Db::Postgres(_) => None,
         }
     }
@@ -435,7 +436,7 @@ impl Store {
                     Some(Arc::new(Checkpointer::start(checkpointer, writer.clone()))),
                 )
             };
-            // Raw messages and attachments beside the file (none in memory).
+            // Raw messages, bodies and attachments beside the file (none in memory).
             let packs = checkpointer
                 .as_ref()
                 .map(|_| Arc::new(packs::Packs::beside(file)));

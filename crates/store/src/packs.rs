@@ -22,6 +22,55 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// Where a pack file holds a blob, as one column of a query on `blobs`: `pack:offset:size`,
+/// NULL when the row holds the bytes. Read back by [`bytes_of`].
+pub(crate) const PACK_LOC: &str = "blobs.pack || ':' || blobs.pack_offset || ':' || blobs.size";
+
+/// A blob's bytes as selected with [`PACK_LOC`]: the row's own (`data`), or, when a pack holds
+/// them (`loc`), read from it on the calling thread. `what` names the blob in errors.
+pub(crate) fn bytes_of(
+    packs: Option<&Packs>,
+    what: &str,
+    data: Vec<u8>,
+    loc: Option<&str>,
+) -> Result<Vec<u8>, StoreError> {
+    let Some(loc) = loc else {
+        return Ok(data);
+    };
+    let corrupt = |cause: String| StoreError::Corrupt {
+        entity: "blob",
+        id: what.to_owned(),
+        cause,
+    };
+    let packs = packs.ok_or_else(|| {
+        corrupt(format!(
+            "it is in pack file {loc:?}, and this database has none"
+        ))
+    })?;
+    let mut at = loc.rsplitn(3, ':');
+    let (Some(size), Some(offset), Some(pack)) = (at.next(), at.next(), at.next()) else {
+        return Err(corrupt(format!("pack location {loc:?}")));
+    };
+    let (Ok(offset), Ok(size)) = (offset.parse(), size.parse()) else {
+        return Err(corrupt(format!("pack location {loc:?}")));
+    };
+    packs.read(pack, offset, size)
+}
+
+/// Runs `f` on the blocking pool; a task that stopped (panicked) is an error about `id`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    id: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            entity: "blob pack",
+            id: id.to_owned(),
+            cause: format!("stopped: {e}"),
+        })?
+}
+
 /// A pack file is closed for appends past this size, and a new one started.
 const PACK_LIMIT: u64 = 1 << 30;
 
@@ -82,16 +131,11 @@ impl Packs {
             at += part.len() as u64;
         }
         let (packs, synced) = (self.clone(), name.clone());
-        tokio::task::spawn_blocking(move || {
+        blocking(&name, move || {
             file.sync_data()
                 .map_err(|e| packs.error(&synced, "writing", e))
         })
-        .await
-        .map_err(|e| StoreError::Corrupt {
-            entity: "blob pack",
-            id: name.clone(),
-            cause: format!("syncing stopped: {e}"),
-        })??;
+        .await?;
         Ok((name, start as i64))
     }
 

@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 pub struct DatabaseSize {
     pub backend: Backend,
     /// Everything the database takes on disk: SQLite's file (pages × page size), its
-    /// write-ahead log and its pack files (raw messages and attachments: see `packs`);
+    /// write-ahead log and its pack files (raw messages, bodies, attachments: see `packs`);
     /// PostgreSQL's `pg_database_size`.
     pub bytes: u64,
     /// SQLite: the write-ahead log (`<file>-wal`), included in `bytes`.
@@ -202,8 +202,7 @@ impl Store {
             tx.commit().await?;
             rows.len() as u64
         });
-        if let crate::Db::Sqlite(db) = &self.db
-            && let Some(packs) = db.packs.clone()
+        if let Some(packs) = self.packs().cloned()
             && !freed.is_empty()
         {
             // A crash before this leaves the ranges allocated: disk space only.
