@@ -63,6 +63,47 @@ macro_rules! record_change_in {
 }
 pub(crate) use record_change_in;
 
+/// Appends the changes `$rows` (`(org, record type, record id, op, version)`, in this order)
+/// inside the open transaction `$tx` with the store's origin, many rows a statement. The rows
+/// carry no copy of the document: the feed reads the record.
+macro_rules! record_changes_in {
+    ($store:expr, $tx:ident, $rows:expr) => {{
+        let rows: &[(
+            &String,
+            serversync_model::webhook::RecordType,
+            &String,
+            serversync_model::webhook::ChangeOp,
+            i64,
+        )] = $rows;
+        let origin = $store.origin.to_string();
+        let at = $crate::now_ms();
+        for chunk in rows.chunks(500) {
+            let sql = format!(
+                "{} VALUES {}",
+                $crate::changes::INSERT_CHANGE
+                    .split(" VALUES ")
+                    .next()
+                    .unwrap_or_default(),
+                $crate::only_value_rows(&*$tx, chunk.len(), 8)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (org, rt, id, op, version) in chunk {
+                q = q
+                    .bind(*org)
+                    .bind(serversync_model::wire_name(rt))
+                    .bind(*id)
+                    .bind(serversync_model::wire_name(op))
+                    .bind(*version)
+                    .bind(at)
+                    .bind("")
+                    .bind(&origin);
+            }
+            q.execute(&mut *$tx).await?;
+        }
+    }};
+}
+pub(crate) use record_changes_in;
+
 fn parse<T: serde::de::DeserializeOwned>(s: &str, seq: i64) -> Result<T, StoreError> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| {
         StoreError::Corrupt {

@@ -482,6 +482,14 @@ impl EntityWrite {
         })
     }
 
+    /// What the change feed records for this write.
+    pub(crate) fn op(&self) -> serversync_model::webhook::ChangeOp {
+        match self.update {
+            Some(_) => serversync_model::webhook::ChangeOp::Updated,
+            None => serversync_model::webhook::ChangeOp::Created,
+        }
+    }
+
     /// The error for an update that found no row at its expected version.
     pub(crate) fn not_written(&self) -> StoreError {
         match self.update {
@@ -530,6 +538,16 @@ macro_rules! run_write_in {
     // ([`crate::entity::prepare_writes_in`], for many writes in one transaction).
     (prepared: $store:expr, $tx:ident, $w:expr, $now:expr) => {{
         let w: &$crate::entity::EntityWrite = $w;
+        let row = $crate::entity::run_write_in!(unfed: $store, $tx, w, $now);
+        if let (Some((version, _)), Some((org, rt))) = (row, &w.feed) {
+            $crate::changes::record_changes_in!($store, $tx, &[(org, *rt, &w.id, w.op(), version)]);
+        }
+        row
+    }};
+    // The write alone, prepared, without its change-feed row: the caller records it (many
+    // writes' rows in one statement, [`crate::changes::record_changes_in`]).
+    (unfed: $store:expr, $tx:ident, $w:expr, $now:expr) => {{
+        let w: &$crate::entity::EntityWrite = $w;
         let row = match w.update {
             None => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(w.sql.as_str()))
@@ -571,17 +589,8 @@ macro_rules! run_write_in {
                 }
             }
         };
-        if let Some((version, _)) = row {
+        if row.is_some() {
             $crate::entity::write_links_in!($tx, w);
-            if let Some((org, rt)) = &w.feed {
-                let op = if w.update.is_some() {
-                    serversync_model::webhook::ChangeOp::Updated
-                } else {
-                    serversync_model::webhook::ChangeOp::Created
-                };
-                // No copy of the document: the feed reads the record (see `changes`).
-                $crate::changes::record_change_in!($store, $tx, org, *rt, &w.id, op, version, "");
-            }
         }
         row
     }};
@@ -653,39 +662,15 @@ macro_rules! insert_many_in {
                     .map_err(|e| $crate::entity::conflict(first.entity, e))?;
             }
             $crate::entity::insert_links_in!($tx, writes);
-            let fed: Vec<(
-                &$crate::entity::EntityWrite,
-                &(String, serversync_model::webhook::RecordType),
-            )> = writes
+            let fed: Vec<_> = writes
                 .iter()
-                .filter_map(|w| w.feed.as_ref().map(|f| (*w, f)))
+                .filter_map(|w| {
+                    w.feed
+                        .as_ref()
+                        .map(|(org, rt)| (org, *rt, &w.id, w.op(), 1_i64))
+                })
                 .collect();
-            for chunk in fed.chunks(500) {
-                let sql = format!(
-                    "{} VALUES {}",
-                    $crate::changes::INSERT_CHANGE
-                        .split(" VALUES ")
-                        .next()
-                        .unwrap_or_default(),
-                    $crate::only_value_rows(&*$tx, chunk.len(), 8)
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (w, (org, rt)) in chunk {
-                    // No copy of the document: the feed reads the record (see `changes`).
-                    q = q
-                        .bind(org)
-                        .bind(serversync_model::wire_name(rt))
-                        .bind(&w.id)
-                        .bind(serversync_model::wire_name(
-                            &serversync_model::webhook::ChangeOp::Created,
-                        ))
-                        .bind(1_i64)
-                        .bind($crate::now_ms())
-                        .bind("")
-                        .bind($store.origin.to_string());
-                }
-                q.execute(&mut *$tx).await?;
-            }
+            $crate::changes::record_changes_in!($store, $tx, &fed);
         }
     }};
 }
@@ -711,11 +696,17 @@ macro_rules! run_writes_in {
         for (_, g) in &kinds {
             $crate::entity::insert_many_in!($store, $tx, g, $now);
         }
+        let mut fed = Vec::new();
         for w in writes.iter().filter(|w| w.update.is_some()) {
-            if $crate::entity::run_write_in!(prepared: $store, $tx, w, $now).is_none() {
+            let Some((version, _)) = $crate::entity::run_write_in!(unfed: $store, $tx, w, $now)
+            else {
                 return Err(w.not_written());
+            };
+            if let Some((org, rt)) = &w.feed {
+                fed.push((org, *rt, &w.id, w.op(), version));
             }
         }
+        $crate::changes::record_changes_in!($store, $tx, &fed);
     }};
 }
 pub(crate) use run_writes_in;

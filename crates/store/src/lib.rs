@@ -405,6 +405,11 @@ impl Store {
                         // now starts at 32 MB of dirty pages; the cache shrinks back to its
                         // size at commit.
                         .pragma("cache_spill", "8192")
+                        // Statement journals (the pages a statement inside a transaction
+                        // changes, kept to undo that statement alone) in memory, not in a
+                        // temporary file: their writes were 12 % of `serve`'s time sending
+                        // email (the outgoing benchmark).
+                        .pragma("temp_store", "memory")
                         // The writer starts the WAL again; the file is then cut back to this.
                         .pragma("journal_size_limit", WAL_SIZE_LIMIT),
                 )

@@ -122,10 +122,17 @@ impl Store {
         let rows: Vec<Option<(i64, i64)>> = dispatch!(&self.db, pool => {
             let mut tx = crate::begin(pool).await?;
             let mut rows = Vec::with_capacity(writes.len());
+            let mut fed = Vec::new();
             prepare_writes_in!(self, tx, &writes, now);
             for w in &writes {
-                rows.push(run_write_in!(prepared: self, tx, w, now));
+                let row = run_write_in!(unfed: self, tx, w, now);
+                if let (Some((version, _)), Some((org, rt))) = (row, &w.feed) {
+                    fed.push((org, *rt, &w.id, w.op(), version));
+                }
+                rows.push(row);
             }
+            // The change-feed rows of all of them in one statement.
+            crate::changes::record_changes_in!(self, tx, &fed);
             tx.commit().await?;
             rows
         });
