@@ -296,22 +296,29 @@ async fn run_until(
             Err(e) => return Err(e),
         }
     }
+    // The Sent copies are saved beside the sending, never in its way: the sender hands each
+    // block's copies over once its results are committed and goes on with the next block.
+    let (copies, queued) = tokio::sync::mpsc::channel(COPIES_QUEUED);
     let mut round = Round {
+        ready: None,
         done: Vec::new(),
         allowance: Allowance::default(),
-        sent_folder: None,
+        copies,
     };
-    let r = send_due(store, config, id, lease, stop, session.as_ref(), &mut round).await;
-    // What was sent is recorded even when the round stopped on an error: it is what happened.
-    let flushed = match &session {
-        Some(session) => round.flush(store, session).await,
-        None => Ok(()),
+    let sending = async {
+        let r = send_due(store, config, id, lease, stop, session.as_ref(), &mut round).await;
+        // A block marked and not sent (the round returned early on a store error) goes back
+        // to pending send; what was sent is recorded even when the round stopped on an
+        // error: it is what happened.
+        round.give_back_ready();
+        let flushed = round.flush(store).await;
+        // Dropping the round's end of the queue lets the saving finish.
+        (r, flushed, round.allowance)
     };
-    if let Some(s) = round.sent_folder.take() {
-        s.close().await;
-    }
+    let ((r, flushed, mut allowance), ()) =
+        tokio::join!(sending, keep_sent_copies(store, session.as_ref(), queued));
     if let Some(session) = &session {
-        round.allowance.give_back(store, &session.mailbox).await?;
+        allowance.give_back(store, &session.mailbox).await?;
     }
     r?;
     flushed?;
@@ -322,19 +329,30 @@ async fn run_until(
 }
 
 /// Emails marked `sending` in one commit, then handed to the server one after another on
-/// the open connection. A worker killed midway leaves at most this many in `sending`: the
-/// next lease holder finds each in the Sent folder (sent) or makes it `outcome_unknown`.
+/// the open connection while the next block is marked. A worker killed midway leaves at most
+/// two blocks in `sending` (the one being sent and the next, marked): the next lease holder
+/// finds each in the Sent folder (sent) or makes it `outcome_unknown`.
 pub const BLOCK: usize = 16;
+
+/// Due emails read at a time: whole blocks.
+const PAGE: u32 = BLOCK as u32 * 6;
+
+/// Blocks of Sent copies that may wait to be saved before the sender waits for the saving: a
+/// worker killed meanwhile loses at most these copies (the emails are recorded as sent).
+const COPIES_QUEUED: usize = 4;
 
 /// What a round carries from one block to the next.
 struct Round {
+    /// The block marked `sending` while the one before it was handed to the server: sent in
+    /// the next step, while the block after it is marked.
+    ready: Option<Ready>,
     /// The results of the block sent last, not committed yet: they are written in the same
     /// commit as the next block's `sending` (or at the end of the round).
     done: Vec<Finished>,
     /// Sends of this minute taken from the rate counter and not used yet.
     allowance: Allowance,
-    /// The connection that saves the Sent copies, opened for the first and kept for the round.
-    sent_folder: Option<SentFolder>,
+    /// Where the Sent copies of committed results go to be saved ([`keep_sent_copies`]).
+    copies: tokio::sync::mpsc::Sender<Vec<Vec<u8>>>,
 }
 
 /// One email handed to the server (or given back to pending send), its result not yet
@@ -350,13 +368,14 @@ struct Finished {
 
 impl Round {
     /// Commits the carried results together with `marks` (emails to mark `sending`, each
-    /// from the version it was read at); answers, for each mark, the stored email or `None`
-    /// when it changed meanwhile (it is not sent), and the Sent copies now due.
+    /// from the version it was read at) and hands the Sent copies of the results over to be
+    /// saved; answers, for each mark, the stored email or `None` when it changed meanwhile
+    /// (it is not sent).
     async fn commit(
         &mut self,
         store: &Store,
         marks: &[(EmailActivity, Stored<EmailActivity>)],
-    ) -> Result<(Vec<Option<Stored<EmailActivity>>>, Vec<Vec<u8>>), StoreError> {
+    ) -> Result<Vec<Option<Stored<EmailActivity>>>, StoreError> {
         let done = std::mem::take(&mut self.done);
         let mut writes: Vec<(&EmailActivity, &Stored<EmailActivity>)> =
             done.iter().map(|f| (&f.a, &f.sending)).collect();
@@ -372,16 +391,26 @@ impl Round {
             }
             copies.extend(f.copy);
         }
-        Ok((marked, copies))
+        // Closed only when the saving is over, which waits for this end to be dropped.
+        if !copies.is_empty() {
+            let _ = self.copies.send(copies).await;
+        }
+        Ok(marked)
     }
 
-    /// Commits the carried results and saves their Sent copies.
-    async fn flush(&mut self, store: &Store, session: &MailboxSession) -> Result<(), StoreError> {
+    /// Puts the block marked and not sent back to pending send (in the next commit).
+    fn give_back_ready(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            self.done.extend(ready.give_back());
+        }
+    }
+
+    /// Commits the carried results (their Sent copies go to be saved).
+    async fn flush(&mut self, store: &Store) -> Result<(), StoreError> {
         if self.done.is_empty() {
             return Ok(());
         }
-        let (_, copies) = self.commit(store, &[]).await?;
-        save_sent_copies(store, session, &mut self.sent_folder, &copies).await;
+        self.commit(store, &[]).await?;
         Ok(())
     }
 }
@@ -402,13 +431,13 @@ async fn send_due(
     // not for every email: each renewal is a write.
     let mut renewed = std::time::Instant::now();
     store.renew_lease(lease, config.lease_ttl).await?;
-    // Page after page of the mailbox's due email (100 at a time, the earliest due first)
+    // Page after page of the mailbox's due email (PAGE at a time, the earliest due first)
     // until none is left or sending has to stop: a long queue goes out in one round, not a
     // page per tick, and email scheduled for later is never read.
     let mut after: Option<String> = None;
     let r = 'round: loop {
         let pending = store
-            .send_due_emails(EmailStatus::PendingSend, id, now, after.as_deref(), 100)
+            .send_due_emails(EmailStatus::PendingSend, id, now, after.as_deref(), PAGE)
             .await?;
         let mut due: std::collections::VecDeque<_> = pending
             .items
@@ -469,7 +498,25 @@ async fn send_due(
                 c.slot.renew(store, config.lease_ttl).await?;
             }
             let block: Vec<_> = due.drain(..granted).collect();
-            let (result, gave_back) = send_block(store, session, block, c, round, stop).await?;
+            // The block marked last goes to the server while this one is marked: the database
+            // writes of one block overlap the SMTP exchange of the one before. The first block
+            // of the round is only marked.
+            let (result, gave_back) = match round.ready.take() {
+                None => {
+                    round.ready = Some(round.mark(store, session, block).await?);
+                    (SendResult::Done, false)
+                }
+                Some(ready) => {
+                    let ((result, gave_back, finished), marked) = tokio::join!(
+                        transmit(session, ready, c, stop),
+                        round.mark(store, session, block)
+                    );
+                    // Recorded in the next commit, or at the end of the round.
+                    round.done.extend(finished);
+                    round.ready = Some(marked?);
+                    (result, gave_back)
+                }
+            };
             match result {
                 SendResult::Done => {}
                 SendResult::ConnectionLost => {
@@ -486,7 +533,7 @@ async fn send_due(
             if gave_back {
                 // Emails went back to pending send (the connection was lost before their
                 // turn): record that, and read the queue again from its start.
-                round.flush(store, session).await?;
+                round.flush(store).await?;
                 again = true;
                 break;
             }
@@ -500,6 +547,29 @@ async fn send_due(
             None => break Ok(()),
         }
     };
+    // The block marked last goes out when the round ends well, else back to pending send.
+    let r = match (r, session, transport.as_mut(), round.ready.take()) {
+        (Ok(()), Some(session), Some(c), Some(ready)) if !stop.is_cancelled() => {
+            let (result, _, finished) = transmit(session, ready, c, stop).await;
+            round.done.extend(finished);
+            match result {
+                SendResult::Done => Ok(()),
+                SendResult::ConnectionLost => {
+                    if let Some(c) = transport.take() {
+                        c.slot.release(store).await;
+                    }
+                    Ok(())
+                }
+                SendResult::MailboxFailed(problem) => Err(problem),
+            }
+        }
+        (r, _, _, ready) => {
+            round
+                .done
+                .extend(ready.map(Ready::give_back).unwrap_or_default());
+            r
+        }
+    };
     match r {
         Ok(()) => {
             if let Some(c) = transport.take() {
@@ -510,9 +580,7 @@ async fn send_due(
             if let Some(c) = transport.take() {
                 c.close(store).await;
             }
-            if let Some(session) = session {
-                round.flush(store, session).await?;
-            }
+            round.flush(store).await?;
             mailbox_failed(store, config, id, &problem).await?;
         }
     }
@@ -648,95 +716,132 @@ pub fn retry_delay(interval_seconds: u32, attempts: u32) -> chrono::Duration {
     chrono::Duration::seconds(base.saturating_mul(factor).min(3600).max(base.min(3600)))
 }
 
-/// Sends one block: the results of the previous block and this block's `sending` in one
-/// commit; then each email over SMTP, in turn, while the previous block's Sent copies are
-/// saved over IMAP. The results stay in `round.done` for the next commit. Also answers
-/// whether emails went back to pending send untried (the connection was lost or the
-/// mailbox failed before their turn).
-async fn send_block(
-    store: &Store,
-    session: &MailboxSession,
-    block: Vec<Stored<EmailActivity>>,
-    transport: &mut Transport,
-    round: &mut Round,
-    stop: &CancellationToken,
-) -> Result<(SendResult, bool), StoreError> {
-    let (mailbox, settings) = (&session.mailbox, &session.settings);
-    let mut marks = Vec::with_capacity(block.len());
-    let mut built = Vec::with_capacity(block.len());
-    for s in block {
-        let mut a = s.value.clone();
-        a.status = EmailStatus::Sending;
-        if a.message_id.is_none() {
-            a.message_id = Some(message_id_for(&a.id, &mailbox.email));
-        }
-        a.updated_at = Utc::now();
-        built.push(build(mailbox, settings, &a, store).await);
-        marks.push((a, s));
-    }
-    // `sending` is committed before any of these is handed to the server.
-    let (marked, copies) = round.commit(store, &marks).await?;
-    let keep_copy = settings.save_outgoing_to_sent
-        && !transport.c.keeps_sent_copy()
-        && SentFolder::available(session.profile.incoming_protocol);
-    let Round {
-        done, sent_folder, ..
-    } = round;
-    let send = async {
-        let mut next = SendResult::Done;
-        let mut gave_back = false;
-        for (sending, built) in marked.into_iter().zip(built) {
-            // Changed by someone meanwhile (cancelled, edited): not sent.
-            let Some(sending) = sending else { continue };
-            let mut a = sending.value.clone();
-            a.updated_at = Utc::now();
-            if !matches!(next, SendResult::Done) || stop.is_cancelled() {
-                // Not handed over: back to pending send, no attempt counted.
+/// A message and its envelope recipients, or why it could not be built.
+type Built = Result<(Vec<u8>, Vec<String>), String>;
+
+/// A block committed in `sending` and built: the next to be handed to the server.
+struct Ready {
+    /// Each email as committed in `sending` (`None`: it changed meanwhile and is not sent),
+    /// with its message.
+    emails: Vec<(Option<Stored<EmailActivity>>, Built)>,
+}
+
+impl Ready {
+    /// The block's emails back to pending send, untried (no attempt counted): the round ends
+    /// before their turn.
+    fn give_back(self) -> Vec<Finished> {
+        self.emails
+            .into_iter()
+            .filter_map(|(sending, _)| sending)
+            .map(|sending| {
+                let mut a = sending.value.clone();
                 a.status = EmailStatus::PendingSend;
-                gave_back = true;
-                done.push(Finished {
+                a.updated_at = Utc::now();
+                Finished {
                     a,
                     sending,
                     copy: None,
-                });
-                continue;
+                }
+            })
+            .collect()
+    }
+}
+
+impl Round {
+    /// Builds the block's messages and marks it `sending`, in one commit with the results
+    /// carried from the block sent before (whose Sent copies then go to be saved).
+    async fn mark(
+        &mut self,
+        store: &Store,
+        session: &MailboxSession,
+        block: Vec<Stored<EmailActivity>>,
+    ) -> Result<Ready, StoreError> {
+        let (mailbox, settings) = (&session.mailbox, &session.settings);
+        let mut marks = Vec::with_capacity(block.len());
+        let mut built = Vec::with_capacity(block.len());
+        for s in block {
+            let mut a = s.value.clone();
+            a.status = EmailStatus::Sending;
+            if a.message_id.is_none() {
+                a.message_id = Some(message_id_for(&a.id, &mailbox.email));
             }
-            let outcome = match &built {
-                Err(e) => Outcome::Failed(e.clone()),
-                Ok((bytes, rcpts)) => {
-                    match transact(&mut transport.c, &mailbox.email, bytes, rcpts).await {
-                        Ok((o, n)) => {
-                            next = n;
-                            o
-                        }
-                        Err(problem) => {
-                            // Before any recipient was given: the mailbox's failure, not
-                            // this email's; it waits in pending send.
-                            a.status = EmailStatus::PendingSend;
-                            next = SendResult::MailboxFailed(problem);
-                            done.push(Finished {
-                                a,
-                                sending,
-                                copy: None,
-                            });
-                            continue;
-                        }
+            a.updated_at = Utc::now();
+            built.push(build(mailbox, settings, &a, store).await);
+            marks.push((a, s));
+        }
+        let marked = self.commit(store, &marks).await?;
+        Ok(Ready {
+            emails: marked.into_iter().zip(built).collect(),
+        })
+    }
+}
+
+/// Hands a marked block's emails to the server over `transport`, one after another; answers
+/// whether the mailbox can go on, whether emails went back to pending send untried (the
+/// connection was lost or the mailbox failed before their turn), and every email's result,
+/// to be committed.
+async fn transmit(
+    session: &MailboxSession,
+    ready: Ready,
+    transport: &mut Transport,
+    stop: &CancellationToken,
+) -> (SendResult, bool, Vec<Finished>) {
+    let (mailbox, settings) = (&session.mailbox, &session.settings);
+    let keep_copy = settings.save_outgoing_to_sent
+        && !transport.c.keeps_sent_copy()
+        && SentFolder::available(session.profile.incoming_protocol);
+    let mut done = Vec::with_capacity(ready.emails.len());
+    let mut next = SendResult::Done;
+    let mut gave_back = false;
+    for (sending, built) in ready.emails {
+        // Changed by someone meanwhile (cancelled, edited): not sent.
+        let Some(sending) = sending else { continue };
+        let mut a = sending.value.clone();
+        a.updated_at = Utc::now();
+        if !matches!(next, SendResult::Done) || stop.is_cancelled() {
+            // Not handed over: back to pending send, no attempt counted.
+            a.status = EmailStatus::PendingSend;
+            gave_back = true;
+            done.push(Finished {
+                a,
+                sending,
+                copy: None,
+            });
+            continue;
+        }
+        let outcome = match &built {
+            Err(e) => Outcome::Failed(e.clone()),
+            Ok((bytes, rcpts)) => {
+                match transact(&mut transport.c, &mailbox.email, bytes, rcpts).await {
+                    Ok((o, n)) => {
+                        next = n;
+                        o
+                    }
+                    Err(problem) => {
+                        // Before any recipient was given: the mailbox's failure, not this
+                        // email's; it waits in pending send.
+                        a.status = EmailStatus::PendingSend;
+                        next = SendResult::MailboxFailed(problem);
+                        done.push(Finished {
+                            a,
+                            sending,
+                            copy: None,
+                        });
+                        continue;
                     }
                 }
-            };
-            a.delivery_attempts += 1;
-            a.send_trace.extend(transport.c.take_waits());
-            record(&mut a, &outcome, settings);
-            let copy = match (&outcome, built) {
-                (Outcome::Sent, Ok((bytes, _))) if keep_copy => Some(bytes),
-                _ => None,
-            };
-            done.push(Finished { a, sending, copy });
-        }
-        (next, gave_back)
-    };
-    let (result, ()) = tokio::join!(send, save_sent_copies(store, session, sent_folder, &copies));
-    Ok(result)
+            }
+        };
+        a.delivery_attempts += 1;
+        a.send_trace.extend(transport.c.take_waits());
+        record(&mut a, &outcome, settings);
+        let copy = match (&outcome, built) {
+            (Outcome::Sent, Ok((bytes, _))) if keep_copy => Some(bytes),
+            _ => None,
+        };
+        done.push(Finished { a, sending, copy });
+    }
+    (next, gave_back, done)
 }
 
 /// Sets the email's status and error for the outcome of its submission.
@@ -863,6 +968,36 @@ async fn open_sent_folder(store: &Store, session: &MailboxSession) -> Result<Sen
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// Saves the Sent copies handed over by the sender until it drops its end of `queued`, over
+/// one connection opened for the first copy and closed at the end. Copies that wait together
+/// (the server was slower than the sending) go in one command, up to [`COPIES_TOGETHER`]
+/// bytes.
+async fn keep_sent_copies(
+    store: &Store,
+    session: Option<&MailboxSession>,
+    mut queued: tokio::sync::mpsc::Receiver<Vec<Vec<u8>>>,
+) {
+    let mut folder = None;
+    while let Some(mut copies) = queued.recv().await {
+        let mut bytes: usize = copies.iter().map(Vec::len).sum();
+        while bytes < COPIES_TOGETHER
+            && let Ok(more) = queued.try_recv()
+        {
+            bytes += more.iter().map(Vec::len).sum::<usize>();
+            copies.extend(more);
+        }
+        if let Some(session) = session {
+            save_sent_copies(store, session, &mut folder, &copies).await;
+        }
+    }
+    if let Some(f) = folder {
+        f.close().await;
+    }
+}
+
+/// The most bytes of Sent copies [`keep_sent_copies`] puts in one command.
+const COPIES_TOGETHER: usize = 4 << 20;
 
 /// Saves the copies of sent messages in the Sent folder over `folder` (opened, and the folder
 /// created, when missing): all in one MULTIAPPEND when the server offers it, else one by one.

@@ -1013,7 +1013,7 @@ async fn a_refused_recipient_fails_the_email_and_delivers_nothing_pipelined() {
     a_refused_recipient_fails_the_email_and_delivers_nothing(true).await;
 }
 
-/// More email than one page (100) of the queue goes out in one round, on one connection.
+/// More email than one page (96) of the queue goes out in one round, on one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_queue_goes_out_in_one_round() {
     let t = setup(Backend::Sqlite).await;
@@ -1033,6 +1033,49 @@ async fn a_long_queue_goes_out_in_one_round() {
     }
     assert_eq!(smtp.received().unwrap().len(), 130);
     assert_eq!(smtp.auth_attempts().unwrap(), (1, 0), "one connection");
+}
+
+/// The connection drops after the first email of a long round was handed over, while the
+/// next block was already marked `sending`: the first email is outcome unknown, the rest of
+/// its block goes back to pending send untried, and the marked block is carried to the next
+/// connection — every other email is sent once, none is left in `sending`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_block_outlives_a_lost_connection() {
+    let t = setup(Backend::Sqlite).await;
+    let (_d, smtp) = peer(SmtpScript {
+        drop_after_data: 1,
+        pipelining: true,
+        ..Default::default()
+    });
+    t.send_through(&smtp).await;
+    t.sends_per_minute(1000).await;
+    let n = outgoing::BLOCK * 2 + 8;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(t.compose(BOB, &format!("Carried {i}"), "hello").await.id);
+    }
+    t.send_round().await;
+    let mut unknown = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let a = t.activity(*id).await;
+        match a.status {
+            EmailStatus::Sent => assert_eq!(a.delivery_attempts, 1, "#{i}"),
+            EmailStatus::OutcomeUnknown => unknown.push(i),
+            other => panic!("#{i} is {other:?}: {:?}", a.send_error),
+        }
+    }
+    assert_eq!(unknown, [0], "only the email whose connection broke");
+    let received = smtp.received().unwrap();
+    assert_eq!(received.len(), n, "each handed over once");
+    for (i, id) in ids.iter().enumerate() {
+        let mid = format!("<{}>", outgoing::message_id_for(id, ALICE));
+        assert_eq!(
+            received.iter().filter(|r| r.data.contains(&mid)).count(),
+            1,
+            "#{i}"
+        );
+    }
+    assert_eq!(smtp.auth_attempts().unwrap(), (2, 0), "a second connection");
 }
 
 // ---- What comes back: the recipient's reply, and a bounce. ----
