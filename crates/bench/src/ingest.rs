@@ -279,15 +279,7 @@ pub fn mbsync_row(src: &Source, dir: &Path) -> Result<Row> {
         "mbsync failed: {status} (see {})",
         dir.join("mbsync.log").display()
     );
-    let inbox = dir.join("mail/INBOX");
-    let got = ["cur", "new"]
-        .iter()
-        .map(|d| {
-            std::fs::read_dir(inbox.join(d))
-                .map(|r| r.count())
-                .unwrap_or(0)
-        })
-        .sum::<usize>();
+    let got = crate::mailgen::maildir_count(&dir.join("mail/INBOX"));
     ensure!(
         got == src.messages,
         "mbsync stored {got} of {} messages",

@@ -193,3 +193,12 @@ pub fn seed_maildir(
     }
     Ok(total)
 }
+
+/// The messages in a maildir folder (`cur` and `new`; none when it does not exist yet).
+pub fn maildir_count(folder: &Path) -> usize {
+    ["cur", "new"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(folder.join(d)).ok())
+        .map(|d| d.count())
+        .sum()
+}

@@ -12,6 +12,7 @@ use serversync_model::crm::{EmailActivity, EmailStatus, NewEmail, Recipient};
 use serversync_model::org::Privilege;
 use serversync_store::{Col, Filter};
 
+use crate::mailgen::maildir_count;
 use crate::procstat::{Usage, Watched};
 use crate::setup::{Serve, World, wait_until};
 
@@ -174,15 +175,6 @@ pub fn raw_row(
         usage,
         rounds: Vec::new(),
     })
-}
-
-/// The messages in a maildir folder (`cur` and `new`; none when it does not exist yet).
-fn maildir_count(folder: &Path) -> usize {
-    ["cur", "new"]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(folder.join(d)).ok())
-        .map(|d| d.count())
-        .sum()
 }
 
 /// Waits until the Inbox `inbox` (a maildir) holds `count` messages: the row before is

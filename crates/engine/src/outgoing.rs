@@ -366,6 +366,21 @@ struct Finished {
     copy: Option<Vec<u8>>,
 }
 
+impl Finished {
+    /// An email back to pending send as it was before it was marked, untried: no attempt
+    /// counted, no result.
+    fn untried(sending: Stored<EmailActivity>) -> Finished {
+        let mut a = sending.value.clone();
+        a.status = EmailStatus::PendingSend;
+        a.updated_at = Utc::now();
+        Finished {
+            a,
+            sending,
+            copy: None,
+        }
+    }
+}
+
 impl Round {
     /// Commits the carried results together with `marks` (emails to mark `sending`, each
     /// from the version it was read at) and hands the Sent copies of the results over to be
@@ -564,9 +579,8 @@ async fn send_due(
             }
         }
         (r, _, _, ready) => {
-            round
-                .done
-                .extend(ready.map(Ready::give_back).unwrap_or_default());
+            round.ready = ready;
+            round.give_back_ready();
             r
         }
     };
@@ -732,17 +746,7 @@ impl Ready {
     fn give_back(self) -> Vec<Finished> {
         self.emails
             .into_iter()
-            .filter_map(|(sending, _)| sending)
-            .map(|sending| {
-                let mut a = sending.value.clone();
-                a.status = EmailStatus::PendingSend;
-                a.updated_at = Utc::now();
-                Finished {
-                    a,
-                    sending,
-                    copy: None,
-                }
-            })
+            .filter_map(|(sending, _)| sending.map(Finished::untried))
             .collect()
     }
 }
@@ -796,19 +800,14 @@ async fn transmit(
     for (sending, built) in ready.emails {
         // Changed by someone meanwhile (cancelled, edited): not sent.
         let Some(sending) = sending else { continue };
-        let mut a = sending.value.clone();
-        a.updated_at = Utc::now();
         if !matches!(next, SendResult::Done) || stop.is_cancelled() {
             // Not handed over: back to pending send, no attempt counted.
-            a.status = EmailStatus::PendingSend;
             gave_back = true;
-            done.push(Finished {
-                a,
-                sending,
-                copy: None,
-            });
+            done.push(Finished::untried(sending));
             continue;
         }
+        let mut a = sending.value.clone();
+        a.updated_at = Utc::now();
         let outcome = match &built {
             Err(e) => Outcome::Failed(e.clone()),
             Ok((bytes, rcpts)) => {
@@ -820,13 +819,8 @@ async fn transmit(
                     Err(problem) => {
                         // Before any recipient was given: the mailbox's failure, not this
                         // email's; it waits in pending send.
-                        a.status = EmailStatus::PendingSend;
                         next = SendResult::MailboxFailed(problem);
-                        done.push(Finished {
-                            a,
-                            sending,
-                            copy: None,
-                        });
+                        done.push(Finished::untried(sending));
                         continue;
                     }
                 }
